@@ -1,0 +1,110 @@
+#include "core/ids.hpp"
+
+#include <array>
+#include <random>
+
+#include <fmt/core.h>
+
+namespace acmo {
+
+namespace {
+
+std::mt19937_64& generator()
+{
+  thread_local std::mt19937_64 gen = [] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seq);
+  }();
+  return gen;
+}
+
+constexpr std::string_view k_base64url =
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+constexpr std::string_view k_receipt_tag = "AQ"; // version 1 of the handle layout
+
+} // namespace
+
+uint64_t random_u64() { return generator()(); }
+
+std::string new_message_id()
+{
+  uint64_t hi = random_u64();
+  uint64_t lo = random_u64();
+  hi = (hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL; // version 4
+  lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; // RFC 4122 variant
+  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xffff,
+                     hi & 0xffff, lo >> 48, lo & 0xffffffffffffULL);
+}
+
+std::string new_order_id()
+{
+  constexpr std::string_view alphabet = "0123456789abcdefghjkmnpqrstvwxyz";
+  std::string id = "ord_";
+  uint64_t a = random_u64();
+  uint64_t b = random_u64();
+  for (int i = 0; i < 20; ++i) {
+    uint64_t& src = i < 12 ? a : b;
+    id += alphabet[src & 31];
+    src >>= 5;
+  }
+  return id;
+}
+
+std::string format_sequence(int64_t seq) { return fmt::format("{:020}", seq); }
+
+std::string encode_receipt(const Receipt& receipt)
+{
+  std::array<unsigned char, 16> raw{};
+  auto seq = static_cast<uint64_t>(receipt.seq);
+  for (int i = 0; i < 8; ++i) {
+    raw[static_cast<size_t>(i)] = static_cast<unsigned char>(seq >> (56 - 8 * i));
+    raw[static_cast<size_t>(8 + i)] = static_cast<unsigned char>(receipt.token >> (56 - 8 * i));
+  }
+  std::string out(k_receipt_tag);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (unsigned char c : raw) {
+    acc = (acc << 8) | c;
+    bits += 8;
+    while (bits >= 6) {
+      bits -= 6;
+      out += k_base64url[(acc >> bits) & 63];
+    }
+  }
+  if (bits > 0) out += k_base64url[(acc << (6 - bits)) & 63];
+  return out;
+}
+
+std::optional<Receipt> decode_receipt(std::string_view text)
+{
+  if (text.size() != k_receipt_tag.size() + 22 || text.substr(0, 2) != k_receipt_tag) {
+    return std::nullopt;
+  }
+  std::array<unsigned char, 16> raw{};
+  size_t n = 0;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : text.substr(2)) {
+    auto pos = k_base64url.find(c);
+    if (pos == std::string_view::npos) return std::nullopt;
+    acc = (acc << 6) | static_cast<uint32_t>(pos);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      if (n < raw.size()) raw[n++] = static_cast<unsigned char>(acc >> bits);
+    }
+  }
+  if (n != raw.size() || (acc & ((1U << bits) - 1)) != 0) return std::nullopt;
+  Receipt r;
+  uint64_t seq = 0;
+  for (size_t i = 0; i < 8; ++i) {
+    seq = (seq << 8) | raw[i];
+    r.token = (r.token << 8) | raw[8 + i];
+  }
+  r.seq = static_cast<int64_t>(seq);
+  if (r.seq <= 0 || r.token == 0) return std::nullopt;
+  return r;
+}
+
+} // namespace acmo

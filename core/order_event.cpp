@@ -1,0 +1,257 @@
+#include "core/order_event.hpp"
+
+#include <array>
+#include <cmath>
+
+#include <fmt/core.h>
+
+#include "core/limits.hpp"
+
+namespace acmo {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr std::array<std::string_view, 5> k_statuses = {"pending", "processing", "shipped",
+                                                        "delivered", "cancelled"};
+constexpr int64_t k_max_cents = 100'000'000'000; // 1,000,000,000.00
+constexpr size_t k_max_items = 1000;
+
+Unexpected invalid(std::string field, std::string message)
+{
+  return make_error(Errc::invalid_input, fmt::format("{}: {}", field, message), field);
+}
+
+bool valid_email(std::string_view s)
+{
+  if (s.size() < 3 || s.size() > 254) return false;
+  auto at = s.find('@');
+  if (at == std::string_view::npos || at == 0 || s.find('@', at + 1) != std::string_view::npos) {
+    return false;
+  }
+  auto local = s.substr(0, at);
+  auto domain = s.substr(at + 1);
+  if (local.size() > 64 || domain.empty() || domain.front() == '.' || domain.back() == '.'
+      || domain.find('.') == std::string_view::npos || domain.find("..") != std::string_view::npos) {
+    return false;
+  }
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f || c == '(' || c == ')' || c == ',' || c == ':' || c == ';'
+        || c == '<' || c == '>' || c == '[' || c == ']' || c == '\\' || c == '"') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The length of a UTF-8 string in code points (the text was validated as UTF-8 by the parser).
+size_t utf8_length(std::string_view s)
+{
+  size_t n = 0;
+  for (char c : s) n += (static_cast<unsigned char>(c) & 0xc0) != 0x80;
+  return n;
+}
+
+Expected<void> check_text(const json& data, const char* key, std::string field, size_t min,
+                          size_t max, bool required)
+{
+  auto it = data.find(key);
+  if (it == data.end() || it->is_null()) {
+    if (required) return invalid(field, "is required");
+    return {};
+  }
+  if (!it->is_string()) return invalid(field, fmt::format("must be a string, not {}", it->type_name()));
+  auto len = utf8_length(it->get_ref<const std::string&>());
+  if (len < min || len > max) {
+    return invalid(field, fmt::format("must be {} to {} characters long, not {}", min, max, len));
+  }
+  return {};
+}
+
+Expected<void> validate_create(const json& data)
+{
+  if (auto ok = check_text(data, "customer_name", "data.customer_name", 1, 200, true); !ok) return ok;
+  auto email = data.find("customer_email");
+  if (email == data.end() || email->is_null()) return invalid("data.customer_email", "is required");
+  if (!email->is_string() || !valid_email(email->get_ref<const std::string&>())) {
+    return invalid("data.customer_email", "must be an email address such as name@example.com");
+  }
+  auto items = data.find("items");
+  if (items == data.end() || items->is_null()) return invalid("data.items", "is required (use [] for none)");
+  if (!items->is_array()) return invalid("data.items", "must be an array");
+  if (items->size() > k_max_items) {
+    return invalid("data.items", fmt::format("holds {} items; the limit is {}", items->size(), k_max_items));
+  }
+  for (size_t i = 0; i < items->size(); ++i) {
+    const auto& item = (*items)[i];
+    const std::string base = fmt::format("data.items[{}]", i);
+    if (!item.is_object()) return invalid(base, "must be an object");
+    if (auto ok = check_text(item, "product_id", base + ".product_id", 1, 128, true); !ok) return ok;
+    if (auto ok = check_text(item, "name", base + ".name", 0, 200, false); !ok) return ok;
+    auto qty = item.find("quantity");
+    if (qty == item.end() || qty->is_null()) return invalid(base + ".quantity", "is required");
+    if (!qty->is_number_integer()) return invalid(base + ".quantity", "must be a whole number");
+    if (qty->is_number_unsigned() ? qty->get<uint64_t>() > 1'000'000
+                                  : (qty->get<int64_t>() < 1 || qty->get<int64_t>() > 1'000'000)) {
+      return invalid(base + ".quantity", "must be between 1 and 1000000");
+    }
+    auto price = item.find("unit_price");
+    if (price == item.end() || price->is_null()) return invalid(base + ".unit_price", "is required");
+    if (auto cents = parse_money(*price, base + ".unit_price"); !cents) return Unexpected(cents.error());
+  }
+  return {};
+}
+
+} // namespace
+
+const char* event_type_name(EventType type)
+{
+  switch (type) {
+  case EventType::create: return "CREATE";
+  case EventType::update: return "UPDATE";
+  case EventType::remove: return "DELETE";
+  }
+  return "CREATE";
+}
+
+Expected<EventType> parse_event_type(std::string_view text)
+{
+  std::string upper;
+  for (char c : text) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (upper == "CREATE") return EventType::create;
+  if (upper == "UPDATE") return EventType::update;
+  if (upper == "DELETE") return EventType::remove;
+  return invalid("type", fmt::format("\"{}\" is not an event type; use CREATE, UPDATE or DELETE", text));
+}
+
+bool is_order_status(std::string_view status)
+{
+  for (auto s : k_statuses) {
+    if (s == status) return true;
+  }
+  return false;
+}
+
+bool is_allowed_transition(std::string_view from, std::string_view to)
+{
+  if (from == "pending") return to == "processing" || to == "cancelled";
+  if (from == "processing") return to == "shipped" || to == "cancelled";
+  if (from == "shipped") return to == "delivered" || to == "cancelled";
+  return false; // delivered and cancelled are final
+}
+
+Expected<int64_t> parse_money(const json& value, const std::string& field)
+{
+  if (!value.is_number()) return invalid(field, "must be a number such as 19.99");
+  if (value.is_number_integer()) {
+    if (value.is_number_unsigned()) {
+      auto v = value.get<uint64_t>();
+      if (v > static_cast<uint64_t>(k_max_cents / 100)) return invalid(field, "is too large");
+      return static_cast<int64_t>(v) * 100;
+    }
+    auto v = value.get<int64_t>();
+    if (v < 0) return invalid(field, "must not be negative");
+    if (v > k_max_cents / 100) return invalid(field, "is too large");
+    return v * 100;
+  }
+  double v = value.get<double>();
+  if (!std::isfinite(v)) return invalid(field, "must be a finite number");
+  if (v < 0) return invalid(field, "must not be negative");
+  if (v > static_cast<double>(k_max_cents) / 100.0) return invalid(field, "is too large");
+  // The JSON text had at most two decimals iff v*100 is within rounding noise of an integer.
+  double scaled = v * 100.0;
+  double rounded = std::round(scaled);
+  // The tolerance covers the binary rounding of a two-decimal value (under 1e-4 cents at the
+  // largest amount) and rejects any third decimal (at least 0.1 cents off).
+  if (std::fabs(scaled - rounded) > 1e-6 + std::fabs(scaled) * 1e-13) {
+    return invalid(field, "has more than two decimals; money is in whole cents");
+  }
+  return static_cast<int64_t>(rounded);
+}
+
+json money_to_json(int64_t cents)
+{
+  if (cents % 100 == 0) return json(cents / 100);
+  // Two decimals printed exactly: parse the decimal text so the double is the nearest one.
+  return json::parse(fmt::format("{}.{:02}", cents / 100, cents % 100));
+}
+
+Expected<void> check_order_id(std::string_view id)
+{
+  if (id.empty() || id.size() > 128) return invalid("orderId", "must be 1 to 128 characters long");
+  for (char c : id) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') {
+      return invalid("orderId", "may hold only letters, digits, '_' and '-'");
+    }
+  }
+  return {};
+}
+
+Expected<void> validate_event_data(EventType type, const json& data)
+{
+  if (!data.is_object()) return invalid("data", "must be a JSON object");
+  switch (type) {
+  case EventType::create: return validate_create(data);
+  case EventType::update: {
+    auto status = data.find("status");
+    if (status == data.end() || status->is_null()) return invalid("data.status", "is required");
+    if (!status->is_string() || !is_order_status(status->get_ref<const std::string&>())) {
+      return invalid("data.status",
+                     "must be one of pending, processing, shipped, delivered, cancelled");
+    }
+    return {};
+  }
+  case EventType::remove: return {};
+  }
+  return {};
+}
+
+Expected<OrderEvent> parse_event(std::string_view text)
+{
+  json doc = json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded()) return invalid("body", "is not valid JSON");
+  if (!doc.is_object()) return invalid("body", "must be a JSON object");
+  OrderEvent event;
+  auto type = doc.find("type");
+  if (type == doc.end() || !type->is_string()) return invalid("type", "is required: CREATE, UPDATE or DELETE");
+  auto parsed = parse_event_type(type->get_ref<const std::string&>());
+  if (!parsed) return Unexpected(parsed.error());
+  event.type = *parsed;
+  auto order_id = doc.find("orderId");
+  if (order_id != doc.end() && !order_id->is_null()) {
+    if (!order_id->is_string()) return invalid("orderId", "must be a string");
+    event.order_id = order_id->get<std::string>();
+  }
+  if (event.order_id.empty() && event.type != EventType::create) {
+    return invalid("orderId", fmt::format("is required for {}", event_type_name(event.type)));
+  }
+  if (!event.order_id.empty()) {
+    if (auto ok = check_order_id(event.order_id); !ok) return Unexpected(ok.error());
+  }
+  auto data = doc.find("data");
+  if (data != doc.end() && !data->is_null()) event.data = *data;
+  if (auto ok = validate_event_data(event.type, event.data); !ok) return Unexpected(ok.error());
+  for (auto [key, target] : {std::pair{"groupId", &event.group_id},
+                             std::pair{"deduplicationId", &event.dedup_id}}) {
+    auto it = doc.find(key);
+    if (it == doc.end() || it->is_null()) continue;
+    if (!it->is_string()) return invalid(key, "must be a string");
+    *target = it->get<std::string>();
+    if (auto ok = limits::check_id(*target, key); !ok) return Unexpected(ok.error());
+  }
+  return event;
+}
+
+std::string event_body(const OrderEvent& event)
+{
+  json doc = {{"type", event_type_name(event.type)},
+              {"orderId", event.order_id},
+              {"data", event.data}};
+  if (!event.group_id.empty()) doc["groupId"] = event.group_id;
+  if (!event.dedup_id.empty()) doc["deduplicationId"] = event.dedup_id;
+  return doc.dump();
+}
+
+} // namespace acmo

@@ -1,0 +1,58 @@
+#include "core/paths.hpp"
+
+#include <cstdlib>
+#include <filesystem>
+#include <system_error>
+
+#include <fmt/core.h>
+
+namespace acmo {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string env(const char* name)
+{
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+} // namespace
+
+std::string resolve_data_dir(const std::string& flag, const std::string& configured)
+{
+  if (!flag.empty()) return flag;
+  if (auto v = env("ACMO_DATA_DIR"); !v.empty()) return v;
+  if (!configured.empty()) return configured;
+  if (auto v = env("XDG_STATE_HOME"); !v.empty()) return v + "/acmo";
+  if (auto v = env("HOME"); !v.empty()) return v + "/.local/state/acmo";
+  return ".acmo";
+}
+
+Expected<void> ensure_directory(const std::string& dir)
+{
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return {};
+  if (fs::exists(dir, ec)) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("the data directory {} exists but is not a directory; pass "
+                                  "--data-dir with a directory",
+                                  dir),
+                      "data_dir");
+  }
+  fs::create_directories(dir, ec);
+  if (ec) {
+    return make_error(Errc::unavailable,
+                      fmt::format("cannot create the data directory {}: {}; pass --data-dir with "
+                                  "a writable directory",
+                                  dir, ec.message()),
+                      "data_dir");
+  }
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+  return {};
+}
+
+std::string database_path(const std::string& data_dir) { return data_dir + "/acmo.db"; }
+
+} // namespace acmo

@@ -1,0 +1,1140 @@
+#include "core/queue.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <limits>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <utility>
+
+#include <fmt/core.h>
+
+#include "core/ids.hpp"
+#include "core/limits.hpp"
+#include "core/schema.hpp"
+#include "core/sha256.hpp"
+#include "core/sqlite.hpp"
+
+namespace acmo {
+
+namespace {
+
+constexpr int64_t k_max_visibility_ms = 12 * 3'600'000; // as SQS: 12 hours
+constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long poll
+constexpr int k_max_receive = 1000;
+constexpr size_t k_bulk_chunk = 5000;
+constexpr int64_t k_never = std::numeric_limits<int64_t>::max();
+
+// Per-queue counter deltas gathered during one transaction and added once at its end.
+struct Counters {
+  int64_t sent = 0, duplicates = 0, received = 0, deleted = 0, retried = 0, expired = 0,
+          dead_lettered = 0, redriven = 0, purged = 0;
+};
+
+// What a locate() of a receipt handle found.
+struct Located {
+  int64_t seq = 0;
+  std::string group_id;
+  int64_t failures = 0;
+};
+
+} // namespace
+
+// The state of one write transaction, shared by every request committed in it.
+struct Txn {
+  int64_t now = 0;
+  int64_t next_seq = 0; // 0: not read yet
+  bool seq_dirty = false;
+  std::map<int64_t, Counters> counters;
+  std::set<std::pair<int64_t, std::string>> touched_groups;
+};
+
+// One write request waiting for (or taking part in) a group commit.
+struct WriteOp {
+  std::function<void(Txn&)> fn;
+  bool durable = false; // must be fsynced before it is answered
+  std::optional<Error> error;
+  bool done = false;
+};
+
+struct Queue::Impl {
+  const Clock& clock;
+  QueueOptions options;
+  int64_t queue_id = 0;
+  int64_t dlq_id = 0;
+
+  // The writer: one connection, used by whichever thread leads the current group commit.
+  std::unique_ptr<sqlite::Database> writer;
+  std::mutex write_mu;
+  std::condition_variable write_cv;
+  std::vector<WriteOp*> pending;
+  bool leader_active = false;
+  bool writer_sync_full = true;
+
+  // The reader: stats, DLQ listings and the cheap "is anything ready?" probe of long polls.
+  std::unique_ptr<sqlite::Database> reader;
+  std::mutex read_mu;
+
+  // Local wake-ups for long polls: bumped after every commit that may make a message visible.
+  std::mutex wake_mu;
+  std::condition_variable wake_cv;
+  uint64_t wake_generation = 0;
+  bool interrupted = false;
+
+  std::atomic<int64_t> last_sweep_ms{0};
+
+  Impl(const Clock& c, QueueOptions o) : clock(c), options(std::move(o)) {}
+
+  // --- the write path ---------------------------------------------------------------------
+
+  Expected<void> write(WriteOp& op, bool wakes)
+  {
+    {
+      std::unique_lock lock(write_mu);
+      pending.push_back(&op);
+      while (!op.done) {
+        if (leader_active) {
+          write_cv.wait(lock);
+          continue;
+        }
+        leader_active = true;
+        std::vector<WriteOp*> batch;
+        batch.swap(pending);
+        lock.unlock();
+        execute(batch);
+        lock.lock();
+        for (auto* o : batch) o->done = true;
+        leader_active = false;
+        write_cv.notify_all();
+      }
+    }
+    if (op.error) return Unexpected(*op.error);
+    if (wakes) notify_waiters();
+    return {};
+  }
+
+  void execute(const std::vector<WriteOp*>& batch)
+  {
+    bool durable = false;
+    for (auto* op : batch) durable = durable || op->durable;
+    try {
+      run_transaction(batch, durable);
+      return;
+    } catch (const sqlite::SqliteError& e) {
+      Error error = e.to_error();
+      // A failure that is not the whole database's (a constraint, say) belongs to one request:
+      // commit the others alone so that one bad request cannot fail its neighbours.
+      bool per_request = batch.size() > 1 && error.code == Errc::internal;
+      if (!per_request) {
+        for (auto* op : batch) op->error = error;
+        return;
+      }
+    } catch (const std::exception& e) {
+      if (batch.size() == 1) {
+        batch[0]->error = Error(Errc::internal, e.what());
+        return;
+      }
+    }
+    for (auto* op : batch) {
+      try {
+        run_transaction({op}, op->durable);
+      } catch (const sqlite::SqliteError& e) {
+        op->error = e.to_error();
+      } catch (const std::exception& e) {
+        op->error = Error(Errc::internal, e.what());
+      }
+    }
+  }
+
+  void run_transaction(const std::vector<WriteOp*>& ops, bool durable)
+  {
+    bool want_full = durable && options.durability_full;
+    if (want_full != writer_sync_full) {
+      writer->exec(want_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+      writer_sync_full = want_full;
+    }
+    static const std::string k_begin = "BEGIN IMMEDIATE";
+    static const std::string k_commit = "COMMIT";
+    writer->prepare(k_begin)->run();
+    try {
+      Txn txn;
+      txn.now = clock.now_ms();
+      for (auto* op : ops) {
+        op->error.reset();
+        op->fn(txn);
+      }
+      finish(txn);
+      writer->prepare(k_commit)->run();
+    } catch (...) {
+      try {
+        writer->exec("ROLLBACK");
+      } catch (const sqlite::SqliteError&) {
+        // The transaction may already be gone (SQLite rolls back by itself on some errors).
+      }
+      throw;
+    }
+  }
+
+  // The sequence number the next accepted message will get.
+  int64_t peek_seq(Txn& txn)
+  {
+    if (txn.next_seq == 0) {
+      static const std::string k_sql = "SELECT value FROM meta WHERE key = 'next_seq'";
+      txn.next_seq = writer->query_int(k_sql);
+    }
+    return txn.next_seq;
+  }
+
+  int64_t take_seq(Txn& txn)
+  {
+    int64_t seq = peek_seq(txn);
+    txn.next_seq = seq + 1;
+    txn.seq_dirty = true;
+    return seq;
+  }
+
+  void finish(Txn& txn)
+  {
+    for (const auto& [queue, group] : txn.touched_groups) fix_group(queue, group);
+    if (txn.seq_dirty) {
+      static const std::string k_sql = "UPDATE meta SET value = ?1 WHERE key = 'next_seq'";
+      auto stmt = writer->prepare(k_sql);
+      stmt->bind(1, txn.next_seq).run();
+    }
+    for (const auto& [queue, c] : txn.counters) {
+      static const std::string k_sql =
+        "UPDATE queues SET sent = sent + ?2, duplicates = duplicates + ?3,"
+        " received = received + ?4, deleted = deleted + ?5, retried = retried + ?6,"
+        " expired = expired + ?7, dead_lettered = dead_lettered + ?8,"
+        " redriven = redriven + ?9, purged = purged + ?10 WHERE id = ?1";
+      auto stmt = writer->prepare(k_sql);
+      stmt->bind(1, queue).bind(2, c.sent).bind(3, c.duplicates).bind(4, c.received);
+      stmt->bind(5, c.deleted).bind(6, c.retried).bind(7, c.expired).bind(8, c.dead_lettered);
+      stmt->bind(9, c.redriven).bind(10, c.purged).run();
+    }
+  }
+
+  // Make the group's row match its messages: head = lowest seq, ready_at = the head's
+  // visibility; no row for an empty group.
+  void fix_group(int64_t queue, const std::string& group)
+  {
+    static const std::string k_head =
+      "SELECT seq, visible_at FROM messages WHERE queue_id = ?1 AND group_id = ?2"
+      " ORDER BY seq LIMIT 1";
+    static const std::string k_upsert =
+      "INSERT INTO groups(queue_id, group_id, head_seq, ready_at) VALUES (?1, ?2, ?3, ?4)"
+      " ON CONFLICT(queue_id, group_id) DO UPDATE SET head_seq = excluded.head_seq,"
+      " ready_at = excluded.ready_at"
+      " WHERE head_seq != excluded.head_seq OR ready_at != excluded.ready_at";
+    static const std::string k_drop = "DELETE FROM groups WHERE queue_id = ?1 AND group_id = ?2";
+    int64_t head = 0;
+    int64_t ready_at = 0;
+    {
+      auto stmt = writer->prepare(k_head);
+      stmt->bind(1, queue).bind(2, group, false);
+      if (stmt->step()) {
+        head = stmt->column_int(0);
+        ready_at = stmt->column_int(1);
+      }
+    }
+    if (head == 0) {
+      auto stmt = writer->prepare(k_drop);
+      stmt->bind(1, queue).bind(2, group, false).run();
+      return;
+    }
+    auto stmt = writer->prepare(k_upsert);
+    stmt->bind(1, queue).bind(2, group, false).bind(3, head).bind(4, ready_at).run();
+  }
+
+  // --- operations run inside a transaction -------------------------------------------------
+
+  // Accept one validated message (its dedup id already filled in).
+  SendResult do_send(Txn& txn, const SendRequest& req)
+  {
+    static const std::string k_dedup_insert =
+      "INSERT INTO dedup(queue_id, dedup_id, message_id, seq, expires_at)"
+      " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(queue_id, dedup_id) DO NOTHING";
+    static const std::string k_dedup_find =
+      "SELECT message_id, seq, expires_at FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2";
+    static const std::string k_dedup_drop =
+      "DELETE FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2";
+    static const std::string k_insert =
+      "INSERT INTO messages(seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
+      " visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)";
+
+    SendResult result;
+    result.dedup_id = req.dedup_id;
+    result.message_id = new_message_id();
+    const int64_t seq = peek_seq(txn);
+    auto insert_dedup = [&] {
+      auto stmt = writer->prepare(k_dedup_insert);
+      stmt->bind(1, queue_id).bind(2, req.dedup_id, false).bind(3, result.message_id, false);
+      stmt->bind(4, seq).bind(5, txn.now + options.dedup_window_ms).run();
+      return writer->changes() > 0;
+    };
+    if (!insert_dedup()) {
+      bool live = false;
+      {
+        auto stmt = writer->prepare(k_dedup_find);
+        stmt->bind(1, queue_id).bind(2, req.dedup_id, false);
+        if (stmt->step() && stmt->column_int(2) > txn.now) {
+          live = true;
+          result.message_id = stmt->column_text(0);
+          result.seq = stmt->column_int(1);
+        }
+      }
+      if (live) {
+        result.duplicate = true;
+        ++txn.counters[queue_id].duplicates;
+        return result;
+      }
+      // An entry past its window: replace it (delete and insert, to keep rowid = expiry order).
+      writer->prepare(k_dedup_drop)->bind(1, queue_id).bind(2, req.dedup_id, false).run();
+      insert_dedup();
+    }
+    auto stmt = writer->prepare(k_insert);
+    stmt->bind(1, seq).bind(2, queue_id).bind(3, req.group_id, false);
+    stmt->bind(4, result.message_id, false).bind(5, req.dedup_id, false);
+    stmt->bind(6, req.body, false).bind(7, txn.now).run();
+    take_seq(txn);
+    result.seq = seq;
+    ++txn.counters[queue_id].sent;
+    txn.touched_groups.emplace(queue_id, req.group_id);
+    return result;
+  }
+
+  std::vector<Message> do_receive(Txn& txn, int max, int64_t visibility_ms)
+  {
+    static const std::string k_groups =
+      "SELECT group_id, head_seq FROM groups INDEXED BY groups_by_head"
+      " WHERE queue_id = ?1 AND ready_at <= ?2 ORDER BY head_seq LIMIT ?3";
+    static const std::string k_messages =
+      "SELECT seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"
+      " first_received_at, failures, last_error FROM messages"
+      " WHERE queue_id = ?1 AND group_id = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4";
+    static const std::string k_take =
+      "UPDATE messages SET visible_at = ?1, receipt_token = ?2, receive_count = receive_count + 1,"
+      " first_received_at = CASE WHEN first_received_at = 0 THEN ?3 ELSE first_received_at END"
+      " WHERE queue_id = ?4 AND group_id = ?5 AND seq BETWEEN ?6 AND ?7";
+    static const std::string k_group_busy =
+      "UPDATE groups SET ready_at = ?1 WHERE queue_id = ?2 AND group_id = ?3";
+
+    std::vector<std::pair<std::string, int64_t>> groups;
+    {
+      auto stmt = writer->prepare(k_groups);
+      stmt->bind(1, queue_id).bind(2, txn.now).bind(3, max);
+      while (stmt->step()) groups.emplace_back(stmt->column_text(0), stmt->column_int(1));
+    }
+    std::vector<Message> out;
+    const int64_t hidden_until = txn.now + visibility_ms;
+    for (const auto& [group, head] : groups) {
+      if (static_cast<int>(out.size()) >= max) break;
+      const size_t first = out.size();
+      {
+        auto stmt = writer->prepare(k_messages);
+        stmt->bind(1, queue_id).bind(2, group, false).bind(3, head);
+        stmt->bind(4, max - static_cast<int64_t>(out.size()));
+        // A group delivers from its front and stops at its first message that is not visible.
+        while (stmt->step() && stmt->column_int(5) <= txn.now) {
+          Message m;
+          m.seq = stmt->column_int(0);
+          m.message_id = stmt->column_text(1);
+          m.dedup_id = stmt->column_text(2);
+          m.body = stmt->column_text(3);
+          m.sent_at_ms = stmt->column_int(4);
+          m.receive_count = stmt->column_int(6) + 1;
+          m.first_received_at_ms = stmt->column_int(7) == 0 ? txn.now : stmt->column_int(7);
+          m.failures = stmt->column_int(8);
+          m.last_error = stmt->column_text(9);
+          m.group_id = group;
+          out.push_back(std::move(m));
+        }
+      }
+      if (out.size() == first) {
+        // The row was stale (its head is not visible after all): repair it.
+        fix_group(queue_id, group);
+        continue;
+      }
+      uint64_t token = 0;
+      while (token == 0) token = random_u64();
+      {
+        auto stmt = writer->prepare(k_take);
+        stmt->bind(1, hidden_until).bind(2, static_cast<int64_t>(token)).bind(3, txn.now);
+        stmt->bind(4, queue_id).bind(5, group, false).bind(6, out[first].seq);
+        stmt->bind(7, out.back().seq).run();
+      }
+      {
+        auto stmt = writer->prepare(k_group_busy);
+        stmt->bind(1, hidden_until).bind(2, queue_id).bind(3, group, false).run();
+      }
+      for (size_t i = first; i < out.size(); ++i) {
+        out[i].receipt = encode_receipt(Receipt{out[i].seq, token});
+      }
+    }
+    txn.counters[queue_id].received += static_cast<int64_t>(out.size());
+    return out;
+  }
+
+  // Find the message a receipt handle names, or say exactly why it names none.
+  Expected<Located> locate(std::string_view receipt_text)
+  {
+    static const std::string k_sql =
+      "SELECT queue_id, group_id, receipt_token, failures FROM messages WHERE seq = ?1";
+    auto receipt = decode_receipt(receipt_text);
+    if (!receipt) {
+      return make_error(Errc::invalid_input,
+                        "the receipt handle is not one acmo issued; pass the receiptHandle "
+                        "exactly as a receive returned it",
+                        "receiptHandle");
+    }
+    auto stmt = writer->prepare(k_sql);
+    stmt->bind(1, receipt->seq);
+    if (!stmt->step() || stmt->column_int(0) != queue_id) {
+      return make_error(Errc::not_found,
+                        "no message in the queue has this receipt handle: it was already "
+                        "deleted, purged, dropped by retention, or moved to the DLQ",
+                        "receiptHandle");
+    }
+    auto token = static_cast<uint64_t>(stmt->column_int(2));
+    if (token != receipt->token) {
+      return make_error(Errc::stale,
+                        token == 0 ? "the receipt handle is stale: the message was released for "
+                                     "a retry; receive it again to get a new handle"
+                                   : "the receipt handle is stale: the message was received again "
+                                     "after this handle was issued; use the newest handle",
+                        "receiptHandle");
+    }
+    return Located{receipt->seq, stmt->column_text(1), stmt->column_int(3)};
+  }
+
+  void do_remove(Txn& txn, const Located& at)
+  {
+    static const std::string k_sql = "DELETE FROM messages WHERE seq = ?1";
+    writer->prepare(k_sql)->bind(1, at.seq).run();
+    ++txn.counters[queue_id].deleted;
+    txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  void do_hide(Txn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
+               std::string_view error)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET visible_at = ?2,"
+      " receipt_token = CASE WHEN ?3 THEN receipt_token ELSE 0 END,"
+      " failures = ?4, last_error = CASE WHEN ?5 IS NULL THEN last_error ELSE ?5 END"
+      " WHERE seq = ?1";
+    auto stmt = writer->prepare(k_sql);
+    stmt->bind(1, at.seq).bind(2, until).bind(3, keep_receipt ? 1 : 0).bind(4, failures);
+    if (error.data()) {
+      stmt->bind(5, error);
+    } else {
+      stmt->bind_null(5);
+    }
+    stmt->run();
+    txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  void do_dead_letter(Txn& txn, const Located& at, std::string_view reason, int64_t failures,
+                      std::string_view error)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET queue_id = ?2, dead_reason = ?3, dead_at = ?4, receipt_token = 0,"
+      " visible_at = 0, failures = ?5, last_error = ?6 WHERE seq = ?1";
+    auto stmt = writer->prepare(k_sql);
+    stmt->bind(1, at.seq).bind(2, dlq_id).bind(3, reason).bind(4, txn.now).bind(5, failures);
+    stmt->bind(6, error).run();
+    ++txn.counters[queue_id].dead_lettered;
+    txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  SweepResult do_sweep(Txn& txn)
+  {
+    static const std::string k_oldest =
+      "SELECT seq, queue_id, group_id, sent_at FROM messages ORDER BY seq LIMIT 512";
+    static const std::string k_drop_message = "DELETE FROM messages WHERE seq = ?1";
+    static const std::string k_oldest_dedup =
+      "SELECT rowid, expires_at FROM dedup ORDER BY rowid LIMIT 512";
+    static const std::string k_drop_dedup = "DELETE FROM dedup WHERE rowid = ?1";
+    SweepResult result;
+    const int64_t cutoff = txn.now - options.retention_ms;
+    // Sequence order is send order, so the expired messages are a prefix of the table. Each
+    // sweep is bounded so that a huge backlog cannot hold the write lock for long.
+    for (int round = 0; round < 20; ++round) {
+      std::vector<std::tuple<int64_t, int64_t, std::string>> doomed;
+      bool more = false;
+      {
+        auto stmt = writer->prepare(k_oldest);
+        int rows = 0;
+        while (stmt->step()) {
+          ++rows;
+          if (stmt->column_int(3) >= cutoff) break;
+          doomed.emplace_back(stmt->column_int(0), stmt->column_int(1), stmt->column_text(2));
+        }
+        more = rows == 512 && doomed.size() == 512;
+      }
+      for (const auto& [seq, queue, group] : doomed) {
+        writer->prepare(k_drop_message)->bind(1, seq).run();
+        ++txn.counters[queue].expired;
+        txn.touched_groups.emplace(queue, group);
+      }
+      result.expired += static_cast<int64_t>(doomed.size());
+      if (!more) break;
+    }
+    for (int round = 0; round < 200; ++round) {
+      std::vector<int64_t> doomed;
+      int rows = 0;
+      {
+        auto stmt = writer->prepare(k_oldest_dedup);
+        while (stmt->step()) {
+          ++rows;
+          if (stmt->column_int(1) > txn.now) break;
+          doomed.push_back(stmt->column_int(0));
+        }
+      }
+      for (int64_t rowid : doomed) writer->prepare(k_drop_dedup)->bind(1, rowid).run();
+      result.dedup_removed += static_cast<int64_t>(doomed.size());
+      if (rows < 512 || doomed.size() < 512) break;
+    }
+    return result;
+  }
+
+  // --- reads --------------------------------------------------------------------------------
+
+  // The earliest time a group of the queue becomes ready, or k_never when the queue is empty.
+  int64_t next_ready_at()
+  {
+    static const std::string k_sql =
+      "SELECT MIN(ready_at) FROM groups WHERE queue_id = ?1";
+    std::lock_guard lock(read_mu);
+    auto stmt = reader->prepare(k_sql);
+    stmt->bind(1, queue_id);
+    if (!stmt->step() || stmt->column_is_null(0)) return k_never;
+    return stmt->column_int(0);
+  }
+
+  static Message read_message(sqlite::Statement& stmt)
+  {
+    Message m;
+    m.seq = stmt.column_int(0);
+    m.message_id = stmt.column_text(1);
+    m.group_id = stmt.column_text(2);
+    m.dedup_id = stmt.column_text(3);
+    m.body = stmt.column_text(4);
+    m.sent_at_ms = stmt.column_int(5);
+    m.receive_count = stmt.column_int(6);
+    m.first_received_at_ms = stmt.column_int(7);
+    m.failures = stmt.column_int(8);
+    m.last_error = stmt.column_text(9);
+    m.dead_reason = stmt.column_text(10);
+    m.dead_at_ms = stmt.column_int(11);
+    return m;
+  }
+
+  void notify_waiters()
+  {
+    {
+      std::lock_guard lock(wake_mu);
+      ++wake_generation;
+    }
+    wake_cv.notify_all();
+  }
+
+  // Check a request and fill in its dedup id.
+  Expected<void> prepare_send(SendRequest& req) const
+  {
+    if (auto ok = limits::check_body(req.body); !ok) return ok;
+    if (auto ok = limits::check_id(req.group_id, "groupId"); !ok) return ok;
+    if (req.dedup_id.empty()) {
+      if (!options.content_based_dedup) {
+        return make_error(Errc::invalid_input,
+                          "deduplicationId is required when queue.content_based_dedup is off",
+                          "deduplicationId");
+      }
+      req.dedup_id = sha256_hex(req.body);
+      return {};
+    }
+    return limits::check_id(req.dedup_id, "deduplicationId");
+  }
+
+  Expected<void> check_queue_settings() const
+  {
+    if (options.visibility_timeout_ms < 0 || options.visibility_timeout_ms > k_max_visibility_ms) {
+      return make_error(Errc::invalid_input,
+                        "queue.visibility_timeout must be between 0 and 12h",
+                        "queue.visibility_timeout");
+    }
+    if (options.max_retries < 0) {
+      return make_error(Errc::invalid_input, "queue.max_retries must not be negative",
+                        "queue.max_retries");
+    }
+    for (auto d : options.retry_delays_ms) {
+      if (d < 0 || d > k_max_visibility_ms) {
+        return make_error(Errc::invalid_input, "each of queue.retry_delays must be between 0 and 12h",
+                          "queue.retry_delays");
+      }
+    }
+    if (options.dedup_window_ms < 0 || options.retention_ms <= 0) {
+      return make_error(Errc::invalid_input,
+                        "queue.dedup_window must not be negative and queue.retention must be "
+                        "positive",
+                        "queue.retention");
+    }
+    return {};
+  }
+};
+
+// --- opening ---------------------------------------------------------------------------------
+
+namespace {
+
+void apply_connection_settings(sqlite::Database& db)
+{
+  auto mode = [&] {
+    auto stmt = db.prepare("PRAGMA journal_mode=WAL");
+    return stmt->step() ? stmt->column_text(0) : std::string();
+  }();
+  if (mode != "wal") {
+    throw sqlite::SqliteError(1, fmt::format("cannot switch {} to WAL mode (got \"{}\"); is it on "
+                                             "a network file system?",
+                                             db.path(), mode));
+  }
+  db.exec("PRAGMA synchronous=FULL");
+  db.exec("PRAGMA temp_store=MEMORY");
+  db.exec("PRAGMA cache_size=-16000");
+}
+
+// Create or migrate the schema; refuse files that belong to something else.
+Expected<void> migrate(sqlite::Database& db)
+{
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    int64_t version = db.query_int("PRAGMA user_version");
+    int64_t app_id = db.query_int("PRAGMA application_id");
+    int64_t tables = db.query_int("SELECT COUNT(*) FROM sqlite_master");
+    const auto& steps = schema::migrations();
+    if ((app_id != 0 && app_id != schema::k_application_id)
+        || (app_id == 0 && version == 0 && tables > 0)) {
+      db.exec("ROLLBACK");
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} is an SQLite database of another program, not an acmo "
+                                    "database; point --data-dir at a directory of acmo's own",
+                                    db.path()));
+    }
+    if (version > static_cast<int64_t>(steps.size())) {
+      db.exec("ROLLBACK");
+      return make_error(Errc::conflict,
+                        fmt::format("{} was written by a newer acmo (schema {}, this acmo knows "
+                                    "up to {}); upgrade acmo",
+                                    db.path(), version, steps.size()));
+    }
+    for (auto i = static_cast<size_t>(version); i < steps.size(); ++i) db.exec(steps[i]);
+    if (version < static_cast<int64_t>(steps.size())) {
+      db.exec(fmt::format("PRAGMA application_id={}", schema::k_application_id));
+      db.exec(fmt::format("PRAGMA user_version={}", steps.size()));
+    }
+    db.exec("COMMIT");
+  } catch (...) {
+    try {
+      db.exec("ROLLBACK");
+    } catch (const sqlite::SqliteError&) {
+    }
+    throw;
+  }
+  return {};
+}
+
+int64_t ensure_queue(sqlite::Database& db, const std::string& name, int64_t now)
+{
+  db.prepare("INSERT OR IGNORE INTO queues(name, created_at) VALUES (?1, ?2)")
+    ->bind(1, name)
+    .bind(2, now)
+    .run();
+  auto stmt = db.prepare("SELECT id FROM queues WHERE name = ?1");
+  stmt->bind(1, name);
+  if (!stmt->step()) throw sqlite::SqliteError(1, "queue row vanished after insert");
+  return stmt->column_int(0);
+}
+
+} // namespace
+
+Queue::Queue(std::unique_ptr<Impl> impl, QueueOptions options)
+  : m_impl(std::move(impl)), m_options(std::move(options))
+{
+}
+
+Queue::~Queue() = default;
+
+Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOptions options,
+                                             const Clock& clock)
+{
+  if (auto ok = limits::check_id(options.name, "queue.name"); !ok) return Unexpected(ok.error());
+  if (auto ok = limits::check_id(options.dlq_name, "queue.dlq_name"); !ok) {
+    return Unexpected(ok.error());
+  }
+  if (options.name == options.dlq_name) {
+    return make_error(Errc::invalid_input, "the queue and its DLQ need different names",
+                      "queue.dlq_name");
+  }
+  auto impl = std::make_unique<Impl>(clock, options);
+  if (auto ok = impl->check_queue_settings(); !ok) return Unexpected(ok.error());
+  try {
+    impl->writer = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
+    apply_connection_settings(*impl->writer);
+    if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
+    impl->writer->exec("BEGIN IMMEDIATE");
+    impl->queue_id = ensure_queue(*impl->writer, options.name, clock.now_ms());
+    impl->dlq_id = ensure_queue(*impl->writer, options.dlq_name, clock.now_ms());
+    impl->writer->exec("COMMIT");
+    impl->reader = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
+    impl->reader->exec("PRAGMA query_only=ON");
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+  return std::unique_ptr<Queue>(new Queue(std::move(impl), std::move(options)));
+}
+
+// --- sending -------------------------------------------------------------------------------------
+
+Expected<SendResult> Queue::send(const SendRequest& request)
+{
+  SendRequest req = request;
+  if (auto ok = m_impl->prepare_send(req); !ok) return Unexpected(ok.error());
+  SendResult result;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) { result = m_impl->do_send(txn, req); };
+  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  return result;
+}
+
+Expected<std::vector<Expected<SendResult>>>
+Queue::send_batch(const std::vector<SendRequest>& requests)
+{
+  if (requests.empty() || requests.size() > limits::k_max_batch) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("a batch holds 1 to {} entries, not {}; split it",
+                                  limits::k_max_batch, requests.size()),
+                      "entries");
+  }
+  std::vector<SendRequest> reqs = requests;
+  std::vector<Expected<SendResult>> results(reqs.size());
+  std::vector<size_t> valid;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (auto ok = m_impl->prepare_send(reqs[i]); !ok) {
+      results[i] = Unexpected(ok.error());
+    } else {
+      valid.push_back(i);
+    }
+  }
+  if (valid.empty()) return results;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) {
+    for (size_t i : valid) results[i] = m_impl->do_send(txn, reqs[i]);
+  };
+  if (auto ok = m_impl->write(op, true); !ok) {
+    for (size_t i : valid) results[i] = Unexpected(ok.error());
+  }
+  return results;
+}
+
+std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest>& requests)
+{
+  std::vector<Expected<SendResult>> results(requests.size());
+  for (size_t start = 0; start < requests.size(); start += k_bulk_chunk) {
+    const size_t end = std::min(requests.size(), start + k_bulk_chunk);
+    std::vector<SendRequest> chunk(requests.begin() + static_cast<ptrdiff_t>(start),
+                                   requests.begin() + static_cast<ptrdiff_t>(end));
+    std::vector<size_t> valid;
+    for (size_t i = 0; i < chunk.size(); ++i) {
+      if (auto ok = m_impl->prepare_send(chunk[i]); !ok) {
+        results[start + i] = Unexpected(ok.error());
+      } else {
+        valid.push_back(i);
+      }
+    }
+    WriteOp op;
+    op.durable = true;
+    op.fn = [&](Txn& txn) {
+      for (size_t i : valid) results[start + i] = m_impl->do_send(txn, chunk[i]);
+    };
+    if (auto ok = m_impl->write(op, true); !ok) {
+      for (size_t i : valid) results[start + i] = Unexpected(ok.error());
+    }
+  }
+  return results;
+}
+
+// --- receiving -----------------------------------------------------------------------------------
+
+Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> visibility_ms,
+                                              int64_t wait_ms)
+{
+  if (max < 1 || max > k_max_receive) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("a receive asks for 1 to {} messages, not {}", k_max_receive, max),
+                      "maxMessages");
+  }
+  const int64_t visibility = visibility_ms.value_or(m_options.visibility_timeout_ms);
+  if (visibility < 0 || visibility > k_max_visibility_ms) {
+    return make_error(Errc::invalid_input,
+                      "the visibility timeout must be between 0 and 43200 s (12 h)",
+                      "visibilityTimeout");
+  }
+  if (wait_ms < 0 || wait_ms > k_max_wait_ms) {
+    return make_error(Errc::invalid_input, "the wait time must be between 0 and 20 s",
+                      "waitTimeSeconds");
+  }
+  auto& impl = *m_impl;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  try {
+    for (;;) {
+      uint64_t generation;
+      {
+        std::lock_guard lock(impl.wake_mu);
+        if (impl.interrupted) return std::vector<Message>{};
+        generation = impl.wake_generation;
+      }
+      const int64_t now = impl.clock.now_ms();
+      if (now - impl.last_sweep_ms.load() >= m_options.housekeeping_interval_ms) {
+        impl.last_sweep_ms = now;
+        if (auto swept = sweep(); !swept) return Unexpected(swept.error());
+      }
+      // Probe with a cheap read before taking the write lock: idle pollers must not queue up
+      // behind, or slow down, the processes doing real work.
+      const int64_t ready_at = impl.next_ready_at();
+      if (ready_at <= now) {
+        std::vector<Message> got;
+        WriteOp op;
+        op.fn = [&](Txn& txn) { got = impl.do_receive(txn, max, visibility); };
+        if (auto ok = impl.write(op, false); !ok) return Unexpected(ok.error());
+        if (!got.empty()) return got;
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
+      if (left <= 0 || !impl.clock.is_real()) return std::vector<Message>{};
+      int64_t nap = std::min<int64_t>(m_options.poll_interval_ms, left);
+      if (ready_at != k_never && ready_at > now) nap = std::min(nap, ready_at - now);
+      std::unique_lock lock(impl.wake_mu);
+      impl.wake_cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(nap, 1)), [&] {
+        return impl.interrupted || impl.wake_generation != generation;
+      });
+    }
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<void> Queue::remove(std::string_view receipt)
+{
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    auto at = m_impl->locate(receipt);
+    if (!at) {
+      result = Unexpected(at.error());
+      return;
+    }
+    result = {};
+    m_impl->do_remove(txn, *at);
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return ok;
+  return result;
+}
+
+std::vector<Expected<void>> Queue::remove_batch(const std::vector<std::string>& receipts)
+{
+  std::vector<Expected<void>> results(receipts.size());
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    for (size_t i = 0; i < receipts.size(); ++i) {
+      auto at = m_impl->locate(receipts[i]);
+      if (!at) {
+        results[i] = Unexpected(at.error());
+        continue;
+      }
+      results[i] = {};
+      m_impl->do_remove(txn, *at);
+    }
+  };
+  if (auto ok = m_impl->write(op, true); !ok) {
+    for (auto& r : results) r = Unexpected(ok.error());
+  }
+  return results;
+}
+
+Expected<void> Queue::change_visibility(std::string_view receipt, int64_t timeout_ms)
+{
+  if (timeout_ms < 0 || timeout_ms > k_max_visibility_ms) {
+    return make_error(Errc::invalid_input,
+                      "the visibility timeout must be between 0 and 43200 s (12 h)",
+                      "visibilityTimeout");
+  }
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    auto at = m_impl->locate(receipt);
+    if (!at) {
+      result = Unexpected(at.error());
+      return;
+    }
+    result = {};
+    m_impl->do_hide(txn, *at, txn.now + timeout_ms, true, at->failures, {});
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return ok;
+  return result;
+}
+
+Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_view error)
+{
+  Expected<ReleaseOutcome> result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    auto at = m_impl->locate(receipt);
+    if (!at) {
+      result = Unexpected(at.error());
+      return;
+    }
+    ReleaseOutcome outcome;
+    outcome.attempt = at->failures + 1;
+    if (outcome.attempt > m_options.max_retries) {
+      outcome.dead_lettered = true;
+      auto reason = fmt::format("failed {} time{}, retries exhausted (queue.max_retries = {}): {}",
+                                outcome.attempt, outcome.attempt == 1 ? "" : "s",
+                                m_options.max_retries, error);
+      m_impl->do_dead_letter(txn, *at, reason, outcome.attempt, error);
+    } else {
+      const auto& delays = m_options.retry_delays_ms;
+      if (!delays.empty()) {
+        auto index = std::min(static_cast<size_t>(outcome.attempt - 1), delays.size() - 1);
+        outcome.retry_in_ms = delays[index];
+      }
+      m_impl->do_hide(txn, *at, txn.now + outcome.retry_in_ms, false, outcome.attempt, error);
+      ++txn.counters[m_impl->queue_id].retried;
+    }
+    result = outcome;
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  return result;
+}
+
+Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view reason)
+{
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    auto at = m_impl->locate(receipt);
+    if (!at) {
+      result = Unexpected(at.error());
+      return;
+    }
+    result = {};
+    m_impl->do_dead_letter(txn, *at, reason, at->failures + 1, reason);
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return ok;
+  return result;
+}
+
+// --- the DLQ, purge, housekeeping ----------------------------------------------------------------
+
+static const std::string k_message_columns =
+  "seq, message_id, group_id, dedup_id, body, sent_at, receive_count, first_received_at,"
+  " failures, last_error, dead_reason, dead_at";
+
+Expected<std::vector<Message>> Queue::dlq_list(int64_t limit, int64_t offset)
+{
+  static const std::string k_sql = "SELECT " + k_message_columns
+                                   + " FROM messages WHERE queue_id = ?1 ORDER BY seq"
+                                     " LIMIT ?2 OFFSET ?3";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto stmt = m_impl->reader->prepare(k_sql);
+    stmt->bind(1, m_impl->dlq_id).bind(2, limit).bind(3, offset);
+    std::vector<Message> out;
+    while (stmt->step()) out.push_back(Impl::read_message(*stmt));
+    return out;
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<Message> Queue::dlq_show(std::string_view message_id)
+{
+  static const std::string k_sql = "SELECT " + k_message_columns
+                                   + " FROM messages WHERE queue_id = ?1 AND message_id = ?2";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto stmt = m_impl->reader->prepare(k_sql);
+    stmt->bind(1, m_impl->dlq_id).bind(2, message_id);
+    if (!stmt->step()) {
+      return make_error(Errc::not_found,
+                        fmt::format("no message {} in the DLQ {}; `acmo dlq list` shows what is "
+                                    "there",
+                                    message_id, m_options.dlq_name),
+                        "messageId");
+    }
+    return Impl::read_message(*stmt);
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
+{
+  static const std::string k_all =
+    "SELECT seq, message_id, group_id FROM messages WHERE queue_id = ?1 ORDER BY seq";
+  static const std::string k_move =
+    "UPDATE messages SET seq = ?2, queue_id = ?3, visible_at = ?4, sent_at = ?4,"
+    " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
+    " dead_reason = '', dead_at = 0 WHERE seq = ?1";
+  Expected<int64_t> result = 0;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) {
+    auto& impl = *m_impl;
+    std::vector<std::pair<int64_t, std::string>> chosen;
+    std::set<std::string> wanted(message_ids.begin(), message_ids.end());
+    {
+      auto stmt = impl.writer->prepare(k_all);
+      stmt->bind(1, impl.dlq_id);
+      while (stmt->step()) {
+        if (!wanted.empty() && wanted.erase(stmt->column_text(1)) == 0) continue;
+        chosen.emplace_back(stmt->column_int(0), stmt->column_text(2));
+      }
+    }
+    if (!wanted.empty()) {
+      result = make_error(Errc::not_found,
+                          fmt::format("no message {} in the DLQ {}; nothing was redriven",
+                                      *wanted.begin(), m_options.dlq_name),
+                          "messageId");
+      return;
+    }
+    // Oldest first, each to the back of its group: the original order is kept.
+    for (const auto& [seq, group] : chosen) {
+      auto stmt = impl.writer->prepare(k_move);
+      stmt->bind(1, seq).bind(2, impl.take_seq(txn)).bind(3, impl.queue_id).bind(4, txn.now).run();
+      txn.touched_groups.emplace(impl.queue_id, group);
+    }
+    txn.counters[impl.queue_id].redriven += static_cast<int64_t>(chosen.size());
+    result = static_cast<int64_t>(chosen.size());
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  return result;
+}
+
+Expected<int64_t> Queue::purge(bool dlq)
+{
+  int64_t removed = 0;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) {
+    auto& impl = *m_impl;
+    const int64_t id = dlq ? impl.dlq_id : impl.queue_id;
+    impl.writer->prepare("DELETE FROM messages WHERE queue_id = ?1")->bind(1, id).run();
+    removed = impl.writer->changes();
+    impl.writer->prepare("DELETE FROM groups WHERE queue_id = ?1")->bind(1, id).run();
+    impl.writer->prepare("DELETE FROM dedup WHERE queue_id = ?1")->bind(1, id).run();
+    txn.counters[id].purged += removed;
+  };
+  if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
+  return removed;
+}
+
+Expected<SweepResult> Queue::sweep()
+{
+  SweepResult result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) { result = m_impl->do_sweep(txn); };
+  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  return result;
+}
+
+Expected<QueueStats> Queue::stats()
+{
+  static const std::string k_states =
+    "SELECT COALESCE(SUM(visible_at <= ?2), 0),"
+    " COALESCE(SUM(visible_at > ?2 AND receipt_token != 0), 0),"
+    " COALESCE(SUM(visible_at > ?2 AND receipt_token = 0), 0), MIN(sent_at)"
+    " FROM messages WHERE queue_id = ?1";
+  static const std::string k_dlq = "SELECT COUNT(*) FROM messages WHERE queue_id = ?1";
+  static const std::string k_dedup =
+    "SELECT COUNT(*) FROM dedup WHERE queue_id = ?1 AND expires_at > ?2";
+  static const std::string k_counters =
+    "SELECT sent, duplicates, received, deleted, retried, expired, dead_lettered, redriven,"
+    " purged FROM queues WHERE id = ?1";
+  auto& impl = *m_impl;
+  QueueStats s;
+  s.name = m_options.name;
+  s.dlq_name = m_options.dlq_name;
+  const int64_t now = impl.clock.now_ms();
+  try {
+    std::lock_guard lock(impl.read_mu);
+    // One read transaction, so that the figures agree with each other.
+    impl.reader->exec("BEGIN");
+    try {
+      {
+        auto stmt = impl.reader->prepare(k_states);
+        stmt->bind(1, impl.queue_id).bind(2, now);
+        if (stmt->step()) {
+          s.visible = stmt->column_int(0);
+          s.in_flight = stmt->column_int(1);
+          s.delayed = stmt->column_int(2);
+          s.oldest_age_ms = stmt->column_is_null(3) ? 0 : std::max<int64_t>(0, now - stmt->column_int(3));
+        }
+      }
+      {
+        auto stmt = impl.reader->prepare(k_dlq);
+        stmt->bind(1, impl.dlq_id);
+        if (stmt->step()) s.dead_lettered = stmt->column_int(0);
+      }
+      {
+        auto stmt = impl.reader->prepare(k_dedup);
+        stmt->bind(1, impl.queue_id).bind(2, now);
+        if (stmt->step()) s.dedup_entries = stmt->column_int(0);
+      }
+      {
+        auto stmt = impl.reader->prepare(k_counters);
+        stmt->bind(1, impl.queue_id);
+        if (stmt->step()) {
+          s.sent = stmt->column_int(0);
+          s.duplicates = stmt->column_int(1);
+          s.received = stmt->column_int(2);
+          s.deleted = stmt->column_int(3);
+          s.retried = stmt->column_int(4);
+          s.expired = stmt->column_int(5);
+          s.dead_lettered_total = stmt->column_int(6);
+          s.redriven = stmt->column_int(7);
+          s.purged = stmt->column_int(8);
+        }
+      }
+      impl.reader->exec("COMMIT");
+    } catch (...) {
+      impl.reader->exec("ROLLBACK");
+      throw;
+    }
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+  return s;
+}
+
+void Queue::interrupt()
+{
+  {
+    std::lock_guard lock(m_impl->wake_mu);
+    m_impl->interrupted = true;
+  }
+  m_impl->wake_cv.notify_all();
+}
+
+void Queue::resume()
+{
+  std::lock_guard lock(m_impl->wake_mu);
+  m_impl->interrupted = false;
+}
+
+} // namespace acmo

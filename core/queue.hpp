@@ -1,0 +1,180 @@
+// The durable SQS-FIFO queue engine (SPEC §2) on SQLite in WAL mode.
+//
+// One SQLite file holds every queue of a data dir: messages, message groups, the dedup history,
+// counters and the dead-letter queue. Any number of Queue objects, in any number of processes,
+// may use the same file at once; SQLite's write lock serialises them and a short busy handler
+// keeps waits small. Inside one process, concurrent writers share transactions (group commit):
+// the first caller to find the writer idle commits every request queued so far, so N threads
+// sending at once pay for about one fsync, not N.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+
+namespace acmo {
+
+namespace sqlite {
+class Database;
+}
+
+struct QueueOptions {
+  std::string name = "orders";
+  std::string dlq_name = "orders-dlq";
+  // "full": an accepted send is fsynced before the answer (survives power loss).
+  // "normal": it survives a crash of any process, but not a power cut.
+  bool durability_full = true;
+  int64_t visibility_timeout_ms = 30'000;
+  int64_t dedup_window_ms = 5 * 60'000;
+  bool content_based_dedup = true;
+  std::vector<int64_t> retry_delays_ms = {1'000, 5'000, 15'000};
+  int max_retries = 3;
+  int64_t retention_ms = 4 * 24 * 3'600'000LL;
+  // How long to wait for another process's write lock before giving up with Errc::busy.
+  int64_t busy_timeout_ms = 30'000;
+  // How often an idle long-poll looks for messages sent by other processes.
+  int64_t poll_interval_ms = 5;
+  // How often housekeeping (retention and dedup-window sweeps) runs at most.
+  int64_t housekeeping_interval_ms = 1'000;
+};
+
+struct SendRequest {
+  std::string body;
+  std::string group_id = "orders";
+  std::string dedup_id; // empty: SHA-256 of the body if content-based dedup is on
+};
+
+struct SendResult {
+  std::string message_id;
+  int64_t seq = 0;
+  std::string dedup_id;
+  bool duplicate = false; // true: acknowledged, but an equal message was accepted in the window
+};
+
+// A message as a receiver, or a reader of the DLQ, sees it.
+struct Message {
+  std::string message_id;
+  int64_t seq = 0;
+  std::string group_id;
+  std::string dedup_id;
+  std::string body;
+  std::string receipt; // empty outside a receive
+  int64_t receive_count = 0;
+  int64_t failures = 0; // handling attempts that failed (released for retry)
+  int64_t sent_at_ms = 0;
+  int64_t first_received_at_ms = 0; // 0: never received
+  std::string last_error;
+  std::string dead_reason; // DLQ only
+  int64_t dead_at_ms = 0;  // DLQ only
+};
+
+// What became of a message released after a failed attempt.
+struct ReleaseOutcome {
+  bool dead_lettered = false;
+  int64_t retry_in_ms = 0; // delay before it is visible again (when not dead-lettered)
+  int64_t attempt = 0;     // the attempt that failed, 1-based
+};
+
+struct QueueStats {
+  std::string name;
+  int64_t visible = 0;
+  int64_t in_flight = 0;
+  int64_t delayed = 0; // waiting out a retry delay
+  int64_t dead_lettered = 0; // messages now in the DLQ
+  int64_t dedup_entries = 0;
+  int64_t sent = 0;
+  int64_t duplicates = 0;
+  int64_t received = 0;
+  int64_t deleted = 0;
+  int64_t retried = 0;
+  int64_t expired = 0; // dropped by retention
+  int64_t dead_lettered_total = 0;
+  int64_t redriven = 0;
+  int64_t purged = 0;
+  int64_t oldest_age_ms = 0; // 0 when empty
+  std::string dlq_name;
+};
+
+struct SweepResult {
+  int64_t expired = 0;
+  int64_t dedup_removed = 0;
+};
+
+class Queue
+{
+public:
+  // Open the queue `options.name` in the SQLite file `db_path`, creating or migrating the schema.
+  // Fails with a clear error if the file is not an acmo database.
+  static Expected<std::unique_ptr<Queue>> open(const std::string& db_path, QueueOptions options,
+                                               const Clock& clock = SystemClock::instance());
+  ~Queue();
+  Queue(const Queue&) = delete;
+  Queue& operator=(const Queue&) = delete;
+
+  const QueueOptions& options() const { return m_options; }
+
+  // Accept one message. On success it is on disk (fsynced with durability "full").
+  Expected<SendResult> send(const SendRequest& request);
+  // Accept up to 10 messages in one transaction; each entry succeeds or fails on its own.
+  // More than 10 entries is an error for the whole batch.
+  Expected<std::vector<Expected<SendResult>>> send_batch(const std::vector<SendRequest>& requests);
+  // Accept any number of messages for local loading, in large transactions. Entries that break
+  // a limit are reported and skipped; the rest are accepted.
+  std::vector<Expected<SendResult>> send_bulk(const std::vector<SendRequest>& requests);
+
+  // Receive up to `max` messages (1-1000), hiding them for `visibility_ms` (default: the queue's
+  // visibility timeout). If none is visible, wait up to `wait_ms` (≤ 20 s) for one to arrive,
+  // from this process or another. A group delivers its visible messages from the front and stops
+  // at its first message in flight; other groups are not blocked.
+  Expected<std::vector<Message>> receive(int max, std::optional<int64_t> visibility_ms = {},
+                                         int64_t wait_ms = 0);
+
+  // Delete a received message by its receipt handle.
+  Expected<void> remove(std::string_view receipt);
+  std::vector<Expected<void>> remove_batch(const std::vector<std::string>& receipts);
+  // Hide a received message for `timeout_ms` from now (0 makes it visible at once).
+  Expected<void> change_visibility(std::string_view receipt, int64_t timeout_ms);
+  // The retry path: a handling attempt failed with a transient `error`. The message becomes
+  // visible again after queue.retry_delays[attempt-1], or moves to the DLQ once max_retries
+  // retries are spent.
+  Expected<ReleaseOutcome> release(std::string_view receipt, std::string_view error);
+  // Move a received message to the DLQ at once (a permanent error), with `reason`.
+  Expected<void> dead_letter(std::string_view receipt, std::string_view reason);
+
+  // Dead-lettered messages, oldest first.
+  Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0);
+  Expected<Message> dlq_show(std::string_view message_id);
+  // Move DLQ messages (all, or those with the given message ids) back to the queue in their
+  // original order. Returns how many moved; an id not in the DLQ is an Errc::not_found error and
+  // moves nothing.
+  Expected<int64_t> redrive(const std::vector<std::string>& message_ids = {});
+
+  // Remove every message of the queue (or of its DLQ) and its dedup history.
+  Expected<int64_t> purge(bool dlq = false);
+  // Drop messages past retention and dedup entries past the window. Runs by itself from
+  // receive at most every housekeeping interval; callable directly.
+  Expected<SweepResult> sweep();
+
+  Expected<QueueStats> stats();
+
+  // Wake every receive that is waiting in this process, e.g. to shut down. Waiting receives
+  // return at once (empty) until resume() is called.
+  void interrupt();
+  void resume();
+
+private:
+  struct Impl;
+  explicit Queue(std::unique_ptr<Impl> impl, QueueOptions options);
+  std::unique_ptr<Impl> m_impl;
+  QueueOptions m_options;
+};
+
+} // namespace acmo
