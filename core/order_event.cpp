@@ -93,8 +93,11 @@ Expected<void> validate_create(const json& data)
     auto qty = item.find("quantity");
     if (qty == item.end() || qty->is_null()) return invalid(base + ".quantity", "is required");
     if (!qty->is_number_integer()) return invalid(base + ".quantity", "must be a whole number");
-    if (qty->is_number_unsigned() ? qty->get<uint64_t>() > 1'000'000
-                                  : (qty->get<int64_t>() < 1 || qty->get<int64_t>() > 1'000'000)) {
+    // nlohmann parses every non-negative integer in JSON text as unsigned, so the lower bound
+    // must be checked on that branch too, or a quantity of 0 slips through.
+    if (qty->is_number_unsigned()
+          ? (qty->get<uint64_t>() < 1 || qty->get<uint64_t>() > 1'000'000)
+          : (qty->get<int64_t>() < 1 || qty->get<int64_t>() > 1'000'000)) {
       return invalid(base + ".quantity", "must be between 1 and 1000000");
     }
     auto price = item.find("unit_price");
