@@ -606,22 +606,56 @@ void apply_connection_settings(sqlite::Database& db)
   db.exec("PRAGMA cache_size=-16000");
 }
 
+// Whether the file belongs to another program: someone else's application id, or tables in a
+// file acmo never stamped.
+bool is_foreign(sqlite::Database& db)
+{
+  int64_t version = db.query_int("PRAGMA user_version");
+  int64_t app_id = db.query_int("PRAGMA application_id");
+  int64_t tables = db.query_int("SELECT COUNT(*) FROM sqlite_master");
+  return (app_id != 0 && app_id != schema::k_application_id)
+         || (app_id == 0 && version == 0 && tables > 0);
+}
+
+Unexpected foreign_file_error(sqlite::Database& db)
+{
+  return make_error(Errc::invalid_input,
+                    fmt::format("{} is an SQLite database of another program, not an acmo "
+                                "database; point --data-dir at a directory of acmo's own",
+                                db.path()));
+}
+
+// Refuse another program's file before anything is written to it: even the switch to WAL
+// rewrites the file's header. One read transaction, so that an acmo process creating the schema
+// at this moment is seen either before or after, never half-way.
+Expected<void> refuse_foreign(sqlite::Database& db)
+{
+  db.exec("BEGIN");
+  bool foreign = false;
+  try {
+    foreign = is_foreign(db);
+  } catch (...) {
+    try {
+      db.exec("ROLLBACK");
+    } catch (const sqlite::SqliteError&) {
+    }
+    throw;
+  }
+  db.exec("COMMIT");
+  if (foreign) return foreign_file_error(db);
+  return {};
+}
+
 // Create or migrate the schema; refuse files that belong to something else.
 Expected<void> migrate(sqlite::Database& db)
 {
   db.exec("BEGIN IMMEDIATE");
   try {
     int64_t version = db.query_int("PRAGMA user_version");
-    int64_t app_id = db.query_int("PRAGMA application_id");
-    int64_t tables = db.query_int("SELECT COUNT(*) FROM sqlite_master");
     const auto& steps = schema::migrations();
-    if ((app_id != 0 && app_id != schema::k_application_id)
-        || (app_id == 0 && version == 0 && tables > 0)) {
+    if (is_foreign(db)) {
       db.exec("ROLLBACK");
-      return make_error(Errc::invalid_input,
-                        fmt::format("{} is an SQLite database of another program, not an acmo "
-                                    "database; point --data-dir at a directory of acmo's own",
-                                    db.path()));
+      return foreign_file_error(db);
     }
     if (version > static_cast<int64_t>(steps.size())) {
       db.exec("ROLLBACK");
@@ -682,6 +716,7 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
   if (auto ok = impl->check_queue_settings(); !ok) return Unexpected(ok.error());
   try {
     impl->writer = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
+    if (auto ok = refuse_foreign(*impl->writer); !ok) return Unexpected(ok.error());
     apply_connection_settings(*impl->writer);
     if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
     impl->writer->exec("BEGIN IMMEDIATE");
@@ -998,11 +1033,13 @@ Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
     auto& impl = *m_impl;
     std::vector<std::pair<int64_t, std::string>> chosen;
     std::set<std::string> wanted(message_ids.begin(), message_ids.end());
+    // Decided once: `wanted` empties as ids are found, and must not then turn into "all".
+    const bool all = message_ids.empty();
     {
       auto stmt = impl.writer->prepare(k_all);
       stmt->bind(1, impl.dlq_id);
       while (stmt->step()) {
-        if (!wanted.empty() && wanted.erase(stmt->column_text(1)) == 0) continue;
+        if (!all && wanted.erase(stmt->column_text(1)) == 0) continue;
         chosen.emplace_back(stmt->column_int(0), stmt->column_text(2));
       }
     }
