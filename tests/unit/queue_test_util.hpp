@@ -1,0 +1,43 @@
+// Small helpers shared by the queue tests.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include <catch2/catch.hpp>
+
+#include "core/error.hpp"
+#include "core/queue.hpp"
+
+namespace acmo::test {
+
+// The value of an Expected that the test needs to succeed; a failure stops the test case with
+// the error's own message, which says far more than "REQUIRE(result) failed".
+template<typename T> T must(Expected<T> result)
+{
+  if (!result) FAIL("unexpected error (" << errc_name(result.error().code) << "): "
+                                         << result.error().message);
+  return std::move(*result);
+}
+
+inline void must(const Expected<void>& result)
+{
+  if (!result) FAIL("unexpected error (" << errc_name(result.error().code) << "): "
+                                         << result.error().message);
+}
+
+// The error of an Expected that the test needs to fail.
+template<typename T> Error must_fail(const Expected<T>& result)
+{
+  if (result) FAIL("expected an error, got success");
+  return result.error();
+}
+
+inline std::unique_ptr<Queue> open_queue(const std::string& path, QueueOptions options = {},
+                                         const Clock& clock = SystemClock::instance())
+{
+  return must(Queue::open(path, std::move(options), clock));
+}
+
+} // namespace acmo::test

@@ -1,0 +1,1484 @@
+// The queue engine's semantics (SPEC §2), driven through Queue's public API. Time is a
+// ManualClock everywhere except in the long-poll tests, so no test sleeps for a timeout.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <fmt/core.h>
+#include <sqlite3.h>
+
+#include "core/clock.hpp"
+#include "core/ids.hpp"
+#include "core/limits.hpp"
+#include "core/queue.hpp"
+#include "queue_test_util.hpp"
+#include "temp_dir.hpp"
+
+using namespace acmo;
+using acmo::test::must;
+using acmo::test::must_fail;
+using acmo::test::open_queue;
+using acmo::test::TempDir;
+using namespace std::string_literals;
+
+namespace {
+
+constexpr int64_t k_second = 1000;
+constexpr int64_t k_minute = 60 * k_second;
+constexpr int64_t k_day = 24 * 60 * k_minute;
+
+// A queue in a fresh temp dir on a clock the test moves by hand.
+struct QueueFixture {
+  TempDir dir;
+  ManualClock clock;
+  std::string path = dir.file("acmo.db");
+  QueueOptions options;
+  std::unique_ptr<Queue> queue;
+
+  explicit QueueFixture(QueueOptions o = {}) : options(std::move(o)) { reopen(); }
+
+  // Close the Queue and open the file again, as a restarted process would.
+  void reopen()
+  {
+    queue.reset();
+    queue = open_queue(path, options, clock);
+  }
+
+  SendResult send(const std::string& body, const std::string& group = "orders",
+                  const std::string& dedup = {})
+  {
+    return must(queue->send(SendRequest{body, group, dedup}));
+  }
+
+  std::vector<Message> receive(int max = 10, std::optional<int64_t> visibility_ms = {})
+  {
+    return must(queue->receive(max, visibility_ms));
+  }
+
+  // Exactly one message must be ready; returns it.
+  Message receive_one(std::optional<int64_t> visibility_ms = {})
+  {
+    auto got = receive(10, visibility_ms);
+    REQUIRE(got.size() == 1);
+    return got[0];
+  }
+
+  QueueStats stats() { return must(queue->stats()); }
+};
+
+std::vector<std::string> bodies_of(const std::vector<Message>& messages)
+{
+  std::vector<std::string> out;
+  for (const auto& m : messages) out.push_back(m.body);
+  return out;
+}
+
+using Bodies = std::vector<std::string>;
+
+// Write an SQLite file that belongs to some other program.
+void write_foreign_sqlite(const std::string& path, const std::string& sql)
+{
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  char* err = nullptr;
+  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  INFO((err ? err : ""));
+  sqlite3_free(err);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+}
+
+// The names of the tables in an SQLite file.
+std::set<std::string> table_names(const std::string& path)
+{
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT name FROM sqlite_master WHERE type = 'table'", -1, &stmt,
+                             nullptr)
+          == SQLITE_OK);
+  std::set<std::string> names;
+  while (sqlite3_step(stmt) == SQLITE_ROW) {
+    names.insert(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)));
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return names;
+}
+
+std::string read_file(const std::string& path)
+{
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+int64_t elapsed_ms(std::chrono::steady_clock::time_point since)
+{
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now()
+                                                               - since)
+    .count();
+}
+
+} // namespace
+
+// --- sending and receiving ---------------------------------------------------------------------
+
+TEST_CASE("Queue: a sent message is received and then deleted", "[queue]")
+{
+  QueueFixture f;
+  const int64_t sent_at = f.clock.now_ms();
+  auto sent = f.send("{\"hello\":1}", "g1", "dedup-1");
+  CHECK_FALSE(sent.duplicate);
+  CHECK(sent.seq > 0);
+  CHECK(sent.dedup_id == "dedup-1");
+  CHECK(sent.message_id.size() == 36);
+
+  f.clock.advance_ms(250);
+  auto m = f.receive_one();
+  CHECK(m.message_id == sent.message_id);
+  CHECK(m.seq == sent.seq);
+  CHECK(m.group_id == "g1");
+  CHECK(m.dedup_id == "dedup-1");
+  CHECK(m.body == "{\"hello\":1}");
+  CHECK_FALSE(m.receipt.empty());
+  CHECK(m.receive_count == 1);
+  CHECK(m.failures == 0);
+  CHECK(m.sent_at_ms == sent_at);
+  CHECK(m.first_received_at_ms == sent_at + 250);
+
+  // In flight: nobody else gets it.
+  CHECK(f.receive().empty());
+
+  must(f.queue->remove(m.receipt));
+  CHECK(f.receive().empty());
+  f.clock.advance_ms(k_day); // long past any visibility timeout: it is really gone
+  CHECK(f.receive().empty());
+  auto s = f.stats();
+  CHECK(s.visible == 0);
+  CHECK(s.in_flight == 0);
+  CHECK(s.sent == 1);
+  CHECK(s.received == 1);
+  CHECK(s.deleted == 1);
+}
+
+TEST_CASE("Queue: sequence numbers increase with every accepted message", "[queue]")
+{
+  QueueFixture f;
+  int64_t last = 0;
+  std::string last_text = format_sequence(0);
+  std::vector<SendResult> sent;
+  for (int i = 0; i < 50; ++i) {
+    auto r = f.send(fmt::format("body {}", i), fmt::format("g{}", i % 7));
+    INFO("send " << i);
+    CHECK(r.seq > last);
+    auto text = format_sequence(r.seq);
+    CHECK(text.size() == 20);
+    CHECK(text > last_text);
+    last = r.seq;
+    last_text = text;
+    sent.push_back(r);
+  }
+  // A duplicate takes no new number; the next accepted message still gets a larger one.
+  auto dup = f.send("body 3", "g3");
+  CHECK(dup.duplicate);
+  CHECK(dup.seq == sent[3].seq);
+  auto next = f.send("body 50");
+  CHECK(next.seq > last);
+  last = next.seq;
+
+  // Receives show the numbers the sends returned.
+  std::map<std::string, int64_t> seq_of;
+  for (const auto& r : sent) seq_of[r.message_id] = r.seq;
+  for (const auto& m : f.receive(100)) {
+    if (seq_of.count(m.message_id)) CHECK(m.seq == seq_of[m.message_id]);
+  }
+
+  // Numbers keep increasing across a restart.
+  f.reopen();
+  CHECK(f.send("after restart").seq > last);
+}
+
+// --- FIFO per group ----------------------------------------------------------------------------
+
+TEST_CASE("Queue: messages of one group are delivered in the order they were accepted", "[queue]")
+{
+  QueueFixture f;
+  for (int i = 0; i < 5; ++i) f.send(fmt::format("m{}", i), "g");
+
+  SECTION("a receive may return several messages of one group, in order")
+  {
+    CHECK(bodies_of(f.receive(10)) == Bodies{"m0", "m1", "m2", "m3", "m4"});
+  }
+  SECTION("one at a time, each after the previous one is deleted")
+  {
+    for (int i = 0; i < 5; ++i) {
+      auto got = f.receive(1);
+      REQUIRE(got.size() == 1);
+      CHECK(got[0].body == fmt::format("m{}", i));
+      must(f.queue->remove(got[0].receipt));
+    }
+    CHECK(f.receive().empty());
+  }
+  SECTION("a receive of fewer than the group holds takes them from the front")
+  {
+    CHECK(bodies_of(f.receive(2)) == Bodies{"m0", "m1"});
+    // The rest wait: the group's head is in flight.
+    CHECK(f.receive(10).empty());
+  }
+}
+
+TEST_CASE("Queue: a group is blocked while its head is in flight", "[queue]")
+{
+  QueueFixture f;
+  f.send("a1", "A");
+  f.send("a2", "A");
+  f.send("b1", "B");
+
+  auto a1 = f.receive(1);
+  REQUIRE(bodies_of(a1) == Bodies{"a1"});
+  // a2 is visible but must wait behind a1; group B is not held up.
+  CHECK(bodies_of(f.receive(10)) == Bodies{"b1"});
+  CHECK(f.receive(10).empty());
+  // Still blocked later on, as long as a1's visibility lasts.
+  f.clock.advance_ms(29 * k_second);
+  f.send("a3", "A");
+  CHECK(f.receive(10).empty());
+
+  must(f.queue->remove(a1[0].receipt));
+  CHECK(bodies_of(f.receive(10)) == Bodies{"a2", "a3"});
+}
+
+TEST_CASE("Queue: a group is blocked while any earlier message of it is in flight", "[queue]")
+{
+  QueueFixture f;
+  f.send("a1", "A");
+  f.send("a2", "A");
+  auto got = f.receive(10);
+  REQUIRE(bodies_of(got) == Bodies{"a1", "a2"});
+  f.send("a3", "A");
+  // Deleting the later message first leaves a1 in flight: a3 must still wait.
+  must(f.queue->remove(got[1].receipt));
+  CHECK(f.receive(10).empty());
+  must(f.queue->remove(got[0].receipt));
+  CHECK(bodies_of(f.receive(10)) == Bodies{"a3"});
+}
+
+TEST_CASE("Queue: other groups are not blocked by a group in flight", "[queue]")
+{
+  QueueFixture f;
+  for (const char* g : {"A", "B", "C"}) {
+    for (int i = 1; i <= 2; ++i) f.send(fmt::format("{}{}", g, i), g);
+  }
+  auto a = f.receive(1);
+  REQUIRE(bodies_of(a) == Bodies{"A1"});
+  auto rest = f.receive(10);
+  // Group by group, each in order; A2 is not among them.
+  std::map<std::string, Bodies> by_group;
+  for (const auto& m : rest) by_group[m.group_id].push_back(m.body);
+  CHECK(by_group.count("A") == 0);
+  CHECK(by_group["B"] == Bodies{"B1", "B2"});
+  CHECK(by_group["C"] == Bodies{"C1", "C2"});
+  CHECK(rest.size() == 4);
+}
+
+// --- visibility --------------------------------------------------------------------------------
+
+TEST_CASE("Queue: a message not deleted in time is delivered again with a new handle", "[queue]")
+{
+  QueueFixture f; // visibility timeout 30 s
+  auto sent = f.send("m");
+  const int64_t t0 = f.clock.now_ms();
+  auto first = f.receive_one();
+  CHECK(first.receive_count == 1);
+
+  f.clock.advance_ms(30 * k_second - 1);
+  CHECK(f.receive().empty());
+  f.clock.advance_ms(1);
+  auto second = f.receive_one();
+  CHECK(second.message_id == sent.message_id);
+  CHECK(second.receive_count == 2);
+  CHECK(second.receipt != first.receipt);
+  CHECK(second.first_received_at_ms == t0);
+
+  // The first handle was replaced by the second receive.
+  auto stale = must_fail(f.queue->remove(first.receipt));
+  CHECK(stale.code == Errc::stale);
+  CHECK(stale.field == "receiptHandle");
+  CHECK(must_fail(f.queue->change_visibility(first.receipt, 0)).code == Errc::stale);
+  CHECK(must_fail(f.queue->release(first.receipt, "x")).code == Errc::stale);
+  CHECK(must_fail(f.queue->dead_letter(first.receipt, "x")).code == Errc::stale);
+
+  // A third delivery, with a receive's own visibility timeout.
+  f.clock.advance_ms(30 * k_second);
+  auto third = f.receive_one(5 * k_second);
+  CHECK(third.receive_count == 3);
+  f.clock.advance_ms(5 * k_second - 1);
+  CHECK(f.receive().empty());
+  f.clock.advance_ms(1);
+  auto fourth = f.receive_one();
+  CHECK(fourth.receive_count == 4);
+  must(f.queue->remove(fourth.receipt));
+  CHECK(f.stats().received == 4);
+}
+
+TEST_CASE("Queue: bad receipt handles are refused with the right error", "[queue]")
+{
+  QueueFixture f;
+  f.send("m");
+  auto m = f.receive_one();
+
+  SECTION("garbage is invalid input")
+  {
+    auto garbage = GENERATE(as<std::string>{}, "", "not-a-handle", "AQAAAAAAAAAAAAAAAAAAAAAA");
+    auto e = must_fail(f.queue->remove(garbage));
+    CHECK(e.code == Errc::invalid_input);
+    CHECK(e.field == "receiptHandle");
+    CHECK(must_fail(f.queue->change_visibility(garbage, 0)).code == Errc::invalid_input);
+    CHECK(must_fail(f.queue->release(garbage, "x")).code == Errc::invalid_input);
+    CHECK(must_fail(f.queue->dead_letter(garbage, "x")).code == Errc::invalid_input);
+    // None of them touched the message.
+    CHECK(f.stats().in_flight == 1);
+    must(f.queue->remove(m.receipt));
+  }
+  SECTION("a well-formed handle of a message that never existed is not found")
+  {
+    auto handle = encode_receipt(Receipt{m.seq + 1000, 12345});
+    CHECK(must_fail(f.queue->remove(handle)).code == Errc::not_found);
+    CHECK(f.stats().in_flight == 1);
+  }
+  SECTION("the handle of a deleted message is not found")
+  {
+    must(f.queue->remove(m.receipt));
+    auto e = must_fail(f.queue->remove(m.receipt));
+    CHECK(e.code == Errc::not_found);
+    CHECK(e.field == "receiptHandle");
+    CHECK(must_fail(f.queue->change_visibility(m.receipt, 0)).code == Errc::not_found);
+    CHECK(must_fail(f.queue->release(m.receipt, "x")).code == Errc::not_found);
+  }
+  SECTION("a forged token for a real message is stale, not accepted")
+  {
+    auto real = decode_receipt(m.receipt);
+    REQUIRE(real);
+    auto forged = encode_receipt(Receipt{real->seq, real->token ^ 1});
+    CHECK(must_fail(f.queue->remove(forged)).code == Errc::stale);
+    must(f.queue->remove(m.receipt));
+  }
+}
+
+TEST_CASE("Queue: remove_batch answers for each handle on its own", "[queue]")
+{
+  QueueFixture f;
+  f.send("a", "A");
+  f.send("b", "B");
+  auto got = f.receive(10);
+  REQUIRE(got.size() == 2);
+  auto results = f.queue->remove_batch({got[0].receipt, "garbage", got[1].receipt, got[0].receipt});
+  REQUIRE(results.size() == 4);
+  CHECK(results[0].has_value());
+  CHECK(results[1].error().code == Errc::invalid_input);
+  CHECK(results[2].has_value());
+  CHECK(results[3].error().code == Errc::not_found);
+  CHECK(f.stats().deleted == 2);
+  f.clock.advance_ms(k_day);
+  CHECK(f.receive().empty());
+}
+
+TEST_CASE("Queue: change_visibility shortens or extends the time a message is hidden", "[queue]")
+{
+  QueueFixture f;
+  f.send("m1", "A");
+  f.send("m2", "A");
+
+  SECTION("0 makes it visible at once, and the group's order holds")
+  {
+    auto got = f.receive(1);
+    REQUIRE(bodies_of(got) == Bodies{"m1"});
+    must(f.queue->change_visibility(got[0].receipt, 0));
+    auto again = f.receive(10);
+    REQUIRE(bodies_of(again) == Bodies{"m1", "m2"});
+    CHECK(again[0].receive_count == 2);
+  }
+  SECTION("extending keeps it hidden past the original timeout, and the handle stays valid")
+  {
+    auto m = f.receive(1).at(0);
+    f.clock.advance_ms(20 * k_second);
+    must(f.queue->change_visibility(m.receipt, 60 * k_second)); // until t0 + 80 s
+    f.clock.advance_ms(60 * k_second - 1);
+    CHECK(f.receive().empty());
+    CHECK(f.stats().in_flight == 1);
+    f.clock.advance_ms(1);
+    auto again = f.receive(1);
+    REQUIRE(bodies_of(again) == Bodies{"m1"});
+    CHECK(again[0].receive_count == 2);
+  }
+  SECTION("the handle still deletes after a change")
+  {
+    auto m = f.receive(1).at(0);
+    must(f.queue->change_visibility(m.receipt, 10 * k_second));
+    must(f.queue->remove(m.receipt));
+    CHECK(bodies_of(f.receive(10)) == Bodies{"m2"});
+  }
+  SECTION("timeouts outside 0..12 h are refused")
+  {
+    auto m = f.receive(1).at(0);
+    CHECK(must_fail(f.queue->change_visibility(m.receipt, -1)).code == Errc::invalid_input);
+    CHECK(must_fail(f.queue->change_visibility(m.receipt, 12 * 3'600'000 + 1)).code
+          == Errc::invalid_input);
+    must(f.queue->change_visibility(m.receipt, 12 * 3'600'000));
+  }
+}
+
+TEST_CASE("Queue: receive arguments are checked", "[queue]")
+{
+  QueueFixture f;
+  f.send("m");
+  CHECK(must_fail(f.queue->receive(0)).field == "maxMessages");
+  CHECK(must_fail(f.queue->receive(1001)).field == "maxMessages");
+  CHECK(must_fail(f.queue->receive(1, -1)).field == "visibilityTimeout");
+  CHECK(must_fail(f.queue->receive(1, 12 * 3'600'000 + 1)).field == "visibilityTimeout");
+  CHECK(must_fail(f.queue->receive(1, {}, -1)).field == "waitTimeSeconds");
+  CHECK(must_fail(f.queue->receive(1, {}, 20'001)).field == "waitTimeSeconds");
+  // None of these took the message.
+  CHECK(f.receive().size() == 1);
+}
+
+// --- retries, backoff and the DLQ --------------------------------------------------------------
+
+TEST_CASE("Queue: failed attempts are retried after 1 s, 5 s and 15 s, then dead-lettered",
+          "[queue]")
+{
+  QueueFixture f; // retry delays 1 s, 5 s, 15 s; max_retries 3
+  const int64_t t0 = f.clock.now_ms();
+  auto sent = f.send("{\"n\":1}", "A", "dd-1");
+  f.send("next in A", "A");
+
+  auto m = f.receive(1).at(0);
+  REQUIRE(m.message_id == sent.message_id);
+  const int64_t delays[] = {1 * k_second, 5 * k_second, 15 * k_second};
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    INFO("attempt " << attempt);
+    auto outcome = must(f.queue->release(m.receipt, fmt::format("db down {}", attempt)));
+    CHECK_FALSE(outcome.dead_lettered);
+    CHECK(outcome.attempt == attempt);
+    const int64_t delay = delays[attempt - 1];
+    CHECK(outcome.retry_in_ms == delay);
+    // The released handle is finished with.
+    CHECK(must_fail(f.queue->remove(m.receipt)).code == Errc::stale);
+    auto s = f.stats();
+    CHECK(s.delayed == 1);
+    CHECK(s.in_flight == 0);
+
+    // Not visible a millisecond early, and the message behind it in its group waits too.
+    f.clock.advance_ms(delay - 1);
+    CHECK(f.receive(10).empty());
+    f.clock.advance_ms(1);
+    auto got = f.receive(1);
+    REQUIRE(got.size() == 1);
+    m = got[0];
+    CHECK(m.message_id == sent.message_id);
+    CHECK(m.receive_count == attempt + 1);
+    CHECK(m.failures == attempt);
+    CHECK(m.last_error == fmt::format("db down {}", attempt));
+  }
+  // The fourth failure spends the last retry.
+  auto outcome = must(f.queue->release(m.receipt, "db down 4"));
+  CHECK(outcome.dead_lettered);
+  CHECK(outcome.attempt == 4);
+  CHECK(must_fail(f.queue->remove(m.receipt)).code == Errc::not_found);
+
+  auto dead = must(f.queue->dlq_list());
+  REQUIRE(dead.size() == 1);
+  const auto& d = dead[0];
+  CHECK(d.message_id == sent.message_id);
+  CHECK(d.seq == sent.seq);
+  CHECK(d.group_id == "A");
+  CHECK(d.dedup_id == "dd-1");
+  CHECK(d.body == "{\"n\":1}");
+  CHECK(d.failures == 4);
+  CHECK(d.receive_count == 4);
+  CHECK(d.last_error == "db down 4");
+  CHECK_THAT(d.dead_reason, Catch::Contains("db down 4"));
+  CHECK_THAT(d.dead_reason, Catch::Contains("max_retries"));
+  CHECK(d.sent_at_ms == t0);
+  CHECK(d.first_received_at_ms == t0);
+  CHECK(d.dead_at_ms == f.clock.now_ms());
+  CHECK(d.receipt.empty());
+
+  // The group is free again: the next message of A is delivered.
+  CHECK(bodies_of(f.receive(10)) == Bodies{"next in A"});
+  auto s = f.stats();
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.dead_lettered_total == 1);
+  CHECK(s.retried == 3);
+  CHECK(s.delayed == 0);
+}
+
+TEST_CASE("Queue: retry delays and max_retries follow the options", "[queue]")
+{
+  QueueOptions o;
+  SECTION("max_retries 0 dead-letters the first failure")
+  {
+    o.max_retries = 0;
+    QueueFixture f(o);
+    f.send("m");
+    auto outcome = must(f.queue->release(f.receive_one().receipt, "boom"));
+    CHECK(outcome.dead_lettered);
+    CHECK(outcome.attempt == 1);
+    CHECK(f.stats().dead_lettered == 1);
+  }
+  SECTION("attempts beyond the list of delays reuse its last delay")
+  {
+    o.max_retries = 5;
+    o.retry_delays_ms = {2 * k_second, 7 * k_second};
+    QueueFixture f(o);
+    f.send("m");
+    const int64_t expected[] = {2 * k_second, 7 * k_second, 7 * k_second, 7 * k_second,
+                                7 * k_second};
+    for (int attempt = 1; attempt <= 5; ++attempt) {
+      INFO("attempt " << attempt);
+      auto outcome = must(f.queue->release(f.receive_one().receipt, "boom"));
+      CHECK_FALSE(outcome.dead_lettered);
+      CHECK(outcome.retry_in_ms == expected[attempt - 1]);
+      f.clock.advance_ms(expected[attempt - 1] - 1);
+      CHECK(f.receive().empty());
+      f.clock.advance_ms(1);
+    }
+    CHECK(must(f.queue->release(f.receive_one().receipt, "boom")).dead_lettered);
+  }
+  SECTION("no delays: visible again at once")
+  {
+    o.retry_delays_ms = {};
+    QueueFixture f(o);
+    f.send("m");
+    auto outcome = must(f.queue->release(f.receive_one().receipt, "boom"));
+    CHECK(outcome.retry_in_ms == 0);
+    CHECK(f.receive_one().failures == 1);
+  }
+}
+
+TEST_CASE("Queue: dead_letter moves a message to the DLQ at once with its reason", "[queue]")
+{
+  QueueFixture f;
+  auto sent = f.send("{\"type\":\"UPDATE\"}", "A", "upd-1");
+  f.send("a2", "A");
+  auto m = f.receive(1).at(0);
+  f.clock.advance_ms(1234);
+  must(f.queue->dead_letter(m.receipt, "unknown order ord_404"));
+  CHECK(must_fail(f.queue->remove(m.receipt)).code == Errc::not_found);
+
+  auto d = must(f.queue->dlq_show(sent.message_id));
+  CHECK(d.dead_reason == "unknown order ord_404");
+  CHECK(d.last_error == "unknown order ord_404");
+  CHECK(d.failures == 1);
+  CHECK(d.group_id == "A");
+  CHECK(d.dedup_id == "upd-1");
+  CHECK(d.body == "{\"type\":\"UPDATE\"}");
+  CHECK(d.dead_at_ms == f.clock.now_ms());
+
+  auto s = f.stats();
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.retried == 0);
+  CHECK(s.visible == 1);
+  CHECK(bodies_of(f.receive(10)) == Bodies{"a2"});
+
+  auto missing = must_fail(f.queue->dlq_show("no-such-message"));
+  CHECK(missing.code == Errc::not_found);
+  CHECK(missing.field == "messageId");
+  // A message that is in the queue, not in the DLQ, is not shown as dead-lettered either.
+  CHECK(must_fail(f.queue->dlq_show(f.send("live").message_id)).code == Errc::not_found);
+}
+
+TEST_CASE("Queue: dlq_list lists oldest first and pages", "[queue]")
+{
+  QueueFixture f;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(f.send(fmt::format("m{}", i), fmt::format("g{}", i)).message_id);
+  auto got = f.receive(10);
+  REQUIRE(got.size() == 5);
+  // Dead-letter in reverse: the listing is still in the order the messages were sent.
+  for (auto it = got.rbegin(); it != got.rend(); ++it) must(f.queue->dead_letter(it->receipt, "bad"));
+
+  auto all = must(f.queue->dlq_list());
+  REQUIRE(all.size() == 5);
+  for (size_t i = 0; i < 5; ++i) CHECK(all[i].message_id == ids[i]);
+  auto page = must(f.queue->dlq_list(2, 1));
+  REQUIRE(page.size() == 2);
+  CHECK(page[0].message_id == ids[1]);
+  CHECK(page[1].message_id == ids[2]);
+  CHECK(must(f.queue->dlq_list(10, 5)).empty());
+}
+
+TEST_CASE("Queue: redrive moves dead-lettered messages back in their original order", "[queue]")
+{
+  QueueFixture f;
+  auto a1 = f.send("a1", "A", "d-a1");
+  auto a2 = f.send("a2", "A", "d-a2");
+  auto a3 = f.send("a3", "A", "d-a3");
+  auto b1 = f.send("b1", "B", "d-b1");
+  auto got = f.receive(10);
+  REQUIRE(got.size() == 4);
+  // Dead-letter out of order (a3, b1, a1, a2): redrive must restore the sending order.
+  must(f.queue->dead_letter(got[2].receipt, "r3"));
+  must(f.queue->dead_letter(got[3].receipt, "rb"));
+  must(f.queue->dead_letter(got[0].receipt, "r1"));
+  must(f.queue->dead_letter(got[1].receipt, "r2"));
+  REQUIRE(f.stats().dead_lettered == 4);
+
+  SECTION("all")
+  {
+    CHECK(must(f.queue->redrive()) == 4);
+    CHECK(must(f.queue->dlq_list()).empty());
+    auto back = f.receive(10);
+    std::map<std::string, Bodies> by_group;
+    for (const auto& m : back) {
+      by_group[m.group_id].push_back(m.body);
+      // Its identity and content are kept; its delivery history starts over.
+      CHECK(m.receive_count == 1);
+      CHECK(m.failures == 0);
+      CHECK(m.dedup_id == "d-" + m.body);
+    }
+    CHECK(by_group["A"] == Bodies{"a1", "a2", "a3"});
+    CHECK(by_group["B"] == Bodies{"b1"});
+    CHECK(back.size() == 4);
+    auto ids = std::set<std::string>{a1.message_id, a2.message_id, a3.message_id, b1.message_id};
+    for (const auto& m : back) CHECK(ids.count(m.message_id) == 1);
+    auto s = f.stats();
+    CHECK(s.redriven == 4);
+    CHECK(s.dead_lettered == 0);
+  }
+  SECTION("selected ids")
+  {
+    // Asked for in the wrong order, delivered in the original one.
+    CHECK(must(f.queue->redrive({a3.message_id, a1.message_id})) == 2);
+    auto left = must(f.queue->dlq_list());
+    REQUIRE(left.size() == 2);
+    CHECK(left[0].message_id == a2.message_id);
+    CHECK(left[1].message_id == b1.message_id);
+    CHECK(bodies_of(f.receive(10)) == Bodies{"a1", "a3"});
+  }
+  SECTION("an unknown id moves nothing")
+  {
+    auto e = must_fail(f.queue->redrive({a1.message_id, "no-such-id"}));
+    CHECK(e.code == Errc::not_found);
+    CHECK(e.field == "messageId");
+    CHECK_THAT(e.message, Catch::Contains("no-such-id"));
+    CHECK(must(f.queue->dlq_list()).size() == 4);
+    CHECK(f.receive(10).empty());
+    CHECK(f.stats().redriven == 0);
+  }
+  SECTION("an id of a live message is not in the DLQ")
+  {
+    auto live = f.send("live", "C");
+    CHECK(must_fail(f.queue->redrive({live.message_id})).code == Errc::not_found);
+    CHECK(must(f.queue->dlq_list()).size() == 4);
+  }
+}
+
+// Regression: redrive emptied its set of wanted ids as it found them and then took an empty set
+// to mean "all", so every DLQ message after the last wanted one was redriven too.
+TEST_CASE("Queue: redrive of selected ids does not also move the DLQ messages after them",
+          "[queue]")
+{
+  QueueFixture f;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(f.send(fmt::format("m{}", i), fmt::format("g{}", i)).message_id);
+  for (const auto& m : f.receive(10)) must(f.queue->dead_letter(m.receipt, "bad"));
+  REQUIRE(must(f.queue->dlq_list()).size() == 4);
+
+  CHECK(must(f.queue->redrive({ids[1]})) == 1);
+  auto left = must(f.queue->dlq_list());
+  REQUIRE(left.size() == 3);
+  CHECK(left[0].message_id == ids[0]);
+  CHECK(left[1].message_id == ids[2]);
+  CHECK(left[2].message_id == ids[3]);
+  CHECK(bodies_of(f.receive(10)) == Bodies{"m1"});
+}
+
+TEST_CASE("Queue: redrive of an empty DLQ moves nothing", "[queue]")
+{
+  QueueFixture f;
+  CHECK(must(f.queue->redrive()) == 0);
+}
+
+// --- purge and retention -----------------------------------------------------------------------
+
+TEST_CASE("Queue: purge removes visible, in-flight and delayed messages and the dedup history",
+          "[queue]")
+{
+  QueueFixture f;
+  auto first = f.send("m1", "g1", "d1");
+  f.send("m2", "g2", "d2");
+  f.send("m3", "g3", "d3");
+  f.send("m4", "g3", "d4");
+  auto in_flight = f.receive(1).at(0); // m1
+  auto delayed = f.receive(1).at(0);   // m2
+  must(f.queue->release(delayed.receipt, "later"));
+  auto s = f.stats();
+  REQUIRE(s.visible == 2);
+  REQUIRE(s.in_flight == 1);
+  REQUIRE(s.delayed == 1);
+  REQUIRE(s.dedup_entries == 4);
+
+  CHECK(must(f.queue->purge()) == 4);
+  s = f.stats();
+  CHECK(s.visible == 0);
+  CHECK(s.in_flight == 0);
+  CHECK(s.delayed == 0);
+  CHECK(s.dedup_entries == 0);
+  CHECK(s.purged == 4);
+  CHECK(s.oldest_age_ms == 0);
+  f.clock.advance_ms(k_day);
+  CHECK(f.receive().empty());
+  CHECK(must_fail(f.queue->remove(in_flight.receipt)).code == Errc::not_found);
+
+  // The dedup history went with the messages: the same dedup id is a new message now.
+  auto again = f.send("m1", "g1", "d1");
+  CHECK_FALSE(again.duplicate);
+  CHECK(again.message_id != first.message_id);
+  CHECK(again.seq > first.seq);
+  CHECK(must(f.queue->purge()) == 1);
+  CHECK(must(f.queue->purge()) == 0);
+}
+
+TEST_CASE("Queue: purge of the DLQ leaves the queue and its dedup history alone", "[queue]")
+{
+  QueueFixture f;
+  f.send("dead1", "A", "x1");
+  f.send("dead2", "B", "x2");
+  for (const auto& m : f.receive(10)) must(f.queue->dead_letter(m.receipt, "bad"));
+  f.send("live", "C", "x3");
+  REQUIRE(f.stats().dead_lettered == 2);
+
+  CHECK(must(f.queue->purge(true)) == 2);
+  CHECK(must(f.queue->dlq_list()).empty());
+  auto s = f.stats();
+  CHECK(s.dead_lettered == 0);
+  CHECK(s.visible == 1);
+  CHECK(s.dedup_entries == 3);
+  CHECK(f.send("dead1", "A", "x1").duplicate);
+  CHECK(bodies_of(f.receive(10)) == Bodies{"live"});
+}
+
+TEST_CASE("Queue: messages past retention are dropped and counted", "[queue]")
+{
+  constexpr int64_t k_hour = 60 * k_minute;
+  QueueOptions o;
+  o.retention_ms = k_hour; // shorter than the longest visibility, to expire a message in flight
+  QueueFixture f(o);
+  f.send("old in flight", "A");
+  f.send("old", "B");
+  REQUIRE(bodies_of(f.receive(1, 12 * k_hour)) == Bodies{"old in flight"});
+  f.clock.advance_ms(20 * k_minute);
+  f.send("young", "A");
+  f.clock.advance_ms(40 * k_minute);
+
+  // Exactly at the retention age a message is kept; one millisecond older it is gone.
+  auto swept = must(f.queue->sweep());
+  CHECK(swept.expired == 0);
+  f.clock.advance_ms(1);
+  swept = must(f.queue->sweep());
+  CHECK(swept.expired == 2);
+
+  auto s = f.stats();
+  CHECK(s.expired == 2);
+  CHECK(s.visible == 1);
+  CHECK(s.in_flight == 0);
+  CHECK(s.oldest_age_ms == 40 * k_minute + 1);
+  // Group A's head expired while in flight; the group is not left blocked behind it.
+  CHECK(bodies_of(f.receive(10)) == Bodies{"young"});
+
+  // receive() sweeps by itself.
+  f.clock.advance_ms(2 * k_hour);
+  CHECK(f.receive(10).empty());
+  s = f.stats();
+  CHECK(s.expired == 3);
+  CHECK(s.in_flight == 0);
+  CHECK(s.oldest_age_ms == 0);
+}
+
+// --- deduplication -----------------------------------------------------------------------------
+
+TEST_CASE("Queue: a duplicate within the dedup window is acknowledged but not enqueued",
+          "[queue]")
+{
+  QueueFixture f; // window 5 min
+  auto original = f.send("first body", "A", "order-7-create");
+  f.clock.advance_ms(5 * k_minute - 1);
+  auto dup = f.send("second body", "B", "order-7-create");
+  CHECK(dup.duplicate);
+  CHECK(dup.message_id == original.message_id);
+  CHECK(dup.seq == original.seq);
+  CHECK(dup.dedup_id == "order-7-create");
+  auto s = f.stats();
+  CHECK(s.sent == 1);
+  CHECK(s.duplicates == 1);
+  CHECK(s.visible == 1);
+
+  // Once the window has passed, the same id is a new message.
+  f.clock.advance_ms(1);
+  auto later = f.send("third body", "A", "order-7-create");
+  CHECK_FALSE(later.duplicate);
+  CHECK(later.message_id != original.message_id);
+  CHECK(later.seq > original.seq);
+  CHECK(bodies_of(f.receive(10)) == Bodies{"first body", "third body"});
+}
+
+TEST_CASE("Queue: a message deleted within the window still deduplicates", "[queue]")
+{
+  QueueFixture f;
+  auto original = f.send("b", "A", "d");
+  must(f.queue->remove(f.receive_one().receipt));
+  auto dup = f.send("b", "A", "d");
+  CHECK(dup.duplicate);
+  CHECK(dup.message_id == original.message_id);
+  CHECK(f.receive().empty());
+}
+
+TEST_CASE("Queue: without a dedup id the body's SHA-256 is the dedup id", "[queue]")
+{
+  SECTION("content-based dedup on (the default)")
+  {
+    QueueFixture f;
+    auto x = f.send("x");
+    // SHA-256("x")
+    CHECK(x.dedup_id == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881");
+    auto dup = f.send("x", "another-group");
+    CHECK(dup.duplicate);
+    CHECK(dup.message_id == x.message_id);
+    auto y = f.send("y");
+    CHECK_FALSE(y.duplicate);
+    // An explicit dedup id wins over the content.
+    CHECK_FALSE(f.send("x", "orders", "explicit").duplicate);
+    CHECK(f.stats().sent == 3);
+  }
+  SECTION("content-based dedup off: a dedup id is required")
+  {
+    QueueOptions o;
+    o.content_based_dedup = false;
+    QueueFixture f(o);
+    auto e = must_fail(f.queue->send(SendRequest{"x", "orders", ""}));
+    CHECK(e.code == Errc::invalid_input);
+    CHECK(e.field == "deduplicationId");
+    CHECK_FALSE(f.send("x", "orders", "d1").duplicate);
+    CHECK_FALSE(f.send("x", "orders", "d2").duplicate);
+    CHECK(f.stats().sent == 2);
+  }
+}
+
+TEST_CASE("Queue: the dedup history survives close and reopen", "[queue]")
+{
+  QueueFixture f;
+  auto original = f.send("body", "A", "persisted");
+  auto by_content = f.send("content only");
+  f.clock.advance_ms(k_minute);
+  f.reopen();
+  auto dup = f.send("body", "A", "persisted");
+  CHECK(dup.duplicate);
+  CHECK(dup.message_id == original.message_id);
+  CHECK(dup.seq == original.seq);
+  CHECK(f.send("content only").duplicate);
+  CHECK(f.stats().dedup_entries == 2);
+  CHECK(f.stats().visible == 2);
+  (void)by_content;
+}
+
+TEST_CASE("Queue: queues in one file keep separate dedup histories", "[queue]")
+{
+  TempDir dir;
+  ManualClock clock;
+  QueueOptions a;
+  a.name = "alpha";
+  a.dlq_name = "alpha-dlq";
+  QueueOptions b;
+  b.name = "beta";
+  b.dlq_name = "beta-dlq";
+  auto qa = open_queue(dir.file("acmo.db"), a, clock);
+  auto qb = open_queue(dir.file("acmo.db"), b, clock);
+  CHECK_FALSE(must(qa->send(SendRequest{"m", "g", "same"})).duplicate);
+  CHECK_FALSE(must(qb->send(SendRequest{"m", "g", "same"})).duplicate);
+  CHECK(must(qa->send(SendRequest{"m", "g", "same"})).duplicate);
+  CHECK(must(qa->receive(10)).size() == 1);
+  CHECK(must(qb->receive(10)).size() == 1);
+  // A purge of one queue leaves the other's messages and history alone.
+  must(qb->send(SendRequest{"m2", "g", "other"}));
+  CHECK(must(qa->purge()) == 1);
+  CHECK(must(qb->stats()).in_flight == 1);
+  CHECK(must(qb->stats()).visible == 1);
+  CHECK(must(qb->send(SendRequest{"m", "g", "same"})).duplicate);
+}
+
+TEST_CASE("Queue: the dedup sweep forgets entries past the window", "[queue]")
+{
+  QueueFixture f;
+  f.send("a", "g", "d-a");
+  f.clock.advance_ms(2 * k_minute);
+  f.send("b", "g", "d-b");
+  CHECK(f.stats().dedup_entries == 2);
+  f.clock.advance_ms(3 * k_minute); // d-a's window is over, d-b's is not
+  CHECK(f.stats().dedup_entries == 1);
+  auto swept = must(f.queue->sweep());
+  CHECK(swept.dedup_removed == 1);
+  CHECK(f.send("b", "g", "d-b").duplicate);
+  CHECK_FALSE(f.send("a", "g", "d-a").duplicate);
+}
+
+// --- limits ------------------------------------------------------------------------------------
+
+TEST_CASE("Queue: sends that break a limit are refused naming the field", "[queue]")
+{
+  QueueOptions o;
+  o.content_based_dedup = false;
+  QueueFixture f(o);
+  struct Case {
+    SendRequest request;
+    std::string field;
+    std::string mentions;
+  };
+  auto c = GENERATE(values<Case>({
+    {{std::string(limits::k_max_body_bytes + 1, 'x'), "g", "d"}, "body", "1048576"},
+    {{"", "g", "d"}, "body", "empty"},
+    {{"bad \xff utf-8", "g", "d"}, "body", "UTF-8"},
+    {{"bell \x07", "g", "d"}, "body", "U+0007"},
+    {{"nul \0 inside"s, "g", "d"}, "body", "U+0000"},
+    {{"ok", "", "d"}, "groupId", "128"},
+    {{"ok", std::string(129, 'g'), "d"}, "groupId", "128"},
+    {{"ok", "with space", "d"}, "groupId", "groupId"},
+    {{"ok", "g", std::string(129, 'd')}, "deduplicationId", "128"},
+    {{"ok", "g", "with space"}, "deduplicationId", "deduplicationId"},
+    {{"ok", "g", ""}, "deduplicationId", "deduplicationId"},
+  }));
+  INFO("expect a complaint about " << c.field);
+  auto e = must_fail(f.queue->send(c.request));
+  CHECK(e.code == Errc::invalid_input);
+  CHECK(e.field == c.field);
+  CHECK_THAT(e.message, Catch::Contains(c.mentions));
+  auto s = f.stats();
+  CHECK(s.sent == 0);
+  CHECK(s.visible == 0);
+}
+
+TEST_CASE("Queue: sends at the limits are accepted", "[queue]")
+{
+  QueueFixture f;
+  auto big = std::string(limits::k_max_body_bytes, 'x');
+  auto r = f.send(big, std::string(128, 'g'), std::string(128, 'd'));
+  CHECK_FALSE(r.duplicate);
+  auto m = f.receive_one();
+  CHECK(m.body == big);
+  CHECK(m.group_id == std::string(128, 'g'));
+  CHECK(f.send("punctuation", "!#$%&'()*+,-./:;<=>?@[\\]^_`{|}~").seq > r.seq);
+}
+
+TEST_CASE("Queue: send_batch takes 1 to 10 entries, each succeeding or failing on its own",
+          "[queue]")
+{
+  QueueFixture f;
+  auto make = [](int n) {
+    std::vector<SendRequest> v;
+    for (int i = 0; i < n; ++i) v.push_back(SendRequest{fmt::format("b{}", i), "g", ""});
+    return v;
+  };
+  SECTION("11 entries are refused as a whole")
+  {
+    auto e = must_fail(f.queue->send_batch(make(11)));
+    CHECK(e.code == Errc::invalid_input);
+    CHECK(e.field == "entries");
+    CHECK_THAT(e.message, Catch::Contains("10"));
+    CHECK(f.stats().sent == 0);
+  }
+  SECTION("an empty batch is refused")
+  {
+    CHECK(must_fail(f.queue->send_batch({})).code == Errc::invalid_input);
+  }
+  SECTION("10 entries are accepted in order")
+  {
+    auto results = must(f.queue->send_batch(make(10)));
+    REQUIRE(results.size() == 10);
+    int64_t last = 0;
+    for (auto& r : results) {
+      REQUIRE(r);
+      CHECK(r->seq > last);
+      last = r->seq;
+    }
+    CHECK(bodies_of(f.receive(10))
+          == Bodies{"b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9"});
+  }
+  SECTION("a bad entry fails alone")
+  {
+    auto batch = make(5);
+    batch[1].group_id = "bad group";
+    batch[3].body = "bad \x01";
+    batch[4].dedup_id = std::string(200, 'd');
+    auto results = must(f.queue->send_batch(batch));
+    REQUIRE(results.size() == 5);
+    CHECK(results[0].has_value());
+    CHECK(results[1].error().field == "groupId");
+    CHECK(results[2].has_value());
+    CHECK(results[3].error().field == "body");
+    CHECK(results[4].error().field == "deduplicationId");
+    CHECK(bodies_of(f.receive(10)) == Bodies{"b0", "b2"});
+  }
+  SECTION("a duplicate inside one batch is acknowledged as such")
+  {
+    auto batch = make(3);
+    batch[2].body = batch[0].body;
+    auto results = must(f.queue->send_batch(batch));
+    REQUIRE(results[2]);
+    CHECK(results[2]->duplicate);
+    CHECK(results[2]->message_id == results[0]->message_id);
+    CHECK(f.stats().sent == 2);
+  }
+}
+
+TEST_CASE("Queue: send_bulk accepts 20,000 messages and skips the bad ones", "[queue]")
+{
+  QueueOptions o;
+  o.content_based_dedup = false;
+  QueueFixture f(o);
+  constexpr int k_count = 20'000;
+  std::vector<SendRequest> requests;
+  requests.reserve(k_count);
+  for (int i = 0; i < k_count; ++i) {
+    requests.push_back(SendRequest{fmt::format("bulk {}", i), fmt::format("g{}", i % 4),
+                                   fmt::format("d{}", i)});
+  }
+  requests[7].body = "bad \x02";
+  requests[15'000].group_id = "";
+
+  auto results = f.queue->send_bulk(requests);
+  REQUIRE(results.size() == k_count);
+  int64_t last = 0;
+  int failed = 0;
+  for (int i = 0; i < k_count; ++i) {
+    const auto& r = results[static_cast<size_t>(i)];
+    if (!r) {
+      ++failed;
+      continue;
+    }
+    if (r->seq <= last) FAIL("sequence " << r->seq << " after " << last << " at entry " << i);
+    last = r->seq;
+  }
+  CHECK(failed == 2);
+  CHECK(results[7].error().field == "body");
+  CHECK(results[15'000].error().field == "groupId");
+  auto s = f.stats();
+  CHECK(s.sent == k_count - 2);
+  CHECK(s.visible == k_count - 2);
+
+  // Everything arrives, each group in order.
+  std::map<std::string, int> next_index = {{"g0", 0}, {"g1", 1}, {"g2", 2}, {"g3", 3}};
+  int received = 0;
+  for (;;) {
+    auto got = f.receive(1000);
+    if (got.empty()) break;
+    std::vector<std::string> receipts;
+    for (const auto& m : got) receipts.push_back(m.receipt);
+    for (const auto& r : f.queue->remove_batch(receipts)) must(r);
+    for (const auto& m : got) {
+      int& expect = next_index[m.group_id];
+      if (expect == 7 || expect == 15'000) expect += 4;
+      if (m.body != fmt::format("bulk {}", expect)) {
+        FAIL("group " << m.group_id << ": got \"" << m.body << "\", expected bulk " << expect);
+      }
+      expect += 4;
+      ++received;
+    }
+  }
+  CHECK(received == k_count - 2);
+}
+
+// --- stats -------------------------------------------------------------------------------------
+
+TEST_CASE("Queue: stats count exactly what a scripted sequence did", "[queue]")
+{
+  QueueFixture f; // visibility 30 s, window 5 min, retention 4 days, delays 1/5/15 s
+  f.send("m1", "g1", "d1");
+  f.send("m2", "g1", "d2");
+  f.send("m3", "g2", "d3");
+  f.send("m4", "g3", "d4");
+  f.send("m5", "g4", "d5");
+  f.send("m6", "g5", "d6");
+  CHECK(f.send("m1 again", "g1", "d1").duplicate);
+  f.clock.advance_ms(10 * k_second);
+
+  auto empty = f.stats();
+  CHECK(empty.name == "orders");
+  CHECK(empty.dlq_name == "orders-dlq");
+  CHECK(empty.visible == 6);
+  CHECK(empty.oldest_age_ms == 10 * k_second);
+
+  auto m1 = f.receive(1).at(0);
+  REQUIRE(m1.body == "m1");
+  auto m3 = f.receive(1).at(0);
+  REQUIRE(m3.body == "m3");
+  must(f.queue->release(m3.receipt, "transient")); // delayed for 1 s
+  auto m4 = f.receive(1).at(0);
+  REQUIRE(m4.body == "m4");
+  must(f.queue->remove(m4.receipt));
+  auto m5 = f.receive(1).at(0);
+  REQUIRE(m5.body == "m5");
+  must(f.queue->dead_letter(m5.receipt, "permanent"));
+
+  // m1 in flight; m2 (behind m1) and m6 visible; m3 delayed; m4 deleted; m5 dead.
+  auto s = f.stats();
+  CHECK(s.visible == 2);
+  CHECK(s.in_flight == 1);
+  CHECK(s.delayed == 1);
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.dedup_entries == 6);
+  CHECK(s.sent == 6);
+  CHECK(s.duplicates == 1);
+  CHECK(s.received == 4);
+  CHECK(s.deleted == 1);
+  CHECK(s.retried == 1);
+  CHECK(s.expired == 0);
+  CHECK(s.dead_lettered_total == 1);
+  CHECK(s.redriven == 0);
+  CHECK(s.purged == 0);
+  CHECK(s.oldest_age_ms == 10 * k_second);
+
+  // After the dedup window: m1's visibility and m3's delay are over too.
+  f.clock.advance_ms(5 * k_minute);
+  s = f.stats();
+  CHECK(s.visible == 4);
+  CHECK(s.in_flight == 0);
+  CHECK(s.delayed == 0);
+  CHECK(s.dedup_entries == 0);
+  CHECK(s.oldest_age_ms == 5 * k_minute + 10 * k_second);
+
+  CHECK(must(f.queue->redrive()) == 1);
+  s = f.stats();
+  CHECK(s.visible == 5);
+  CHECK(s.dead_lettered == 0);
+  CHECK(s.redriven == 1);
+
+  // Past retention every message is dropped and counted (the redriven one counts from its
+  // redrive, which happened now).
+  f.clock.advance_ms(4 * k_day + 1);
+  CHECK(must(f.queue->sweep()).expired == 5);
+  s = f.stats();
+  CHECK(s.visible == 0);
+  CHECK(s.expired == 5);
+  CHECK(s.oldest_age_ms == 0);
+  CHECK(s.sent == 6);
+  CHECK(s.received == 4);
+}
+
+// --- durability across restarts and foreign files ----------------------------------------------
+
+TEST_CASE("Queue: messages and in-flight state survive closing and reopening the file",
+          "[queue]")
+{
+  QueueFixture f;
+  auto m1 = f.send("m1", "A");
+  f.send("m2", "A");
+  f.send("m3", "B");
+  f.send("m4", "C");
+  f.send("m5", "D");
+  auto in_flight = f.receive(1).at(0);
+  REQUIRE(in_flight.message_id == m1.message_id);
+  auto delayed = f.receive(1).at(0); // m3
+  must(f.queue->release(delayed.receipt, "later"));
+  auto dead = f.receive(1).at(0); // m4
+  must(f.queue->dead_letter(dead.receipt, "bad"));
+  auto before = f.stats();
+
+  f.reopen();
+  auto after = f.stats();
+  CHECK(after.visible == before.visible);
+  CHECK(after.in_flight == 1);
+  CHECK(after.delayed == 1);
+  CHECK(after.dead_lettered == 1);
+  CHECK(after.sent == 5);
+  CHECK(after.received == 3);
+  CHECK(after.retried == 1);
+
+  // Group A is still blocked by m1, group B by m3's delay: only m5 is ready.
+  CHECK(bodies_of(f.receive(10)) == Bodies{"m5"});
+  // The handle issued before the restart still works.
+  must(f.queue->remove(in_flight.receipt));
+  CHECK(bodies_of(f.receive(10)) == Bodies{"m2"});
+  f.clock.advance_ms(1 * k_second);
+  auto again = f.receive(10);
+  REQUIRE(bodies_of(again) == Bodies{"m3"});
+  CHECK(again[0].failures == 1);
+  CHECK(again[0].last_error == "later");
+  CHECK(must(f.queue->dlq_list()).at(0).body == "m4");
+}
+
+TEST_CASE("Queue: an SQLite file of another program is refused, not changed", "[queue]")
+{
+  TempDir dir;
+  const auto path = dir.file("theirs.db");
+  SECTION("a file with tables of its own")
+  {
+    write_foreign_sqlite(path, "CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);"
+                               "INSERT INTO customers(name) VALUES ('ada');");
+  }
+  SECTION("a file with another program's application id")
+  {
+    write_foreign_sqlite(path, "PRAGMA application_id = 1234; CREATE TABLE t(x);");
+  }
+  const auto tables_before = table_names(path);
+  const auto bytes_before = read_file(path);
+  auto result = Queue::open(path, QueueOptions{});
+  REQUIRE_FALSE(result);
+  CHECK(result.error().code == Errc::invalid_input);
+  CHECK_THAT(result.error().message, Catch::Contains(path));
+  CHECK_THAT(result.error().message, Catch::Contains("not an acmo database"));
+  CHECK(table_names(path) == tables_before);
+  // Not a byte of it changed (not even its journal mode).
+  // (Compared as a bool: Catch would print both files' bytes on a failure.)
+  CHECK((read_file(path) == bytes_before));
+}
+
+TEST_CASE("Queue: a file that is not SQLite at all is refused, not changed", "[queue]")
+{
+  TempDir dir;
+  const auto path = dir.file("garbage.db");
+  std::string garbage;
+  for (int i = 0; i < 256; ++i) garbage += "this is not an SQLite database, it is a text file\n";
+  {
+    std::ofstream(path, std::ios::binary) << garbage;
+  }
+  auto result = Queue::open(path, QueueOptions{});
+  REQUIRE_FALSE(result);
+  CHECK_FALSE(result.error().message.empty());
+  CHECK_THAT(result.error().message, Catch::Contains("not an SQLite file"));
+  CHECK((read_file(path) == garbage));
+}
+
+TEST_CASE("Queue: a database written by a newer acmo is refused", "[queue]")
+{
+  TempDir dir;
+  const auto path = dir.file("acmo.db");
+  open_queue(path).reset();
+  write_foreign_sqlite(path, "PRAGMA user_version = 999;");
+  auto result = Queue::open(path, QueueOptions{});
+  REQUIRE_FALSE(result);
+  CHECK(result.error().code == Errc::conflict);
+  CHECK_THAT(result.error().message, Catch::Contains("newer acmo"));
+}
+
+TEST_CASE("Queue: a file in a directory that does not exist is refused", "[queue]")
+{
+  TempDir dir;
+  auto result = Queue::open(dir.file("no/such/dir/acmo.db"), QueueOptions{});
+  REQUIRE_FALSE(result);
+  CHECK(result.error().code == Errc::unavailable);
+}
+
+TEST_CASE("Queue: bad queue options are refused at open", "[queue]")
+{
+  TempDir dir;
+  QueueOptions o;
+  SECTION("same name for queue and DLQ") { o.dlq_name = o.name; }
+  SECTION("a queue name with a space") { o.name = "my orders"; }
+  SECTION("negative retries") { o.max_retries = -1; }
+  SECTION("a negative retry delay") { o.retry_delays_ms = {1000, -1}; }
+  SECTION("a visibility timeout over 12 h") { o.visibility_timeout_ms = 12 * 3'600'000 + 1; }
+  SECTION("no retention") { o.retention_ms = 0; }
+  auto result = Queue::open(dir.file("acmo.db"), o);
+  REQUIRE_FALSE(result);
+  CHECK(result.error().code == Errc::invalid_input);
+  CHECK_FALSE(result.error().field.empty());
+}
+
+// --- long polling and threads (real time) ------------------------------------------------------
+
+TEST_CASE("Queue: a long poll is woken by a send from another thread", "[queue]")
+{
+  TempDir dir;
+  auto receiver = open_queue(dir.file("acmo.db"));
+  // The same Queue object wakes its waiters directly; a second one on the file (as another
+  // process would have) is found by polling.
+  const bool same_object = GENERATE(true, false);
+  std::unique_ptr<Queue> other;
+  if (!same_object) other = open_queue(dir.file("acmo.db"));
+  Queue& sender = same_object ? *receiver : *other;
+  INFO((same_object ? "sender is the same Queue object" : "sender is another Queue object"));
+
+  Expected<std::vector<Message>> got = std::vector<Message>{};
+  int64_t waited = 0;
+  std::thread waiter([&] {
+    auto start = std::chrono::steady_clock::now();
+    got = receiver->receive(1, {}, 2000);
+    waited = elapsed_ms(start);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto sent = must(sender.send(SendRequest{"wake up", "g", ""}));
+  waiter.join();
+
+  REQUIRE(got);
+  REQUIRE(got->size() == 1);
+  CHECK(got->at(0).message_id == sent.message_id);
+  CHECK(waited < 1000);
+}
+
+TEST_CASE("Queue: a long poll with nothing to receive returns empty after its wait", "[queue]")
+{
+  TempDir dir;
+  auto q = open_queue(dir.file("acmo.db"));
+  auto start = std::chrono::steady_clock::now();
+  auto got = must(q->receive(1, {}, 300));
+  auto waited = elapsed_ms(start);
+  CHECK(got.empty());
+  // The receive rounds its remaining time down to whole milliseconds, so it may end up to 1 ms
+  // before the full wait; what matters is that it did wait rather than return at once.
+  CHECK(waited >= 299);
+  CHECK(waited < 2000);
+}
+
+TEST_CASE("Queue: a long poll with a manual clock does not wait", "[queue]")
+{
+  QueueFixture f;
+  auto start = std::chrono::steady_clock::now();
+  CHECK(must(f.queue->receive(1, {}, 20'000)).empty());
+  CHECK(elapsed_ms(start) < 1000);
+}
+
+TEST_CASE("Queue: interrupt makes a waiting receive return empty at once", "[queue]")
+{
+  TempDir dir;
+  auto q = open_queue(dir.file("acmo.db"));
+  Expected<std::vector<Message>> got = std::vector<Message>{};
+  int64_t waited = 0;
+  std::thread waiter([&] {
+    auto start = std::chrono::steady_clock::now();
+    got = q->receive(1, {}, 20'000);
+    waited = elapsed_ms(start);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  q->interrupt();
+  waiter.join();
+  REQUIRE(got);
+  CHECK(got->empty());
+  CHECK(waited < 1000);
+
+  // Until resume(), receives return empty at once, even when a message is ready.
+  must(q->send(SendRequest{"m", "g", ""}));
+  auto start = std::chrono::steady_clock::now();
+  CHECK(must(q->receive(1, {}, 5000)).empty());
+  CHECK(elapsed_ms(start) < 1000);
+  q->resume();
+  CHECK(must(q->receive(1, {}, 1000)).size() == 1);
+}
+
+TEST_CASE("Queue: 16 threads sending at once lose nothing", "[queue]")
+{
+  TempDir dir;
+  auto q = open_queue(dir.file("acmo.db"));
+  constexpr int k_threads = 16;
+  constexpr int k_per_thread = 200;
+  std::vector<std::vector<Expected<SendResult>>> results(k_threads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < k_threads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < k_per_thread; ++i) {
+        results[static_cast<size_t>(t)].push_back(
+          q->send(SendRequest{fmt::format("t{}-{}", t, i), fmt::format("t{}", t), ""}));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+
+  std::set<int64_t> seqs;
+  std::set<std::string> ids;
+  for (int t = 0; t < k_threads; ++t) {
+    int64_t last = 0;
+    for (auto& r : results[static_cast<size_t>(t)]) {
+      REQUIRE(r);
+      CHECK_FALSE(r->duplicate);
+      // One thread's sends are sequential, so their numbers increase.
+      if (r->seq <= last) FAIL("thread " << t << ": sequence went from " << last << " to " << r->seq);
+      last = r->seq;
+      seqs.insert(r->seq);
+      ids.insert(r->message_id);
+    }
+  }
+  CHECK(seqs.size() == k_threads * k_per_thread);
+  CHECK(ids.size() == k_threads * k_per_thread);
+
+  std::map<std::string, int> next;
+  std::set<std::string> received_ids;
+  for (;;) {
+    auto got = must(q->receive(1000));
+    if (got.empty()) break;
+    std::vector<std::string> receipts;
+    for (const auto& m : got) receipts.push_back(m.receipt);
+    for (const auto& r : q->remove_batch(receipts)) must(r);
+    for (const auto& m : got) {
+      int& expect = next[m.group_id];
+      if (m.body != fmt::format("{}-{}", m.group_id, expect)) {
+        FAIL("group " << m.group_id << ": got " << m.body << ", expected index " << expect);
+      }
+      ++expect;
+      received_ids.insert(m.message_id);
+    }
+  }
+  CHECK(received_ids == ids);
+  CHECK(must(q->stats()).sent == k_threads * k_per_thread);
+}
+
+TEST_CASE("Queue: threads receiving at once never get the same message", "[queue]")
+{
+  TempDir dir;
+  auto q = open_queue(dir.file("acmo.db"));
+  constexpr int k_messages = 2000;
+  std::vector<SendRequest> requests;
+  for (int i = 0; i < k_messages; ++i) {
+    requests.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i % 20), ""});
+  }
+  for (auto& r : q->send_bulk(requests)) REQUIRE(r);
+
+  constexpr int k_threads = 4;
+  std::vector<std::vector<Message>> got(k_threads);
+  std::atomic<int> total{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < k_threads; ++t) {
+    threads.emplace_back([&, t] {
+      while (total.load() < k_messages && !failed.load()) {
+        auto batch = q->receive(10, 60'000, 50);
+        if (!batch) {
+          failed = true;
+          return;
+        }
+        std::vector<std::string> receipts;
+        for (auto& m : *batch) receipts.push_back(m.receipt);
+        for (auto& r : q->remove_batch(receipts)) {
+          if (!r) failed = true;
+        }
+        total += static_cast<int>(batch->size());
+        for (auto& m : *batch) got[static_cast<size_t>(t)].push_back(std::move(m));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE_FALSE(failed.load());
+
+  std::multiset<std::string> bodies;
+  for (const auto& per_thread : got) {
+    // Each thread saw every group in order (seq increasing per group).
+    std::map<std::string, int64_t> last;
+    for (const auto& m : per_thread) {
+      CHECK(m.seq > last[m.group_id]);
+      last[m.group_id] = m.seq;
+      bodies.insert(m.body);
+    }
+  }
+  CHECK(bodies.size() == k_messages);
+  CHECK(std::set<std::string>(bodies.begin(), bodies.end()).size() == k_messages);
+  auto s = must(q->stats());
+  CHECK(s.received == k_messages);
+  CHECK(s.deleted == k_messages);
+  CHECK(s.visible + s.in_flight + s.delayed == 0);
+}
