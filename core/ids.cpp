@@ -1,21 +1,37 @@
 #include "core/ids.hpp"
 
 #include <array>
+#include <atomic>
+#include <limits>
 #include <random>
 
 #include <fmt/core.h>
+#include <pthread.h>
 
 namespace acmo {
 
 namespace {
 
+// How many fork()s led to this process. A generator seeded before a fork must be seeded again
+// in the child, or parent and child (and every sibling) go on drawing the same message ids and
+// receipt tokens.
+std::atomic<uint64_t> g_forks{0};
+
+void count_fork() { g_forks.fetch_add(1, std::memory_order_relaxed); }
+
 std::mt19937_64& generator()
 {
-  thread_local std::mt19937_64 gen = [] {
+  static const int registered = pthread_atfork(nullptr, nullptr, &count_fork);
+  (void)registered;
+  thread_local std::mt19937_64 gen;
+  thread_local uint64_t seeded_at_forks = std::numeric_limits<uint64_t>::max(); // never seeded
+  const uint64_t forks = g_forks.load(std::memory_order_relaxed);
+  if (seeded_at_forks != forks) {
     std::random_device rd;
     std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd()};
-    return std::mt19937_64(seq);
-  }();
+    gen.seed(seq);
+    seeded_at_forks = forks;
+  }
   return gen;
 }
 
@@ -27,15 +43,66 @@ constexpr std::string_view k_receipt_tag = "AQ"; // version 1 of the handle layo
 
 uint64_t random_u64() { return generator()(); }
 
-std::string new_message_id()
+MessageIdBytes new_message_id_bytes()
 {
   uint64_t hi = random_u64();
   uint64_t lo = random_u64();
   hi = (hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL; // version 4
   lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; // RFC 4122 variant
-  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xffff,
-                     hi & 0xffff, lo >> 48, lo & 0xffffffffffffULL);
+  MessageIdBytes id{};
+  for (size_t i = 0; i < 8; ++i) {
+    id[i] = static_cast<unsigned char>(hi >> (56 - 8 * i));
+    id[8 + i] = static_cast<unsigned char>(lo >> (56 - 8 * i));
+  }
+  return id;
 }
+
+std::string format_message_id(const MessageIdBytes& id)
+{
+  static constexpr char k_hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(36);
+  for (size_t i = 0; i < id.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += k_hex[id[i] >> 4];
+    out += k_hex[id[i] & 15];
+  }
+  return out;
+}
+
+std::optional<MessageIdBytes> parse_message_id(std::string_view text)
+{
+  if (text.size() != 36) return std::nullopt;
+  MessageIdBytes id{};
+  size_t n = 0;
+  int half = -1;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') return std::nullopt;
+      continue;
+    }
+    int v;
+    if (c >= '0' && c <= '9') {
+      v = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      v = c - 'a' + 10;
+    } else if (c >= 'A' && c <= 'F') {
+      v = c - 'A' + 10;
+    } else {
+      return std::nullopt;
+    }
+    if (half < 0) {
+      half = v;
+    } else {
+      id[n++] = static_cast<unsigned char>(half * 16 + v);
+      half = -1;
+    }
+  }
+  return id;
+}
+
+std::string new_message_id() { return format_message_id(new_message_id_bytes()); }
 
 std::string new_order_id()
 {

@@ -1,6 +1,7 @@
 // Identifiers the queue hands out: message ids, receipt handles and sequence numbers.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -8,7 +9,15 @@
 
 namespace acmo {
 
-// A random RFC 4122 version-4 UUID, e.g. "3f1c…-…". Cheap: a per-thread PRNG seeded once.
+// A message id is a random RFC 4122 version-4 UUID. The database keeps its 16 bytes; people
+// and scripts see the usual text form, e.g. "3f1c2a9e-5b7d-4c1e-9f00-6a2b3c4d5e6f".
+using MessageIdBytes = std::array<unsigned char, 16>;
+
+MessageIdBytes new_message_id_bytes(); // cheap: a per-thread PRNG seeded once
+std::string format_message_id(const MessageIdBytes& id);
+// Returns nothing if `text` is not a UUID in the text form (either letter case).
+std::optional<MessageIdBytes> parse_message_id(std::string_view text);
+// new_message_id_bytes() in text form.
 std::string new_message_id();
 
 // A random 64-bit value from the same per-thread generator.

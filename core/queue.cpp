@@ -25,13 +25,77 @@ namespace {
 constexpr int64_t k_max_visibility_ms = 12 * 3'600'000; // as SQS: 12 hours
 constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long poll
 constexpr int k_max_receive = 1000;
-constexpr size_t k_bulk_chunk = 5000;
-constexpr int64_t k_never = std::numeric_limits<int64_t>::max();
+constexpr size_t k_bulk_chunk = 20'000;
 
 // Per-queue counter deltas gathered during one transaction and added once at its end.
 struct Counters {
   int64_t sent = 0, duplicates = 0, received = 0, deleted = 0, retried = 0, expired = 0,
           dead_lettered = 0, redriven = 0, purged = 0;
+};
+
+// The dedup key of a dedup id: the first 16 bytes of its SHA-256.
+struct DedupKey {
+  uint64_t a = 0, b = 0;
+  bool operator==(const DedupKey&) const = default;
+};
+
+struct DedupKeyHash {
+  size_t operator()(const DedupKey& k) const { return static_cast<size_t>(k.a ^ (k.b * 0x9e3779b97f4a7c15ULL)); }
+};
+
+struct DedupEntry {
+  int64_t seq = 0;
+  MessageIdBytes message_id{};
+  int64_t expires_at = 0;
+};
+
+DedupKey dedup_key(std::string_view dedup_id)
+{
+  auto bytes = sha256_bytes(dedup_id);
+  DedupKey k;
+  for (size_t i = 0; i < 8; ++i) {
+    k.a = (k.a << 8) | bytes[i];
+    k.b = (k.b << 8) | bytes[8 + i];
+  }
+  return k;
+}
+
+std::string_view key_blob(const DedupKey& k, std::array<unsigned char, 16>& buf)
+{
+  for (size_t i = 0; i < 8; ++i) {
+    buf[i] = static_cast<unsigned char>(k.a >> (56 - 8 * i));
+    buf[8 + i] = static_cast<unsigned char>(k.b >> (56 - 8 * i));
+  }
+  return {reinterpret_cast<const char*>(buf.data()), buf.size()};
+}
+
+DedupKey key_from_blob(std::string_view blob)
+{
+  DedupKey k;
+  for (size_t i = 0; i < 8 && i + 8 < blob.size(); ++i) {
+    k.a = (k.a << 8) | static_cast<unsigned char>(blob[i]);
+    k.b = (k.b << 8) | static_cast<unsigned char>(blob[8 + i]);
+  }
+  return k;
+}
+
+std::string_view id_blob(const MessageIdBytes& id)
+{
+  return {reinterpret_cast<const char*>(id.data()), id.size()};
+}
+
+MessageIdBytes id_from_blob(std::string_view blob)
+{
+  MessageIdBytes id{};
+  std::copy_n(blob.begin(), std::min(blob.size(), id.size()), id.begin());
+  return id;
+}
+
+// A send request, checked, with what can be computed before taking the write lock.
+struct PreparedSend {
+  SendRequest request;
+  bool content_based = false; // the dedup id is the body's SHA-256
+  DedupKey key;
 };
 
 // What a locate() of a receipt handle found.
@@ -48,6 +112,7 @@ struct Txn {
   int64_t now = 0;
   int64_t next_seq = 0; // 0: not read yet
   bool seq_dirty = false;
+  bool dedup_synced = false;
   std::map<int64_t, Counters> counters;
   std::set<std::pair<int64_t, std::string>> touched_groups;
 };
@@ -58,6 +123,10 @@ struct WriteOp {
   bool durable = false; // must be fsynced before it is answered
   std::optional<Error> error;
   bool done = false;
+  // Signalled when the op is done, or when its thread should lead the next commit. One per
+  // op, so that finishing a commit wakes only the threads that have something to do: on two
+  // cores, waking every waiting sender would starve the one doing the work.
+  std::condition_variable cv;
 };
 
 struct Queue::Impl {
@@ -69,7 +138,6 @@ struct Queue::Impl {
   // The writer: one connection, used by whichever thread leads the current group commit.
   std::unique_ptr<sqlite::Database> writer;
   std::mutex write_mu;
-  std::condition_variable write_cv;
   std::vector<WriteOp*> pending;
   bool leader_active = false;
   bool writer_sync_full = true;
@@ -84,7 +152,16 @@ struct Queue::Impl {
   uint64_t wake_generation = 0;
   bool interrupted = false;
 
+  // This process's index of the dedup log (see schema.cpp); guarded by the write path, which
+  // only the group-commit leader runs.
+  std::unordered_map<DedupKey, DedupEntry, DedupKeyHash> dedup_index;
+  int64_t dedup_seen_id = 0;
+  int64_t dedup_epoch = -1;
+  int64_t dedup_pruned_at = 0;
+
   std::atomic<int64_t> last_sweep_ms{0};
+  std::atomic<int64_t> committed_transactions{0};
+  std::atomic<int64_t> committed_requests{0};
 
   Impl(const Clock& c, QueueOptions o) : clock(c), options(std::move(o)) {}
 
@@ -97,7 +174,7 @@ struct Queue::Impl {
       pending.push_back(&op);
       while (!op.done) {
         if (leader_active) {
-          write_cv.wait(lock);
+          op.cv.wait(lock);
           continue;
         }
         leader_active = true;
@@ -106,9 +183,13 @@ struct Queue::Impl {
         lock.unlock();
         execute(batch);
         lock.lock();
-        for (auto* o : batch) o->done = true;
         leader_active = false;
-        write_cv.notify_all();
+        for (auto* o : batch) {
+          o->done = true;
+          if (o != &op) o->cv.notify_one();
+        }
+        // Hand the lead to the first request that queued up meanwhile.
+        if (!pending.empty()) pending.front()->cv.notify_one();
       }
     }
     if (op.error) return Unexpected(*op.error);
@@ -168,13 +249,48 @@ struct Queue::Impl {
       }
       finish(txn);
       writer->prepare(k_commit)->run();
+      ++committed_transactions;
+      committed_requests += static_cast<int64_t>(ops.size());
     } catch (...) {
       try {
         writer->exec("ROLLBACK");
       } catch (const sqlite::SqliteError&) {
         // The transaction may already be gone (SQLite rolls back by itself on some errors).
       }
+      // The dedup index may hold entries of the rolled-back transaction: rebuild it.
+      dedup_index.clear();
+      dedup_seen_id = 0;
+      dedup_epoch = -1;
       throw;
+    }
+  }
+
+  // Bring the in-memory dedup index up to date with the log, at most once per transaction.
+  void sync_dedup(Txn& txn)
+  {
+    if (txn.dedup_synced) return;
+    txn.dedup_synced = true;
+    static const std::string k_epoch = "SELECT dedup_epoch FROM queues WHERE id = 0";
+    static const std::string k_newer =
+      "SELECT id, queue_id, key, seq, message_id, expires_at FROM dedup WHERE id > ?1 ORDER BY id";
+    const int64_t epoch = writer->query_int(k_epoch);
+    if (epoch != dedup_epoch) {
+      dedup_index.clear();
+      dedup_seen_id = 0;
+      dedup_epoch = epoch;
+    }
+    auto stmt = writer->prepare(k_newer);
+    stmt->bind(1, dedup_seen_id);
+    while (stmt->step()) {
+      dedup_seen_id = stmt->column_int(0);
+      if (stmt->column_int(1) != queue_id || stmt->column_int(5) <= txn.now) continue;
+      dedup_index[key_from_blob(stmt->column_view(2))] =
+        DedupEntry{stmt->column_int(3), id_from_blob(stmt->column_view(4)), stmt->column_int(5)};
+    }
+    // Entries past their window only cost memory; drop them now and then.
+    if (txn.now - dedup_pruned_at > 60'000) {
+      dedup_pruned_at = txn.now;
+      std::erase_if(dedup_index, [&](const auto& kv) { return kv.second.expires_at <= txn.now; });
     }
   }
 
@@ -182,7 +298,7 @@ struct Queue::Impl {
   int64_t peek_seq(Txn& txn)
   {
     if (txn.next_seq == 0) {
-      static const std::string k_sql = "SELECT value FROM meta WHERE key = 'next_seq'";
+      static const std::string k_sql = "SELECT next_seq FROM queues WHERE id = 0";
       txn.next_seq = writer->query_int(k_sql);
     }
     return txn.next_seq;
@@ -200,7 +316,7 @@ struct Queue::Impl {
   {
     for (const auto& [queue, group] : txn.touched_groups) fix_group(queue, group);
     if (txn.seq_dirty) {
-      static const std::string k_sql = "UPDATE meta SET value = ?1 WHERE key = 'next_seq'";
+      static const std::string k_sql = "UPDATE queues SET next_seq = ?1 WHERE id = 0";
       auto stmt = writer->prepare(k_sql);
       stmt->bind(1, txn.next_seq).run();
     }
@@ -251,55 +367,49 @@ struct Queue::Impl {
 
   // --- operations run inside a transaction -------------------------------------------------
 
-  // Accept one validated message (its dedup id already filled in).
-  SendResult do_send(Txn& txn, const SendRequest& req)
+  // Accept one prepared message.
+  SendResult do_send(Txn& txn, const PreparedSend& prepared)
   {
-    static const std::string k_dedup_insert =
-      "INSERT INTO dedup(queue_id, dedup_id, message_id, seq, expires_at)"
-      " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(queue_id, dedup_id) DO NOTHING";
-    static const std::string k_dedup_find =
-      "SELECT message_id, seq, expires_at FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2";
-    static const std::string k_dedup_drop =
-      "DELETE FROM dedup WHERE queue_id = ?1 AND dedup_id = ?2";
+    static const std::string k_dedup_append =
+      "INSERT INTO dedup(queue_id, key, seq, message_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)";
     static const std::string k_insert =
       "INSERT INTO messages(seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
       " visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)";
-
+    const SendRequest& req = prepared.request;
     SendResult result;
     result.dedup_id = req.dedup_id;
-    result.message_id = new_message_id();
-    const int64_t seq = peek_seq(txn);
-    auto insert_dedup = [&] {
-      auto stmt = writer->prepare(k_dedup_insert);
-      stmt->bind(1, queue_id).bind(2, req.dedup_id, false).bind(3, result.message_id, false);
-      stmt->bind(4, seq).bind(5, txn.now + options.dedup_window_ms).run();
-      return writer->changes() > 0;
-    };
-    if (!insert_dedup()) {
-      bool live = false;
-      {
-        auto stmt = writer->prepare(k_dedup_find);
-        stmt->bind(1, queue_id).bind(2, req.dedup_id, false);
-        if (stmt->step() && stmt->column_int(2) > txn.now) {
-          live = true;
-          result.message_id = stmt->column_text(0);
-          result.seq = stmt->column_int(1);
-        }
-      }
-      if (live) {
-        result.duplicate = true;
-        ++txn.counters[queue_id].duplicates;
-        return result;
-      }
-      // An entry past its window: replace it (delete and insert, to keep rowid = expiry order).
-      writer->prepare(k_dedup_drop)->bind(1, queue_id).bind(2, req.dedup_id, false).run();
-      insert_dedup();
+    sync_dedup(txn);
+    if (auto it = dedup_index.find(prepared.key);
+        it != dedup_index.end() && it->second.expires_at > txn.now) {
+      result.duplicate = true;
+      result.message_id = format_message_id(it->second.message_id);
+      result.seq = it->second.seq;
+      ++txn.counters[queue_id].duplicates;
+      return result;
     }
-    auto stmt = writer->prepare(k_insert);
-    stmt->bind(1, seq).bind(2, queue_id).bind(3, req.group_id, false);
-    stmt->bind(4, result.message_id, false).bind(5, req.dedup_id, false);
-    stmt->bind(6, req.body, false).bind(7, txn.now).run();
-    take_seq(txn);
+    const MessageIdBytes id = new_message_id_bytes();
+    const int64_t seq = take_seq(txn);
+    const int64_t expires_at = txn.now + options.dedup_window_ms;
+    {
+      std::array<unsigned char, 16> buf{};
+      auto stmt = writer->prepare(k_dedup_append);
+      stmt->bind(1, queue_id).bind_blob(2, key_blob(prepared.key, buf), false);
+      stmt->bind(3, seq).bind_blob(4, id_blob(id), false).bind(5, expires_at).run();
+    }
+    dedup_seen_id = writer->last_insert_rowid();
+    dedup_index[prepared.key] = DedupEntry{seq, id, expires_at};
+    {
+      auto stmt = writer->prepare(k_insert);
+      stmt->bind(1, seq).bind(2, queue_id).bind(3, req.group_id, false);
+      stmt->bind_blob(4, id_blob(id), false);
+      if (prepared.content_based) {
+        stmt->bind_null(5);
+      } else {
+        stmt->bind(5, req.dedup_id, false);
+      }
+      stmt->bind(6, req.body, false).bind(7, txn.now).run();
+    }
+    result.message_id = format_message_id(id);
     result.seq = seq;
     ++txn.counters[queue_id].sent;
     txn.touched_groups.emplace(queue_id, req.group_id);
@@ -341,9 +451,9 @@ struct Queue::Impl {
         while (stmt->step() && stmt->column_int(5) <= txn.now) {
           Message m;
           m.seq = stmt->column_int(0);
-          m.message_id = stmt->column_text(1);
-          m.dedup_id = stmt->column_text(2);
+          m.message_id = format_message_id(id_from_blob(stmt->column_view(1)));
           m.body = stmt->column_text(3);
+          m.dedup_id = stmt->column_is_null(2) ? sha256_hex(m.body) : stmt->column_text(2);
           m.sent_at_ms = stmt->column_int(4);
           m.receive_count = stmt->column_int(6) + 1;
           m.first_received_at_ms = stmt->column_int(7) == 0 ? txn.now : stmt->column_int(7);
@@ -455,9 +565,6 @@ struct Queue::Impl {
     static const std::string k_oldest =
       "SELECT seq, queue_id, group_id, sent_at FROM messages ORDER BY seq LIMIT 512";
     static const std::string k_drop_message = "DELETE FROM messages WHERE seq = ?1";
-    static const std::string k_oldest_dedup =
-      "SELECT rowid, expires_at FROM dedup ORDER BY rowid LIMIT 512";
-    static const std::string k_drop_dedup = "DELETE FROM dedup WHERE rowid = ?1";
     SweepResult result;
     const int64_t cutoff = txn.now - options.retention_ms;
     // Sequence order is send order, so the expired messages are a prefix of the table. Each
@@ -483,46 +590,56 @@ struct Queue::Impl {
       result.expired += static_cast<int64_t>(doomed.size());
       if (!more) break;
     }
+    // The dedup log is in expiry order too: find how far its expired prefix goes, then drop
+    // that range in one statement.
+    int64_t last_expired = 0;
     for (int round = 0; round < 200; ++round) {
-      std::vector<int64_t> doomed;
+      static const std::string k_scan =
+        "SELECT id, expires_at FROM dedup WHERE id > ?1 ORDER BY id LIMIT 512";
       int rows = 0;
-      {
-        auto stmt = writer->prepare(k_oldest_dedup);
-        while (stmt->step()) {
-          ++rows;
-          if (stmt->column_int(1) > txn.now) break;
-          doomed.push_back(stmt->column_int(0));
+      bool reached_live = false;
+      auto stmt = writer->prepare(k_scan);
+      stmt->bind(1, last_expired);
+      while (stmt->step()) {
+        ++rows;
+        if (stmt->column_int(1) > txn.now) {
+          reached_live = true;
+          break;
         }
+        last_expired = stmt->column_int(0);
+        ++result.dedup_removed;
       }
-      for (int64_t rowid : doomed) writer->prepare(k_drop_dedup)->bind(1, rowid).run();
-      result.dedup_removed += static_cast<int64_t>(doomed.size());
-      if (rows < 512 || doomed.size() < 512) break;
+      if (reached_live || rows < 512) break;
+    }
+    if (last_expired > 0) {
+      static const std::string k_drop = "DELETE FROM dedup WHERE id <= ?1";
+      writer->prepare(k_drop)->bind(1, last_expired).run();
     }
     return result;
   }
 
   // --- reads --------------------------------------------------------------------------------
 
-  // The earliest time a group of the queue becomes ready, or k_never when the queue is empty.
-  int64_t next_ready_at()
+  // Whether a group of the queue has a visible head: the cheap probe of an idle long poll.
+  bool anything_ready(int64_t now)
   {
     static const std::string k_sql =
-      "SELECT MIN(ready_at) FROM groups WHERE queue_id = ?1";
+      "SELECT 1 FROM groups INDEXED BY groups_by_head WHERE queue_id = ?1 AND ready_at <= ?2"
+      " LIMIT 1";
     std::lock_guard lock(read_mu);
     auto stmt = reader->prepare(k_sql);
-    stmt->bind(1, queue_id);
-    if (!stmt->step() || stmt->column_is_null(0)) return k_never;
-    return stmt->column_int(0);
+    stmt->bind(1, queue_id).bind(2, now);
+    return stmt->step();
   }
 
   static Message read_message(sqlite::Statement& stmt)
   {
     Message m;
     m.seq = stmt.column_int(0);
-    m.message_id = stmt.column_text(1);
+    m.message_id = format_message_id(id_from_blob(stmt.column_view(1)));
     m.group_id = stmt.column_text(2);
-    m.dedup_id = stmt.column_text(3);
     m.body = stmt.column_text(4);
+    m.dedup_id = stmt.column_is_null(3) ? sha256_hex(m.body) : stmt.column_text(3);
     m.sent_at_ms = stmt.column_int(5);
     m.receive_count = stmt.column_int(6);
     m.first_received_at_ms = stmt.column_int(7);
@@ -542,11 +659,41 @@ struct Queue::Impl {
     wake_cv.notify_all();
   }
 
-  // Check a request and fill in its dedup id.
-  Expected<void> prepare_send(SendRequest& req) const
+  // Check each request (outside the write lock), then accept the valid ones in one
+  // transaction. Entries that break a limit get their own error; a failed transaction fails
+  // every entry.
+  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count)
   {
-    if (auto ok = limits::check_body(req.body); !ok) return ok;
-    if (auto ok = limits::check_id(req.group_id, "groupId"); !ok) return ok;
+    std::vector<Expected<SendResult>> results(count);
+    std::vector<std::pair<size_t, PreparedSend>> valid;
+    valid.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      auto prepared = prepare_send(requests[i]);
+      if (prepared) {
+        valid.emplace_back(i, std::move(*prepared));
+      } else {
+        results[i] = Unexpected(prepared.error());
+      }
+    }
+    if (valid.empty()) return results;
+    WriteOp op;
+    op.durable = true;
+    op.fn = [&](Txn& txn) {
+      for (const auto& [i, prepared] : valid) results[i] = do_send(txn, prepared);
+    };
+    if (auto ok = write(op, true); !ok) {
+      for (const auto& entry : valid) results[entry.first] = Unexpected(ok.error());
+    }
+    return results;
+  }
+
+  // Check a request, fill in its dedup id and compute its dedup key; all outside the lock.
+  Expected<PreparedSend> prepare_send(const SendRequest& request) const
+  {
+    PreparedSend out{request, false, {}};
+    SendRequest& req = out.request;
+    if (auto ok = limits::check_body(req.body); !ok) return Unexpected(ok.error());
+    if (auto ok = limits::check_id(req.group_id, "groupId"); !ok) return Unexpected(ok.error());
     if (req.dedup_id.empty()) {
       if (!options.content_based_dedup) {
         return make_error(Errc::invalid_input,
@@ -554,9 +701,12 @@ struct Queue::Impl {
                           "deduplicationId");
       }
       req.dedup_id = sha256_hex(req.body);
-      return {};
+      out.content_based = true;
+    } else if (auto ok = limits::check_id(req.dedup_id, "deduplicationId"); !ok) {
+      return Unexpected(ok.error());
     }
-    return limits::check_id(req.dedup_id, "deduplicationId");
+    out.key = dedup_key(req.dedup_id);
+    return out;
   }
 
   Expected<void> check_queue_settings() const
@@ -735,12 +885,12 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
 
 Expected<SendResult> Queue::send(const SendRequest& request)
 {
-  SendRequest req = request;
-  if (auto ok = m_impl->prepare_send(req); !ok) return Unexpected(ok.error());
+  auto prepared = m_impl->prepare_send(request);
+  if (!prepared) return Unexpected(prepared.error());
   SendResult result;
   WriteOp op;
   op.durable = true;
-  op.fn = [&](Txn& txn) { result = m_impl->do_send(txn, req); };
+  op.fn = [&](Txn& txn) { result = m_impl->do_send(txn, *prepared); };
   if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
   return result;
 }
@@ -754,51 +904,17 @@ Queue::send_batch(const std::vector<SendRequest>& requests)
                                   limits::k_max_batch, requests.size()),
                       "entries");
   }
-  std::vector<SendRequest> reqs = requests;
-  std::vector<Expected<SendResult>> results(reqs.size());
-  std::vector<size_t> valid;
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    if (auto ok = m_impl->prepare_send(reqs[i]); !ok) {
-      results[i] = Unexpected(ok.error());
-    } else {
-      valid.push_back(i);
-    }
-  }
-  if (valid.empty()) return results;
-  WriteOp op;
-  op.durable = true;
-  op.fn = [&](Txn& txn) {
-    for (size_t i : valid) results[i] = m_impl->do_send(txn, reqs[i]);
-  };
-  if (auto ok = m_impl->write(op, true); !ok) {
-    for (size_t i : valid) results[i] = Unexpected(ok.error());
-  }
-  return results;
+  return m_impl->send_many(requests.data(), requests.size());
 }
 
 std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest>& requests)
 {
-  std::vector<Expected<SendResult>> results(requests.size());
+  std::vector<Expected<SendResult>> results;
+  results.reserve(requests.size());
   for (size_t start = 0; start < requests.size(); start += k_bulk_chunk) {
-    const size_t end = std::min(requests.size(), start + k_bulk_chunk);
-    std::vector<SendRequest> chunk(requests.begin() + static_cast<ptrdiff_t>(start),
-                                   requests.begin() + static_cast<ptrdiff_t>(end));
-    std::vector<size_t> valid;
-    for (size_t i = 0; i < chunk.size(); ++i) {
-      if (auto ok = m_impl->prepare_send(chunk[i]); !ok) {
-        results[start + i] = Unexpected(ok.error());
-      } else {
-        valid.push_back(i);
-      }
-    }
-    WriteOp op;
-    op.durable = true;
-    op.fn = [&](Txn& txn) {
-      for (size_t i : valid) results[start + i] = m_impl->do_send(txn, chunk[i]);
-    };
-    if (auto ok = m_impl->write(op, true); !ok) {
-      for (size_t i : valid) results[start + i] = Unexpected(ok.error());
-    }
+    const size_t count = std::min(requests.size() - start, k_bulk_chunk);
+    auto part = m_impl->send_many(requests.data() + start, count);
+    std::move(part.begin(), part.end(), std::back_inserter(results));
   }
   return results;
 }
@@ -840,8 +956,7 @@ Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> vi
       }
       // Probe with a cheap read before taking the write lock: idle pollers must not queue up
       // behind, or slow down, the processes doing real work.
-      const int64_t ready_at = impl.next_ready_at();
-      if (ready_at <= now) {
+      if (impl.anything_ready(now)) {
         std::vector<Message> got;
         WriteOp op;
         op.fn = [&](Txn& txn) { got = impl.do_receive(txn, max, visibility); };
@@ -852,8 +967,7 @@ Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> vi
                           deadline - std::chrono::steady_clock::now())
                           .count();
       if (left <= 0 || !impl.clock.is_real()) return std::vector<Message>{};
-      int64_t nap = std::min<int64_t>(m_options.poll_interval_ms, left);
-      if (ready_at != k_never && ready_at > now) nap = std::min(nap, ready_at - now);
+      const int64_t nap = std::min<int64_t>(m_options.poll_interval_ms, left);
       std::unique_lock lock(impl.wake_mu);
       impl.wake_cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(nap, 1)), [&] {
         return impl.interrupted || impl.wake_generation != generation;
@@ -1003,9 +1117,10 @@ Expected<Message> Queue::dlq_show(std::string_view message_id)
                                    + " FROM messages WHERE queue_id = ?1 AND message_id = ?2";
   try {
     std::lock_guard lock(m_impl->read_mu);
+    auto id = parse_message_id(message_id);
     auto stmt = m_impl->reader->prepare(k_sql);
-    stmt->bind(1, m_impl->dlq_id).bind(2, message_id);
-    if (!stmt->step()) {
+    stmt->bind(1, m_impl->dlq_id).bind_blob(2, id ? id_blob(*id) : std::string_view(""));
+    if (!id || !stmt->step()) {
       return make_error(Errc::not_found,
                         fmt::format("no message {} in the DLQ {}; `acmo dlq list` shows what is "
                                     "there",
@@ -1032,14 +1147,20 @@ Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
   op.fn = [&](Txn& txn) {
     auto& impl = *m_impl;
     std::vector<std::pair<int64_t, std::string>> chosen;
-    std::set<std::string> wanted(message_ids.begin(), message_ids.end());
+    std::set<std::string> wanted;
+    for (const auto& id : message_ids) {
+      auto parsed = parse_message_id(id);
+      wanted.insert(parsed ? format_message_id(*parsed) : id); // any letter case
+    }
     // Decided once: `wanted` empties as ids are found, and must not then turn into "all".
     const bool all = message_ids.empty();
     {
       auto stmt = impl.writer->prepare(k_all);
       stmt->bind(1, impl.dlq_id);
       while (stmt->step()) {
-        if (!all && wanted.erase(stmt->column_text(1)) == 0) continue;
+        if (!all && wanted.erase(format_message_id(id_from_blob(stmt->column_view(1)))) == 0) {
+          continue;
+        }
         chosen.emplace_back(stmt->column_int(0), stmt->column_text(2));
       }
     }
@@ -1075,6 +1196,8 @@ Expected<int64_t> Queue::purge(bool dlq)
     removed = impl.writer->changes();
     impl.writer->prepare("DELETE FROM groups WHERE queue_id = ?1")->bind(1, id).run();
     impl.writer->prepare("DELETE FROM dedup WHERE queue_id = ?1")->bind(1, id).run();
+    // Every process rebuilds its dedup index when it sees the epoch move.
+    impl.writer->exec("UPDATE queues SET dedup_epoch = dedup_epoch + 1 WHERE id = 0");
     txn.counters[id].purged += removed;
   };
   if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
@@ -1157,6 +1280,11 @@ Expected<QueueStats> Queue::stats()
     return Unexpected(e.to_error());
   }
   return s;
+}
+
+CommitStats Queue::commit_stats() const
+{
+  return CommitStats{m_impl->committed_transactions.load(), m_impl->committed_requests.load()};
 }
 
 void Queue::interrupt()

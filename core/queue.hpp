@@ -103,6 +103,12 @@ struct QueueStats {
   std::string dlq_name;
 };
 
+// How well group commit works in this process: requests per transaction.
+struct CommitStats {
+  int64_t transactions = 0;
+  int64_t requests = 0;
+};
+
 struct SweepResult {
   int64_t expired = 0;
   int64_t dedup_removed = 0;
@@ -164,6 +170,7 @@ public:
   Expected<SweepResult> sweep();
 
   Expected<QueueStats> stats();
+  CommitStats commit_stats() const;
 
   // Wake every receive that is waiting in this process, e.g. to shut down. Waiting receives
   // return at once (empty) until resume() is called.

@@ -7,10 +7,15 @@ const std::vector<std::string>& migrations()
   static const std::vector<std::string> k_migrations = {
     // 1: the queue engine.
     R"SQL(
+-- Row 0 (name '') holds the database-wide state: next_seq, the next sequence number (global,
+-- increasing, never reused), and dedup_epoch, bumped by every purge so that processes drop
+-- their in-memory dedup index. Sharing the counters' page keeps a commit's writes small.
 CREATE TABLE queues (
   id INTEGER PRIMARY KEY,
   name TEXT NOT NULL UNIQUE,
   created_at INTEGER NOT NULL,
+  next_seq INTEGER NOT NULL DEFAULT 1,
+  dedup_epoch INTEGER NOT NULL DEFAULT 0,
   sent INTEGER NOT NULL DEFAULT 0,
   duplicates INTEGER NOT NULL DEFAULT 0,
   received INTEGER NOT NULL DEFAULT 0,
@@ -21,18 +26,15 @@ CREATE TABLE queues (
   redriven INTEGER NOT NULL DEFAULT 0,
   purged INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE meta (
-  key TEXT PRIMARY KEY,
-  value INTEGER NOT NULL
-) WITHOUT ROWID;
-INSERT INTO meta(key, value) VALUES ('next_seq', 1);
--- seq is the sequence number: global, increasing, never reused (meta.next_seq).
+INSERT INTO queues(id, name, created_at) VALUES (0, '', 0);
+-- seq is the sequence number. message_id holds the UUID's 16 bytes; dedup_id is NULL when it
+-- is content-based (the SHA-256 of the body, recomputed when shown).
 CREATE TABLE messages (
   seq INTEGER PRIMARY KEY,
   queue_id INTEGER NOT NULL,
   group_id TEXT NOT NULL,
-  message_id TEXT NOT NULL,
-  dedup_id TEXT NOT NULL,
+  message_id BLOB NOT NULL,
+  dedup_id TEXT,
   body TEXT NOT NULL,
   sent_at INTEGER NOT NULL,
   visible_at INTEGER NOT NULL,
@@ -54,15 +56,16 @@ CREATE TABLE groups (
   PRIMARY KEY (queue_id, group_id)
 ) WITHOUT ROWID;
 CREATE INDEX groups_by_head ON groups(queue_id, head_seq);
-CREATE INDEX groups_by_ready ON groups(queue_id, ready_at);
--- The dedup history; rowid order is expiry order, which makes the sweep cheap.
+-- The dedup history, an append-only log: key is the first 16 bytes of SHA-256(dedup id).
+-- Each process indexes it in memory (catching up by rowid), so that accepting a message
+-- appends here instead of writing into a randomly ordered index. Rowid order is expiry order.
 CREATE TABLE dedup (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: processes catch up by id
   queue_id INTEGER NOT NULL,
-  dedup_id TEXT NOT NULL,
-  message_id TEXT NOT NULL,
+  key BLOB NOT NULL,
   seq INTEGER NOT NULL,
-  expires_at INTEGER NOT NULL,
-  UNIQUE (queue_id, dedup_id)
+  message_id BLOB NOT NULL,
+  expires_at INTEGER NOT NULL
 );
 )SQL",
   };

@@ -190,4 +190,6 @@ int64_t Database::query_int(const std::string& sql)
 
 int Database::changes() const { return sqlite3_changes(m_db); }
 
+int64_t Database::last_insert_rowid() const { return sqlite3_last_insert_rowid(m_db); }
+
 } // namespace acmo::sqlite

@@ -94,6 +94,7 @@ public:
   int64_t query_int(const std::string& sql);
 
   int changes() const;
+  int64_t last_insert_rowid() const;
   sqlite3* handle() { return m_db; }
   const std::string& path() const { return m_path; }
 

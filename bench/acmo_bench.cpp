@@ -1,0 +1,376 @@
+// acmo-bench: measures the queue engine on this machine and prints the figures as JSON.
+//
+// Every scenario runs --runs times on a fresh database; the report gives each run and the
+// median. Baselines (raw SQLite inserts with one fsync per row, and with 1,000 rows per
+// commit) are measured in the same run, so the ratios hold on a noisy shared machine.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <sqlite3.h>
+
+#include "core/queue.hpp"
+
+namespace {
+
+using acmo::Queue;
+using acmo::QueueOptions;
+using acmo::SendRequest;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct Settings {
+  int runs = 3;
+  int64_t bulk_messages = 200'000;
+  int threads = 32;
+  int64_t per_thread = 1'000;
+  int64_t drain_messages = 100'000;
+  int wake_samples = 200;
+  std::string dir;
+  std::vector<std::string> only;
+  bool durable_full = true;
+};
+
+double seconds_since(Clock::time_point start)
+{
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> v)
+{
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double percentile(std::vector<double> v, double p)
+{
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  auto index = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
+  return v[std::min(index, v.size() - 1)];
+}
+
+// A fresh directory per run, removed afterwards.
+class RunDir
+{
+public:
+  explicit RunDir(const std::string& parent)
+  {
+    std::string templ = parent + "/acmo-bench-XXXXXX";
+    if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed in " + parent);
+    m_path = templ;
+  }
+  ~RunDir()
+  {
+    std::error_code ec;
+    std::filesystem::remove_all(m_path, ec);
+  }
+  std::string db() const { return m_path + "/acmo.db"; }
+
+private:
+  std::string m_path;
+};
+
+std::unique_ptr<Queue> open(const std::string& path, const Settings& s, QueueOptions o = {})
+{
+  o.durability_full = s.durable_full;
+  auto q = Queue::open(path, o);
+  if (!q) throw std::runtime_error(q.error().message);
+  return std::move(*q);
+}
+
+std::string event_body(int64_t i)
+{
+  return fmt::format(R"({{"type":"CREATE","orderId":"ord_{:012}","data":{{"customer_name":"Bench",)"
+                     R"("customer_email":"bench@example.com","items":[]}}}})",
+                     i);
+}
+
+std::vector<SendRequest> make_requests(int64_t n, int64_t offset, int64_t groups)
+{
+  std::vector<SendRequest> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    auto& r = out[static_cast<size_t>(i)];
+    r.body = event_body(offset + i);
+    r.group_id = groups <= 1 ? "orders" : fmt::format("g{}", (offset + i) % groups);
+  }
+  return out;
+}
+
+// --- baselines ------------------------------------------------------------------------------
+
+double raw_sqlite_inserts(const std::string& path, int64_t rows, int64_t per_commit)
+{
+  sqlite3* db = nullptr;
+  sqlite3_open(path.c_str(), &db);
+  sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                   "CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+               nullptr, nullptr, nullptr);
+  sqlite3_stmt* stmt = nullptr;
+  sqlite3_prepare_v2(db, "INSERT INTO t(body) VALUES (?1)", -1, &stmt, nullptr);
+  const std::string body = event_body(0);
+  auto start = Clock::now();
+  for (int64_t i = 0; i < rows; i += per_commit) {
+    sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr);
+    for (int64_t j = 0; j < per_commit && i + j < rows; ++j) {
+      sqlite3_bind_text(stmt, 1, body.c_str(), static_cast<int>(body.size()), SQLITE_STATIC);
+      sqlite3_step(stmt);
+      sqlite3_reset(stmt);
+    }
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  }
+  double rate = static_cast<double>(rows) / seconds_since(start);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return rate;
+}
+
+// --- scenarios ------------------------------------------------------------------------------
+
+double bulk_send(const Settings& s)
+{
+  RunDir dir(s.dir);
+  auto q = open(dir.db(), s);
+  auto requests = make_requests(s.bulk_messages, 0, 1);
+  auto start = Clock::now();
+  auto results = q->send_bulk(requests);
+  double elapsed = seconds_since(start);
+  for (const auto& r : results) {
+    if (!r) throw std::runtime_error("bulk send failed: " + r.error().message);
+  }
+  return static_cast<double>(s.bulk_messages) / elapsed;
+}
+
+double concurrent_send(const Settings& s)
+{
+  RunDir dir(s.dir);
+  auto q = open(dir.db(), s);
+  std::vector<std::vector<SendRequest>> work;
+  for (int t = 0; t < s.threads; ++t) work.push_back(make_requests(s.per_thread, t * s.per_thread, 1));
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::atomic<int64_t> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < s.threads; ++t) {
+    threads.emplace_back([&, t] {
+      ++ready;
+      while (!go) std::this_thread::yield();
+      for (const auto& r : work[static_cast<size_t>(t)]) {
+        if (!q->send(r)) ++failures;
+      }
+    });
+  }
+  while (ready < s.threads) std::this_thread::yield();
+  auto start = Clock::now();
+  go = true;
+  for (auto& t : threads) t.join();
+  double elapsed = seconds_since(start);
+  if (failures > 0) throw std::runtime_error("concurrent sends failed");
+  auto cs = q->commit_stats();
+  fmt::print(stderr, "concurrent_send: {} requests in {} transactions\n", cs.requests, cs.transactions);
+  return static_cast<double>(s.threads * s.per_thread) / elapsed;
+}
+
+double receive_delete(const Settings& s, int64_t groups)
+{
+  RunDir dir(s.dir);
+  auto q = open(dir.db(), s);
+  for (const auto& r : q->send_bulk(make_requests(s.drain_messages, 0, groups))) {
+    if (!r) throw std::runtime_error(r.error().message);
+  }
+  int64_t done = 0;
+  std::vector<std::string> receipts;
+  auto start = Clock::now();
+  while (done < s.drain_messages) {
+    auto got = q->receive(10);
+    if (!got) throw std::runtime_error(got.error().message);
+    if (got->empty()) throw std::runtime_error("queue ran dry early");
+    receipts.clear();
+    for (const auto& m : *got) receipts.push_back(m.receipt);
+    for (const auto& r : q->remove_batch(receipts)) {
+      if (!r) throw std::runtime_error(r.error().message);
+    }
+    done += static_cast<int64_t>(got->size());
+  }
+  return static_cast<double>(done) / seconds_since(start);
+}
+
+int64_t monotonic_us()
+{
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000 + ts.tv_nsec / 1000;
+}
+
+// A child process waits in a long poll; the parent sends one message at a time, stamped with
+// CLOCK_MONOTONIC (one clock for the whole machine), and the child reports how long each took
+// to reach it.
+std::vector<double> wake_latencies(const Settings& s)
+{
+  RunDir dir(s.dir);
+  { auto q = open(dir.db(), s); } // create the schema before the child starts
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  pid_t child = fork();
+  if (child == 0) {
+    close(fds[0]);
+    auto q = open(dir.db(), s);
+    int received = 0;
+    while (received < s.wake_samples) {
+      auto got = q->receive(1, {}, 20'000);
+      if (!got) _exit(3);
+      for (const auto& m : *got) {
+        int64_t sent_us = std::stoll(m.body);
+        int64_t lat = monotonic_us() - sent_us;
+        if (write(fds[1], &lat, sizeof lat) != sizeof lat) _exit(4);
+        q->remove(m.receipt);
+        ++received;
+      }
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  auto q = open(dir.db(), s);
+  std::vector<double> out;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200)); // let the child reach its poll
+  for (int i = 0; i < s.wake_samples; ++i) {
+    SendRequest r;
+    r.body = std::to_string(monotonic_us());
+    r.dedup_id = fmt::format("wake-{}", i);
+    if (!q->send(r)) throw std::runtime_error("send failed");
+    int64_t lat = 0;
+    if (read(fds[0], &lat, sizeof lat) != sizeof lat) throw std::runtime_error("child died");
+    out.push_back(static_cast<double>(lat) / 1000.0);
+    // Idle time between messages, so the receiver is truly waiting when the next one comes.
+    std::this_thread::sleep_for(std::chrono::milliseconds(10 + (i * 7) % 23));
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  close(fds[0]);
+  return out;
+}
+
+bool wanted(const Settings& s, const std::string& name)
+{
+  return s.only.empty() || std::find(s.only.begin(), s.only.end(), name) != s.only.end();
+}
+
+json rate_entry(const std::vector<double>& runs, double target)
+{
+  double med = median(runs);
+  json e = {{"unit", "messages/s"}, {"runs", runs}, {"median", med}};
+  if (target > 0) {
+    e["target"] = target;
+    e["met"] = med >= target;
+  }
+  return e;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+  Settings s;
+  s.dir = std::filesystem::temp_directory_path().string();
+  CLI::App app{"acmo-bench: measure the acmo queue engine; prints JSON"};
+  app.add_option("--runs", s.runs, "Repetitions of each scenario (the median is reported)");
+  app.add_option("--dir", s.dir, "Directory for the benchmark databases (on the disk to measure)");
+  app.add_option("--bulk-messages", s.bulk_messages, "Messages in the bulk-send scenario");
+  app.add_option("--threads", s.threads, "Sender threads in the concurrent-send scenario");
+  app.add_option("--per-thread", s.per_thread, "Messages each sender thread sends");
+  app.add_option("--drain-messages", s.drain_messages, "Messages in the receive+delete scenario");
+  app.add_option("--wake-samples", s.wake_samples, "Messages in the cross-process wake-up scenario");
+  app.add_option("--only", s.only,
+                 "Run only these scenarios: baseline, bulk_send, concurrent_send, "
+                 "receive_delete, receive_delete_groups, wakeup");
+  bool normal = false;
+  app.add_flag("--normal", normal, "Use queue.durability = \"normal\" instead of \"full\"");
+  CLI11_PARSE(app, argc, argv);
+  s.durable_full = !normal;
+
+  json report = {{"durability", s.durable_full ? "full" : "normal"},
+                 {"cores", std::thread::hardware_concurrency()},
+                 {"runs", s.runs}};
+  try {
+    std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, wake_p50,
+      wake_p99, wake_max;
+    for (int run = 0; run < s.runs; ++run) {
+      if (wanted(s, "baseline")) {
+        RunDir a(s.dir), b(s.dir);
+        fsync_each.push_back(raw_sqlite_inserts(a.db(), 2'000, 1));
+        batched.push_back(raw_sqlite_inserts(b.db(), 200'000, 1'000));
+      }
+      if (wanted(s, "bulk_send")) bulk.push_back(bulk_send(s));
+      if (wanted(s, "concurrent_send")) concurrent.push_back(concurrent_send(s));
+      if (wanted(s, "receive_delete")) drain.push_back(receive_delete(s, 1));
+      if (wanted(s, "receive_delete_groups")) drain_groups.push_back(receive_delete(s, 1000));
+      if (wanted(s, "wakeup")) {
+        auto lat = wake_latencies(s);
+        wake_p50.push_back(percentile(lat, 50));
+        wake_p99.push_back(percentile(lat, 99));
+        wake_max.push_back(percentile(lat, 100));
+      }
+    }
+    json results = json::object();
+    if (!fsync_each.empty()) {
+      results["baseline_sqlite_fsync_per_insert"] = rate_entry(fsync_each, 0);
+      results["baseline_sqlite_1000_per_commit"] = rate_entry(batched, 0);
+    }
+    auto ratio = [&](json& entry, const std::vector<double>& base, const char* name) {
+      if (!base.empty()) entry["ratio_to_" + std::string(name)] = entry["median"].get<double>() / median(base);
+    };
+    if (!bulk.empty()) {
+      results["bulk_send"] = rate_entry(bulk, 100'000);
+      results["bulk_send"]["messages"] = s.bulk_messages;
+      ratio(results["bulk_send"], batched, "baseline_sqlite_1000_per_commit");
+    }
+    if (!concurrent.empty()) {
+      results["concurrent_send"] = rate_entry(concurrent, 30'000);
+      results["concurrent_send"]["threads"] = s.threads;
+      results["concurrent_send"]["messages"] = s.threads * s.per_thread;
+      ratio(results["concurrent_send"], fsync_each, "baseline_sqlite_fsync_per_insert");
+    }
+    if (!drain.empty()) {
+      results["receive_delete_batch10"] = rate_entry(drain, 50'000);
+      results["receive_delete_batch10"]["groups"] = 1;
+    }
+    if (!drain_groups.empty()) {
+      results["receive_delete_batch10_1000_groups"] = rate_entry(drain_groups, 50'000);
+      results["receive_delete_batch10_1000_groups"]["groups"] = 1000;
+    }
+    if (!wake_p50.empty()) {
+      results["cross_process_wakeup"] = {
+        {"unit", "ms"},
+        {"samples_per_run", s.wake_samples},
+        {"p50_runs", wake_p50},
+        {"p99_runs", wake_p99},
+        {"max_runs", wake_max},
+        {"p50_median", median(wake_p50)},
+        {"p99_median", median(wake_p99)},
+        {"target_p50", 20},
+        {"target_p99", 50},
+        {"met", median(wake_p50) <= 20 && median(wake_p99) <= 50}};
+    }
+    report["results"] = results;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "acmo-bench: error: {}\n", e.what());
+    return 1;
+  }
+  fmt::print("{}\n", report.dump(2));
+  return 0;
+}

@@ -1,0 +1,62 @@
+#include "cli/output.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include <unistd.h>
+
+#include <fmt/core.h>
+
+namespace acmo::cli {
+
+bool stdout_is_tty() { return isatty(STDOUT_FILENO) == 1; }
+bool stdin_is_tty() { return isatty(STDIN_FILENO) == 1; }
+
+bool use_colour()
+{
+  const char* no_colour = std::getenv("NO_COLOR");
+  return isatty(STDERR_FILENO) == 1 && (no_colour == nullptr || *no_colour == '\0');
+}
+
+void print_error(std::string_view message)
+{
+  if (use_colour()) {
+    fmt::print(stderr, "acmo: \033[1;31merror:\033[0m {}\n", message);
+  } else {
+    fmt::print(stderr, "acmo: error: {}\n", message);
+  }
+}
+
+int report(const Error& error)
+{
+  print_error(error.message);
+  return exit_code_for(error.code);
+}
+
+void print_json(const nlohmann::json& doc)
+{
+  std::string text = doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  text += '\n';
+  std::fwrite(text.data(), 1, text.size(), stdout);
+}
+
+void print_table(const std::vector<std::pair<std::string, std::string>>& rows)
+{
+  size_t width = 0;
+  for (const auto& [label, value] : rows) width = std::max(width, label.size());
+  for (const auto& [label, value] : rows) {
+    fmt::print("{:<{}}  {}\n", label, width, value);
+  }
+}
+
+bool confirm(std::string_view question)
+{
+  fmt::print(stderr, "{} [y/N] ", question);
+  std::fflush(stderr);
+  std::string answer;
+  if (!std::getline(std::cin, answer)) return false;
+  return !answer.empty() && (answer[0] == 'y' || answer[0] == 'Y');
+}
+
+} // namespace acmo::cli

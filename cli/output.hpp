@@ -1,0 +1,34 @@
+// How the command line talks to people and scripts (SPEC §7).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+
+namespace acmo::cli {
+
+bool stdout_is_tty();
+bool stdin_is_tty();
+// Colour only on a TTY and not with NO_COLOR.
+bool use_colour();
+
+// Print "acmo: error: MESSAGE" on stderr.
+void print_error(std::string_view message);
+// Print an Error and return its exit code.
+int report(const Error& error);
+
+// One JSON document on a line of its own on stdout.
+void print_json(const nlohmann::json& doc);
+
+// Print rows of (label, value) aligned in two columns.
+void print_table(const std::vector<std::pair<std::string, std::string>>& rows);
+
+// Ask a yes/no question on the terminal; false unless the answer starts with y or Y.
+bool confirm(std::string_view question);
+
+} // namespace acmo::cli

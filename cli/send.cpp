@@ -1,0 +1,224 @@
+// acmo send: put order events on the queue.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "cli/app.hpp"
+#include "cli/output.hpp"
+#include "core/ids.hpp"
+#include "core/order_event.hpp"
+
+namespace acmo::cli {
+
+namespace {
+
+struct SendOptions {
+  std::string type;
+  std::string order_id;
+  std::string data;
+  std::string group;
+  std::string dedup_id;
+  std::string file;
+};
+
+std::string read_all(std::istream& in)
+{
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// --data takes JSON, or @FILE to read it from a file.
+std::string load_data_argument(const std::string& arg)
+{
+  if (arg.empty() || arg[0] != '@') return arg;
+  std::ifstream in(arg.substr(1), std::ios::binary);
+  if (!in) {
+    throw Fatal(fmt::format("cannot read --data file {}", arg.substr(1)), exit_code::k_usage);
+  }
+  return read_all(in);
+}
+
+// Fill in what the sender may leave out: a CREATE's order id and the group.
+void complete_event(OrderEvent& event)
+{
+  if (event.order_id.empty()) event.order_id = new_order_id();
+  if (event.group_id.empty()) event.group_id = "orders";
+}
+
+SendRequest to_request(const OrderEvent& event)
+{
+  SendRequest req;
+  req.body = event_body(event);
+  req.group_id = event.group_id;
+  req.dedup_id = event.dedup_id;
+  return req;
+}
+
+nlohmann::json result_json(const SendResult& result, const OrderEvent& event)
+{
+  return {{"messageId", result.message_id},       {"sequenceNumber", format_sequence(result.seq)},
+          {"orderId", event.order_id},            {"groupId", event.group_id},
+          {"deduplicationId", result.dedup_id},   {"duplicate", result.duplicate}};
+}
+
+void print_result(const GlobalOptions& global, const SendResult& result, const OrderEvent& event)
+{
+  if (global.json) {
+    print_json(result_json(result, event));
+  } else if (!global.quiet) {
+    if (result.duplicate) {
+      fmt::print("duplicate {} {}: already queued as message {} (sequence {})\n",
+                 event_type_name(event.type), event.order_id, result.message_id,
+                 format_sequence(result.seq));
+    } else {
+      fmt::print("queued {} {} as message {} (sequence {}, group {})\n",
+                 event_type_name(event.type), event.order_id, result.message_id,
+                 format_sequence(result.seq), event.group_id);
+    }
+  }
+}
+
+int send_one(const SendOptions& opts, const GlobalOptions& global)
+{
+  if (opts.type.empty()) {
+    throw Fatal("send needs an event TYPE (CREATE, UPDATE or DELETE) or --file FILE",
+                exit_code::k_usage);
+  }
+  OrderEvent event;
+  auto type = parse_event_type(opts.type);
+  if (!type) return report(type.error());
+  event.type = *type;
+  event.order_id = opts.order_id;
+  if (event.order_id.empty() && event.type != EventType::create) {
+    return report(Error(Errc::invalid_input,
+                        fmt::format("{} needs --order-id: the order to change",
+                                    event_type_name(event.type)),
+                        "orderId"));
+  }
+  if (!event.order_id.empty()) {
+    if (auto ok = check_order_id(event.order_id); !ok) return report(ok.error());
+  }
+  const std::string data_text = load_data_argument(opts.data);
+  if (!data_text.empty()) {
+    event.data = nlohmann::json::parse(data_text, nullptr, false);
+    if (event.data.is_discarded()) {
+      return report(Error(Errc::invalid_input, "--data is not valid JSON; pass an object such as "
+                                               "'{\"status\":\"shipped\"}'",
+                          "data"));
+    }
+  }
+  if (auto ok = validate_event_data(event.type, event.data); !ok) return report(ok.error());
+  event.group_id = opts.group;
+  event.dedup_id = opts.dedup_id;
+  complete_event(event);
+
+  auto queue = open_queue(global);
+  auto result = queue->send(to_request(event));
+  if (!result) return report(result.error());
+  print_result(global, *result, event);
+  return exit_code::k_ok;
+}
+
+int send_file(const SendOptions& opts, const GlobalOptions& global)
+{
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (opts.file != "-") {
+    file.open(opts.file, std::ios::binary);
+    if (!file) {
+      throw Fatal(fmt::format("cannot read {}; check the path given to --file", opts.file),
+                  exit_code::k_usage);
+    }
+    in = &file;
+  }
+  auto queue = open_queue(global);
+  int64_t sent = 0;
+  int64_t duplicates = 0;
+  int64_t failed = 0;
+  std::vector<OrderEvent> events;
+  std::vector<SendRequest> requests;
+  std::vector<int64_t> line_numbers;
+
+  auto flush = [&] {
+    auto results = queue->send_bulk(requests);
+    for (size_t i = 0; i < results.size(); ++i) {
+      if (!results[i]) {
+        ++failed;
+        print_error(fmt::format("line {}: {}", line_numbers[i], results[i].error().message));
+        continue;
+      }
+      ++(results[i]->duplicate ? duplicates : sent);
+      if (global.json) print_json(result_json(*results[i], events[i]));
+    }
+    events.clear();
+    requests.clear();
+    line_numbers.clear();
+  };
+
+  std::string line;
+  int64_t line_number = 0;
+  while (std::getline(*in, line)) {
+    ++line_number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto event = parse_event(line);
+    if (!event) {
+      ++failed;
+      print_error(fmt::format("line {}: {}", line_number, event.error().message));
+      continue;
+    }
+    complete_event(*event);
+    requests.push_back(to_request(*event));
+    events.push_back(std::move(*event));
+    line_numbers.push_back(line_number);
+    if (requests.size() >= 5000) flush();
+  }
+  flush();
+  if (global.json) {
+    print_json({{"sent", sent}, {"duplicates", duplicates}, {"failed", failed}});
+  } else if (!global.quiet) {
+    fmt::print("sent {}, duplicates {}, failed {}\n", sent, duplicates, failed);
+  }
+  return failed > 0 ? exit_code::k_rejected : exit_code::k_ok;
+}
+
+} // namespace
+
+Runner setup_send(CLI::App& sub, const GlobalOptions& global)
+{
+  auto opts = std::make_shared<SendOptions>();
+  sub.add_option("type", opts->type, "Event type: CREATE, UPDATE or DELETE")->option_text("TYPE");
+  sub.add_option("--order-id", opts->order_id,
+                 "The order the event is about (generated for CREATE when absent)")
+    ->option_text("ID");
+  sub.add_option("--data", opts->data,
+                 "Event data as JSON, or @FILE to read it from FILE")
+    ->option_text("JSON|@FILE");
+  sub.add_option("--group", opts->group, "Message group (default: orders)")->option_text("G");
+  sub.add_option("--dedup-id", opts->dedup_id,
+                 "Deduplication id (default: SHA-256 of the body)")
+    ->option_text("D");
+  sub.add_option("--file", opts->file, "Send every event of a JSON Lines FILE ('-' for stdin)")
+    ->option_text("FILE|-");
+  sub.footer("Examples:\n"
+             "  acmo send CREATE --data '{\"customer_name\":\"Ada\","
+             "\"customer_email\":\"ada@example.com\",\"items\":[]}'\n"
+             "  acmo send UPDATE --order-id ord_123 --data '{\"status\":\"processing\"}'\n"
+             "  acmo send --file events.jsonl");
+  return [opts, &global] {
+    if (!opts->file.empty()) {
+      if (!opts->type.empty() || !opts->order_id.empty() || !opts->data.empty()) {
+        throw Fatal("--file takes its events from the file; drop TYPE, --order-id and --data",
+                    exit_code::k_usage);
+      }
+      return send_file(*opts, global);
+    }
+    return send_one(*opts, global);
+  };
+}
+
+} // namespace acmo::cli

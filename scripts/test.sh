@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The one command that installs what acmo needs, builds it with warnings as errors, starts
+# PostgreSQL and Redis on loopback for the tests that need them, and runs every test.
+# A missing service is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+ACMO_BUILD_DIR=${ACMO_BUILD_DIR:-build} scripts/build.sh -DACMO_WERROR=ON -DACMO_BUILD_TESTS=ON
+
+trap 'scripts/test-services.sh stop' EXIT
+eval "$(scripts/test-services.sh start | sed 's/^/export /')"
+
+cd "${ACMO_BUILD_DIR:-build}"
+ctest --output-on-failure --timeout 900 "$@"
