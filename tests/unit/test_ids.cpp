@@ -4,6 +4,9 @@
 #include <set>
 #include <string>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
 #include "core/ids.hpp"
@@ -113,4 +116,33 @@ TEST_CASE("ids: text that is not a receipt handle acmo issued is rejected", "[id
   }));
   INFO("text: \"" << garbage << "\"");
   CHECK_FALSE(decode_receipt(garbage).has_value());
+}
+
+// Regression: the per-thread generator was seeded once, so a process forked after drawing an id
+// (a daemon forking workers, or the queue's process tests) continued the very sequence of its
+// parent, and parent and child handed out the same message ids and receipt tokens.
+TEST_CASE("ids: a forked child does not repeat its parent's ids", "[ids]")
+{
+  (void)new_message_id(); // the generator of this thread is seeded now
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::string id = new_message_id() + "\n";
+    ssize_t written = ::write(fds[1], id.data(), id.size());
+    ::_exit(written == static_cast<ssize_t>(id.size()) ? 0 : 1);
+  }
+  ::close(fds[1]);
+  std::string child_id;
+  char buf[64];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) child_id.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(child_id.size() == 37);
+  child_id.pop_back();
+  CHECK(child_id != new_message_id());
 }
