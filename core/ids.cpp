@@ -12,25 +12,29 @@ namespace acmo {
 
 namespace {
 
-// How many fork()s led to this process. A generator seeded before a fork must be seeded again
-// in the child, or parent and child (and every sibling) go on drawing the same message ids and
-// receipt tokens.
-std::atomic<uint64_t> g_forks{0};
+// Bumped in the child after fork(): a forked process must not replay its parent's random
+// stream, or two processes would hand out the same message ids and receipt tokens.
+std::atomic<unsigned> g_fork_generation{0};
 
-void count_fork() { g_forks.fetch_add(1, std::memory_order_relaxed); }
+void on_fork_child() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+
+std::mt19937_64 seeded_generator()
+{
+  static const int registered = pthread_atfork(nullptr, nullptr, &on_fork_child);
+  (void)registered;
+  std::random_device rd;
+  std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd()};
+  return std::mt19937_64(seq);
+}
 
 std::mt19937_64& generator()
 {
-  static const int registered = pthread_atfork(nullptr, nullptr, &count_fork);
-  (void)registered;
-  thread_local std::mt19937_64 gen;
-  thread_local uint64_t seeded_at_forks = std::numeric_limits<uint64_t>::max(); // never seeded
-  const uint64_t forks = g_forks.load(std::memory_order_relaxed);
-  if (seeded_at_forks != forks) {
-    std::random_device rd;
-    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd()};
-    gen.seed(seq);
-    seeded_at_forks = forks;
+  thread_local std::mt19937_64 gen = seeded_generator();
+  thread_local unsigned generation = g_fork_generation.load(std::memory_order_relaxed);
+  const unsigned now = g_fork_generation.load(std::memory_order_relaxed);
+  if (generation != now) {
+    gen = seeded_generator();
+    generation = now;
   }
   return gen;
 }

@@ -941,6 +941,7 @@ Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> vi
   }
   auto& impl = *m_impl;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  bool first_try = true;
   try {
     for (;;) {
       uint64_t generation;
@@ -954,9 +955,10 @@ Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> vi
         impl.last_sweep_ms = now;
         if (auto swept = sweep(); !swept) return Unexpected(swept.error());
       }
-      // Probe with a cheap read before taking the write lock: idle pollers must not queue up
-      // behind, or slow down, the processes doing real work.
-      if (impl.anything_ready(now)) {
+      // After the first try, probe with a cheap read before taking the write lock: idle
+      // pollers must not queue up behind, or slow down, the processes doing real work.
+      if (first_try || impl.anything_ready(now)) {
+        first_try = false;
         std::vector<Message> got;
         WriteOp op;
         op.fn = [&](Txn& txn) { got = impl.do_receive(txn, max, visibility); };
