@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Drives the real acmo binary from a shell, as a user would: send, stats and purge, exit
+# codes, bad input, several processes at once, and a kill -9 in the middle of a bulk send.
+#   tests/cli/test_cli.sh path/to/acmo
+set -uo pipefail
+acmo=${1:?usage: $0 path/to/acmo}
+work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-cli-test.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+export ACMO_DATA_DIR="$work/data"
+export NO_COLOR=1
+passed=0
+failed=0
+
+ok() { passed=$((passed + 1)); echo "ok - $*"; }
+not_ok() { failed=$((failed + 1)); echo "not ok - $*"; }
+# check NAME COMMAND...: the command must succeed.
+check() { local name=$1; shift; if "$@"; then ok "$name"; else not_ok "$name"; fi; }
+# json_field JSON KEY: the value of a top-level scalar field (enough for acmo's flat output).
+json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" <<<"$1" | head -n 1; }
+
+create_data='{"customer_name":"Ada","customer_email":"ada@example.com","items":[{"product_id":"p1","quantity":2,"unit_price":19.99}]}'
+
+# --- send ---------------------------------------------------------------------------------
+out=$("$acmo" send CREATE --json --data "$create_data"); rc=$?
+check "send CREATE exits 0" test "$rc" -eq 0
+for key in messageId sequenceNumber orderId groupId deduplicationId duplicate; do
+  check "send --json has $key" grep -q "\"$key\"" <<<"$out"
+done
+seq1=$(json_field "$out" sequenceNumber)
+check "sequence number is 20 digits" grep -Eq '^[0-9]{20}$' <<<"$seq1"
+check "group defaults to orders" test "$(json_field "$out" groupId)" = orders
+order=$(json_field "$out" orderId)
+check "a CREATE gets an order id" grep -q '^ord_' <<<"$order"
+
+out2=$("$acmo" send UPDATE --json --order-id "$order" --data '{"status":"processing"}')
+seq2=$(json_field "$out2" sequenceNumber)
+check "sequence numbers increase" test "$seq2" \> "$seq1"
+
+a=$("$acmo" send UPDATE --json --order-id "$order" --data '{"status":"shipped"}' --dedup-id d-1)
+b=$("$acmo" send UPDATE --json --order-id "$order" --data '{"status":"shipped"}' --dedup-id d-1)
+check "a repeated dedup id is a duplicate" test "$(json_field "$b" duplicate)" = true
+check "the duplicate names the original message" \
+  test "$(json_field "$a" messageId)" = "$(json_field "$b" messageId)"
+
+err=$("$acmo" send UPDATE --order-id "$order" --data '{"status":"teleported"}' 2>&1); rc=$?
+check "an invalid status is rejected with exit 4" test "$rc" -eq 4
+check "the error names the field" grep -q "data.status" <<<"$err"
+check "errors start with 'acmo: error:'" grep -q "^acmo: error:" <<<"$err"
+
+"$acmo" send DELETE >/dev/null 2>&1; rc=$?
+check "DELETE without --order-id exits 4" test "$rc" -eq 4
+"$acmo" send CREATE --data '{"customer_name":"A","customer_email":"nope","items":[]}' 2>/dev/null; rc=$?
+check "a bad email exits 4" test "$rc" -eq 4
+"$acmo" send CREATE --data '{not json' 2>/dev/null; rc=$?
+check "--data that is not JSON exits 4" test "$rc" -eq 4
+"$acmo" send CREATE --data "$create_data" --group "has space" 2>/dev/null; rc=$?
+check "a group id with a space exits 4" test "$rc" -eq 4
+"$acmo" send 2>/dev/null; rc=$?
+check "send without TYPE or --file exits 2" test "$rc" -eq 2
+
+err=$("$acmo" sned 2>&1); rc=$?
+check "a misspelt command exits 2" test "$rc" -eq 2
+check "a misspelt command gets a suggestion" grep -q "did you mean 'send'" <<<"$err"
+"$acmo" send --no-such-flag 2>/dev/null; rc=$?
+check "an unknown flag exits 2" test "$rc" -eq 2
+"$acmo" --help >/dev/null; rc=$?
+check "--help exits 0" test "$rc" -eq 0
+
+# --- send --file ----------------------------------------------------------------------------
+cat >"$work/events.jsonl" <<JSONL
+{"type":"CREATE","orderId":"ord_file_1","data":$create_data}
+{"type":"UPDATE","orderId":"ord_file_1","data":{"status":"processing"}}
+{"type":"UPDATE","orderId":"ord_file_1","data":{"status":"nonsense"}}
+
+{"type":"DELETE","orderId":"ord_file_1","data":{}}
+this is not json
+JSONL
+out=$("$acmo" send --file "$work/events.jsonl" --json 2>"$work/file.err"); rc=$?
+check "--file with bad lines exits 4" test "$rc" -eq 4
+check "bad line 3 is reported by number" grep -q "line 3:" "$work/file.err"
+check "bad line 6 is reported by number" grep -q "line 6:" "$work/file.err"
+summary=$(tail -n 1 <<<"$out")
+check "--file summary counts 3 sent" test "$(json_field "$summary" sent)" = 3
+check "--file summary counts 2 failed" test "$(json_field "$summary" failed)" = 2
+check "--file prints one object per sent event" test "$(grep -c messageId <<<"$out")" -eq 3
+out=$(head -n 2 "$work/events.jsonl" | "$acmo" send --file - --json)
+check "--file - reads stdin (and dedups by content)" \
+  test "$(json_field "$(tail -n 1 <<<"$out")" duplicates)" = 2
+
+# --- stats ------------------------------------------------------------------------------------
+stats=$("$acmo" stats --json)
+check "stats --json counts 6 visible" test "$(json_field "$stats" visible)" = 6
+check "stats --json counts 6 sent" test "$(json_field "$stats" sent)" = 6
+check "stats --json counts 3 duplicates" test "$(json_field "$stats" duplicates)" = 3
+for key in name visible inFlight delayed deadLettered dedupEntries sent duplicates received \
+           deleted retried expired oldestAgeMs; do
+  check "stats --json has queue.$key" grep -q "\"$key\"" <<<"$stats"
+done
+check "stats prints a table" grep -q "in flight" <<<"$("$acmo" stats)"
+
+# --- purge ------------------------------------------------------------------------------------
+"$acmo" purge </dev/null 2>/dev/null; rc=$?
+check "purge off a TTY without --yes exits 2" test "$rc" -eq 2
+check "purge refused: nothing removed" test "$(json_field "$("$acmo" stats --json)" visible)" = 6
+out=$("$acmo" purge --yes --json)
+check "purge --yes reports the count" test "$out" = '{"purged":6}'
+check "purge empties the queue" test "$(json_field "$("$acmo" stats --json)" visible)" = 0
+out=$("$acmo" send UPDATE --json --order-id "$order" --data '{"status":"shipped"}' --dedup-id d-1)
+check "purge clears the dedup history" test "$(json_field "$out" duplicate)" = false
+
+# --- several processes at once ----------------------------------------------------------------
+"$acmo" purge --yes >/dev/null
+for p in 1 2 3 4; do
+  (
+    for i in $(seq 1 40); do
+      "$acmo" send CREATE --json --order-id "ord_p${p}_$i" --data "$create_data" >>"$work/multi.$p" \
+        2>>"$work/multi.err" || echo "send failed" >>"$work/multi.err"
+    done
+  ) &
+done
+wait
+check "4 processes x 40 sends: no errors" test ! -s "$work/multi.err"
+check "4 processes x 40 sends: 160 visible" test "$(json_field "$("$acmo" stats --json)" visible)" = 160
+check "no 'database is locked' surfaced" bash -c "! grep -qi locked '$work/multi.err' 2>/dev/null"
+dups=$(cat "$work"/multi.[1-4] | sed -n 's/.*"sequenceNumber":"\([0-9]*\)".*/\1/p' | sort | uniq -d | wc -l)
+check "4 processes: every sequence number distinct" test "$dups" -eq 0
+
+# --- kill -9 in the middle of a bulk send -----------------------------------------------------
+"$acmo" purge --yes >/dev/null
+for i in $(seq 1 60000); do
+  printf '{"type":"CREATE","orderId":"ord_k%d","data":{"customer_name":"K","customer_email":"k@example.com","items":[]}}\n' "$i"
+done >"$work/bulk.jsonl"
+"$acmo" send --file "$work/bulk.jsonl" --json >"$work/bulk.out" 2>/dev/null &
+pid=$!
+sleep 0.4
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+acked=$(grep -c messageId "$work/bulk.out")
+stats=$("$acmo" stats --json); rc=$?
+check "stats works after kill -9 of a bulk send" test "$rc" -eq 0
+visible=$(json_field "$stats" visible)
+check "every acknowledged bulk send survived kill -9 ($acked acked, $visible visible)" \
+  test "$visible" -ge "$acked"
+check "the queue holds whole 5,000-event transactions, nothing half-written ($visible)" test $((visible % 5000)) -eq 0
+out=$("$acmo" send --json CREATE --data "$create_data"); rc=$?
+check "sending works after the kill" test "$rc" -eq 0
+
+# --- a data dir that cannot work -------------------------------------------------------------
+mkdir -p "$work/garbage"
+head -c 8192 /dev/urandom >"$work/garbage/acmo.db"
+err=$("$acmo" --data-dir "$work/garbage" stats 2>&1); rc=$?
+check "a garbage database file fails cleanly (exit $rc)" test "$rc" -ge 1 -a "$rc" -lt 128
+check "a garbage database file gets a clear message" grep -qi "not an SQLite file\|damaged" <<<"$err"
+touch "$work/plainfile"
+"$acmo" --data-dir "$work/plainfile" stats 2>/dev/null; rc=$?
+check "a data dir that is a file is refused (exit $rc)" test "$rc" -ge 1 -a "$rc" -lt 128
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
