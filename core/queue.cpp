@@ -272,7 +272,7 @@ struct Queue::Impl {
     txn.dedup_synced = true;
     static const std::string k_epoch = "SELECT dedup_epoch FROM queues WHERE id = 0";
     static const std::string k_newer =
-      "SELECT id, queue_id, key, seq, message_id, expires_at FROM dedup WHERE id > ?1 ORDER BY id";
+      "SELECT id, queue_id, key, message_id, expires_at FROM dedup WHERE id > ?1 ORDER BY id";
     const int64_t epoch = writer->query_int(k_epoch);
     if (epoch != dedup_epoch) {
       dedup_index.clear();
@@ -283,9 +283,9 @@ struct Queue::Impl {
     stmt->bind(1, dedup_seen_id);
     while (stmt->step()) {
       dedup_seen_id = stmt->column_int(0);
-      if (stmt->column_int(1) != queue_id || stmt->column_int(5) <= txn.now) continue;
+      if (stmt->column_int(1) != queue_id || stmt->column_int(4) <= txn.now) continue;
       dedup_index[key_from_blob(stmt->column_view(2))] =
-        DedupEntry{stmt->column_int(3), id_from_blob(stmt->column_view(4)), stmt->column_int(5)};
+        DedupEntry{stmt->column_int(0), id_from_blob(stmt->column_view(3)), stmt->column_int(4)};
     }
     // Entries past their window only cost memory; drop them now and then.
     if (txn.now - dedup_pruned_at > 60'000) {
@@ -371,7 +371,7 @@ struct Queue::Impl {
   SendResult do_send(Txn& txn, const PreparedSend& prepared)
   {
     static const std::string k_dedup_append =
-      "INSERT INTO dedup(queue_id, key, seq, message_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+      "INSERT INTO dedup(id, queue_id, key, message_id, expires_at) VALUES (?3, ?1, ?2, ?4, ?5)";
     static const std::string k_insert =
       "INSERT INTO messages(seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
       " visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)";
@@ -396,7 +396,7 @@ struct Queue::Impl {
       stmt->bind(1, queue_id).bind_blob(2, key_blob(prepared.key, buf), false);
       stmt->bind(3, seq).bind_blob(4, id_blob(id), false).bind(5, expires_at).run();
     }
-    dedup_seen_id = writer->last_insert_rowid();
+    dedup_seen_id = seq;
     dedup_index[prepared.key] = DedupEntry{seq, id, expires_at};
     {
       auto stmt = writer->prepare(k_insert);

@@ -60,10 +60,9 @@ CREATE INDEX groups_by_head ON groups(queue_id, head_seq);
 -- Each process indexes it in memory (catching up by rowid), so that accepting a message
 -- appends here instead of writing into a randomly ordered index. Rowid order is expiry order.
 CREATE TABLE dedup (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: processes catch up by id
+  id INTEGER PRIMARY KEY, -- the message's seq: never reused, so processes catch up by id
   queue_id INTEGER NOT NULL,
   key BLOB NOT NULL,
-  seq INTEGER NOT NULL,
   message_id BLOB NOT NULL,
   expires_at INTEGER NOT NULL
 );
