@@ -496,7 +496,8 @@ TEST_CASE("Queue processes: every acknowledged send survives kill -9 of the send
         CHECK(count == k_batch);
       }
       CHECK(present.size() >= acked.size());
-      CHECK(present.size() <= acked.size() + 2 * k_batch);
+      // At most one chunk was committed but not (fully) acknowledged when the kill came.
+      CHECK(present.size() <= acked.size() + k_batch);
     }
   }
 
