@@ -1,0 +1,78 @@
+# fish completion for acmo. Installed in $datadir/fish/vendor_completions.d; to try it by hand:
+#   source completions/acmo.fish
+# Keep the lists in step with `acmo --help` and `acmo COMMAND --help`;
+# tests/cli/test_docs.sh fails when they drift apart.
+
+# The words of the command line before the cursor that are neither options nor option values:
+# the subcommand first, then its arguments (send's TYPE).
+function __acmo_args
+    set -l words (commandline -opc)
+    set -e words[1]
+    set -l skip 0
+    for w in $words
+        if test $skip = 1
+            set skip 0
+            continue
+        end
+        switch $w
+            case --config --data-dir --order-id --data --group --dedup-id --file
+                set skip 1
+            case '-*'
+            case '*'
+                echo $w
+        end
+    end
+end
+
+function __acmo_no_subcommand
+    test (count (__acmo_args)) -eq 0
+end
+
+function __acmo_using
+    set -l args (__acmo_args)
+    test (count $args) -ge 1; and test "$args[1]" = $argv[1]
+end
+
+function __acmo_send_needs_type
+    set -l args (__acmo_args)
+    test (count $args) -eq 1; and test "$args[1]" = send
+    and not contains -- --file (commandline -opc)
+end
+
+# --data JSON is typed by hand; --data @FILE reads it from FILE.
+function __acmo_data_files
+    set -l token (string replace -r -- '^--data=' '' (commandline -ct))
+    if string match -q -- '@*' $token
+        __fish_complete_path (string sub -s 2 -- $token) | string replace -r -- '^' '@'
+    end
+end
+
+complete -c acmo -f
+
+# Options every command takes, before or after the subcommand.
+complete -c acmo -l config -r -F -d 'Read configuration from FILE'
+complete -c acmo -l data-dir -x -a '(__fish_complete_directories)' -d 'Keep the queue database in DIR'
+complete -c acmo -l json -d 'Print machine-readable JSON'
+complete -c acmo -s q -l quiet -d 'Print only errors'
+complete -c acmo -s v -l verbose -d 'Print more about what happens (repeatable)'
+complete -c acmo -s h -l help -d 'Print help and exit'
+complete -c acmo -n __acmo_no_subcommand -l version -d 'Print the version and exit'
+
+# Subcommands.
+complete -c acmo -n __acmo_no_subcommand -a send -d 'Put order events on the queue'
+complete -c acmo -n __acmo_no_subcommand -a stats -d 'Show queue figures'
+complete -c acmo -n __acmo_no_subcommand -a purge -d 'Remove every message of the queue or its DLQ'
+
+# acmo send
+complete -c acmo -n __acmo_send_needs_type -a 'CREATE UPDATE DELETE' -d 'Event type'
+complete -c acmo -n '__acmo_using send' -l order-id -x -d 'The order the event is about'
+complete -c acmo -n '__acmo_using send' -l data -x -a '(__acmo_data_files)' -d 'Event data as JSON, or @FILE'
+complete -c acmo -n '__acmo_using send' -l group -x -d 'Message group (default: orders)'
+complete -c acmo -n '__acmo_using send' -l dedup-id -x -d 'Deduplication id (default: SHA-256 of the body)'
+complete -c acmo -n '__acmo_using send' -l file -r -F -d "Send every event of a JSON Lines FILE ('-' for stdin)"
+
+# acmo stats: no options of its own.
+
+# acmo purge
+complete -c acmo -n '__acmo_using purge' -l dlq -d 'Purge the dead-letter queue instead'
+complete -c acmo -n '__acmo_using purge' -s y -l yes -d 'Do not ask for confirmation'
