@@ -10,6 +10,11 @@
 #include <unordered_map>
 #include <utility>
 
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <fmt/core.h>
 
 #include "core/ids.hpp"
@@ -122,6 +127,7 @@ struct WriteOp {
   std::function<void(Txn&)> fn;
   bool durable = false; // must be fsynced before it is answered
   std::optional<Error> error;
+  bool taken = false; // in a batch that a leader is committing
   bool done = false;
   // Signalled when the op is done, or when its thread should lead the next commit. One per
   // op, so that finishing a commit wakes only the threads that have something to do: on two
@@ -140,7 +146,17 @@ struct Queue::Impl {
   std::mutex write_mu;
   std::vector<WriteOp*> pending;
   bool leader_active = false;
-  bool writer_sync_full = true;
+
+  // Durability (queue.durability = "full") without holding the write lock through an fsync:
+  // transactions commit with synchronous=NORMAL, and the requests that need it wait for an
+  // fdatasync of the WAL file that covers their commit. While one batch waits for the disk,
+  // the next one runs, and one fsync covers every commit made before it started.
+  std::string wal_path;
+  std::mutex sync_mu;
+  std::condition_variable sync_cv;
+  uint64_t committed_generation = 0;
+  uint64_t synced_generation = 0;
+  bool syncing = false;
 
   // The reader: stats, DLQ listings and the cheap "is anything ready?" probe of long polls.
   std::unique_ptr<sqlite::Database> reader;
@@ -173,23 +189,40 @@ struct Queue::Impl {
       std::unique_lock lock(write_mu);
       pending.push_back(&op);
       while (!op.done) {
-        if (leader_active) {
+        if (leader_active || op.taken) {
           op.cv.wait(lock);
           continue;
         }
         leader_active = true;
         std::vector<WriteOp*> batch;
         batch.swap(pending);
+        for (auto* o : batch) o->taken = true;
         lock.unlock();
         execute(batch);
+        bool needs_sync = false;
+        for (auto* o : batch) needs_sync = needs_sync || (o->durable && !o->error);
+        needs_sync = needs_sync && options.durability_full;
+        uint64_t generation = 0;
+        if (needs_sync) {
+          std::lock_guard sync_lock(sync_mu);
+          generation = ++committed_generation;
+        }
         lock.lock();
+        // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
         leader_active = false;
+        if (!pending.empty()) pending.front()->cv.notify_one();
+        if (needs_sync) {
+          lock.unlock();
+          auto failure = make_durable(generation);
+          lock.lock();
+          for (auto* o : batch) {
+            if (failure && o->durable && !o->error) o->error = failure;
+          }
+        }
         for (auto* o : batch) {
           o->done = true;
           if (o != &op) o->cv.notify_one();
         }
-        // Hand the lead to the first request that queued up meanwhile.
-        if (!pending.empty()) pending.front()->cv.notify_one();
       }
     }
     if (op.error) return Unexpected(*op.error);
@@ -197,12 +230,50 @@ struct Queue::Impl {
     return {};
   }
 
+  // Wait until the WAL is on disk up to commit `generation`, syncing it if no one else is.
+  std::optional<Error> make_durable(uint64_t generation)
+  {
+    std::unique_lock lock(sync_mu);
+    while (synced_generation < generation) {
+      if (syncing) {
+        sync_cv.wait(lock);
+        continue;
+      }
+      syncing = true;
+      const uint64_t target = committed_generation;
+      lock.unlock();
+      const int err = sync_wal();
+      lock.lock();
+      syncing = false;
+      sync_cv.notify_all();
+      if (err != 0) {
+        return Error(Errc::unavailable,
+                     fmt::format("cannot flush the queue's write-ahead log to disk ({}); the "
+                                 "message may or may not be stored: retry with the same "
+                                 "deduplication id",
+                                 std::strerror(err)));
+      }
+      synced_generation = std::max(synced_generation, target);
+    }
+    return std::nullopt;
+  }
+
+  // fdatasync the WAL file. Any descriptor of the file syncs the file's data. A missing WAL
+  // means SQLite checkpointed it into the (synced) database and removed it.
+  int sync_wal() const
+  {
+    const int fd = ::open(wal_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 0 : errno;
+    const int rc = ::fdatasync(fd);
+    const int err = rc == 0 ? 0 : errno;
+    ::close(fd);
+    return err;
+  }
+
   void execute(const std::vector<WriteOp*>& batch)
   {
-    bool durable = false;
-    for (auto* op : batch) durable = durable || op->durable;
     try {
-      run_transaction(batch, durable);
+      run_transaction(batch);
       return;
     } catch (const sqlite::SqliteError& e) {
       Error error = e.to_error();
@@ -221,7 +292,7 @@ struct Queue::Impl {
     }
     for (auto* op : batch) {
       try {
-        run_transaction({op}, op->durable);
+        run_transaction({op});
       } catch (const sqlite::SqliteError& e) {
         op->error = e.to_error();
       } catch (const std::exception& e) {
@@ -230,13 +301,8 @@ struct Queue::Impl {
     }
   }
 
-  void run_transaction(const std::vector<WriteOp*>& ops, bool durable)
+  void run_transaction(const std::vector<WriteOp*>& ops)
   {
-    bool want_full = durable && options.durability_full;
-    if (want_full != writer_sync_full) {
-      writer->exec(want_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
-      writer_sync_full = want_full;
-    }
     static const std::string k_begin = "BEGIN IMMEDIATE";
     static const std::string k_commit = "COMMIT";
     writer->prepare(k_begin)->run();
@@ -751,7 +817,9 @@ void apply_connection_settings(sqlite::Database& db)
                                              "a network file system?",
                                              db.path(), mode));
   }
-  db.exec("PRAGMA synchronous=FULL");
+  // Commits never fsync by themselves: the write path syncs the WAL for the requests that need
+  // it (see Impl::make_durable). Checkpoints still sync the WAL before copying it.
+  db.exec("PRAGMA synchronous=NORMAL");
   db.exec("PRAGMA temp_store=MEMORY");
   db.exec("PRAGMA cache_size=-16000");
 }
@@ -866,6 +934,7 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
   if (auto ok = impl->check_queue_settings(); !ok) return Unexpected(ok.error());
   try {
     impl->writer = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
+    impl->wal_path = db_path + "-wal";
     if (auto ok = refuse_foreign(*impl->writer); !ok) return Unexpected(ok.error());
     apply_connection_settings(*impl->writer);
     if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
