@@ -4,6 +4,8 @@
 # $datadir/bash-completion/completions/acmo; to try it by hand: source completions/acmo.bash
 # Keep the lists in step with `acmo --help` and `acmo COMMAND --help`;
 # tests/cli/test_docs.sh fails when they drift apart.
+# Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
+# shellcheck disable=SC2207
 
 _acmo_subcommands='send stats purge'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
@@ -18,7 +20,19 @@ _acmo_files()
 {
     compopt -o filenames 2>/dev/null
     local IFS=$'\n'
-    COMPREPLY=($(compgen -P "$2" -f -- "$1"))
+    COMPREPLY=($(compgen -f -- "$1"))
+}
+
+# "--data @FILE": the replies keep the '@', so readline must not quote them as file names.
+_acmo_data_files()
+{
+    local IFS=$'\n' f
+    for f in $(compgen -f -- "$1"); do
+        [[ -d $f ]] && f+=/
+        printf -v f '%q' "$f"
+        COMPREPLY+=("@$f")
+    done
+    [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == */ ]] && compopt -o nospace 2>/dev/null
 }
 
 _acmo_dirs()
@@ -30,29 +44,21 @@ _acmo_dirs()
 
 _acmo()
 {
-    local cur=${COMP_WORDS[COMP_CWORD]} opt i w cmd= positionals=0 from_file=
+    # $2 is the word readline replaces. bash splits COMP_WORDS at '=' and '@' too
+    # (COMP_WORDBREAKS), so "--data-dir=DIR" and "--data @FILE" take several words there, and
+    # the option may be a few words back; readline's word keeps the '@' of "@FILE".
+    local cur=${2-${COMP_WORDS[COMP_CWORD]}} opt i w cmd='' positionals=0 from_file=''
+    local j=$(( COMP_CWORD - 1 ))
+    while (( j > 1 )) && [[ ${COMP_WORDS[j]} =~ ^[=@]+$ ]]; do (( j-- )); done
+    opt=${COMP_WORDS[j]}
     COMPREPLY=()
-
-    # bash splits "--data-dir=DIR" and "--data @FILE" at '=' and '@' (COMP_WORDBREAKS): the
-    # word may be just the '=' or '@', and the option may be a few words back.
-    local at= j=$(( COMP_CWORD - 1 ))
-    if [[ $cur == = || $cur == @ ]]; then
-        [[ $cur == @ ]] && at=@
-        cur=
-    fi
-    while (( j > 1 )) && [[ ${COMP_WORDS[j]} == = || ${COMP_WORDS[j]} == @ ]]; do
-        [[ ${COMP_WORDS[j]} == @ ]] && at=@
-        (( j-- ))
-    done
-    opt=${COMP_WORDS[j]}$at
 
     case $opt in
         --config|--file) _acmo_files "$cur"; return ;;
         --data-dir) _acmo_dirs "$cur"; return ;;
-        --data@) _acmo_files "$cur"; return ;;
         --data)
             # JSON is typed by hand; "@FILE" reads it from a file.
-            [[ $cur == @* ]] && _acmo_files "${cur#@}" @
+            [[ $cur == @* ]] && _acmo_data_files "${cur#@}"
             return ;;
         --order-id|--group|--dedup-id) return ;;
     esac
@@ -64,9 +70,9 @@ _acmo()
         if [[ $_acmo_value_opts == *" $w "* ]]; then
             [[ $w == --file ]] && from_file=1
             # Skip the value, and the '=' or '@' bash may have split off before it.
-            while [[ ${COMP_WORDS[i+1]} == = || ${COMP_WORDS[i+1]} == @ ]]; do (( i++ )); done
+            while [[ ${COMP_WORDS[i+1]-} =~ ^[=@]+$ ]]; do (( i++ )); done
             (( i++ ))
-        elif [[ $w == -* || $w == = || $w == @ ]]; then
+        elif [[ $w == -* || $w =~ ^[=@]+$ ]]; then
             :
         elif [[ -z $cmd ]]; then
             cmd=$w
