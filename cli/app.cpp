@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
+#include <optional>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -21,6 +21,7 @@ constexpr std::array k_subcommands = {
   Subcommand{"stats", "Show queue figures (a table on a TTY, --json for scripts)", &setup_stats},
   Subcommand{"purge", "Remove every message of the queue (or its DLQ) and its dedup history",
              &setup_purge},
+  Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},
 };
 
 size_t edit_distance(std::string_view a, std::string_view b)
@@ -54,37 +55,48 @@ std::string suggestion_for(std::string_view word)
   return best;
 }
 
-std::string env(const char* name)
-{
-  const char* value = std::getenv(name);
-  return value ? value : "";
-}
-
 } // namespace
 
-QueueOptions queue_options(const GlobalOptions& /*global*/)
+const Config& config(const GlobalOptions& global)
 {
-  QueueOptions options;
-  if (auto v = env("ACMO_QUEUE_NAME"); !v.empty()) {
-    options.name = v;
-    options.dlq_name = v + "-dlq";
-  }
-  if (auto v = env("ACMO_QUEUE_DURABILITY"); !v.empty()) {
-    if (v != "full" && v != "normal") {
-      throw Fatal(fmt::format("ACMO_QUEUE_DURABILITY is \"{}\"; use \"full\" or \"normal\"", v),
-                  exit_code::k_usage);
+  static std::optional<Config> loaded;
+  if (!loaded) {
+    ConfigSources sources;
+    sources.explicit_file = global.config_file;
+    sources.search_path = default_config_search_path();
+    auto result = load_config(sources);
+    if (!result) throw Fatal(result.error().message, exit_code::k_usage);
+    loaded = std::move(*result);
+    if (global.verbose > 0) {
+      fmt::print(stderr, "acmo: configuration: {}\n",
+                 loaded->file().empty() ? "no file, defaults and environment" : loaded->file());
     }
-    options.durability_full = v == "full";
   }
-  return options;
+  return *loaded;
+}
+
+std::string data_dir(const GlobalOptions& global)
+{
+  return resolve_data_dir(global.data_dir, config(global).get_string("data_dir"));
 }
 
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
 {
-  const std::string dir = resolve_data_dir(global.data_dir);
+  const std::string dir = data_dir(global);
   if (auto ok = ensure_directory(dir); !ok) throw Fatal(ok.error());
-  auto queue = Queue::open(database_path(dir), queue_options(global));
-  if (!queue) throw Fatal(queue.error());
+  const std::string path = database_path(dir);
+  if (global.verbose > 0) fmt::print(stderr, "acmo: queue database: {}\n", path);
+  const Config& cfg = config(global);
+  auto queue = Queue::open(path, queue_options_from(cfg));
+  if (!queue) {
+    // A queue setting that the engine refuses is a configuration error: say where it was set.
+    const Error& e = queue.error();
+    if (e.code == Errc::invalid_input && e.field.rfind("queue.", 0) == 0) {
+      throw Fatal(fmt::format("{} (set by {})", e.message, cfg.entry(e.field).source),
+                  exit_code::k_usage);
+    }
+    throw Fatal(e);
+  }
   return std::move(*queue);
 }
 
@@ -95,15 +107,18 @@ int run(int argc, char** argv)
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("acmo ") + ACMO_VERSION);
   GlobalOptions global;
-  app.add_option("--config", global.config_file, "Read configuration from FILE")
+  app.add_option("--config", global.config_file,
+                 "Read configuration from FILE (default: $ACMO_CONFIG, else ./acmo.toml, "
+                 "$XDG_CONFIG_HOME/acmo/acmo.toml, /etc/acmo/acmo.toml)")
     ->option_text("FILE");
   app.add_option("--data-dir", global.data_dir,
-                 "Keep the queue database in DIR (default $ACMO_DATA_DIR, else "
-                 "$XDG_STATE_HOME/acmo, else ~/.local/state/acmo)")
+                 "Keep the queue database in DIR (default $ACMO_DATA_DIR, else data_dir from "
+                 "the config, else $XDG_STATE_HOME/acmo, else ~/.local/state/acmo)")
     ->option_text("DIR");
   app.add_flag("--json", global.json, "Print machine-readable JSON");
   app.add_flag("-q,--quiet", global.quiet, "Print only errors");
-  app.add_flag("-v,--verbose", global.verbose, "Print more about what happens (repeatable)");
+  app.add_flag("-v,--verbose", global.verbose,
+               "Say on stderr which configuration file and database are used");
 
   std::vector<std::pair<CLI::App*, Runner>> runners;
   for (const auto& sub : k_subcommands) {

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "core/config.hpp"
 #include "core/queue.hpp"
 
 namespace CLI {
@@ -40,13 +41,19 @@ struct Subcommand {
 Runner setup_send(CLI::App& sub, const GlobalOptions& global);
 Runner setup_stats(CLI::App& sub, const GlobalOptions& global);
 Runner setup_purge(CLI::App& sub, const GlobalOptions& global);
+Runner setup_config(CLI::App& sub, const GlobalOptions& global);
 
-// Open the queue of the data dir named by the global options (creating the directory).
-// Throws Fatal with a clear message if it cannot.
+// The configuration in force (SPEC §6), loaded once: --config or $ACMO_CONFIG, else the first
+// of ./acmo.toml, $XDG_CONFIG_HOME/acmo/acmo.toml, /etc/acmo/acmo.toml; then ACMO_*
+// variables; flags are applied by the subcommands. Throws Fatal (exit 2) on a bad file or value.
+const Config& config(const GlobalOptions& global);
+
+// The data dir in force: --data-dir, $ACMO_DATA_DIR, the config's data_dir, the XDG default.
+std::string data_dir(const GlobalOptions& global);
+
+// Open the queue of the data dir (creating the directory). Throws Fatal with a clear message
+// if it cannot.
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global);
-
-// The queue options in force: defaults overridden by the environment (ACMO_QUEUE_*).
-QueueOptions queue_options(const GlobalOptions& global);
 
 int run(int argc, char** argv);
 

@@ -10,6 +10,7 @@
 #include "cli/app.hpp"
 #include "cli/output.hpp"
 #include "core/ids.hpp"
+#include "core/limits.hpp"
 #include "core/order_event.hpp"
 
 namespace acmo::cli {
@@ -43,11 +44,17 @@ std::string load_data_argument(const std::string& arg)
   return read_all(in);
 }
 
-// Fill in what the sender may leave out: a CREATE's order id and the group.
-void complete_event(OrderEvent& event)
+// Fill in what the sender may leave out: a CREATE's order id and the group (queue.group_by).
+// A CREATE with a deduplication id but no order id gets an order id derived from the dedup id,
+// so that sending it again is the same event: caught as a duplicate, with the same order id.
+void complete_event(OrderEvent& event, const Config& config)
 {
-  if (event.order_id.empty()) event.order_id = new_order_id();
-  if (event.group_id.empty()) event.group_id = "orders";
+  if (event.order_id.empty()) {
+    event.order_id = event.dedup_id.empty() ? new_order_id() : order_id_for(event.dedup_id);
+  }
+  if (event.group_id.empty()) {
+    event.group_id = config.get_string("queue.group_by") == "order" ? event.order_id : "orders";
+  }
 }
 
 SendRequest to_request(const OrderEvent& event)
@@ -115,7 +122,15 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   if (auto ok = validate_event_data(event.type, event.data); !ok) return report(ok.error());
   event.group_id = opts.group;
   event.dedup_id = opts.dedup_id;
-  complete_event(event);
+  if (!event.group_id.empty()) {
+    if (auto ok = limits::check_id(event.group_id, "groupId"); !ok) return report(ok.error());
+  }
+  if (!event.dedup_id.empty()) {
+    if (auto ok = limits::check_id(event.dedup_id, "deduplicationId"); !ok) {
+      return report(ok.error());
+    }
+  }
+  complete_event(event, config(global));
 
   auto queue = open_queue(global);
   auto result = queue->send(to_request(event));
@@ -171,7 +186,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
       print_error(fmt::format("line {}: {}", line_number, event.error().message));
       continue;
     }
-    complete_event(*event);
+    complete_event(*event, config(global));
     requests.push_back(to_request(*event));
     events.push_back(std::move(*event));
     line_numbers.push_back(line_number);
@@ -198,7 +213,9 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
   sub.add_option("--data", opts->data,
                  "Event data as JSON, or @FILE to read it from FILE")
     ->option_text("JSON|@FILE");
-  sub.add_option("--group", opts->group, "Message group (default: orders)")->option_text("G");
+  sub.add_option("--group", opts->group,
+                 "Message group (default: orders, or the order id with queue.group_by = \"order\")")
+    ->option_text("G");
   sub.add_option("--dedup-id", opts->dedup_id,
                  "Deduplication id (default: SHA-256 of the body)")
     ->option_text("D");
@@ -211,8 +228,11 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
              "  acmo send --file events.jsonl");
   return [opts, &global] {
     if (!opts->file.empty()) {
-      if (!opts->type.empty() || !opts->order_id.empty() || !opts->data.empty()) {
-        throw Fatal("--file takes its events from the file; drop TYPE, --order-id and --data",
+      if (!opts->type.empty() || !opts->order_id.empty() || !opts->data.empty()
+          || !opts->group.empty() || !opts->dedup_id.empty()) {
+        throw Fatal("--file takes its events, groups and dedup ids from the file; drop TYPE, "
+                    "--order-id, --data, --group and --dedup-id (put groupId and "
+                    "deduplicationId on the lines instead)",
                     exit_code::k_usage);
       }
       return send_file(*opts, global);

@@ -6,6 +6,8 @@
 #include <random>
 
 #include <fmt/core.h>
+
+#include "core/sha256.hpp"
 #include <pthread.h>
 
 namespace acmo {
@@ -108,18 +110,34 @@ std::optional<MessageIdBytes> parse_message_id(std::string_view text)
 
 std::string new_message_id() { return format_message_id(new_message_id_bytes()); }
 
-std::string new_order_id()
+namespace {
+
+std::string order_id_from(uint64_t a, uint64_t b)
 {
   constexpr std::string_view alphabet = "0123456789abcdefghjkmnpqrstvwxyz";
   std::string id = "ord_";
-  uint64_t a = random_u64();
-  uint64_t b = random_u64();
   for (int i = 0; i < 20; ++i) {
     uint64_t& src = i < 12 ? a : b;
     id += alphabet[src & 31];
     src >>= 5;
   }
   return id;
+}
+
+} // namespace
+
+std::string new_order_id() { return order_id_from(random_u64(), random_u64()); }
+
+std::string order_id_for(std::string_view dedup_id)
+{
+  auto digest = sha256_bytes(dedup_id);
+  uint64_t a = 0;
+  uint64_t b = 0;
+  for (size_t i = 0; i < 8; ++i) {
+    a = (a << 8) | digest[i];
+    b = (b << 8) | digest[8 + i];
+  }
+  return order_id_from(a, b);
 }
 
 std::string format_sequence(int64_t seq) { return fmt::format("{:020}", seq); }

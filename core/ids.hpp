@@ -25,6 +25,9 @@ uint64_t random_u64();
 
 // An order id for a CREATE without one: "ord_" and 20 random base-32 characters.
 std::string new_order_id();
+// The order id of a CREATE that has a deduplication id but no order id: "ord_" and 20 base-32
+// characters of the SHA-256 of the dedup id, so that the same dedup id names the same order.
+std::string order_id_for(std::string_view dedup_id);
 
 // A sequence number as SQS shows it: 20 decimal digits, zero-padded, so it sorts as text too.
 std::string format_sequence(int64_t seq);

@@ -1,0 +1,61 @@
+// acmo config show | check: the configuration in force and where each value came from.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "cli/app.hpp"
+#include "cli/output.hpp"
+
+namespace acmo::cli {
+
+namespace {
+
+int run_show(const GlobalOptions& global)
+{
+  const Config& cfg = config(global);
+  if (global.json) {
+    nlohmann::json doc = nlohmann::json::object();
+    for (const auto& key : config_keys()) {
+      const auto& entry = cfg.entry(key.name);
+      nlohmann::json value;
+      std::visit([&](const auto& v) { value = v; }, entry.value);
+      doc[key.name] = {{"value", value}, {"source", entry.source}};
+    }
+    print_json(doc);
+    return exit_code::k_ok;
+  }
+  std::vector<std::pair<std::string, std::string>> rows;
+  for (const auto& key : config_keys()) {
+    const auto& entry = cfg.entry(key.name);
+    rows.emplace_back(key.name, fmt::format("{:<24} # {}", format_value(key, entry.value),
+                                            entry.source));
+  }
+  print_table(rows);
+  return exit_code::k_ok;
+}
+
+int run_check(const GlobalOptions& global)
+{
+  const Config& cfg = config(global); // throws Fatal (exit 2) with file:line:column on errors
+  if (global.json) {
+    print_json({{"ok", true}, {"file", cfg.file()}});
+  } else if (!global.quiet) {
+    fmt::print("{}: ok\n", cfg.file().empty() ? "no configuration file; defaults" : cfg.file());
+  }
+  return exit_code::k_ok;
+}
+
+} // namespace
+
+Runner setup_config(CLI::App& sub, const GlobalOptions& global)
+{
+  sub.require_subcommand(1);
+  auto* show = sub.add_subcommand("show", "Print every key's value and where it came from");
+  auto* check = sub.add_subcommand("check", "Check the configuration file and environment");
+  return [show, check, &global] {
+    if (show->parsed()) return run_show(global);
+    if (check->parsed()) return run_check(global);
+    return exit_code::k_usage;
+  };
+}
+
+} // namespace acmo::cli

@@ -1,0 +1,194 @@
+#include <cstdlib>
+#include <fstream>
+
+#include <catch2/catch.hpp>
+
+#include "core/config.hpp"
+#include "unit/temp_dir.hpp"
+
+using namespace acmo;
+using acmo::test::TempDir;
+
+namespace {
+
+std::string write(const TempDir& dir, const std::string& name, const std::string& text)
+{
+  std::string path = dir.file(name);
+  std::ofstream(path) << text;
+  return path;
+}
+
+Config load(const std::string& file)
+{
+  ConfigSources sources;
+  sources.explicit_file = file;
+  sources.use_environment = false;
+  auto config = load_config(sources);
+  REQUIRE(config);
+  return *config;
+}
+
+Error load_error(const std::string& file)
+{
+  ConfigSources sources;
+  sources.explicit_file = file;
+  sources.use_environment = false;
+  auto config = load_config(sources);
+  REQUIRE_FALSE(config);
+  return config.error();
+}
+
+// Restores an environment variable when it goes out of scope.
+struct EnvVar {
+  std::string name;
+  EnvVar(std::string n, const char* value) : name(std::move(n)) { setenv(name.c_str(), value, 1); }
+  ~EnvVar() { unsetenv(name.c_str()); }
+};
+
+} // namespace
+
+TEST_CASE("Config: durations take ms, s, m, h and d", "[config]")
+{
+  auto [text, ms] = GENERATE(table<std::string, int64_t>({{"500ms", 500},
+                                                          {"1s", 1000},
+                                                          {"5m", 300'000},
+                                                          {"2h", 7'200'000},
+                                                          {"4d", 345'600'000},
+                                                          {"0s", 0}}));
+  CHECK(parse_duration(text).value() == ms);
+}
+
+TEST_CASE("Config: a duration without a unit or with a bad one is refused", "[config]")
+{
+  auto text = GENERATE(as<std::string>{}, "30", "s", "1.5s", "-1s", "10 s", "5min", "");
+  auto ms = parse_duration(text);
+  REQUIRE_FALSE(ms);
+  CHECK(ms.error().message.find("not a duration") != std::string::npos);
+}
+
+TEST_CASE("Config: the defaults give the queue options of SPEC §2", "[config]")
+{
+  ConfigSources sources;
+  sources.use_environment = false;
+  auto config = load_config(sources);
+  REQUIRE(config);
+  auto o = queue_options_from(*config);
+  CHECK(o.name == "orders");
+  CHECK(o.dlq_name == "orders-dlq");
+  CHECK(o.durability_full);
+  CHECK(o.visibility_timeout_ms == 30'000);
+  CHECK(o.dedup_window_ms == 300'000);
+  CHECK(o.content_based_dedup);
+  CHECK(o.retry_delays_ms == std::vector<int64_t>{1000, 5000, 15000});
+  CHECK(o.max_retries == 3);
+  CHECK(o.retention_ms == 4 * 86'400'000LL);
+  CHECK(config->get_string("queue.group_by") == "single");
+  CHECK(config->entry("queue.retention").source == "default");
+}
+
+TEST_CASE("Config: examples/acmo.toml sets every key, each to its default", "[config]")
+{
+  const std::string example = std::string(ACMO_SOURCE_DIR) + "/examples/acmo.toml";
+  Config from_file = load(example);
+  ConfigSources none;
+  none.use_environment = false;
+  Config defaults = load_config(none).value();
+  for (const auto& key : config_keys()) {
+    INFO(key.name);
+    CHECK(from_file.entry(key.name).source.rfind(example + ":", 0) == 0);
+    CHECK(from_file.entry(key.name).value == defaults.entry(key.name).value);
+  }
+}
+
+TEST_CASE("Config: a file's values reach the queue options, with their line as source",
+          "[config]")
+{
+  TempDir dir;
+  auto file = write(dir, "acmo.toml",
+                    "data_dir = \"/srv/acmo\"\n"
+                    "[queue]\n"
+                    "durability = \"normal\"\n"
+                    "visibility_timeout = \"2m\"\n"
+                    "retry_delays = [\"100ms\", \"2s\"]\n"
+                    "max_retries = 5\n");
+  Config config = load(file);
+  auto o = queue_options_from(config);
+  CHECK_FALSE(o.durability_full);
+  CHECK(o.visibility_timeout_ms == 120'000);
+  CHECK(o.retry_delays_ms == std::vector<int64_t>{100, 2000});
+  CHECK(o.max_retries == 5);
+  CHECK(config.get_string("data_dir") == "/srv/acmo");
+  CHECK(config.entry("queue.max_retries").source == file + ":6");
+}
+
+TEST_CASE("Config: errors name the file, line, column and key", "[config]")
+{
+  TempDir dir;
+  SECTION("a value of the wrong type")
+  {
+    auto file = write(dir, "a.toml", "[queue]\nvisibility_timeout = 30\n");
+    auto error = load_error(file);
+    CHECK(error.message.find(file + ":2:") == 0);
+    CHECK(error.message.find("queue.visibility_timeout") != std::string::npos);
+    CHECK(error.field == "queue.visibility_timeout");
+  }
+  SECTION("a choice that is not offered")
+  {
+    auto file = write(dir, "a.toml", "[queue]\n\ndurability = \"sometimes\"\n");
+    auto error = load_error(file);
+    CHECK(error.message.find(file + ":3:") == 0);
+    CHECK(error.message.find("full normal") != std::string::npos);
+  }
+  SECTION("an unknown key")
+  {
+    auto file = write(dir, "a.toml", "[queue]\nvisibilty_timeout = \"1s\"\n");
+    auto error = load_error(file);
+    CHECK(error.message.find("unknown key queue.visibilty_timeout") != std::string::npos);
+  }
+  SECTION("broken TOML")
+  {
+    auto file = write(dir, "a.toml", "[queue\n");
+    auto error = load_error(file);
+    CHECK(error.message.find(file + ":1:") == 0);
+  }
+  SECTION("a file that is not there")
+  {
+    auto error = load_error(dir.file("missing.toml"));
+    CHECK(error.message.find("does not exist") != std::string::npos);
+  }
+}
+
+TEST_CASE("Config: ACMO_* variables win over the file", "[config]")
+{
+  TempDir dir;
+  auto file = write(dir, "acmo.toml", "[queue]\ndurability = \"normal\"\nmax_retries = 7\n");
+  EnvVar durability("ACMO_QUEUE_DURABILITY", "full");
+  EnvVar delays("ACMO_QUEUE_RETRY_DELAYS", "2s, 10s");
+  ConfigSources sources;
+  sources.explicit_file = file;
+  auto config = load_config(sources);
+  REQUIRE(config);
+  CHECK(config->get_string("queue.durability") == "full");
+  CHECK(config->entry("queue.durability").source == "env ACMO_QUEUE_DURABILITY");
+  CHECK(config->get_list("queue.retry_delays") == std::vector<int64_t>{2000, 10000});
+  CHECK(config->get_int("queue.max_retries") == 7);
+
+  EnvVar bad("ACMO_QUEUE_CONTENT_BASED_DEDUP", "perhaps");
+  auto failed = load_config(sources);
+  REQUIRE_FALSE(failed);
+  CHECK(failed.error().message.find("ACMO_QUEUE_CONTENT_BASED_DEDUP") != std::string::npos);
+}
+
+TEST_CASE("Config: the first file on the search path is read", "[config]")
+{
+  TempDir dir;
+  auto second = write(dir, "second.toml", "[queue]\nname = \"second\"\n");
+  auto third = write(dir, "third.toml", "[queue]\nname = \"third\"\n");
+  ConfigSources sources;
+  sources.use_environment = false;
+  sources.search_path = {dir.file("absent.toml"), second, third};
+  auto config = load_config(sources);
+  REQUIRE(config);
+  CHECK(config->get_string("queue.name") == "second");
+  CHECK(config->file() == second);
+}
