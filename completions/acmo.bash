@@ -7,13 +7,20 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge'
+_acmo_subcommands='send stats purge config'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
-# Options of each subcommand, and the options (of any command) that take a value.
+# The subcommands of a subcommand: _acmo_subcommands_CMD.
+_acmo_subcommands_config='show check'
+
+# Options of each (sub)subcommand, _acmo_opts_CMD or _acmo_opts_CMD_SUB, and the options (of
+# any command) that take a value.
 _acmo_opts_send='--order-id --data --group --dedup-id --file -h --help'
 _acmo_opts_stats='-h --help'
 _acmo_opts_purge='--dlq -y --yes -h --help'
+_acmo_opts_config='-h --help'
+_acmo_opts_config_show='-h --help'
+_acmo_opts_config_check='-h --help'
 _acmo_value_opts=' --config --data-dir --order-id --data --group --dedup-id --file '
 
 _acmo_files()
@@ -42,12 +49,19 @@ _acmo_dirs()
     COMPREPLY=($(compgen -d -- "$1"))
 }
 
+# The subcommands of subcommand $1, if it has any (else fail).
+_acmo_nested()
+{
+    local var=_acmo_subcommands_${1//-/_}
+    [[ -n ${!var-} ]] && echo "${!var}"
+}
+
 _acmo()
 {
     # $2 is the word readline replaces. bash splits COMP_WORDS at '=' and '@' too
     # (COMP_WORDBREAKS), so "--data-dir=DIR" and "--data @FILE" take several words there, and
     # the option may be a few words back; readline's word keeps the '@' of "@FILE".
-    local cur=${2-${COMP_WORDS[COMP_CWORD]}} opt i w cmd='' positionals=0 from_file=''
+    local cur=${2-${COMP_WORDS[COMP_CWORD]}} opt i w cmd='' sub='' positionals=0 from_file=''
     local j=$(( COMP_CWORD - 1 ))
     while (( j > 1 )) && [[ ${COMP_WORDS[j]} =~ ^[=@]+$ ]]; do (( j-- )); done
     opt=${COMP_WORDS[j]}
@@ -63,7 +77,8 @@ _acmo()
         --order-id|--group|--dedup-id) return ;;
     esac
 
-    # The subcommand is the first word that is neither an option nor an option's value; for
+    # The subcommand is the first word that is neither an option nor an option's value. For a
+    # command with subcommands of its own (config), the next such word is its subcommand; for
     # send, the words after it that are not options count as its TYPE.
     for (( i = 1; i < COMP_CWORD; i++ )); do
         w=${COMP_WORDS[i]}
@@ -76,6 +91,8 @@ _acmo()
             :
         elif [[ -z $cmd ]]; then
             cmd=$w
+        elif [[ -z $sub ]] && _acmo_nested "$cmd" >/dev/null; then
+            sub=$w
         else
             (( positionals++ ))
         fi
@@ -91,7 +108,19 @@ _acmo()
     fi
 
     [[ " $_acmo_subcommands " == *" $cmd "* ]] || return
-    local opts_var=_acmo_opts_${cmd//-/_}
+    local nested opts_var=_acmo_opts_${cmd//-/_}
+    if nested=$(_acmo_nested "$cmd"); then
+        if [[ -z $sub ]]; then
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "${!opts_var} $_acmo_global_opts" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -W "$nested" -- "$cur"))
+            fi
+            return
+        fi
+        [[ " $nested " == *" $sub "* ]] || return
+        opts_var=${opts_var}_${sub//-/_}
+    fi
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "${!opts_var} $_acmo_global_opts" -- "$cur"))
     elif [[ $cmd == send && $positionals -eq 0 && -z $from_file ]]; then

@@ -24,13 +24,23 @@ function __acmo_args
     end
 end
 
+# Whether the words so far are exactly $argv: no subcommand yet, or "config" and none of its
+# subcommands yet.
 function __acmo_no_subcommand
-    test (count (__acmo_args)) -eq 0
+    set -l args (__acmo_args)
+    test (count $args) -eq (count $argv); or return 1
+    for i in (seq (count $argv))
+        test "$args[$i]" = "$argv[$i]"; or return 1
+    end
 end
 
+# Whether the words so far start with $argv: "send", or "config show".
 function __acmo_using
     set -l args (__acmo_args)
-    test (count $args) -ge 1; and test "$args[1]" = $argv[1]
+    test (count $args) -ge (count $argv); or return 1
+    for i in (seq (count $argv))
+        test "$args[$i]" = "$argv[$i]"; or return 1
+    end
 end
 
 function __acmo_send_needs_type
@@ -50,11 +60,11 @@ end
 complete -c acmo -f
 
 # Options every command takes, before or after the subcommand.
-complete -c acmo -l config -r -F -d 'Read configuration from FILE'
+complete -c acmo -l config -r -F -d 'Read the configuration from FILE'
 complete -c acmo -l data-dir -x -a '(__fish_complete_directories)' -d 'Keep the queue database in DIR'
 complete -c acmo -l json -d 'Print machine-readable JSON'
 complete -c acmo -s q -l quiet -d 'Print only errors'
-complete -c acmo -s v -l verbose -d 'Print more about what happens (repeatable)'
+complete -c acmo -s v -l verbose -d 'Say on stderr which configuration and database files are used'
 complete -c acmo -s h -l help -d 'Print help and exit'
 complete -c acmo -n __acmo_no_subcommand -l version -d 'Print the version and exit'
 
@@ -62,12 +72,13 @@ complete -c acmo -n __acmo_no_subcommand -l version -d 'Print the version and ex
 complete -c acmo -n __acmo_no_subcommand -a send -d 'Put order events on the queue'
 complete -c acmo -n __acmo_no_subcommand -a stats -d 'Show queue figures'
 complete -c acmo -n __acmo_no_subcommand -a purge -d 'Remove every message of the queue or its DLQ'
+complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 
 # acmo send
 complete -c acmo -n __acmo_send_needs_type -a 'CREATE UPDATE DELETE' -d 'Event type'
 complete -c acmo -n '__acmo_using send' -l order-id -x -d 'The order the event is about'
 complete -c acmo -n '__acmo_using send' -l data -x -a '(__acmo_data_files)' -d 'Event data as JSON, or @FILE'
-complete -c acmo -n '__acmo_using send' -l group -x -d 'Message group (default: orders)'
+complete -c acmo -n '__acmo_using send' -l group -x -d 'Message group (default: orders, or the order id)'
 complete -c acmo -n '__acmo_using send' -l dedup-id -x -d 'Deduplication id (default: SHA-256 of the body)'
 complete -c acmo -n '__acmo_using send' -l file -r -F -d "Send every event of a JSON Lines FILE ('-' for stdin)"
 
@@ -76,3 +87,7 @@ complete -c acmo -n '__acmo_using send' -l file -r -F -d "Send every event of a 
 # acmo purge
 complete -c acmo -n '__acmo_using purge' -l dlq -d 'Purge the dead-letter queue instead'
 complete -c acmo -n '__acmo_using purge' -s y -l yes -d 'Do not ask for confirmation'
+
+# acmo config: a subcommand of its own, show or check; neither has options of its own.
+complete -c acmo -n '__acmo_no_subcommand config' -a show -d "Print every key's value and where it came from"
+complete -c acmo -n '__acmo_no_subcommand config' -a check -d 'Check the configuration file and environment'
