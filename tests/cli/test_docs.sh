@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Drift test: the man page and the bash, zsh and fish completions cover every subcommand and
-# every flag the acmo binary has, and mention none it does not have.
+# every flag the acmo binary has, and mention none it does not have; acmo.toml(5), the
+# ENVIRONMENT of acmo(1) and examples/acmo.toml cover every configuration key it has.
 #
 #   bash tests/cli/test_docs.sh path/to/acmo path/to/source-root
 #
 # The binary is the source of truth: its subcommands come from the "Subcommands:" section of
-# `acmo --help`, their flags from the "Options:" section of `acmo SUB --help` (CLI11's format:
-# "  -q,--quiet   text" or "  --data JSON|@FILE   text"). The bash completion is also run, with
+# `acmo --help`, their own subcommands (config show, config check) from that of
+# `acmo SUB --help`, and the flags of each from the "Options:" section of
+# `acmo SUB [SUB2] --help` (CLI11's format: "  -q,--quiet   text" or "  --data JSON|@FILE
+# text"). A command is named by its path: "send", "config", "config/show". The configuration
+# keys come from `acmo config show`. The bash completion is also run, with
 # COMP_WORDS/COMP_CWORD set by hand; fish is run and zsh parses _acmo when they are installed.
 # Lists of words (subcommands, flags, completions) are split on purpose throughout.
 # shellcheck disable=SC2046,SC2086,SC2116
@@ -58,29 +62,50 @@ help_flags() {
     tr ',' '\n' | grep -oE '^--?[A-Za-z0-9][A-Za-z0-9_-]*'
 }
 
+# The names in the "Subcommands:" section of a CLI11 help text, one per line.
+help_subcommands() {
+  awk '/^Subcommands:/ { on = 1; next } /^[^ ]/ || /^$/ { on = 0 } on { print $1 }'
+}
+# The words of a command path: "config/show" -> "config show".
+words() { echo "${1//\// }"; }
+
 top_help=$("$acmo" --help) || { not_ok "acmo --help exits 0"; }
-subcommands=$(echo "$top_help" |
-  awk '/^Subcommands:/ { on = 1; next } /^[^ ]/ || /^$/ { on = 0 } on { print $1 }')
+subcommands=$(echo "$top_help" | help_subcommands)
 global_flags=$(echo "$top_help" | help_flags)
-declare -A sub_flags
+# commands: every path; sub_flags[PATH]: its flags; nested[SUB]: the subcommands of SUB;
+# no_args: the paths whose usage line takes nothing but options ("Usage: acmo stats [OPTIONS]").
+declare -A sub_flags nested
+commands=''
+no_args=''
 for sub in $subcommands; do
-  sub_flags[$sub]=$("$acmo" "$sub" --help | help_flags) || not_ok "acmo $sub --help exits 0"
+  help=$("$acmo" "$sub" --help) || not_ok "acmo $sub --help exits 0"
+  paths=$sub
+  nested[$sub]=$(echo "$help" | help_subcommands)
+  for inner in ${nested[$sub]}; do paths+=" $sub/$inner"; done
+  for path in $paths; do
+    [[ $path == */* ]] && { help=$("$acmo" $(words $path) --help) ||
+      not_ok "acmo $(words $path) --help exits 0"; }
+    sub_flags[$path]=$(echo "$help" | help_flags)
+    grep -qxE "Usage: acmo $(words $path) \[OPTIONS\]" <<<"$help" && no_args+=" $path"
+    commands+=" $path"
+  done
 done
 
 # Guard against a parser that finds nothing (and so checks nothing).
-if [[ -z $subcommands || $global_flags != *--data-dir* || ${sub_flags[send]:-} != *--order-id* ]]
+if [[ -z $subcommands || $global_flags != *--data-dir* || ${sub_flags[send]:-} != *--order-id* ||
+  ${nested[config]:-} != *show* || ${sub_flags[config/show]:-} != *--help* ]]
 then
-  not_ok "parse acmo --help and acmo send --help (got subcommands: $(echo $subcommands);" \
-    "global flags: $(echo $global_flags))"
+  not_ok "parse acmo --help, acmo send --help and acmo config --help (got commands:" \
+    "$(echo $commands); global flags: $(echo $global_flags))"
   echo "$passed passed, $((failed)) failed"
   exit 1
 fi
-ok "the binary has subcommands: $(echo $subcommands); global flags: $(echo $global_flags)"
+ok "the binary has commands: $(echo $commands); global flags: $(echo $global_flags)"
 
 long_only() { tr ' ' '\n' <<<"$*" | grep -E '^--' ; }
 short_only() { tr ' ' '\n' <<<"$*" | grep -E '^-[^-]' ; }
 all_flags="$global_flags"
-for sub in $subcommands; do all_flags+=" ${sub_flags[$sub]}"; done
+for path in $commands; do all_flags+=" ${sub_flags[$path]}"; done
 all_long=$(long_only $all_flags | sort -u)
 
 # --- the man pages --------------------------------------------------------------------------
@@ -97,10 +122,13 @@ else
   skip "scdoc is not installed; man pages not built"
 fi
 
-# The text of one section of the man page: from the heading line $1 to the next heading.
-man_section() {
-  awk -v heading="$1" '$0 == heading { on = 1; next } on && /^#/ { on = 0 } on' "$man_page"
+# The text of one section of the man page: from the heading line $1 to the next heading (a
+# line that starts with "#" outside a ``` block).
+section_of() {
+  awk -v heading="$1" '/^```/ { code = !code } $0 == heading { on = 1; next }
+    on && /^#/ && !code { on = 0 } on'
 }
+man_section() { section_of "$1" <"$man_page"; }
 # The flags of $2.. that the man page text $1 does not describe: no term line (a line that
 # starts with "*-", such as "*-y*, *--yes*") shows the flag in bold as *FLAG*.
 not_described() {
@@ -116,20 +144,24 @@ not_described() {
 section=$(man_section "# GLOBAL OPTIONS")
 check "man page: GLOBAL OPTIONS describes every global flag" \
   $(not_described "$section" $global_flags)
-for sub in $subcommands; do
-  section=$(man_section "## acmo $sub")
+synopsis=$(man_section "# SYNOPSIS")
+for path in $commands; do
+  name=$(words $path)
+  section=$(man_section "## acmo $name")
   if [[ -z $section ]]; then
-    not_ok "man page: a section '## acmo $sub'"
-    continue
+    not_ok "man page: a section '## acmo $name'"
+  else
+    ok "man page: a section '## acmo $name'"
+    # -h/--help is in every subcommand; GLOBAL OPTIONS covers it.
+    check "man page: '## acmo $name' describes every flag of acmo $name" \
+      $(not_described "$section" $(missing_from "${sub_flags[$path]}" "$global_flags"))
   fi
-  ok "man page: a section '## acmo $sub'"
-  # -h/--help is in every subcommand; GLOBAL OPTIONS covers it.
-  check "man page: '## acmo $sub' describes every flag of acmo $sub" \
-    $(not_described "$section" $(missing_from "${sub_flags[$sub]}" "$global_flags"))
+  check "man page: SYNOPSIS shows acmo $name" \
+    $(for w in $name; do grep -qF -- "*$w*" <<<"$synopsis" || echo "$w"; done)
 done
-man_sections=$(sed -n 's/^## acmo \([a-z-]*\)$/\1/p' "$man_page")
-check "man page: every '## acmo X' section is a subcommand of the binary" \
-  $(missing_from "$man_sections" "$subcommands")
+man_sections=$(sed -n 's/^## acmo \([a-z -]*\)$/\1/p' "$man_page" | tr ' ' '/')
+check "man page: every '## acmo X' section is a command of the binary" \
+  $(missing_from "$man_sections" "$commands")
 man_long=$(grep -oE -- '(^|[^a-z-])--[a-z][a-z-]*' "$man_page" | grep -oE -- '--[a-z-]+' | sort -u)
 check "man page: every --flag it names is a flag of the binary" \
   $(missing_from "$man_long" "$all_long")
@@ -165,8 +197,20 @@ else
 fi
 check "bash: 'acmo <TAB>' offers every subcommand" $(missing_from "$subcommands" "$offered")
 check "bash: 'acmo <TAB>' offers only subcommands" $(missing_from "$offered" "$subcommands")
-for word in send stats purge; do
+for word in send stats purge config; do
   check "bash: 'acmo <TAB>' offers $word" $(missing_from "$word" "$offered")
+done
+for sub in $subcommands; do
+  [[ -n ${nested[$sub]} ]] || continue
+  for line in "acmo $sub" "acmo --json $sub"; do
+    offered=$(bash_complete $line "")
+    check "bash: '$line <TAB>' offers exactly: $(echo ${nested[$sub]})" \
+      $(missing_from "${nested[$sub]}" "$offered") $(missing_from "$offered" "${nested[$sub]}")
+  done
+done
+for path in $no_args; do
+  offered=$(bash_complete acmo $(words $path) "")
+  check "bash: 'acmo $(words $path) <TAB>' offers nothing (it takes no arguments)" $offered
 done
 
 offered=$(bash_complete acmo -)
@@ -176,12 +220,13 @@ check "bash: 'acmo -<TAB>' offers only global flags" $(missing_from "$offered" "
 # After a subcommand: its own flags and the global ones (CLI11 lets them follow it), except
 # --version, which belongs before the subcommand.
 globals_after=$(missing_from "$global_flags" "--version -h --help")
-for sub in $subcommands; do
-  offered=$(bash_complete acmo "$sub" -)
-  check "bash: 'acmo $sub -<TAB>' offers every flag of acmo $sub" \
-    $(missing_from "${sub_flags[$sub]} $globals_after" "$offered")
-  check "bash: 'acmo $sub -<TAB>' offers only flags of acmo $sub and global flags" \
-    $(missing_from "$offered" "${sub_flags[$sub]} $global_flags")
+for path in $commands; do
+  name=$(words $path)
+  offered=$(bash_complete acmo $name -)
+  check "bash: 'acmo $name -<TAB>' offers every flag of acmo $name" \
+    $(missing_from "${sub_flags[$path]} $globals_after" "$offered")
+  check "bash: 'acmo $name -<TAB>' offers only flags of acmo $name and global flags" \
+    $(missing_from "$offered" "${sub_flags[$path]} $global_flags")
 done
 
 offered=$(bash_complete acmo send --)
@@ -224,19 +269,29 @@ zsh_missing() {
   echo "${out[@]}"
 }
 
+# The names of the command list ("  'send:put order events ...'") in the zsh text $1.
+zsh_commands() { sed -n "s/^ *'\([a-z-]*\):.*/\1/p" <<<"$1"; }
+
 zsh_globals=$(zsh_block "_acmo_global_opts=(")
 zsh_top=$(zsh_block "_acmo() {")
 check "zsh: _acmo and _acmo_global_opts name every global flag" \
   $(zsh_missing "$zsh_globals $zsh_top" $global_flags)
-for sub in $subcommands; do
-  check "zsh: the command list names $sub" \
-    $(grep -qE "^ *'$sub:" "$zsh_file" || echo "$sub")
-  check "zsh: _acmo_$sub names every flag of acmo $sub" \
-    $(zsh_missing "$(zsh_block "_acmo_$sub() {")" ${sub_flags[$sub]})
+# _acmo lists the subcommands; _acmo_SUB lists those of SUB, if it has any.
+for parent in '' $subcommands; do
+  if [[ -z $parent ]]; then fn=_acmo; want=$subcommands; else fn=_acmo_$parent; want=${nested[$parent]}; fi
+  [[ -n $want ]] || continue
+  listed=$(zsh_commands "$(zsh_block "$fn() {")")
+  check "zsh: the command list of $fn names exactly: $(echo $want)" \
+    $(missing_from "$want" "$listed") $(missing_from "$listed" "$want")
 done
-zsh_commands=$(sed -n "s/^ *'\([a-z-]*\):.*/\1/p" "$zsh_file")
-check "zsh: every command in the list is a subcommand of the binary" \
-  $(missing_from "$zsh_commands" "$subcommands")
+for path in $commands; do
+  fn=_acmo_${path//\//_}
+  check "zsh: $fn names every flag of acmo $(words $path)" \
+    $(zsh_missing "$(zsh_block "$fn() {")" ${sub_flags[$path]})
+done
+all_names=$(for path in $commands; do echo "${path##*/}"; done)
+check "zsh: every command in a list is a command of the binary" \
+  $(missing_from "$(zsh_commands "$(cat "$zsh_file")")" "$all_names")
 zsh_long=$(grep -oE -- "(^|[^a-z-])--[a-z][a-z-]*" "$zsh_file" | grep -oE -- '--[a-z-]+' | sort -u)
 check "zsh: every --flag it names is a flag of the binary" $(missing_from "$zsh_long" "$all_long")
 if command -v zsh >/dev/null 2>&1; then
@@ -262,16 +317,27 @@ fish_missing() {
 fish_lines=$(grep -E '^complete -c acmo ' "$fish_file")
 check "fish: every global flag is declared for any subcommand" \
   $(fish_missing "$(grep -v -- '__acmo_using' <<<"$fish_lines")" $global_flags)
-for sub in $subcommands; do
-  check "fish: $sub is offered as a subcommand" \
-    $(grep -qE -- "-n __acmo_no_subcommand -a $sub( |$)" <<<"$fish_lines" || echo "$sub")
-  check "fish: every flag of acmo $sub is declared for '__acmo_using $sub'" \
-    $(fish_missing "$(grep -E -- "'__acmo_using $sub'| -l help" <<<"$fish_lines")" \
-      ${sub_flags[$sub]})
+# Subcommands are offered with "-n __acmo_no_subcommand -a SUB", and the subcommands of SUB
+# with "-n '__acmo_no_subcommand SUB' -a INNER"; the flags of a path with
+# "-n '__acmo_using WORDS...'".
+for path in $commands; do
+  if [[ $path == */* ]]; then condition="'__acmo_no_subcommand ${path%%/*}'"
+  else condition=__acmo_no_subcommand; fi
+  check "fish: $(words $path) is offered as a subcommand" \
+    $(grep -qE -- "-n $condition -a ${path##*/}( |$)" <<<"$fish_lines" || echo "${path##*/}")
+  check "fish: every flag of acmo $(words $path) is declared for '__acmo_using $(words $path)'" \
+    $(fish_missing "$(grep -E -- "'__acmo_using $(words $path)'| -l help" <<<"$fish_lines")" \
+      ${sub_flags[$path]})
 done
 fish_subs=$(sed -nE 's/.*-n __acmo_no_subcommand -a ([a-z-]+) .*/\1/p' <<<"$fish_lines")
 check "fish: every subcommand it offers is a subcommand of the binary" \
   $(missing_from "$fish_subs" "$subcommands")
+for sub in $subcommands; do
+  fish_inner=$(sed -nE "s/.*-n '__acmo_no_subcommand $sub' -a ([a-z-]+) .*/\1/p" <<<"$fish_lines")
+  [[ -n ${nested[$sub]}$fish_inner ]] || continue
+  check "fish: every subcommand of $sub it offers is one of the binary" \
+    $(missing_from "$fish_inner" "${nested[$sub]}")
+done
 fish_long=$(grep -oE -- ' -l [a-z][a-z-]*' <<<"$fish_lines" | sed 's/ -l /--/' | sort -u)
 check "fish: every -l flag it declares is a flag of the binary" \
   $(missing_from "$fish_long" "$all_long")
@@ -288,9 +354,147 @@ if command -v fish >/dev/null 2>&1; then
   offered=$(fish_complete "acmo send ")
   check "fish: 'acmo send <TAB>' offers CREATE UPDATE DELETE" \
     $(missing_from "CREATE UPDATE DELETE" "$offered")
+  for sub in $subcommands; do
+    [[ -n ${nested[$sub]} ]] || continue
+    for line in "acmo $sub " "acmo --json $sub "; do
+      offered=$(fish_complete "$line")
+      check "fish: '$line<TAB>' offers exactly: $(echo ${nested[$sub]})" \
+        $(missing_from "${nested[$sub]}" "$offered") $(missing_from "$offered" "${nested[$sub]}")
+    done
+  done
+  for path in $no_args; do
+    offered=$(fish_complete "acmo $(words $path) ")
+    check "fish: 'acmo $(words $path) <TAB>' offers nothing (it takes no arguments)" $offered
+  done
 else
   skip "fish is not installed; acmo.fish not run"
 fi
+
+# --- configuration keys ---------------------------------------------------------------------
+
+# Run "$@" without the caller's ACMO_* and XDG_* variables, with an empty HOME, in an empty
+# directory: no configuration file is found but /etc/acmo/acmo.toml, so give acmo --config to
+# be sure which file it reads.
+mkdir -p "$tmp/empty" "$tmp/home"
+: >"$tmp/empty.toml"
+acmo_clean() {
+  local name unset=()
+  for name in $(compgen -e); do
+    [[ $name == ACMO_* || $name == XDG_* ]] && unset+=(-u "$name")
+  done
+  (cd "$tmp/empty" && env "${unset[@]}" HOME="$tmp/home" "$@")
+}
+# The lines "KEY<TAB>VALUE<TAB>SOURCE" of the text output of `acmo config show` on stdin
+# ("queue.name  "orders"  # default").
+show_rows() { sed -nE 's/^([^ ]+) +(.*[^ ]) +# (.*)$/\1\t\2\t\3/p'; }
+# The environment variable of a key: queue.dedup_window -> ACMO_QUEUE_DEDUP_WINDOW.
+env_var() { local v=${1^^}; echo "ACMO_${v//./_}"; }
+# scdoc text with its escapes removed: "\_" -> "_".
+unescape() { sed 's/\\_/_/g' "$@"; }
+
+# The keys, and their defaults: an empty --config file sets nothing.
+keys_json=$(acmo_clean "$acmo" --config "$tmp/empty.toml" --json config show)
+keys=$(grep -oE '"[a-z_][a-z0-9_.]*":\{' <<<"$keys_json" | sed -E 's/^"(.*)":\{$/\1/')
+defaults=$(acmo_clean "$acmo" --config "$tmp/empty.toml" config show | show_rows)
+declare -A default_of
+while IFS=$'\t' read -r key value source; do
+  [[ $source == default ]] && default_of[$key]=$value
+done <<<"$defaults"
+if [[ -z $keys || " $(echo $keys) " != *" queue.name "* || -z ${default_of[queue.name]:-} ]]; then
+  not_ok "parse acmo config show (got keys: $(echo $keys))"
+  echo "$passed passed, $failed failed"
+  exit 1
+fi
+ok "acmo config show --json has the keys: $(echo $keys)"
+check "acmo config show prints the same keys as acmo config show --json, all at a default" \
+  $(missing_from "$keys" "${!default_of[*]}") $(missing_from "${!default_of[*]}" "$keys")
+
+# Each key's variable is ACMO_ and the key in capitals, '.' as '_': set every one (to its
+# default without quotes and brackets, "x" if empty) and see that acmo takes each from it.
+env_args=()
+for key in $keys; do
+  value=$(sed -E 's/[]["]//g; s/, /,/g' <<<"${default_of[$key]-}")
+  env_args+=("$(env_var "$key")=${value:-x}")
+done
+from_env=$(acmo_clean env "${env_args[@]}" "$acmo" --config "$tmp/empty.toml" config show |
+  show_rows)
+check "every key is read from its variable ACMO_KEY, with '.' as '_'" \
+  $(for key in $keys; do
+      grep -qxF "$key"$'\t'"$(sed -nE "s/^$key\t(.*)\t.*/\1/p" <<<"$from_env")"$'\t'"env $(env_var "$key")" \
+        <<<"$from_env" || echo "$key"
+    done)
+
+# acmo.toml(5): each key "T.N" has a term line "*N* = DEFAULT" in the section "## [T]" ("## Top
+# level" for a key without a table), and the paragraph under it names its variable.
+toml_text=$(unescape "$toml_page")
+# The text of the subsection $1 of the unescaped acmo.toml(5).
+toml_section() { section_of "$1" <<<"$toml_text"; }
+# The term line of key $2 in section text $1, and the paragraph under it.
+toml_entry() { awk -v term="*$2* = " 'index($0, term) == 1 { on = 1 } on && /^$/ { exit } on' <<<"$1"; }
+bad_default=() no_env=() undocumented=()
+for key in $keys; do
+  if [[ $key == *.* ]]; then heading="## [${key%%.*}]"; else heading="## Top level"; fi
+  entry=$(toml_entry "$(toml_section "$heading")" "${key#*.}")
+  if [[ -z $entry ]]; then undocumented+=("$key"); continue; fi
+  [[ $(head -n 1 <<<"$entry") == "*${key#*.}* = ${default_of[$key]}" ]] || bad_default+=("$key")
+  [[ $entry == *"*$(env_var "$key")*"* ]] || no_env+=("$key")
+done
+check "acmo.toml(5) documents every key under '## [TABLE]' or '## Top level'" "${undocumented[@]}"
+check "acmo.toml(5) gives every key its default as 'acmo config show' prints it" "${bad_default[@]}"
+check "acmo.toml(5) names the environment variable of every key" "${no_env[@]}"
+documented=$(sed -nE 's/^## (\[[a-z_]+\]|Top level)$/\1/p' <<<"$toml_text" |
+  while read -r table; do
+    prefix=''
+    [[ $table == \[*\] ]] && { prefix=${table#[}; prefix=${prefix%]}.; }
+    toml_section "## $table" | sed -nE "s/^\*([a-z_]+)\* = .*/$prefix\1/p"
+  done)
+check "every key acmo.toml(5) documents is a key of the binary" $(missing_from "$documented" "$keys")
+
+# The EXAMPLE of acmo.toml(5) is a file that acmo accepts.
+section_of "# EXAMPLE" <"$toml_page" | awk '/^```/ { n++; next } n == 1' >"$tmp/example.toml"
+if [[ ! -s $tmp/example.toml ]]; then
+  not_ok "acmo.toml(5): EXAMPLE holds a file in a \`\`\` block"
+elif result=$(acmo_clean "$acmo" --config "$tmp/example.toml" config check 2>&1); then
+  ok "acmo.toml(5): acmo config check accepts the file of EXAMPLE"
+else
+  not_ok "acmo.toml(5): acmo config check accepts the file of EXAMPLE: $result"
+fi
+
+# acmo(1): ENVIRONMENT has a term line for every key's variable, "*KEY* (default DEFAULT)" or
+# "*KEY* (default DEFAULT, ..." under it, and no ACMO_ variable that is neither a key's nor
+# ACMO_CONFIG.
+env_section=$(man_section "# ENVIRONMENT" | unescape)
+env_terms=$(sed -nE 's/^\*(ACMO_[A-Z_]+)\*$/\1/p' <<<"$env_section")
+key_vars=$(for key in $keys; do env_var "$key"; done)
+check "man page: ENVIRONMENT lists the variable of every key" $(missing_from "$key_vars" "$env_terms")
+check "man page: every ACMO_ variable of ENVIRONMENT is a key's or ACMO_CONFIG" \
+  $(missing_from "$env_terms" "$key_vars ACMO_CONFIG")
+check "man page: ENVIRONMENT gives every key and its default under its variable" \
+  $(for key in $keys; do
+      awk -v term="*$(env_var "$key")*" -v want="*$key* (default ${default_of[$key]}" \
+        '$0 == term { getline
+          if (index($0, want) == 2 && substr($0, 2 + length(want), 1) ~ /[),]/) found = 1 }
+        END { exit !found }' \
+        <<<"$env_section" || echo "$key"
+    done)
+
+# examples/acmo.toml sets every key (acmo itself says it took each from the file), to its
+# default, and acmo accepts it.
+example=$root/examples/acmo.toml
+if result=$(acmo_clean "$acmo" --config "$example" config check 2>&1); then
+  ok "examples/acmo.toml: acmo config check accepts it"
+else
+  not_ok "examples/acmo.toml: acmo config check accepts it: $result"
+fi
+from_example=$(acmo_clean "$acmo" --config "$example" config show | show_rows)
+check "examples/acmo.toml sets every key of acmo config show --json" \
+  $(for key in $keys; do
+      grep -qE "^$key"$'\t'".*"$'\t'"${example//./\\.}:[0-9]+\$" <<<"$from_example" || echo "$key"
+    done)
+check "examples/acmo.toml gives every key its default" \
+  $(for key in $keys; do
+      grep -qF "$key"$'\t'"${default_of[$key]}"$'\t' <<<"$from_example" || echo "$key"
+    done)
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
