@@ -67,6 +67,16 @@ const Config& config(const GlobalOptions& global)
     auto result = load_config(sources);
     if (!result) throw Fatal(result.error().message, exit_code::k_usage);
     loaded = std::move(*result);
+    if (!global.data_dir.empty()) {
+      loaded->set("data_dir", ConfigEntry{global.data_dir, "flag --data-dir"});
+    }
+    // Values the queue would refuse are configuration errors too: say where they were set.
+    if (auto ok = check_queue_options(queue_options_from(*loaded)); !ok) {
+      const Error& e = ok.error();
+      const std::string source =
+        loaded->entry(e.field == "queue.dlq_name" ? "queue.name" : e.field).source;
+      throw Fatal(fmt::format("{} (set by {})", e.message, source), exit_code::k_usage);
+    }
     if (global.verbose > 0) {
       fmt::print(stderr, "acmo: configuration: {}\n",
                  loaded->file().empty() ? "no file, defaults and environment" : loaded->file());
@@ -86,17 +96,8 @@ std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
   if (auto ok = ensure_directory(dir); !ok) throw Fatal(ok.error());
   const std::string path = database_path(dir);
   if (global.verbose > 0) fmt::print(stderr, "acmo: queue database: {}\n", path);
-  const Config& cfg = config(global);
-  auto queue = Queue::open(path, queue_options_from(cfg));
-  if (!queue) {
-    // A queue setting that the engine refuses is a configuration error: say where it was set.
-    const Error& e = queue.error();
-    if (e.code == Errc::invalid_input && e.field.rfind("queue.", 0) == 0) {
-      throw Fatal(fmt::format("{} (set by {})", e.message, cfg.entry(e.field).source),
-                  exit_code::k_usage);
-    }
-    throw Fatal(e);
-  }
+  auto queue = Queue::open(path, queue_options_from(config(global)));
+  if (!queue) throw Fatal(queue.error());
   return std::move(*queue);
 }
 

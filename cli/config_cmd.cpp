@@ -13,14 +13,14 @@ int run_show(const GlobalOptions& global)
 {
   const Config& cfg = config(global);
   if (global.json) {
-    nlohmann::json doc = nlohmann::json::object();
+    nlohmann::ordered_json doc = nlohmann::ordered_json::object(); // in the table's order
     for (const auto& key : config_keys()) {
       const auto& entry = cfg.entry(key.name);
-      nlohmann::json value;
+      nlohmann::ordered_json value;
       std::visit([&](const auto& v) { value = v; }, entry.value);
       doc[key.name] = {{"value", value}, {"source", entry.source}};
     }
-    print_json(doc);
+    fmt::print("{}\n", doc.dump());
     return exit_code::k_ok;
   }
   std::vector<std::pair<std::string, std::string>> rows;

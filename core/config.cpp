@@ -378,7 +378,9 @@ QueueOptions queue_options_from(const Config& config)
 {
   QueueOptions o;
   o.name = config.get_string("queue.name");
-  o.dlq_name = config.get_string("queue.dlq_name");
+  // A queue named by hand gets a DLQ of its own unless one is named too.
+  o.dlq_name = config.entry("queue.dlq_name").source == "default" ? o.name + "-dlq"
+                                                                   : config.get_string("queue.dlq_name");
   o.durability_full = config.get_string("queue.durability") == "full";
   o.visibility_timeout_ms = config.get_int("queue.visibility_timeout");
   o.dedup_window_ms = config.get_int("queue.dedup_window");
@@ -387,7 +389,7 @@ QueueOptions queue_options_from(const Config& config)
   o.max_retries = static_cast<int>(config.get_int("queue.max_retries"));
   o.retention_ms = config.get_int("queue.retention");
   o.busy_timeout_ms = config.get_int("queue.busy_timeout");
-  o.poll_interval_ms = std::max<int64_t>(1, config.get_int("queue.poll_interval"));
+  o.poll_interval_ms = config.get_int("queue.poll_interval");
   return o;
 }
 

@@ -77,7 +77,8 @@ std::vector<std::string> default_config_search_path();
 // path), then ACMO_* variables. Errors name the file, line, column and key.
 Expected<Config> load_config(const ConfigSources& sources);
 
-// The queue options a configuration describes.
+// The queue options a configuration describes. queue.dlq_name, when not set, is the queue's
+// name and "-dlq".
 QueueOptions queue_options_from(const Config& config);
 
 } // namespace acmo

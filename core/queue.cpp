@@ -44,14 +44,87 @@ struct DedupKey {
   bool operator==(const DedupKey&) const = default;
 };
 
-struct DedupKeyHash {
-  size_t operator()(const DedupKey& k) const { return static_cast<size_t>(k.a ^ (k.b * 0x9e3779b97f4a7c15ULL)); }
-};
-
 struct DedupEntry {
   int64_t seq = 0;
   MessageIdBytes message_id{};
   int64_t expires_at = 0;
+};
+
+// The in-memory index of the dedup log: an open-addressing hash table. Keys are SHA-256 bits,
+// uniformly spread already, so a key's first word is its hash; one probe usually costs one
+// cache miss, where a node-based map costs several (this lookup is on every send).
+class DedupIndex
+{
+public:
+  const DedupEntry* find(const DedupKey& key) const
+  {
+    if (m_slots.empty()) return nullptr;
+    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
+      const Slot& slot = m_slots[i];
+      if (!slot.used) return nullptr;
+      if (slot.key == key) return &slot.entry;
+    }
+  }
+
+  void put(const DedupKey& key, const DedupEntry& entry)
+  {
+    if ((m_count + 1) * 2 > m_slots.size()) grow();
+    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
+      Slot& slot = m_slots[i];
+      if (!slot.used) {
+        slot = Slot{key, entry, true};
+        ++m_count;
+        return;
+      }
+      if (slot.key == key) {
+        slot.entry = entry;
+        return;
+      }
+    }
+  }
+
+  // Drop the entries that expired by `now` (rebuilds the table; there are no tombstones).
+  void prune(int64_t now)
+  {
+    std::vector<Slot> old;
+    old.swap(m_slots);
+    m_count = 0;
+    for (const auto& slot : old) {
+      if (slot.used && slot.entry.expires_at > now) put(slot.key, slot.entry);
+    }
+  }
+
+  void clear()
+  {
+    m_slots.clear();
+    m_count = 0;
+  }
+
+private:
+  struct Slot {
+    DedupKey key;
+    DedupEntry entry;
+    bool used = false;
+  };
+
+  size_t slot_of(const DedupKey& key) const
+  {
+    return static_cast<size_t>(key.a) & (m_slots.size() - 1);
+  }
+
+  void grow()
+  {
+    std::vector<Slot> old;
+    old.swap(m_slots);
+    m_slots.resize(std::max<size_t>(1024, old.size() * 2));
+    m_count = 0;
+    for (const auto& slot : old) {
+      if (slot.used) put(slot.key, slot.entry);
+    }
+  }
+
+  std::vector<Slot> m_slots;
+  size_t m_count = 0;
 };
 
 DedupKey dedup_key(std::string_view dedup_id)
@@ -170,7 +243,7 @@ struct Queue::Impl {
 
   // This process's index of the dedup log (see schema.cpp); guarded by the write path, which
   // only the group-commit leader runs.
-  std::unordered_map<DedupKey, DedupEntry, DedupKeyHash> dedup_index;
+  DedupIndex dedup_index;
   int64_t dedup_seen_id = 0;
   int64_t dedup_epoch = -1;
   int64_t dedup_pruned_at = 0;
@@ -350,13 +423,14 @@ struct Queue::Impl {
     while (stmt->step()) {
       dedup_seen_id = stmt->column_int(0);
       if (stmt->column_int(1) != queue_id || stmt->column_int(4) <= txn.now) continue;
-      dedup_index[key_from_blob(stmt->column_view(2))] =
-        DedupEntry{stmt->column_int(0), id_from_blob(stmt->column_view(3)), stmt->column_int(4)};
+      dedup_index.put(key_from_blob(stmt->column_view(2)),
+                      DedupEntry{stmt->column_int(0), id_from_blob(stmt->column_view(3)),
+                                 stmt->column_int(4)});
     }
     // Entries past their window only cost memory; drop them now and then.
     if (txn.now - dedup_pruned_at > 60'000) {
       dedup_pruned_at = txn.now;
-      std::erase_if(dedup_index, [&](const auto& kv) { return kv.second.expires_at <= txn.now; });
+      dedup_index.prune(txn.now);
     }
   }
 
@@ -445,11 +519,11 @@ struct Queue::Impl {
     SendResult result;
     result.dedup_id = req.dedup_id;
     sync_dedup(txn);
-    if (auto it = dedup_index.find(prepared.key);
-        it != dedup_index.end() && it->second.expires_at > txn.now) {
+    if (const DedupEntry* known = dedup_index.find(prepared.key);
+        known != nullptr && known->expires_at > txn.now) {
       result.duplicate = true;
-      result.message_id = format_message_id(it->second.message_id);
-      result.seq = it->second.seq;
+      result.message_id = format_message_id(known->message_id);
+      result.seq = known->seq;
       ++txn.counters[queue_id].duplicates;
       return result;
     }
@@ -463,7 +537,7 @@ struct Queue::Impl {
       stmt->bind(3, seq).bind_blob(4, id_blob(id), false).bind(5, expires_at).run();
     }
     dedup_seen_id = seq;
-    dedup_index[prepared.key] = DedupEntry{seq, id, expires_at};
+    dedup_index.put(prepared.key, DedupEntry{seq, id, expires_at});
     {
       auto stmt = writer->prepare(k_insert);
       stmt->bind(1, seq).bind(2, queue_id).bind(3, req.group_id, false);
@@ -775,39 +849,58 @@ struct Queue::Impl {
     return out;
   }
 
-  Expected<void> check_queue_settings() const
-  {
-    if (options.visibility_timeout_ms < 0 || options.visibility_timeout_ms > k_max_visibility_ms) {
-      return make_error(Errc::invalid_input,
-                        "queue.visibility_timeout must be between 0 and 12h",
-                        "queue.visibility_timeout");
-    }
-    if (options.max_retries < 0) {
-      return make_error(Errc::invalid_input, "queue.max_retries must not be negative",
-                        "queue.max_retries");
-    }
-    for (auto d : options.retry_delays_ms) {
-      if (d < 0 || d > k_max_visibility_ms) {
-        return make_error(Errc::invalid_input, "each of queue.retry_delays must be between 0 and 12h",
-                          "queue.retry_delays");
-      }
-    }
-    if (options.dedup_window_ms < 0 || options.retention_ms <= 0) {
-      return make_error(Errc::invalid_input,
-                        "queue.dedup_window must not be negative and queue.retention must be "
-                        "positive",
-                        "queue.retention");
-    }
-    return {};
-  }
 };
 
 // --- opening ---------------------------------------------------------------------------------
+
+Expected<void> check_queue_options(const QueueOptions& options)
+{
+  auto within = [](int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; };
+  if (auto ok = limits::check_id(options.name, "queue.name"); !ok) return ok;
+  if (auto ok = limits::check_id(options.dlq_name, "queue.dlq_name"); !ok) return ok;
+  if (options.name == options.dlq_name) {
+    return make_error(Errc::invalid_input,
+                      "queue.dlq_name must differ from queue.name: the queue and its DLQ need "
+                      "names of their own",
+                      "queue.dlq_name");
+  }
+  if (!within(options.visibility_timeout_ms, 0, k_max_visibility_ms)) {
+    return make_error(Errc::invalid_input, "queue.visibility_timeout must be between 0s and 12h",
+                      "queue.visibility_timeout");
+  }
+  if (options.max_retries < 0) {
+    return make_error(Errc::invalid_input, "queue.max_retries must not be negative",
+                      "queue.max_retries");
+  }
+  for (auto d : options.retry_delays_ms) {
+    if (!within(d, 0, k_max_visibility_ms)) {
+      return make_error(Errc::invalid_input,
+                        "each of queue.retry_delays must be between 0s and 12h",
+                        "queue.retry_delays");
+    }
+  }
+  if (options.dedup_window_ms < 0) {
+    return make_error(Errc::invalid_input, "queue.dedup_window must not be negative",
+                      "queue.dedup_window");
+  }
+  if (options.retention_ms <= 0) {
+    return make_error(Errc::invalid_input, "queue.retention must be longer than 0s",
+                      "queue.retention");
+  }
+  if (options.busy_timeout_ms < 0 || options.poll_interval_ms < 1) {
+    return make_error(Errc::invalid_input,
+                      "queue.busy_timeout must not be negative and queue.poll_interval must be "
+                      "at least 1ms",
+                      options.busy_timeout_ms < 0 ? "queue.busy_timeout" : "queue.poll_interval");
+  }
+  return {};
+}
 
 namespace {
 
 void apply_connection_settings(sqlite::Database& db)
 {
+  if (const char* v = std::getenv("ACMO_EXPERIMENT_PAGE")) db.exec(std::string("PRAGMA page_size=") + v);
   auto mode = [&] {
     auto stmt = db.prepare("PRAGMA journal_mode=WAL");
     return stmt->step() ? stmt->column_text(0) : std::string();
@@ -822,6 +915,7 @@ void apply_connection_settings(sqlite::Database& db)
   db.exec("PRAGMA synchronous=NORMAL");
   db.exec("PRAGMA temp_store=MEMORY");
   db.exec("PRAGMA cache_size=-16000");
+  if (const char* v = std::getenv("ACMO_EXPERIMENT_CKPT")) db.exec(std::string("PRAGMA wal_autocheckpoint=") + v);
 }
 
 // Whether the file belongs to another program: someone else's application id, or tables in a
@@ -922,16 +1016,8 @@ Queue::~Queue() = default;
 Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOptions options,
                                              const Clock& clock)
 {
-  if (auto ok = limits::check_id(options.name, "queue.name"); !ok) return Unexpected(ok.error());
-  if (auto ok = limits::check_id(options.dlq_name, "queue.dlq_name"); !ok) {
-    return Unexpected(ok.error());
-  }
-  if (options.name == options.dlq_name) {
-    return make_error(Errc::invalid_input, "the queue and its DLQ need different names",
-                      "queue.dlq_name");
-  }
+  if (auto ok = check_queue_options(options); !ok) return Unexpected(ok.error());
   auto impl = std::make_unique<Impl>(clock, options);
-  if (auto ok = impl->check_queue_settings(); !ok) return Unexpected(ok.error());
   try {
     impl->writer = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
     impl->wal_path = db_path + "-wal";

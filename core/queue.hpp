@@ -46,6 +46,10 @@ struct QueueOptions {
   int64_t housekeeping_interval_ms = 1'000;
 };
 
+// Check options before opening: names, and every timeout within its limits. The error names
+// the offending key ("queue.visibility_timeout").
+Expected<void> check_queue_options(const QueueOptions& options);
+
 struct SendRequest {
   std::string body;
   std::string group_id = "orders";
