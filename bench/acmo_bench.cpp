@@ -186,6 +186,33 @@ double concurrent_send(const Settings& s)
   return static_cast<double>(s.threads * s.per_thread) / elapsed;
 }
 
+// The consumer loop with remove_and_receive: each batch's deletion rides on the next receive.
+double receive_delete_combined(const Settings& s, int64_t groups)
+{
+  RunDir dir(s.dir);
+  auto q = open(dir.db(), s);
+  for (const auto& r : q->send_bulk(make_requests(s.drain_messages, 0, groups))) {
+    if (!r) throw std::runtime_error(r.error().message);
+  }
+  int64_t done = 0;
+  std::vector<std::string> receipts;
+  std::vector<acmo::Expected<void>> deleted;
+  auto start = Clock::now();
+  while (true) {
+    auto got = q->remove_and_receive(receipts, deleted, 10);
+    if (!got) throw std::runtime_error(got.error().message);
+    for (const auto& d : deleted) {
+      if (!d) throw std::runtime_error(d.error().message);
+    }
+    done += static_cast<int64_t>(receipts.size());
+    if (got->empty()) break;
+    receipts.clear();
+    for (const auto& m : *got) receipts.push_back(m.receipt);
+  }
+  if (done != s.drain_messages) throw std::runtime_error("combined drain lost messages");
+  return static_cast<double>(done) / seconds_since(start);
+}
+
 double receive_delete(const Settings& s, int64_t groups)
 {
   RunDir dir(s.dir);
@@ -297,7 +324,8 @@ int main(int argc, char** argv)
   app.add_option("--wake-samples", s.wake_samples, "Messages in the cross-process wake-up scenario");
   app.add_option("--only", s.only,
                  "Run only these scenarios: baseline, bulk_send, concurrent_send, "
-                 "receive_delete, receive_delete_groups, wakeup");
+                 "receive_delete, receive_delete_groups, receive_delete_combined, "
+                 "receive_delete_combined_groups, wakeup");
   bool normal = false;
   app.add_flag("--normal", normal, "Use queue.durability = \"normal\" instead of \"full\"");
   CLI11_PARSE(app, argc, argv);
@@ -307,8 +335,8 @@ int main(int argc, char** argv)
                  {"cores", std::thread::hardware_concurrency()},
                  {"runs", s.runs}};
   try {
-    std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, wake_p50,
-      wake_p99, wake_max;
+    std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, combined,
+      combined_groups, wake_p50, wake_p99, wake_max;
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "baseline")) {
         RunDir a(s.dir), b(s.dir);
@@ -319,6 +347,10 @@ int main(int argc, char** argv)
       if (wanted(s, "concurrent_send")) concurrent.push_back(concurrent_send(s));
       if (wanted(s, "receive_delete")) drain.push_back(receive_delete(s, 1));
       if (wanted(s, "receive_delete_groups")) drain_groups.push_back(receive_delete(s, 1000));
+      if (wanted(s, "receive_delete_combined")) combined.push_back(receive_delete_combined(s, 1));
+      if (wanted(s, "receive_delete_combined_groups")) {
+        combined_groups.push_back(receive_delete_combined(s, 1000));
+      }
       if (wanted(s, "wakeup")) {
         auto lat = wake_latencies(s);
         wake_p50.push_back(percentile(lat, 50));
@@ -352,6 +384,15 @@ int main(int argc, char** argv)
     if (!drain_groups.empty()) {
       results["receive_delete_batch10_1000_groups"] = rate_entry(drain_groups, 50'000);
       results["receive_delete_batch10_1000_groups"]["groups"] = 1000;
+    }
+    if (!combined.empty()) {
+      results["receive_delete_batch10_combined"] = rate_entry(combined, 50'000);
+      results["receive_delete_batch10_combined"]["groups"] = 1;
+      ratio(results["receive_delete_batch10_combined"], drain, "receive_delete_batch10");
+    }
+    if (!combined_groups.empty()) {
+      results["receive_delete_batch10_combined_1000_groups"] = rate_entry(combined_groups, 50'000);
+      results["receive_delete_batch10_combined_1000_groups"]["groups"] = 1000;
     }
     if (!wake_p50.empty()) {
       results["cross_process_wakeup"] = {

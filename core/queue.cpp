@@ -169,9 +169,11 @@ MessageIdBytes id_from_blob(std::string_view blob)
   return id;
 }
 
-// A send request, checked, with what can be computed before taking the write lock.
+// A send request, checked, with what can be computed before taking the write lock. It points
+// at the caller's request (which outlives it) rather than copy a body of up to 1 MiB.
 struct PreparedSend {
-  SendRequest request;
+  const SendRequest* request = nullptr;
+  std::string dedup_id;       // the request's, or the body's SHA-256 in hex
   bool content_based = false; // the dedup id is the body's SHA-256
   DedupKey key;
 };
@@ -452,9 +454,17 @@ struct Queue::Impl {
     return seq;
   }
 
-  void finish(Txn& txn)
+  // Bring the rows of the groups changed so far up to date (before a receive in the same
+  // transaction looks at them, and at the end of every transaction).
+  void flush_groups(Txn& txn)
   {
     for (const auto& [queue, group] : txn.touched_groups) fix_group(queue, group);
+    txn.touched_groups.clear();
+  }
+
+  void finish(Txn& txn)
+  {
+    flush_groups(txn);
     if (txn.seq_dirty) {
       static const std::string k_sql = "UPDATE queues SET next_seq = ?1 WHERE id = 0";
       auto stmt = writer->prepare(k_sql);
@@ -515,9 +525,9 @@ struct Queue::Impl {
     static const std::string k_insert =
       "INSERT INTO messages(seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
       " visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)";
-    const SendRequest& req = prepared.request;
+    const SendRequest& req = *prepared.request;
     SendResult result;
-    result.dedup_id = req.dedup_id;
+    result.dedup_id = prepared.dedup_id;
     sync_dedup(txn);
     if (const DedupEntry* known = dedup_index.find(prepared.key);
         known != nullptr && known->expires_at > txn.now) {
@@ -545,7 +555,7 @@ struct Queue::Impl {
       if (prepared.content_based) {
         stmt->bind_null(5);
       } else {
-        stmt->bind(5, req.dedup_id, false);
+        stmt->bind(5, prepared.dedup_id, false);
       }
       stmt->bind(6, req.body, false).bind(7, txn.now).run();
     }
@@ -830,22 +840,26 @@ struct Queue::Impl {
   // Check a request, fill in its dedup id and compute its dedup key; all outside the lock.
   Expected<PreparedSend> prepare_send(const SendRequest& request) const
   {
-    PreparedSend out{request, false, {}};
-    SendRequest& req = out.request;
-    if (auto ok = limits::check_body(req.body); !ok) return Unexpected(ok.error());
-    if (auto ok = limits::check_id(req.group_id, "groupId"); !ok) return Unexpected(ok.error());
-    if (req.dedup_id.empty()) {
+    PreparedSend out;
+    out.request = &request;
+    if (auto ok = limits::check_body(request.body); !ok) return Unexpected(ok.error());
+    if (auto ok = limits::check_id(request.group_id, "groupId"); !ok) {
+      return Unexpected(ok.error());
+    }
+    if (request.dedup_id.empty()) {
       if (!options.content_based_dedup) {
         return make_error(Errc::invalid_input,
                           "deduplicationId is required when queue.content_based_dedup is off",
                           "deduplicationId");
       }
-      req.dedup_id = sha256_hex(req.body);
+      out.dedup_id = sha256_hex(request.body);
       out.content_based = true;
-    } else if (auto ok = limits::check_id(req.dedup_id, "deduplicationId"); !ok) {
+    } else if (auto ok = limits::check_id(request.dedup_id, "deduplicationId"); !ok) {
       return Unexpected(ok.error());
+    } else {
+      out.dedup_id = request.dedup_id;
     }
-    out.key = dedup_key(req.dedup_id);
+    out.key = dedup_key(out.dedup_id);
     return out;
   }
 
@@ -1079,6 +1093,17 @@ std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest
 Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> visibility_ms,
                                               int64_t wait_ms)
 {
+  std::vector<Expected<void>> none;
+  return remove_and_receive({}, none, max, visibility_ms, wait_ms);
+}
+
+Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::string>& done,
+                                                         std::vector<Expected<void>>& deleted,
+                                                         int max,
+                                                         std::optional<int64_t> visibility_ms,
+                                                         int64_t wait_ms)
+{
+  deleted.assign(done.size(), Expected<void>{});
   if (max < 1 || max > k_max_receive) {
     return make_error(Errc::invalid_input,
                       fmt::format("a receive asks for 1 to {} messages, not {}", k_max_receive, max),
@@ -1113,11 +1138,31 @@ Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> vi
       // After the first try, probe with a cheap read before taking the write lock: idle
       // pollers must not queue up behind, or slow down, the processes doing real work.
       if (first_try || impl.anything_ready(now)) {
-        first_try = false;
         std::vector<Message> got;
         WriteOp op;
-        op.fn = [&](Txn& txn) { got = impl.do_receive(txn, max, visibility); };
-        if (auto ok = impl.write(op, false); !ok) return Unexpected(ok.error());
+        const bool removing = first_try && !done.empty();
+        op.fn = [&](Txn& txn) {
+          if (removing) {
+            for (size_t i = 0; i < done.size(); ++i) {
+              auto at = impl.locate(done[i]);
+              if (!at) {
+                deleted[i] = Unexpected(at.error());
+                continue;
+              }
+              deleted[i] = {};
+              impl.do_remove(txn, *at);
+            }
+            impl.flush_groups(txn);
+          }
+          got = impl.do_receive(txn, max, visibility);
+        };
+        first_try = false;
+        if (auto ok = impl.write(op, removing); !ok) {
+          if (removing) {
+            for (auto& d : deleted) d = Unexpected(ok.error());
+          }
+          return Unexpected(ok.error());
+        }
         if (!got.empty()) return got;
       }
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(

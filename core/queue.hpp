@@ -147,6 +147,15 @@ public:
   Expected<std::vector<Message>> receive(int max, std::optional<int64_t> visibility_ms = {},
                                          int64_t wait_ms = 0);
 
+  // The consumer's step in one transaction: delete the messages whose receipt handles are in
+  // `done` (what the previous receive returned and was handled), then receive as above. Each
+  // deletion's outcome goes to `deleted`, in the order of `done`. Half the transactions of a
+  // receive followed by a remove_batch.
+  Expected<std::vector<Message>> remove_and_receive(const std::vector<std::string>& done,
+                                                    std::vector<Expected<void>>& deleted, int max,
+                                                    std::optional<int64_t> visibility_ms = {},
+                                                    int64_t wait_ms = 0);
+
   // Delete a received message by its receipt handle.
   Expected<void> remove(std::string_view receipt);
   std::vector<Expected<void>> remove_batch(const std::vector<std::string>& receipts);

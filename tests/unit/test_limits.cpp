@@ -78,6 +78,12 @@ TEST_CASE("limits: control characters SQS does not allow are rejected", "[limits
     {"\x1f"s, "U+001F"},
     {"\xef\xbf\xbe"s, "U+FFFE"},
     {"\xef\xbf\xbf"s, "U+FFFF"},
+    // Runs of eight or more bytes go through the word-at-a-time ASCII path: a control
+    // character anywhere in such a run must still be found.
+    {"\x01\x01\x01\x01\x01\x01\x01\x01"s, "U+0001"},
+    {"abcdefg\x02hijklmnop"s, "U+0002"},
+    {"abcdefghijklmnop\x1f"s, "U+001F"},
+    {"0123456789abcdef\x7f\x7f\x00xyz0123456789"s, "U+0000"},
   }));
   INFO("expected " << code_point);
   auto result = limits::check_body(body);
