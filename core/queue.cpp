@@ -914,7 +914,6 @@ namespace {
 
 void apply_connection_settings(sqlite::Database& db)
 {
-  if (const char* v = std::getenv("ACMO_EXPERIMENT_PAGE")) db.exec(std::string("PRAGMA page_size=") + v);
   auto mode = [&] {
     auto stmt = db.prepare("PRAGMA journal_mode=WAL");
     return stmt->step() ? stmt->column_text(0) : std::string();
@@ -929,7 +928,6 @@ void apply_connection_settings(sqlite::Database& db)
   db.exec("PRAGMA synchronous=NORMAL");
   db.exec("PRAGMA temp_store=MEMORY");
   db.exec("PRAGMA cache_size=-16000");
-  if (const char* v = std::getenv("ACMO_EXPERIMENT_CKPT")) db.exec(std::string("PRAGMA wal_autocheckpoint=") + v);
 }
 
 // Whether the file belongs to another program: someone else's application id, or tables in a
