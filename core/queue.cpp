@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <unordered_map>
+#include <thread>
 #include <utility>
 
 #include <cerrno>
@@ -30,6 +31,7 @@ namespace {
 constexpr int64_t k_max_visibility_ms = 12 * 3'600'000; // as SQS: 12 hours
 constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long poll
 constexpr int k_max_receive = 1000;
+constexpr int k_sqlite_busy = 5; // SQLITE_BUSY, without including sqlite3.h here
 constexpr size_t k_bulk_chunk = 20'000;
 
 // Per-queue counter deltas gathered during one transaction and added once at its end.
@@ -670,6 +672,29 @@ struct Queue::Impl {
     return Located{receipt->seq, stmt->column_text(1), stmt->column_int(3)};
   }
 
+  // Delete the message a receipt handle names: one statement when the handle is current (the
+  // hot path of every consumer), and locate()'s diagnosis of why not otherwise.
+  Expected<void> remove_by_receipt(Txn& txn, std::string_view receipt_text)
+  {
+    static const std::string k_sql =
+      "DELETE FROM messages WHERE seq = ?1 AND queue_id = ?2 AND receipt_token = ?3"
+      " RETURNING group_id";
+    if (auto receipt = decode_receipt(receipt_text)) {
+      auto stmt = writer->prepare(k_sql);
+      stmt->bind(1, receipt->seq).bind(2, queue_id).bind(3, static_cast<int64_t>(receipt->token));
+      if (stmt->step()) {
+        txn.touched_groups.emplace(queue_id, stmt->column_text(0));
+        stmt->run(); // finish the statement
+        ++txn.counters[queue_id].deleted;
+        return {};
+      }
+    }
+    auto at = locate(receipt_text);
+    if (!at) return Unexpected(at.error());
+    do_remove(txn, *at); // not reached with a current handle; kept for safety
+    return {};
+  }
+
   void do_remove(Txn& txn, const Located& at)
   {
     static const std::string k_sql = "DELETE FROM messages WHERE seq = ?1";
@@ -912,12 +937,28 @@ Expected<void> check_queue_options(const QueueOptions& options)
 
 namespace {
 
-void apply_connection_settings(sqlite::Database& db)
+void apply_connection_settings(sqlite::Database& db, int64_t busy_timeout_ms)
 {
-  auto mode = [&] {
-    auto stmt = db.prepare("PRAGMA journal_mode=WAL");
-    return stmt->step() ? stmt->column_text(0) : std::string();
-  }();
+  auto switch_to_wal = [&]() -> std::string {
+    try {
+      auto stmt = db.prepare("PRAGMA journal_mode=WAL");
+      return stmt->step() ? stmt->column_text(0) : std::string();
+    } catch (const sqlite::SqliteError& e) {
+      if ((e.code() & 0xff) != k_sqlite_busy) throw;
+      return "busy";
+    }
+  };
+  // Switching a new file to WAL needs it to itself for a moment. While another process that
+  // is opening the same new file holds a lock, the pragma fails at once with "database is
+  // locked" (no busy handler runs for it) or answers with the old mode. Try again until the
+  // busy timeout.
+  std::string mode = switch_to_wal();
+  const auto deadline =
+    std::chrono::steady_clock::now() + std::chrono::milliseconds(busy_timeout_ms);
+  while (mode != "wal" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    mode = switch_to_wal();
+  }
   if (mode != "wal") {
     throw sqlite::SqliteError(1, fmt::format("cannot switch {} to WAL mode (got \"{}\"); is it on "
                                              "a network file system?",
@@ -1034,7 +1075,7 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
     impl->writer = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
     impl->wal_path = db_path + "-wal";
     if (auto ok = refuse_foreign(*impl->writer); !ok) return Unexpected(ok.error());
-    apply_connection_settings(*impl->writer);
+    apply_connection_settings(*impl->writer, options.busy_timeout_ms);
     if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
     impl->writer->exec("BEGIN IMMEDIATE");
     impl->queue_id = ensure_queue(*impl->writer, options.name, clock.now_ms());
@@ -1141,15 +1182,7 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
         const bool removing = first_try && !done.empty();
         op.fn = [&](Txn& txn) {
           if (removing) {
-            for (size_t i = 0; i < done.size(); ++i) {
-              auto at = impl.locate(done[i]);
-              if (!at) {
-                deleted[i] = Unexpected(at.error());
-                continue;
-              }
-              deleted[i] = {};
-              impl.do_remove(txn, *at);
-            }
+            for (size_t i = 0; i < done.size(); ++i) deleted[i] = impl.remove_by_receipt(txn, done[i]);
             impl.flush_groups(txn);
           }
           got = impl.do_receive(txn, max, visibility);
@@ -1182,15 +1215,7 @@ Expected<void> Queue::remove(std::string_view receipt)
 {
   Expected<void> result;
   WriteOp op;
-  op.fn = [&](Txn& txn) {
-    auto at = m_impl->locate(receipt);
-    if (!at) {
-      result = Unexpected(at.error());
-      return;
-    }
-    result = {};
-    m_impl->do_remove(txn, *at);
-  };
+  op.fn = [&](Txn& txn) { result = m_impl->remove_by_receipt(txn, receipt); };
   if (auto ok = m_impl->write(op, true); !ok) return ok;
   return result;
 }
@@ -1201,13 +1226,7 @@ std::vector<Expected<void>> Queue::remove_batch(const std::vector<std::string>& 
   WriteOp op;
   op.fn = [&](Txn& txn) {
     for (size_t i = 0; i < receipts.size(); ++i) {
-      auto at = m_impl->locate(receipts[i]);
-      if (!at) {
-        results[i] = Unexpected(at.error());
-        continue;
-      }
-      results[i] = {};
-      m_impl->do_remove(txn, *at);
+      results[i] = m_impl->remove_by_receipt(txn, receipts[i]);
     }
   };
   if (auto ok = m_impl->write(op, true); !ok) {

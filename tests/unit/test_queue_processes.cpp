@@ -554,3 +554,30 @@ TEST_CASE("Queue processes: every acknowledged send survives kill -9 of the send
     }
   }
 }
+
+// Regression: the first processes to open a new file raced to switch it to WAL, and the loser
+// failed at once with "database is locked" (SQLite runs no busy handler for that pragma).
+TEST_CASE("Queue processes: several processes opening a new file at once all succeed",
+          "[process]")
+{
+  for (int round = 0; round < 5; ++round) {
+    TempDir dir;
+    const std::string path = dir.file("acmo.db");
+    std::vector<pid_t> children;
+    for (int c = 0; c < 6; ++c) {
+      children.push_back(spawn({}, [&] {
+        auto q = Queue::open(path, QueueOptions{});
+        if (!q) return k_child_open_failed;
+        return (*q)->send(SendRequest{fmt::format("hello {}", ::getpid()), "g", ""})
+                 ? k_child_ok
+                 : k_child_send_failed;
+      }));
+    }
+    for (size_t i = 0; i < children.size(); ++i) {
+      INFO("round " << round << ", child " << i);
+      CHECK(wait_child(children[i]) == k_child_ok);
+    }
+    auto q = open_queue(path, {});
+    CHECK(must(q->stats()).visible == 6);
+  }
+}
