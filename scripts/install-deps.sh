@@ -7,7 +7,7 @@ packages=(
   build-essential cmake pkg-config ccache
   libsqlite3-dev libssl-dev libcli11-dev libfmt-dev libexpected-dev nlohmann-json3-dev
   libtomlplusplus-dev libpqxx-dev libhiredis-dev libcpp-httplib-dev catch2
-  scdoc
+  scdoc zsh fish
   postgresql redis-server
 )
 

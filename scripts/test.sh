@@ -4,11 +4,13 @@
 # A missing service is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
 scripts/install-deps.sh
 ACMO_BUILD_DIR=${ACMO_BUILD_DIR:-build} scripts/build.sh -DACMO_WERROR=ON -DACMO_BUILD_TESTS=ON
 
-trap 'scripts/test-services.sh stop' EXIT
+# Stop the services however the run ends, keeping the tests' exit status.
+trap 'status=$?; "$root/scripts/test-services.sh" stop || true; exit $status' EXIT
 eval "$(scripts/test-services.sh start | sed 's/^/export /')"
 
 cd "${ACMO_BUILD_DIR:-build}"
