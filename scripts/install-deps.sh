@@ -8,7 +8,7 @@ packages=(
   libsqlite3-dev libssl-dev libcli11-dev libfmt-dev libexpected-dev nlohmann-json3-dev
   libtomlplusplus-dev libpqxx-dev libhiredis-dev libcpp-httplib-dev catch2
   scdoc zsh fish
-  postgresql redis-server
+  postgresql redis-server iproute2
 )
 
 missing=()
