@@ -672,6 +672,25 @@ struct Queue::Impl {
     return Located{receipt->seq, stmt->column_text(1), stmt->column_int(3)};
   }
 
+  // Run `fn(txn, located)` in a write transaction on the message `receipt` names; the result
+  // is fn's, or the reason the handle names no message.
+  template<typename T, typename Fn>
+  Expected<T> with_receipt(std::string_view receipt, Fn fn)
+  {
+    Expected<T> result;
+    WriteOp op;
+    op.fn = [&](Txn& txn) {
+      auto at = locate(receipt);
+      if (at) {
+        result = fn(txn, *at);
+      } else {
+        result = Unexpected(at.error());
+      }
+    };
+    if (auto ok = write(op, true); !ok) return Unexpected(ok.error());
+    return result;
+  }
+
   // Delete the message a receipt handle names: one statement when the handle is current (the
   // hot path of every consumer), and locate()'s diagnosis of why not otherwise.
   Expected<void> remove_by_receipt(Txn& txn, std::string_view receipt_text)
@@ -1242,69 +1261,42 @@ Expected<void> Queue::change_visibility(std::string_view receipt, int64_t timeou
                       "the visibility timeout must be between 0 and 43200 s (12 h)",
                       "visibilityTimeout");
   }
-  Expected<void> result;
-  WriteOp op;
-  op.fn = [&](Txn& txn) {
-    auto at = m_impl->locate(receipt);
-    if (!at) {
-      result = Unexpected(at.error());
-      return;
-    }
-    result = {};
-    m_impl->do_hide(txn, *at, txn.now + timeout_ms, true, at->failures, {});
-  };
-  if (auto ok = m_impl->write(op, true); !ok) return ok;
-  return result;
+  return m_impl->with_receipt<void>(receipt, [&](Txn& txn, const Located& at) {
+    m_impl->do_hide(txn, at, txn.now + timeout_ms, true, at.failures, {});
+    return Expected<void>{};
+  });
 }
 
 Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_view error)
 {
-  Expected<ReleaseOutcome> result;
-  WriteOp op;
-  op.fn = [&](Txn& txn) {
-    auto at = m_impl->locate(receipt);
-    if (!at) {
-      result = Unexpected(at.error());
-      return;
-    }
+  return m_impl->with_receipt<ReleaseOutcome>(receipt, [&](Txn& txn, const Located& at) {
     ReleaseOutcome outcome;
-    outcome.attempt = at->failures + 1;
+    outcome.attempt = at.failures + 1;
     if (outcome.attempt > m_options.max_retries) {
       outcome.dead_lettered = true;
       auto reason = fmt::format("failed {} time{}, retries exhausted (queue.max_retries = {}): {}",
                                 outcome.attempt, outcome.attempt == 1 ? "" : "s",
                                 m_options.max_retries, error);
-      m_impl->do_dead_letter(txn, *at, reason, outcome.attempt, error);
+      m_impl->do_dead_letter(txn, at, reason, outcome.attempt, error);
     } else {
       const auto& delays = m_options.retry_delays_ms;
       if (!delays.empty()) {
         auto index = std::min(static_cast<size_t>(outcome.attempt - 1), delays.size() - 1);
         outcome.retry_in_ms = delays[index];
       }
-      m_impl->do_hide(txn, *at, txn.now + outcome.retry_in_ms, false, outcome.attempt, error);
+      m_impl->do_hide(txn, at, txn.now + outcome.retry_in_ms, false, outcome.attempt, error);
       ++txn.counters[m_impl->queue_id].retried;
     }
-    result = outcome;
-  };
-  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
-  return result;
+    return Expected<ReleaseOutcome>(outcome);
+  });
 }
 
 Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view reason)
 {
-  Expected<void> result;
-  WriteOp op;
-  op.fn = [&](Txn& txn) {
-    auto at = m_impl->locate(receipt);
-    if (!at) {
-      result = Unexpected(at.error());
-      return;
-    }
-    result = {};
-    m_impl->do_dead_letter(txn, *at, reason, at->failures + 1, reason);
-  };
-  if (auto ok = m_impl->write(op, true); !ok) return ok;
-  return result;
+  return m_impl->with_receipt<void>(receipt, [&](Txn& txn, const Located& at) {
+    m_impl->do_dead_letter(txn, at, reason, at.failures + 1, reason);
+    return Expected<void>{};
+  });
 }
 
 // --- the DLQ, purge, housekeeping ----------------------------------------------------------------
