@@ -708,18 +708,10 @@ struct Queue::Impl {
         return {};
       }
     }
+    // The handle is not current: locate() says why (garbage, gone, or stale).
     auto at = locate(receipt_text);
     if (!at) return Unexpected(at.error());
-    do_remove(txn, *at); // not reached with a current handle; kept for safety
-    return {};
-  }
-
-  void do_remove(Txn& txn, const Located& at)
-  {
-    static const std::string k_sql = "DELETE FROM messages WHERE seq = ?1";
-    writer->prepare(k_sql)->bind(1, at.seq).run();
-    ++txn.counters[queue_id].deleted;
-    txn.touched_groups.emplace(queue_id, at.group_id);
+    return make_error(Errc::internal, "the message of a current receipt handle was not deleted");
   }
 
   void do_hide(Txn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
