@@ -1022,6 +1022,16 @@ Expected<void> refuse_foreign(sqlite::Database& db)
   return {};
 }
 
+void sync_directory_of(const std::string& path)
+{
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return; // best effort: the files themselves are synced either way
+  ::fsync(fd);
+  ::close(fd);
+}
+
 // Create or migrate the schema; refuse files that belong to something else.
 Expected<void> migrate(sqlite::Database& db)
 {
@@ -1092,6 +1102,9 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
     impl->queue_id = ensure_queue(*impl->writer, options.name, clock.now_ms());
     impl->dlq_id = ensure_queue(*impl->writer, options.dlq_name, clock.now_ms());
     impl->writer->exec("COMMIT");
+    // The database and its WAL may have just been created: make their directory entries
+    // durable too, or a power cut could lose a file whose contents were fsynced.
+    sync_directory_of(db_path);
     impl->reader = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
     impl->reader->exec("PRAGMA query_only=ON");
   } catch (const sqlite::SqliteError& e) {
