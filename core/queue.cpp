@@ -714,6 +714,14 @@ struct Queue::Impl {
     return make_error(Errc::internal, "the message of a current receipt handle was not deleted");
   }
 
+  void remove_located(Txn& txn, const Located& at)
+  {
+    static const std::string k_sql = "DELETE FROM messages WHERE seq = ?1";
+    writer->prepare(k_sql)->bind(1, at.seq).run();
+    ++txn.counters[queue_id].deleted;
+    txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
   void do_hide(Txn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
                std::string_view error)
   {
@@ -1302,6 +1310,50 @@ Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view rea
     m_impl->do_dead_letter(txn, at, reason, at.failures + 1, reason);
     return Expected<void>{};
   });
+}
+
+Expected<void> Queue::settle(const std::vector<std::string>& receipts, const SettleWork& work)
+{
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    auto& impl = *m_impl;
+    std::vector<Located> located;
+    for (const auto& receipt : receipts) {
+      auto at = impl.locate(receipt);
+      if (!at) {
+        result = Unexpected(at.error());
+        return;
+      }
+      located.push_back(std::move(*at));
+    }
+    // A savepoint, so that failed work undoes only itself, not the other requests that share
+    // this transaction.
+    impl.writer->exec("SAVEPOINT settle");
+    auto dispositions = work(*impl.writer);
+    if (dispositions && dispositions->size() != receipts.size()) {
+      dispositions = make_error(Errc::internal, "settle: the work returned a disposition count "
+                                                "that differs from the receipt count");
+    }
+    if (!dispositions) {
+      impl.writer->exec("ROLLBACK TO settle");
+      impl.writer->exec("RELEASE settle");
+      result = Unexpected(dispositions.error());
+      return;
+    }
+    impl.writer->exec("RELEASE settle");
+    for (size_t i = 0; i < located.size(); ++i) {
+      const auto& d = (*dispositions)[i];
+      if (d.dead_letter) {
+        impl.do_dead_letter(txn, located[i], d.reason, located[i].failures + 1, d.reason);
+      } else {
+        impl.remove_located(txn, located[i]);
+      }
+    }
+    result = {};
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return ok;
+  return result;
 }
 
 // --- the DLQ, purge, housekeeping ----------------------------------------------------------------

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -86,6 +87,16 @@ struct ReleaseOutcome {
   int64_t retry_in_ms = 0; // delay before it is visible again (when not dead-lettered)
   int64_t attempt = 0;     // the attempt that failed, 1-based
 };
+
+// What settle() does with one message once the work that handled it has run.
+struct Disposition {
+  bool dead_letter = false; // false: the message was handled; delete it
+  std::string reason;       // why it can never succeed (with dead_letter)
+};
+
+// Work that must commit together with the messages it settles: it runs inside the queue's
+// write transaction, on the queue's own connection, and returns one Disposition per receipt.
+using SettleWork = std::function<Expected<std::vector<Disposition>>(sqlite::Database&)>;
 
 struct QueueStats {
   std::string name;
@@ -167,6 +178,15 @@ public:
   Expected<ReleaseOutcome> release(std::string_view receipt, std::string_view error);
   // Move a received message to the DLQ at once (a permanent error), with `reason`.
   Expected<void> dead_letter(std::string_view receipt, std::string_view reason);
+
+  // Run `work` and settle the messages of `receipts` by its dispositions, in one transaction:
+  // the work's changes and the deletions (or dead-letterings) commit together, or not at all.
+  // This is how the embedded order store applies an event exactly once: a crash before the
+  // commit loses both, and the message is delivered again. Every receipt must be current: if
+  // one is not (its message was delivered to someone else, or is gone), nothing runs and that
+  // receipt's error is returned. If `work` fails, its changes are rolled back, its error is
+  // returned, and the messages stay in flight for the caller to release.
+  Expected<void> settle(const std::vector<std::string>& receipts, const SettleWork& work);
 
   // Dead-lettered messages, oldest first.
   Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0);
