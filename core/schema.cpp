@@ -67,6 +67,33 @@ CREATE TABLE dedup (
   expires_at INTEGER NOT NULL
 );
 )SQL",
+    // 2: the embedded order store. Items are kept as JSON with money in integer cents.
+    R"SQL(
+CREATE TABLE orders (
+  id TEXT PRIMARY KEY,
+  customer_name TEXT NOT NULL,
+  customer_email TEXT NOT NULL,
+  items TEXT NOT NULL,
+  total_cents INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX orders_by_created ON orders(created_at);
+CREATE INDEX orders_by_status ON orders(status, created_at);
+-- The audit trail: every applied event, in the order applied; it outlives a DELETE.
+CREATE TABLE order_events (
+  id INTEGER PRIMARY KEY,
+  order_id TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  type TEXT NOT NULL,
+  data TEXT NOT NULL,
+  applied_at INTEGER NOT NULL
+);
+CREATE INDEX order_events_by_order ON order_events(order_id, id);
+)SQL",
   };
   return k_migrations;
 }

@@ -1,0 +1,150 @@
+#include "core/order_handler.hpp"
+
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "core/order_store.hpp"
+#include "core/sqlite.hpp"
+
+namespace acmo {
+
+OrderHandler::OrderHandler(Queue& queue, std::string db_path, HandlerOptions options,
+                           const Clock& clock)
+  : m_queue(queue), m_db_path(std::move(db_path)), m_options(options), m_clock(clock)
+{
+}
+
+void OrderHandler::record_error(const std::string& message)
+{
+  std::lock_guard lock(m_stats_mu);
+  m_stats.last_error = message;
+}
+
+HandlerStats OrderHandler::stats() const
+{
+  std::lock_guard lock(m_stats_mu);
+  return m_stats;
+}
+
+Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
+{
+  auto got = m_queue.receive(m_options.batch_size, {}, wait_ms);
+  if (!got) {
+    record_error(got.error().message);
+    return Unexpected(got.error());
+  }
+  if (got->empty()) return 0;
+
+  // The handler checks events again: other producers may have put anything on the queue.
+  std::vector<std::string> receipts;
+  std::vector<Expected<AppliedEvent>> events;
+  for (const auto& m : *got) {
+    receipts.push_back(m.receipt);
+    auto event = parse_event(m.body);
+    if (event) {
+      events.emplace_back(AppliedEvent{m.message_id, m.seq, std::move(*event)});
+    } else {
+      events.emplace_back(Unexpected(event.error()));
+    }
+  }
+  int64_t applied = 0;
+  int64_t dead = 0;
+  std::string last_reason;
+  auto settled = m_queue.settle(receipts, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+    applied = 0;
+    dead = 0;
+    std::vector<Disposition> out(events.size());
+    const int64_t now = m_clock.now_ms();
+    for (size_t i = 0; i < events.size(); ++i) {
+      // The events arrive in group order and are applied in that order; one that can never
+      // apply goes to the DLQ with its reason, and the group goes on.
+      Expected<void> ok = events[i] ? SqliteOrderStore::apply(db, *events[i], now)
+                                    : Expected<void>(Unexpected(events[i].error()));
+      if (ok) {
+        ++applied;
+      } else {
+        out[i] = Disposition{true, ok.error().message};
+        last_reason = ok.error().message;
+        ++dead;
+      }
+    }
+    return out;
+  });
+  std::lock_guard lock(m_stats_mu);
+  ++m_stats.batches;
+  if (settled) {
+    m_stats.processed += applied;
+    m_stats.dead_lettered += dead;
+    if (dead > 0) m_stats.last_error = last_reason;
+    return static_cast<int64_t>(got->size());
+  }
+  m_stats.last_error = settled.error().message;
+  if (settled.error().code == Errc::stale || settled.error().code == Errc::not_found) {
+    // Another handler has these messages now (our visibility ran out): nothing to undo.
+    return static_cast<int64_t>(got->size());
+  }
+  // A transient failure (the database busy or the disk full): retry with backoff.
+  for (const auto& receipt : receipts) {
+    auto released = m_queue.release(receipt, settled.error().message);
+    if (released && released->dead_lettered) {
+      ++m_stats.dead_lettered;
+    } else if (released) {
+      ++m_stats.retried;
+    }
+  }
+  return static_cast<int64_t>(got->size());
+}
+
+Expected<HandlerStats> OrderHandler::run_once()
+{
+  std::optional<Error> failure;
+  std::mutex failure_mu;
+  auto worker = [&] {
+    for (;;) {
+      // A short wait: messages that became visible a moment ago (a group's next message after
+      // another worker's delete) are picked up, but an empty queue ends the run quickly.
+      auto n = process_batch(50);
+      if (!n) {
+        std::lock_guard lock(failure_mu);
+        failure = n.error();
+        return;
+      }
+      if (*n == 0) return;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 1; i < m_options.concurrency; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  if (failure) return Unexpected(*failure);
+  return stats();
+}
+
+Expected<HandlerStats> OrderHandler::run()
+{
+  auto worker = [&] {
+    while (!m_stopping.load()) {
+      auto n = process_batch(m_options.wait_ms);
+      if (!n && !m_stopping.load()) {
+        // Keep going: the failure is counted, and a dependency may come back.
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 1; i < m_options.concurrency; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  return stats();
+}
+
+void OrderHandler::stop()
+{
+  m_stopping = true;
+  m_queue.interrupt(); // wake the workers waiting in a long poll
+}
+
+} // namespace acmo

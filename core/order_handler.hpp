@@ -1,0 +1,61 @@
+// The OrderHandler (SPEC §3): takes order events off the queue, applies them to the order
+// store in group order, and settles their messages: deleted when applied, dead-lettered at
+// once when they can never apply, released with backoff when a dependency failed.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/queue.hpp"
+
+namespace acmo {
+
+struct HandlerOptions {
+  int concurrency = 1;   // worker threads; they share the queue's group commit
+  int batch_size = 10;   // messages per receive
+  int64_t wait_ms = 1000; // long poll of an idle worker
+};
+
+struct HandlerStats {
+  int64_t processed = 0;     // events applied
+  int64_t dead_lettered = 0; // events that can never apply, moved to the DLQ
+  int64_t retried = 0;       // messages released for a retry after a transient failure
+  int64_t batches = 0;
+  std::string last_error;
+};
+
+class OrderHandler
+{
+public:
+  // `db_path` is the queue's database, where the embedded order store lives too.
+  OrderHandler(Queue& queue, std::string db_path, HandlerOptions options,
+               const Clock& clock = SystemClock::instance());
+
+  // Process until a receive finds nothing to do, then return (acmo run-handler --once).
+  Expected<HandlerStats> run_once();
+  // Process until stop() is called; the batches in hand are finished first.
+  Expected<HandlerStats> run();
+  // Ask run() to return; safe from any thread.
+  void stop();
+
+  HandlerStats stats() const;
+
+private:
+  // Receive one batch and settle it; returns how many messages it received.
+  Expected<int64_t> process_batch(int64_t wait_ms);
+  void record_error(const std::string& message);
+
+  Queue& m_queue;
+  std::string m_db_path;
+  HandlerOptions m_options;
+  const Clock& m_clock;
+  std::atomic<bool> m_stopping{false};
+  mutable std::mutex m_stats_mu;
+  HandlerStats m_stats;
+};
+
+} // namespace acmo

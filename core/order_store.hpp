@@ -1,0 +1,80 @@
+// Where orders live (SPEC §4): the OrderStore port, and its embedded adapter on SQLite, in the
+// same database file as the queue so that applying an event and deleting its message commit
+// together (Queue::settle).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/order.hpp"
+#include "core/order_event.hpp"
+
+namespace acmo {
+
+namespace sqlite {
+class Database;
+}
+
+// An event as the handler applies it: the event and the message that carried it.
+struct AppliedEvent {
+  std::string message_id;
+  int64_t seq = 0;
+  OrderEvent event;
+};
+
+// One entry of an order's audit trail.
+struct OrderEventRecord {
+  std::string message_id;
+  int64_t seq = 0;
+  std::string type; // "CREATE", "UPDATE", "DELETE"
+  nlohmann::json data;
+  int64_t applied_at_ms = 0;
+};
+
+struct OrderList {
+  std::vector<Order> orders;
+  int64_t total = 0; // matching orders in all, beyond limit and offset
+};
+
+// Reading orders; every store answers these.
+class OrderStore
+{
+public:
+  virtual ~OrderStore() = default;
+  // The order, or Errc::not_found.
+  virtual Expected<Order> get(std::string_view id) = 0;
+  // Orders, newest first; `status` empty for all.
+  virtual Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) = 0;
+  // The order's applied events in the order they were applied (also after a DELETE).
+  virtual Expected<std::vector<OrderEventRecord>> events(std::string_view id) = 0;
+};
+
+class SqliteOrderStore final : public OrderStore
+{
+public:
+  // Open the store of the database at `db_path` for reading (the schema is the queue's: open
+  // the Queue first, which creates and migrates it).
+  static Expected<std::unique_ptr<SqliteOrderStore>> open(const std::string& db_path);
+  ~SqliteOrderStore() override;
+
+  // Apply one event on `db`, inside the caller's transaction (the queue's, in Queue::settle),
+  // and append it to the audit trail. Errc::invalid_input, not_found and conflict are permanent
+  // failures (the event can never apply) and change nothing; SQLite errors are thrown.
+  static Expected<void> apply(sqlite::Database& db, const AppliedEvent& applied, int64_t now_ms);
+
+  Expected<Order> get(std::string_view id) override;
+  Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) override;
+  Expected<std::vector<OrderEventRecord>> events(std::string_view id) override;
+
+private:
+  explicit SqliteOrderStore(std::unique_ptr<sqlite::Database> db);
+  std::unique_ptr<sqlite::Database> m_db;
+};
+
+} // namespace acmo
