@@ -22,6 +22,8 @@
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
 
+#include "core/order_event.hpp"
+#include "core/order_handler.hpp"
 #include "core/queue.hpp"
 
 namespace {
@@ -39,6 +41,7 @@ struct Settings {
   int64_t per_thread = 1'000;
   int64_t drain_messages = 100'000;
   int wake_samples = 200;
+  int64_t pipeline_events = 40'000;
   std::string dir;
   std::vector<std::string> only;
   bool durable_full = true;
@@ -186,6 +189,49 @@ double concurrent_send(const Settings& s)
   return static_cast<double>(s.threads * s.per_thread) / elapsed;
 }
 
+// End to end on the embedded store: a full queue of order events (CREATE, then UPDATE to
+// processing, per order) applied by the OrderHandler, in one group or one group per order.
+double pipeline(const Settings& s, bool group_per_order, int concurrency, int batch)
+{
+  RunDir dir(s.dir);
+  auto q = open(dir.db(), s);
+  const int64_t orders = s.pipeline_events / 2;
+  std::vector<SendRequest> requests;
+  requests.reserve(static_cast<size_t>(s.pipeline_events));
+  for (int64_t pass = 0; pass < 2; ++pass) {
+    for (int64_t i = 0; i < orders; ++i) {
+      acmo::OrderEvent e;
+      e.order_id = fmt::format("ord_{:012}", i);
+      if (pass == 0) {
+        e.type = acmo::EventType::create;
+        e.data = {{"customer_name", "Bench"},
+                  {"customer_email", "bench@example.com"},
+                  {"items", nlohmann::json::array({{{"product_id", "p1"}, {"quantity", 2}, {"unit_price", 9.99}}})}};
+      } else {
+        e.type = acmo::EventType::update;
+        e.data = {{"status", "processing"}};
+      }
+      SendRequest r;
+      r.body = acmo::event_body(e);
+      r.group_id = group_per_order ? e.order_id : "orders";
+      requests.push_back(std::move(r));
+    }
+  }
+  for (const auto& r : q->send_bulk(requests)) {
+    if (!r) throw std::runtime_error(r.error().message);
+  }
+  acmo::OrderHandler handler(*q, dir.db(), acmo::HandlerOptions{concurrency, batch, 50});
+  auto start = Clock::now();
+  auto stats = handler.run_once();
+  double elapsed = seconds_since(start);
+  if (!stats) throw std::runtime_error(stats.error().message);
+  if (stats->processed != s.pipeline_events) {
+    throw std::runtime_error(fmt::format("pipeline applied {} of {} events ({})", stats->processed,
+                                         s.pipeline_events, stats->last_error));
+  }
+  return static_cast<double>(stats->processed) / elapsed;
+}
+
 // The consumer loop with remove_and_receive: each batch's deletion rides on the next receive.
 double receive_delete_combined(const Settings& s, int64_t groups)
 {
@@ -322,10 +368,11 @@ int main(int argc, char** argv)
   app.add_option("--per-thread", s.per_thread, "Messages each sender thread sends");
   app.add_option("--drain-messages", s.drain_messages, "Messages in the receive+delete scenario");
   app.add_option("--wake-samples", s.wake_samples, "Messages in the cross-process wake-up scenario");
+  app.add_option("--pipeline-events", s.pipeline_events, "Events in the end-to-end scenarios");
   app.add_option("--only", s.only,
                  "Run only these scenarios: baseline, bulk_send, concurrent_send, "
                  "receive_delete, receive_delete_groups, receive_delete_combined, "
-                 "receive_delete_combined_groups, wakeup");
+                 "receive_delete_combined_groups, pipeline, wakeup");
   bool normal = false;
   app.add_flag("--normal", normal, "Use queue.durability = \"normal\" instead of \"full\"");
   CLI11_PARSE(app, argc, argv);
@@ -336,7 +383,8 @@ int main(int argc, char** argv)
                  {"runs", s.runs}};
   try {
     std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, combined,
-      combined_groups, wake_p50, wake_p99, wake_max;
+      combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
+      pipe_order_100;
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "baseline")) {
         RunDir a(s.dir), b(s.dir);
@@ -350,6 +398,12 @@ int main(int argc, char** argv)
       if (wanted(s, "receive_delete_combined")) combined.push_back(receive_delete_combined(s, 1));
       if (wanted(s, "receive_delete_combined_groups")) {
         combined_groups.push_back(receive_delete_combined(s, 1000));
+      }
+      if (wanted(s, "pipeline")) {
+        pipe_single.push_back(pipeline(s, false, 1, 10));
+        pipe_order.push_back(pipeline(s, true, 2, 10));
+        pipe_single_100.push_back(pipeline(s, false, 1, 100));
+        pipe_order_100.push_back(pipeline(s, true, 2, 100));
       }
       if (wanted(s, "wakeup")) {
         auto lat = wake_latencies(s);
@@ -393,6 +447,24 @@ int main(int argc, char** argv)
     if (!combined_groups.empty()) {
       results["receive_delete_batch10_combined_1000_groups"] = rate_entry(combined_groups, 50'000);
       results["receive_delete_batch10_combined_1000_groups"]["groups"] = 1000;
+    }
+    if (!pipe_single.empty()) {
+      auto entry = [&](const std::vector<double>& runs, const char* groups, int concurrency,
+                       int batch) {
+        json e = rate_entry(runs, 50'000);
+        e["unit"] = "events/s";
+        e["store"] = "sqlite";
+        e["groups"] = groups;
+        e["concurrency"] = concurrency;
+        e["batch_size"] = batch;
+        e["events"] = s.pipeline_events;
+        return e;
+      };
+      results["pipeline_sqlite_single_group_batch10"] = entry(pipe_single, "orders", 1, 10);
+      results["pipeline_sqlite_group_per_order_batch10"] = entry(pipe_order, "per order", 2, 10);
+      results["pipeline_sqlite_single_group_batch100"] = entry(pipe_single_100, "orders", 1, 100);
+      results["pipeline_sqlite_group_per_order_batch100"] =
+        entry(pipe_order_100, "per order", 2, 100);
     }
     if (!wake_p50.empty()) {
       results["cross_process_wakeup"] = {
