@@ -27,6 +27,7 @@
 #include "core/ids.hpp"
 #include "core/queue.hpp"
 #include "queue_test_util.hpp"
+#include "process_util.hpp"
 #include "temp_dir.hpp"
 
 using namespace acmo;
@@ -38,14 +39,7 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-// Exit codes of the children, so that a failure in one says where it happened.
-constexpr int k_child_ok = 0;
-constexpr int k_child_open_failed = 10;
-constexpr int k_child_send_failed = 11;
-constexpr int k_child_receive_failed = 12;
-constexpr int k_child_remove_failed = 13;
-constexpr int k_child_write_failed = 14;
-constexpr int k_child_threw = 15;
+using namespace acmo::test::process;
 
 class Pipe
 {
@@ -129,47 +123,6 @@ private:
   int m_fd;
   std::string m_pending;
 };
-
-// Run `body` in a child process and _exit() with what it returns. `close_in_child` lists the
-// descriptors the child must not keep (pipe ends that belong to the parent or other children:
-// a reader only sees end of file once every copy of the write end is closed).
-pid_t spawn(const std::vector<int>& close_in_child, const std::function<int()>& body)
-{
-  pid_t pid = ::fork();
-  if (pid < 0) FAIL("fork() failed");
-  if (pid == 0) {
-    for (int fd : close_in_child) ::close(fd);
-    int code = k_child_threw;
-    try {
-      code = body();
-    } catch (...) {
-    }
-    ::_exit(code);
-  }
-  return pid;
-}
-
-// Wait for a child; after `timeout` kill it. Returns its exit code, or 128 + the signal that
-// ended it.
-int wait_child(pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(30))
-{
-  const auto deadline = SteadyClock::now() + timeout;
-  int status = 0;
-  for (;;) {
-    pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (r < 0 && errno != EINTR) return -1;
-    if (SteadyClock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return -2;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
 
 std::vector<std::string> split(const std::string& line)
 {
