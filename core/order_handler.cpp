@@ -1,11 +1,16 @@
 #include "core/order_handler.hpp"
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <optional>
 #include <thread>
 #include <vector>
 
 #include <fmt/core.h>
+#include <unistd.h>
 
+#include "core/handler_registry.hpp"
 #include "core/order_store.hpp"
 #include "core/sqlite.hpp"
 
@@ -26,7 +31,62 @@ void OrderHandler::record_error(const std::string& message)
 HandlerStats OrderHandler::stats() const
 {
   std::lock_guard lock(m_stats_mu);
-  return m_stats;
+  HandlerStats s = m_stats;
+  if (!m_latencies_us.empty()) {
+    std::vector<int64_t> sorted = m_latencies_us;
+    std::sort(sorted.begin(), sorted.end());
+    auto at = [&](double p) {
+      return sorted[static_cast<size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5)];
+    };
+    s.latency_p50_us = at(0.50);
+    s.latency_p99_us = at(0.99);
+  }
+  return s;
+}
+
+Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<HandlerStats>()>& body)
+{
+  HandlerRecord record;
+  record.id = new_handler_id();
+  record.pid = ::getpid();
+  record.host = host_name();
+  record.started_at_ms = m_clock.now_ms();
+  auto beat = [&](int64_t stopped_at) {
+    const HandlerStats s = stats();
+    record.heartbeat_at_ms = m_clock.now_ms();
+    record.stopped_at_ms = stopped_at;
+    record.processed = s.processed;
+    record.dead_lettered = s.dead_lettered;
+    record.retried = s.retried;
+    record.batches = s.batches;
+    record.latency_p50_us = s.latency_p50_us;
+    record.latency_p99_us = s.latency_p99_us;
+    record.last_error = s.last_error;
+    // The registry is for monitoring: a failed beat is noted, never fatal to the handler.
+    if (auto ok = save_handler(m_queue, record); !ok) record_error(ok.error().message);
+  };
+  beat(0);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread heart([&] {
+    std::unique_lock lock(mu);
+    while (!cv.wait_for(lock, std::chrono::milliseconds(k_heartbeat_interval_ms),
+                        [&] { return done; })) {
+      lock.unlock();
+      beat(0);
+      lock.lock();
+    }
+  });
+  auto result = body();
+  {
+    std::lock_guard lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  heart.join();
+  beat(m_clock.now_ms());
+  return result;
 }
 
 Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
@@ -53,6 +113,7 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
   int64_t applied = 0;
   int64_t dead = 0;
   std::string last_reason;
+  const auto started = std::chrono::steady_clock::now();
   auto settled = m_queue.settle(receipts, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
     applied = 0;
     dead = 0;
@@ -73,8 +134,16 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     }
     return out;
   });
+  const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now() - started)
+                            .count();
   std::lock_guard lock(m_stats_mu);
   ++m_stats.batches;
+  if (m_latencies_us.size() < 1024) {
+    m_latencies_us.push_back(latency_us);
+  } else {
+    m_latencies_us[m_latency_next++ % 1024] = latency_us;
+  }
   if (settled) {
     m_stats.processed += applied;
     m_stats.dead_lettered += dead;
@@ -100,6 +169,11 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
 
 Expected<HandlerStats> OrderHandler::run_once()
 {
+  return registered([this] { return run_once_unregistered(); });
+}
+
+Expected<HandlerStats> OrderHandler::run_once_unregistered()
+{
   std::optional<Error> failure;
   std::mutex failure_mu;
   auto worker = [&] {
@@ -124,6 +198,11 @@ Expected<HandlerStats> OrderHandler::run_once()
 }
 
 Expected<HandlerStats> OrderHandler::run()
+{
+  return registered([this] { return run_unregistered(); });
+}
+
+Expected<HandlerStats> OrderHandler::run_unregistered()
 {
   auto worker = [&] {
     while (!m_stopping.load()) {

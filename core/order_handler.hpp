@@ -5,8 +5,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
@@ -25,6 +27,8 @@ struct HandlerStats {
   int64_t dead_lettered = 0; // events that can never apply, moved to the DLQ
   int64_t retried = 0;       // messages released for a retry after a transient failure
   int64_t batches = 0;
+  int64_t latency_p50_us = 0; // time to apply and settle one batch, over the last 1,024
+  int64_t latency_p99_us = 0;
   std::string last_error;
 };
 
@@ -34,6 +38,9 @@ public:
   // `db_path` is the queue's database, where the embedded order store lives too.
   OrderHandler(Queue& queue, std::string db_path, HandlerOptions options,
                const Clock& clock = SystemClock::instance());
+
+  // Both runs register the handler in the database (see handler_registry.hpp), beat every
+  // second with its figures while they run, and mark it stopped when they return.
 
   // Process until a receive finds nothing to do, then return (acmo run-handler --once).
   Expected<HandlerStats> run_once();
@@ -48,6 +55,10 @@ private:
   // Receive one batch and settle it; returns how many messages it received.
   Expected<int64_t> process_batch(int64_t wait_ms);
   void record_error(const std::string& message);
+  Expected<HandlerStats> run_once_unregistered();
+  Expected<HandlerStats> run_unregistered();
+  // Run `body` registered in the handler registry, with a heartbeat.
+  Expected<HandlerStats> registered(const std::function<Expected<HandlerStats>()>& body);
 
   Queue& m_queue;
   std::string m_db_path;
@@ -56,6 +67,8 @@ private:
   std::atomic<bool> m_stopping{false};
   mutable std::mutex m_stats_mu;
   HandlerStats m_stats;
+  std::vector<int64_t> m_latencies_us; // a ring of the last 1,024 batch latencies
+  size_t m_latency_next = 0;
 };
 
 } // namespace acmo

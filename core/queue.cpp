@@ -1312,6 +1312,21 @@ Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view rea
   });
 }
 
+Expected<void> Queue::run_write(const std::function<Expected<void>(sqlite::Database&)>& work)
+{
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn&) {
+    auto& writer = *m_impl->writer;
+    writer.exec("SAVEPOINT work");
+    result = work(writer);
+    writer.exec(result ? "RELEASE work" : "ROLLBACK TO work");
+    if (!result) writer.exec("RELEASE work");
+  };
+  if (auto ok = m_impl->write(op, false); !ok) return ok;
+  return result;
+}
+
 Expected<void> Queue::settle(const std::vector<std::string>& receipts, const SettleWork& work)
 {
   Expected<void> result;

@@ -179,6 +179,11 @@ public:
   // Move a received message to the DLQ at once (a permanent error), with `reason`.
   Expected<void> dead_letter(std::string_view receipt, std::string_view reason);
 
+  // Run `work` in a write transaction of the queue's database, with the queue's own connection
+  // (not fsynced: for bookkeeping such as the handler registry). A thrown SQLite error or a
+  // returned error rolls back the work.
+  Expected<void> run_write(const std::function<Expected<void>(sqlite::Database&)>& work);
+
   // Run `work` and settle the messages of `receipts` by its dispositions, in one transaction:
   // the work's changes and the deletions (or dead-letterings) commit together, or not at all.
   // This is how the embedded order store applies an event exactly once: a crash before the

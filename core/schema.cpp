@@ -94,6 +94,24 @@ CREATE TABLE order_events (
 );
 CREATE INDEX order_events_by_order ON order_events(order_id, id);
 )SQL",
+    // 3: the handler registry: every running OrderHandler, its heartbeat and its figures.
+    R"SQL(
+CREATE TABLE handlers (
+  id TEXT PRIMARY KEY,
+  pid INTEGER NOT NULL,
+  host TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  heartbeat_at INTEGER NOT NULL,
+  stopped_at INTEGER NOT NULL DEFAULT 0,
+  processed INTEGER NOT NULL DEFAULT 0,
+  dead_lettered INTEGER NOT NULL DEFAULT 0,
+  retried INTEGER NOT NULL DEFAULT 0,
+  batches INTEGER NOT NULL DEFAULT 0,
+  latency_p50_us INTEGER NOT NULL DEFAULT 0,
+  latency_p99_us INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+)SQL",
   };
   return k_migrations;
 }

@@ -1,8 +1,11 @@
 // The OrderHandler on the embedded store: events applied once, in group order, with the
 // ones that can never apply dead-lettered with their reason.
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
 #include "core/order_handler.hpp"
+#include "core/handler_registry.hpp"
 #include "core/order_store.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"
@@ -120,4 +123,37 @@ TEST_CASE("OrderHandler: a CREATE for an existing order is a permanent failure",
   auto dead = must(q->dlq_list());
   REQUIRE(dead.size() == 1);
   CHECK(dead[0].dead_reason.find("already exists") != std::string::npos);
+}
+
+TEST_CASE("OrderHandler: a run registers the handler with its figures, stopped at the end",
+          "[handler]")
+{
+  TempDir dir;
+  ManualClock clock;
+  const std::string path = dir.file("acmo.db");
+  auto q = open_queue(path, {}, clock);
+  send_event(*q, k_create_a);
+  send_event(*q, R"({"type":"UPDATE","orderId":"ord_a","data":{"status":"cancelled"}})");
+  OrderHandler handler(*q, path, HandlerOptions{1, 10, 50}, clock);
+  auto stats = must(handler.run_once());
+  CHECK(stats.batches >= 1);
+  CHECK(stats.latency_p99_us >= stats.latency_p50_us);
+  auto handlers = must(list_handlers(path, clock.now_ms()));
+  REQUIRE(handlers.size() == 1);
+  const auto& h = handlers[0];
+  CHECK(h.pid == ::getpid());
+  CHECK(h.processed == 2);
+  CHECK(h.batches == stats.batches);
+  CHECK(h.state(clock.now_ms()) == "stopped");
+  CHECK(h.id.find(":" + std::to_string(::getpid()) + ":") != std::string::npos);
+}
+
+TEST_CASE("HandlerRecord: running while it beats, gone once the beats stop", "[handler]")
+{
+  HandlerRecord r;
+  r.heartbeat_at_ms = 10'000;
+  CHECK(r.state(10'000 + k_heartbeat_timeout_ms) == "running");
+  CHECK(r.state(10'001 + k_heartbeat_timeout_ms) == "gone");
+  r.stopped_at_ms = 12'000;
+  CHECK(r.state(99'000) == "stopped");
 }
