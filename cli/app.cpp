@@ -21,6 +21,11 @@ constexpr std::array k_subcommands = {
   Subcommand{"stats", "Show queue figures (a table on a TTY, --json for scripts)", &setup_stats},
   Subcommand{"purge", "Remove every message of the queue (or its DLQ) and its dedup history",
              &setup_purge},
+  Subcommand{"run-handler",
+             "Run the OrderHandler: apply queued events to the orders (--once: until none is left)",
+             &setup_run_handler},
+  Subcommand{"orders", "Read orders and their audit trail (get ID | list | events ID)",
+             &setup_orders},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},
 };
 

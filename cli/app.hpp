@@ -41,6 +41,8 @@ struct Subcommand {
 Runner setup_send(CLI::App& sub, const GlobalOptions& global);
 Runner setup_stats(CLI::App& sub, const GlobalOptions& global);
 Runner setup_purge(CLI::App& sub, const GlobalOptions& global);
+Runner setup_run_handler(CLI::App& sub, const GlobalOptions& global);
+Runner setup_orders(CLI::App& sub, const GlobalOptions& global);
 Runner setup_config(CLI::App& sub, const GlobalOptions& global);
 
 // The configuration in force (SPEC §6), loaded once: --config or $ACMO_CONFIG, else the first

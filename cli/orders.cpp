@@ -1,0 +1,244 @@
+// acmo orders get | list | events: read orders and their audit trail from the order store.
+#include <algorithm>
+#include <array>
+#include <memory>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "cli/app.hpp"
+#include "cli/output.hpp"
+#include "core/ids.hpp"
+#include "core/order_store.hpp"
+#include "core/paths.hpp"
+
+namespace acmo::cli {
+
+namespace {
+
+struct OrdersOptions {
+  std::string id;
+  std::string status;
+  int64_t limit = 50;
+  int64_t offset = 0;
+};
+
+constexpr int64_t k_max_limit = 1000;
+constexpr const char* k_statuses = "pending, processing, shipped, delivered or cancelled";
+
+// The embedded order store of the data dir. The queue is opened first: it creates and migrates
+// the schema, so reading a fresh data dir finds no orders rather than no tables.
+std::unique_ptr<OrderStore> open_store(const GlobalOptions& global)
+{
+  auto queue = open_queue(global);
+  auto store = SqliteOrderStore::open(database_path(data_dir(global)));
+  if (!store) throw Fatal(store.error());
+  return std::move(*store);
+}
+
+int no_such_order(const std::string& id, const GlobalOptions& global)
+{
+  print_error(fmt::format("no order {} in the data dir {}; `acmo orders list` shows the orders "
+                          "there (a CREATE counts once the handler has applied it)",
+                          id, data_dir(global)));
+  return exit_code::k_not_found;
+}
+
+int check_id(const std::string& id)
+{
+  if (auto ok = check_order_id(id); !ok) return report(ok.error());
+  return exit_code::k_ok;
+}
+
+std::string money(int64_t cents) { return fmt::format("{}.{:02}", cents / 100, cents % 100); }
+
+// Columns are padded by characters, not bytes, so that names in UTF-8 line up.
+size_t text_width(std::string_view text)
+{
+  size_t width = 0;
+  for (char c : text) {
+    if ((static_cast<unsigned char>(c) & 0xC0U) != 0x80U) ++width;
+  }
+  return width;
+}
+
+std::string pad(std::string text, size_t width)
+{
+  const size_t w = text_width(text);
+  if (w < width) text.append(width - w, ' ');
+  return text;
+}
+
+std::string pad_left(const std::string& text, size_t width)
+{
+  const size_t w = text_width(text);
+  return w < width ? std::string(width - w, ' ') + text : text;
+}
+
+int run_get(const OrdersOptions& opts, const GlobalOptions& global)
+{
+  if (int rc = check_id(opts.id); rc != exit_code::k_ok) return rc;
+  auto store = open_store(global);
+  auto order = store->get(opts.id);
+  if (!order) {
+    if (order.error().code == Errc::not_found) return no_such_order(opts.id, global);
+    return report(order.error());
+  }
+  const Order& o = *order;
+  if (global.json) {
+    print_json(order_to_json(o));
+    return exit_code::k_ok;
+  }
+  fmt::print("order {}\n", o.id);
+  print_table({
+    {"  status", o.status},
+    {"  customer", fmt::format("{} <{}>", o.customer_name, o.customer_email)},
+    {"  total", money(o.total_cents)},
+    {"  version", std::to_string(o.version)},
+    {"  created", format_timestamp(o.created_at_ms)},
+    {"  updated", format_timestamp(o.updated_at_ms)},
+  });
+  if (o.items.empty()) {
+    fmt::print("no items\n");
+    return exit_code::k_ok;
+  }
+  fmt::print("items\n");
+  size_t product_width = 0;
+  size_t name_width = 0;
+  size_t quantity_width = 0;
+  size_t price_width = 0;
+  size_t line_width = 0;
+  // quantity × unit price fits: the core refuses totals over 10^11 cents.
+  auto line_total = [](const OrderItem& item) {
+    return money(item.quantity * item.unit_price_cents);
+  };
+  for (const auto& item : o.items) {
+    product_width = std::max(product_width, text_width(item.product_id));
+    name_width = std::max(name_width, text_width(item.name));
+    quantity_width = std::max(quantity_width, std::to_string(item.quantity).size());
+    price_width = std::max(price_width, money(item.unit_price_cents).size());
+    line_width = std::max(line_width, line_total(item).size());
+  }
+  for (const auto& item : o.items) {
+    fmt::print("  {}  {}  {} x {} = {}\n", pad(item.product_id, product_width),
+               pad(item.name, name_width), pad_left(std::to_string(item.quantity), quantity_width),
+               pad_left(money(item.unit_price_cents), price_width),
+               pad_left(line_total(item), line_width));
+  }
+  return exit_code::k_ok;
+}
+
+int run_list(const OrdersOptions& opts, const GlobalOptions& global)
+{
+  if (!opts.status.empty() && !is_order_status(opts.status)) {
+    throw Fatal(fmt::format("--status must be {} (got '{}')", k_statuses, opts.status),
+                exit_code::k_usage);
+  }
+  if (opts.limit < 1 || opts.limit > k_max_limit) {
+    throw Fatal(fmt::format("--limit must be between 1 and {} (got {})", k_max_limit, opts.limit),
+                exit_code::k_usage);
+  }
+  if (opts.offset < 0) {
+    throw Fatal(fmt::format("--offset must be 0 or more (got {})", opts.offset),
+                exit_code::k_usage);
+  }
+  auto store = open_store(global);
+  auto list = store->list(opts.status, opts.limit, opts.offset);
+  if (!list) return report(list.error());
+  if (global.json) {
+    nlohmann::json orders = nlohmann::json::array();
+    for (const auto& order : list->orders) orders.push_back(order_to_json(order));
+    print_json({{"orders", std::move(orders)}, {"total", list->total}});
+    return exit_code::k_ok;
+  }
+  const std::string what = opts.status.empty() ? "orders" : opts.status + " orders";
+  if (list->orders.empty()) {
+    if (list->total == 0) {
+      fmt::print("no {}\n", what);
+    } else {
+      fmt::print("no {} past offset {} ({} in all)\n", what, opts.offset, list->total);
+    }
+    return exit_code::k_ok;
+  }
+  std::vector<std::array<std::string, 5>> rows;
+  rows.push_back({"ID", "STATUS", "TOTAL", "CUSTOMER", "CREATED"});
+  for (const auto& o : list->orders) {
+    rows.push_back(
+      {o.id, o.status, money(o.total_cents), o.customer_name, format_timestamp(o.created_at_ms)});
+  }
+  std::array<size_t, 5> widths{};
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], text_width(row[i]));
+  }
+  for (const auto& row : rows) {
+    fmt::print("{}  {}  {}  {}  {}\n", pad(row[0], widths[0]), pad(row[1], widths[1]),
+               pad_left(row[2], widths[2]), pad(row[3], widths[3]), row[4]);
+  }
+  const auto shown = static_cast<int64_t>(list->orders.size());
+  if (shown == list->total) {
+    fmt::print("{} {}\n", shown, shown == 1 ? what.substr(0, what.size() - 1) : what);
+  } else {
+    fmt::print("{} {}-{} of {}\n", what, opts.offset + 1, opts.offset + shown, list->total);
+  }
+  return exit_code::k_ok;
+}
+
+int run_events(const OrdersOptions& opts, const GlobalOptions& global)
+{
+  if (int rc = check_id(opts.id); rc != exit_code::k_ok) return rc;
+  auto store = open_store(global);
+  auto events = store->events(opts.id);
+  if (!events) {
+    if (events.error().code == Errc::not_found) return no_such_order(opts.id, global);
+    return report(events.error());
+  }
+  // An order that never had an event applied is unknown; a deleted one keeps its trail.
+  if (events->empty()) return no_such_order(opts.id, global);
+  if (global.json) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& e : *events) {
+      list.push_back({{"messageId", e.message_id},
+                      {"sequenceNumber", format_sequence(e.seq)},
+                      {"type", e.type},
+                      {"data", e.data},
+                      {"appliedAt", format_timestamp(e.applied_at_ms)}});
+    }
+    print_json({{"events", std::move(list)}});
+    return exit_code::k_ok;
+  }
+  for (const auto& e : *events) {
+    fmt::print("{}  {}  {:<6}  {}  message {}\n", format_timestamp(e.applied_at_ms),
+               format_sequence(e.seq), e.type,
+               e.data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+               e.message_id);
+  }
+  return exit_code::k_ok;
+}
+
+} // namespace
+
+Runner setup_orders(CLI::App& sub, const GlobalOptions& global)
+{
+  auto opts = std::make_shared<OrdersOptions>();
+  sub.require_subcommand(1);
+  auto* get = sub.add_subcommand("get", "Show one order: its fields, items and total");
+  get->add_option("id", opts->id, "The order id")->option_text("ID")->required();
+  auto* list = sub.add_subcommand("list", "List orders, newest first, with their total count");
+  list->add_option("--status", opts->status, fmt::format("Only orders that are {}", k_statuses))
+    ->option_text("S");
+  list->add_option("--limit", opts->limit,
+                   fmt::format("Show at most N orders, 1-{} (default 50)", k_max_limit))
+    ->option_text("N");
+  list->add_option("--offset", opts->offset, "Skip the first N orders (default 0)")
+    ->option_text("N");
+  auto* events = sub.add_subcommand("events", "Show an order's audit trail: its applied events");
+  events->add_option("id", opts->id, "The order id")->option_text("ID")->required();
+  return [opts, get, list, events, &global] {
+    if (get->parsed()) return run_get(*opts, global);
+    if (list->parsed()) return run_list(*opts, global);
+    if (events->parsed()) return run_events(*opts, global);
+    return exit_code::k_usage;
+  };
+}
+
+} // namespace acmo::cli
