@@ -7,21 +7,29 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge config'
+_acmo_subcommands='send stats purge run-handler orders config'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
 _acmo_subcommands_config='show check'
+_acmo_subcommands_orders='get list events'
 
 # Options of each (sub)subcommand, _acmo_opts_CMD or _acmo_opts_CMD_SUB, and the options (of
 # any command) that take a value.
 _acmo_opts_send='--order-id --data --group --dedup-id --file -h --help'
 _acmo_opts_stats='-h --help'
 _acmo_opts_purge='--dlq -y --yes -h --help'
+_acmo_opts_run_handler='--concurrency --batch-size --once -h --help'
+_acmo_opts_orders='-h --help'
+_acmo_opts_orders_get='-h --help'
+_acmo_opts_orders_list='--status --limit --offset -h --help'
+_acmo_opts_orders_events='-h --help'
 _acmo_opts_config='-h --help'
 _acmo_opts_config_show='-h --help'
 _acmo_opts_config_check='-h --help'
 _acmo_value_opts=' --config --data-dir --order-id --data --group --dedup-id --file '
+_acmo_value_opts+='--concurrency --batch-size --status --limit --offset '
+_acmo_statuses='pending processing shipped delivered cancelled'
 
 _acmo_files()
 {
@@ -74,11 +82,12 @@ _acmo()
             # JSON is typed by hand; "@FILE" reads it from a file.
             [[ $cur == @* ]] && _acmo_data_files "${cur#@}"
             return ;;
-        --order-id|--group|--dedup-id) return ;;
+        --status) COMPREPLY=($(compgen -W "$_acmo_statuses" -- "$cur")); return ;;
+        --order-id|--group|--dedup-id|--concurrency|--batch-size|--limit|--offset) return ;;
     esac
 
     # The subcommand is the first word that is neither an option nor an option's value. For a
-    # command with subcommands of its own (config), the next such word is its subcommand; for
+    # command with subcommands of its own (config, orders), the next such word is its subcommand; for
     # send, the words after it that are not options count as its TYPE.
     for (( i = 1; i < COMP_CWORD; i++ )); do
         w=${COMP_WORDS[i]}

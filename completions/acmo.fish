@@ -15,7 +15,8 @@ function __acmo_args
             continue
         end
         switch $w
-            case --config --data-dir --order-id --data --group --dedup-id --file
+            case --config --data-dir --order-id --data --group --dedup-id --file \
+                    --concurrency --batch-size --status --limit --offset
                 set skip 1
             case '-*'
             case '*'
@@ -24,8 +25,8 @@ function __acmo_args
     end
 end
 
-# Whether the words so far are exactly $argv: no subcommand yet, or "config" and none of its
-# subcommands yet.
+# Whether the words so far are exactly $argv: no subcommand yet, or "config" ("orders") and none
+# of its subcommands yet.
 function __acmo_no_subcommand
     set -l args (__acmo_args)
     test (count $args) -eq (count $argv); or return 1
@@ -72,6 +73,8 @@ complete -c acmo -n __acmo_no_subcommand -l version -d 'Print the version and ex
 complete -c acmo -n __acmo_no_subcommand -a send -d 'Put order events on the queue'
 complete -c acmo -n __acmo_no_subcommand -a stats -d 'Show queue figures'
 complete -c acmo -n __acmo_no_subcommand -a purge -d 'Remove every message of the queue or its DLQ'
+complete -c acmo -n __acmo_no_subcommand -a run-handler -d 'Run the OrderHandler: apply queued events to the orders'
+complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their audit trail'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 
 # acmo send
@@ -87,6 +90,19 @@ complete -c acmo -n '__acmo_using send' -l file -r -F -d "Send every event of a 
 # acmo purge
 complete -c acmo -n '__acmo_using purge' -l dlq -d 'Purge the dead-letter queue instead'
 complete -c acmo -n '__acmo_using purge' -s y -l yes -d 'Do not ask for confirmation'
+
+# acmo run-handler
+complete -c acmo -n '__acmo_using run-handler' -l concurrency -x -d 'Worker threads, 1-64 (default 1)'
+complete -c acmo -n '__acmo_using run-handler' -l batch-size -x -d 'Messages per receive, 1-1000 (default 10)'
+complete -c acmo -n '__acmo_using run-handler' -l once -d 'Process what is queued until none is left, then exit'
+
+# acmo orders: a subcommand of its own, get ID, list or events ID; only list has options.
+complete -c acmo -n '__acmo_no_subcommand orders' -a get -d 'Show one order, its items and total'
+complete -c acmo -n '__acmo_no_subcommand orders' -a list -d 'List orders, newest first'
+complete -c acmo -n '__acmo_no_subcommand orders' -a events -d "Show an order's audit trail"
+complete -c acmo -n '__acmo_using orders list' -l status -x -a 'pending processing shipped delivered cancelled' -d 'Only orders of this status'
+complete -c acmo -n '__acmo_using orders list' -l limit -x -d 'Show at most N orders, 1-1000 (default 50)'
+complete -c acmo -n '__acmo_using orders list' -l offset -x -d 'Skip the first N orders (default 0)'
 
 # acmo config: a subcommand of its own, show or check; neither has options of its own.
 complete -c acmo -n '__acmo_no_subcommand config' -a show -d "Print every key's value and where it came from"
