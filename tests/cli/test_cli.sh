@@ -97,6 +97,8 @@ for key in name visible inFlight delayed deadLettered dedupEntries sent duplicat
   check "stats --json has queue.$key" grep -q "\"$key\"" <<<"$stats"
 done
 check "stats prints a table" grep -q "in flight" <<<"$("$acmo" stats)"
+check "stats --json has the handler figures" grep -q '"handler":{"deadLettered":0,"handlers":\[\]' <<<"$stats"
+check "stats --json has the store" grep -q '"store":{"backend":"sqlite","orders":0}' <<<"$stats"
 
 # --- purge ------------------------------------------------------------------------------------
 "$acmo" purge </dev/null 2>/dev/null; rc=$?
