@@ -61,6 +61,23 @@ std::optional<Order> find(sqlite::Database& db, std::string_view id)
   return read_order(*stmt);
 }
 
+// The order without its items: what applying an event needs to know.
+std::optional<Order> find_head(sqlite::Database& db, std::string_view id)
+{
+  static const std::string k_sql =
+    "SELECT status, version, created_at, updated_at FROM orders WHERE id = ?1";
+  auto stmt = db.prepare(k_sql);
+  stmt->bind(1, id);
+  if (!stmt->step()) return std::nullopt;
+  Order o;
+  o.id = std::string(id);
+  o.status = stmt->column_text(0);
+  o.version = stmt->column_int(1);
+  o.created_at_ms = stmt->column_int(2);
+  o.updated_at_ms = stmt->column_int(3);
+  return o;
+}
+
 void save(sqlite::Database& db, const Order& o)
 {
   static const std::string k_sql =
@@ -109,7 +126,7 @@ Expected<void> SqliteOrderStore::apply(sqlite::Database& db, const AppliedEvent&
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
   static const std::string k_delete = "DELETE FROM orders WHERE id = ?1";
   const OrderEvent& e = applied.event;
-  auto existing = find(db, e.order_id);
+  auto existing = find_head(db, e.order_id);
   switch (e.type) {
   case EventType::create: {
     if (existing) {
@@ -131,7 +148,12 @@ Expected<void> SqliteOrderStore::apply(sqlite::Database& db, const AppliedEvent&
     if (auto ok = apply_status_change(*existing, status->get<std::string>(), now_ms); !ok) {
       return ok;
     }
-    save(db, *existing);
+    // Only the status changes: no need to write the items again.
+    static const std::string k_status =
+      "UPDATE orders SET status = ?2, version = ?3, updated_at = ?4 WHERE id = ?1";
+    auto stmt = db.prepare(k_status);
+    stmt->bind(1, existing->id).bind(2, existing->status).bind(3, existing->version);
+    stmt->bind(4, existing->updated_at_ms).run();
     break;
   }
   case EventType::remove:
