@@ -57,6 +57,26 @@ _acmo_dirs()
     COMPREPLY=($(compgen -d -- "$1"))
 }
 
+# The ids of the orders (up to 1000, newest first) that start with $1, asked of acmo itself,
+# for the data dir and configuration the command line names.
+_acmo_order_ids()
+{
+    local args=() i w v IFS=$'\n'
+    for (( i = 1; i < COMP_CWORD; i++ )); do
+        w=${COMP_WORDS[i]}
+        [[ $w == --data-dir || $w == --config ]] || continue
+        while [[ ${COMP_WORDS[i+1]-} == = ]]; do (( i++ )); done
+        (( i + 1 < COMP_CWORD )) || break
+        v=${COMP_WORDS[i+1]}
+        # shellcheck disable=SC2088 # a literal "~/" that readline left unexpanded
+        [[ $v == '~/'* ]] && v=$HOME/${v#'~/'}
+        args+=("$w" "$v")
+        (( i++ ))
+    done
+    COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" "${args[@]}" --json orders list --limit 1000 \
+        2>/dev/null | grep -oE '"id":"[A-Za-z0-9_-]+"' | cut -d'"' -f4)" -- "$1"))
+}
+
 # The subcommands of subcommand $1, if it has any (else fail).
 _acmo_nested()
 {
@@ -83,12 +103,13 @@ _acmo()
             [[ $cur == @* ]] && _acmo_data_files "${cur#@}"
             return ;;
         --status) COMPREPLY=($(compgen -W "$_acmo_statuses" -- "$cur")); return ;;
-        --order-id|--group|--dedup-id|--concurrency|--batch-size|--limit|--offset) return ;;
+        --order-id) _acmo_order_ids "$cur"; return ;;
+        --group|--dedup-id|--concurrency|--batch-size|--limit|--offset) return ;;
     esac
 
     # The subcommand is the first word that is neither an option nor an option's value. For a
-    # command with subcommands of its own (config, orders), the next such word is its subcommand; for
-    # send, the words after it that are not options count as its TYPE.
+    # command with subcommands of its own (config, orders), the next such word is its
+    # subcommand; for send, the words after it that are not options count as its TYPE.
     for (( i = 1; i < COMP_CWORD; i++ )); do
         w=${COMP_WORDS[i]}
         if [[ $_acmo_value_opts == *" $w "* ]]; then
@@ -134,6 +155,8 @@ _acmo()
         COMPREPLY=($(compgen -W "${!opts_var} $_acmo_global_opts" -- "$cur"))
     elif [[ $cmd == send && $positionals -eq 0 && -z $from_file ]]; then
         COMPREPLY=($(compgen -W 'CREATE UPDATE DELETE' -- "$cur"))
+    elif [[ $cmd == orders && ($sub == get || $sub == events) && $positionals -eq 0 ]]; then
+        _acmo_order_ids "$cur"
     fi
 }
 complete -F _acmo acmo

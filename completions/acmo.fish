@@ -58,6 +58,24 @@ function __acmo_data_files
     end
 end
 
+# The ids of the orders (up to 1000, newest first), asked of acmo itself, for the data dir and
+# configuration the command line names.
+function __acmo_order_ids
+    set -l words (commandline -opc)
+    set -l args
+    for i in (seq 2 (count $words))
+        switch $words[$i]
+            case --data-dir --config
+                set -l j (math $i + 1)
+                test $j -le (count $words); and set -a args $words[$i] $words[$j]
+            case '--data-dir=*' '--config=*'
+                set -a args $words[$i]
+        end
+    end
+    command $words[1] $args --json orders list --limit 1000 2>/dev/null |
+        string match -ra '"id":"[A-Za-z0-9_-]+"' | string replace -r '^"id":"(.*)"$' '$1'
+end
+
 complete -c acmo -f
 
 # Options every command takes, before or after the subcommand.
@@ -79,7 +97,7 @@ complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configu
 
 # acmo send
 complete -c acmo -n __acmo_send_needs_type -a 'CREATE UPDATE DELETE' -d 'Event type'
-complete -c acmo -n '__acmo_using send' -l order-id -x -d 'The order the event is about'
+complete -c acmo -n '__acmo_using send' -l order-id -x -a '(__acmo_order_ids)' -d 'The order the event is about'
 complete -c acmo -n '__acmo_using send' -l data -x -a '(__acmo_data_files)' -d 'Event data as JSON, or @FILE'
 complete -c acmo -n '__acmo_using send' -l group -x -d 'Message group (default: orders, or the order id)'
 complete -c acmo -n '__acmo_using send' -l dedup-id -x -d 'Deduplication id (default: SHA-256 of the body)'
@@ -100,6 +118,8 @@ complete -c acmo -n '__acmo_using run-handler' -l once -d 'Process what is queue
 complete -c acmo -n '__acmo_no_subcommand orders' -a get -d 'Show one order, its items and total'
 complete -c acmo -n '__acmo_no_subcommand orders' -a list -d 'List orders, newest first'
 complete -c acmo -n '__acmo_no_subcommand orders' -a events -d "Show an order's audit trail"
+complete -c acmo -n '__acmo_no_subcommand orders get' -a '(__acmo_order_ids)' -d 'Order'
+complete -c acmo -n '__acmo_no_subcommand orders events' -a '(__acmo_order_ids)' -d 'Order'
 complete -c acmo -n '__acmo_using orders list' -l status -x -a 'pending processing shipped delivered cancelled' -d 'Only orders of this status'
 complete -c acmo -n '__acmo_using orders list' -l limit -x -d 'Show at most N orders, 1-1000 (default 50)'
 complete -c acmo -n '__acmo_using orders list' -l offset -x -d 'Skip the first N orders (default 0)'
