@@ -54,9 +54,10 @@ sigset_t block_stop_signals()
   return signals;
 }
 
-// Runs the handler until one of `signals` (blocked by block_stop_signals) arrives: a thread
-// takes it with sigwait and asks the handler to stop, which finishes the batches in hand.
-Expected<HandlerStats> run_until_signal(OrderHandler& handler, const sigset_t& signals)
+// Runs the handler (until the queue is empty with `once`) or until one of `signals` (blocked
+// by block_stop_signals) arrives: a thread takes it with sigwait and asks the handler to stop,
+// which finishes the batches in hand.
+Expected<HandlerStats> run_until_signal(OrderHandler& handler, const sigset_t& signals, bool once)
 {
   std::atomic<bool> finished{false};
   std::thread waiter([&] {
@@ -71,7 +72,7 @@ Expected<HandlerStats> run_until_signal(OrderHandler& handler, const sigset_t& s
     }
   });
 
-  auto result = handler.run();
+  auto result = once ? handler.run_once() : handler.run();
   finished.store(true);
   pthread_kill(waiter.native_handle(), SIGTERM);
   waiter.join();
@@ -93,26 +94,20 @@ int run_handler(const RunHandlerOptions& opts, const GlobalOptions& global)
                 exit_code::k_usage);
   }
 
-  sigset_t stop_signals{};
-  if (!opts.once) stop_signals = block_stop_signals();
+  const sigset_t stop_signals = block_stop_signals();
   auto queue = open_queue(global); // creates and migrates the schema, order tables included
   HandlerOptions options;
   options.concurrency = opts.concurrency;
   options.batch_size = opts.batch_size;
   OrderHandler handler(*queue, database_path(data_dir(global)), options);
 
-  Expected<HandlerStats> result;
-  if (opts.once) {
-    result = handler.run_once();
-  } else {
-    if (!global.quiet && !global.json) {
-      fmt::print(stderr,
-                 "acmo: handling queue {} (concurrency {}, batch size {}); SIGINT or SIGTERM "
-                 "stops\n",
-                 queue->options().name, opts.concurrency, opts.batch_size);
-    }
-    result = run_until_signal(handler, stop_signals);
+  if (!opts.once && !global.quiet && !global.json) {
+    fmt::print(stderr,
+               "acmo: handling queue {} (concurrency {}, batch size {}); SIGINT or SIGTERM "
+               "stops\n",
+               queue->options().name, opts.concurrency, opts.batch_size);
   }
+  auto result = run_until_signal(handler, stop_signals, opts.once);
   if (!result) {
     const HandlerStats stats = handler.stats();
     print_summary(global, stats);

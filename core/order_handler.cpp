@@ -177,7 +177,7 @@ Expected<HandlerStats> OrderHandler::run_once_unregistered()
   std::optional<Error> failure;
   std::mutex failure_mu;
   auto worker = [&] {
-    for (;;) {
+    while (!m_stopping.load()) {
       // A short wait: messages that became visible a moment ago (a group's next message after
       // another worker's delete) are picked up, but an empty queue ends the run quickly.
       auto n = process_batch(50);

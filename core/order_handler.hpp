@@ -42,7 +42,8 @@ public:
   // Both runs register the handler in the database (see handler_registry.hpp), beat every
   // second with its figures while they run, and mark it stopped when they return.
 
-  // Process until a receive finds nothing to do, then return (acmo run-handler --once).
+  // Process until a receive finds nothing to do, or stop() is called, then return (acmo
+  // run-handler --once).
   Expected<HandlerStats> run_once();
   // Process until stop() is called; the batches in hand are finished first.
   Expected<HandlerStats> run();

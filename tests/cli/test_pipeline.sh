@@ -161,5 +161,26 @@ stats=$("$acmo" --json stats)
 check "the queue is empty after the handler stopped" \
   test "$(json_field "$stats" visible)/$(json_field "$stats" inFlight)" = 0/0
 
+# SIGTERM in the middle of --once: the batch in hand is finished, nothing is lost, exit 0.
+for i in $(seq 1 20000); do
+  printf '{"type":"CREATE","orderId":"ord_t%d","data":{"customer_name":"T","customer_email":"t@example.com","items":[]}}\n' "$i"
+done >"$work/many.jsonl"
+orders_before=$(json_field "$(sed 's/.*"store"://' <<<"$("$acmo" --json stats)")" orders)
+"$acmo" send --file "$work/many.jsonl" -q
+"$acmo" --json run-handler --once >"$work/once.out" 2>"$work/once.err" &
+once_pid=$!
+sleep 0.3
+kill -TERM "$once_pid"
+wait "$once_pid"; rc=$?
+check "run-handler --once stops on SIGTERM with exit 0 (got $rc)" test "$rc" -eq 0
+applied=$(json_field "$(cat "$work/once.out")" processed)
+stats=$("$acmo" --json stats)
+orders_now=$(json_field "$(sed 's/.*"store"://' <<<"$stats")" orders)
+check "it stopped early: applied $applied of 20000" test -n "$applied" -a "${applied:-0}" -lt 20000
+check "nothing lost: applied + still queued = 20000" \
+  test $((orders_now - orders_before + $(json_field "$stats" visible) + $(json_field "$stats" inFlight))) -eq 20000
+check "the stopped handler (the newest) is shown as stopped, not gone" \
+  test "$(json_field "$(sed 's/.*"handlers":\[//' <<<"$stats")" state)" = stopped
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
