@@ -3,6 +3,8 @@
 #include <array>
 #include <memory>
 
+#include <filesystem>
+
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
@@ -26,10 +28,20 @@ struct OrdersOptions {
 constexpr int64_t k_max_limit = 1000;
 constexpr const char* k_statuses = "pending, processing, shipped, delivered or cancelled";
 
-// The embedded order store of the data dir. The queue is opened first: it creates and migrates
-// the schema, so reading a fresh data dir finds no orders rather than no tables.
+// The embedded order store of the data dir. Reading creates nothing: a data dir without a
+// database is an error (exit 3), so that a typo in --data-dir, or a shell completion asking
+// for order ids, leaves no empty database behind. The queue is opened first: it migrates the
+// schema of a database an older acmo wrote.
 std::unique_ptr<OrderStore> open_store(const GlobalOptions& global)
 {
+  const std::string dir = data_dir(global);
+  std::error_code ec;
+  if (!std::filesystem::exists(database_path(dir), ec)) {
+    throw Fatal(fmt::format("no acmo database in {}: nothing was sent there yet; check "
+                            "--data-dir or $ACMO_DATA_DIR",
+                            dir),
+                exit_code::k_not_found);
+  }
   auto queue = open_queue(global);
   auto store = SqliteOrderStore::open(database_path(data_dir(global)));
   if (!store) throw Fatal(store.error());

@@ -182,5 +182,9 @@ check "nothing lost: applied + still queued = 20000" \
 check "the stopped handler (the newest) is shown as stopped, not gone" \
   test "$(json_field "$(sed 's/.*"handlers":\[//' <<<"$stats")" state)" = stopped
 
+"$acmo" --data-dir "$work/never-used" orders list >/dev/null 2>&1; rc=$?
+check "orders in a data dir without a database exits 3 (got $rc)" test "$rc" -eq 3
+check "and creates nothing there" test ! -e "$work/never-used"
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
