@@ -115,6 +115,14 @@ std::vector<SendRequest> make_requests(int64_t n, int64_t offset, int64_t groups
   return out;
 }
 
+// Send everything, or fail the benchmark.
+void fill(Queue& q, const std::vector<SendRequest>& requests)
+{
+  for (const auto& r : q.send_bulk(requests)) {
+    if (!r) throw std::runtime_error(r.error().message);
+  }
+}
+
 // --- baselines ------------------------------------------------------------------------------
 
 double raw_sqlite_inserts(const std::string& path, int64_t rows, int64_t per_commit)
@@ -217,9 +225,7 @@ double pipeline(const Settings& s, bool group_per_order, int concurrency, int ba
       requests.push_back(std::move(r));
     }
   }
-  for (const auto& r : q->send_bulk(requests)) {
-    if (!r) throw std::runtime_error(r.error().message);
-  }
+  fill(*q, requests);
   acmo::OrderHandler handler(*q, dir.db(), acmo::HandlerOptions{concurrency, batch, 50});
   auto start = Clock::now();
   auto stats = handler.run_once();
@@ -237,9 +243,7 @@ double receive_delete_combined(const Settings& s, int64_t groups)
 {
   RunDir dir(s.dir);
   auto q = open(dir.db(), s);
-  for (const auto& r : q->send_bulk(make_requests(s.drain_messages, 0, groups))) {
-    if (!r) throw std::runtime_error(r.error().message);
-  }
+  fill(*q, make_requests(s.drain_messages, 0, groups));
   int64_t done = 0;
   std::vector<std::string> receipts;
   std::vector<acmo::Expected<void>> deleted;
@@ -263,9 +267,7 @@ double receive_delete(const Settings& s, int64_t groups)
 {
   RunDir dir(s.dir);
   auto q = open(dir.db(), s);
-  for (const auto& r : q->send_bulk(make_requests(s.drain_messages, 0, groups))) {
-    if (!r) throw std::runtime_error(r.error().message);
-  }
+  fill(*q, make_requests(s.drain_messages, 0, groups));
   int64_t done = 0;
   std::vector<std::string> receipts;
   auto start = Clock::now();

@@ -8,15 +8,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-cli-test.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export ACMO_DATA_DIR="$work/data"
 export NO_COLOR=1
-passed=0
-failed=0
-
-ok() { passed=$((passed + 1)); echo "ok - $*"; }
-not_ok() { failed=$((failed + 1)); echo "not ok - $*"; }
-# check NAME COMMAND...: the command must succeed.
-check() { local name=$1; shift; if "$@"; then ok "$name"; else not_ok "$name"; fi; }
-# json_field JSON KEY: the value of a top-level scalar field (enough for acmo's flat output).
-json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" <<<"$1" | head -n 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 create_data='{"customer_name":"Ada","customer_email":"ada@example.com","items":[{"product_id":"p1","quantity":2,"unit_price":19.99}]}'
 

@@ -14,15 +14,8 @@ cleanup() {
 trap cleanup EXIT
 export ACMO_DATA_DIR="$work/data"
 export NO_COLOR=1
-passed=0
-failed=0
-
-ok() { passed=$((passed + 1)); echo "ok - $*"; }
-not_ok() { failed=$((failed + 1)); echo "not ok - $*"; }
-# check NAME COMMAND...: the command must succeed.
-check() { local name=$1; shift; if "$@"; then ok "$name"; else not_ok "$name"; fi; }
-# json_field JSON KEY: the first value of a scalar field (acmo prints compact JSON).
-json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" <<<"$1" | head -n 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # has_all TEXT WORD...: TEXT contains every WORD.
 has_all() { local text=$1 w; shift; for w; do grep -qF -- "$w" <<<"$text" || return 1; done; }
 # count TEXT WORD: how often WORD occurs in TEXT.
