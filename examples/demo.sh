@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A walk through acmo's queue from the shell, using only acmo commands, in a fresh data dir.
+# A walk through acmo from the shell, using only acmo commands, in a fresh data dir: events go
+# on the queue, the OrderHandler applies them to the orders, and the audit trail shows them.
 #   examples/demo.sh [path/to/acmo]
 set -euo pipefail
 acmo=${1:-acmo}
@@ -15,12 +16,11 @@ order=$("$acmo" send CREATE --json \
   sed -n 's/.*"orderId":"\([^"]*\)".*/\1/p')
 echo "order $order queued"
 
-step "Queue its UPDATE and DELETE events: one group, so they stay in order"
+step "Queue two status changes: one group, so they are applied in order"
 "$acmo" send UPDATE --order-id "$order" --data '{"status":"processing"}'
-"$acmo" send DELETE --order-id "$order"
-
-step "Send the same UPDATE again with a deduplication id, twice: the second is a duplicate"
 "$acmo" send UPDATE --order-id "$order" --data '{"status":"shipped"}' --dedup-id ship-1
+
+step "Send the shipping event again with the same deduplication id: it is a duplicate"
 "$acmo" send UPDATE --order-id "$order" --data '{"status":"shipped"}' --dedup-id ship-1
 
 step "A bad event is refused before it is queued (exit code 4)"
@@ -29,9 +29,26 @@ if "$acmo" send UPDATE --order-id "$order" --data '{"status":"teleported"}'; the
   exit 1
 fi
 
-step "Queue figures"
+step "The queue holds three events; nothing is applied yet"
 "$acmo" stats
 
-step "Empty the queue"
-"$acmo" purge --yes
-"$acmo" stats --json
+step "The OrderHandler applies what is queued, then stops"
+"$acmo" run-handler --once
+
+step "The order, as the handler left it"
+"$acmo" orders get "$order"
+
+step "Its audit trail: every applied event, in order"
+"$acmo" orders events "$order"
+
+step "Delete it: the order is gone, its events stay"
+"$acmo" send DELETE --order-id "$order"
+"$acmo" run-handler --once
+if "$acmo" orders get "$order" 2>/dev/null; then
+  echo "unexpected: the order is still there" >&2
+  exit 1
+fi
+"$acmo" orders events "$order"
+
+step "Queue figures at the end"
+"$acmo" stats
