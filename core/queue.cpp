@@ -2,17 +2,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <functional>
-#include <limits>
 #include <map>
 #include <set>
-#include <unordered_map>
 #include <thread>
 #include <utility>
 
-#include <cerrno>
-#include <cstring>
 #include <fcntl.h>
 #include <unistd.h>
 
