@@ -26,6 +26,8 @@ constexpr std::array k_subcommands = {
              &setup_run_handler},
   Subcommand{"orders", "Read orders and their audit trail (get ID | list | events ID)",
              &setup_orders},
+  Subcommand{"dlq", "Inspect and replay dead-lettered messages (list | show ID | redrive | purge)",
+             &setup_dlq},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},
 };
 

@@ -7,12 +7,13 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler orders config'
+_acmo_subcommands='send stats purge run-handler orders dlq config'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
 _acmo_subcommands_config='show check'
 _acmo_subcommands_orders='get list events'
+_acmo_subcommands_dlq='list show redrive purge'
 
 # Options of each (sub)subcommand, _acmo_opts_CMD or _acmo_opts_CMD_SUB, and the options (of
 # any command) that take a value.
@@ -24,6 +25,11 @@ _acmo_opts_orders='-h --help'
 _acmo_opts_orders_get='-h --help'
 _acmo_opts_orders_list='--status --limit --offset -h --help'
 _acmo_opts_orders_events='-h --help'
+_acmo_opts_dlq='-h --help'
+_acmo_opts_dlq_list='--limit --offset -h --help'
+_acmo_opts_dlq_show='-h --help'
+_acmo_opts_dlq_redrive='-h --help'
+_acmo_opts_dlq_purge='-y --yes -h --help'
 _acmo_opts_config='-h --help'
 _acmo_opts_config_show='-h --help'
 _acmo_opts_config_check='-h --help'

@@ -93,6 +93,7 @@ complete -c acmo -n __acmo_no_subcommand -a stats -d 'Show queue figures'
 complete -c acmo -n __acmo_no_subcommand -a purge -d 'Remove every message of the queue or its DLQ'
 complete -c acmo -n __acmo_no_subcommand -a run-handler -d 'Run the OrderHandler: apply queued events to the orders'
 complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their audit trail'
+complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 
 # acmo send
@@ -123,6 +124,15 @@ complete -c acmo -n '__acmo_no_subcommand orders events' -a '(__acmo_order_ids)'
 complete -c acmo -n '__acmo_using orders list' -l status -x -a 'pending processing shipped delivered cancelled' -d 'Only orders of this status'
 complete -c acmo -n '__acmo_using orders list' -l limit -x -d 'Show at most N orders, 1-1000 (default 50)'
 complete -c acmo -n '__acmo_using orders list' -l offset -x -d 'Skip the first N orders (default 0)'
+
+# acmo dlq: a subcommand of its own, list, show ID, redrive [ID...] or purge.
+complete -c acmo -n '__acmo_no_subcommand dlq' -a list -d 'List dead-lettered messages, oldest first'
+complete -c acmo -n '__acmo_no_subcommand dlq' -a show -d 'Show one dead-lettered message in full'
+complete -c acmo -n '__acmo_no_subcommand dlq' -a redrive -d 'Move messages back to the queue, in order'
+complete -c acmo -n '__acmo_no_subcommand dlq' -a purge -d 'Remove every dead-lettered message'
+complete -c acmo -n '__acmo_using dlq list' -l limit -x -d 'Show at most N messages, 1-1000 (default 50)'
+complete -c acmo -n '__acmo_using dlq list' -l offset -x -d 'Skip the first N messages (default 0)'
+complete -c acmo -n '__acmo_using dlq purge' -s y -l yes -d 'Do not ask for confirmation'
 
 # acmo config: a subcommand of its own, show or check; neither has options of its own.
 complete -c acmo -n '__acmo_no_subcommand config' -a show -d "Print every key's value and where it came from"

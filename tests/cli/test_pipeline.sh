@@ -154,6 +154,22 @@ stats=$("$acmo" --json stats)
 check "the queue is empty after the handler stopped" \
   test "$(json_field "$stats" visible)/$(json_field "$stats" inFlight)" = 0/0
 
+# The dead-letter queue: what failed for good, why, and a replay.
+dlq=$("$acmo" --json dlq list)
+check "dlq list --json counts the 2 dead-lettered events" test "$(json_field "$dlq" total)" = 2
+check "dlq list says why: a forbidden change" grep -q 'cannot become' <<<"$dlq"
+check "dlq list says why: an unknown order" grep -q 'does not exist' <<<"$dlq"
+first=$(grep -oE '"messageId":"[0-9a-f-]+"' <<<"$dlq" | head -n 1 | cut -d'"' -f4)
+check "dlq show ID --json shows that message" grep -q "$first" <<<"$("$acmo" --json dlq show "$first")"
+"$acmo" dlq show 00000000-0000-4000-8000-000000000000 >/dev/null 2>&1; rc=$?
+check "dlq show of an id not in the DLQ exits 3 (got $rc)" test "$rc" -eq 3
+check "dlq redrive moves both back" test "$("$acmo" --json dlq redrive)" = '{"redriven":2}'
+again=$("$acmo" --json run-handler --once)
+check "redriven, they fail again and return to the DLQ" test "$(json_field "$again" deadLettered)" = 2
+"$acmo" dlq purge </dev/null >/dev/null 2>&1; rc=$?
+check "dlq purge off a TTY without --yes exits 2 (got $rc)" test "$rc" -eq 2
+check "dlq purge --yes empties it" test "$("$acmo" --json dlq purge --yes)" = '{"purged":2}'
+
 # SIGTERM in the middle of --once: the batch in hand is finished, nothing is lost, exit 0.
 for i in $(seq 1 20000); do
   printf '{"type":"CREATE","orderId":"ord_t%d","data":{"customer_name":"T","customer_email":"t@example.com","items":[]}}\n' "$i"

@@ -1,0 +1,156 @@
+// acmo dlq list | show ID | redrive [ID...] | purge: inspect and replay dead-lettered messages.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "cli/app.hpp"
+#include "cli/output.hpp"
+#include "core/ids.hpp"
+#include "core/order.hpp"
+
+namespace acmo::cli {
+
+namespace {
+
+struct DlqOptions {
+  int64_t limit = 50;
+  int64_t offset = 0;
+  std::string id;
+  std::vector<std::string> ids;
+  bool yes = false;
+};
+
+nlohmann::json message_json(const Message& m)
+{
+  // The body is shown as JSON when it is JSON (order events are), else as a string.
+  auto body = nlohmann::json::parse(m.body, nullptr, false);
+  if (body.is_discarded()) body = m.body;
+  return {{"messageId", m.message_id},
+          {"sequenceNumber", format_sequence(m.seq)},
+          {"groupId", m.group_id},
+          {"deduplicationId", m.dedup_id},
+          {"reason", m.dead_reason},
+          {"failures", m.failures},
+          {"receiveCount", m.receive_count},
+          {"sentAt", format_timestamp(m.sent_at_ms)},
+          {"deadLetteredAt", format_timestamp(m.dead_at_ms)},
+          {"body", std::move(body)}};
+}
+
+int run_list(const DlqOptions& opts, const GlobalOptions& global)
+{
+  if (opts.limit < 1 || opts.limit > 1000 || opts.offset < 0) {
+    throw Fatal("--limit must be 1 to 1000 and --offset not negative", exit_code::k_usage);
+  }
+  auto queue = open_queue(global);
+  auto stats = queue->stats();
+  if (!stats) return report(stats.error());
+  auto messages = queue->dlq_list(opts.limit, opts.offset);
+  if (!messages) return report(messages.error());
+  if (global.json) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& m : *messages) list.push_back(message_json(m));
+    print_json({{"messages", std::move(list)}, {"total", stats->dead_lettered}});
+    return exit_code::k_ok;
+  }
+  if (messages->empty()) {
+    if (!global.quiet) fmt::print("the DLQ {} is empty\n", stats->dlq_name);
+    return exit_code::k_ok;
+  }
+  for (const auto& m : *messages) {
+    fmt::print("{}  {}  {}  {}\n", m.message_id, format_sequence(m.seq), m.group_id, m.dead_reason);
+  }
+  if (!global.quiet) {
+    fmt::print("{} of {} dead-lettered message{}\n", messages->size(), stats->dead_lettered,
+               stats->dead_lettered == 1 ? "" : "s");
+  }
+  return exit_code::k_ok;
+}
+
+int run_show(const DlqOptions& opts, const GlobalOptions& global)
+{
+  auto queue = open_queue(global);
+  auto m = queue->dlq_show(opts.id);
+  if (!m) return report(m.error());
+  if (global.json) {
+    print_json(message_json(*m));
+    return exit_code::k_ok;
+  }
+  print_table({{"message", m->message_id},
+               {"sequence", format_sequence(m->seq)},
+               {"group", m->group_id},
+               {"dedup id", m->dedup_id},
+               {"reason", m->dead_reason},
+               {"failures", std::to_string(m->failures)},
+               {"sent", format_timestamp(m->sent_at_ms)},
+               {"dead-lettered", format_timestamp(m->dead_at_ms)},
+               {"body", m->body}});
+  return exit_code::k_ok;
+}
+
+int run_redrive(const DlqOptions& opts, const GlobalOptions& global)
+{
+  auto queue = open_queue(global);
+  auto moved = queue->redrive(opts.ids);
+  if (!moved) return report(moved.error());
+  if (global.json) {
+    print_json({{"redriven", *moved}});
+  } else if (!global.quiet) {
+    fmt::print("moved {} message{} back to {}, in their original order\n", *moved,
+               *moved == 1 ? "" : "s", queue->options().name);
+  }
+  return exit_code::k_ok;
+}
+
+int run_purge(const DlqOptions& opts, const GlobalOptions& global)
+{
+  auto queue = open_queue(global);
+  if (!opts.yes) {
+    if (!stdin_is_tty()) {
+      throw Fatal(fmt::format("dlq purge removes every message of {}; pass --yes to confirm "
+                              "when not at a terminal",
+                              queue->options().dlq_name),
+                  exit_code::k_usage);
+    }
+    if (!confirm(fmt::format("Remove every message of {}?", queue->options().dlq_name))) {
+      fmt::print(stderr, "nothing removed\n");
+      return exit_code::k_failure;
+    }
+  }
+  auto purged = queue->purge(true);
+  if (!purged) return report(purged.error());
+  if (global.json) {
+    print_json({{"purged", *purged}});
+  } else if (!global.quiet) {
+    fmt::print("purged {} message{} from {}\n", *purged, *purged == 1 ? "" : "s",
+               queue->options().dlq_name);
+  }
+  return exit_code::k_ok;
+}
+
+} // namespace
+
+Runner setup_dlq(CLI::App& sub, const GlobalOptions& global)
+{
+  auto opts = std::make_shared<DlqOptions>();
+  sub.require_subcommand(1);
+  auto* list = sub.add_subcommand("list", "List dead-lettered messages, oldest first, with why");
+  list->add_option("--limit", opts->limit, "At most N messages (default 50)")->option_text("N");
+  list->add_option("--offset", opts->offset, "Skip the first N messages")->option_text("N");
+  auto* show = sub.add_subcommand("show", "Show one dead-lettered message in full");
+  show->add_option("id", opts->id, "The message id")->required()->option_text("ID");
+  auto* redrive = sub.add_subcommand(
+    "redrive", "Move messages (all, or the given ids) back to the queue in their original order");
+  redrive->add_option("ids", opts->ids, "Message ids (default: every message)")
+    ->option_text("ID...");
+  auto* purge = sub.add_subcommand("purge", "Remove every dead-lettered message");
+  purge->add_flag("-y,--yes", opts->yes, "Do not ask for confirmation (needed when not on a TTY)");
+  return [=, &global] {
+    if (list->parsed()) return run_list(*opts, global);
+    if (show->parsed()) return run_show(*opts, global);
+    if (redrive->parsed()) return run_redrive(*opts, global);
+    if (purge->parsed()) return run_purge(*opts, global);
+    return exit_code::k_usage;
+  };
+}
+
+} // namespace acmo::cli
