@@ -58,6 +58,10 @@ std::string data_dir(const GlobalOptions& global);
 // if it cannot.
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global);
 
+// Purge the queue (or its DLQ), asking first on a TTY and refusing without `yes` otherwise;
+// shared by `acmo purge` and `acmo dlq purge`.
+int purge_queue(bool dlq, bool yes, const GlobalOptions& global);
+
 int run(int argc, char** argv);
 
 } // namespace acmo::cli

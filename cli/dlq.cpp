@@ -101,32 +101,6 @@ int run_redrive(const DlqOptions& opts, const GlobalOptions& global)
   return exit_code::k_ok;
 }
 
-int run_purge(const DlqOptions& opts, const GlobalOptions& global)
-{
-  auto queue = open_queue(global);
-  if (!opts.yes) {
-    if (!stdin_is_tty()) {
-      throw Fatal(fmt::format("dlq purge removes every message of {}; pass --yes to confirm "
-                              "when not at a terminal",
-                              queue->options().dlq_name),
-                  exit_code::k_usage);
-    }
-    if (!confirm(fmt::format("Remove every message of {}?", queue->options().dlq_name))) {
-      fmt::print(stderr, "nothing removed\n");
-      return exit_code::k_failure;
-    }
-  }
-  auto purged = queue->purge(true);
-  if (!purged) return report(purged.error());
-  if (global.json) {
-    print_json({{"purged", *purged}});
-  } else if (!global.quiet) {
-    fmt::print("purged {} message{} from {}\n", *purged, *purged == 1 ? "" : "s",
-               queue->options().dlq_name);
-  }
-  return exit_code::k_ok;
-}
-
 } // namespace
 
 Runner setup_dlq(CLI::App& sub, const GlobalOptions& global)
@@ -148,7 +122,7 @@ Runner setup_dlq(CLI::App& sub, const GlobalOptions& global)
     if (list->parsed()) return run_list(*opts, global);
     if (show->parsed()) return run_show(*opts, global);
     if (redrive->parsed()) return run_redrive(*opts, global);
-    if (purge->parsed()) return run_purge(*opts, global);
+    if (purge->parsed()) return purge_queue(true, opts->yes, global);
     return exit_code::k_usage;
   };
 }

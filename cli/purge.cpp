@@ -14,11 +14,13 @@ struct PurgeOptions {
   bool yes = false;
 };
 
-int run_purge(const PurgeOptions& opts, const GlobalOptions& global)
+} // namespace
+
+int purge_queue(bool dlq, bool yes, const GlobalOptions& global)
 {
   auto queue = open_queue(global);
-  const std::string& name = opts.dlq ? queue->options().dlq_name : queue->options().name;
-  if (!opts.yes) {
+  const std::string& name = dlq ? queue->options().dlq_name : queue->options().name;
+  if (!yes) {
     if (!stdin_is_tty()) {
       throw Fatal(fmt::format("purge removes every message of {}; pass --yes to confirm when "
                               "not at a terminal",
@@ -27,14 +29,14 @@ int run_purge(const PurgeOptions& opts, const GlobalOptions& global)
     }
     auto stats = queue->stats();
     if (!stats) return report(stats.error());
-    const int64_t count = opts.dlq ? stats->dead_lettered
+    const int64_t count = dlq ? stats->dead_lettered
                                    : stats->visible + stats->in_flight + stats->delayed;
     if (!confirm(fmt::format("Remove all {} messages of {} and its dedup history?", count, name))) {
       fmt::print(stderr, "nothing removed\n");
       return exit_code::k_failure;
     }
   }
-  auto purged = queue->purge(opts.dlq);
+  auto purged = queue->purge(dlq);
   if (!purged) return report(purged.error());
   if (global.json) {
     print_json({{"purged", *purged}});
@@ -44,14 +46,12 @@ int run_purge(const PurgeOptions& opts, const GlobalOptions& global)
   return exit_code::k_ok;
 }
 
-} // namespace
-
 Runner setup_purge(CLI::App& sub, const GlobalOptions& global)
 {
   auto opts = std::make_shared<PurgeOptions>();
   sub.add_flag("--dlq", opts->dlq, "Purge the dead-letter queue instead");
   sub.add_flag("-y,--yes", opts->yes, "Do not ask for confirmation (needed when not on a TTY)");
-  return [opts, &global] { return run_purge(*opts, global); };
+  return [opts, &global] { return purge_queue(opts->dlq, opts->yes, global); };
 }
 
 } // namespace acmo::cli
