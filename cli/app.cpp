@@ -84,6 +84,11 @@ const Config& config(const GlobalOptions& global)
         loaded->entry(e.field == "queue.dlq_name" ? "queue.name" : e.field).source;
       throw Fatal(fmt::format("{} (set by {})", e.message, source), exit_code::k_usage);
     }
+    if (auto ok = check_config(*loaded); !ok) {
+      const Error& e = ok.error();
+      throw Fatal(fmt::format("{} (set by {})", e.message, loaded->entry(e.field).source),
+                  exit_code::k_usage);
+    }
     if (global.verbose > 0) {
       fmt::print(stderr, "acmo: configuration: {}\n",
                  loaded->file().empty() ? "no file, defaults and environment" : loaded->file());

@@ -96,4 +96,20 @@ CacheStats MemoryCache::stats()
   return s;
 }
 
+std::optional<std::string> NullCache::get(std::string_view)
+{
+  std::lock_guard lock(m_mu);
+  ++m_misses;
+  return std::nullopt;
+}
+
+CacheStats NullCache::stats()
+{
+  std::lock_guard lock(m_mu);
+  CacheStats s;
+  s.backend = "none";
+  s.misses = m_misses;
+  return s;
+}
+
 } // namespace acmo

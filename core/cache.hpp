@@ -83,4 +83,21 @@ private:
   CacheStats m_stats;
 };
 
+// cache.backend = "none": holds nothing, every get is a miss.
+class NullCache final : public Cache
+{
+public:
+  std::optional<std::string> get(std::string_view) override;
+  void put(std::string_view, std::string_view) override {}
+  void invalidate(std::string_view) override {}
+  void invalidate_prefix(std::string_view) override {}
+  std::vector<std::string> keys() override { return {}; }
+  int64_t clear() override { return 0; }
+  CacheStats stats() override;
+
+private:
+  std::mutex m_mu;
+  int64_t m_misses = 0;
+};
+
 } // namespace acmo

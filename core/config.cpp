@@ -41,6 +41,55 @@ const std::vector<ConfigKey> k_keys = {
    "how long to wait for another process's write lock before giving up"},
   {"queue.poll_interval", KeyType::duration, R"("5ms")",
    "how often an idle receiver looks for messages sent by other processes"},
+  {"handler.concurrency", KeyType::integer, "1",
+   "worker threads of a handler; they work on different groups in parallel"},
+  {"handler.batch_size", KeyType::integer, "10", "messages a worker receives at once (1-1000)"},
+  {"handler.wait", KeyType::duration, R"("1s")",
+   "how long an idle worker's long poll waits for a message (at most 20s)"},
+  {"store.backend", KeyType::choice, R"("sqlite")",
+   "sqlite: orders in the queue's database; postgres: orders in PostgreSQL at store.url",
+   "sqlite|postgres"},
+  {"store.url", KeyType::string, R"("")",
+   "the PostgreSQL connection URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\""},
+  {"store.pool_size", KeyType::integer, "4", "PostgreSQL connections a process keeps at most"},
+  {"store.connect_timeout", KeyType::duration, R"("5s")",
+   "how long to wait for PostgreSQL to answer a new connection"},
+  {"cache.backend", KeyType::choice, R"("memory")",
+   "memory: an LRU in each process; redis: shared, in Redis at cache.url; none: no cache",
+   "memory|redis|none"},
+  {"cache.url", KeyType::string, R"("redis://127.0.0.1:6379")", "the Redis server's URL"},
+  {"cache.prefix", KeyType::string, R"("acmo:")",
+   "the prefix of every Redis key acmo writes; cache clear removes only these"},
+  {"cache.ttl", KeyType::duration, R"("60s")", "how long a cached order or list is kept"},
+  {"cache.capacity", KeyType::integer, "10000", "entries the memory cache keeps at most"},
+  {"cache.timeout", KeyType::duration, R"("100ms")",
+   "how long to wait for Redis before a read falls back to the store"},
+  {"server.listen", KeyType::string, R"("127.0.0.1:3000")", "HOST:PORT acmo serve listens on"},
+  {"server.threads", KeyType::integer, "8", "threads that answer HTTP requests"},
+  {"server.max_body", KeyType::integer, "1048576", "largest request body in bytes (413 above)"},
+  {"server.read_timeout", KeyType::duration, R"("5s")",
+   "how long a request may take to arrive"},
+  {"server.write_timeout", KeyType::duration, R"("5s")",
+   "how long an answer may take to be sent"},
+  {"server.keep_alive_timeout", KeyType::duration, R"("5s")",
+   "how long an idle keep-alive connection stays open"},
+  {"server.keep_alive_max", KeyType::integer, "1000", "requests on one connection at most"},
+  {"server.api_tokens", KeyType::string_list, "[]",
+   "bearer tokens for the API; empty: no token needed"},
+  {"server.admin_tokens", KeyType::string_list, "[]",
+   "bearer tokens for purge, cache clear and the DLQ; empty: api tokens suffice"},
+  {"server.rate_limit", KeyType::integer, "0",
+   "requests per second per token or client address (0: no limit)"},
+  {"server.rate_burst", KeyType::integer, "0",
+   "requests a client may make at once above the rate (0: one second's worth)"},
+  {"server.handler", KeyType::boolean, "true",
+   "run an OrderHandler inside acmo serve (false: as --no-handler)"},
+  {"log.level", KeyType::choice, R"("info")", "the least important messages logged",
+   "error|warn|info|debug"},
+  {"log.file", KeyType::string, R"("")",
+   "the log file of --daemon (default: the data dir's acmo-COMMAND.log)"},
+  {"log.format", KeyType::choice, R"("text")", "text: one line per message; json: JSON Lines",
+   "text|json"},
 };
 
 const ConfigKey* find_key(std::string_view name)
@@ -60,6 +109,7 @@ const char* type_word(KeyType type)
   case KeyType::duration: return "a duration such as \"30s\", \"500ms\" or \"5m\"";
   case KeyType::duration_list: return "a list of durations such as [\"1s\", \"5s\"]";
   case KeyType::choice: return "one of";
+  case KeyType::string_list: return "a list of strings such as [\"a\", \"b\"]";
   }
   return "a value";
 }
@@ -124,6 +174,20 @@ Expected<ConfigValue> parse_text(const ConfigKey& key, std::string_view text)
     }
     return ConfigValue(std::move(out));
   }
+  case KeyType::string_list: {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start < text.size()) {
+      size_t comma = text.find(',', start);
+      if (comma == std::string_view::npos) comma = text.size();
+      auto item = text.substr(start, comma - start);
+      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+      if (!item.empty()) out.emplace_back(item);
+      start = comma + 1;
+    }
+    return ConfigValue(std::move(out));
+  }
   }
   return make_error(Errc::internal, "unknown key type", key.name);
 }
@@ -162,6 +226,16 @@ Expected<ConfigValue> parse_node(const ConfigKey& key, const toml::node& node)
       auto ms = parse_duration(*item.value<std::string>());
       if (!ms) return Unexpected(ms.error());
       out.push_back(*ms);
+    }
+    return ConfigValue(std::move(out));
+  }
+  case KeyType::string_list: {
+    const auto* array = node.as_array();
+    if (array == nullptr) return wrong();
+    std::vector<std::string> out;
+    for (const auto& item : *array) {
+      if (!item.is_string()) return wrong();
+      out.push_back(*item.value<std::string>());
     }
     return ConfigValue(std::move(out));
   }
@@ -286,6 +360,14 @@ std::string format_value(const ConfigKey& key, const ConfigValue& value)
     }
     return out + "]";
   }
+  case KeyType::string_list: {
+    std::string out = "[";
+    for (const auto& item : std::get<std::vector<std::string>>(value)) {
+      if (out.size() > 1) out += ", ";
+      out += fmt::format("\"{}\"", item);
+    }
+    return out + "]";
+  }
   }
   return "";
 }
@@ -309,6 +391,11 @@ int64_t Config::get_int(const std::string& key) const { return std::get<int64_t>
 const std::vector<int64_t>& Config::get_list(const std::string& key) const
 {
   return std::get<std::vector<int64_t>>(entry(key).value);
+}
+
+const std::vector<std::string>& Config::get_strings(const std::string& key) const
+{
+  return std::get<std::vector<std::string>>(entry(key).value);
 }
 
 std::vector<std::string> default_config_search_path()
@@ -391,6 +478,91 @@ QueueOptions queue_options_from(const Config& config)
   o.busy_timeout_ms = config.get_int("queue.busy_timeout");
   o.poll_interval_ms = config.get_int("queue.poll_interval");
   return o;
+}
+
+Expected<ListenAddress> parse_listen(std::string_view text)
+{
+  const size_t colon = text.rfind(':');
+  auto bad = [&] {
+    return make_error(Errc::invalid_input,
+                      fmt::format("\"{}\" is not HOST:PORT, e.g. \"127.0.0.1:3000\"", text),
+                      "server.listen");
+  };
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == text.size()) return bad();
+  ListenAddress out;
+  out.host = std::string(text.substr(0, colon));
+  if (out.host.size() > 2 && out.host.front() == '[' && out.host.back() == ']') {
+    out.host = out.host.substr(1, out.host.size() - 2); // [::1]:3000
+  }
+  int64_t port = 0;
+  for (char c : text.substr(colon + 1)) {
+    if (c < '0' || c > '9' || port > 65535) return bad();
+    port = port * 10 + (c - '0');
+  }
+  if (port > 65535) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("port {} in \"{}\" is above 65535", port, text), "server.listen");
+  }
+  out.port = static_cast<int>(port);
+  return out;
+}
+
+Expected<void> check_config(const Config& config)
+{
+  auto range = [&](const char* key, int64_t low, int64_t high) -> Expected<void> {
+    const int64_t v = config.get_int(key);
+    if (v < low || v > high) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} must be between {} and {}, not {}", key, low, high, v), key);
+    }
+    return {};
+  };
+  auto duration_range = [&](const char* key, int64_t low_ms, int64_t high_ms) -> Expected<void> {
+    const int64_t v = config.get_int(key);
+    if (v < low_ms || v > high_ms) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} must be between {}ms and {}ms, not {}ms", key, low_ms,
+                                    high_ms, v),
+                        key);
+    }
+    return {};
+  };
+  for (auto ok : {range("handler.concurrency", 1, 64), range("handler.batch_size", 1, 1000),
+                  duration_range("handler.wait", 0, 20'000), range("store.pool_size", 1, 64),
+                  duration_range("store.connect_timeout", 1, 600'000),
+                  range("cache.capacity", 1, 100'000'000),
+                  duration_range("cache.ttl", 1, 30LL * 86'400'000),
+                  duration_range("cache.timeout", 1, 60'000), range("server.threads", 1, 1024),
+                  range("server.max_body", 1, 1LL << 30),
+                  duration_range("server.read_timeout", 1, 3'600'000),
+                  duration_range("server.write_timeout", 1, 3'600'000),
+                  duration_range("server.keep_alive_timeout", 1, 3'600'000),
+                  range("server.keep_alive_max", 1, 1'000'000'000),
+                  range("server.rate_limit", 0, 1'000'000'000),
+                  range("server.rate_burst", 0, 1'000'000'000)}) {
+    if (!ok) return ok;
+  }
+  if (config.get_string("store.backend") == "postgres" && config.get_string("store.url").empty()) {
+    return make_error(Errc::invalid_input,
+                      "store.backend is \"postgres\" but store.url is empty; set it to the "
+                      "server's URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"",
+                      "store.url");
+  }
+  if (config.get_string("cache.backend") == "redis") {
+    const auto& url = config.get_string("cache.url");
+    if (url.rfind("redis://", 0) != 0 && url.rfind("unix://", 0) != 0) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("cache.url \"{}\" must start with redis:// or unix://", url),
+                        "cache.url");
+    }
+    if (config.get_string("cache.prefix").empty()) {
+      return make_error(Errc::invalid_input,
+                        "cache.prefix must not be empty: acmo clears only the keys under it",
+                        "cache.prefix");
+    }
+  }
+  if (auto ok = parse_listen(config.get_string("server.listen")); !ok) return Unexpected(ok.error());
+  return {};
 }
 
 } // namespace acmo

@@ -13,7 +13,7 @@
 
 namespace acmo {
 
-enum class KeyType { string, boolean, integer, duration, duration_list, choice };
+enum class KeyType { string, boolean, integer, duration, duration_list, choice, string_list };
 
 struct ConfigKey {
   const char* name;          // "queue.visibility_timeout"; top-level keys have no dot
@@ -30,7 +30,8 @@ const std::vector<ConfigKey>& config_keys();
 // ("queue.durability" → "ACMO_QUEUE_DURABILITY").
 std::string env_name(const ConfigKey& key);
 
-using ConfigValue = std::variant<std::string, bool, int64_t, std::vector<int64_t>>;
+using ConfigValue =
+  std::variant<std::string, bool, int64_t, std::vector<int64_t>, std::vector<std::string>>;
 
 struct ConfigEntry {
   ConfigValue value;
@@ -44,6 +45,7 @@ public:
   bool get_bool(const std::string& key) const;
   int64_t get_int(const std::string& key) const; // integers, and durations in ms
   const std::vector<int64_t>& get_list(const std::string& key) const;
+  const std::vector<std::string>& get_strings(const std::string& key) const;
   const ConfigEntry& entry(const std::string& key) const;
   // The file that was read, if any.
   const std::string& file() const { return m_file; }
@@ -80,5 +82,16 @@ Expected<Config> load_config(const ConfigSources& sources);
 // The queue options a configuration describes. queue.dlq_name, when not set, is the queue's
 // name and "-dlq".
 QueueOptions queue_options_from(const Config& config);
+
+// Check the keys outside [queue] (ranges, and what goes together: store.backend = "postgres"
+// needs store.url); the error names the key in `field`.
+Expected<void> check_config(const Config& config);
+
+// "HOST:PORT" → host and port; an error that says what is wrong.
+struct ListenAddress {
+  std::string host;
+  int port = 0;
+};
+Expected<ListenAddress> parse_listen(std::string_view text);
 
 } // namespace acmo

@@ -10,6 +10,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include "core/cached_orders.hpp"
 #include "core/handler_registry.hpp"
 #include "core/order_store.hpp"
 #include "core/sqlite.hpp"
@@ -113,10 +114,12 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
   int64_t applied = 0;
   int64_t dead = 0;
   std::string last_reason;
+  std::vector<std::string> changed; // order ids whose cache entries go after the commit
   const auto started = std::chrono::steady_clock::now();
   auto settled = m_queue.settle(receipts, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
     applied = 0;
     dead = 0;
+    changed.clear();
     std::vector<Disposition> out(events.size());
     const int64_t now = m_clock.now_ms();
     for (size_t i = 0; i < events.size(); ++i) {
@@ -126,6 +129,7 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
                                     : Expected<void>(Unexpected(events[i].error()));
       if (ok) {
         ++applied;
+        changed.push_back(events[i]->event.order_id);
       } else {
         out[i] = Disposition{true, ok.error().message};
         last_reason = ok.error().message;
@@ -134,6 +138,7 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     }
     return out;
   });
+  if (settled) invalidate_orders(m_options.cache, changed);
   const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::steady_clock::now() - started)
                             .count();

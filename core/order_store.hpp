@@ -55,6 +55,27 @@ public:
   virtual Expected<std::vector<OrderEventRecord>> events(std::string_view id) = 0;
 };
 
+// What became of one event of a batch applied by an OrderWriter.
+struct ApplyOutcome {
+  enum class Kind { applied, duplicate, rejected };
+  Kind kind = Kind::applied;
+  std::string reason; // rejected: why the event can never apply
+};
+
+// A store outside the queue's database (PostgreSQL) that the handler writes to. Exactly once
+// in effect: each applied message id is recorded in the same transaction as its change.
+class OrderWriter
+{
+public:
+  virtual ~OrderWriter() = default;
+  // Apply the events in order in one transaction. An event whose message id is already
+  // recorded is a duplicate and changes nothing; one that can never apply (invalid, unknown
+  // order, forbidden change) is rejected with its reason and the others go on. A failure of
+  // the store itself (down, timeout) is Errc::unavailable and changes nothing.
+  virtual Expected<std::vector<ApplyOutcome>> apply_batch(const std::vector<AppliedEvent>& events,
+                                                          int64_t now_ms) = 0;
+};
+
 class SqliteOrderStore final : public OrderStore
 {
 public:

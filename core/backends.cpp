@@ -1,0 +1,46 @@
+#include "core/backends.hpp"
+
+#include "core/config.hpp"
+
+namespace acmo {
+
+Expected<std::unique_ptr<OrderStore>> open_order_store(const Config& config,
+                                                       const std::string& db_path)
+{
+  if (config.get_string("store.backend") == "postgres") {
+    return make_error(Errc::unavailable, "the PostgreSQL order store is not built yet",
+                      "store.backend");
+  }
+  auto store = SqliteOrderStore::open(db_path);
+  if (!store) return Unexpected(store.error());
+  return std::unique_ptr<OrderStore>(std::move(*store));
+}
+
+Expected<std::unique_ptr<OrderWriter>> open_order_writer(const Config& config)
+{
+  if (config.get_string("store.backend") == "postgres") {
+    return make_error(Errc::unavailable, "the PostgreSQL order store is not built yet",
+                      "store.backend");
+  }
+  return std::unique_ptr<OrderWriter>();
+}
+
+std::unique_ptr<Cache> open_cache(const Config& config)
+{
+  const std::string& backend = config.get_string("cache.backend");
+  if (backend == "none") return std::make_unique<NullCache>();
+  // "redis" falls back to the memory cache until the Redis adapter lands.
+  return std::make_unique<MemoryCache>(static_cast<size_t>(config.get_int("cache.capacity")),
+                                       config.get_int("cache.ttl"));
+}
+
+HandlerOptions handler_options_from(const Config& config)
+{
+  HandlerOptions o;
+  o.concurrency = static_cast<int>(config.get_int("handler.concurrency"));
+  o.batch_size = static_cast<int>(config.get_int("handler.batch_size"));
+  o.wait_ms = config.get_int("handler.wait");
+  return o;
+}
+
+} // namespace acmo
