@@ -10,6 +10,7 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
+#include "core/backends.hpp"
 #include "core/order_handler.hpp"
 #include "core/paths.hpp"
 
@@ -21,6 +22,9 @@ struct RunHandlerOptions {
   int concurrency = 1;
   int batch_size = 10;
   bool once = false;
+  // The flags given; those not given come from the configuration ([handler]).
+  CLI::Option* concurrency_flag = nullptr;
+  CLI::Option* batch_size_flag = nullptr;
 };
 
 constexpr int k_max_concurrency = 64;
@@ -81,8 +85,11 @@ Expected<HandlerStats> run_until_signal(OrderHandler& handler, const sigset_t& s
   return result;
 }
 
-int run_handler(const RunHandlerOptions& opts, const GlobalOptions& global)
+int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
 {
+  HandlerOptions options = handler_options_from(config(global));
+  if (opts.concurrency_flag->count() == 0) opts.concurrency = options.concurrency;
+  if (opts.batch_size_flag->count() == 0) opts.batch_size = options.batch_size;
   if (opts.concurrency < 1 || opts.concurrency > k_max_concurrency) {
     throw Fatal(fmt::format("--concurrency must be between 1 and {} worker threads (got {})",
                             k_max_concurrency, opts.concurrency),
@@ -96,9 +103,13 @@ int run_handler(const RunHandlerOptions& opts, const GlobalOptions& global)
 
   const sigset_t stop_signals = block_stop_signals();
   auto queue = open_queue(global); // creates and migrates the schema, order tables included
-  HandlerOptions options;
+  auto writer = open_order_writer(config(global));
+  if (!writer) throw Fatal(writer.error());
+  auto cache = open_cache(config(global));
   options.concurrency = opts.concurrency;
   options.batch_size = opts.batch_size;
+  options.writer = writer->get();
+  options.cache = cache.get();
   OrderHandler handler(*queue, database_path(data_dir(global)), options);
 
   if (!opts.once && !global.quiet && !global.json) {
@@ -122,13 +133,13 @@ int run_handler(const RunHandlerOptions& opts, const GlobalOptions& global)
 Runner setup_run_handler(CLI::App& sub, const GlobalOptions& global)
 {
   auto opts = std::make_shared<RunHandlerOptions>();
-  sub.add_option("--concurrency", opts->concurrency,
-                 fmt::format("Worker threads, 1-{} (default {})", k_max_concurrency,
-                             opts->concurrency))
+  opts->concurrency_flag = sub.add_option("--concurrency", opts->concurrency,
+                 fmt::format("Worker threads, 1-{} (default: handler.concurrency, 1)",
+                             k_max_concurrency))
     ->option_text("N");
-  sub.add_option("--batch-size", opts->batch_size,
-                 fmt::format("Messages per receive, 1-{} (default {})", k_max_batch_size,
-                             opts->batch_size))
+  opts->batch_size_flag = sub.add_option("--batch-size", opts->batch_size,
+                 fmt::format("Messages per receive, 1-{} (default: handler.batch_size, 10)",
+                             k_max_batch_size))
     ->option_text("N");
   sub.add_flag("--once", opts->once,
                "Process what is queued until no visible message is left, then exit");

@@ -12,6 +12,7 @@
 #include "core/ids.hpp"
 #include "core/limits.hpp"
 #include "core/order_event.hpp"
+#include "core/submit.hpp"
 
 namespace acmo::cli {
 
@@ -44,39 +45,10 @@ std::string load_data_argument(const std::string& arg)
   return read_all(in);
 }
 
-// Fill in what the sender may leave out: a CREATE's order id and the group (queue.group_by).
-// A CREATE with a deduplication id but no order id gets an order id derived from the dedup id,
-// so that sending it again is the same event: caught as a duplicate, with the same order id.
-void complete_event(OrderEvent& event, const Config& config)
-{
-  if (event.order_id.empty()) {
-    event.order_id = event.dedup_id.empty() ? new_order_id() : order_id_for(event.dedup_id);
-  }
-  if (event.group_id.empty()) {
-    event.group_id = config.get_string("queue.group_by") == "order" ? event.order_id : "orders";
-  }
-}
-
-SendRequest to_request(const OrderEvent& event)
-{
-  SendRequest req;
-  req.body = event_body(event);
-  req.group_id = event.group_id;
-  req.dedup_id = event.dedup_id;
-  return req;
-}
-
-nlohmann::json result_json(const SendResult& result, const OrderEvent& event)
-{
-  return {{"messageId", result.message_id},       {"sequenceNumber", format_sequence(result.seq)},
-          {"orderId", event.order_id},            {"groupId", event.group_id},
-          {"deduplicationId", result.dedup_id},   {"duplicate", result.duplicate}};
-}
-
 void print_result(const GlobalOptions& global, const SendResult& result, const OrderEvent& event)
 {
   if (global.json) {
-    print_json(result_json(result, event));
+    print_json(send_result_json(result, event));
   } else if (!global.quiet) {
     if (result.duplicate) {
       fmt::print("duplicate {} {}: already queued as message {} (sequence {})\n",
@@ -130,10 +102,10 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
       return report(ok.error());
     }
   }
-  complete_event(event, config(global));
+  complete_event(event, config(global).get_string("queue.group_by"));
 
   auto queue = open_queue(global);
-  auto result = queue->send(to_request(event));
+  auto result = queue->send(to_send_request(event));
   if (!result) return report(result.error());
   print_result(global, *result, event);
   return exit_code::k_ok;
@@ -168,7 +140,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
         continue;
       }
       ++(results[i]->duplicate ? duplicates : sent);
-      if (global.json) print_json(result_json(*results[i], events[i]));
+      if (global.json) print_json(send_result_json(*results[i], events[i]));
     }
     events.clear();
     requests.clear();
@@ -186,8 +158,8 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
       print_error(fmt::format("line {}: {}", line_number, event.error().message));
       continue;
     }
-    complete_event(*event, config(global));
-    requests.push_back(to_request(*event));
+    complete_event(*event, config(global).get_string("queue.group_by"));
+    requests.push_back(to_send_request(*event));
     events.push_back(std::move(*event));
     line_numbers.push_back(line_number);
     if (requests.size() >= 5000) flush();

@@ -1,0 +1,26 @@
+// Putting order events on the queue, as `acmo send` and `POST /api/orders` both do: fill in
+// what the sender may leave out, turn the event into a send request, and describe the result
+// in the names of SPEC §3a.
+#pragma once
+
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "core/order_event.hpp"
+#include "core/queue.hpp"
+
+namespace acmo {
+
+// A CREATE's order id when it has none, and the group (queue.group_by: "single" → "orders",
+// "order" → the order id) when none is given. A CREATE with a deduplication id but no order
+// id gets an order id derived from the dedup id, so that sending it again is the same event:
+// caught as a duplicate, with the same order id.
+void complete_event(OrderEvent& event, std::string_view group_by);
+
+SendRequest to_send_request(const OrderEvent& event);
+
+// {"messageId", "sequenceNumber", "orderId", "groupId", "deduplicationId", "duplicate"}
+nlohmann::json send_result_json(const SendResult& result, const OrderEvent& event);
+
+} // namespace acmo
