@@ -1,0 +1,50 @@
+// The figures document of SPEC §3a: what `acmo stats --json` prints and `GET /handler/stats`
+// answers, built in one place so that both say the same thing in the same names.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/cache.hpp"
+#include "core/error.hpp"
+#include "core/handler_registry.hpp"
+#include "core/order_store.hpp"
+#include "core/queue.hpp"
+
+namespace acmo {
+
+// {"name", "visible", "inFlight", "delayed", "deadLettered", "dedupEntries", "sent",
+//  "duplicates", "received", "deleted", "retried", "expired", "oldestAgeMs"}
+nlohmann::json queue_stats_json(const QueueStats& stats);
+
+// {"running", "processed", "deadLettered", "retried", "handlers": [{"id", "pid", "host",
+//  "state", "since", "heartbeatAgeMs", "processed", ...}]}: totals over the handlers seen in
+// the last hour, running or not.
+nlohmann::json handlers_json(const std::vector<HandlerRecord>& handlers, int64_t now_ms);
+
+// {"backend", "hits", "misses", "hitRate", "keys", "errors"}
+nlohmann::json cache_stats_json(const CacheStats& stats);
+
+// Everything the document is made of, read once.
+struct StatsReport {
+  QueueStats queue;
+  std::vector<HandlerRecord> handlers;
+  std::string store_backend; // "sqlite", "postgres"
+  int64_t orders = 0;
+  CacheStats cache;
+  int64_t now_ms = 0;
+};
+
+// Read the figures: the queue's, the handlers registered in `db_path` (the queue's database),
+// the store's order count, and the cache's (`cache` may be null: no cache).
+Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore& store,
+                                 std::string_view store_backend, Cache* cache, int64_t now_ms);
+
+// {"queue": {...}, "handler": {...}, "store": {"backend", "orders"}, "cache": {...}}
+nlohmann::json stats_json(const StatsReport& report);
+
+} // namespace acmo
