@@ -1,6 +1,7 @@
 #include "core/backends.hpp"
 
 #include "core/config.hpp"
+#include "core/redis_cache.hpp"
 
 namespace acmo {
 
@@ -29,7 +30,17 @@ std::unique_ptr<Cache> open_cache(const Config& config)
 {
   const std::string& backend = config.get_string("cache.backend");
   if (backend == "none") return std::make_unique<NullCache>();
-  // "redis" falls back to the memory cache until the Redis adapter lands.
+  if (backend == "redis") {
+    RedisCacheOptions o;
+    o.url = config.get_string("cache.url");
+    o.prefix = config.get_string("cache.prefix");
+    o.ttl_ms = config.get_int("cache.ttl");
+    o.timeout_ms = config.get_int("cache.timeout");
+    // Connections open as they are needed: at most one per thread that may ask at once.
+    o.max_connections = static_cast<int>(config.get_int("server.threads") +
+                                         config.get_int("handler.concurrency"));
+    return std::make_unique<RedisCache>(std::move(o));
+  }
   return std::make_unique<MemoryCache>(static_cast<size_t>(config.get_int("cache.capacity")),
                                        config.get_int("cache.ttl"));
 }

@@ -43,6 +43,13 @@ public:
   virtual void put(std::string_view key, std::string_view value) = 0;
   virtual void invalidate(std::string_view key) = 0;
   virtual void invalidate_prefix(std::string_view prefix) = 0;
+  // Drop these keys and every key under `prefix` (what the handler does after each commit). An
+  // adapter with a network round trip per call does it in fewer.
+  virtual void invalidate_batch(const std::vector<std::string>& keys, std::string_view prefix)
+  {
+    for (const auto& key : keys) invalidate(key);
+    invalidate_prefix(prefix);
+  }
   virtual std::vector<std::string> keys() = 0;
   // Remove every key of acmo's (for Redis: only under its prefix); how many were removed.
   virtual int64_t clear() = 0;

@@ -49,8 +49,10 @@ void CachedOrders::invalidate(const std::vector<std::string>& order_ids)
 void invalidate_orders(Cache* cache, const std::vector<std::string>& order_ids)
 {
   if (cache == nullptr || order_ids.empty()) return;
-  for (const auto& id : order_ids) cache->invalidate(order_cache_key(id));
-  cache->invalidate_prefix(k_order_list_prefix);
+  std::vector<std::string> keys;
+  keys.reserve(order_ids.size());
+  for (const auto& id : order_ids) keys.push_back(order_cache_key(id));
+  cache->invalidate_batch(keys, k_order_list_prefix);
 }
 
 } // namespace acmo
