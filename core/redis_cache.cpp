@@ -633,7 +633,7 @@ std::optional<std::string> RedisCache::get(std::string_view key)
   commands.push_back({"GET", full_key(key)});
   auto replies = exec(commands);
   if (!replies) {
-    commands.pop_back();
+    commands.resize(n_counts);
     restore_counts(commands);
     fail(replies.error());
     count(m_pending_misses, m_local_misses);
@@ -653,22 +653,28 @@ void RedisCache::put(std::string_view key, std::string_view value)
 {
   const std::string full = full_key(key);
   const std::string px = std::to_string(m_options.ttl_ms);
-  std::vector<Command> commands;
-  if (const std::string* indexed = indexed_prefix_of(key)) {
+  std::vector<Command> commands = take_counts(false);
+  const size_t n_counts = commands.size();
+  const std::string* indexed = indexed_prefix_of(key);
+  if (indexed != nullptr) {
     // The key and its index entry together, or an invalidation could miss the key.
     const std::string index = index_key(*indexed);
-    commands = {{"MULTI"},
-                {"SET", full, std::string(value), "PX", px},
-                {"SADD", index, full},
-                {"PEXPIRE", index, px},
-                {"EXEC"}};
+    commands.insert(commands.end(), {{"MULTI"},
+                                     {"SET", full, std::string(value), "PX", px},
+                                     {"SADD", index, full},
+                                     {"PEXPIRE", index, px},
+                                     {"EXEC"}});
   } else {
-    commands = {{"SET", full, std::string(value), "PX", px}};
+    commands.push_back({"SET", full, std::string(value), "PX", px});
   }
   auto replies = exec(commands);
-  if (!replies) return fail(replies.error());
+  if (!replies) {
+    commands.resize(n_counts);
+    restore_counts(commands);
+    return fail(replies.error());
+  }
   const redisReply* r = replies->back().get();
-  if (is_error(r) || (commands.size() > 1 && r->type != REDIS_REPLY_ARRAY)) {
+  if (is_error(r) || (indexed != nullptr && r->type != REDIS_REPLY_ARRAY)) {
     fail(Error(Errc::internal, "Redis refused a SET: " + reply_text(r)));
   }
 }
@@ -696,6 +702,11 @@ void RedisCache::invalidate_impl(const std::vector<std::string>& keys,
     // Sent before anything else once Redis answers again: a Redis that comes back with its
     // data (a network cut, a restart from its dump) must not serve what this change made stale.
     if (m_address) remember_invalidation(keys, prefix);
+    return;
+  }
+  // A handler only invalidates: its counts (the errors of an outage) go from here.
+  if (auto counts = take_counts(false); !counts.empty()) {
+    if (!exec(counts)) restore_counts(counts);
   }
 }
 

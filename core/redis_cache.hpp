@@ -18,8 +18,10 @@
 //
 // Hits, misses and errors are counted in a hash, "PREFIX~stats", shared by every process
 // that uses the prefix, so `acmo stats` shows the figures of the handler and the servers. A
-// process adds its counts there at most once a second, in the same round trip as a get, and
-// when it is destroyed; stats() sends its counts first, then reads the hash.
+// process adds its counts there at most once a second, in the same round trip as a get or a
+// put (after an invalidation, in one of its own), and when it is destroyed; stats() sends its
+// counts first, then reads the hash. Counts made while Redis is down are kept and sent when
+// it is back, except by a process that ends during the outage.
 #pragma once
 
 #include <atomic>

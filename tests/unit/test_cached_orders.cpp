@@ -1,6 +1,9 @@
 // Cache-aside reads of orders over the embedded store: a read is a miss, then a hit; the
 // handler's commit invalidates the order and the lists, so the next read shows the change.
 // With the memory cache, and with Redis.
+#include <chrono>
+#include <thread>
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -151,4 +154,89 @@ TEST_CASE("CachedOrders: with the cache's Redis down, reads answer from the stor
     CHECK(total_of(must(orders.list_json("", 50, 0))) == 1);
   }
   CHECK(cache.stats().errors >= 12); // each get and each put
+}
+
+TEST_CASE("CachedOrders: Redis stopped in the middle of a handler run, and started again",
+          "[cached_orders][redis]")
+{
+  // Issue 3, item 6: no event fails, reads fall back to the store, errors are counted, and
+  // caching resumes when Redis returns.
+  test::OwnRedisServer server;
+  TempDir dir;
+  const std::string path = dir.file("acmo.db");
+  auto q = open_queue(path);
+  RedisCacheOptions o;
+  o.url = server.url();
+  o.prefix = "acmo:";
+  o.timeout_ms = 100;
+  o.retry_after_ms = 200;
+  RedisCache cache(o);
+  HandlerOptions options{2, 10, 20};
+  options.cache = &cache;
+  OrderHandler handler(*q, path, options);
+  std::thread worker([&] { must(handler.run()); });
+  struct Join {
+    OrderHandler& h;
+    std::thread& t;
+    ~Join()
+    {
+      h.stop();
+      if (t.joinable()) t.join();
+    }
+  } join{handler, worker};
+
+  auto store = must(SqliteOrderStore::open(path));
+  CachedOrders orders(*store, &cache);
+  constexpr int k_orders = 40;
+  auto id = [](int i) { return "ord_" + std::to_string(i); };
+  // Wait until the handler has applied everything queued, then read every order twice and
+  // check what it says.
+  auto settle_and_read = [&](const std::string& status) {
+    for (int i = 0; i < 200; ++i) {
+      auto s = must(q->stats());
+      if (s.visible + s.in_flight + s.delayed == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    int wrong = 0;
+    for (int round = 0; round < 2; ++round) {
+      for (int i = 0; i < k_orders; ++i) {
+        if (status_of(must(orders.get_json(id(i)))) != status) ++wrong;
+      }
+      if (total_of(must(orders.list_json(status, 100, 0))) != k_orders) ++wrong;
+    }
+    return wrong;
+  };
+
+  for (int i = 0; i < k_orders; ++i) send_event(*q, create(id(i), "Ada"));
+  CHECK(settle_and_read("pending") == 0);
+  const CacheStats up = cache.stats();
+  CHECK(up.hits >= k_orders + 1);
+  CHECK(up.errors == 0);
+
+  server.stop();
+  // Events keep coming and reads keep answering, from the store, while Redis is away.
+  for (int i = 0; i < k_orders; ++i) {
+    send_event(*q, update(id(i), "processing"));
+    CHECK(status_of(must(orders.get_json(id(i % 5)))) != "");
+  }
+  CHECK(settle_and_read("processing") == 0);
+  const CacheStats down = cache.stats(); // this process's own figures: Redis is away
+  CHECK(down.errors > 2 * k_orders);
+
+  server.start(); // empty: it kept nothing
+  std::this_thread::sleep_for(std::chrono::milliseconds(250)); // the back-off runs out
+  for (int i = 0; i < k_orders; ++i) send_event(*q, update(id(i), "shipped"));
+  CHECK(settle_and_read("shipped") == 0);
+  const CacheStats back = cache.stats();
+  CHECK(back.hits >= k_orders + 1); // caching resumed
+  CHECK(back.errors > 0);           // the outage's errors reached the new server
+  CHECK(back.keys >= k_orders + 1);
+
+  handler.stop();
+  worker.join();
+  const HandlerStats hs = handler.stats();
+  CHECK(hs.processed == 3 * k_orders);
+  CHECK(hs.dead_lettered == 0);
+  CHECK(hs.retried == 0);
+  CHECK(must(q->dlq_list()).empty());
 }
