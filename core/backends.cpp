@@ -1,16 +1,31 @@
 #include "core/backends.hpp"
 
 #include "core/config.hpp"
+#include "core/pg_order_store.hpp"
 #include "core/redis_cache.hpp"
 
 namespace acmo {
+
+namespace {
+
+Expected<std::unique_ptr<PgOrderStore>> open_pg(const Config& config)
+{
+  PgOptions o;
+  o.url = config.get_string("store.url");
+  o.pool_size = static_cast<int>(config.get_int("store.pool_size"));
+  o.connect_timeout_ms = config.get_int("store.connect_timeout");
+  return PgOrderStore::open(o);
+}
+
+} // namespace
 
 Expected<std::unique_ptr<OrderStore>> open_order_store(const Config& config,
                                                        const std::string& db_path)
 {
   if (config.get_string("store.backend") == "postgres") {
-    return make_error(Errc::unavailable, "the PostgreSQL order store is not built yet",
-                      "store.backend");
+    auto store = open_pg(config);
+    if (!store) return Unexpected(store.error());
+    return std::unique_ptr<OrderStore>(std::move(*store));
   }
   auto store = SqliteOrderStore::open(db_path);
   if (!store) return Unexpected(store.error());
@@ -20,8 +35,9 @@ Expected<std::unique_ptr<OrderStore>> open_order_store(const Config& config,
 Expected<std::unique_ptr<OrderWriter>> open_order_writer(const Config& config)
 {
   if (config.get_string("store.backend") == "postgres") {
-    return make_error(Errc::unavailable, "the PostgreSQL order store is not built yet",
-                      "store.backend");
+    auto store = open_pg(config);
+    if (!store) return Unexpected(store.error());
+    return std::unique_ptr<OrderWriter>(std::move(*store));
   }
   return std::unique_ptr<OrderWriter>();
 }

@@ -68,6 +68,42 @@ Expected<void> apply_status_change(Order& order, std::string_view new_status, in
   return {};
 }
 
+Expected<void> apply_event(std::optional<Order>& order, const OrderEvent& event, int64_t now_ms)
+{
+  switch (event.type) {
+  case EventType::create: {
+    if (order) {
+      return make_error(Errc::conflict,
+                        fmt::format("CREATE for order {}, which already exists", event.order_id),
+                        "orderId");
+    }
+    auto created = order_from_create(event, now_ms);
+    if (!created) return Unexpected(created.error());
+    order = std::move(*created);
+    return {};
+  }
+  case EventType::update: {
+    if (!order) break;
+    auto status = event.data.find("status");
+    if (status == event.data.end() || !status->is_string()) {
+      return make_error(Errc::invalid_input, "data.status: is required", "data.status");
+    }
+    Order changed = *order;
+    if (auto ok = apply_status_change(changed, status->get<std::string>(), now_ms); !ok) return ok;
+    order = std::move(changed);
+    return {};
+  }
+  case EventType::remove:
+    if (!order) break;
+    order.reset();
+    return {};
+  }
+  return make_error(Errc::not_found,
+                    fmt::format("{} for order {}, which does not exist (never created, or deleted)",
+                                event_type_name(event.type), event.order_id),
+                    "orderId");
+}
+
 std::string format_timestamp(int64_t ms_since_epoch)
 {
   const auto seconds = static_cast<std::time_t>(ms_since_epoch / 1000);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -42,6 +43,15 @@ Expected<Order> order_from_create(const OrderEvent& event, int64_t now_ms);
 // processing → shipped → delivered, any non-final status → cancelled) is Errc::conflict, a
 // permanent error that names both statuses.
 Expected<void> apply_status_change(Order& order, std::string_view new_status, int64_t now_ms);
+
+// Apply an event to the order it names, by the rules every order store shares (SPEC §3).
+// `order` is the order as it stands, or nullopt when there is none (an UPDATE or DELETE needs
+// only its id, status, version and times, not its items); on success it becomes what the event
+// makes of it: the new order for a CREATE, nullopt after a DELETE. The event's data must be
+// valid (parse_event). Permanent failures leave `order` as it was: a CREATE of an order that
+// exists and a forbidden status change are Errc::conflict, an UPDATE or DELETE of an unknown
+// order Errc::not_found, an UPDATE without a status or a total too large Errc::invalid_input.
+Expected<void> apply_event(std::optional<Order>& order, const OrderEvent& event, int64_t now_ms);
 
 // The order as the HTTP API and `acmo orders get` show it: money as JSON numbers with at most
 // two decimals, times in ISO 8601 UTC with milliseconds.

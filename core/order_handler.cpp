@@ -111,6 +111,8 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
       events.emplace_back(Unexpected(event.error()));
     }
   }
+  if (m_options.writer != nullptr) return apply_to_writer(*got, events);
+
   int64_t applied = 0;
   int64_t dead = 0;
   std::string last_reason;
@@ -139,16 +141,8 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     return out;
   });
   if (settled) invalidate_orders(m_options.cache, changed);
-  const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                            std::chrono::steady_clock::now() - started)
-                            .count();
   std::lock_guard lock(m_stats_mu);
-  ++m_stats.batches;
-  if (m_latencies_us.size() < 1024) {
-    m_latencies_us.push_back(latency_us);
-  } else {
-    m_latencies_us[m_latency_next++ % 1024] = latency_us;
-  }
+  record_latency_locked(started);
   if (settled) {
     m_stats.processed += applied;
     m_stats.dead_lettered += dead;
@@ -170,6 +164,90 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     }
   }
   return static_cast<int64_t>(got->size());
+}
+
+void OrderHandler::record_latency_locked(std::chrono::steady_clock::time_point started)
+{
+  const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now() - started)
+                            .count();
+  ++m_stats.batches;
+  if (m_latencies_us.size() < 1024) {
+    m_latencies_us.push_back(latency_us);
+  } else {
+    m_latencies_us[m_latency_next++ % 1024] = latency_us;
+  }
+}
+
+int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
+                                      std::vector<Expected<AppliedEvent>>& events)
+{
+  const auto started = std::chrono::steady_clock::now();
+  // Events that failed to parse never reach the store: they go to the DLQ with their reason.
+  std::vector<AppliedEvent> valid;
+  std::vector<size_t> index; // valid[k] came in messages[index[k]]
+  std::vector<std::pair<size_t, std::string>> rejected;
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (events[i]) {
+      valid.push_back(std::move(*events[i]));
+      index.push_back(i);
+    } else {
+      rejected.emplace_back(i, events[i].error().message);
+    }
+  }
+  Expected<std::vector<ApplyOutcome>> outcomes = std::vector<ApplyOutcome>{};
+  if (!valid.empty()) outcomes = m_options.writer->apply_batch(valid, m_clock.now_ms());
+
+  int64_t applied = 0;
+  int64_t dead = 0;
+  int64_t retried = 0;
+  std::string last_error;
+  if (outcomes) {
+    // Committed: delete what was applied (or had been, by a run that died before deleting it),
+    // dead-letter what never can be, then drop the changed orders from the cache.
+    std::vector<std::string> done;
+    std::vector<std::string> changed;
+    for (size_t k = 0; k < valid.size(); ++k) {
+      const ApplyOutcome& o = (*outcomes)[k];
+      if (o.kind == ApplyOutcome::Kind::rejected) {
+        rejected.emplace_back(index[k], o.reason);
+      } else {
+        done.push_back(messages[index[k]].receipt);
+        changed.push_back(valid[k].event.order_id);
+        ++applied;
+      }
+    }
+    // A deletion that fails (our visibility ran out and another handler has the message) is
+    // harmless: the other handler finds it applied and deletes it.
+    for (const auto& removed : m_queue.remove_batch(done)) {
+      if (!removed) last_error = removed.error().message;
+    }
+    invalidate_orders(m_options.cache, changed);
+  } else {
+    // The store is down or timed out and nothing was applied: every message goes back, to be
+    // retried after queue.retry_delays, or dead-lettered once queue.max_retries are spent.
+    last_error = outcomes.error().message;
+    for (size_t i : index) {
+      auto released = m_queue.release(messages[i].receipt, last_error);
+      if (released && released->dead_lettered) {
+        ++dead;
+      } else if (released) {
+        ++retried;
+      }
+    }
+  }
+  for (const auto& [i, reason] : rejected) {
+    if (auto ok = m_queue.dead_letter(messages[i].receipt, reason); ok) ++dead;
+    if (outcomes) last_error = reason;
+  }
+
+  std::lock_guard lock(m_stats_mu);
+  record_latency_locked(started);
+  m_stats.processed += applied;
+  m_stats.dead_lettered += dead;
+  m_stats.retried += retried;
+  if (!last_error.empty()) m_stats.last_error = last_error;
+  return static_cast<int64_t>(messages.size());
 }
 
 Expected<HandlerStats> OrderHandler::run_once()

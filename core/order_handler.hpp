@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -12,6 +13,7 @@
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
+#include "core/order_store.hpp"
 #include "core/queue.hpp"
 
 namespace acmo {
@@ -64,6 +66,11 @@ public:
 private:
   // Receive one batch and settle it; returns how many messages it received.
   Expected<int64_t> process_batch(int64_t wait_ms);
+  // process_batch's path when the orders are in an OrderWriter (PostgreSQL): apply the events
+  // there, then delete, dead-letter or release their messages by the outcome.
+  int64_t apply_to_writer(const std::vector<Message>& messages,
+                          std::vector<Expected<AppliedEvent>>& events);
+  void record_latency_locked(std::chrono::steady_clock::time_point started);
   void record_error(const std::string& message);
   Expected<HandlerStats> run_once_unregistered();
   Expected<HandlerStats> run_unregistered();

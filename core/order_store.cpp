@@ -10,30 +10,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string items_json(const std::vector<OrderItem>& items)
-{
-  json out = json::array();
-  for (const auto& item : items) {
-    out.push_back({{"product_id", item.product_id},
-                   {"name", item.name},
-                   {"quantity", item.quantity},
-                   {"unit_price_cents", item.unit_price_cents}});
-  }
-  return out.dump();
-}
-
-std::vector<OrderItem> items_from_json(std::string_view text)
-{
-  std::vector<OrderItem> out;
-  json doc = json::parse(text.begin(), text.end(), nullptr, false);
-  if (!doc.is_array()) return out;
-  for (const auto& j : doc) {
-    out.push_back(OrderItem{j.value("product_id", ""), j.value("name", ""),
-                            j.value("quantity", int64_t{0}), j.value("unit_price_cents", int64_t{0})});
-  }
-  return out;
-}
-
 const std::string k_order_columns =
   "id, customer_name, customer_email, items, total_cents, status, version, created_at, updated_at";
 
@@ -43,7 +19,7 @@ Order read_order(sqlite::Statement& stmt)
   o.id = stmt.column_text(0);
   o.customer_name = stmt.column_text(1);
   o.customer_email = stmt.column_text(2);
-  o.items = items_from_json(stmt.column_view(3));
+  o.items = stored_items_from_json(stmt.column_view(3));
   o.total_cents = stmt.column_int(4);
   o.status = stmt.column_text(5);
   o.version = stmt.column_int(6);
@@ -89,19 +65,35 @@ void save(sqlite::Database& db, const Order& o)
       " version = excluded.version, updated_at = excluded.updated_at";
   auto stmt = db.prepare(k_sql);
   stmt->bind(1, o.id).bind(2, o.customer_name).bind(3, o.customer_email);
-  stmt->bind(4, items_json(o.items)).bind(5, o.total_cents).bind(6, o.status);
+  stmt->bind(4, stored_items_json(o.items)).bind(5, o.total_cents).bind(6, o.status);
   stmt->bind(7, o.version).bind(8, o.created_at_ms).bind(9, o.updated_at_ms).run();
 }
 
-Unexpected unknown_order(std::string_view id, EventType type)
+} // namespace
+
+std::string stored_items_json(const std::vector<OrderItem>& items)
 {
-  return make_error(Errc::not_found,
-                    fmt::format("{} for order {}, which does not exist (never created, or deleted)",
-                                event_type_name(type), id),
-                    "orderId");
+  json out = json::array();
+  for (const auto& item : items) {
+    out.push_back({{"product_id", item.product_id},
+                   {"name", item.name},
+                   {"quantity", item.quantity},
+                   {"unit_price_cents", item.unit_price_cents}});
+  }
+  return out.dump();
 }
 
-} // namespace
+std::vector<OrderItem> stored_items_from_json(std::string_view text)
+{
+  std::vector<OrderItem> out;
+  json doc = json::parse(text.begin(), text.end(), nullptr, false);
+  if (!doc.is_array()) return out;
+  for (const auto& j : doc) {
+    out.push_back(OrderItem{j.value("product_id", ""), j.value("name", ""),
+                            j.value("quantity", int64_t{0}), j.value("unit_price_cents", int64_t{0})});
+  }
+  return out;
+}
 
 SqliteOrderStore::SqliteOrderStore(std::unique_ptr<sqlite::Database> db) : m_db(std::move(db)) {}
 
@@ -126,38 +118,22 @@ Expected<void> SqliteOrderStore::apply(sqlite::Database& db, const AppliedEvent&
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
   static const std::string k_delete = "DELETE FROM orders WHERE id = ?1";
   const OrderEvent& e = applied.event;
-  auto existing = find_head(db, e.order_id);
+  std::optional<Order> order = find_head(db, e.order_id);
+  if (auto ok = apply_event(order, e, now_ms); !ok) return ok;
   switch (e.type) {
-  case EventType::create: {
-    if (existing) {
-      return make_error(Errc::conflict,
-                        fmt::format("CREATE for order {}, which already exists", e.order_id),
-                        "orderId");
-    }
-    auto order = order_from_create(e, now_ms);
-    if (!order) return Unexpected(order.error());
+  case EventType::create:
     save(db, *order);
     break;
-  }
   case EventType::update: {
-    if (!existing) return unknown_order(e.order_id, e.type);
-    auto status = e.data.find("status");
-    if (status == e.data.end() || !status->is_string()) {
-      return make_error(Errc::invalid_input, "data.status: is required", "data.status");
-    }
-    if (auto ok = apply_status_change(*existing, status->get<std::string>(), now_ms); !ok) {
-      return ok;
-    }
     // Only the status changes: no need to write the items again.
     static const std::string k_status =
       "UPDATE orders SET status = ?2, version = ?3, updated_at = ?4 WHERE id = ?1";
     auto stmt = db.prepare(k_status);
-    stmt->bind(1, existing->id).bind(2, existing->status).bind(3, existing->version);
-    stmt->bind(4, existing->updated_at_ms).run();
+    stmt->bind(1, order->id).bind(2, order->status).bind(3, order->version);
+    stmt->bind(4, order->updated_at_ms).run();
     break;
   }
   case EventType::remove:
-    if (!existing) return unknown_order(e.order_id, e.type);
     db.prepare(k_delete)->bind(1, e.order_id).run();
     break;
   }

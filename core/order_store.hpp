@@ -76,6 +76,11 @@ public:
                                                           int64_t now_ms) = 0;
 };
 
+// An order's items as every store keeps them: a JSON array of {product_id, name, quantity,
+// unit_price_cents}. Reading text that is not such an array gives no items.
+std::string stored_items_json(const std::vector<OrderItem>& items);
+std::vector<OrderItem> stored_items_from_json(std::string_view text);
+
 class SqliteOrderStore final : public OrderStore
 {
 public:

@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "core/cache.hpp"
+#include "core/cached_orders.hpp"
 #include "core/order_handler.hpp"
 #include "core/handler_registry.hpp"
 #include "core/order_store.hpp"
@@ -156,4 +158,139 @@ TEST_CASE("HandlerRecord: running while it beats, gone once the beats stop", "[h
   CHECK(r.state(10'001 + k_heartbeat_timeout_ms) == "gone");
   r.stopped_at_ms = 12'000;
   CHECK(r.state(99'000) == "stopped");
+}
+
+namespace {
+
+// A stand-in for the PostgreSQL store, to test what the handler does with each outcome of
+// OrderWriter::apply_batch (the real store is tested in test_pg_order_store.cpp): orders named
+// "ord_bad…" are rejected, "ord_dup…" were applied before, and while `down` the store is
+// unavailable.
+class ScriptedWriter final : public OrderWriter
+{
+public:
+  bool down = false;
+  std::vector<std::string> applied; // order ids, in the order applied
+  int calls = 0;
+
+  Expected<std::vector<ApplyOutcome>> apply_batch(const std::vector<AppliedEvent>& events,
+                                                  int64_t /*now_ms*/) override
+  {
+    ++calls;
+    if (down) return make_error(Errc::unavailable, "PostgreSQL at test is not answering");
+    std::vector<ApplyOutcome> out(events.size());
+    for (size_t i = 0; i < events.size(); ++i) {
+      const std::string& id = events[i].event.order_id;
+      if (id.rfind("ord_bad", 0) == 0) {
+        out[i] = {ApplyOutcome::Kind::rejected, "order " + id + " is bad"};
+      } else if (id.rfind("ord_dup", 0) == 0) {
+        out[i].kind = ApplyOutcome::Kind::duplicate;
+      } else {
+        applied.push_back(id);
+      }
+    }
+    return out;
+  }
+};
+
+std::string cancel(const std::string& id)
+{
+  return R"({"type":"UPDATE","orderId":")" + id + R"(","data":{"status":"cancelled"}})";
+}
+
+} // namespace
+
+TEST_CASE("OrderHandler with a writer: applied and duplicate messages are deleted, rejected "
+          "ones dead-lettered with the reason, the changed orders dropped from the cache",
+          "[handler]")
+{
+  TempDir dir;
+  ManualClock clock;
+  const std::string path = dir.file("acmo.db");
+  auto q = open_queue(path, {}, clock);
+  send_event(*q, cancel("ord_1"));
+  send_event(*q, cancel("ord_bad"));
+  send_event(*q, cancel("ord_dup"));
+  must(q->send(SendRequest{"not an event", "orders", ""}));
+  send_event(*q, cancel("ord_2"));
+  MemoryCache cache(100, 60'000, clock);
+  for (const char* id : {"ord_1", "ord_2", "ord_dup", "ord_bad", "ord_other"}) {
+    cache.put(order_cache_key(id), "{}");
+  }
+  cache.put(CachedOrders::list_key("", 50, 0), "{}");
+  ScriptedWriter writer;
+  HandlerOptions options{1, 10, 50};
+  options.writer = &writer;
+  options.cache = &cache;
+  OrderHandler handler(*q, path, options, clock);
+  auto stats = must(handler.run_once());
+  CHECK(writer.applied == std::vector<std::string>{"ord_1", "ord_2"});
+  CHECK(stats.processed == 3); // the duplicate was applied by an earlier run
+  CHECK(stats.dead_lettered == 2);
+  CHECK(stats.retried == 0);
+  auto dead = must(q->dlq_list());
+  REQUIRE(dead.size() == 2);
+  CHECK(dead[0].dead_reason == "order ord_bad is bad");
+  CHECK(dead[1].dead_reason == "body: is not valid JSON");
+  auto s = must(q->stats());
+  CHECK(s.visible + s.in_flight + s.delayed == 0);
+  // Dropped: the orders applied (or applied before), and the lists.
+  CHECK_FALSE(cache.get(order_cache_key("ord_1")));
+  CHECK_FALSE(cache.get(order_cache_key("ord_2")));
+  CHECK_FALSE(cache.get(order_cache_key("ord_dup")));
+  CHECK_FALSE(cache.get(CachedOrders::list_key("", 50, 0)));
+  CHECK(cache.get(order_cache_key("ord_bad")));
+  CHECK(cache.get(order_cache_key("ord_other")));
+}
+
+TEST_CASE("OrderHandler with a writer: while the store is down every message goes back with "
+          "backoff, and once the retries are spent to the DLQ with the reason",
+          "[handler]")
+{
+  TempDir dir;
+  ManualClock clock;
+  const std::string path = dir.file("acmo.db");
+  QueueOptions qo;
+  qo.retry_delays_ms = {1'000, 5'000};
+  qo.max_retries = 2;
+  auto q = open_queue(path, qo, clock);
+  send_event(*q, cancel("ord_1"));
+  send_event(*q, cancel("ord_2"));
+  ScriptedWriter writer;
+  writer.down = true;
+  HandlerOptions options{1, 10, 50};
+  options.writer = &writer;
+  OrderHandler handler(*q, path, options, clock);
+
+  auto stats = must(handler.run_once());
+  CHECK(stats.retried == 2);
+  CHECK(stats.processed == 0);
+  CHECK(stats.last_error == "PostgreSQL at test is not answering");
+  CHECK(must(q->stats()).delayed == 2);
+  // Not visible before the first retry delay.
+  clock.advance_ms(999);
+  CHECK(must(handler.run_once()).retried == 2);
+
+  SECTION("the store comes back: everything applies once, in order")
+  {
+    clock.advance_ms(1);
+    writer.down = false;
+    stats = must(handler.run_once());
+    CHECK(stats.processed == 2);
+    CHECK(writer.applied == std::vector<std::string>{"ord_1", "ord_2"});
+    CHECK(must(q->stats()).delayed == 0);
+  }
+  SECTION("the store stays down: the DLQ after queue.max_retries retries")
+  {
+    clock.advance_ms(1);
+    CHECK(must(handler.run_once()).retried == 4);
+    clock.advance_ms(5'000);
+    stats = must(handler.run_once());
+    CHECK(stats.retried == 4);
+    CHECK(stats.dead_lettered == 2);
+    auto dead = must(q->dlq_list());
+    REQUIRE(dead.size() == 2);
+    CHECK(dead[0].dead_reason.find("not answering") != std::string::npos);
+    CHECK(writer.applied.empty());
+  }
 }

@@ -1,0 +1,112 @@
+// Helpers for the tests that run against the real PostgreSQL server of the tests
+// (scripts/test-services.sh, ACMO_TEST_PG_URL): each test gets a schema of its own, so tests
+// never see each other's tables, and the schema is dropped at the end.
+#pragma once
+
+#include <cstdlib>
+#include <optional>
+#include <random>
+#include <string>
+
+#include <catch2/catch.hpp>
+#include <fmt/core.h>
+#include <pqxx/pqxx>
+#include <unistd.h>
+
+namespace acmo::test {
+
+// The test server's URL. Without ACMO_TEST_PG_URL the test is skipped with a warning, or fails
+// when CI=true: in CI a missing server is a failure.
+inline std::optional<std::string> pg_url()
+{
+  const char* url = std::getenv("ACMO_TEST_PG_URL");
+  if (url != nullptr && *url != '\0') return std::string(url);
+  const char* ci = std::getenv("CI");
+  if (ci != nullptr && std::string(ci) == "true") {
+    FAIL("ACMO_TEST_PG_URL is not set: run the tests through scripts/test.sh, or "
+         "eval \"$(scripts/test-services.sh start)\" first");
+  }
+  WARN("skipped: ACMO_TEST_PG_URL is not set; eval \"$(scripts/test-services.sh start)\" starts "
+       "PostgreSQL for the tests");
+  return std::nullopt;
+}
+
+// Skip the rest of the test (with a warning) when there is no test server.
+#define ACMO_NEED_PG(url)                                                                          \
+  const auto url##_opt = ::acmo::test::pg_url();                                                   \
+  if (!url##_opt) return;                                                                          \
+  const std::string& url = *url##_opt
+
+// A schema of its own in the test database, dropped with everything in it at the end.
+// url() points the store at it (search_path) and names the connections after it
+// (application_name), so a test can find and terminate its own backends.
+class PgSchema
+{
+public:
+  explicit PgSchema(std::string base_url)
+    : m_base(std::move(base_url)), m_name(fresh_name()), m_admin(m_base)
+  {
+    exec("CREATE SCHEMA " + m_name);
+  }
+  ~PgSchema()
+  {
+    try {
+      exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '"
+           + m_name + "'");
+      exec("DROP SCHEMA " + m_name + " CASCADE");
+    } catch (const std::exception&) {
+      // A destructor must not throw; a leftover schema in the test database is the lesser harm.
+    }
+  }
+  PgSchema(const PgSchema&) = delete;
+  PgSchema& operator=(const PgSchema&) = delete;
+
+  const std::string& name() const { return m_name; }
+
+  // The URL of the schema, for connections named `application_name` (by default the schema's
+  // name, which backends() and terminate_backends() look for).
+  std::string url(const std::string& application_name = {}) const
+  {
+    const char sep = m_base.find('?') == std::string::npos ? '?' : '&';
+    return fmt::format("{}{}options=-csearch_path%3D{}&application_name={}", m_base, sep, m_name,
+                       application_name.empty() ? m_name : application_name);
+  }
+
+  // Run SQL on the test's own admin connection, outside any transaction, in the test's schema.
+  pqxx::result exec(const std::string& sql)
+  {
+    pqxx::nontransaction tx(m_admin);
+    tx.exec0("SET search_path = " + m_name);
+    return tx.exec(sql);
+  }
+
+  // How many connections the store under test has open on the server now.
+  int backends()
+  {
+    return exec("SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + m_name
+                + "'")[0][0]
+      .as<int>();
+  }
+
+  // Terminate every connection of the store under test (what a server restart does to it).
+  int terminate_backends()
+  {
+    return exec("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                "application_name = '"
+                + m_name + "'")[0][0]
+      .as<int>();
+  }
+
+private:
+  static std::string fresh_name()
+  {
+    std::random_device random;
+    return fmt::format("acmo_t_{}_{:08x}", ::getpid(), random());
+  }
+
+  std::string m_base;
+  std::string m_name;
+  pqxx::connection m_admin;
+};
+
+} // namespace acmo::test

@@ -1,0 +1,465 @@
+// The PostgreSQL order store against the real test server (ACMO_TEST_PG_URL), each test in a
+// schema of its own: migrations, the same answers as the embedded store, duplicates skipped,
+// rejections with their reasons, the bounded pool, and reconnecting after the server dropped
+// the connections.
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <tuple>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "core/order_handler.hpp"
+#include "core/order_store.hpp"
+#include "core/pg_order_store.hpp"
+#include "unit/pg_test_util.hpp"
+#include "unit/queue_test_util.hpp"
+#include "unit/temp_dir.hpp"
+
+using namespace acmo;
+using acmo::test::must;
+using acmo::test::must_fail;
+using acmo::test::PgSchema;
+using acmo::test::TempDir;
+
+namespace {
+
+std::unique_ptr<PgOrderStore> open_store(const PgSchema& schema, int pool_size = 4,
+                                         int64_t connect_timeout_ms = 5'000)
+{
+  return must(PgOrderStore::open(PgOptions{schema.url(), pool_size, connect_timeout_ms}));
+}
+
+AppliedEvent event(const std::string& message_id, int64_t seq, const std::string& json)
+{
+  auto e = parse_event(json);
+  if (!e) FAIL("bad test event: " << e.error().message);
+  return AppliedEvent{message_id, seq, std::move(*e)};
+}
+
+std::string create(const std::string& id, const std::string& name = "Ada")
+{
+  return R"({"type":"CREATE","orderId":")" + id + R"(","data":{"customer_name":")" + name
+         + R"(","customer_email":"ada@example.com","items":[{"product_id":"p1","name":"Pen","quantity":3,"unit_price":19.99},{"product_id":"p2","quantity":1,"unit_price":0.1}]}})";
+}
+
+std::string update(const std::string& id, const std::string& status)
+{
+  return R"({"type":"UPDATE","orderId":")" + id + R"(","data":{"status":")" + status + R"("}})";
+}
+
+std::string delete_json(const std::string& id)
+{
+  return R"({"type":"DELETE","orderId":")" + id + R"(","data":{}})";
+}
+
+using Kind = ApplyOutcome::Kind;
+
+std::vector<Kind> kinds(const std::vector<ApplyOutcome>& outcomes)
+{
+  std::vector<Kind> out;
+  for (const auto& o : outcomes) out.push_back(o.kind);
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("PgOrderStore: the schema is created once; opening again, and at once, is safe", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  SECTION("twice in a row")
+  {
+    open_store(schema);
+    open_store(schema);
+  }
+  SECTION("eight stores at once")
+  {
+    std::vector<std::thread> threads;
+    std::atomic<int> opened{0};
+    std::vector<std::string> errors(8);
+    for (size_t i = 0; i < 8; ++i) {
+      threads.emplace_back([&, i] {
+        auto store = PgOrderStore::open(PgOptions{schema.url(), 1, 5'000});
+        if (store) {
+          ++opened;
+        } else {
+          errors[i] = store.error().message;
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (const auto& e : errors) CHECK(e.empty());
+    CHECK(opened == 8);
+  }
+  auto version = schema.exec("SELECT version FROM acmo_schema_version");
+  REQUIRE(version.size() == 1);
+  CHECK(version[0][0].as<int>() == PgOrderStore::schema_version());
+  CHECK(schema.exec("SELECT 1 FROM pg_tables WHERE schemaname = '" + schema.name()
+                    + "' AND tablename IN ('orders', 'order_events', 'applied_messages')")
+          .size()
+        == 3);
+}
+
+TEST_CASE("PgOrderStore: a schema newer than this acmo is refused with what to do", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  open_store(schema);
+  schema.exec("UPDATE acmo_schema_version SET version = 999");
+  auto e = must_fail(PgOrderStore::open(PgOptions{schema.url(), 1, 5'000}));
+  CHECK(e.code == Errc::conflict);
+  CHECK_THAT(e.message, Catch::Contains("version 999") && Catch::Contains("upgrade acmo"));
+}
+
+TEST_CASE("PgOrderStore: a server that does not answer is unavailable", "[pg]")
+{
+  // Port 1 on loopback: nothing listens there.
+  auto e = must_fail(PgOrderStore::open(PgOptions{"postgresql://acmo:secret@127.0.0.1:1/acmo", 1, 2'000}));
+  CHECK(e.code == Errc::unavailable);
+  CHECK_THAT(e.message, Catch::Contains("127.0.0.1:1") && Catch::Contains("store.url"));
+  CHECK_THAT(e.message, !Catch::Contains("secret"));
+}
+
+TEST_CASE("PgOrderStore: apply_batch, then get, list and events", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  auto out = must(store->apply_batch({event("m1", 1, create("ord_a")),
+                                      event("m2", 2, create("ord_b", "Bob")),
+                                      event("m3", 3, update("ord_a", "processing")),
+                                      event("m4", 4, create("ord_c", "Cy"))},
+                                     1'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::applied, Kind::applied, Kind::applied, Kind::applied});
+  out = must(store->apply_batch({event("m5", 5, update("ord_a", "shipped")),
+                                 event("m6", 6, delete_json("ord_b")),
+                                 event("m7", 7, update("ord_c", "cancelled"))},
+                                2'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::applied, Kind::applied, Kind::applied});
+
+  auto a = must(store->get("ord_a"));
+  CHECK(a.customer_name == "Ada");
+  CHECK(a.status == "shipped");
+  CHECK(a.version == 3);
+  CHECK(a.total_cents == 5997 + 10);
+  CHECK(a.created_at_ms == 1'000);
+  CHECK(a.updated_at_ms == 2'000);
+  REQUIRE(a.items.size() == 2);
+  CHECK(a.items[0].name == "Pen");
+  CHECK(a.items[1].unit_price_cents == 10);
+  CHECK(must_fail(store->get("ord_b")).code == Errc::not_found);
+
+  auto all = must(store->list("", 50, 0));
+  CHECK(all.total == 2);
+  REQUIRE(all.orders.size() == 2);
+  CHECK(all.orders[0].id == "ord_a"); // same created_at: by id
+  auto cancelled = must(store->list("cancelled", 50, 0));
+  CHECK(cancelled.total == 1);
+  REQUIRE(cancelled.orders.size() == 1);
+  CHECK(cancelled.orders[0].id == "ord_c");
+  auto page = must(store->list("", 1, 1));
+  CHECK(page.total == 2);
+  REQUIRE(page.orders.size() == 1);
+  CHECK(page.orders[0].id == "ord_c");
+  auto past = must(store->list("", 10, 5));
+  CHECK(past.total == 2);
+  CHECK(past.orders.empty());
+  CHECK(must(store->list("delivered", 10, 0)).total == 0);
+
+  auto trail = must(store->events("ord_a"));
+  REQUIRE(trail.size() == 3);
+  CHECK(trail[0].type == "CREATE");
+  CHECK(trail[0].message_id == "m1");
+  CHECK(trail[0].data["items"][0]["unit_price"] == 19.99);
+  CHECK(trail[1].seq == 3);
+  CHECK(trail[2].data == nlohmann::json{{"status", "shipped"}});
+  CHECK(trail[2].applied_at_ms == 2'000);
+  auto b = must(store->events("ord_b")); // the trail outlives the DELETE
+  REQUIRE(b.size() == 2);
+  CHECK(b[1].type == "DELETE");
+  CHECK(must(store->events("ord_nobody")).empty());
+}
+
+TEST_CASE("PgOrderStore: one batch may create, change, delete and create again one order", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  must(store->apply_batch({event("m0", 1, create("ord_x"))}, 500));
+  auto out = must(store->apply_batch({event("m1", 2, update("ord_x", "processing")),
+                                      event("m2", 3, delete_json("ord_x")),
+                                      event("m3", 4, create("ord_x", "Again")),
+                                      event("m4", 5, update("ord_x", "cancelled")),
+                                      event("m5", 6, create("ord_y")),
+                                      event("m6", 7, delete_json("ord_y"))},
+                                     1'000));
+  CHECK(kinds(out) == std::vector<Kind>(6, Kind::applied));
+  auto x = must(store->get("ord_x"));
+  CHECK(x.customer_name == "Again");
+  CHECK(x.status == "cancelled");
+  CHECK(x.version == 2);
+  CHECK(x.created_at_ms == 1'000);
+  CHECK(must_fail(store->get("ord_y")).code == Errc::not_found);
+  CHECK(must(store->events("ord_x")).size() == 5);
+  CHECK(must(store->list("", 10, 0)).total == 1);
+}
+
+TEST_CASE("PgOrderStore: a message applied before is a duplicate and changes nothing", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  const std::vector<AppliedEvent> batch = {event("m1", 1, create("ord_a")),
+                                           event("m2", 2, update("ord_a", "processing"))};
+  must(store->apply_batch(batch, 1'000));
+  // Redelivered after a crash between the commit and the deletion of the messages, with a new
+  // one behind them.
+  auto again = batch;
+  again.push_back(event("m3", 3, update("ord_a", "shipped")));
+  auto out = must(store->apply_batch(again, 2'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::duplicate, Kind::duplicate, Kind::applied});
+  auto a = must(store->get("ord_a"));
+  CHECK(a.version == 3);
+  CHECK(a.status == "shipped");
+  CHECK(must(store->events("ord_a")).size() == 3);
+  // The same message twice in one batch applies once.
+  out = must(store->apply_batch({event("m4", 4, update("ord_a", "delivered")),
+                                 event("m4", 4, update("ord_a", "delivered"))},
+                                3'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::applied, Kind::duplicate});
+  CHECK(schema.exec("SELECT count(*) FROM applied_messages")[0][0].as<int>() == 4);
+}
+
+TEST_CASE("PgOrderStore: events that can never apply are rejected with the reason; the rest "
+          "apply",
+          "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  must(store->apply_batch({event("m0", 1, create("ord_a"))}, 1'000));
+  auto nul = event("m6", 7, update("ord_a", "shipped"));
+  nul.event.data["note"] = std::string("a\0b", 3);
+  auto out = must(store->apply_batch({event("m1", 2, create("ord_a")),
+                                      event("m2", 3, update("ord_nobody", "shipped")),
+                                      event("m3", 4, delete_json("ord_nobody")),
+                                      event("m4", 5, update("ord_a", "delivered")),
+                                      event("m5", 6, update("ord_a", "processing")),
+                                      nul},
+                                     2'000));
+  REQUIRE(out.size() == 6);
+  CHECK(kinds(out)
+        == std::vector<Kind>{Kind::rejected, Kind::rejected, Kind::rejected, Kind::rejected,
+                             Kind::applied, Kind::rejected});
+  CHECK(out[0].reason == "CREATE for order ord_a, which already exists");
+  CHECK(out[1].reason
+        == "UPDATE for order ord_nobody, which does not exist (never created, or deleted)");
+  CHECK(out[2].reason
+        == "DELETE for order ord_nobody, which does not exist (never created, or deleted)");
+  CHECK(out[3].reason == "order ord_a is pending; it cannot become delivered");
+  CHECK_THAT(out[5].reason, Catch::Contains("NUL"));
+  auto a = must(store->get("ord_a"));
+  CHECK(a.status == "processing");
+  CHECK(a.customer_name == "Ada");
+  CHECK(must(store->events("ord_a")).size() == 2);
+  // A rejected message is not recorded: delivered again, it is rejected again, not a duplicate.
+  out = must(store->apply_batch({event("m1", 2, create("ord_a"))}, 3'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::rejected});
+}
+
+TEST_CASE("PgOrderStore: the handler's results equal the embedded store's", "[pg][handler]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  const std::vector<std::string> events = {
+    create("ord_a"),
+    create("ord_b", "Bob"),
+    update("ord_a", "processing"),
+    create("ord_a", "Ada again"),       // exists
+    update("ord_b", "shipped"),         // forbidden
+    delete_json("ord_b"),
+    update("ord_b", "processing"),      // gone
+    create("ord_c", "Émilie"),
+    update("ord_a", "shipped"),
+    R"({"type":"UPDATE","orderId":"ord_c","data":{"status":"lost"}})", // not a status
+    update("ord_c", "cancelled"),
+  };
+  struct Result {
+    HandlerStats stats;
+    std::vector<std::string> dead_reasons;
+    std::vector<std::string> orders;
+    std::vector<std::string> trails;
+  };
+  auto run = [&](OrderWriter* writer, const std::function<std::unique_ptr<OrderStore>(const std::string&)>& open) {
+    TempDir dir;
+    ManualClock clock;
+    const std::string path = dir.file("acmo.db");
+    auto q = acmo::test::open_queue(path, {}, clock);
+    for (const auto& e : events) {
+      // The handler checks events again: a producer that skipped validation sent the bad one.
+      must(q->send(SendRequest{e, "orders", ""}));
+    }
+    must(q->send(SendRequest{"not an event", "orders", ""}));
+    HandlerOptions options{1, 3, 50};
+    options.writer = writer;
+    OrderHandler handler(*q, path, options, clock);
+    Result r;
+    r.stats = must(handler.run_once());
+    for (const auto& m : must(q->dlq_list())) r.dead_reasons.push_back(m.dead_reason);
+    auto store = open(path);
+    for (const char* id : {"ord_a", "ord_b", "ord_c"}) {
+      auto o = store->get(id);
+      r.orders.push_back(o ? order_to_json(*o).dump() : errc_name(o.error().code));
+      std::string trail;
+      for (const auto& e : must(store->events(id))) {
+        trail += fmt::format("{} {} {} {};", e.seq, e.type, e.data.dump(), e.applied_at_ms);
+      }
+      r.trails.push_back(trail);
+    }
+    const std::vector<std::tuple<std::string, int, int>> queries = {
+      {"", 50, 0}, {"", 1, 1}, {"cancelled", 10, 0}};
+    for (const auto& [status, limit, offset] : queries) {
+      auto list = must(store->list(status, limit, offset));
+      std::string text = std::to_string(list.total);
+      for (const auto& o : list.orders) text += " " + order_to_json(o).dump();
+      r.orders.push_back(text);
+    }
+    return r;
+  };
+  Result sqlite = run(nullptr, [](const std::string& path) {
+    return std::unique_ptr<OrderStore>(must(SqliteOrderStore::open(path)));
+  });
+  auto pg = open_store(schema);
+  Result postgres = run(pg.get(), [&](const std::string&) {
+    return std::unique_ptr<OrderStore>(open_store(schema));
+  });
+  CHECK(sqlite.stats.processed == 7);
+  CHECK(sqlite.stats.dead_lettered == 5);
+  CHECK(postgres.stats.processed == sqlite.stats.processed);
+  CHECK(postgres.stats.dead_lettered == sqlite.stats.dead_lettered);
+  CHECK(postgres.stats.retried == 0);
+  CHECK(sqlite.dead_reasons.size() == 5);
+  CHECK(postgres.dead_reasons == sqlite.dead_reasons);
+  CHECK(postgres.orders == sqlite.orders);
+  CHECK(postgres.trails == sqlite.trails);
+}
+
+TEST_CASE("PgOrderStore: two handlers applying the same messages at once apply each once",
+          "[pg]")
+{
+  // What happens when a slow handler's visibility runs out and another receives its messages.
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto first = open_store(schema);
+  auto second = open_store(schema);
+  for (int round = 0; round < 20; ++round) {
+    std::vector<AppliedEvent> batch;
+    for (int i = 0; i < 10; ++i) {
+      const std::string id = fmt::format("ord_{}_{}", round, i);
+      batch.push_back(event(fmt::format("c{}_{}", round, i), i, create(id)));
+      batch.push_back(event(fmt::format("u{}_{}", round, i), i, update(id, "processing")));
+    }
+    Expected<std::vector<ApplyOutcome>> a = std::vector<ApplyOutcome>{};
+    Expected<std::vector<ApplyOutcome>> b = std::vector<ApplyOutcome>{};
+    std::thread other([&] { b = second->apply_batch(batch, 1'000); });
+    a = first->apply_batch(batch, 1'000);
+    other.join();
+    REQUIRE(a);
+    REQUIRE(b);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      INFO("round " << round << ", event " << i);
+      // One of the two applied it; the other found it applied.
+      CHECK(((*a)[i].kind == Kind::applied) != ((*b)[i].kind == Kind::applied));
+      CHECK((*a)[i].kind != Kind::rejected);
+      CHECK((*b)[i].kind != Kind::rejected);
+    }
+  }
+  CHECK(schema.exec("SELECT count(*) FROM order_events")[0][0].as<int>() == 400);
+  CHECK(schema.exec("SELECT count(*) FROM orders WHERE version = 2")[0][0].as<int>() == 200);
+}
+
+TEST_CASE("PgOrderStore: the pool never opens more than pool_size connections, and a caller "
+          "waits for one only up to the timeout",
+          "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  SECTION("eight threads, two connections")
+  {
+    auto store = open_store(schema, 2);
+    must(store->apply_batch({event("m1", 1, create("ord_a"))}, 1'000));
+    std::atomic<bool> done{false};
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&] {
+        for (int i = 0; i < 100; ++i) {
+          if (!store->get("ord_a") || !store->list("", 10, 0)) ++failures;
+        }
+      });
+    }
+    int most = 0;
+    std::thread watcher([&] {
+      while (!done) {
+        most = std::max(most, schema.backends());
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+    for (auto& t : threads) t.join();
+    done = true;
+    watcher.join();
+    CHECK(failures == 0);
+    CHECK(most >= 1);
+    CHECK(most <= 2);
+    CHECK(store->open_connections() <= 2);
+  }
+  SECTION("one connection, held by a batch waiting on a lock")
+  {
+    auto store = open_store(schema, 1, 1'000);
+    must(store->apply_batch({event("m1", 1, create("ord_a"))}, 1'000));
+    // Another session locks the order: the next batch waits, holding the only connection.
+    pqxx::connection blocker(schema.url("acmo_test_blocker"));
+    pqxx::work lock(blocker);
+    lock.exec("SELECT 1 FROM orders WHERE id = 'ord_a' FOR UPDATE");
+    Expected<std::vector<ApplyOutcome>> waiting = std::vector<ApplyOutcome>{};
+    std::thread slow([&] {
+      waiting = store->apply_batch({event("m2", 2, update("ord_a", "processing"))}, 2'000);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto started = std::chrono::steady_clock::now();
+    auto e = must_fail(store->get("ord_a"));
+    const auto waited = std::chrono::steady_clock::now() - started;
+    CHECK(e.code == Errc::unavailable);
+    CHECK_THAT(e.message, Catch::Contains("store.pool_size"));
+    CHECK(waited >= std::chrono::milliseconds(900));
+    CHECK(waited < std::chrono::milliseconds(3'000));
+    lock.commit();
+    slow.join();
+    REQUIRE(waiting);
+    CHECK(kinds(*waiting) == std::vector<Kind>{Kind::applied});
+    CHECK(must(store->get("ord_a")).status == "processing");
+  }
+}
+
+TEST_CASE("PgOrderStore: connections the server dropped are reopened", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema, 3);
+  must(store->apply_batch({event("m1", 1, create("ord_a"))}, 1'000));
+  CHECK(must(store->get("ord_a")).version == 1);
+  // What a server restart does to every connection of the pool.
+  CHECK(schema.terminate_backends() >= 1);
+  CHECK(must(store->get("ord_a")).version == 1);
+  CHECK(schema.terminate_backends() >= 1);
+  auto out = must(store->apply_batch({event("m2", 2, update("ord_a", "processing"))}, 2'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::applied});
+  CHECK(schema.terminate_backends() >= 1);
+  CHECK(must(store->list("", 10, 0)).total == 1);
+  CHECK(schema.terminate_backends() >= 1);
+  CHECK(must(store->events("ord_a")).size() == 2);
+  CHECK(store->open_connections() <= 3);
+}
