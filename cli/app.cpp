@@ -24,6 +24,10 @@ constexpr std::array k_subcommands = {
   Subcommand{"run-handler",
              "Run the OrderHandler: apply queued events to the orders (--once: until none is left)",
              &setup_run_handler},
+  Subcommand{"serve",
+             "Serve the HTTP API and monitoring endpoints, with the OrderHandler unless "
+             "--no-handler",
+             &setup_serve},
   Subcommand{"orders", "Read orders and their audit trail (get ID | list | events ID)",
              &setup_orders},
   Subcommand{"dlq", "Inspect and replay dead-lettered messages (list | show ID | redrive | purge)",

@@ -42,6 +42,7 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global);
 Runner setup_stats(CLI::App& sub, const GlobalOptions& global);
 Runner setup_purge(CLI::App& sub, const GlobalOptions& global);
 Runner setup_run_handler(CLI::App& sub, const GlobalOptions& global);
+Runner setup_serve(CLI::App& sub, const GlobalOptions& global);
 Runner setup_orders(CLI::App& sub, const GlobalOptions& global);
 Runner setup_config(CLI::App& sub, const GlobalOptions& global);
 Runner setup_dlq(CLI::App& sub, const GlobalOptions& global);

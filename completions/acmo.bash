@@ -7,7 +7,7 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler orders dlq config'
+_acmo_subcommands='send stats purge run-handler serve orders dlq config'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
@@ -21,6 +21,7 @@ _acmo_opts_send='--order-id --data --group --dedup-id --file -h --help'
 _acmo_opts_stats='-h --help'
 _acmo_opts_purge='--dlq -y --yes -h --help'
 _acmo_opts_run_handler='--concurrency --batch-size --once -h --help'
+_acmo_opts_serve='--listen --no-handler -h --help'
 _acmo_opts_orders='-h --help'
 _acmo_opts_orders_get='-h --help'
 _acmo_opts_orders_list='--status --limit --offset -h --help'
@@ -34,7 +35,7 @@ _acmo_opts_config='-h --help'
 _acmo_opts_config_show='-h --help'
 _acmo_opts_config_check='-h --help'
 _acmo_value_opts=' --config --data-dir --order-id --data --group --dedup-id --file '
-_acmo_value_opts+='--concurrency --batch-size --status --limit --offset '
+_acmo_value_opts+='--concurrency --batch-size --status --limit --offset --listen '
 _acmo_statuses='pending processing shipped delivered cancelled'
 
 _acmo_files()

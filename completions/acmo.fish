@@ -92,6 +92,7 @@ complete -c acmo -n __acmo_no_subcommand -a send -d 'Put order events on the que
 complete -c acmo -n __acmo_no_subcommand -a stats -d 'Show queue figures'
 complete -c acmo -n __acmo_no_subcommand -a purge -d 'Remove every message of the queue or its DLQ'
 complete -c acmo -n __acmo_no_subcommand -a run-handler -d 'Run the OrderHandler: apply queued events to the orders'
+complete -c acmo -n __acmo_no_subcommand -a serve -d 'Serve the HTTP API and monitoring endpoints'
 complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their audit trail'
 complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
@@ -114,6 +115,10 @@ complete -c acmo -n '__acmo_using purge' -s y -l yes -d 'Do not ask for confirma
 complete -c acmo -n '__acmo_using run-handler' -l concurrency -x -d 'Worker threads, 1-64 (default 1)'
 complete -c acmo -n '__acmo_using run-handler' -l batch-size -x -d 'Messages per receive, 1-1000 (default 10)'
 complete -c acmo -n '__acmo_using run-handler' -l once -d 'Process what is queued until none is left, then exit'
+
+# acmo serve
+complete -c acmo -n '__acmo_using serve' -l listen -x -d 'Listen on HOST:PORT (default 127.0.0.1:3000)'
+complete -c acmo -n '__acmo_using serve' -l no-handler -d 'Only queue events; run-handler processes apply them'
 
 # acmo orders: a subcommand of its own, get ID, list or events ID; only list has options.
 complete -c acmo -n '__acmo_no_subcommand orders' -a get -d 'Show one order, its items and total'

@@ -1,0 +1,175 @@
+// acmo serve: the HTTP API and the monitoring endpoints (SPEC §5), with the OrderHandler in
+// the same process unless --no-handler or server.handler = false.
+#include <atomic>
+#include <csignal>
+#include <thread>
+
+#include <pthread.h>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "cli/app.hpp"
+#include "cli/output.hpp"
+#include "core/backends.hpp"
+#include "core/log.hpp"
+#include "core/order_handler.hpp"
+#include "core/paths.hpp"
+#include "daemon/http_server.hpp"
+
+namespace acmo::cli {
+
+namespace {
+
+struct ServeOptions {
+  std::string listen;
+  bool no_handler = false;
+};
+
+// SIGINT and SIGTERM are blocked before any thread starts (threads inherit the mask), so that
+// only the waiter below takes them.
+sigset_t block_stop_signals()
+{
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  if (int rc = pthread_sigmask(SIG_BLOCK, &signals, nullptr); rc != 0) {
+    throw Fatal(fmt::format("cannot block SIGINT and SIGTERM: error {}", rc));
+  }
+  return signals;
+}
+
+daemon::HttpServerOptions server_options(const Config& config, const ServeOptions& opts)
+{
+  daemon::HttpServerOptions o;
+  auto listen = parse_listen(opts.listen.empty() ? config.get_string("server.listen") : opts.listen);
+  if (!listen) {
+    throw Fatal(opts.listen.empty()
+                  ? fmt::format("{} (set by {})", listen.error().message,
+                                config.entry("server.listen").source)
+                  : fmt::format("--listen: {}", listen.error().message),
+                exit_code::k_usage);
+  }
+  o.host = listen->host;
+  o.port = listen->port;
+  o.threads = static_cast<int>(config.get_int("server.threads"));
+  o.max_body = config.get_int("server.max_body");
+  o.read_timeout_ms = config.get_int("server.read_timeout");
+  o.write_timeout_ms = config.get_int("server.write_timeout");
+  o.keep_alive_timeout_ms = config.get_int("server.keep_alive_timeout");
+  o.keep_alive_max = config.get_int("server.keep_alive_max");
+  o.api_tokens = config.get_strings("server.api_tokens");
+  o.admin_tokens = config.get_strings("server.admin_tokens");
+  o.rate_limit = config.get_int("server.rate_limit");
+  o.rate_burst = config.get_int("server.rate_burst");
+  o.group_by = config.get_string("queue.group_by");
+  o.store_backend = config.get_string("store.backend");
+  return o;
+}
+
+int run_serve(const ServeOptions& opts, const GlobalOptions& global)
+{
+  const Config& cfg = config(global);
+  log::configure(cfg.get_string("log.level"), cfg.get_string("log.format"));
+  if (global.quiet) log::configure("warn", cfg.get_string("log.format"));
+  daemon::HttpServerOptions options = server_options(cfg, opts);
+  const bool with_handler = !opts.no_handler && cfg.get_bool("server.handler");
+
+  const sigset_t stop_signals = block_stop_signals();
+  std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is its own problem, not a crash
+
+  auto queue = open_queue(global); // creates and migrates the schema
+  const std::string db = database_path(data_dir(global));
+  auto cache = open_cache(cfg);
+  std::unique_ptr<OrderWriter> writer;
+  std::unique_ptr<OrderHandler> handler;
+  if (with_handler) {
+    auto w = open_order_writer(cfg);
+    if (!w) throw Fatal(w.error());
+    writer = std::move(*w);
+    HandlerOptions ho = handler_options_from(cfg);
+    ho.writer = writer.get();
+    ho.cache = cache.get();
+    handler = std::make_unique<OrderHandler>(*queue, db, ho);
+  }
+
+  daemon::HttpServerParts parts;
+  parts.queue = queue.get();
+  parts.db_path = db;
+  parts.open_store = [&cfg, db] { return open_order_store(cfg, db); };
+  parts.cache = cache.get();
+  parts.handler = handler.get();
+  parts.handler_started_ms = SystemClock::instance().now_ms();
+  daemon::HttpServer server(options, std::move(parts));
+  if (auto ok = server.bind(); !ok) throw Fatal(ok.error());
+
+  // The handler runs beside the server; a failure of its own is logged and ends serve too,
+  // since the API would otherwise queue events that nothing applies.
+  std::atomic<bool> handler_failed{false};
+  std::thread handler_thread;
+  if (handler) {
+    handler_thread = std::thread([&] {
+      auto result = handler->run();
+      if (!result) {
+        log::error("the order handler stopped: {}", result.error().message);
+        handler_failed.store(true);
+        server.stop();
+      }
+    });
+  }
+
+  std::atomic<bool> finished{false};
+  std::thread waiter([&] {
+    // Every signal until the server has stopped asks again; stop() may be called twice.
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&stop_signals, &sig) != 0) continue;
+      if (finished.load()) return;
+      log::info("{}: stopping: no new connections; finishing the requests in flight",
+                sig == SIGINT ? "SIGINT" : "SIGTERM");
+      server.stop();
+    }
+  });
+
+  log::info("serving http://{}:{} (queue {}, {} threads, handler {}); SIGINT or SIGTERM stops", options.host,
+            server.port(), queue->options().name, options.threads,
+            handler ? "in this process" : "not here: run acmo run-handler");
+  server.run(); // returns once stopped and every request in flight is answered
+
+  if (handler) {
+    handler->stop(); // finishes the batches in hand
+    handler_thread.join();
+  }
+  finished.store(true);
+  pthread_kill(waiter.native_handle(), SIGTERM);
+  waiter.join();
+  if (handler) {
+    const HandlerStats s = handler->stats();
+    log::info("stopped; the handler applied {}, dead-lettered {}, retried {}", s.processed,
+              s.dead_lettered, s.retried);
+  } else {
+    log::info("stopped");
+  }
+  return handler_failed.load() ? exit_code::k_failure : exit_code::k_ok;
+}
+
+} // namespace
+
+Runner setup_serve(CLI::App& sub, const GlobalOptions& global)
+{
+  auto opts = std::make_shared<ServeOptions>();
+  sub.add_option("--listen", opts->listen,
+                 "Listen on HOST:PORT (default: server.listen, 127.0.0.1:3000)")
+    ->option_text("HOST:PORT");
+  sub.add_flag("--no-handler", opts->no_handler,
+               "Only queue events; separate acmo run-handler processes apply them");
+  sub.footer("Endpoints: POST/GET /api/orders, GET/PUT/DELETE /api/orders/ID, PATCH\n"
+             "/api/orders/ID/status, GET /api/orders/ID/events, /sqs/stats, /sqs/purge,\n"
+             "/handler/status, /handler/stats, /cache/stats, /cache/keys, /cache/clear,\n"
+             "/health, /metrics. SIGINT or SIGTERM stops: no new connections, the requests in\n"
+             "flight are answered, the handler finishes its batch, exit 0.");
+  return [opts, &global] { return run_serve(*opts, global); };
+}
+
+} // namespace acmo::cli

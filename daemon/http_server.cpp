@@ -1,0 +1,1083 @@
+#include "daemon/http_server.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <sys/socket.h>
+
+#include <fmt/core.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "core/cached_orders.hpp"
+#include "core/handler_registry.hpp"
+#include "core/ids.hpp"
+#include "core/limits.hpp"
+#include "core/log.hpp"
+#include "core/order.hpp"
+#include "core/order_event.hpp"
+#include "core/stats_report.hpp"
+#include "core/submit.hpp"
+
+namespace acmo::daemon {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int k_max_json_depth = 64;
+constexpr int64_t k_max_list_limit = 1000;
+constexpr int k_listen_backlog = 1024;
+
+int64_t now_us()
+{
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
+// cpp-httplib with access to its listening socket, to give it a backlog fit for many clients
+// connecting at once (the library's is 5).
+class Listener : public httplib::Server
+{
+public:
+  int socket() const { return static_cast<int>(svr_sock_); }
+};
+
+// An error answer: {"error": {"code", "message", "details"}}.
+void set_error(httplib::Response& res, int status, std::string_view code, std::string_view message,
+               json details = nullptr)
+{
+  res.status = status;
+  json doc = {{"error", {{"code", code}, {"message", message}, {"details", std::move(details)}}}};
+  res.set_content(doc.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+// The HTTP status of a core error.
+int status_for(Errc code)
+{
+  switch (code) {
+  case Errc::invalid_input: return 400;
+  case Errc::not_found: return 404;
+  case Errc::stale: return 409;
+  case Errc::conflict: return 409;
+  case Errc::busy: return 503;
+  case Errc::unavailable: return 503;
+  case Errc::internal: return 500;
+  }
+  return 500;
+}
+
+void set_core_error(httplib::Response& res, const Error& error)
+{
+  const int status = status_for(error.code);
+  json details = error.field.empty() ? json(nullptr) : json{{"field", error.field}};
+  set_error(res, status, errc_name(error.code), error.message, std::move(details));
+  if (status == 503) res.set_header("Retry-After", "1");
+}
+
+// The body of an order request is the event's data, so its fields are named as in the body:
+// "customer_name", not "data.customer_name".
+Error as_body_error(Error error)
+{
+  auto strip = [](std::string& text) {
+    if (text.rfind("data.", 0) == 0) text.erase(0, 5);
+  };
+  strip(error.field);
+  strip(error.message);
+  return error;
+}
+
+struct BodyRejected {
+  std::string message;
+};
+
+// Parse a request body as JSON, refusing what nlohmann would accept silently: a key given twice
+// in one object, and nesting deeper than k_max_json_depth (which could only be an attack).
+Expected<json> parse_json_body(std::string_view text)
+{
+  if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+    return make_error(Errc::invalid_input, "the body is empty; send a JSON object", "body");
+  }
+  std::vector<std::unordered_set<std::string>> keys; // one set per open object
+  auto check = [&keys](int depth, json::parse_event_t event, json& parsed) {
+    switch (event) {
+    case json::parse_event_t::object_start:
+      if (depth >= k_max_json_depth) {
+        throw BodyRejected{fmt::format("the body nests deeper than {} levels", k_max_json_depth)};
+      }
+      keys.emplace_back();
+      break;
+    case json::parse_event_t::array_start:
+      if (depth >= k_max_json_depth) {
+        throw BodyRejected{fmt::format("the body nests deeper than {} levels", k_max_json_depth)};
+      }
+      break;
+    case json::parse_event_t::key:
+      if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second) {
+        throw BodyRejected{fmt::format("the key \"{}\" appears twice in one object; give each "
+                                       "field once",
+                                       parsed.get<std::string>())};
+      }
+      break;
+    case json::parse_event_t::object_end:
+      if (!keys.empty()) keys.pop_back();
+      break;
+    default: break;
+    }
+    return true;
+  };
+  try {
+    return json::parse(text.begin(), text.end(), check);
+  } catch (const BodyRejected& e) {
+    return make_error(Errc::invalid_input, e.message, "body");
+  } catch (const json::parse_error& e) {
+    // "[json.exception.parse_error.101] parse error at line 1, column 9: syntax error ..."
+    std::string what = e.what();
+    if (auto pos = what.find("] "); pos != std::string::npos) what.erase(0, pos + 2);
+    return make_error(Errc::invalid_input, fmt::format("the body is not valid JSON: {}", what),
+                      "body");
+  }
+}
+
+// "application/json; charset=utf-8" → true.
+bool is_json_media_type(std::string_view type)
+{
+  type = type.substr(0, type.find(';'));
+  while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
+  while (!type.empty() && type.front() == ' ') type.remove_prefix(1);
+  std::string lower;
+  for (char c : type) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return lower == "application/json"
+         || (lower.rfind("application/", 0) == 0 && lower.size() > 17
+             && lower.compare(lower.size() - 5, 5, "+json") == 0);
+}
+
+bool same_token(std::string_view a, std::string_view b)
+{
+  // Compare in time independent of where they differ.
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  }
+  return diff == 0;
+}
+
+bool token_in(std::string_view token, const std::vector<std::string>& tokens)
+{
+  bool found = false;
+  for (const auto& t : tokens) found |= same_token(token, t);
+  return found;
+}
+
+// Token buckets, one per client (its bearer token, else its address): rate_limit tokens a
+// second, at most burst in the bucket.
+class RateLimiter
+{
+public:
+  RateLimiter(int64_t rate, int64_t burst)
+    : m_rate(static_cast<double>(rate)),
+      m_burst(static_cast<double>(burst > 0 ? burst : rate))
+  {
+  }
+  bool enabled() const { return m_rate > 0; }
+
+  // 0 when the request may go, else how many whole seconds until it could (Retry-After).
+  int64_t take(const std::string& key)
+  {
+    const int64_t now = now_us();
+    std::lock_guard lock(m_mu);
+    if (m_buckets.size() > k_max_clients) prune(now);
+    auto [it, inserted] = m_buckets.try_emplace(key, Bucket{m_burst, now});
+    Bucket& b = it->second;
+    if (!inserted) {
+      b.tokens = std::min(m_burst, b.tokens + static_cast<double>(now - b.at_us) * m_rate / 1e6);
+      b.at_us = now;
+    }
+    if (b.tokens >= 1.0) {
+      b.tokens -= 1.0;
+      return 0;
+    }
+    return std::max<int64_t>(1, static_cast<int64_t>(std::ceil((1.0 - b.tokens) / m_rate)));
+  }
+
+private:
+  struct Bucket {
+    double tokens;
+    int64_t at_us;
+  };
+  static constexpr size_t k_max_clients = 100'000;
+
+  // Forget the clients whose bucket has filled up again: they lose nothing.
+  void prune(int64_t now)
+  {
+    for (auto it = m_buckets.begin(); it != m_buckets.end();) {
+      const double tokens = it->second.tokens + static_cast<double>(now - it->second.at_us) * m_rate / 1e6;
+      it = tokens >= m_burst ? m_buckets.erase(it) : std::next(it);
+    }
+  }
+
+  double m_rate;
+  double m_burst;
+  std::mutex m_mu;
+  std::unordered_map<std::string, Bucket> m_buckets;
+};
+
+// Request counts by status and a latency histogram, for /metrics.
+class HttpMetrics
+{
+public:
+  static constexpr std::array<double, 12> k_bounds_s = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                       0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+
+  void count(int status)
+  {
+    if (status < 100 || status > 599) status = 599;
+    m_by_status[static_cast<size_t>(status)].fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void observe(int64_t micros)
+  {
+    size_t i = 0;
+    while (i < k_bounds_s.size() && static_cast<double>(micros) > k_bounds_s[i] * 1e6) ++i;
+    m_buckets[i].fetch_add(1, std::memory_order_relaxed);
+    m_sum_us.fetch_add(micros, std::memory_order_relaxed);
+  }
+
+  void write(std::string& out) const
+  {
+    out += "# HELP acmo_http_requests_total HTTP requests answered, by status code.\n"
+           "# TYPE acmo_http_requests_total counter\n";
+    for (size_t s = 100; s < m_by_status.size(); ++s) {
+      const int64_t n = m_by_status[s].load(std::memory_order_relaxed);
+      if (n != 0) out += fmt::format("acmo_http_requests_total{{code=\"{}\"}} {}\n", s, n);
+    }
+    out += "# HELP acmo_http_request_duration_seconds Time from a request's headers to its "
+           "answer.\n# TYPE acmo_http_request_duration_seconds histogram\n";
+    int64_t cumulative = 0;
+    for (size_t i = 0; i < k_bounds_s.size(); ++i) {
+      cumulative += m_buckets[i].load(std::memory_order_relaxed);
+      out += fmt::format("acmo_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
+                         k_bounds_s[i], cumulative);
+    }
+    cumulative += m_buckets[k_bounds_s.size()].load(std::memory_order_relaxed);
+    out += fmt::format("acmo_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+    out += fmt::format("acmo_http_request_duration_seconds_sum {}\n",
+                       static_cast<double>(m_sum_us.load(std::memory_order_relaxed)) / 1e6);
+    out += fmt::format("acmo_http_request_duration_seconds_count {}\n", cumulative);
+  }
+
+private:
+  std::array<std::atomic<int64_t>, 600> m_by_status{};
+  std::array<std::atomic<int64_t>, k_bounds_s.size() + 1> m_buckets{};
+  std::atomic<int64_t> m_sum_us{0};
+};
+
+// When the request being answered on this thread started (0: it never reached routing).
+thread_local int64_t t_request_start_us = 0;
+
+enum class Access { open, api, admin };
+
+struct Context {
+  const httplib::Request& req;
+  httplib::Response& res;
+  std::string id;  // the :id of the path, if the route has one
+  json body;       // the parsed body, for routes that take one
+};
+
+} // namespace
+
+struct HttpServer::Impl {
+  using Handler = void (Impl::*)(Context&);
+
+  struct Route {
+    const char* method;
+    const char* pattern; // segments; ":id" matches one
+    Access access;
+    bool takes_body;
+    Handler handler;
+  };
+
+  HttpServerOptions options;
+  HttpServerParts parts;
+  Listener http;
+  RateLimiter limiter;
+  HttpMetrics metrics;
+  int bound_port = 0;
+  std::vector<Route> routes;
+
+  // Read stores, each used by one request at a time.
+  std::vector<std::unique_ptr<OrderStore>> stores;
+  std::vector<std::unique_ptr<std::mutex>> store_locks;
+  std::atomic<size_t> next_store{0};
+
+  Impl(HttpServerOptions o, HttpServerParts p)
+    : options(std::move(o)), parts(std::move(p)), limiter(options.rate_limit, options.rate_burst)
+  {
+    routes = {
+      {"GET", "/api/orders", Access::api, false, &Impl::list_orders},
+      {"POST", "/api/orders", Access::api, true, &Impl::create_order},
+      {"GET", "/api/orders/:id", Access::api, false, &Impl::get_order},
+      {"PUT", "/api/orders/:id", Access::api, true, &Impl::update_order},
+      {"DELETE", "/api/orders/:id", Access::api, false, &Impl::delete_order},
+      {"PATCH", "/api/orders/:id/status", Access::api, true, &Impl::update_order},
+      {"GET", "/api/orders/:id/events", Access::api, false, &Impl::order_events},
+      {"GET", "/sqs/stats", Access::api, false, &Impl::sqs_stats},
+      {"DELETE", "/sqs/purge", Access::admin, false, &Impl::sqs_purge},
+      {"GET", "/sqs/dlq", Access::admin, false, &Impl::dlq_list},
+      {"POST", "/sqs/dlq/redrive", Access::admin, false, &Impl::dlq_redrive},
+      {"GET", "/handler/status", Access::api, false, &Impl::handler_status},
+      {"GET", "/handler/stats", Access::api, false, &Impl::handler_stats},
+      {"GET", "/cache/stats", Access::api, false, &Impl::cache_stats},
+      {"GET", "/cache/keys", Access::api, false, &Impl::cache_keys},
+      {"DELETE", "/cache/clear", Access::admin, false, &Impl::cache_clear},
+      {"GET", "/health", Access::open, false, &Impl::health},
+      {"GET", "/metrics", Access::api, false, &Impl::prometheus},
+    };
+    configure();
+  }
+
+  // --- plumbing ------------------------------------------------------------------------------
+
+  void configure()
+  {
+    const auto threads = static_cast<size_t>(std::max(1, options.threads));
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    http.set_payload_max_length(static_cast<size_t>(options.max_body));
+    auto seconds = [](int64_t ms) { return static_cast<time_t>(ms / 1000); };
+    auto micros = [](int64_t ms) { return static_cast<time_t>((ms % 1000) * 1000); };
+    http.set_read_timeout(seconds(options.read_timeout_ms), micros(options.read_timeout_ms));
+    http.set_write_timeout(seconds(options.write_timeout_ms), micros(options.write_timeout_ms));
+    // cpp-httplib counts the keep-alive timeout in whole seconds.
+    http.set_keep_alive_timeout(std::max<time_t>(1, (options.keep_alive_timeout_ms + 999) / 1000));
+    http.set_keep_alive_max_count(static_cast<size_t>(std::max<int64_t>(1, options.keep_alive_max)));
+    // Headers and body go out in separate writes: without TCP_NODELAY the body would wait for
+    // the client's delayed ACK (40 ms).
+    http.set_tcp_nodelay(true);
+
+    http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+      t_request_start_us = now_us();
+      return httplib::Server::HandlerResponse::Unhandled;
+    });
+    http.set_logger([this](const httplib::Request&, const httplib::Response& res) {
+      metrics.count(res.status);
+      if (t_request_start_us != 0) {
+        metrics.observe(now_us() - t_request_start_us);
+        t_request_start_us = 0;
+      }
+    });
+    // Answers cpp-httplib makes by itself (413 over the Content-Length limit, 414, a request
+    // line it cannot parse) get a JSON error body like ours; ours already have one.
+    http.set_error_handler(httplib::Server::HandlerWithResponse(
+      [](const httplib::Request&, httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      switch (res.status) {
+      case 413: too_large(res); break;
+      case 414:
+        set_error(res, 414, "uri_too_long", "the request's path and query are too long");
+        break;
+      case 404: set_error(res, 404, "not_found", "no such endpoint"); break;
+      default:
+        set_error(res, res.status, "bad_request",
+                  "the request is not valid HTTP/1.1; check its request line and headers");
+      }
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    http.set_exception_handler(
+      [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown exception";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        log::error("{} {}: {}", req.method, req.path, what);
+        set_error(res, 500, "internal", fmt::format("the server failed: {}", what));
+      });
+
+    // Every method goes to one dispatcher, so that a path known for another method is a 405
+    // with Allow, not a 404. Bodies are read by the dispatcher, within server.max_body.
+    auto plain = [this](const httplib::Request& req, httplib::Response& res) {
+      dispatch(req, res, nullptr);
+    };
+    auto reading = [this](const httplib::Request& req, httplib::Response& res,
+                          const httplib::ContentReader& reader) { dispatch(req, res, &reader); };
+    http.Get(".*", plain);
+    http.Options(".*", plain);
+    http.Post(".*", plain);
+    http.Post(".*", reading);
+    http.Put(".*", plain);
+    http.Put(".*", reading);
+    http.Patch(".*", plain);
+    http.Patch(".*", reading);
+    http.Delete(".*", plain);
+    http.Delete(".*", reading);
+  }
+
+  static bool match(std::string_view pattern, std::string_view path, std::string& id)
+  {
+    for (;;) {
+      if (pattern.empty() || path.empty()) return pattern.empty() && path.empty();
+      if (pattern[0] != '/' || path[0] != '/') return false;
+      pattern.remove_prefix(1);
+      path.remove_prefix(1);
+      const size_t pe = pattern.find('/');
+      const size_t se = path.find('/');
+      std::string_view pseg = pattern.substr(0, pe);
+      std::string_view sseg = path.substr(0, se);
+      if (pseg == ":id") {
+        if (sseg.empty()) return false;
+        id = sseg;
+      } else if (pseg != sseg) {
+        return false;
+      }
+      pattern = pe == std::string_view::npos ? std::string_view() : pattern.substr(pe);
+      path = se == std::string_view::npos ? std::string_view() : path.substr(se);
+    }
+  }
+
+  static void too_large(httplib::Response& res, int64_t limit = 0)
+  {
+    set_error(res, 413, "payload_too_large",
+              limit > 0 ? fmt::format("the body is larger than server.max_body ({} bytes)", limit)
+                        : std::string("the body is larger than server.max_body"));
+    res.set_header("Connection", "close");
+  }
+
+  // Read the body into `out`, at most server.max_body bytes. False (with the answer set) when
+  // it is larger or cannot be read.
+  bool read_body(const httplib::Request& req, httplib::Response& res,
+                 const httplib::ContentReader* reader, std::string& out)
+  {
+    const auto limit = static_cast<size_t>(options.max_body);
+    if (reader == nullptr) {
+      out = req.body;
+      return true;
+    }
+    bool too_big = false;
+    const bool ok = (*reader)([&](const char* data, size_t n) {
+      if (out.size() + n > limit) {
+        too_big = true;
+        return false;
+      }
+      out.append(data, n);
+      return true;
+    });
+    if (too_big || res.status == 413) {
+      too_large(res, options.max_body);
+      return false;
+    }
+    if (!ok) {
+      set_error(res, 400, "bad_request",
+                "the body could not be read: it ended before its announced length");
+      res.set_header("Connection", "close");
+      return false;
+    }
+    return true;
+  }
+
+  void dispatch(const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader* reader)
+  {
+    // cpp-httplib hands every POST, PUT, PATCH and DELETE a reader; one without a length or
+    // chunks has no body, and reading it would only fail.
+    if (reader != nullptr && !req.has_header("Content-Length")
+        && req.get_header_value("Transfer-Encoding").find("chunked") == std::string::npos) {
+      reader = nullptr;
+    }
+    const std::string method = req.method == "HEAD" ? "GET" : req.method;
+    const Route* route = nullptr;
+    std::string id;
+    std::string allow;
+    for (const auto& r : routes) {
+      std::string rid;
+      if (!match(r.pattern, req.path, rid)) continue;
+      if (!allow.empty()) allow += ", ";
+      allow += r.method;
+      if (method == r.method) {
+        route = &r;
+        id = std::move(rid);
+      }
+    }
+    if (route == nullptr) {
+      if (allow.empty()) {
+        set_error(res, 404, "not_found",
+                  fmt::format("no endpoint {}; see `man acmo` for the API's endpoints", req.path));
+      } else if (method == "OPTIONS") {
+        res.status = 204;
+        res.set_header("Allow", allow + ", OPTIONS");
+      } else {
+        set_error(res, 405, "method_not_allowed",
+                  fmt::format("{} does not take {}; it takes {}", req.path, req.method, allow));
+        res.set_header("Allow", allow);
+      }
+      drain(res, reader);
+      return;
+    }
+
+    std::string client;
+    if (!authorize(*route, req, res, client)) {
+      drain(res, reader);
+      return;
+    }
+    if (route->access != Access::open && limiter.enabled()) {
+      if (int64_t wait = limiter.take(client); wait > 0) {
+        set_error(res, 429, "rate_limited",
+                  fmt::format("too many requests: the limit is {} a second (server.rate_limit); "
+                              "retry in {} s",
+                              options.rate_limit, wait));
+        res.set_header("Retry-After", std::to_string(wait));
+        drain(res, reader);
+        return;
+      }
+    }
+
+    Context ctx{req, res, std::move(id), nullptr};
+    if (route->takes_body) {
+      std::string text;
+      if (!read_body(req, res, reader, text)) return;
+      if (text.size() > static_cast<size_t>(options.max_body)) return too_large(res, options.max_body);
+      const std::string type = req.get_header_value("Content-Type");
+      if (!is_json_media_type(type)) {
+        set_error(res, 415, "unsupported_media_type",
+                  type.empty() ? "send the body as JSON with Content-Type: application/json"
+                               : fmt::format("the body must be JSON (Content-Type: "
+                                             "application/json), not {}",
+                                             type));
+        return;
+      }
+      auto parsed = parse_json_body(text);
+      if (!parsed) return set_core_error(res, parsed.error());
+      if (!parsed->is_object()) {
+        return set_error(res, 400, "invalid_input",
+                         fmt::format("the body must be a JSON object, not {}",
+                                     parsed->type_name()),
+                         json{{"field", "body"}});
+      }
+      ctx.body = std::move(*parsed);
+    } else {
+      drain(res, reader);
+    }
+    (this->*(route->handler))(ctx);
+  }
+
+  // Read and drop a body nobody needs, so that the connection stays usable.
+  void drain(httplib::Response& res, const httplib::ContentReader* reader)
+  {
+    if (reader == nullptr) return;
+    size_t seen = 0;
+    const auto limit = static_cast<size_t>(options.max_body);
+    const int status = res.status; // a failed read sets one of its own
+    const bool ok = (*reader)([&](const char*, size_t n) {
+      seen += n;
+      return seen <= limit;
+    });
+    res.status = status;
+    if (!ok) res.set_header("Connection", "close");
+  }
+
+  bool authorize(const Route& route, const httplib::Request& req, httplib::Response& res,
+                 std::string& client)
+  {
+    std::string token;
+    const std::string header = req.get_header_value("Authorization");
+    if (header.size() > 7 && (header.rfind("Bearer ", 0) == 0 || header.rfind("bearer ", 0) == 0)) {
+      token = header.substr(7);
+    }
+    client = token.empty() ? req.remote_addr : "token:" + token;
+    if (route.access == Access::open) return true;
+    const bool is_admin = !options.admin_tokens.empty() && token_in(token, options.admin_tokens);
+    const bool is_api = token_in(token, options.api_tokens);
+    const bool admin_checked = route.access == Access::admin && !options.admin_tokens.empty();
+    if (admin_checked) {
+      if (is_admin) return true;
+      if (token.empty() || !is_api) {
+        unauthorized(res, token.empty(), "an admin token (server.admin_tokens)");
+      } else {
+        set_error(res, 403, "forbidden",
+                  fmt::format("{} {} needs an admin token (server.admin_tokens); this token is "
+                              "an API token",
+                              req.method, req.path));
+      }
+      return false;
+    }
+    if (options.api_tokens.empty() || is_api || is_admin) return true;
+    unauthorized(res, token.empty(), "a token (server.api_tokens)");
+    return false;
+  }
+
+  static void unauthorized(httplib::Response& res, bool missing, std::string_view what)
+  {
+    set_error(res, 401, "unauthorized",
+              missing ? fmt::format("send {} as Authorization: Bearer TOKEN", what)
+                      : fmt::format("the bearer token is not {}", what));
+    res.set_header("WWW-Authenticate", "Bearer");
+  }
+
+  // Run `fn` with one of the read stores, which no other request uses meanwhile.
+  template<typename Fn> auto with_store(Fn&& fn)
+  {
+    const size_t n = stores.size();
+    const size_t start = next_store.fetch_add(1, std::memory_order_relaxed) % n;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t k = (start + i) % n;
+      std::unique_lock lock(*store_locks[k], std::try_to_lock);
+      if (lock.owns_lock()) return fn(*stores[k]);
+    }
+    std::lock_guard lock(*store_locks[start]);
+    return fn(*stores[start]);
+  }
+
+  static void send_json(httplib::Response& res, int status, const json& doc)
+  {
+    res.status = status;
+    res.set_content(doc.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+  }
+
+  // --- the orders API -------------------------------------------------------------------------
+
+  // Queue `event` (its data already valid) and answer 202.
+  void enqueue(Context& ctx, OrderEvent event)
+  {
+    const std::string key = ctx.req.get_header_value("Idempotency-Key");
+    if (!key.empty()) {
+      if (auto ok = limits::check_id(key, "Idempotency-Key"); !ok) {
+        return set_core_error(ctx.res, ok.error());
+      }
+      event.dedup_id = key;
+    }
+    complete_event(event, options.group_by);
+    auto result = parts.queue->send(to_send_request(event));
+    if (!result) {
+      if (result.error().code != Errc::invalid_input) {
+        log::warn("POST {}: the queue refused an event: {}", ctx.req.path, result.error().message);
+      }
+      return set_core_error(ctx.res, as_body_error(result.error()));
+    }
+    json doc = send_result_json(*result, event);
+    doc["status"] = "queued";
+    doc["type"] = event_type_name(event.type);
+    ctx.res.set_header("Location", "/api/orders/" + event.order_id);
+    send_json(ctx.res, 202, doc);
+  }
+
+  void create_order(Context& ctx)
+  {
+    if (auto ok = validate_event_data(EventType::create, ctx.body); !ok) {
+      return set_core_error(ctx.res, as_body_error(ok.error()));
+    }
+    OrderEvent event;
+    event.type = EventType::create;
+    event.data = std::move(ctx.body);
+    enqueue(ctx, std::move(event));
+  }
+
+  bool check_id(Context& ctx)
+  {
+    if (auto ok = check_order_id(ctx.id); !ok) {
+      set_error(ctx.res, 400, "invalid_input",
+                fmt::format("the order id in the path {}", ok.error().message.substr(9)),
+                json{{"field", "orderId"}});
+      return false;
+    }
+    return true;
+  }
+
+  void update_order(Context& ctx)
+  {
+    if (!check_id(ctx)) return;
+    // PUT takes {"status"}; any other field is not something an UPDATE can change.
+    for (const auto& [key, value] : ctx.body.items()) {
+      if (key != "status") {
+        return set_error(ctx.res, 400, "invalid_input",
+                         fmt::format("{}: an order's status is the only field that can change; "
+                                     "send {{\"status\": \"...\"}}",
+                                     key),
+                         json{{"field", key}});
+      }
+    }
+    if (auto ok = validate_event_data(EventType::update, ctx.body); !ok) {
+      return set_core_error(ctx.res, as_body_error(ok.error()));
+    }
+    OrderEvent event;
+    event.type = EventType::update;
+    event.order_id = ctx.id;
+    event.data = std::move(ctx.body);
+    enqueue(ctx, std::move(event));
+  }
+
+  void delete_order(Context& ctx)
+  {
+    if (!check_id(ctx)) return;
+    OrderEvent event;
+    event.type = EventType::remove;
+    event.order_id = ctx.id;
+    enqueue(ctx, std::move(event));
+  }
+
+  void get_order(Context& ctx)
+  {
+    if (!check_id(ctx)) return;
+    auto text = with_store([&](OrderStore& store) {
+      return CachedOrders(store, parts.cache).get_json(ctx.id);
+    });
+    if (!text) {
+      if (text.error().code == Errc::not_found) {
+        return set_error(ctx.res, 404, "not_found",
+                         fmt::format("no order {} (a new order shows once the handler has "
+                                     "applied its CREATE)",
+                                     ctx.id),
+                         json{{"orderId", ctx.id}});
+      }
+      return set_core_error(ctx.res, text.error());
+    }
+    ctx.res.status = 200;
+    ctx.res.set_content(std::move(*text), "application/json");
+  }
+
+  // An integer query parameter within [min, max], or `fallback` when absent.
+  static Expected<int64_t> int_param(const httplib::Request& req, const char* name, int64_t fallback,
+                                     int64_t min, int64_t max)
+  {
+    if (!req.has_param(name)) return fallback;
+    const std::string text = req.get_param_value(name);
+    int64_t value = 0;
+    const char* end = text.data() + text.size();
+    auto [ptr, ec] = std::from_chars(text.data(), end, value);
+    if (text.empty() || ec != std::errc() || ptr != end || value < min || value > max) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} must be a whole number from {} to {}, not \"{}\"", name,
+                                    min, max, text),
+                        name);
+    }
+    return value;
+  }
+
+  void list_orders(Context& ctx)
+  {
+    const std::string status = ctx.req.get_param_value("status");
+    if (!status.empty() && !is_order_status(status)) {
+      return set_error(ctx.res, 400, "invalid_input",
+                       fmt::format("status \"{}\" is not an order status; use pending, "
+                                   "processing, shipped, delivered or cancelled",
+                                   status),
+                       json{{"field", "status"}});
+    }
+    auto limit = int_param(ctx.req, "limit", 50, 1, k_max_list_limit);
+    if (!limit) return set_core_error(ctx.res, limit.error());
+    auto offset = int_param(ctx.req, "offset", 0, 0, INT64_MAX / 2);
+    if (!offset) return set_core_error(ctx.res, offset.error());
+    auto text = with_store([&](OrderStore& store) {
+      return CachedOrders(store, parts.cache).list_json(status, *limit, *offset);
+    });
+    if (!text) return set_core_error(ctx.res, text.error());
+    ctx.res.status = 200;
+    ctx.res.set_content(std::move(*text), "application/json");
+  }
+
+  void order_events(Context& ctx)
+  {
+    if (!check_id(ctx)) return;
+    auto events = with_store([&](OrderStore& store) { return store.events(ctx.id); });
+    if (!events && events.error().code != Errc::not_found) {
+      return set_core_error(ctx.res, events.error());
+    }
+    if (!events || events->empty()) {
+      return set_error(ctx.res, 404, "not_found",
+                       fmt::format("no order {}: no event of it was applied", ctx.id),
+                       json{{"orderId", ctx.id}});
+    }
+    json list = json::array();
+    for (const auto& e : *events) {
+      list.push_back({{"messageId", e.message_id},
+                      {"sequenceNumber", format_sequence(e.seq)},
+                      {"type", e.type},
+                      {"data", e.data},
+                      {"appliedAt", format_timestamp(e.applied_at_ms)}});
+    }
+    send_json(ctx.res, 200, {{"events", std::move(list)}});
+  }
+
+  // --- monitoring ------------------------------------------------------------------------------
+
+  void sqs_stats(Context& ctx)
+  {
+    auto stats = parts.queue->stats();
+    if (!stats) return set_core_error(ctx.res, stats.error());
+    json doc = queue_stats_json(*stats);
+    doc["dlqName"] = stats->dlq_name;
+    doc["deadLetteredTotal"] = stats->dead_lettered_total;
+    doc["redriven"] = stats->redriven;
+    doc["purged"] = stats->purged;
+    send_json(ctx.res, 200, doc);
+  }
+
+  void sqs_purge(Context& ctx)
+  {
+    auto purged = parts.queue->purge(ctx.req.get_param_value("queue") == "dlq");
+    if (!purged) return set_core_error(ctx.res, purged.error());
+    log::info("purged {} messages of the queue at the request of {}", *purged,
+              ctx.req.remote_addr);
+    send_json(ctx.res, 200, {{"purged", *purged}});
+  }
+
+  void dlq_list(Context& ctx)
+  {
+    auto limit = int_param(ctx.req, "limit", 100, 1, k_max_list_limit);
+    if (!limit) return set_core_error(ctx.res, limit.error());
+    auto offset = int_param(ctx.req, "offset", 0, 0, INT64_MAX / 2);
+    if (!offset) return set_core_error(ctx.res, offset.error());
+    auto messages = parts.queue->dlq_list(*limit, *offset);
+    if (!messages) return set_core_error(ctx.res, messages.error());
+    json list = json::array();
+    for (const auto& m : *messages) {
+      json body = json::parse(m.body, nullptr, false);
+      list.push_back({{"messageId", m.message_id},
+                      {"sequenceNumber", format_sequence(m.seq)},
+                      {"groupId", m.group_id},
+                      {"deduplicationId", m.dedup_id},
+                      {"body", body.is_discarded() ? json(m.body) : body},
+                      {"receiveCount", m.receive_count},
+                      {"reason", m.dead_reason},
+                      {"lastError", m.last_error},
+                      {"sentAt", format_timestamp(m.sent_at_ms)},
+                      {"deadLetteredAt", format_timestamp(m.dead_at_ms)}});
+    }
+    send_json(ctx.res, 200, {{"messages", std::move(list)}});
+  }
+
+  void dlq_redrive(Context& ctx)
+  {
+    // ?id=MESSAGE_ID (repeatable) names the messages to move; none moves them all.
+    std::vector<std::string> ids;
+    for (size_t i = 0; i < ctx.req.get_param_value_count("id"); ++i) {
+      ids.push_back(ctx.req.get_param_value("id", i));
+    }
+    auto moved = parts.queue->redrive(ids);
+    if (!moved) return set_core_error(ctx.res, moved.error());
+    send_json(ctx.res, 200, {{"redriven", *moved}});
+  }
+
+  json in_process_handler_json()
+  {
+    if (parts.handler == nullptr) return nullptr;
+    const HandlerStats s = parts.handler->stats();
+    return {{"running", true},
+            {"since", format_timestamp(parts.handler_started_ms)},
+            {"processed", s.processed},
+            {"deadLettered", s.dead_lettered},
+            {"retried", s.retried},
+            {"batches", s.batches},
+            {"latencyP50Ms", static_cast<double>(s.latency_p50_us) / 1000.0},
+            {"latencyP99Ms", static_cast<double>(s.latency_p99_us) / 1000.0},
+            {"lastError", s.last_error}};
+  }
+
+  void handler_status(Context& ctx)
+  {
+    const int64_t now = SystemClock::instance().now_ms();
+    auto handlers = list_handlers(parts.db_path, now);
+    if (!handlers) return set_core_error(ctx.res, handlers.error());
+    json doc = handlers_json(*handlers, now);
+    doc["inProcess"] = in_process_handler_json();
+    send_json(ctx.res, 200, doc);
+  }
+
+  void handler_stats(Context& ctx)
+  {
+    const int64_t now = SystemClock::instance().now_ms();
+    auto report = with_store([&](OrderStore& store) {
+      return read_stats(*parts.queue, parts.db_path, store, options.store_backend, parts.cache, now);
+    });
+    if (!report) return set_core_error(ctx.res, report.error());
+    send_json(ctx.res, 200, stats_json(*report));
+  }
+
+  CacheStats cache_figures()
+  {
+    if (parts.cache != nullptr) return parts.cache->stats();
+    CacheStats none;
+    none.backend = "none";
+    return none;
+  }
+
+  void cache_stats(Context& ctx) { send_json(ctx.res, 200, cache_stats_json(cache_figures())); }
+
+  void cache_keys(Context& ctx)
+  {
+    std::vector<std::string> keys;
+    if (parts.cache != nullptr) keys = parts.cache->keys();
+    std::sort(keys.begin(), keys.end());
+    send_json(ctx.res, 200, {{"keys", keys}, {"count", keys.size()}});
+  }
+
+  void cache_clear(Context& ctx)
+  {
+    const int64_t cleared = parts.cache != nullptr ? parts.cache->clear() : 0;
+    send_json(ctx.res, 200, {{"cleared", cleared}});
+  }
+
+  void health(Context& ctx)
+  {
+    json checks = json::object();
+    std::vector<std::string> failing;
+    auto record = [&](const char* what, const Expected<void>& ok) {
+      if (ok) {
+        checks[what] = {{"ok", true}};
+      } else {
+        checks[what] = {{"ok", false}, {"error", ok.error().message}};
+        failing.emplace_back(what);
+      }
+    };
+    // The queue: a read of its database (the DLQ's head, an index lookup).
+    auto dlq = parts.queue->dlq_list(1, 0);
+    record("queue", dlq ? Expected<void>() : Expected<void>(Unexpected(dlq.error())));
+    // The store: an order that cannot exist is not found when the store answers.
+    auto probe = with_store([](OrderStore& store) { return store.get("health-probe"); });
+    record("store", probe || probe.error().code == Errc::not_found
+                      ? Expected<void>()
+                      : Expected<void>(Unexpected(probe.error())));
+    // The cache counts its failures rather than reporting them: one more after a read is one.
+    if (parts.cache != nullptr) {
+      const int64_t before = parts.cache->stats().errors;
+      parts.cache->get("health-probe");
+      record("cache", parts.cache->stats().errors == before
+                        ? Expected<void>()
+                        : Expected<void>(make_error(Errc::unavailable,
+                                                    "the cache did not answer a read")));
+    } else {
+      checks["cache"] = {{"ok", true}, {"backend", "none"}};
+    }
+    json doc = {{"status", failing.empty() ? "ok" : "unavailable"}, {"checks", std::move(checks)}};
+    if (!failing.empty()) {
+      std::string names;
+      for (const auto& f : failing) names += (names.empty() ? "" : ", ") + f;
+      doc["failing"] = failing;
+      doc["message"] = fmt::format("not answering: {}", names);
+      ctx.res.set_header("Retry-After", "1");
+    }
+    send_json(ctx.res, failing.empty() ? 200 : 503, doc);
+  }
+
+  void prometheus(Context& ctx)
+  {
+    std::string out;
+    out.reserve(8192);
+    auto metric = [&out](std::string_view name, std::string_view type, std::string_view help,
+                         auto value, std::string_view labels = {}) {
+      if (!help.empty()) out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+      out += fmt::format("{}{} {}\n", name, labels, value);
+    };
+    if (auto s = parts.queue->stats()) {
+      out += "# HELP acmo_queue_messages Messages in the queue, by state.\n"
+             "# TYPE acmo_queue_messages gauge\n";
+      const std::string q = s->name;
+      out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"visible\"}} {}\n", q, s->visible);
+      out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"in_flight\"}} {}\n", q, s->in_flight);
+      out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"delayed\"}} {}\n", q, s->delayed);
+      out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"dead_lettered\"}} {}\n", q,
+                         s->dead_lettered);
+      metric("acmo_queue_dedup_entries", "gauge", "Deduplication ids remembered.", s->dedup_entries);
+      metric("acmo_queue_oldest_message_age_seconds", "gauge", "Age of the oldest message.",
+             static_cast<double>(s->oldest_age_ms) / 1000.0);
+      metric("acmo_queue_sent_total", "counter", "Messages accepted.", s->sent);
+      metric("acmo_queue_duplicates_total", "counter", "Sends caught as duplicates.", s->duplicates);
+      metric("acmo_queue_received_total", "counter", "Messages delivered to receivers.", s->received);
+      metric("acmo_queue_deleted_total", "counter", "Messages deleted after handling.", s->deleted);
+      metric("acmo_queue_retried_total", "counter", "Messages released for a retry.", s->retried);
+      metric("acmo_queue_expired_total", "counter", "Messages dropped by retention.", s->expired);
+      metric("acmo_queue_dead_lettered_total", "counter", "Messages moved to the DLQ.",
+             s->dead_lettered_total);
+      metric("acmo_queue_up", "gauge", "Whether the queue's database answered.", 1);
+    } else {
+      metric("acmo_queue_up", "gauge", "Whether the queue's database answered.", 0);
+    }
+    const CommitStats commits = parts.queue->commit_stats();
+    metric("acmo_queue_transactions_total", "counter",
+           "Write transactions of this process (group commit).", commits.transactions);
+    metric("acmo_queue_requests_total", "counter", "Write requests carried by them.",
+           commits.requests);
+    if (parts.handler != nullptr) {
+      const HandlerStats h = parts.handler->stats();
+      metric("acmo_handler_processed_total", "counter", "Events applied by the in-process handler.",
+             h.processed);
+      metric("acmo_handler_dead_lettered_total", "counter", "Events it dead-lettered.",
+             h.dead_lettered);
+      metric("acmo_handler_retried_total", "counter", "Events it released for a retry.", h.retried);
+      metric("acmo_handler_batches_total", "counter", "Batches it settled.", h.batches);
+      out += "# HELP acmo_handler_batch_latency_seconds Time to apply and settle a batch.\n"
+             "# TYPE acmo_handler_batch_latency_seconds summary\n";
+      out += fmt::format("acmo_handler_batch_latency_seconds{{quantile=\"0.5\"}} {}\n",
+                         static_cast<double>(h.latency_p50_us) / 1e6);
+      out += fmt::format("acmo_handler_batch_latency_seconds{{quantile=\"0.99\"}} {}\n",
+                         static_cast<double>(h.latency_p99_us) / 1e6);
+    }
+    metric("acmo_handler_in_process", "gauge", "Whether this server runs a handler.",
+           parts.handler != nullptr ? 1 : 0);
+    const CacheStats c = cache_figures();
+    const std::string backend = fmt::format("{{backend=\"{}\"}}", c.backend);
+    metric("acmo_cache_hits_total", "counter", "Cache reads that hit.", c.hits, backend);
+    metric("acmo_cache_misses_total", "counter", "Cache reads that missed.", c.misses, backend);
+    metric("acmo_cache_errors_total", "counter", "Cache operations that failed.", c.errors, backend);
+    metric("acmo_cache_keys", "gauge", "Keys in the cache.", c.keys, backend);
+    metrics.write(out);
+    ctx.res.status = 200;
+    ctx.res.set_content(std::move(out), "text/plain; version=0.0.4; charset=utf-8");
+  }
+};
+
+HttpServer::HttpServer(HttpServerOptions options, HttpServerParts parts)
+  : m_impl(std::make_unique<Impl>(std::move(options), std::move(parts)))
+{
+}
+
+HttpServer::~HttpServer() { stop(); }
+
+Expected<void> HttpServer::bind()
+{
+  auto& impl = *m_impl;
+  // A few stores serve the reads that miss the cache; more would only wait on the database.
+  const int n = std::clamp(impl.options.threads / 4, 1, 8);
+  for (int i = 0; i < n; ++i) {
+    auto store = impl.parts.open_store();
+    if (!store) return Unexpected(store.error());
+    impl.stores.push_back(std::move(*store));
+    impl.store_locks.push_back(std::make_unique<std::mutex>());
+  }
+  const std::string& host = impl.options.host;
+  if (impl.options.port == 0) {
+    impl.bound_port = impl.http.bind_to_any_port(host);
+  } else if (impl.http.bind_to_port(host, impl.options.port)) {
+    impl.bound_port = impl.options.port;
+  } else {
+    impl.bound_port = -1;
+  }
+  if (impl.bound_port <= 0) {
+    return make_error(Errc::unavailable,
+                      fmt::format("cannot listen on {}:{}: the address is in use or not on this "
+                                  "machine; pick another with --listen HOST:PORT or "
+                                  "server.listen",
+                                  host, impl.options.port),
+                      "server.listen");
+  }
+  ::listen(impl.http.socket(), k_listen_backlog);
+  return {};
+}
+
+int HttpServer::port() const { return m_impl->bound_port; }
+
+void HttpServer::run() { m_impl->http.listen_after_bind(); }
+
+void HttpServer::stop() { m_impl->http.stop(); }
+
+} // namespace acmo::daemon

@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# acmo serve, driven with real HTTP requests (curl) against the real binary on a free loopback
+# port: every endpoint, every error status, a catalogue of bad input, tokens and rate limits,
+# the whole flow (POST → handler → GET → a cache hit), and SIGTERM under load, after which
+# every event that got a 202 is applied.
+#   tests/cli/test_http.sh path/to/acmo
+set -uo pipefail
+acmo=${1:?usage: $0 path/to/acmo}
+work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-http-test.XXXXXX")
+server_pid=''
+cleanup() {
+  [[ -n $server_pid ]] && kill -9 "$server_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export ACMO_DATA_DIR="$work/data"
+export NO_COLOR=1
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+command -v curl >/dev/null || { echo "not ok - curl is missing (scripts/install-deps.sh)"; exit 1; }
+
+# start_server [FLAGS...]: acmo serve on a port the kernel picks (--listen 127.0.0.1:0), read
+# back from its log line "serving http://127.0.0.1:PORT".
+start_server() {
+  : >"$work/serve.log"
+  "$acmo" serve --listen 127.0.0.1:0 "$@" 2>"$work/serve.log" &
+  server_pid=$!
+  port=''
+  for _ in $(seq 200); do
+    port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
+    [[ -n $port ]] && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "acmo serve did not start:"; cat "$work/serve.log"
+  exit 1
+}
+# stop_server: SIGTERM, and the exit status in $server_rc.
+stop_server() {
+  kill -TERM "$server_pid"
+  wait "$server_pid"
+  server_rc=$?
+  server_pid=''
+}
+
+# http METHOD PATH [CURL ARGS...]: the answer's status in $status, body in $body, headers in
+# $headers.
+http() {
+  local method=$1 path=$2
+  shift 2
+  status=$(curl -s -o "$work/body" -D "$work/headers" -w '%{http_code}' -X "$method" \
+             "http://127.0.0.1:$port$path" "$@")
+  body=$(cat "$work/body")
+  headers=$(tr -d '\r' <"$work/headers")
+}
+json=(-H 'Content-Type: application/json')
+# expect NAME STATUS [ERROR CODE]: the last answer had that status (and error code).
+expect() {
+  local name=$1 want=$2 code=${3:-}
+  if [[ $status != "$want" ]]; then
+    not_ok "$name: status $status, not $want: $body"
+  elif [[ -n $code && $(json_field "$body" code) != "$code" ]]; then
+    not_ok "$name: error code $(json_field "$body" code), not $code: $body"
+  else
+    ok "$name ($want${code:+ $code})"
+  fi
+}
+has() { grep -qF -- "$1" <<<"$body"; }
+header() { grep -i "^$1:" <<<"$headers" | head -n 1 | cut -d' ' -f2-; }
+# until_status PATH STATUS: wait (up to 10 s) until GET PATH answers STATUS.
+until_status() {
+  for _ in $(seq 500); do
+    http GET "$1"
+    [[ $status == "$2" ]] && return 0
+    sleep 0.02
+  done
+  return 1
+}
+
+start_server
+check "acmo serve logs where it listens" test -n "$port"
+
+# --- the seed's own examples ----------------------------------------------------------------
+
+http POST /api/orders -H "Content-Type: application/json" \
+  -d '{"customer_name": "Test", "customer_email": "test@example.com", "items": []}'
+expect "the seed's POST /api/orders is accepted" 202
+order=$(json_field "$body" orderId)
+check "202 names the order, the message and its sequence number, status queued, not a duplicate" \
+  test -n "$order" -a -n "$(json_field "$body" messageId)" \
+       -a "$(json_field "$body" sequenceNumber | wc -c)" -eq 21 \
+       -a "$(json_field "$body" status)" = queued -a "$(json_field "$body" duplicate)" = false
+check "202 has a Location header" test "$(header Location)" = "/api/orders/$order"
+http GET /handler/stats
+expect "the seed's GET /handler/stats" 200
+check "/handler/stats holds queue, handler, store and cache" \
+  bash -c 'for k in "\"queue\":" "\"handler\":" "\"store\":" "\"cache\":" "\"hitRate\":"; do grep -qF "$k" <<<"$1" || exit 1; done' _ "$body"
+
+# --- the full flow: POST → handler → GET → cache hit ------------------------------------------
+
+check "the in-process handler applies the CREATE (GET answers 200)" until_status "/api/orders/$order" 200
+check "the order is the one sent" has '"customer_name":"Test"'
+http GET /cache/stats; hits_before=$(json_field "$body" hits)
+http GET "/api/orders/$order"
+expect "GET the order again" 200
+http GET /cache/stats
+expect "GET /cache/stats" 200
+check "the second GET was a cache hit" test "$(json_field "$body" hits)" -gt "$hits_before"
+check "/cache/stats has backend, hits, misses, hitRate, keys, errors" \
+  bash -c 'for k in backend hits misses hitRate keys errors; do grep -qF "\"$k\":" <<<"$1" || exit 1; done' _ "$body"
+http GET /cache/keys
+expect "GET /cache/keys" 200
+check "/cache/keys lists the order's key" has "\"order:$order\""
+
+# Idempotency-Key: a client retry never makes a second order.
+item='{"customer_name":"Ada","customer_email":"ada@example.com","items":[{"product_id":"p-1","name":"Pen","quantity":2,"unit_price":12.5}]}'
+http POST /api/orders "${json[@]}" -H 'Idempotency-Key: checkout-42' -d "$item"
+expect "POST with Idempotency-Key" 202
+ada=$(json_field "$body" orderId); first_message=$(json_field "$body" messageId)
+http POST /api/orders "${json[@]}" -H 'Idempotency-Key: checkout-42' -d "$item"
+expect "the same POST retried" 202
+check "the retry is a duplicate of the same order and message" \
+  test "$(json_field "$body" duplicate)/$(json_field "$body" orderId)/$(json_field "$body" messageId)" = "true/$ada/$first_message"
+check "Ada's order is applied" until_status "/api/orders/$ada" 200
+check "its total is exact (25)" has '"total":25'
+
+# Changes: PUT, PATCH .../status, DELETE, and the audit trail.
+http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":"processing"}'
+expect "PUT /api/orders/ID {status}" 202
+check "PUT queues an UPDATE" test "$(json_field "$body" type)" = UPDATE
+http PATCH "/api/orders/$ada/status" "${json[@]}" -d '{"status":"shipped"}'
+expect "PATCH /api/orders/ID/status" 202
+for _ in $(seq 500); do http GET "/api/orders/$ada"; has '"status":"shipped"' && break; sleep 0.02; done
+check "the order shows status shipped (the cache was invalidated)" has '"status":"shipped"'
+http GET "/api/orders?status=shipped"
+expect "GET /api/orders?status=shipped" 200
+check "the list has Ada's order, total 1" test "$(json_field "$body" total)" = 1
+http GET "/api/orders?limit=1&offset=0"
+expect "GET /api/orders?limit=1&offset=0" 200
+check "the list counts both orders, shows one" test "$(json_field "$body" total)" = 2
+http GET "/api/orders/$ada/events"
+expect "GET /api/orders/ID/events" 200
+check "the audit trail holds CREATE, UPDATE, UPDATE" \
+  test "$(grep -oE '"type":"[A-Z]+"' <<<"$body" | tr '\n' ' ')" = '"type":"CREATE" "type":"UPDATE" "type":"UPDATE" '
+http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":"pending"}'
+expect "a forbidden change is still queued (the handler judges it)" 202
+http DELETE "/api/orders/$order"
+expect "DELETE /api/orders/ID" 202
+check "DELETE queues a DELETE" test "$(json_field "$body" type)" = DELETE
+check "the deleted order is gone (404)" until_status "/api/orders/$order" 404
+check "404 says not_found" test "$(json_field "$body" code)" = not_found
+
+# --- monitoring ---------------------------------------------------------------------------
+
+http GET /sqs/stats
+expect "GET /sqs/stats" 200
+check "/sqs/stats counts what was sent (6 messages, 1 duplicate)" \
+  test "$(json_field "$body" sent)/$(json_field "$body" duplicates)" = 6/1
+for _ in $(seq 200); do http GET /sqs/stats; [[ $(json_field "$body" deadLettered) == 1 ]] && break; sleep 0.02; done
+check "the forbidden change was dead-lettered" test "$(json_field "$body" deadLettered)" = 1
+http GET /sqs/dlq
+expect "GET /sqs/dlq" 200
+check "the DLQ names the reason" has 'pending'
+http GET /handler/status
+expect "GET /handler/status" 200
+check "/handler/status shows the in-process handler running" \
+  grep -qE '"inProcess":\{[^}]*"running":true' <<<"$body"
+check "/handler/status lists the registered handler" has '"state":"running"'
+http GET /health
+expect "GET /health" 200
+check "/health checks queue, store and cache" \
+  bash -c 'for k in queue store cache; do grep -qF "\"$k\":{\"ok\":true" <<<"$1" || exit 1; done' _ "$body"
+http GET /metrics
+expect "GET /metrics" 200
+check "/metrics is Prometheus text" grep -q '^text/plain; version=0.0.4' <<<"$(header Content-Type)"
+for m in 'acmo_http_requests_total{code="202"}' 'acmo_queue_sent_total 6' 'acmo_handler_processed_total' \
+         'acmo_cache_hits_total{backend="memory"}' 'acmo_http_request_duration_seconds_bucket{le="+Inf"}' \
+         'acmo_queue_messages{queue="orders",state="visible"}'; do
+  check "/metrics has $m" has "$m"
+done
+http POST /sqs/dlq/redrive
+expect "POST /sqs/dlq/redrive" 200
+check "the dead-lettered message is redriven" test "$(json_field "$body" redriven)" = 1
+http DELETE /cache/clear
+expect "DELETE /cache/clear" 200
+check "/cache/clear says how many keys it removed" test "$(json_field "$body" cleared)" -ge 1
+http GET /cache/keys
+check "the cache is empty after the clear" test "$(json_field "$body" count)" = 0
+http DELETE /sqs/purge
+expect "DELETE /sqs/purge" 200
+check "/sqs/purge says how many it removed" test -n "$(json_field "$body" purged)"
+http OPTIONS /api/orders
+expect "OPTIONS /api/orders" 204
+check "OPTIONS lists the methods in Allow" test "$(header Allow)" = "GET, POST, OPTIONS"
+
+# --- errors and bad input ---------------------------------------------------------------------
+
+http GET /nowhere
+expect "an unknown route" 404 not_found
+http GET "/api/orders/ord_nobody"
+expect "an unknown order" 404 not_found
+http PATCH /api/orders "${json[@]}" -d '{}'
+expect "a method the path does not take" 405 method_not_allowed
+check "405 has Allow: GET, POST" test "$(header Allow)" = "GET, POST"
+http POST /health
+expect "POST /health" 405 method_not_allowed
+http POST /api/orders -d '{"customer_name":"A"}'
+expect "a form-encoded body" 415 unsupported_media_type
+http POST /api/orders -H 'Content-Type: text/plain' -d '{}'
+expect "a text/plain body" 415 unsupported_media_type
+http POST /api/orders -H 'Content-Type: application/json; charset=utf-8' -d "$item"
+expect "application/json with a charset is JSON" 202
+http POST /api/orders "${json[@]}" -d '{"customer_name": '
+expect "truncated JSON" 400 invalid_input
+check "the message says the JSON is invalid, and where" has 'not valid JSON: parse error at line 1'
+http POST /api/orders "${json[@]}" -d 'customer_name=Ada'
+expect "malformed JSON" 400 invalid_input
+http POST /api/orders "${json[@]}"
+expect "no body at all" 400 invalid_input
+http POST /api/orders "${json[@]}" -d '[1,2]'
+expect "a JSON array, not an object" 400 invalid_input
+http POST /api/orders "${json[@]}" -d '{"customer_email":"a@example.com","items":[]}'
+expect "a missing field" 400 invalid_input
+check "the message names customer_name" test "$(json_field "$body" field)" = customer_name
+http POST /api/orders "${json[@]}" -d '{"customer_name":5,"customer_email":"a@example.com","items":[]}'
+expect "a wrong type" 400 invalid_input
+check "the message says customer_name must be a string" has 'customer_name: must be a string'
+http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_email":"a@example.com","items":{}}'
+expect "items that are not an array" 400 invalid_input
+http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_email":"a@example.com","items":[{"product_id":"p","quantity":-3,"unit_price":1}]}'
+expect "a negative quantity" 400 invalid_input
+check "the field is items[0].quantity" test "$(json_field "$body" field)" = 'items[0].quantity'
+http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_email":"a@example.com","items":[{"product_id":"p","quantity":1,"unit_price":-0.5}]}'
+expect "a negative price" 400 invalid_input
+http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_email":"a@example.com","items":[{"product_id":"p","quantity":1,"unit_price":1.999}]}'
+expect "a price with three decimals" 400 invalid_input
+http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_name":"B","customer_email":"a@example.com","items":[]}'
+expect "a duplicate key" 400 invalid_input
+check "the message names the duplicate key" has 'the key \"customer_name\" appears twice'
+printf '{"customer_name":"A\xff\xfe","customer_email":"a@example.com","items":[]}' >"$work/bad-utf8.json"
+http POST /api/orders "${json[@]}" --data-binary "@$work/bad-utf8.json"
+expect "invalid UTF-8" 400 invalid_input
+printf '%*s' 100000 '' | tr ' ' '[' >"$work/deep.json"
+http POST /api/orders "${json[@]}" --data-binary "@$work/deep.json"
+expect "100,000 levels of nesting" 400 invalid_input
+check "the message says it nests too deep" has 'nests deeper than'
+head -c 2000000 /dev/zero | tr '\0' 'a' | sed 's/^/{"customer_name":"/; s/$/"}/' >"$work/huge.json"
+http POST /api/orders "${json[@]}" --data-binary "@$work/huge.json"
+expect "a 2 MB body (over server.max_body)" 413 payload_too_large
+http POST /api/orders "${json[@]}" -H 'Transfer-Encoding: chunked' --data-binary "@$work/huge.json"
+expect "a 2 MB chunked body" 413 payload_too_large
+long=$(printf 'x%.0s' $(seq 200))
+http GET "/api/orders/$long"
+expect "a 200-character order id" 400 invalid_input
+check "the message names the order id" test "$(json_field "$body" field)" = orderId
+http GET "/api/orders/$(printf 'y%.0s' $(seq 20000))"
+expect "a 20,000-character path" 414 uri_too_long
+http GET "/api/orders/bad%20id"
+expect "an order id with a space" 400 invalid_input
+http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":"teleported"}'
+expect "an unknown status" 400 invalid_input
+http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":"shipped","total":0}'
+expect "a field an UPDATE cannot change" 400 invalid_input
+http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":7}'
+expect "a status that is a number" 400 invalid_input
+http POST /api/orders "${json[@]}" -H "Idempotency-Key: $long" -d "$item"
+expect "an Idempotency-Key over 128 characters" 400 invalid_input
+http GET "/api/orders?limit=0"
+expect "limit 0" 400 invalid_input
+http GET "/api/orders?limit=abc"
+expect "limit abc" 400 invalid_input
+http GET "/api/orders?status=lost"
+expect "an unknown status filter" 400 invalid_input
+http GET /health
+expect "the server is alive after all that" 200
+check "no bad input crashed it" kill -0 "$server_pid"
+
+stop_server
+check "SIGTERM stops acmo serve with exit 0" test "$server_rc" -eq 0
+check "it logs that it stopped" grep -q 'stopped' "$work/serve.log"
+
+# --- tokens and rate limits -------------------------------------------------------------------
+
+ACMO_SERVER_API_TOKENS=api-secret ACMO_SERVER_ADMIN_TOKENS=admin-secret \
+  ACMO_SERVER_RATE_LIMIT=5 ACMO_SERVER_RATE_BURST=5 start_server --no-handler
+api=(-H 'Authorization: Bearer api-secret')
+admin=(-H 'Authorization: Bearer admin-secret')
+http GET /sqs/stats
+expect "no token" 401 unauthorized
+check "401 asks for a bearer token" test "$(header WWW-Authenticate)" = Bearer
+http GET /sqs/stats -H 'Authorization: Bearer wrong'
+expect "a wrong token" 401 unauthorized
+http GET /health
+expect "/health needs no token" 200
+http GET /sqs/stats "${api[@]}"
+expect "an API token" 200
+http DELETE /sqs/purge "${api[@]}"
+expect "an API token on an admin endpoint" 403 forbidden
+http DELETE /cache/clear "${api[@]}"
+expect "an API token on /cache/clear" 403 forbidden
+http GET /sqs/dlq "${api[@]}"
+expect "an API token on /sqs/dlq" 403 forbidden
+http DELETE /sqs/purge
+expect "no token on an admin endpoint" 401 unauthorized
+http DELETE /sqs/purge "${admin[@]}"
+expect "an admin token on an admin endpoint" 200
+http POST /api/orders "${json[@]}" "${admin[@]}" -d "$item"
+expect "an admin token on the API" 202
+limited=0
+for _ in $(seq 8); do
+  http GET /sqs/stats "${api[@]}"
+  [[ $status == 429 ]] && { limited=1; break; }
+done
+check "over server.rate_limit: 429" test "$limited" = 1
+check "429 says rate_limited" test "$(json_field "$body" code)" = rate_limited
+check "429 has Retry-After" test -n "$(header Retry-After)"
+http GET /health
+expect "/health is not rate limited" 200
+stop_server
+
+# --- SIGTERM under load: every 202 is applied --------------------------------------------------
+
+start_server
+for c in 1 2 3 4; do
+  (
+    for i in $(seq 400); do
+      out=$(curl -s -w ' %{http_code}' -X POST "http://127.0.0.1:$port/api/orders" "${json[@]}" \
+              -H "Idempotency-Key: load-$c-$i" -d "$item") || break
+      [[ $out == *' 202' ]] && json_field "${out% *}" orderId
+    done >"$work/accepted-$c"
+  ) &
+done
+sleep 1
+stop_server
+wait
+cat "$work"/accepted-* >"$work/accepted"
+accepted=$(wc -l <"$work/accepted")
+check "the load got 202s before the SIGTERM ($accepted)" test "$accepted" -gt 10
+check "SIGTERM under load: exit 0" test "$server_rc" -eq 0
+"$acmo" -q run-handler --once >/dev/null
+missing=0
+while read -r id; do
+  "$acmo" -q orders get "$id" >/dev/null 2>&1 || missing=$((missing + 1))
+done <"$work/accepted"
+check "every order that got a 202 is applied ($accepted, $missing missing)" test "$missing" -eq 0
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
