@@ -10,6 +10,8 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
+#include "core/backends.hpp"
+#include "core/cached_orders.hpp"
 #include "core/ids.hpp"
 #include "core/order_store.hpp"
 #include "core/paths.hpp"
@@ -28,32 +30,77 @@ struct OrdersOptions {
 constexpr int64_t k_max_limit = 1000;
 constexpr const char* k_statuses = "pending, processing, shipped, delivered or cancelled";
 
-// The embedded order store of the data dir. Reading creates nothing: a data dir without a
-// database is an error (exit 3), so that a typo in --data-dir, or a shell completion asking
-// for order ids, leaves no empty database behind. The queue is opened first: it migrates the
-// schema of a database an older acmo wrote.
-std::unique_ptr<OrderStore> open_store(const GlobalOptions& global)
+bool postgres(const GlobalOptions& global)
 {
-  const std::string dir = data_dir(global);
-  std::error_code ec;
-  if (!std::filesystem::exists(database_path(dir), ec)) {
-    throw Fatal(fmt::format("no acmo database in {}: nothing was sent there yet; check "
-                            "--data-dir or $ACMO_DATA_DIR",
-                            dir),
-                exit_code::k_not_found);
+  return config(global).get_string("store.backend") == "postgres";
+}
+
+// What the commands read through: the configured store behind the configured cache
+// (cache-aside, as the HTTP API reads). The embedded store is the data dir's: reading creates
+// nothing there, so a data dir without a database is an error (exit 3), and a typo in
+// --data-dir, or a shell completion asking for order ids, leaves no empty database behind; the
+// queue is opened first, since it migrates the schema of a database an older acmo wrote. A
+// PostgreSQL server that does not answer is exit 75.
+struct Reader {
+  std::unique_ptr<OrderStore> store;
+  std::unique_ptr<Cache> cache;
+  std::unique_ptr<CachedOrders> orders;
+};
+
+Reader open_reader(const GlobalOptions& global)
+{
+  std::string db;
+  if (!postgres(global)) {
+    const std::string dir = data_dir(global);
+    db = database_path(dir);
+    std::error_code ec;
+    if (!std::filesystem::exists(db, ec)) {
+      throw Fatal(fmt::format("no acmo database in {}: nothing was sent there yet; check "
+                              "--data-dir or $ACMO_DATA_DIR",
+                              dir),
+                  exit_code::k_not_found);
+    }
+    open_queue(global);
   }
-  auto queue = open_queue(global);
-  auto store = SqliteOrderStore::open(database_path(data_dir(global)));
+  Reader r;
+  auto store = open_order_store(config(global), db);
   if (!store) throw Fatal(store.error());
-  return std::move(*store);
+  r.store = std::move(*store);
+  r.cache = open_cache(config(global));
+  r.orders = std::make_unique<CachedOrders>(*r.store, r.cache.get());
+  return r;
 }
 
 int no_such_order(const std::string& id, const GlobalOptions& global)
 {
-  print_error(fmt::format("no order {} in the data dir {}; `acmo orders list` shows the orders "
-                          "there (a CREATE counts once the handler has applied it)",
-                          id, data_dir(global)));
+  const std::string where = postgres(global) ? "the PostgreSQL order store (store.url)"
+                                             : "the data dir " + data_dir(global);
+  print_error(fmt::format("no order {} in {}; `acmo orders list` shows the orders there (a "
+                          "CREATE counts once the handler has applied it)",
+                          id, where));
   return exit_code::k_not_found;
+}
+
+// The order back from the JSON the cache keeps (order_to_json), for the tables.
+Order order_from_json(const nlohmann::json& j)
+{
+  auto cents = [](const nlohmann::json& value) {
+    auto c = parse_money(value, "money");
+    return c ? *c : 0;
+  };
+  Order o;
+  o.id = j.value("id", "");
+  o.customer_name = j.value("customer_name", "");
+  o.customer_email = j.value("customer_email", "");
+  o.total_cents = cents(j.value("total", nlohmann::json(0)));
+  o.status = j.value("status", "");
+  o.version = j.value("version", int64_t{0});
+  for (const auto& item : j.value("items", nlohmann::json::array())) {
+    o.items.push_back(OrderItem{item.value("product_id", ""), item.value("name", ""),
+                                item.value("quantity", int64_t{0}),
+                                cents(item.value("unit_price", nlohmann::json(0)))});
+  }
+  return o;
 }
 
 int check_id(const std::string& id)
@@ -90,25 +137,26 @@ std::string pad_left(const std::string& text, size_t width)
 int run_get(const OrdersOptions& opts, const GlobalOptions& global)
 {
   if (int rc = check_id(opts.id); rc != exit_code::k_ok) return rc;
-  auto store = open_store(global);
-  auto order = store->get(opts.id);
-  if (!order) {
-    if (order.error().code == Errc::not_found) return no_such_order(opts.id, global);
-    return report(order.error());
+  auto reader = open_reader(global);
+  auto text = reader.orders->get_json(opts.id);
+  if (!text) {
+    if (text.error().code == Errc::not_found) return no_such_order(opts.id, global);
+    return report(text.error());
   }
-  const Order& o = *order;
+  const auto doc = nlohmann::json::parse(*text);
   if (global.json) {
-    print_json(order_to_json(o));
+    print_json(doc);
     return exit_code::k_ok;
   }
+  const Order o = order_from_json(doc);
   fmt::print("order {}\n", o.id);
   print_table({
     {"  status", o.status},
     {"  customer", fmt::format("{} <{}>", o.customer_name, o.customer_email)},
     {"  total", money(o.total_cents)},
     {"  version", std::to_string(o.version)},
-    {"  created", format_timestamp(o.created_at_ms)},
-    {"  updated", format_timestamp(o.updated_at_ms)},
+    {"  created", doc.value("created_at", "")},
+    {"  updated", doc.value("updated_at", "")},
   });
   if (o.items.empty()) {
     fmt::print("no items\n");
@@ -154,29 +202,32 @@ int run_list(const OrdersOptions& opts, const GlobalOptions& global)
     throw Fatal(fmt::format("--offset must be 0 or more (got {})", opts.offset),
                 exit_code::k_usage);
   }
-  auto store = open_store(global);
-  auto list = store->list(opts.status, opts.limit, opts.offset);
-  if (!list) return report(list.error());
+  auto reader = open_reader(global);
+  auto text = reader.orders->list_json(opts.status, opts.limit, opts.offset);
+  if (!text) return report(text.error());
+  const auto doc = nlohmann::json::parse(*text);
   if (global.json) {
-    nlohmann::json orders = nlohmann::json::array();
-    for (const auto& order : list->orders) orders.push_back(order_to_json(order));
-    print_json({{"orders", std::move(orders)}, {"total", list->total}});
+    print_json(doc);
     return exit_code::k_ok;
   }
+  const auto total = doc.value("total", int64_t{0});
+  std::vector<std::pair<Order, std::string>> orders; // with created_at as shown
+  for (const auto& j : doc.value("orders", nlohmann::json::array())) {
+    orders.emplace_back(order_from_json(j), j.value("created_at", ""));
+  }
   const std::string what = opts.status.empty() ? "orders" : opts.status + " orders";
-  if (list->orders.empty()) {
-    if (list->total == 0) {
+  if (orders.empty()) {
+    if (total == 0) {
       fmt::print("no {}\n", what);
     } else {
-      fmt::print("no {} past offset {} ({} in all)\n", what, opts.offset, list->total);
+      fmt::print("no {} past offset {} ({} in all)\n", what, opts.offset, total);
     }
     return exit_code::k_ok;
   }
   std::vector<std::array<std::string, 5>> rows;
   rows.push_back({"ID", "STATUS", "TOTAL", "CUSTOMER", "CREATED"});
-  for (const auto& o : list->orders) {
-    rows.push_back(
-      {o.id, o.status, money(o.total_cents), o.customer_name, format_timestamp(o.created_at_ms)});
+  for (const auto& [o, created] : orders) {
+    rows.push_back({o.id, o.status, money(o.total_cents), o.customer_name, created});
   }
   std::array<size_t, 5> widths{};
   for (const auto& row : rows) {
@@ -186,11 +237,11 @@ int run_list(const OrdersOptions& opts, const GlobalOptions& global)
     fmt::print("{}  {}  {}  {}  {}\n", pad(row[0], widths[0]), pad(row[1], widths[1]),
                pad_left(row[2], widths[2]), pad(row[3], widths[3]), row[4]);
   }
-  const auto shown = static_cast<int64_t>(list->orders.size());
-  if (shown == list->total) {
+  const auto shown = static_cast<int64_t>(orders.size());
+  if (shown == total) {
     fmt::print("{} {}\n", shown, shown == 1 ? what.substr(0, what.size() - 1) : what);
   } else {
-    fmt::print("{} {}-{} of {}\n", what, opts.offset + 1, opts.offset + shown, list->total);
+    fmt::print("{} {}-{} of {}\n", what, opts.offset + 1, opts.offset + shown, total);
   }
   return exit_code::k_ok;
 }
@@ -198,8 +249,8 @@ int run_list(const OrdersOptions& opts, const GlobalOptions& global)
 int run_events(const OrdersOptions& opts, const GlobalOptions& global)
 {
   if (int rc = check_id(opts.id); rc != exit_code::k_ok) return rc;
-  auto store = open_store(global);
-  auto events = store->events(opts.id);
+  auto reader = open_reader(global);
+  auto events = reader.orders->events(opts.id);
   if (!events) {
     if (events.error().code == Errc::not_found) return no_such_order(opts.id, global);
     return report(events.error());
