@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -20,11 +21,13 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
+#include <hiredis/hiredis.h>
 #include <sqlite3.h>
 
 #include "core/order_event.hpp"
 #include "core/order_handler.hpp"
 #include "core/queue.hpp"
+#include "core/redis_cache.hpp"
 
 namespace {
 
@@ -340,6 +343,76 @@ std::vector<double> wake_latencies(const Settings& s)
   return out;
 }
 
+// RedisCache reads that hit, from one thread (with each get's latency) and from 8 at once,
+// against the Redis at `url`, under a prefix of its own that it deletes afterwards.
+struct CacheFigures {
+  double one_thread = 0;   // gets/s
+  double eight_threads = 0;
+  double p50_us = 0, p99_us = 0;
+};
+
+CacheFigures cache_redis(const std::string& url)
+{
+  acmo::RedisCacheOptions o;
+  o.url = url;
+  o.prefix = fmt::format("acmo-bench-{}:", getpid());
+  o.max_connections = 8;
+  constexpr int k_keys = 1000;
+  constexpr int k_gets_one = 20'000;
+  constexpr int k_gets_each = 10'000;
+  CacheFigures f;
+  {
+    acmo::RedisCache cache(o);
+    // An order about the size acmo caches (two items).
+    const std::string value =
+      R"({"id":"ord_000000000000","customer_name":"Bench","customer_email":"bench@example.com",)"
+      R"("items":[{"product_id":"p1","quantity":2,"unit_price":9.99},{"product_id":"p2",)"
+      R"("quantity":1,"unit_price":24.5}],"total":44.48,"status":"pending",)"
+      R"("created_at":"2026-11-26T00:00:00.000Z","updated_at":"2026-11-26T00:00:00.000Z","version":1})";
+    for (int i = 0; i < k_keys; ++i) cache.put(acmo::order_cache_key(std::to_string(i)), value);
+    std::vector<double> lat;
+    lat.reserve(k_gets_one);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < k_gets_one; ++i) {
+      auto a = std::chrono::steady_clock::now();
+      if (!cache.get(acmo::order_cache_key(std::to_string(i % k_keys)))) {
+        throw std::runtime_error("cache_redis: a get missed: " + cache.last_error());
+      }
+      lat.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a)
+                      .count());
+    }
+    f.one_thread = k_gets_one / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    f.p50_us = percentile(lat, 50);
+    f.p99_us = percentile(lat, 99);
+    std::atomic<int> misses{0};
+    std::vector<std::thread> threads;
+    t0 = std::chrono::steady_clock::now();
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < k_gets_each; ++i) {
+          if (!cache.get(acmo::order_cache_key(std::to_string((i * 8 + t) % k_keys)))) ++misses;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    f.eight_threads =
+      8.0 * k_gets_each / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (misses > 0) throw std::runtime_error("cache_redis: gets missed: " + cache.last_error());
+    cache.clear();
+  }
+  // The figures the cache kept under the prefix go too.
+  if (auto a = acmo::parse_redis_url(url); a && a->unix_path.empty()) {
+    if (redisContext* c = redisConnect(a->host.c_str(), a->port)) {
+      if (c->err == 0) {
+        if (a->db != 0) freeReplyObject(redisCommand(c, "SELECT %d", a->db));
+        freeReplyObject(redisCommand(c, "DEL %s", (o.prefix + "~stats").c_str()));
+      }
+      redisFree(c);
+    }
+  }
+  return f;
+}
+
 bool wanted(const Settings& s, const std::string& name)
 {
   return s.only.empty() || std::find(s.only.begin(), s.only.end(), name) != s.only.end();
@@ -374,7 +447,8 @@ int main(int argc, char** argv)
   app.add_option("--only", s.only,
                  "Run only these scenarios: baseline, bulk_send, concurrent_send, "
                  "receive_delete, receive_delete_groups, receive_delete_combined, "
-                 "receive_delete_combined_groups, pipeline, wakeup");
+                 "receive_delete_combined_groups, pipeline, wakeup, cache_redis (only with "
+                 "ACMO_BENCH_REDIS_URL set)");
   bool normal = false;
   app.add_flag("--normal", normal, "Use queue.durability = \"normal\" instead of \"full\"");
   CLI11_PARSE(app, argc, argv);
@@ -386,8 +460,16 @@ int main(int argc, char** argv)
   try {
     std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, combined,
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
-      pipe_order_100;
+      pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99;
+    const char* redis_url = std::getenv("ACMO_BENCH_REDIS_URL");
     for (int run = 0; run < s.runs; ++run) {
+      if (wanted(s, "cache_redis") && redis_url != nullptr && *redis_url != '\0') {
+        auto f = cache_redis(redis_url);
+        cache_one.push_back(f.one_thread);
+        cache_eight.push_back(f.eight_threads);
+        cache_p50.push_back(f.p50_us);
+        cache_p99.push_back(f.p99_us);
+      }
       if (wanted(s, "baseline")) {
         RunDir a(s.dir), b(s.dir);
         fsync_each.push_back(raw_sqlite_inserts(a.db(), 2'000, 1));
@@ -480,6 +562,15 @@ int main(int argc, char** argv)
         {"target_p50", 20},
         {"target_p99", 50},
         {"met", median(wake_p50) <= 20 && median(wake_p99) <= 50}};
+    }
+    if (!cache_one.empty()) {
+      results["cache_redis_get_hit"] = {{"unit", "gets/s"},
+                                        {"runs_1_thread", cache_one},
+                                        {"runs_8_threads", cache_eight},
+                                        {"median_1_thread", median(cache_one)},
+                                        {"median_8_threads", median(cache_eight)},
+                                        {"latency_p50_us_1_thread", median(cache_p50)},
+                                        {"latency_p99_us_1_thread", median(cache_p99)}};
     }
     report["results"] = results;
   } catch (const std::exception& e) {
