@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# PostgreSQL stopped in the middle of a run (issue 3, item 6), through the real acmo binary: a
+# PostgreSQL server of the test's own (loopback, port 55532 or $ACMO_TEST_PG_OUTAGE_PORT, its
+# own data dir in a temp dir, stopped by the trap), store.backend = "postgres", `acmo
+# run-handler` in the foreground (in the background of this script) while events stream in.
+# With the server stopped, events are retried with backoff and the handler stays up (its
+# figures show the retries and the last error); with the server back, everything is applied
+# exactly once. With few retries, events end in the DLQ with the reason, and `acmo dlq
+# redrive` applies them once the server is back.
+#   tests/cli/test_pg_outage.sh path/to/acmo
+set -uo pipefail
+acmo=${1:?usage: $0 path/to/acmo}
+port=${ACMO_TEST_PG_OUTAGE_PORT:-55532}
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+if [[ -z $pg_bin ]]; then
+  if [[ ${CI:-} == true ]]; then
+    echo "not ok - PostgreSQL's server programs are not installed (scripts/install-deps.sh)"
+    exit 1
+  fi
+  echo "WARN: skipped: PostgreSQL's server programs are not installed (scripts/install-deps.sh)"
+  exit 0
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-pg-outage-test.XXXXXX")
+handler_pid=''
+as_postgres() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+pg_running() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" status >/dev/null 2>&1; }
+cleanup() {
+  [[ -n $handler_pid ]] && kill -9 "$handler_pid" 2>/dev/null
+  [[ -f $work/pg/PG_VERSION ]] && as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+[[ $(id -u) -eq 0 ]] && chown postgres:postgres "$work"
+export ACMO_DATA_DIR="$work/data"
+export ACMO_STORE_BACKEND=postgres ACMO_STORE_URL="postgresql://acmo@127.0.0.1:$port/acmo"
+export ACMO_STORE_CONNECT_TIMEOUT=1s ACMO_CACHE_BACKEND=none
+export NO_COLOR=1
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+start_pg() {
+  as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -t 30 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $work -c fsync=on" start >/dev/null
+}
+stop_pg() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null; }
+sql() { as_postgres "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U acmo -d acmo -tAc "$1"; }
+
+if "$pg_bin/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null 2>&1; then
+  echo "not ok - port $port is taken by another PostgreSQL; set ACMO_TEST_PG_OUTAGE_PORT"
+  exit 1
+fi
+as_postgres "$pg_bin/initdb" -D "$work/pg" -U acmo --auth=trust -E UTF8 >/dev/null || exit 1
+start_pg || { echo "not ok - PostgreSQL did not start"; cat "$work/pg.log"; exit 1; }
+as_postgres "$pg_bin/createdb" -h 127.0.0.1 -p "$port" -U acmo acmo || exit 1
+
+# events FIRST LAST: a CREATE and an UPDATE to processing for orders ord_FIRST..ord_LAST, as
+# JSON Lines; the two events of an order are in the same group (the default, "orders").
+events() {
+  local i
+  for i in $(seq "$1" "$2"); do
+    echo "{\"type\":\"CREATE\",\"orderId\":\"ord_$i\",\"data\":{\"customer_name\":\"Ada\",\"customer_email\":\"ada@example.com\",\"items\":[{\"product_id\":\"p\",\"quantity\":1,\"unit_price\":2.5}]}}"
+    echo "{\"type\":\"UPDATE\",\"orderId\":\"ord_$i\",\"data\":{\"status\":\"processing\"}}"
+  done
+}
+send_events() { events "$1" "$2" | "$acmo" -q send --file -; }
+# queue_empty: nothing visible, in flight or delayed.
+queue_empty() {
+  local stats
+  stats=$("$acmo" --json stats)
+  [[ "$(json_field "$stats" visible)/$(json_field "$stats" inFlight)/$(json_field "$stats" delayed)" == 0/0/0 ]]
+}
+# wait_for SECONDS COMMAND...: poll until the command succeeds.
+wait_for() {
+  local tries=$(($1 * 10)); shift
+  for _ in $(seq "$tries"); do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+applied_orders() { [[ "$(sql "SELECT count(*) FROM orders WHERE version = 2" 2>/dev/null)" == "$1" ]]; }
+# The handler section of `acmo stats --json` (the queue's section has fields of the same names).
+handler_stats() { local s; s=$("$acmo" --json stats); echo "${s#*\"handler\":}"; }
+handler_retried() { [[ "$(json_field "$(handler_stats)" retried)" -gt 0 ]]; }
+# Every event in the audit trail once, and every order as its events make it.
+exactly_once() { # exactly_once ORDERS
+  [[ "$(sql "SELECT count(*), count(DISTINCT message_id) FROM order_events")" == "$(($1 * 2))|$(($1 * 2))" ]] &&
+    [[ "$(sql "SELECT count(*) FROM applied_messages")" == "$(($1 * 2))" ]] &&
+    [[ "$(sql "SELECT count(*) FROM orders WHERE status = 'processing' AND version = 2 AND total_cents = 250")" == "$1" ]] &&
+    [[ "$(sql "SELECT count(*) FROM orders")" == "$1" ]]
+}
+
+# The DLQ's size: `acmo dlq list` reads only the queue, so it answers while PostgreSQL is down.
+dlq_total() { sed -n 's/.*"total":\([0-9]*\)}$/\1/p' <<<"$("$acmo" --json dlq list --limit 1)"; }
+dlq_count() { [[ "$(dlq_total)" == "$1" ]]; }
+
+# --- stopped mid-run: retried with backoff, then applied once ----------------------------------
+
+export ACMO_QUEUE_RETRY_DELAYS="200ms, 400ms, 800ms" ACMO_QUEUE_MAX_RETRIES=50
+"$acmo" run-handler --batch-size 10 >"$work/handler.out" 2>"$work/handler.err" &
+handler_pid=$!
+send_events 1 100
+check "the handler applies 200 events while PostgreSQL runs" wait_for 20 applied_orders 100
+
+stop_pg
+check "PostgreSQL is stopped" test "$(pg_running && echo up || echo down)" = down
+send_events 101 200
+sleep 2 # several rounds of retries against the stopped server
+check "with PostgreSQL down the handler keeps running" kill -0 "$handler_pid"
+check "and dead-letters nothing (retries are left)" dlq_count 0
+err=$("$acmo" orders get ord_1 2>&1); rc=$?
+check "orders get with PostgreSQL down exits 75" test "$rc" -eq 75
+check "and says which server does not answer" grep -q "127.0.0.1:$port.*is not answering" <<<"$err"
+
+start_pg
+check "PostgreSQL is back" pg_running
+check "once it is back, the handler applies the waiting events (200 orders in all)" \
+  wait_for 20 applied_orders 200
+check "the queue is empty" wait_for 5 queue_empty
+check "every event is applied exactly once: 400 in the audit trail, 400 applied ids, 200 orders" \
+  exactly_once 200
+check "orders get answers again" test "$(json_field "$("$acmo" --json orders get ord_150)" status)" = processing
+handler=$(handler_stats)
+check "acmo stats: the handler retried events" test "$(json_field "$handler" retried)" -gt 0
+check "acmo stats: its last error says PostgreSQL was not answering" \
+  grep -q '"lastError":"PostgreSQL at postgresql://acmo@127.0.0.1:'"$port"'/acmo is not answering' <<<"$handler"
+kill -TERM "$handler_pid"
+wait "$handler_pid"; rc=$?
+handler_pid=''
+check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
+check "its summary: 400 applied, none dead-lettered, some retried" \
+  grep -qE '^applied 400, dead-lettered 0, retried [1-9][0-9]*$' "$work/handler.out"
+
+# --- retries run out: the DLQ with the reason, then redrive ----------------------------------
+
+export ACMO_QUEUE_RETRY_DELAYS="100ms" ACMO_QUEUE_MAX_RETRIES=1
+"$acmo" run-handler --batch-size 10 >"$work/handler2.out" 2>"$work/handler2.err" &
+handler_pid=$!
+# It has connected (and found the schema) once it says it is handling the queue.
+check "the second handler starts" wait_for 10 grep -q "handling queue" "$work/handler2.err"
+stop_pg
+send_events 201 220
+check "with 1 retry, the 40 events end in the DLQ" wait_for 15 dlq_count 40
+check "the handler is still running" kill -0 "$handler_pid"
+dlq=$("$acmo" --json dlq list --limit 100)
+check "the DLQ gives PostgreSQL's outage as the reason of each" \
+  test "$(grep -oE '"reason":"failed 2 times, retries exhausted [^"]*: PostgreSQL at [^"]* is not answering' <<<"$dlq" | wc -l)" -eq 40
+start_pg
+out=$("$acmo" --json dlq redrive); rc=$?
+check "dlq redrive moves the 40 back" test "$rc/$(json_field "$out" redriven)" = 0/40
+check "the handler applies them (220 orders)" wait_for 20 applied_orders 220
+check "the queue and the DLQ are empty" wait_for 5 queue_empty
+check "nothing is left in the DLQ" dlq_count 0
+check "every event is applied exactly once: 440 in the audit trail, 220 orders" exactly_once 220
+kill -TERM "$handler_pid"
+wait "$handler_pid"; rc=$?
+handler_pid=''
+check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
