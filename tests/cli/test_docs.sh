@@ -490,6 +490,9 @@ if result=$(acmo_clean "$acmo" --config "$example" config check 2>&1); then
 else
   not_ok "examples/acmo.toml: acmo config check accepts it: $result"
 fi
+check "examples/acmo-production.toml: acmo config check accepts it" \
+  $(acmo_clean "$acmo" --config "$root/examples/acmo-production.toml" config check \
+      2>&1 >/dev/null || echo "(exit $?)")
 from_example=$(acmo_clean "$acmo" --config "$example" config show | show_rows)
 check "examples/acmo.toml sets every key of acmo config show --json" \
   $(for key in $keys; do
