@@ -10,6 +10,7 @@
 
 #include "cli/output.hpp"
 #include "core/paths.hpp"
+#include "daemon/daemon.hpp"
 
 namespace acmo::cli {
 
@@ -33,6 +34,10 @@ constexpr std::array k_subcommands = {
   Subcommand{"dlq", "Inspect and replay dead-lettered messages (list | show ID | redrive | purge)",
              &setup_dlq},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},
+  Subcommand{"demo",
+             "Walk through the whole pipeline in a temporary data dir, narrated (npm run sqs:demo)",
+             &setup_demo},
+  Subcommand{"version", "Print acmo's version and what it was built with", &setup_version},
 };
 
 size_t edit_distance(std::string_view a, std::string_view b)
@@ -170,9 +175,11 @@ int run(int argc, char** argv)
     return exit_code::k_usage;
   } catch (const Fatal& e) {
     print_error(e.what());
+    daemon::failed(e.what()); // a daemon that cannot start tells the waiting parent why
     return e.exit_code();
   } catch (const std::exception& e) {
     print_error(fmt::format("unexpected failure: {}", e.what()));
+    daemon::failed(fmt::format("unexpected failure: {}", e.what()));
     return exit_code::k_failure;
   }
 }

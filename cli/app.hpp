@@ -46,6 +46,8 @@ Runner setup_serve(CLI::App& sub, const GlobalOptions& global);
 Runner setup_orders(CLI::App& sub, const GlobalOptions& global);
 Runner setup_config(CLI::App& sub, const GlobalOptions& global);
 Runner setup_dlq(CLI::App& sub, const GlobalOptions& global);
+Runner setup_demo(CLI::App& sub, const GlobalOptions& global);
+Runner setup_version(CLI::App& sub, const GlobalOptions& global);
 
 // The configuration in force (SPEC §6), loaded once: --config or $ACMO_CONFIG, else the first
 // of ./acmo.toml, $XDG_CONFIG_HOME/acmo/acmo.toml, /etc/acmo/acmo.toml; then ACMO_*

@@ -1,16 +1,14 @@
 // acmo run-handler: the OrderHandler in the foreground, or once over what is queued.
-#include <atomic>
-#include <csignal>
-#include <thread>
 
-#include <pthread.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
 #include "cli/app.hpp"
+#include "cli/long_running.hpp"
 #include "cli/output.hpp"
 #include "core/backends.hpp"
+#include "core/log.hpp"
 #include "core/order_handler.hpp"
 #include "core/paths.hpp"
 
@@ -22,6 +20,7 @@ struct RunHandlerOptions {
   int concurrency = 1;
   int batch_size = 10;
   bool once = false;
+  DaemonFlags daemon;
   // The flags given; those not given come from the configuration ([handler]).
   CLI::Option* concurrency_flag = nullptr;
   CLI::Option* batch_size_flag = nullptr;
@@ -43,48 +42,6 @@ void print_summary(const GlobalOptions& global, const HandlerStats& stats)
   }
 }
 
-// SIGINT and SIGTERM, blocked in the calling thread and so in every thread it starts later (they
-// inherit the mask). Called before the queue is opened, since the queue may start threads too:
-// no thread is then ever interrupted by them, and only run_until_signal's sigwait takes them.
-sigset_t block_stop_signals()
-{
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  if (int rc = pthread_sigmask(SIG_BLOCK, &signals, nullptr); rc != 0) {
-    throw Fatal(fmt::format("cannot block SIGINT and SIGTERM: error {}", rc));
-  }
-  return signals;
-}
-
-// Runs the handler (until the queue is empty with `once`) or until one of `signals` (blocked
-// by block_stop_signals) arrives: a thread takes it with sigwait and asks the handler to stop,
-// which finishes the batches in hand.
-Expected<HandlerStats> run_until_signal(OrderHandler& handler, const sigset_t& signals, bool once)
-{
-  std::atomic<bool> finished{false};
-  std::thread waiter([&] {
-    // Every signal until run() returns asks for a stop (stop() may be asked again), so a second
-    // SIGTERM during shutdown does not kill the process with the batches half settled.
-    for (;;) {
-      int sig = 0;
-      if (sigwait(&signals, &sig) != 0) continue;
-      // Once run() has returned, the main thread wakes us with a SIGTERM of its own.
-      if (finished.load()) return;
-      handler.stop();
-    }
-  });
-
-  auto result = once ? handler.run_once() : handler.run();
-  finished.store(true);
-  pthread_kill(waiter.native_handle(), SIGTERM);
-  waiter.join();
-  // The signals stay blocked: the process is about to exit, and one that arrives now must not
-  // turn a clean shutdown into a kill.
-  return result;
-}
-
 int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
 {
   HandlerOptions options = handler_options_from(config(global));
@@ -101,7 +58,13 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
                 exit_code::k_usage);
   }
 
-  const sigset_t stop_signals = block_stop_signals();
+  if (opts.once && opts.daemon.daemon) {
+    throw Fatal("--once and --daemon do not go together: --once runs in the foreground until "
+                "the queue is empty",
+                exit_code::k_usage);
+  }
+  const sigset_t signals = block_signals();
+  start_long_running(opts.daemon, global, "run-handler");
   auto queue = open_queue(global); // creates and migrates the schema, order tables included
   auto writer = open_order_writer(config(global));
   if (!writer) throw Fatal(writer.error());
@@ -112,13 +75,22 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
   options.cache = cache.get();
   OrderHandler handler(*queue, database_path(data_dir(global)), options);
 
-  if (!opts.once && !global.quiet && !global.json) {
-    fmt::print(stderr,
-               "acmo: handling queue {} (concurrency {}, batch size {}); SIGINT or SIGTERM "
-               "stops\n",
-               queue->options().name, opts.concurrency, opts.batch_size);
+  if (!opts.once) {
+    log::info("handling queue {} of {} (concurrency {}, batch size {}, store {}, cache {}); "
+              "SIGINT or SIGTERM stops",
+              queue->options().name, data_dir(global), opts.concurrency, opts.batch_size,
+              config(global).get_string("store.backend"), config(global).get_string("cache.backend"));
   }
-  auto result = run_until_signal(handler, stop_signals, opts.once);
+  announce_ready();
+  Expected<HandlerStats> result = HandlerStats{};
+  run_until_signal(
+    signals, [&] { handler.stop(); },
+    [&] { result = opts.once ? handler.run_once() : handler.run(); });
+  if (!opts.once) {
+    const HandlerStats s = result ? *result : handler.stats();
+    log::info("stopped: applied {}, dead-lettered {}, retried {}", s.processed, s.dead_lettered,
+              s.retried);
+  }
   if (!result) {
     const HandlerStats stats = handler.stats();
     print_summary(global, stats);
@@ -143,6 +115,7 @@ Runner setup_run_handler(CLI::App& sub, const GlobalOptions& global)
     ->option_text("N");
   sub.add_flag("--once", opts->once,
                "Process what is queued until no visible message is left, then exit");
+  add_daemon_flags(sub, opts->daemon);
   sub.footer("Without --once the handler runs in the foreground until SIGINT or SIGTERM, then\n"
              "finishes the batches in hand, prints a summary and exits 0.");
   return [opts, &global] { return run_handler(*opts, global); };

@@ -7,7 +7,7 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler serve orders dlq config'
+_acmo_subcommands='send stats purge run-handler serve orders dlq config demo version'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
@@ -20,7 +20,7 @@ _acmo_subcommands_dlq='list show redrive purge'
 _acmo_opts_send='--order-id --data --group --dedup-id --file -h --help'
 _acmo_opts_stats='-h --help'
 _acmo_opts_purge='--dlq -y --yes -h --help'
-_acmo_opts_run_handler='--concurrency --batch-size --once -h --help'
+_acmo_opts_run_handler='--concurrency --batch-size --once --daemon --pid-file --log-file -h --help'
 _acmo_opts_serve='--listen --no-handler -h --help'
 _acmo_opts_orders='-h --help'
 _acmo_opts_orders_get='-h --help'
@@ -34,8 +34,10 @@ _acmo_opts_dlq_purge='-y --yes -h --help'
 _acmo_opts_config='-h --help'
 _acmo_opts_config_show='-h --help'
 _acmo_opts_config_check='-h --help'
+_acmo_opts_demo='--keep -h --help'
+_acmo_opts_version='-h --help'
 _acmo_value_opts=' --config --data-dir --order-id --data --group --dedup-id --file '
-_acmo_value_opts+='--concurrency --batch-size --status --limit --offset --listen '
+_acmo_value_opts+='--concurrency --batch-size --status --limit --offset --pid-file --log-file --listen '
 _acmo_statuses='pending processing shipped delivered cancelled'
 
 _acmo_files()
@@ -64,11 +66,11 @@ _acmo_dirs()
     COMPREPLY=($(compgen -d -- "$1"))
 }
 
-# The ids of the orders (up to 1000, newest first) that start with $1, asked of acmo itself,
-# for the data dir and configuration the command line names.
-_acmo_order_ids()
+# Run acmo itself with the --data-dir and --config the command line names, and the arguments
+# given, to ask it for live values.
+_acmo_ask()
 {
-    local args=() i w v IFS=$'\n'
+    local args=() i w v
     for (( i = 1; i < COMP_CWORD; i++ )); do
         w=${COMP_WORDS[i]}
         [[ $w == --data-dir || $w == --config ]] || continue
@@ -80,8 +82,23 @@ _acmo_order_ids()
         args+=("$w" "$v")
         (( i++ ))
     done
-    COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" "${args[@]}" --json orders list --limit 1000 \
-        2>/dev/null | grep -oE '"id":"[A-Za-z0-9_-]+"' | cut -d'"' -f4)" -- "$1"))
+    "${COMP_WORDS[0]}" "${args[@]}" "$@" 2>/dev/null
+}
+
+# The ids of the orders (up to 1000, newest first) that start with $1.
+_acmo_order_ids()
+{
+    local IFS=$'\n'
+    COMPREPLY=($(compgen -W "$(_acmo_ask --json orders list --limit 1000 |
+        grep -oE '"id":"[A-Za-z0-9_-]+"' | cut -d'"' -f4)" -- "$1"))
+}
+
+# The message ids of the DLQ (up to 1000, oldest first) that start with $1.
+_acmo_dlq_ids()
+{
+    local IFS=$'\n'
+    COMPREPLY=($(compgen -W "$(_acmo_ask --json dlq list --limit 1000 |
+        grep -oE '"messageId":"[A-Za-z0-9_-]+"' | cut -d'"' -f4)" -- "$1"))
 }
 
 # The subcommands of subcommand $1, if it has any (else fail).
@@ -103,7 +120,7 @@ _acmo()
     COMPREPLY=()
 
     case $opt in
-        --config|--file) _acmo_files "$cur"; return ;;
+        --config|--file|--pid-file|--log-file) _acmo_files "$cur"; return ;;
         --data-dir) _acmo_dirs "$cur"; return ;;
         --data)
             # JSON is typed by hand; "@FILE" reads it from a file.
@@ -164,6 +181,8 @@ _acmo()
         COMPREPLY=($(compgen -W 'CREATE UPDATE DELETE' -- "$cur"))
     elif [[ $cmd == orders && ($sub == get || $sub == events) && $positionals -eq 0 ]]; then
         _acmo_order_ids "$cur"
+    elif [[ $cmd == dlq && ($sub == show && $positionals -eq 0 || $sub == redrive) ]]; then
+        _acmo_dlq_ids "$cur"
     fi
 }
 complete -F _acmo acmo

@@ -16,7 +16,7 @@ function __acmo_args
         end
         switch $w
             case --config --data-dir --order-id --data --group --dedup-id --file \
-                    --concurrency --batch-size --status --limit --offset
+                    --concurrency --batch-size --status --limit --offset --pid-file --log-file
                 set skip 1
             case '-*'
             case '*'
@@ -58,9 +58,9 @@ function __acmo_data_files
     end
 end
 
-# The ids of the orders (up to 1000, newest first), asked of acmo itself, for the data dir and
-# configuration the command line names.
-function __acmo_order_ids
+# Run acmo itself with the --data-dir and --config the command line names, and the arguments
+# given, to ask it for live values.
+function __acmo_ask
     set -l words (commandline -opc)
     set -l args
     for i in (seq 2 (count $words))
@@ -72,8 +72,19 @@ function __acmo_order_ids
                 set -a args $words[$i]
         end
     end
-    command $words[1] $args --json orders list --limit 1000 2>/dev/null |
+    command $words[1] $args $argv 2>/dev/null
+end
+
+# The ids of the orders (up to 1000, newest first).
+function __acmo_order_ids
+    __acmo_ask --json orders list --limit 1000 |
         string match -ra '"id":"[A-Za-z0-9_-]+"' | string replace -r '^"id":"(.*)"$' '$1'
+end
+
+# The message ids of the DLQ (up to 1000, oldest first).
+function __acmo_dlq_ids
+    __acmo_ask --json dlq list --limit 1000 |
+        string match -ra '"messageId":"[A-Za-z0-9_-]+"' | string replace -r '^"messageId":"(.*)"$' '$1'
 end
 
 complete -c acmo -f
@@ -96,6 +107,8 @@ complete -c acmo -n __acmo_no_subcommand -a serve -d 'Serve the HTTP API and mon
 complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their audit trail'
 complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
+complete -c acmo -n __acmo_no_subcommand -a demo -d 'Walk through the whole pipeline, narrated'
+complete -c acmo -n __acmo_no_subcommand -a version -d "Print acmo's version and what it was built with"
 
 # acmo send
 complete -c acmo -n __acmo_send_needs_type -a 'CREATE UPDATE DELETE' -d 'Event type'
@@ -115,6 +128,9 @@ complete -c acmo -n '__acmo_using purge' -s y -l yes -d 'Do not ask for confirma
 complete -c acmo -n '__acmo_using run-handler' -l concurrency -x -d 'Worker threads, 1-64 (default 1)'
 complete -c acmo -n '__acmo_using run-handler' -l batch-size -x -d 'Messages per receive, 1-1000 (default 10)'
 complete -c acmo -n '__acmo_using run-handler' -l once -d 'Process what is queued until none is left, then exit'
+complete -c acmo -n '__acmo_using run-handler' -l daemon -d 'Detach, write a pid file, log to a file'
+complete -c acmo -n '__acmo_using run-handler' -l pid-file -r -F -d 'With --daemon: the pid file'
+complete -c acmo -n '__acmo_using run-handler' -l log-file -r -F -d 'With --daemon: the log file'
 
 # acmo serve
 complete -c acmo -n '__acmo_using serve' -l listen -x -d 'Listen on HOST:PORT (default 127.0.0.1:3000)'
@@ -138,7 +154,14 @@ complete -c acmo -n '__acmo_no_subcommand dlq' -a purge -d 'Remove every dead-le
 complete -c acmo -n '__acmo_using dlq list' -l limit -x -d 'Show at most N messages, 1-1000 (default 50)'
 complete -c acmo -n '__acmo_using dlq list' -l offset -x -d 'Skip the first N messages (default 0)'
 complete -c acmo -n '__acmo_using dlq purge' -s y -l yes -d 'Do not ask for confirmation'
+complete -c acmo -n '__acmo_no_subcommand dlq show' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
+complete -c acmo -n '__acmo_using dlq redrive' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
 
 # acmo config: a subcommand of its own, show or check; neither has options of its own.
 complete -c acmo -n '__acmo_no_subcommand config' -a show -d "Print every key's value and where it came from"
 complete -c acmo -n '__acmo_no_subcommand config' -a check -d 'Check the configuration file and environment'
+
+# acmo demo
+complete -c acmo -n '__acmo_using demo' -l keep -d 'Keep the temporary data dir at the end'
+
+# acmo version: no options of its own.

@@ -8,6 +8,8 @@
 
 namespace acmo::sqlite {
 
+const char* library_version() { return sqlite3_libversion(); }
+
 namespace {
 
 [[noreturn]] void fail(sqlite3* db, int rc, std::string_view context)

@@ -17,6 +17,9 @@ struct sqlite3_stmt;
 
 namespace acmo::sqlite {
 
+// The SQLite library's version, e.g. "3.40.1".
+const char* library_version();
+
 // Thrown by this layer; the queue catches it at the transaction boundary and turns it into an
 // Error with to_error().
 class SqliteError : public std::runtime_error

@@ -1,0 +1,111 @@
+#include "cli/long_running.hpp"
+
+#include <atomic>
+#include <thread>
+
+#include <pthread.h>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "cli/output.hpp"
+#include "core/log.hpp"
+#include "core/paths.hpp"
+#include "daemon/daemon.hpp"
+
+namespace acmo::cli {
+
+void add_daemon_flags(CLI::App& sub, DaemonFlags& flags)
+{
+  sub.add_flag("--daemon", flags.daemon,
+               "Detach from the terminal, write a pid file and log to a file (SIGHUP reopens it)");
+  sub.add_option("--pid-file", flags.pid_file,
+                 "With --daemon: the pid file (default: in the data dir)")
+    ->option_text("FILE");
+  sub.add_option("--log-file", flags.log_file,
+                 "With --daemon: the log file (default: log.file, else in the data dir)")
+    ->option_text("FILE");
+}
+
+sigset_t block_signals()
+{
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  if (int rc = pthread_sigmask(SIG_BLOCK, &signals, nullptr); rc != 0) {
+    throw Fatal(fmt::format("cannot block SIGINT, SIGTERM and SIGHUP: error {}", rc));
+  }
+  return signals;
+}
+
+void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
+                        const std::string& command)
+{
+  const Config& cfg = config(global);
+  log::configure(cfg.get_string("log.level"), cfg.get_string("log.format"));
+  if (global.quiet) log::configure("warn", cfg.get_string("log.format"));
+  if (!flags.daemon) {
+    if (!flags.pid_file.empty() || !flags.log_file.empty()) {
+      throw Fatal("--pid-file and --log-file go with --daemon; in the foreground acmo logs to "
+                  "stderr",
+                  exit_code::k_usage);
+    }
+    return;
+  }
+  const std::string dir = data_dir(global);
+  if (auto ok = ensure_directory(dir); !ok) throw Fatal(ok.error());
+  daemon::DaemonOptions options;
+  options.pid_file = flags.pid_file;
+  if (options.pid_file.empty()) {
+    // Several handlers may run on one data dir: each gets a pid file of its own.
+    options.pid_file = command == "run-handler"
+                         ? fmt::format("{}/acmo-{}.{}.pid", dir, command, ::getpid())
+                         : fmt::format("{}/acmo-{}.pid", dir, command);
+  }
+  options.log_file = flags.log_file;
+  if (options.log_file.empty()) options.log_file = cfg.get_string("log.file");
+  if (options.log_file.empty()) options.log_file = fmt::format("{}/acmo-{}.log", dir, command);
+  if (auto ok = daemon::detach(options, command); !ok) throw Fatal(ok.error());
+  // Now in the daemon: a pid of run-handler's default pid file name is the parent's; fine, it
+  // names the file, and the file holds the daemon's.
+}
+
+void announce_ready() { daemon::ready(); }
+
+void run_until_signal(const sigset_t& signals, const std::function<void()>& stop,
+                      const std::function<void()>& body)
+{
+  std::atomic<bool> finished{false};
+  std::thread waiter([&] {
+    // Every signal until `body` returns is handled (stop may be asked again), so a second
+    // SIGTERM during shutdown does not kill the process with work half done.
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&signals, &sig) != 0) continue;
+      // Once `body` has returned, the main thread wakes us with a SIGTERM of its own.
+      if (finished.load()) return;
+      if (sig == SIGHUP) {
+        if (!daemon::is_daemon()) continue; // in the foreground there is no log file to reopen
+        if (auto ok = daemon::reopen_log(); !ok) {
+          log::error("{}", ok.error().message);
+        } else {
+          log::info("log file reopened (SIGHUP)");
+        }
+        continue;
+      }
+      log::info("{} received: stopping after the work in hand", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      stop();
+    }
+  });
+  body();
+  finished.store(true);
+  pthread_kill(waiter.native_handle(), SIGTERM);
+  waiter.join();
+  daemon::remove_pid_file();
+  // The signals stay blocked: the process is about to exit, and one that arrives now must not
+  // turn a clean shutdown into a kill.
+}
+
+} // namespace acmo::cli

@@ -1,0 +1,46 @@
+// What the long-running commands (run-handler, serve) share: --daemon with its pid and log
+// files, the log configuration, and the signals (SIGINT and SIGTERM stop gracefully, SIGHUP
+// reopens the log file; SPEC §7).
+#pragma once
+
+#include <csignal>
+#include <functional>
+#include <string>
+
+#include "cli/app.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace acmo::cli {
+
+struct DaemonFlags {
+  bool daemon = false;
+  std::string pid_file;
+  std::string log_file;
+};
+
+void add_daemon_flags(CLI::App& sub, DaemonFlags& flags);
+
+// Block SIGINT, SIGTERM and SIGHUP in the calling thread, and so in every thread it starts
+// later: only run_until_signal's sigwait takes them. Call it before any thread is started.
+sigset_t block_signals();
+
+// Configure the log from [log]; with --daemon, detach (the calling process exits there with the
+// daemon's start-up verdict), with the pid file (default DATA_DIR/acmo-COMMAND.pid, or
+// acmo-COMMAND.PID.pid for run-handler, of which several may run) and the log file (log.file,
+// else DATA_DIR/acmo-COMMAND.log). Call before any thread is started.
+void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
+                        const std::string& command);
+
+// The daemon is up: its parent prints "started" and exits 0. No-op in the foreground.
+void announce_ready();
+
+// Run `body` on the calling thread while a second thread takes the signals blocked by
+// block_signals: SIGINT or SIGTERM calls `stop` (which must make `body` return soon), SIGHUP
+// reopens the log file. Removes the pid file when `body` returns.
+void run_until_signal(const sigset_t& signals, const std::function<void()>& stop,
+                      const std::function<void()>& body);
+
+} // namespace acmo::cli
