@@ -343,6 +343,9 @@ Expected<std::vector<RedisCache::Reply>> RedisCache::round_trip(const std::vecto
         err = errno;
         errstr = c->errstr;
         guard.failed();
+      } else if (replies.size() != commands.size()) {
+        errstr = "a reply went missing"; // cannot happen on a blocking context; be sure
+        guard.failed();
       }
     }
     if (errstr.empty()) {
