@@ -56,6 +56,21 @@ CREATE TABLE applied_messages (
   message_id text PRIMARY KEY,
   applied_at bigint NOT NULL
 );
+-- The first step of applying a batch, in one round trip: lock the batch's orders (in id order,
+-- so two batches never wait for each other in a cycle), then say which of its messages were
+-- applied already. The second query takes a new snapshot (the function is volatile): a handler
+-- that waited on the locks for another applying the same messages sees them as applied.
+CREATE FUNCTION acmo_begin_batch(order_ids text[], message_ids text[])
+RETURNS TABLE (applied boolean, id text, status text, version bigint, created_at bigint,
+               updated_at bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  RETURN QUERY SELECT false, o.id, o.status, o.version, o.created_at, o.updated_at
+    FROM orders o WHERE o.id = ANY(order_ids) ORDER BY o.id FOR UPDATE;
+  RETURN QUERY SELECT true, a.message_id, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint
+    FROM applied_messages a WHERE a.message_id = ANY(message_ids);
+END
+$$;
 )SQL",
 };
 
@@ -79,13 +94,7 @@ const std::vector<std::pair<std::string, std::string>> k_statements = {
   {"acmo_events",
    "SELECT message_id, seq, type, data::text, applied_at FROM order_events"
    " WHERE order_id = $1 ORDER BY id"},
-  // A batch's orders, locked in id order (two batches never wait for each other in a cycle),
-  // before anything else is read: a handler that waited here for another that applied the
-  // same messages then sees them in applied_messages.
-  {"acmo_lock",
-   "SELECT id, status, version, created_at, updated_at FROM orders"
-   " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"},
-  {"acmo_applied", "SELECT message_id FROM applied_messages WHERE message_id = ANY($1::text[])"},
+  {"acmo_begin_batch", "SELECT * FROM acmo_begin_batch($1::text[], $2::text[])"},
   // Every change of a batch in one statement. The sets of ids deleted, written whole and
   // updated are disjoint; the events keep the order of the batch.
   {"acmo_write",
@@ -328,6 +337,10 @@ private:
   {
     try {
       auto conn = std::make_unique<pqxx::connection>(m_conninfo);
+      // Plan each execution for its arguments and the tables as they are now. A generic plan
+      // is made once per connection, often while the tables are still small, and then scans
+      // the whole table for every batch once it has grown.
+      pqxx::nontransaction(*conn).exec0("SET plan_cache_mode = force_custom_plan");
       for (const auto& [name, sql] : k_statements) conn->prepare(name, sql);
       return conn;
     } catch (const pqxx::broken_connection& e) {
@@ -475,20 +488,22 @@ struct PgOrderStore::Impl {
       if (orders.emplace(e.event.order_id, Touched{}).second) order_ids.add(e.event.order_id);
       message_ids.add(e.message_id);
     }
-    for (const auto& row : tx.exec_prepared("acmo_lock", order_ids.text())) {
+    std::unordered_set<std::string> applied;
+    for (const auto& row :
+         tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text())) {
+      if (row[0].as<bool>()) {
+        applied.insert(row[1].as<std::string>());
+        continue;
+      }
       Order o;
-      o.id = row[0].as<std::string>();
-      o.status = row[1].as<std::string>();
-      o.version = row[2].as<int64_t>();
-      o.created_at_ms = row[3].as<int64_t>();
-      o.updated_at_ms = row[4].as<int64_t>();
+      o.id = row[1].as<std::string>();
+      o.status = row[2].as<std::string>();
+      o.version = row[3].as<int64_t>();
+      o.created_at_ms = row[4].as<int64_t>();
+      o.updated_at_ms = row[5].as<int64_t>();
       auto& t = orders[o.id];
       t.existed = true;
       t.now = std::move(o);
-    }
-    std::unordered_set<std::string> applied;
-    for (const auto& row : tx.exec_prepared("acmo_applied", message_ids.text())) {
-      applied.insert(row[0].as<std::string>());
     }
 
     std::vector<ApplyOutcome> out(events.size());

@@ -41,9 +41,9 @@ public:
   Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) override;
   Expected<std::vector<OrderEventRecord>> events(std::string_view id) override;
 
-  // One transaction per batch, in five round trips however large the batch: lock the batch's
-  // orders, read which of its messages were applied already, decide every event in memory by
-  // the shared rules (apply_event), write every change in one statement, commit. A conflict
+  // One transaction per batch, in four round trips however large the batch: begin; lock the
+  // batch's orders and read which of its messages were applied already; decide every event in
+  // memory by the shared rules (apply_event) and write every change in one statement; commit. A conflict
   // with another handler applying the same messages (after a visibility timeout) is retried,
   // and the retry sees them as duplicates.
   Expected<std::vector<ApplyOutcome>> apply_batch(const std::vector<AppliedEvent>& events,

@@ -40,9 +40,17 @@ export NO_COLOR=1
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The port is in the kernel's ephemeral range: a client connection elsewhere on the machine may
+# hold it for a moment, so a failed start is tried again.
 start_pg() {
-  as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -t 30 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $work -c fsync=on" start >/dev/null
+  local try
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -t 30 \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $work -c fsync=on" start >/dev/null 2>&1 && return 0
+    ss -tan "( sport = :$port )" | tail -n +2 >&2
+    sleep 0.5
+  done
+  return 1
 }
 stop_pg() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null; }
 sql() { as_postgres "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U acmo -d acmo -tAc "$1"; }
