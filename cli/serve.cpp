@@ -4,12 +4,11 @@
 #include <csignal>
 #include <thread>
 
-#include <pthread.h>
-
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
 #include "cli/app.hpp"
+#include "cli/long_running.hpp"
 #include "cli/output.hpp"
 #include "core/backends.hpp"
 #include "core/log.hpp"
@@ -24,21 +23,8 @@ namespace {
 struct ServeOptions {
   std::string listen;
   bool no_handler = false;
+  DaemonFlags daemon;
 };
-
-// SIGINT and SIGTERM are blocked before any thread starts (threads inherit the mask), so that
-// only the waiter below takes them.
-sigset_t block_stop_signals()
-{
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  if (int rc = pthread_sigmask(SIG_BLOCK, &signals, nullptr); rc != 0) {
-    throw Fatal(fmt::format("cannot block SIGINT and SIGTERM: error {}", rc));
-  }
-  return signals;
-}
 
 daemon::HttpServerOptions server_options(const Config& config, const ServeOptions& opts)
 {
@@ -71,12 +57,11 @@ daemon::HttpServerOptions server_options(const Config& config, const ServeOption
 int run_serve(const ServeOptions& opts, const GlobalOptions& global)
 {
   const Config& cfg = config(global);
-  log::configure(cfg.get_string("log.level"), cfg.get_string("log.format"));
-  if (global.quiet) log::configure("warn", cfg.get_string("log.format"));
   daemon::HttpServerOptions options = server_options(cfg, opts);
   const bool with_handler = !opts.no_handler && cfg.get_bool("server.handler");
 
-  const sigset_t stop_signals = block_stop_signals();
+  const sigset_t signals = block_signals();
+  start_long_running(opts.daemon, global, "serve");
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is its own problem, not a crash
 
   auto queue = open_queue(global); // creates and migrates the schema
@@ -119,31 +104,19 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
     });
   }
 
-  std::atomic<bool> finished{false};
-  std::thread waiter([&] {
-    // Every signal until the server has stopped asks again; stop() may be called twice.
-    for (;;) {
-      int sig = 0;
-      if (sigwait(&stop_signals, &sig) != 0) continue;
-      if (finished.load()) return;
-      log::info("{}: stopping: no new connections; finishing the requests in flight",
-                sig == SIGINT ? "SIGINT" : "SIGTERM");
-      server.stop();
-    }
-  });
-
-  log::info("serving http://{}:{} (queue {}, {} threads, handler {}); SIGINT or SIGTERM stops", options.host,
-            server.port(), queue->options().name, options.threads,
+  log::info("serving http://{}:{} (queue {}, {} threads, handler {}); SIGINT or SIGTERM stops",
+            options.host, server.port(), queue->options().name, options.threads,
             handler ? "in this process" : "not here: run acmo run-handler");
-  server.run(); // returns once stopped and every request in flight is answered
-
-  if (handler) {
-    handler->stop(); // finishes the batches in hand
-    handler_thread.join();
-  }
-  finished.store(true);
-  pthread_kill(waiter.native_handle(), SIGTERM);
-  waiter.join();
+  announce_ready();
+  run_until_signal(
+    signals, [&] { server.stop(); },
+    [&] {
+      server.run(); // returns once stopped and every request in flight is answered
+      if (handler) {
+        handler->stop(); // finishes the batches in hand
+        handler_thread.join();
+      }
+    });
   if (handler) {
     const HandlerStats s = handler->stats();
     log::info("stopped; the handler applied {}, dead-lettered {}, retried {}", s.processed,
@@ -164,6 +137,7 @@ Runner setup_serve(CLI::App& sub, const GlobalOptions& global)
     ->option_text("HOST:PORT");
   sub.add_flag("--no-handler", opts->no_handler,
                "Only queue events; separate acmo run-handler processes apply them");
+  add_daemon_flags(sub, opts->daemon);
   sub.footer("Endpoints: POST/GET /api/orders, GET/PUT/DELETE /api/orders/ID, PATCH\n"
              "/api/orders/ID/status, GET /api/orders/ID/events, /sqs/stats, /sqs/purge,\n"
              "/handler/status, /handler/stats, /cache/stats, /cache/keys, /cache/clear,\n"

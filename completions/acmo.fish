@@ -135,6 +135,9 @@ complete -c acmo -n '__acmo_using run-handler' -l log-file -r -F -d 'With --daem
 # acmo serve
 complete -c acmo -n '__acmo_using serve' -l listen -x -d 'Listen on HOST:PORT (default 127.0.0.1:3000)'
 complete -c acmo -n '__acmo_using serve' -l no-handler -d 'Only queue events; run-handler processes apply them'
+complete -c acmo -n '__acmo_using serve' -l daemon -d 'Detach, write a pid file, log to a file'
+complete -c acmo -n '__acmo_using serve' -l pid-file -r -F -d 'With --daemon: the pid file'
+complete -c acmo -n '__acmo_using serve' -l log-file -r -F -d 'With --daemon: the log file'
 
 # acmo orders: a subcommand of its own, get ID, list or events ID; only list has options.
 complete -c acmo -n '__acmo_no_subcommand orders' -a get -d 'Show one order, its items and total'

@@ -9,6 +9,8 @@
 #include <fmt/core.h>
 #include <toml++/toml.h>
 
+#include "core/redis_cache.hpp"
+
 namespace acmo {
 
 namespace {
@@ -65,7 +67,8 @@ const std::vector<ConfigKey> k_keys = {
   {"cache.timeout", KeyType::duration, R"("100ms")",
    "how long to wait for Redis before a read falls back to the store"},
   {"server.listen", KeyType::string, R"("127.0.0.1:3000")", "HOST:PORT acmo serve listens on"},
-  {"server.threads", KeyType::integer, "8", "threads that answer HTTP requests"},
+  {"server.threads", KeyType::integer, "64",
+   "threads that answer HTTP requests; each open connection holds one"},
   {"server.max_body", KeyType::integer, "1048576", "largest request body in bytes (413 above)"},
   {"server.read_timeout", KeyType::duration, R"("5s")",
    "how long a request may take to arrive"},
@@ -546,14 +549,11 @@ Expected<void> check_config(const Config& config)
     return make_error(Errc::invalid_input,
                       "store.backend is \"postgres\" but store.url is empty; set it to the "
                       "server's URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"",
-                      "store.url");
+                      "store.backend");
   }
   if (config.get_string("cache.backend") == "redis") {
-    const auto& url = config.get_string("cache.url");
-    if (url.rfind("redis://", 0) != 0 && url.rfind("unix://", 0) != 0) {
-      return make_error(Errc::invalid_input,
-                        fmt::format("cache.url \"{}\" must start with redis:// or unix://", url),
-                        "cache.url");
+    if (auto address = parse_redis_url(config.get_string("cache.url")); !address) {
+      return make_error(Errc::invalid_input, address.error().message, "cache.url");
     }
     if (config.get_string("cache.prefix").empty()) {
       return make_error(Errc::invalid_input,

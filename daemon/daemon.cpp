@@ -186,6 +186,7 @@ void ready()
 void failed(std::string_view message)
 {
   if (g_ready_fd < 0) return;
+  remove_pid_file(); // it never ran: leave nothing behind
   write_all(g_ready_fd, message);
   ::close(g_ready_fd);
   g_ready_fd = -1;

@@ -1054,6 +1054,12 @@ Expected<void> HttpServer::bind()
     impl.stores.push_back(std::move(*store));
     impl.store_locks.push_back(std::make_unique<std::mutex>());
   }
+  // httplib's default sets SO_REUSEPORT, which lets a second server bind the same port and
+  // share its connections unnoticed; only SO_REUSEADDR (a restart right after a stop).
+  impl.http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   const std::string& host = impl.options.host;
   if (impl.options.port == 0) {
     impl.bound_port = impl.http.bind_to_any_port(host);

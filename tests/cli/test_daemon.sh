@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Daemon mode of the long-running commands, through the real binary: run-handler --daemon and
+# serve --daemon detach, write and lock their pid file, log to a file that SIGHUP reopens, stop
+# gracefully on SIGTERM and remove the pid file; several handler daemons share a data dir; the
+# errors a user can make are refused with the right exit code. Also `acmo demo` and the
+# examples (events.jsonl, the systemd units' command lines).
+#   tests/cli/test_daemon.sh path/to/acmo [source dir]
+set -uo pipefail
+acmo=${1:?usage: $0 path/to/acmo [source dir]}
+src=${2:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+acmo=$(cd "$(dirname "$acmo")" && pwd)/$(basename "$acmo")
+work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-daemon-test.XXXXXX")
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export ACMO_DATA_DIR="$work/data"
+export NO_COLOR=1
+unset ACMO_CONFIG
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+alive() { kill -0 "$1" 2>/dev/null; }
+# wait_for SECONDS COMMAND...: retry COMMAND every 50 ms until it succeeds or time is up.
+wait_for() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@"; do (( SECONDS < deadline )) || return 1; sleep 0.05; done
+}
+gone() { ! alive "$1"; }
+pid_of() { tr -d '\n' <"$1" 2>/dev/null; }
+
+# --- run-handler --daemon -----------------------------------------------------------------------
+
+out=$("$acmo" run-handler --daemon --pid-file "$work/h1.pid" --log-file "$work/h1.log" 2>&1)
+rc=$?
+pid=$(pid_of "$work/h1.pid")
+[[ -n $pid ]] && pids+=("$pid")
+check "run-handler --daemon exits 0 and says it started (got $rc: $out)" \
+  test "$rc" = 0 -a -n "$pid"
+check "the message names the pid, the log and the pid file" \
+  grep -qF "started as pid $pid; log $work/h1.log, pid file $work/h1.pid" <<<"$out"
+check "the daemon runs after its parent exited" alive "$pid"
+check "the daemon is in a session of its own (no terminal)" \
+  test "$(ps -o sid= -p "$pid" | tr -d ' ')" = "$pid" -o "$(ps -o tty= -p "$pid" | tr -d ' ')" = "?"
+check "its log says what it handles" grep -qF "handling queue orders" "$work/h1.log"
+
+sent=$("$acmo" --json send CREATE --data '{"customer_name":"Ada","customer_email":"ada@example.com","items":[]}')
+order=$(json_field "$sent" orderId)
+check "the daemon applies a sent event" wait_for 10 "$acmo" -q orders get "$order"
+
+# A second daemon with the same pid file is refused; the first keeps running.
+out=$("$acmo" run-handler --daemon --pid-file "$work/h1.pid" --log-file "$work/h1.log" 2>&1)
+rc=$?
+check "a second daemon with the same pid file is refused with exit 1 (got $rc: $out)" \
+  test "$rc" = 1
+check "the refusal names the running pid" grep -qF "pid $pid" <<<"$out"
+check "the first daemon still runs" alive "$pid"
+
+# Several handler daemons on one data dir, with the default pid files.
+out=$("$acmo" run-handler --daemon --log-file "$work/h2.log" 2>&1)
+rc=$?
+pid2=$(sed -n 's/.*started as pid \([0-9]*\);.*/\1/p' <<<"$out")
+[[ -n $pid2 ]] && pids+=("$pid2")
+check "a second handler daemon on the same data dir starts (got $rc: $out)" \
+  test "$rc" = 0 -a -n "$pid2"
+check "its default pid file is in the data dir, one per daemon" \
+  bash -c "ls '$ACMO_DATA_DIR'/acmo-run-handler.*.pid >/dev/null && grep -qx '$pid2' '$ACMO_DATA_DIR'/acmo-run-handler.*.pid"
+running_two() { [[ $("$acmo" --json stats | grep -o '"state":"running"' | wc -l) -ge 2 ]]; }
+check "acmo stats lists both handlers as running" wait_for 5 running_two
+
+# SIGHUP reopens the log: move it away (as logrotate does), signal, and a new file appears.
+mv "$work/h1.log" "$work/h1.log.1"
+kill -HUP "$pid"
+check "SIGHUP makes the daemon reopen its log file" wait_for 5 test -s "$work/h1.log"
+check "the new log says it was reopened" grep -qF "log file reopened" "$work/h1.log"
+check "the daemon survives SIGHUP" alive "$pid"
+
+# SIGTERM stops it gracefully: it exits, logs what it did and removes its pid file.
+kill -TERM "$pid"
+check "SIGTERM stops the daemon" wait_for 10 gone "$pid"
+check "it removed its pid file" test ! -e "$work/h1.pid"
+check "its log ends with what it did" grep -qE "stopped: applied [0-9]+" "$work/h1.log"
+kill -TERM "$pid2"
+check "SIGTERM stops the second daemon" wait_for 10 gone "$pid2"
+
+# Mistakes.
+"$acmo" run-handler --once --daemon >/dev/null 2>&1
+check "--once with --daemon is a usage error (exit 2)" test $? = 2
+"$acmo" run-handler --pid-file "$work/x.pid" --once >/dev/null 2>&1
+check "--pid-file without --daemon is a usage error (exit 2)" test $? = 2
+out=$("$acmo" run-handler --daemon --log-file "$work/no/such/dir/h.log" 2>&1)
+rc=$?
+check "a log file that cannot be opened is refused at once with exit 1 (got $rc)" test "$rc" = 1
+check "the error names the log file" grep -qF "$work/no/such/dir/h.log" <<<"$out"
+out=$(ACMO_STORE_BACKEND=postgres ACMO_STORE_URL=postgresql://nobody@127.0.0.1:1/none \
+  ACMO_STORE_CONNECT_TIMEOUT=1s "$acmo" run-handler --daemon --pid-file "$work/h3.pid" \
+  --log-file "$work/h3.log" 2>&1)
+rc=$?
+check "a daemon that cannot reach its store tells the starting command, which exits non-zero (got $rc: $out)" \
+  test "$rc" != 0
+check "the start-up error is shown to the user" grep -qiE "postgres|connect|store" <<<"$out"
+check "and no pid file is left behind" test ! -e "$work/h3.pid"
+
+# --- serve --daemon -------------------------------------------------------------------------------
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+out=$("$acmo" serve --daemon --listen "127.0.0.1:$port" 2>&1)
+rc=$?
+spid=$(pid_of "$ACMO_DATA_DIR/acmo-serve.pid")
+[[ -n $spid ]] && pids+=("$spid")
+check "serve --daemon exits 0 with a pid file in the data dir (got $rc: $out)" \
+  test "$rc" = 0 -a -n "$spid"
+check "the daemon answers /health" \
+  wait_for 5 curl -sf -o /dev/null "http://127.0.0.1:$port/health"
+check "its log is in the data dir" grep -qF "serving http://127.0.0.1:$port" "$ACMO_DATA_DIR/acmo-serve.log"
+out=$("$acmo" serve --daemon --listen "127.0.0.1:$port" 2>&1)
+check "a second serve daemon is refused: the pid file is held (exit 1)" test $? = 1
+out=$("$acmo" serve --daemon --listen "127.0.0.1:$port" --pid-file "$work/s2.pid" 2>&1)
+rc=$?
+check "a serve daemon on a port in use reports it to the starting command (exit 1, got $rc: $out)" \
+  test "$rc" = 1
+kill -TERM "$spid"
+check "SIGTERM stops the serve daemon" wait_for 10 gone "$spid"
+check "and its pid file is gone" test ! -e "$ACMO_DATA_DIR/acmo-serve.pid"
+
+# --- acmo demo ------------------------------------------------------------------------------------
+
+out=$(ACMO_DATA_DIR= "$acmo" demo 2>&1)
+rc=$?
+check "acmo demo exits 0: every step did what it said (got $rc)" test "$rc" = 0
+check "acmo demo narrates and checks each step" \
+  bash -c 'grep -c "^   ok " <<<"$1" | grep -qE "^(1[5-9]|[2-9][0-9])$"' _ "$out"
+tmpdir=$(sed -n 's/^Data dir: \(.*\) (temporary.*/\1/p' <<<"$out")
+check "its temporary data dir is removed at the end" test -n "$tmpdir" -a ! -e "${tmpdir:-/nonexistent}"
+json=$(ACMO_DATA_DIR= "$acmo" --json demo --keep)
+kept=$(sed -n 's/.*"dataDir":"\([^"]*\)".*/\1/p' <<<"$json")
+check "acmo --json demo --keep reports ok and keeps its data dir" \
+  bash -c '[[ $1 == *"\"ok\":true"* && -d $2 ]]' _ "$json" "$kept"
+check "the kept data dir holds the demo's orders" \
+  bash -c '"$1" --data-dir "$2" --json orders list | grep -q "Ada Lovelace"' _ "$acmo" "$kept"
+[[ -n $kept && $kept == */acmo-demo.* ]] && rm -rf "$kept"
+"$acmo" --data-dir "$work/demo-here" -q demo
+check "acmo demo --data-dir uses and leaves that directory" test -e "$work/demo-here/acmo.db"
+
+# --- examples --------------------------------------------------------------------------------------
+
+export ACMO_DATA_DIR="$work/examples"
+out=$("$acmo" --json send --file "$src/examples/events.jsonl")
+check "examples/events.jsonl: every event is sent" grep -qF '{"duplicates":0,"failed":0,"sent":9}' <<<"$out"
+"$acmo" -q run-handler --once
+check "examples/events.jsonl: ord_1001 ends delivered" \
+  bash -c '"$1" --json orders get ord_1001 | grep -qF "\"status\":\"delivered\""' _ "$acmo"
+check "examples/events.jsonl: ord_1002 ends cancelled" \
+  bash -c '"$1" --json orders get ord_1002 | grep -qF "\"status\":\"cancelled\""' _ "$acmo"
+"$acmo" -q orders get ord_1003 2>/dev/null
+check "examples/events.jsonl: ord_1003 is deleted (exit 3)" test $? = 3
+check "examples/events.jsonl: nothing dead-lettered" \
+  bash -c '"$1" --json stats | grep -qF "\"deadLettered\":0"' _ "$acmo"
+for unit in "$src"/examples/*.service; do
+  cmdline=$(sed -n 's|^ExecStart=[^ ]*/acmo ||p' "$unit")
+  # The unit's command line, with the config file it names replaced by the example.
+  read -ra args <<<"${cmdline//\/etc\/acmo\/acmo.toml/$src/examples/acmo.toml}"
+  "$acmo" "${args[@]}" --help >/dev/null 2>&1
+  check "$(basename "$unit"): its ExecStart is a valid acmo command line ($cmdline)" test $? = 0
+  check "$(basename "$unit"): runs in the foreground (Type=simple, no --daemon)" \
+    bash -c 'grep -qx "Type=simple" "$1" && ! grep "^ExecStart=" "$1" | grep -q -- "--daemon"' _ "$unit"
+done
+
+echo "# daemon: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
