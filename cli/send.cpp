@@ -3,12 +3,17 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
+#include "cli/progress.hpp"
+#include "core/backends.hpp"
+#include "core/order.hpp"
+#include "core/paths.hpp"
 #include "core/ids.hpp"
 #include "core/limits.hpp"
 #include "core/order_event.hpp"
@@ -25,7 +30,12 @@ struct SendOptions {
   std::string group;
   std::string dedup_id;
   std::string file;
+  int64_t wait_s = 0; // --wait[=SECS]: 0 without it
+  CLI::Option* wait_flag = nullptr;
 };
+
+constexpr int64_t k_default_wait_s = 30;
+constexpr int64_t k_max_wait_s = 3600;
 
 std::string read_all(std::istream& in)
 {
@@ -60,6 +70,50 @@ void print_result(const GlobalOptions& global, const SendResult& result, const O
                  format_sequence(result.seq), event.group_id);
     }
   }
+}
+
+// What became of a sent event, for --wait.
+struct Outcome {
+  std::string state; // "applied", "deadLettered", "timeout", "gone"
+  std::string reason;
+  nlohmann::json order; // the order after it, when applied and the order still exists
+};
+
+// Poll until the handler has applied the message (it is gone from the queue and its id is in
+// the order's audit trail) or dead-lettered it, or `wait_s` pass.
+Outcome wait_for_outcome(Queue& queue, const SendResult& sent, const OrderEvent& event,
+                         int64_t wait_s, const GlobalOptions& global)
+{
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
+  for (;;) {
+    auto found = queue.find(sent.seq);
+    if (!found) throw Fatal(found.error());
+    if (*found && (*found)->dead_at_ms != 0) return {"deadLettered", (*found)->dead_reason, {}};
+    if (!*found) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      const Message& m = **found;
+      std::string where = m.receive_count == 0
+                            ? "it is still queued: is a handler running? `acmo stats` lists them"
+                            : fmt::format("it was received {} time(s){}", m.receive_count,
+                                          m.last_error.empty() ? ""
+                                                               : "; last error: " + m.last_error);
+      return {"timeout", fmt::format("not applied within {} s; {}", wait_s, where), {}};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // Gone from the queue: applied, unless it was purged or expired.
+  auto store = open_order_store(config(global), database_path(data_dir(global)));
+  if (!store) throw Fatal(store.error());
+  auto trail = (*store)->events(event.order_id);
+  if (trail) {
+    for (const auto& e : *trail) {
+      if (e.message_id != sent.message_id) continue;
+      Outcome out{"applied", "", {}};
+      if (auto order = (*store)->get(event.order_id)) out.order = order_to_json(*order);
+      return out;
+    }
+  }
+  return {"gone", "the message left the queue without being applied: it was purged or expired", {}};
 }
 
 int send_one(const SendOptions& opts, const GlobalOptions& global)
@@ -107,8 +161,34 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   auto queue = open_queue(global);
   auto result = queue->send(to_send_request(event));
   if (!result) return report(result.error());
-  print_result(global, *result, event);
-  return exit_code::k_ok;
+  if (opts.wait_s == 0) {
+    print_result(global, *result, event);
+    return exit_code::k_ok;
+  }
+  if (!global.json) print_result(global, *result, event);
+  const Outcome outcome = wait_for_outcome(*queue, *result, event, opts.wait_s, global);
+  if (global.json) {
+    nlohmann::json doc = send_result_json(*result, event);
+    doc["outcome"] = {{"state", outcome.state}};
+    if (!outcome.reason.empty()) doc["outcome"]["reason"] = outcome.reason;
+    if (!outcome.order.is_null()) doc["outcome"]["order"] = outcome.order;
+    print_json(doc);
+  } else if (outcome.state == "applied") {
+    if (!global.quiet) {
+      fmt::print("applied{}\n",
+                 outcome.order.is_null()
+                   ? fmt::format(": order {} is deleted", event.order_id)
+                   : fmt::format(": order {} is {} (version {})", event.order_id,
+                                 outcome.order.value("status", "?"),
+                                 outcome.order.value("version", int64_t{0})));
+    }
+  } else {
+    print_error(fmt::format("{}: {}", outcome.state == "deadLettered" ? "dead-lettered" : outcome.state == "timeout" ? "waiting gave up" : "not applied", outcome.reason));
+  }
+  if (outcome.state == "applied") return exit_code::k_ok;
+  if (outcome.state == "deadLettered") return exit_code::k_rejected;
+  if (outcome.state == "timeout") return exit_code::k_temporary;
+  return exit_code::k_failure;
 }
 
 int send_file(const SendOptions& opts, const GlobalOptions& global)
@@ -123,6 +203,14 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
     }
     in = &file;
   }
+  int64_t total_bytes = 0;
+  if (in == &file) {
+    file.seekg(0, std::ios::end);
+    total_bytes = static_cast<int64_t>(file.tellg());
+    file.seekg(0, std::ios::beg);
+  }
+  Progress progress("events", total_bytes, progress_wanted(global.json, global.quiet));
+  int64_t bytes_read = 0;
   auto queue = open_queue(global);
   int64_t sent = 0;
   int64_t duplicates = 0;
@@ -145,12 +233,14 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
     events.clear();
     requests.clear();
     line_numbers.clear();
+    progress.update(bytes_read, sent + duplicates + failed);
   };
 
   std::string line;
   int64_t line_number = 0;
   while (std::getline(*in, line)) {
     ++line_number;
+    bytes_read += static_cast<int64_t>(line.size()) + 1;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto event = parse_event(line);
     if (!event) {
@@ -165,6 +255,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
     if (requests.size() >= 5000) flush();
   }
   flush();
+  progress.finish();
   if (global.json) {
     print_json({{"sent", sent}, {"duplicates", duplicates}, {"failed", failed}});
   } else if (!global.quiet) {
@@ -193,6 +284,11 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
     ->option_text("D");
   sub.add_option("--file", opts->file, "Send every event of a JSON Lines FILE ('-' for stdin)")
     ->option_text("FILE|-");
+  opts->wait_flag = sub.add_flag("--wait{" + std::to_string(k_default_wait_s) + "}", opts->wait_s,
+               fmt::format("Wait until the handler has applied the event or dead-lettered it, up "
+                           "to SECS seconds (default {}), and print the outcome",
+                           k_default_wait_s))
+    ->option_text("[=SECS]");
   sub.footer("Examples:\n"
              "  acmo send CREATE --data '{\"customer_name\":\"Ada\","
              "\"customer_email\":\"ada@example.com\",\"items\":[]}'\n"
@@ -200,6 +296,9 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
              "  acmo send --file events.jsonl");
   return [opts, &global] {
     if (!opts->file.empty()) {
+      if (opts->wait_s != 0) {
+        throw Fatal("--wait goes with one event, not --file", exit_code::k_usage);
+      }
       if (!opts->type.empty() || !opts->order_id.empty() || !opts->data.empty()
           || !opts->group.empty() || !opts->dedup_id.empty()) {
         throw Fatal("--file takes its events, groups and dedup ids from the file; drop TYPE, "
@@ -208,6 +307,10 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
                     exit_code::k_usage);
       }
       return send_file(*opts, global);
+    }
+    if (opts->wait_flag->count() > 0 && (opts->wait_s < 1 || opts->wait_s > k_max_wait_s)) {
+      throw Fatal(fmt::format("--wait takes 1 to {} seconds (got {})", k_max_wait_s, opts->wait_s),
+                  exit_code::k_usage);
     }
     return send_one(*opts, global);
   };

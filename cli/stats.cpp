@@ -1,10 +1,14 @@
 // acmo stats: queue, handler, store and cache figures (the document is core/stats_report).
+#include <csignal>
+#include <optional>
+
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
 #include "core/backends.hpp"
+#include "core/order.hpp"
 #include "core/paths.hpp"
 #include "core/stats_report.hpp"
 
@@ -21,21 +25,71 @@ std::string age(int64_t ms)
   return fmt::format("{:.1f} h", static_cast<double>(ms) / 3'600'000.0);
 }
 
-int run_stats(const GlobalOptions& global)
+struct StatsOptions {
+  int64_t watch_s = 0; // --watch[=SECS]: 0 without it
+  CLI::Option* watch_flag = nullptr;
+};
+
+constexpr int64_t k_default_watch_s = 2;
+
+void print_figures(const StatsReport& f, int64_t now);
+
+int run_stats(const StatsOptions& opts, const GlobalOptions& global)
 {
+  if (opts.watch_flag->count() > 0 && (opts.watch_s < 1 || opts.watch_s > 3600)) {
+    throw Fatal(fmt::format("--watch takes 1 to 3600 seconds (got {})", opts.watch_s),
+                exit_code::k_usage);
+  }
+  // With --watch, SIGINT and SIGTERM end the watch (exit 0); they are taken by sigtimedwait,
+  // which is also the wait between two refreshes.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  if (opts.watch_s > 0) pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
   auto queue = open_queue(global);
   const std::string db = database_path(data_dir(global));
   auto store = open_order_store(config(global), db);
   if (!store) return report(store.error());
   auto cache = open_cache(config(global));
-  const int64_t now = SystemClock::instance().now_ms();
-  auto figures = read_stats(*queue, db, **store, config(global).get_string("store.backend"),
-                            cache.get(), now);
-  if (!figures) return report(figures.error());
-  if (global.json) {
-    print_json(stats_json(*figures));
-    return exit_code::k_ok;
+  const bool tty = stdout_is_tty();
+  std::optional<QueueStats> previous;
+  for (;;) {
+    const int64_t now = SystemClock::instance().now_ms();
+    auto figures = read_stats(*queue, db, **store, config(global).get_string("store.backend"),
+                              cache.get(), now);
+    if (!figures) return report(figures.error());
+    if (global.json) {
+      print_json(stats_json(*figures)); // with --watch: JSON Lines, one document per refresh
+    } else {
+      if (opts.watch_s > 0 && tty) fmt::print("\033[H\033[2J"); // redraw in place
+      if (opts.watch_s > 0) {
+        std::string rates;
+        if (previous) {
+          const double dt = static_cast<double>(opts.watch_s);
+          rates = fmt::format(" — sent {:.0f}/s, deleted {:.0f}/s",
+                              static_cast<double>(figures->queue.sent - previous->sent) / dt,
+                              static_cast<double>(figures->queue.deleted - previous->deleted) / dt);
+        }
+        fmt::print("{} (every {} s; Ctrl-C stops){}\n", format_timestamp(now), opts.watch_s,
+                   rates);
+      }
+      print_figures(*figures, now);
+      if (opts.watch_s > 0 && !tty) fmt::print("\n");
+    }
+    std::fflush(stdout);
+    if (opts.watch_s == 0) return exit_code::k_ok;
+    previous = figures->queue;
+    timespec wait{static_cast<time_t>(opts.watch_s), 0};
+    siginfo_t info;
+    if (sigtimedwait(&stop, &info, &wait) > 0) return exit_code::k_ok;
   }
+}
+
+void print_figures(const StatsReport& f, int64_t now)
+{
+  const StatsReport* figures = &f;
   const QueueStats& s = figures->queue;
   fmt::print("queue {}\n", s.name);
   print_table({
@@ -71,15 +125,20 @@ int run_stats(const GlobalOptions& global)
                static_cast<double>(h.latency_p99_us) / 1000.0,
                h.last_error.empty() ? "" : ", last error: " + h.last_error);
   }
-  return exit_code::k_ok;
 }
 
 } // namespace
 
 Runner setup_stats(CLI::App& sub, const GlobalOptions& global)
 {
-  (void)sub;
-  return [&global] { return run_stats(global); };
+  auto opts = std::make_shared<StatsOptions>();
+  opts->watch_flag =
+    sub.add_flag("--watch{" + std::to_string(k_default_watch_s) + "}", opts->watch_s,
+                 fmt::format("Refresh every SECS seconds (default {}) until Ctrl-C; with --json, "
+                             "one document per line",
+                             k_default_watch_s))
+      ->option_text("[=SECS]");
+  return [opts, &global] { return run_stats(*opts, global); };
 }
 
 } // namespace acmo::cli

@@ -17,8 +17,8 @@ _acmo_subcommands_dlq='list show redrive purge'
 
 # Options of each (sub)subcommand, _acmo_opts_CMD or _acmo_opts_CMD_SUB, and the options (of
 # any command) that take a value.
-_acmo_opts_send='--order-id --data --group --dedup-id --file -h --help'
-_acmo_opts_stats='-h --help'
+_acmo_opts_send='--order-id --data --group --dedup-id --file --wait -h --help'
+_acmo_opts_stats='--watch -h --help'
 _acmo_opts_purge='--dlq -y --yes -h --help'
 _acmo_opts_run_handler='--concurrency --batch-size --once --daemon --pid-file --log-file -h --help'
 _acmo_opts_serve='--listen --no-handler --daemon --pid-file --log-file -h --help'

@@ -116,9 +116,12 @@ complete -c acmo -n '__acmo_using send' -l order-id -x -a '(__acmo_order_ids)' -
 complete -c acmo -n '__acmo_using send' -l data -x -a '(__acmo_data_files)' -d 'Event data as JSON, or @FILE'
 complete -c acmo -n '__acmo_using send' -l group -x -d 'Message group (default: orders, or the order id)'
 complete -c acmo -n '__acmo_using send' -l dedup-id -x -d 'Deduplication id (default: SHA-256 of the body)'
+complete -c acmo -n '__acmo_using send' -l wait -d 'Wait until the event is applied or dead-lettered (--wait=SECS)'
 complete -c acmo -n '__acmo_using send' -l file -r -F -d "Send every event of a JSON Lines FILE ('-' for stdin)"
 
-# acmo stats: no options of its own.
+# acmo stats
+complete -c acmo -n '__acmo_using stats' -l watch -d 'Refresh every SECS seconds (--watch=SECS, default 2)'
+
 
 # acmo purge
 complete -c acmo -n '__acmo_using purge' -l dlq -d 'Purge the dead-letter queue instead'

@@ -193,6 +193,10 @@ public:
   // returned, and the messages stay in flight for the caller to release.
   Expected<void> settle(const std::vector<std::string>& receipts, const SettleWork& work);
 
+  // The message of this queue or its DLQ with sequence number `seq`, or nothing when it is
+  // gone (deleted after it was handled, purged or expired). In the DLQ, dead_at is set.
+  Expected<std::optional<Message>> find(int64_t seq);
+
   // Dead-lettered messages, oldest first.
   Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0);
   Expected<Message> dlq_show(std::string_view message_id);

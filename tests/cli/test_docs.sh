@@ -261,13 +261,14 @@ zsh_block() {
   awk -v start="$1" '$0 == start { on = 1; next } on && /^[})]$/ { on = 0 } on' "$zsh_file"
 }
 # The flags of $2.. that the zsh spec text $1 does not name as an option: "--json[",
-# "--config=[", or in a {-q,--quiet} brace pair.
+# "--config=[", "--wait=-[" (a value that must be attached), or in a {-q,--quiet} brace pair.
 zsh_missing() {
   local text=$1 flag out=()
   shift
   for flag in "$@"; do
     [[ $text == *"'${flag}["* || $text == *"'${flag}=["* || $text == *"{${flag},"* ||
-      $text == *",${flag}}"* || $text == *")${flag}["* || $text == *")${flag}=["* ]] ||
+      $text == *",${flag}}"* || $text == *")${flag}["* || $text == *")${flag}=["* ||
+      $text == *"'${flag}=-["* || $text == *")${flag}=-["* ]] ||
       out+=("$flag")
   done
   echo "${out[@]}"
