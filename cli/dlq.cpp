@@ -4,6 +4,7 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
+#include "cli/progress.hpp"
 #include "core/ids.hpp"
 #include "core/order.hpp"
 
@@ -87,10 +88,43 @@ int run_show(const DlqOptions& opts, const GlobalOptions& global)
   return exit_code::k_ok;
 }
 
+// Redriving every message goes in chunks, oldest first, each chunk one transaction: the order is
+// kept across chunks, other processes are not held off the write lock for long, and a terminal
+// shows a progress bar.
+constexpr int64_t k_redrive_chunk = 1000;
+
+Expected<int64_t> redrive_all(Queue& queue, const GlobalOptions& global)
+{
+  auto stats = queue.stats();
+  if (!stats) return Unexpected(stats.error());
+  Progress progress("messages redriven", stats->dead_lettered,
+                    progress_wanted(global.json, global.quiet));
+  int64_t moved = 0;
+  for (;;) {
+    auto chunk = queue.dlq_list(k_redrive_chunk, 0);
+    if (!chunk) return Unexpected(chunk.error());
+    if (chunk->empty()) break;
+    std::vector<std::string> ids;
+    ids.reserve(chunk->size());
+    for (const auto& m : *chunk) ids.push_back(m.message_id);
+    auto n = queue.redrive(ids);
+    if (!n) {
+      // Another process redrove or purged some of them meanwhile: take the DLQ as it is now.
+      if (n.error().code == Errc::not_found) continue;
+      return Unexpected(n.error());
+    }
+    moved += *n;
+    progress.update(moved, moved);
+    if (static_cast<int64_t>(chunk->size()) < k_redrive_chunk) break;
+  }
+  progress.finish();
+  return moved;
+}
+
 int run_redrive(const DlqOptions& opts, const GlobalOptions& global)
 {
   auto queue = open_queue(global);
-  auto moved = queue->redrive(opts.ids);
+  auto moved = opts.ids.empty() ? redrive_all(*queue, global) : queue->redrive(opts.ids);
   if (!moved) return report(moved.error());
   if (global.json) {
     print_json({{"redriven", *moved}});

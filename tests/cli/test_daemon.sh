@@ -158,6 +158,23 @@ check "stats --watch=1 --json prints a document per second and exits 0 on SIGINT
 kill -TERM "$wpid" 2>/dev/null
 wait_for 10 gone "$wpid"
 
+# --- dlq redrive in chunks --------------------------------------------------------------------------
+
+export ACMO_DATA_DIR="$work/redrive"
+for i in $(seq 2500); do
+  printf '{"type":"UPDATE","orderId":"none-%d","data":{"status":"shipped"}}\n' "$i"
+done >"$work/unknown.jsonl"
+"$acmo" -q send --file "$work/unknown.jsonl"
+"$acmo" -q run-handler --once --batch-size 100
+out=$("$acmo" --json dlq redrive)
+check "dlq redrive moves all 2,500 dead-lettered messages (in chunks of 1,000): $out" \
+  grep -qF '{"redriven":2500}' <<<"$out"
+"$acmo" -q run-handler --once --batch-size 100
+order=$("$acmo" --json dlq list --limit 1000 --offset 1000 | grep -oE '"orderId":"none-[0-9]+"' |
+  grep -oE 'none-[0-9]+' | tr '\n' ' ')
+check "the redriven messages kept their original order across chunks" \
+  test "$order" = "$(seq -f 'none-%g' 1001 2000 | tr '\n' ' ')"
+
 # --- acmo demo ------------------------------------------------------------------------------------
 
 out=$(ACMO_DATA_DIR= "$acmo" demo 2>&1)
