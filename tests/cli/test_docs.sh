@@ -254,6 +254,26 @@ check "bash: 'acmo --data-dir <TAB>' offers directories only" \
 offered=$(bash_complete_as "" acmo --config =)  # "--config=": readline's word is empty
 check "bash: 'acmo --config=<TAB>' offers files" $(missing_from "events.jsonl" "$offered")
 
+# Live values: order ids, DLQ message ids and statuses, asked of acmo (found on PATH, as the
+# completion runs the command's first word) for the --data-dir on the line.
+live="$tmp/live"
+acmo_dir=$(cd "$(dirname "$acmo")" && pwd)
+live_order=ord_completion_1
+"$acmo" --data-dir "$live" -q send CREATE --order-id "$live_order" \
+  --data '{"customer_name":"Ada","customer_email":"ada@example.com","items":[]}'
+"$acmo" --data-dir "$live" -q send UPDATE --order-id ord_missing --data '{"status":"shipped"}'
+"$acmo" --data-dir "$live" -q run-handler --once
+dead_id=$("$acmo" --data-dir "$live" --json dlq list | grep -oE '"messageId":"[^"]+"' | cut -d'"' -f4)
+offered=$(PATH="$acmo_dir:$PATH" bash_complete acmo --data-dir "$live" orders get "")
+check "bash: 'acmo --data-dir DIR orders get <TAB>' offers the orders of DIR" \
+  $(missing_from "$live_order" "$offered")
+offered=$(PATH="$acmo_dir:$PATH" bash_complete acmo --data-dir "$live" dlq show "")
+check "bash: 'acmo --data-dir DIR dlq show <TAB>' offers the DLQ's message ids" \
+  $(missing_from "${dead_id:-a-dead-letter-id}" "$offered")
+offered=$(bash_complete acmo orders list --status "")
+check "bash: 'acmo orders list --status <TAB>' offers the statuses" \
+  $(missing_from "pending processing shipped delivered cancelled" "$offered")
+
 # --- zsh ------------------------------------------------------------------------------------
 
 # The lines of $zsh_file from the one that is $1 to the next line that is "}" or ")".
