@@ -9,7 +9,7 @@ packages=(
   libtomlplusplus-dev libpqxx-dev libhiredis-dev libcpp-httplib-dev catch2
   scdoc zsh fish
   postgresql redis-server iproute2
-  curl wrk jq netcat-openbsd
+  curl wrk jq netcat-openbsd sqlite3
 )
 
 missing=()
