@@ -1,6 +1,8 @@
 #include "cli/long_running.hpp"
 
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <thread>
 
 #include <pthread.h>
@@ -72,7 +74,27 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
   // names the file, and the file holds the daemon's.
 }
 
-void announce_ready() { daemon::ready(); }
+void announce_ready(std::string_view note) { daemon::ready(note); }
+
+bool stop_signal_within(const sigset_t& signals, int64_t ms)
+{
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        deadline - std::chrono::steady_clock::now())
+                        .count();
+    if (left <= 0) return false;
+    timespec wait{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
+    siginfo_t info;
+    const int sig = sigtimedwait(&signals, &info, &wait);
+    if (sig == SIGINT || sig == SIGTERM) return true;
+    if (sig == SIGHUP) {
+      if (daemon::is_daemon()) (void)daemon::reopen_log();
+      continue;
+    }
+    if (sig < 0 && errno == EAGAIN) return false;
+  }
+}
 
 void run_until_signal(const sigset_t& signals, const std::function<void()>& stop,
                       const std::function<void()>& body)

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <functional>
 #include <string>
+#include <string_view>
 
 #include "cli/app.hpp"
 
@@ -35,7 +36,11 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
                         const std::string& command);
 
 // The daemon is up: its parent prints "started" and exits 0. No-op in the foreground.
-void announce_ready();
+void announce_ready(std::string_view note = {});
+
+// Wait `ms` for SIGINT or SIGTERM (blocked by block_signals); true if one came. For waits
+// before run_until_signal starts taking them.
+bool stop_signal_within(const sigset_t& signals, int64_t ms);
 
 // Run `body` on the calling thread while a second thread takes the signals blocked by
 // block_signals: SIGINT or SIGTERM calls `stop` (which must make `body` return soon), SIGHUP

@@ -9,6 +9,7 @@
 #include "cli/output.hpp"
 #include "core/backends.hpp"
 #include "core/log.hpp"
+#include "daemon/daemon.hpp"
 #include "core/order_handler.hpp"
 #include "core/paths.hpp"
 
@@ -67,6 +68,25 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
   start_long_running(opts.daemon, global, "run-handler");
   auto queue = open_queue(global); // creates and migrates the schema, order tables included
   auto writer = open_order_writer(config(global));
+  std::string note;
+  if (!writer && writer.error().code == Errc::unavailable && !opts.once) {
+    // The store (PostgreSQL) does not answer yet, e.g. both were started at boot: wait for it,
+    // as a running handler does through an outage, instead of exiting.
+    note = fmt::format("{}; retrying until it answers", writer.error().message);
+    log::warn("{}", note);
+    announce_ready(note);
+    int64_t delay_ms = 500;
+    while (!writer && writer.error().code == Errc::unavailable) {
+      if (stop_signal_within(signals, delay_ms)) {
+        log::info("stopped before the store answered");
+        daemon::remove_pid_file();
+        return exit_code::k_ok;
+      }
+      writer = open_order_writer(config(global));
+      delay_ms = std::min<int64_t>(delay_ms * 2, 10'000);
+    }
+    if (writer) log::info("the store answers now");
+  }
   if (!writer) throw Fatal(writer.error());
   auto cache = open_cache(config(global));
   options.concurrency = opts.concurrency;

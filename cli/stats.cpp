@@ -50,15 +50,16 @@ int run_stats(const StatsOptions& opts, const GlobalOptions& global)
 
   auto queue = open_queue(global);
   const std::string db = database_path(data_dir(global));
+  // A store that is down does not hide the queue's figures: it is reported in its section.
   auto store = open_order_store(config(global), db);
-  if (!store) return report(store.error());
   auto cache = open_cache(config(global));
   const bool tty = stdout_is_tty();
   std::optional<QueueStats> previous;
   for (;;) {
     const int64_t now = SystemClock::instance().now_ms();
-    auto figures = read_stats(*queue, db, **store, config(global).get_string("store.backend"),
-                              cache.get(), now);
+    auto figures = read_stats(*queue, db, store ? store->get() : nullptr,
+                              store ? std::string() : store.error().message,
+                              config(global).get_string("store.backend"), cache.get(), now);
     if (!figures) return report(figures.error());
     if (global.json) {
       print_json(stats_json(*figures)); // with --watch: JSON Lines, one document per refresh
@@ -107,7 +108,11 @@ void print_figures(const StatsReport& f, int64_t now)
     {"  expired (retention)", std::to_string(s.expired)},
   });
   fmt::print("store {}\n", figures->store_backend);
-  print_table({{"  orders", std::to_string(figures->orders)}});
+  if (figures->store_error.empty()) {
+    print_table({{"  orders", std::to_string(figures->orders)}});
+  } else {
+    print_table({{"  unavailable", figures->store_error}});
+  }
   const CacheStats& c = figures->cache;
   fmt::print("cache {}\n", c.backend);
   print_table({{"  hits", std::to_string(c.hits)},

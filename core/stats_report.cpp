@@ -61,6 +61,13 @@ nlohmann::json cache_stats_json(const CacheStats& s)
 Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore& store,
                                  std::string_view store_backend, Cache* cache, int64_t now_ms)
 {
+  return read_stats(queue, db_path, &store, "", store_backend, cache, now_ms);
+}
+
+Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore* store,
+                                 const std::string& store_error, std::string_view store_backend,
+                                 Cache* cache, int64_t now_ms)
+{
   StatsReport r;
   r.now_ms = now_ms;
   auto q = queue.stats();
@@ -69,9 +76,15 @@ Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, Order
   auto handlers = list_handlers(db_path, now_ms);
   if (!handlers) return Unexpected(handlers.error());
   r.handlers = std::move(*handlers);
-  auto orders = store.list("", 0, 0);
-  if (!orders) return Unexpected(orders.error());
-  r.orders = orders->total;
+  r.store_error = store_error;
+  if (store != nullptr) {
+    auto orders = store->list("", 0, 0);
+    if (orders) {
+      r.orders = orders->total;
+    } else {
+      r.store_error = orders.error().message;
+    }
+  }
   r.store_backend = store_backend;
   if (cache != nullptr) {
     r.cache = cache->stats();
@@ -85,7 +98,9 @@ nlohmann::json stats_json(const StatsReport& r)
 {
   return {{"queue", queue_stats_json(r.queue)},
           {"handler", handlers_json(r.handlers, r.now_ms)},
-          {"store", {{"backend", r.store_backend}, {"orders", r.orders}}},
+          {"store", r.store_error.empty()
+                      ? nlohmann::json{{"backend", r.store_backend}, {"orders", r.orders}}
+                      : nlohmann::json{{"backend", r.store_backend}, {"error", r.store_error}}},
           {"cache", cache_stats_json(r.cache)}};
 }
 

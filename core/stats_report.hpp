@@ -35,6 +35,7 @@ struct StatsReport {
   std::vector<HandlerRecord> handlers;
   std::string store_backend; // "sqlite", "postgres"
   int64_t orders = 0;
+  std::string store_error; // the store did not answer (the other figures are still there)
   CacheStats cache;
   int64_t now_ms = 0;
 };
@@ -43,6 +44,12 @@ struct StatsReport {
 // the store's order count, and the cache's (`cache` may be null: no cache).
 Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore& store,
                                  std::string_view store_backend, Cache* cache, int64_t now_ms);
+// The same when the store could not be opened (`store` null, `store_error` why): the queue's,
+// handlers' and cache's figures do not depend on it. A store that fails to answer is reported
+// in store_error, not as a failure of the whole.
+Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore* store,
+                                 const std::string& store_error, std::string_view store_backend,
+                                 Cache* cache, int64_t now_ms);
 
 // {"queue": {...}, "handler": {...}, "store": {"backend", "orders"}, "cache": {...}}
 nlohmann::json stats_json(const StatsReport& report);

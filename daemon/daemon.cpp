@@ -130,9 +130,15 @@ Expected<void> detach(const DaemonOptions& options, std::string_view what)
     int status = 0;
     ::waitpid(child, &status, 0); // the intermediate child, which exits at once
     if (said.rfind("ok ", 0) == 0) {
+      const size_t newline = said.find('\n');
+      const std::string pid = said.substr(3, newline == std::string::npos ? std::string::npos
+                                                                          : newline - 3);
       std::fprintf(stdout, "acmo %.*s started as pid %s; log %s, pid file %s\n",
-                   static_cast<int>(what.size()), what.data(), said.substr(3).c_str(),
-                   log_file.c_str(), pid_file.c_str());
+                   static_cast<int>(what.size()), what.data(), pid.c_str(), log_file.c_str(),
+                   pid_file.c_str());
+      if (newline != std::string::npos) {
+        std::fprintf(stderr, "acmo: warning: %s\n", said.substr(newline + 1).c_str());
+      }
       std::exit(0);
     }
     if (said.empty()) {
@@ -175,10 +181,11 @@ Expected<void> detach(const DaemonOptions& options, std::string_view what)
   return {};
 }
 
-void ready()
+void ready(std::string_view note)
 {
   if (g_ready_fd < 0) return;
-  write_all(g_ready_fd, fmt::format("ok {}", ::getpid()));
+  write_all(g_ready_fd, note.empty() ? fmt::format("ok {}", ::getpid())
+                                     : fmt::format("ok {}\n{}", ::getpid(), note));
   ::close(g_ready_fd);
   g_ready_fd = -1;
 }

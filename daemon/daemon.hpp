@@ -23,8 +23,9 @@ struct DaemonOptions {
 // the daemon only. Call it before any thread is started.
 Expected<void> detach(const DaemonOptions& options, std::string_view what);
 
-// Tell the waiting parent that the daemon is running.
-void ready();
+// Tell the waiting parent that the daemon is running; a `note` (e.g. "the store does not
+// answer yet; retrying") is printed by the parent as a warning.
+void ready(std::string_view note = {});
 // Tell the waiting parent why the daemon could not start (no-op when nobody is waiting).
 void failed(std::string_view message);
 

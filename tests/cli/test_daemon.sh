@@ -99,10 +99,23 @@ out=$(ACMO_STORE_BACKEND=postgres ACMO_STORE_URL=postgresql://nobody@127.0.0.1:1
   ACMO_STORE_CONNECT_TIMEOUT=1s "$acmo" run-handler --daemon --pid-file "$work/h3.pid" \
   --log-file "$work/h3.log" 2>&1)
 rc=$?
-check "a daemon that cannot reach its store tells the starting command, which exits non-zero (got $rc: $out)" \
-  test "$rc" != 0
-check "the start-up error is shown to the user" grep -qiE "postgres|connect|store" <<<"$out"
-check "and no pid file is left behind" test ! -e "$work/h3.pid"
+pid3=$(pid_of "$work/h3.pid")
+[[ -n $pid3 ]] && pids+=("$pid3")
+check "a handler daemon whose store does not answer yet starts and waits for it (got $rc: $out)" \
+  test "$rc" = 0 -a -n "$pid3"
+check "the starting command warns that the store does not answer" \
+  grep -qE "warning: PostgreSQL .* not answering.*retrying" <<<"$out"
+check "the daemon keeps retrying (its log says so)" \
+  wait_for 5 grep -q "retrying until it answers" "$work/h3.log"
+kill -TERM "${pid3:-0}" 2>/dev/null
+check "SIGTERM stops it while it waits, and its pid file goes" \
+  bash -c 'for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || exit 0; sleep 0.05; done; exit 1' _ "${pid3:-0}"
+check "  (no pid file left)" test ! -e "$work/h3.pid"
+"$acmo" run-handler --once --batch-size 5 >/dev/null 2>&1 <<<"" &&
+out=$(ACMO_STORE_BACKEND=postgres ACMO_STORE_URL=postgresql://nobody@127.0.0.1:1/none \
+  ACMO_STORE_CONNECT_TIMEOUT=1s "$acmo" run-handler --once 2>&1)
+rc=$?
+check "run-handler --once with a store that does not answer exits 75 at once (got $rc)" test "$rc" = 75
 
 # --- serve --daemon -------------------------------------------------------------------------------
 
