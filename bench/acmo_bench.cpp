@@ -20,12 +20,14 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <pqxx/pqxx>
 #include <nlohmann/json.hpp>
 #include <hiredis/hiredis.h>
 #include <sqlite3.h>
 
 #include "core/order_event.hpp"
 #include "core/order_handler.hpp"
+#include "core/pg_order_store.hpp"
 #include "core/queue.hpp"
 #include "core/redis_cache.hpp"
 
@@ -200,9 +202,44 @@ double concurrent_send(const Settings& s)
   return static_cast<double>(s.threads * s.per_thread) / elapsed;
 }
 
-// End to end on the embedded store: a full queue of order events (CREATE, then UPDATE to
-// processing, per order) applied by the OrderHandler, in one group or one group per order.
-double pipeline(const Settings& s, bool group_per_order, int concurrency, int batch)
+// A schema of its own in the PostgreSQL database of `base_url`, dropped at the end, so that each
+// run starts from empty tables.
+class PgBenchSchema
+{
+public:
+  explicit PgBenchSchema(std::string base_url)
+    : m_base(std::move(base_url)),
+      m_name(fmt::format("acmo_bench_{}_{}", ::getpid(), s_next++))
+  {
+    pqxx::connection c(m_base);
+    pqxx::nontransaction(c).exec0("CREATE SCHEMA " + m_name);
+  }
+  ~PgBenchSchema()
+  {
+    try {
+      pqxx::connection c(m_base);
+      pqxx::nontransaction(c).exec0("DROP SCHEMA " + m_name + " CASCADE");
+    } catch (const std::exception&) {
+      // A leftover schema in a benchmark database is the lesser harm.
+    }
+  }
+  std::string url() const
+  {
+    return m_base + (m_base.find('?') == std::string::npos ? "?" : "&")
+           + "options=-csearch_path%3D" + m_name;
+  }
+
+private:
+  static inline int s_next = 0;
+  std::string m_base;
+  std::string m_name;
+};
+
+// End to end: a full queue of order events (CREATE, then UPDATE to processing, per order)
+// applied by the OrderHandler, in one group or one group per order; to the embedded store, or
+// with `pg_url` to PostgreSQL (in a schema of its own).
+double pipeline(const Settings& s, bool group_per_order, int concurrency, int batch,
+                const std::string& pg_url = {})
 {
   RunDir dir(s.dir);
   auto q = open(dir.db(), s);
@@ -229,7 +266,17 @@ double pipeline(const Settings& s, bool group_per_order, int concurrency, int ba
     }
   }
   fill(*q, requests);
-  acmo::OrderHandler handler(*q, dir.db(), acmo::HandlerOptions{concurrency, batch, 50});
+  acmo::HandlerOptions options{concurrency, batch, 50};
+  std::unique_ptr<PgBenchSchema> schema;
+  std::unique_ptr<acmo::PgOrderStore> pg;
+  if (!pg_url.empty()) {
+    schema = std::make_unique<PgBenchSchema>(pg_url);
+    auto store = acmo::PgOrderStore::open(acmo::PgOptions{schema->url(), 4, 5'000});
+    if (!store) throw std::runtime_error(store.error().message);
+    pg = std::move(*store);
+    options.writer = pg.get();
+  }
+  acmo::OrderHandler handler(*q, dir.db(), options);
   auto start = Clock::now();
   auto stats = handler.run_once();
   double elapsed = seconds_since(start);
@@ -448,7 +495,7 @@ int main(int argc, char** argv)
                  "Run only these scenarios: baseline, bulk_send, concurrent_send, "
                  "receive_delete, receive_delete_groups, receive_delete_combined, "
                  "receive_delete_combined_groups, pipeline, wakeup, cache_redis (only with "
-                 "ACMO_BENCH_REDIS_URL set)");
+                 "ACMO_BENCH_REDIS_URL set), pipeline_pg (only with ACMO_BENCH_PG_URL set)");
   bool normal = false;
   app.add_flag("--normal", normal, "Use queue.durability = \"normal\" instead of \"full\"");
   CLI11_PARSE(app, argc, argv);
@@ -460,7 +507,7 @@ int main(int argc, char** argv)
   try {
     std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, combined,
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
-      pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99;
+      pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order;
     const char* redis_url = std::getenv("ACMO_BENCH_REDIS_URL");
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "cache_redis") && redis_url != nullptr && *redis_url != '\0') {
@@ -482,6 +529,11 @@ int main(int argc, char** argv)
       if (wanted(s, "receive_delete_combined")) combined.push_back(receive_delete_combined(s, 1));
       if (wanted(s, "receive_delete_combined_groups")) {
         combined_groups.push_back(receive_delete_combined(s, 1000));
+      }
+      const char* pg_url = std::getenv("ACMO_BENCH_PG_URL");
+      if (wanted(s, "pipeline_pg") && pg_url != nullptr && *pg_url != '\0') {
+        pg_single.push_back(pipeline(s, false, 1, 100, pg_url));
+        pg_order.push_back(pipeline(s, true, 2, 100, pg_url));
       }
       if (wanted(s, "pipeline")) {
         pipe_single.push_back(pipeline(s, false, 1, 10));
@@ -549,6 +601,20 @@ int main(int argc, char** argv)
       results["pipeline_sqlite_single_group_batch100"] = entry(pipe_single_100, "orders", 1, 100);
       results["pipeline_sqlite_group_per_order_batch100"] =
         entry(pipe_order_100, "per order", 2, 100);
+    }
+    if (!pg_single.empty()) {
+      auto entry = [&](const std::vector<double>& runs, const char* groups, int concurrency) {
+        json e = rate_entry(runs, 10'000);
+        e["unit"] = "events/s";
+        e["store"] = "postgres";
+        e["groups"] = groups;
+        e["concurrency"] = concurrency;
+        e["batch_size"] = 100;
+        e["events"] = s.pipeline_events;
+        return e;
+      };
+      results["pipeline_postgres_single_group_batch100"] = entry(pg_single, "orders", 1);
+      results["pipeline_postgres_group_per_order_batch100"] = entry(pg_order, "per order", 2);
     }
     if (!wake_p50.empty()) {
       results["cross_process_wakeup"] = {
