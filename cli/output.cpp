@@ -59,4 +59,24 @@ bool confirm(std::string_view question)
   return !answer.empty() && (answer[0] == 'y' || answer[0] == 'Y');
 }
 
+int64_t parse_seconds_flag(std::string_view flag, const std::string& given, int64_t default_s,
+                           int64_t max_s)
+{
+  if (given.empty()) return 0;
+  if (given == "true") return default_s;
+  int64_t v = 0;
+  bool digits = given.size() <= 9;
+  for (char c : given) {
+    if (c < '0' || c > '9') digits = false;
+    if (digits) v = v * 10 + (c - '0');
+  }
+  if (!digits || v < 1 || v > max_s) {
+    throw Fatal(fmt::format("{} takes a whole number of seconds from 1 to {}, attached as {}=SECS "
+                            "(got \"{}\")",
+                            flag, max_s, flag, given),
+                exit_code::k_usage);
+  }
+  return v;
+}
+
 } // namespace acmo::cli

@@ -28,6 +28,12 @@ void print_json(const nlohmann::json& doc);
 // Print rows of (label, value) aligned in two columns.
 void print_table(const std::vector<std::pair<std::string, std::string>>& rows);
 
+// The seconds of a flag with an optional attached value, "--wait" or "--wait=SECS": `given` is
+// what CLI11 stored ("" without the flag → 0, "true" without a value → `default_s`). A value
+// that is not a whole number from 1 to `max_s` throws Fatal (exit 2).
+int64_t parse_seconds_flag(std::string_view flag, const std::string& given, int64_t default_s,
+                           int64_t max_s);
+
 // Ask a yes/no question on the terminal; false unless the answer starts with y or Y.
 bool confirm(std::string_view question);
 

@@ -30,8 +30,8 @@ struct SendOptions {
   std::string group;
   std::string dedup_id;
   std::string file;
-  int64_t wait_s = 0; // --wait[=SECS]: 0 without it
-  CLI::Option* wait_flag = nullptr;
+  std::string wait; // --wait[=SECS]: "true" without a value, empty without the flag
+  int64_t wait_s = 0; // what --wait asked for, in seconds; 0 without it
 };
 
 constexpr int64_t k_default_wait_s = 30;
@@ -284,7 +284,7 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
     ->option_text("D");
   sub.add_option("--file", opts->file, "Send every event of a JSON Lines FILE ('-' for stdin)")
     ->option_text("FILE|-");
-  opts->wait_flag = sub.add_flag("--wait{" + std::to_string(k_default_wait_s) + "}", opts->wait_s,
+  sub.add_flag("--wait", opts->wait,
                fmt::format("Wait until the handler has applied the event or dead-lettered it, up "
                            "to SECS seconds (default {}), and print the outcome",
                            k_default_wait_s))
@@ -296,7 +296,7 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
              "  acmo send --file events.jsonl");
   return [opts, &global] {
     if (!opts->file.empty()) {
-      if (opts->wait_s != 0) {
+      if (!opts->wait.empty()) {
         throw Fatal("--wait goes with one event, not --file", exit_code::k_usage);
       }
       if (!opts->type.empty() || !opts->order_id.empty() || !opts->data.empty()
@@ -308,10 +308,7 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
       }
       return send_file(*opts, global);
     }
-    if (opts->wait_flag->count() > 0 && (opts->wait_s < 1 || opts->wait_s > k_max_wait_s)) {
-      throw Fatal(fmt::format("--wait takes 1 to {} seconds (got {})", k_max_wait_s, opts->wait_s),
-                  exit_code::k_usage);
-    }
+    opts->wait_s = parse_seconds_flag("--wait", opts->wait, k_default_wait_s, k_max_wait_s);
     return send_one(*opts, global);
   };
 }

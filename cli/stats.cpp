@@ -26,20 +26,18 @@ std::string age(int64_t ms)
 }
 
 struct StatsOptions {
-  int64_t watch_s = 0; // --watch[=SECS]: 0 without it
-  CLI::Option* watch_flag = nullptr;
+  std::string watch; // --watch[=SECS]: "true" without a value, empty without the flag
 };
 
 constexpr int64_t k_default_watch_s = 2;
 
 void print_figures(const StatsReport& f, int64_t now);
 
-int run_stats(const StatsOptions& opts, const GlobalOptions& global)
+int run_stats(const StatsOptions& flags, const GlobalOptions& global)
 {
-  if (opts.watch_flag->count() > 0 && (opts.watch_s < 1 || opts.watch_s > 3600)) {
-    throw Fatal(fmt::format("--watch takes 1 to 3600 seconds (got {})", opts.watch_s),
-                exit_code::k_usage);
-  }
+  struct {
+    int64_t watch_s;
+  } opts{parse_seconds_flag("--watch", flags.watch, k_default_watch_s, 3600)};
   // With --watch, SIGINT and SIGTERM end the watch (exit 0); they are taken by sigtimedwait,
   // which is also the wait between two refreshes.
   sigset_t stop;
@@ -137,8 +135,7 @@ void print_figures(const StatsReport& f, int64_t now)
 Runner setup_stats(CLI::App& sub, const GlobalOptions& global)
 {
   auto opts = std::make_shared<StatsOptions>();
-  opts->watch_flag =
-    sub.add_flag("--watch{" + std::to_string(k_default_watch_s) + "}", opts->watch_s,
+  sub.add_flag("--watch", opts->watch,
                  fmt::format("Refresh every SECS seconds (default {}) until Ctrl-C; with --json, "
                              "one document per line",
                              k_default_watch_s))
