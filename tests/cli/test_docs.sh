@@ -170,6 +170,18 @@ man_long=$(grep -oE -- '(^|[^a-z-])--[a-z][a-z-]*' "$man_page" | grep -oE -- '--
 check "man page: every --flag it names is a flag of the binary" \
   $(missing_from "$man_long" "$all_long")
 
+# The ready-to-read pages in man/ (for `man ./man/acmo.1` in a checkout) are what scdoc makes of
+# the sources today, but for the date in the .TH line.
+for page in acmo.1 acmo.toml.5; do
+  if [[ ! -f $root/man/$page ]]; then
+    not_ok "man/$page exists (scripts/update-man.sh makes it)"
+  elif diff <(scdoc <"$root/man/$page.scd" | grep -v '^\.TH ') <(grep -v '^\.TH ' "$root/man/$page") >/dev/null; then
+    ok "man/$page is up to date with man/$page.scd"
+  else
+    not_ok "man/$page is up to date with man/$page.scd (run scripts/update-man.sh)"
+  fi
+done
+
 # --- bash -----------------------------------------------------------------------------------
 
 # What the bash completion offers for the command line "$@", the last word being completed;
