@@ -23,6 +23,33 @@ OrderHandler::OrderHandler(Queue& queue, std::string db_path, HandlerOptions opt
 {
 }
 
+void OrderHandler::invalidate(const std::vector<std::string>& order_ids)
+{
+  if (m_options.cache == nullptr || order_ids.empty()) return;
+  invalidate_orders(m_options.cache, order_ids);
+  std::lock_guard lock(m_again_mu);
+  if (m_again.size() < 100'000) m_again.insert(m_again.end(), order_ids.begin(), order_ids.end());
+}
+
+void OrderHandler::invalidate_again(bool all)
+{
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(m_again_mu);
+    ids.swap(m_due);
+    if (all) {
+      ids.insert(ids.end(), m_again.begin(), m_again.end());
+      m_again.clear();
+    } else {
+      m_due.swap(m_again);
+    }
+  }
+  if (ids.empty()) return;
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  invalidate_orders(m_options.cache, ids);
+}
+
 void OrderHandler::record_error(const std::string& message)
 {
   std::lock_guard lock(m_stats_mu);
@@ -76,6 +103,7 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
                         [&] { return done; })) {
       lock.unlock();
       beat(0);
+      invalidate_again();
       lock.lock();
     }
   });
@@ -86,6 +114,7 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
   }
   cv.notify_all();
   heart.join();
+  invalidate_again(true);
   beat(m_clock.now_ms());
   return result;
 }
@@ -140,7 +169,7 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     }
     return out;
   });
-  if (settled) invalidate_orders(m_options.cache, changed);
+  if (settled) invalidate(changed);
   std::lock_guard lock(m_stats_mu);
   record_latency_locked(started);
   if (settled) {
@@ -222,7 +251,7 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
     for (const auto& removed : m_queue.remove_batch(done)) {
       if (!removed) last_error = removed.error().message;
     }
-    invalidate_orders(m_options.cache, changed);
+    invalidate(changed);
   } else {
     // The store is down or timed out and nothing was applied: every message goes back, to be
     // retried after queue.retry_delays, or dead-lettered once queue.max_retries are spent.

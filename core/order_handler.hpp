@@ -86,6 +86,16 @@ private:
   HandlerStats m_stats;
   std::vector<int64_t> m_latencies_us; // a ring of the last 1,024 batch latencies
   size_t m_latency_next = 0;
+  // Invalidate after a commit, and again about a second later: a reader that read the order
+  // just before the commit may put the old version in the cache just after the first
+  // invalidation (cache-aside's race); the second one bounds that staleness to about a second.
+  void invalidate(const std::vector<std::string>& order_ids);
+  // Called every heartbeat: invalidates the ids of the beat before (so at least a second after
+  // their first invalidation), or all of them with `all` when the handler stops.
+  void invalidate_again(bool all = false);
+  std::mutex m_again_mu;
+  std::vector<std::string> m_again; // invalidated since the last heartbeat
+  std::vector<std::string> m_due;   // invalidated before the last heartbeat: due now
 };
 
 } // namespace acmo

@@ -240,3 +240,42 @@ TEST_CASE("CachedOrders: Redis stopped in the middle of a handler run, and start
   CHECK(hs.retried == 0);
   CHECK(must(q->dlq_list()).empty());
 }
+
+TEST_CASE("Cached orders: a stale value put just after the handler's commit is invalidated again "
+          "about a second later",
+          "[cached_orders]")
+{
+  // Cache-aside's race: a reader reads the order before the handler commits, the handler
+  // commits and invalidates, then the reader puts what it read. The handler invalidates the
+  // ids of each heartbeat again at the next one, so the stale entry lives at most ~2 s.
+  TempDir dir;
+  const std::string path = dir.file("acmo.db");
+  auto q = open_queue(path);
+  MemoryCache cache(100, 60'000);
+  HandlerOptions options{1, 10, 20};
+  options.cache = &cache;
+  OrderHandler handler(*q, path, options);
+  std::thread running([&] { must(handler.run()); });
+
+  auto store = must(SqliteOrderStore::open(path));
+  CachedOrders orders(*store, &cache);
+  send_event(*q, create("ord_r", "Ray"));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!store->get("ord_r") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const std::string pending = must(orders.get_json("ord_r")); // the reader's read
+
+  send_event(*q, update("ord_r", "processing"));
+  while (must(store->get("ord_r")).status != "processing" &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  cache.put(order_cache_key("ord_r"), pending); // the reader's late put, after the commit
+  CHECK(status_of(must(orders.get_json("ord_r"))) == "pending"); // stale, for now
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(2'300)); // two heartbeats
+  CHECK(status_of(must(orders.get_json("ord_r"))) == "processing");
+  handler.stop();
+  running.join();
+}
