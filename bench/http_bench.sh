@@ -6,7 +6,9 @@
 #   - cached GET /api/orders/ID (an order the in-process handler applied; after the first read
 #     every answer is a cache hit).
 # Each run starts a fresh data dir and server. Prints one JSON document: every run, the median,
-# the target and whether it was met.
+# the target and whether it was met. When bench/acmo-bench sits beside the binary's build, each
+# run also measures the bare queue's 32-thread durable send (concurrent_send) as a baseline, and
+# the POST figures get a ratio to it: on a shared machine the ratio means more than the rate.
 #
 #   bench/http_bench.sh [--runs N] [--duration SECS] [--connections N] [path/to/acmo]
 set -euo pipefail
@@ -103,9 +105,17 @@ run_wrk() { # run_wrk SCRIPT PATH → the WRKJSON line's JSON
     | sed -n 's/^WRKJSON //p'
 }
 
+bench_bin=$(dirname "$acmo")/../bench/acmo-bench
 post_runs=()
 get_runs=()
+base_runs=()
 for run in $(seq "$runs"); do
+  if [ -x "$bench_bin" ]; then
+    echo "http_bench.sh: run $run of $runs: baseline, the bare queue's concurrent_send" >&2
+    base_runs+=("$(ACMO_LOG_LEVEL=warn "$bench_bin" --only concurrent_send --runs 1 2>/dev/null \
+                   | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["results"]["concurrent_send"]["median"]))' \
+                   || echo 0)")
+  fi
   echo "http_bench.sh: run $run of $runs: POST /api/orders" >&2
   dir=$tmp/post-$run
   start_server "$dir" --no-handler
@@ -128,10 +138,11 @@ for run in $(seq "$runs"); do
   rm -rf "$dir"
 done
 
-python3 - "$connections" "$duration" "${post_runs[@]}" "---" "${get_runs[@]}" <<'EOF'
+python3 - "$connections" "$duration" "${base_runs[*]:-}" "${post_runs[@]}" "---" "${get_runs[@]}" <<'EOF'
 import json, statistics, sys
 connections, duration = int(sys.argv[1]), int(sys.argv[2])
-args = sys.argv[3:]
+base = [int(x) for x in sys.argv[3].split()]
+args = sys.argv[4:]
 cut = args.index("---")
 def scenario(name, lines, target_rps, target_p99):
     runs = [json.loads(l) for l in lines]
@@ -151,5 +162,13 @@ def scenario(name, lines, target_rps, target_p99):
 doc = {"connections": connections, "wrk_threads": 2, "duration_s": duration,
        "scenarios": [scenario("post_orders_durable", args[:cut], 15000, 10.0),
                      scenario("get_order_cached", args[cut + 1:], 30000, None)]}
+if base and all(b > 0 for b in base):
+    # The same run's bare queue: 32 threads sending durably, no HTTP.
+    post = doc["scenarios"][0]
+    for r, b in zip(post["runs"], base):
+        r["baseline_concurrent_send"] = b
+        r["ratio_to_baseline"] = round(r["rps"] / b, 2)
+    doc["baseline_concurrent_send"] = {"runs": base, "median": statistics.median(base)}
+    post["median_ratio_to_baseline"] = statistics.median(r["ratio_to_baseline"] for r in post["runs"])
 print(json.dumps(doc, indent=2))
 EOF

@@ -6,11 +6,16 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <fmt/core.h>
@@ -285,6 +290,92 @@ private:
 // When the request being answered on this thread started (0: it never reached routing).
 thread_local int64_t t_request_start_us = 0;
 
+// cpp-httplib writes an answer's status line and headers with one send() and its body with
+// another; with TCP_NODELAY (which it needs, or the body would wait for the client's delayed
+// ACK) that is two segments, and two wake-ups of the client. Corking the socket while the
+// answer is written makes it one. cpp-httplib does not hand its socket to handlers, so the
+// socket is found from the connection's addresses: a connection is served by one thread from
+// start to end, so each thread remembers the socket of the connection it serves, and checks
+// it (getpeername) before each use. The search (once per connection) runs on its second
+// request, so a connection that asks once never pays for it.
+struct CorkedConnection {
+  int fd = -1;         // the socket, once found
+  int remote_port = -1; // the connection seen last on this thread
+  std::string remote_addr;
+  int local_port = -1;
+  bool searched = false; // once per connection, found or not
+  bool corked = false;
+};
+thread_local CorkedConnection t_conn;
+
+// Whether `fd` is a TCP socket from addr:port to our local_port (any, with -1).
+bool socket_is(int fd, const std::string& addr, int port, int local_port)
+{
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;
+  char text[INET6_ADDRSTRLEN] = {};
+  int peer_port = -1;
+  if (peer.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
+    peer_port = ntohs(in->sin_port);
+    ::inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+  } else if (peer.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    peer_port = ntohs(in6->sin6_port);
+    ::inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+  } else {
+    return false;
+  }
+  if (peer_port != port || addr != text) return false;
+  if (local_port < 0) return true; // the socket we found before: its peer is enough
+  sockaddr_storage local{};
+  len = sizeof local;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return false;
+  const int own_port = local.ss_family == AF_INET
+                         ? ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port)
+                         : ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
+  return own_port == local_port;
+}
+
+// The socket of the connection `req` came on, or -1 (first request of a connection, or not
+// found).
+int connection_socket(const httplib::Request& req)
+{
+  CorkedConnection& c = t_conn;
+  const bool same = c.remote_port == req.remote_port && c.local_port == req.local_port
+                    && c.remote_addr == req.remote_addr;
+  if (!same) {
+    c = CorkedConnection{-1, req.remote_port, req.remote_addr, req.local_port, false, false};
+    return -1;
+  }
+  if (c.fd >= 0) {
+    // Usually a getpeername that matches; a closed and reused descriptor does not.
+    if (socket_is(c.fd, c.remote_addr, c.remote_port, -1)) return c.fd;
+    c.fd = -1;
+  }
+  if (c.searched) return -1;
+  c.searched = true;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (const dirent* entry = ::readdir(dir)) {
+      if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+      const int fd = std::atoi(entry->d_name);
+      if (fd != ::dirfd(dir) && socket_is(fd, c.remote_addr, c.remote_port, c.local_port)) {
+        c.fd = fd;
+        break;
+      }
+    }
+    ::closedir(dir);
+  }
+  return c.fd;
+}
+
+void set_cork(int fd, bool on)
+{
+  int value = on ? 1 : 0;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &value, sizeof value);
+}
+
 enum class Access { open, api, admin };
 
 struct Context {
@@ -364,11 +455,20 @@ struct HttpServer::Impl {
     // the client's delayed ACK (40 ms).
     http.set_tcp_nodelay(true);
 
-    http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+    http.set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
       t_request_start_us = now_us();
+      if (const int fd = connection_socket(req); fd >= 0) {
+        set_cork(fd, true);
+        t_conn.corked = true;
+      }
       return httplib::Server::HandlerResponse::Unhandled;
     });
+    // cpp-httplib calls the logger once the answer is written.
     http.set_logger([this](const httplib::Request&, const httplib::Response& res) {
+      if (t_conn.corked) {
+        set_cork(t_conn.fd, false); // out it goes, in one segment
+        t_conn.corked = false;
+      }
       metrics.count(res.status);
       if (t_request_start_us != 0) {
         metrics.observe(now_us() - t_request_start_us);
