@@ -8,6 +8,7 @@ packages=(
   libsqlite3-dev libssl-dev libcli11-dev libfmt-dev libexpected-dev nlohmann-json3-dev
   libtomlplusplus-dev libpqxx-dev libhiredis-dev libcpp-httplib-dev catch2
   scdoc zsh fish
+  clang libclang-rt-14-dev
   postgresql redis-server iproute2
   curl wrk jq netcat-openbsd sqlite3
 )
