@@ -100,7 +100,8 @@ ack_fields() {
   [[ $1 =~ \"messageId\":\"([^\"]+)\" ]] && msg=${BASH_REMATCH[1]}
   [[ $1 =~ \"orderId\":\"([^\"]+)\" ]] && order=${BASH_REMATCH[1]}
   [[ $1 =~ \"duplicate\":(true|false) ]] && dup=${BASH_REMATCH[1]}
-  echo "${msg:?no messageId in $1} ${order:?no orderId in $1} ${dup:?no duplicate in $1}"
+  [[ -n ${msg:-} && -n ${order:-} && -n ${dup:-} ]] || return 1
+  echo "$msg $order $dup"
 }
 
 # deliver KIND TYPE ORDER DATA KEY: send one event until it is acknowledged; print
@@ -118,13 +119,16 @@ deliver() {
       out=$(curl -s --max-time 5 -w '\n%{http_code}' -X "$method" "http://127.0.0.1:$port$path" \
               -H 'Content-Type: application/json' -H "Idempotency-Key: $key" \
               ${data:+--data-binary "$data"})
+      rc=$?
       code=${out##*$'\n'}
       out=${out%$'\n'*}
-      if [[ $code == 202 ]]; then
-        ack_fields "$out"
+      # A 202 whose body was cut off (the server killed between headers and body) is no
+      # acknowledgement: retried like any failure.
+      if [[ $rc == 0 && $code == 202 ]] && ack_fields "$out"; then
         return 0
       fi
-      if [[ $code != 000 && $code != 5* ]]; then
+      [[ $code == 202 ]] && code="202 cut off (curl exit $rc)"
+      if [[ $code != 000 && $code != 5* && $code != 202* ]]; then
         echo "REJECTED $kind $type $order: $code $out" >>"$dir/rejected"
         return 1
       fi
@@ -135,8 +139,7 @@ deliver() {
       wait $!
       rc=$?
       rm -f "$dir/cli-$sender.pid"
-      if [[ $rc == 0 ]]; then
-        ack_fields "$(<"$dir/cli-$sender.out")"
+      if [[ $rc == 0 ]] && ack_fields "$(<"$dir/cli-$sender.out")"; then
         return 0
       fi
       if [[ $rc == 2 || $rc == 4 ]]; then
