@@ -30,15 +30,7 @@ source "$root/tests/cli/lib.sh"
 export ACMO_DATA_DIR=$work/data NO_COLOR=1
 export ACMO_QUEUE_GROUP_BY=order ACMO_SERVER_THREADS=$((connections + 8))
 
-"$acmo" serve --listen 127.0.0.1:0 2>"$work/serve.log" &
-server_pid=$!
-port=''
-for _ in $(seq 200); do
-  port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
-  [[ -n $port ]] && break
-  sleep 0.05
-done
-[[ -n $port ]] || { echo "soak.sh: acmo serve did not start"; cat "$work/serve.log"; exit 1; }
+start_server
 url=http://127.0.0.1:$port
 rss() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$server_pid/status"; }
 

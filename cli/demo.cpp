@@ -72,8 +72,6 @@ private:
   nlohmann::json m_steps = nlohmann::json::array();
 };
 
-std::string money(int64_t cents) { return fmt::format("{}.{:02}", cents / 100, cents % 100); }
-
 // A temporary data dir, removed at the end unless kept.
 std::string make_temp_dir()
 {

@@ -109,8 +109,6 @@ int check_id(const std::string& id)
   return exit_code::k_ok;
 }
 
-std::string money(int64_t cents) { return fmt::format("{}.{:02}", cents / 100, cents % 100); }
-
 // Columns are padded by characters, not bytes, so that names in UTF-8 line up.
 size_t text_width(std::string_view text)
 {

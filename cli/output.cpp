@@ -79,4 +79,6 @@ int64_t parse_seconds_flag(std::string_view flag, const std::string& given, int6
   return v;
 }
 
+std::string money(int64_t cents) { return fmt::format("{}.{:02}", cents / 100, cents % 100); }
+
 } // namespace acmo::cli

@@ -1,6 +1,7 @@
 // How the command line talks to people and scripts (SPEC §7).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -33,6 +34,9 @@ void print_table(const std::vector<std::pair<std::string, std::string>>& rows);
 // that is not a whole number from 1 to `max_s` throws Fatal (exit 2).
 int64_t parse_seconds_flag(std::string_view flag, const std::string& given, int64_t default_s,
                            int64_t max_s);
+
+// Money for people: integer cents as "12.50".
+std::string money(int64_t cents);
 
 // Ask a yes/no question on the terminal; false unless the answer starts with y or Y.
 bool confirm(std::string_view question);

@@ -136,6 +136,23 @@ Expected<ConfigValue> check_choice(const ConfigKey& key, std::string value)
   return ConfigValue(std::move(value));
 }
 
+// The items of a comma-separated list in an environment variable, spaces around them trimmed.
+std::vector<std::string_view> split_list(std::string_view text)
+{
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string_view::npos) comma = text.size();
+    auto item = text.substr(start, comma - start);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    out.push_back(item);
+    start = comma + 1;
+  }
+  return out;
+}
+
 // A value from text (an environment variable, or a default).
 Expected<ConfigValue> parse_text(const ConfigKey& key, std::string_view text)
 {
@@ -163,31 +180,17 @@ Expected<ConfigValue> parse_text(const ConfigKey& key, std::string_view text)
   }
   case KeyType::duration_list: {
     std::vector<int64_t> out;
-    size_t start = 0;
-    while (start < text.size()) {
-      size_t comma = text.find(',', start);
-      if (comma == std::string_view::npos) comma = text.size();
-      auto item = text.substr(start, comma - start);
-      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    for (auto item : split_list(text)) {
       auto ms = parse_duration(item);
       if (!ms) return Unexpected(ms.error());
       out.push_back(*ms);
-      start = comma + 1;
     }
     return ConfigValue(std::move(out));
   }
   case KeyType::string_list: {
     std::vector<std::string> out;
-    size_t start = 0;
-    while (start < text.size()) {
-      size_t comma = text.find(',', start);
-      if (comma == std::string_view::npos) comma = text.size();
-      auto item = text.substr(start, comma - start);
-      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    for (auto item : split_list(text)) {
       if (!item.empty()) out.emplace_back(item);
-      start = comma + 1;
     }
     return ConfigValue(std::move(out));
   }

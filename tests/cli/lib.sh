@@ -9,3 +9,21 @@ not_ok() { failed=$((failed + 1)); echo "not ok - $*"; }
 check() { local name=$1; shift; if "$@"; then ok "$name"; else not_ok "$name"; fi; }
 # json_field JSON KEY: the first value of a scalar field (acmo prints compact JSON).
 json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" <<<"$1" | head -n 1; }
+# start_server [FLAGS...]: `$acmo serve` in the background on a port the kernel picks
+# (--listen 127.0.0.1:0), its log in $work/serve.log; sets $server_pid and $port (read back from
+# the log line "serving http://127.0.0.1:PORT"). A server that does not start ends the script.
+start_server() {
+  : >"$work/serve.log"
+  "$acmo" serve --listen 127.0.0.1:0 "$@" 2>"$work/serve.log" &
+  server_pid=$!
+  port=''
+  local _
+  for _ in $(seq 200); do
+    port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
+    [[ -n $port ]] && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "not ok - acmo serve did not start:"; cat "$work/serve.log"
+  exit 1
+}

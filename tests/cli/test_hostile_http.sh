@@ -23,15 +23,7 @@ for tool in curl nc; do
   command -v "$tool" >/dev/null || { echo "not ok - $tool is missing (scripts/install-deps.sh)"; exit 1; }
 done
 
-"$acmo" serve --listen 127.0.0.1:0 2>"$work/serve.log" &
-server_pid=$!
-port=''
-for _ in $(seq 200); do
-  port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
-  [[ -n $port ]] && break
-  sleep 0.05
-done
-[[ -n $port ]] || { echo "not ok - acmo serve did not start"; cat "$work/serve.log"; exit 1; }
+start_server
 threads=$(sed -n 's|.*serving .*, \([0-9]*\) threads.*|\1|p' "$work/serve.log" | head -n 1)
 rss() { sed -n 's/^VmRSS:[[:space:]]*//p' "/proc/$server_pid/status"; }
 rss_before=$(rss)

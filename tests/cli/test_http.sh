@@ -19,22 +19,7 @@ export NO_COLOR=1
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 command -v curl >/dev/null || { echo "not ok - curl is missing (scripts/install-deps.sh)"; exit 1; }
 
-# start_server [FLAGS...]: acmo serve on a port the kernel picks (--listen 127.0.0.1:0), read
-# back from its log line "serving http://127.0.0.1:PORT".
-start_server() {
-  : >"$work/serve.log"
-  "$acmo" serve --listen 127.0.0.1:0 "$@" 2>"$work/serve.log" &
-  server_pid=$!
-  port=''
-  for _ in $(seq 200); do
-    port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
-    [[ -n $port ]] && return 0
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "acmo serve did not start:"; cat "$work/serve.log"
-  exit 1
-}
+# start_server [FLAGS...] is in lib.sh.
 # stop_server: SIGTERM, and the exit status in $server_rc.
 stop_server() {
   kill -TERM "$server_pid"

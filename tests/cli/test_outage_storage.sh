@@ -31,19 +31,6 @@ for tool in curl sqlite3; do
 done
 event='{"customer_name":"Ada","customer_email":"ada@example.com","items":[{"product_id":"p","quantity":1,"unit_price":2.5}]}'
 
-start_server() { # start_server [FLAGS...]: acmo serve on a free port, its port in $port
-  : >"$work/serve.log"
-  "$acmo" serve --listen 127.0.0.1:0 "$@" 2>"$work/serve.log" &
-  server_pid=$!
-  port=''
-  for _ in $(seq 200); do
-    port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
-    [[ -n $port ]] && return 0
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "not ok - acmo serve did not start:"; cat "$work/serve.log"; exit 1
-}
 # post KEY: POST an event with Idempotency-Key KEY; status in $status, body in $body.
 post() {
   local out
