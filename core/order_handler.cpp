@@ -12,6 +12,7 @@
 
 #include "core/cached_orders.hpp"
 #include "core/handler_registry.hpp"
+#include "core/log.hpp"
 #include "core/order_store.hpp"
 #include "core/sqlite.hpp"
 
@@ -54,6 +55,38 @@ void OrderHandler::record_error(const std::string& message)
 {
   std::lock_guard lock(m_stats_mu);
   m_stats.last_error = message;
+}
+
+void OrderHandler::note_trouble(const std::string& message)
+{
+  using namespace std::chrono;
+  std::lock_guard lock(m_trouble_mu);
+  const auto now = steady_clock::now();
+  ++m_trouble_count;
+  if (!m_in_trouble.load()) {
+    m_trouble_since = now;
+    m_trouble_count = 1;
+  } else if (message == m_trouble && now - m_trouble_logged < seconds(30)) {
+    return;
+  }
+  log::warn("handler: {}; the events wait in the queue and are retried ({} failure{} in {} s)",
+            message, m_trouble_count, m_trouble_count == 1 ? "" : "s",
+            duration_cast<seconds>(now - m_trouble_since).count());
+  m_trouble = message;
+  m_trouble_logged = now;
+  m_in_trouble = true;
+}
+
+void OrderHandler::note_progress()
+{
+  using namespace std::chrono;
+  if (!m_in_trouble.load()) return;
+  std::lock_guard lock(m_trouble_mu);
+  if (!m_in_trouble.load()) return;
+  log::info("handler: applying events again after {} s and {} failure{} (the last: {})",
+            duration_cast<seconds>(steady_clock::now() - m_trouble_since).count(),
+            m_trouble_count, m_trouble_count == 1 ? "" : "s", m_trouble);
+  m_in_trouble = false;
 }
 
 HandlerStats OrderHandler::stats() const
@@ -124,6 +157,7 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
   auto got = m_queue.receive(m_options.batch_size, {}, wait_ms);
   if (!got) {
     record_error(got.error().message);
+    note_trouble(got.error().message);
     return Unexpected(got.error());
   }
   if (got->empty()) return 0;
@@ -169,7 +203,12 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     }
     return out;
   });
-  if (settled) invalidate(changed);
+  if (settled) {
+    invalidate(changed);
+    note_progress();
+  } else if (settled.error().code != Errc::stale && settled.error().code != Errc::not_found) {
+    note_trouble(settled.error().message);
+  }
   std::lock_guard lock(m_stats_mu);
   record_latency_locked(started);
   if (settled) {
@@ -252,7 +291,9 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
       if (!removed) last_error = removed.error().message;
     }
     invalidate(changed);
+    note_progress();
   } else {
+    note_trouble(outcomes.error().message);
     // The store is down or timed out and nothing was applied: every message goes back, to be
     // retried after queue.retry_delays, or dead-lettered once queue.max_retries are spent.
     last_error = outcomes.error().message;

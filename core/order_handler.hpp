@@ -72,6 +72,11 @@ private:
                           std::vector<Expected<AppliedEvent>>& events);
   void record_latency_locked(std::chrono::steady_clock::time_point started);
   void record_error(const std::string& message);
+  // A failure that holds events back (the queue's disk full, the store down) goes to the log at
+  // once, then again every 30 s or when its reason changes while it lasts; the first event
+  // applied after it logs that it is over. Nothing else in the handler logs per event.
+  void note_trouble(const std::string& message);
+  void note_progress();
   Expected<HandlerStats> run_once_unregistered();
   Expected<HandlerStats> run_unregistered();
   // Run `body` registered in the handler registry, with a heartbeat.
@@ -93,6 +98,12 @@ private:
   // Called every heartbeat: invalidates the ids of the beat before (so at least a second after
   // their first invalidation), or all of them with `all` when the handler stops.
   void invalidate_again(bool all = false);
+  std::atomic<bool> m_in_trouble{false};
+  std::mutex m_trouble_mu;
+  std::string m_trouble; // the reason last logged
+  std::chrono::steady_clock::time_point m_trouble_since;
+  std::chrono::steady_clock::time_point m_trouble_logged;
+  int64_t m_trouble_count = 0;
   std::mutex m_again_mu;
   std::vector<std::string> m_again; // invalidated since the last heartbeat
   std::vector<std::string> m_due;   // invalidated before the last heartbeat: due now

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <fmt/core.h>
@@ -1344,6 +1345,41 @@ Expected<void> Queue::run_write(const std::function<Expected<void>(sqlite::Datab
   };
   if (auto ok = m_impl->write(op, false); !ok) return ok;
   return result;
+}
+
+Expected<void> Queue::check_writable()
+{
+  constexpr uint64_t k_plenty = 16ull << 20;
+  constexpr off_t k_probe = 256 << 10; // more than a batch of sends appends to the WAL
+  const std::string& wal = m_impl->wal_path;
+  const std::string dir = wal.find('/') == std::string::npos ? "." : wal.substr(0, wal.rfind('/'));
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) == 0 &&
+      static_cast<uint64_t>(fs.f_bavail) * static_cast<uint64_t>(fs.f_frsize) >= k_plenty) {
+    return {};
+  }
+  // Little space left: can the disk still give a commit's worth? (The WAL may have room for a
+  // small write that proves nothing; a file of its own allocates for real.)
+  const std::string probe = dir + "/.acmo-space-probe";
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int rc = fd >= 0 ? 0 : errno;
+  if (fd >= 0) {
+    rc = ::posix_fallocate(fd, 0, k_probe);
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
+  if (rc == ENOSPC || rc == EDQUOT) {
+    return make_error(
+      Errc::unavailable,
+      fmt::format("the disk holding the queue is full ({} kB free in {}); free some space and retry",
+                  static_cast<uint64_t>(fs.f_bavail) * static_cast<uint64_t>(fs.f_frsize) / 1024,
+                  dir));
+  }
+  // And a write of the database itself (rewriting a row with its own value dirties its page).
+  return run_write([](sqlite::Database& db) -> Expected<void> {
+    db.exec("UPDATE queues SET created_at = created_at WHERE id = 0");
+    return {};
+  });
 }
 
 Expected<void> Queue::settle(const std::vector<std::string>& receipts, const SettleWork& work)

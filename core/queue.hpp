@@ -214,6 +214,11 @@ public:
   Expected<QueueStats> stats();
   CommitStats commit_stats() const;
 
+  // Whether the queue can take writes now: with plenty of free space on the disk holding it,
+  // yes without touching it; with little (under 16 MiB), a small write transaction decides, so
+  // that a full disk is reported as the error a send would get. For health checks.
+  Expected<void> check_writable();
+
   // Wake every receive that is waiting in this process, e.g. to shut down. Waiting receives
   // return at once (empty) until resume() is called.
   void interrupt();

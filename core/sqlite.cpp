@@ -1,5 +1,6 @@
 #include "core/sqlite.hpp"
 
+#include <cerrno>
 #include <chrono>
 #include <thread>
 
@@ -15,18 +16,24 @@ namespace {
 [[noreturn]] void fail(sqlite3* db, int rc, std::string_view context)
 {
   const char* detail = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  throw SqliteError(rc, fmt::format("{}: {}", context, detail));
+  throw SqliteError(rc, fmt::format("{}: {}", context, detail), db ? sqlite3_system_errno(db) : 0);
 }
 
 } // namespace
 
 Error SqliteError::to_error() const
 {
-  switch (m_code & 0xff) {
-  case SQLITE_FULL:
+  // An I/O error whose system call failed for want of space is a full disk too (SQLite says
+  // "disk I/O error" when it cannot even create the WAL's files).
+  const int primary = m_code & 0xff;
+  const bool no_space = (primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN) &&
+                        (m_sys_errno == ENOSPC || m_sys_errno == EDQUOT);
+  if (primary == SQLITE_FULL || no_space) {
     return Error(Errc::unavailable,
                  fmt::format("the disk holding the queue is full ({}); free some space and retry",
                              what()));
+  }
+  switch (primary) {
   case SQLITE_BUSY:
   case SQLITE_LOCKED:
     return Error(Errc::busy,
@@ -124,9 +131,10 @@ Database::Database(const std::string& path, int64_t busy_timeout_ms)
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string msg = m_db ? sqlite3_errmsg(m_db) : sqlite3_errstr(rc);
+    const int sys_errno = m_db ? sqlite3_system_errno(m_db) : 0;
     sqlite3_close(m_db);
     m_db = nullptr;
-    throw SqliteError(rc, fmt::format("cannot open {}: {}", path, msg));
+    throw SqliteError(rc, fmt::format("cannot open {}: {}", path, msg), sys_errno);
   }
   sqlite3_extended_result_codes(m_db, 1);
   sqlite3_busy_handler(m_db, &Database::busy_handler, this);
@@ -167,7 +175,7 @@ void Database::exec(const std::string& sql)
   if (rc != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errstr(rc);
     sqlite3_free(err);
-    throw SqliteError(rc, fmt::format("{}: {}", sql.substr(0, 60), msg));
+    throw SqliteError(rc, fmt::format("{}: {}", sql.substr(0, 60), msg), sqlite3_system_errno(m_db));
   }
 }
 

@@ -25,12 +25,19 @@ const char* library_version();
 class SqliteError : public std::runtime_error
 {
 public:
-  SqliteError(int code, const std::string& what) : std::runtime_error(what), m_code(code) {}
+  // sys_errno: the errno of the system call that failed under SQLite (sqlite3_system_errno),
+  // so that an I/O error caused by a full disk is reported as a full disk.
+  SqliteError(int code, const std::string& what, int sys_errno = 0)
+    : std::runtime_error(what), m_code(code), m_sys_errno(sys_errno)
+  {
+  }
   int code() const { return m_code; }
+  int sys_errno() const { return m_sys_errno; }
   Error to_error() const;
 
 private:
   int m_code;
+  int m_sys_errno;
 };
 
 class Statement

@@ -1039,9 +1039,10 @@ struct HttpServer::Impl {
         failing.emplace_back(what);
       }
     };
-    // The queue: a read of its database (the DLQ's head, an index lookup).
+    // The queue: a read of its database (the DLQ's head, an index lookup),
+    // and whether it takes writes (a full disk fails every send while reads still work).
     auto dlq = parts.queue->dlq_list(1, 0);
-    record("queue", dlq ? Expected<void>() : Expected<void>(Unexpected(dlq.error())));
+    record("queue", dlq ? parts.queue->check_writable() : Expected<void>(Unexpected(dlq.error())));
     // The store: an order that cannot exist is not found when the store answers.
     auto probe = with_store([](OrderStore& store) { return store.get("health-probe"); });
     record("store", probe || probe.error().code == Errc::not_found

@@ -91,6 +91,11 @@ if [[ -n $mounted ]]; then
   check "run-handler --once with the disk full: not a crash (exit $rc)" not_a_crash "$rc"
   http_code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/sqs/stats")
   check "reads still answer (GET /sqs/stats: $http_code)" test "$http_code" = 200
+  health=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port/health")
+  check "GET /health answers 503 and names the full disk (${health:0:160})" \
+    grep -q 'disk holding the queue is full.*"failing":\["queue"\].* 503$' <<<"$health"
+  check "the handler's log says the disk is full and that the events wait ($(grep -c . "$work/handler.err") lines)" \
+    grep -q 'warn.*handler: .*disk holding the queue is full.*the events wait in the queue' "$work/handler.err"
 
   rm -f "$work/disk/filler"
   check "PRAGMA integrity_check after the failed writes: ok" \
@@ -105,8 +110,12 @@ if [[ -n $mounted ]]; then
     [[ $("$acmo" --json stats | sed -n 's/.*"store":{[^}]*"orders":\([0-9]*\).*/\1/p') == "$(wc -l <"$work/acked")" ]] && break
     sleep 0.1
   done
+  health=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port/health")
+  check "space back: GET /health answers 200 (${health:0:120})" grep -q '"status":"ok".* 200$' <<<"$health"
   kill -TERM "$handler_pid"; wait "$handler_pid"; rc=$?; handler_pid=''
   check "the handler that ran through the outage stops cleanly (exit $rc)" test "$rc" -eq 0
+  check "and its log says when it was applying events again" \
+    grep -q 'handler: applying events again after' "$work/handler.err"
   check "and it dead-lettered nothing" grep -q 'dead-lettered 0' "$work/handler.out"
   "$acmo" -q run-handler --once
   acked=$(sort -u "$work/acked" | wc -l)
@@ -127,7 +136,7 @@ if [[ -n $mounted ]]; then
   dd if=/dev/zero of="$work/disk/filler" bs=4k >/dev/null 2>&1
   err=$("$acmo" send CREATE --data "$event" 2>&1); rc=$?
   check "acmo send started on a full disk exits 75 ($rc)" test "$rc" -eq 75
-  check "and says to check the data directory ($err)" grep -q 'acmo: error: .*\(disk\|data directory\)' <<<"$err"
+  check "and says the disk is full ($err)" grep -q 'acmo: error: the disk holding the queue is full' <<<"$err"
   "$acmo" serve --listen 127.0.0.1:0 >"$work/serve-full.log" 2>&1; rc=$?
   check "acmo serve started on a full disk exits 75 ($rc)" test "$rc" -eq 75
   rm -f "$work/disk/filler"
