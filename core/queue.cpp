@@ -12,7 +12,9 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <fmt/core.h>
@@ -204,12 +206,30 @@ struct WriteOp {
   bool durable = false; // must be fsynced before it is answered
   std::optional<Error> error;
   bool taken = false; // in a batch that a leader is committing
-  bool done = false;
-  // Signalled when the op is done, or when its thread should lead the next commit. One per
-  // op, so that finishing a commit wakes only the threads that have something to do: on two
-  // cores, waking every waiting sender would starve the one doing the work.
-  std::condition_variable cv;
+  // What the op's thread waits for, sleeping on this word (a futex) rather than on the write
+  // mutex: k_lead, its turn to lead the next commit; k_done, answered. Waking each finished
+  // sender costs one switch to it, where a condition variable signalled under the mutex made
+  // it wake only to sleep again on that mutex (two more on two busy cores). Set under the write
+  // mutex; once k_done is stored the op's thread may return and the op be gone, so a wake
+  // after it uses only the word's address (FUTEX_WAKE reads no memory).
+  static constexpr uint32_t k_waiting = 0;
+  static constexpr uint32_t k_lead = 1;
+  static constexpr uint32_t k_done = 2;
+  std::atomic<uint32_t> state{k_waiting};
 };
+
+static void futex_wait(std::atomic<uint32_t>& word, uint32_t expected)
+{
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+            nullptr, 0);
+}
+
+static void futex_wake(std::atomic<uint32_t>& word)
+{
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, 1, nullptr,
+            nullptr, 0);
+}
 
 struct Queue::Impl {
   const Clock& clock;
@@ -261,50 +281,76 @@ struct Queue::Impl {
 
   Expected<void> write(WriteOp& op, bool wakes)
   {
-    {
-      std::unique_lock lock(write_mu);
-      pending.push_back(&op);
-      while (!op.done) {
-        if (leader_active || op.taken) {
-          op.cv.wait(lock);
-          continue;
-        }
-        leader_active = true;
-        gather_while_syncing(lock);
-        std::vector<WriteOp*> batch;
-        batch.swap(pending);
-        for (auto* o : batch) o->taken = true;
-        lock.unlock();
-        execute(batch);
-        bool needs_sync = false;
-        for (auto* o : batch) needs_sync = needs_sync || (o->durable && !o->error);
-        needs_sync = needs_sync && options.durability_full;
-        uint64_t generation = 0;
-        if (needs_sync) {
-          std::lock_guard sync_lock(sync_mu);
-          generation = ++committed_generation;
-        }
-        lock.lock();
-        // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
-        leader_active = false;
-        if (!pending.empty()) pending.front()->cv.notify_one();
-        if (needs_sync) {
-          lock.unlock();
-          auto failure = make_durable(generation);
-          lock.lock();
-          for (auto* o : batch) {
-            if (failure && o->durable && !o->error) o->error = failure;
-          }
-        }
-        for (auto* o : batch) {
-          o->done = true;
-          if (o != &op) o->cv.notify_one();
-        }
+    std::unique_lock lock(write_mu);
+    pending.push_back(&op);
+    for (;;) {
+      if (op.state.load(std::memory_order_relaxed) == WriteOp::k_done) break;
+      if (!leader_active && !op.taken) {
+        lead(op, lock);
+        break;
       }
+      // Sleep on the op's own word, not on the mutex: see WriteOp::state.
+      op.state.store(WriteOp::k_waiting, std::memory_order_relaxed);
+      lock.unlock();
+      uint32_t state;
+      while ((state = op.state.load(std::memory_order_acquire)) == WriteOp::k_waiting) {
+        futex_wait(op.state, WriteOp::k_waiting);
+      }
+      if (state == WriteOp::k_done) break; // without the lock: the leader is done with it
+      lock.lock();                          // told to lead: look again under the lock
     }
+    if (lock.owns_lock()) lock.unlock();
     if (op.error) return Unexpected(*op.error);
     if (wakes) notify_waiters();
     return {};
+  }
+
+  // Commit every pending request (op's among them) in one transaction, as the leader, then
+  // wait for the disk if they need it and answer them. Called and returns with `lock` held
+  // or not: the caller checks.
+  void lead(WriteOp& op, std::unique_lock<std::mutex>& lock)
+  {
+    leader_active = true;
+    gather_while_syncing(lock);
+    std::vector<WriteOp*> batch;
+    batch.swap(pending);
+    for (auto* o : batch) o->taken = true;
+    lock.unlock();
+    execute(batch);
+    bool needs_sync = false;
+    for (auto* o : batch) needs_sync = needs_sync || (o->durable && !o->error);
+    needs_sync = needs_sync && options.durability_full;
+    uint64_t generation = 0;
+    if (needs_sync) {
+      std::lock_guard sync_lock(sync_mu);
+      generation = ++committed_generation;
+    }
+    lock.lock();
+    // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
+    leader_active = false;
+    if (!pending.empty()) {
+      pending.front()->state.store(WriteOp::k_lead, std::memory_order_release);
+      futex_wake(pending.front()->state);
+    }
+    lock.unlock();
+    if (needs_sync) {
+      if (auto failure = make_durable(generation)) {
+        for (auto* o : batch) {
+          if (o->durable && !o->error) o->error = failure;
+        }
+      }
+    }
+    // Each op's last touch is the store of k_done, under the lock (a follower that was told
+    // to lead may be looking at its word under it); the wakes after it use only the address.
+    std::vector<std::atomic<uint32_t>*> words;
+    words.reserve(batch.size());
+    lock.lock();
+    for (auto* o : batch) {
+      if (o != &op) words.push_back(&o->state);
+      o->state.store(WriteOp::k_done, std::memory_order_release);
+    }
+    lock.unlock();
+    for (auto* word : words) futex_wake(*word);
   }
 
   // Called by a new leader (holding `lock` on write_mu) before it takes the pending requests.
