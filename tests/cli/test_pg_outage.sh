@@ -137,6 +137,11 @@ handler_pid=''
 check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
 check "its summary: 400 applied, none dead-lettered, some retried" \
   grep -qE '^applied 400, dead-lettered 0, retried [1-9][0-9]*$' "$work/handler.out"
+check "its log says PostgreSQL was not answering and that the events wait" \
+  grep -q "warn.*handler: PostgreSQL at .*127.0.0.1:$port.* is not answering.*the events wait in the queue" "$work/handler.err"
+check "and when it was applying events again" grep -q 'info.*handler: applying events again after' "$work/handler.err"
+check "the outage is logged a few times, not once per batch ($(grep -c 'handler: PostgreSQL' "$work/handler.err") lines)" \
+  test "$(grep -c 'handler: PostgreSQL' "$work/handler.err")" -le 10
 
 # --- retries run out: the DLQ with the reason, then redrive ----------------------------------
 
