@@ -7,8 +7,12 @@
 set -euo pipefail
 
 root=${ACMO_TEST_SERVICES_DIR:-/tmp/acmo-test-services}
-pg_port=${ACMO_TEST_PG_PORT:-55432}
-redis_port=${ACMO_TEST_REDIS_PORT:-56379}
+# Below 32768, outside Linux's ephemeral range (32768-60999): a port in it can be taken for a
+# while by the TIME-WAIT of a client connection that happened to get it as its source port,
+# and then a server cannot bind it (CI saw this for PostgreSQL after thousands of test
+# connections). The outage tests' own servers use 25532 and 26479 for the same reason.
+pg_port=${ACMO_TEST_PG_PORT:-25432}
+redis_port=${ACMO_TEST_REDIS_PORT:-26379}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 
 as_postgres() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PostgreSQL stopped in the middle of a run (issue 3, item 6), through the real acmo binary: a
-# PostgreSQL server of the test's own (loopback, port 55532 or $ACMO_TEST_PG_OUTAGE_PORT, its
+# PostgreSQL server of the test's own (loopback, port 25532 or $ACMO_TEST_PG_OUTAGE_PORT, its
 # own data dir in a temp dir, stopped by the trap), store.backend = "postgres", `acmo
 # run-handler` in the foreground (in the background of this script) while events stream in.
 # With the server stopped, events are retried with backoff and the handler stays up (its
@@ -10,7 +10,7 @@
 #   tests/cli/test_pg_outage.sh path/to/acmo
 set -uo pipefail
 acmo=${1:?usage: $0 path/to/acmo}
-port=${ACMO_TEST_PG_OUTAGE_PORT:-55532}
+port=${ACMO_TEST_PG_OUTAGE_PORT:-25532}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 if [[ -z $pg_bin ]]; then
   if [[ ${CI:-} == true ]]; then

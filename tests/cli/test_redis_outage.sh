@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Redis stopped in the middle of a run (issue 3, item 6), through the real acmo binary: a
-# redis-server of the test's own (loopback, port 56479 or $ACMO_TEST_REDIS_OUTAGE_PORT, its own
+# redis-server of the test's own (loopback, port 26479 or $ACMO_TEST_REDIS_OUTAGE_PORT, its own
 # dir), cache.backend = "redis", `acmo run-handler` in the background while events stream in,
 # reads with `acmo orders get|list` and figures from `acmo stats`. With Redis gone no event
 # fails (all applied, none dead-lettered), reads answer from the store, errors are counted;
@@ -8,7 +8,7 @@
 #   tests/cli/test_redis_outage.sh path/to/acmo
 set -uo pipefail
 acmo=${1:?usage: $0 path/to/acmo}
-port=${ACMO_TEST_REDIS_OUTAGE_PORT:-56479}
+port=${ACMO_TEST_REDIS_OUTAGE_PORT:-26479}
 work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-redis-outage-test.XXXXXX")
 handler_pid=''
 redis_pid=''
