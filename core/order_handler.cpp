@@ -152,8 +152,76 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
   return result;
 }
 
+// What applying a batch on the embedded store came to.
+struct BatchTally {
+  int64_t applied = 0;
+  int64_t dead = 0;
+  std::string last_reason;
+  std::vector<std::string> changed; // order ids whose cache entries go after the commit
+};
+
+namespace {
+
+// Apply the events in group order on `db`, inside the caller's transaction; one that can never
+// apply goes to the DLQ with its reason, and the group goes on.
+std::vector<Disposition> apply_embedded(sqlite::Database& db,
+                                        std::vector<Expected<AppliedEvent>>& events,
+                                        int64_t now_ms, BatchTally& tally)
+{
+  tally = BatchTally{};
+  std::vector<Disposition> out(events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    Expected<void> ok = events[i] ? SqliteOrderStore::apply(db, *events[i], now_ms)
+                                  : Expected<void>(Unexpected(events[i].error()));
+    if (ok) {
+      ++tally.applied;
+      tally.changed.push_back(events[i]->event.order_id);
+    } else {
+      out[i] = Disposition{true, ok.error().message};
+      tally.last_reason = ok.error().message;
+      ++tally.dead;
+    }
+  }
+  return out;
+}
+
+std::vector<Expected<AppliedEvent>> parse_events(const std::vector<Message>& messages)
+{
+  std::vector<Expected<AppliedEvent>> events;
+  events.reserve(messages.size());
+  for (const auto& m : messages) {
+    auto event = parse_event(m.body);
+    if (event) {
+      events.emplace_back(AppliedEvent{m.message_id, m.seq, std::move(*event)});
+    } else {
+      events.emplace_back(Unexpected(event.error()));
+    }
+  }
+  return events;
+}
+
+} // namespace
+
+void OrderHandler::record_applied(const BatchTally& tally, std::chrono::steady_clock::time_point started)
+{
+  invalidate(tally.changed);
+  note_progress();
+  std::lock_guard lock(m_stats_mu);
+  record_latency_locked(started);
+  m_stats.processed += tally.applied;
+  m_stats.dead_lettered += tally.dead;
+  if (tally.dead > 0) m_stats.last_error = tally.last_reason;
+}
+
 Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
 {
+  if (m_options.writer == nullptr) {
+    // The embedded store: take the messages, apply their events and delete them in one
+    // transaction. Should that fail (the disk full, a SQLite error), the batch goes the way
+    // below, which puts the messages in flight and releases them with backoff.
+    if (auto n = consume_batch(wait_ms)) return n;
+    wait_ms = 0;
+  }
   auto got = m_queue.receive(m_options.batch_size, {}, wait_ms);
   if (!got) {
     record_error(got.error().message);
@@ -163,60 +231,25 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
   if (got->empty()) return 0;
 
   // The handler checks events again: other producers may have put anything on the queue.
-  std::vector<std::string> receipts;
-  std::vector<Expected<AppliedEvent>> events;
-  for (const auto& m : *got) {
-    receipts.push_back(m.receipt);
-    auto event = parse_event(m.body);
-    if (event) {
-      events.emplace_back(AppliedEvent{m.message_id, m.seq, std::move(*event)});
-    } else {
-      events.emplace_back(Unexpected(event.error()));
-    }
-  }
+  std::vector<Expected<AppliedEvent>> events = parse_events(*got);
   if (m_options.writer != nullptr) return apply_to_writer(*got, events);
 
-  int64_t applied = 0;
-  int64_t dead = 0;
-  std::string last_reason;
-  std::vector<std::string> changed; // order ids whose cache entries go after the commit
+  std::vector<std::string> receipts;
+  for (const auto& m : *got) receipts.push_back(m.receipt);
+  BatchTally tally;
   const auto started = std::chrono::steady_clock::now();
   auto settled = m_queue.settle(receipts, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
-    applied = 0;
-    dead = 0;
-    changed.clear();
-    std::vector<Disposition> out(events.size());
-    const int64_t now = m_clock.now_ms();
-    for (size_t i = 0; i < events.size(); ++i) {
-      // The events arrive in group order and are applied in that order; one that can never
-      // apply goes to the DLQ with its reason, and the group goes on.
-      Expected<void> ok = events[i] ? SqliteOrderStore::apply(db, *events[i], now)
-                                    : Expected<void>(Unexpected(events[i].error()));
-      if (ok) {
-        ++applied;
-        changed.push_back(events[i]->event.order_id);
-      } else {
-        out[i] = Disposition{true, ok.error().message};
-        last_reason = ok.error().message;
-        ++dead;
-      }
-    }
-    return out;
+    return apply_embedded(db, events, m_clock.now_ms(), tally);
   });
   if (settled) {
-    invalidate(changed);
-    note_progress();
-  } else if (settled.error().code != Errc::stale && settled.error().code != Errc::not_found) {
+    record_applied(tally, started);
+    return static_cast<int64_t>(got->size());
+  }
+  if (settled.error().code != Errc::stale && settled.error().code != Errc::not_found) {
     note_trouble(settled.error().message);
   }
   std::lock_guard lock(m_stats_mu);
   record_latency_locked(started);
-  if (settled) {
-    m_stats.processed += applied;
-    m_stats.dead_lettered += dead;
-    if (dead > 0) m_stats.last_error = last_reason;
-    return static_cast<int64_t>(got->size());
-  }
   m_stats.last_error = settled.error().message;
   if (settled.error().code == Errc::stale || settled.error().code == Errc::not_found) {
     // Another handler has these messages now (our visibility ran out): nothing to undo.
@@ -231,6 +264,23 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
       ++m_stats.retried;
     }
   }
+  return static_cast<int64_t>(got->size());
+}
+
+Expected<int64_t> OrderHandler::consume_batch(int64_t wait_ms)
+{
+  BatchTally tally;
+  auto started = std::chrono::steady_clock::now();
+  auto got = m_queue.consume(
+    m_options.batch_size, wait_ms,
+    [&](sqlite::Database& db, const std::vector<Message>& messages)
+      -> Expected<std::vector<Disposition>> {
+      started = std::chrono::steady_clock::now(); // the batch's latency, not the wait before it
+      std::vector<Expected<AppliedEvent>> events = parse_events(messages);
+      return apply_embedded(db, events, m_clock.now_ms(), tally);
+    });
+  if (!got) return Unexpected(got.error());
+  if (!got->empty()) record_applied(tally, started);
   return static_cast<int64_t>(got->size());
 }
 

@@ -43,6 +43,8 @@ struct HandlerStats {
   std::string last_error;
 };
 
+struct BatchTally;
+
 class OrderHandler
 {
 public:
@@ -66,6 +68,10 @@ public:
 private:
   // Receive one batch and settle it; returns how many messages it received.
   Expected<int64_t> process_batch(int64_t wait_ms);
+  // process_batch's path on the embedded store: Queue::consume, one transaction per batch.
+  Expected<int64_t> consume_batch(int64_t wait_ms);
+  // Count a committed batch of the embedded store and drop its orders from the cache.
+  void record_applied(const BatchTally& tally, std::chrono::steady_clock::time_point started);
   // process_batch's path when the orders are in an OrderWriter (PostgreSQL): apply the events
   // there, then delete, dead-letter or release their messages by the outcome.
   int64_t apply_to_writer(const std::vector<Message>& messages,

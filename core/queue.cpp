@@ -634,7 +634,10 @@ struct Queue::Impl {
     return result;
   }
 
-  std::vector<Message> do_receive(Txn& txn, int max, int64_t visibility_ms)
+  // Take up to `max` messages from the fronts of the ready groups. With `take` they go in
+  // flight for `visibility_ms` under a new receipt handle; without, they are only read (for
+  // consume, which deletes them in the same transaction).
+  std::vector<Message> do_receive(Txn& txn, int max, int64_t visibility_ms, bool take = true)
   {
     static const std::string k_groups =
       "SELECT group_id, head_seq FROM groups INDEXED BY groups_by_head"
@@ -686,6 +689,7 @@ struct Queue::Impl {
         fix_group(queue_id, group);
         continue;
       }
+      if (!take) continue;
       uint64_t token = 0;
       while (token == 0) token = random_u64();
       {
@@ -757,20 +761,23 @@ struct Queue::Impl {
     return result;
   }
 
-  // Delete the message a receipt handle names: one statement when the handle is current (the
-  // hot path of every consumer), and locate()'s diagnosis of why not otherwise.
+  // Delete the message a receipt handle names: a lookup and a delete by rowid when the handle
+  // is current (the hot path of every consumer; DELETE ... RETURNING would cost SQLite a
+  // temporary table per call), and locate()'s diagnosis of why not otherwise.
   Expected<void> remove_by_receipt(Txn& txn, std::string_view receipt_text)
   {
-    static const std::string k_sql =
-      "DELETE FROM messages WHERE seq = ?1 AND queue_id = ?2 AND receipt_token = ?3"
-      " RETURNING group_id";
+    static const std::string k_find =
+      "SELECT group_id FROM messages WHERE seq = ?1 AND queue_id = ?2 AND receipt_token = ?3";
     if (auto receipt = decode_receipt(receipt_text)) {
-      auto stmt = writer->prepare(k_sql);
-      stmt->bind(1, receipt->seq).bind(2, queue_id).bind(3, static_cast<int64_t>(receipt->token));
-      if (stmt->step()) {
-        txn.touched_groups.emplace(queue_id, stmt->column_text(0));
-        stmt->run(); // finish the statement
-        ++txn.counters[queue_id].deleted;
+      std::optional<std::string> group;
+      {
+        auto stmt = writer->prepare(k_find);
+        stmt->bind(1, receipt->seq).bind(2, queue_id);
+        stmt->bind(3, static_cast<int64_t>(receipt->token));
+        if (stmt->step()) group = stmt->column_text(0);
+      }
+      if (group) {
+        remove_located(txn, Located{receipt->seq, std::move(*group), 0});
         return {};
       }
     }
@@ -805,6 +812,16 @@ struct Queue::Impl {
     }
     stmt->run();
     txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  // Count a receive of message `seq` that never put it in flight (consume).
+  void note_received(int64_t seq, int64_t now)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET receive_count = receive_count + 1,"
+      " first_received_at = CASE WHEN first_received_at = 0 THEN ?2 ELSE first_received_at END"
+      " WHERE seq = ?1";
+    writer->prepare(k_sql)->bind(1, seq).bind(2, now).run();
   }
 
   void do_dead_letter(Txn& txn, const Located& at, std::string_view reason, int64_t failures,
@@ -1234,6 +1251,21 @@ Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> vi
   return remove_and_receive({}, none, max, visibility_ms, wait_ms);
 }
 
+// The limits every receive checks: how many messages it asks for and how long it waits.
+static Expected<void> check_receive(int max, int64_t wait_ms)
+{
+  if (max < 1 || max > k_max_receive) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("a receive asks for 1 to {} messages, not {}", k_max_receive, max),
+                      "maxMessages");
+  }
+  if (wait_ms < 0 || wait_ms > k_max_wait_ms) {
+    return make_error(Errc::invalid_input, "the wait time must be between 0 and 20 s",
+                      "waitTimeSeconds");
+  }
+  return {};
+}
+
 Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::string>& done,
                                                          std::vector<Expected<void>>& deleted,
                                                          int max,
@@ -1241,21 +1273,39 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
                                                          int64_t wait_ms)
 {
   deleted.assign(done.size(), Expected<void>{});
-  if (max < 1 || max > k_max_receive) {
-    return make_error(Errc::invalid_input,
-                      fmt::format("a receive asks for 1 to {} messages, not {}", k_max_receive, max),
-                      "maxMessages");
-  }
+  if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
   const int64_t visibility = visibility_ms.value_or(m_options.visibility_timeout_ms);
   if (visibility < 0 || visibility > k_max_visibility_ms) {
     return make_error(Errc::invalid_input,
                       "the visibility timeout must be between 0 and 43200 s (12 h)",
                       "visibilityTimeout");
   }
-  if (wait_ms < 0 || wait_ms > k_max_wait_ms) {
-    return make_error(Errc::invalid_input, "the wait time must be between 0 and 20 s",
-                      "waitTimeSeconds");
-  }
+  auto& impl = *m_impl;
+  std::vector<Message> got;
+  auto polled = poll(wait_ms, [&](bool first_try) -> Expected<bool> {
+    WriteOp op;
+    const bool removing = first_try && !done.empty();
+    op.fn = [&](Txn& txn) {
+      if (removing) {
+        for (size_t i = 0; i < done.size(); ++i) deleted[i] = impl.remove_by_receipt(txn, done[i]);
+        impl.flush_groups(txn);
+      }
+      got = impl.do_receive(txn, max, visibility);
+    };
+    if (auto ok = impl.write(op, removing); !ok) {
+      if (removing) {
+        for (auto& d : deleted) d = Unexpected(ok.error());
+      }
+      return Unexpected(ok.error());
+    }
+    return !got.empty();
+  });
+  if (!polled) return Unexpected(polled.error());
+  return got;
+}
+
+Expected<void> Queue::poll(int64_t wait_ms, const std::function<Expected<bool>(bool)>& attempt)
+{
   auto& impl = *m_impl;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   bool first_try = true;
@@ -1264,7 +1314,7 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
       uint64_t generation;
       {
         std::lock_guard lock(impl.wake_mu);
-        if (impl.interrupted) return std::vector<Message>{};
+        if (impl.interrupted) return {};
         generation = impl.wake_generation;
       }
       const int64_t now = impl.clock.now_ms();
@@ -1275,29 +1325,15 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
       // After the first try, probe with a cheap read before taking the write lock: idle
       // pollers must not queue up behind, or slow down, the processes doing real work.
       if (first_try || impl.anything_ready(now)) {
-        std::vector<Message> got;
-        WriteOp op;
-        const bool removing = first_try && !done.empty();
-        op.fn = [&](Txn& txn) {
-          if (removing) {
-            for (size_t i = 0; i < done.size(); ++i) deleted[i] = impl.remove_by_receipt(txn, done[i]);
-            impl.flush_groups(txn);
-          }
-          got = impl.do_receive(txn, max, visibility);
-        };
+        auto got = attempt(first_try);
         first_try = false;
-        if (auto ok = impl.write(op, removing); !ok) {
-          if (removing) {
-            for (auto& d : deleted) d = Unexpected(ok.error());
-          }
-          return Unexpected(ok.error());
-        }
-        if (!got.empty()) return got;
+        if (!got) return Unexpected(got.error());
+        if (*got) return {};
       }
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                           deadline - std::chrono::steady_clock::now())
                           .count();
-      if (left <= 0 || !impl.clock.is_real()) return std::vector<Message>{};
+      if (left <= 0 || !impl.clock.is_real()) return {};
       const int64_t nap = std::min<int64_t>(m_options.poll_interval_ms, left);
       std::unique_lock lock(impl.wake_mu);
       impl.wake_cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(nap, 1)), [&] {
@@ -1307,6 +1343,59 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
   } catch (const sqlite::SqliteError& e) {
     return Unexpected(e.to_error());
   }
+}
+
+Expected<std::vector<Message>> Queue::consume(int max, int64_t wait_ms, const ConsumeWork& work)
+{
+  if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
+  auto& impl = *m_impl;
+  std::vector<Message> got;
+  Expected<void> result;
+  auto polled = poll(wait_ms, [&](bool) -> Expected<bool> {
+    WriteOp op;
+    op.fn = [&](Txn& txn) {
+      result = {};
+      got = impl.do_receive(txn, max, 0, false);
+      if (got.empty()) return;
+      // A savepoint, so that failed work undoes only itself, not the other requests that
+      // share this transaction; the messages then stay where they were.
+      impl.writer->exec("SAVEPOINT consume");
+      Expected<std::vector<Disposition>> dispositions;
+      try {
+        dispositions = work(*impl.writer, got);
+      } catch (const sqlite::SqliteError& e) {
+        dispositions = Unexpected(e.to_error());
+      }
+      if (dispositions && dispositions->size() != got.size()) {
+        dispositions = make_error(Errc::internal, "consume: the work returned a disposition "
+                                                  "count that differs from the message count");
+      }
+      if (!dispositions) {
+        impl.writer->exec("ROLLBACK TO consume");
+        impl.writer->exec("RELEASE consume");
+        txn.counters[impl.queue_id].received -= static_cast<int64_t>(got.size());
+        result = Unexpected(dispositions.error());
+        return;
+      }
+      impl.writer->exec("RELEASE consume");
+      for (size_t i = 0; i < got.size(); ++i) {
+        const Message& m = got[i];
+        const auto& d = (*dispositions)[i];
+        const Located at{m.seq, m.group_id, m.failures};
+        if (d.dead_letter) {
+          impl.note_received(m.seq, txn.now);
+          impl.do_dead_letter(txn, at, d.reason, m.failures + 1, d.reason);
+        } else {
+          impl.remove_located(txn, at);
+        }
+      }
+    };
+    if (auto ok = impl.write(op, true); !ok) return Unexpected(ok.error());
+    if (!result) return Unexpected(result.error());
+    return !got.empty();
+  });
+  if (!polled) return Unexpected(polled.error());
+  return got;
 }
 
 Expected<void> Queue::remove(std::string_view receipt)

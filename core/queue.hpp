@@ -97,6 +97,10 @@ struct Disposition {
 // Work that must commit together with the messages it settles: it runs inside the queue's
 // write transaction, on the queue's own connection, and returns one Disposition per receipt.
 using SettleWork = std::function<Expected<std::vector<Disposition>>(sqlite::Database&)>;
+// What a consumer does with the messages consume() takes: its changes, made on the queue's own
+// connection inside the transaction, and one Disposition per message, in their order.
+using ConsumeWork =
+  std::function<Expected<std::vector<Disposition>>(sqlite::Database&, const std::vector<Message>&)>;
 
 struct QueueStats {
   std::string name;
@@ -193,6 +197,16 @@ public:
   // returned, and the messages stay in flight for the caller to release.
   Expected<void> settle(const std::vector<std::string>& receipts, const SettleWork& work);
 
+  // Take up to `max` messages (1-1000) from the fronts of their groups as receive would, run
+  // `work` on them and delete them (or dead-letter those it says), all in one transaction and
+  // without ever putting them in flight: for a consumer whose effects live in the queue's
+  // database (the embedded order store), exactly once at half the writes of receive + settle.
+  // If none is visible, wait up to `wait_ms` like receive. If `work` fails or throws a SQLite
+  // error, none of it happens and the messages stay visible where they were; the error is
+  // returned (take the receive + release path then, which counts the attempt and backs off).
+  // The messages returned have no receipt handle.
+  Expected<std::vector<Message>> consume(int max, int64_t wait_ms, const ConsumeWork& work);
+
   // The message of this queue or its DLQ with sequence number `seq`, or nothing when it is
   // gone (deleted after it was handled, purged or expired). In the DLQ, dead_at is set.
   Expected<std::optional<Message>> find(int64_t seq);
@@ -225,6 +239,11 @@ public:
   void resume();
 
 private:
+  // The long poll of every receive: `attempt(first_try)` tries once and says whether it got
+  // anything; between tries it waits (up to `wait_ms` in all) for a local wake-up or the poll
+  // interval, and probes cheaply before trying again.
+  Expected<void> poll(int64_t wait_ms, const std::function<Expected<bool>(bool)>& attempt);
+
   struct Impl;
   explicit Queue(std::unique_ptr<Impl> impl, QueueOptions options);
   std::unique_ptr<Impl> m_impl;

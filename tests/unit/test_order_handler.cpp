@@ -9,6 +9,7 @@
 #include "core/order_handler.hpp"
 #include "core/handler_registry.hpp"
 #include "core/order_store.hpp"
+#include "core/sqlite.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"
 
@@ -125,6 +126,40 @@ TEST_CASE("OrderHandler: a CREATE for an existing order is a permanent failure",
   auto dead = must(q->dlq_list());
   REQUIRE(dead.size() == 1);
   CHECK(dead[0].dead_reason.find("already exists") != std::string::npos);
+}
+
+TEST_CASE("OrderHandler: a SQLite failure while applying sends the batch back with backoff",
+          "[handler]")
+{
+  TempDir dir;
+  ManualClock clock;
+  const std::string path = dir.file("acmo.db");
+  auto q = open_queue(path, {}, clock);
+  send_event(*q, k_create_a);
+  send_event(*q, k_create_b);
+  // Something in the database refuses every write to the audit trail for a while.
+  sqlite::Database other(path, 5'000);
+  other.exec("CREATE TRIGGER refuse BEFORE INSERT ON order_events"
+             " BEGIN SELECT RAISE(ABORT, 'the audit trail refuses writes'); END");
+  OrderHandler handler(*q, path, HandlerOptions{1, 10, 50}, clock);
+  auto stats = must(handler.run_once());
+  CHECK(stats.processed == 0);
+  CHECK(stats.retried == 2);
+  CHECK(stats.last_error.find("the audit trail refuses writes") != std::string::npos);
+  auto s = must(q->stats());
+  CHECK(s.delayed == 2); // waiting out queue.retry_delays[0]
+  auto store = must(SqliteOrderStore::open(path));
+  CHECK(must_fail(store->get("ord_a")).code == Errc::not_found);
+
+  // The trouble ends; after the retry delay both apply, once.
+  other.exec("DROP TRIGGER refuse");
+  clock.advance_ms(1'001);
+  stats = must(handler.run_once());
+  CHECK(stats.processed == 2);
+  CHECK(must(store->get("ord_a")).version == 1);
+  CHECK(must(store->events("ord_a")).size() == 1);
+  s = must(q->stats());
+  CHECK(s.visible + s.in_flight + s.delayed == 0);
 }
 
 TEST_CASE("OrderHandler: a run registers the handler with its figures, stopped at the end",
