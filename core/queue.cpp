@@ -299,6 +299,9 @@ struct Queue::Impl {
       if (state == WriteOp::k_done) break; // without the lock: the leader is done with it
       lock.lock();                          // told to lead: look again under the lock
     }
+    // lead() returns without the lock and so does the wake-up that finds k_done, but the check
+    // at the top of the loop holds it: a follower told to lead can find, once it has the lock
+    // again, that a new leader took its request and finished it meanwhile.
     if (lock.owns_lock()) lock.unlock();
     if (op.error) return Unexpected(*op.error);
     if (wakes) notify_waiters();
@@ -306,8 +309,8 @@ struct Queue::Impl {
   }
 
   // Commit every pending request (op's among them) in one transaction, as the leader, then
-  // wait for the disk if they need it and answer them. Called and returns with `lock` held
-  // or not: the caller checks.
+  // wait for the disk if they need it and answer them. Called with `lock` held; returns with
+  // it released.
   void lead(WriteOp& op, std::unique_lock<std::mutex>& lock)
   {
     leader_active = true;
