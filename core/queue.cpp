@@ -709,7 +709,7 @@ struct Queue::Impl {
         out[i].receipt = encode_receipt(Receipt{out[i].seq, token});
       }
     }
-    txn.counters[queue_id].received += static_cast<int64_t>(out.size());
+    if (take) txn.counters[queue_id].received += static_cast<int64_t>(out.size());
     return out;
   }
 
@@ -825,6 +825,43 @@ struct Queue::Impl {
       " first_received_at = CASE WHEN first_received_at = 0 THEN ?2 ELSE first_received_at END"
       " WHERE seq = ?1";
     writer->prepare(k_sql)->bind(1, seq).bind(2, now).run();
+  }
+
+  // Run `work` in a savepoint and settle the messages `at` by its dispositions: delete each, or
+  // dead-letter it with its reason (for consume, `never_in_flight`, counting its receive too).
+  // Failed work (an error returned or a SQLite error thrown) undoes only itself, not the other
+  // requests sharing the transaction, and leaves the messages as they were.
+  Expected<void> settle_located(Txn& txn, const std::vector<Located>& at,
+                                const std::function<Expected<std::vector<Disposition>>()>& work,
+                                bool never_in_flight)
+  {
+    writer->exec("SAVEPOINT settle");
+    Expected<std::vector<Disposition>> dispositions;
+    try {
+      dispositions = work();
+    } catch (const sqlite::SqliteError& e) {
+      dispositions = Unexpected(e.to_error());
+    }
+    if (dispositions && dispositions->size() != at.size()) {
+      dispositions = make_error(Errc::internal, "the work returned a disposition count that "
+                                                "differs from the message count");
+    }
+    if (!dispositions) {
+      writer->exec("ROLLBACK TO settle");
+      writer->exec("RELEASE settle");
+      return Unexpected(dispositions.error());
+    }
+    writer->exec("RELEASE settle");
+    for (size_t i = 0; i < at.size(); ++i) {
+      const Disposition& d = (*dispositions)[i];
+      if (!d.dead_letter) {
+        remove_located(txn, at[i]);
+        continue;
+      }
+      if (never_in_flight) note_received(at[i].seq, txn.now);
+      do_dead_letter(txn, at[i], d.reason, at[i].failures + 1, d.reason);
+    }
+    return {};
   }
 
   void do_dead_letter(Txn& txn, const Located& at, std::string_view reason, int64_t failures,
@@ -1360,38 +1397,11 @@ Expected<std::vector<Message>> Queue::consume(int max, int64_t wait_ms, const Co
       result = {};
       got = impl.do_receive(txn, max, 0, false);
       if (got.empty()) return;
-      // A savepoint, so that failed work undoes only itself, not the other requests that
-      // share this transaction; the messages then stay where they were.
-      impl.writer->exec("SAVEPOINT consume");
-      Expected<std::vector<Disposition>> dispositions;
-      try {
-        dispositions = work(*impl.writer, got);
-      } catch (const sqlite::SqliteError& e) {
-        dispositions = Unexpected(e.to_error());
-      }
-      if (dispositions && dispositions->size() != got.size()) {
-        dispositions = make_error(Errc::internal, "consume: the work returned a disposition "
-                                                  "count that differs from the message count");
-      }
-      if (!dispositions) {
-        impl.writer->exec("ROLLBACK TO consume");
-        impl.writer->exec("RELEASE consume");
-        txn.counters[impl.queue_id].received -= static_cast<int64_t>(got.size());
-        result = Unexpected(dispositions.error());
-        return;
-      }
-      impl.writer->exec("RELEASE consume");
-      for (size_t i = 0; i < got.size(); ++i) {
-        const Message& m = got[i];
-        const auto& d = (*dispositions)[i];
-        const Located at{m.seq, m.group_id, m.failures};
-        if (d.dead_letter) {
-          impl.note_received(m.seq, txn.now);
-          impl.do_dead_letter(txn, at, d.reason, m.failures + 1, d.reason);
-        } else {
-          impl.remove_located(txn, at);
-        }
-      }
+      std::vector<Located> at;
+      at.reserve(got.size());
+      for (const auto& m : got) at.push_back(Located{m.seq, m.group_id, m.failures});
+      result = impl.settle_located(txn, at, [&] { return work(*impl.writer, got); }, true);
+      if (result) txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
     };
     if (auto ok = impl.write(op, true); !ok) return Unexpected(ok.error());
     if (!result) return Unexpected(result.error());
@@ -1535,30 +1545,7 @@ Expected<void> Queue::settle(const std::vector<std::string>& receipts, const Set
       }
       located.push_back(std::move(*at));
     }
-    // A savepoint, so that failed work undoes only itself, not the other requests that share
-    // this transaction.
-    impl.writer->exec("SAVEPOINT settle");
-    auto dispositions = work(*impl.writer);
-    if (dispositions && dispositions->size() != receipts.size()) {
-      dispositions = make_error(Errc::internal, "settle: the work returned a disposition count "
-                                                "that differs from the receipt count");
-    }
-    if (!dispositions) {
-      impl.writer->exec("ROLLBACK TO settle");
-      impl.writer->exec("RELEASE settle");
-      result = Unexpected(dispositions.error());
-      return;
-    }
-    impl.writer->exec("RELEASE settle");
-    for (size_t i = 0; i < located.size(); ++i) {
-      const auto& d = (*dispositions)[i];
-      if (d.dead_letter) {
-        impl.do_dead_letter(txn, located[i], d.reason, located[i].failures + 1, d.reason);
-      } else {
-        impl.remove_located(txn, located[i]);
-      }
-    }
-    result = {};
+    result = impl.settle_located(txn, located, [&] { return work(*impl.writer); }, false);
   };
   if (auto ok = m_impl->write(op, true); !ok) return ok;
   return result;

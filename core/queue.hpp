@@ -193,8 +193,9 @@ public:
   // This is how the embedded order store applies an event exactly once: a crash before the
   // commit loses both, and the message is delivered again. Every receipt must be current: if
   // one is not (its message was delivered to someone else, or is gone), nothing runs and that
-  // receipt's error is returned. If `work` fails, its changes are rolled back, its error is
-  // returned, and the messages stay in flight for the caller to release.
+  // receipt's error is returned. If `work` fails or throws a SQLite error, its changes are
+  // rolled back (not those of other requests sharing the transaction), its error is returned,
+  // and the messages stay in flight for the caller to release.
   Expected<void> settle(const std::vector<std::string>& receipts, const SettleWork& work);
 
   // Take up to `max` messages (1-1000) from the fronts of their groups as receive would, run

@@ -118,3 +118,28 @@ TEST_CASE("Queue settle: a permanent failure goes to the DLQ with its reason, th
   CHECK(s.visible + s.in_flight == 0);
   CHECK(s.deleted == 1);
 }
+
+TEST_CASE("Queue settle: work that throws a SQLite error is rolled back like failed work",
+          "[queue][settle]")
+{
+  TempDir dir;
+  ManualClock clock;
+  auto q = open_queue(dir.file("acmo.db"), {}, clock);
+  must(q->send(SendRequest{"only", "g", ""}));
+  auto got = must(q->receive(10));
+  REQUIRE(got.size() == 1);
+  auto error = must_fail(q->settle(receipts_of(got), [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+    db.exec("CREATE TABLE work_done(body TEXT)");
+    db.exec("INSERT INTO no_such_table VALUES (1)");
+    return std::vector<Disposition>(1);
+  }));
+  CHECK(error.message.find("no_such_table") != std::string::npos);
+  CHECK(must(q->stats()).in_flight == 1);
+  bool table_exists = true;
+  must(q->settle(receipts_of(got), [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+    table_exists = db.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'work_done'") > 0;
+    return std::vector<Disposition>(1);
+  }));
+  CHECK_FALSE(table_exists);
+  CHECK(must(q->stats()).deleted == 1);
+}
