@@ -32,6 +32,14 @@ std::string resolve_data_dir(const std::string& flag, const std::string& configu
 
 Expected<void> ensure_directory(const std::string& dir)
 {
+  // Create first, then look: checking before creating would race with another acmo process
+  // creating the same new directory at the same moment (a handler and a send started together).
+  std::error_code create_ec;
+  if (fs::create_directories(dir, create_ec)) {
+    std::error_code ec;
+    fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+    return {};
+  }
   std::error_code ec;
   if (fs::is_directory(dir, ec)) return {};
   if (fs::exists(dir, ec)) {
@@ -41,16 +49,11 @@ Expected<void> ensure_directory(const std::string& dir)
                                   dir),
                       "data_dir");
   }
-  fs::create_directories(dir, ec);
-  if (ec) {
-    return make_error(Errc::unavailable,
-                      fmt::format("cannot create the data directory {}: {}; pass --data-dir with "
-                                  "a writable directory",
-                                  dir, ec.message()),
-                      "data_dir");
-  }
-  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
-  return {};
+  return make_error(Errc::unavailable,
+                    fmt::format("cannot create the data directory {}: {}; pass --data-dir with "
+                                "a writable directory",
+                                dir, create_ec.message()),
+                    "data_dir");
 }
 
 std::string database_path(const std::string& data_dir) { return data_dir + "/acmo.db"; }
