@@ -1,4 +1,5 @@
 #include "core/sqlite.hpp"
+#include "core/wal_vfs.hpp"
 
 #include <cerrno>
 #include <chrono>
@@ -128,7 +129,8 @@ Database::Database(const std::string& path, int64_t busy_timeout_ms)
   : m_path(path), m_busy_timeout_ms(busy_timeout_ms)
 {
   int rc = sqlite3_open_v2(path.c_str(), &m_db,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                           gathering_vfs_name());
   if (rc != SQLITE_OK) {
     std::string msg = m_db ? sqlite3_errmsg(m_db) : sqlite3_errstr(rc);
     const int sys_errno = m_db ? sqlite3_system_errno(m_db) : 0;
