@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <utility>
 
 #include <fmt/core.h>
 
@@ -234,7 +235,7 @@ Expected<OrderEvent> parse_event(std::string_view text)
     if (auto ok = check_order_id(event.order_id); !ok) return Unexpected(ok.error());
   }
   auto data = doc.find("data");
-  if (data != doc.end() && !data->is_null()) event.data = *data;
+  if (data != doc.end() && !data->is_null()) event.data = std::move(*data); // doc is ours
   if (auto ok = validate_event_data(event.type, event.data); !ok) return Unexpected(ok.error());
   for (auto [key, target] : {std::pair{"groupId", &event.group_id},
                              std::pair{"deduplicationId", &event.dedup_id}}) {
