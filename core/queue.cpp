@@ -677,7 +677,13 @@ struct Queue::Impl {
           m.seq = stmt->column_int(0);
           m.message_id = format_message_id(id_from_blob(stmt->column_view(1)));
           m.body = stmt->column_text(3);
-          m.dedup_id = stmt->column_is_null(2) ? sha256_hex(m.body) : stmt->column_text(2);
+          // A content-based id is the SHA-256 of the body: worth computing for a receiver,
+          // who may show it, but not for consume's work, which never looks at it.
+          if (!stmt->column_is_null(2)) {
+            m.dedup_id = stmt->column_text(2);
+          } else if (take) {
+            m.dedup_id = sha256_hex(m.body);
+          }
           m.sent_at_ms = stmt->column_int(4);
           m.receive_count = stmt->column_int(6) + 1;
           m.first_received_at_ms = stmt->column_int(7) == 0 ? txn.now : stmt->column_int(7);

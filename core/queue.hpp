@@ -205,7 +205,8 @@ public:
   // If none is visible, wait up to `wait_ms` like receive. If `work` fails or throws a SQLite
   // error, none of it happens and the messages stay visible where they were; the error is
   // returned (take the receive + release path then, which counts the attempt and backs off).
-  // The messages returned have no receipt handle.
+  // The messages returned have no receipt handle, and no dedup id where it is content-based
+  // (the SHA-256 of each body is not worth computing for work that does not look at it).
   Expected<std::vector<Message>> consume(int max, int64_t wait_ms, const ConsumeWork& work);
 
   // The message of this queue or its DLQ with sequence number `seq`, or nothing when it is

@@ -68,6 +68,26 @@ TEST_CASE("Queue consume: the work and the deletions commit together, in group o
   CHECK_FALSE(ran);
 }
 
+TEST_CASE("Queue consume: a given dedup id comes with the message; a content-based one is not "
+          "computed",
+          "[queue][consume]")
+{
+  TempDir dir;
+  ManualClock clock;
+  auto q = open_queue(dir.file("acmo.db"), {}, clock);
+  must(q->send(SendRequest{"given", "g", "dedup-1"}));
+  must(q->send(SendRequest{"content", "g", ""}));
+  auto got = must(q->consume(10, 0, record_all()));
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].dedup_id == "dedup-1");
+  CHECK(got[1].dedup_id.empty());
+  // A receive still shows the content-based id.
+  must(q->send(SendRequest{"content 2", "g", ""}));
+  auto received = must(q->receive(10, std::nullopt, 0));
+  REQUIRE(received.size() == 1);
+  CHECK(received[0].dedup_id.size() == 64);
+}
+
 TEST_CASE("Queue consume: a group with a message in flight delivers nothing; others go on",
           "[queue][consume]")
 {
