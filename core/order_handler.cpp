@@ -215,11 +215,14 @@ void OrderHandler::record_applied(const BatchTally& tally, std::chrono::steady_c
 
 Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
 {
+  std::optional<std::string> consume_error;
   if (m_options.writer == nullptr) {
     // The embedded store: take the messages, apply their events and delete them in one
     // transaction. Should that fail (the disk full, a SQLite error), the batch goes the way
     // below, which puts the messages in flight and releases them with backoff.
-    if (auto n = consume_batch(wait_ms)) return n;
+    auto consumed = consume_batch(wait_ms);
+    if (consumed) return consumed;
+    consume_error = consumed.error().message;
     wait_ms = 0;
   }
   auto got = m_queue.receive(m_options.batch_size, {}, wait_ms);
@@ -228,7 +231,11 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     note_trouble(got.error().message);
     return Unexpected(got.error());
   }
-  if (got->empty()) return 0;
+  if (got->empty()) {
+    // Another handler took the batch meanwhile; the failure still happened.
+    if (consume_error) record_error(*consume_error);
+    return 0;
+  }
 
   // The handler checks events again: other producers may have put anything on the queue.
   std::vector<Expected<AppliedEvent>> events = parse_events(*got);
