@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <fmt/core.h>
+#include <sqlite3.h>
 
 #include "core/ids.hpp"
 #include "core/limits.hpp"
@@ -277,6 +278,31 @@ struct Queue::Impl {
 
   Impl(const Clock& c, QueueOptions o) : clock(c), options(std::move(o)) {}
 
+  // --- checkpoints -------------------------------------------------------------------------
+  //
+  // SQLite copies the WAL back into the database (a checkpoint, with an fsync of each file)
+  // from the commit that finds the WAL past wal_autocheckpoint pages, 1,000 by default, and
+  // the writer waits for it. Transactions that acknowledge sends keep that: their WAL must
+  // stay short for the fsync that acknowledges them. Transactions that only consume (receive,
+  // delete, the handler's consume) checkpoint at 8,000 pages (a WAL of up to 32 MB): an eighth
+  // as many checkpoints, each copying a page rewritten many times once, and far fewer fsyncs
+  // for the consumer to wait on. Measured on the embedded pipeline (6 interleaved runs,
+  // medians): 1.44 times the events per second at batch 10 with one group, 1.25 with a group
+  // per order, 1.11 at batch 100; the sends do not change.
+  static constexpr int k_checkpoint_pages = 1000;
+  static constexpr int k_checkpoint_pages_consuming = 8000;
+  int checkpoint_pages = k_checkpoint_pages; // for the transaction being committed
+
+  static int on_wal_commit(void* arg, sqlite3* db, const char* name, int pages)
+  {
+    const auto* self = static_cast<const Impl*>(arg);
+    if (pages >= self->checkpoint_pages) {
+      // What SQLite's own hook does: a passive checkpoint, which gives up on a busy database.
+      sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    }
+    return SQLITE_OK;
+  }
+
   // --- the write path ---------------------------------------------------------------------
 
   Expected<void> write(WriteOp& op, bool wakes)
@@ -319,7 +345,12 @@ struct Queue::Impl {
     batch.swap(pending);
     for (auto* o : batch) o->taken = true;
     lock.unlock();
+    checkpoint_pages = k_checkpoint_pages_consuming;
+    for (auto* o : batch) {
+      if (o->durable) checkpoint_pages = k_checkpoint_pages;
+    }
     execute(batch);
+    checkpoint_pages = k_checkpoint_pages;
     bool needs_sync = false;
     for (auto* o : batch) needs_sync = needs_sync || (o->durable && !o->error);
     needs_sync = needs_sync && options.durability_full;
@@ -1234,6 +1265,8 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
     impl->wal_path = db_path + "-wal";
     if (auto ok = refuse_foreign(*impl->writer); !ok) return Unexpected(ok.error());
     apply_connection_settings(*impl->writer, options.busy_timeout_ms);
+    // In place of wal_autocheckpoint (see Impl::on_wal_commit).
+    sqlite3_wal_hook(impl->writer->handle(), &Impl::on_wal_commit, impl.get());
     if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
     impl->writer->exec("BEGIN IMMEDIATE");
     impl->queue_id = ensure_queue(*impl->writer, options.name, clock.now_ms());

@@ -1,0 +1,85 @@
+// When the queue's writer checkpoints the WAL: at 1,000 pages after a transaction that
+// acknowledges sends, at 8,000 after one that only consumes (see Queue::Impl::on_wal_commit).
+// A checkpoint lets the next transaction write the WAL from its start again, so the WAL file's
+// size says how far it grew between checkpoints.
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "core/queue.hpp"
+#include "unit/queue_test_util.hpp"
+#include "unit/temp_dir.hpp"
+
+using namespace acmo;
+using acmo::test::must;
+using acmo::test::open_queue;
+using acmo::test::TempDir;
+
+namespace {
+
+constexpr std::uintmax_t k_frame = 4096 + 24; // a WAL frame: its header and a 4 KiB page
+
+std::uintmax_t wal_pages(const std::string& db)
+{
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(db + "-wal", ec);
+  return ec ? 0 : size / k_frame;
+}
+
+// Send `count` messages in batches of 10, durably, noting the largest the WAL grew.
+void send_many(Queue& q, int count, std::uintmax_t& largest, const std::string& db)
+{
+  std::vector<SendRequest> batch;
+  for (int i = 0; i < count; ++i) {
+    batch.push_back(SendRequest{"message " + std::to_string(i) + std::string(300, 'x'), "g", ""});
+    if (batch.size() == 10) {
+      for (const auto& r : must(q.send_batch(batch))) must(r);
+      batch.clear();
+      largest = std::max(largest, wal_pages(db));
+    }
+  }
+}
+
+} // namespace
+
+TEST_CASE("Queue checkpoints: sends keep the WAL near 1,000 pages; consuming lets it grow to "
+          "8,000, no further",
+          "[queue][checkpoint]")
+{
+  TempDir dir;
+  const std::string db = dir.file("acmo.db");
+  QueueOptions options;
+  options.durability_full = false; // the syncs are not what this test looks at
+  auto q = open_queue(db, options);
+
+  std::uintmax_t largest = 0;
+  send_many(*q, 12'000, largest, db);
+  INFO("largest WAL while sending: " << largest << " pages");
+  CHECK(largest > 900);   // it did reach the point of a checkpoint
+  CHECK(largest < 1'100); // and each time one happened
+
+  // Receive and delete everything: transactions that only consume.
+  largest = 0;
+  int consumed = 0;
+  for (;;) {
+    auto got = must(q->receive(10));
+    if (got.empty()) break;
+    std::vector<std::string> receipts;
+    for (const auto& m : got) receipts.push_back(m.receipt);
+    for (const auto& r : q->remove_batch(receipts)) must(r);
+    consumed += static_cast<int>(got.size());
+    largest = std::max(largest, wal_pages(db));
+  }
+  CHECK(consumed == 12'000);
+  INFO("largest WAL while consuming: " << largest << " pages");
+  CHECK(largest > 2'000);  // past the point where a send would have checkpointed
+  CHECK(largest < 8'100);  // but checkpointed at 8,000 pages
+
+  auto s = must(q->stats());
+  CHECK(s.visible + s.in_flight == 0);
+  CHECK(s.deleted == 12'000);
+}
