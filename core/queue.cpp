@@ -286,9 +286,10 @@ struct Queue::Impl {
   // stay short for the fsync that acknowledges them. Transactions that only consume (receive,
   // delete, the handler's consume) checkpoint at 8,000 pages (a WAL of up to 32 MB): an eighth
   // as many checkpoints, each copying a page rewritten many times once, and far fewer fsyncs
-  // for the consumer to wait on. Measured on the embedded pipeline (6 interleaved runs,
-  // medians): 1.44 times the events per second at batch 10 with one group, 1.25 with a group
-  // per order, 1.11 at batch 100; the sends do not change.
+  // for the consumer to wait on. Measured on the embedded pipeline (11 interleaved pairs of
+  // runs): 1.33 times the events per second at batch 10 with one group (faster in 9 pairs of
+  // 11), 1.04-1.15 with a group per order (9 of 11), no clear change at batch 100 with one
+  // group; the sends do not change.
   static constexpr int k_checkpoint_pages = 1000;
   static constexpr int k_checkpoint_pages_consuming = 8000;
   int checkpoint_pages = k_checkpoint_pages; // for the transaction being committed
