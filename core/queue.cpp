@@ -205,6 +205,7 @@ struct Txn {
 struct WriteOp {
   std::function<void(Txn&)> fn;
   bool durable = false; // must be fsynced before it is answered
+  bool bulk = false;    // a bulk load: one big transaction, its checkpoint in the background
   std::optional<Error> error;
   bool taken = false; // in a batch that a leader is committing
   // What the op's thread waits for, sleeping on this word (a futex) rather than on the write
@@ -285,15 +286,17 @@ struct Queue::Impl {
   //
   // SQLite copies the WAL back into the database (a checkpoint, with an fsync of each file)
   // from the commit that finds the WAL past wal_autocheckpoint pages, 1,000 by default, and
-  // the writer waits for it. Transactions that acknowledge sends keep that: their WAL must
-  // stay short for the fsync that acknowledges them. Transactions that only consume (receive,
-  // delete, the handler's consume) do not wait for it: past 1,000 pages they ask a thread of
-  // their own (on a connection of its own) to checkpoint while they go on, and only at 8,000
-  // pages (a WAL of up to 32 MB) does the writer checkpoint itself. By then the thread has
-  // copied nearly all of the WAL, so the writer's checkpoint is short; and it is the one that
-  // lets the WAL start over, since a checkpoint that runs beside the writer never catches up
-  // with it. A consumer draining a backlog spent about a quarter of its time waiting for
-  // checkpoints of 8,000 pages (about 65 ms each).
+  // the writer waits for it. Transactions of single and batched sends (and redrives) keep
+  // that: with many concurrent senders on two cores, a thread checkpointing beside them made
+  // them slower. Transactions that only consume (receive, delete, the handler's consume), and
+  // a bulk load's (thousands of messages a transaction, one sender), do not wait for it: each
+  // time the WAL passes another 1,000 pages they wake a thread of the queue's own (on a
+  // connection of its own) to checkpoint while they go on, and only at 8,000 pages (a WAL of
+  // up to 32 MB) does the writer checkpoint itself. By then the thread has copied nearly all
+  // of the WAL, so the writer's checkpoint is short; and it is the one that lets the WAL start
+  // over, since a checkpoint that runs beside the writer never catches up with it. A consumer
+  // draining a backlog had spent about a quarter of its time waiting for checkpoints of 8,000
+  // pages (about 65 ms each).
   static constexpr int k_checkpoint_pages = 1000;
   static constexpr int k_checkpoint_pages_consuming = 8000;
   int checkpoint_pages = k_checkpoint_pages; // for the transaction being committed
@@ -435,7 +438,7 @@ struct Queue::Impl {
     lock.unlock();
     checkpoint_pages = k_checkpoint_pages_consuming;
     for (auto* o : batch) {
-      if (o->durable) checkpoint_pages = k_checkpoint_pages;
+      if (o->durable && !o->bulk) checkpoint_pages = k_checkpoint_pages;
     }
     execute(batch);
     checkpoint_pages = k_checkpoint_pages;
@@ -1104,7 +1107,8 @@ struct Queue::Impl {
   // Check each request (outside the write lock), then accept the valid ones in one
   // transaction. Entries that break a limit get their own error; a failed transaction fails
   // every entry.
-  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count)
+  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count,
+                                              bool bulk = false)
   {
     std::vector<Expected<SendResult>> results(count);
     std::vector<std::pair<size_t, PreparedSend>> valid;
@@ -1120,6 +1124,7 @@ struct Queue::Impl {
     if (valid.empty()) return results;
     WriteOp op;
     op.durable = true;
+    op.bulk = bulk;
     op.fn = [&](Txn& txn) {
       for (const auto& [i, prepared] : valid) results[i] = do_send(txn, prepared);
     };
@@ -1404,7 +1409,7 @@ std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest
   results.reserve(requests.size());
   for (size_t start = 0; start < requests.size(); start += k_bulk_chunk) {
     const size_t count = std::min(requests.size() - start, k_bulk_chunk);
-    auto part = m_impl->send_many(requests.data() + start, count);
+    auto part = m_impl->send_many(requests.data() + start, count, true);
     std::move(part.begin(), part.end(), std::back_inserter(results));
   }
   return results;
