@@ -436,10 +436,9 @@ struct Queue::Impl {
     batch.swap(pending);
     for (auto* o : batch) o->taken = true;
     lock.unlock();
-    checkpoint_pages = k_checkpoint_pages_consuming;
-    for (auto* o : batch) {
-      if (o->durable && !o->bulk) checkpoint_pages = k_checkpoint_pages;
-    }
+    const bool sends = std::any_of(batch.begin(), batch.end(),
+                                   [](const WriteOp* o) { return o->durable && !o->bulk; });
+    checkpoint_pages = sends ? k_checkpoint_pages : k_checkpoint_pages_consuming;
     execute(batch);
     checkpoint_pages = k_checkpoint_pages;
     bool needs_sync = false;

@@ -1,6 +1,6 @@
-// When the queue checkpoints the WAL: the writer at 1,000 pages after a transaction that
-// acknowledges sends, and at 8,000 after one that only consumes; past 1,000 pages of consuming
-// transactions a thread of the queue's own checkpoints beside them (see
+// When the queue checkpoints the WAL: the writer at 1,000 pages after a transaction of single
+// or batched sends, and at 8,000 after one that only consumes (or a bulk load's); past each
+// 1,000 pages of those a thread of the queue's own checkpoints beside them (see
 // Queue::Impl::on_wal_commit). A checkpoint the writer makes lets the next transaction write
 // the WAL from its start again, so the WAL file's size says how far it grew between them; the
 // database file changes only when a checkpoint copies pages into it.
