@@ -5,18 +5,24 @@
 #include <atomic>
 #include <charconv>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <mutex>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
 #include <arpa/inet.h>
-#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <fmt/core.h>
 #include <httplib.h>
@@ -49,12 +55,20 @@ int64_t now_us()
     .count();
 }
 
-// cpp-httplib with access to its listening socket, to give it a backlog fit for many clients
-// connecting at once (the library's is 5).
+// cpp-httplib's request parsing, routing and answer writing, over connections acmo accepts and
+// serves itself (HttpServer::Impl::run, ConnectionStream), with access to its listening socket.
 class Listener : public httplib::Server
 {
 public:
   int socket() const { return static_cast<int>(svr_sock_); }
+  // The listening socket, now the caller's to close (-1 when it was taken before).
+  int release_socket() { return static_cast<int>(svr_sock_.exchange(INVALID_SOCKET)); }
+  // Read one request from `strm`, answer it. False when there was none, or the connection
+  // cannot go on; `closed` when the client asked to close it.
+  bool serve(httplib::Stream& strm, bool close_connection, bool& closed)
+  {
+    return process_request(strm, close_connection, closed, nullptr);
+  }
 };
 
 // An error answer: {"error": {"code", "message", "details"}}.
@@ -289,92 +303,161 @@ private:
 
 // When the request being answered on this thread started (0: it never reached routing).
 thread_local int64_t t_request_start_us = 0;
+// Whether the answer written last on this thread says "Connection: close": the request's
+// framing could not be trusted (a bad request line, header or length), so nothing after it
+// on the connection is read as a request.
+thread_local bool t_answer_closes = false;
 
-// cpp-httplib writes an answer's status line and headers with one send() and its body with
-// another; with TCP_NODELAY (which it needs, or the body would wait for the client's delayed
-// ACK) that is two segments, and two wake-ups of the client. Corking the socket while the
-// answer is written makes it one. cpp-httplib does not hand its socket to handlers, so the
-// socket is found from the connection's addresses: a connection is served by one thread from
-// start to end, so each thread remembers the socket of the connection it serves, and checks
-// it (getpeername) before each use. The search (once per connection) runs on its second
-// request, so a connection that asks once never pays for it.
-struct CorkedConnection {
-  int fd = -1;         // the socket, once found
-  int remote_port = -1; // the connection seen last on this thread
-  std::string remote_addr;
-  int local_port = -1;
-  bool searched = false; // once per connection, found or not
-  bool corked = false;
-};
-thread_local CorkedConnection t_conn;
-
-// Whether `fd` is a TCP socket from addr:port to our local_port (any, with -1).
-bool socket_is(int fd, const std::string& addr, int port, int local_port)
+// The text form of a socket address, and its port.
+void address_of(const sockaddr_storage& addr, std::string& ip, int& port)
 {
-  sockaddr_storage peer{};
-  socklen_t len = sizeof peer;
-  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;
   char text[INET6_ADDRSTRLEN] = {};
-  int peer_port = -1;
-  if (peer.ss_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
-    peer_port = ntohs(in->sin_port);
+  if (addr.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&addr);
     ::inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
-  } else if (peer.ss_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
-    peer_port = ntohs(in6->sin6_port);
+    port = ntohs(in->sin_port);
+  } else if (addr.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&addr);
     ::inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+    port = ntohs(in6->sin6_port);
   } else {
-    return false;
+    port = -1;
   }
-  if (peer_port != port || addr != text) return false;
-  if (local_port < 0) return true; // the socket we found before: its peer is enough
-  sockaddr_storage local{};
-  len = sizeof local;
-  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return false;
-  const int own_port = local.ss_family == AF_INET
-                         ? ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port)
-                         : ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
-  return own_port == local_port;
+  ip = text;
 }
 
-// The socket of the connection `req` came on, or -1 (first request of a connection, or not
-// found).
-int connection_socket(const httplib::Request& req)
+void set_socket_timeout(int fd, int option, int64_t ms)
 {
-  CorkedConnection& c = t_conn;
-  const bool same = c.remote_port == req.remote_port && c.local_port == req.local_port
-                    && c.remote_addr == req.remote_addr;
-  if (!same) {
-    c = CorkedConnection{-1, req.remote_port, req.remote_addr, req.local_port, false, false};
-    return -1;
-  }
-  if (c.fd >= 0) {
-    // Usually a getpeername that matches; a closed and reused descriptor does not.
-    if (socket_is(c.fd, c.remote_addr, c.remote_port, -1)) return c.fd;
-    c.fd = -1;
-  }
-  if (c.searched) return -1;
-  c.searched = true;
-  if (DIR* dir = ::opendir("/proc/self/fd")) {
-    while (const dirent* entry = ::readdir(dir)) {
-      if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-      const int fd = std::atoi(entry->d_name);
-      if (fd != ::dirfd(dir) && socket_is(fd, c.remote_addr, c.remote_port, c.local_port)) {
-        c.fd = fd;
-        break;
-      }
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(ms / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv);
+}
+
+// One connection as cpp-httplib's request parser sees it. cpp-httplib's own SocketStream,
+// made afresh for every request, polls the socket before each read and each write, writes an
+// answer's headers and body with two send()s, and drops what a client pipelined behind the
+// request it reads. This one lives as long as the connection: it reads what has arrived in
+// one recv() and keeps the rest for the next request, gathers the answer in memory and sends
+// it with one send() (one TCP segment, one wake-up of the client) once the request is
+// answered, and waits in poll() only when a request is still arriving.
+class ConnectionStream final : public httplib::Stream
+{
+public:
+  ConnectionStream(int fd, const sockaddr_storage& peer, int64_t read_timeout_ms)
+    : m_fd(fd), m_read_timeout_ms(read_timeout_ms)
+  {
+    address_of(peer, m_remote_ip, m_remote_port);
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+      address_of(local, m_local_ip, m_local_port);
     }
-    ::closedir(dir);
   }
-  return c.fd;
-}
 
-void set_cork(int fd, bool on)
-{
-  int value = on ? 1 : 0;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &value, sizeof value);
-}
+  bool is_readable() const override { return m_begin < m_end || poll_in(m_read_timeout_ms); }
+  bool is_writable() const override { return true; } // answers are gathered, then flushed
+
+  ssize_t read(char* ptr, size_t size) override
+  {
+    if (m_begin == m_end) {
+      // Never wait for the client while it waits for us (100 Continue).
+      if (!flush()) return -1;
+      if (!fill(false)) return -1;
+    }
+    const size_t n = std::min(size, m_end - m_begin);
+    std::memcpy(ptr, m_in.data() + m_begin, n);
+    m_begin += n;
+    return static_cast<ssize_t>(n);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override
+  {
+    m_out.append(ptr, size);
+    if (m_out.size() >= k_flush_at && !flush()) return -1;
+    return static_cast<ssize_t>(size);
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override
+  {
+    ip = m_remote_ip;
+    port = m_remote_port;
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override
+  {
+    ip = m_local_ip;
+    port = m_local_port;
+  }
+  socket_t socket() const override { return m_fd; }
+
+  // Whether bytes of a next request are here already.
+  bool buffered() const { return m_begin < m_end; }
+
+  // Wait for the first bytes of the next request: in a recv() that blocks up to the socket's
+  // SO_RCVTIMEO (server.keep_alive_timeout), or, with `now_only`, not at all. False when the
+  // client closed, the connection broke or nothing came.
+  bool wait_request(bool now_only) { return fill(true, now_only); }
+
+  // Send what was written. False when the client is gone or stalls past the write timeout
+  // (the socket's SO_SNDTIMEO).
+  bool flush()
+  {
+    size_t sent = 0;
+    while (sent < m_out.size()) {
+      const ssize_t n = ::send(m_fd, m_out.data() + sent, m_out.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        m_out.clear();
+        return false;
+      }
+      sent += static_cast<size_t>(n);
+    }
+    m_out.clear();
+    return true;
+  }
+
+private:
+  static constexpr size_t k_flush_at = 256 * 1024;
+
+  bool poll_in(int64_t timeout_ms) const
+  {
+    pollfd p{m_fd, POLLIN, 0};
+    for (;;) {
+      const int r = ::poll(&p, 1, static_cast<int>(timeout_ms));
+      if (r < 0 && errno == EINTR) continue;
+      return r > 0;
+    }
+  }
+
+  bool fill(bool idle, bool now_only = false)
+  {
+    m_begin = m_end = 0;
+    for (;;) {
+      // Between requests a blocking recv(): one system call per request. Within one, what is
+      // there now, then poll() up to server.read_timeout for the rest.
+      const int flags = idle && !now_only ? 0 : MSG_DONTWAIT;
+      const ssize_t n = ::recv(m_fd, m_in.data(), m_in.size(), flags);
+      if (n > 0) {
+        m_end = static_cast<size_t>(n);
+        return true;
+      }
+      if (n == 0) return false;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+      if (idle) return false; // keep-alive timeout, or nothing there now
+      if (!poll_in(m_read_timeout_ms)) return false;
+      idle = false;
+    }
+  }
+
+  int m_fd;
+  int64_t m_read_timeout_ms;
+  std::string m_remote_ip, m_local_ip;
+  int m_remote_port = -1, m_local_port = -1;
+  std::array<char, 16 * 1024> m_in{};
+  size_t m_begin = 0, m_end = 0;
+  std::string m_out;
+};
 
 enum class Access { open, api, admin };
 
@@ -411,9 +494,22 @@ struct HttpServer::Impl {
   std::vector<std::unique_ptr<std::mutex>> store_locks;
   std::atomic<size_t> next_store{0};
 
+  // Open connections, as stop() sees them: one waiting for its next request (idle) is woken
+  // and closed; one being answered (busy) finishes its request first.
+  enum : int { k_busy, k_idle, k_closing };
+  struct Connection {
+    int fd;
+    std::atomic<int> state{k_busy};
+  };
+  std::mutex connections_lock;
+  std::unordered_set<Connection*> connections;
+  std::atomic<bool> stopping{false};
+  int wake_fd = -1; // an eventfd: stop() wakes run() with it
+
   Impl(HttpServerOptions o, HttpServerParts p)
     : options(std::move(o)), parts(std::move(p)), limiter(options.rate_limit, options.rate_burst)
   {
+    wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     routes = {
       {"GET", "/api/orders", Access::api, false, &Impl::list_orders},
       {"POST", "/api/orders", Access::api, true, &Impl::create_order},
@@ -437,38 +533,163 @@ struct HttpServer::Impl {
     configure();
   }
 
+  ~Impl()
+  {
+    close_listener();
+    if (wake_fd >= 0) ::close(wake_fd);
+  }
+
   // --- plumbing ------------------------------------------------------------------------------
+
+  void close_listener()
+  {
+    if (const int fd = http.release_socket(); fd >= 0) {
+      ::shutdown(fd, SHUT_RDWR);
+      ::close(fd);
+    }
+  }
+
+  // Accept connections until stop(), each served on a thread of a pool of server.threads (one
+  // per open connection; the others wait their turn); then close the listening socket and
+  // return once every accepted connection's requests are answered.
+  void run()
+  {
+    const int listen_fd = http.socket();
+    if (listen_fd < 0) return;
+    ::fcntl(listen_fd, F_SETFL, ::fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
+    httplib::ThreadPool pool(static_cast<size_t>(std::max(1, options.threads)));
+    int64_t last_warning_us = 0;
+    while (!stopping.load()) {
+      std::array<pollfd, 2> fds{{{listen_fd, POLLIN, 0}, {wake_fd, POLLIN, 0}}};
+      if (::poll(fds.data(), fds.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        log::error("the HTTP listener failed: {}", std::strerror(errno));
+        break;
+      }
+      if (stopping.load()) break;
+      if ((fds[0].revents & POLLIN) == 0) continue;
+      sockaddr_storage peer{};
+      socklen_t len = sizeof peer;
+      const int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          // Out of descriptors or memory: the connection waits in the backlog meanwhile.
+          if (const int64_t now = now_us(); now - last_warning_us > 10'000'000) {
+            log::warn("cannot accept a connection: {}; raise the open files limit (ulimit -n) "
+                      "or lower server.threads",
+                      std::strerror(errno));
+            last_warning_us = now;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        continue;
+      }
+      pool.enqueue([this, fd, peer] { serve_connection(fd, peer); });
+    }
+    close_listener(); // new connections are refused from here on
+    pool.shutdown();
+  }
+
+  // Answer the requests of one connection, up to server.keep_alive_max, until the client
+  // closes it, it stays idle for server.keep_alive_timeout, or the server stops.
+  void serve_connection(int fd, const sockaddr_storage& peer)
+  {
+    int yes = 1; // an answer goes out in one send(): nothing to wait for
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+    set_socket_timeout(fd, SO_RCVTIMEO, options.keep_alive_timeout_ms);
+    set_socket_timeout(fd, SO_SNDTIMEO, options.write_timeout_ms);
+    Connection conn{fd};
+    {
+      std::lock_guard<std::mutex> lock(connections_lock);
+      connections.insert(&conn);
+    }
+    ConnectionStream strm(fd, peer, options.read_timeout_ms);
+    bool answered_last = false; // the server ends the connection after an answer
+    for (int64_t left = std::max<int64_t>(1, options.keep_alive_max); left > 0; --left) {
+      if (!strm.buffered()) {
+        conn.state.store(k_idle);
+        // Once the server stops, only a request already here is answered.
+        const bool got = strm.wait_request(stopping.load());
+        int idle = k_idle;
+        conn.state.compare_exchange_strong(idle, k_busy); // else stop() closed it: answer, end
+        if (!got) break;
+      }
+      const bool close = left == 1 || stopping.load();
+      bool closed = false;
+      t_answer_closes = false;
+      const bool ok = http.serve(strm, close, closed);
+      const bool sent = strm.flush();
+      if (!sent || !ok || closed || close || t_answer_closes) {
+        answered_last = sent;
+        break;
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(connections_lock);
+      connections.erase(&conn);
+    }
+    if (answered_last) {
+      linger_close(fd);
+    } else {
+      ::shutdown(fd, SHUT_RDWR);
+      ::close(fd);
+    }
+  }
+
+  // Closing a socket with unread bytes in its receive queue sends a reset, which can destroy
+  // the answer just sent before the client reads it: requests pipelined behind a bad one, a
+  // body left unread after a 413. So a connection the server ends after an answer first closes
+  // its sending side, then reads and drops what still comes until the client closes too (at
+  // once, for a well-behaved client), for at most a second and 4 MiB.
+  static void linger_close(int fd)
+  {
+    ::shutdown(fd, SHUT_WR);
+    const int64_t deadline = now_us() + 1'000'000;
+    std::array<char, 16 * 1024> sink{};
+    for (size_t drained = 0; drained < 4 * 1024 * 1024;) {
+      const ssize_t n = ::recv(fd, sink.data(), sink.size(), MSG_DONTWAIT);
+      if (n > 0) {
+        drained += static_cast<size_t>(n);
+        continue;
+      }
+      if (n == 0) break;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) break;
+      const int64_t left_us = deadline - now_us();
+      pollfd p{fd, POLLIN, 0};
+      if (left_us <= 0 || ::poll(&p, 1, static_cast<int>((left_us + 999) / 1000)) <= 0) break;
+    }
+    ::close(fd);
+  }
+
+  void stop()
+  {
+    {
+      std::lock_guard<std::mutex> lock(connections_lock);
+      stopping.store(true);
+      for (Connection* c : connections) {
+        int idle = k_idle;
+        if (c->state.compare_exchange_strong(idle, k_closing)) ::shutdown(c->fd, SHUT_RD);
+      }
+    }
+    const uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = ::write(wake_fd, &one, sizeof one);
+  }
 
   void configure()
   {
-    const auto threads = static_cast<size_t>(std::max(1, options.threads));
-    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(static_cast<size_t>(options.max_body));
-    auto seconds = [](int64_t ms) { return static_cast<time_t>(ms / 1000); };
-    auto micros = [](int64_t ms) { return static_cast<time_t>((ms % 1000) * 1000); };
-    http.set_read_timeout(seconds(options.read_timeout_ms), micros(options.read_timeout_ms));
-    http.set_write_timeout(seconds(options.write_timeout_ms), micros(options.write_timeout_ms));
-    // cpp-httplib counts the keep-alive timeout in whole seconds.
+    // These two only make the Keep-Alive header of the answers (in whole seconds there);
+    // serve_connection keeps to them.
     http.set_keep_alive_timeout(std::max<time_t>(1, (options.keep_alive_timeout_ms + 999) / 1000));
     http.set_keep_alive_max_count(static_cast<size_t>(std::max<int64_t>(1, options.keep_alive_max)));
-    // Headers and body go out in separate writes: without TCP_NODELAY the body would wait for
-    // the client's delayed ACK (40 ms).
-    http.set_tcp_nodelay(true);
-
-    http.set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
+    http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
       t_request_start_us = now_us();
-      if (const int fd = connection_socket(req); fd >= 0) {
-        set_cork(fd, true);
-        t_conn.corked = true;
-      }
       return httplib::Server::HandlerResponse::Unhandled;
     });
     // cpp-httplib calls the logger once the answer is written.
     http.set_logger([this](const httplib::Request&, const httplib::Response& res) {
-      if (t_conn.corked) {
-        set_cork(t_conn.fd, false); // out it goes, in one segment
-        t_conn.corked = false;
-      }
+      t_answer_closes = res.get_header_value("Connection") == "close";
       metrics.count(res.status);
       if (t_request_start_us != 0) {
         metrics.observe(now_us() - t_request_start_us);
@@ -484,11 +705,13 @@ struct HttpServer::Impl {
       case 413: too_large(res); break;
       case 414:
         set_error(res, 414, "uri_too_long", "the request's path and query are too long");
+        res.set_header("Connection", "close");
         break;
       case 404: set_error(res, 404, "not_found", "no such endpoint"); break;
       default:
         set_error(res, res.status, "bad_request",
                   "the request is not valid HTTP/1.1; check its request line and headers");
+        res.set_header("Connection", "close");
       }
       return httplib::Server::HandlerResponse::Handled;
     }));
@@ -1183,8 +1406,8 @@ Expected<void> HttpServer::bind()
 
 int HttpServer::port() const { return m_impl->bound_port; }
 
-void HttpServer::run() { m_impl->http.listen_after_bind(); }
+void HttpServer::run() { m_impl->run(); }
 
-void HttpServer::stop() { m_impl->http.stop(); }
+void HttpServer::stop() { m_impl->stop(); }
 
 } // namespace acmo::daemon
