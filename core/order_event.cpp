@@ -248,14 +248,55 @@ Expected<OrderEvent> parse_event(std::string_view text)
   return event;
 }
 
+void append_json_string(std::string& out, std::string_view text)
+{
+  for (const char c : text) {
+    if (static_cast<unsigned char>(c) >= 0x80) {
+      out += json(std::string(text)).dump(); // nlohmann checks the UTF-8
+      return;
+    }
+  }
+  out += '"';
+  for (const char c : text) {
+    switch (c) {
+    case '"': out += "\\\""; break;
+    case '\\': out += "\\\\"; break;
+    case '\b': out += "\\b"; break;
+    case '\f': out += "\\f"; break;
+    case '\n': out += "\\n"; break;
+    case '\r': out += "\\r"; break;
+    case '\t': out += "\\t"; break;
+    default:
+      if (static_cast<unsigned char>(c) < 0x20) {
+        out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
+      } else {
+        out += c;
+      }
+    }
+  }
+  out += '"';
+}
+
 std::string event_body(const OrderEvent& event)
 {
-  json doc = {{"type", event_type_name(event.type)},
-              {"orderId", event.order_id},
-              {"data", event.data}};
-  if (!event.group_id.empty()) doc["groupId"] = event.group_id;
-  if (!event.dedup_id.empty()) doc["deduplicationId"] = event.dedup_id;
-  return doc.dump();
+  // Written out rather than made a json document, which would copy the event's data: the
+  // same text, with the keys in the order nlohmann writes them (sorted).
+  std::string out = "{\"data\":";
+  out += event.data.dump();
+  if (!event.dedup_id.empty()) {
+    out += ",\"deduplicationId\":";
+    append_json_string(out, event.dedup_id);
+  }
+  if (!event.group_id.empty()) {
+    out += ",\"groupId\":";
+    append_json_string(out, event.group_id);
+  }
+  out += ",\"orderId\":";
+  append_json_string(out, event.order_id);
+  out += ",\"type\":";
+  append_json_string(out, event_type_name(event.type));
+  out += '}';
+  return out;
 }
 
 } // namespace acmo

@@ -47,4 +47,8 @@ Expected<void> check_order_id(std::string_view id);
 // The message body for an event, in the seed's field names.
 std::string event_body(const OrderEvent& event);
 
+// Append `text` to `out` as a JSON string, exactly as nlohmann's dump() writes it (which
+// throws on invalid UTF-8).
+void append_json_string(std::string& out, std::string_view text);
+
 } // namespace acmo

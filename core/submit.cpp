@@ -28,4 +28,22 @@ nlohmann::json send_result_json(const SendResult& result, const OrderEvent& even
           {"deduplicationId", result.dedup_id}, {"duplicate", result.duplicate}};
 }
 
+std::string accepted_json(const SendResult& result, const OrderEvent& event)
+{
+  std::string out = "{\"deduplicationId\":";
+  append_json_string(out, result.dedup_id);
+  out += result.duplicate ? ",\"duplicate\":true,\"groupId\":" : ",\"duplicate\":false,\"groupId\":";
+  append_json_string(out, event.group_id);
+  out += ",\"messageId\":";
+  append_json_string(out, result.message_id);
+  out += ",\"orderId\":";
+  append_json_string(out, event.order_id);
+  out += ",\"sequenceNumber\":";
+  append_json_string(out, format_sequence(result.seq));
+  out += ",\"status\":\"queued\",\"type\":";
+  append_json_string(out, event_type_name(event.type));
+  out += '}';
+  return out;
+}
+
 } // namespace acmo

@@ -3,6 +3,7 @@
 // in the names of SPEC §3a.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -22,5 +23,9 @@ SendRequest to_send_request(const OrderEvent& event);
 
 // {"messageId", "sequenceNumber", "orderId", "groupId", "deduplicationId", "duplicate"}
 nlohmann::json send_result_json(const SendResult& result, const OrderEvent& event);
+
+// The text of send_result_json with "status": "queued" and the event's "type": the body of
+// POST /api/orders' 202, written out without a json document (the same text as its dump()).
+std::string accepted_json(const SendResult& result, const OrderEvent& event);
 
 } // namespace acmo

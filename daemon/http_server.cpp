@@ -987,11 +987,9 @@ struct HttpServer::Impl {
       }
       return set_core_error(ctx.res, as_body_error(result.error()));
     }
-    json doc = send_result_json(*result, event);
-    doc["status"] = "queued";
-    doc["type"] = event_type_name(event.type);
     ctx.res.set_header("Location", "/api/orders/" + event.order_id);
-    send_json(ctx.res, 202, doc);
+    ctx.res.status = 202;
+    ctx.res.set_content(accepted_json(*result, event), "application/json");
   }
 
   void create_order(Context& ctx)

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/order_event.hpp"
+#include "core/submit.hpp"
 
 using namespace acmo;
 using nlohmann::json;
@@ -272,6 +273,60 @@ TEST_CASE("order events: event_body writes what parse_event reads", "[order_even
   CHECK(back->data == event.data);
   CHECK(back->group_id == event.group_id);
   CHECK(back->dedup_id == event.dedup_id);
+}
+
+TEST_CASE("order events: event_body is the text a json document of the event dumps",
+          "[order_event]")
+{
+  // What event_body wrote before it was written out by hand, and what readers may compare.
+  auto as_document = [](const OrderEvent& e) {
+    nlohmann::json doc = {{"type", event_type_name(e.type)}, {"orderId", e.order_id},
+                          {"data", e.data}};
+    if (!e.group_id.empty()) doc["groupId"] = e.group_id;
+    if (!e.dedup_id.empty()) doc["deduplicationId"] = e.dedup_id;
+    return doc.dump();
+  };
+  OrderEvent event;
+  event.type = EventType::create;
+  event.order_id = "ord_abc";
+  event.data = valid_create_data();
+  CHECK(event_body(event) == as_document(event));
+  event.group_id = "orders";
+  CHECK(event_body(event) == as_document(event));
+  // Every character an id may hold, and the ones only JSON escapes make safe.
+  std::string printable;
+  for (char c = 0x21; c <= 0x7e; ++c) printable += c;
+  event.dedup_id = printable;
+  event.group_id = "tab\there \"quoted\" back\\slash \x01\x1f\x7f\b\f\n\r";
+  event.type = EventType::remove;
+  event.data = nlohmann::json::object();
+  CHECK(event_body(event) == as_document(event));
+  event.order_id = "ördér_ü€"; // UTF-8 goes through nlohmann
+  event.type = EventType::update;
+  CHECK(event_body(event) == as_document(event));
+  event.order_id = "bad\xff";
+  CHECK_THROWS(event_body(event));
+  CHECK_THROWS(as_document(event));
+}
+
+TEST_CASE("order events: accepted_json is send_result_json with status and type, as text",
+          "[order_event]")
+{
+  OrderEvent event;
+  event.type = EventType::update;
+  event.order_id = "ord_\"x\"";
+  event.group_id = "orders";
+  for (const bool duplicate : {false, true}) {
+    SendResult result;
+    result.message_id = "4bba26b9-3d37-42ed-9b9d-c3d2486a7664";
+    result.seq = 1234567;
+    result.dedup_id = "key\\with\"quotes";
+    result.duplicate = duplicate;
+    nlohmann::json doc = send_result_json(result, event);
+    doc["status"] = "queued";
+    doc["type"] = "UPDATE";
+    CHECK(accepted_json(result, event) == doc.dump());
+  }
 }
 
 TEST_CASE("order events: event type names", "[order_event]")
