@@ -303,6 +303,30 @@ http GET /health
 expect "/health is not rate limited" 200
 stop_server
 
+# --- keep-alive: pipelined requests, and SIGTERM with idle connections -------------------------
+
+ACMO_SERVER_KEEP_ALIVE_TIMEOUT=30s start_server --no-handler
+# Two requests in one write on one connection: both answered, in order, and the connection then
+# stays open (keep-alive) until the server stops.
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+printf 'GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+timeout 5 cat <&3 >"$work/kept" &
+reader=$!
+# (an answer's body ends without a newline: the next status line follows on the same line)
+for _ in $(seq 100); do grep -aq 'HTTP/1.1 404' "$work/kept" && break; sleep 0.05; done
+check "two pipelined requests: both answered, in order" \
+  test "$(grep -ao 'HTTP/1.1 [0-9]*' "$work/kept" | tr '\n' ' ')" = "HTTP/1.1 200 HTTP/1.1 404 "
+check "the connection stays open after them (keep-alive)" kill -0 "$reader"
+started=$(date +%s%N)
+stop_server
+took_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+check "SIGTERM with an idle keep-alive connection (keep_alive_timeout 30s): exit 0 in ${took_ms} ms" \
+  test "$server_rc" -eq 0 -a "$took_ms" -lt 3000
+wait "$reader"
+reader_rc=$? # 0: cat saw the end of the connection; 124: it was still open after 5 s
+check "the idle connection was closed by the server (reader exit $reader_rc)" test "$reader_rc" -eq 0
+exec 3<&-
+
 # --- SIGTERM under load: every 202 is applied --------------------------------------------------
 
 start_server
