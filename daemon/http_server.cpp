@@ -446,7 +446,6 @@ private:
       if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
       if (idle) return false; // keep-alive timeout, or nothing there now
       if (!poll_in(m_read_timeout_ms)) return false;
-      idle = false;
     }
   }
 

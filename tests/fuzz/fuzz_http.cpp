@@ -85,9 +85,9 @@ Served& served()
   return *s;
 }
 
-// Write `size` bytes to a fresh connection, half-close it (or not), read the answer until the
-// server closes it (or 2 s pass). What was read, or "" when the server could not be reached.
-std::string exchange(const uint8_t* data, size_t size, bool half_close = true)
+// Write `size` bytes to a fresh connection, half-close it, read the answer until the server
+// closes it (or 2 s pass). What was read, or "" when the server could not be reached.
+std::string exchange(const uint8_t* data, size_t size)
 {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) std::abort();
@@ -106,7 +106,7 @@ std::string exchange(const uint8_t* data, size_t size, bool half_close = true)
     if (n <= 0) break; // the server may close early (a bad request line): not a failure
     sent += static_cast<size_t>(n);
   }
-  if (half_close) ::shutdown(fd, SHUT_WR);
+  ::shutdown(fd, SHUT_WR);
   char buf[4096];
   for (int waited = 0; waited < 2000;) {
     pollfd p{fd, POLLIN, 0};
@@ -127,9 +127,8 @@ std::string exchange(const uint8_t* data, size_t size, bool half_close = true)
 void expect_healthy()
 {
   static const char k_health[] = "GET /health HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
-  // Not half-closed: cpp-httplib (0.11) may take a half-close for a hang-up and not answer.
   const std::string answer =
-    exchange(reinterpret_cast<const uint8_t*>(k_health), sizeof k_health - 1, false);
+    exchange(reinterpret_cast<const uint8_t*>(k_health), sizeof k_health - 1);
   if (answer.rfind("HTTP/1.1 200", 0) != 0) { // the server stopped answering
     std::fprintf(stderr, "GET /health answered: [%s]\n", answer.substr(0, 300).c_str());
     __builtin_trap();
