@@ -114,6 +114,50 @@ TEST_CASE("PgOrderStore: a schema newer than this acmo is refused with what to d
   CHECK_THAT(e.message, Catch::Contains("version 999") && Catch::Contains("upgrade acmo"));
 }
 
+TEST_CASE("PgOrderStore: a schema of version 1 is migrated to the latest", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  open_store(schema);
+  schema.exec("UPDATE acmo_schema_version SET version = 1");
+  open_store(schema);
+  CHECK(schema.exec("SELECT version FROM acmo_schema_version")[0][0].as<int>()
+        == PgOrderStore::schema_version());
+  auto body = schema.exec("SELECT prosrc FROM pg_proc WHERE proname = 'acmo_begin_batch'"
+                          " AND pronamespace = '" + schema.name() + "'::regnamespace");
+  REQUIRE(body.size() == 1);
+  CHECK_THAT(body[0][0].as<std::string>(), Catch::Contains("enable_seqscan"));
+}
+
+TEST_CASE("PgOrderStore: a batch looks its rows up by index in new tables, and only it", "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  // 5,000 applied ids in a table that no ANALYZE has seen: without statistics the planner
+  // read the whole table to find a batch's 100 ids.
+  schema.exec("INSERT INTO applied_messages SELECT 'm' || i, 0 FROM generate_series(1, 5000) i");
+  std::string ids = "'{";
+  for (int i = 1; i <= 100; ++i) ids += (i > 1 ? ",m" : "m") + std::to_string(i * 50);
+  ids += "}'::text[]";
+  auto plan = [&] {
+    std::string text;
+    for (const auto& row : schema.exec("EXPLAIN SELECT message_id FROM applied_messages"
+                                       " WHERE message_id = ANY(" + ids + ")")) {
+      text += row[0].as<std::string>() + "\n";
+    }
+    return text;
+  };
+  schema.exec("BEGIN");
+  auto applied = schema.exec("SELECT count(*) FROM acmo_begin_batch('{o1}'::text[], " + ids + ")");
+  CHECK(applied[0][0].as<int>() == 100);
+  const std::string in_batch = plan();
+  CHECK_THAT(in_batch, Catch::Contains("applied_messages_pkey") && !Catch::Contains("Seq Scan"));
+  schema.exec("COMMIT");
+  // The setting ended with the batch's transaction: the session's other queries plan as ever.
+  CHECK(schema.exec("SHOW enable_seqscan")[0][0].as<std::string>() == "on");
+}
+
 TEST_CASE("PgOrderStore: a server that does not answer is unavailable", "[pg]")
 {
   // Port 1 on loopback: nothing listens there.
