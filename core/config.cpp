@@ -68,7 +68,7 @@ const std::vector<ConfigKey> k_keys = {
    "how long to wait for Redis before a read falls back to the store"},
   {"server.listen", KeyType::string, R"("127.0.0.1:3000")", "HOST:PORT acmo serve listens on"},
   {"server.threads", KeyType::integer, "64",
-   "threads that answer HTTP requests; each open connection holds one"},
+   "threads that answer HTTP requests at once (idle connections hold none)"},
   {"server.max_body", KeyType::integer, "1048576", "largest request body in bytes (413 above)"},
   {"server.read_timeout", KeyType::duration, R"("5s")",
    "how long a request may take to arrive"},

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
@@ -20,6 +22,7 @@
 #include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -394,9 +397,13 @@ public:
   bool buffered() const { return m_begin < m_end; }
 
   // Wait for the first bytes of the next request: in a recv() that blocks up to the socket's
-  // SO_RCVTIMEO (server.keep_alive_timeout), or, with `now_only`, not at all. False when the
-  // client closed, the connection broke or nothing came.
-  bool wait_request(bool now_only) { return fill(true, now_only); }
+  // SO_RCVTIMEO, or, with `now_only`, not at all.
+  enum class Wait { got, closed, nothing };
+  Wait wait_request(bool now_only)
+  {
+    if (fill(true, now_only)) return Wait::got;
+    return m_timed_out ? Wait::nothing : Wait::closed;
+  }
 
   // Send what was written. False when the client is gone or stalls past the write timeout
   // (the socket's SO_SNDTIMEO).
@@ -432,6 +439,7 @@ private:
   bool fill(bool idle, bool now_only = false)
   {
     m_begin = m_end = 0;
+    m_timed_out = false;
     for (;;) {
       // Between requests a blocking recv(): one system call per request. Within one, what is
       // there now, then poll() up to server.read_timeout for the rest.
@@ -444,7 +452,10 @@ private:
       if (n == 0) return false;
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
-      if (idle) return false; // keep-alive timeout, or nothing there now
+      if (idle) {
+        m_timed_out = true; // nothing came in the wait
+        return false;
+      }
       if (!poll_in(m_read_timeout_ms)) return false;
     }
   }
@@ -455,6 +466,7 @@ private:
   int m_remote_port = -1, m_local_port = -1;
   std::array<char, 16 * 1024> m_in{};
   size_t m_begin = 0, m_end = 0;
+  bool m_timed_out = false;
   std::string m_out;
 };
 
@@ -503,12 +515,31 @@ struct HttpServer::Impl {
   std::mutex connections_lock;
   std::unordered_set<Connection*> connections;
   std::atomic<bool> stopping{false};
-  int wake_fd = -1; // an eventfd: stop() wakes run() with it
+  int wake_fd = -1; // an eventfd: stop(), and a thread that parks a connection, wake run()
+
+  // A connection waiting for its next request holds a thread of the pool for k_park_after_ms
+  // at most (a client that sends one request after another is answered without a hand-off);
+  // then it is parked: run() watches it in epoll, gives it back to the pool when bytes arrive,
+  // and closes it once it has been idle for server.keep_alive_timeout. New connections start
+  // parked. So idle connections, however many, hold no thread: server.threads bounds the
+  // requests answered at once, not the connections open.
+  static constexpr int64_t k_park_after_ms = 50;
+  struct Parked {
+    int fd;
+    sockaddr_storage peer;
+    int64_t left;        // requests it may still make (server.keep_alive_max)
+    int64_t deadline_us; // idle until then: closed
+  };
+  int epoll_fd = -1;
+  std::mutex park_lock;
+  std::vector<Parked> to_park; // handed to run() by the pool's threads
+  bool parking_closed = false; // run() is done: a connection is closed instead of parked
 
   Impl(HttpServerOptions o, HttpServerParts p)
     : options(std::move(o)), parts(std::move(p)), limiter(options.rate_limit, options.rate_burst)
   {
     wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
     routes = {
       {"GET", "/api/orders", Access::api, false, &Impl::list_orders},
       {"POST", "/api/orders", Access::api, true, &Impl::create_order},
@@ -536,6 +567,7 @@ struct HttpServer::Impl {
   {
     close_listener();
     if (wake_fd >= 0) ::close(wake_fd);
+    if (epoll_fd >= 0) ::close(epoll_fd);
   }
 
   // --- plumbing ------------------------------------------------------------------------------
@@ -548,70 +580,168 @@ struct HttpServer::Impl {
     }
   }
 
-  // Accept connections until stop(), each served on a thread of a pool of server.threads (one
-  // per open connection; the others wait their turn); then close the listening socket and
-  // return once every accepted connection's requests are answered.
+  // Accept connections until stop() and watch the parked ones; a connection with a request
+  // arriving is served on a thread of a pool of server.threads (the others wait their turn).
+  // Then close the listening socket and the parked connections, and return once every
+  // request being answered is answered.
   void run()
   {
     const int listen_fd = http.socket();
     if (listen_fd < 0) return;
     ::fcntl(listen_fd, F_SETFL, ::fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
     httplib::ThreadPool pool(static_cast<size_t>(std::max(1, options.threads)));
+    std::unordered_map<int, Parked> parked;
+    std::set<std::pair<int64_t, int>> deadlines; // (deadline_us, fd) of the parked
+    auto watch = [&](const Parked& p) {
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLRDHUP;
+      ev.data.fd = p.fd;
+      if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p.fd, &ev) != 0) {
+        ::close(p.fd);
+        return;
+      }
+      parked.emplace(p.fd, p);
+      deadlines.emplace(p.deadline_us, p.fd);
+    };
+    auto unwatch = [&](int fd) {
+      auto it = parked.find(fd);
+      Parked p = it->second;
+      parked.erase(it);
+      deadlines.erase({p.deadline_us, fd});
+      ::epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, nullptr);
+      return p;
+    };
+    for (const int fd : {listen_fd, wake_fd}) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = fd;
+      if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        log::error("the HTTP listener failed: {}", std::strerror(errno));
+        stopping.store(true);
+      }
+    }
+    std::array<epoll_event, 64> events{};
     int64_t last_warning_us = 0;
     while (!stopping.load()) {
-      std::array<pollfd, 2> fds{{{listen_fd, POLLIN, 0}, {wake_fd, POLLIN, 0}}};
-      if (::poll(fds.data(), fds.size(), -1) < 0) {
+      int timeout_ms = -1;
+      if (!deadlines.empty()) {
+        timeout_ms = static_cast<int>(
+          std::clamp<int64_t>((deadlines.begin()->first - now_us() + 999) / 1000, 0, 60'000));
+      }
+      const int n = ::epoll_wait(epoll_fd, events.data(), static_cast<int>(events.size()), timeout_ms);
+      if (n < 0) {
         if (errno == EINTR) continue;
         log::error("the HTTP listener failed: {}", std::strerror(errno));
         break;
       }
       if (stopping.load()) break;
-      if ((fds[0].revents & POLLIN) == 0) continue;
-      sockaddr_storage peer{};
-      socklen_t len = sizeof peer;
-      const int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
-      if (fd < 0) {
-        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-          // Out of descriptors or memory: the connection waits in the backlog meanwhile.
-          if (const int64_t now = now_us(); now - last_warning_us > 10'000'000) {
-            log::warn("cannot accept a connection: {}; raise the open files limit (ulimit -n) "
-                      "or lower server.threads",
-                      std::strerror(errno));
-            last_warning_us = now;
-          }
-          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      bool accepting = false;
+      for (int i = 0; i < n; ++i) {
+        const int fd = events[static_cast<size_t>(i)].data.fd;
+        if (fd == listen_fd) {
+          accepting = true;
+        } else if (fd == wake_fd) {
+          uint64_t count = 0;
+          [[maybe_unused]] const ssize_t r = ::read(wake_fd, &count, sizeof count);
+        } else if (parked.count(fd) != 0) {
+          Parked p = unwatch(fd); // a request arrives (or the client closed): serve it
+          pool.enqueue([this, p] { serve_connection(p); });
         }
-        continue;
       }
-      pool.enqueue([this, fd, peer] { serve_connection(fd, peer); });
+      std::vector<Parked> handed;
+      {
+        std::lock_guard<std::mutex> lock(park_lock);
+        handed.swap(to_park);
+      }
+      for (const Parked& p : handed) watch(p);
+      for (const int64_t now = now_us(); !deadlines.empty() && deadlines.begin()->first <= now;) {
+        const Parked p = unwatch(deadlines.begin()->second); // idle for keep_alive_timeout
+        ::shutdown(p.fd, SHUT_RDWR);
+        ::close(p.fd);
+      }
+      for (int accepted = 0; accepting && accepted < 256; ++accepted) {
+        sockaddr_storage peer{};
+        socklen_t len = sizeof peer;
+        const int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
+        if (fd < 0) {
+          if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            // Out of descriptors or memory: the connection waits in the backlog meanwhile.
+            if (const int64_t now = now_us(); now - last_warning_us > 10'000'000) {
+              log::warn("cannot accept a connection: {}; raise the open files limit (ulimit -n) "
+                        "or lower server.keep_alive_timeout",
+                        std::strerror(errno));
+              last_warning_us = now;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          }
+          break;
+        }
+        int yes = 1; // an answer goes out in one send(): nothing to wait for
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+        set_socket_timeout(fd, SO_RCVTIMEO,
+                           std::min(options.keep_alive_timeout_ms, k_park_after_ms));
+        set_socket_timeout(fd, SO_SNDTIMEO, options.write_timeout_ms);
+        watch(Parked{fd, peer, std::max<int64_t>(1, options.keep_alive_max),
+                     now_us() + options.keep_alive_timeout_ms * 1000});
+      }
     }
     close_listener(); // new connections are refused from here on
+    {
+      std::lock_guard<std::mutex> lock(park_lock);
+      parking_closed = true;
+      for (const Parked& p : to_park) parked.emplace(p.fd, p);
+      to_park.clear();
+    }
+    for (const auto& [fd, p] : parked) {
+      ::shutdown(fd, SHUT_RDWR);
+      ::close(fd);
+    }
     pool.shutdown();
   }
 
-  // Answer the requests of one connection, up to server.keep_alive_max, until the client
-  // closes it, it stays idle for server.keep_alive_timeout, or the server stops.
-  void serve_connection(int fd, const sockaddr_storage& peer)
+  // Give an idle connection to run() to watch (closed instead once run() is done).
+  void park(const Parked& p)
   {
-    int yes = 1; // an answer goes out in one send(): nothing to wait for
-    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
-    set_socket_timeout(fd, SO_RCVTIMEO, options.keep_alive_timeout_ms);
-    set_socket_timeout(fd, SO_SNDTIMEO, options.write_timeout_ms);
+    {
+      std::lock_guard<std::mutex> lock(park_lock);
+      if (!parking_closed) {
+        to_park.push_back(p);
+        const uint64_t one = 1;
+        [[maybe_unused]] const ssize_t n = ::write(wake_fd, &one, sizeof one);
+        return;
+      }
+    }
+    ::shutdown(p.fd, SHUT_RDWR);
+    ::close(p.fd);
+  }
+
+  // Answer the requests of a connection whose next request is arriving, up to
+  // server.keep_alive_max in all, until the client closes it, it is idle for
+  // k_park_after_ms (it is parked) or for server.keep_alive_timeout, or the server stops.
+  void serve_connection(const Parked& from)
+  {
+    const int fd = from.fd;
     Connection conn{fd};
     {
       std::lock_guard<std::mutex> lock(connections_lock);
       connections.insert(&conn);
     }
-    ConnectionStream strm(fd, peer, options.read_timeout_ms);
+    ConnectionStream strm(fd, from.peer, options.read_timeout_ms);
     bool answered_last = false; // the server ends the connection after an answer
-    for (int64_t left = std::max<int64_t>(1, options.keep_alive_max); left > 0; --left) {
+    std::optional<Parked> parking;
+    int64_t idle_deadline_us = from.deadline_us;
+    for (int64_t left = from.left; left > 0; --left) {
       if (!strm.buffered()) {
         conn.state.store(k_idle);
         // Once the server stops, only a request already here is answered.
-        const bool got = strm.wait_request(stopping.load());
+        const auto got = strm.wait_request(stopping.load());
         int idle = k_idle;
         conn.state.compare_exchange_strong(idle, k_busy); // else stop() closed it: answer, end
-        if (!got) break;
+        if (got == ConnectionStream::Wait::nothing && !stopping.load()
+            && now_us() < idle_deadline_us) {
+          parking = Parked{fd, from.peer, left, idle_deadline_us};
+        }
+        if (got != ConnectionStream::Wait::got) break;
       }
       const bool close = left == 1 || stopping.load();
       bool closed = false;
@@ -622,12 +752,15 @@ struct HttpServer::Impl {
         answered_last = sent;
         break;
       }
+      idle_deadline_us = now_us() + options.keep_alive_timeout_ms * 1000;
     }
     {
       std::lock_guard<std::mutex> lock(connections_lock);
       connections.erase(&conn);
     }
-    if (answered_last) {
+    if (parking) {
+      park(*parking);
+    } else if (answered_last) {
       linger_close(fd);
     } else {
       ::shutdown(fd, SHUT_RDWR);

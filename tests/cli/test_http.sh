@@ -327,6 +327,48 @@ reader_rc=$? # 0: cat saw the end of the connection; 124: it was still open afte
 check "the idle connection was closed by the server (reader exit $reader_rc)" test "$reader_rc" -eq 0
 exec 3<&-
 
+# --- idle connections hold no thread ----------------------------------------------------------
+
+ACMO_SERVER_THREADS=2 ACMO_SERVER_KEEP_ALIVE_TIMEOUT=2s start_server --no-handler
+# Six connections that send nothing, with two threads: a new client is answered at once (before,
+# each idle connection held a thread until keep_alive_timeout), and the server closes each
+# after keep_alive_timeout.
+idle_pids=()
+for i in $(seq 6); do
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$port"
+    timeout 8 cat <&3 >/dev/null
+    echo $? >"$work/idle-$i" # 0: the server closed it; 124: still open after 8 s
+  ) &
+  idle_pids+=($!)
+done
+sleep 0.3
+started=$(date +%s%N)
+http GET /health
+took_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+expect "GET /health with six idle connections and server.threads = 2" 200
+check "it is answered in ${took_ms} ms (under 1 s; keep_alive_timeout is 2 s)" test "$took_ms" -lt 1000
+# A connection idle between two requests for longer than a thread waits for it is parked, and
+# its next request is answered all the same.
+exec 4<>"/dev/tcp/127.0.0.1/$port"
+timeout 5 cat <&4 >"$work/parked" &
+reader=$!
+printf 'GET /health HTTP/1.1\r\nHost: x\r\n\r\n' >&4
+sleep 0.5
+printf 'GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n' >&4
+for _ in $(seq 100); do grep -aq 'HTTP/1.1 404' "$work/parked" && break; sleep 0.05; done
+check "two requests 0.5 s apart on one connection: both answered, in order" \
+  test "$(grep -ao 'HTTP/1.1 [0-9]*' "$work/parked" | tr '\n' ' ')" = "HTTP/1.1 200 HTTP/1.1 404 "
+wait "$reader"
+reader_rc=$?
+check "the connection is closed after keep_alive_timeout (reader exit $reader_rc)" test "$reader_rc" -eq 0
+exec 4<&-
+wait "${idle_pids[@]}"
+closed=0
+for i in $(seq 6); do [[ $(cat "$work/idle-$i" 2>/dev/null) == 0 ]] && closed=$((closed + 1)); done
+check "the six idle connections are closed after keep_alive_timeout ($closed of 6)" test "$closed" -eq 6
+stop_server
+
 # --- SIGTERM under load: every 202 is applied --------------------------------------------------
 
 start_server
