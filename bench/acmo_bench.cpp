@@ -508,7 +508,7 @@ int main(int argc, char** argv)
     std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, combined,
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
       pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order,
-      pg_single_1000, pg_order_1000;
+      pg_single_1000, pg_order_1000, pg_single_10, pg_order_10;
     const char* redis_url = std::getenv("ACMO_BENCH_REDIS_URL");
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "cache_redis") && redis_url != nullptr && *redis_url != '\0') {
@@ -539,6 +539,9 @@ int main(int argc, char** argv)
         // are paid per batch, so larger batches (handler.batch_size, up to 1,000) amortise them.
         pg_single_1000.push_back(pipeline(s, false, 1, 1000, pg_url));
         pg_order_1000.push_back(pipeline(s, true, 2, 1000, pg_url));
+        // And the default batch of 10 (handler.batch_size), as the embedded scenarios measure.
+        pg_single_10.push_back(pipeline(s, false, 1, 10, pg_url));
+        pg_order_10.push_back(pipeline(s, true, 2, 10, pg_url));
       }
       if (wanted(s, "pipeline")) {
         pipe_single.push_back(pipeline(s, false, 1, 10));
@@ -619,6 +622,8 @@ int main(int argc, char** argv)
         e["events"] = s.pipeline_events;
         return e;
       };
+      results["pipeline_postgres_single_group_batch10"] = entry(pg_single_10, "orders", 1, 10);
+      results["pipeline_postgres_group_per_order_batch10"] = entry(pg_order_10, "per order", 2, 10);
       results["pipeline_postgres_single_group_batch100"] = entry(pg_single, "orders", 1, 100);
       results["pipeline_postgres_group_per_order_batch100"] = entry(pg_order, "per order", 2, 100);
       results["pipeline_postgres_single_group_batch1000"] = entry(pg_single_1000, "orders", 1, 1000);
