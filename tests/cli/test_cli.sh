@@ -122,15 +122,21 @@ check "4 processes: every sequence number distinct" test "$dups" -eq 0
 
 # --- kill -9 in the middle of a bulk send -----------------------------------------------------
 "$acmo" purge --yes >/dev/null
-for i in $(seq 1 60000); do
-  printf '{"type":"CREATE","orderId":"ord_k%d","data":{"customer_name":"K","customer_email":"k@example.com","items":[]}}\n' "$i"
-done >"$work/bulk.jsonl"
+# The kill comes after the first sends are acknowledged, while the rest are still going in.
+bulk_events=300000
+seq 1 "$bulk_events" | sed 's/.*/{"type":"CREATE","orderId":"ord_k&","data":{"customer_name":"K","customer_email":"k@example.com","items":[]}}/' >"$work/bulk.jsonl"
 "$acmo" send --file "$work/bulk.jsonl" --json >"$work/bulk.out" 2>/dev/null &
 pid=$!
-sleep 0.4
+for _ in $(seq 1 200); do
+  grep -q messageId "$work/bulk.out" && break
+  sleep 0.02
+done
+sleep "0.$((RANDOM % 4))" # and then at a moment of its own
 kill -9 "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
 acked=$(grep -c messageId "$work/bulk.out")
+check "the kill -9 came in the middle of the bulk send ($acked of $bulk_events acknowledged)" \
+  test "$acked" -gt 0 -a "$acked" -lt "$bulk_events"
 stats=$("$acmo" stats --json); rc=$?
 check "stats works after kill -9 of a bulk send" test "$rc" -eq 0
 visible=$(json_field "$stats" visible)
