@@ -19,7 +19,7 @@ namespace {
 
 struct RunHandlerOptions {
   int concurrency = 1;
-  int batch_size = 10;
+  int batch_size = 100;
   bool once = false;
   DaemonFlags daemon;
   // The flags given; those not given come from the configuration ([handler]).
@@ -130,7 +130,7 @@ Runner setup_run_handler(CLI::App& sub, const GlobalOptions& global)
                              k_max_concurrency))
     ->option_text("N");
   opts->batch_size_flag = sub.add_option("--batch-size", opts->batch_size,
-                 fmt::format("Messages per receive, 1-{} (default: handler.batch_size, 10)",
+                 fmt::format("Messages per receive, 1-{} (default: handler.batch_size, 100)",
                              k_max_batch_size))
     ->option_text("N");
   sub.add_flag("--once", opts->once,

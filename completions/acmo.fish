@@ -129,7 +129,7 @@ complete -c acmo -n '__acmo_using purge' -s y -l yes -d 'Do not ask for confirma
 
 # acmo run-handler
 complete -c acmo -n '__acmo_using run-handler' -l concurrency -x -d 'Worker threads, 1-64 (default 1)'
-complete -c acmo -n '__acmo_using run-handler' -l batch-size -x -d 'Messages per receive, 1-1000 (default 10)'
+complete -c acmo -n '__acmo_using run-handler' -l batch-size -x -d 'Messages per receive, 1-1000 (default 100)'
 complete -c acmo -n '__acmo_using run-handler' -l once -d 'Process what is queued until none is left, then exit'
 complete -c acmo -n '__acmo_using run-handler' -l daemon -d 'Detach, write a pid file, log to a file'
 complete -c acmo -n '__acmo_using run-handler' -l pid-file -r -F -d 'With --daemon: the pid file'

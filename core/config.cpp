@@ -45,7 +45,7 @@ const std::vector<ConfigKey> k_keys = {
    "how often an idle receiver looks for messages sent by other processes"},
   {"handler.concurrency", KeyType::integer, "1",
    "worker threads of a handler; they work on different groups in parallel"},
-  {"handler.batch_size", KeyType::integer, "10", "messages a worker receives at once (1-1000)"},
+  {"handler.batch_size", KeyType::integer, "100", "messages a worker receives at once (1-1000)"},
   {"handler.wait", KeyType::duration, R"("1s")",
    "how long an idle worker's long poll waits for a message (at most 20s)"},
   {"store.backend", KeyType::choice, R"("sqlite")",

@@ -23,7 +23,7 @@ class OrderWriter;
 
 struct HandlerOptions {
   int concurrency = 1;   // worker threads; they share the queue's group commit
-  int batch_size = 10;   // messages per receive
+  int batch_size = 100;  // messages per receive
   int64_t wait_ms = 1000; // long poll of an idle worker
   // The store to write to when it is not the queue's database (PostgreSQL); null: the
   // embedded SQLite store, applied in the same transaction as the message's deletion.
