@@ -388,9 +388,10 @@ Expected<HandlerStats> OrderHandler::run_once_unregistered()
   std::mutex failure_mu;
   auto worker = [&] {
     while (!m_stopping.load()) {
-      // A short wait: messages that became visible a moment ago (a group's next message after
-      // another worker's delete) are picked up, but an empty queue ends the run quickly.
-      auto n = process_batch(50);
+      // No wait: a worker that finds nothing visible is done. What another worker still holds
+      // (in flight, or in its transaction) and what follows it in its groups, that worker takes
+      // next; the run ends when the last worker finds nothing, and does not idle before it.
+      auto n = process_batch(0);
       if (!n) {
         std::lock_guard lock(failure_mu);
         failure = n.error();
