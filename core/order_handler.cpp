@@ -170,8 +170,14 @@ std::vector<Disposition> apply_embedded(sqlite::Database& db,
 {
   tally = BatchTally{};
   std::vector<Disposition> out(events.size());
-  for (size_t i = 0; i < events.size(); ++i) {
-    Expected<void> ok = events[i] ? SqliteOrderStore::apply(db, *events[i], now_ms)
+  std::vector<const AppliedEvent*> parsed;
+  parsed.reserve(events.size());
+  for (const auto& e : events) {
+    if (e) parsed.push_back(&*e);
+  }
+  std::vector<Expected<void>> applied = SqliteOrderStore::apply_all(db, parsed, now_ms);
+  for (size_t i = 0, next = 0; i < events.size(); ++i) {
+    Expected<void> ok = events[i] ? std::move(applied[next++])
                                   : Expected<void>(Unexpected(events[i].error()));
     if (ok) {
       ++tally.applied;

@@ -110,12 +110,11 @@ Expected<std::unique_ptr<SqliteOrderStore>> SqliteOrderStore::open(const std::st
   }
 }
 
-Expected<void> SqliteOrderStore::apply(sqlite::Database& db, const AppliedEvent& applied,
-                                       int64_t now_ms)
+namespace {
+
+// Change the order as the event says, without its audit row.
+Expected<void> apply_change(sqlite::Database& db, const AppliedEvent& applied, int64_t now_ms)
 {
-  static const std::string k_audit =
-    "INSERT INTO order_events(order_id, message_id, seq, type, data, applied_at)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
   static const std::string k_delete = "DELETE FROM orders WHERE id = ?1";
   const OrderEvent& e = applied.event;
   std::optional<Order> order = find_head(db, e.order_id);
@@ -137,10 +136,61 @@ Expected<void> SqliteOrderStore::apply(sqlite::Database& db, const AppliedEvent&
     db.prepare(k_delete)->bind(1, e.order_id).run();
     break;
   }
-  auto stmt = db.prepare(k_audit);
-  stmt->bind(1, e.order_id).bind(2, applied.message_id).bind(3, applied.seq);
-  stmt->bind(4, event_type_name(e.type)).bind(5, e.data.dump()).bind(6, now_ms).run();
   return {};
+}
+
+// Append the events to the audit trail, in order: one INSERT of up to k_audit_rows rows each.
+void append_audit(sqlite::Database& db, const std::vector<const AppliedEvent*>& events,
+                  int64_t now_ms)
+{
+  constexpr size_t k_audit_rows = 64;
+  constexpr int k_columns = 6;
+  // The statement for n rows, built once per n.
+  static const auto k_sql = [] {
+    std::vector<std::string> sql(k_audit_rows + 1);
+    for (size_t n = 1; n <= k_audit_rows; ++n) {
+      sql[n] = "INSERT INTO order_events(order_id, message_id, seq, type, data, applied_at) VALUES ";
+      for (size_t row = 0; row < n; ++row) {
+        sql[n] += row == 0 ? "(?, ?, ?, ?, ?, ?)" : ", (?, ?, ?, ?, ?, ?)";
+      }
+    }
+    return sql;
+  }();
+  for (size_t first = 0; first < events.size(); first += k_audit_rows) {
+    const size_t n = std::min(k_audit_rows, events.size() - first);
+    auto stmt = db.prepare(k_sql[n]);
+    for (size_t row = 0; row < n; ++row) {
+      const AppliedEvent& applied = *events[first + row];
+      const int base = static_cast<int>(row) * k_columns;
+      stmt->bind(base + 1, applied.event.order_id).bind(base + 2, applied.message_id);
+      stmt->bind(base + 3, applied.seq).bind(base + 4, event_type_name(applied.event.type));
+      stmt->bind(base + 5, applied.event.data.dump()).bind(base + 6, now_ms);
+    }
+    stmt->run();
+  }
+}
+
+} // namespace
+
+Expected<void> SqliteOrderStore::apply(sqlite::Database& db, const AppliedEvent& applied,
+                                       int64_t now_ms)
+{
+  return std::move(apply_all(db, {&applied}, now_ms).front());
+}
+
+std::vector<Expected<void>> SqliteOrderStore::apply_all(
+  sqlite::Database& db, const std::vector<const AppliedEvent*>& events, int64_t now_ms)
+{
+  std::vector<Expected<void>> out;
+  out.reserve(events.size());
+  std::vector<const AppliedEvent*> applied;
+  applied.reserve(events.size());
+  for (const AppliedEvent* e : events) {
+    out.push_back(apply_change(db, *e, now_ms));
+    if (out.back()) applied.push_back(e);
+  }
+  append_audit(db, applied, now_ms);
+  return out;
 }
 
 Expected<Order> SqliteOrderStore::get(std::string_view id)
