@@ -50,6 +50,7 @@ struct Settings {
   std::string dir;
   std::vector<std::string> only;
   bool durable_full = true;
+  int http_duration = 10;
 };
 
 double seconds_since(Clock::time_point start)
@@ -465,6 +466,31 @@ bool wanted(const Settings& s, const std::string& name)
   return s.only.empty() || std::find(s.only.begin(), s.only.end(), name) != s.only.end();
 }
 
+// The HTTP scenarios (issue 5): bench/http_bench.sh runs wrk, a second process, against
+// `acmo serve` on loopback, `runs` times; its JSON document is returned as it is. Its progress
+// goes to stderr. A failure (wrk missing, the server not answering) is returned as {"error"}.
+json http_bench(const Settings& s)
+{
+  const std::string command = fmt::format("bash '{}' --runs {} --duration {} '{}'", ACMO_HTTP_BENCH,
+                                          s.runs, s.http_duration, ACMO_BINARY);
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return {{"error", "cannot start bench/http_bench.sh"}};
+  std::string out;
+  char buf[4096];
+  size_t n = 0;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  if (status != 0) {
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : status;
+    return {{"error", fmt::format("bench/http_bench.sh failed (exit status {}); its messages "
+                                  "are above",
+                                  code)}};
+  }
+  json doc = json::parse(out, nullptr, false);
+  if (doc.is_discarded()) return {{"error", "bench/http_bench.sh printed no JSON document"}};
+  return doc;
+}
+
 json rate_entry(const std::vector<double>& runs, double target)
 {
   double med = median(runs);
@@ -495,7 +521,10 @@ int main(int argc, char** argv)
                  "Run only these scenarios: baseline, bulk_send, concurrent_send, "
                  "receive_delete, receive_delete_groups, receive_delete_combined, "
                  "receive_delete_combined_groups, pipeline, wakeup, cache_redis (only with "
-                 "ACMO_BENCH_REDIS_URL set), pipeline_pg (only with ACMO_BENCH_PG_URL set)");
+                 "ACMO_BENCH_REDIS_URL set), pipeline_pg (only with ACMO_BENCH_PG_URL set), "
+                 "http (wrk against acmo serve, after the others)");
+  app.add_option("--http-duration", s.http_duration,
+                 "Seconds of each wrk run in the http scenarios");
   bool normal = false;
   app.add_flag("--normal", normal, "Use queue.durability = \"normal\" instead of \"full\"");
   CLI11_PARSE(app, argc, argv);
@@ -653,11 +682,17 @@ int main(int argc, char** argv)
                                         {"latency_p50_us_1_thread", median(cache_p50)},
                                         {"latency_p99_us_1_thread", median(cache_p99)}};
     }
+    if (wanted(s, "http")) results["http"] = http_bench(s);
     report["results"] = results;
   } catch (const std::exception& e) {
     fmt::print(stderr, "acmo-bench: error: {}\n", e.what());
     return 1;
   }
   fmt::print("{}\n", report.dump(2));
+  const json& results = report["results"];
+  if (results.contains("http") && results["http"].contains("error")) {
+    fmt::print(stderr, "acmo-bench: error: http: {}\n", results["http"]["error"].get<std::string>());
+    return 1;
+  }
   return 0;
 }
