@@ -1,6 +1,5 @@
 #include "cli/app.hpp"
 
-#include <algorithm>
 #include <array>
 #include <optional>
 #include <vector>
@@ -9,6 +8,7 @@
 #include <fmt/core.h>
 
 #include "cli/output.hpp"
+#include "cli/usage_error.hpp"
 #include "core/paths.hpp"
 #include "daemon/daemon.hpp"
 
@@ -39,37 +39,6 @@ constexpr std::array k_subcommands = {
              &setup_demo},
   Subcommand{"version", "Print acmo's version and what it was built with", &setup_version},
 };
-
-size_t edit_distance(std::string_view a, std::string_view b)
-{
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1U : 0U)});
-      diagonal = up;
-    }
-  }
-  return row[b.size()];
-}
-
-// "acmo sned" → "did you mean 'send'?"
-std::string suggestion_for(std::string_view word)
-{
-  std::string best;
-  size_t best_distance = 3;
-  for (const auto& sub : k_subcommands) {
-    size_t d = edit_distance(word, sub.name);
-    if (d < best_distance) {
-      best_distance = d;
-      best = sub.name;
-    }
-  }
-  return best;
-}
 
 } // namespace
 
@@ -157,14 +126,13 @@ int run(int argc, char** argv)
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::string message = e.what();
-    if (argc > 1 && argv[1][0] != '-' && app.get_subcommands().empty()) {
-      std::string guess = suggestion_for(argv[1]);
-      message = fmt::format("'{}' is not an acmo command", argv[1]);
-      if (!guess.empty()) message += fmt::format("; did you mean '{}'?", guess);
+    const UsageError usage = explain_parse_error(app, e, argc, argv);
+    print_error(usage.message);
+    if (usage.help == "acmo") {
+      fmt::print(stderr, "Run 'acmo --help' for the commands and options.\n");
+    } else {
+      fmt::print(stderr, "Run '{} --help' for its arguments and options.\n", usage.help);
     }
-    print_error(message);
-    fmt::print(stderr, "Run 'acmo --help' for the commands and options.\n");
     return exit_code::k_usage;
   }
 

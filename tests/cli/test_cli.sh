@@ -56,6 +56,36 @@ check "a misspelt command exits 2" test "$rc" -eq 2
 check "a misspelt command gets a suggestion" grep -q "did you mean 'send'" <<<"$err"
 "$acmo" send --no-such-flag 2>/dev/null; rc=$?
 check "an unknown flag exits 2" test "$rc" -eq 2
+# Usage errors name the command, say what is wrong in its words, and point at its --help.
+usage_error() { # ARGS... → the first line of what acmo says, after checking it exits 2
+  local err rc
+  err=$("$acmo" "$@" 2>&1 >/dev/null); rc=$?
+  [[ $rc -eq 2 ]] || echo "exit $rc"
+  echo "$err"
+}
+err=$(usage_error --data-dir "$work/d" dlq lst)
+check "a misspelt nested subcommand gets a suggestion" \
+  grep -qx "acmo: error: 'lst' is not a subcommand of 'acmo dlq'; did you mean 'list'?" <<<"$err"
+check "  and the help of that command" grep -qx "Run 'acmo dlq --help' for its arguments and options." <<<"$err"
+err=$(usage_error config)
+check "a missing subcommand is named with the choices" \
+  grep -qx "acmo: error: 'acmo config' needs a subcommand: show or check" <<<"$err"
+err=$(usage_error send --waitt)
+check "a misspelt flag gets a suggestion" \
+  grep -qx "acmo: error: 'acmo send' has no option --waitt; did you mean --wait?" <<<"$err"
+err=$(usage_error stats --jsn)
+check "  a global flag too" grep -q "did you mean --json?" <<<"$err"
+err=$(usage_error orders get)
+check "a missing argument is named" grep -qx "acmo: error: 'acmo orders get' needs its ID argument" <<<"$err"
+err=$(usage_error orders get a b)
+check "an extra argument is named" \
+  grep -qx "acmo: error: 'acmo orders get' does not take the argument 'b'" <<<"$err"
+err=$(usage_error orders list --limit abc)
+check "a number that is not one is named" grep -qx "acmo: error: --limit: \"abc\" is not a whole number" <<<"$err"
+err=$(usage_error send CREATE --data)
+check "a flag without its value says what value" grep -qx "acmo: error: --data needs a value: JSON|@FILE" <<<"$err"
+err=$(usage_error -x)
+check "an unknown flag before any subcommand is named" grep -qx "acmo: error: 'acmo' has no option -x" <<<"$err"
 "$acmo" --help >/dev/null; rc=$?
 check "--help exits 0" test "$rc" -eq 0
 
