@@ -226,16 +226,19 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opts.timeout_s);
   QueueStats qs;
   HandlerStats hs;
-  int64_t last_printed = -1;
+  std::string last_printed;
   for (;;) {
     auto s = queue->stats();
     if (s) qs = *s;
     hs = handler.stats();
-    if (hs.processed != last_printed) {
-      n.say(fmt::format("applied {} of {}, dead-lettered {}; queue: {} visible, {} in flight",
-                        hs.processed, expected_applied, hs.dead_lettered, qs.visible,
-                        qs.in_flight));
-      last_printed = hs.processed;
+    // A line whenever the picture changes, so the last one shows the state the checks judge.
+    std::string line = fmt::format("applied {} of {}, dead-lettered {}; queue: {} visible, {} in "
+                                   "flight",
+                                   hs.processed, expected_applied, hs.dead_lettered, qs.visible,
+                                   qs.in_flight);
+    if (line != last_printed) {
+      n.say(line);
+      last_printed = std::move(line);
     }
     const bool drained = s && qs.visible == 0 && qs.in_flight == 0 && qs.delayed == 0;
     if ((drained && hs.processed >= expected_applied && hs.dead_lettered >= 1) ||
