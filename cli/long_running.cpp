@@ -61,17 +61,16 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
   daemon::DaemonOptions options;
   options.pid_file = flags.pid_file;
   if (options.pid_file.empty()) {
-    // Several handlers may run on one data dir: each gets a pid file of its own.
+    // Several handlers may run on one data dir: each gets a pid file of its own, named after
+    // its pid.
     options.pid_file = command == "run-handler"
-                         ? fmt::format("{}/acmo-{}.{}.pid", dir, command, ::getpid())
+                         ? fmt::format("{}/acmo-{}.{}.pid", dir, command, daemon::k_pid_placeholder)
                          : fmt::format("{}/acmo-{}.pid", dir, command);
   }
   options.log_file = flags.log_file;
   if (options.log_file.empty()) options.log_file = cfg.get_string("log.file");
   if (options.log_file.empty()) options.log_file = fmt::format("{}/acmo-{}.log", dir, command);
   if (auto ok = daemon::detach(options, command); !ok) throw Fatal(ok.error());
-  // Now in the daemon: a pid of run-handler's default pid file name is the parent's; fine, it
-  // names the file, and the file holds the daemon's.
 }
 
 void announce_ready(std::string_view note) { daemon::ready(note); }

@@ -94,6 +94,14 @@ int running_pid(const std::string& pid_file)
   return pid;
 }
 
+std::string with_pid(std::string pid_file, std::string_view pid)
+{
+  if (const size_t at = pid_file.find(k_pid_placeholder); at != std::string::npos) {
+    pid_file.replace(at, k_pid_placeholder.size(), pid);
+  }
+  return pid_file;
+}
+
 Expected<void> detach(const DaemonOptions& options, std::string_view what)
 {
   const std::string pid_file = absolute(options.pid_file);
@@ -135,7 +143,7 @@ Expected<void> detach(const DaemonOptions& options, std::string_view what)
                                                                           : newline - 3);
       std::fprintf(stdout, "acmo %.*s started as pid %s; log %s, pid file %s\n",
                    static_cast<int>(what.size()), what.data(), pid.c_str(), log_file.c_str(),
-                   pid_file.c_str());
+                   with_pid(pid_file, pid).c_str());
       if (newline != std::string::npos) {
         std::fprintf(stderr, "acmo: warning: %s\n", said.substr(newline + 1).c_str());
       }
@@ -166,7 +174,7 @@ Expected<void> detach(const DaemonOptions& options, std::string_view what)
     failed(fmt::format("cannot change to /: {}", std::strerror(errno)));
     ::_exit(1);
   }
-  if (auto ok = take_pid_file(pid_file); !ok) {
+  if (auto ok = take_pid_file(with_pid(pid_file, std::to_string(::getpid()))); !ok) {
     failed(ok.error().message);
     ::_exit(1);
   }

@@ -66,8 +66,9 @@ pid2=$(sed -n 's/.*started as pid \([0-9]*\);.*/\1/p' <<<"$out")
 [[ -n $pid2 ]] && pids+=("$pid2")
 check "a second handler daemon on the same data dir starts (got $rc: $out)" \
   test "$rc" = 0 -a -n "$pid2"
-check "its default pid file is in the data dir, one per daemon" \
-  bash -c "ls '$ACMO_DATA_DIR'/acmo-run-handler.*.pid >/dev/null && grep -qx '$pid2' '$ACMO_DATA_DIR'/acmo-run-handler.*.pid"
+check "its default pid file is in the data dir, named after its pid, one per daemon" \
+  grep -qx "$pid2" "$ACMO_DATA_DIR/acmo-run-handler.$pid2.pid"
+check "  and acmo says which" grep -qF "pid file $ACMO_DATA_DIR/acmo-run-handler.$pid2.pid" <<<"$out"
 running_two() { [[ $("$acmo" --json stats | grep -o '"state":"running"' | wc -l) -ge 2 ]]; }
 check "acmo stats lists both handlers as running" wait_for 5 running_two
 
