@@ -87,7 +87,11 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   parts.handler = handler.get();
   parts.handler_started_ms = SystemClock::instance().now_ms();
   daemon::HttpServer server(options, std::move(parts));
-  if (auto ok = server.bind(); !ok) throw Fatal(ok.error());
+  if (auto ok = server.bind(); !ok) {
+    // An address that is not this machine's is a configuration error, like a malformed one.
+    if (ok.error().code == Errc::invalid_input) throw Fatal(ok.error().message, exit_code::k_usage);
+    throw Fatal(ok.error());
+  }
 
   // The handler runs beside the server; a failure of its own is logged and ends serve too,
   // since the API would otherwise queue events that nothing applies.

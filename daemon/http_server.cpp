@@ -1515,6 +1515,7 @@ Expected<void> HttpServer::bind()
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   });
   const std::string& host = impl.options.host;
+  errno = 0; // httplib reports a failed bind as false; the errno of bind() says why
   if (impl.options.port == 0) {
     impl.bound_port = impl.http.bind_to_any_port(host);
   } else if (impl.http.bind_to_port(host, impl.options.port)) {
@@ -1523,11 +1524,27 @@ Expected<void> HttpServer::bind()
     impl.bound_port = -1;
   }
   if (impl.bound_port <= 0) {
-    return make_error(Errc::unavailable,
-                      fmt::format("cannot listen on {}:{}: the address is in use or not on this "
-                                  "machine; pick another with --listen HOST:PORT or "
-                                  "server.listen",
-                                  host, impl.options.port),
+    const int error = errno;
+    const std::string where = fmt::format("{}:{}", host, impl.options.port);
+    const char* pick = "pick another with --listen HOST:PORT or server.listen";
+    if (error == EADDRINUSE) {
+      return make_error(Errc::unavailable,
+                        fmt::format("cannot listen on {}: another process is listening there "
+                                    "(`ss -ltnp 'sport = :{}'` shows which); stop it, or {}",
+                                    where, impl.options.port, pick),
+                        "server.listen");
+    }
+    if (error == EACCES) {
+      return make_error(Errc::conflict,
+                        fmt::format("cannot listen on {}: ports below 1024 need root or "
+                                    "CAP_NET_BIND_SERVICE; {}",
+                                    where, pick),
+                        "server.listen");
+    }
+    // EADDRNOTAVAIL, or a host name that does not resolve: the configuration is at fault.
+    return make_error(Errc::invalid_input,
+                      fmt::format("cannot listen on {}: {} is not an address of this machine; {}",
+                                  where, host, pick),
                       "server.listen");
   }
   ::listen(impl.http.socket(), k_listen_backlog);

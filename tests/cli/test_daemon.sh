@@ -136,6 +136,15 @@ out=$("$acmo" serve --daemon --listen "127.0.0.1:$port" --pid-file "$work/s2.pid
 rc=$?
 check "a serve daemon on a port in use reports it to the starting command (exit 1, got $rc: $out)" \
   test "$rc" = 1
+check "  saying that another process listens there" grep -q "another process is listening there" <<<"$out"
+# In the foreground: a port in use is temporary (75); an address that is not this machine's
+# (192.0.2.1 is TEST-NET-1, never assigned) is a configuration error (2).
+out=$(timeout 10 "$acmo" serve --listen "127.0.0.1:$port" 2>&1)
+check "serve on a port in use exits 75 (got $?: $out)" test $? = 75
+out=$(timeout 10 "$acmo" serve --listen "192.0.2.1:$port" 2>&1)
+rc=$?
+check "serve on an address of another machine exits 2 (got $rc: $out)" test "$rc" = 2
+check "  and says so" grep -q "192.0.2.1 is not an address of this machine" <<<"$out"
 kill -TERM "$spid"
 check "SIGTERM stops the serve daemon" wait_for 10 gone "$spid"
 check "and its pid file is gone" test ! -e "$ACMO_DATA_DIR/acmo-serve.pid"
