@@ -1,6 +1,5 @@
 #include "cli/usage_error.hpp"
 
-#include <algorithm>
 #include <cctype>
 #include <string_view>
 #include <vector>
@@ -8,41 +7,11 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include "core/suggest.hpp"
+
 namespace acmo::cli {
 
 namespace {
-
-// Levenshtein distance.
-size_t edit_distance(std::string_view a, std::string_view b)
-{
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1U : 0U)});
-      diagonal = up;
-    }
-  }
-  return row[b.size()];
-}
-
-// The closest of `names` to `word`, within a distance of 2; empty when none is that close.
-std::string closest(std::string_view word, const std::vector<std::string>& names)
-{
-  std::string best;
-  size_t best_distance = 3;
-  for (const auto& name : names) {
-    const size_t d = edit_distance(word, name);
-    if (d < best_distance) {
-      best_distance = d;
-      best = name;
-    }
-  }
-  return best;
-}
 
 // "list, show, redrive or purge"
 std::string spoken_list(const std::vector<std::string>& names, std::string_view last = " or ")
@@ -134,7 +103,7 @@ UsageError unknown_subcommand(const std::string& path, const CLI::App& cmd,
   std::string message = path == "acmo"
                           ? fmt::format("'{}' is not an acmo command", word)
                           : fmt::format("'{}' is not a subcommand of '{}'", word, path);
-  if (const std::string guess = closest(word, names); !guess.empty()) {
+  if (const std::string guess = closest_name(word, names); !guess.empty()) {
     message += fmt::format("; did you mean '{}'?", guess);
   } else {
     message += fmt::format("; its subcommands are {}", spoken_list(names, " and "));
@@ -148,7 +117,7 @@ UsageError unexpected_word(const std::string& path, const CLI::App& cmd, const s
     const std::string flag = word.substr(0, word.find('='));
     std::string message = fmt::format("'{}' has no option {}", path, flag);
     if (flag.rfind("--", 0) == 0) {
-      if (const std::string guess = closest(flag, long_flags(&cmd)); !guess.empty()) {
+      if (const std::string guess = closest_name(flag, long_flags(&cmd)); !guess.empty()) {
         message += fmt::format("; did you mean {}?", guess);
       }
     }

@@ -10,6 +10,7 @@
 #include <toml++/toml.h>
 
 #include "core/redis_cache.hpp"
+#include "core/suggest.hpp"
 
 namespace acmo {
 
@@ -249,6 +250,21 @@ Expected<ConfigValue> parse_node(const ConfigKey& key, const toml::node& node)
   return wrong();
 }
 
+// The key a misspelt or misplaced `name` probably meant: the closest name within two edits
+// ("queue.visiblity_timeout"), else the key with the same last part in another section
+// ("queue.batch_size" → "handler.batch_size"); empty when nothing is that close.
+std::string key_like(const std::string& name)
+{
+  std::vector<std::string> names;
+  for (const auto& key : k_keys) names.emplace_back(key.name);
+  if (std::string guess = closest_name(name, names); !guess.empty()) return guess;
+  const std::string leaf = name.substr(name.rfind('.') + 1);
+  for (const auto& key : names) {
+    if (key.substr(key.rfind('.') + 1) == leaf) return key;
+  }
+  return {};
+}
+
 std::string position(const std::string& file, const toml::source_region& where)
 {
   return fmt::format("{}:{}:{}", file, where.begin.line, where.begin.column);
@@ -276,9 +292,12 @@ Expected<void> read_file(const std::string& file, Config& config)
         }
         const ConfigKey* key = find_key(full);
         if (key == nullptr) {
+          const std::string guess = key_like(full);
           result = make_error(Errc::invalid_input,
-                              fmt::format("{}: unknown key {}; `acmo config show` lists the keys",
-                                          position(file, node.source()), full),
+                              fmt::format("{}: unknown key {}; {}`acmo config show` lists the keys",
+                                          position(file, node.source()), full,
+                                          guess.empty() ? ""
+                                                        : fmt::format("did you mean {}? ", guess)),
                               full);
           return false;
         }

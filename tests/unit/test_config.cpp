@@ -143,7 +143,21 @@ TEST_CASE("Config: errors name the file, line, column and key", "[config]")
   {
     auto file = write(dir, "a.toml", "[queue]\nvisibilty_timeout = \"1s\"\n");
     auto error = load_error(file);
-    CHECK(error.message.find("unknown key queue.visibilty_timeout") != std::string::npos);
+    CHECK(error.message.find("unknown key queue.visibilty_timeout; did you mean "
+                             "queue.visibility_timeout?") != std::string::npos);
+  }
+  SECTION("a key in the wrong section")
+  {
+    auto file = write(dir, "a.toml", "[queue]\nbatch_size = 50\n");
+    auto error = load_error(file);
+    CHECK(error.message.find("unknown key queue.batch_size; did you mean handler.batch_size?") !=
+          std::string::npos);
+  }
+  SECTION("an unknown key like none")
+  {
+    auto file = write(dir, "a.toml", "[queue]\ncolour = \"blue\"\n");
+    auto error = load_error(file);
+    CHECK(error.message.find("unknown key queue.colour; `acmo config show`") != std::string::npos);
   }
   SECTION("broken TOML")
   {
