@@ -277,7 +277,9 @@ Expected<void> read_file(const std::string& file, Config& config)
     root = toml::parse_file(file);
   } catch (const toml::parse_error& e) {
     return make_error(Errc::invalid_input,
-                      fmt::format("{}: {}", position(file, e.source()), e.description()));
+                      fmt::format("{}: not valid TOML: {}; fix the file there (`acmo config "
+                                  "check` checks it)",
+                                  position(file, e.source()), e.description()));
   }
   Expected<void> result;
   // Walk every leaf; a key acmo does not know is an error, not a silent no-op.
