@@ -7,7 +7,12 @@ acmo=${1:-acmo}
 export ACMO_DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/acmo-demo.XXXXXX")
 trap 'rm -rf "$ACMO_DATA_DIR"' EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Headings in bold on a terminal, unless NO_COLOR is set; plain text into a pipe or a file.
+if [[ -t 1 && -z ${NO_COLOR:-} ]]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
 
 step "Queue a CREATE event (the order id is generated)"
 order=$("$acmo" send CREATE --json \
