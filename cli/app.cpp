@@ -1,6 +1,7 @@
 #include "cli/app.hpp"
 
 #include <array>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -108,6 +109,9 @@ int run(int argc, char** argv)
     ->option_text("DIR");
   app.add_flag("--json", global.json, "Print machine-readable JSON");
   app.add_flag("-q,--quiet", global.quiet, "Print only errors");
+  app.footer("Exit codes: 0 success, 1 failure, 2 usage or configuration error, 3 not found,\n"
+             "4 rejected input, 75 temporary failure (retry later). 'acmo SUBCOMMAND --help'\n"
+             "shows a subcommand; acmo(1) and acmo.toml(5) have the rest.");
   app.add_flag("-v,--verbose", global.verbose,
                "Say on stderr which configuration file and database are used");
 
@@ -116,6 +120,17 @@ int run(int argc, char** argv)
     CLI::App* cmd = app.add_subcommand(sub.name, sub.summary);
     runners.emplace_back(cmd, sub.setup(*cmd, global));
   }
+  // A subcommand's --help lists its own options; say where the global ones are.
+  std::function<void(CLI::App*)> add_global_note = [&](CLI::App* cmd) {
+    const std::string footer = cmd->get_footer();
+    cmd->footer((footer.empty() ? "" : footer + "\n\n") +
+                "Global options (--config FILE, --data-dir DIR, --json, -q, -v) go before or\n"
+                "after the subcommand; 'acmo --help' describes them.");
+    for (CLI::App* inner : cmd->get_subcommands([](CLI::App*) { return true; })) {
+      add_global_note(inner);
+    }
+  };
+  for (auto& [cmd, runner] : runners) add_global_note(cmd);
 
   try {
     app.parse(argc, argv);

@@ -86,8 +86,12 @@ err=$(usage_error send CREATE --data)
 check "a flag without its value says what value" grep -qx "acmo: error: --data needs a value: JSON|@FILE" <<<"$err"
 err=$(usage_error -x)
 check "an unknown flag before any subcommand is named" grep -qx "acmo: error: 'acmo' has no option -x" <<<"$err"
-"$acmo" --help >/dev/null; rc=$?
+out=$("$acmo" --help); rc=$?
 check "--help exits 0" test "$rc" -eq 0
+check "  and lists the exit codes" grep -q "^Exit codes: 0 success, 1 failure, 2 usage" <<<"$out"
+out=$("$acmo" orders get --help)
+check "a subcommand's --help says where the global options are" \
+  grep -q "^Global options (--config FILE, --data-dir DIR, --json, -q, -v)" <<<"$out"
 
 # --- send --file ----------------------------------------------------------------------------
 cat >"$work/events.jsonl" <<JSONL
