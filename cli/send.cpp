@@ -1,5 +1,7 @@
 // acmo send: put order events on the queue.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -44,13 +46,17 @@ std::string read_all(std::istream& in)
   return out.str();
 }
 
-// --data takes JSON, or @FILE to read it from a file.
+// --data takes JSON, or @FILE to read it from a file, or @- from stdin.
 std::string load_data_argument(const std::string& arg)
 {
   if (arg.empty() || arg[0] != '@') return arg;
-  std::ifstream in(arg.substr(1), std::ios::binary);
+  const std::string path = arg.substr(1);
+  if (path == "-") return read_all(std::cin);
+  std::ifstream in(path, std::ios::binary);
   if (!in) {
-    throw Fatal(fmt::format("cannot read --data file {}", arg.substr(1)), exit_code::k_usage);
+    throw Fatal(fmt::format("cannot read the --data file {}: {}; check the path after '@'", path,
+                            std::strerror(errno)),
+                exit_code::k_usage);
   }
   return read_all(in);
 }
@@ -183,7 +189,10 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
                                  outcome.order.value("version", int64_t{0})));
     }
   } else {
-    print_error(fmt::format("{}: {}", outcome.state == "deadLettered" ? "dead-lettered" : outcome.state == "timeout" ? "waiting gave up" : "not applied", outcome.reason));
+    const char* what = outcome.state == "deadLettered" ? "dead-lettered"
+                       : outcome.state == "timeout"      ? "waiting gave up"
+                                                         : "not applied";
+    print_error(fmt::format("{}: {}", what, outcome.reason));
   }
   if (outcome.state == "applied") return exit_code::k_ok;
   if (outcome.state == "deadLettered") return exit_code::k_rejected;
@@ -198,7 +207,8 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
   if (opts.file != "-") {
     file.open(opts.file, std::ios::binary);
     if (!file) {
-      throw Fatal(fmt::format("cannot read {}; check the path given to --file", opts.file),
+      throw Fatal(fmt::format("cannot read {}: {}; check the path given to --file", opts.file,
+                              std::strerror(errno)),
                   exit_code::k_usage);
     }
     in = &file;
@@ -274,7 +284,7 @@ Runner setup_send(CLI::App& sub, const GlobalOptions& global)
                  "The order the event is about (generated for CREATE when absent)")
     ->option_text("ID");
   sub.add_option("--data", opts->data,
-                 "Event data as JSON, or @FILE to read it from FILE")
+                 "Event data as JSON, or @FILE to read it from FILE (@- reads stdin)")
     ->option_text("JSON|@FILE");
   sub.add_option("--group", opts->group,
                  "Message group (default: orders, or the order id with queue.group_by = \"order\")")

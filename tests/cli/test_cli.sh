@@ -93,6 +93,17 @@ out=$("$acmo" orders get --help)
 check "a subcommand's --help says where the global options are" \
   grep -q "^Global options (--config FILE, --data-dir DIR, --json, -q, -v)" <<<"$out"
 
+# --data @FILE and @- (stdin), in a data dir of their own.
+echo "$create_data" >"$work/data.json"
+out=$("$acmo" --data-dir "$work/data-at" send CREATE --data "@$work/data.json" --json); rc=$?
+check "--data @FILE reads the data from FILE" test "$rc" -eq 0 -a -n "$(json_field "$out" orderId)"
+out=$("$acmo" --data-dir "$work/data-at" send CREATE --dedup-id from-stdin --data @- --json \
+  <"$work/data.json"); rc=$?
+check "--data @- reads it from stdin" test "$rc" -eq 0 -a -n "$(json_field "$out" orderId)"
+err=$("$acmo" --data-dir "$work/data-at" send CREATE --data "@$work/no-such.json" 2>&1); rc=$?
+check "a --data file that is not there exits 2, saying why" \
+  test "$rc" -eq 2 -a -n "$(grep "No such file or directory" <<<"$err")"
+
 # --- send --file ----------------------------------------------------------------------------
 cat >"$work/events.jsonl" <<JSONL
 {"type":"CREATE","orderId":"ord_file_1","data":$create_data}
