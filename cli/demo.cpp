@@ -200,8 +200,14 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
   // 3. The queue while the handler works.
   n.step("The queue while the handler works");
   if (auto s = queue->stats()) {
-    n.say(fmt::format("right after sending: {} visible, {} in flight; handler applied {} so far",
-                      s->visible, s->in_flight, handler.stats().processed));
+    const int64_t applied = handler.stats().processed;
+    n.say(fmt::format("right after sending: {} visible, {} in flight; sent {}, deleted {}; the "
+                      "handler has applied {} of 8",
+                      s->visible, s->in_flight, s->sent, s->deleted, applied));
+    n.say(applied >= 8 ? "it took each event as it arrived: the handler waits on the queue, "
+                         "and wakes when an event is committed"
+                       : "the rest are queued; the handler takes them in order, group by group");
+    n.say("(`acmo stats` shows these figures; `acmo stats --watch` keeps them on screen)");
   }
 
   // 4. Duplicates and refusals.
