@@ -6,6 +6,7 @@
 #include <thread>
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -73,7 +74,12 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
   if (auto ok = daemon::detach(options, command); !ok) throw Fatal(ok.error());
 }
 
-void announce_ready(std::string_view note) { daemon::ready(note); }
+void announce_ready(std::string_view note)
+{
+  daemon::ready(note);
+  daemon::notify_systemd(fmt::format("READY=1\nMAINPID={}\nSTATUS={}", ::getpid(),
+                                     note.empty() ? "running" : note));
+}
 
 bool stop_signal_within(const sigset_t& signals, int64_t ms)
 {
@@ -86,7 +92,10 @@ bool stop_signal_within(const sigset_t& signals, int64_t ms)
     timespec wait{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
     siginfo_t info;
     const int sig = sigtimedwait(&signals, &info, &wait);
-    if (sig == SIGINT || sig == SIGTERM) return true;
+    if (sig == SIGINT || sig == SIGTERM) {
+      daemon::notify_systemd("STOPPING=1");
+      return true;
+    }
     if (sig == SIGHUP) {
       if (daemon::is_daemon()) (void)daemon::reopen_log();
       continue;
@@ -117,6 +126,7 @@ void run_until_signal(const sigset_t& signals, const std::function<void()>& stop
         continue;
       }
       log::info("{} received: stopping after the work in hand", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      daemon::notify_systemd("STOPPING=1\nSTATUS=stopping after the work in hand");
       stop();
     }
   });

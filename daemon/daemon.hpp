@@ -35,6 +35,11 @@ void ready(std::string_view note = {});
 // Tell the waiting parent why the daemon could not start (no-op when nobody is waiting).
 void failed(std::string_view message);
 
+// Tell systemd of a change of state ("READY=1", "STOPPING=1", "STATUS=..."; sd_notify(3)) when
+// it started us with $NOTIFY_SOCKET (Type=notify); no-op otherwise. Best effort: a message
+// that cannot be sent is dropped.
+void notify_systemd(std::string_view state);
+
 // Point stdout and stderr at the log file again (after SIGHUP, when logrotate moved it). No-op
 // outside daemon mode.
 Expected<void> reopen_log();

@@ -198,6 +198,40 @@ order=$("$acmo" --json dlq list --limit 1000 --offset 1000 | grep -oE '"orderId"
 check "the redriven messages kept their original order across chunks" \
   test "$order" = "$(seq -f 'none-%g' 1001 2000 | tr '\n' ' ')"
 
+# --- systemd notification (Type=notify) -----------------------------------------------------------
+
+# notify_run SOCKET ACMO-ARGS...: run acmo in the foreground with NOTIFY_SOCKET=SOCKET (a path,
+# or @name for an abstract socket), as systemd does; once it says READY=1, send SIGTERM. Prints
+# the messages it sent, then "exit N".
+notify_run() {
+  timeout 30 python3 - "$@" <<'PY'
+import os, signal, socket, subprocess, sys
+where, args = sys.argv[1], sys.argv[2:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("\0" + where[1:] if where.startswith("@") else where)
+s.settimeout(15)
+p = subprocess.Popen(args, env=dict(os.environ, NOTIFY_SOCKET=where),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    ready = s.recv(4096).decode()
+    print(ready.replace("\n", " "))
+    p.send_signal(signal.SIGTERM)
+    print(s.recv(4096).decode().replace("\n", " "))
+finally:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    print("exit", p.wait(timeout=10))
+PY
+}
+export ACMO_DATA_DIR="$work/notify"
+out=$(notify_run "$work/notify.sock" "$acmo" run-handler)
+check "run-handler tells systemd it is ready, with its pid" grep -qE "^READY=1 MAINPID=[0-9]+ STATUS=running$" <<<"$out"
+check "  then that it is stopping, on SIGTERM, and exits 0 ($out)" \
+  bash -c 'grep -q "^STOPPING=1" <<<"$1" && grep -qx "exit 0" <<<"$1"' _ "$out"
+out=$(notify_run "@acmo-test-notify-$$" "$acmo" serve --listen 127.0.0.1:0)
+check "serve does the same, to an abstract socket ($out)" \
+  bash -c 'grep -q "^READY=1 " <<<"$1" && grep -q "^STOPPING=1" <<<"$1" && grep -qx "exit 0" <<<"$1"' _ "$out"
+
 # --- acmo demo ------------------------------------------------------------------------------------
 
 out=$(ACMO_DATA_DIR= "$acmo" demo 2>&1)
@@ -237,8 +271,8 @@ for unit in "$src"/examples/*.service; do
   read -ra args <<<"${cmdline//\/etc\/acmo\/acmo.toml/$src/examples/acmo.toml}"
   "$acmo" "${args[@]}" --help >/dev/null 2>&1
   check "$(basename "$unit"): its ExecStart is a valid acmo command line ($cmdline)" test $? = 0
-  check "$(basename "$unit"): runs in the foreground (Type=simple, no --daemon)" \
-    bash -c 'grep -qx "Type=simple" "$1" && ! grep "^ExecStart=" "$1" | grep -q -- "--daemon"' _ "$unit"
+  check "$(basename "$unit"): runs in the foreground and says when it is ready (Type=notify, no --daemon)" \
+    bash -c 'grep -qx "Type=notify" "$1" && ! grep "^ExecStart=" "$1" | grep -q -- "--daemon"' _ "$unit"
 done
 
 echo "# daemon: $passed passed, $failed failed"
