@@ -35,7 +35,8 @@ sigset_t block_signals();
 void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
                         const std::string& command);
 
-// The daemon is up: its parent prints "started" and exits 0. No-op in the foreground.
+// The command is up: a daemon's parent prints "started" and exits 0, and systemd, when it
+// started us with $NOTIFY_SOCKET, hears READY=1 (with `note` as STATUS).
 void announce_ready(std::string_view note = {});
 
 // Wait `ms` for SIGINT or SIGTERM (blocked by block_signals); true if one came. For waits
