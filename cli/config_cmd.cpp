@@ -35,7 +35,15 @@ int run_show(const GlobalOptions& global)
 
 int run_check(const GlobalOptions& global)
 {
-  const Config& cfg = config(global); // throws Fatal (exit 2) with file:line:column on errors
+  const Config* loaded = nullptr;
+  try {
+    loaded = &config(global); // throws Fatal (exit 2) with file:line:column on errors
+  } catch (const Fatal& e) {
+    // A script asked for JSON: it gets the verdict on stdout too, the error still on stderr.
+    if (global.json) print_json({{"ok", false}, {"error", e.what()}});
+    throw;
+  }
+  const Config& cfg = *loaded;
   if (global.json) {
     print_json({{"ok", true}, {"file", cfg.file()}});
   } else if (!global.quiet) {

@@ -104,6 +104,16 @@ err=$("$acmo" --data-dir "$work/data-at" send CREATE --data "@$work/no-such.json
 check "a --data file that is not there exits 2, saying why" \
   test "$rc" -eq 2 -a -n "$(grep "No such file or directory" <<<"$err")"
 
+# config check: a broken file is named with its line and column, in text and in JSON.
+printf '[queue]\n\nvisibility_timeout = "soon"\n' >"$work/broken.toml"
+err=$("$acmo" --config "$work/broken.toml" config check 2>&1); rc=$?
+check "config check of a broken file exits 2 (got $rc)" test "$rc" -eq 2
+check "  naming file, line, column and key" \
+  grep -qF "acmo: error: $work/broken.toml:3:22: queue.visibility_timeout: \"soon\" is not a duration" <<<"$err"
+out=$("$acmo" --config "$work/broken.toml" --json config check 2>/dev/null); rc=$?
+check "config check --json of a broken file says so on stdout, exit 2 ($rc: $out)" \
+  bash -c '[[ $1 == 2 && $2 == "{\"error\":\""*"\"ok\":false}" ]]' _ "$rc" "$out"
+
 # --- send --file ----------------------------------------------------------------------------
 cat >"$work/events.jsonl" <<JSONL
 {"type":"CREATE","orderId":"ord_file_1","data":$create_data}
