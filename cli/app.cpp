@@ -81,14 +81,20 @@ std::string data_dir(const GlobalOptions& global)
   return resolve_data_dir(global.data_dir, config(global).get_string("data_dir"));
 }
 
+Fatal data_dir_fatal(const Error& error)
+{
+  if (error.field == "data_dir") return Fatal(error.message, exit_code::k_usage);
+  return Fatal(error);
+}
+
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
 {
   const std::string dir = data_dir(global);
-  if (auto ok = ensure_directory(dir); !ok) throw Fatal(ok.error());
+  if (auto ok = ensure_directory(dir); !ok) throw data_dir_fatal(ok.error());
   const std::string path = database_path(dir);
   if (global.verbose > 0) fmt::print(stderr, "acmo: queue database: {}\n", path);
   auto queue = Queue::open(path, queue_options_from(config(global)));
-  if (!queue) throw Fatal(queue.error());
+  if (!queue) throw data_dir_fatal(queue.error());
   return std::move(*queue);
 }
 

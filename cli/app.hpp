@@ -57,6 +57,10 @@ const Config& config(const GlobalOptions& global);
 // The data dir in force: --data-dir, $ACMO_DATA_DIR, the config's data_dir, the XDG default.
 std::string data_dir(const GlobalOptions& global);
 
+// A data dir acmo cannot use (a file in the way, no right to create or write it) is a
+// configuration error, exit 2: no retry helps. Other errors keep their exit code.
+Fatal data_dir_fatal(const Error& error);
+
 // Open the queue of the data dir (creating the directory). Throws Fatal with a clear message
 // if it cannot.
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global);

@@ -58,7 +58,7 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
     return;
   }
   const std::string dir = data_dir(global);
-  if (auto ok = ensure_directory(dir); !ok) throw Fatal(ok.error());
+  if (auto ok = ensure_directory(dir); !ok) throw data_dir_fatal(ok.error());
   daemon::DaemonOptions options;
   options.pid_file = flags.pid_file;
   if (options.pid_file.empty()) {

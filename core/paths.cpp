@@ -1,10 +1,12 @@
 #include "core/paths.hpp"
 
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <system_error>
 
 #include <fmt/core.h>
+#include <unistd.h>
 
 namespace acmo {
 
@@ -41,7 +43,18 @@ Expected<void> ensure_directory(const std::string& dir)
     return {};
   }
   std::error_code ec;
-  if (fs::is_directory(dir, ec)) return {};
+  if (fs::is_directory(dir, ec)) {
+    // SQLite would only say "unable to open database file".
+    if (::access(dir.c_str(), W_OK | X_OK) != 0 && errno == EACCES) {
+      return make_error(Errc::unavailable,
+                        fmt::format("this user may not write the data directory {} (permission "
+                                    "denied); run acmo as its owner, or pass --data-dir with a "
+                                    "directory this user can write",
+                                    dir),
+                        "data_dir");
+    }
+    return {};
+  }
   if (fs::exists(dir, ec)) {
     return make_error(Errc::invalid_input,
                       fmt::format("the data directory {} exists but is not a directory; pass "

@@ -11,8 +11,8 @@ namespace acmo {
 // data_dir), else $XDG_STATE_HOME/acmo, else ~/.local/state/acmo.
 std::string resolve_data_dir(const std::string& flag, const std::string& configured = {});
 
-// Create `dir` and its parents if needed (mode 0700 for the last part); a clear error if that
-// fails or `dir` is not a directory.
+// Create `dir` and its parents if needed (mode 0700 for the last part); a clear error, with the
+// field "data_dir", if that fails, `dir` is not a directory, or this user may not write it.
 Expected<void> ensure_directory(const std::string& dir);
 
 // The SQLite file of the data dir, which holds the queues (and, embedded, the orders).

@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include <fmt/core.h>
@@ -34,6 +35,18 @@ Error SqliteError::to_error() const
                  fmt::format("the disk holding the queue is full ({}); free some space and retry",
                              what()));
   }
+  // Not allowed to write there: no retry will help, the data dir is misconfigured.
+  const bool denied = primary == SQLITE_READONLY || primary == SQLITE_PERM ||
+                      ((primary == SQLITE_CANTOPEN || primary == SQLITE_IOERR) &&
+                       (m_sys_errno == EACCES || m_sys_errno == EPERM || m_sys_errno == EROFS));
+  if (denied) {
+    return Error(Errc::unavailable,
+                 fmt::format("this user may not write the queue database ({}); run acmo as "
+                             "the user that owns the data directory and its files, or pass "
+                             "--data-dir with a directory this user can write",
+                             m_sys_errno != 0 ? std::strerror(m_sys_errno) : "it is read-only"),
+                 "data_dir");
+  }
   switch (primary) {
   case SQLITE_BUSY:
   case SQLITE_LOCKED:
@@ -42,8 +55,6 @@ Error SqliteError::to_error() const
                              what()));
   case SQLITE_IOERR:
   case SQLITE_CANTOPEN:
-  case SQLITE_READONLY:
-  case SQLITE_PERM:
     return Error(Errc::unavailable,
                  fmt::format("cannot write the queue database ({}); check the data directory",
                              what()));
