@@ -1,4 +1,5 @@
 // acmo send: put order events on the queue.
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -6,6 +7,10 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -200,25 +205,82 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   return exit_code::k_failure;
 }
 
+// The lines of a file descriptor, read in large chunks. Unlike std::getline, it tells the end
+// of the input from a read error.
+class LineReader
+{
+public:
+  explicit LineReader(int fd) : m_fd(fd) {}
+
+  // The next line, without its '\n'; false at the end of the input or on a read error
+  // (error() then says which; a line cut short by the error is dropped).
+  bool next(std::string& line)
+  {
+    for (;;) {
+      const size_t newline = m_buffer.find('\n', m_scan);
+      if (newline != std::string::npos) {
+        line.assign(m_buffer, m_start, newline - m_start);
+        m_start = m_scan = newline + 1;
+        return true;
+      }
+      m_scan = m_buffer.size();
+      if (m_end) {
+        if (m_error != 0 || m_start == m_buffer.size()) return false;
+        line.assign(m_buffer, m_start); // a last line without '\n'
+        m_start = m_scan = m_buffer.size();
+        return true;
+      }
+      m_buffer.erase(0, m_start);
+      m_scan -= m_start;
+      m_start = 0;
+      const size_t had = m_buffer.size();
+      m_buffer.resize(had + k_chunk);
+      const ssize_t n = ::read(m_fd, m_buffer.data() + had, k_chunk);
+      m_buffer.resize(had + static_cast<size_t>(std::max<ssize_t>(n, 0)));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) m_error = errno;
+      if (n <= 0) m_end = true;
+    }
+  }
+
+  int error() const { return m_error; }
+
+private:
+  static constexpr size_t k_chunk = 256 * 1024;
+  int m_fd;
+  std::string m_buffer;
+  size_t m_start = 0; // where the next line begins
+  size_t m_scan = 0;  // where to look for its '\n'
+  bool m_end = false;
+  int m_error = 0;
+};
+
 int send_file(const SendOptions& opts, const GlobalOptions& global)
 {
-  std::ifstream file;
-  std::istream* in = &std::cin;
+  int fd = STDIN_FILENO;
   if (opts.file != "-") {
-    file.open(opts.file, std::ios::binary);
-    if (!file) {
+    fd = ::open(opts.file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
       throw Fatal(fmt::format("cannot read {}: {}; check the path given to --file", opts.file,
                               std::strerror(errno)),
                   exit_code::k_usage);
     }
-    in = &file;
   }
-  int64_t total_bytes = 0;
-  if (in == &file) {
-    file.seekg(0, std::ios::end);
-    total_bytes = static_cast<int64_t>(file.tellg());
-    file.seekg(0, std::ios::beg);
+  struct Closer {
+    int fd;
+    ~Closer()
+    {
+      if (fd != STDIN_FILENO) ::close(fd);
+    }
+  } closer{fd};
+  struct stat st{};
+  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    throw Fatal(fmt::format("{} is a directory; --file takes a JSON Lines file, or '-' for stdin",
+                            opts.file == "-" ? "stdin" : opts.file),
+                exit_code::k_usage);
   }
+  // The size of a regular file makes a bar with a percentage; a pipe gets a count.
+  const int64_t total_bytes = S_ISREG(st.st_mode) ? static_cast<int64_t>(st.st_size) : 0;
   Progress progress("events", total_bytes, progress_wanted(global.json, global.quiet));
   int64_t bytes_read = 0;
   auto queue = open_queue(global);
@@ -246,16 +308,21 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
     progress.update(bytes_read, sent + duplicates + failed);
   };
 
+  LineReader reader(fd);
   std::string line;
   int64_t line_number = 0;
-  while (std::getline(*in, line)) {
+  while (reader.next(line)) {
     ++line_number;
     bytes_read += static_cast<int64_t>(line.size()) + 1;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto event = parse_event(line);
     if (!event) {
       ++failed;
-      print_error(fmt::format("line {}: {}", line_number, event.error().message));
+      print_error(event.error().field == "body"
+                    ? fmt::format("line {}: not valid JSON; each line is one event object, such "
+                                  "as {{\"type\":\"DELETE\",\"orderId\":\"ord_1\"}}",
+                                  line_number)
+                    : fmt::format("line {}: {}", line_number, event.error().message));
       continue;
     }
     complete_event(*event, config(global).get_string("queue.group_by"));
@@ -270,6 +337,13 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
     print_json({{"sent", sent}, {"duplicates", duplicates}, {"failed", failed}});
   } else if (!global.quiet) {
     fmt::print("sent {}, duplicates {}, failed {}\n", sent, duplicates, failed);
+  }
+  if (reader.error() != 0) {
+    print_error(fmt::format("reading {} failed after line {}: {}; the lines before it were "
+                            "handled as counted above, the rest were not read",
+                            opts.file == "-" ? "stdin" : opts.file, line_number,
+                            std::strerror(reader.error())));
+    return exit_code::k_failure;
   }
   return failed > 0 ? exit_code::k_rejected : exit_code::k_ok;
 }

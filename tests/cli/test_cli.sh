@@ -154,6 +154,21 @@ check "--file prints one object per sent event" test "$(grep -c messageId <<<"$o
 out=$(head -n 2 "$work/events.jsonl" | "$acmo" send --file - --json)
 check "--file - reads stdin (and dedups by content)" \
   test "$(json_field "$(tail -n 1 <<<"$out")" duplicates)" = 2
+# Input of every shape, in a data dir of its own.
+at=(--data-dir "$work/file-shapes")
+out=$(printf '\xef\xbb\xbf{"type":"DELETE","orderId":"crlf_1"}\r\n{"type":"DELETE","orderId":"crlf_2"}' |
+  "$acmo" "${at[@]}" send --file -); rc=$?
+check "--file takes a BOM, CRLF and a last line without newline (got $rc: $out)" \
+  test "$rc" -eq 0 -a "$out" = "sent 2, duplicates 0, failed 0"
+err=$("$acmo" "${at[@]}" send --file "$work" 2>&1); rc=$?
+check "--file of a directory exits 2, saying so (got $rc)" \
+  test "$rc" -eq 2 -a -n "$(grep "is a directory" <<<"$err")"
+err=$("$acmo" "${at[@]}" send --file /proc/self/mem 2>&1); rc=$?
+check "a read error in --file exits 1, saying so (got $rc: $err)" \
+  test "$rc" -eq 1 -a -n "$(grep "reading /proc/self/mem failed after line 0: Input/output error" <<<"$err")"
+err=$(printf 'nonsense\n' | "$acmo" "${at[@]}" send --file - 2>&1)
+check "a line that is not JSON is named and shown what a line is" \
+  grep -qF 'line 1: not valid JSON; each line is one event object, such as {"type":"DELETE"' <<<"$err"
 
 # --- stats ------------------------------------------------------------------------------------
 stats=$("$acmo" stats --json)
