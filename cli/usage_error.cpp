@@ -174,7 +174,22 @@ UsageError explain_parse_error(const CLI::App& app, const CLI::ParseError& e, in
       if (end > start) extras.push_back(extra.substr(start, end - start));
       start = end + 1;
     }
-    if (!extras.empty()) return unexpected_word(path, *cmd, extras.back());
+    if (!extras.empty()) {
+      const std::string& word = extras.back();
+      // "--watch 5": a flag whose value is optional ("[=SECS]") takes it attached only.
+      for (int i = 2; i < argc; ++i) {
+        const std::string flag = argv[i - 1];
+        if (word != argv[i] || flag.rfind("--", 0) != 0) continue;
+        const CLI::Option* opt = find_option(cmd, flag);
+        if (opt != nullptr && opt->get_option_text().rfind("[=", 0) == 0) {
+          return {fmt::format("{} takes its value attached: {}={} ('{}' alone is not an argument "
+                              "of '{}')",
+                              flag, flag, word, word, path),
+                  path};
+        }
+      }
+      return unexpected_word(path, *cmd, word);
+    }
   }
   if (kind == "RequiredError") {
     if (std::string name = what.substr(0, what.rfind(" is required")); name != what) {
