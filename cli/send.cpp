@@ -7,6 +7,7 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -206,29 +207,44 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
 }
 
 // The lines of a file descriptor, read in large chunks. Unlike std::getline, it tells the end
-// of the input from a read error.
+// of the input from a read error, and it does not hold a line longer than any event can be.
 class LineReader
 {
 public:
+  enum class Got { line, too_long, end };
+
   explicit LineReader(int fd) : m_fd(fd) {}
 
-  // The next line, without its '\n'; false at the end of the input or on a read error
+  // The next line, without its '\n'; or too_long for a line over k_max_line bytes (skipped
+  // without being held, `line` empty); or end at the end of the input or on a read error
   // (error() then says which; a line cut short by the error is dropped).
-  bool next(std::string& line)
+  Got next(std::string& line)
   {
     for (;;) {
       const size_t newline = m_buffer.find('\n', m_scan);
       if (newline != std::string::npos) {
-        line.assign(m_buffer, m_start, newline - m_start);
+        m_consumed += static_cast<int64_t>(newline + 1 - m_start);
+        if (m_skipping) {
+          line.clear();
+        } else {
+          line.assign(m_buffer, m_start, newline - m_start);
+        }
         m_start = m_scan = newline + 1;
-        return true;
+        return std::exchange(m_skipping, false) ? Got::too_long : Got::line;
       }
       m_scan = m_buffer.size();
       if (m_end) {
-        if (m_error != 0 || m_start == m_buffer.size()) return false;
+        if (m_error != 0 || (m_start == m_buffer.size() && !m_skipping)) return Got::end;
+        m_consumed += static_cast<int64_t>(m_buffer.size() - m_start);
         line.assign(m_buffer, m_start); // a last line without '\n'
+        if (m_skipping) line.clear();
         m_start = m_scan = m_buffer.size();
-        return true;
+        return std::exchange(m_skipping, false) ? Got::too_long : Got::line;
+      }
+      if (m_buffer.size() - m_start > k_max_line) { // drop what we have of it, keep reading
+        m_skipping = true;
+        m_consumed += static_cast<int64_t>(m_buffer.size() - m_start);
+        m_start = m_scan = m_buffer.size();
       }
       m_buffer.erase(0, m_start);
       m_scan -= m_start;
@@ -244,6 +260,11 @@ public:
   }
 
   int error() const { return m_error; }
+  // The bytes of the lines returned so far, newlines included.
+  int64_t consumed() const { return m_consumed; }
+
+  // Twice the largest message body: an event line longer than that cannot be sent.
+  static constexpr size_t k_max_line = 2 * limits::k_max_body_bytes;
 
 private:
   static constexpr size_t k_chunk = 256 * 1024;
@@ -251,8 +272,10 @@ private:
   std::string m_buffer;
   size_t m_start = 0; // where the next line begins
   size_t m_scan = 0;  // where to look for its '\n'
+  bool m_skipping = false; // in a line over k_max_line
   bool m_end = false;
   int m_error = 0;
+  int64_t m_consumed = 0;
 };
 
 int send_file(const SendOptions& opts, const GlobalOptions& global)
@@ -311,9 +334,17 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
   LineReader reader(fd);
   std::string line;
   int64_t line_number = 0;
-  while (reader.next(line)) {
+  for (LineReader::Got got; (got = reader.next(line)) != LineReader::Got::end;) {
     ++line_number;
-    bytes_read += static_cast<int64_t>(line.size()) + 1;
+    bytes_read = reader.consumed();
+    if (got == LineReader::Got::too_long) {
+      ++failed;
+      print_error(fmt::format("line {}: longer than {} MiB, which no event can be (a message "
+                              "body is at most {} MiB); skipped",
+                              line_number, LineReader::k_max_line >> 20,
+                              limits::k_max_body_bytes >> 20));
+      continue;
+    }
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     auto event = parse_event(line);
     if (!event) {

@@ -163,6 +163,15 @@ out=$(printf '\xef\xbb\xbf{"type":"DELETE","orderId":"crlf_1"}\r\n{"type":"DELET
   "$acmo" "${at[@]}" send --file -); rc=$?
 check "--file takes a BOM, CRLF and a last line without newline (got $rc: $out)" \
   test "$rc" -eq 0 -a "$out" = "sent 2, duplicates 0, failed 0"
+{
+  echo '{"type":"DELETE","orderId":"long_1"}'
+  head -c 3000000 /dev/zero | tr '\0' x; echo
+  echo '{"type":"DELETE","orderId":"long_2"}'
+} >"$work/long-line.jsonl"
+out=$("$acmo" "${at[@]}" send --file "$work/long-line.jsonl" 2>"$work/long-line.err"); rc=$?
+check "a line longer than any event is reported and skipped, the others sent (got $rc: $out)" \
+  test "$rc" -eq 4 -a "$out" = "sent 2, duplicates 0, failed 1"
+check "  by its number" grep -q "^acmo: error: line 2: longer than 2 MiB" "$work/long-line.err"
 err=$("$acmo" "${at[@]}" send --file "$work" 2>&1); rc=$?
 check "--file of a directory exits 2, saying so (got $rc)" \
   test "$rc" -eq 2 -a -n "$(grep "is a directory" <<<"$err")"
