@@ -155,7 +155,8 @@ UsageError explain_parse_error(const CLI::App& app, const CLI::ParseError& e, in
     // "acmo -x": CLI11 misses the subcommand before it gets to the unknown flag.
     for (int i = 1; i < argc; ++i) {
       const std::string word = argv[i];
-      const bool flag = word.rfind("--", 0) == 0 ? word.size() > 2 : word.size() == 2 && word[0] == '-';
+      const bool flag =
+        word.rfind("--", 0) == 0 ? word.size() > 2 : word.size() == 2 && word[0] == '-';
       if (flag && find_option(cmd, word.substr(0, word.find('='))) == nullptr) {
         return unexpected_word(path, *cmd, word);
       }
