@@ -120,12 +120,19 @@ check "config check --json of a broken file says so on stdout, exit 2 ($rc: $out
 # A data dir acmo may not use is a configuration error (exit 2) that says so, never "retry".
 mkdir -p "$work/locked" && chmod 555 "$work/locked"
 as_other=()
-# Root may write anywhere: be nobody, who may enter the work dir but not write there.
-[[ $(id -u) -eq 0 ]] && as_other=(runuser -u nobody --) && chmod 755 "$work"
-err=$("${as_other[@]}" "$acmo" --data-dir "$work/locked" send DELETE --order-id x 2>&1); rc=$?
+other_acmo=$acmo
+if [[ $(id -u) -eq 0 ]]; then
+  # Root may write anywhere: be nobody, who may enter the work dir but not write there, with a
+  # copy of the binary there (the build dir may be out of nobody's reach).
+  as_other=(runuser -u nobody --)
+  chmod 755 "$work"
+  other_acmo=$work/acmo
+  cp "$acmo" "$other_acmo" && chmod 755 "$other_acmo"
+fi
+err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/locked" send DELETE --order-id x 2>&1); rc=$?
 check "a data dir this user may not write exits 2 (got $rc)" test "$rc" -eq 2
 check "  saying so" grep -q "this user may not write the data directory $work/locked" <<<"$err"
-err=$("${as_other[@]}" "$acmo" --data-dir "$work/locked/below" stats 2>&1); rc=$?
+err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/locked/below" stats 2>&1); rc=$?
 check "a data dir this user may not create exits 2 (got $rc: $err)" test "$rc" -eq 2
 printf 'x' >"$work/a-file"
 "$acmo" --data-dir "$work/a-file" stats 2>/dev/null; rc=$?
@@ -133,7 +140,8 @@ check "a data dir that is a file exits 2 (got $rc)" test "$rc" -eq 2
 mkdir -p "$work/ro-db" && "$acmo" --data-dir "$work/ro-db" stats >/dev/null
 chmod 444 "$work/ro-db/acmo.db"
 [[ $(id -u) -eq 0 ]] && chown -R nobody "$work/ro-db"
-err=$("${as_other[@]}" "$acmo" --data-dir "$work/ro-db" send DELETE --order-id x 2>&1); rc=$?
+err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/ro-db" send DELETE --order-id x 2>&1)
+rc=$?
 check "a queue database that is read-only for this user exits 2 (got $rc: $err)" \
   test "$rc" -eq 2 -a -n "$(grep "may not write the queue database" <<<"$err")"
 
