@@ -35,6 +35,14 @@ Error SqliteError::to_error() const
                  fmt::format("the disk holding the queue is full ({}); free some space and retry",
                              what()));
   }
+  if ((primary == SQLITE_CANTOPEN || primary == SQLITE_IOERR) &&
+      (m_sys_errno == EMFILE || m_sys_errno == ENFILE)) {
+    return Error(Errc::unavailable,
+                 fmt::format("acmo is out of file descriptors and cannot open the database ({}); "
+                             "raise the open files limit (ulimit -n, or LimitNOFILE= in a "
+                             "systemd unit), or lower server.keep_alive_timeout",
+                             std::strerror(m_sys_errno)));
+  }
   // Not allowed to write there: no retry will help, the data dir is misconfigured.
   const bool denied = primary == SQLITE_READONLY || primary == SQLITE_PERM ||
                       ((primary == SQLITE_CANTOPEN || primary == SQLITE_IOERR) &&

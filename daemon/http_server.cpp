@@ -622,11 +622,18 @@ struct HttpServer::Impl {
     }
     std::array<epoll_event, 64> events{};
     int64_t last_warning_us = 0;
+    // Out of descriptors, the listener leaves the epoll set until then (the connections wait
+    // in the backlog), while the parked ones are served as ever; 0: listening.
+    int64_t resume_accepting_us = 0;
     while (!stopping.load()) {
       int timeout_ms = -1;
-      if (!deadlines.empty()) {
-        timeout_ms = static_cast<int>(
-          std::clamp<int64_t>((deadlines.begin()->first - now_us() + 999) / 1000, 0, 60'000));
+      int64_t next_us = deadlines.empty() ? 0 : deadlines.begin()->first;
+      if (resume_accepting_us != 0 && (next_us == 0 || resume_accepting_us < next_us)) {
+        next_us = resume_accepting_us;
+      }
+      if (next_us != 0) {
+        timeout_ms =
+          static_cast<int>(std::clamp<int64_t>((next_us - now_us() + 999) / 1000, 0, 60'000));
       }
       const int n = ::epoll_wait(epoll_fd, events.data(), static_cast<int>(events.size()), timeout_ms);
       if (n < 0) {
@@ -636,6 +643,14 @@ struct HttpServer::Impl {
       }
       if (stopping.load()) break;
       bool accepting = false;
+      if (resume_accepting_us != 0 && now_us() >= resume_accepting_us) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.fd = listen_fd;
+        ::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, listen_fd, &ev);
+        resume_accepting_us = 0;
+        accepting = true; // the backlog may hold connections already
+      }
       for (int i = 0; i < n; ++i) {
         const int fd = events[static_cast<size_t>(i)].data.fd;
         if (fd == listen_fd) {
@@ -665,14 +680,17 @@ struct HttpServer::Impl {
         const int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
         if (fd < 0) {
           if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-            // Out of descriptors or memory: the connection waits in the backlog meanwhile.
+            // Out of descriptors or memory: the connections wait in the backlog meanwhile.
             if (const int64_t now = now_us(); now - last_warning_us > 10'000'000) {
               log::warn("cannot accept a connection: {}; raise the open files limit (ulimit -n) "
                         "or lower server.keep_alive_timeout",
                         std::strerror(errno));
               last_warning_us = now;
             }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            // Stop listening for 20 ms rather than sleep: parked connections go on being
+            // served, and the listener, readable all the while, does not spin the loop.
+            ::epoll_ctl(epoll_fd, EPOLL_CTL_DEL, listen_fd, nullptr);
+            resume_accepting_us = now_us() + 20'000;
           }
           break;
         }

@@ -237,5 +237,59 @@ rc=$?
 server_pid=''
 check "SIGTERM still stops the server cleanly (exit $rc)" test "$rc" -eq 0
 
+# --- out of file descriptors ---------------------------------------------------------------------
+# A server with 64 descriptors, and 150 idle connections: it cannot accept them all. The ones
+# it did accept, parked between requests, are still served; /health says what is wrong; once
+# the idle ones go, new connections are accepted again.
+(ulimit -n 64 && exec "$acmo" --data-dir "$work/fd-limit" serve --listen 127.0.0.1:0 \
+  2>"$work/serve.log") &
+server_pid=$!
+for _ in $(seq 200); do
+  port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
+  [[ -n $port ]] && break
+  sleep 0.05
+done
+out=$(timeout 60 python3 - "$port" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+def get(conn, path):
+    conn.sendall(("GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path).encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
+                  if l.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head.split(b"\r\n")[0].decode().split(" ")[1], body.decode()
+kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+get(kept, "/health")
+idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
+time.sleep(0.5)
+served = 0
+for _ in range(10):
+    time.sleep(0.08)  # long enough for the connection to be parked between requests
+    status, body = get(kept, "/health")
+    served += 1
+print("kept", served, status)
+print("health", body)
+for c in idle:
+    c.close()
+time.sleep(0.5)
+print("new", get(socket.create_connection(("127.0.0.1", port), timeout=10), "/health")[0])
+PY
+)
+check "at the descriptor limit, a kept-alive connection is still served ($(head -n 1 <<<"$out"))" \
+  grep -qx "kept 10 503" <<<"$out"
+check "  and /health says why" grep -q "out of file descriptors" <<<"$out"
+check "  and the log too" grep -q "cannot accept a connection: Too many open files" "$work/serve.log"
+check "once connections close, new ones are accepted and healthy again" grep -qx "new 200" <<<"$out"
+kill -TERM "$server_pid"
+wait "$server_pid"
+rc=$?
+server_pid=''
+check "and SIGTERM stops that server cleanly (exit $rc)" test "$rc" -eq 0
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
