@@ -241,8 +241,14 @@ check "SIGTERM still stops the server cleanly (exit $rc)" test "$rc" -eq 0
 # A server with 64 descriptors, and 150 idle connections: it cannot accept them all. The ones
 # it did accept, parked between requests, are still served; /health says what is wrong; once
 # the idle ones go, new connections are accepted again.
-(ulimit -n 64 && exec "$acmo" --data-dir "$work/fd-limit" serve --listen 127.0.0.1:0 \
-  2>"$work/serve.log") &
+# Under UBSan (scripts/test-sanitizers.sh), its vptr check is not to be trusted here: it asks
+# whether memory is readable by writing it into a pipe, which a process out of descriptors
+# cannot make, so the check fails on any object ("invalid vptr ... <memory cannot be
+# printed>"), and its report cannot open its log file either (which ends the process). So UBSan
+# does not stop this one server and reports to its stderr, serve.log; ASan still stops it, and
+# the server must behave.
+(ulimit -n 64 && UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=0:log_path=stderr" \
+  exec "$acmo" --data-dir "$work/fd-limit" serve --listen 127.0.0.1:0 2>"$work/serve.log") &
 server_pid=$!
 for _ in $(seq 200); do
   port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
