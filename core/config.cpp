@@ -281,43 +281,57 @@ Expected<void> read_file(const std::string& file, Config& config)
                                   "check` checks it)",
                                   position(file, e.source()), e.description()));
   }
-  Expected<void> result;
-  // Walk every leaf; a key acmo does not know is an error, not a silent no-op.
-  std::function<bool(const toml::table&, const std::string&)> walk =
+  // Walk every leaf; a key acmo does not know is an error, not a silent no-op. Every problem
+  // of the file is reported at once, in the file's order (toml++ iterates by key): the first as
+  // the error, the others on lines after it.
+  std::vector<std::pair<toml::source_position, Error>> problems;
+  std::function<void(const toml::table&, const std::string&)> walk =
     [&](const toml::table& table, const std::string& prefix) {
       for (const auto& [name, node] : table) {
         const std::string full = prefix.empty() ? std::string(name.str())
                                                 : prefix + "." + std::string(name.str());
         if (const auto* sub = node.as_table()) {
-          if (!walk(*sub, full)) return false;
+          walk(*sub, full);
           continue;
         }
         const ConfigKey* key = find_key(full);
         if (key == nullptr) {
           const std::string guess = key_like(full);
-          result = make_error(Errc::invalid_input,
-                              fmt::format("{}: unknown key {}; {}`acmo config show` lists the keys",
-                                          position(file, node.source()), full,
-                                          guess.empty() ? ""
-                                                        : fmt::format("did you mean {}? ", guess)),
-                              full);
-          return false;
+          problems.emplace_back(
+            node.source().begin,
+            Error(Errc::invalid_input,
+                  fmt::format("{}: unknown key {}; {}`acmo config show` lists the keys",
+                              position(file, node.source()), full,
+                              guess.empty() ? "" : fmt::format("did you mean {}? ", guess)),
+                  full));
+          continue;
         }
         auto value = parse_node(*key, node);
         if (!value) {
-          result = make_error(Errc::invalid_input,
-                              fmt::format("{}: {}: {}", position(file, node.source()), full,
-                                          value.error().message),
-                              full);
-          return false;
+          problems.emplace_back(node.source().begin,
+                                Error(Errc::invalid_input,
+                                      fmt::format("{}: {}: {}", position(file, node.source()),
+                                                  full, value.error().message),
+                                      full));
+          continue;
         }
         config.set(full, ConfigEntry{std::move(*value),
                                      fmt::format("{}:{}", file, node.source().begin.line)});
       }
-      return true;
     };
   walk(root, "");
-  return result;
+  if (problems.empty()) return {};
+  std::stable_sort(problems.begin(), problems.end(), [](const auto& a, const auto& b) {
+    return std::pair(a.first.line, a.first.column) < std::pair(b.first.line, b.first.column);
+  });
+  Error first = problems.front().second;
+  for (size_t i = 1; i < problems.size(); ++i) {
+    first.message += "\n  " + problems[i].second.message;
+  }
+  if (problems.size() > 1) {
+    first.message += fmt::format("\n  ({} problems in {})", problems.size(), file);
+  }
+  return Unexpected(std::move(first));
 }
 
 std::string getenv_string(const char* name)

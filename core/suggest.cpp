@@ -26,6 +26,10 @@ std::string closest_name(std::string_view word, const std::vector<std::string>& 
   std::string best;
   size_t best_distance = max_distance + 1;
   for (const auto& name : names) {
+    // The distance is at least the difference in length: skip the work (a huge word costs none).
+    const size_t gap =
+      word.size() > name.size() ? word.size() - name.size() : name.size() - word.size();
+    if (gap > max_distance) continue;
     const size_t d = edit_distance(word, name);
     if (d > 0 && d < best_distance) {
       best_distance = d;

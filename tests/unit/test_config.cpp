@@ -153,6 +153,22 @@ TEST_CASE("Config: errors name the file, line, column and key", "[config]")
     CHECK(error.message.find("unknown key queue.batch_size; did you mean handler.batch_size?") !=
           std::string::npos);
   }
+  SECTION("every problem of a file at once, in the file's order")
+  {
+    auto file = write(dir, "a.toml",
+                      "[queue]\nvisibilty_timeout = \"1s\"\nmax_retries = \"x\"\n[handler]\n"
+                      "batch_size = 3\nbogus = 1\n");
+    auto error = load_error(file);
+    const auto first = error.message.find(file + ":2:");
+    const auto second = error.message.find("\n  " + file + ":3:");
+    const auto third = error.message.find("\n  " + file + ":6:");
+    CHECK(first == 0);
+    CHECK(second != std::string::npos);
+    CHECK(third != std::string::npos);
+    CHECK(second < third);
+    CHECK(error.message.find("(3 problems in " + file + ")") != std::string::npos);
+    CHECK(error.field == "queue.visibilty_timeout");
+  }
   SECTION("an unknown key like none")
   {
     auto file = write(dir, "a.toml", "[queue]\ncolour = \"blue\"\n");
