@@ -172,12 +172,6 @@ void append_audit(sqlite::Database& db, const std::vector<const AppliedEvent*>& 
 
 } // namespace
 
-Expected<void> SqliteOrderStore::apply(sqlite::Database& db, const AppliedEvent& applied,
-                                       int64_t now_ms)
-{
-  return std::move(apply_all(db, {&applied}, now_ms).front());
-}
-
 std::vector<Expected<void>> SqliteOrderStore::apply_all(
   sqlite::Database& db, const std::vector<const AppliedEvent*>& events, int64_t now_ms)
 {

@@ -89,13 +89,11 @@ public:
   static Expected<std::unique_ptr<SqliteOrderStore>> open(const std::string& db_path);
   ~SqliteOrderStore() override;
 
-  // Apply one event on `db`, inside the caller's transaction (the queue's, in Queue::settle),
-  // and append it to the audit trail. Errc::invalid_input, not_found and conflict are permanent
+  // Apply a batch of events on `db`, inside the caller's transaction (the queue's, in
+  // Queue::consume or Queue::settle): the events in order, each applied or refused with its
+  // reason, and the applied ones appended to the audit trail together, with a statement per 64
+  // rows instead of one per event. Errc::invalid_input, not_found and conflict are permanent
   // failures (the event can never apply) and change nothing; SQLite errors are thrown.
-  static Expected<void> apply(sqlite::Database& db, const AppliedEvent& applied, int64_t now_ms);
-  // apply() for a batch: the events in order, each applied or refused with its reason (what
-  // apply() returns for it), and the applied ones appended to the audit trail together, with
-  // a statement per 64 rows instead of one per event. SQLite errors are thrown.
   static std::vector<Expected<void>> apply_all(sqlite::Database& db,
                                                const std::vector<const AppliedEvent*>& events,
                                                int64_t now_ms);

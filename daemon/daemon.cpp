@@ -83,6 +83,15 @@ Expected<void> take_pid_file(const std::string& file)
   return {};
 }
 
+// `pid_file` with its k_pid_placeholder, if any, replaced by `pid`.
+std::string with_pid(std::string pid_file, std::string_view pid)
+{
+  if (const size_t at = pid_file.find(k_pid_placeholder); at != std::string::npos) {
+    pid_file.replace(at, k_pid_placeholder.size(), pid);
+  }
+  return pid_file;
+}
+
 } // namespace
 
 int running_pid(const std::string& pid_file)
@@ -98,13 +107,6 @@ int running_pid(const std::string& pid_file)
   return pid;
 }
 
-std::string with_pid(std::string pid_file, std::string_view pid)
-{
-  if (const size_t at = pid_file.find(k_pid_placeholder); at != std::string::npos) {
-    pid_file.replace(at, k_pid_placeholder.size(), pid);
-  }
-  return pid_file;
-}
 
 Expected<void> detach(const DaemonOptions& options, std::string_view what)
 {

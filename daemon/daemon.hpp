@@ -13,9 +13,6 @@ namespace acmo::daemon {
 // In a pid file's name, this is replaced by the daemon's pid ("acmo-run-handler.{pid}.pid").
 inline constexpr std::string_view k_pid_placeholder = "{pid}";
 
-// `pid_file` with its k_pid_placeholder, if any, replaced by `pid`.
-std::string with_pid(std::string pid_file, std::string_view pid);
-
 struct DaemonOptions {
   std::string pid_file; // made absolute before the daemon leaves the current directory
   std::string log_file;

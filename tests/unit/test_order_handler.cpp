@@ -142,7 +142,8 @@ TEST_CASE("OrderHandler: a message redelivered while its first handler still wor
   // The slow handler finishes now: its settle fails on the stale receipt and applies nothing.
   auto late = q->settle({slow[0].receipt}, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
     auto event = parse_event(slow[0].body);
-    auto ok = SqliteOrderStore::apply(db, AppliedEvent{slow[0].message_id, slow[0].seq, *event}, 0);
+    const AppliedEvent applied{slow[0].message_id, slow[0].seq, *event};
+    auto ok = std::move(SqliteOrderStore::apply_all(db, {&applied}, 0).front());
     if (!ok) return Unexpected(ok.error());
     return std::vector<Disposition>(1);
   });
