@@ -58,8 +58,8 @@ CREATE TABLE applied_messages (
 );
 -- The first step of applying a batch, in one round trip: lock the batch's orders (in id order,
 -- so two batches never wait for each other in a cycle), then say which of its messages were
--- applied already. The second query takes a new snapshot (the function is volatile): a handler
--- that waited on the locks for another applying the same messages sees them as applied.
+-- applied already. The batch's transaction is REPEATABLE READ: both queries, and everything
+-- after them, see one snapshot.
 CREATE FUNCTION acmo_begin_batch(order_ids text[], message_ids text[])
 RETURNS TABLE (applied boolean, id text, status text, version bigint, created_at bigint,
                updated_at bigint)
@@ -409,12 +409,16 @@ struct PgOrderStore::Impl {
   // terminated, commit in doubt) is dropped and the body tried again on a new one; so are a
   // deadlock, a serialization failure and a unique violation, which a concurrent handler
   // applying the same messages causes. Running a body twice is safe: reads change nothing, and
-  // a batch that did commit is found in applied_messages the second time.
+  // a batch that did commit is found in applied_messages the second time. A conflict is tried
+  // again more often than a broken connection: it only says that another transaction got there
+  // first, and the next attempt sees what it did.
   template<typename F> auto run(F&& body) -> Expected<decltype(body(std::declval<pqxx::connection&>()))>
   {
     constexpr int k_attempts = 3;
+    constexpr int k_conflicts = 10;
     Error last(Errc::internal, "no attempt made");
-    for (int attempt = 0; attempt < k_attempts; ++attempt) {
+    for (int attempt = 0, conflicts = 0; attempt < k_attempts && conflicts < k_conflicts;
+         ++attempt) {
       auto lease = pool.acquire();
       if (!lease) return Unexpected(lease.error());
       try {
@@ -428,9 +432,12 @@ struct PgOrderStore::Impl {
         last = pool.unavailable(e.what());
       } catch (const pqxx::transaction_rollback& e) {
         last = Error(Errc::unavailable, fmt::format("PostgreSQL: {}", first_line(e.what())));
-        std::this_thread::sleep_for(std::chrono::milliseconds(5 * (attempt + 1)));
+        std::this_thread::sleep_for(std::chrono::milliseconds(2 * ++conflicts));
+        --attempt;
       } catch (const pqxx::unique_violation& e) {
         last = Error(Errc::unavailable, fmt::format("PostgreSQL: {}", first_line(e.what())));
+        ++conflicts;
+        --attempt;
       } catch (const pqxx::sql_error& e) {
         const std::string& state = e.sqlstate();
         // Class 08: connection exception; 57P0x: the server is shutting down or restarting.
@@ -507,10 +514,20 @@ struct PgOrderStore::Impl {
     bool changed = false;
   };
 
+  // The batch's transaction is REPEATABLE READ, so that everything it decides rests on one
+  // snapshot. Under READ COMMITTED each statement took a new one: a handler that waited on
+  // an order's lock for another applying the same messages (its visibility timeout ran out)
+  // read the orders as they were before the other committed and the applied ids as they were
+  // after, so a CREATE counted as applied while the UPDATEs behind it found no order and were
+  // dead-lettered; and a CREATE of an order another batch was creating overwrote it. Now a
+  // batch whose snapshot misses a concurrent batch's commit meets that commit in what it
+  // writes (an order both change or create, or an applied id both insert) and fails with a
+  // serialization failure or a unique violation; run() tries it again in a new snapshot,
+  // which sees the other batch whole.
   std::vector<ApplyOutcome> apply_once(pqxx::connection& conn,
                                        const std::vector<AppliedEvent>& events, int64_t now_ms)
   {
-    pqxx::work tx(conn);
+    pqxx::transaction<pqxx::isolation_level::repeatable_read> tx(conn);
     std::map<std::string, Touched> orders;
     PgArray order_ids;
     PgArray message_ids;

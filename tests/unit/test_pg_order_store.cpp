@@ -425,6 +425,88 @@ TEST_CASE("PgOrderStore: two handlers applying the same messages at once apply e
   CHECK(schema.exec("SELECT count(*) FROM orders WHERE version = 2")[0][0].as<int>() == 200);
 }
 
+TEST_CASE("PgOrderStore: a handler that waited for another applying its batch sees all of it "
+          "(redelivery race)",
+          "[pg]")
+{
+  // Handler A took [u_old, c_new], locked their orders and wrote its changes, then paused past
+  // the visibility timeout with its transaction open. Handler B received the batch again, with
+  // the next message of the group behind it, and waits for A's locks. Once A commits, B must
+  // see A's batch whole: its messages applied, and the order it created there for u_new.
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  must(store->apply_batch({event("c_old", 1, create("ord_old"))}, 1'000));
+
+  pqxx::connection a_conn(schema.url("acmo_test_handler_a"));
+  pqxx::work a(a_conn);
+  a.exec("SELECT * FROM acmo_begin_batch('{ord_new,ord_old}'::text[], '{u_old,c_new}'::text[])");
+  a.exec0("UPDATE orders SET status = 'processing', version = version + 1, updated_at = 2000"
+          " WHERE id = 'ord_old'");
+  a.exec0("INSERT INTO orders SELECT 'ord_new', customer_name, customer_email, items,"
+          " total_cents, 'pending', 1, 2000, 2000 FROM orders WHERE id = 'ord_old'");
+  a.exec0("INSERT INTO applied_messages VALUES ('u_old', 2000), ('c_new', 2000)");
+
+  const std::vector<AppliedEvent> batch = {event("u_old", 2, update("ord_old", "processing")),
+                                           event("c_new", 3, create("ord_new")),
+                                           event("u_new", 4, update("ord_new", "processing"))};
+  Expected<std::vector<ApplyOutcome>> b = std::vector<ApplyOutcome>{};
+  std::thread handler_b([&] { b = store->apply_batch(batch, 3'000); });
+  // B's transaction waits on a lock A holds.
+  bool waiting = false;
+  for (int i = 0; i < 500 && !waiting; ++i) {
+    waiting = schema.exec("SELECT count(*) FROM pg_stat_activity WHERE application_name = '"
+                          + schema.name() + "' AND wait_event_type = 'Lock'")[0][0]
+                .as<int>()
+              == 1;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(waiting);
+  a.commit();
+  handler_b.join();
+  REQUIRE(b);
+  CHECK(kinds(*b) == std::vector<Kind>{Kind::duplicate, Kind::duplicate, Kind::applied});
+  for (const auto& o : *b) CHECK(o.reason.empty());
+  auto made = must(store->get("ord_new"));
+  CHECK(made.status == "processing");
+  CHECK(made.version == 2);
+}
+
+TEST_CASE("PgOrderStore: a batch waits for another that creates one of its orders", "[pg]")
+{
+  // Two CREATEs of one order in different messages: the second batch waits for the first's
+  // lock on the id, though no row existed to lock, and then finds the order there.
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  pqxx::connection a_conn(schema.url("acmo_test_handler_a"));
+  pqxx::work a(a_conn);
+  a.exec("SELECT * FROM acmo_begin_batch('{ord_x}'::text[], '{c1}'::text[])");
+  a.exec0("INSERT INTO orders VALUES ('ord_x', 'Ada', 'ada@example.com', '[]', 0, 'pending', 1,"
+          " 1000, 1000)");
+  a.exec0("INSERT INTO applied_messages VALUES ('c1', 1000)");
+  Expected<std::vector<ApplyOutcome>> b = std::vector<ApplyOutcome>{};
+  std::thread handler_b([&] {
+    b = store->apply_batch({event("c2", 2, create("ord_x", "Bob"))}, 2'000);
+  });
+  bool waiting = false;
+  for (int i = 0; i < 500 && !waiting; ++i) {
+    waiting = schema.exec("SELECT count(*) FROM pg_stat_activity WHERE application_name = '"
+                          + schema.name() + "' AND wait_event_type = 'Lock'")[0][0]
+                .as<int>()
+              == 1;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(waiting);
+  a.commit();
+  handler_b.join();
+  REQUIRE(b);
+  REQUIRE(b->size() == 1);
+  // The order exists once A committed: the second CREATE is refused by the rules, not retried.
+  CHECK((*b)[0].kind == Kind::rejected);
+  CHECK(must(store->get("ord_x")).customer_name == "Ada");
+}
+
 TEST_CASE("PgOrderStore: the pool never opens more than pool_size connections, and a caller "
           "waits for one only up to the timeout",
           "[pg]")
