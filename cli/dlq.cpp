@@ -6,6 +6,7 @@
 #include "cli/output.hpp"
 #include "cli/progress.hpp"
 #include "core/ids.hpp"
+#include "core/json_input.hpp"
 #include "core/order.hpp"
 
 namespace acmo::cli {
@@ -23,8 +24,9 @@ struct DlqOptions {
 nlohmann::json message_json(const Message& m)
 {
   // The body is shown as JSON when it is JSON (order events are), else as a string.
-  auto body = nlohmann::json::parse(m.body, nullptr, false);
-  if (body.is_discarded()) body = m.body;
+  // Bodies that broke the rules (nested too deep, say) are in the DLQ for that reason.
+  auto parsed = parse_json_input(m.body, "the body");
+  nlohmann::json body = parsed ? std::move(*parsed) : nlohmann::json(m.body);
   return {{"messageId", m.message_id},
           {"sequenceNumber", format_sequence(m.seq)},
           {"groupId", m.group_id},

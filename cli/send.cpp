@@ -5,7 +5,6 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -23,6 +22,7 @@
 #include "core/order.hpp"
 #include "core/paths.hpp"
 #include "core/ids.hpp"
+#include "core/json_input.hpp"
 #include "core/limits.hpp"
 #include "core/order_event.hpp"
 #include "core/submit.hpp"
@@ -45,26 +45,43 @@ struct SendOptions {
 constexpr int64_t k_default_wait_s = 30;
 constexpr int64_t k_max_wait_s = 3600;
 
-std::string read_all(std::istream& in)
+// At most `limit` bytes of `in`, and whether there were more (then the rest is not read: a
+// file such as /dev/zero never ends).
+std::string read_at_most(std::istream& in, size_t limit, bool& more)
 {
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
+  std::string out(limit + 1, '\0');
+  in.read(out.data(), static_cast<std::streamsize>(out.size()));
+  out.resize(static_cast<size_t>(in.gcount()));
+  more = out.size() > limit;
+  if (more) out.resize(limit);
+  return out;
 }
 
-// --data takes JSON, or @FILE to read it from a file, or @- from stdin.
+// --data takes JSON, or @FILE to read it from a file, or @- from stdin; at most a message
+// body's size, which no event's data can pass.
 std::string load_data_argument(const std::string& arg)
 {
   if (arg.empty() || arg[0] != '@') return arg;
   const std::string path = arg.substr(1);
-  if (path == "-") return read_all(std::cin);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    throw Fatal(fmt::format("cannot read the --data file {}: {}; check the path after '@'", path,
-                            std::strerror(errno)),
-                exit_code::k_usage);
+  std::ifstream file;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    if (!file) {
+      throw Fatal(fmt::format("cannot read the --data file {}: {}; check the path after '@'",
+                              path, std::strerror(errno)),
+                  exit_code::k_usage);
+    }
   }
-  return read_all(in);
+  bool more = false;
+  std::string text = read_at_most(path == "-" ? std::cin : file, limits::k_max_body_bytes, more);
+  if (more) {
+    throw Fatal(fmt::format("--data {}: more than {} MiB, which no event can be (a message body "
+                            "is at most {} bytes)",
+                            path == "-" ? "from stdin" : path, limits::k_max_body_bytes >> 20,
+                            limits::k_max_body_bytes),
+                exit_code::k_rejected);
+  }
+  return text;
 }
 
 void print_result(const GlobalOptions& global, const SendResult& result, const OrderEvent& event)
@@ -150,12 +167,18 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   }
   const std::string data_text = load_data_argument(opts.data);
   if (!data_text.empty()) {
-    event.data = nlohmann::json::parse(data_text, nullptr, false);
-    if (event.data.is_discarded()) {
-      return report(Error(Errc::invalid_input, "--data is not valid JSON; pass an object such as "
-                                               "'{\"status\":\"shipped\"}'",
+    // The rules of a request body: the same parser, so what the API refuses is refused here.
+    auto data = parse_json_input(data_text, "--data", "data");
+    if (!data) {
+      const bool unreadable = data.error().message.find("not valid JSON") != std::string::npos
+                              || data.error().message.find("is empty") != std::string::npos;
+      return report(Error(Errc::invalid_input,
+                          unreadable ? data.error().message
+                                         + "; pass an object such as '{\"status\":\"shipped\"}'"
+                                     : data.error().message,
                           "data"));
     }
+    event.data = std::move(*data);
   }
   if (auto ok = validate_event_data(event.type, event.data); !ok) return report(ok.error());
   event.group_id = opts.group;
@@ -346,13 +369,13 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
       continue;
     }
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto event = parse_event(line);
+    auto event = parse_event(line, "the line");
     if (!event) {
       ++failed;
       print_error(event.error().field == "body"
-                    ? fmt::format("line {}: not valid JSON; each line is one event object, such "
-                                  "as {{\"type\":\"DELETE\",\"orderId\":\"ord_1\"}}",
-                                  line_number)
+                    ? fmt::format("line {}: {}; each line is one event object, such as "
+                                  "{{\"type\":\"DELETE\",\"orderId\":\"ord_1\"}}",
+                                  line_number, event.error().message)
                     : fmt::format("line {}: {}", line_number, event.error().message));
       continue;
     }

@@ -6,12 +6,6 @@
 
 namespace acmo {
 
-namespace {
-
-constexpr int64_t k_max_total_cents = 100'000'000'000; // as for a unit price
-
-} // namespace
-
 Expected<Order> order_from_create(const OrderEvent& event, int64_t now_ms)
 {
   if (event.type != EventType::create) {
@@ -36,13 +30,8 @@ Expected<Order> order_from_create(const OrderEvent& event, int64_t now_ms)
     auto cents = parse_money(in.at("unit_price"), fmt::format("data.items[{}].unit_price", i));
     if (!cents) return Unexpected(cents.error());
     item.unit_price_cents = *cents;
-    int64_t line = 0;
-    if (__builtin_mul_overflow(item.quantity, item.unit_price_cents, &line)
-        || __builtin_add_overflow(order.total_cents, line, &order.total_cents)
-        || order.total_cents > k_max_total_cents) {
-      return make_error(Errc::invalid_input,
-                        "data.items: the order's total is over 1,000,000,000; split the order",
-                        "data.items");
+    if (!add_line_total(order.total_cents, item.quantity, item.unit_price_cents)) {
+      return total_too_large();
     }
     order.items.push_back(std::move(item));
   }

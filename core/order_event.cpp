@@ -1,11 +1,14 @@
 #include "core/order_event.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <utility>
 
 #include <fmt/core.h>
 
+#include "core/json_input.hpp"
 #include "core/limits.hpp"
 
 namespace acmo {
@@ -16,12 +19,26 @@ using nlohmann::json;
 
 constexpr std::array<std::string_view, 5> k_statuses = {"pending", "processing", "shipped",
                                                         "delivered", "cancelled"};
-constexpr int64_t k_max_cents = 100'000'000'000; // 1,000,000,000.00
+constexpr int64_t k_max_cents = k_max_total_cents; // a unit price, as the total
 constexpr size_t k_max_items = 1000;
 
 Unexpected invalid(std::string field, std::string message)
 {
   return make_error(Errc::invalid_input, fmt::format("{}: {}", field, message), field);
+}
+
+// The decimals of a number written as fmt writes a double: "12.5" 1, "1e-09" 9, "1.5e-07" 8,
+// "1e+20" 0.
+int decimals_of(std::string_view text)
+{
+  int exponent = 0;
+  if (const auto e = text.find('e'); e != std::string_view::npos) {
+    exponent = std::atoi(std::string(text.substr(e + 1)).c_str());
+    text = text.substr(0, e);
+  }
+  const auto dot = text.find('.');
+  const int fraction = dot == std::string_view::npos ? 0 : static_cast<int>(text.size() - dot - 1);
+  return std::max(0, fraction - exponent);
 }
 
 bool valid_email(std::string_view s)
@@ -85,6 +102,7 @@ Expected<void> validate_create(const json& data)
   if (items->size() > k_max_items) {
     return invalid("data.items", fmt::format("holds {} items; the limit is {}", items->size(), k_max_items));
   }
+  int64_t total = 0;
   for (size_t i = 0; i < items->size(); ++i) {
     const auto& item = (*items)[i];
     const std::string base = fmt::format("data.items[{}]", i);
@@ -103,12 +121,30 @@ Expected<void> validate_create(const json& data)
     }
     auto price = item.find("unit_price");
     if (price == item.end() || price->is_null()) return invalid(base + ".unit_price", "is required");
-    if (auto cents = parse_money(*price, base + ".unit_price"); !cents) return Unexpected(cents.error());
+    auto cents = parse_money(*price, base + ".unit_price");
+    if (!cents) return Unexpected(cents.error());
+    // The handler computes the same total (order_from_create) and refuses it there too, for
+    // events other producers queue; refused here, a sender learns it at once.
+    if (!add_line_total(total, qty->get<int64_t>(), *cents)) return total_too_large();
   }
   return {};
 }
 
 } // namespace
+
+bool add_line_total(int64_t& total, int64_t quantity, int64_t unit_price_cents)
+{
+  int64_t line = 0;
+  return !__builtin_mul_overflow(quantity, unit_price_cents, &line)
+         && !__builtin_add_overflow(total, line, &total) && total <= k_max_total_cents;
+}
+
+Unexpected total_too_large()
+{
+  return make_error(Errc::invalid_input,
+                    "data.items: the order's total is over 1,000,000,000; split the order",
+                    "data.items");
+}
 
 const char* event_type_name(EventType type)
 {
@@ -164,15 +200,14 @@ Expected<int64_t> parse_money(const json& value, const std::string& field)
   if (!std::isfinite(v)) return invalid(field, "must be a finite number");
   if (v < 0) return invalid(field, "must not be negative");
   if (v > static_cast<double>(k_max_cents) / 100.0) return invalid(field, "is too large");
-  // The JSON text had at most two decimals iff v*100 is within rounding noise of an integer.
-  double scaled = v * 100.0;
-  double rounded = std::round(scaled);
-  // The tolerance covers the binary rounding of a two-decimal value (under 1e-4 cents at the
-  // largest amount) and rejects any third decimal (at least 0.1 cents off).
-  if (std::fabs(scaled - rounded) > 1e-6 + std::fabs(scaled) * 1e-13) {
+  // The shortest decimal text that reads back as v ("19.99", "1e-09", "12.3400000001") holds
+  // the digits of the JSON text (every decimal of up to 15 significant digits reads back
+  // exactly), so its decimals are the ones the sender wrote. Rounding v * 100 would take
+  // 12.3400000001 for 12.34.
+  if (decimals_of(fmt::format("{}", v)) > 2) {
     return invalid(field, "has more than two decimals; money is in whole cents");
   }
-  return static_cast<int64_t>(rounded);
+  return static_cast<int64_t>(std::llround(v * 100.0));
 }
 
 json money_to_json(int64_t cents)
@@ -212,11 +247,16 @@ Expected<void> validate_event_data(EventType type, const json& data)
   return {};
 }
 
-Expected<OrderEvent> parse_event(std::string_view text)
+Expected<OrderEvent> parse_event(std::string_view text, std::string_view what)
 {
-  json doc = json::parse(text.begin(), text.end(), nullptr, false);
-  if (doc.is_discarded()) return invalid("body", "is not valid JSON");
-  if (!doc.is_object()) return invalid("body", "must be a JSON object");
+  auto read = parse_json_input(text, what);
+  if (!read) return Unexpected(read.error());
+  json& doc = *read;
+  if (!doc.is_object()) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("{} must be a JSON object, not {}", what, doc.type_name()),
+                      "body");
+  }
   OrderEvent event;
   auto type = doc.find("type");
   if (type == doc.end() || !type->is_string()) return invalid("type", "is required: CREATE, UPDATE or DELETE");

@@ -22,8 +22,16 @@ Expected<EventType> parse_event_type(std::string_view text);
 bool is_order_status(std::string_view status);
 bool is_allowed_transition(std::string_view from, std::string_view to);
 
-// Money is kept in integer cents. Parse a JSON number with at most two decimals, ≥ 0.
+// Money is kept in integer cents. Parse a JSON number with at most two decimals, ≥ 0 and at
+// most k_max_total_cents.
 Expected<int64_t> parse_money(const nlohmann::json& value, const std::string& field);
+
+// An order's total, like a unit price, is at most 1,000,000,000.00.
+constexpr int64_t k_max_total_cents = 100'000'000'000;
+// Add quantity × unit price to `total`; false when that overflows or passes k_max_total_cents.
+bool add_line_total(int64_t& total, int64_t quantity, int64_t unit_price_cents);
+// The error of an order whose total is over the limit.
+Unexpected total_too_large();
 // Format cents as a JSON number with exactly the decimals needed ("12.5" → 12.5, "3" → 3).
 nlohmann::json money_to_json(int64_t cents);
 
@@ -38,8 +46,9 @@ struct OrderEvent {
 // Check `data` for an event of `type`; errors name the field, e.g. "data.items[2].quantity".
 Expected<void> validate_event_data(EventType type, const nlohmann::json& data);
 
-// Parse and validate an event from its JSON text (a message body or a JSON Lines line).
-Expected<OrderEvent> parse_event(std::string_view text);
+// Parse and validate an event from its JSON text (a message body or a JSON Lines line), with
+// the rules of parse_json_input; `what` names the text in a JSON error ("the body").
+Expected<OrderEvent> parse_event(std::string_view text, std::string_view what = "body");
 
 // Check an order id: 1-128 characters of letters, digits, '_' and '-'.
 Expected<void> check_order_id(std::string_view id);

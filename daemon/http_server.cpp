@@ -34,6 +34,7 @@
 #include "core/cached_orders.hpp"
 #include "core/handler_registry.hpp"
 #include "core/ids.hpp"
+#include "core/json_input.hpp"
 #include "core/limits.hpp"
 #include "core/log.hpp"
 #include "core/order.hpp"
@@ -47,7 +48,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int k_max_json_depth = 64;
 constexpr int64_t k_max_list_limit = 1000;
 constexpr int k_listen_backlog = 1024;
 
@@ -116,58 +116,6 @@ Error as_body_error(Error error)
   strip(error.field);
   strip(error.message);
   return error;
-}
-
-struct BodyRejected {
-  std::string message;
-};
-
-// Parse a request body as JSON, refusing what nlohmann would accept silently: a key given twice
-// in one object, and nesting deeper than k_max_json_depth (which could only be an attack).
-Expected<json> parse_json_body(std::string_view text)
-{
-  if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
-    return make_error(Errc::invalid_input, "the body is empty; send a JSON object", "body");
-  }
-  std::vector<std::unordered_set<std::string>> keys; // one set per open object
-  auto check = [&keys](int depth, json::parse_event_t event, json& parsed) {
-    switch (event) {
-    case json::parse_event_t::object_start:
-      if (depth >= k_max_json_depth) {
-        throw BodyRejected{fmt::format("the body nests deeper than {} levels", k_max_json_depth)};
-      }
-      keys.emplace_back();
-      break;
-    case json::parse_event_t::array_start:
-      if (depth >= k_max_json_depth) {
-        throw BodyRejected{fmt::format("the body nests deeper than {} levels", k_max_json_depth)};
-      }
-      break;
-    case json::parse_event_t::key:
-      if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second) {
-        throw BodyRejected{fmt::format("the key \"{}\" appears twice in one object; give each "
-                                       "field once",
-                                       parsed.get<std::string>())};
-      }
-      break;
-    case json::parse_event_t::object_end:
-      if (!keys.empty()) keys.pop_back();
-      break;
-    default: break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), check);
-  } catch (const BodyRejected& e) {
-    return make_error(Errc::invalid_input, e.message, "body");
-  } catch (const json::parse_error& e) {
-    // "[json.exception.parse_error.101] parse error at line 1, column 9: syntax error ..."
-    std::string what = e.what();
-    if (auto pos = what.find("] "); pos != std::string::npos) what.erase(0, pos + 2);
-    return make_error(Errc::invalid_input, fmt::format("the body is not valid JSON: {}", what),
-                      "body");
-  }
 }
 
 // "application/json; charset=utf-8" → true.
@@ -1029,7 +977,7 @@ struct HttpServer::Impl {
                                              type));
         return;
       }
-      auto parsed = parse_json_body(text);
+      auto parsed = parse_json_input(text, "the body");
       if (!parsed) return set_core_error(res, parsed.error());
       if (!parsed->is_object()) {
         return set_error(res, 400, "invalid_input",
@@ -1312,12 +1260,13 @@ struct HttpServer::Impl {
     if (!messages) return set_core_error(ctx.res, messages.error());
     json list = json::array();
     for (const auto& m : *messages) {
-      json body = json::parse(m.body, nullptr, false);
+      auto parsed = parse_json_input(m.body, "the body");
+      json body = parsed ? std::move(*parsed) : json(m.body);
       list.push_back({{"messageId", m.message_id},
                       {"sequenceNumber", format_sequence(m.seq)},
                       {"groupId", m.group_id},
                       {"deduplicationId", m.dedup_id},
-                      {"body", body.is_discarded() ? json(m.body) : body},
+                      {"body", std::move(body)},
                       {"receiveCount", m.receive_count},
                       {"reason", m.dead_reason},
                       {"lastError", m.last_error},

@@ -107,6 +107,41 @@ err=$("$acmo" --data-dir "$work/data-at" send CREATE --data "@$work/no-such.json
 check "a --data file that is not there exits 2, saying why" \
   test "$rc" -eq 2 -a -n "$(grep "No such file or directory" <<<"$err")"
 
+# Hostile data at every way in: the rules of an HTTP body, and no crash however deep.
+deep() { local n=$1; printf '{"customer_name":"A","customer_email":"a@example.com","items":[],"x":'
+  head -c "$n" /dev/zero | tr '\0' '['; head -c "$n" /dev/zero | tr '\0' ']'; printf '}'; }
+deep 70000 >"$work/deep.json"
+err=$("$acmo" --data-dir "$work/data-at" send CREATE --data "@$work/deep.json" 2>&1); rc=$?
+check "--data nested 70,000 deep exits 4, saying so (got $rc: ${err:0:200})" \
+  test "$rc" -eq 4 -a -n "$(grep -F -- "--data nests deeper than 64 levels" <<<"$err")"
+err=$("$acmo" --data-dir "$work/data-at" send CREATE --data @- <"$work/deep.json" 2>&1); rc=$?
+check "  and from stdin (got $rc)" test "$rc" -eq 4
+{ printf '{"type":"CREATE","orderId":"ord_deep","data":'; deep 200000; printf '}\n'
+  printf '{"type":"DELETE","orderId":"ord_ok"}\n'; } >"$work/deep.jsonl"
+out=$("$acmo" --data-dir "$work/data-at" send --file "$work/deep.jsonl" 2>"$work/deep.err"); rc=$?
+check "send --file with a line nested 200,000 deep sends the others, exit 4 (got $rc: $out)" \
+  test "$rc" -eq 4 -a "$out" = "sent 1, duplicates 0, failed 1"
+check "  naming the line and the rule" grep -q "^acmo: error: line 1: the line nests deeper than 64 levels" "$work/deep.err"
+err=$("$acmo" --data-dir "$work/data-at" send UPDATE --order-id ord_1 \
+  --data '{"status":"shipped","status":"pending"}' 2>&1); rc=$?
+check "--data with a key twice exits 4, as over HTTP (got $rc: $err)" \
+  test "$rc" -eq 4 -a -n "$(grep -F 'holds the key "status" twice' <<<"$err")"
+for price in 1e-9 12.3400000001; do
+  err=$("$acmo" --data-dir "$work/data-at" send CREATE \
+    --data "{\"customer_name\":\"A\",\"customer_email\":\"a@example.com\",\"items\":[{\"product_id\":\"p\",\"quantity\":1,\"unit_price\":$price}]}" 2>&1); rc=$?
+  check "a unit price of $price exits 4: more than two decimals (got $rc: $err)" \
+    test "$rc" -eq 4 -a -n "$(grep -F "more than two decimals" <<<"$err")"
+done
+err=$("$acmo" --data-dir "$work/data-at" send CREATE \
+  --data '{"customer_name":"A","customer_email":"a@example.com","items":[{"product_id":"p","quantity":1000000,"unit_price":999999999.99}]}' 2>&1); rc=$?
+check "an order over the total limit is refused when sent, exit 4 (got $rc: $err)" \
+  test "$rc" -eq 4 -a -n "$(grep -F "total is over 1,000,000,000" <<<"$err")"
+start=$(date +%s%N)
+err=$("$acmo" --data-dir "$work/data-at" send CREATE --data @/dev/zero 2>&1); rc=$?
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+check "--data @/dev/zero stops at the body limit, exit 4, in ${ms} ms (got $rc: $err)" \
+  test "$rc" -eq 4 -a "$ms" -lt 5000 -a -n "$(grep -F "more than 1 MiB" <<<"$err")"
+
 # config check: a broken file is named with its line and column, in text and in JSON.
 printf '[queue]\n\nvisibility_timeout = "soon"\n' >"$work/broken.toml"
 err=$("$acmo" --config "$work/broken.toml" config check 2>&1); rc=$?
@@ -188,7 +223,9 @@ check "a read error in --file exits 1, saying so (got $rc: $err)" \
   test "$rc" -eq 1 -a -n "$(grep "reading /proc/self/mem failed after line 0: Input/output error" <<<"$err")"
 err=$(printf 'nonsense\n' | "$acmo" "${at[@]}" send --file - 2>&1)
 check "a line that is not JSON is named and shown what a line is" \
-  grep -qF 'line 1: not valid JSON; each line is one event object, such as {"type":"DELETE"' <<<"$err"
+  grep -qF 'line 1: the line is not valid JSON: parse error at line 1, column 2' <<<"$err"
+check "  and shown what a line is" \
+  grep -qF 'each line is one event object, such as {"type":"DELETE"' <<<"$err"
 
 # --- stats ------------------------------------------------------------------------------------
 stats=$("$acmo" stats --json)

@@ -221,7 +221,7 @@ http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_email":"a@
 expect "a price with three decimals" 400 invalid_input
 http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_name":"B","customer_email":"a@example.com","items":[]}'
 expect "a duplicate key" 400 invalid_input
-check "the message names the duplicate key" has 'the key \"customer_name\" appears twice'
+check "the message names the duplicate key" has 'holds the key \"customer_name\" twice'
 printf '{"customer_name":"A\xff\xfe","customer_email":"a@example.com","items":[]}' >"$work/bad-utf8.json"
 http POST /api/orders "${json[@]}" --data-binary "@$work/bad-utf8.json"
 expect "invalid UTF-8" 400 invalid_input

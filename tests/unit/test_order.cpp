@@ -60,9 +60,19 @@ TEST_CASE("Order: a total beyond the largest amount is refused, not wrapped", "[
     items += std::string(i ? "," : "") + R"({"product_id":"p","quantity":1000000,"unit_price":999999999.99})";
   }
   items += "]";
-  auto order = order_from_create(
-    create_event(R"({"customer_name":"Big","customer_email":"big@example.com","items":)" + items + "}"),
-    k_now);
+  const std::string data =
+    R"({"customer_name":"Big","customer_email":"big@example.com","items":)" + items + "}";
+  // Refused when it is sent (the rules of the CLI and the API)...
+  auto parsed = parse_event(R"({"type":"CREATE","orderId":"ord_1","data":)" + data + "}");
+  REQUIRE_FALSE(parsed);
+  CHECK(parsed.error().field == "data.items");
+  CHECK_THAT(parsed.error().message, Catch::Contains("total is over 1,000,000,000"));
+  // ...and when it is applied, for an event another producer put on the queue.
+  OrderEvent event;
+  event.type = EventType::create;
+  event.order_id = "ord_1";
+  event.data = nlohmann::json::parse(data);
+  auto order = order_from_create(event, k_now);
   REQUIRE_FALSE(order);
   CHECK(order.error().code == Errc::invalid_input);
   CHECK(order.error().field == "data.items");

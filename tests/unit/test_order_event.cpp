@@ -181,6 +181,9 @@ TEST_CASE("order events: money is parsed into exact integer cents", "[order_even
 {
   auto [text, cents] = GENERATE(table<std::string, int64_t>({
     {"19.99", 1999},
+    {"12.340", 1234},
+    {"1.2e1", 1200},
+    {"1234e-2", 1234},
     {"0.1", 10},
     {"0.29", 29}, // 0.29 * 100 is 28.999999999999996 in binary floating point
     {"1.15", 115},
@@ -201,7 +204,8 @@ TEST_CASE("order events: money with more than two decimals or below zero is reje
           "[order_event]")
 {
   auto text = GENERATE(as<std::string>{}, "19.999", "1.005", "0.001", "-1", "-0.5", "1e-3",
-                       "1000000000.01", "\"5\"", "null", "true");
+                       "1e-9", "12.3400000001", "0.000000001", "999999999.999", "1000000000.01",
+                       "\"5\"", "null", "true");
   INFO(text);
   auto parsed = parse_money(json::parse(text), "data.items[0].unit_price");
   REQUIRE_FALSE(parsed);
