@@ -1,4 +1,4 @@
-// acmo serve: the HTTP API and the monitoring endpoints (SPEC §5), with the OrderHandler in
+// acmo serve: the HTTP API and the monitoring endpoints (docs/http-api.md), with the OrderHandler in
 // the same process unless --no-handler or server.handler = false.
 #include <atomic>
 #include <csignal>
