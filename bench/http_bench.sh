@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HTTP benchmark of `acmo serve` (issue 5): wrk, a second process on loopback, with
+# The HTTP benchmark of `acmo serve`: wrk, a second process on loopback, with
 # 32 connections on 2 threads against
 #   - durable POST /api/orders (each a CREATE with its own Idempotency-Key, fsynced before
 #     its 202; the server runs with --no-handler so that only the write path is measured), and

@@ -36,7 +36,7 @@ constexpr std::array k_subcommands = {
              &setup_dlq},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},
   Subcommand{"demo",
-             "Walk through the whole pipeline in a temporary data dir, narrated (npm run sqs:demo)",
+             "Walk through the whole pipeline in a temporary data dir, narrated",
              &setup_demo},
   Subcommand{"version", "Print acmo's version and what it was built with", &setup_version},
 };

@@ -14,7 +14,7 @@ class App;
 
 namespace acmo::cli {
 
-// Options every subcommand takes (SPEC §3a).
+// Options every subcommand takes (docs/commands.md §1).
 struct GlobalOptions {
   std::string config_file;
   std::string data_dir;
@@ -49,7 +49,7 @@ Runner setup_dlq(CLI::App& sub, const GlobalOptions& global);
 Runner setup_demo(CLI::App& sub, const GlobalOptions& global);
 Runner setup_version(CLI::App& sub, const GlobalOptions& global);
 
-// The configuration in force (SPEC §6), loaded once: --config or $ACMO_CONFIG, else the first
+// The configuration in force (docs/configuration.md), loaded once: --config or $ACMO_CONFIG, else the first
 // of ./acmo.toml, $XDG_CONFIG_HOME/acmo/acmo.toml, /etc/acmo/acmo.toml; then ACMO_*
 // variables; flags are applied by the subcommands. Throws Fatal (exit 2) on a bad file or value.
 const Config& config(const GlobalOptions& global);

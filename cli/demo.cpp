@@ -1,4 +1,4 @@
-// acmo demo: what `npm run sqs:demo` did in the original design, narrated. It starts the
+// acmo demo: a narrated walk through the whole pipeline. It starts the
 // OrderHandler, sends CREATE, UPDATE and DELETE events, shows the queue while they are
 // processed, then the processing, the resulting orders and their audit trail, and stops the
 // handler. Every step checks that it did what it says; the exit code is 0 only if all did.
@@ -337,8 +337,9 @@ Runner setup_demo(CLI::App& sub, const GlobalOptions& global)
   auto opts = std::make_shared<DemoOptions>();
   sub.add_flag("--keep", opts->keep,
                "Keep the temporary data dir at the end (its path is printed)");
-  sub.footer("Runs in a temporary data dir unless --keep or --data-dir is given. Exit status 0\n"
-             "only if every step did what it said.");
+  sub.footer("Runs in a new temporary data dir, removed at the end unless --keep; with\n"
+             "--data-dir, in that dir, left as it is. Exit status 0 only if every step did\n"
+             "what it said.");
   return [opts, &global] { return run_demo(*opts, global); };
 }
 

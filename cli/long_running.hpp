@@ -1,6 +1,6 @@
 // What the long-running commands (run-handler, serve) share: --daemon with its pid and log
 // files, the log configuration, and the signals (SIGINT and SIGTERM stop gracefully, SIGHUP
-// reopens the log file; SPEC §7).
+// reopens the log file; docs/commands.md §5).
 #pragma once
 
 #include <csignal>

@@ -1,4 +1,4 @@
-// How the command line talks to people and scripts (SPEC §7).
+// How the command line talks to people and scripts (docs/commands.md §2).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// A progress bar for long work (send --file, dlq redrive) on a terminal (SPEC §7): drawn on
+// A progress bar for long work (send --file, dlq redrive) on a terminal (docs/commands.md §2): drawn on
 // stderr, only when stderr is a TTY and the output is not --json or --quiet, at most ten times
 // a second, and cleared at the end.
 #pragma once

@@ -1,4 +1,4 @@
-// acmo serve: the HTTP API and the monitoring endpoints (SPEC §5), with the OrderHandler in
+// acmo serve: the HTTP API and the monitoring endpoints (docs/http-api.md), with the OrderHandler in
 // the same process unless --no-handler or server.handler = false.
 #include <atomic>
 #include <csignal>
@@ -144,9 +144,10 @@ Runner setup_serve(CLI::App& sub, const GlobalOptions& global)
   add_daemon_flags(sub, opts->daemon);
   sub.footer("Endpoints: POST/GET /api/orders, GET/PUT/DELETE /api/orders/ID, PATCH\n"
              "/api/orders/ID/status, GET /api/orders/ID/events, /sqs/stats, /sqs/purge,\n"
-             "/handler/status, /handler/stats, /cache/stats, /cache/keys, /cache/clear,\n"
-             "/health, /metrics. SIGINT or SIGTERM stops: no new connections, the requests in\n"
-             "flight are answered, the handler finishes its batch, exit 0.");
+             "/sqs/dlq, /sqs/dlq/redrive, /handler/status, /handler/stats, /cache/stats,\n"
+             "/cache/keys, /cache/clear, /health, /metrics. SIGINT or SIGTERM stops: no new\n"
+             "connections, the requests in flight are answered, the handler finishes its\n"
+             "batch, exit 0.");
   return [opts, &global] { return run_serve(*opts, global); };
 }
 

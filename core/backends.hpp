@@ -1,4 +1,4 @@
-// Opening the order store and the cache a configuration names (SPEC §4): store.backend
+// Opening the order store and the cache a configuration names (docs/orders.md §10, §11): store.backend
 // "sqlite" (the queue's database) or "postgres" (store.url), and cache.backend "memory",
 // "redis" (cache.url) or "none".
 #pragma once

@@ -1,4 +1,4 @@
-// The read cache (SPEC §4): the Cache port and its in-process adapter, an LRU with a TTL.
+// The read cache (docs/orders.md §11): the Cache port and its in-process adapter, an LRU with a TTL.
 // Reads are cache-aside; after a change commits, the handler invalidates the order's entry
 // and the cached lists. A cache failure never fails a read or an event: it is counted, and
 // the caller reads the store.

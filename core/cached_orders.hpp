@@ -1,4 +1,4 @@
-// Cache-aside reads of orders (SPEC §4): an order by id and the lists are served from the
+// Cache-aside reads of orders (docs/orders.md §11): an order by id and the lists are served from the
 // cache when they are there, else read from the store and put in the cache. What is cached is
 // the JSON text the API and `acmo orders` print, so a hit costs no serialisation. A cache
 // failure is counted by the cache and the read goes to the store; it never fails a read.

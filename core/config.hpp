@@ -1,5 +1,5 @@
 // acmo's configuration: one declarative table of keys drives parsing, validation, the
-// environment variables, `acmo config show` and the documentation (SPEC §6).
+// environment variables, `acmo config show` and the documentation (docs/configuration.md).
 #pragma once
 
 #include <cstdint>

@@ -43,7 +43,7 @@ inline Unexpected make_error(Errc code, std::string message, std::string field =
 // Name of an error code as shown in JSON ("invalid_input", ...).
 const char* errc_name(Errc code);
 
-// The process exit code for an error code (SPEC §7).
+// The process exit code for an error code (docs/commands.md §3).
 int exit_code_for(Errc code);
 
 // An unrecoverable failure; caught once at the top of main and of each daemon loop.

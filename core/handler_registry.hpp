@@ -1,4 +1,4 @@
-// The handler registry (SPEC §3): every running OrderHandler (a run-handler process, or the
+// The handler registry (docs/orders.md §9): every running OrderHandler (a run-handler process, or the
 // one inside serve) registers in the data dir's database and beats every second with its
 // figures, so that `acmo stats` in any process lists the live handlers, and one that died is
 // shown as gone once its heartbeat stops.

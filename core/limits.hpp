@@ -1,4 +1,4 @@
-// The SQS limits acmo enforces on what is sent (SPEC §2.9).
+// The SQS limits acmo enforces on what is sent (docs/queue.md §9).
 #pragma once
 
 #include <cstddef>

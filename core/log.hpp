@@ -1,5 +1,5 @@
 // The log of the long-running modes (run-handler, serve): one line per message on stderr,
-// which --daemon points at the log file. Level and format come from [log] (SPEC §6).
+// which --daemon points at the log file. Level and format come from [log] (docs/configuration.md §6).
 #pragma once
 
 #include <string>

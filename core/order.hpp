@@ -1,4 +1,4 @@
-// The order model (SPEC §3): what a CREATE makes, what an UPDATE may change, and the JSON the
+// The order model (docs/orders.md §2): what a CREATE makes, what an UPDATE may change, and the JSON the
 // API and `acmo orders get` show. Money is integer cents throughout.
 #pragma once
 
@@ -39,12 +39,12 @@ struct Order {
 // amount acmo keeps (10^9 in money, 10^11 cents) is Errc::invalid_input, a permanent error.
 Expected<Order> order_from_create(const OrderEvent& event, int64_t now_ms);
 
-// Apply an UPDATE's status change. A change the status rules forbid (SPEC §3: pending →
+// Apply an UPDATE's status change. A change the status rules forbid (docs/orders.md §2: pending →
 // processing → shipped → delivered, any non-final status → cancelled) is Errc::conflict, a
 // permanent error that names both statuses.
 Expected<void> apply_status_change(Order& order, std::string_view new_status, int64_t now_ms);
 
-// Apply an event to the order it names, by the rules every order store shares (SPEC §3).
+// Apply an event to the order it names, by the rules every order store shares (docs/orders.md §2).
 // `order` is the order as it stands, or nullopt when there is none (an UPDATE or DELETE needs
 // only its id, status, version and times, not its items); on success it becomes what the event
 // makes of it: the new order for a CREATE, nullopt after a DELETE. The event's data must be

@@ -1,4 +1,4 @@
-// Order events, the message bodies of the orders queue (SPEC §3), and their validation.
+// Order events, the message bodies of the orders queue (docs/orders.md §1), and their validation.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The OrderHandler (SPEC §3): takes order events off the queue, applies them to the order
+// The OrderHandler (docs/orders.md §4): takes order events off the queue, applies them to the order
 // store in group order, and settles their messages: deleted when applied, dead-lettered at
 // once when they can never apply, released with backoff when a dependency failed.
 #pragma once

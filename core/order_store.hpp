@@ -1,4 +1,4 @@
-// Where orders live (SPEC §4): the OrderStore port, and its embedded adapter on SQLite, in the
+// Where orders live (docs/orders.md §10): the OrderStore port, and its embedded adapter on SQLite, in the
 // same database file as the queue so that applying an event and deleting its message commit
 // together (Queue::settle).
 #pragma once

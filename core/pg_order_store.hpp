@@ -1,4 +1,4 @@
-// The PostgreSQL order store (SPEC §4, store.backend = "postgres"): orders, their audit trail
+// The PostgreSQL order store (docs/orders.md §10, store.backend = "postgres"): orders, their audit trail
 // and the ids of the applied messages in a PostgreSQL database that acmo creates and migrates.
 // The handler writes to it through OrderWriter::apply_batch: a batch of events is applied in
 // one transaction together with its message ids, so a message delivered again after a crash

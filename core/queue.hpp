@@ -1,4 +1,4 @@
-// The durable SQS-FIFO queue engine (SPEC §2) on SQLite in WAL mode.
+// The durable SQS-FIFO queue engine (docs/queue.md) on SQLite in WAL mode.
 //
 // One SQLite file holds every queue of a data dir: messages, message groups, the dedup history,
 // counters and the dead-letter queue. Any number of Queue objects, in any number of processes,

@@ -1,4 +1,4 @@
-// The Redis adapter of the Cache port (cache.backend = "redis", SPEC §4), over hiredis.
+// The Redis adapter of the Cache port (cache.backend = "redis", docs/orders.md §11), over hiredis.
 //
 // Keys live under a prefix (default "acmo:"): "acmo:order:ID" holds an order's JSON and
 // "acmo:orders:status=…" a list's. Every entry is written with SET … PX cache.ttl. acmo's own

@@ -1,4 +1,4 @@
-// The figures document of SPEC §3a: what `acmo stats --json` prints and `GET /handler/stats`
+// The figures document of docs/commands.md §7: what `acmo stats --json` prints and `GET /handler/stats`
 // answers, built in one place so that both say the same thing in the same names.
 #pragma once
 

@@ -1,6 +1,6 @@
 // Putting order events on the queue, as `acmo send` and `POST /api/orders` both do: fill in
 // what the sender may leave out, turn the event into a send request, and describe the result
-// in the names of SPEC §3a.
+// in the names of docs/commands.md §6.
 #pragma once
 
 #include <string>

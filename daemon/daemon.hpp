@@ -1,4 +1,4 @@
-// Daemon mode for the long-running commands (run-handler, serve; SPEC §3a, §7): detach from
+// Daemon mode for the long-running commands (run-handler, serve; docs/operations.md §2): detach from
 // the terminal, keep a pid file, log to a file and reopen it on SIGHUP. Foreground is the
 // default (systemd-friendly, logs on stderr); these are only used with --daemon.
 #pragma once

@@ -1,4 +1,4 @@
-// acmo serve's HTTP layer (SPEC §5): the orders API and the monitoring endpoints over the
+// acmo serve's HTTP layer (docs/http-api.md): the orders API and the monitoring endpoints over the
 // core, with JSON in and out. It holds no state of its own worth keeping: every accepted write
 // is a durable Queue::send before the 202 goes out, so stopping the server, or killing it,
 // loses nothing that was acknowledged. cpp-httplib stays inside http_server.cpp.
@@ -18,7 +18,7 @@
 
 namespace acmo::daemon {
 
-// The [server] keys (SPEC §6), and what the server needs to know of the others.
+// The [server] keys (docs/configuration.md §6), and what the server needs to know of the others.
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 3000;                     // 0: any free port (tests); see HttpServer::port()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what acmo needs, build it, and run its main job on the embedded default (SQLite,
-# no services): `acmo demo`, the narrated walk through the pipeline (npm run sqs:demo in the
-# original design), in a temporary data dir; it exits non-zero if a step did not do what it said.
+# no services): `acmo demo`, the narrated walk through the pipeline, in a temporary data dir;
+# it exits non-zero if a step did not do what it said.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

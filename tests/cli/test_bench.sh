@@ -2,7 +2,7 @@
 # The benchmark command, run end to end with small sizes so that it stays working: every
 # scenario runs and measures, the document is one JSON object, and the http scenarios (wrk
 # against acmo serve) answered without errors. No rate is judged here: the targets are judged
-# by full runs (README, "Performance"), never by a timed test. With the test services
+# by full runs (docs/performance.md), never by a timed test. With the test services
 # (ACMO_TEST_PG_URL, ACMO_TEST_REDIS_URL) the PostgreSQL and Redis scenarios run too; in CI
 # they must.
 #   tests/cli/test_bench.sh path/to/acmo-bench

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Drift test: the man page and the bash, zsh and fish completions cover every subcommand and
 # every flag the acmo binary has, and mention none it does not have; acmo.toml(5), the
-# ENVIRONMENT of acmo(1) and examples/acmo.toml cover every configuration key it has.
+# ENVIRONMENT of acmo(1), examples/acmo.toml and docs/configuration.md cover every configuration
+# key it has. README.md, ARCHITECTURE.md, docs/*.md and man/*.scd hold no history (commit
+# hashes, issue numbers, dates, clock times, diary phrases), their relative links lead to files
+# of the checkout, and README.md stays under 220 lines.
 #
 #   bash tests/cli/test_docs.sh path/to/acmo path/to/source-root
 #
@@ -535,6 +538,105 @@ check "examples/acmo.toml gives every key its default" \
   $(for key in $keys; do
       grep -qF "$key"$'\t'"${default_of[$key]}"$'\t' <<<"$from_example" || echo "$key"
     done)
+
+# docs/configuration.md: its table of keys has a row "| `KEY` | `DEFAULT` |" for every key, with
+# the default as `acmo config show` prints it, and no row for a key the binary does not have.
+config_doc=$root/docs/configuration.md
+doc_rows=$(sed -nE 's/^\| `([a-z_][a-z0-9_.]*)` \| `([^`]*)` \|.*/\1\t\2/p' "$config_doc" 2>/dev/null)
+check "docs/configuration.md lists every key with its default as 'acmo config show' prints it" \
+  $(for key in $keys; do
+      grep -qxF "$key"$'\t'"${default_of[$key]}" <<<"$doc_rows" || echo "$key"
+    done)
+check "every key docs/configuration.md lists is a key of the binary" \
+  $(missing_from "$(cut -f1 <<<"$doc_rows")" "$keys")
+
+# --- the prose docs: no history, no broken links ---------------------------------------------
+
+# README.md, ARCHITECTURE.md, docs/*.md and the man pages' sources describe acmo as it is: how
+# it got there belongs in the commit messages. So they hold no commit hashes, issue numbers,
+# dates, clock times or phrases of a work diary, every relative link leads to a file of the
+# checkout (and an anchor to a heading of it), and the README stays short.
+prose=()
+for f in "$root"/README.md "$root"/ARCHITECTURE.md "$root"/docs/*.md "$root"/man/*.scd; do
+  [[ -f $f ]] && prose+=("$f")
+done
+md=()
+for f in "${prose[@]}"; do [[ $f == *.md ]] && md+=("$f"); done
+if [[ ${#md[@]} -lt 3 || ! -f $root/docs/queue.md ]]; then
+  not_ok "README.md, ARCHITECTURE.md and docs/*.md exist (found: ${prose[*]#"$root"/})"
+fi
+# "FILE:LINE: TEXT" for the matches of the extended regex $1 (case-insensitive with -i as $2)
+# in the prose files, the path relative to the root.
+prose_grep() {
+  grep -nE ${2:-} -- "$1" "${prose[@]}" | sed "s|^$root/||"
+}
+# Hex words of 7 to 40 digits with both a letter and a digit: what a commit hash looks like.
+hashes=$(for f in "${prose[@]}"; do
+    awk -v file="${f#"$root"/}" '{ line = $0
+        while (match(line, /[0-9A-Za-z_]+/)) {
+          word = substr(line, RSTART, RLENGTH); line = substr(line, RSTART + RLENGTH)
+          if (word ~ /^[0-9a-f]+$/ && length(word) >= 7 && length(word) <= 40 &&
+              word ~ /[a-f]/ && word ~ /[0-9]/) print file ":" NR ":" word
+        } }' "$f"
+  done)
+check "the docs name no commit hashes (7-40 hex digits with a letter and a digit)" $hashes
+check "the docs cite no issue numbers ('issue N', 'issue #N')" \
+  $(prose_grep '\bissues? #?[0-9]+' -i | cut -d: -f1,2)
+check "the docs hold no clock times (such as 02:00)" \
+  $(prose_grep '(^|[^0-9:])[0-2][0-9]:[0-5][0-9]([^0-9:]|$)' | cut -d: -f1,2)
+# A date on its own is history; a date followed by T is an example ISO 8601 timestamp.
+check "the docs hold no dates (such as 2026-11-27; timestamps in examples excepted)" \
+  $(grep -noE '(^|[^0-9])[0-9]{4}-[01][0-9]-[0-3][0-9]([^0-9T]|$)' "${prose[@]}" |
+    sed "s|^$root/||" | cut -d: -f1,2)
+for phrase in 'earlier machine' 'earlier session' 'this session' 'tried[ -]and[ -]dropped' \
+  'whoever comes next' 'before/after'; do
+  check "the docs do not say '${phrase//\[ -\]/ }'" $(prose_grep "$phrase" -i | cut -d: -f1,2)
+done
+
+# The headings of a Markdown file as GitHub anchors: lowercase, punctuation dropped, spaces as
+# '-' ("## 2. FIFO per message group" -> "2-fifo-per-message-group").
+anchors_of() {
+  awk '/^```/ { code = !code } !code && /^#+ / { sub(/^#+ /, ""); h = tolower($0)
+    gsub(/[^a-z0-9 _-]/, "", h); gsub(/ /, "-", h); print h }' "$1"
+}
+# Every [text](target) outside code blocks and code spans, as "FILE:LINE: TARGET", for targets
+# that are not URLs.
+links_of() {
+  awk -v file="${1#"$root"/}" '/^```/ { code = !code; next } !code {
+      line = $0; gsub(/`[^`]*`/, "", line)
+      while (match(line, /\]\([^) ]+\)/)) {
+        target = substr(line, RSTART + 2, RLENGTH - 3); line = substr(line, RSTART + RLENGTH)
+        if (target !~ /^[a-z]+:/) print file ":" NR ": " target
+      }
+    }' "$1"
+}
+bad_links=()
+link_count=0
+for f in "${md[@]}"; do
+  while IFS= read -r entry; do
+    [[ -n $entry ]] || continue
+    link_count=$((link_count + 1))
+    target=${entry#*: }
+    path=${target%%#*}
+    anchor=''
+    [[ $target == *#* ]] && anchor=${target#*#}
+    if [[ -z $path ]]; then dest=$f; else dest=$(realpath -m "$(dirname "$f")/$path"); fi
+    if [[ $dest != "$root"/* || ! -e $dest ]]; then
+      bad_links+=("${entry%%: *}:$target")
+    elif [[ -n $anchor && $dest == *.md ]] && ! anchors_of "$dest" | grep -qxF -- "$anchor"; then
+      bad_links+=("${entry%%: *}:$target(no-such-heading)")
+    fi
+  done < <(links_of "$f")
+done
+if [[ $link_count -eq 0 ]]; then
+  not_ok "the docs' relative links are found (none found: the link parser is broken)"
+fi
+check "every relative link of the docs ($link_count) leads to a file of the checkout, and to a heading of it" \
+  "${bad_links[@]}"
+
+readme_lines=$(wc -l <"$root/README.md")
+check "README.md has at most 220 lines (it has $readme_lines; the rest belongs in docs/)" \
+  $([[ $readme_lines -le 220 ]] || echo "README.md")
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -40,7 +40,7 @@ post() {
   body=${out% *}
 }
 order_of() { sed -n 's/.*"orderId":"\([^"]*\)".*/\1/p' <<<"$1"; }
-# not_a_crash RC: an exit code of acmo's (SPEC §7), not a signal's (128 + N) or an abort's.
+# not_a_crash RC: an exit code of acmo's (docs/commands.md §3), not a signal's (128 + N) or an abort's.
 not_a_crash() { [[ $1 =~ ^(0|1|2|3|4|75)$ ]]; }
 
 # --- a full disk ------------------------------------------------------------------------------

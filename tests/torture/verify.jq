@@ -7,7 +7,7 @@
 #   $dlq     the dead-lettered messages (`acmo dlq list`, every page), one array
 # Output: {expected: {...figures}, problems: [strings]}. No problem means: every acknowledged
 # event applied exactly once and in its order, the store equal to the state the acknowledged
-# events make by SPEC §3's rules, and the DLQ holding exactly the events that had to fail.
+# events make by docs/orders.md §2's rules, and the DLQ holding exactly the events that had to fail.
 
 def allowed($from; $to):
   ($from == "pending" and $to == "processing") or

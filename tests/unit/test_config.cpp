@@ -66,7 +66,7 @@ TEST_CASE("Config: a duration without a unit or with a bad one is refused", "[co
   CHECK(ms.error().message.find("not a duration") != std::string::npos);
 }
 
-TEST_CASE("Config: the defaults give the queue options of SPEC §2", "[config]")
+TEST_CASE("Config: the defaults give the queue options of docs/queue.md", "[config]")
 {
   ConfigSources sources;
   sources.use_environment = false;

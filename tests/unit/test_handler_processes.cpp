@@ -1,4 +1,4 @@
-// Exactly once in effect, proved by killing real handler processes (SPEC §3): a stream of
+// Exactly once in effect, proved by killing real handler processes (docs/orders.md §6): a stream of
 // CREATE/UPDATE/DELETE events is applied by OrderHandler processes that are kill -9'ed at
 // random moments and restarted; at the end the store equals the state computed from the
 // events, and every event is in the audit trail exactly once, in order. The same test runs on

@@ -78,7 +78,7 @@ TEST_CASE("Order: a total beyond the largest amount is refused, not wrapped", "[
   CHECK(order.error().field == "data.items");
 }
 
-TEST_CASE("Order: status changes follow the rules of SPEC §3", "[order]")
+TEST_CASE("Order: status changes follow the rules of docs/orders.md §2", "[order]")
 {
   auto [from, to, allowed] = GENERATE(table<std::string, std::string, bool>({
     {"pending", "processing", true},    {"processing", "shipped", true},

@@ -1,4 +1,4 @@
-// The queue engine's semantics (SPEC §2), driven through Queue's public API. Time is a
+// The queue engine's semantics (docs/queue.md), driven through Queue's public API. Time is a
 // ManualClock everywhere except in the long-poll tests, so no test sleeps for a timeout.
 #include <algorithm>
 #include <atomic>

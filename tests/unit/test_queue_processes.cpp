@@ -1,5 +1,5 @@
-// The queue used by several real processes at once, and killed with SIGKILL mid-work (SPEC §2.1,
-// §2.11). Children are made with fork(); they open their own Queue on the shared file, report
+// The queue used by several real processes at once, and killed with SIGKILL mid-work (docs/queue.md §1,
+// §11). Children are made with fork(); they open their own Queue on the shared file, report
 // through pipes and end with _exit(). Catch2 assertions run only in the parent.
 #include <algorithm>
 #include <atomic>
