@@ -231,7 +231,7 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     consume_error = consumed.error().message;
     wait_ms = 0;
   }
-  auto got = m_queue.receive(m_options.batch_size, {}, wait_ms);
+  auto got = m_queue.receive(m_options.batch_size, {}, wait_ms, true);
   if (!got) {
     record_error(got.error().message);
     note_trouble(got.error().message);

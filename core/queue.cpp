@@ -25,6 +25,7 @@
 #include "core/schema.hpp"
 #include "core/sha256.hpp"
 #include "core/sqlite.hpp"
+#include "core/work_journal.hpp"
 
 namespace acmo {
 
@@ -273,11 +274,17 @@ struct Queue::Impl {
   int64_t dedup_epoch = -1;
   int64_t dedup_pruned_at = 0;
 
+  // What this process's consumers are handling, for the processes that outlive it.
+  WorkJournal journal;
+
   std::atomic<int64_t> last_sweep_ms{0};
   std::atomic<int64_t> committed_transactions{0};
   std::atomic<int64_t> committed_requests{0};
 
-  Impl(const Clock& c, QueueOptions o) : clock(c), options(std::move(o)) {}
+  Impl(const Clock& c, QueueOptions o, const std::string& database)
+    : clock(c), options(std::move(o)), journal(database + "-work")
+  {
+  }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   ~Impl() { stop_checkpointer(); }
@@ -761,7 +768,16 @@ struct Queue::Impl {
   // Take up to `max` messages from the fronts of the ready groups. With `take` they go in
   // flight for `visibility_ms` under a new receipt handle; without, they are only read (for
   // consume, which deletes them in the same transaction).
-  std::vector<Message> do_receive(Txn& txn, int max, int64_t visibility_ms, bool take = true)
+  //
+  // A message delivered queue.max_retries + 1 times and still here goes to the DLQ instead of
+  // out once more, as SQS's maxReceiveCount does: its receivers died, hung, or let the
+  // visibility timeout run out each time. The consumers that died with work in hand are
+  // counted too (recover_orphans). With `isolate`, a suspect (a message some delivery of which
+  // ended neither in a deletion nor in a release: it may be what killed its receiver) is
+  // delivered on its own, so that a message that kills its handler costs only itself an
+  // attempt each time, while the messages taken with it go on.
+  std::vector<Message> do_receive(Txn& txn, int max, int64_t visibility_ms, bool take,
+                                  bool isolate)
   {
     static const std::string k_groups =
       "SELECT group_id, head_seq FROM groups INDEXED BY groups_by_head"
@@ -785,38 +801,69 @@ struct Queue::Impl {
     }
     std::vector<Message> out;
     const int64_t hidden_until = txn.now + visibility_ms;
+    bool alone = false; // out holds one suspect: nothing joins it
     for (const auto& [group, head] : groups) {
-      if (static_cast<int>(out.size()) >= max) break;
+      if (static_cast<int>(out.size()) >= max || alone) break;
       const size_t first = out.size();
-      {
-        auto stmt = writer->prepare(k_messages);
-        stmt->bind(1, queue_id).bind(2, group, false).bind(3, head);
-        stmt->bind(4, max - static_cast<int64_t>(out.size()));
-        // A group delivers from its front and stops at its first message that is not visible.
-        while (stmt->step() && stmt->column_int(5) <= txn.now) {
-          Message m;
-          m.seq = stmt->column_int(0);
-          m.message_id = format_message_id(id_from_blob(stmt->column_view(1)));
-          m.body = stmt->column_text(3);
-          // A content-based id is the SHA-256 of the body: worth computing for a receiver,
-          // who may show it, but not for consume's work, which never looks at it.
-          if (!stmt->column_is_null(2)) {
-            m.dedup_id = stmt->column_text(2);
-          } else if (take) {
-            m.dedup_id = sha256_hex(m.body);
+      bool stopped = false; // the group's run stopped before a message it could deliver
+      // Scan the group from `from`; after a message that ran out of deliveries is dead-lettered
+      // (not under the scan: rows are not changed under one), go on behind it.
+      for (int64_t from = head, rescans = 0; rescans < 16; ++rescans) {
+        std::optional<std::pair<Located, std::string>> exhausted; // and its last error
+        {
+          auto stmt = writer->prepare(k_messages);
+          stmt->bind(1, queue_id).bind(2, group, false).bind(3, from);
+          stmt->bind(4, max - static_cast<int64_t>(out.size()));
+          // A group delivers from its front and stops at its first message that is not visible.
+          while (stmt->step() && stmt->column_int(5) <= txn.now) {
+            const int64_t received = stmt->column_int(6);
+            const int64_t failures = stmt->column_int(8);
+            if (received > options.max_retries) {
+              exhausted.emplace(Located{stmt->column_int(0), group, failures},
+                                stmt->column_text(9));
+              break;
+            }
+            if (isolate && received > failures) {
+              stopped = true;
+              if (!out.empty()) break;
+              alone = true;
+            }
+            Message m;
+            m.seq = stmt->column_int(0);
+            m.message_id = format_message_id(id_from_blob(stmt->column_view(1)));
+            m.body = stmt->column_text(3);
+            // A content-based id is the SHA-256 of the body: worth computing for a receiver,
+            // who may show it, but not for consume's work, which never looks at it.
+            if (!stmt->column_is_null(2)) {
+              m.dedup_id = stmt->column_text(2);
+            } else if (take) {
+              m.dedup_id = sha256_hex(m.body);
+            }
+            m.sent_at_ms = stmt->column_int(4);
+            m.receive_count = received + 1;
+            m.first_received_at_ms = stmt->column_int(7) == 0 ? txn.now : stmt->column_int(7);
+            m.failures = failures;
+            m.last_error = stmt->column_text(9);
+            m.group_id = group;
+            out.push_back(std::move(m));
+            if (alone) break;
           }
-          m.sent_at_ms = stmt->column_int(4);
-          m.receive_count = stmt->column_int(6) + 1;
-          m.first_received_at_ms = stmt->column_int(7) == 0 ? txn.now : stmt->column_int(7);
-          m.failures = stmt->column_int(8);
-          m.last_error = stmt->column_text(9);
-          m.group_id = group;
-          out.push_back(std::move(m));
         }
+        if (!exhausted) break;
+        const auto& [at, last_error] = *exhausted;
+        const std::string reason = fmt::format(
+          "delivered {} times and never deleted, retries exhausted (queue.max_retries = {}): {}",
+          options.max_retries + 1, options.max_retries,
+          last_error.empty() ? "its receivers died, hung or let the visibility timeout run out"
+                             : last_error);
+        do_dead_letter(txn, at, reason, at.failures, last_error);
+        stopped = true;
+        from = at.seq + 1;
+        if (static_cast<int>(out.size()) >= max || alone) break;
       }
       if (out.size() == first) {
         // The row was stale (its head is not visible after all): repair it.
-        fix_group(queue_id, group);
+        if (!stopped) fix_group(queue_id, group);
         continue;
       }
       if (!take) continue;
@@ -942,6 +989,25 @@ struct Queue::Impl {
     }
     stmt->run();
     txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  // Count the deliveries that consumers which died with work in hand made (claimed from the
+  // journal): each message they were handling that is still where they took it from counts a
+  // receive that ended in neither a deletion nor a release, which makes it a suspect, and
+  // dead-lettered by do_receive once there are too many.
+  void recover_orphans(const std::vector<WorkJournal::Orphan>& orphans, int64_t now)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET receive_count = receive_count + 1, last_error = ?3,"
+      " first_received_at = CASE WHEN first_received_at = 0 THEN ?4 ELSE first_received_at END"
+      " WHERE seq = ?1 AND queue_id = ?2 AND receipt_token = 0";
+    for (const auto& orphan : orphans) {
+      const std::string why =
+        fmt::format("the process handling it (pid {}) died before it was settled", orphan.pid);
+      for (const int64_t seq : orphan.seqs) {
+        writer->prepare(k_sql)->bind(1, seq).bind(2, queue_id).bind(3, why).bind(4, now).run();
+      }
+    }
   }
 
   // Count a receive of message `seq` that never put it in flight (consume).
@@ -1351,7 +1417,7 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
                                              const Clock& clock)
 {
   if (auto ok = check_queue_options(options); !ok) return Unexpected(ok.error());
-  auto impl = std::make_unique<Impl>(clock, options);
+  auto impl = std::make_unique<Impl>(clock, options, db_path);
   try {
     impl->writer = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
     impl->db_path = db_path;
@@ -1417,10 +1483,10 @@ std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest
 // --- receiving -----------------------------------------------------------------------------------
 
 Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> visibility_ms,
-                                              int64_t wait_ms)
+                                              int64_t wait_ms, bool isolate_suspects)
 {
   std::vector<Expected<void>> none;
-  return remove_and_receive({}, none, max, visibility_ms, wait_ms);
+  return remove_and_receive({}, none, max, visibility_ms, wait_ms, isolate_suspects);
 }
 
 // The limits every receive checks: how many messages it asks for and how long it waits.
@@ -1442,7 +1508,7 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
                                                          std::vector<Expected<void>>& deleted,
                                                          int max,
                                                          std::optional<int64_t> visibility_ms,
-                                                         int64_t wait_ms)
+                                                         int64_t wait_ms, bool isolate_suspects)
 {
   deleted.assign(done.size(), Expected<void>{});
   if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
@@ -1462,7 +1528,7 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
         for (size_t i = 0; i < done.size(); ++i) deleted[i] = impl.remove_by_receipt(txn, done[i]);
         impl.flush_groups(txn);
       }
-      got = impl.do_receive(txn, max, visibility);
+      got = impl.do_receive(txn, max, visibility, true, isolate_suspects);
     };
     if (auto ok = impl.write(op, removing); !ok) {
       if (removing) {
@@ -1527,12 +1593,22 @@ Expected<std::vector<Message>> Queue::consume(int max, int64_t wait_ms, const Co
     WriteOp op;
     op.fn = [&](Txn& txn) {
       result = {};
-      got = impl.do_receive(txn, max, 0, false);
+      got = impl.do_receive(txn, max, 0, false, true);
       if (got.empty()) return;
       std::vector<Located> at;
+      std::vector<int64_t> seqs;
       at.reserve(got.size());
-      for (const auto& m : got) at.push_back(Located{m.seq, m.group_id, m.failures});
+      seqs.reserve(got.size());
+      for (const auto& m : got) {
+        at.push_back(Located{m.seq, m.group_id, m.failures});
+        seqs.push_back(m.seq);
+      }
+      // Should the work kill this process, the journal says what it was handling, and the
+      // attempt is counted (recover_orphans). Without a journal (it cannot be written) the
+      // work still runs: the journal only guards against what should never happen.
+      const bool journaled = impl.journal.begin(impl.queue_id, seqs.data(), seqs.size()).has_value();
       result = impl.settle_located(txn, at, [&] { return work(*impl.writer, got); }, true);
+      if (journaled) impl.journal.end();
       if (result) txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
     };
     if (auto ok = impl.write(op, true); !ok) return Unexpected(ok.error());
@@ -1817,9 +1893,17 @@ Expected<int64_t> Queue::purge(bool dlq)
 Expected<SweepResult> Queue::sweep()
 {
   SweepResult result;
+  const auto orphans = m_impl->journal.claim_orphans(m_impl->queue_id);
   WriteOp op;
-  op.fn = [&](Txn& txn) { result = m_impl->do_sweep(txn); };
-  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  op.fn = [&](Txn& txn) {
+    result = m_impl->do_sweep(txn);
+    m_impl->recover_orphans(orphans, txn.now);
+  };
+  if (auto ok = m_impl->write(op, true); !ok) {
+    m_impl->journal.unclaim(orphans);
+    return Unexpected(ok.error());
+  }
+  m_impl->journal.settle(orphans);
   return result;
 }
 

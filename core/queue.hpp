@@ -159,8 +159,14 @@ public:
   // visibility timeout). If none is visible, wait up to `wait_ms` (≤ 20 s) for one to arrive,
   // from this process or another. A group delivers its visible messages from the front and stops
   // at its first message in flight; other groups are not blocked.
+  //
+  // A message already delivered queue.max_retries + 1 times (its receivers died, hung or let
+  // the visibility timeout run out each time) moves to the DLQ instead. With
+  // `isolate_suspects` (the order handler's receives), a message one of whose deliveries ended
+  // in neither a deletion nor a release comes alone, never in a batch: should it be what kills
+  // its receiver, it costs only itself an attempt.
   Expected<std::vector<Message>> receive(int max, std::optional<int64_t> visibility_ms = {},
-                                         int64_t wait_ms = 0);
+                                         int64_t wait_ms = 0, bool isolate_suspects = false);
 
   // The consumer's step in one transaction: delete the messages whose receipt handles are in
   // `done` (what the previous receive returned and was handled), then receive as above. Each
@@ -169,7 +175,8 @@ public:
   Expected<std::vector<Message>> remove_and_receive(const std::vector<std::string>& done,
                                                     std::vector<Expected<void>>& deleted, int max,
                                                     std::optional<int64_t> visibility_ms = {},
-                                                    int64_t wait_ms = 0);
+                                                    int64_t wait_ms = 0,
+                                                    bool isolate_suspects = false);
 
   // Delete a received message by its receipt handle.
   Expected<void> remove(std::string_view receipt);
@@ -207,6 +214,12 @@ public:
   // returned (take the receive + release path then, which counts the attempt and backs off).
   // The messages returned have no receipt handle, and no dedup id where it is content-based
   // (the SHA-256 of each body is not worth computing for work that does not look at it).
+  //
+  // Since the messages never go in flight, a process that dies in `work` would leave no trace
+  // of the attempt: before the work runs, the batch is written to the queue's work journal
+  // (core/work_journal.hpp), and the housekeeping of any process counts a delivery of each
+  // message a dead consumer was handling. Suspects come alone, and run out of retries, as with
+  // receive(..., isolate_suspects).
   Expected<std::vector<Message>> consume(int max, int64_t wait_ms, const ConsumeWork& work);
 
   // The message of this queue or its DLQ with sequence number `seq`, or nothing when it is

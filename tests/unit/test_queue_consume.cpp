@@ -101,10 +101,13 @@ TEST_CASE("Queue consume: a group with a message in flight delivers nothing; oth
   REQUIRE(bodies(taken) == std::vector<std::string>{"a1"});
   auto got = must(q->consume(10, 0, record_all()));
   CHECK(bodies(got) == std::vector<std::string>{"b1"});
-  // a1's visibility runs out: the group delivers from its front again.
+  // a1's visibility runs out: the group delivers from its front again, a1 on its own, since
+  // its delivery ended in neither a deletion nor a release (it may have killed its receiver).
   clock.advance_ms(q->options().visibility_timeout_ms + 1);
   got = must(q->consume(10, 0, record_all()));
-  CHECK(bodies(got) == std::vector<std::string>{"a1", "a2"});
+  CHECK(bodies(got) == std::vector<std::string>{"a1"});
+  got = must(q->consume(10, 0, record_all()));
+  CHECK(bodies(got) == std::vector<std::string>{"a2"});
   // The first receiver's handle is gone with its message.
   CHECK(must_fail(q->remove(taken[0].receipt)).code == Errc::not_found);
 }
