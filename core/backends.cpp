@@ -58,7 +58,8 @@ std::unique_ptr<Cache> open_cache(const Config& config)
     return std::make_unique<RedisCache>(std::move(o));
   }
   return std::make_unique<MemoryCache>(static_cast<size_t>(config.get_int("cache.capacity")),
-                                       config.get_int("cache.ttl"));
+                                       config.get_int("cache.ttl"), SystemClock::instance(),
+                                       static_cast<size_t>(config.get_int("cache.max_bytes")));
 }
 
 HandlerOptions handler_options_from(const Config& config)

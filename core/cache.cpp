@@ -7,14 +7,16 @@ std::string order_cache_key(std::string_view order_id)
   return "order:" + std::string(order_id);
 }
 
-MemoryCache::MemoryCache(size_t capacity, int64_t ttl_ms, const Clock& clock)
-  : m_capacity(capacity == 0 ? 1 : capacity), m_ttl_ms(ttl_ms), m_clock(clock)
+MemoryCache::MemoryCache(size_t capacity, int64_t ttl_ms, const Clock& clock, size_t max_bytes)
+  : m_capacity(capacity == 0 ? 1 : capacity), m_max_bytes(max_bytes), m_ttl_ms(ttl_ms),
+    m_clock(clock)
 {
   m_stats.backend = "memory";
 }
 
 void MemoryCache::erase(Lru::iterator it)
 {
+  m_bytes -= cost(*it);
   m_index.erase(it->key);
   m_lru.erase(it);
 }
@@ -41,15 +43,12 @@ void MemoryCache::put(std::string_view key, std::string_view value)
 {
   std::lock_guard lock(m_mu);
   const int64_t expires_at = m_clock.now_ms() + m_ttl_ms;
-  if (auto found = m_index.find(std::string(key)); found != m_index.end()) {
-    found->second->value = std::string(value);
-    found->second->expires_at = expires_at;
-    m_lru.splice(m_lru.begin(), m_lru, found->second);
-    return;
-  }
+  if (auto found = m_index.find(std::string(key)); found != m_index.end()) erase(found->second);
+  if (key.size() + value.size() + k_entry_overhead > m_max_bytes) return; // never fits
   m_lru.push_front(Entry{std::string(key), std::string(value), expires_at});
   m_index.emplace(m_lru.front().key, m_lru.begin());
-  while (m_lru.size() > m_capacity) erase(std::prev(m_lru.end()));
+  m_bytes += cost(m_lru.front());
+  while (m_lru.size() > m_capacity || m_bytes > m_max_bytes) erase(std::prev(m_lru.end()));
 }
 
 void MemoryCache::invalidate(std::string_view key)
@@ -85,6 +84,7 @@ int64_t MemoryCache::clear()
   const auto n = static_cast<int64_t>(m_lru.size());
   m_lru.clear();
   m_index.clear();
+  m_bytes = 0;
   return n;
 }
 

@@ -56,12 +56,17 @@ public:
   virtual CacheStats stats() = 0;
 };
 
-// Least recently used entries go first once `capacity` is reached; entries older than `ttl_ms`
-// are misses. Thread-safe.
+// Least recently used entries go first once `capacity` entries or `max_bytes` bytes (keys and
+// values, with what each entry costs besides) are reached; a value larger than that is not
+// kept. Entries older than `ttl_ms` are misses. Thread-safe.
 class MemoryCache final : public Cache
 {
 public:
-  MemoryCache(size_t capacity, int64_t ttl_ms, const Clock& clock = SystemClock::instance());
+  static constexpr size_t k_default_max_bytes = 64 << 20;
+  MemoryCache(size_t capacity, int64_t ttl_ms, const Clock& clock = SystemClock::instance(),
+              size_t max_bytes = k_default_max_bytes);
+  // What an entry costs beside its key and value (the list node, the index entry).
+  static constexpr size_t k_entry_overhead = 160;
 
   std::optional<std::string> get(std::string_view key) override;
   void put(std::string_view key, std::string_view value) override;
@@ -80,8 +85,11 @@ private:
   using Lru = std::list<Entry>; // most recently used first
 
   void erase(Lru::iterator it);
+  static size_t cost(const Entry& e) { return e.key.size() + e.value.size() + k_entry_overhead; }
 
   size_t m_capacity;
+  size_t m_max_bytes;
+  size_t m_bytes = 0;
   int64_t m_ttl_ms;
   const Clock& m_clock;
   std::mutex m_mu;

@@ -1,7 +1,7 @@
-// acmo serve's HTTP layer (docs/http-api.md): the orders API and the monitoring endpoints over the
-// core, with JSON in and out. It holds no state of its own worth keeping: every accepted write
-// is a durable Queue::send before the 202 goes out, so stopping the server, or killing it,
-// loses nothing that was acknowledged. cpp-httplib stays inside http_server.cpp.
+// acmo serve's HTTP server (docs/http-api.md): the API (daemon/api.*: routes, checks, handlers)
+// behind the connection layer (daemon/http_connections.*: sockets, framing, timeouts). It holds
+// no state of its own worth keeping: every accepted write is a durable Queue::send before the
+// 202 goes out, so stopping the server, or killing it, loses nothing that was acknowledged.
 #pragma once
 
 #include <cstdint>
@@ -18,22 +18,23 @@
 
 namespace acmo::daemon {
 
-// The [server] keys (docs/configuration.md §6), and what the server needs to know of the others.
+// The [server] keys (docs/configuration.md), and what the server needs to know of the others.
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 3000;                     // 0: any free port (tests); see HttpServer::port()
-  int threads = 8;                     // each open connection holds one while it is open
+  int threads = 8;                     // requests answered at once
   int64_t max_body = 1'048'576;        // bytes; 413 above
-  int64_t read_timeout_ms = 5'000;
+  int64_t read_timeout_ms = 5'000;     // for a whole request to arrive, from its first byte
   int64_t write_timeout_ms = 5'000;
   int64_t keep_alive_timeout_ms = 5'000;
   int64_t keep_alive_max = 1'000;      // requests on one connection
+  int64_t max_connections_per_client = 1'024;
   // Bearer tokens. With api_tokens set, every endpoint but /health needs one of them (or an
   // admin token); with admin_tokens set, the admin endpoints (purge, cache clear, DLQ) need
   // one of those. Empty lists: no check.
   std::vector<std::string> api_tokens;
   std::vector<std::string> admin_tokens;
-  int64_t rate_limit = 0;              // requests per second per token or client address; 0: off
+  int64_t rate_limit = 0;              // requests per second per client; 0: off
   int64_t rate_burst = 0;              // bucket size; 0: rate_limit
   std::string group_by = "single";     // queue.group_by
   std::string store_backend = "sqlite";

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config ccache
   libsqlite3-dev libssl-dev libcli11-dev libfmt-dev libexpected-dev nlohmann-json3-dev
-  libtomlplusplus-dev libpqxx-dev libhiredis-dev libcpp-httplib-dev catch2 libjemalloc-dev
+  libtomlplusplus-dev libpqxx-dev libhiredis-dev catch2 libjemalloc-dev
   scdoc zsh fish
   clang libclang-rt-14-dev
   postgresql redis-server iproute2

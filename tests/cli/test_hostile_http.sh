@@ -111,6 +111,87 @@ check "a body stalled past server.read_timeout is not accepted ($(head -n 1 "$wo
 check "neither slow body was queued" test "$(sent)" = "$before"
 survived "a body stalled past the read timeout"
 
+# Hundreds of half-sent requests, far more than the server has threads: half a head, or a
+# whole head and half a body, then nothing. They hold no thread, so /health and POST answer
+# at once meanwhile; after server.read_timeout (5 s) each gets 408 and is closed; none of them
+# is queued.
+before=$(sent)
+out=$(timeout 60 python3 - "$port" "$post_body" <<'PY'
+import socket, sys, time
+port, body = int(sys.argv[1]), sys.argv[2]
+def request(raw):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    t = time.monotonic()
+    s.sendall(raw)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return data.split(b"\r\n")[0].decode(errors="replace"), time.monotonic() - t
+half = []
+for i in range(400):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if i % 2:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Half: ")
+    else:
+        s.sendall(("POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %d\r\n\r\n%s" % (len(body), body[:10])).encode())
+    half.append(s)
+worst = 0.0
+codes = set()
+for i in range(10):
+    line, took = request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    codes.add(line); worst = max(worst, took)
+    line, took = request(("POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Idempotency-Key: half-sent-%d\r\nContent-Length: %d\r\n\r\n%s" % (i, len(body), body)).encode())
+    codes.add(line); worst = max(worst, took)
+print("meanwhile", " / ".join(sorted(codes)), "worst %.3f s" % worst)
+time.sleep(5.5)
+timed_out = 0
+for s in half:
+    try:
+        s.settimeout(2)
+        if s.recv(4096).startswith(b"HTTP/1.1 408"):
+            timed_out += 1
+    except OSError:
+        pass
+    s.close()
+print("timed out", timed_out)
+PY
+)
+meanwhile=$(head -n 1 <<<"$out")
+check "400 half-sent requests: /health and POST answered meanwhile, each within 1 s ($meanwhile)" \
+  bash -c '[[ $1 == "meanwhile HTTP/1.1 200 OK / HTTP/1.1 202 Accepted worst 0."* ]]' _ "$meanwhile"
+check "  each half-sent request is answered 408 after server.read_timeout ($(tail -n 1 <<<"$out") of 400)" \
+  test "$(tail -n 1 <<<"$out")" = "timed out 400"
+check "  only the 10 whole POSTs were queued ($(( $(sent) - before )))" test "$(sent)" = "$((before + 10))"
+survived "400 half-sent requests"
+
+# Expect: 100-continue for a body over server.max_body: the final 413 at once, never a
+# 100 Continue the client would send the body after for nothing; one Connection: close.
+printf 'POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 2000000\r\n\r\n' >"$work/req"
+raw "$work/req" 3
+check "Expect: 100-continue with a body over the limit: 413 at once ($answer_line)" \
+  test "$answer_line" = "HTTP/1.1 413 Payload Too Large"
+check "  with one Connection: close ($(grep -ci '^connection: close' "$work/answer"))" \
+  test "$(grep -ci '^connection: close' "$work/answer")" = 1
+printf 'POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 20\r\n\r\n' >"$work/req"
+raw "$work/req" 3
+check "Expect: 100-continue for a route that does not exist: 404 at once ($answer_line)" \
+  test "$answer_line" = "HTTP/1.1 404 Not Found"
+printf 'POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n' "${#post_body}" >"$work/req"
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+cat "$work/req" >&3
+continue_line=$(timeout 3 head -n 1 <&3 | tr -d '\r')
+printf '%s' "$post_body" >&3
+final_line=$(timeout 3 head -n 1 <&3 | tr -d '\r')
+exec 3<&-
+check "Expect: 100-continue for a request it takes: 100 Continue, then the body, then 202 ($continue_line, $final_line)" \
+  test "$continue_line|$final_line" = "HTTP/1.1 100 Continue|HTTP/1.1 202 Accepted"
+
 # Expect: 100-continue, then nothing.
 printf 'POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 50\r\n\r\n' >"$work/req"
 raw "$work/req" 3
@@ -175,7 +256,15 @@ for cl in -1 abc 99999999999999999999 '10, 20' ' 5'; do
 done
 printf 'POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\nContent-Length: %d\r\n\r\n%s' "${#post_body}" "$post_body" >"$work/req"
 raw "$work/req" 3
-survived "two Content-Lengths that disagree ($answer_line)"
+check "two Content-Lengths that disagree are refused, never read by the first ($answer_line)" \
+  test "$answer_line" = "HTTP/1.1 400 Bad Request"
+survived "two Content-Lengths that disagree"
+printf 'GET http://127.0.0.1:%d/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' "$port" >"$work/req"
+raw "$work/req" 3
+check "a request in absolute form (as to a proxy) is served ($answer_line)" test "$answer_line" = "HTTP/1.1 200 OK"
+printf 'GET /health HTTP/1.1\nHost: x\n\n' >"$work/req"
+raw "$work/req" 3
+check "lines ending in LF alone are refused ($answer_line)" test "$answer_line" = "HTTP/1.1 400 Bad Request"
 printf 'POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n' >"$work/req"
 raw "$work/req" 3
 survived "Content-Length and chunked together ($answer_line)"
@@ -236,6 +325,80 @@ wait "$server_pid"
 rc=$?
 server_pid=''
 check "SIGTERM still stops the server cleanly (exit $rc)" test "$rc" -eq 0
+
+# --- connections per client --------------------------------------------------------------------
+# server.max_connections_per_client = 20: the 21st connection from one address is answered 429
+# and closed; another address is served.
+ACMO_SERVER_MAX_CONNECTIONS_PER_CLIENT=20 start_server --no-handler
+out=$(timeout 30 python3 - "$port" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+time.sleep(0.2)
+extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+print(extra.recv(4096).split(b"\r\n")[0].decode())
+other = socket.socket()
+other.bind(("127.0.0.2", 0))
+other.settimeout(5)
+other.connect(("127.0.0.1", port))
+other.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+print(other.recv(4096).split(b"\r\n")[0].decode())
+for s in held:
+    s.close()
+time.sleep(0.3)
+again = socket.create_connection(("127.0.0.1", port), timeout=5)
+again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+print(again.recv(4096).split(b"\r\n")[0].decode())
+PY
+)
+check "the 21st connection from one address is answered 429 ($(sed -n 1p <<<"$out"))" \
+  test "$(sed -n 1p <<<"$out")" = "HTTP/1.1 429 Too Many Requests"
+check "  another address is served meanwhile ($(sed -n 2p <<<"$out"))" test "$(sed -n 2p <<<"$out")" = "HTTP/1.1 200 OK"
+check "  and once its connections close, that address is served again ($(sed -n 3p <<<"$out"))" \
+  test "$(sed -n 3p <<<"$out")" = "HTTP/1.1 200 OK"
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_pid=''
+
+# --- memory ------------------------------------------------------------------------------------
+
+# Distinct list queries, each a list of a thousand orders (about 290 KB): the memory cache keeps
+# at most cache.max_bytes of them (8 MiB here), not cache.capacity (10,000) entries, so the
+# server's RSS stops growing however many distinct queries come. Four rounds of 100 queries
+# (29 MiB of answers each): the first two fill the cache and the allocator's free pages, during
+# the last two RSS stays put (an unbounded cache grows by the answers' size every round).
+for i in $(seq 2000); do
+  printf '{"type":"CREATE","orderId":"ord_rss_%05d","data":{"customer_name":"Memory %05d","customer_email":"m@example.com","items":[{"product_id":"p","name":"A product with a long name","quantity":1,"unit_price":1.5}]}}\n' "$i" "$i"
+done >"$work/orders.jsonl"
+"$acmo" -q send --file "$work/orders.jsonl"
+"$acmo" -q run-handler --once
+ACMO_CACHE_MAX_BYTES=8388608 start_server --no-handler
+lists() { # lists FIRST_OFFSET: 100 distinct queries; prints the MiB of answers
+  timeout 60 python3 - "$port" "$1" <<'PY'
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+total = 0
+for offset in range(int(sys.argv[2]), int(sys.argv[2]) + 100):
+    conn.request("GET", "/api/orders?limit=1000&offset=%d" % offset)
+    r = conn.getresponse()
+    total += len(r.read())
+    if r.status != 200:
+        print("status", r.status); sys.exit(1)
+print(total // (1 << 20))
+PY
+}
+rounds=()
+for first in 0 100 200 300; do
+  answers=$(lists "$first")
+  rounds+=("$(( $(rss | tr -dc 0-9) / 1024 ))")
+done
+echo "# distinct lists: RSS after each round of $answers MiB of answers: ${rounds[*]} MiB"
+check "two more rounds of 100 distinct lists of 1,000 orders ($answers MiB each): RSS grew $(( rounds[3] - rounds[1] )) MiB (under 16)" \
+  test -n "$answers" -a $(( rounds[3] - rounds[1] )) -lt 16
+survived "400 distinct list queries"
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_pid=''
 
 # --- out of file descriptors ---------------------------------------------------------------------
 # A server with 64 descriptors, and 150 idle connections: it cannot accept them all. The ones

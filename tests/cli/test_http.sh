@@ -174,6 +174,8 @@ check "the cache is empty after the clear" test "$(json_field "$body" count)" = 
 http DELETE /sqs/purge
 expect "DELETE /sqs/purge" 200
 check "/sqs/purge says how many it removed" test -n "$(json_field "$body" purged)"
+http DELETE '/sqs/purge?queue=dlq'
+expect "purge ?queue=dlq empties the DLQ" 200
 http OPTIONS /api/orders
 expect "OPTIONS /api/orders" 204
 check "OPTIONS lists the methods in Allow" test "$(header Allow)" = "GET, POST, OPTIONS"
@@ -279,6 +281,8 @@ http GET /health
 expect "/health needs no token" 200
 http GET /sqs/stats "${api[@]}"
 expect "an API token" 200
+http GET /sqs/stats -H 'Authorization: bEaReR api-secret'
+expect "the scheme Bearer in any letter case" 200
 http DELETE /sqs/purge "${api[@]}"
 expect "an API token on an admin endpoint" 403 forbidden
 http DELETE /cache/clear "${api[@]}"
@@ -291,6 +295,14 @@ http DELETE /sqs/purge "${admin[@]}"
 expect "an admin token on an admin endpoint" 200
 http POST /api/orders "${json[@]}" "${admin[@]}" -d "$item"
 expect "an admin token on the API" 202
+# (this server has no handler: the event stays queued)
+http DELETE '/sqs/purge?queue=bogus' "${admin[@]}"
+expect "a typo in purge's queue is a 400, never the main queue" 400 invalid_input
+check "  it names the queues there are" has 'queue \"bogus\" is not a queue here; use orders (the default) or dlq'
+http DELETE '/sqs/purge?queu=dlq' "${admin[@]}"
+expect "an unknown parameter of an admin endpoint is a 400" 400 invalid_input
+http GET /sqs/stats "${admin[@]}"
+check "neither refused purge ran: the event is still queued" test "$(json_field "$body" visible)" = 1
 limited=0
 for _ in $(seq 8); do
   http GET /sqs/stats "${api[@]}"
@@ -301,6 +313,27 @@ check "429 says rate_limited" test "$(json_field "$body" code)" = rate_limited
 check "429 has Retry-After" test -n "$(header Retry-After)"
 http GET /health
 expect "/health is not rate limited" 200
+# Guessing tokens: 10 failures at once from one address, then one a second, then 429.
+guesses=''
+for i in $(seq 15); do
+  http GET /sqs/stats -H "Authorization: Bearer guess-$i" --interface 127.0.0.4
+  guesses+="$status "
+done
+check "failed authentications are limited per address: 401 ten times, then 429 ($guesses)" \
+  bash -c '[[ $(grep -o 401 <<<"$1" | wc -l) -le 11 && $(grep -o 429 <<<"$1" | wc -l) -ge 4 ]]' _ "$guesses"
+http GET /sqs/stats "${api[@]}" --interface 127.0.0.4
+expect "a valid token from that address still passes" 200
+stop_server
+
+# Without tokens, a made-up bearer value is no token: it gets no bucket of its own.
+ACMO_SERVER_RATE_LIMIT=1 ACMO_SERVER_RATE_BURST=5 start_server --no-handler
+accepted=0
+for i in $(seq 20); do
+  http GET /sqs/stats -H "Authorization: Bearer made-up-$i"
+  [[ $status == 200 ]] && accepted=$((accepted + 1))
+done
+check "rate limit without tokens: a made-up bearer per request is limited by address ($accepted of 20 taken)" \
+  test "$accepted" -le 8
 stop_server
 
 # --- keep-alive: pipelined requests, and SIGTERM with idle connections -------------------------

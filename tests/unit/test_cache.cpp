@@ -63,3 +63,28 @@ TEST_CASE("MemoryCache: invalidation of one key, of the lists, and clear", "[cac
   CHECK(cache.clear() == 1);
   CHECK(cache.keys().empty());
 }
+
+TEST_CASE("MemoryCache: bounded in bytes as well as entries", "[cache]")
+{
+  // Lists of a thousand orders are megabytes each: distinct queries must not grow the process
+  // without bound however few entries they are.
+  ManualClock clock;
+  const size_t max_bytes = 1 << 20;
+  MemoryCache cache(10'000, 60'000, clock, max_bytes);
+  const std::string big(100'000, 'x');
+  for (int i = 0; i < 100; ++i) cache.put("orders:offset=" + std::to_string(i), big);
+  auto keys = cache.keys();
+  CHECK(keys.size() <= max_bytes / big.size());
+  CHECK(keys.size() >= max_bytes / big.size() - 1);
+  // The most recent stay, the oldest went.
+  CHECK(cache.get("orders:offset=99"));
+  CHECK_FALSE(cache.get("orders:offset=0"));
+  // A value that could never fit is not kept, and pushes nothing out.
+  const auto before = cache.keys().size();
+  cache.put("huge", std::string(2 << 20, 'y'));
+  CHECK_FALSE(cache.get("huge"));
+  CHECK(cache.keys().size() == before);
+  // Replacing a value accounts for the new size, not the sum of both.
+  for (int i = 0; i < 50; ++i) cache.put("same", big);
+  CHECK(cache.get("same"));
+}

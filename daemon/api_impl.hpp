@@ -1,0 +1,137 @@
+// The inside of daemon/api.*, shared by its files: api.cpp (the route table and the checks
+// every request passes), api_orders.cpp (the orders endpoints) and api_monitoring.cpp (queue,
+// handler, cache, health and Prometheus).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/api.hpp"
+#include "daemon/rate_limiter.hpp"
+
+namespace acmo::daemon {
+
+// Who may call a route.
+enum class Access { open, api, admin };
+
+// One request being answered: what the route table found, and the answer being made.
+struct Context {
+  const Request& req;
+  Response& res;
+  std::string id;       // the :id of the path, if the route has one
+  nlohmann::json body;  // the parsed body, for routes that take one
+};
+
+// Request counts by status and a latency histogram, for /metrics.
+class HttpMetrics
+{
+public:
+  static constexpr std::array<double, 12> k_bounds_s = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                       0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+  void count(int status);
+  void observe(int64_t micros);
+  void write(std::string& out) const;
+
+private:
+  std::array<std::atomic<int64_t>, 600> m_by_status{};
+  std::array<std::atomic<int64_t>, k_bounds_s.size() + 1> m_buckets{};
+  std::atomic<int64_t> m_sum_us{0};
+};
+
+// An error answer: {"error": {"code", "message", "details"}}.
+void set_error(Response& res, int status, std::string_view code, std::string_view message,
+               nlohmann::json details = nullptr);
+// The answer for a core error, its status by its code (invalid input 400, not found 404,
+// conflict 409, busy or unavailable 503 with Retry-After).
+void set_core_error(Response& res, const Error& error);
+void send_json(Response& res, int status, const nlohmann::json& doc);
+
+struct Api::Impl {
+  using Handler = void (Impl::*)(Context&);
+
+  struct Route {
+    const char* method;
+    const char* pattern; // segments; ":id" matches one
+    Access access;
+    bool takes_body;
+    Handler handler;
+    // Query parameters an admin route takes; any other is refused (a typo must never fall
+    // back to a default action).
+    std::vector<std::string_view> params;
+  };
+
+  Impl(ApiOptions o, ApiParts p);
+
+  ApiOptions options;
+  ApiParts parts;
+  std::vector<Route> routes;
+  RateLimiter limiter;
+  // Failed authentications per client address: 10 at once, then one a second.
+  RateLimiter auth_failures{1.0, 10.0};
+  HttpMetrics metrics;
+
+  // Read stores, each used by one request at a time.
+  std::vector<std::unique_ptr<OrderStore>> stores;
+  std::vector<std::unique_ptr<std::mutex>> store_locks;
+  std::atomic<size_t> next_store{0};
+
+  // --- api.cpp -------------------------------------------------------------------------------
+  // The route of a request: the route, or the answer (404, 405 with Allow, OPTIONS' 204).
+  const Route* route_of(const Request& req, Response& res, std::string& id) const;
+  // The checks before any body is read: tokens, the rate limit, the admin route's
+  // parameters. False with the answer set.
+  bool admit(const Route& route, const Request& req, Response& res);
+  bool authorize(const Route& route, const Request& req, Response& res, bool& token_valid);
+  void dispatch(const Request& req, Response& res);
+
+  // Run `fn` with one of the read stores, which no other request uses meanwhile.
+  template<typename Fn> auto with_store(Fn&& fn)
+  {
+    const size_t n = stores.size();
+    const size_t start = next_store.fetch_add(1, std::memory_order_relaxed) % n;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t k = (start + i) % n;
+      std::unique_lock lock(*store_locks[k], std::try_to_lock);
+      if (lock.owns_lock()) return fn(*stores[k]);
+    }
+    std::lock_guard lock(*store_locks[start]);
+    return fn(*stores[start]);
+  }
+
+  // --- api_orders.cpp ------------------------------------------------------------------------
+  void enqueue(Context& ctx, OrderEvent event);
+  bool check_id(Context& ctx);
+  void create_order(Context& ctx);
+  void update_order(Context& ctx);
+  void delete_order(Context& ctx);
+  void get_order(Context& ctx);
+  void list_orders(Context& ctx);
+  void order_events(Context& ctx);
+
+  // --- api_monitoring.cpp --------------------------------------------------------------------
+  void sqs_stats(Context& ctx);
+  void sqs_purge(Context& ctx);
+  void dlq_list(Context& ctx);
+  void dlq_redrive(Context& ctx);
+  nlohmann::json in_process_handler_json();
+  void handler_status(Context& ctx);
+  void handler_stats(Context& ctx);
+  CacheStats cache_figures();
+  void cache_stats(Context& ctx);
+  void cache_keys(Context& ctx);
+  void cache_clear(Context& ctx);
+  void health(Context& ctx);
+  void prometheus(Context& ctx);
+};
+
+// An integer query parameter within [min, max], or `fallback` when absent.
+Expected<int64_t> int_param(const Request& req, const char* name, int64_t fallback, int64_t min,
+                            int64_t max);
+
+} // namespace acmo::daemon

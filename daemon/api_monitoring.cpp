@@ -1,0 +1,298 @@
+// The monitoring and admin endpoints (docs/http-api.md §3): the queue and its DLQ, the
+// handlers, the cache, /health and /metrics.
+#include <algorithm>
+
+#include <fmt/core.h>
+
+#include "core/handler_registry.hpp"
+#include "core/ids.hpp"
+#include "core/json_input.hpp"
+#include "core/log.hpp"
+#include "core/stats_report.hpp"
+#include "daemon/api_impl.hpp"
+
+namespace acmo::daemon {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int64_t k_max_list_limit = 1000;
+
+} // namespace
+
+void HttpMetrics::count(int status)
+{
+  if (status < 100 || status > 599) status = 599;
+  m_by_status[static_cast<size_t>(status)].fetch_add(1, std::memory_order_relaxed);
+}
+
+void HttpMetrics::observe(int64_t micros)
+{
+  size_t i = 0;
+  while (i < k_bounds_s.size() && static_cast<double>(micros) > k_bounds_s[i] * 1e6) ++i;
+  m_buckets[i].fetch_add(1, std::memory_order_relaxed);
+  m_sum_us.fetch_add(micros, std::memory_order_relaxed);
+}
+
+void HttpMetrics::write(std::string& out) const
+{
+  out += "# HELP acmo_http_requests_total HTTP requests answered, by status code.\n"
+         "# TYPE acmo_http_requests_total counter\n";
+  for (size_t s = 100; s < m_by_status.size(); ++s) {
+    const int64_t n = m_by_status[s].load(std::memory_order_relaxed);
+    if (n != 0) out += fmt::format("acmo_http_requests_total{{code=\"{}\"}} {}\n", s, n);
+  }
+  out += "# HELP acmo_http_request_duration_seconds Time from a whole request to its answer.\n"
+         "# TYPE acmo_http_request_duration_seconds histogram\n";
+  int64_t cumulative = 0;
+  for (size_t i = 0; i < k_bounds_s.size(); ++i) {
+    cumulative += m_buckets[i].load(std::memory_order_relaxed);
+    out += fmt::format("acmo_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
+                       k_bounds_s[i], cumulative);
+  }
+  cumulative += m_buckets[k_bounds_s.size()].load(std::memory_order_relaxed);
+  out += fmt::format("acmo_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+  out += fmt::format("acmo_http_request_duration_seconds_sum {}\n",
+                     static_cast<double>(m_sum_us.load(std::memory_order_relaxed)) / 1e6);
+  out += fmt::format("acmo_http_request_duration_seconds_count {}\n", cumulative);
+}
+
+void Api::Impl::sqs_stats(Context& ctx)
+{
+  auto stats = parts.queue->stats();
+  if (!stats) return set_core_error(ctx.res, stats.error());
+  json doc = queue_stats_json(*stats);
+  doc["dlqName"] = stats->dlq_name;
+  doc["deadLetteredTotal"] = stats->dead_lettered_total;
+  doc["redriven"] = stats->redriven;
+  doc["purged"] = stats->purged;
+  send_json(ctx.res, 200, doc);
+}
+
+void Api::Impl::sqs_purge(Context& ctx)
+{
+  // ?queue= names the queue to empty: the main one when absent, "dlq" or the DLQ's name for
+  // the DLQ. Anything else is refused: a typo must not empty the main queue.
+  const QueueOptions& q = parts.queue->options();
+  const std::string which = ctx.req.param("queue");
+  const bool dlq = which == "dlq" || which == q.dlq_name;
+  if (ctx.req.has_param("queue") && !dlq && which != q.name) {
+    return set_error(ctx.res, 400, "invalid_input",
+                     fmt::format("queue \"{}\" is not a queue here; use {} (the default) or dlq "
+                                 "({})",
+                                 which, q.name, q.dlq_name),
+                     json{{"field", "queue"}});
+  }
+  auto purged = parts.queue->purge(dlq);
+  if (!purged) return set_core_error(ctx.res, purged.error());
+  log::info("purged {} messages of the queue at the request of {}", *purged,
+            ctx.req.client);
+  send_json(ctx.res, 200, {{"purged", *purged}});
+}
+
+void Api::Impl::dlq_list(Context& ctx)
+{
+  auto limit = int_param(ctx.req, "limit", 100, 1, k_max_list_limit);
+  if (!limit) return set_core_error(ctx.res, limit.error());
+  auto offset = int_param(ctx.req, "offset", 0, 0, INT64_MAX / 2);
+  if (!offset) return set_core_error(ctx.res, offset.error());
+  auto messages = parts.queue->dlq_list(*limit, *offset);
+  if (!messages) return set_core_error(ctx.res, messages.error());
+  json list = json::array();
+  for (const auto& m : *messages) {
+    auto parsed = parse_json_input(m.body, "the body");
+    json body = parsed ? std::move(*parsed) : json(m.body);
+    list.push_back({{"messageId", m.message_id},
+                    {"sequenceNumber", format_sequence(m.seq)},
+                    {"groupId", m.group_id},
+                    {"deduplicationId", m.dedup_id},
+                    {"body", std::move(body)},
+                    {"receiveCount", m.receive_count},
+                    {"reason", m.dead_reason},
+                    {"lastError", m.last_error},
+                    {"sentAt", format_timestamp(m.sent_at_ms)},
+                    {"deadLetteredAt", format_timestamp(m.dead_at_ms)}});
+  }
+  send_json(ctx.res, 200, {{"messages", std::move(list)}});
+}
+
+void Api::Impl::dlq_redrive(Context& ctx)
+{
+  // ?id=MESSAGE_ID (repeatable) names the messages to move; none moves them all.
+  const std::vector<std::string> ids = ctx.req.param_values("id");
+  auto moved = parts.queue->redrive(ids);
+  if (!moved) return set_core_error(ctx.res, moved.error());
+  send_json(ctx.res, 200, {{"redriven", *moved}});
+}
+
+json Api::Impl::in_process_handler_json()
+{
+  if (parts.handler == nullptr) return nullptr;
+  const HandlerStats s = parts.handler->stats();
+  return {{"running", true},
+          {"since", format_timestamp(parts.handler_started_ms)},
+          {"processed", s.processed},
+          {"deadLettered", s.dead_lettered},
+          {"retried", s.retried},
+          {"batches", s.batches},
+          {"latencyP50Ms", static_cast<double>(s.latency_p50_us) / 1000.0},
+          {"latencyP99Ms", static_cast<double>(s.latency_p99_us) / 1000.0},
+          {"lastError", s.last_error}};
+}
+
+void Api::Impl::handler_status(Context& ctx)
+{
+  const int64_t now = SystemClock::instance().now_ms();
+  auto handlers = list_handlers(parts.db_path, now);
+  if (!handlers) return set_core_error(ctx.res, handlers.error());
+  json doc = handlers_json(*handlers, now);
+  doc["inProcess"] = in_process_handler_json();
+  send_json(ctx.res, 200, doc);
+}
+
+void Api::Impl::handler_stats(Context& ctx)
+{
+  const int64_t now = SystemClock::instance().now_ms();
+  auto report = with_store([&](OrderStore& store) {
+    return read_stats(*parts.queue, parts.db_path, store, options.store_backend, parts.cache, now);
+  });
+  if (!report) return set_core_error(ctx.res, report.error());
+  send_json(ctx.res, 200, stats_json(*report));
+}
+
+CacheStats Api::Impl::cache_figures()
+{
+  if (parts.cache != nullptr) return parts.cache->stats();
+  CacheStats none;
+  none.backend = "none";
+  return none;
+}
+
+void Api::Impl::cache_stats(Context& ctx) { send_json(ctx.res, 200, cache_stats_json(cache_figures())); }
+
+void Api::Impl::cache_keys(Context& ctx)
+{
+  std::vector<std::string> keys;
+  if (parts.cache != nullptr) keys = parts.cache->keys();
+  std::sort(keys.begin(), keys.end());
+  send_json(ctx.res, 200, {{"keys", keys}, {"count", keys.size()}});
+}
+
+void Api::Impl::cache_clear(Context& ctx)
+{
+  const int64_t cleared = parts.cache != nullptr ? parts.cache->clear() : 0;
+  send_json(ctx.res, 200, {{"cleared", cleared}});
+}
+
+void Api::Impl::health(Context& ctx)
+{
+  json checks = json::object();
+  std::vector<std::string> failing;
+  auto record = [&](const char* what, const Expected<void>& ok) {
+    if (ok) {
+      checks[what] = {{"ok", true}};
+    } else {
+      checks[what] = {{"ok", false}, {"error", ok.error().message}};
+      failing.emplace_back(what);
+    }
+  };
+  // The queue: a read of its database (the DLQ's head, an index lookup),
+  // and whether it takes writes (a full disk fails every send while reads still work).
+  auto dlq = parts.queue->dlq_list(1, 0);
+  record("queue", dlq ? parts.queue->check_writable() : Expected<void>(Unexpected(dlq.error())));
+  // The store: an order that cannot exist is not found when the store answers.
+  auto probe = with_store([](OrderStore& store) { return store.get("health-probe"); });
+  record("store", probe || probe.error().code == Errc::not_found
+                    ? Expected<void>()
+                    : Expected<void>(Unexpected(probe.error())));
+  // The cache counts its failures rather than reporting them: one more after a read is one.
+  if (parts.cache != nullptr) {
+    const int64_t before = parts.cache->stats().errors;
+    parts.cache->get("health-probe");
+    record("cache", parts.cache->stats().errors == before
+                      ? Expected<void>()
+                      : Expected<void>(make_error(Errc::unavailable,
+                                                  "the cache did not answer a read")));
+  } else {
+    checks["cache"] = {{"ok", true}, {"backend", "none"}};
+  }
+  json doc = {{"status", failing.empty() ? "ok" : "unavailable"}, {"checks", std::move(checks)}};
+  if (!failing.empty()) {
+    std::string names;
+    for (const auto& f : failing) names += (names.empty() ? "" : ", ") + f;
+    doc["failing"] = failing;
+    doc["message"] = fmt::format("not answering: {}", names);
+    ctx.res.set_header("Retry-After", "1");
+  }
+  send_json(ctx.res, failing.empty() ? 200 : 503, doc);
+}
+
+void Api::Impl::prometheus(Context& ctx)
+{
+  std::string out;
+  out.reserve(8192);
+  auto metric = [&out](std::string_view name, std::string_view type, std::string_view help,
+                       auto value, std::string_view labels = {}) {
+    if (!help.empty()) out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+    out += fmt::format("{}{} {}\n", name, labels, value);
+  };
+  if (auto s = parts.queue->stats()) {
+    out += "# HELP acmo_queue_messages Messages in the queue, by state.\n"
+           "# TYPE acmo_queue_messages gauge\n";
+    const std::string q = s->name;
+    out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"visible\"}} {}\n", q, s->visible);
+    out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"in_flight\"}} {}\n", q, s->in_flight);
+    out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"delayed\"}} {}\n", q, s->delayed);
+    out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"dead_lettered\"}} {}\n", q,
+                       s->dead_lettered);
+    metric("acmo_queue_dedup_entries", "gauge", "Deduplication ids remembered.", s->dedup_entries);
+    metric("acmo_queue_oldest_message_age_seconds", "gauge", "Age of the oldest message.",
+           static_cast<double>(s->oldest_age_ms) / 1000.0);
+    metric("acmo_queue_sent_total", "counter", "Messages accepted.", s->sent);
+    metric("acmo_queue_duplicates_total", "counter", "Sends caught as duplicates.", s->duplicates);
+    metric("acmo_queue_received_total", "counter", "Messages delivered to receivers.", s->received);
+    metric("acmo_queue_deleted_total", "counter", "Messages deleted after handling.", s->deleted);
+    metric("acmo_queue_retried_total", "counter", "Messages released for a retry.", s->retried);
+    metric("acmo_queue_expired_total", "counter", "Messages dropped by retention.", s->expired);
+    metric("acmo_queue_dead_lettered_total", "counter", "Messages moved to the DLQ.",
+           s->dead_lettered_total);
+    metric("acmo_queue_up", "gauge", "Whether the queue's database answered.", 1);
+  } else {
+    metric("acmo_queue_up", "gauge", "Whether the queue's database answered.", 0);
+  }
+  const CommitStats commits = parts.queue->commit_stats();
+  metric("acmo_queue_transactions_total", "counter",
+         "Write transactions of this process (group commit).", commits.transactions);
+  metric("acmo_queue_requests_total", "counter", "Write requests carried by them.",
+         commits.requests);
+  if (parts.handler != nullptr) {
+    const HandlerStats h = parts.handler->stats();
+    metric("acmo_handler_processed_total", "counter", "Events applied by the in-process handler.",
+           h.processed);
+    metric("acmo_handler_dead_lettered_total", "counter", "Events it dead-lettered.",
+           h.dead_lettered);
+    metric("acmo_handler_retried_total", "counter", "Events it released for a retry.", h.retried);
+    metric("acmo_handler_batches_total", "counter", "Batches it settled.", h.batches);
+    out += "# HELP acmo_handler_batch_latency_seconds Time to apply and settle a batch.\n"
+           "# TYPE acmo_handler_batch_latency_seconds summary\n";
+    out += fmt::format("acmo_handler_batch_latency_seconds{{quantile=\"0.5\"}} {}\n",
+                       static_cast<double>(h.latency_p50_us) / 1e6);
+    out += fmt::format("acmo_handler_batch_latency_seconds{{quantile=\"0.99\"}} {}\n",
+                       static_cast<double>(h.latency_p99_us) / 1e6);
+  }
+  metric("acmo_handler_in_process", "gauge", "Whether this server runs a handler.",
+         parts.handler != nullptr ? 1 : 0);
+  const CacheStats c = cache_figures();
+  const std::string backend = fmt::format("{{backend=\"{}\"}}", c.backend);
+  metric("acmo_cache_hits_total", "counter", "Cache reads that hit.", c.hits, backend);
+  metric("acmo_cache_misses_total", "counter", "Cache reads that missed.", c.misses, backend);
+  metric("acmo_cache_errors_total", "counter", "Cache operations that failed.", c.errors, backend);
+  metric("acmo_cache_keys", "gauge", "Keys in the cache.", c.keys, backend);
+  metrics.write(out);
+  ctx.res.status = 200;
+  ctx.res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  ctx.res.body = std::move(out);
+}
+
+} // namespace acmo::daemon

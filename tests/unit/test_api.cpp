@@ -1,0 +1,248 @@
+// acmo serve's API without a socket (daemon/api.*): a Request in, a Response out, over a real
+// queue in a temporary directory and a fake order store. Routes, tokens, rate limits, the
+// checks of a body, and the admin endpoints' refusal of what they do not know.
+#include <map>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+#include "core/cache.hpp"
+#include "daemon/api.hpp"
+#include "queue_test_util.hpp"
+#include "temp_dir.hpp"
+
+using namespace acmo;
+using namespace acmo::daemon;
+using acmo::test::must;
+using acmo::test::TempDir;
+
+namespace {
+
+// Orders by id; lists and trails are not what these tests look at.
+class FakeStore final : public OrderStore
+{
+public:
+  explicit FakeStore(std::map<std::string, Order>& orders) : m_orders(orders) {}
+  Expected<Order> get(std::string_view id) override
+  {
+    auto it = m_orders.find(std::string(id));
+    if (it == m_orders.end()) return make_error(Errc::not_found, "no such order", "id");
+    return it->second;
+  }
+  Expected<OrderList> list(std::string_view, int64_t, int64_t) override { return OrderList{}; }
+  Expected<std::vector<OrderEventRecord>> events(std::string_view) override
+  {
+    return std::vector<OrderEventRecord>{};
+  }
+
+private:
+  std::map<std::string, Order>& m_orders;
+};
+
+struct ApiFixture {
+  TempDir dir;
+  std::unique_ptr<Queue> queue = acmo::test::open_queue(dir.file("acmo.db"));
+  std::map<std::string, Order> orders;
+  MemoryCache cache{100, 60'000};
+  std::unique_ptr<Api> api;
+
+  explicit ApiFixture(ApiOptions options = {})
+  {
+    ApiParts parts;
+    parts.queue = queue.get();
+    parts.db_path = dir.file("acmo.db");
+    parts.open_store = [this]() -> Expected<std::unique_ptr<OrderStore>> {
+      return std::unique_ptr<OrderStore>(new FakeStore(orders));
+    };
+    parts.cache = &cache;
+    api = std::make_unique<Api>(std::move(options), std::move(parts));
+    must(api->open());
+  }
+
+  Response call(std::string method, std::string path, std::string body = {},
+                std::vector<std::pair<std::string, std::string>> headers = {},
+                std::string client = "10.0.0.1")
+  {
+    Request r;
+    r.method = std::move(method);
+    const auto q = path.find('?');
+    r.path = path.substr(0, q);
+    if (q != std::string::npos) r.query = path.substr(q + 1);
+    for (auto& [n, v] : headers) r.headers.add(n, v);
+    r.body = std::move(body);
+    r.client = std::move(client);
+    return api->handle(r);
+  }
+};
+
+const std::string k_order =
+  R"({"customer_name":"Ada","customer_email":"ada@example.com","items":[]})";
+const std::vector<std::pair<std::string, std::string>> k_json = {
+  {"Content-Type", "application/json"}};
+
+std::vector<std::pair<std::string, std::string>> with_token(const std::string& scheme,
+                                                            const std::string& token)
+{
+  return {{"Authorization", scheme + " " + token}};
+}
+
+} // namespace
+
+TEST_CASE("Api: routes: 404, 405 with Allow, OPTIONS", "[api]")
+{
+  ApiFixture f;
+  CHECK(f.call("GET", "/nowhere").status == 404);
+  auto r = f.call("PATCH", "/api/orders");
+  CHECK(r.status == 405);
+  CHECK(r.header("Allow") == "GET, POST");
+  r = f.call("OPTIONS", "/api/orders");
+  CHECK(r.status == 204);
+  CHECK(r.header("Allow") == "GET, POST, OPTIONS");
+  CHECK(f.call("HEAD", "/health").status == 200);
+}
+
+TEST_CASE("Api: POST queues the event once it is on disk; bad bodies are refused", "[api]")
+{
+  ApiFixture f;
+  auto r = f.call("POST", "/api/orders", k_order, k_json);
+  CHECK(r.status == 202);
+  CHECK_THAT(r.body, Catch::Contains(R"("status":"queued")"));
+  CHECK(must(f.queue->stats()).sent == 1);
+  CHECK(f.call("POST", "/api/orders", k_order).status == 415);
+  CHECK(f.call("POST", "/api/orders", "[1]", k_json).status == 400);
+  CHECK(f.call("POST", "/api/orders", std::string(1000, '[') + std::string(1000, ']'), k_json).status
+        == 400);
+  CHECK(must(f.queue->stats()).sent == 1);
+}
+
+TEST_CASE("Api: the Bearer scheme is read in any letter case", "[api]")
+{
+  ApiOptions o;
+  o.api_tokens = {"secret"};
+  ApiFixture f(o);
+  CHECK(f.call("GET", "/sqs/stats").status == 401);
+  for (const char* scheme : {"Bearer", "bearer", "BEARER", "bEaReR"}) {
+    INFO(scheme);
+    CHECK(f.call("GET", "/sqs/stats", {}, with_token(scheme, "secret")).status == 200);
+  }
+  CHECK(f.call("GET", "/sqs/stats", {}, with_token("Basic", "secret")).status == 401);
+  CHECK(f.call("GET", "/health").status == 200); // open
+}
+
+TEST_CASE("Api: admin routes need an admin token; an API token gets 403", "[api]")
+{
+  ApiOptions o;
+  o.api_tokens = {"api"};
+  o.admin_tokens = {"admin"};
+  ApiFixture f(o);
+  CHECK(f.call("DELETE", "/cache/clear").status == 401);
+  CHECK(f.call("DELETE", "/cache/clear", {}, with_token("Bearer", "api")).status == 403);
+  CHECK(f.call("DELETE", "/cache/clear", {}, with_token("Bearer", "admin")).status == 200);
+  CHECK(f.call("GET", "/sqs/stats", {}, with_token("Bearer", "admin")).status == 200);
+}
+
+TEST_CASE("Api: failed authentications are limited per client address", "[api]")
+{
+  ApiOptions o;
+  o.api_tokens = {"secret"};
+  ApiFixture f(o);
+  int unauthorized = 0;
+  int limited = 0;
+  for (int i = 0; i < 50; ++i) {
+    const int status =
+      f.call("GET", "/sqs/stats", {}, with_token("Bearer", "guess-" + std::to_string(i))).status;
+    unauthorized += status == 401;
+    limited += status == 429;
+  }
+  // Ten guesses at once, then (within this second) at most one more.
+  CHECK(unauthorized >= 10);
+  CHECK(unauthorized <= 11);
+  CHECK(limited == 50 - unauthorized);
+  // A valid token from that address still passes; another address may still fail on its own.
+  CHECK(f.call("GET", "/sqs/stats", {}, with_token("Bearer", "secret")).status == 200);
+  CHECK(f.call("GET", "/sqs/stats", {}, with_token("Bearer", "nope"), "10.0.0.2").status == 401);
+}
+
+TEST_CASE("Api: the rate limit is keyed on a valid token or the address, never on a made-up "
+          "token",
+          "[api]")
+{
+  SECTION("no tokens configured: a new bearer value per request gets no fresh bucket")
+  {
+    ApiOptions o;
+    o.rate_limit = 1;
+    o.rate_burst = 5;
+    ApiFixture f(o);
+    int accepted = 0;
+    for (int i = 0; i < 30; ++i) {
+      accepted += f.call("GET", "/sqs/stats", {}, with_token("Bearer", "made-up-" + std::to_string(i)))
+                    .status
+                  == 200;
+    }
+    CHECK(accepted >= 5);
+    CHECK(accepted <= 6);
+    // Another address has a bucket of its own.
+    CHECK(f.call("GET", "/sqs/stats", {}, {}, "10.0.0.9").status == 200);
+  }
+  SECTION("a valid token has a bucket of its own, wherever it comes from")
+  {
+    ApiOptions o;
+    o.api_tokens = {"a", "b"};
+    o.rate_limit = 1;
+    o.rate_burst = 2;
+    ApiFixture f(o);
+    int a = 0;
+    for (int i = 0; i < 6; ++i) {
+      a += f.call("GET", "/sqs/stats", {}, with_token("Bearer", "a"), "10.0.0." + std::to_string(i))
+             .status
+           == 200;
+    }
+    CHECK(a <= 3);
+    CHECK(f.call("GET", "/sqs/stats", {}, with_token("Bearer", "b")).status == 200);
+  }
+}
+
+TEST_CASE("Api: an admin endpoint refuses a value or a parameter it does not know", "[api]")
+{
+  ApiFixture f;
+  must(f.queue->send(SendRequest{"m1", "g", ""}));
+  auto r = f.call("DELETE", "/sqs/purge?queue=bogus");
+  CHECK(r.status == 400);
+  CHECK_THAT(r.body, Catch::Contains("queue \\\"bogus\\\" is not a queue here"));
+  CHECK(f.call("DELETE", "/sqs/purge?queu=dlq").status == 400);
+  CHECK(f.call("GET", "/sqs/dlq?limt=5").status == 400);
+  CHECK(f.call("POST", "/sqs/dlq/redrive?ids=x").status == 400);
+  CHECK(must(f.queue->stats()).visible == 1); // nothing was purged
+  CHECK(f.call("DELETE", "/sqs/purge?queue=dlq").status == 200);
+  CHECK(must(f.queue->stats()).visible == 1);
+  r = f.call("DELETE", "/sqs/purge?queue=orders");
+  CHECK(r.status == 200);
+  CHECK(r.body == R"({"purged":1})");
+}
+
+TEST_CASE("Api: refuse_early answers what a request with Expect: 100-continue would get", "[api]")
+{
+  ApiOptions o;
+  o.api_tokens = {"secret"};
+  ApiFixture f(o);
+  auto head = [](std::string method, std::string path, std::vector<std::pair<std::string, std::string>> headers) {
+    Request r;
+    r.method = std::move(method);
+    r.path = std::move(path);
+    r.client = "10.0.0.1";
+    for (auto& [n, v] : headers) r.headers.add(n, v);
+    return r;
+  };
+  auto refused = f.api->refuse_early(head("POST", "/nowhere", {}));
+  REQUIRE(refused);
+  CHECK(refused->status == 404);
+  refused = f.api->refuse_early(head("POST", "/api/orders", {{"Content-Type", "application/json"}}));
+  REQUIRE(refused);
+  CHECK(refused->status == 401);
+  refused = f.api->refuse_early(
+    head("POST", "/api/orders", {{"Authorization", "Bearer secret"}, {"Content-Type", "text/plain"}}));
+  REQUIRE(refused);
+  CHECK(refused->status == 415);
+  CHECK_FALSE(f.api->refuse_early(
+    head("POST", "/api/orders", {{"Authorization", "Bearer secret"}, {"Content-Type", "application/json"}})));
+}
