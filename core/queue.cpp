@@ -53,7 +53,27 @@ struct DedupEntry {
   int64_t seq = 0;
   MessageIdBytes message_id{};
   int64_t expires_at = 0;
+  int64_t body_hash = 0; // the first 8 bytes of the body's SHA-256; 0: not known
 };
+
+// The first 8 bytes of a SHA-256 as a number (never 0, which means "not known").
+int64_t hash_word(const std::array<unsigned char, 32>& digest)
+{
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | digest[i];
+  return v == 0 ? 1 : static_cast<int64_t>(v);
+}
+
+std::string hex_of(const std::array<unsigned char, 32>& digest)
+{
+  static constexpr char k_hex[] = "0123456789abcdef";
+  std::string out(64, '0');
+  for (size_t i = 0; i < 32; ++i) {
+    out[2 * i] = k_hex[digest[i] >> 4];
+    out[2 * i + 1] = k_hex[digest[i] & 0xf];
+  }
+  return out;
+}
 
 // The in-memory index of the dedup log: an open-addressing hash table. Keys are SHA-256 bits,
 // uniformly spread already, so a key's first word is its hash; one probe usually costs one
@@ -181,6 +201,7 @@ struct PreparedSend {
   std::string dedup_id;       // the request's, or the body's SHA-256 in hex
   bool content_based = false; // the dedup id is the body's SHA-256
   DedupKey key;
+  int64_t body_hash = 0;      // hash_word of the body's SHA-256
 };
 
 // What a locate() of a receipt handle found.
@@ -612,7 +633,8 @@ struct Queue::Impl {
     txn.dedup_synced = true;
     static const std::string k_epoch = "SELECT dedup_epoch FROM queues WHERE id = 0";
     static const std::string k_newer =
-      "SELECT id, queue_id, key, message_id, expires_at FROM dedup WHERE id > ?1 ORDER BY id";
+      "SELECT id, queue_id, key, message_id, expires_at, body_hash FROM dedup WHERE id > ?1"
+      " ORDER BY id";
     const int64_t epoch = writer->query_int(k_epoch);
     if (epoch != dedup_epoch) {
       dedup_index.clear();
@@ -626,7 +648,7 @@ struct Queue::Impl {
       if (stmt->column_int(1) != queue_id || stmt->column_int(4) <= txn.now) continue;
       dedup_index.put(key_from_blob(stmt->column_view(2)),
                       DedupEntry{stmt->column_int(0), id_from_blob(stmt->column_view(3)),
-                                 stmt->column_int(4)});
+                                 stmt->column_int(4), stmt->column_int(5)});
     }
     // Entries past their window only cost memory; drop them now and then.
     if (txn.now - dedup_pruned_at > 60'000) {
@@ -717,10 +739,11 @@ struct Queue::Impl {
   // --- operations run inside a transaction -------------------------------------------------
 
   // Accept one prepared message.
-  SendResult do_send(Txn& txn, const PreparedSend& prepared)
+  Expected<SendResult> do_send(Txn& txn, const PreparedSend& prepared)
   {
     static const std::string k_dedup_append =
-      "INSERT INTO dedup(id, queue_id, key, message_id, expires_at) VALUES (?3, ?1, ?2, ?4, ?5)";
+      "INSERT INTO dedup(id, queue_id, key, message_id, expires_at, body_hash)"
+      " VALUES (?3, ?1, ?2, ?4, ?5, ?6)";
     static const std::string k_insert =
       "INSERT INTO messages(seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
       " visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)";
@@ -730,6 +753,16 @@ struct Queue::Impl {
     sync_dedup(txn);
     if (const DedupEntry* known = dedup_index.find(prepared.key);
         known != nullptr && known->expires_at > txn.now) {
+      if (req.same_body && known->body_hash != 0 && known->body_hash != prepared.body_hash) {
+        return make_error(Errc::conflict,
+                          fmt::format("the deduplication id \"{}\" was used {} s ago for a "
+                                      "different message (message {}); a retry must send the same "
+                                      "request, and a new request needs a new id",
+                                      prepared.dedup_id,
+                                      (txn.now - (known->expires_at - options.dedup_window_ms)) / 1000,
+                                      format_message_id(known->message_id)),
+                          "deduplicationId");
+      }
       result.duplicate = true;
       result.message_id = format_message_id(known->message_id);
       result.seq = known->seq;
@@ -743,10 +776,11 @@ struct Queue::Impl {
       std::array<unsigned char, 16> buf{};
       auto stmt = writer->prepare(k_dedup_append);
       stmt->bind(1, queue_id).bind_blob(2, key_blob(prepared.key, buf), false);
-      stmt->bind(3, seq).bind_blob(4, id_blob(id), false).bind(5, expires_at).run();
+      stmt->bind(3, seq).bind_blob(4, id_blob(id), false).bind(5, expires_at);
+      stmt->bind(6, prepared.body_hash).run();
     }
     dedup_seen_id = seq;
-    dedup_index.put(prepared.key, DedupEntry{seq, id, expires_at});
+    dedup_index.put(prepared.key, DedupEntry{seq, id, expires_at, prepared.body_hash});
     {
       auto stmt = writer->prepare(k_insert);
       stmt->bind(1, seq).bind(2, queue_id).bind(3, req.group_id, false);
@@ -1208,16 +1242,23 @@ struct Queue::Impl {
     if (auto ok = limits::check_id(request.group_id, "groupId"); !ok) {
       return Unexpected(ok.error());
     }
-    if (request.dedup_id.empty()) {
-      if (!options.content_based_dedup) {
-        return make_error(Errc::invalid_input,
-                          "deduplicationId is required when queue.content_based_dedup is off",
-                          "deduplicationId");
+    if (request.dedup_id.empty() && !options.content_based_dedup) {
+      return make_error(Errc::invalid_input,
+                        "deduplicationId is required when queue.content_based_dedup is off",
+                        "deduplicationId");
+    }
+    if (!request.dedup_id.empty()) {
+      if (auto ok = limits::check_id(request.dedup_id, "deduplicationId"); !ok) {
+        return Unexpected(ok.error());
       }
-      out.dedup_id = sha256_hex(request.body);
+    }
+    // The body's digest: the dedup id when it is content-based, and the fingerprint a later
+    // send with the same id is compared with (SendRequest::same_body).
+    const auto digest = sha256_bytes(request.body);
+    out.body_hash = hash_word(digest);
+    if (request.dedup_id.empty()) {
+      out.dedup_id = hex_of(digest);
       out.content_based = true;
-    } else if (auto ok = limits::check_id(request.dedup_id, "deduplicationId"); !ok) {
-      return Unexpected(ok.error());
     } else {
       out.dedup_id = request.dedup_id;
     }
@@ -1448,7 +1489,7 @@ Expected<SendResult> Queue::send(const SendRequest& request)
 {
   auto prepared = m_impl->prepare_send(request);
   if (!prepared) return Unexpected(prepared.error());
-  SendResult result;
+  Expected<SendResult> result;
   WriteOp op;
   op.durable = true;
   op.fn = [&](Txn& txn) { result = m_impl->do_send(txn, *prepared); };

@@ -55,6 +55,10 @@ struct SendRequest {
   std::string body;
   std::string group_id = "orders";
   std::string dedup_id; // empty: SHA-256 of the body if content-based dedup is on
+  // A duplicate must carry the same body as the message accepted first with its dedup id;
+  // another body is an Errc::conflict, not a duplicate (what an HTTP Idempotency-Key asks for).
+  // false: SQS's rule, where a dedup id seen in the window is a duplicate whatever the body.
+  bool same_body = false;
 };
 
 struct SendResult {

@@ -112,6 +112,13 @@ CREATE TABLE handlers (
   last_error TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 )SQL",
+    // 4: each dedup entry remembers a fingerprint of its message's body (the first 8 bytes of
+    // its SHA-256 as a number; 0 for entries made before), so that a send that must carry the
+    // same body as the first with its id (an HTTP Idempotency-Key) can tell a retry from
+    // another request.
+    R"SQL(
+ALTER TABLE dedup ADD COLUMN body_hash INTEGER NOT NULL DEFAULT 0;
+)SQL",
   };
   return k_migrations;
 }

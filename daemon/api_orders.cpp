@@ -1,5 +1,7 @@
 // The orders endpoints (docs/http-api.md §2): POST, PUT, PATCH and DELETE queue an event and
 // answer 202 once it is on disk; GET reads through the cache.
+#include <cstring>
+
 #include <fmt/core.h>
 
 #include "core/cached_orders.hpp"
@@ -44,7 +46,21 @@ void Api::Impl::enqueue(Context& ctx, OrderEvent event)
     event.dedup_id = key;
   }
   complete_event(event, options.group_by);
-  auto result = parts.queue->send(to_send_request(event));
+  SendRequest request = to_send_request(event);
+  // An Idempotency-Key belongs to the request it was first sent with: a retry of that request
+  // is a duplicate, another request with the key is refused (as payment APIs do), never
+  // answered as a duplicate of a message it is not.
+  request.same_body = !key.empty();
+  auto result = parts.queue->send(request);
+  if (!result && !key.empty() && result.error().code == Errc::conflict) {
+    std::string message = result.error().message;
+    for (auto [from, to] : {std::pair{"the deduplication id", "the Idempotency-Key"},
+                            std::pair{"a new id", "a new key"}, std::pair{"message (message", "request (message"}}) {
+      if (auto at = message.find(from); at != std::string::npos) message.replace(at, strlen(from), to);
+    }
+    return set_error(ctx.res, 422, "idempotency_key_reused", message,
+                     json{{"field", "Idempotency-Key"}});
+  }
   if (!result) {
     if (result.error().code != Errc::invalid_input) {
       log::warn("{} {}: the queue refused an event: {}", ctx.req.method, ctx.req.path,

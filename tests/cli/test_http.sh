@@ -106,6 +106,11 @@ http POST /api/orders "${json[@]}" -H 'Idempotency-Key: checkout-42' -d "$item"
 expect "the same POST retried" 202
 check "the retry is a duplicate of the same order and message" \
   test "$(json_field "$body" duplicate)/$(json_field "$body" orderId)/$(json_field "$body" messageId)" = "true/$ada/$first_message"
+http POST /api/orders "${json[@]}" -H 'Idempotency-Key: checkout-42' -d "${item/Ada/Bob}"
+expect "the Idempotency-Key with another body" 422 idempotency_key_reused
+check "  it says the key was used for a different request" has 'the Idempotency-Key \"checkout-42\" was used'
+http PATCH "/api/orders/$ada/status" "${json[@]}" -H 'Idempotency-Key: checkout-42' -d '{"status":"shipped"}'
+expect "the Idempotency-Key of a POST reused for a PATCH of its order" 422 idempotency_key_reused
 check "Ada's order is applied" until_status "/api/orders/$ada" 200
 check "its total is exact (25)" has '"total":25'
 

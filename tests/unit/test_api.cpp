@@ -246,3 +246,33 @@ TEST_CASE("Api: refuse_early answers what a request with Expect: 100-continue wo
   CHECK_FALSE(f.api->refuse_early(
     head("POST", "/api/orders", {{"Authorization", "Bearer secret"}, {"Content-Type", "application/json"}})));
 }
+
+TEST_CASE("Api: an Idempotency-Key belongs to its first request: a retry is a duplicate, "
+          "another request with it is a 422",
+          "[api]")
+{
+  ApiFixture f;
+  auto key = [](const std::string& k) {
+    return std::vector<std::pair<std::string, std::string>>{{"Content-Type", "application/json"},
+                                                           {"Idempotency-Key", k}};
+  };
+  auto first = f.call("POST", "/api/orders", k_order, key("k-1"));
+  REQUIRE(first.status == 202);
+  auto retry = f.call("POST", "/api/orders", k_order, key("k-1"));
+  CHECK(retry.status == 202);
+  CHECK_THAT(retry.body, Catch::Contains(R"("duplicate":true)"));
+  // The same key with another body, or for another order: refused, nothing queued.
+  auto other_body = f.call("POST", "/api/orders",
+                           R"({"customer_name":"Bob","customer_email":"b@example.com","items":[]})",
+                           key("k-1"));
+  CHECK(other_body.status == 422);
+  CHECK_THAT(other_body.body, Catch::Contains("idempotency_key_reused")
+                                && Catch::Contains("the Idempotency-Key \\\"k-1\\\" was used"));
+  auto d = f.call("DELETE", "/api/orders/ord_a", {}, key("k-2"));
+  REQUIRE(d.status == 202);
+  CHECK(f.call("DELETE", "/api/orders/ord_b", {}, key("k-2")).status == 422);
+  CHECK(f.call("PATCH", "/api/orders/ord_b/status", R"({"status":"shipped"})", key("k-2")).status
+        == 422);
+  CHECK(f.call("DELETE", "/api/orders/ord_a", {}, key("k-2")).status == 202);
+  CHECK(must(f.queue->stats()).sent == 2);
+}

@@ -837,6 +837,39 @@ TEST_CASE("Queue: a duplicate within the dedup window is acknowledged but not en
   CHECK(bodies_of(f.receive(10)) == Bodies{"first body", "third body"});
 }
 
+TEST_CASE("Queue: a dedup id that must keep its body: a retry is a duplicate, another body a "
+          "conflict",
+          "[queue]")
+{
+  QueueFixture f;
+  SendRequest first{"body A", "g", "key-1"};
+  first.same_body = true;
+  auto a = must(f.queue->send(first));
+  CHECK_FALSE(a.duplicate);
+  // The same request again: a duplicate naming the first message.
+  auto again = must(f.queue->send(first));
+  CHECK(again.duplicate);
+  CHECK(again.message_id == a.message_id);
+  // Another body with the id: refused, and nothing queued.
+  SendRequest other{"body B", "g", "key-1"};
+  other.same_body = true;
+  auto refused = f.queue->send(other);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::conflict);
+  CHECK(refused.error().field == "deduplicationId");
+  CHECK_THAT(refused.error().message, Catch::Contains("was used 0 s ago for a different message")
+                                        && Catch::Contains(a.message_id));
+  // SQS's rule, without same_body: a duplicate whatever the body.
+  auto sqs = must(f.queue->send(SendRequest{"body B", "g", "key-1"}));
+  CHECK(sqs.duplicate);
+  CHECK(f.stats().sent == 1);
+  // The fingerprint is in the database: another Queue on the file (another process) sees it.
+  auto second = acmo::test::open_queue(f.path, {}, f.clock);
+  auto from_other = second->send(other);
+  REQUIRE_FALSE(from_other);
+  CHECK(from_other.error().code == Errc::conflict);
+}
+
 TEST_CASE("Queue: a message deleted within the window still deduplicates", "[queue]")
 {
   QueueFixture f;
