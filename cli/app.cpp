@@ -1,9 +1,14 @@
 #include "cli/app.hpp"
 
 #include <array>
+#include <csignal>
 #include <functional>
 #include <optional>
+#include <thread>
 #include <vector>
+
+#include <pthread.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -87,8 +92,37 @@ Fatal data_dir_fatal(const Error& error)
   return Fatal(error);
 }
 
+namespace {
+
+// Ctrl-Z (SIGTSTP) stops a process only once its write transaction has committed, never in
+// the middle of one, where it would keep every other process's writes waiting until it is
+// resumed. run() blocks SIGTSTP in every thread; this thread takes it, waits for the queue's
+// writes to be between transactions (Queue::hold_writes), and stops the process with SIGSTOP,
+// which cannot be caught. Once the process is continued it lets the writes go on. Started with
+// the first queue a process opens (after a --daemon fork, in the daemon).
+void start_stop_guard()
+{
+  static pid_t started_in = 0;
+  if (started_in == ::getpid()) return;
+  started_in = ::getpid();
+  std::thread([] {
+    sigset_t tstp;
+    sigemptyset(&tstp);
+    sigaddset(&tstp, SIGTSTP);
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&tstp, &sig) != 0) continue;
+      auto held = Queue::hold_writes();
+      ::kill(::getpid(), SIGSTOP);
+    }
+  }).detach();
+}
+
+} // namespace
+
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
 {
+  start_stop_guard();
   const std::string dir = data_dir(global);
   if (auto ok = ensure_directory(dir); !ok) throw data_dir_fatal(ok.error());
   const std::string path = database_path(dir);
@@ -100,6 +134,11 @@ std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
 
 int run(int argc, char** argv)
 {
+  // Taken by the stop guard (start_stop_guard), in every thread made from here on.
+  sigset_t tstp;
+  sigemptyset(&tstp);
+  sigaddset(&tstp, SIGTSTP);
+  pthread_sigmask(SIG_BLOCK, &tstp, nullptr);
   CLI::App app{"acmo: an SQS-FIFO-style order event queue with its OrderHandler", "acmo"};
   app.fallthrough(true);
   app.require_subcommand(1);

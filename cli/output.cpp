@@ -31,7 +31,7 @@ void print_error(std::string_view message)
 int report(const Error& error)
 {
   print_error(error.message);
-  return exit_code_for(error.code);
+  return exit_code_for(error);
 }
 
 void print_json(const nlohmann::json& doc)

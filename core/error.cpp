@@ -16,6 +16,11 @@ const char* errc_name(Errc code)
   return "internal";
 }
 
+int exit_code_for(const Error& error)
+{
+  return error.field == "data_dir" ? exit_code::k_usage : exit_code_for(error.code);
+}
+
 int exit_code_for(Errc code)
 {
   switch (code) {

@@ -45,6 +45,9 @@ const char* errc_name(Errc code);
 
 // The process exit code for an error code (docs/commands.md §3).
 int exit_code_for(Errc code);
+// The exit code of an error: by its code, but 2 (a configuration error) for a data dir this
+// user cannot use (field "data_dir"), whichever command meets it first.
+int exit_code_for(const Error& error);
 
 // An unrecoverable failure; caught once at the top of main and of each daemon loop.
 class Fatal : public std::runtime_error
@@ -55,7 +58,7 @@ public:
   {
   }
   explicit Fatal(const Error& error)
-    : std::runtime_error(error.message), m_exit_code(exit_code_for(error.code))
+    : std::runtime_error(error.message), m_exit_code(exit_code_for(error))
   {
   }
   int exit_code() const { return m_exit_code; }

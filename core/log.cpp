@@ -16,6 +16,9 @@ namespace {
 
 std::atomic<int> g_level{static_cast<int>(Level::info)};
 std::atomic<bool> g_json{false};
+// Until configure() (which the long-running commands call), lines are a command's messages:
+// "acmo: warning: ...", as the command line prints its errors.
+std::atomic<bool> g_command_style{true};
 std::mutex g_mu;
 
 const char* level_name(Level level)
@@ -39,6 +42,7 @@ void configure(std::string_view level, std::string_view format)
   else if (level == "debug") l = Level::debug;
   g_level = static_cast<int>(l);
   g_json = format == "json";
+  g_command_style = false;
 }
 
 bool enabled(Level level) { return static_cast<int>(level) <= g_level.load(); }
@@ -49,7 +53,12 @@ void write(Level level, std::string_view message)
                         std::chrono::system_clock::now().time_since_epoch())
                         .count();
   std::string line;
-  if (g_json) {
+  if (g_command_style) {
+    line = fmt::format("acmo: {}{}", level == Level::warn ? "warning: "
+                                     : level == Level::error ? "error: "
+                                                             : "",
+                       message);
+  } else if (g_json) {
     line = nlohmann::json{{"time", format_timestamp(now)},
                           {"level", level_name(level)},
                           {"pid", ::getpid()},

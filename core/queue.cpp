@@ -22,6 +22,8 @@
 
 #include "core/ids.hpp"
 #include "core/limits.hpp"
+#include "core/lock_holder.hpp"
+#include "core/log.hpp"
 #include "core/schema.hpp"
 #include "core/sha256.hpp"
 #include "core/sqlite.hpp"
@@ -242,6 +244,21 @@ struct WriteOp {
   std::atomic<uint32_t> state{k_waiting};
 };
 
+// Every write transaction of every Queue of this process holds it shared; Queue::hold_writes
+// holds it alone.
+static std::shared_mutex& write_gate()
+{
+  static std::shared_mutex gate;
+  return gate;
+}
+
+static int64_t steady_us()
+{
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
 static void futex_wait(std::atomic<uint32_t>& word, uint32_t expected)
 {
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
@@ -297,6 +314,67 @@ struct Queue::Impl {
 
   // What this process's consumers are handling, for the processes that outlive it.
   WorkJournal journal;
+
+  // When this process's current write transaction began (steady µs; 0: none open).
+  std::atomic<int64_t> txn_started_us{0};
+  // The other process last seen holding the write lock, and since when (steady µs), for "held
+  // for N s"; a gap of over 2 s between two looks starts the count again.
+  std::mutex holder_mu;
+  int64_t holder_pid = 0;
+  int64_t holder_since_us = 0;
+  int64_t holder_seen_us = 0;
+  std::atomic<int64_t> last_wait_warning_us{0};
+  // A connection of its own for /health's probe of the write lock, with a short busy timeout.
+  std::mutex probe_mu;
+  std::unique_ptr<sqlite::Database> probe;
+
+  // The other process that holds the database's write lock, if one does.
+  std::optional<LockHolder> lock_holder()
+  {
+    auto h = wal_write_lock_holder(db_path);
+    const int64_t now = steady_us();
+    std::lock_guard lock(holder_mu);
+    if (!h) {
+      holder_pid = 0;
+      return std::nullopt;
+    }
+    if (h->pid != holder_pid || now - holder_seen_us > 2'000'000) {
+      holder_pid = h->pid;
+      holder_since_us = now;
+    }
+    holder_seen_us = now;
+    h->held_ms = (now - holder_since_us) / 1000;
+    return h;
+  }
+
+  // A wait for the write lock has lasted a second: say who holds it (at most every 30 s).
+  void warn_waiting()
+  {
+    auto h = lock_holder();
+    if (!h) return;
+    const int64_t now = steady_us();
+    if (now - last_wait_warning_us.load() < 30'000'000) return;
+    last_wait_warning_us.store(now);
+    h->held_ms = -1;
+    log::warn("waiting for the queue database's write lock, held by {}; writes wait up to "
+              "queue.busy_timeout ({} s)",
+              describe(*h), std::max<int64_t>(1, options.busy_timeout_ms / 1000));
+  }
+
+  // A write that gave up waiting for the lock: the error names who held it.
+  Error busy_error(Error original)
+  {
+    auto h = lock_holder();
+    if (!h) return original;
+    h->held_ms = -1;
+    return Error(Errc::busy,
+                 fmt::format("the queue database's write lock stayed held for {} s "
+                             "(queue.busy_timeout) by {}; {}",
+                             std::max<int64_t>(1, options.busy_timeout_ms / 1000), describe(*h),
+                             h->frozen() ? "nothing can be written until it runs again"
+                                         : "retry later"),
+                 original.field);
+  }
 
   std::atomic<int64_t> last_sweep_ms{0};
   std::atomic<int64_t> committed_transactions{0};
@@ -572,6 +650,7 @@ struct Queue::Impl {
       return;
     } catch (const sqlite::SqliteError& e) {
       Error error = e.to_error();
+      if (error.code == Errc::busy) error = busy_error(std::move(error));
       // A failure that is not the whole database's (a constraint, say) belongs to one request:
       // commit the others alone so that one bad request cannot fail its neighbours.
       bool per_request = batch.size() > 1 && error.code == Errc::internal;
@@ -600,7 +679,13 @@ struct Queue::Impl {
   {
     static const std::string k_begin = "BEGIN IMMEDIATE";
     static const std::string k_commit = "COMMIT";
+    std::shared_lock gate(write_gate());
     writer->prepare(k_begin)->run();
+    txn_started_us.store(steady_us());
+    struct Ended {
+      std::atomic<int64_t>& started;
+      ~Ended() { started.store(0); }
+    } ended{txn_started_us};
     try {
       Txn txn;
       txn.now = clock.now_ms();
@@ -1402,6 +1487,26 @@ void sync_directory_of(const std::string& path)
 // Create or migrate the schema; refuse files that belong to something else.
 Expected<void> migrate(sqlite::Database& db)
 {
+  // Up to date, as nearly always: a read tells, so that opening the queue never waits for
+  // another process's write lock (a handler stopped in its transaction must not keep `acmo
+  // stats` from reading).
+  {
+    db.exec("BEGIN");
+    bool current = false;
+    try {
+      current = !is_foreign(db) && db.query_int("PRAGMA user_version")
+                                     == static_cast<int64_t>(schema::migrations().size());
+    } catch (...) {
+      try {
+        db.exec("ROLLBACK");
+      } catch (const sqlite::SqliteError&) {
+      }
+      throw;
+    }
+    db.exec("COMMIT");
+    if (current) return {};
+  }
+  std::shared_lock gate(write_gate());
   db.exec("BEGIN IMMEDIATE");
   try {
     int64_t version = db.query_int("PRAGMA user_version");
@@ -1431,6 +1536,14 @@ Expected<void> migrate(sqlite::Database& db)
     throw;
   }
   return {};
+}
+
+// The id of queue `name`, or 0 when it has no row yet.
+int64_t find_queue(sqlite::Database& db, const std::string& name)
+{
+  auto stmt = db.prepare("SELECT id FROM queues WHERE name = ?1");
+  stmt->bind(1, name);
+  return stmt->step() ? stmt->column_int(0) : 0;
 }
 
 int64_t ensure_queue(sqlite::Database& db, const std::string& name, int64_t now)
@@ -1468,10 +1581,16 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
     // In place of wal_autocheckpoint (see Impl::on_wal_commit).
     sqlite3_wal_hook(impl->writer->handle(), &Impl::on_wal_commit, impl.get());
     if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
-    impl->writer->exec("BEGIN IMMEDIATE");
-    impl->queue_id = ensure_queue(*impl->writer, options.name, clock.now_ms());
-    impl->dlq_id = ensure_queue(*impl->writer, options.dlq_name, clock.now_ms());
-    impl->writer->exec("COMMIT");
+    impl->queue_id = find_queue(*impl->writer, options.name);
+    impl->dlq_id = find_queue(*impl->writer, options.dlq_name);
+    if (impl->queue_id == 0 || impl->dlq_id == 0) {
+      std::shared_lock gate(write_gate());
+      impl->writer->exec("BEGIN IMMEDIATE");
+      impl->queue_id = ensure_queue(*impl->writer, options.name, clock.now_ms());
+      impl->dlq_id = ensure_queue(*impl->writer, options.dlq_name, clock.now_ms());
+      impl->writer->exec("COMMIT");
+    }
+    impl->writer->on_long_wait(1'000, [p = impl.get()] { p->warn_waiting(); });
     // The database and its WAL may have just been created: make their directory entries
     // durable too, or a power cut could lose a file whose contents were fsynced.
     sync_directory_of(db_path);
@@ -1929,6 +2048,49 @@ Expected<int64_t> Queue::purge(bool dlq)
   };
   if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
   return removed;
+}
+
+std::unique_lock<std::shared_mutex> Queue::hold_writes()
+{
+  return std::unique_lock<std::shared_mutex>(write_gate());
+}
+
+Expected<void> Queue::check_write_lock()
+{
+  auto& impl = *m_impl;
+  // This process's own transaction, open far longer than any should be (a stuck thread).
+  if (const int64_t started = impl.txn_started_us.load();
+      started != 0 && steady_us() - started > 10'000'000) {
+    return make_error(Errc::unavailable,
+                      fmt::format("this process (pid {}) has held the queue database's write "
+                                  "lock for {} s",
+                                  ::getpid(), (steady_us() - started) / 1'000'000));
+  }
+  auto holder = impl.lock_holder();
+  if (!holder) return {};
+  if (holder->frozen()) {
+    return make_error(Errc::unavailable,
+                      fmt::format("the queue database's write lock is held by {}; nothing can be "
+                                  "written until it lets go",
+                                  describe(*holder)));
+  }
+  // A running holder: does the lock come free within a second?
+  try {
+    std::lock_guard lock(impl.probe_mu);
+    if (!impl.probe) impl.probe = std::make_unique<sqlite::Database>(impl.db_path, 1'000);
+    impl.probe->exec("BEGIN IMMEDIATE");
+    impl.probe->exec("ROLLBACK");
+  } catch (const sqlite::SqliteError& e) {
+    Error error = e.to_error();
+    if (error.code != Errc::busy) return Unexpected(error);
+    holder = impl.lock_holder();
+    if (!holder) return {};
+    return make_error(Errc::unavailable,
+                      fmt::format("the queue database's write lock stayed held for over a second "
+                                  "by {}",
+                                  describe(*holder)));
+  }
+  return {};
 }
 
 Expected<SweepResult> Queue::sweep()

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -246,6 +247,17 @@ public:
 
   Expected<QueueStats> stats();
   CommitStats commit_stats() const;
+
+  // Whether the database's write lock comes free: an error naming the process that holds it
+  // when that process is stopped (Ctrl-Z, SIGSTOP, a debugger) or keeps it for over a second,
+  // or when this process's own transaction has been open for over 10 s. For health checks:
+  // a process that holds the lock and does not let go keeps every writer waiting.
+  Expected<void> check_write_lock();
+
+  // Wait until no write transaction of any Queue of this process is open, and keep new ones
+  // from beginning while the returned lock is held: what a process does before it lets itself
+  // be stopped (SIGTSTP), so that it never stops holding the database's write lock.
+  static std::unique_lock<std::shared_mutex> hold_writes();
 
   // Whether the queue can take writes now: with plenty of free space on the disk holding it,
   // yes without touching it; with little (under 16 MiB), a small write transaction decides, so

@@ -175,9 +175,16 @@ int Database::busy_handler(void* self, int count)
   auto* db = static_cast<Database*>(self);
   using namespace std::chrono;
   static thread_local steady_clock::time_point started;
-  if (count == 0) started = steady_clock::now();
-  if (duration_cast<milliseconds>(steady_clock::now() - started).count() >= db->m_busy_timeout_ms) {
-    return 0;
+  static thread_local bool noted = false;
+  if (count == 0) {
+    started = steady_clock::now();
+    noted = false;
+  }
+  const int64_t waited = duration_cast<milliseconds>(steady_clock::now() - started).count();
+  if (waited >= db->m_busy_timeout_ms) return 0;
+  if (!noted && db->m_long_wait_hook && db->m_long_wait_ms > 0 && waited >= db->m_long_wait_ms) {
+    noted = true;
+    db->m_long_wait_hook();
   }
   if (count < 16) {
     std::this_thread::yield();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -108,10 +109,23 @@ public:
   sqlite3* handle() { return m_db; }
   const std::string& path() const { return m_path; }
 
+  // How long a statement waits for another process's lock from now on.
+  void set_busy_timeout(int64_t ms) { m_busy_timeout_ms = ms; }
+  int64_t busy_timeout() const { return m_busy_timeout_ms; }
+  // Called once in a wait for another process's lock that has lasted `after_ms`, from the
+  // waiting thread: to say who holds the lock while the wait goes on.
+  void on_long_wait(int64_t after_ms, std::function<void()> hook)
+  {
+    m_long_wait_ms = after_ms;
+    m_long_wait_hook = std::move(hook);
+  }
+
 private:
   sqlite3* m_db = nullptr;
   std::string m_path;
   int64_t m_busy_timeout_ms;
+  int64_t m_long_wait_ms = 0;
+  std::function<void()> m_long_wait_hook;
   std::unordered_map<std::string, std::unique_ptr<Statement>> m_cache;
 
   static int busy_handler(void* self, int count);

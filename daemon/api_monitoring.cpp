@@ -200,7 +200,11 @@ void Api::Impl::health(Context& ctx)
   // The queue: a read of its database (the DLQ's head, an index lookup),
   // and whether it takes writes (a full disk fails every send while reads still work).
   auto dlq = parts.queue->dlq_list(1, 0);
-  record("queue", dlq ? parts.queue->check_writable() : Expected<void>(Unexpected(dlq.error())));
+  Expected<void> queue_ok = dlq ? parts.queue->check_writable() : Unexpected(dlq.error());
+  // A process that holds the write lock and does not let go (stopped, hung) keeps every POST
+  // waiting: not ready, whoever it is.
+  if (queue_ok) queue_ok = parts.queue->check_write_lock();
+  record("queue", queue_ok);
   // The store: an order that cannot exist is not found when the store answers.
   auto probe = with_store([](OrderStore& store) { return store.get("health-probe"); });
   record("store", probe || probe.error().code == Errc::not_found

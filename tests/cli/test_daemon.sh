@@ -275,5 +275,73 @@ for unit in "$src"/examples/*.service; do
     bash -c 'grep -qx "Type=notify" "$1" && ! grep "^ExecStart=" "$1" | grep -q -- "--daemon"' _ "$unit"
 done
 
+# --- a handler stopped with the write lock held, and one stopped with Ctrl-Z -------------------
+# SIGSTOP cannot be caught: a handler stopped in the middle of its write transaction keeps every
+# writer waiting. Readers go on, writers say who holds the lock and give up after
+# queue.busy_timeout, and /health says why it is not ready. SIGTSTP (Ctrl-Z) is caught: the
+# transaction in hand commits first, so writers never wait for a stopped process.
+export ACMO_DATA_DIR="$work/stopped"
+for i in $(seq 30000); do
+  printf '{"type":"CREATE","orderId":"ord_s%05d","data":{"customer_name":"S","customer_email":"s@example.com","items":[]}}\n' "$i"
+done >"$work/stop-events.jsonl"
+"$acmo" -q send --file "$work/stop-events.jsonl"
+"$acmo" run-handler 2>"$work/stopped-handler.log" &
+handler=$!
+pids+=("$handler")
+sleep 0.3
+# Stop it until it is stopped inside a transaction: a send then cannot commit at once.
+locked=0
+for try in $(seq 40); do
+  kill -STOP "$handler"
+  if ! ACMO_QUEUE_BUSY_TIMEOUT=300ms "$acmo" -q send DELETE --order-id "ord_probe$try" 2>/dev/null; then
+    locked=1
+    break
+  fi
+  kill -CONT "$handler"
+  sleep 0.0$((RANDOM % 9))
+done
+check "a handler stopped (SIGSTOP) inside its write transaction holds the lock (try $try)" test "$locked" = 1
+started=$(date +%s%N)
+out=$("$acmo" --json stats 2>&1); rc=$?
+ms=$(( ($(date +%s%N) - started) / 1000000 ))
+check "  acmo stats still reads meanwhile (exit $rc, ${ms} ms)" test "$rc" -eq 0 -a "$ms" -lt 3000
+err=$(ACMO_QUEUE_BUSY_TIMEOUT=2s "$acmo" send DELETE --order-id ord_x 2>&1); rc=$?
+check "  acmo send gives up after queue.busy_timeout with exit 75 (got $rc)" test "$rc" -eq 75
+check "  it said while waiting who holds the lock" \
+  grep -q "acmo: warning: waiting for the queue database's write lock, held by pid $handler (acmo run-handler), which is stopped" <<<"$err"
+check "  and its error names the holder and how to resume it" \
+  grep -q "acmo: error: the queue database's write lock stayed held for 2 s (queue.busy_timeout) by pid $handler (acmo run-handler), which is stopped (Ctrl-Z or SIGSTOP: \`kill -CONT $handler\` resumes it)" <<<"$err"
+"$acmo" serve --no-handler --listen 127.0.0.1:0 2>"$work/stopped-serve.log" &
+server=$!
+pids+=("$server")
+port=''
+for _ in $(seq 200); do
+  port=$(sed -n 's|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/stopped-serve.log" | head -n 1)
+  [[ -n $port ]] && break
+  sleep 0.05
+done
+health=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port/health")
+check "  /health answers 503 naming the stopped holder (${health: -3})" \
+  bash -c '[[ $1 == *" 503" && $1 == *"write lock is held by pid $2 (acmo run-handler), which is stopped"* ]]' _ "$health" "$handler"
+kill -CONT "$handler"
+wait_for 5 bash -c '[[ $(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$1/health") == 200 ]]' _ "$port"
+check "  once it is continued, /health answers 200 again" test $? = 0
+check "  and a send goes through" "$acmo" -q send DELETE --order-id ord_after_cont
+# Ctrl-Z, ten times while it works: every send meanwhile commits at once.
+quick=0
+for try in $(seq 10); do
+  kill -TSTP "$handler"
+  wait_for 2 bash -c '[[ $(awk "{print \$3}" /proc/$1/stat) == T ]]' _ "$handler"
+  ACMO_QUEUE_BUSY_TIMEOUT=500ms "$acmo" -q send DELETE --order-id "ord_tstp$try" 2>/dev/null && quick=$((quick + 1))
+  kill -CONT "$handler"
+  sleep 0.0$((RANDOM % 9))
+done
+check "Ctrl-Z (SIGTSTP) stops a handler between transactions: $quick of 10 sends while it was stopped committed" \
+  test "$quick" = 10
+kill -TERM "$server" "$handler"
+wait "$server" "$handler"
+check "the handler and the server stop cleanly after all that" test $? = 0
+export ACMO_DATA_DIR="$work/data"
+
 echo "# daemon: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
