@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <set>
@@ -324,6 +325,47 @@ struct Queue::Impl {
   int64_t holder_since_us = 0;
   int64_t holder_seen_us = 0;
   std::atomic<int64_t> last_wait_warning_us{0};
+  // The database's mark of damage (sqlite::mark_damaged), and the last integrity check.
+  std::string damage_marker;
+  std::mutex integrity_mu;
+  int64_t integrity_due_us = 0; // the next integrity check (steady µs)
+
+  // Why the database is marked damaged (by this process or another), or nothing.
+  std::optional<Error> damaged() const
+  {
+    if (::access(damage_marker.c_str(), F_OK) != 0) return std::nullopt;
+    std::ifstream in(damage_marker);
+    std::string what;
+    std::getline(in, what);
+    return Error(Errc::unavailable,
+                 fmt::format("the queue database {} is damaged ({}); acmo takes no writes to it "
+                             "until it is restored: stop every acmo process using it, restore it "
+                             "from a backup (docs/operations.md), and start again",
+                             db_path, what.empty() ? "found by an integrity check" : what));
+  }
+
+  // SQLite's quick_check of the whole file, on a connection of its own (so it reads the file,
+  // not pages another connection holds in its cache). Marks the database damaged on failure.
+  Expected<void> quick_check()
+  {
+    try {
+      sqlite::Database db(db_path, options.busy_timeout_ms);
+      auto stmt = db.prepare("PRAGMA quick_check(3)");
+      std::string found;
+      while (stmt->step()) {
+        const std::string line = stmt->column_text(0);
+        if (line != "ok") found += (found.empty() ? "" : "; ") + line;
+      }
+      if (found.empty()) return {};
+      sqlite::mark_damaged(db_path, "quick_check: " + found);
+    } catch (const sqlite::SqliteError& e) {
+      Error error = e.to_error();
+      if (error.code != Errc::internal) return Unexpected(error); // busy, I/O: not a finding
+    }
+    if (auto d = damaged()) return Unexpected(*d);
+    return make_error(Errc::unavailable, "the queue database failed its integrity check");
+  }
+
   // A connection of its own for /health's probe of the write lock, with a short busy timeout.
   std::mutex probe_mu;
   std::unique_ptr<sqlite::Database> probe;
@@ -645,12 +687,18 @@ struct Queue::Impl {
 
   void execute(const std::vector<WriteOp*>& batch)
   {
+    // A damaged database takes no writes: what it acknowledged could not be trusted to last.
+    if (auto damage = damaged()) {
+      for (auto* op : batch) op->error = *damage;
+      return;
+    }
     try {
       run_transaction(batch);
       return;
     } catch (const sqlite::SqliteError& e) {
       Error error = e.to_error();
       if (error.code == Errc::busy) error = busy_error(std::move(error));
+      if (auto damage = damaged()) error = *damage; // it found the damage just now
       // A failure that is not the whole database's (a constraint, say) belongs to one request:
       // commit the others alone so that one bad request cannot fail its neighbours.
       bool per_request = batch.size() > 1 && error.code == Errc::internal;
@@ -1591,6 +1639,13 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
       impl->writer->exec("COMMIT");
     }
     impl->writer->on_long_wait(1'000, [p = impl.get()] { p->warn_waiting(); });
+    impl->damage_marker = sqlite::damage_marker_path(db_path);
+    // Marked damaged, and restored since? The check decides: passed, the mark goes.
+    if (::access(impl->damage_marker.c_str(), F_OK) == 0 && impl->quick_check()) {
+      log::warn("{} was marked damaged, and passes its integrity check now: the mark is removed",
+                db_path);
+      ::unlink(impl->damage_marker.c_str());
+    }
     // The database and its WAL may have just been created: make their directory entries
     // durable too, or a power cut could lose a file whose contents were fsynced.
     sync_directory_of(db_path);
@@ -1860,6 +1915,21 @@ Expected<void> Queue::run_write(const std::function<Expected<void>(sqlite::Datab
     if (!result) writer.exec("RELEASE work");
   };
   if (auto ok = m_impl->write(op, false); !ok) return ok;
+  return result;
+}
+
+Expected<void> Queue::check_integrity()
+{
+  auto& impl = *m_impl;
+  if (auto damage = impl.damaged()) return Unexpected(*damage);
+  std::lock_guard lock(impl.integrity_mu);
+  const int64_t started = steady_us();
+  if (started < impl.integrity_due_us) return {};
+  auto result = impl.quick_check();
+  // Checked again after 100 times as long as it took, between a second and ten minutes: a
+  // small database every second, one that takes 2 s every 200 s.
+  const int64_t took = steady_us() - started;
+  impl.integrity_due_us = steady_us() + std::clamp<int64_t>(100 * took, 1'000'000, 600'000'000);
   return result;
 }
 

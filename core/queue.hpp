@@ -248,6 +248,14 @@ public:
   Expected<QueueStats> stats();
   CommitStats commit_stats() const;
 
+  // Whether the database is sound: an error when it is marked damaged (SQLite found damage in
+  // it, in this process or another: core/sqlite.hpp), else SQLite's quick_check of the whole
+  // file, run again after a hundred times as long as it took (between a second and ten
+  // minutes), the last result in between. A damaged database takes no writes (every write
+  // fails with the reason) until it is restored; opening it clears the mark once the check
+  // passes again. For health checks.
+  Expected<void> check_integrity();
+
   // Whether the database's write lock comes free: an error naming the process that holds it
   // when that process is stopped (Ctrl-Z, SIGSTOP, a debugger) or keeps it for over a second,
   // or when this process's own transaction has been open for over 10 s. For health checks:

@@ -4,7 +4,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <ctime>
+
 #include <thread>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <fmt/core.h>
 #include <sqlite3.h>
@@ -13,12 +18,41 @@ namespace acmo::sqlite {
 
 const char* library_version() { return sqlite3_libversion(); }
 
+std::string damage_marker_path(const std::string& db_path) { return db_path + "-damaged"; }
+
+void mark_damaged(const std::string& db_path, std::string_view what)
+{
+  // O_EXCL: the first finding stays, with its time; a marker that cannot be written changes
+  // nothing for this process, whose own error says it all the same.
+  const int fd = ::open(damage_marker_path(db_path).c_str(),
+                        O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  char when[32] = {};
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  const std::string text = fmt::format("{} pid {}: {}\n", when, ::getpid(), what);
+  [[maybe_unused]] const ssize_t n = ::write(fd, text.data(), text.size());
+  ::fsync(fd);
+  ::close(fd);
+}
+
 namespace {
+
+// A database found damaged is marked so, for every process that uses it (damage_marker_path).
+void note_damage(sqlite3* db, int rc, std::string_view what)
+{
+  if (db == nullptr || (rc & 0xff) != SQLITE_CORRUPT) return;
+  const char* file = sqlite3_db_filename(db, "main");
+  if (file == nullptr || *file == '\0') return;
+  mark_damaged(file, what);
+}
 
 [[noreturn]] void fail(sqlite3* db, int rc, std::string_view context)
 {
   const char* detail = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  throw SqliteError(rc, fmt::format("{}: {}", context, detail), db ? sqlite3_system_errno(db) : 0);
+  std::string message = fmt::format("{}: {}", context, detail);
+  note_damage(db, rc, message);
+  throw SqliteError(rc, std::move(message), db ? sqlite3_system_errno(db) : 0);
 }
 
 } // namespace
@@ -203,7 +237,9 @@ void Database::exec(const std::string& sql)
   if (rc != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errstr(rc);
     sqlite3_free(err);
-    throw SqliteError(rc, fmt::format("{}: {}", sql.substr(0, 60), msg), sqlite3_system_errno(m_db));
+    std::string message = fmt::format("{}: {}", sql.substr(0, 60), msg);
+    note_damage(m_db, rc, message);
+    throw SqliteError(rc, std::move(message), sqlite3_system_errno(m_db));
   }
 }
 

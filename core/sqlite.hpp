@@ -18,6 +18,12 @@ struct sqlite3_stmt;
 
 namespace acmo::sqlite {
 
+// A database in which SQLite found damage (SQLITE_CORRUPT) is marked by a file beside it,
+// "<db>-damaged", holding the time and what was found, so that every process using it refuses
+// to write to it until it is restored (core/queue.cpp). The first finding is kept.
+std::string damage_marker_path(const std::string& db_path);
+void mark_damaged(const std::string& db_path, std::string_view what);
+
 // The SQLite library's version, e.g. "3.40.1".
 const char* library_version();
 

@@ -204,6 +204,9 @@ void Api::Impl::health(Context& ctx)
   // A process that holds the write lock and does not let go (stopped, hung) keeps every POST
   // waiting: not ready, whoever it is.
   if (queue_ok) queue_ok = parts.queue->check_write_lock();
+  // A damaged database (found by any process, or by an integrity check at most once a minute)
+  // takes no writes: not ready.
+  if (queue_ok) queue_ok = parts.queue->check_integrity();
   record("queue", queue_ok);
   // The store: an order that cannot exist is not found when the store answers.
   auto probe = with_store([](OrderStore& store) { return store.get("health-probe"); });
