@@ -215,6 +215,7 @@ torture() {
   fi
 
   local started deadline victim kills_serve=0 kills_handler=0 kills_cli=0 self_exits=0 p rc
+  local pauses=0 paused_then_killed=0
   start_first_server
   start h1
   start h2
@@ -225,7 +226,10 @@ torture() {
   for s in 1 2 3; do sender "$s" http "$deadline" & senders+=($!); done
   for s in 4 5; do sender "$s" cli "$deadline" & senders+=($!); done
 
-  # The killer: every 0.1–0.8 s, kill -9 one of serve, h1, h2 or a running `acmo send`.
+  # The killer: every 0.1–0.8 s, kill -9 one of serve, h1, h2 or a running `acmo send`, or
+  # pause serve or a handler with SIGSTOP for longer than the visibility timeout (2 s), wherever
+  # it is (in a write transaction, holding messages in flight, in a PostgreSQL transaction),
+  # then continue it, or kill -9 it while it is stopped.
   while (($(now_ms) < deadline)); do
     rand_sleep 700; sleep 0.1
     for p in serve h1 h2; do # one that ended by itself is a finding; start it again
@@ -236,12 +240,30 @@ torture() {
         start "$p"
       fi
     done
-    case $((RANDOM % 4)) in
+    case $((RANDOM % 6)) in
       0) victim=serve ;;
       1) victim=h1 ;;
       2) victim=h2 ;;
       3) victim=cli ;;
+      *) victim=pause ;;
     esac
+    if [[ $victim == pause ]]; then
+      local sleeper
+      case $((RANDOM % 3)) in 0) sleeper=serve ;; 1) sleeper=h1 ;; *) sleeper=h2 ;; esac
+      kill -STOP "${pid[$sleeper]}" 2>/dev/null || continue
+      pauses=$((pauses + 1))
+      sleep "2.$((5 + RANDOM % 5))" # past the visibility timeout
+      if ((RANDOM % 3 == 0)); then
+        kill -9 "${pid[$sleeper]}"
+        wait "${pid[$sleeper]}" 2>/dev/null
+        paused_then_killed=$((paused_then_killed + 1))
+        if [[ $sleeper == serve ]]; then kills_serve=$((kills_serve + 1)); else kills_handler=$((kills_handler + 1)); fi
+        start "$sleeper"
+      else
+        kill -CONT "${pid[$sleeper]}"
+      fi
+      continue
+    fi
     if [[ $victim == cli ]]; then
       # A running acmo send of a CLI sender (waiting up to 0.2 s for one to be running).
       local f cli_pid try
@@ -266,7 +288,7 @@ torture() {
 
   # The last kills: every handler at once, whatever it holds. The senders finish the plans
   # they are in through a server without a handler, so the drain below has work to do.
-  for p in serve h1 h2; do kill -9 "${pid[$p]}" 2>/dev/null; wait "${pid[$p]}" 2>/dev/null; done
+  for p in serve h1 h2; do kill -CONT "${pid[$p]}" 2>/dev/null; kill -9 "${pid[$p]}" 2>/dev/null; wait "${pid[$p]}" 2>/dev/null; done
   kills_serve=$((kills_serve + 1)) kills_handler=$((kills_handler + 2))
   pid=()
   "$acmo" serve --no-handler --listen "127.0.0.1:$port" >>"$dir/serve.log" 2>&1 &
@@ -329,6 +351,7 @@ torture() {
   echo "# $backend: ${elapsed}s, $acked events acknowledged ($(jq -s 'map(select(.kind == "http")) | length' "$dir/acks.jsonl") over HTTP)" \
        "in $(jq -r '.expected.orders' <<<"$verdict") orders; $retries client retries, $dups acknowledged as duplicates;" \
        "kills: $kills_serve serve, $kills_handler run-handler, $kills_cli acmo send;" \
+       "$pauses pauses past the visibility timeout ($paused_then_killed ended by kill -9);" \
        "$applied applied, $dead dead-lettered"
 
   check "$backend: no sender gave up or was refused" test "$sender_failed" -eq 0 -a ! -s "$dir/rejected"
@@ -337,6 +360,7 @@ torture() {
   [[ -s $dir/self-exits ]] && head -n 5 "$dir/self-exits"
   check "$backend: processes were killed ($kills_serve serve, $kills_handler handler, $kills_cli send)" \
     test "$kills_serve" -gt 0 -a "$kills_handler" -gt 0 -a "$kills_cli" -gt 0
+  check "$backend: processes were paused past the visibility timeout ($pauses)" test "$pauses" -gt 0
   check "$backend: events were acknowledged over HTTP and the CLI, some had to fail ($acked, $dead)" \
     test "$(jq -s 'map(.kind) | unique | length' "$dir/acks.jsonl")" -eq 2 -a "$dead" -gt 0 -a "$applied" -gt 0
   check "$backend: the queue accepted exactly the acknowledged events ($sent sent, $acked acknowledged)" \
