@@ -16,6 +16,7 @@
 #include <fmt/core.h>
 
 #include "cli/app.hpp"
+#include "cli/event_input.hpp"
 #include "cli/output.hpp"
 #include "cli/progress.hpp"
 #include "core/backends.hpp"
@@ -151,46 +152,11 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
     throw Fatal("send needs an event TYPE (CREATE, UPDATE or DELETE) or --file FILE",
                 exit_code::k_usage);
   }
-  OrderEvent event;
-  auto type = parse_event_type(opts.type);
-  if (!type) return report(type.error());
-  event.type = *type;
-  event.order_id = opts.order_id;
-  if (event.order_id.empty() && event.type != EventType::create) {
-    return report(Error(Errc::invalid_input,
-                        fmt::format("{} needs --order-id: the order to change",
-                                    event_type_name(event.type)),
-                        "orderId"));
-  }
-  if (!event.order_id.empty()) {
-    if (auto ok = check_order_id(event.order_id); !ok) return report(ok.error());
-  }
-  const std::string data_text = load_data_argument(opts.data);
-  if (!data_text.empty()) {
-    // The rules of a request body: the same parser, so what the API refuses is refused here.
-    auto data = parse_json_input(data_text, "--data", "data");
-    if (!data) {
-      const bool unreadable = data.error().message.find("not valid JSON") != std::string::npos
-                              || data.error().message.find("is empty") != std::string::npos;
-      return report(Error(Errc::invalid_input,
-                          unreadable ? data.error().message
-                                         + "; pass an object such as '{\"status\":\"shipped\"}'"
-                                     : data.error().message,
-                          "data"));
-    }
-    event.data = std::move(*data);
-  }
-  if (auto ok = validate_event_data(event.type, event.data); !ok) return report(ok.error());
-  event.group_id = opts.group;
-  event.dedup_id = opts.dedup_id;
-  if (!event.group_id.empty()) {
-    if (auto ok = limits::check_id(event.group_id, "groupId"); !ok) return report(ok.error());
-  }
-  if (!event.dedup_id.empty()) {
-    if (auto ok = limits::check_id(event.dedup_id, "deduplicationId"); !ok) {
-      return report(ok.error());
-    }
-  }
+  EventFlags flags{opts.type, opts.order_id, load_data_argument(opts.data), opts.group,
+                   opts.dedup_id};
+  auto built = event_from_flags(flags);
+  if (!built) return report(built.error());
+  OrderEvent event = std::move(*built);
   complete_event(event, config(global).get_string("queue.group_by"));
 
   auto queue = open_queue(global);
@@ -228,78 +194,6 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   if (outcome.state == "timeout") return exit_code::k_temporary;
   return exit_code::k_failure;
 }
-
-// The lines of a file descriptor, read in large chunks. Unlike std::getline, it tells the end
-// of the input from a read error, and it does not hold a line longer than any event can be.
-class LineReader
-{
-public:
-  enum class Got { line, too_long, end };
-
-  explicit LineReader(int fd) : m_fd(fd) {}
-
-  // The next line, without its '\n'; or too_long for a line over k_max_line bytes (skipped
-  // without being held, `line` empty); or end at the end of the input or on a read error
-  // (error() then says which; a line cut short by the error is dropped).
-  Got next(std::string& line)
-  {
-    for (;;) {
-      const size_t newline = m_buffer.find('\n', m_scan);
-      if (newline != std::string::npos) {
-        m_consumed += static_cast<int64_t>(newline + 1 - m_start);
-        if (m_skipping) {
-          line.clear();
-        } else {
-          line.assign(m_buffer, m_start, newline - m_start);
-        }
-        m_start = m_scan = newline + 1;
-        return std::exchange(m_skipping, false) ? Got::too_long : Got::line;
-      }
-      m_scan = m_buffer.size();
-      if (m_end) {
-        if (m_error != 0 || (m_start == m_buffer.size() && !m_skipping)) return Got::end;
-        m_consumed += static_cast<int64_t>(m_buffer.size() - m_start);
-        line.assign(m_buffer, m_start); // a last line without '\n'
-        if (m_skipping) line.clear();
-        m_start = m_scan = m_buffer.size();
-        return std::exchange(m_skipping, false) ? Got::too_long : Got::line;
-      }
-      if (m_buffer.size() - m_start > k_max_line) { // drop what we have of it, keep reading
-        m_skipping = true;
-        m_consumed += static_cast<int64_t>(m_buffer.size() - m_start);
-        m_start = m_scan = m_buffer.size();
-      }
-      m_buffer.erase(0, m_start);
-      m_scan -= m_start;
-      m_start = 0;
-      const size_t had = m_buffer.size();
-      m_buffer.resize(had + k_chunk);
-      const ssize_t n = ::read(m_fd, m_buffer.data() + had, k_chunk);
-      m_buffer.resize(had + static_cast<size_t>(std::max<ssize_t>(n, 0)));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) m_error = errno;
-      if (n <= 0) m_end = true;
-    }
-  }
-
-  int error() const { return m_error; }
-  // The bytes of the lines returned so far, newlines included.
-  int64_t consumed() const { return m_consumed; }
-
-  // Twice the largest message body: an event line longer than that cannot be sent.
-  static constexpr size_t k_max_line = 2 * limits::k_max_body_bytes;
-
-private:
-  static constexpr size_t k_chunk = 256 * 1024;
-  int m_fd;
-  std::string m_buffer;
-  size_t m_start = 0; // where the next line begins
-  size_t m_scan = 0;  // where to look for its '\n'
-  bool m_skipping = false; // in a line over k_max_line
-  bool m_end = false;
-  int m_error = 0;
-  int64_t m_consumed = 0;
-};
 
 int send_file(const SendOptions& opts, const GlobalOptions& global)
 {

@@ -276,6 +276,15 @@ std::string position(const std::string& file, const toml::source_region& where)
 
 Expected<void> read_file(const std::string& file, Config& config)
 {
+  // Read whole by the TOML parser: bounded first, so that no file can exhaust the memory.
+  constexpr uintmax_t k_max_file = 1 << 20;
+  std::error_code ec;
+  if (const auto size = std::filesystem::file_size(file, ec); !ec && size > k_max_file) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("{}: {} bytes, more than a configuration file can be (1 MiB); "
+                                  "is it the right file?",
+                                  file, size));
+  }
   toml::table root;
   try {
     root = toml::parse_file(file);

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Build the libFuzzer targets (tests/fuzz: event JSON, the configuration file, the HTTP request
-# path) with clang, ASan and UBSan in build-fuzz/, and run each for a while on a copy of its
-# corpus (tests/fuzz/corpus/TARGET; what the run adds is kept in build-fuzz/corpus/TARGET, so
+# path, acmo send's event input) with clang, ASan and UBSan in build-fuzz/, and run each for a
+# while on a copy of its corpus (tests/fuzz/corpus/TARGET; what the run adds is kept in build-fuzz/corpus/TARGET, so
 # the repo's corpus stays the hand-made seeds). A crash, a sanitizer report, a leak or a failed
 # property is a failure; its input is left in build-fuzz/ for `build-fuzz/tests/fuzz/fuzz_X FILE`.
 #
-#   scripts/test-fuzz.sh [TARGET...]         (default: event config http)
+#   scripts/test-fuzz.sh [TARGET...]         (default: event config http cli_input)
 #
 # ACMO_FUZZ_SECONDS: how long each target runs (default 30; hours by hand, e.g. 3600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(event config http)
+[ ${#targets[@]} -eq 0 ] && targets=(event config http cli_input)
 seconds=${ACMO_FUZZ_SECONDS:-30}
 dir=${ACMO_FUZZ_BUILD_DIR:-build-fuzz}
 

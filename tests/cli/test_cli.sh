@@ -142,6 +142,12 @@ ms=$(( ($(date +%s%N) - start) / 1000000 ))
 check "--data @/dev/zero stops at the body limit, exit 4, in ${ms} ms (got $rc: $err)" \
   test "$rc" -eq 4 -a "$ms" -lt 5000 -a -n "$(grep -F "more than 1 MiB" <<<"$err")"
 
+# A configuration file too large to be one is refused before it is read.
+{ echo '[queue]'; head -c 2000000 /dev/zero | tr '\0' '#'; echo; } >"$work/huge.toml"
+err=$("$acmo" --config "$work/huge.toml" config check 2>&1); rc=$?
+check "a 2 MB configuration file is refused with exit 2 (got $rc: ${err:0:120})" \
+  test "$rc" -eq 2 -a -n "$(grep -F "more than a configuration file can be (1 MiB)" <<<"$err")"
+
 # config check: a broken file is named with its line and column, in text and in JSON.
 printf '[queue]\n\nvisibility_timeout = "soon"\n' >"$work/broken.toml"
 err=$("$acmo" --config "$work/broken.toml" config check 2>&1); rc=$?
