@@ -256,15 +256,7 @@ int run_events(const OrdersOptions& opts, const GlobalOptions& global)
   // An order that never had an event applied is unknown; a deleted one keeps its trail.
   if (events->empty()) return no_such_order(opts.id, global);
   if (global.json) {
-    nlohmann::json list = nlohmann::json::array();
-    for (const auto& e : *events) {
-      list.push_back({{"messageId", e.message_id},
-                      {"sequenceNumber", format_sequence(e.seq)},
-                      {"type", e.type},
-                      {"data", e.data},
-                      {"appliedAt", format_timestamp(e.applied_at_ms)}});
-    }
-    print_json({{"events", std::move(list)}});
+    print_json(order_events_json(*events));
     return exit_code::k_ok;
   }
   for (const auto& e : *events) {

@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include "core/ids.hpp"
 #include "core/sqlite.hpp"
 
 namespace acmo {
@@ -70,6 +71,19 @@ void save(sqlite::Database& db, const Order& o)
 }
 
 } // namespace
+
+json order_events_json(const std::vector<OrderEventRecord>& events)
+{
+  json list = json::array();
+  for (const auto& e : events) {
+    list.push_back({{"messageId", e.message_id},
+                    {"sequenceNumber", format_sequence(e.seq)},
+                    {"type", e.type},
+                    {"data", e.data},
+                    {"appliedAt", format_timestamp(e.applied_at_ms)}});
+  }
+  return {{"events", std::move(list)}};
+}
 
 std::string stored_items_json(const std::vector<OrderItem>& items)
 {

@@ -37,6 +37,10 @@ struct OrderEventRecord {
   int64_t applied_at_ms = 0;
 };
 
+// {"events": [{"messageId", "sequenceNumber", "type", "data", "appliedAt"}]}: an order's audit
+// trail as `acmo orders events --json` and GET /api/orders/ID/events give it.
+nlohmann::json order_events_json(const std::vector<OrderEventRecord>& events);
+
 struct OrderList {
   std::vector<Order> orders;
   int64_t total = 0; // matching orders in all, beyond limit and offset

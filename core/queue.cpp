@@ -1504,12 +1504,14 @@ Unexpected foreign_file_error(sqlite::Database& db)
 // Refuse another program's file before anything is written to it: even the switch to WAL
 // rewrites the file's header. One read transaction, so that an acmo process creating the schema
 // at this moment is seen either before or after, never half-way.
-Expected<void> refuse_foreign(sqlite::Database& db)
+// `read`'s result, read in one read transaction of `db` (rolled back when `read` throws).
+template<typename Fn> auto in_read_transaction(sqlite::Database& db, Fn read)
 {
   db.exec("BEGIN");
-  bool foreign = false;
   try {
-    foreign = is_foreign(db);
+    auto result = read();
+    db.exec("COMMIT");
+    return result;
   } catch (...) {
     try {
       db.exec("ROLLBACK");
@@ -1517,8 +1519,11 @@ Expected<void> refuse_foreign(sqlite::Database& db)
     }
     throw;
   }
-  db.exec("COMMIT");
-  if (foreign) return foreign_file_error(db);
+}
+
+Expected<void> refuse_foreign(sqlite::Database& db)
+{
+  if (in_read_transaction(db, [&] { return is_foreign(db); })) return foreign_file_error(db);
   return {};
 }
 
@@ -1538,22 +1543,11 @@ Expected<void> migrate(sqlite::Database& db)
   // Up to date, as nearly always: a read tells, so that opening the queue never waits for
   // another process's write lock (a handler stopped in its transaction must not keep `acmo
   // stats` from reading).
-  {
-    db.exec("BEGIN");
-    bool current = false;
-    try {
-      current = !is_foreign(db) && db.query_int("PRAGMA user_version")
-                                     == static_cast<int64_t>(schema::migrations().size());
-    } catch (...) {
-      try {
-        db.exec("ROLLBACK");
-      } catch (const sqlite::SqliteError&) {
-      }
-      throw;
-    }
-    db.exec("COMMIT");
-    if (current) return {};
-  }
+  const bool current = in_read_transaction(db, [&] {
+    return !is_foreign(db) && db.query_int("PRAGMA user_version")
+                                == static_cast<int64_t>(schema::migrations().size());
+  });
+  if (current) return {};
   std::shared_lock gate(write_gate());
   db.exec("BEGIN IMMEDIATE");
   try {

@@ -184,15 +184,7 @@ void Api::Impl::order_events(Context& ctx)
                      fmt::format("no order {}: no event of it was applied", ctx.id),
                      json{{"orderId", ctx.id}});
   }
-  json list = json::array();
-  for (const auto& e : *events) {
-    list.push_back({{"messageId", e.message_id},
-                    {"sequenceNumber", format_sequence(e.seq)},
-                    {"type", e.type},
-                    {"data", e.data},
-                    {"appliedAt", format_timestamp(e.applied_at_ms)}});
-  }
-  send_json(ctx.res, 200, {{"events", std::move(list)}});
+  send_json(ctx.res, 200, order_events_json(*events));
 }
 
 } // namespace acmo::daemon

@@ -57,6 +57,21 @@ std::string delete_json(const std::string& id)
 
 using Kind = ApplyOutcome::Kind;
 
+// Whether a connection of the store under test comes to wait on a lock (within 5 s).
+bool waits_on_a_lock(PgSchema& schema)
+{
+  for (int i = 0; i < 500; ++i) {
+    if (schema.exec("SELECT count(*) FROM pg_stat_activity WHERE application_name = '"
+                    + schema.name() + "' AND wait_event_type = 'Lock'")[0][0]
+          .as<int>()
+        == 1) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
 std::vector<Kind> kinds(const std::vector<ApplyOutcome>& outcomes)
 {
   std::vector<Kind> out;
@@ -453,15 +468,7 @@ TEST_CASE("PgOrderStore: a handler that waited for another applying its batch se
   Expected<std::vector<ApplyOutcome>> b = std::vector<ApplyOutcome>{};
   std::thread handler_b([&] { b = store->apply_batch(batch, 3'000); });
   // B's transaction waits on a lock A holds.
-  bool waiting = false;
-  for (int i = 0; i < 500 && !waiting; ++i) {
-    waiting = schema.exec("SELECT count(*) FROM pg_stat_activity WHERE application_name = '"
-                          + schema.name() + "' AND wait_event_type = 'Lock'")[0][0]
-                .as<int>()
-              == 1;
-    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(waiting);
+  CHECK(waits_on_a_lock(schema));
   a.commit();
   handler_b.join();
   REQUIRE(b);
@@ -489,15 +496,7 @@ TEST_CASE("PgOrderStore: a batch waits for another that creates one of its order
   std::thread handler_b([&] {
     b = store->apply_batch({event("c2", 2, create("ord_x", "Bob"))}, 2'000);
   });
-  bool waiting = false;
-  for (int i = 0; i < 500 && !waiting; ++i) {
-    waiting = schema.exec("SELECT count(*) FROM pg_stat_activity WHERE application_name = '"
-                          + schema.name() + "' AND wait_event_type = 'Lock'")[0][0]
-                .as<int>()
-              == 1;
-    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(waiting);
+  CHECK(waits_on_a_lock(schema));
   a.commit();
   handler_b.join();
   REQUIRE(b);
