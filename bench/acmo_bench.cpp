@@ -25,11 +25,11 @@
 #include <hiredis/hiredis.h>
 #include <sqlite3.h>
 
-#include "core/order_event.hpp"
-#include "core/order_handler.hpp"
-#include "core/pg_order_store.hpp"
-#include "core/queue.hpp"
-#include "core/redis_cache.hpp"
+#include "core/cache/redis_cache.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/queue/queue.hpp"
+#include "core/store/pg_order_store.hpp"
 
 namespace {
 

@@ -15,7 +15,7 @@
 
 #include "cli/output.hpp"
 #include "cli/usage_error.hpp"
-#include "core/paths.hpp"
+#include "core/util/paths.hpp"
 #include "daemon/daemon.hpp"
 
 namespace acmo::cli {

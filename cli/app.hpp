@@ -5,8 +5,8 @@
 #include <memory>
 #include <string>
 
-#include "core/config.hpp"
-#include "core/queue.hpp"
+#include "core/config/config.hpp"
+#include "core/queue/queue.hpp"
 
 namespace CLI {
 class App;

@@ -12,14 +12,14 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
-#include "core/backends.hpp"
-#include "core/cached_orders.hpp"
-#include "core/handler_registry.hpp"
-#include "core/ids.hpp"
-#include "core/order_event.hpp"
-#include "core/order_handler.hpp"
-#include "core/paths.hpp"
-#include "core/submit.hpp"
+#include "core/cache/cached_orders.hpp"
+#include "core/config/backends.hpp"
+#include "core/handler/handler_registry.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/orders/submit.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/paths.hpp"
 
 namespace acmo::cli {
 

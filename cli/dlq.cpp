@@ -5,9 +5,9 @@
 #include "cli/app.hpp"
 #include "cli/output.hpp"
 #include "cli/progress.hpp"
-#include "core/ids.hpp"
-#include "core/json_input.hpp"
-#include "core/order.hpp"
+#include "core/orders/order.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/json_input.hpp"
 
 namespace acmo::cli {
 

@@ -8,7 +8,7 @@
 
 #include <fmt/core.h>
 
-#include "core/json_input.hpp"
+#include "core/util/json_input.hpp"
 
 namespace acmo::cli {
 

@@ -1,15 +1,15 @@
 // The events of `acmo send` as they come in: from flags (TYPE, --order-id, --data, --group,
 // --dedup-id) and from the lines of a JSON Lines file or stdin. Apart from the command so that
 // a fuzz target drives the same code with any bytes (tests/fuzz/fuzz_cli_input.cpp). Events are
-// checked by the rules of every entry point (core/json_input.hpp, validate_event_data).
+// checked by the rules of every entry point (core/util/json_input.hpp, validate_event_data).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
-#include "core/error.hpp"
-#include "core/limits.hpp"
-#include "core/order_event.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/queue/limits.hpp"
+#include "core/util/error.hpp"
 
 namespace acmo::cli {
 

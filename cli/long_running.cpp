@@ -12,8 +12,8 @@
 #include <fmt/core.h>
 
 #include "cli/output.hpp"
-#include "core/log.hpp"
-#include "core/paths.hpp"
+#include "core/util/log.hpp"
+#include "core/util/paths.hpp"
 #include "daemon/daemon.hpp"
 
 namespace acmo::cli {

@@ -10,11 +10,11 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
-#include "core/backends.hpp"
-#include "core/cached_orders.hpp"
-#include "core/ids.hpp"
-#include "core/order_store.hpp"
-#include "core/paths.hpp"
+#include "core/cache/cached_orders.hpp"
+#include "core/config/backends.hpp"
+#include "core/store/order_store.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/paths.hpp"
 
 namespace acmo::cli {
 

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/error.hpp"
+#include "core/util/error.hpp"
 
 namespace acmo::cli {
 

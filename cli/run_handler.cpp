@@ -7,11 +7,11 @@
 #include "cli/app.hpp"
 #include "cli/long_running.hpp"
 #include "cli/output.hpp"
-#include "core/backends.hpp"
-#include "core/log.hpp"
+#include "core/config/backends.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/util/log.hpp"
+#include "core/util/paths.hpp"
 #include "daemon/daemon.hpp"
-#include "core/order_handler.hpp"
-#include "core/paths.hpp"
 
 namespace acmo::cli {
 

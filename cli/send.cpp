@@ -19,14 +19,14 @@
 #include "cli/event_input.hpp"
 #include "cli/output.hpp"
 #include "cli/progress.hpp"
-#include "core/backends.hpp"
-#include "core/order.hpp"
-#include "core/paths.hpp"
-#include "core/ids.hpp"
-#include "core/json_input.hpp"
-#include "core/limits.hpp"
-#include "core/order_event.hpp"
-#include "core/submit.hpp"
+#include "core/config/backends.hpp"
+#include "core/orders/order.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/orders/submit.hpp"
+#include "core/queue/limits.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/json_input.hpp"
+#include "core/util/paths.hpp"
 
 namespace acmo::cli {
 

@@ -10,10 +10,10 @@
 #include "cli/app.hpp"
 #include "cli/long_running.hpp"
 #include "cli/output.hpp"
-#include "core/backends.hpp"
-#include "core/log.hpp"
-#include "core/order_handler.hpp"
-#include "core/paths.hpp"
+#include "core/config/backends.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/util/log.hpp"
+#include "core/util/paths.hpp"
 #include "daemon/http_server.hpp"
 
 namespace acmo::cli {

@@ -7,10 +7,10 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
-#include "core/backends.hpp"
-#include "core/order.hpp"
-#include "core/paths.hpp"
-#include "core/stats_report.hpp"
+#include "core/config/backends.hpp"
+#include "core/handler/stats_report.hpp"
+#include "core/orders/order.hpp"
+#include "core/util/paths.hpp"
 
 namespace acmo::cli {
 

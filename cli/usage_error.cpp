@@ -7,7 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
-#include "core/suggest.hpp"
+#include "core/util/suggest.hpp"
 
 namespace acmo::cli {
 

@@ -4,8 +4,8 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
-#include "core/schema.hpp"
-#include "core/sqlite.hpp"
+#include "core/queue/schema.hpp"
+#include "core/sqlite/sqlite.hpp"
 
 namespace acmo::cli {
 

@@ -6,8 +6,8 @@
 
 #include <fmt/core.h>
 
-#include "core/json_input.hpp"
-#include "core/log.hpp"
+#include "core/util/json_input.hpp"
+#include "core/util/log.hpp"
 #include "daemon/api_impl.hpp"
 
 namespace acmo::daemon {

@@ -4,11 +4,11 @@
 
 #include <fmt/core.h>
 
-#include "core/handler_registry.hpp"
-#include "core/ids.hpp"
-#include "core/json_input.hpp"
-#include "core/log.hpp"
-#include "core/stats_report.hpp"
+#include "core/handler/handler_registry.hpp"
+#include "core/handler/stats_report.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/json_input.hpp"
+#include "core/util/log.hpp"
 #include "daemon/api_impl.hpp"
 
 namespace acmo::daemon {

@@ -4,13 +4,13 @@
 
 #include <fmt/core.h>
 
-#include "core/cached_orders.hpp"
-#include "core/ids.hpp"
-#include "core/limits.hpp"
-#include "core/log.hpp"
-#include "core/order.hpp"
-#include "core/order_event.hpp"
-#include "core/submit.hpp"
+#include "core/cache/cached_orders.hpp"
+#include "core/orders/order.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/orders/submit.hpp"
+#include "core/queue/limits.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/log.hpp"
 #include "daemon/api_impl.hpp"
 
 namespace acmo::daemon {

@@ -25,7 +25,7 @@
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
-#include "core/log.hpp"
+#include "core/util/log.hpp"
 #include "daemon/http_parser.hpp"
 
 namespace acmo::daemon {

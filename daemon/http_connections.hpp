@@ -23,7 +23,7 @@
 #include <optional>
 #include <string>
 
-#include "core/error.hpp"
+#include "core/util/error.hpp"
 #include "daemon/http_message.hpp"
 
 namespace acmo::daemon {

@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
-#include "core/cache.hpp"
-#include "core/error.hpp"
-#include "core/order_handler.hpp"
-#include "core/order_store.hpp"
-#include "core/queue.hpp"
+#include "core/cache/cache.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/queue/queue.hpp"
+#include "core/store/order_store.hpp"
+#include "core/util/error.hpp"
 
 namespace acmo::daemon {
 

@@ -69,7 +69,7 @@ drained() {
   return 1
 }
 # Drained, and past the handler's second invalidation of what it applied (one to two heartbeats
-# after the commit, core/order_handler.cpp): reads taken before it may be wiped by it and miss.
+# after the commit, core/handler/order_handler.cpp): reads taken before it may be wiped by it and miss.
 settled() {
   drained || return 1
   sleep 2.2

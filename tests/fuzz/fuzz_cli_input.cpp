@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "cli/event_input.hpp"
-#include "core/order_event.hpp"
+#include "core/orders/order_event.hpp"
 
 namespace {
 

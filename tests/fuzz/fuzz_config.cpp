@@ -9,8 +9,8 @@
 
 #include <unistd.h>
 
-#include "core/config.hpp"
-#include "core/queue.hpp"
+#include "core/config/config.hpp"
+#include "core/queue/queue.hpp"
 
 namespace {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "core/order_event.hpp"
+#include "core/orders/order_event.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {

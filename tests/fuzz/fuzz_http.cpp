@@ -21,10 +21,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "core/backends.hpp"
-#include "core/cache.hpp"
-#include "core/config.hpp"
-#include "core/queue.hpp"
+#include "core/cache/cache.hpp"
+#include "core/config/backends.hpp"
+#include "core/config/config.hpp"
+#include "core/queue/queue.hpp"
 #include "daemon/http_server.hpp"
 
 namespace {

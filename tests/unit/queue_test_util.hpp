@@ -7,8 +7,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/error.hpp"
-#include "core/queue.hpp"
+#include "core/queue/queue.hpp"
+#include "core/util/error.hpp"
 
 namespace acmo::test {
 

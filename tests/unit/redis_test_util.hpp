@@ -21,7 +21,7 @@
 #include <catch2/catch.hpp>
 #include <hiredis/hiredis.h>
 
-#include "core/redis_cache.hpp"
+#include "core/cache/redis_cache.hpp"
 #include "unit/temp_dir.hpp"
 
 namespace acmo::test {

@@ -6,7 +6,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/cache.hpp"
+#include "core/cache/cache.hpp"
 #include "daemon/api.hpp"
 #include "queue_test_util.hpp"
 #include "temp_dir.hpp"

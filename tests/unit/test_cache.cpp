@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "core/cache.hpp"
+#include "core/cache/cache.hpp"
 
 using namespace acmo;
 

@@ -7,10 +7,10 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "core/cached_orders.hpp"
-#include "core/order_handler.hpp"
-#include "core/order_store.hpp"
-#include "core/redis_cache.hpp"
+#include "core/cache/cached_orders.hpp"
+#include "core/cache/redis_cache.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/store/order_store.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/redis_test_util.hpp"
 #include "unit/temp_dir.hpp"

@@ -3,7 +3,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/config.hpp"
+#include "core/config/config.hpp"
 #include "unit/temp_dir.hpp"
 
 using namespace acmo;

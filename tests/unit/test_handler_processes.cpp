@@ -12,9 +12,9 @@
 #include <catch2/catch.hpp>
 #include <fmt/core.h>
 
-#include "core/order_handler.hpp"
-#include "core/order_store.hpp"
-#include "core/pg_order_store.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/store/order_store.hpp"
+#include "core/store/pg_order_store.hpp"
 #include "pg_test_util.hpp"
 #include "process_util.hpp"
 #include "queue_test_util.hpp"

@@ -9,7 +9,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/ids.hpp"
+#include "core/util/ids.hpp"
 
 using namespace acmo;
 

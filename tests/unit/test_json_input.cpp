@@ -1,11 +1,11 @@
-// The one parser of JSON from outside (core/json_input.*): what it refuses, and that no input
+// The one parser of JSON from outside (core/util/json_input.*): what it refuses, and that no input
 // reaches the recursion that a deep document would need.
 #include <string>
 
 #include <catch2/catch.hpp>
 
-#include "core/json_input.hpp"
-#include "core/order_event.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/util/json_input.hpp"
 
 using namespace acmo;
 using nlohmann::json;

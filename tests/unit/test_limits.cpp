@@ -2,7 +2,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/limits.hpp"
+#include "core/queue/limits.hpp"
 
 using namespace acmo;
 using namespace std::string_literals;

@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "core/order.hpp"
+#include "core/orders/order.hpp"
 
 using namespace acmo;
 

@@ -4,8 +4,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "core/order_event.hpp"
-#include "core/submit.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/orders/submit.hpp"
 
 using namespace acmo;
 using nlohmann::json;

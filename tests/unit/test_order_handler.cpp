@@ -6,12 +6,12 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/cache.hpp"
-#include "core/cached_orders.hpp"
-#include "core/order_handler.hpp"
-#include "core/handler_registry.hpp"
-#include "core/order_store.hpp"
-#include "core/sqlite.hpp"
+#include "core/cache/cache.hpp"
+#include "core/cache/cached_orders.hpp"
+#include "core/handler/handler_registry.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/sqlite/sqlite.hpp"
+#include "core/store/order_store.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"
 

@@ -8,7 +8,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/paths.hpp"
+#include "core/util/paths.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"
 

@@ -11,9 +11,9 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/order_handler.hpp"
-#include "core/order_store.hpp"
-#include "core/pg_order_store.hpp"
+#include "core/handler/order_handler.hpp"
+#include "core/store/order_store.hpp"
+#include "core/store/pg_order_store.hpp"
 #include "unit/pg_test_util.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"

@@ -15,10 +15,10 @@
 #include <fmt/core.h>
 #include <sqlite3.h>
 
-#include "core/clock.hpp"
-#include "core/ids.hpp"
-#include "core/limits.hpp"
-#include "core/queue.hpp"
+#include "core/queue/limits.hpp"
+#include "core/queue/queue.hpp"
+#include "core/util/clock.hpp"
+#include "core/util/ids.hpp"
 #include "queue_test_util.hpp"
 #include "temp_dir.hpp"
 

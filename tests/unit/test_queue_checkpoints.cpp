@@ -14,7 +14,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/queue.hpp"
+#include "core/queue/queue.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"
 

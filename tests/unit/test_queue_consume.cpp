@@ -4,8 +4,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/queue.hpp"
-#include "core/sqlite.hpp"
+#include "core/queue/queue.hpp"
+#include "core/sqlite/sqlite.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"
 

@@ -24,10 +24,10 @@
 #include <fmt/core.h>
 #include <sqlite3.h>
 
-#include "core/ids.hpp"
-#include "core/queue.hpp"
-#include "queue_test_util.hpp"
+#include "core/queue/queue.hpp"
+#include "core/util/ids.hpp"
 #include "process_util.hpp"
+#include "queue_test_util.hpp"
 #include "temp_dir.hpp"
 
 using namespace acmo;

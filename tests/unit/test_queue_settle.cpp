@@ -1,8 +1,8 @@
 // Queue::settle: work that commits together with the messages it settles.
 #include <catch2/catch.hpp>
 
-#include "core/queue.hpp"
-#include "core/sqlite.hpp"
+#include "core/queue/queue.hpp"
+#include "core/sqlite/sqlite.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/temp_dir.hpp"
 

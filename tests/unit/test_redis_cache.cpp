@@ -8,7 +8,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/core.h>
 
-#include "core/redis_cache.hpp"
+#include "core/cache/redis_cache.hpp"
 #include "unit/redis_test_util.hpp"
 
 using namespace acmo;

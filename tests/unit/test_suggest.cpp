@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "core/suggest.hpp"
+#include "core/util/suggest.hpp"
 
 using acmo::closest_name;
 using acmo::edit_distance;

@@ -1,4 +1,4 @@
-// The VFS that gathers a transaction's WAL writes (core/wal_vfs.cpp): fewer writes, and the
+// The VFS that gathers a transaction's WAL writes (core/sqlite/wal_vfs.cpp): fewer writes, and the
 // file as every other connection and operation sees it unchanged.
 #include <sqlite3.h>
 
@@ -8,8 +8,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/sqlite.hpp"
-#include "core/wal_vfs.hpp"
+#include "core/sqlite/sqlite.hpp"
+#include "core/sqlite/wal_vfs.hpp"
 #include "unit/temp_dir.hpp"
 
 using acmo::sqlite::Database;

@@ -1,4 +1,4 @@
-// The journal of work in hand (core/work_journal.*) and what the queue does with it: a message
+// The journal of work in hand (core/queue/work_journal.*) and what the queue does with it: a message
 // whose handling kills the process that took it is counted like any failed attempt, reaches
 // the DLQ after queue.max_retries, and the rest of its group goes on. Real processes, really
 // killed.
@@ -9,8 +9,8 @@
 #include <catch2/catch.hpp>
 #include <csignal>
 
-#include "core/sqlite.hpp"
-#include "core/work_journal.hpp"
+#include "core/queue/work_journal.hpp"
+#include "core/sqlite/sqlite.hpp"
 #include "process_util.hpp"
 #include "queue_test_util.hpp"
 #include "temp_dir.hpp"

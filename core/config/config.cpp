@@ -1,0 +1,621 @@
+#include "core/config/config.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+
+#include <fmt/core.h>
+#include <toml++/toml.h>
+
+#include "core/cache/redis_cache.hpp"
+#include "core/util/suggest.hpp"
+
+namespace acmo {
+
+namespace {
+
+// The one table of configuration keys.
+const std::vector<ConfigKey> k_keys = {
+  {"data_dir", KeyType::string, R"("")",
+   "directory for the queue database (default $XDG_STATE_HOME/acmo, else ~/.local/state/acmo)"},
+  {"queue.name", KeyType::string, R"("orders")", "the queue's name"},
+  {"queue.dlq_name", KeyType::string, R"("orders-dlq")", "the name of its dead-letter queue"},
+  {"queue.durability", KeyType::choice, R"("full")",
+   "full: every accepted send is fsynced before the answer; normal: it survives a crash of any "
+   "process, not a power cut",
+   "full|normal"},
+  {"queue.visibility_timeout", KeyType::duration, R"("30s")",
+   "how long a received message stays hidden before it is delivered again"},
+  {"queue.dedup_window", KeyType::duration, R"("5m")",
+   "how long a deduplication id is remembered"},
+  {"queue.content_based_dedup", KeyType::boolean, "true",
+   "use the SHA-256 of the body as the deduplication id when a send has none"},
+  {"queue.retry_delays", KeyType::duration_list, R"(["1s", "5s", "15s"])",
+   "delay before retry N after a transient failure (the last one repeats)"},
+  {"queue.max_retries", KeyType::integer, "3",
+   "retries after the first failed attempt before a message goes to the DLQ"},
+  {"queue.retention", KeyType::duration, R"("4d")", "messages older than this are dropped"},
+  {"queue.group_by", KeyType::choice, R"("single")",
+   "single: every event in the group \"orders\" (as the seed); order: one group per order id",
+   "single|order"},
+  {"queue.busy_timeout", KeyType::duration, R"("30s")",
+   "how long to wait for another process's write lock before giving up"},
+  {"queue.poll_interval", KeyType::duration, R"("5ms")",
+   "how often an idle receiver looks for messages sent by other processes"},
+  {"handler.concurrency", KeyType::integer, "1",
+   "worker threads of a handler; they work on different groups in parallel"},
+  {"handler.batch_size", KeyType::integer, "100", "messages a worker receives at once (1-1000)"},
+  {"handler.wait", KeyType::duration, R"("1s")",
+   "how long an idle worker's long poll waits for a message (at most 20s)"},
+  {"store.backend", KeyType::choice, R"("sqlite")",
+   "sqlite: orders in the queue's database; postgres: orders in PostgreSQL at store.url",
+   "sqlite|postgres"},
+  {"store.url", KeyType::string, R"("")",
+   "the PostgreSQL connection URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\""},
+  {"store.pool_size", KeyType::integer, "4", "PostgreSQL connections a process keeps at most"},
+  {"store.connect_timeout", KeyType::duration, R"("5s")",
+   "how long to wait for PostgreSQL to answer a new connection"},
+  {"cache.backend", KeyType::choice, R"("memory")",
+   "memory: an LRU in each process; redis: shared, in Redis at cache.url; none: no cache",
+   "memory|redis|none"},
+  {"cache.url", KeyType::string, R"("redis://127.0.0.1:6379")", "the Redis server's URL"},
+  {"cache.prefix", KeyType::string, R"("acmo:")",
+   "the prefix of every Redis key acmo writes; cache clear removes only these"},
+  {"cache.ttl", KeyType::duration, R"("60s")", "how long a cached order or list is kept"},
+  {"cache.capacity", KeyType::integer, "10000", "entries the memory cache keeps at most"},
+  {"cache.max_bytes", KeyType::integer, "67108864",
+   "bytes the memory cache keeps at most, keys and values (64 MiB)"},
+  {"cache.timeout", KeyType::duration, R"("100ms")",
+   "how long to wait for Redis before a read falls back to the store"},
+  {"server.listen", KeyType::string, R"("127.0.0.1:3000")", "HOST:PORT acmo serve listens on"},
+  {"server.threads", KeyType::integer, "64",
+   "threads that answer HTTP requests at once (a connection holds one only while answered)"},
+  {"server.max_body", KeyType::integer, "1048576", "largest request body in bytes (413 above)"},
+  {"server.read_timeout", KeyType::duration, R"("5s")",
+   "how long a request may take to arrive whole, from its first byte (408 after)"},
+  {"server.write_timeout", KeyType::duration, R"("5s")",
+   "how long an answer may take to be sent"},
+  {"server.keep_alive_timeout", KeyType::duration, R"("5s")",
+   "how long an idle keep-alive connection stays open"},
+  {"server.keep_alive_max", KeyType::integer, "1000", "requests on one connection at most"},
+  {"server.max_connections_per_client", KeyType::integer, "1024",
+   "connections one client address may hold open at once (429 above)"},
+  {"server.api_tokens", KeyType::string_list, "[]",
+   "bearer tokens for the API; empty: no token needed"},
+  {"server.admin_tokens", KeyType::string_list, "[]",
+   "bearer tokens for purge, cache clear and the DLQ; empty: api tokens suffice"},
+  {"server.rate_limit", KeyType::integer, "0",
+   "requests per second per valid token, else per client address (0: no limit)"},
+  {"server.rate_burst", KeyType::integer, "0",
+   "requests a client may make at once above the rate (0: one second's worth)"},
+  {"server.handler", KeyType::boolean, "true",
+   "run an OrderHandler inside acmo serve (false: as --no-handler)"},
+  {"log.level", KeyType::choice, R"("info")", "the least important messages logged",
+   "error|warn|info|debug"},
+  {"log.file", KeyType::string, R"("")",
+   "the log file of --daemon (default: the data dir's acmo-COMMAND.log)"},
+  {"log.format", KeyType::choice, R"("text")", "text: one line per message; json: JSON Lines",
+   "text|json"},
+};
+
+const ConfigKey* find_key(std::string_view name)
+{
+  for (const auto& k : k_keys) {
+    if (name == k.name) return &k;
+  }
+  return nullptr;
+}
+
+const char* type_word(KeyType type)
+{
+  switch (type) {
+  case KeyType::string: return "a string";
+  case KeyType::boolean: return "true or false";
+  case KeyType::integer: return "a whole number";
+  case KeyType::duration: return "a duration such as \"30s\", \"500ms\" or \"5m\"";
+  case KeyType::duration_list: return "a list of durations such as [\"1s\", \"5s\"]";
+  case KeyType::choice: return "one of";
+  case KeyType::string_list: return "a list of strings such as [\"a\", \"b\"]";
+  }
+  return "a value";
+}
+
+Expected<ConfigValue> check_choice(const ConfigKey& key, std::string value)
+{
+  if (key.type == KeyType::choice) {
+    std::string_view choices = key.choices;
+    size_t start = 0;
+    while (start <= choices.size()) {
+      size_t bar = choices.find('|', start);
+      if (bar == std::string_view::npos) bar = choices.size();
+      if (choices.substr(start, bar - start) == value) return ConfigValue(std::move(value));
+      start = bar + 1;
+    }
+    std::string list(choices);
+    std::replace(list.begin(), list.end(), '|', ' ');
+    return make_error(Errc::invalid_input,
+                      fmt::format("\"{}\" is not one of: {}", value, list), key.name);
+  }
+  return ConfigValue(std::move(value));
+}
+
+// The items of a comma-separated list in an environment variable, spaces around them trimmed.
+std::vector<std::string_view> split_list(std::string_view text)
+{
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string_view::npos) comma = text.size();
+    auto item = text.substr(start, comma - start);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    out.push_back(item);
+    start = comma + 1;
+  }
+  return out;
+}
+
+// A value from text (an environment variable, or a default).
+Expected<ConfigValue> parse_text(const ConfigKey& key, std::string_view text)
+{
+  switch (key.type) {
+  case KeyType::string:
+  case KeyType::choice: return check_choice(key, std::string(text));
+  case KeyType::boolean:
+    if (text == "true" || text == "1" || text == "yes" || text == "on") return ConfigValue(true);
+    if (text == "false" || text == "0" || text == "no" || text == "off") return ConfigValue(false);
+    return make_error(Errc::invalid_input, fmt::format("\"{}\" is not true or false", text), key.name);
+  case KeyType::integer: {
+    char* end = nullptr;
+    std::string copy(text);
+    long long v = std::strtoll(copy.c_str(), &end, 10);
+    if (copy.empty() || *end != '\0') {
+      return make_error(Errc::invalid_input, fmt::format("\"{}\" is not a whole number", text),
+                        key.name);
+    }
+    return ConfigValue(static_cast<int64_t>(v));
+  }
+  case KeyType::duration: {
+    auto ms = parse_duration(text);
+    if (!ms) return Unexpected(ms.error());
+    return ConfigValue(*ms);
+  }
+  case KeyType::duration_list: {
+    std::vector<int64_t> out;
+    for (auto item : split_list(text)) {
+      auto ms = parse_duration(item);
+      if (!ms) return Unexpected(ms.error());
+      out.push_back(*ms);
+    }
+    return ConfigValue(std::move(out));
+  }
+  case KeyType::string_list: {
+    std::vector<std::string> out;
+    for (auto item : split_list(text)) {
+      if (!item.empty()) out.emplace_back(item);
+    }
+    return ConfigValue(std::move(out));
+  }
+  }
+  return make_error(Errc::internal, "unknown key type", key.name);
+}
+
+// A value from a TOML node.
+Expected<ConfigValue> parse_node(const ConfigKey& key, const toml::node& node)
+{
+  auto wrong = [&] {
+    std::string want = type_word(key.type);
+    if (key.type == KeyType::choice) want += fmt::format(" {}", key.choices);
+    return make_error(Errc::invalid_input, fmt::format("must be {}", want), key.name);
+  };
+  switch (key.type) {
+  case KeyType::string:
+  case KeyType::choice:
+    if (!node.is_string()) return wrong();
+    return check_choice(key, *node.value<std::string>());
+  case KeyType::boolean:
+    if (!node.is_boolean()) return wrong();
+    return ConfigValue(*node.value<bool>());
+  case KeyType::integer:
+    if (!node.is_integer()) return wrong();
+    return ConfigValue(*node.value<int64_t>());
+  case KeyType::duration: {
+    if (!node.is_string()) return wrong();
+    auto ms = parse_duration(*node.value<std::string>());
+    if (!ms) return Unexpected(ms.error());
+    return ConfigValue(*ms);
+  }
+  case KeyType::duration_list: {
+    const auto* array = node.as_array();
+    if (array == nullptr) return wrong();
+    std::vector<int64_t> out;
+    for (const auto& item : *array) {
+      if (!item.is_string()) return wrong();
+      auto ms = parse_duration(*item.value<std::string>());
+      if (!ms) return Unexpected(ms.error());
+      out.push_back(*ms);
+    }
+    return ConfigValue(std::move(out));
+  }
+  case KeyType::string_list: {
+    const auto* array = node.as_array();
+    if (array == nullptr) return wrong();
+    std::vector<std::string> out;
+    for (const auto& item : *array) {
+      if (!item.is_string()) return wrong();
+      out.push_back(*item.value<std::string>());
+    }
+    return ConfigValue(std::move(out));
+  }
+  }
+  return wrong();
+}
+
+// The key a misspelt or misplaced `name` probably meant: the closest name within two edits
+// ("queue.visiblity_timeout"), else the key with the same last part in another section
+// ("queue.batch_size" → "handler.batch_size"); empty when nothing is that close.
+std::string key_like(const std::string& name)
+{
+  std::vector<std::string> names;
+  for (const auto& key : k_keys) names.emplace_back(key.name);
+  if (std::string guess = closest_name(name, names); !guess.empty()) return guess;
+  const std::string leaf = name.substr(name.rfind('.') + 1);
+  for (const auto& key : names) {
+    if (key.substr(key.rfind('.') + 1) == leaf) return key;
+  }
+  return {};
+}
+
+std::string position(const std::string& file, const toml::source_region& where)
+{
+  return fmt::format("{}:{}:{}", file, where.begin.line, where.begin.column);
+}
+
+Expected<void> read_file(const std::string& file, Config& config)
+{
+  // Read whole by the TOML parser: bounded first, so that no file can exhaust the memory.
+  constexpr uintmax_t k_max_file = 1 << 20;
+  std::error_code ec;
+  if (const auto size = std::filesystem::file_size(file, ec); !ec && size > k_max_file) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("{}: {} bytes, more than a configuration file can be (1 MiB); "
+                                  "is it the right file?",
+                                  file, size));
+  }
+  toml::table root;
+  try {
+    root = toml::parse_file(file);
+  } catch (const toml::parse_error& e) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("{}: not valid TOML: {}; fix the file there (`acmo config "
+                                  "check` checks it)",
+                                  position(file, e.source()), e.description()));
+  }
+  // Walk every leaf; a key acmo does not know is an error, not a silent no-op. Every problem
+  // of the file is reported at once, in the file's order (toml++ iterates by key): the first as
+  // the error, the others on lines after it.
+  std::vector<std::pair<toml::source_position, Error>> problems;
+  std::function<void(const toml::table&, const std::string&)> walk =
+    [&](const toml::table& table, const std::string& prefix) {
+      for (const auto& [name, node] : table) {
+        const std::string full = prefix.empty() ? std::string(name.str())
+                                                : prefix + "." + std::string(name.str());
+        if (const auto* sub = node.as_table()) {
+          walk(*sub, full);
+          continue;
+        }
+        const ConfigKey* key = find_key(full);
+        if (key == nullptr) {
+          const std::string guess = key_like(full);
+          problems.emplace_back(
+            node.source().begin,
+            Error(Errc::invalid_input,
+                  fmt::format("{}: unknown key {}; {}`acmo config show` lists the keys",
+                              position(file, node.source()), full,
+                              guess.empty() ? "" : fmt::format("did you mean {}? ", guess)),
+                  full));
+          continue;
+        }
+        auto value = parse_node(*key, node);
+        if (!value) {
+          problems.emplace_back(node.source().begin,
+                                Error(Errc::invalid_input,
+                                      fmt::format("{}: {}: {}", position(file, node.source()),
+                                                  full, value.error().message),
+                                      full));
+          continue;
+        }
+        config.set(full, ConfigEntry{std::move(*value),
+                                     fmt::format("{}:{}", file, node.source().begin.line)});
+      }
+    };
+  walk(root, "");
+  if (problems.empty()) return {};
+  std::stable_sort(problems.begin(), problems.end(), [](const auto& a, const auto& b) {
+    return std::pair(a.first.line, a.first.column) < std::pair(b.first.line, b.first.column);
+  });
+  Error first = problems.front().second;
+  for (size_t i = 1; i < problems.size(); ++i) {
+    first.message += "\n  " + problems[i].second.message;
+  }
+  if (problems.size() > 1) {
+    first.message += fmt::format("\n  ({} problems in {})", problems.size(), file);
+  }
+  return Unexpected(std::move(first));
+}
+
+std::string getenv_string(const char* name)
+{
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+} // namespace
+
+const std::vector<ConfigKey>& config_keys() { return k_keys; }
+
+std::string env_name(const ConfigKey& key)
+{
+  std::string out = "ACMO_";
+  for (const char* p = key.name; *p; ++p) {
+    out += *p == '.' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(*p)));
+  }
+  return out;
+}
+
+Expected<int64_t> parse_duration(std::string_view text)
+{
+  size_t i = 0;
+  int64_t value = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+    if (value > 1'000'000'000'000) break;
+    value = value * 10 + (text[i] - '0');
+    ++i;
+  }
+  auto unit = text.substr(i);
+  int64_t scale = 0;
+  if (unit == "ms") scale = 1;
+  else if (unit == "s") scale = 1000;
+  else if (unit == "m") scale = 60'000;
+  else if (unit == "h") scale = 3'600'000;
+  else if (unit == "d") scale = 86'400'000;
+  if (i == 0 || scale == 0 || value > 1'000'000'000'000) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("\"{}\" is not a duration; write a whole number and a unit: "
+                                  "\"500ms\", \"30s\", \"5m\", \"2h\" or \"4d\"",
+                                  text));
+  }
+  return value * scale;
+}
+
+std::string format_value(const ConfigKey& key, const ConfigValue& value)
+{
+  auto duration = [](int64_t ms) {
+    if (ms != 0 && ms % 86'400'000 == 0) return fmt::format("\"{}d\"", ms / 86'400'000);
+    if (ms != 0 && ms % 3'600'000 == 0) return fmt::format("\"{}h\"", ms / 3'600'000);
+    if (ms != 0 && ms % 60'000 == 0) return fmt::format("\"{}m\"", ms / 60'000);
+    if (ms != 0 && ms % 1000 == 0) return fmt::format("\"{}s\"", ms / 1000);
+    return fmt::format("\"{}ms\"", ms);
+  };
+  switch (key.type) {
+  case KeyType::string:
+  case KeyType::choice: return fmt::format("\"{}\"", std::get<std::string>(value));
+  case KeyType::boolean: return std::get<bool>(value) ? "true" : "false";
+  case KeyType::integer: return std::to_string(std::get<int64_t>(value));
+  case KeyType::duration: return duration(std::get<int64_t>(value));
+  case KeyType::duration_list: {
+    std::string out = "[";
+    for (auto ms : std::get<std::vector<int64_t>>(value)) {
+      if (out.size() > 1) out += ", ";
+      out += duration(ms);
+    }
+    return out + "]";
+  }
+  case KeyType::string_list: {
+    std::string out = "[";
+    for (const auto& item : std::get<std::vector<std::string>>(value)) {
+      if (out.size() > 1) out += ", ";
+      out += fmt::format("\"{}\"", item);
+    }
+    return out + "]";
+  }
+  }
+  return "";
+}
+
+const ConfigEntry& Config::entry(const std::string& key) const
+{
+  auto it = m_entries.find(key);
+  if (it == m_entries.end()) throw Fatal("internal error: no configuration key " + key);
+  return it->second;
+}
+
+const std::string& Config::get_string(const std::string& key) const
+{
+  return std::get<std::string>(entry(key).value);
+}
+
+bool Config::get_bool(const std::string& key) const { return std::get<bool>(entry(key).value); }
+
+int64_t Config::get_int(const std::string& key) const { return std::get<int64_t>(entry(key).value); }
+
+const std::vector<int64_t>& Config::get_list(const std::string& key) const
+{
+  return std::get<std::vector<int64_t>>(entry(key).value);
+}
+
+const std::vector<std::string>& Config::get_strings(const std::string& key) const
+{
+  return std::get<std::vector<std::string>>(entry(key).value);
+}
+
+std::vector<std::string> default_config_search_path()
+{
+  std::vector<std::string> out = {"acmo.toml"};
+  if (auto xdg = getenv_string("XDG_CONFIG_HOME"); !xdg.empty()) {
+    out.push_back(xdg + "/acmo/acmo.toml");
+  } else if (auto home = getenv_string("HOME"); !home.empty()) {
+    out.push_back(home + "/.config/acmo/acmo.toml");
+  }
+  out.emplace_back("/etc/acmo/acmo.toml");
+  return out;
+}
+
+Expected<Config> load_config(const ConfigSources& sources)
+{
+  Config config;
+  for (const auto& key : k_keys) {
+    // Defaults are written in TOML, as in the docs; parse them the same way as a file.
+    auto doc = toml::parse(fmt::format("v = {}", key.default_value));
+    auto value = parse_node(key, *doc.get("v"));
+    if (!value) throw Fatal(fmt::format("internal error: bad default for {}", key.name));
+    config.set(key.name, ConfigEntry{std::move(*value), "default"});
+  }
+
+  std::string file = sources.explicit_file;
+  if (file.empty() && sources.use_environment) file = getenv_string("ACMO_CONFIG");
+  std::error_code ec;
+  if (!file.empty()) {
+    if (!std::filesystem::is_regular_file(file, ec)) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("the configuration file {} does not exist or is not a file",
+                                    file),
+                        "config");
+    }
+  } else {
+    for (const auto& candidate : sources.search_path) {
+      if (std::filesystem::is_regular_file(candidate, ec)) {
+        file = candidate;
+        break;
+      }
+    }
+  }
+  if (!file.empty()) {
+    if (auto ok = read_file(file, config); !ok) return Unexpected(ok.error());
+    config.set_file(file);
+  }
+
+  if (sources.use_environment) {
+    for (const auto& key : k_keys) {
+      const std::string name = env_name(key);
+      const char* text = std::getenv(name.c_str());
+      if (text == nullptr || *text == '\0') continue;
+      auto value = parse_text(key, text);
+      if (!value) {
+        return make_error(Errc::invalid_input,
+                          fmt::format("environment variable {}: {}", name, value.error().message),
+                          key.name);
+      }
+      config.set(key.name, ConfigEntry{std::move(*value), "env " + name});
+    }
+  }
+  return config;
+}
+
+QueueOptions queue_options_from(const Config& config)
+{
+  QueueOptions o;
+  o.name = config.get_string("queue.name");
+  // A queue named by hand gets a DLQ of its own unless one is named too.
+  o.dlq_name = config.entry("queue.dlq_name").source == "default" ? o.name + "-dlq"
+                                                                   : config.get_string("queue.dlq_name");
+  o.durability_full = config.get_string("queue.durability") == "full";
+  o.visibility_timeout_ms = config.get_int("queue.visibility_timeout");
+  o.dedup_window_ms = config.get_int("queue.dedup_window");
+  o.content_based_dedup = config.get_bool("queue.content_based_dedup");
+  o.retry_delays_ms = config.get_list("queue.retry_delays");
+  o.max_retries = static_cast<int>(config.get_int("queue.max_retries"));
+  o.retention_ms = config.get_int("queue.retention");
+  o.busy_timeout_ms = config.get_int("queue.busy_timeout");
+  o.poll_interval_ms = config.get_int("queue.poll_interval");
+  return o;
+}
+
+Expected<ListenAddress> parse_listen(std::string_view text)
+{
+  const size_t colon = text.rfind(':');
+  auto bad = [&] {
+    return make_error(Errc::invalid_input,
+                      fmt::format("\"{}\" is not HOST:PORT, e.g. \"127.0.0.1:3000\"", text),
+                      "server.listen");
+  };
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == text.size()) return bad();
+  ListenAddress out;
+  out.host = std::string(text.substr(0, colon));
+  if (out.host.size() > 2 && out.host.front() == '[' && out.host.back() == ']') {
+    out.host = out.host.substr(1, out.host.size() - 2); // [::1]:3000
+  }
+  int64_t port = 0;
+  for (char c : text.substr(colon + 1)) {
+    if (c < '0' || c > '9' || port > 65535) return bad();
+    port = port * 10 + (c - '0');
+  }
+  if (port > 65535) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("port {} in \"{}\" is above 65535", port, text), "server.listen");
+  }
+  out.port = static_cast<int>(port);
+  return out;
+}
+
+Expected<void> check_config(const Config& config)
+{
+  auto range = [&](const char* key, int64_t low, int64_t high) -> Expected<void> {
+    const int64_t v = config.get_int(key);
+    if (v < low || v > high) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} must be between {} and {}, not {}", key, low, high, v), key);
+    }
+    return {};
+  };
+  auto duration_range = [&](const char* key, int64_t low_ms, int64_t high_ms) -> Expected<void> {
+    const int64_t v = config.get_int(key);
+    if (v < low_ms || v > high_ms) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} must be between {}ms and {}ms, not {}ms", key, low_ms,
+                                    high_ms, v),
+                        key);
+    }
+    return {};
+  };
+  for (auto ok : {range("handler.concurrency", 1, 64), range("handler.batch_size", 1, 1000),
+                  duration_range("handler.wait", 0, 20'000), range("store.pool_size", 1, 64),
+                  duration_range("store.connect_timeout", 1, 600'000),
+                  range("cache.capacity", 1, 100'000'000),
+                  range("cache.max_bytes", 4096, 1LL << 40),
+                  duration_range("cache.ttl", 1, 30LL * 86'400'000),
+                  duration_range("cache.timeout", 1, 60'000), range("server.threads", 1, 1024),
+                  range("server.max_body", 1, 1LL << 30),
+                  duration_range("server.read_timeout", 1, 3'600'000),
+                  duration_range("server.write_timeout", 1, 3'600'000),
+                  duration_range("server.keep_alive_timeout", 1, 3'600'000),
+                  range("server.keep_alive_max", 1, 1'000'000'000),
+                  range("server.max_connections_per_client", 1, 1'000'000),
+                  range("server.rate_limit", 0, 1'000'000'000),
+                  range("server.rate_burst", 0, 1'000'000'000)}) {
+    if (!ok) return ok;
+  }
+  if (config.get_string("store.backend") == "postgres" && config.get_string("store.url").empty()) {
+    return make_error(Errc::invalid_input,
+                      "store.backend is \"postgres\" but store.url is empty; set it to the "
+                      "server's URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"",
+                      "store.backend");
+  }
+  if (config.get_string("cache.backend") == "redis") {
+    if (auto address = parse_redis_url(config.get_string("cache.url")); !address) {
+      return make_error(Errc::invalid_input, address.error().message, "cache.url");
+    }
+    if (config.get_string("cache.prefix").empty()) {
+      return make_error(Errc::invalid_input,
+                        "cache.prefix must not be empty: acmo clears only the keys under it",
+                        "cache.prefix");
+    }
+  }
+  if (auto ok = parse_listen(config.get_string("server.listen")); !ok) return Unexpected(ok.error());
+  return {};
+}
+
+} // namespace acmo

@@ -1,0 +1,97 @@
+// acmo's configuration: one declarative table of keys drives parsing, validation, the
+// environment variables, `acmo config show` and the documentation (docs/configuration.md).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "core/queue/queue.hpp"
+#include "core/util/error.hpp"
+
+namespace acmo {
+
+enum class KeyType { string, boolean, integer, duration, duration_list, choice, string_list };
+
+struct ConfigKey {
+  const char* name;          // "queue.visibility_timeout"; top-level keys have no dot
+  KeyType type;
+  const char* default_value; // as written in a TOML file, e.g. "\"30s\"" or "true"
+  const char* description;   // one line
+  const char* choices = "";  // for KeyType::choice: "full|normal"
+};
+
+// Every key acmo knows, in the order `acmo config show` lists them.
+const std::vector<ConfigKey>& config_keys();
+
+// The environment variable of a key: ACMO_ and the name in capitals, '.' → '_'
+// ("queue.durability" → "ACMO_QUEUE_DURABILITY").
+std::string env_name(const ConfigKey& key);
+
+using ConfigValue =
+  std::variant<std::string, bool, int64_t, std::vector<int64_t>, std::vector<std::string>>;
+
+struct ConfigEntry {
+  ConfigValue value;
+  std::string source; // "default", "/etc/acmo/acmo.toml:12", "env ACMO_X", "flag --data-dir"
+};
+
+class Config
+{
+public:
+  const std::string& get_string(const std::string& key) const;
+  bool get_bool(const std::string& key) const;
+  int64_t get_int(const std::string& key) const; // integers, and durations in ms
+  const std::vector<int64_t>& get_list(const std::string& key) const;
+  const std::vector<std::string>& get_strings(const std::string& key) const;
+  const ConfigEntry& entry(const std::string& key) const;
+  // The file that was read, if any.
+  const std::string& file() const { return m_file; }
+
+  void set(const std::string& key, ConfigEntry entry) { m_entries[key] = std::move(entry); }
+  void set_file(std::string file) { m_file = std::move(file); }
+
+private:
+  std::map<std::string, ConfigEntry> m_entries;
+  std::string m_file;
+};
+
+// Parse "1s", "500ms", "5m", "2h", "4d" into milliseconds.
+Expected<int64_t> parse_duration(std::string_view text);
+// The value as it would be written in TOML (durations in their shortest unit).
+std::string format_value(const ConfigKey& key, const ConfigValue& value);
+
+// Where configuration comes from, besides the built-in defaults.
+struct ConfigSources {
+  std::string explicit_file; // --config FILE; must exist
+  bool use_environment = true;
+  // Files searched in order when no file is given: ./acmo.toml, $XDG_CONFIG_HOME/acmo/acmo.toml
+  // (or ~/.config/acmo/acmo.toml), /etc/acmo/acmo.toml. The first that exists is read.
+  std::vector<std::string> search_path;
+};
+
+// The default search path, from the environment.
+std::vector<std::string> default_config_search_path();
+
+// Defaults, then the file (--config, else $ACMO_CONFIG, else the first found on the search
+// path), then ACMO_* variables. Errors name the file, line, column and key.
+Expected<Config> load_config(const ConfigSources& sources);
+
+// The queue options a configuration describes. queue.dlq_name, when not set, is the queue's
+// name and "-dlq".
+QueueOptions queue_options_from(const Config& config);
+
+// Check the keys outside [queue] (ranges, and what goes together: store.backend = "postgres"
+// needs store.url); the error names the key in `field`.
+Expected<void> check_config(const Config& config);
+
+// "HOST:PORT" → host and port; an error that says what is wrong.
+struct ListenAddress {
+  std::string host;
+  int port = 0;
+};
+Expected<ListenAddress> parse_listen(std::string_view text);
+
+} // namespace acmo

@@ -1,0 +1,446 @@
+#include "core/handler/order_handler.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include "core/cache/cached_orders.hpp"
+#include "core/handler/handler_registry.hpp"
+#include "core/sqlite/sqlite.hpp"
+#include "core/store/order_store.hpp"
+#include "core/util/log.hpp"
+
+namespace acmo {
+
+OrderHandler::OrderHandler(Queue& queue, std::string db_path, HandlerOptions options,
+                           const Clock& clock)
+  : m_queue(queue), m_db_path(std::move(db_path)), m_options(options), m_clock(clock)
+{
+}
+
+void OrderHandler::invalidate(const std::vector<std::string>& order_ids)
+{
+  if (m_options.cache == nullptr || order_ids.empty()) return;
+  invalidate_orders(m_options.cache, order_ids);
+  std::lock_guard lock(m_again_mu);
+  if (m_again.size() < 100'000) m_again.insert(m_again.end(), order_ids.begin(), order_ids.end());
+}
+
+void OrderHandler::invalidate_again(bool all)
+{
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(m_again_mu);
+    ids.swap(m_due);
+    if (all) {
+      ids.insert(ids.end(), m_again.begin(), m_again.end());
+      m_again.clear();
+    } else {
+      m_due.swap(m_again);
+    }
+  }
+  if (ids.empty()) return;
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  invalidate_orders(m_options.cache, ids);
+}
+
+void OrderHandler::record_error(const std::string& message)
+{
+  std::lock_guard lock(m_stats_mu);
+  m_stats.last_error = message;
+}
+
+void OrderHandler::note_trouble(const std::string& message)
+{
+  using namespace std::chrono;
+  std::lock_guard lock(m_trouble_mu);
+  const auto now = steady_clock::now();
+  ++m_trouble_count;
+  if (!m_in_trouble.load()) {
+    m_trouble_since = now;
+    m_trouble_count = 1;
+  } else if (message == m_trouble && now - m_trouble_logged < seconds(30)) {
+    return;
+  }
+  log::warn("handler: {}; the events wait in the queue and are retried ({} failure{} in {} s)",
+            message, m_trouble_count, m_trouble_count == 1 ? "" : "s",
+            duration_cast<seconds>(now - m_trouble_since).count());
+  m_trouble = message;
+  m_trouble_logged = now;
+  m_in_trouble = true;
+}
+
+void OrderHandler::note_progress()
+{
+  using namespace std::chrono;
+  if (!m_in_trouble.load()) return;
+  std::lock_guard lock(m_trouble_mu);
+  if (!m_in_trouble.load()) return;
+  log::info("handler: applying events again after {} s and {} failure{} (the last: {})",
+            duration_cast<seconds>(steady_clock::now() - m_trouble_since).count(),
+            m_trouble_count, m_trouble_count == 1 ? "" : "s", m_trouble);
+  m_in_trouble = false;
+}
+
+HandlerStats OrderHandler::stats() const
+{
+  std::lock_guard lock(m_stats_mu);
+  HandlerStats s = m_stats;
+  if (!m_latencies_us.empty()) {
+    std::vector<int64_t> sorted = m_latencies_us;
+    std::sort(sorted.begin(), sorted.end());
+    auto at = [&](double p) {
+      return sorted[static_cast<size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5)];
+    };
+    s.latency_p50_us = at(0.50);
+    s.latency_p99_us = at(0.99);
+  }
+  return s;
+}
+
+Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<HandlerStats>()>& body)
+{
+  HandlerRecord record;
+  record.id = new_handler_id();
+  record.pid = ::getpid();
+  record.host = host_name();
+  record.started_at_ms = m_clock.now_ms();
+  auto beat = [&](int64_t stopped_at) {
+    const HandlerStats s = stats();
+    record.heartbeat_at_ms = m_clock.now_ms();
+    record.stopped_at_ms = stopped_at;
+    record.processed = s.processed;
+    record.dead_lettered = s.dead_lettered;
+    record.retried = s.retried;
+    record.batches = s.batches;
+    record.latency_p50_us = s.latency_p50_us;
+    record.latency_p99_us = s.latency_p99_us;
+    record.last_error = s.last_error;
+    // The registry is for monitoring: a failed beat is noted, never fatal to the handler.
+    if (auto ok = save_handler(m_queue, record); !ok) record_error(ok.error().message);
+  };
+  beat(0);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread heart([&] {
+    std::unique_lock lock(mu);
+    while (!cv.wait_for(lock, std::chrono::milliseconds(k_heartbeat_interval_ms),
+                        [&] { return done; })) {
+      lock.unlock();
+      beat(0);
+      invalidate_again();
+      lock.lock();
+    }
+  });
+  auto result = body();
+  {
+    std::lock_guard lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  heart.join();
+  invalidate_again(true);
+  beat(m_clock.now_ms());
+  return result;
+}
+
+// What applying a batch on the embedded store came to.
+struct BatchTally {
+  int64_t applied = 0;
+  int64_t dead = 0;
+  std::string last_reason;
+  std::vector<std::string> changed; // order ids whose cache entries go after the commit
+};
+
+namespace {
+
+// Apply the events in group order on `db`, inside the caller's transaction; one that can never
+// apply goes to the DLQ with its reason, and the group goes on.
+std::vector<Disposition> apply_embedded(sqlite::Database& db,
+                                        std::vector<Expected<AppliedEvent>>& events,
+                                        int64_t now_ms, BatchTally& tally)
+{
+  tally = BatchTally{};
+  std::vector<Disposition> out(events.size());
+  std::vector<const AppliedEvent*> parsed;
+  parsed.reserve(events.size());
+  for (const auto& e : events) {
+    if (e) parsed.push_back(&*e);
+  }
+  std::vector<Expected<void>> applied = SqliteOrderStore::apply_all(db, parsed, now_ms);
+  for (size_t i = 0, next = 0; i < events.size(); ++i) {
+    Expected<void> ok = events[i] ? std::move(applied[next++])
+                                  : Expected<void>(Unexpected(events[i].error()));
+    if (ok) {
+      ++tally.applied;
+      tally.changed.push_back(events[i]->event.order_id);
+    } else {
+      out[i] = Disposition{true, ok.error().message};
+      tally.last_reason = ok.error().message;
+      ++tally.dead;
+    }
+  }
+  return out;
+}
+
+std::vector<Expected<AppliedEvent>> parse_events(const std::vector<Message>& messages)
+{
+  std::vector<Expected<AppliedEvent>> events;
+  events.reserve(messages.size());
+  for (const auto& m : messages) {
+    auto event = parse_event(m.body);
+    if (event) {
+      events.emplace_back(AppliedEvent{m.message_id, m.seq, std::move(*event)});
+    } else {
+      events.emplace_back(Unexpected(event.error()));
+    }
+  }
+  return events;
+}
+
+} // namespace
+
+void OrderHandler::record_applied(const BatchTally& tally, std::chrono::steady_clock::time_point started)
+{
+  invalidate(tally.changed);
+  note_progress();
+  std::lock_guard lock(m_stats_mu);
+  record_latency_locked(started);
+  m_stats.processed += tally.applied;
+  m_stats.dead_lettered += tally.dead;
+  if (tally.dead > 0) m_stats.last_error = tally.last_reason;
+}
+
+Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
+{
+  std::optional<std::string> consume_error;
+  if (m_options.writer == nullptr) {
+    // The embedded store: take the messages, apply their events and delete them in one
+    // transaction. Should that fail (the disk full, a SQLite error), the batch goes the way
+    // below, which puts the messages in flight and releases them with backoff.
+    auto consumed = consume_batch(wait_ms);
+    if (consumed) return consumed;
+    consume_error = consumed.error().message;
+    wait_ms = 0;
+  }
+  auto got = m_queue.receive(m_options.batch_size, {}, wait_ms, true);
+  if (!got) {
+    record_error(got.error().message);
+    note_trouble(got.error().message);
+    return Unexpected(got.error());
+  }
+  if (got->empty()) {
+    // Another handler took the batch meanwhile; the failure still happened.
+    if (consume_error) record_error(*consume_error);
+    return 0;
+  }
+
+  // The handler checks events again: other producers may have put anything on the queue.
+  std::vector<Expected<AppliedEvent>> events = parse_events(*got);
+  if (m_options.writer != nullptr) return apply_to_writer(*got, events);
+
+  std::vector<std::string> receipts;
+  for (const auto& m : *got) receipts.push_back(m.receipt);
+  BatchTally tally;
+  const auto started = std::chrono::steady_clock::now();
+  auto settled = m_queue.settle(receipts, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+    return apply_embedded(db, events, m_clock.now_ms(), tally);
+  });
+  if (settled) {
+    record_applied(tally, started);
+    return static_cast<int64_t>(got->size());
+  }
+  if (settled.error().code != Errc::stale && settled.error().code != Errc::not_found) {
+    note_trouble(settled.error().message);
+  }
+  std::lock_guard lock(m_stats_mu);
+  record_latency_locked(started);
+  m_stats.last_error = settled.error().message;
+  if (settled.error().code == Errc::stale || settled.error().code == Errc::not_found) {
+    // Another handler has these messages now (our visibility ran out): nothing to undo.
+    return static_cast<int64_t>(got->size());
+  }
+  // A transient failure (the database busy or the disk full): retry with backoff.
+  for (const auto& receipt : receipts) {
+    auto released = m_queue.release(receipt, settled.error().message);
+    if (released && released->dead_lettered) {
+      ++m_stats.dead_lettered;
+    } else if (released) {
+      ++m_stats.retried;
+    }
+  }
+  return static_cast<int64_t>(got->size());
+}
+
+Expected<int64_t> OrderHandler::consume_batch(int64_t wait_ms)
+{
+  BatchTally tally;
+  auto started = std::chrono::steady_clock::now();
+  auto got = m_queue.consume(
+    m_options.batch_size, wait_ms,
+    [&](sqlite::Database& db, const std::vector<Message>& messages)
+      -> Expected<std::vector<Disposition>> {
+      started = std::chrono::steady_clock::now(); // the batch's latency, not the wait before it
+      std::vector<Expected<AppliedEvent>> events = parse_events(messages);
+      return apply_embedded(db, events, m_clock.now_ms(), tally);
+    });
+  if (!got) return Unexpected(got.error());
+  if (!got->empty()) record_applied(tally, started);
+  return static_cast<int64_t>(got->size());
+}
+
+void OrderHandler::record_latency_locked(std::chrono::steady_clock::time_point started)
+{
+  const auto latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now() - started)
+                            .count();
+  ++m_stats.batches;
+  if (m_latencies_us.size() < 1024) {
+    m_latencies_us.push_back(latency_us);
+  } else {
+    m_latencies_us[m_latency_next++ % 1024] = latency_us;
+  }
+}
+
+int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
+                                      std::vector<Expected<AppliedEvent>>& events)
+{
+  const auto started = std::chrono::steady_clock::now();
+  // Events that failed to parse never reach the store: they go to the DLQ with their reason.
+  std::vector<AppliedEvent> valid;
+  std::vector<size_t> index; // valid[k] came in messages[index[k]]
+  std::vector<std::pair<size_t, std::string>> rejected;
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (events[i]) {
+      valid.push_back(std::move(*events[i]));
+      index.push_back(i);
+    } else {
+      rejected.emplace_back(i, events[i].error().message);
+    }
+  }
+  Expected<std::vector<ApplyOutcome>> outcomes = std::vector<ApplyOutcome>{};
+  if (!valid.empty()) outcomes = m_options.writer->apply_batch(valid, m_clock.now_ms());
+
+  int64_t applied = 0;
+  int64_t dead = 0;
+  int64_t retried = 0;
+  std::string last_error;
+  if (outcomes) {
+    // Committed: delete what was applied (or had been, by a run that died before deleting it),
+    // dead-letter what never can be, then drop the changed orders from the cache.
+    std::vector<std::string> done;
+    std::vector<std::string> changed;
+    for (size_t k = 0; k < valid.size(); ++k) {
+      const ApplyOutcome& o = (*outcomes)[k];
+      if (o.kind == ApplyOutcome::Kind::rejected) {
+        rejected.emplace_back(index[k], o.reason);
+      } else {
+        done.push_back(messages[index[k]].receipt);
+        changed.push_back(valid[k].event.order_id);
+        ++applied;
+      }
+    }
+    // A deletion that fails (our visibility ran out and another handler has the message) is
+    // harmless: the other handler finds it applied and deletes it.
+    for (const auto& removed : m_queue.remove_batch(done)) {
+      if (!removed) last_error = removed.error().message;
+    }
+    invalidate(changed);
+    note_progress();
+  } else {
+    note_trouble(outcomes.error().message);
+    // The store is down or timed out and nothing was applied: every message goes back, to be
+    // retried after queue.retry_delays, or dead-lettered once queue.max_retries are spent.
+    last_error = outcomes.error().message;
+    for (size_t i : index) {
+      auto released = m_queue.release(messages[i].receipt, last_error);
+      if (released && released->dead_lettered) {
+        ++dead;
+      } else if (released) {
+        ++retried;
+      }
+    }
+  }
+  for (const auto& [i, reason] : rejected) {
+    if (auto ok = m_queue.dead_letter(messages[i].receipt, reason); ok) ++dead;
+    if (outcomes) last_error = reason;
+  }
+
+  std::lock_guard lock(m_stats_mu);
+  record_latency_locked(started);
+  m_stats.processed += applied;
+  m_stats.dead_lettered += dead;
+  m_stats.retried += retried;
+  if (!last_error.empty()) m_stats.last_error = last_error;
+  return static_cast<int64_t>(messages.size());
+}
+
+Expected<HandlerStats> OrderHandler::run_once()
+{
+  return registered([this] { return run_once_unregistered(); });
+}
+
+Expected<HandlerStats> OrderHandler::run_once_unregistered()
+{
+  std::optional<Error> failure;
+  std::mutex failure_mu;
+  auto worker = [&] {
+    while (!m_stopping.load()) {
+      // No wait: a worker that finds nothing visible is done. What another worker still holds
+      // (in flight, or in its transaction) and what follows it in its groups, that worker takes
+      // next; the run ends when the last worker finds nothing, and does not idle before it.
+      auto n = process_batch(0);
+      if (!n) {
+        std::lock_guard lock(failure_mu);
+        failure = n.error();
+        return;
+      }
+      if (*n == 0) return;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 1; i < m_options.concurrency; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  if (failure) return Unexpected(*failure);
+  return stats();
+}
+
+Expected<HandlerStats> OrderHandler::run()
+{
+  return registered([this] { return run_unregistered(); });
+}
+
+Expected<HandlerStats> OrderHandler::run_unregistered()
+{
+  auto worker = [&] {
+    while (!m_stopping.load()) {
+      auto n = process_batch(m_options.wait_ms);
+      if (!n && !m_stopping.load()) {
+        // Keep going: the failure is counted, and a dependency may come back.
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 1; i < m_options.concurrency; ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  return stats();
+}
+
+void OrderHandler::stop()
+{
+  m_stopping = true;
+  m_queue.interrupt(); // wake the workers waiting in a long poll
+}
+
+} // namespace acmo

@@ -1,0 +1,2266 @@
+#include "core/queue/queue.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <fmt/core.h>
+#include <sqlite3.h>
+
+#include "core/queue/limits.hpp"
+#include "core/queue/schema.hpp"
+#include "core/queue/work_journal.hpp"
+#include "core/sqlite/lock_holder.hpp"
+#include "core/sqlite/sqlite.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/log.hpp"
+#include "core/util/sha256.hpp"
+
+namespace acmo {
+
+namespace {
+
+constexpr int64_t k_max_visibility_ms = 12 * 3'600'000; // as SQS: 12 hours
+constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long poll
+constexpr int k_max_receive = 1000;
+constexpr int k_sqlite_busy = 5; // SQLITE_BUSY, without including sqlite3.h here
+constexpr size_t k_bulk_chunk = 20'000;
+
+// Per-queue counter deltas gathered during one transaction and added once at its end.
+struct Counters {
+  int64_t sent = 0, duplicates = 0, received = 0, deleted = 0, retried = 0, expired = 0,
+          dead_lettered = 0, redriven = 0, purged = 0;
+};
+
+// The dedup key of a dedup id: the first 16 bytes of its SHA-256.
+struct DedupKey {
+  uint64_t a = 0, b = 0;
+  bool operator==(const DedupKey&) const = default;
+};
+
+struct DedupEntry {
+  int64_t seq = 0;
+  MessageIdBytes message_id{};
+  int64_t expires_at = 0;
+  int64_t body_hash = 0; // the first 8 bytes of the body's SHA-256; 0: not known
+};
+
+// The first 8 bytes of a SHA-256 as a number (never 0, which means "not known").
+int64_t hash_word(const std::array<unsigned char, 32>& digest)
+{
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | digest[i];
+  return v == 0 ? 1 : static_cast<int64_t>(v);
+}
+
+std::string hex_of(const std::array<unsigned char, 32>& digest)
+{
+  static constexpr char k_hex[] = "0123456789abcdef";
+  std::string out(64, '0');
+  for (size_t i = 0; i < 32; ++i) {
+    out[2 * i] = k_hex[digest[i] >> 4];
+    out[2 * i + 1] = k_hex[digest[i] & 0xf];
+  }
+  return out;
+}
+
+// The in-memory index of the dedup log: an open-addressing hash table. Keys are SHA-256 bits,
+// uniformly spread already, so a key's first word is its hash; one probe usually costs one
+// cache miss, where a node-based map costs several (this lookup is on every send).
+class DedupIndex
+{
+public:
+  const DedupEntry* find(const DedupKey& key) const
+  {
+    if (m_slots.empty()) return nullptr;
+    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
+      const Slot& slot = m_slots[i];
+      if (!slot.used) return nullptr;
+      if (slot.key == key) return &slot.entry;
+    }
+  }
+
+  void put(const DedupKey& key, const DedupEntry& entry)
+  {
+    if ((m_count + 1) * 2 > m_slots.size()) grow();
+    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
+      Slot& slot = m_slots[i];
+      if (!slot.used) {
+        slot = Slot{key, entry, true};
+        ++m_count;
+        return;
+      }
+      if (slot.key == key) {
+        slot.entry = entry;
+        return;
+      }
+    }
+  }
+
+  // Drop the entries that expired by `now` (rebuilds the table; there are no tombstones).
+  void prune(int64_t now)
+  {
+    std::vector<Slot> old;
+    old.swap(m_slots);
+    m_count = 0;
+    for (const auto& slot : old) {
+      if (slot.used && slot.entry.expires_at > now) put(slot.key, slot.entry);
+    }
+  }
+
+  void clear()
+  {
+    m_slots.clear();
+    m_count = 0;
+  }
+
+private:
+  struct Slot {
+    DedupKey key;
+    DedupEntry entry;
+    bool used = false;
+  };
+
+  size_t slot_of(const DedupKey& key) const
+  {
+    return static_cast<size_t>(key.a) & (m_slots.size() - 1);
+  }
+
+  void grow()
+  {
+    std::vector<Slot> old;
+    old.swap(m_slots);
+    m_slots.resize(std::max<size_t>(1024, old.size() * 2));
+    m_count = 0;
+    for (const auto& slot : old) {
+      if (slot.used) put(slot.key, slot.entry);
+    }
+  }
+
+  std::vector<Slot> m_slots;
+  size_t m_count = 0;
+};
+
+DedupKey dedup_key(std::string_view dedup_id)
+{
+  auto bytes = sha256_bytes(dedup_id);
+  DedupKey k;
+  for (size_t i = 0; i < 8; ++i) {
+    k.a = (k.a << 8) | bytes[i];
+    k.b = (k.b << 8) | bytes[8 + i];
+  }
+  return k;
+}
+
+std::string_view key_blob(const DedupKey& k, std::array<unsigned char, 16>& buf)
+{
+  for (size_t i = 0; i < 8; ++i) {
+    buf[i] = static_cast<unsigned char>(k.a >> (56 - 8 * i));
+    buf[8 + i] = static_cast<unsigned char>(k.b >> (56 - 8 * i));
+  }
+  return {reinterpret_cast<const char*>(buf.data()), buf.size()};
+}
+
+DedupKey key_from_blob(std::string_view blob)
+{
+  DedupKey k;
+  for (size_t i = 0; i < 8 && i + 8 < blob.size(); ++i) {
+    k.a = (k.a << 8) | static_cast<unsigned char>(blob[i]);
+    k.b = (k.b << 8) | static_cast<unsigned char>(blob[8 + i]);
+  }
+  return k;
+}
+
+std::string_view id_blob(const MessageIdBytes& id)
+{
+  return {reinterpret_cast<const char*>(id.data()), id.size()};
+}
+
+MessageIdBytes id_from_blob(std::string_view blob)
+{
+  MessageIdBytes id{};
+  std::copy_n(blob.begin(), std::min(blob.size(), id.size()), id.begin());
+  return id;
+}
+
+// A send request, checked, with what can be computed before taking the write lock. It points
+// at the caller's request (which outlives it) rather than copy a body of up to 1 MiB.
+struct PreparedSend {
+  const SendRequest* request = nullptr;
+  std::string dedup_id;       // the request's, or the body's SHA-256 in hex
+  bool content_based = false; // the dedup id is the body's SHA-256
+  DedupKey key;
+  int64_t body_hash = 0;      // hash_word of the body's SHA-256
+};
+
+// What a locate() of a receipt handle found.
+struct Located {
+  int64_t seq = 0;
+  std::string group_id;
+  int64_t failures = 0;
+};
+
+} // namespace
+
+// The state of one write transaction, shared by every request committed in it.
+struct Txn {
+  int64_t now = 0;
+  int64_t next_seq = 0; // 0: not read yet
+  bool seq_dirty = false;
+  bool dedup_synced = false;
+  std::map<int64_t, Counters> counters;
+  std::set<std::pair<int64_t, std::string>> touched_groups;
+};
+
+// One write request waiting for (or taking part in) a group commit.
+struct WriteOp {
+  std::function<void(Txn&)> fn;
+  bool durable = false; // must be fsynced before it is answered
+  bool bulk = false;    // a bulk load: one big transaction, its checkpoint in the background
+  std::optional<Error> error;
+  bool taken = false; // in a batch that a leader is committing
+  // What the op's thread waits for, sleeping on this word (a futex) rather than on the write
+  // mutex: k_lead, its turn to lead the next commit; k_done, answered. Waking each finished
+  // sender costs one switch to it, where a condition variable signalled under the mutex made
+  // it wake only to sleep again on that mutex (two more on two busy cores). Set under the write
+  // mutex; once k_done is stored the op's thread may return and the op be gone, so a wake
+  // after it uses only the word's address (FUTEX_WAKE reads no memory).
+  static constexpr uint32_t k_waiting = 0;
+  static constexpr uint32_t k_lead = 1;
+  static constexpr uint32_t k_done = 2;
+  std::atomic<uint32_t> state{k_waiting};
+};
+
+// Every write transaction of every Queue of this process holds it shared; Queue::hold_writes
+// holds it alone.
+static std::shared_mutex& write_gate()
+{
+  static std::shared_mutex gate;
+  return gate;
+}
+
+static int64_t steady_us()
+{
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
+static void futex_wait(std::atomic<uint32_t>& word, uint32_t expected)
+{
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+            nullptr, 0);
+}
+
+static void futex_wake(std::atomic<uint32_t>& word)
+{
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, 1, nullptr,
+            nullptr, 0);
+}
+
+struct Queue::Impl {
+  const Clock& clock;
+  QueueOptions options;
+  int64_t queue_id = 0;
+  int64_t dlq_id = 0;
+
+  // The writer: one connection, used by whichever thread leads the current group commit.
+  std::unique_ptr<sqlite::Database> writer;
+  std::mutex write_mu;
+  std::vector<WriteOp*> pending;
+  bool leader_active = false;
+
+  // Durability (queue.durability = "full") without holding the write lock through an fsync:
+  // transactions commit with synchronous=NORMAL, and the requests that need it wait for an
+  // fdatasync of the WAL file that covers their commit. While one batch waits for the disk,
+  // the next one runs, and one fsync covers every commit made before it started.
+  std::string wal_path;
+  std::mutex sync_mu;
+  std::condition_variable sync_cv;
+  uint64_t committed_generation = 0;
+  uint64_t synced_generation = 0;
+  bool syncing = false;
+
+  // The reader: stats, DLQ listings and the cheap "is anything ready?" probe of long polls.
+  std::unique_ptr<sqlite::Database> reader;
+  std::mutex read_mu;
+
+  // Local wake-ups for long polls: bumped after every commit that may make a message visible.
+  std::mutex wake_mu;
+  std::condition_variable wake_cv;
+  uint64_t wake_generation = 0;
+  bool interrupted = false;
+
+  // This process's index of the dedup log (see schema.cpp); guarded by the write path, which
+  // only the group-commit leader runs.
+  DedupIndex dedup_index;
+  int64_t dedup_seen_id = 0;
+  int64_t dedup_epoch = -1;
+  int64_t dedup_pruned_at = 0;
+
+  // What this process's consumers are handling, for the processes that outlive it.
+  WorkJournal journal;
+
+  // When this process's current write transaction began (steady µs; 0: none open).
+  std::atomic<int64_t> txn_started_us{0};
+  // The other process last seen holding the write lock, and since when (steady µs), for "held
+  // for N s"; a gap of over 2 s between two looks starts the count again.
+  std::mutex holder_mu;
+  int64_t holder_pid = 0;
+  int64_t holder_since_us = 0;
+  int64_t holder_seen_us = 0;
+  std::atomic<int64_t> last_wait_warning_us{0};
+  // The database's mark of damage (sqlite::mark_damaged), and the last integrity check.
+  std::string damage_marker;
+  std::mutex integrity_mu;
+  int64_t integrity_due_us = 0; // the next integrity check (steady µs)
+
+  // Why the database is marked damaged (by this process or another), or nothing.
+  std::optional<Error> damaged() const
+  {
+    if (::access(damage_marker.c_str(), F_OK) != 0) return std::nullopt;
+    std::ifstream in(damage_marker);
+    std::string what;
+    std::getline(in, what);
+    return Error(Errc::unavailable,
+                 fmt::format("the queue database {} is damaged ({}); acmo takes no writes to it "
+                             "until it is restored: stop every acmo process using it, restore it "
+                             "from a backup (docs/operations.md), and start again",
+                             db_path, what.empty() ? "found by an integrity check" : what));
+  }
+
+  // SQLite's quick_check of the whole file, on a connection of its own (so it reads the file,
+  // not pages another connection holds in its cache). Marks the database damaged on failure.
+  Expected<void> quick_check()
+  {
+    try {
+      sqlite::Database db(db_path, options.busy_timeout_ms);
+      auto stmt = db.prepare("PRAGMA quick_check(3)");
+      std::string found;
+      while (stmt->step()) {
+        const std::string line = stmt->column_text(0);
+        if (line != "ok") found += (found.empty() ? "" : "; ") + line;
+      }
+      if (found.empty()) return {};
+      sqlite::mark_damaged(db_path, "quick_check: " + found);
+    } catch (const sqlite::SqliteError& e) {
+      Error error = e.to_error();
+      if (error.code != Errc::internal) return Unexpected(error); // busy, I/O: not a finding
+    }
+    if (auto d = damaged()) return Unexpected(*d);
+    return make_error(Errc::unavailable, "the queue database failed its integrity check");
+  }
+
+  // A connection of its own for /health's probe of the write lock, with a short busy timeout.
+  std::mutex probe_mu;
+  std::unique_ptr<sqlite::Database> probe;
+
+  // The other process that holds the database's write lock, if one does.
+  std::optional<LockHolder> lock_holder()
+  {
+    auto h = wal_write_lock_holder(db_path);
+    const int64_t now = steady_us();
+    std::lock_guard lock(holder_mu);
+    if (!h) {
+      holder_pid = 0;
+      return std::nullopt;
+    }
+    if (h->pid != holder_pid || now - holder_seen_us > 2'000'000) {
+      holder_pid = h->pid;
+      holder_since_us = now;
+    }
+    holder_seen_us = now;
+    h->held_ms = (now - holder_since_us) / 1000;
+    return h;
+  }
+
+  // A wait for the write lock has lasted a second: say who holds it (at most every 30 s).
+  void warn_waiting()
+  {
+    auto h = lock_holder();
+    if (!h) return;
+    const int64_t now = steady_us();
+    if (now - last_wait_warning_us.load() < 30'000'000) return;
+    last_wait_warning_us.store(now);
+    h->held_ms = -1;
+    log::warn("waiting for the queue database's write lock, held by {}; writes wait up to "
+              "queue.busy_timeout ({} s)",
+              describe(*h), std::max<int64_t>(1, options.busy_timeout_ms / 1000));
+  }
+
+  // A write that gave up waiting for the lock: the error names who held it.
+  Error busy_error(Error original)
+  {
+    auto h = lock_holder();
+    if (!h) return original;
+    h->held_ms = -1;
+    return Error(Errc::busy,
+                 fmt::format("the queue database's write lock stayed held for {} s "
+                             "(queue.busy_timeout) by {}; {}",
+                             std::max<int64_t>(1, options.busy_timeout_ms / 1000), describe(*h),
+                             h->frozen() ? "nothing can be written until it runs again"
+                                         : "retry later"),
+                 original.field);
+  }
+
+  std::atomic<int64_t> last_sweep_ms{0};
+  std::atomic<int64_t> committed_transactions{0};
+  std::atomic<int64_t> committed_requests{0};
+
+  Impl(const Clock& c, QueueOptions o, const std::string& database)
+    : clock(c), options(std::move(o)), journal(database + "-work")
+  {
+  }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() { stop_checkpointer(); }
+
+  // --- checkpoints -------------------------------------------------------------------------
+  //
+  // SQLite copies the WAL back into the database (a checkpoint, with an fsync of each file)
+  // from the commit that finds the WAL past wal_autocheckpoint pages, 1,000 by default, and
+  // the writer waits for it. Transactions of single and batched sends (and redrives) keep
+  // that: with many concurrent senders on two cores, a thread checkpointing beside them made
+  // them slower. Transactions that only consume (receive, delete, the handler's consume), and
+  // a bulk load's (thousands of messages a transaction, one sender), do not wait for it: each
+  // time the WAL passes another 1,000 pages they wake a thread of the queue's own (on a
+  // connection of its own) to checkpoint while they go on, and only at 8,000 pages (a WAL of
+  // up to 32 MB) does the writer checkpoint itself. By then the thread has copied nearly all
+  // of the WAL, so the writer's checkpoint is short; and it is the one that lets the WAL start
+  // over, since a checkpoint that runs beside the writer never catches up with it. A consumer
+  // draining a backlog had spent about a quarter of its time waiting for checkpoints of 8,000
+  // pages (about 65 ms each).
+  static constexpr int k_checkpoint_pages = 1000;
+  static constexpr int k_checkpoint_pages_consuming = 8000;
+  int checkpoint_pages = k_checkpoint_pages; // for the transaction being committed
+
+  std::string db_path;
+  std::thread checkpointer;
+  std::mutex checkpoint_mu;
+  std::condition_variable checkpoint_cv;
+  bool checkpoint_wanted = false;
+  bool checkpoint_running = false;
+  bool checkpointer_stop = false;
+  int checkpoint_asked_at = 0; // the WAL's size in thousands of pages when the thread was asked
+
+  // Runs on the writer's thread after each commit (in place of wal_autocheckpoint).
+  static int on_wal_commit(void* arg, sqlite3* db, const char* name, int pages)
+  {
+    auto* self = static_cast<Impl*>(arg);
+    if (pages >= self->checkpoint_pages) {
+      // What SQLite's own hook does: a passive checkpoint, which gives up on a busy database.
+      // Busy because the thread is checkpointing: wait for it (it has at most 1,000 pages to
+      // copy), and the rest is quick.
+      int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      if (rc == SQLITE_BUSY && self->wait_for_checkpointer()) {
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      }
+    } else if (pages / k_checkpoint_pages > self->checkpoint_asked_at) {
+      self->checkpoint_in_background();
+    }
+    // Ask again each time the WAL has grown by another 1,000 pages, and from the start once
+    // it has started over.
+    self->checkpoint_asked_at = pages / k_checkpoint_pages;
+    return SQLITE_OK;
+  }
+
+  // Called from SQLite's hook, which must not throw.
+  void checkpoint_in_background() noexcept
+  {
+    try {
+      {
+        std::lock_guard lock(checkpoint_mu);
+        if (checkpointer_stop) return;
+        checkpoint_wanted = true;
+        if (!checkpointer.joinable()) checkpointer = std::thread([this] { run_checkpointer(); });
+      }
+      checkpoint_cv.notify_all();
+    } catch (const std::exception&) {
+      // No thread: the writer still checkpoints at 8,000 pages.
+    }
+  }
+
+  // Whether the thread was checkpointing (now done).
+  bool wait_for_checkpointer() noexcept
+  {
+    std::unique_lock lock(checkpoint_mu);
+    if (!checkpoint_running) return false;
+    checkpoint_cv.wait(lock, [this] { return !checkpoint_running; });
+    return true;
+  }
+
+  void run_checkpointer() noexcept
+  {
+    std::unique_ptr<sqlite::Database> db;
+    std::unique_lock lock(checkpoint_mu);
+    for (;;) {
+      checkpoint_cv.wait(lock, [this] { return checkpoint_wanted || checkpointer_stop; });
+      if (checkpointer_stop) break;
+      checkpoint_wanted = false;
+      checkpoint_running = true;
+      lock.unlock();
+      try {
+        if (!db) {
+          db = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
+          db->exec("PRAGMA synchronous=NORMAL"); // sync the WAL before, the database after
+          db->query_int("PRAGMA user_version");  // read the file once: it is in WAL mode
+        }
+        sqlite3_wal_checkpoint_v2(db->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                  nullptr);
+      } catch (const std::exception&) {
+        // Nothing lost: the writer still checkpoints at 8,000 pages, and reports its errors.
+        db.reset();
+      }
+      lock.lock();
+      checkpoint_running = false;
+      checkpoint_cv.notify_all();
+    }
+  }
+
+  void stop_checkpointer()
+  {
+    {
+      std::lock_guard lock(checkpoint_mu);
+      checkpointer_stop = true;
+    }
+    checkpoint_cv.notify_all();
+    if (checkpointer.joinable()) checkpointer.join();
+  }
+
+  // --- the write path ---------------------------------------------------------------------
+
+  Expected<void> write(WriteOp& op, bool wakes)
+  {
+    std::unique_lock lock(write_mu);
+    pending.push_back(&op);
+    for (;;) {
+      if (op.state.load(std::memory_order_relaxed) == WriteOp::k_done) break;
+      if (!leader_active && !op.taken) {
+        lead(op, lock);
+        break;
+      }
+      // Sleep on the op's own word, not on the mutex: see WriteOp::state.
+      op.state.store(WriteOp::k_waiting, std::memory_order_relaxed);
+      lock.unlock();
+      uint32_t state;
+      while ((state = op.state.load(std::memory_order_acquire)) == WriteOp::k_waiting) {
+        futex_wait(op.state, WriteOp::k_waiting);
+      }
+      if (state == WriteOp::k_done) break; // without the lock: the leader is done with it
+      lock.lock();                          // told to lead: look again under the lock
+    }
+    // lead() returns without the lock and so does the wake-up that finds k_done, but the check
+    // at the top of the loop holds it: a follower told to lead can find, once it has the lock
+    // again, that a new leader took its request and finished it meanwhile.
+    if (lock.owns_lock()) lock.unlock();
+    if (op.error) return Unexpected(*op.error);
+    if (wakes) notify_waiters();
+    return {};
+  }
+
+  // Commit every pending request (op's among them) in one transaction, as the leader, then
+  // wait for the disk if they need it and answer them. Called with `lock` held; returns with
+  // it released.
+  void lead(WriteOp& op, std::unique_lock<std::mutex>& lock)
+  {
+    leader_active = true;
+    gather_while_syncing(lock);
+    std::vector<WriteOp*> batch;
+    batch.swap(pending);
+    for (auto* o : batch) o->taken = true;
+    lock.unlock();
+    const bool sends = std::any_of(batch.begin(), batch.end(),
+                                   [](const WriteOp* o) { return o->durable && !o->bulk; });
+    checkpoint_pages = sends ? k_checkpoint_pages : k_checkpoint_pages_consuming;
+    execute(batch);
+    checkpoint_pages = k_checkpoint_pages;
+    bool needs_sync = false;
+    for (auto* o : batch) needs_sync = needs_sync || (o->durable && !o->error);
+    needs_sync = needs_sync && options.durability_full;
+    uint64_t generation = 0;
+    if (needs_sync) {
+      std::lock_guard sync_lock(sync_mu);
+      generation = ++committed_generation;
+    }
+    lock.lock();
+    // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
+    leader_active = false;
+    if (!pending.empty()) {
+      pending.front()->state.store(WriteOp::k_lead, std::memory_order_release);
+      futex_wake(pending.front()->state);
+    }
+    lock.unlock();
+    if (needs_sync) {
+      if (auto failure = make_durable(generation)) {
+        for (auto* o : batch) {
+          if (o->durable && !o->error) o->error = failure;
+        }
+      }
+    }
+    // Each op's last touch is the store of k_done, under the lock (a follower that was told
+    // to lead may be looking at its word under it); the wakes after it use only the address.
+    std::vector<std::atomic<uint32_t>*> words;
+    words.reserve(batch.size());
+    lock.lock();
+    for (auto* o : batch) {
+      if (o != &op) words.push_back(&o->state);
+      o->state.store(WriteOp::k_done, std::memory_order_release);
+    }
+    lock.unlock();
+    for (auto* word : words) futex_wake(*word);
+  }
+
+  // Called by a new leader (holding `lock` on write_mu) before it takes the pending requests.
+  // When every pending request is a durable send and an fsync of the WAL is under way, a
+  // commit made now could not be acknowledged before that fsync ends and the next one runs:
+  // wait for it to end (the lead stays taken, so the requests that arrive meanwhile queue up)
+  // and commit them all in one transaction. Many concurrent senders then share a transaction
+  // instead of committing one or two at a time, each paying SQLite's cost per transaction.
+  void gather_while_syncing(std::unique_lock<std::mutex>& lock)
+  {
+    if (!options.durability_full) return;
+    for (const auto* o : pending) {
+      if (!o->durable) return; // receives, deletes: nothing to wait for
+    }
+    lock.unlock();
+    {
+      std::unique_lock sync_lock(sync_mu);
+      sync_cv.wait_for(sync_lock, std::chrono::milliseconds(50), [this] { return !syncing; });
+    }
+    lock.lock();
+  }
+
+  // Wait until the WAL is on disk up to commit `generation`, syncing it if no one else is.
+  std::optional<Error> make_durable(uint64_t generation)
+  {
+    std::unique_lock lock(sync_mu);
+    while (synced_generation < generation) {
+      if (syncing) {
+        sync_cv.wait(lock);
+        continue;
+      }
+      syncing = true;
+      const uint64_t target = committed_generation;
+      lock.unlock();
+      const int err = sync_wal();
+      lock.lock();
+      syncing = false;
+      sync_cv.notify_all();
+      if (err != 0) {
+        return Error(Errc::unavailable,
+                     fmt::format("cannot flush the queue's write-ahead log to disk ({}); the "
+                                 "message may or may not be stored: retry with the same "
+                                 "deduplication id",
+                                 std::strerror(err)));
+      }
+      synced_generation = std::max(synced_generation, target);
+    }
+    return std::nullopt;
+  }
+
+  // fdatasync the WAL file. Any descriptor of the file syncs the file's data. A missing WAL
+  // means SQLite checkpointed it into the (synced) database and removed it.
+  int sync_wal() const
+  {
+    const int fd = ::open(wal_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 0 : errno;
+    const int rc = ::fdatasync(fd);
+    const int err = rc == 0 ? 0 : errno;
+    ::close(fd);
+    return err;
+  }
+
+  void execute(const std::vector<WriteOp*>& batch)
+  {
+    // A damaged database takes no writes: what it acknowledged could not be trusted to last.
+    if (auto damage = damaged()) {
+      for (auto* op : batch) op->error = *damage;
+      return;
+    }
+    try {
+      run_transaction(batch);
+      return;
+    } catch (const sqlite::SqliteError& e) {
+      Error error = e.to_error();
+      if (error.code == Errc::busy) error = busy_error(std::move(error));
+      if (auto damage = damaged()) error = *damage; // it found the damage just now
+      // A failure that is not the whole database's (a constraint, say) belongs to one request:
+      // commit the others alone so that one bad request cannot fail its neighbours.
+      bool per_request = batch.size() > 1 && error.code == Errc::internal;
+      if (!per_request) {
+        for (auto* op : batch) op->error = error;
+        return;
+      }
+    } catch (const std::exception& e) {
+      if (batch.size() == 1) {
+        batch[0]->error = Error(Errc::internal, e.what());
+        return;
+      }
+    }
+    for (auto* op : batch) {
+      try {
+        run_transaction({op});
+      } catch (const sqlite::SqliteError& e) {
+        op->error = e.to_error();
+      } catch (const std::exception& e) {
+        op->error = Error(Errc::internal, e.what());
+      }
+    }
+  }
+
+  void run_transaction(const std::vector<WriteOp*>& ops)
+  {
+    static const std::string k_begin = "BEGIN IMMEDIATE";
+    static const std::string k_commit = "COMMIT";
+    std::shared_lock gate(write_gate());
+    writer->prepare(k_begin)->run();
+    txn_started_us.store(steady_us());
+    struct Ended {
+      std::atomic<int64_t>& started;
+      ~Ended() { started.store(0); }
+    } ended{txn_started_us};
+    try {
+      Txn txn;
+      txn.now = clock.now_ms();
+      for (auto* op : ops) {
+        op->error.reset();
+        op->fn(txn);
+      }
+      finish(txn);
+      writer->prepare(k_commit)->run();
+      ++committed_transactions;
+      committed_requests += static_cast<int64_t>(ops.size());
+    } catch (...) {
+      try {
+        writer->exec("ROLLBACK");
+      } catch (const sqlite::SqliteError&) {
+        // The transaction may already be gone (SQLite rolls back by itself on some errors).
+      }
+      // The dedup index may hold entries of the rolled-back transaction: rebuild it.
+      dedup_index.clear();
+      dedup_seen_id = 0;
+      dedup_epoch = -1;
+      throw;
+    }
+  }
+
+  // Bring the in-memory dedup index up to date with the log, at most once per transaction.
+  void sync_dedup(Txn& txn)
+  {
+    if (txn.dedup_synced) return;
+    txn.dedup_synced = true;
+    static const std::string k_epoch = "SELECT dedup_epoch FROM queues WHERE id = 0";
+    static const std::string k_newer =
+      "SELECT id, queue_id, key, message_id, expires_at, body_hash FROM dedup WHERE id > ?1"
+      " ORDER BY id";
+    const int64_t epoch = writer->query_int(k_epoch);
+    if (epoch != dedup_epoch) {
+      dedup_index.clear();
+      dedup_seen_id = 0;
+      dedup_epoch = epoch;
+    }
+    auto stmt = writer->prepare(k_newer);
+    stmt->bind(1, dedup_seen_id);
+    while (stmt->step()) {
+      dedup_seen_id = stmt->column_int(0);
+      if (stmt->column_int(1) != queue_id || stmt->column_int(4) <= txn.now) continue;
+      dedup_index.put(key_from_blob(stmt->column_view(2)),
+                      DedupEntry{stmt->column_int(0), id_from_blob(stmt->column_view(3)),
+                                 stmt->column_int(4), stmt->column_int(5)});
+    }
+    // Entries past their window only cost memory; drop them now and then.
+    if (txn.now - dedup_pruned_at > 60'000) {
+      dedup_pruned_at = txn.now;
+      dedup_index.prune(txn.now);
+    }
+  }
+
+  // The sequence number the next accepted message will get.
+  int64_t peek_seq(Txn& txn)
+  {
+    if (txn.next_seq == 0) {
+      static const std::string k_sql = "SELECT next_seq FROM queues WHERE id = 0";
+      txn.next_seq = writer->query_int(k_sql);
+    }
+    return txn.next_seq;
+  }
+
+  int64_t take_seq(Txn& txn)
+  {
+    int64_t seq = peek_seq(txn);
+    txn.next_seq = seq + 1;
+    txn.seq_dirty = true;
+    return seq;
+  }
+
+  // Bring the rows of the groups changed so far up to date (before a receive in the same
+  // transaction looks at them, and at the end of every transaction).
+  void flush_groups(Txn& txn)
+  {
+    for (const auto& [queue, group] : txn.touched_groups) fix_group(queue, group);
+    txn.touched_groups.clear();
+  }
+
+  void finish(Txn& txn)
+  {
+    flush_groups(txn);
+    if (txn.seq_dirty) {
+      static const std::string k_sql = "UPDATE queues SET next_seq = ?1 WHERE id = 0";
+      auto stmt = writer->prepare(k_sql);
+      stmt->bind(1, txn.next_seq).run();
+    }
+    for (const auto& [queue, c] : txn.counters) {
+      static const std::string k_sql =
+        "UPDATE queues SET sent = sent + ?2, duplicates = duplicates + ?3,"
+        " received = received + ?4, deleted = deleted + ?5, retried = retried + ?6,"
+        " expired = expired + ?7, dead_lettered = dead_lettered + ?8,"
+        " redriven = redriven + ?9, purged = purged + ?10 WHERE id = ?1";
+      auto stmt = writer->prepare(k_sql);
+      stmt->bind(1, queue).bind(2, c.sent).bind(3, c.duplicates).bind(4, c.received);
+      stmt->bind(5, c.deleted).bind(6, c.retried).bind(7, c.expired).bind(8, c.dead_lettered);
+      stmt->bind(9, c.redriven).bind(10, c.purged).run();
+    }
+  }
+
+  // Make the group's row match its messages: head = lowest seq, ready_at = the head's
+  // visibility; no row for an empty group.
+  void fix_group(int64_t queue, const std::string& group)
+  {
+    static const std::string k_head =
+      "SELECT seq, visible_at FROM messages WHERE queue_id = ?1 AND group_id = ?2"
+      " ORDER BY seq LIMIT 1";
+    static const std::string k_upsert =
+      "INSERT INTO groups(queue_id, group_id, head_seq, ready_at) VALUES (?1, ?2, ?3, ?4)"
+      " ON CONFLICT(queue_id, group_id) DO UPDATE SET head_seq = excluded.head_seq,"
+      " ready_at = excluded.ready_at"
+      " WHERE head_seq != excluded.head_seq OR ready_at != excluded.ready_at";
+    static const std::string k_drop = "DELETE FROM groups WHERE queue_id = ?1 AND group_id = ?2";
+    int64_t head = 0;
+    int64_t ready_at = 0;
+    {
+      auto stmt = writer->prepare(k_head);
+      stmt->bind(1, queue).bind(2, group, false);
+      if (stmt->step()) {
+        head = stmt->column_int(0);
+        ready_at = stmt->column_int(1);
+      }
+    }
+    if (head == 0) {
+      auto stmt = writer->prepare(k_drop);
+      stmt->bind(1, queue).bind(2, group, false).run();
+      return;
+    }
+    auto stmt = writer->prepare(k_upsert);
+    stmt->bind(1, queue).bind(2, group, false).bind(3, head).bind(4, ready_at).run();
+  }
+
+  // --- operations run inside a transaction -------------------------------------------------
+
+  // Accept one prepared message.
+  Expected<SendResult> do_send(Txn& txn, const PreparedSend& prepared)
+  {
+    static const std::string k_dedup_append =
+      "INSERT INTO dedup(id, queue_id, key, message_id, expires_at, body_hash)"
+      " VALUES (?3, ?1, ?2, ?4, ?5, ?6)";
+    static const std::string k_insert =
+      "INSERT INTO messages(seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
+      " visible_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)";
+    const SendRequest& req = *prepared.request;
+    SendResult result;
+    result.dedup_id = prepared.dedup_id;
+    sync_dedup(txn);
+    if (const DedupEntry* known = dedup_index.find(prepared.key);
+        known != nullptr && known->expires_at > txn.now) {
+      if (req.same_body && known->body_hash != 0 && known->body_hash != prepared.body_hash) {
+        return make_error(Errc::conflict,
+                          fmt::format("the deduplication id \"{}\" was used {} s ago for a "
+                                      "different message (message {}); a retry must send the same "
+                                      "request, and a new request needs a new id",
+                                      prepared.dedup_id,
+                                      (txn.now - (known->expires_at - options.dedup_window_ms)) / 1000,
+                                      format_message_id(known->message_id)),
+                          "deduplicationId");
+      }
+      result.duplicate = true;
+      result.message_id = format_message_id(known->message_id);
+      result.seq = known->seq;
+      ++txn.counters[queue_id].duplicates;
+      return result;
+    }
+    const MessageIdBytes id = new_message_id_bytes();
+    const int64_t seq = take_seq(txn);
+    const int64_t expires_at = txn.now + options.dedup_window_ms;
+    {
+      std::array<unsigned char, 16> buf{};
+      auto stmt = writer->prepare(k_dedup_append);
+      stmt->bind(1, queue_id).bind_blob(2, key_blob(prepared.key, buf), false);
+      stmt->bind(3, seq).bind_blob(4, id_blob(id), false).bind(5, expires_at);
+      stmt->bind(6, prepared.body_hash).run();
+    }
+    dedup_seen_id = seq;
+    dedup_index.put(prepared.key, DedupEntry{seq, id, expires_at, prepared.body_hash});
+    {
+      auto stmt = writer->prepare(k_insert);
+      stmt->bind(1, seq).bind(2, queue_id).bind(3, req.group_id, false);
+      stmt->bind_blob(4, id_blob(id), false);
+      if (prepared.content_based) {
+        stmt->bind_null(5);
+      } else {
+        stmt->bind(5, prepared.dedup_id, false);
+      }
+      stmt->bind(6, req.body, false).bind(7, txn.now).run();
+    }
+    result.message_id = format_message_id(id);
+    result.seq = seq;
+    ++txn.counters[queue_id].sent;
+    txn.touched_groups.emplace(queue_id, req.group_id);
+    return result;
+  }
+
+  // Take up to `max` messages from the fronts of the ready groups. With `take` they go in
+  // flight for `visibility_ms` under a new receipt handle; without, they are only read (for
+  // consume, which deletes them in the same transaction).
+  //
+  // A message delivered queue.max_retries + 1 times and still here goes to the DLQ instead of
+  // out once more, as SQS's maxReceiveCount does: its receivers died, hung, or let the
+  // visibility timeout run out each time. The consumers that died with work in hand are
+  // counted too (recover_orphans). With `isolate`, a suspect (a message some delivery of which
+  // ended neither in a deletion nor in a release: it may be what killed its receiver) is
+  // delivered on its own, so that a message that kills its handler costs only itself an
+  // attempt each time, while the messages taken with it go on.
+  std::vector<Message> do_receive(Txn& txn, int max, int64_t visibility_ms, bool take,
+                                  bool isolate)
+  {
+    static const std::string k_groups =
+      "SELECT group_id, head_seq FROM groups INDEXED BY groups_by_head"
+      " WHERE queue_id = ?1 AND ready_at <= ?2 ORDER BY head_seq LIMIT ?3";
+    static const std::string k_messages =
+      "SELECT seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"
+      " first_received_at, failures, last_error FROM messages"
+      " WHERE queue_id = ?1 AND group_id = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4";
+    static const std::string k_take =
+      "UPDATE messages SET visible_at = ?1, receipt_token = ?2, receive_count = receive_count + 1,"
+      " first_received_at = CASE WHEN first_received_at = 0 THEN ?3 ELSE first_received_at END"
+      " WHERE queue_id = ?4 AND group_id = ?5 AND seq BETWEEN ?6 AND ?7";
+    static const std::string k_group_busy =
+      "UPDATE groups SET ready_at = ?1 WHERE queue_id = ?2 AND group_id = ?3";
+
+    std::vector<std::pair<std::string, int64_t>> groups;
+    {
+      auto stmt = writer->prepare(k_groups);
+      stmt->bind(1, queue_id).bind(2, txn.now).bind(3, max);
+      while (stmt->step()) groups.emplace_back(stmt->column_text(0), stmt->column_int(1));
+    }
+    std::vector<Message> out;
+    const int64_t hidden_until = txn.now + visibility_ms;
+    bool alone = false; // out holds one suspect: nothing joins it
+    for (const auto& [group, head] : groups) {
+      if (static_cast<int>(out.size()) >= max || alone) break;
+      const size_t first = out.size();
+      bool stopped = false; // the group's run stopped before a message it could deliver
+      // Scan the group from `from`; after a message that ran out of deliveries is dead-lettered
+      // (not under the scan: rows are not changed under one), go on behind it.
+      for (int64_t from = head, rescans = 0; rescans < 16; ++rescans) {
+        std::optional<std::pair<Located, std::string>> exhausted; // and its last error
+        {
+          auto stmt = writer->prepare(k_messages);
+          stmt->bind(1, queue_id).bind(2, group, false).bind(3, from);
+          stmt->bind(4, max - static_cast<int64_t>(out.size()));
+          // A group delivers from its front and stops at its first message that is not visible.
+          while (stmt->step() && stmt->column_int(5) <= txn.now) {
+            const int64_t received = stmt->column_int(6);
+            const int64_t failures = stmt->column_int(8);
+            if (received > options.max_retries) {
+              exhausted.emplace(Located{stmt->column_int(0), group, failures},
+                                stmt->column_text(9));
+              break;
+            }
+            if (isolate && received > failures) {
+              stopped = true;
+              if (!out.empty()) break;
+              alone = true;
+            }
+            Message m;
+            m.seq = stmt->column_int(0);
+            m.message_id = format_message_id(id_from_blob(stmt->column_view(1)));
+            m.body = stmt->column_text(3);
+            // A content-based id is the SHA-256 of the body: worth computing for a receiver,
+            // who may show it, but not for consume's work, which never looks at it.
+            if (!stmt->column_is_null(2)) {
+              m.dedup_id = stmt->column_text(2);
+            } else if (take) {
+              m.dedup_id = sha256_hex(m.body);
+            }
+            m.sent_at_ms = stmt->column_int(4);
+            m.receive_count = received + 1;
+            m.first_received_at_ms = stmt->column_int(7) == 0 ? txn.now : stmt->column_int(7);
+            m.failures = failures;
+            m.last_error = stmt->column_text(9);
+            m.group_id = group;
+            out.push_back(std::move(m));
+            if (alone) break;
+          }
+        }
+        if (!exhausted) break;
+        const auto& [at, last_error] = *exhausted;
+        const std::string reason = fmt::format(
+          "delivered {} times and never deleted, retries exhausted (queue.max_retries = {}): {}",
+          options.max_retries + 1, options.max_retries,
+          last_error.empty() ? "its receivers died, hung or let the visibility timeout run out"
+                             : last_error);
+        do_dead_letter(txn, at, reason, at.failures, last_error);
+        stopped = true;
+        from = at.seq + 1;
+        if (static_cast<int>(out.size()) >= max || alone) break;
+      }
+      if (out.size() == first) {
+        // The row was stale (its head is not visible after all): repair it.
+        if (!stopped) fix_group(queue_id, group);
+        continue;
+      }
+      if (!take) continue;
+      uint64_t token = 0;
+      while (token == 0) token = random_u64();
+      {
+        auto stmt = writer->prepare(k_take);
+        stmt->bind(1, hidden_until).bind(2, static_cast<int64_t>(token)).bind(3, txn.now);
+        stmt->bind(4, queue_id).bind(5, group, false).bind(6, out[first].seq);
+        stmt->bind(7, out.back().seq).run();
+      }
+      {
+        auto stmt = writer->prepare(k_group_busy);
+        stmt->bind(1, hidden_until).bind(2, queue_id).bind(3, group, false).run();
+      }
+      for (size_t i = first; i < out.size(); ++i) {
+        out[i].receipt = encode_receipt(Receipt{out[i].seq, token});
+      }
+    }
+    if (take) txn.counters[queue_id].received += static_cast<int64_t>(out.size());
+    return out;
+  }
+
+  // Find the message a receipt handle names, or say exactly why it names none.
+  Expected<Located> locate(std::string_view receipt_text)
+  {
+    static const std::string k_sql =
+      "SELECT queue_id, group_id, receipt_token, failures FROM messages WHERE seq = ?1";
+    auto receipt = decode_receipt(receipt_text);
+    if (!receipt) {
+      return make_error(Errc::invalid_input,
+                        "the receipt handle is not one acmo issued; pass the receiptHandle "
+                        "exactly as a receive returned it",
+                        "receiptHandle");
+    }
+    auto stmt = writer->prepare(k_sql);
+    stmt->bind(1, receipt->seq);
+    if (!stmt->step() || stmt->column_int(0) != queue_id) {
+      return make_error(Errc::not_found,
+                        "no message in the queue has this receipt handle: it was already "
+                        "deleted, purged, dropped by retention, or moved to the DLQ",
+                        "receiptHandle");
+    }
+    auto token = static_cast<uint64_t>(stmt->column_int(2));
+    if (token != receipt->token) {
+      return make_error(Errc::stale,
+                        token == 0 ? "the receipt handle is stale: the message was released for "
+                                     "a retry; receive it again to get a new handle"
+                                   : "the receipt handle is stale: the message was received again "
+                                     "after this handle was issued; use the newest handle",
+                        "receiptHandle");
+    }
+    return Located{receipt->seq, stmt->column_text(1), stmt->column_int(3)};
+  }
+
+  // Run `fn(txn, located)` in a write transaction on the message `receipt` names; the result
+  // is fn's, or the reason the handle names no message.
+  template<typename T, typename Fn>
+  Expected<T> with_receipt(std::string_view receipt, Fn fn)
+  {
+    Expected<T> result;
+    WriteOp op;
+    op.fn = [&](Txn& txn) {
+      auto at = locate(receipt);
+      if (at) {
+        result = fn(txn, *at);
+      } else {
+        result = Unexpected(at.error());
+      }
+    };
+    if (auto ok = write(op, true); !ok) return Unexpected(ok.error());
+    return result;
+  }
+
+  // Delete the message a receipt handle names: a lookup and a delete by rowid when the handle
+  // is current (the hot path of every consumer; DELETE ... RETURNING would cost SQLite a
+  // temporary table per call), and locate()'s diagnosis of why not otherwise.
+  Expected<void> remove_by_receipt(Txn& txn, std::string_view receipt_text)
+  {
+    static const std::string k_find =
+      "SELECT group_id FROM messages WHERE seq = ?1 AND queue_id = ?2 AND receipt_token = ?3";
+    if (auto receipt = decode_receipt(receipt_text)) {
+      std::optional<std::string> group;
+      {
+        auto stmt = writer->prepare(k_find);
+        stmt->bind(1, receipt->seq).bind(2, queue_id);
+        stmt->bind(3, static_cast<int64_t>(receipt->token));
+        if (stmt->step()) group = stmt->column_text(0);
+      }
+      if (group) {
+        remove_located(txn, Located{receipt->seq, std::move(*group), 0});
+        return {};
+      }
+    }
+    // The handle is not current: locate() says why (garbage, gone, or stale).
+    auto at = locate(receipt_text);
+    if (!at) return Unexpected(at.error());
+    return make_error(Errc::internal, "the message of a current receipt handle was not deleted");
+  }
+
+  void remove_located(Txn& txn, const Located& at)
+  {
+    static const std::string k_sql = "DELETE FROM messages WHERE seq = ?1";
+    writer->prepare(k_sql)->bind(1, at.seq).run();
+    ++txn.counters[queue_id].deleted;
+    txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  void do_hide(Txn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
+               std::string_view error)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET visible_at = ?2,"
+      " receipt_token = CASE WHEN ?3 THEN receipt_token ELSE 0 END,"
+      " failures = ?4, last_error = CASE WHEN ?5 IS NULL THEN last_error ELSE ?5 END"
+      " WHERE seq = ?1";
+    auto stmt = writer->prepare(k_sql);
+    stmt->bind(1, at.seq).bind(2, until).bind(3, keep_receipt ? 1 : 0).bind(4, failures);
+    if (error.data()) {
+      stmt->bind(5, error);
+    } else {
+      stmt->bind_null(5);
+    }
+    stmt->run();
+    txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  // Count the deliveries that consumers which died with work in hand made (claimed from the
+  // journal): each message they were handling that is still where they took it from counts a
+  // receive that ended in neither a deletion nor a release, which makes it a suspect, and
+  // dead-lettered by do_receive once there are too many.
+  void recover_orphans(const std::vector<WorkJournal::Orphan>& orphans, int64_t now)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET receive_count = receive_count + 1, last_error = ?3,"
+      " first_received_at = CASE WHEN first_received_at = 0 THEN ?4 ELSE first_received_at END"
+      " WHERE seq = ?1 AND queue_id = ?2 AND receipt_token = 0";
+    for (const auto& orphan : orphans) {
+      const std::string why =
+        fmt::format("the process handling it (pid {}) died before it was settled", orphan.pid);
+      for (const int64_t seq : orphan.seqs) {
+        writer->prepare(k_sql)->bind(1, seq).bind(2, queue_id).bind(3, why).bind(4, now).run();
+      }
+    }
+  }
+
+  // Count a receive of message `seq` that never put it in flight (consume).
+  void note_received(int64_t seq, int64_t now)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET receive_count = receive_count + 1,"
+      " first_received_at = CASE WHEN first_received_at = 0 THEN ?2 ELSE first_received_at END"
+      " WHERE seq = ?1";
+    writer->prepare(k_sql)->bind(1, seq).bind(2, now).run();
+  }
+
+  // Run `work` in a savepoint and settle the messages `at` by its dispositions: delete each, or
+  // dead-letter it with its reason (for consume, `never_in_flight`, counting its receive too).
+  // Failed work (an error returned or a SQLite error thrown) undoes only itself, not the other
+  // requests sharing the transaction, and leaves the messages as they were.
+  Expected<void> settle_located(Txn& txn, const std::vector<Located>& at,
+                                const std::function<Expected<std::vector<Disposition>>()>& work,
+                                bool never_in_flight)
+  {
+    writer->exec("SAVEPOINT settle");
+    Expected<std::vector<Disposition>> dispositions;
+    try {
+      dispositions = work();
+    } catch (const sqlite::SqliteError& e) {
+      dispositions = Unexpected(e.to_error());
+    }
+    if (dispositions && dispositions->size() != at.size()) {
+      dispositions = make_error(Errc::internal, "the work returned a disposition count that "
+                                                "differs from the message count");
+    }
+    if (!dispositions) {
+      writer->exec("ROLLBACK TO settle");
+      writer->exec("RELEASE settle");
+      return Unexpected(dispositions.error());
+    }
+    writer->exec("RELEASE settle");
+    for (size_t i = 0; i < at.size(); ++i) {
+      const Disposition& d = (*dispositions)[i];
+      if (!d.dead_letter) {
+        remove_located(txn, at[i]);
+        continue;
+      }
+      if (never_in_flight) note_received(at[i].seq, txn.now);
+      do_dead_letter(txn, at[i], d.reason, at[i].failures + 1, d.reason);
+    }
+    return {};
+  }
+
+  void do_dead_letter(Txn& txn, const Located& at, std::string_view reason, int64_t failures,
+                      std::string_view error)
+  {
+    static const std::string k_sql =
+      "UPDATE messages SET queue_id = ?2, dead_reason = ?3, dead_at = ?4, receipt_token = 0,"
+      " visible_at = 0, failures = ?5, last_error = ?6 WHERE seq = ?1";
+    auto stmt = writer->prepare(k_sql);
+    stmt->bind(1, at.seq).bind(2, dlq_id).bind(3, reason).bind(4, txn.now).bind(5, failures);
+    stmt->bind(6, error).run();
+    ++txn.counters[queue_id].dead_lettered;
+    txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  SweepResult do_sweep(Txn& txn)
+  {
+    static const std::string k_oldest =
+      "SELECT seq, queue_id, group_id, sent_at FROM messages ORDER BY seq LIMIT 512";
+    static const std::string k_drop_message = "DELETE FROM messages WHERE seq = ?1";
+    SweepResult result;
+    const int64_t cutoff = txn.now - options.retention_ms;
+    // Sequence order is send order, so the expired messages are a prefix of the table. Each
+    // sweep is bounded so that a huge backlog cannot hold the write lock for long.
+    for (int round = 0; round < 20; ++round) {
+      std::vector<std::tuple<int64_t, int64_t, std::string>> doomed;
+      bool more = false;
+      {
+        auto stmt = writer->prepare(k_oldest);
+        int rows = 0;
+        while (stmt->step()) {
+          ++rows;
+          if (stmt->column_int(3) >= cutoff) break;
+          doomed.emplace_back(stmt->column_int(0), stmt->column_int(1), stmt->column_text(2));
+        }
+        more = rows == 512 && doomed.size() == 512;
+      }
+      for (const auto& [seq, queue, group] : doomed) {
+        writer->prepare(k_drop_message)->bind(1, seq).run();
+        ++txn.counters[queue].expired;
+        txn.touched_groups.emplace(queue, group);
+      }
+      result.expired += static_cast<int64_t>(doomed.size());
+      if (!more) break;
+    }
+    // The dedup log is in expiry order too: find how far its expired prefix goes, then drop
+    // that range in one statement.
+    int64_t last_expired = 0;
+    for (int round = 0; round < 200; ++round) {
+      static const std::string k_scan =
+        "SELECT id, expires_at FROM dedup WHERE id > ?1 ORDER BY id LIMIT 512";
+      int rows = 0;
+      bool reached_live = false;
+      auto stmt = writer->prepare(k_scan);
+      stmt->bind(1, last_expired);
+      while (stmt->step()) {
+        ++rows;
+        if (stmt->column_int(1) > txn.now) {
+          reached_live = true;
+          break;
+        }
+        last_expired = stmt->column_int(0);
+        ++result.dedup_removed;
+      }
+      if (reached_live || rows < 512) break;
+    }
+    if (last_expired > 0) {
+      static const std::string k_drop = "DELETE FROM dedup WHERE id <= ?1";
+      writer->prepare(k_drop)->bind(1, last_expired).run();
+    }
+    return result;
+  }
+
+  // --- reads --------------------------------------------------------------------------------
+
+  // Whether a group of the queue has a visible head: the cheap probe of an idle long poll.
+  bool anything_ready(int64_t now)
+  {
+    static const std::string k_sql =
+      "SELECT 1 FROM groups INDEXED BY groups_by_head WHERE queue_id = ?1 AND ready_at <= ?2"
+      " LIMIT 1";
+    std::lock_guard lock(read_mu);
+    auto stmt = reader->prepare(k_sql);
+    stmt->bind(1, queue_id).bind(2, now);
+    return stmt->step();
+  }
+
+  static Message read_message(sqlite::Statement& stmt)
+  {
+    Message m;
+    m.seq = stmt.column_int(0);
+    m.message_id = format_message_id(id_from_blob(stmt.column_view(1)));
+    m.group_id = stmt.column_text(2);
+    m.body = stmt.column_text(4);
+    m.dedup_id = stmt.column_is_null(3) ? sha256_hex(m.body) : stmt.column_text(3);
+    m.sent_at_ms = stmt.column_int(5);
+    m.receive_count = stmt.column_int(6);
+    m.first_received_at_ms = stmt.column_int(7);
+    m.failures = stmt.column_int(8);
+    m.last_error = stmt.column_text(9);
+    m.dead_reason = stmt.column_text(10);
+    m.dead_at_ms = stmt.column_int(11);
+    return m;
+  }
+
+  void notify_waiters()
+  {
+    {
+      std::lock_guard lock(wake_mu);
+      ++wake_generation;
+    }
+    wake_cv.notify_all();
+  }
+
+  // Check each request (outside the write lock), then accept the valid ones in one
+  // transaction. Entries that break a limit get their own error; a failed transaction fails
+  // every entry.
+  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count,
+                                              bool bulk = false)
+  {
+    std::vector<Expected<SendResult>> results(count);
+    std::vector<std::pair<size_t, PreparedSend>> valid;
+    valid.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      auto prepared = prepare_send(requests[i]);
+      if (prepared) {
+        valid.emplace_back(i, std::move(*prepared));
+      } else {
+        results[i] = Unexpected(prepared.error());
+      }
+    }
+    if (valid.empty()) return results;
+    WriteOp op;
+    op.durable = true;
+    op.bulk = bulk;
+    op.fn = [&](Txn& txn) {
+      for (const auto& [i, prepared] : valid) results[i] = do_send(txn, prepared);
+    };
+    if (auto ok = write(op, true); !ok) {
+      for (const auto& entry : valid) results[entry.first] = Unexpected(ok.error());
+    }
+    return results;
+  }
+
+  // Check a request, fill in its dedup id and compute its dedup key; all outside the lock.
+  Expected<PreparedSend> prepare_send(const SendRequest& request) const
+  {
+    PreparedSend out;
+    out.request = &request;
+    if (auto ok = limits::check_body(request.body); !ok) return Unexpected(ok.error());
+    if (auto ok = limits::check_id(request.group_id, "groupId"); !ok) {
+      return Unexpected(ok.error());
+    }
+    if (request.dedup_id.empty() && !options.content_based_dedup) {
+      return make_error(Errc::invalid_input,
+                        "deduplicationId is required when queue.content_based_dedup is off",
+                        "deduplicationId");
+    }
+    if (!request.dedup_id.empty()) {
+      if (auto ok = limits::check_id(request.dedup_id, "deduplicationId"); !ok) {
+        return Unexpected(ok.error());
+      }
+    }
+    // The body's digest: the dedup id when it is content-based, and the fingerprint a later
+    // send with the same id is compared with (SendRequest::same_body).
+    const auto digest = sha256_bytes(request.body);
+    out.body_hash = hash_word(digest);
+    if (request.dedup_id.empty()) {
+      out.dedup_id = hex_of(digest);
+      out.content_based = true;
+    } else {
+      out.dedup_id = request.dedup_id;
+    }
+    out.key = dedup_key(out.dedup_id);
+    return out;
+  }
+
+};
+
+// --- opening ---------------------------------------------------------------------------------
+
+Expected<void> check_queue_options(const QueueOptions& options)
+{
+  auto within = [](int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; };
+  if (auto ok = limits::check_id(options.name, "queue.name"); !ok) return ok;
+  if (auto ok = limits::check_id(options.dlq_name, "queue.dlq_name"); !ok) return ok;
+  if (options.name == options.dlq_name) {
+    return make_error(Errc::invalid_input,
+                      "queue.dlq_name must differ from queue.name: the queue and its DLQ need "
+                      "names of their own",
+                      "queue.dlq_name");
+  }
+  if (!within(options.visibility_timeout_ms, 0, k_max_visibility_ms)) {
+    return make_error(Errc::invalid_input, "queue.visibility_timeout must be between 0s and 12h",
+                      "queue.visibility_timeout");
+  }
+  if (options.max_retries < 0) {
+    return make_error(Errc::invalid_input, "queue.max_retries must not be negative",
+                      "queue.max_retries");
+  }
+  for (auto d : options.retry_delays_ms) {
+    if (!within(d, 0, k_max_visibility_ms)) {
+      return make_error(Errc::invalid_input,
+                        "each of queue.retry_delays must be between 0s and 12h",
+                        "queue.retry_delays");
+    }
+  }
+  if (options.dedup_window_ms < 0) {
+    return make_error(Errc::invalid_input, "queue.dedup_window must not be negative",
+                      "queue.dedup_window");
+  }
+  if (options.retention_ms <= 0) {
+    return make_error(Errc::invalid_input, "queue.retention must be longer than 0s",
+                      "queue.retention");
+  }
+  if (options.busy_timeout_ms < 0 || options.poll_interval_ms < 1) {
+    return make_error(Errc::invalid_input,
+                      "queue.busy_timeout must not be negative and queue.poll_interval must be "
+                      "at least 1ms",
+                      options.busy_timeout_ms < 0 ? "queue.busy_timeout" : "queue.poll_interval");
+  }
+  return {};
+}
+
+namespace {
+
+void apply_connection_settings(sqlite::Database& db, int64_t busy_timeout_ms)
+{
+  auto switch_to_wal = [&]() -> std::string {
+    try {
+      auto stmt = db.prepare("PRAGMA journal_mode=WAL");
+      return stmt->step() ? stmt->column_text(0) : std::string();
+    } catch (const sqlite::SqliteError& e) {
+      if ((e.code() & 0xff) != k_sqlite_busy) throw;
+      return "busy";
+    }
+  };
+  // Switching a new file to WAL needs it to itself for a moment. While another process that
+  // is opening the same new file holds a lock, the pragma fails at once with "database is
+  // locked" (no busy handler runs for it) or answers with the old mode. Try again until the
+  // busy timeout.
+  std::string mode = switch_to_wal();
+  const auto deadline =
+    std::chrono::steady_clock::now() + std::chrono::milliseconds(busy_timeout_ms);
+  while (mode != "wal" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    mode = switch_to_wal();
+  }
+  if (mode != "wal") {
+    throw sqlite::SqliteError(1, fmt::format("cannot switch {} to WAL mode (got \"{}\"); is it on "
+                                             "a network file system?",
+                                             db.path(), mode));
+  }
+  // Commits never fsync by themselves: the write path syncs the WAL for the requests that need
+  // it (see Impl::make_durable). Checkpoints still sync the WAL before copying it.
+  db.exec("PRAGMA synchronous=NORMAL");
+  db.exec("PRAGMA temp_store=MEMORY");
+  db.exec("PRAGMA cache_size=-16000");
+}
+
+// Whether the file belongs to another program: someone else's application id, or tables in a
+// file acmo never stamped.
+bool is_foreign(sqlite::Database& db)
+{
+  int64_t version = db.query_int("PRAGMA user_version");
+  int64_t app_id = db.query_int("PRAGMA application_id");
+  int64_t tables = db.query_int("SELECT COUNT(*) FROM sqlite_master");
+  return (app_id != 0 && app_id != schema::k_application_id)
+         || (app_id == 0 && version == 0 && tables > 0);
+}
+
+Unexpected foreign_file_error(sqlite::Database& db)
+{
+  return make_error(Errc::invalid_input,
+                    fmt::format("{} is an SQLite database of another program, not an acmo "
+                                "database; point --data-dir at a directory of acmo's own",
+                                db.path()));
+}
+
+// Refuse another program's file before anything is written to it: even the switch to WAL
+// rewrites the file's header. One read transaction, so that an acmo process creating the schema
+// at this moment is seen either before or after, never half-way.
+// `read`'s result, read in one read transaction of `db` (rolled back when `read` throws).
+template<typename Fn> auto in_read_transaction(sqlite::Database& db, Fn read)
+{
+  db.exec("BEGIN");
+  try {
+    auto result = read();
+    db.exec("COMMIT");
+    return result;
+  } catch (...) {
+    try {
+      db.exec("ROLLBACK");
+    } catch (const sqlite::SqliteError&) {
+    }
+    throw;
+  }
+}
+
+Expected<void> refuse_foreign(sqlite::Database& db)
+{
+  if (in_read_transaction(db, [&] { return is_foreign(db); })) return foreign_file_error(db);
+  return {};
+}
+
+void sync_directory_of(const std::string& path)
+{
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return; // best effort: the files themselves are synced either way
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// Create or migrate the schema; refuse files that belong to something else.
+Expected<void> migrate(sqlite::Database& db)
+{
+  // Up to date, as nearly always: a read tells, so that opening the queue never waits for
+  // another process's write lock (a handler stopped in its transaction must not keep `acmo
+  // stats` from reading).
+  const bool current = in_read_transaction(db, [&] {
+    return !is_foreign(db) && db.query_int("PRAGMA user_version")
+                                == static_cast<int64_t>(schema::migrations().size());
+  });
+  if (current) return {};
+  std::shared_lock gate(write_gate());
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    int64_t version = db.query_int("PRAGMA user_version");
+    const auto& steps = schema::migrations();
+    if (is_foreign(db)) {
+      db.exec("ROLLBACK");
+      return foreign_file_error(db);
+    }
+    if (version > static_cast<int64_t>(steps.size())) {
+      db.exec("ROLLBACK");
+      return make_error(Errc::conflict,
+                        fmt::format("{} was written by a newer acmo (schema {}, this acmo knows "
+                                    "up to {}); upgrade acmo",
+                                    db.path(), version, steps.size()));
+    }
+    for (auto i = static_cast<size_t>(version); i < steps.size(); ++i) db.exec(steps[i]);
+    if (version < static_cast<int64_t>(steps.size())) {
+      db.exec(fmt::format("PRAGMA application_id={}", schema::k_application_id));
+      db.exec(fmt::format("PRAGMA user_version={}", steps.size()));
+    }
+    db.exec("COMMIT");
+  } catch (...) {
+    try {
+      db.exec("ROLLBACK");
+    } catch (const sqlite::SqliteError&) {
+    }
+    throw;
+  }
+  return {};
+}
+
+// The id of queue `name`, or 0 when it has no row yet.
+int64_t find_queue(sqlite::Database& db, const std::string& name)
+{
+  auto stmt = db.prepare("SELECT id FROM queues WHERE name = ?1");
+  stmt->bind(1, name);
+  return stmt->step() ? stmt->column_int(0) : 0;
+}
+
+int64_t ensure_queue(sqlite::Database& db, const std::string& name, int64_t now)
+{
+  db.prepare("INSERT OR IGNORE INTO queues(name, created_at) VALUES (?1, ?2)")
+    ->bind(1, name)
+    .bind(2, now)
+    .run();
+  auto stmt = db.prepare("SELECT id FROM queues WHERE name = ?1");
+  stmt->bind(1, name);
+  if (!stmt->step()) throw sqlite::SqliteError(1, "queue row vanished after insert");
+  return stmt->column_int(0);
+}
+
+} // namespace
+
+Queue::Queue(std::unique_ptr<Impl> impl, QueueOptions options)
+  : m_impl(std::move(impl)), m_options(std::move(options))
+{
+}
+
+Queue::~Queue() = default;
+
+Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOptions options,
+                                             const Clock& clock)
+{
+  if (auto ok = check_queue_options(options); !ok) return Unexpected(ok.error());
+  auto impl = std::make_unique<Impl>(clock, options, db_path);
+  try {
+    impl->writer = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
+    impl->db_path = db_path;
+    impl->wal_path = db_path + "-wal";
+    if (auto ok = refuse_foreign(*impl->writer); !ok) return Unexpected(ok.error());
+    apply_connection_settings(*impl->writer, options.busy_timeout_ms);
+    // In place of wal_autocheckpoint (see Impl::on_wal_commit).
+    sqlite3_wal_hook(impl->writer->handle(), &Impl::on_wal_commit, impl.get());
+    if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
+    impl->queue_id = find_queue(*impl->writer, options.name);
+    impl->dlq_id = find_queue(*impl->writer, options.dlq_name);
+    if (impl->queue_id == 0 || impl->dlq_id == 0) {
+      std::shared_lock gate(write_gate());
+      impl->writer->exec("BEGIN IMMEDIATE");
+      impl->queue_id = ensure_queue(*impl->writer, options.name, clock.now_ms());
+      impl->dlq_id = ensure_queue(*impl->writer, options.dlq_name, clock.now_ms());
+      impl->writer->exec("COMMIT");
+    }
+    impl->writer->on_long_wait(1'000, [p = impl.get()] { p->warn_waiting(); });
+    impl->damage_marker = sqlite::damage_marker_path(db_path);
+    // Marked damaged, and restored since? The check decides: passed, the mark goes.
+    if (::access(impl->damage_marker.c_str(), F_OK) == 0 && impl->quick_check()) {
+      log::warn("{} was marked damaged, and passes its integrity check now: the mark is removed",
+                db_path);
+      ::unlink(impl->damage_marker.c_str());
+    }
+    // The database and its WAL may have just been created: make their directory entries
+    // durable too, or a power cut could lose a file whose contents were fsynced.
+    sync_directory_of(db_path);
+    impl->reader = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
+    impl->reader->exec("PRAGMA query_only=ON");
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+  return std::unique_ptr<Queue>(new Queue(std::move(impl), std::move(options)));
+}
+
+// --- sending -------------------------------------------------------------------------------------
+
+Expected<SendResult> Queue::send(const SendRequest& request)
+{
+  auto prepared = m_impl->prepare_send(request);
+  if (!prepared) return Unexpected(prepared.error());
+  Expected<SendResult> result;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) { result = m_impl->do_send(txn, *prepared); };
+  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  return result;
+}
+
+Expected<std::vector<Expected<SendResult>>>
+Queue::send_batch(const std::vector<SendRequest>& requests)
+{
+  if (requests.empty() || requests.size() > limits::k_max_batch) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("a batch holds 1 to {} entries, not {}; split it",
+                                  limits::k_max_batch, requests.size()),
+                      "entries");
+  }
+  return m_impl->send_many(requests.data(), requests.size());
+}
+
+std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest>& requests)
+{
+  std::vector<Expected<SendResult>> results;
+  results.reserve(requests.size());
+  for (size_t start = 0; start < requests.size(); start += k_bulk_chunk) {
+    const size_t count = std::min(requests.size() - start, k_bulk_chunk);
+    auto part = m_impl->send_many(requests.data() + start, count, true);
+    std::move(part.begin(), part.end(), std::back_inserter(results));
+  }
+  return results;
+}
+
+// --- receiving -----------------------------------------------------------------------------------
+
+Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> visibility_ms,
+                                              int64_t wait_ms, bool isolate_suspects)
+{
+  std::vector<Expected<void>> none;
+  return remove_and_receive({}, none, max, visibility_ms, wait_ms, isolate_suspects);
+}
+
+// The limits every receive checks: how many messages it asks for and how long it waits.
+static Expected<void> check_receive(int max, int64_t wait_ms)
+{
+  if (max < 1 || max > k_max_receive) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("a receive asks for 1 to {} messages, not {}", k_max_receive, max),
+                      "maxMessages");
+  }
+  if (wait_ms < 0 || wait_ms > k_max_wait_ms) {
+    return make_error(Errc::invalid_input, "the wait time must be between 0 and 20 s",
+                      "waitTimeSeconds");
+  }
+  return {};
+}
+
+Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::string>& done,
+                                                         std::vector<Expected<void>>& deleted,
+                                                         int max,
+                                                         std::optional<int64_t> visibility_ms,
+                                                         int64_t wait_ms, bool isolate_suspects)
+{
+  deleted.assign(done.size(), Expected<void>{});
+  if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
+  const int64_t visibility = visibility_ms.value_or(m_options.visibility_timeout_ms);
+  if (visibility < 0 || visibility > k_max_visibility_ms) {
+    return make_error(Errc::invalid_input,
+                      "the visibility timeout must be between 0 and 43200 s (12 h)",
+                      "visibilityTimeout");
+  }
+  auto& impl = *m_impl;
+  std::vector<Message> got;
+  auto polled = poll(wait_ms, [&](bool first_try) -> Expected<bool> {
+    WriteOp op;
+    const bool removing = first_try && !done.empty();
+    op.fn = [&](Txn& txn) {
+      if (removing) {
+        for (size_t i = 0; i < done.size(); ++i) deleted[i] = impl.remove_by_receipt(txn, done[i]);
+        impl.flush_groups(txn);
+      }
+      got = impl.do_receive(txn, max, visibility, true, isolate_suspects);
+    };
+    if (auto ok = impl.write(op, removing); !ok) {
+      if (removing) {
+        for (auto& d : deleted) d = Unexpected(ok.error());
+      }
+      return Unexpected(ok.error());
+    }
+    return !got.empty();
+  });
+  if (!polled) return Unexpected(polled.error());
+  return got;
+}
+
+Expected<void> Queue::poll(int64_t wait_ms, const std::function<Expected<bool>(bool)>& attempt)
+{
+  auto& impl = *m_impl;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  bool first_try = true;
+  try {
+    for (;;) {
+      uint64_t generation;
+      {
+        std::lock_guard lock(impl.wake_mu);
+        if (impl.interrupted) return {};
+        generation = impl.wake_generation;
+      }
+      const int64_t now = impl.clock.now_ms();
+      if (now - impl.last_sweep_ms.load() >= m_options.housekeeping_interval_ms) {
+        impl.last_sweep_ms = now;
+        if (auto swept = sweep(); !swept) return Unexpected(swept.error());
+      }
+      // After the first try, probe with a cheap read before taking the write lock: idle
+      // pollers must not queue up behind, or slow down, the processes doing real work.
+      if (first_try || impl.anything_ready(now)) {
+        auto got = attempt(first_try);
+        first_try = false;
+        if (!got) return Unexpected(got.error());
+        if (*got) return {};
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
+      if (left <= 0 || !impl.clock.is_real()) return {};
+      const int64_t nap = std::min<int64_t>(m_options.poll_interval_ms, left);
+      std::unique_lock lock(impl.wake_mu);
+      impl.wake_cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(nap, 1)), [&] {
+        return impl.interrupted || impl.wake_generation != generation;
+      });
+    }
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<std::vector<Message>> Queue::consume(int max, int64_t wait_ms, const ConsumeWork& work)
+{
+  if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
+  auto& impl = *m_impl;
+  std::vector<Message> got;
+  Expected<void> result;
+  auto polled = poll(wait_ms, [&](bool) -> Expected<bool> {
+    WriteOp op;
+    op.fn = [&](Txn& txn) {
+      result = {};
+      got = impl.do_receive(txn, max, 0, false, true);
+      if (got.empty()) return;
+      std::vector<Located> at;
+      std::vector<int64_t> seqs;
+      at.reserve(got.size());
+      seqs.reserve(got.size());
+      for (const auto& m : got) {
+        at.push_back(Located{m.seq, m.group_id, m.failures});
+        seqs.push_back(m.seq);
+      }
+      // Should the work kill this process, the journal says what it was handling, and the
+      // attempt is counted (recover_orphans). Without a journal (it cannot be written) the
+      // work still runs: the journal only guards against what should never happen.
+      const bool journaled = impl.journal.begin(impl.queue_id, seqs.data(), seqs.size()).has_value();
+      result = impl.settle_located(txn, at, [&] { return work(*impl.writer, got); }, true);
+      if (journaled) impl.journal.end();
+      if (result) txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
+    };
+    if (auto ok = impl.write(op, true); !ok) return Unexpected(ok.error());
+    if (!result) return Unexpected(result.error());
+    return !got.empty();
+  });
+  if (!polled) return Unexpected(polled.error());
+  return got;
+}
+
+Expected<void> Queue::remove(std::string_view receipt)
+{
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) { result = m_impl->remove_by_receipt(txn, receipt); };
+  if (auto ok = m_impl->write(op, true); !ok) return ok;
+  return result;
+}
+
+std::vector<Expected<void>> Queue::remove_batch(const std::vector<std::string>& receipts)
+{
+  std::vector<Expected<void>> results(receipts.size());
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    for (size_t i = 0; i < receipts.size(); ++i) {
+      results[i] = m_impl->remove_by_receipt(txn, receipts[i]);
+    }
+  };
+  if (auto ok = m_impl->write(op, true); !ok) {
+    for (auto& r : results) r = Unexpected(ok.error());
+  }
+  return results;
+}
+
+Expected<void> Queue::change_visibility(std::string_view receipt, int64_t timeout_ms)
+{
+  if (timeout_ms < 0 || timeout_ms > k_max_visibility_ms) {
+    return make_error(Errc::invalid_input,
+                      "the visibility timeout must be between 0 and 43200 s (12 h)",
+                      "visibilityTimeout");
+  }
+  return m_impl->with_receipt<void>(receipt, [&](Txn& txn, const Located& at) {
+    m_impl->do_hide(txn, at, txn.now + timeout_ms, true, at.failures, {});
+    return Expected<void>{};
+  });
+}
+
+Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_view error)
+{
+  return m_impl->with_receipt<ReleaseOutcome>(receipt, [&](Txn& txn, const Located& at) {
+    ReleaseOutcome outcome;
+    outcome.attempt = at.failures + 1;
+    if (outcome.attempt > m_options.max_retries) {
+      outcome.dead_lettered = true;
+      auto reason = fmt::format("failed {} time{}, retries exhausted (queue.max_retries = {}): {}",
+                                outcome.attempt, outcome.attempt == 1 ? "" : "s",
+                                m_options.max_retries, error);
+      m_impl->do_dead_letter(txn, at, reason, outcome.attempt, error);
+    } else {
+      const auto& delays = m_options.retry_delays_ms;
+      if (!delays.empty()) {
+        auto index = std::min(static_cast<size_t>(outcome.attempt - 1), delays.size() - 1);
+        outcome.retry_in_ms = delays[index];
+      }
+      m_impl->do_hide(txn, at, txn.now + outcome.retry_in_ms, false, outcome.attempt, error);
+      ++txn.counters[m_impl->queue_id].retried;
+    }
+    return Expected<ReleaseOutcome>(outcome);
+  });
+}
+
+Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view reason)
+{
+  return m_impl->with_receipt<void>(receipt, [&](Txn& txn, const Located& at) {
+    m_impl->do_dead_letter(txn, at, reason, at.failures + 1, reason);
+    return Expected<void>{};
+  });
+}
+
+Expected<void> Queue::run_write(const std::function<Expected<void>(sqlite::Database&)>& work)
+{
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn&) {
+    auto& writer = *m_impl->writer;
+    writer.exec("SAVEPOINT work");
+    result = work(writer);
+    writer.exec(result ? "RELEASE work" : "ROLLBACK TO work");
+    if (!result) writer.exec("RELEASE work");
+  };
+  if (auto ok = m_impl->write(op, false); !ok) return ok;
+  return result;
+}
+
+Expected<void> Queue::check_integrity()
+{
+  auto& impl = *m_impl;
+  if (auto damage = impl.damaged()) return Unexpected(*damage);
+  std::lock_guard lock(impl.integrity_mu);
+  const int64_t started = steady_us();
+  if (started < impl.integrity_due_us) return {};
+  auto result = impl.quick_check();
+  // Checked again after 100 times as long as it took, between a second and ten minutes: a
+  // small database every second, one that takes 2 s every 200 s.
+  const int64_t took = steady_us() - started;
+  impl.integrity_due_us = steady_us() + std::clamp<int64_t>(100 * took, 1'000'000, 600'000'000);
+  return result;
+}
+
+Expected<void> Queue::check_writable()
+{
+  constexpr uint64_t k_plenty = 16ull << 20;
+  constexpr off_t k_probe = 256 << 10; // more than a batch of sends appends to the WAL
+  const std::string& wal = m_impl->wal_path;
+  const std::string dir = wal.find('/') == std::string::npos ? "." : wal.substr(0, wal.rfind('/'));
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) == 0 &&
+      static_cast<uint64_t>(fs.f_bavail) * static_cast<uint64_t>(fs.f_frsize) >= k_plenty) {
+    return {};
+  }
+  // Little space left: can the disk still give a commit's worth? (The WAL may have room for a
+  // small write that proves nothing; a file of its own allocates for real.)
+  const std::string probe = dir + "/.acmo-space-probe";
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int rc = fd >= 0 ? 0 : errno;
+  if (fd >= 0) {
+    rc = ::posix_fallocate(fd, 0, k_probe);
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
+  if (rc == ENOSPC || rc == EDQUOT) {
+    return make_error(
+      Errc::unavailable,
+      fmt::format("the disk holding the queue is full ({} kB free in {}); free some space and retry",
+                  static_cast<uint64_t>(fs.f_bavail) * static_cast<uint64_t>(fs.f_frsize) / 1024,
+                  dir));
+  }
+  // And a write of the database itself (rewriting a row with its own value dirties its page).
+  return run_write([](sqlite::Database& db) -> Expected<void> {
+    db.exec("UPDATE queues SET created_at = created_at WHERE id = 0");
+    return {};
+  });
+}
+
+Expected<void> Queue::settle(const std::vector<std::string>& receipts, const SettleWork& work)
+{
+  Expected<void> result;
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    auto& impl = *m_impl;
+    std::vector<Located> located;
+    for (const auto& receipt : receipts) {
+      auto at = impl.locate(receipt);
+      if (!at) {
+        result = Unexpected(at.error());
+        return;
+      }
+      located.push_back(std::move(*at));
+    }
+    result = impl.settle_located(txn, located, [&] { return work(*impl.writer); }, false);
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return ok;
+  return result;
+}
+
+// --- the DLQ, purge, housekeeping ----------------------------------------------------------------
+
+static const std::string k_message_columns =
+  "seq, message_id, group_id, dedup_id, body, sent_at, receive_count, first_received_at,"
+  " failures, last_error, dead_reason, dead_at";
+
+Expected<std::vector<Message>> Queue::dlq_list(int64_t limit, int64_t offset)
+{
+  static const std::string k_sql = "SELECT " + k_message_columns
+                                   + " FROM messages WHERE queue_id = ?1 ORDER BY seq"
+                                     " LIMIT ?2 OFFSET ?3";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto stmt = m_impl->reader->prepare(k_sql);
+    stmt->bind(1, m_impl->dlq_id).bind(2, limit).bind(3, offset);
+    std::vector<Message> out;
+    while (stmt->step()) out.push_back(Impl::read_message(*stmt));
+    return out;
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<std::optional<Message>> Queue::find(int64_t seq)
+{
+  static const std::string k_sql = "SELECT " + k_message_columns
+                                   + " FROM messages WHERE seq = ?1 AND queue_id IN (?2, ?3)";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto stmt = m_impl->reader->prepare(k_sql);
+    stmt->bind(1, seq).bind(2, m_impl->queue_id).bind(3, m_impl->dlq_id);
+    if (!stmt->step()) return std::optional<Message>();
+    return std::optional<Message>(Impl::read_message(*stmt));
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<Message> Queue::dlq_show(std::string_view message_id)
+{
+  static const std::string k_sql = "SELECT " + k_message_columns
+                                   + " FROM messages WHERE queue_id = ?1 AND message_id = ?2";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto id = parse_message_id(message_id);
+    auto stmt = m_impl->reader->prepare(k_sql);
+    stmt->bind(1, m_impl->dlq_id).bind_blob(2, id ? id_blob(*id) : std::string_view(""));
+    if (!id || !stmt->step()) {
+      return make_error(Errc::not_found,
+                        fmt::format("no message {} in the DLQ {}; `acmo dlq list` shows what is "
+                                    "there",
+                                    message_id, m_options.dlq_name),
+                        "messageId");
+    }
+    return Impl::read_message(*stmt);
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
+{
+  static const std::string k_all =
+    "SELECT seq, message_id, group_id FROM messages WHERE queue_id = ?1 ORDER BY seq";
+  static const std::string k_move =
+    "UPDATE messages SET seq = ?2, queue_id = ?3, visible_at = ?4, sent_at = ?4,"
+    " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
+    " dead_reason = '', dead_at = 0 WHERE seq = ?1";
+  Expected<int64_t> result = 0;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) {
+    auto& impl = *m_impl;
+    std::vector<std::pair<int64_t, std::string>> chosen;
+    std::set<std::string> wanted;
+    for (const auto& id : message_ids) {
+      auto parsed = parse_message_id(id);
+      wanted.insert(parsed ? format_message_id(*parsed) : id); // any letter case
+    }
+    // Decided once: `wanted` empties as ids are found, and must not then turn into "all".
+    const bool all = message_ids.empty();
+    {
+      auto stmt = impl.writer->prepare(k_all);
+      stmt->bind(1, impl.dlq_id);
+      while (stmt->step()) {
+        if (!all && wanted.erase(format_message_id(id_from_blob(stmt->column_view(1)))) == 0) {
+          continue;
+        }
+        chosen.emplace_back(stmt->column_int(0), stmt->column_text(2));
+      }
+    }
+    if (!wanted.empty()) {
+      result = make_error(Errc::not_found,
+                          fmt::format("no message {} in the DLQ {}; nothing was redriven",
+                                      *wanted.begin(), m_options.dlq_name),
+                          "messageId");
+      return;
+    }
+    // Oldest first, each to the back of its group: the original order is kept.
+    for (const auto& [seq, group] : chosen) {
+      auto stmt = impl.writer->prepare(k_move);
+      stmt->bind(1, seq).bind(2, impl.take_seq(txn)).bind(3, impl.queue_id).bind(4, txn.now).run();
+      txn.touched_groups.emplace(impl.queue_id, group);
+    }
+    txn.counters[impl.queue_id].redriven += static_cast<int64_t>(chosen.size());
+    result = static_cast<int64_t>(chosen.size());
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  return result;
+}
+
+Expected<int64_t> Queue::purge(bool dlq)
+{
+  int64_t removed = 0;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) {
+    auto& impl = *m_impl;
+    const int64_t id = dlq ? impl.dlq_id : impl.queue_id;
+    impl.writer->prepare("DELETE FROM messages WHERE queue_id = ?1")->bind(1, id).run();
+    removed = impl.writer->changes();
+    impl.writer->prepare("DELETE FROM groups WHERE queue_id = ?1")->bind(1, id).run();
+    impl.writer->prepare("DELETE FROM dedup WHERE queue_id = ?1")->bind(1, id).run();
+    // Every process rebuilds its dedup index when it sees the epoch move.
+    impl.writer->exec("UPDATE queues SET dedup_epoch = dedup_epoch + 1 WHERE id = 0");
+    txn.counters[id].purged += removed;
+  };
+  if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
+  return removed;
+}
+
+std::unique_lock<std::shared_mutex> Queue::hold_writes()
+{
+  return std::unique_lock<std::shared_mutex>(write_gate());
+}
+
+Expected<void> Queue::check_write_lock()
+{
+  auto& impl = *m_impl;
+  // This process's own transaction, open far longer than any should be (a stuck thread).
+  if (const int64_t started = impl.txn_started_us.load();
+      started != 0 && steady_us() - started > 10'000'000) {
+    return make_error(Errc::unavailable,
+                      fmt::format("this process (pid {}) has held the queue database's write "
+                                  "lock for {} s",
+                                  ::getpid(), (steady_us() - started) / 1'000'000));
+  }
+  auto holder = impl.lock_holder();
+  if (!holder) return {};
+  if (holder->frozen()) {
+    return make_error(Errc::unavailable,
+                      fmt::format("the queue database's write lock is held by {}; nothing can be "
+                                  "written until it lets go",
+                                  describe(*holder)));
+  }
+  // A running holder: does the lock come free within a second?
+  try {
+    std::lock_guard lock(impl.probe_mu);
+    if (!impl.probe) impl.probe = std::make_unique<sqlite::Database>(impl.db_path, 1'000);
+    impl.probe->exec("BEGIN IMMEDIATE");
+    impl.probe->exec("ROLLBACK");
+  } catch (const sqlite::SqliteError& e) {
+    Error error = e.to_error();
+    if (error.code != Errc::busy) return Unexpected(error);
+    holder = impl.lock_holder();
+    if (!holder) return {};
+    return make_error(Errc::unavailable,
+                      fmt::format("the queue database's write lock stayed held for over a second "
+                                  "by {}",
+                                  describe(*holder)));
+  }
+  return {};
+}
+
+Expected<SweepResult> Queue::sweep()
+{
+  SweepResult result;
+  const auto orphans = m_impl->journal.claim_orphans(m_impl->queue_id);
+  WriteOp op;
+  op.fn = [&](Txn& txn) {
+    result = m_impl->do_sweep(txn);
+    m_impl->recover_orphans(orphans, txn.now);
+  };
+  if (auto ok = m_impl->write(op, true); !ok) {
+    m_impl->journal.unclaim(orphans);
+    return Unexpected(ok.error());
+  }
+  m_impl->journal.settle(orphans);
+  return result;
+}
+
+Expected<QueueStats> Queue::stats()
+{
+  static const std::string k_states =
+    "SELECT COALESCE(SUM(visible_at <= ?2), 0),"
+    " COALESCE(SUM(visible_at > ?2 AND receipt_token != 0), 0),"
+    " COALESCE(SUM(visible_at > ?2 AND receipt_token = 0), 0), MIN(sent_at)"
+    " FROM messages WHERE queue_id = ?1";
+  static const std::string k_dlq = "SELECT COUNT(*) FROM messages WHERE queue_id = ?1";
+  static const std::string k_dedup =
+    "SELECT COUNT(*) FROM dedup WHERE queue_id = ?1 AND expires_at > ?2";
+  static const std::string k_counters =
+    "SELECT sent, duplicates, received, deleted, retried, expired, dead_lettered, redriven,"
+    " purged FROM queues WHERE id = ?1";
+  auto& impl = *m_impl;
+  QueueStats s;
+  s.name = m_options.name;
+  s.dlq_name = m_options.dlq_name;
+  const int64_t now = impl.clock.now_ms();
+  try {
+    std::lock_guard lock(impl.read_mu);
+    // One read transaction, so that the figures agree with each other.
+    impl.reader->exec("BEGIN");
+    try {
+      {
+        auto stmt = impl.reader->prepare(k_states);
+        stmt->bind(1, impl.queue_id).bind(2, now);
+        if (stmt->step()) {
+          s.visible = stmt->column_int(0);
+          s.in_flight = stmt->column_int(1);
+          s.delayed = stmt->column_int(2);
+          s.oldest_age_ms = stmt->column_is_null(3) ? 0 : std::max<int64_t>(0, now - stmt->column_int(3));
+        }
+      }
+      {
+        auto stmt = impl.reader->prepare(k_dlq);
+        stmt->bind(1, impl.dlq_id);
+        if (stmt->step()) s.dead_lettered = stmt->column_int(0);
+      }
+      {
+        auto stmt = impl.reader->prepare(k_dedup);
+        stmt->bind(1, impl.queue_id).bind(2, now);
+        if (stmt->step()) s.dedup_entries = stmt->column_int(0);
+      }
+      {
+        auto stmt = impl.reader->prepare(k_counters);
+        stmt->bind(1, impl.queue_id);
+        if (stmt->step()) {
+          s.sent = stmt->column_int(0);
+          s.duplicates = stmt->column_int(1);
+          s.received = stmt->column_int(2);
+          s.deleted = stmt->column_int(3);
+          s.retried = stmt->column_int(4);
+          s.expired = stmt->column_int(5);
+          s.dead_lettered_total = stmt->column_int(6);
+          s.redriven = stmt->column_int(7);
+          s.purged = stmt->column_int(8);
+        }
+      }
+      impl.reader->exec("COMMIT");
+    } catch (...) {
+      impl.reader->exec("ROLLBACK");
+      throw;
+    }
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+  return s;
+}
+
+CommitStats Queue::commit_stats() const
+{
+  return CommitStats{m_impl->committed_transactions.load(), m_impl->committed_requests.load()};
+}
+
+void Queue::interrupt()
+{
+  {
+    std::lock_guard lock(m_impl->wake_mu);
+    m_impl->interrupted = true;
+  }
+  m_impl->wake_cv.notify_all();
+}
+
+void Queue::resume()
+{
+  std::lock_guard lock(m_impl->wake_mu);
+  m_impl->interrupted = false;
+}
+
+} // namespace acmo

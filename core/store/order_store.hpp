@@ -1,0 +1,114 @@
+// Where orders live (docs/orders.md §10): the OrderStore port, and its embedded adapter on SQLite, in the
+// same database file as the queue so that applying an event and deleting its message commit
+// together (Queue::settle).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/orders/order.hpp"
+#include "core/orders/order_event.hpp"
+#include "core/util/error.hpp"
+
+namespace acmo {
+
+namespace sqlite {
+class Database;
+}
+
+// An event as the handler applies it: the event and the message that carried it.
+struct AppliedEvent {
+  std::string message_id;
+  int64_t seq = 0;
+  OrderEvent event;
+};
+
+// One entry of an order's audit trail.
+struct OrderEventRecord {
+  std::string message_id;
+  int64_t seq = 0;
+  std::string type; // "CREATE", "UPDATE", "DELETE"
+  nlohmann::json data;
+  int64_t applied_at_ms = 0;
+};
+
+// {"events": [{"messageId", "sequenceNumber", "type", "data", "appliedAt"}]}: an order's audit
+// trail as `acmo orders events --json` and GET /api/orders/ID/events give it.
+nlohmann::json order_events_json(const std::vector<OrderEventRecord>& events);
+
+struct OrderList {
+  std::vector<Order> orders;
+  int64_t total = 0; // matching orders in all, beyond limit and offset
+};
+
+// Reading orders; every store answers these.
+class OrderStore
+{
+public:
+  virtual ~OrderStore() = default;
+  // The order, or Errc::not_found.
+  virtual Expected<Order> get(std::string_view id) = 0;
+  // Orders, newest first; `status` empty for all.
+  virtual Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) = 0;
+  // The order's applied events in the order they were applied (also after a DELETE).
+  virtual Expected<std::vector<OrderEventRecord>> events(std::string_view id) = 0;
+};
+
+// What became of one event of a batch applied by an OrderWriter.
+struct ApplyOutcome {
+  enum class Kind { applied, duplicate, rejected };
+  Kind kind = Kind::applied;
+  std::string reason; // rejected: why the event can never apply
+};
+
+// A store outside the queue's database (PostgreSQL) that the handler writes to. Exactly once
+// in effect: each applied message id is recorded in the same transaction as its change.
+class OrderWriter
+{
+public:
+  virtual ~OrderWriter() = default;
+  // Apply the events in order in one transaction. An event whose message id is already
+  // recorded is a duplicate and changes nothing; one that can never apply (invalid, unknown
+  // order, forbidden change) is rejected with its reason and the others go on. A failure of
+  // the store itself (down, timeout) is Errc::unavailable and changes nothing.
+  virtual Expected<std::vector<ApplyOutcome>> apply_batch(const std::vector<AppliedEvent>& events,
+                                                          int64_t now_ms) = 0;
+};
+
+// An order's items as every store keeps them: a JSON array of {product_id, name, quantity,
+// unit_price_cents}. Reading text that is not such an array gives no items.
+std::string stored_items_json(const std::vector<OrderItem>& items);
+std::vector<OrderItem> stored_items_from_json(std::string_view text);
+
+class SqliteOrderStore final : public OrderStore
+{
+public:
+  // Open the store of the database at `db_path` for reading (the schema is the queue's: open
+  // the Queue first, which creates and migrates it).
+  static Expected<std::unique_ptr<SqliteOrderStore>> open(const std::string& db_path);
+  ~SqliteOrderStore() override;
+
+  // Apply a batch of events on `db`, inside the caller's transaction (the queue's, in
+  // Queue::consume or Queue::settle): the events in order, each applied or refused with its
+  // reason, and the applied ones appended to the audit trail together, with a statement per 64
+  // rows instead of one per event. Errc::invalid_input, not_found and conflict are permanent
+  // failures (the event can never apply) and change nothing; SQLite errors are thrown.
+  static std::vector<Expected<void>> apply_all(sqlite::Database& db,
+                                               const std::vector<const AppliedEvent*>& events,
+                                               int64_t now_ms);
+
+  Expected<Order> get(std::string_view id) override;
+  Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) override;
+  Expected<std::vector<OrderEventRecord>> events(std::string_view id) override;
+
+private:
+  explicit SqliteOrderStore(std::unique_ptr<sqlite::Database> db);
+  std::unique_ptr<sqlite::Database> m_db;
+};
+
+} // namespace acmo

@@ -1,0 +1,713 @@
+#include "core/store/pg_order_store.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+#include <unordered_set>
+
+#include <fmt/core.h>
+#include <pqxx/pqxx>
+
+#include "core/orders/order.hpp"
+
+namespace acmo {
+
+namespace {
+
+using nlohmann::json;
+
+// The migrations, in order; the version table holds how many have run. Times are milliseconds
+// since the epoch, as in the embedded store, so both show exactly the same orders.
+const std::vector<std::string> k_migrations = {
+  // 1: orders, the audit trail, and the ids of the applied messages.
+  R"SQL(
+CREATE TABLE orders (
+  id text PRIMARY KEY,
+  customer_name text NOT NULL,
+  customer_email text NOT NULL,
+  items jsonb NOT NULL,
+  total_cents bigint NOT NULL,
+  status text NOT NULL,
+  version bigint NOT NULL,
+  created_at bigint NOT NULL,
+  updated_at bigint NOT NULL
+);
+CREATE INDEX orders_by_created ON orders (created_at DESC, id);
+CREATE INDEX orders_by_status ON orders (status, created_at DESC, id);
+-- Every applied event, in the order applied; it outlives a DELETE.
+CREATE TABLE order_events (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  order_id text NOT NULL,
+  message_id text NOT NULL,
+  seq bigint NOT NULL,
+  type text NOT NULL,
+  data jsonb NOT NULL,
+  applied_at bigint NOT NULL
+);
+CREATE INDEX order_events_by_order ON order_events (order_id, id);
+-- Written in the same transaction as the change each message made: a message delivered again
+-- is found here and skipped.
+CREATE TABLE applied_messages (
+  message_id text PRIMARY KEY,
+  applied_at bigint NOT NULL
+);
+-- The first step of applying a batch, in one round trip: lock the batch's orders (in id order,
+-- so two batches never wait for each other in a cycle), then say which of its messages were
+-- applied already. The batch's transaction is REPEATABLE READ: both queries, and everything
+-- after them, see one snapshot.
+CREATE FUNCTION acmo_begin_batch(order_ids text[], message_ids text[])
+RETURNS TABLE (applied boolean, id text, status text, version bigint, created_at bigint,
+               updated_at bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  RETURN QUERY SELECT false, o.id, o.status, o.version, o.created_at, o.updated_at
+    FROM orders o WHERE o.id = ANY(order_ids) ORDER BY o.id FOR UPDATE;
+  RETURN QUERY SELECT true, a.message_id, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint
+    FROM applied_messages a WHERE a.message_id = ANY(message_ids);
+END
+$$;
+)SQL",
+  // 2: the batch's transaction looks its rows up by index. Every lookup in it (the orders to
+  // lock, the applied ids, the orders the write replaces or updates) is by primary key, at most
+  // handler.batch_size keys. Until autovacuum first analyzes a table (a minute or more after
+  // it fills) the planner has no statistics and chose sequential scans, which read the whole
+  // table for every batch: with one group at batch 100, about a sixth of the time of a
+  // 40,000-event drain into new tables. set_config(..., true) lasts until the transaction ends, so it also
+  // covers the write that follows in the same transaction, and nothing else.
+  R"SQL(
+CREATE OR REPLACE FUNCTION acmo_begin_batch(order_ids text[], message_ids text[])
+RETURNS TABLE (applied boolean, id text, status text, version bigint, created_at bigint,
+               updated_at bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  PERFORM set_config('enable_seqscan', 'off', true);
+  RETURN QUERY SELECT false, o.id, o.status, o.version, o.created_at, o.updated_at
+    FROM orders o WHERE o.id = ANY(order_ids) ORDER BY o.id FOR UPDATE;
+  RETURN QUERY SELECT true, a.message_id, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint
+    FROM applied_messages a WHERE a.message_id = ANY(message_ids);
+END
+$$;
+)SQL",
+};
+
+const std::string k_order_columns =
+  "id, customer_name, customer_email, items::text, total_cents, status, version, created_at, "
+  "updated_at";
+
+// Prepared on each connection the first time they are used.
+const std::vector<std::pair<std::string, std::string>> k_statements = {
+  {"acmo_get", "SELECT " + k_order_columns + " FROM orders WHERE id = $1"},
+  // The page and the total in one statement, so in one snapshot.
+  {"acmo_list_all",
+   "SELECT c.total, o.* FROM (SELECT count(*) AS total FROM orders) c LEFT JOIN LATERAL"
+   " (SELECT " + k_order_columns
+     + " FROM orders ORDER BY created_at DESC, id LIMIT $1 OFFSET $2) o ON true"},
+  {"acmo_list_status",
+   "SELECT c.total, o.* FROM (SELECT count(*) AS total FROM orders WHERE status = $3) c"
+   " LEFT JOIN LATERAL (SELECT " + k_order_columns
+     + " FROM orders WHERE status = $3 ORDER BY created_at DESC, id LIMIT $1 OFFSET $2) o"
+       " ON true"},
+  {"acmo_events",
+   "SELECT message_id, seq, type, data::text, applied_at FROM order_events"
+   " WHERE order_id = $1 ORDER BY id"},
+  {"acmo_begin_batch", "SELECT * FROM acmo_begin_batch($1::text[], $2::text[])"},
+  // Every change of a batch in one statement. The sets of ids deleted, written whole and
+  // updated are disjoint; the events keep the order of the batch.
+  {"acmo_write",
+   R"SQL(
+WITH deleted AS (DELETE FROM orders WHERE id = ANY($1::text[])),
+written AS (
+  INSERT INTO orders (id, customer_name, customer_email, items, total_cents, status, version,
+                      created_at, updated_at)
+  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+                       $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])
+  ON CONFLICT (id) DO UPDATE SET customer_name = excluded.customer_name,
+    customer_email = excluded.customer_email, items = excluded.items,
+    total_cents = excluded.total_cents, status = excluded.status, version = excluded.version,
+    created_at = excluded.created_at, updated_at = excluded.updated_at),
+updated AS (
+  UPDATE orders o SET status = u.status, version = u.version, updated_at = u.updated_at
+  FROM unnest($11::text[], $12::text[], $13::bigint[], $14::bigint[])
+    AS u(id, status, version, updated_at)
+  WHERE o.id = u.id),
+audit AS (
+  INSERT INTO order_events (order_id, message_id, seq, type, data, applied_at)
+  SELECT e.order_id, e.message_id, e.seq, e.type, e.data, $20::bigint
+  FROM unnest($15::text[], $16::text[], $17::bigint[], $18::text[], $19::jsonb[])
+    WITH ORDINALITY AS e(order_id, message_id, seq, type, data, n)
+  ORDER BY e.n)
+INSERT INTO applied_messages (message_id, applied_at)
+SELECT m, $20::bigint FROM unnest($16::text[]) AS m
+)SQL"},
+};
+
+// A PostgreSQL array literal of text elements, passed as one parameter: batches of any size
+// use the same prepared statements.
+class PgArray
+{
+public:
+  void add(std::string_view text)
+  {
+    m_text += m_empty ? "\"" : ",\"";
+    m_empty = false;
+    for (char c : text) {
+      if (c == '"' || c == '\\') m_text += '\\';
+      m_text += c;
+    }
+    m_text += '"';
+  }
+  void add(int64_t value) { add(std::to_string(value)); }
+  std::string text() const { return m_text + "}"; }
+
+private:
+  std::string m_text = "{";
+  bool m_empty = true;
+};
+
+// PostgreSQL keeps no NUL character in text or jsonb; the embedded store does. Such an event
+// can never apply here, and must not fail the whole batch.
+bool holds_nul(const json& j)
+{
+  if (j.is_string()) return j.get_ref<const std::string&>().find('\0') != std::string::npos;
+  if (j.is_object()) {
+    for (const auto& [key, value] : j.items()) {
+      if (key.find('\0') != std::string::npos || holds_nul(value)) return true;
+    }
+  }
+  if (j.is_array()) {
+    for (const auto& value : j) {
+      if (holds_nul(value)) return true;
+    }
+  }
+  return false;
+}
+
+std::string first_line(std::string_view text)
+{
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  std::string out(text.substr(0, text.find('\n')));
+  return out;
+}
+
+Order read_order(const pqxx::row& row, pqxx::row::size_type first = 0)
+{
+  Order o;
+  o.id = row[first].as<std::string>();
+  o.customer_name = row[first + 1].as<std::string>();
+  o.customer_email = row[first + 2].as<std::string>();
+  o.items = stored_items_from_json(row[first + 3].c_str());
+  o.total_cents = row[first + 4].as<int64_t>();
+  o.status = row[first + 5].as<std::string>();
+  o.version = row[first + 6].as<int64_t>();
+  o.created_at_ms = row[first + 7].as<int64_t>();
+  o.updated_at_ms = row[first + 8].as<int64_t>();
+  return o;
+}
+
+// The connection string libpq gets: the URL, with acmo's connect timeout and a name that shows
+// in pg_stat_activity unless the URL sets them.
+std::string connection_string(const PgOptions& options)
+{
+  const auto seconds = std::max<int64_t>(1, (options.connect_timeout_ms + 999) / 1000);
+  std::string out = options.url;
+  const bool uri = out.rfind("postgresql://", 0) == 0 || out.rfind("postgres://", 0) == 0;
+  auto add = [&](const std::string& key, const std::string& value) {
+    if (out.find(key + "=") != std::string::npos) return;
+    if (uri) {
+      out += out.find('?') == std::string::npos ? '?' : '&';
+    } else if (!out.empty()) {
+      out += ' ';
+    }
+    out += key + "=" + value;
+  };
+  add("connect_timeout", std::to_string(seconds));
+  add("fallback_application_name", "acmo");
+  // A server that vanishes without closing the connection (a host down, a cable pulled) is
+  // noticed within about 25 s instead of the kernel's two hours.
+  add("keepalives", "1");
+  add("keepalives_idle", "10");
+  add("keepalives_interval", "5");
+  add("keepalives_count", "3");
+  return out;
+}
+
+} // namespace
+
+std::string redact_pg_url(std::string_view url)
+{
+  std::string out(url);
+  const auto scheme = out.find("://");
+  if (scheme != std::string::npos) {
+    const auto at = out.find('@', scheme + 3);
+    const auto colon = out.find(':', scheme + 3);
+    if (at != std::string::npos && colon != std::string::npos && colon < at) {
+      out.replace(colon + 1, at - colon - 1, "***");
+    }
+  }
+  const auto password = out.find("password=");
+  if (password != std::string::npos) {
+    const auto end = out.find_first_of(" &", password);
+    out.replace(password + 9, end == std::string::npos ? std::string::npos : end - password - 9,
+                "***");
+  }
+  return out;
+}
+
+// A bounded pool of connections. Connections are made outside the lock, so one slow connect
+// does not hold up callers that find an idle connection.
+class PgPool
+{
+public:
+  PgPool(PgOptions options)
+    : m_options(std::move(options)), m_conninfo(connection_string(m_options))
+  {
+  }
+
+  class Lease
+  {
+  public:
+    Lease(PgPool& pool, std::unique_ptr<pqxx::connection> conn)
+      : m_pool(&pool), m_conn(std::move(conn))
+    {
+    }
+    Lease(Lease&& other) noexcept
+      : m_pool(other.m_pool), m_conn(std::move(other.m_conn)), m_broken(other.m_broken)
+    {
+    }
+    Lease& operator=(Lease&&) = delete;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease()
+    {
+      if (m_conn) m_pool->give_back(std::move(m_conn), m_broken);
+    }
+    pqxx::connection& conn() { return *m_conn; }
+    // The connection broke: close it instead of giving it back.
+    void discard() { m_broken = true; }
+
+  private:
+    PgPool* m_pool;
+    std::unique_ptr<pqxx::connection> m_conn;
+    bool m_broken = false;
+  };
+
+  Expected<Lease> acquire()
+  {
+    const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(m_options.connect_timeout_ms);
+    std::unique_lock lock(m_mu);
+    for (;;) {
+      if (!m_idle.empty()) {
+        auto conn = std::move(m_idle.back());
+        m_idle.pop_back();
+        return Lease(*this, std::move(conn));
+      }
+      if (m_open < m_options.pool_size) {
+        ++m_open;
+        lock.unlock();
+        auto conn = connect();
+        if (!conn) {
+          lock.lock();
+          --m_open;
+          m_cv.notify_one();
+          return Unexpected(conn.error());
+        }
+        return Lease(*this, std::move(*conn));
+      }
+      if (m_cv.wait_until(lock, deadline) == std::cv_status::timeout && m_idle.empty()
+          && m_open >= m_options.pool_size) {
+        return make_error(Errc::unavailable,
+                          fmt::format("all {} PostgreSQL connections (store.pool_size) stayed "
+                                      "busy for {} ms; raise store.pool_size, or run fewer "
+                                      "handler workers",
+                                      m_options.pool_size, m_options.connect_timeout_ms),
+                          "store.pool_size");
+      }
+    }
+  }
+
+  // After a broken connection: the idle ones very likely went with the same server, so they
+  // are closed too rather than tried one by one.
+  void discard_idle()
+  {
+    std::vector<std::unique_ptr<pqxx::connection>> closing;
+    {
+      std::lock_guard lock(m_mu);
+      closing.swap(m_idle);
+      m_open -= static_cast<int>(closing.size());
+    }
+    m_cv.notify_all();
+  }
+
+  int open_connections() const
+  {
+    std::lock_guard lock(m_mu);
+    return m_open;
+  }
+
+  Error unavailable(std::string_view what) const
+  {
+    return Error(Errc::unavailable,
+                 fmt::format("PostgreSQL at {} is not answering ({}); check that the server "
+                             "runs and store.url",
+                             redact_pg_url(m_options.url), first_line(what)),
+                 "store.url");
+  }
+
+private:
+  Expected<std::unique_ptr<pqxx::connection>> connect()
+  {
+    try {
+      auto conn = std::make_unique<pqxx::connection>(m_conninfo);
+      // Plan each execution for its arguments and the tables as they are now. A generic plan
+      // is made once per connection, often while the tables are still small, and then scans
+      // the whole table for every batch once it has grown.
+      pqxx::nontransaction(*conn).exec0("SET plan_cache_mode = force_custom_plan");
+      // A server that hangs (rather than goes away) must not hold a worker for ever: a
+      // statement that takes this long fails, and the batch is retried with backoff.
+      pqxx::nontransaction(*conn).exec0("SET statement_timeout = 30000");
+      for (const auto& [name, sql] : k_statements) conn->prepare(name, sql);
+      return conn;
+    } catch (const pqxx::broken_connection& e) {
+      return Unexpected(unavailable(e.what()));
+    } catch (const std::exception& e) {
+      // A malformed URL, an unknown option, a refused login: libpq says which.
+      return Unexpected(unavailable(e.what()));
+    }
+  }
+
+  void give_back(std::unique_ptr<pqxx::connection> conn, bool broken)
+  {
+    if (broken || !conn->is_open()) {
+      conn.reset(); // outside the lock: closing may wait on the network
+      std::lock_guard lock(m_mu);
+      --m_open;
+    } else {
+      std::lock_guard lock(m_mu);
+      m_idle.push_back(std::move(conn));
+    }
+    m_cv.notify_one();
+  }
+
+  const PgOptions m_options;
+  const std::string m_conninfo;
+  mutable std::mutex m_mu;
+  std::condition_variable m_cv;
+  std::vector<std::unique_ptr<pqxx::connection>> m_idle;
+  int m_open = 0; // idle, leased, or being made
+};
+
+struct PgOrderStore::Impl {
+  explicit Impl(PgOptions options) : pool(std::move(options)) {}
+
+  // Run `body` on a pooled connection. A broken connection (server restarted, backend
+  // terminated, commit in doubt) is dropped and the body tried again on a new one; so are a
+  // deadlock, a serialization failure and a unique violation, which a concurrent handler
+  // applying the same messages causes. Running a body twice is safe: reads change nothing, and
+  // a batch that did commit is found in applied_messages the second time. A conflict is tried
+  // again more often than a broken connection: it only says that another transaction got there
+  // first, and the next attempt sees what it did.
+  template<typename F> auto run(F&& body) -> Expected<decltype(body(std::declval<pqxx::connection&>()))>
+  {
+    constexpr int k_attempts = 3;
+    constexpr int k_conflicts = 10;
+    Error last(Errc::internal, "no attempt made");
+    for (int attempt = 0, conflicts = 0; attempt < k_attempts && conflicts < k_conflicts;
+         ++attempt) {
+      auto lease = pool.acquire();
+      if (!lease) return Unexpected(lease.error());
+      try {
+        return body(lease->conn());
+      } catch (const pqxx::broken_connection& e) {
+        lease->discard();
+        pool.discard_idle();
+        last = pool.unavailable(e.what());
+      } catch (const pqxx::in_doubt_error& e) {
+        lease->discard();
+        last = pool.unavailable(e.what());
+      } catch (const pqxx::transaction_rollback& e) {
+        last = Error(Errc::unavailable, fmt::format("PostgreSQL: {}", first_line(e.what())));
+        std::this_thread::sleep_for(std::chrono::milliseconds(2 * ++conflicts));
+        --attempt;
+      } catch (const pqxx::unique_violation& e) {
+        last = Error(Errc::unavailable, fmt::format("PostgreSQL: {}", first_line(e.what())));
+        ++conflicts;
+        --attempt;
+      } catch (const pqxx::sql_error& e) {
+        const std::string& state = e.sqlstate();
+        // Class 08: connection exception; 57P0x: the server is shutting down or restarting.
+        if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) {
+          lease->discard();
+          pool.discard_idle();
+          last = pool.unavailable(e.what());
+          continue;
+        }
+        // Class 53: out of resources (disk full, too many connections); 57014: a statement
+        // cancelled by the server (statement_timeout, pg_cancel_backend).
+        if (state.rfind("53", 0) == 0 || state == "57014") {
+          return Unexpected(pool.unavailable(e.what()));
+        }
+        return make_error(Errc::internal,
+                          fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a "
+                                      "bug or a schema acmo did not make",
+                                      state, first_line(e.what())));
+      } catch (const std::exception& e) {
+        if (!lease->conn().is_open()) {
+          lease->discard();
+          last = pool.unavailable(e.what());
+          continue;
+        }
+        return make_error(Errc::internal, fmt::format("PostgreSQL: {}", first_line(e.what())));
+      }
+    }
+    return Unexpected(last);
+  }
+
+  Expected<void> migrate()
+  {
+    auto done = run([](pqxx::connection& conn) -> Expected<void> {
+      pqxx::work tx(conn);
+      tx.exec0("SET LOCAL client_min_messages = warning");
+      // One migrator at a time per schema: CREATE TABLE IF NOT EXISTS alone is not safe when
+      // several processes start at once.
+      tx.exec("SELECT pg_advisory_xact_lock(hashtext('acmo schema ' || "
+               "coalesce(current_schema(), '')))");
+      if (tx.exec1("SELECT current_schema() IS NULL")[0].as<bool>()) {
+        return make_error(Errc::invalid_input,
+                          "the PostgreSQL search_path names no schema that exists; create it or "
+                          "fix store.url",
+                          "store.url");
+      }
+      tx.exec0("CREATE TABLE IF NOT EXISTS acmo_schema_version (version integer NOT NULL)");
+      const int version = tx.exec1("SELECT coalesce(max(version), 0) FROM acmo_schema_version")[0]
+                            .as<int>();
+      const int latest = static_cast<int>(k_migrations.size());
+      if (version > latest) {
+        return make_error(Errc::conflict,
+                          fmt::format("the PostgreSQL database holds acmo schema version {}, newer "
+                                      "than this acmo knows ({}); upgrade acmo",
+                                      version, latest),
+                          "store.url");
+      }
+      if (version < latest) {
+        for (int v = version; v < latest; ++v) tx.exec0(k_migrations[static_cast<size_t>(v)]);
+        tx.exec0("DELETE FROM acmo_schema_version");
+        tx.exec0(fmt::format("INSERT INTO acmo_schema_version (version) VALUES ({})", latest));
+      }
+      tx.commit();
+      return {};
+    });
+    if (!done) return Unexpected(done.error());
+    return *done;
+  }
+
+  // What a batch does to one order it names.
+  struct Touched {
+    bool existed = false;      // the order was there when the batch began
+    std::optional<Order> now;  // as the events so far left it
+    bool whole = false;        // `now` holds the whole order (a CREATE of this batch made it)
+    bool changed = false;
+  };
+
+  // The batch's transaction is REPEATABLE READ, so that everything it decides rests on one
+  // snapshot. Under READ COMMITTED each statement took a new one: a handler that waited on
+  // an order's lock for another applying the same messages (its visibility timeout ran out)
+  // read the orders as they were before the other committed and the applied ids as they were
+  // after, so a CREATE counted as applied while the UPDATEs behind it found no order and were
+  // dead-lettered; and a CREATE of an order another batch was creating overwrote it. Now a
+  // batch whose snapshot misses a concurrent batch's commit meets that commit in what it
+  // writes (an order both change or create, or an applied id both insert) and fails with a
+  // serialization failure or a unique violation; run() tries it again in a new snapshot,
+  // which sees the other batch whole.
+  std::vector<ApplyOutcome> apply_once(pqxx::connection& conn,
+                                       const std::vector<AppliedEvent>& events, int64_t now_ms)
+  {
+    pqxx::transaction<pqxx::isolation_level::repeatable_read> tx(conn);
+    std::map<std::string, Touched> orders;
+    PgArray order_ids;
+    PgArray message_ids;
+    for (const auto& e : events) {
+      if (orders.emplace(e.event.order_id, Touched{}).second) order_ids.add(e.event.order_id);
+      message_ids.add(e.message_id);
+    }
+    std::unordered_set<std::string> applied;
+    for (const auto& row :
+         tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text())) {
+      if (row[0].as<bool>()) {
+        applied.insert(row[1].as<std::string>());
+        continue;
+      }
+      Order o;
+      o.id = row[1].as<std::string>();
+      o.status = row[2].as<std::string>();
+      o.version = row[3].as<int64_t>();
+      o.created_at_ms = row[4].as<int64_t>();
+      o.updated_at_ms = row[5].as<int64_t>();
+      auto& t = orders[o.id];
+      t.existed = true;
+      t.now = std::move(o);
+    }
+
+    std::vector<ApplyOutcome> out(events.size());
+    PgArray audit_order, audit_message, audit_seq, audit_type, audit_data;
+    bool any = false;
+    for (size_t i = 0; i < events.size(); ++i) {
+      const AppliedEvent& a = events[i];
+      if (!applied.insert(a.message_id).second) {
+        out[i].kind = ApplyOutcome::Kind::duplicate;
+        continue;
+      }
+      auto reject = [&](std::string reason) {
+        out[i].kind = ApplyOutcome::Kind::rejected;
+        out[i].reason = std::move(reason);
+        applied.erase(a.message_id); // a rejected message is not recorded
+      };
+      if (holds_nul(a.event.data)) {
+        reject("data: holds a NUL character (\\u0000), which PostgreSQL cannot store; remove it");
+        continue;
+      }
+      auto& t = orders[a.event.order_id];
+      if (auto ok = apply_event(t.now, a.event, now_ms); !ok) {
+        reject(ok.error().message);
+        continue;
+      }
+      if (a.event.type == EventType::create) t.whole = true;
+      if (a.event.type == EventType::remove) t.whole = false;
+      t.changed = true;
+      any = true;
+      const std::string data = a.event.data.dump();
+      audit_order.add(a.event.order_id);
+      audit_message.add(a.message_id);
+      audit_seq.add(a.seq);
+      audit_type.add(event_type_name(a.event.type));
+      audit_data.add(data);
+    }
+    if (!any) {
+      tx.commit(); // nothing to write; this only drops the locks
+      return out;
+    }
+
+    PgArray deleted;
+    PgArray w_id, w_name, w_email, w_items, w_total, w_status, w_version, w_created, w_updated;
+    PgArray u_id, u_status, u_version, u_updated;
+    for (const auto& [id, t] : orders) {
+      if (!t.changed) continue;
+      if (!t.now) {
+        if (t.existed) deleted.add(id);
+      } else if (t.whole) {
+        const Order& o = *t.now;
+        w_id.add(o.id);
+        w_name.add(o.customer_name);
+        w_email.add(o.customer_email);
+        w_items.add(stored_items_json(o.items));
+        w_total.add(o.total_cents);
+        w_status.add(o.status);
+        w_version.add(o.version);
+        w_created.add(o.created_at_ms);
+        w_updated.add(o.updated_at_ms);
+      } else {
+        const Order& o = *t.now;
+        u_id.add(o.id);
+        u_status.add(o.status);
+        u_version.add(o.version);
+        u_updated.add(o.updated_at_ms);
+      }
+    }
+    tx.exec_prepared("acmo_write", deleted.text(), w_id.text(), w_name.text(), w_email.text(),
+                     w_items.text(), w_total.text(), w_status.text(), w_version.text(),
+                     w_created.text(), w_updated.text(), u_id.text(), u_status.text(),
+                     u_version.text(), u_updated.text(), audit_order.text(),
+                     audit_message.text(), audit_seq.text(), audit_type.text(),
+                     audit_data.text(), now_ms);
+    tx.commit();
+    return out;
+  }
+
+  PgPool pool;
+};
+
+PgOrderStore::PgOrderStore(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
+
+PgOrderStore::~PgOrderStore() = default;
+
+int PgOrderStore::schema_version() { return static_cast<int>(k_migrations.size()); }
+
+Expected<std::unique_ptr<PgOrderStore>> PgOrderStore::open(const PgOptions& options)
+{
+  if (options.url.empty()) {
+    return make_error(Errc::invalid_input,
+                      "store.url is empty; set it to the PostgreSQL server's URL, e.g. "
+                      "postgresql://acmo@127.0.0.1:5432/acmo",
+                      "store.url");
+  }
+  auto impl = std::make_unique<Impl>(options);
+  if (auto ok = impl->migrate(); !ok) return Unexpected(ok.error());
+  return std::unique_ptr<PgOrderStore>(new PgOrderStore(std::move(impl)));
+}
+
+int PgOrderStore::open_connections() const { return m_impl->pool.open_connections(); }
+
+Expected<Order> PgOrderStore::get(std::string_view id)
+{
+  auto found = m_impl->run([&](pqxx::connection& conn) -> std::optional<Order> {
+    pqxx::nontransaction tx(conn);
+    auto r = tx.exec_prepared("acmo_get", std::string(id));
+    if (r.empty()) return std::nullopt;
+    return read_order(r[0]);
+  });
+  if (!found) return Unexpected(found.error());
+  if (!*found) {
+    return make_error(Errc::not_found,
+                      fmt::format("no order {}; `acmo orders list` shows the orders", id), "id");
+  }
+  return std::move(**found);
+}
+
+Expected<OrderList> PgOrderStore::list(std::string_view status, int64_t limit, int64_t offset)
+{
+  return m_impl->run([&](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    auto r = status.empty() ? tx.exec_prepared("acmo_list_all", limit, offset)
+                            : tx.exec_prepared("acmo_list_status", limit, offset,
+                                               std::string(status));
+    OrderList out;
+    for (const auto& row : r) {
+      out.total = row[0].as<int64_t>();
+      if (!row[1].is_null()) out.orders.push_back(read_order(row, 1));
+    }
+    return out;
+  });
+}
+
+Expected<std::vector<OrderEventRecord>> PgOrderStore::events(std::string_view id)
+{
+  return m_impl->run([&](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    std::vector<OrderEventRecord> out;
+    for (const auto& row : tx.exec_prepared("acmo_events", std::string(id))) {
+      OrderEventRecord r;
+      r.message_id = row[0].as<std::string>();
+      r.seq = row[1].as<int64_t>();
+      r.type = row[2].as<std::string>();
+      r.data = json::parse(row[3].c_str(), nullptr, false);
+      r.applied_at_ms = row[4].as<int64_t>();
+      out.push_back(std::move(r));
+    }
+    return out;
+  });
+}
+
+Expected<std::vector<ApplyOutcome>> PgOrderStore::apply_batch(
+  const std::vector<AppliedEvent>& events, int64_t now_ms)
+{
+  if (events.empty()) return std::vector<ApplyOutcome>{};
+  return m_impl->run(
+    [&](pqxx::connection& conn) { return m_impl->apply_once(conn, events, now_ms); });
+}
+
+} // namespace acmo
