@@ -6,8 +6,8 @@
 #include "cli/output.hpp"
 #include "cli/progress.hpp"
 #include "core/orders/order.hpp"
+#include "core/queue/queue_json.hpp"
 #include "core/util/ids.hpp"
-#include "core/util/json_input.hpp"
 
 namespace acmo::cli {
 
@@ -21,24 +21,6 @@ struct DlqOptions {
   bool yes = false;
 };
 
-nlohmann::json message_json(const Message& m)
-{
-  // The body is shown as JSON when it is JSON (order events are), else as a string.
-  // Bodies that broke the rules (nested too deep, say) are in the DLQ for that reason.
-  auto parsed = parse_json_input(m.body, "the body");
-  nlohmann::json body = parsed ? std::move(*parsed) : nlohmann::json(m.body);
-  return {{"messageId", m.message_id},
-          {"sequenceNumber", format_sequence(m.seq)},
-          {"groupId", m.group_id},
-          {"deduplicationId", m.dedup_id},
-          {"reason", m.dead_reason},
-          {"failures", m.failures},
-          {"receiveCount", m.receive_count},
-          {"sentAt", format_timestamp(m.sent_at_ms)},
-          {"deadLetteredAt", format_timestamp(m.dead_at_ms)},
-          {"body", std::move(body)}};
-}
-
 int run_list(const DlqOptions& opts, const GlobalOptions& global)
 {
   if (opts.limit < 1 || opts.limit > 1000 || opts.offset < 0) {
@@ -50,9 +32,7 @@ int run_list(const DlqOptions& opts, const GlobalOptions& global)
   auto messages = queue->dlq_list(opts.limit, opts.offset);
   if (!messages) return report(messages.error());
   if (global.json) {
-    nlohmann::json list = nlohmann::json::array();
-    for (const auto& m : *messages) list.push_back(message_json(m));
-    print_json({{"messages", std::move(list)}, {"total", stats->dead_lettered}});
+    print_json(dead_letters_json(*messages, stats->dead_lettered));
     return exit_code::k_ok;
   }
   if (messages->empty()) {
@@ -75,7 +55,7 @@ int run_show(const DlqOptions& opts, const GlobalOptions& global)
   auto m = queue->dlq_show(opts.id);
   if (!m) return report(m.error());
   if (global.json) {
-    print_json(message_json(*m));
+    print_json(dead_letter_json(*m));
     return exit_code::k_ok;
   }
   print_table({{"message", m->message_id},

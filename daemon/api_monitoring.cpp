@@ -6,8 +6,8 @@
 
 #include "core/handler/handler_registry.hpp"
 #include "core/handler/stats_report.hpp"
+#include "core/queue/queue_json.hpp"
 #include "core/util/ids.hpp"
-#include "core/util/json_input.hpp"
 #include "core/util/log.hpp"
 #include "daemon/api_impl.hpp"
 
@@ -62,12 +62,7 @@ void Api::Impl::sqs_stats(Context& ctx)
 {
   auto stats = parts.queue->stats();
   if (!stats) return set_core_error(ctx.res, stats.error());
-  json doc = queue_stats_json(*stats);
-  doc["dlqName"] = stats->dlq_name;
-  doc["deadLetteredTotal"] = stats->dead_lettered_total;
-  doc["redriven"] = stats->redriven;
-  doc["purged"] = stats->purged;
-  send_json(ctx.res, 200, doc);
+  send_json(ctx.res, 200, queue_stats_json(*stats));
 }
 
 void Api::Impl::sqs_purge(Context& ctx)
@@ -97,24 +92,11 @@ void Api::Impl::dlq_list(Context& ctx)
   if (!limit) return set_core_error(ctx.res, limit.error());
   auto offset = int_param(ctx.req, "offset", 0, 0, INT64_MAX / 2);
   if (!offset) return set_core_error(ctx.res, offset.error());
+  auto stats = parts.queue->stats();
+  if (!stats) return set_core_error(ctx.res, stats.error());
   auto messages = parts.queue->dlq_list(*limit, *offset);
   if (!messages) return set_core_error(ctx.res, messages.error());
-  json list = json::array();
-  for (const auto& m : *messages) {
-    auto parsed = parse_json_input(m.body, "the body");
-    json body = parsed ? std::move(*parsed) : json(m.body);
-    list.push_back({{"messageId", m.message_id},
-                    {"sequenceNumber", format_sequence(m.seq)},
-                    {"groupId", m.group_id},
-                    {"deduplicationId", m.dedup_id},
-                    {"body", std::move(body)},
-                    {"receiveCount", m.receive_count},
-                    {"reason", m.dead_reason},
-                    {"lastError", m.last_error},
-                    {"sentAt", format_timestamp(m.sent_at_ms)},
-                    {"deadLetteredAt", format_timestamp(m.dead_at_ms)}});
-  }
-  send_json(ctx.res, 200, {{"messages", std::move(list)}});
+  send_json(ctx.res, 200, dead_letters_json(*messages, stats->dead_lettered));
 }
 
 void Api::Impl::dlq_redrive(Context& ctx)

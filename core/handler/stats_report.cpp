@@ -1,25 +1,9 @@
 #include "core/handler/stats_report.hpp"
 
 #include "core/orders/order.hpp"
+#include "core/queue/queue_json.hpp"
 
 namespace acmo {
-
-nlohmann::json queue_stats_json(const QueueStats& s)
-{
-  return {{"name", s.name},
-          {"visible", s.visible},
-          {"inFlight", s.in_flight},
-          {"delayed", s.delayed},
-          {"deadLettered", s.dead_lettered},
-          {"dedupEntries", s.dedup_entries},
-          {"sent", s.sent},
-          {"duplicates", s.duplicates},
-          {"received", s.received},
-          {"deleted", s.deleted},
-          {"retried", s.retried},
-          {"expired", s.expired},
-          {"oldestAgeMs", s.oldest_age_ms}};
-}
 
 nlohmann::json handlers_json(const std::vector<HandlerRecord>& handlers, int64_t now)
 {

@@ -17,10 +17,6 @@
 
 namespace acmo {
 
-// {"name", "visible", "inFlight", "delayed", "deadLettered", "dedupEntries", "sent",
-//  "duplicates", "received", "deleted", "retried", "expired", "oldestAgeMs"}
-nlohmann::json queue_stats_json(const QueueStats& stats);
-
 // {"running", "processed", "deadLettered", "retried", "handlers": [{"id", "pid", "host",
 //  "state", "since", "heartbeatAgeMs", "processed", ...}]}: totals over the handlers seen in
 // the last hour, running or not.
@@ -51,7 +47,7 @@ Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, Order
                                  const std::string& store_error, std::string_view store_backend,
                                  Cache* cache, int64_t now_ms);
 
-// {"queue": {...}, "handler": {...}, "store": {"backend", "orders"}, "cache": {...}}
+// {"queue": queue_stats_json (core/queue/queue_json.hpp), "handler": {...}, "store": {"backend", "orders"}, "cache": {...}}
 nlohmann::json stats_json(const StatsReport& report);
 
 } // namespace acmo

@@ -151,6 +151,17 @@ check "the forbidden change was dead-lettered" test "$(json_field "$body" deadLe
 http GET /sqs/dlq
 expect "GET /sqs/dlq" 200
 check "the DLQ names the reason" has 'pending'
+# The CLI and the API print the same documents of the same thing (one function each builds).
+same_json() { python3 -c 'import json,sys; sys.exit(json.loads(sys.argv[1]) != json.loads(sys.argv[2]))' "$1" "$2"; }
+check "acmo dlq list --json is GET /sqs/dlq's document" \
+  same_json "$("$acmo" --json dlq list --limit 100)" "$body"
+queue_doc() { python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["queue"]))'; }
+for _ in 1 2 3; do # the queue is idle by now; a late heartbeat's receive would change a figure
+  http GET /sqs/stats
+  cli=$("$acmo" --json stats | queue_doc)
+  same_json "$cli" "$body" && break
+done
+check "acmo stats --json's queue is GET /sqs/stats's document" same_json "$cli" "$body"
 http GET /handler/status
 expect "GET /handler/status" 200
 check "/handler/status shows the in-process handler running" \
@@ -171,6 +182,7 @@ done
 http POST /sqs/dlq/redrive
 expect "POST /sqs/dlq/redrive" 200
 check "the dead-lettered message is redriven" test "$(json_field "$body" redriven)" = 1
+http GET '/api/orders?limit=7' # a key in the cache, whatever the handler invalidated since
 http DELETE /cache/clear
 expect "DELETE /cache/clear" 200
 check "/cache/clear says how many keys it removed" test "$(json_field "$body" cleared)" -ge 1

@@ -1,0 +1,27 @@
+// The JSON documents of the queue that both the CLI and the HTTP API print (docs/commands.md §7,
+// §11; docs/http-api.md §3), built here once so that `acmo stats --json` and GET /sqs/stats,
+// `acmo dlq list --json` and GET /sqs/dlq say the same things in the same names.
+#pragma once
+
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/queue/queue.hpp"
+
+namespace acmo {
+
+// {"name", "visible", "inFlight", "delayed", "deadLettered", "dedupEntries", "sent",
+//  "duplicates", "received", "deleted", "retried", "expired", "oldestAgeMs", "dlqName",
+//  "deadLetteredTotal", "redriven", "purged"}
+nlohmann::json queue_stats_json(const QueueStats& stats);
+
+// One dead-lettered message: {"messageId", "sequenceNumber", "groupId", "deduplicationId",
+// "reason", "lastError", "failures", "receiveCount", "sentAt", "deadLetteredAt", "body"}; the
+// body as JSON when it is JSON (order events are), else as a string.
+nlohmann::json dead_letter_json(const Message& message);
+
+// A page of the DLQ: {"messages": [dead_letter_json...], "total": messages in the DLQ}.
+nlohmann::json dead_letters_json(const std::vector<Message>& page, int64_t total);
+
+} // namespace acmo
