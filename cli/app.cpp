@@ -2,6 +2,7 @@
 
 #include <array>
 #include <csignal>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <thread>
@@ -124,12 +125,29 @@ std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
 {
   start_stop_guard();
   const std::string dir = data_dir(global);
-  if (auto ok = ensure_directory(dir); !ok) throw data_dir_fatal(ok.error());
   const std::string path = database_path(dir);
+  std::error_code ec;
+  if (global.verbose > 0 && !std::filesystem::exists(path, ec)) {
+    fmt::print(stderr, "acmo: no acmo data in {} yet: creating it\n", dir);
+  }
+  if (auto ok = ensure_directory(dir); !ok) throw data_dir_fatal(ok.error());
   if (global.verbose > 0) fmt::print(stderr, "acmo: queue database: {}\n", path);
   auto queue = Queue::open(path, queue_options_from(config(global)));
   if (!queue) throw data_dir_fatal(queue.error());
   return std::move(*queue);
+}
+
+std::unique_ptr<Queue> open_existing_queue(const GlobalOptions& global)
+{
+  const std::string dir = data_dir(global);
+  std::error_code ec;
+  if (!std::filesystem::exists(database_path(dir), ec)) {
+    throw Fatal(fmt::format("no acmo data in {}: nothing was sent there yet; check --data-dir "
+                            "or $ACMO_DATA_DIR",
+                            dir),
+                exit_code::k_not_found);
+  }
+  return open_queue(global);
 }
 
 int run(int argc, char** argv)

@@ -61,9 +61,15 @@ std::string data_dir(const GlobalOptions& global);
 // configuration error, exit 2: no retry helps. Other errors keep their exit code.
 Fatal data_dir_fatal(const Error& error);
 
-// Open the queue of the data dir (creating the directory). Throws Fatal with a clear message
-// if it cannot.
+// Open the queue of the data dir, creating the directory and the database when they are not
+// there (-v says so): for the commands that write, send, run-handler, serve and demo. Throws
+// Fatal with a clear message if it cannot.
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global);
+
+// Open the queue of a data dir that already holds acmo's data: for the commands that read or
+// act on what is there (stats, orders, dlq, purge). A data dir without it is exit 3, "no acmo
+// data in DIR", and nothing is created: a mistyped --data-dir must not read as an empty queue.
+std::unique_ptr<Queue> open_existing_queue(const GlobalOptions& global);
 
 // Purge the queue (or its DLQ), asking first on a TTY and refusing without `yes` otherwise;
 // shared by `acmo purge` and `acmo dlq purge`.

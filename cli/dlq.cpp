@@ -26,7 +26,7 @@ int run_list(const DlqOptions& opts, const GlobalOptions& global)
   if (opts.limit < 1 || opts.limit > 1000 || opts.offset < 0) {
     throw Fatal("--limit must be 1 to 1000 and --offset not negative", exit_code::k_usage);
   }
-  auto queue = open_queue(global);
+  auto queue = open_existing_queue(global);
   auto stats = queue->stats();
   if (!stats) return report(stats.error());
   auto messages = queue->dlq_list(opts.limit, opts.offset);
@@ -51,7 +51,7 @@ int run_list(const DlqOptions& opts, const GlobalOptions& global)
 
 int run_show(const DlqOptions& opts, const GlobalOptions& global)
 {
-  auto queue = open_queue(global);
+  auto queue = open_existing_queue(global);
   auto m = queue->dlq_show(opts.id);
   if (!m) return report(m.error());
   if (global.json) {
@@ -105,7 +105,7 @@ Expected<int64_t> redrive_all(Queue& queue, const GlobalOptions& global)
 
 int run_redrive(const DlqOptions& opts, const GlobalOptions& global)
 {
-  auto queue = open_queue(global);
+  auto queue = open_existing_queue(global);
   auto moved = opts.ids.empty() ? redrive_all(*queue, global) : queue->redrive(opts.ids);
   if (!moved) return report(moved.error());
   if (global.json) {

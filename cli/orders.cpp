@@ -51,16 +51,8 @@ Reader open_reader(const GlobalOptions& global)
 {
   std::string db;
   if (!postgres(global)) {
-    const std::string dir = data_dir(global);
-    db = database_path(dir);
-    std::error_code ec;
-    if (!std::filesystem::exists(db, ec)) {
-      throw Fatal(fmt::format("no acmo database in {}: nothing was sent there yet; check "
-                              "--data-dir or $ACMO_DATA_DIR",
-                              dir),
-                  exit_code::k_not_found);
-    }
-    open_queue(global);
+    db = database_path(data_dir(global));
+    open_existing_queue(global);
   }
   Reader r;
   auto store = open_order_store(config(global), db);

@@ -18,7 +18,7 @@ struct PurgeOptions {
 
 int purge_queue(bool dlq, bool yes, const GlobalOptions& global)
 {
-  auto queue = open_queue(global);
+  auto queue = open_existing_queue(global);
   const std::string& name = dlq ? queue->options().dlq_name : queue->options().name;
   if (!yes) {
     if (!stdin_is_tty()) {

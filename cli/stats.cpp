@@ -46,7 +46,7 @@ int run_stats(const StatsOptions& flags, const GlobalOptions& global)
   sigaddset(&stop, SIGTERM);
   if (opts.watch_s > 0) pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
-  auto queue = open_queue(global);
+  auto queue = open_existing_queue(global);
   const std::string db = database_path(data_dir(global));
   // A store that is down does not hide the queue's figures: it is reported in its section.
   auto store = open_order_store(config(global), db);

@@ -173,18 +173,34 @@ fi
 err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/locked" send DELETE --order-id x 2>&1); rc=$?
 check "a data dir this user may not write exits 2 (got $rc)" test "$rc" -eq 2
 check "  saying so" grep -q "this user may not write the data directory $work/locked" <<<"$err"
-err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/locked/below" stats 2>&1); rc=$?
+err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/locked/below" send DELETE --order-id x 2>&1)
+rc=$?
 check "a data dir this user may not create exits 2 (got $rc: $err)" test "$rc" -eq 2
 printf 'x' >"$work/a-file"
-"$acmo" --data-dir "$work/a-file" stats 2>/dev/null; rc=$?
+"$acmo" --data-dir "$work/a-file" send DELETE --order-id x 2>/dev/null; rc=$?
 check "a data dir that is a file exits 2 (got $rc)" test "$rc" -eq 2
-mkdir -p "$work/ro-db" && "$acmo" --data-dir "$work/ro-db" stats >/dev/null
+"$acmo" -q --data-dir "$work/ro-db" send DELETE --order-id x
 chmod 444 "$work/ro-db/acmo.db"
 [[ $(id -u) -eq 0 ]] && chown -R nobody "$work/ro-db"
 err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/ro-db" send DELETE --order-id x 2>&1)
 rc=$?
 check "a queue database that is read-only for this user exits 2 (got $rc: $err)" \
   test "$rc" -eq 2 -a -n "$(grep "may not write the queue database" <<<"$err")"
+
+# Commands that only read or act on what is there refuse a data dir without acmo's data, and
+# create nothing there: a mistyped --data-dir is an error, not an empty, healthy queue.
+for cmd in "stats" "stats --json" "purge --yes" "dlq list" "dlq show 00000000-0000-0000-0000-000000000000" \
+           "dlq redrive" "dlq purge --yes" "orders list" "orders get ord_1"; do
+  # shellcheck disable=SC2086 # the command's words
+  err=$("$acmo" --data-dir "$work/typo/dir" $cmd 2>&1); rc=$?
+  check "$cmd in a data dir without acmo data exits 3 (got $rc)" test "$rc" -eq 3
+  check "  saying so" grep -qF "no acmo data in $work/typo/dir" <<<"$err"
+done
+check "  and nothing was created" test ! -e "$work/typo"
+err=$("$acmo" -v --data-dir "$work/typo/dir" send DELETE --order-id x 2>&1); rc=$?
+check "send creates the data dir (exit $rc), and -v says so" \
+  grep -qF "no acmo data in $work/typo/dir yet: creating it" <<<"$err"
+check "  then stats reads it" "$acmo" -q --data-dir "$work/typo/dir" stats
 
 # --- send --file ----------------------------------------------------------------------------
 cat >"$work/events.jsonl" <<JSONL
