@@ -163,9 +163,10 @@ complete -c acmo -n '__acmo_using dlq purge' -s y -l yes -d 'Do not ask for conf
 complete -c acmo -n '__acmo_no_subcommand dlq show' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
 complete -c acmo -n '__acmo_using dlq redrive' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
 
-# acmo config: a subcommand of its own, show or check; neither has options of its own.
+# acmo config: a subcommand of its own, show or check.
 complete -c acmo -n '__acmo_no_subcommand config' -a show -d "Print every key's value and where it came from"
 complete -c acmo -n '__acmo_no_subcommand config' -a check -d 'Check the configuration file and environment'
+complete -c acmo -n '__acmo_using config show' -l show-secrets -d 'Print tokens and passwords in clear'
 
 # acmo demo
 complete -c acmo -n '__acmo_using demo' -l keep -d 'Keep the temporary data dir at the end'

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <regex>
 
 #include <fmt/core.h>
 #include <toml++/toml.h>
@@ -53,14 +54,16 @@ const std::vector<ConfigKey> k_keys = {
    "sqlite: orders in the queue's database; postgres: orders in PostgreSQL at store.url",
    "sqlite|postgres"},
   {"store.url", KeyType::string, R"("")",
-   "the PostgreSQL connection URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\""},
+   "the PostgreSQL connection URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"", "",
+   Secret::url},
   {"store.pool_size", KeyType::integer, "4", "PostgreSQL connections a process keeps at most"},
   {"store.connect_timeout", KeyType::duration, R"("5s")",
    "how long to wait for PostgreSQL to answer a new connection"},
   {"cache.backend", KeyType::choice, R"("memory")",
    "memory: an LRU in each process; redis: shared, in Redis at cache.url; none: no cache",
    "memory|redis|none"},
-  {"cache.url", KeyType::string, R"("redis://127.0.0.1:6379")", "the Redis server's URL"},
+  {"cache.url", KeyType::string, R"("redis://127.0.0.1:6379")", "the Redis server's URL", "",
+   Secret::url},
   {"cache.prefix", KeyType::string, R"("acmo:")",
    "the prefix of every Redis key acmo writes; cache clear removes only these"},
   {"cache.ttl", KeyType::duration, R"("60s")", "how long a cached order or list is kept"},
@@ -83,9 +86,10 @@ const std::vector<ConfigKey> k_keys = {
   {"server.max_connections_per_client", KeyType::integer, "1024",
    "connections one client address may hold open at once (429 above)"},
   {"server.api_tokens", KeyType::string_list, "[]",
-   "bearer tokens for the API; empty: no token needed"},
+   "bearer tokens for the API; empty: no token needed", "", Secret::whole},
   {"server.admin_tokens", KeyType::string_list, "[]",
-   "bearer tokens for purge, cache clear and the DLQ; empty: api tokens suffice"},
+   "bearer tokens for purge, cache clear and the DLQ; empty: api tokens suffice", "",
+   Secret::whole},
   {"server.rate_limit", KeyType::integer, "0",
    "requests per second per valid token, else per client address (0: no limit)"},
   {"server.rate_burst", KeyType::integer, "0",
@@ -389,6 +393,49 @@ Expected<int64_t> parse_duration(std::string_view text)
                                   text));
   }
   return value * scale;
+}
+
+namespace {
+
+// "postgresql://acmo:secret@db/acmo?sslpassword=x" → "postgresql://acmo:***@db/acmo?sslpassword=***",
+// "host=db password='a b'" → "host=db password=***".
+std::string redact_url(const std::string& url)
+{
+  std::string out = url;
+  if (const auto scheme = out.find("://"); scheme != std::string::npos) {
+    const size_t start = scheme + 3;
+    const size_t end = std::min(out.find_first_of("/?#", start), out.size());
+    const size_t at = out.rfind('@', end == 0 ? 0 : end - 1);
+    if (at != std::string::npos && at >= start) {
+      const size_t colon = out.find(':', start);
+      if (colon != std::string::npos && colon < at) out.replace(colon + 1, at - colon - 1, "***");
+    }
+  }
+  static const std::regex password(R"((password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*))",
+                                   std::regex::icase);
+  return std::regex_replace(out, password, "$1***");
+}
+
+} // namespace
+
+ConfigValue redacted(const ConfigKey& key, const ConfigValue& value)
+{
+  switch (key.secret) {
+  case Secret::none:
+    return value;
+  case Secret::whole:
+    if (const auto* list = std::get_if<std::vector<std::string>>(&value)) {
+      return std::vector<std::string>(list->size(), "***");
+    }
+    if (const auto* text = std::get_if<std::string>(&value); text != nullptr && !text->empty()) {
+      return std::string("***");
+    }
+    return value;
+  case Secret::url:
+    if (const auto* text = std::get_if<std::string>(&value)) return redact_url(*text);
+    return value;
+  }
+  return value;
 }
 
 std::string format_value(const ConfigKey& key, const ConfigValue& value)

@@ -15,12 +15,20 @@ namespace acmo {
 
 enum class KeyType { string, boolean, integer, duration, duration_list, choice, string_list };
 
+// What of a key's value is secret, hidden by `acmo config show` unless --show-secrets.
+enum class Secret {
+  none,
+  whole, // every value (tokens)
+  url,   // the password of a connection URL or libpq string
+};
+
 struct ConfigKey {
   const char* name;          // "queue.visibility_timeout"; top-level keys have no dot
   KeyType type;
   const char* default_value; // as written in a TOML file, e.g. "\"30s\"" or "true"
   const char* description;   // one line
   const char* choices = "";  // for KeyType::choice: "full|normal"
+  Secret secret = Secret::none;
 };
 
 // Every key acmo knows, in the order `acmo config show` lists them.
@@ -57,6 +65,10 @@ private:
   std::map<std::string, ConfigEntry> m_entries;
   std::string m_file;
 };
+
+// The value with what is secret in it replaced by "***": each token of a Secret::whole key, the
+// password of a Secret::url key ("postgresql://acmo:***@db/acmo", "password=***").
+ConfigValue redacted(const ConfigKey& key, const ConfigValue& value);
 
 // Parse "1s", "500ms", "5m", "2h", "4d" into milliseconds.
 Expected<int64_t> parse_duration(std::string_view text);

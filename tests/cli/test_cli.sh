@@ -148,6 +148,17 @@ err=$("$acmo" --config "$work/huge.toml" config check 2>&1); rc=$?
 check "a 2 MB configuration file is refused with exit 2 (got $rc: ${err:0:120})" \
   test "$rc" -eq 2 -a -n "$(grep -F "more than a configuration file can be (1 MiB)" <<<"$err")"
 
+# config show hides tokens and passwords unless asked.
+out=$(ACMO_SERVER_API_TOKENS=tok-one,tok-two ACMO_STORE_URL='postgresql://acmo:pg-pass@db/acmo' \
+      ACMO_CACHE_URL='redis://:redis-pass@127.0.0.1:6379' "$acmo" config show)
+check "config show prints no token or password" \
+  bash -c '! grep -qE "tok-one|tok-two|pg-pass|redis-pass" <<<"$1"' _ "$out"
+check "  but says they are there" grep -qF 'postgresql://acmo:***@db/acmo' <<<"$out"
+out=$(ACMO_SERVER_API_TOKENS=tok-one "$acmo" --json config show)
+check "config show --json neither" bash -c '! grep -q tok-one <<<"$1"' _ "$out"
+out=$(ACMO_SERVER_API_TOKENS=tok-one "$acmo" config show --show-secrets)
+check "config show --show-secrets prints them" grep -q tok-one <<<"$out"
+
 # config check: a broken file is named with its line and column, in text and in JSON.
 printf '[queue]\n\nvisibility_timeout = "soon"\n' >"$work/broken.toml"
 err=$("$acmo" --config "$work/broken.toml" config check 2>&1); rc=$?

@@ -222,3 +222,32 @@ TEST_CASE("Config: the first file on the search path is read", "[config]")
   CHECK(config->get_string("queue.name") == "second");
   CHECK(config->file() == second);
 }
+
+TEST_CASE("Config: config show's redaction hides tokens and passwords, nothing else", "[config]")
+{
+  auto key = [](const std::string& name) {
+    for (const auto& k : config_keys()) {
+      if (k.name == name) return k;
+    }
+    FAIL("no key " << name);
+    return config_keys().front();
+  };
+  auto text = [](const ConfigValue& v) { return std::get<std::string>(v); };
+  const ConfigKey store = key("store.url");
+  CHECK(text(redacted(store, std::string("postgresql://acmo:s3cret@db:5432/acmo"))) ==
+        "postgresql://acmo:***@db:5432/acmo");
+  CHECK(text(redacted(store, std::string("postgresql://acmo@db/acmo?password=s3cret&x=1"))) ==
+        "postgresql://acmo@db/acmo?password=***&x=1");
+  CHECK(text(redacted(store, std::string("host=db password='a b\\' c' user=x"))) ==
+        "host=db password=*** user=x");
+  CHECK(text(redacted(store, std::string("postgresql://acmo@db/a@b"))) ==
+        "postgresql://acmo@db/a@b");
+  CHECK(text(redacted(key("cache.url"), std::string("redis://:r3dis@127.0.0.1:6379/0"))) ==
+        "redis://:***@127.0.0.1:6379/0");
+  CHECK(std::get<std::vector<std::string>>(redacted(
+          key("server.api_tokens"), std::vector<std::string>{"a", "b"})) ==
+        std::vector<std::string>{"***", "***"});
+  CHECK(std::get<std::vector<std::string>>(
+          redacted(key("server.admin_tokens"), std::vector<std::string>{})).empty());
+  CHECK(text(redacted(key("server.listen"), std::string("127.0.0.1:3000"))) == "127.0.0.1:3000");
+}
