@@ -119,6 +119,30 @@ void start_stop_guard()
   }).detach();
 }
 
+// The words of the command line, with `--watch 5` and `--wait 5` joined into `--watch=5`:
+// CLI11 gives a flag a value only after '='. A number is never otherwise the word after them
+// (send's positional is CREATE, UPDATE or DELETE), so joining changes no other meaning.
+std::vector<std::string> join_flag_values(int argc, char** argv)
+{
+  std::vector<std::string> words(argv, argv + argc);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < words.size(); ++i) {
+    if (words[i] == "--") {
+      out.insert(out.end(), words.begin() + static_cast<std::ptrdiff_t>(i), words.end());
+      break;
+    }
+    const bool takes_seconds = words[i] == "--watch" || words[i] == "--wait";
+    if (takes_seconds && i + 1 < words.size() && !words[i + 1].empty() &&
+        words[i + 1].find_first_not_of("0123456789") == std::string::npos) {
+      out.push_back(words[i] + "=" + words[i + 1]);
+      ++i;
+    } else {
+      out.push_back(words[i]);
+    }
+  }
+  return out;
+}
+
 } // namespace
 
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
@@ -195,6 +219,12 @@ int run(int argc, char** argv)
   };
   for (auto& [cmd, runner] : runners) add_global_note(cmd);
 
+  std::vector<std::string> words = join_flag_values(argc, argv);
+  std::vector<char*> word_ptrs;
+  for (auto& w : words) word_ptrs.push_back(w.data());
+  word_ptrs.push_back(nullptr);
+  argc = static_cast<int>(words.size());
+  argv = word_ptrs.data();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -177,15 +177,15 @@ UsageError explain_parse_error(const CLI::App& app, const CLI::ParseError& e, in
     }
     if (!extras.empty()) {
       const std::string& word = extras.back();
-      // "--watch 5": a flag whose value is optional ("[=SECS]") takes it attached only.
+      // "--watch soon": a flag whose value is optional ("[=SECS]") takes a number after it
+      // (join_flag_values in app.cpp), or a value attached with '='.
       for (int i = 2; i < argc; ++i) {
         const std::string flag = argv[i - 1];
         if (word != argv[i] || flag.rfind("--", 0) != 0) continue;
         const CLI::Option* opt = find_option(cmd, flag);
         if (opt != nullptr && opt->get_option_text().rfind("[=", 0) == 0) {
-          return {fmt::format("{} takes its value attached: {}={} ('{}' alone is not an argument "
-                              "of '{}')",
-                              flag, flag, word, word, path),
+          return {fmt::format("{}: '{}' is not a number of seconds, nor an argument of '{}'",
+                              flag, word, path),
                   path};
         }
       }

@@ -84,9 +84,9 @@ err=$(usage_error orders list --limit abc)
 check "a number that is not one is named" grep -qx "acmo: error: --limit: \"abc\" is not a whole number" <<<"$err"
 err=$(usage_error send CREATE --data)
 check "a flag without its value says what value" grep -qx "acmo: error: --data needs a value: JSON|@FILE" <<<"$err"
-err=$(usage_error stats --watch 5)
-check "a flag whose value must be attached says so" \
-  grep -qF "acmo: error: --watch takes its value attached: --watch=5" <<<"$err"
+err=$(usage_error stats --watch soon)
+check "a flag whose value is not a number says how to give one" \
+  grep -qxF "acmo: error: --watch: 'soon' is not a number of seconds, nor an argument of 'acmo stats'" <<<"$err"
 err=$(usage_error -x)
 check "an unknown flag before any subcommand is named" grep -qx "acmo: error: 'acmo' has no option -x" <<<"$err"
 out=$("$acmo" --help); rc=$?

@@ -162,21 +162,21 @@ wpid=$(pid_of "$work/w.pid")
 out=$("$acmo" send UPDATE --order-id w1 --data '{"status":"processing"}' --wait 2>&1)
 check "send --wait prints the outcome once the handler applied it (exit 0): $out" \
   bash -c '[[ $1 == 0 && $2 == *"applied: order w1 is processing (version 2)"* ]]' _ "$?" "$out"
-out=$("$acmo" --json send UPDATE --order-id w1 --data '{"status":"pending"}' --wait=10)
-check "send --wait reports a dead-lettered event with its reason (exit 4)" \
+out=$("$acmo" --json send UPDATE --order-id w1 --data '{"status":"pending"}' --wait 10)
+check "send --wait 10 reports a dead-lettered event with its reason (exit 4)" \
   bash -c '[[ $1 == 4 && $2 == *"\"state\":\"deadLettered\""* && $2 == *"cannot become pending"* ]]' _ "$?" "$out"
 "$acmo" send --file "$src/examples/events.jsonl" --wait >/dev/null 2>&1
 check "send --file --wait is a usage error (exit 2)" test $? = 2
 "$acmo" send DELETE --order-id w1 --wait=0 >/dev/null 2>&1
 check "send --wait=0 is a usage error (exit 2)" test $? = 2
-"$acmo" --json stats --watch=1 >"$work/watch.jsonl" &
+"$acmo" --json stats --watch 1 >"$work/watch.jsonl" &
 watcher=$!
 sleep 2.5
 kill -INT "$watcher"
 wait "$watcher"
 rc=$?
 lines=$(grep -c '"queue":' "$work/watch.jsonl")
-check "stats --watch=1 --json prints a document per second and exits 0 on SIGINT (got $lines lines, exit $rc)" \
+check "stats --watch 1 --json prints a document per second and exits 0 on SIGINT (got $lines lines, exit $rc)" \
   bash -c '[[ $1 -ge 2 && $1 -le 4 && $2 == 0 ]]' _ "$lines" "$rc"
 kill -TERM "$wpid" 2>/dev/null
 wait_for 10 gone "$wpid"
