@@ -589,9 +589,10 @@ Expected<ListenAddress> parse_listen(std::string_view text)
                       fmt::format("\"{}\" is not HOST:PORT, e.g. \"127.0.0.1:3000\"", text),
                       "server.listen");
   };
-  if (colon == std::string_view::npos || colon == 0 || colon + 1 == text.size()) return bad();
+  if (colon == std::string_view::npos || colon + 1 == text.size()) return bad();
   ListenAddress out;
   out.host = std::string(text.substr(0, colon));
+  if (out.host.empty()) out.host = "0.0.0.0"; // ":3000": every IPv4 address, as in Go and Node
   if (out.host.size() > 2 && out.host.front() == '[' && out.host.back() == ']') {
     out.host = out.host.substr(1, out.host.size() - 2); // [::1]:3000
   }

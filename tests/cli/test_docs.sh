@@ -185,6 +185,20 @@ for page in acmo.1 acmo.toml.5; do
   fi
 done
 
+# A shell example's line continuation: scdoc reads a lone backslash at the end of a line as an
+# escape and drops it, so the page would show a command cut in pieces. In the sources it is "\\".
+for page in acmo.1 acmo.toml.5; do
+  # shellcheck disable=SC2046 # one word per line number
+  check "man/$page.scd: no line ends in a lone backslash, which scdoc drops" \
+    $(grep -nP '(?<!\\)\\$' "$root/man/$page.scd" | cut -d: -f1 | sed 's/^/line-/')
+done
+# And the page shows them.
+if [[ $(MANWIDTH=120 man "$root/man/acmo.1" 2>/dev/null | grep -c 'curl .*\\$') -ge 1 ]]; then
+  ok "man/acmo.1 shows the curl example's line continuations"
+else
+  not_ok "man/acmo.1 shows the curl example's line continuations"
+fi
+
 # --- bash -----------------------------------------------------------------------------------
 
 # What the bash completion offers for the command line "$@", the last word being completed;

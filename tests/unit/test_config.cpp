@@ -251,3 +251,17 @@ TEST_CASE("Config: config show's redaction hides tokens and passwords, nothing e
           redacted(key("server.admin_tokens"), std::vector<std::string>{})).empty());
   CHECK(text(redacted(key("server.listen"), std::string("127.0.0.1:3000"))) == "127.0.0.1:3000");
 }
+
+TEST_CASE("Config: server.listen is HOST:PORT; :PORT is every IPv4 address", "[config]")
+{
+  auto listen = parse_listen(":3000");
+  REQUIRE(listen.has_value());
+  CHECK(listen->host == "0.0.0.0");
+  CHECK(listen->port == 3000);
+  listen = parse_listen("[::1]:8080");
+  REQUIRE(listen.has_value());
+  CHECK(listen->host == "::1");
+  CHECK(!parse_listen("3000").has_value());
+  CHECK(!parse_listen(":").has_value());
+  CHECK(!parse_listen("host:70000").has_value());
+}
