@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 scripts/install-deps.sh
-ACMO_BUILD_DIR=${ACMO_BUILD_DIR:-build} scripts/build.sh -DACMO_WERROR=ON -DACMO_BUILD_TESTS=ON
+ACMO_BUILD_DIR=${ACMO_BUILD_DIR:-build} scripts/build.sh
 
 # Stop the services however the run ends, keeping the tests' exit status.
 trap 'status=$?; "$root/scripts/test-services.sh" stop || true; exit $status' EXIT

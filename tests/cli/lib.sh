@@ -1,5 +1,6 @@
 # Shared by the shell tests: counters, checks and a small JSON reader.
-# Source it after setting nothing; it defines passed, failed, ok, not_ok, check, json_field.
+# Source it after setting nothing; it defines passed, failed, ok, not_ok, check, none_missing,
+# skip, json_field and start_server.
 passed=0
 failed=0
 
@@ -7,6 +8,18 @@ ok() { passed=$((passed + 1)); echo "ok - $*"; }
 not_ok() { failed=$((failed + 1)); echo "not ok - $*"; }
 # check NAME COMMAND...: the command must succeed.
 check() { local name=$1; shift; if "$@"; then ok "$name"; else not_ok "$name"; fi; }
+# none_missing NAME WORD...: passes when no word is given; the words are what is missing or
+# wrong (for checks that compare lists, such as the docs test's).
+none_missing() {
+  local name=$1
+  shift
+  if [[ $# -eq 0 ]]; then ok "$name"; else not_ok "$name (missing or wrong: $*)"; fi
+}
+# skip WHAT: a check that cannot run here is skipped outside CI; in CI (CI set) it fails, since
+# scripts/install-deps.sh installs every tool the tests use.
+skip() {
+  if [[ -n ${CI:-} ]]; then not_ok "$* (CI must have it: scripts/install-deps.sh)"; else echo "ok - # SKIP $*"; fi
+}
 # json_field JSON KEY: the first value of a scalar field (acmo prints compact JSON).
 json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" <<<"$1" | head -n 1; }
 # start_server [FLAGS...]: `$acmo serve` in the background on a port the kernel picks

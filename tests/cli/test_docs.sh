@@ -32,22 +32,8 @@ bash_file=$root/completions/acmo.bash
 zsh_file=$root/completions/_acmo
 fish_file=$root/completions/acmo.fish
 
-passed=0
-failed=0
-ok() { echo "ok - $*"; passed=$((passed + 1)); }
-not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
-# Outside CI a missing tool skips its checks; in CI (CI set) it is a failure, since
-# scripts/install-deps.sh installs scdoc, zsh and fish.
-skip() {
-  if [ -n "${CI:-}" ]; then not_ok "$* (CI must have it: scripts/install-deps.sh)"; else echo "ok - # SKIP $*"; fi
-}
-
-# Report one check: "check DESCRIPTION MISSING..." passes when nothing is missing.
-check() {
-  local what=$1
-  shift
-  if [[ $# -eq 0 ]]; then ok "$what"; else not_ok "$what (missing or wrong: $*)"; fi
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The words of list $1 that are not in list $2 (both whitespace-separated).
 missing_from() {
@@ -149,7 +135,7 @@ not_described() {
 }
 
 section=$(man_section "# GLOBAL OPTIONS")
-check "man page: GLOBAL OPTIONS describes every global flag" \
+none_missing "man page: GLOBAL OPTIONS describes every global flag" \
   $(not_described "$section" $global_flags)
 synopsis=$(man_section "# SYNOPSIS")
 for path in $commands; do
@@ -160,17 +146,17 @@ for path in $commands; do
   else
     ok "man page: a section '## acmo $name'"
     # -h/--help is in every subcommand; GLOBAL OPTIONS covers it.
-    check "man page: '## acmo $name' describes every flag of acmo $name" \
+    none_missing "man page: '## acmo $name' describes every flag of acmo $name" \
       $(not_described "$section" $(missing_from "${sub_flags[$path]}" "$global_flags"))
   fi
-  check "man page: SYNOPSIS shows acmo $name" \
+  none_missing "man page: SYNOPSIS shows acmo $name" \
     $(for w in $name; do grep -qF -- "*$w*" <<<"$synopsis" || echo "$w"; done)
 done
 man_sections=$(sed -n 's/^## acmo \([a-z -]*\)$/\1/p' "$man_page" | tr ' ' '/')
-check "man page: every '## acmo X' section is a command of the binary" \
+none_missing "man page: every '## acmo X' section is a command of the binary" \
   $(missing_from "$man_sections" "$commands")
 man_long=$(grep -oE -- '(^|[^a-z-])--[a-z][a-z-]*' "$man_page" | grep -oE -- '--[a-z-]+' | sort -u)
-check "man page: every --flag it names is a flag of the binary" \
+none_missing "man page: every --flag it names is a flag of the binary" \
   $(missing_from "$man_long" "$all_long")
 
 # The ready-to-read pages in man/ (for `man ./man/acmo.1` in a checkout) are what scdoc makes of
@@ -189,7 +175,7 @@ done
 # escape and drops it, so the page would show a command cut in pieces. In the sources it is "\\".
 for page in acmo.1 acmo.toml.5; do
   # shellcheck disable=SC2046 # one word per line number
-  check "man/$page.scd: no line ends in a lone backslash, which scdoc drops" \
+  none_missing "man/$page.scd: no line ends in a lone backslash, which scdoc drops" \
     $(grep -nP '(?<!\\)\\$' "$root/man/$page.scd" | cut -d: -f1 | sed 's/^/line-/')
 done
 # And the page shows them.
@@ -228,27 +214,27 @@ if offered=$(bash_complete acmo ""); then
 else
   not_ok "bash: completions/acmo.bash loads and registers a function for acmo"
 fi
-check "bash: 'acmo <TAB>' offers every subcommand" $(missing_from "$subcommands" "$offered")
-check "bash: 'acmo <TAB>' offers only subcommands" $(missing_from "$offered" "$subcommands")
+none_missing "bash: 'acmo <TAB>' offers every subcommand" $(missing_from "$subcommands" "$offered")
+none_missing "bash: 'acmo <TAB>' offers only subcommands" $(missing_from "$offered" "$subcommands")
 for word in send stats purge config; do
-  check "bash: 'acmo <TAB>' offers $word" $(missing_from "$word" "$offered")
+  none_missing "bash: 'acmo <TAB>' offers $word" $(missing_from "$word" "$offered")
 done
 for sub in $subcommands; do
   [[ -n ${nested[$sub]} ]] || continue
   for line in "acmo $sub" "acmo --json $sub"; do
     offered=$(bash_complete $line "")
-    check "bash: '$line <TAB>' offers exactly: $(echo ${nested[$sub]})" \
+    none_missing "bash: '$line <TAB>' offers exactly: $(echo ${nested[$sub]})" \
       $(missing_from "${nested[$sub]}" "$offered") $(missing_from "$offered" "${nested[$sub]}")
   done
 done
 for path in $no_args; do
   offered=$(bash_complete acmo $(words $path) "")
-  check "bash: 'acmo $(words $path) <TAB>' offers nothing (it takes no arguments)" $offered
+  none_missing "bash: 'acmo $(words $path) <TAB>' offers nothing (it takes no arguments)" $offered
 done
 
 offered=$(bash_complete acmo -)
-check "bash: 'acmo -<TAB>' offers every global flag" $(missing_from "$global_flags" "$offered")
-check "bash: 'acmo -<TAB>' offers only global flags" $(missing_from "$offered" "$global_flags")
+none_missing "bash: 'acmo -<TAB>' offers every global flag" $(missing_from "$global_flags" "$offered")
+none_missing "bash: 'acmo -<TAB>' offers only global flags" $(missing_from "$offered" "$global_flags")
 
 # After a subcommand: its own flags and the global ones (CLI11 lets them follow it), except
 # --version, which belongs before the subcommand.
@@ -256,32 +242,32 @@ globals_after=$(missing_from "$global_flags" "--version -h --help")
 for path in $commands; do
   name=$(words $path)
   offered=$(bash_complete acmo $name -)
-  check "bash: 'acmo $name -<TAB>' offers every flag of acmo $name" \
+  none_missing "bash: 'acmo $name -<TAB>' offers every flag of acmo $name" \
     $(missing_from "${sub_flags[$path]} $globals_after" "$offered")
-  check "bash: 'acmo $name -<TAB>' offers only flags of acmo $name and global flags" \
+  none_missing "bash: 'acmo $name -<TAB>' offers only flags of acmo $name and global flags" \
     $(missing_from "$offered" "${sub_flags[$path]} $global_flags")
 done
 
 offered=$(bash_complete acmo send --)
-check "bash: 'acmo send --<TAB>' offers --order-id --data --file --dedup-id --group" \
+none_missing "bash: 'acmo send --<TAB>' offers --order-id --data --file --dedup-id --group" \
   $(missing_from "--order-id --data --file --dedup-id --group" "$offered")
 offered=$(bash_complete acmo --json send "")
-check "bash: 'acmo --json send <TAB>' offers CREATE UPDATE DELETE" \
+none_missing "bash: 'acmo --json send <TAB>' offers CREATE UPDATE DELETE" \
   $(missing_from "CREATE UPDATE DELETE" "$offered")
 offered=$(bash_complete acmo send --file "")
-check "bash: 'acmo send --file <TAB>' offers files" \
+none_missing "bash: 'acmo send --file <TAB>' offers files" \
   $(missing_from "events.jsonl order.json" "$offered")
 # bash splits "--data @o" into "--data" "@" "o" in COMP_WORDS, and "--data=@o" into
 # "--data" "=@" "o"; readline's word is "@o" in both.
 offered=$(bash_complete_as @o acmo send --data @ o)
-check "bash: 'acmo send --data @o<TAB>' offers @order.json" $(missing_from "@order.json" "$offered")
+none_missing "bash: 'acmo send --data @o<TAB>' offers @order.json" $(missing_from "@order.json" "$offered")
 offered=$(bash_complete_as @o acmo send --data =@ o)
-check "bash: 'acmo send --data=@o<TAB>' offers @order.json" $(missing_from "@order.json" "$offered")
+none_missing "bash: 'acmo send --data=@o<TAB>' offers @order.json" $(missing_from "@order.json" "$offered")
 offered=$(bash_complete acmo --data-dir "")
-check "bash: 'acmo --data-dir <TAB>' offers directories only" \
+none_missing "bash: 'acmo --data-dir <TAB>' offers directories only" \
   $(missing_from "subdir" "$offered") $(missing_from "$offered" "subdir")
 offered=$(bash_complete_as "" acmo --config =)  # "--config=": readline's word is empty
-check "bash: 'acmo --config=<TAB>' offers files" $(missing_from "events.jsonl" "$offered")
+none_missing "bash: 'acmo --config=<TAB>' offers files" $(missing_from "events.jsonl" "$offered")
 
 # Live values: order ids, DLQ message ids and statuses, asked of acmo (found on PATH, as the
 # completion runs the command's first word) for the --data-dir on the line.
@@ -294,13 +280,13 @@ live_order=ord_completion_1
 "$acmo" --data-dir "$live" -q run-handler --once
 dead_id=$("$acmo" --data-dir "$live" --json dlq list | grep -oE '"messageId":"[^"]+"' | cut -d'"' -f4)
 offered=$(PATH="$acmo_dir:$PATH" bash_complete acmo --data-dir "$live" orders get "")
-check "bash: 'acmo --data-dir DIR orders get <TAB>' offers the orders of DIR" \
+none_missing "bash: 'acmo --data-dir DIR orders get <TAB>' offers the orders of DIR" \
   $(missing_from "$live_order" "$offered")
 offered=$(PATH="$acmo_dir:$PATH" bash_complete acmo --data-dir "$live" dlq show "")
-check "bash: 'acmo --data-dir DIR dlq show <TAB>' offers the DLQ's message ids" \
+none_missing "bash: 'acmo --data-dir DIR dlq show <TAB>' offers the DLQ's message ids" \
   $(missing_from "${dead_id:-a-dead-letter-id}" "$offered")
 offered=$(bash_complete acmo orders list --status "")
-check "bash: 'acmo orders list --status <TAB>' offers the statuses" \
+none_missing "bash: 'acmo orders list --status <TAB>' offers the statuses" \
   $(missing_from "pending processing shipped delivered cancelled" "$offered")
 
 # --- zsh ------------------------------------------------------------------------------------
@@ -328,26 +314,26 @@ zsh_commands() { sed -n "s/^ *'\([a-z-]*\):.*/\1/p" <<<"$1"; }
 
 zsh_globals=$(zsh_block "_acmo_global_opts=(")
 zsh_top=$(zsh_block "_acmo() {")
-check "zsh: _acmo and _acmo_global_opts name every global flag" \
+none_missing "zsh: _acmo and _acmo_global_opts name every global flag" \
   $(zsh_missing "$zsh_globals $zsh_top" $global_flags)
 # _acmo lists the subcommands; _acmo_SUB lists those of SUB, if it has any.
 for parent in '' $subcommands; do
   if [[ -z $parent ]]; then fn=_acmo; want=$subcommands; else fn=_acmo_$parent; want=${nested[$parent]}; fi
   [[ -n $want ]] || continue
   listed=$(zsh_commands "$(zsh_block "$fn() {")")
-  check "zsh: the command list of $fn names exactly: $(echo $want)" \
+  none_missing "zsh: the command list of $fn names exactly: $(echo $want)" \
     $(missing_from "$want" "$listed") $(missing_from "$listed" "$want")
 done
 for path in $commands; do
   fn=_acmo_${path//\//_}
-  check "zsh: $fn names every flag of acmo $(words $path)" \
+  none_missing "zsh: $fn names every flag of acmo $(words $path)" \
     $(zsh_missing "$(zsh_block "$fn() {")" ${sub_flags[$path]})
 done
 all_names=$(for path in $commands; do echo "${path##*/}"; done)
-check "zsh: every command in a list is a command of the binary" \
+none_missing "zsh: every command in a list is a command of the binary" \
   $(missing_from "$(zsh_commands "$(cat "$zsh_file")")" "$all_names")
 zsh_long=$(grep -oE -- "(^|[^a-z-])--[a-z][a-z-]*" "$zsh_file" | grep -oE -- '--[a-z-]+' | sort -u)
-check "zsh: every --flag it names is a flag of the binary" $(missing_from "$zsh_long" "$all_long")
+none_missing "zsh: every --flag it names is a flag of the binary" $(missing_from "$zsh_long" "$all_long")
 if command -v zsh >/dev/null 2>&1; then
   if zsh -n "$zsh_file" 2>"$tmp/zsh.err"; then ok "zsh: _acmo parses (zsh -n)"
   else not_ok "zsh: _acmo parses (zsh -n): $(cat "$tmp/zsh.err")"; fi
@@ -369,7 +355,7 @@ fish_missing() {
 }
 
 fish_lines=$(grep -E '^complete -c acmo ' "$fish_file")
-check "fish: every global flag is declared for any subcommand" \
+none_missing "fish: every global flag is declared for any subcommand" \
   $(fish_missing "$(grep -v -- '__acmo_using' <<<"$fish_lines")" $global_flags)
 # Subcommands are offered with "-n __acmo_no_subcommand -a SUB", and the subcommands of SUB
 # with "-n '__acmo_no_subcommand SUB' -a INNER"; the flags of a path with
@@ -377,48 +363,48 @@ check "fish: every global flag is declared for any subcommand" \
 for path in $commands; do
   if [[ $path == */* ]]; then condition="'__acmo_no_subcommand ${path%%/*}'"
   else condition=__acmo_no_subcommand; fi
-  check "fish: $(words $path) is offered as a subcommand" \
+  none_missing "fish: $(words $path) is offered as a subcommand" \
     $(grep -qE -- "-n $condition -a ${path##*/}( |$)" <<<"$fish_lines" || echo "${path##*/}")
-  check "fish: every flag of acmo $(words $path) is declared for '__acmo_using $(words $path)'" \
+  none_missing "fish: every flag of acmo $(words $path) is declared for '__acmo_using $(words $path)'" \
     $(fish_missing "$(grep -E -- "'__acmo_using $(words $path)'| -l help" <<<"$fish_lines")" \
       ${sub_flags[$path]})
 done
 fish_subs=$(sed -nE 's/.*-n __acmo_no_subcommand -a ([a-z-]+) .*/\1/p' <<<"$fish_lines")
-check "fish: every subcommand it offers is a subcommand of the binary" \
+none_missing "fish: every subcommand it offers is a subcommand of the binary" \
   $(missing_from "$fish_subs" "$subcommands")
 for sub in $subcommands; do
   fish_inner=$(sed -nE "s/.*-n '__acmo_no_subcommand $sub' -a ([a-z-]+) .*/\1/p" <<<"$fish_lines")
   [[ -n ${nested[$sub]}$fish_inner ]] || continue
-  check "fish: every subcommand of $sub it offers is one of the binary" \
+  none_missing "fish: every subcommand of $sub it offers is one of the binary" \
     $(missing_from "$fish_inner" "${nested[$sub]}")
 done
 fish_long=$(grep -oE -- ' -l [a-z][a-z-]*' <<<"$fish_lines" | sed 's/ -l /--/' | sort -u)
-check "fish: every -l flag it declares is a flag of the binary" \
+none_missing "fish: every -l flag it declares is a flag of the binary" \
   $(missing_from "$fish_long" "$all_long")
 if command -v fish >/dev/null 2>&1; then
   fish_complete() {
     (cd "$tmp/work" && fish --no-config -c "source '$fish_file'; complete -C '$1'" | cut -f1)
   }
   offered=$(fish_complete "acmo ")
-  check "fish: 'acmo <TAB>' offers exactly the subcommands" \
+  none_missing "fish: 'acmo <TAB>' offers exactly the subcommands" \
     $(missing_from "$subcommands" "$offered") $(missing_from "$offered" "$subcommands")
   offered=$(fish_complete "acmo send --")
-  check "fish: 'acmo send --<TAB>' offers every long flag of acmo send" \
+  none_missing "fish: 'acmo send --<TAB>' offers every long flag of acmo send" \
     $(missing_from "$(long_only ${sub_flags[send]})" "$offered")
   offered=$(fish_complete "acmo send ")
-  check "fish: 'acmo send <TAB>' offers CREATE UPDATE DELETE" \
+  none_missing "fish: 'acmo send <TAB>' offers CREATE UPDATE DELETE" \
     $(missing_from "CREATE UPDATE DELETE" "$offered")
   for sub in $subcommands; do
     [[ -n ${nested[$sub]} ]] || continue
     for line in "acmo $sub " "acmo --json $sub "; do
       offered=$(fish_complete "$line")
-      check "fish: '$line<TAB>' offers exactly: $(echo ${nested[$sub]})" \
+      none_missing "fish: '$line<TAB>' offers exactly: $(echo ${nested[$sub]})" \
         $(missing_from "${nested[$sub]}" "$offered") $(missing_from "$offered" "${nested[$sub]}")
     done
   done
   for path in $no_args; do
     offered=$(fish_complete "acmo $(words $path) ")
-    check "fish: 'acmo $(words $path) <TAB>' offers nothing (it takes no arguments)" $offered
+    none_missing "fish: 'acmo $(words $path) <TAB>' offers nothing (it takes no arguments)" $offered
   done
 else
   skip "fish is not installed; acmo.fish not run"
@@ -460,7 +446,7 @@ if [[ -z $keys || " $(echo $keys) " != *" queue.name "* || -z ${default_of[queue
   exit 1
 fi
 ok "acmo config show --json has the keys: $(echo $keys)"
-check "acmo config show prints the same keys as acmo config show --json, all at a default" \
+none_missing "acmo config show prints the same keys as acmo config show --json, all at a default" \
   $(missing_from "$keys" "${!default_of[*]}") $(missing_from "${!default_of[*]}" "$keys")
 
 # Each key's variable is ACMO_ and the key in capitals, '.' as '_': set every one (to its
@@ -472,7 +458,7 @@ for key in $keys; do
 done
 from_env=$(acmo_clean env "${env_args[@]}" "$acmo" --config "$tmp/empty.toml" config show |
   show_rows)
-check "every key is read from its variable ACMO_KEY, with '.' as '_'" \
+none_missing "every key is read from its variable ACMO_KEY, with '.' as '_'" \
   $(for key in $keys; do
       grep -qxF "$key"$'\t'"$(sed -nE "s/^$key\t(.*)\t.*/\1/p" <<<"$from_env")"$'\t'"env $(env_var "$key")" \
         <<<"$from_env" || echo "$key"
@@ -493,16 +479,16 @@ for key in $keys; do
   [[ $(head -n 1 <<<"$entry") == "*${key#*.}* = ${default_of[$key]}" ]] || bad_default+=("$key")
   [[ $entry == *"*$(env_var "$key")*"* ]] || no_env+=("$key")
 done
-check "acmo.toml(5) documents every key under '## [TABLE]' or '## Top level'" "${undocumented[@]}"
-check "acmo.toml(5) gives every key its default as 'acmo config show' prints it" "${bad_default[@]}"
-check "acmo.toml(5) names the environment variable of every key" "${no_env[@]}"
+none_missing "acmo.toml(5) documents every key under '## [TABLE]' or '## Top level'" "${undocumented[@]}"
+none_missing "acmo.toml(5) gives every key its default as 'acmo config show' prints it" "${bad_default[@]}"
+none_missing "acmo.toml(5) names the environment variable of every key" "${no_env[@]}"
 documented=$(sed -nE 's/^## (\[[a-z_]+\]|Top level)$/\1/p' <<<"$toml_text" |
   while read -r table; do
     prefix=''
     [[ $table == \[*\] ]] && { prefix=${table#[}; prefix=${prefix%]}.; }
     toml_section "## $table" | sed -nE "s/^\*([a-z_]+)\* = .*/$prefix\1/p"
   done)
-check "every key acmo.toml(5) documents is a key of the binary" $(missing_from "$documented" "$keys")
+none_missing "every key acmo.toml(5) documents is a key of the binary" $(missing_from "$documented" "$keys")
 
 # The EXAMPLE of acmo.toml(5) is a file that acmo accepts.
 section_of "# EXAMPLE" <"$toml_page" | awk '/^```/ { n++; next } n == 1' >"$tmp/example.toml"
@@ -520,10 +506,10 @@ fi
 env_section=$(man_section "# ENVIRONMENT" | unescape)
 env_terms=$(sed -nE 's/^\*(ACMO_[A-Z_]+)\*$/\1/p' <<<"$env_section")
 key_vars=$(for key in $keys; do env_var "$key"; done)
-check "man page: ENVIRONMENT lists the variable of every key" $(missing_from "$key_vars" "$env_terms")
-check "man page: every ACMO_ variable of ENVIRONMENT is a key's or ACMO_CONFIG" \
+none_missing "man page: ENVIRONMENT lists the variable of every key" $(missing_from "$key_vars" "$env_terms")
+none_missing "man page: every ACMO_ variable of ENVIRONMENT is a key's or ACMO_CONFIG" \
   $(missing_from "$env_terms" "$key_vars ACMO_CONFIG")
-check "man page: ENVIRONMENT gives every key and its default under its variable" \
+none_missing "man page: ENVIRONMENT gives every key and its default under its variable" \
   $(for key in $keys; do
       awk -v term="*$(env_var "$key")*" -v want="*$key* (default ${default_of[$key]}" \
         '$0 == term { getline
@@ -540,15 +526,15 @@ if result=$(acmo_clean "$acmo" --config "$example" config check 2>&1); then
 else
   not_ok "examples/acmo.toml: acmo config check accepts it: $result"
 fi
-check "examples/acmo-production.toml: acmo config check accepts it" \
+none_missing "examples/acmo-production.toml: acmo config check accepts it" \
   $(acmo_clean "$acmo" --config "$root/examples/acmo-production.toml" config check \
       2>&1 >/dev/null || echo "(exit $?)")
 from_example=$(acmo_clean "$acmo" --config "$example" config show | show_rows)
-check "examples/acmo.toml sets every key of acmo config show --json" \
+none_missing "examples/acmo.toml sets every key of acmo config show --json" \
   $(for key in $keys; do
       grep -qE "^$key"$'\t'".*"$'\t'"${example//./\\.}:[0-9]+\$" <<<"$from_example" || echo "$key"
     done)
-check "examples/acmo.toml gives every key its default" \
+none_missing "examples/acmo.toml gives every key its default" \
   $(for key in $keys; do
       grep -qF "$key"$'\t'"${default_of[$key]}"$'\t' <<<"$from_example" || echo "$key"
     done)
@@ -557,11 +543,11 @@ check "examples/acmo.toml gives every key its default" \
 # the default as `acmo config show` prints it, and no row for a key the binary does not have.
 config_doc=$root/docs/configuration.md
 doc_rows=$(sed -nE 's/^\| `([a-z_][a-z0-9_.]*)` \| `([^`]*)` \|.*/\1\t\2/p' "$config_doc" 2>/dev/null)
-check "docs/configuration.md lists every key with its default as 'acmo config show' prints it" \
+none_missing "docs/configuration.md lists every key with its default as 'acmo config show' prints it" \
   $(for key in $keys; do
       grep -qxF "$key"$'\t'"${default_of[$key]}" <<<"$doc_rows" || echo "$key"
     done)
-check "every key docs/configuration.md lists is a key of the binary" \
+none_missing "every key docs/configuration.md lists is a key of the binary" \
   $(missing_from "$(cut -f1 <<<"$doc_rows")" "$keys")
 
 # --- the prose docs: no history, no broken links ---------------------------------------------
@@ -593,18 +579,18 @@ hashes=$(for f in "${prose[@]}"; do
               word ~ /[a-f]/ && word ~ /[0-9]/) print file ":" NR ":" word
         } }' "$f"
   done)
-check "the docs name no commit hashes (7-40 hex digits with a letter and a digit)" $hashes
-check "the docs cite no issue numbers ('issue N', 'issue #N')" \
+none_missing "the docs name no commit hashes (7-40 hex digits with a letter and a digit)" $hashes
+none_missing "the docs cite no issue numbers ('issue N', 'issue #N')" \
   $(prose_grep '\bissues? #?[0-9]+' -i | cut -d: -f1,2)
-check "the docs hold no clock times (such as 02:00)" \
+none_missing "the docs hold no clock times (such as 02:00)" \
   $(prose_grep '(^|[^0-9:])[0-2][0-9]:[0-5][0-9]([^0-9:]|$)' | cut -d: -f1,2)
 # A date on its own is history; a date followed by T is an example ISO 8601 timestamp.
-check "the docs hold no dates (such as 2026-11-27; timestamps in examples excepted)" \
+none_missing "the docs hold no dates (such as 2026-11-27; timestamps in examples excepted)" \
   $(grep -noE '(^|[^0-9])[0-9]{4}-[01][0-9]-[0-3][0-9]([^0-9T]|$)' "${prose[@]}" |
     sed "s|^$root/||" | cut -d: -f1,2)
 for phrase in 'earlier machine' 'earlier session' 'this session' 'tried[ -]and[ -]dropped' \
   'whoever comes next' 'before/after'; do
-  check "the docs do not say '${phrase//\[ -\]/ }'" $(prose_grep "$phrase" -i | cut -d: -f1,2)
+  none_missing "the docs do not say '${phrase//\[ -\]/ }'" $(prose_grep "$phrase" -i | cut -d: -f1,2)
 done
 
 # The headings of a Markdown file as GitHub anchors: lowercase, punctuation dropped, spaces as
@@ -645,11 +631,11 @@ done
 if [[ $link_count -eq 0 ]]; then
   not_ok "the docs' relative links are found (none found: the link parser is broken)"
 fi
-check "every relative link of the docs ($link_count) leads to a file of the checkout, and to a heading of it" \
+none_missing "every relative link of the docs ($link_count) leads to a file of the checkout, and to a heading of it" \
   "${bad_links[@]}"
 
 readme_lines=$(wc -l <"$root/README.md")
-check "README.md has at most 220 lines (it has $readme_lines; the rest belongs in docs/)" \
+none_missing "README.md has at most 220 lines (it has $readme_lines; the rest belongs in docs/)" \
   $([[ $readme_lines -le 220 ]] || echo "README.md")
 
 echo "$passed passed, $failed failed"

@@ -3,16 +3,16 @@
 # service is a failure, never a skip. scripts/test.sh starts them on loopback and exports
 # ACMO_TEST_PG_URL and ACMO_TEST_REDIS_URL.
 set -uo pipefail
-passed=0
-failed=0
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then passed=$((passed + 1)); echo "ok - $name"; else failed=$((failed + 1)); echo "not ok - $name"; fi; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+quietly() { "$@" >/dev/null 2>&1; }
 
-check "ACMO_TEST_PG_URL is set (run the tests through scripts/test.sh)" test -n "${ACMO_TEST_PG_URL:-}"
-check "ACMO_TEST_REDIS_URL is set (run the tests through scripts/test.sh)" test -n "${ACMO_TEST_REDIS_URL:-}"
-check "PostgreSQL answers at \$ACMO_TEST_PG_URL" psql "${ACMO_TEST_PG_URL:-postgresql://invalid}" -tAc "SELECT 1"
+check "ACMO_TEST_PG_URL is set (run the tests through scripts/test.sh)" quietly test -n "${ACMO_TEST_PG_URL:-}"
+check "ACMO_TEST_REDIS_URL is set (run the tests through scripts/test.sh)" quietly test -n "${ACMO_TEST_REDIS_URL:-}"
+check "PostgreSQL answers at \$ACMO_TEST_PG_URL" quietly psql "${ACMO_TEST_PG_URL:-postgresql://invalid}" -tAc "SELECT 1"
 redis=${ACMO_TEST_REDIS_URL:-redis://127.0.0.1:1}
 hostport=${redis#redis://}
-check "Redis answers at \$ACMO_TEST_REDIS_URL" test "$(redis-cli -h "${hostport%:*}" -p "${hostport##*:}" ping 2>/dev/null)" = PONG
+check "Redis answers at \$ACMO_TEST_REDIS_URL" quietly test "$(redis-cli -h "${hostport%:*}" -p "${hostport##*:}" ping 2>/dev/null)" = PONG
 pg=${ACMO_TEST_PG_URL:-postgresql://invalid:1/x}
 pg_port=${pg##*:}
 pg_port=${pg_port%%/*}
@@ -22,8 +22,8 @@ loopback_only() {
   listening=$(ss -ltnH "( sport = :$1 )" | awk '{print $4}')
   [ -n "$listening" ] && ! grep -qv '^127\.0\.0\.1:' <<<"$listening"
 }
-check "PostgreSQL listens on loopback only" loopback_only "$pg_port"
-check "Redis listens on loopback only" loopback_only "${hostport##*:}"
+check "PostgreSQL listens on loopback only" quietly loopback_only "$pg_port"
+check "Redis listens on loopback only" quietly loopback_only "${hostport##*:}"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "core/orders/order_event.hpp"
 #include "core/queue/queue.hpp"
 #include "core/util/error.hpp"
 
@@ -38,6 +39,14 @@ inline std::unique_ptr<Queue> open_queue(const std::string& path, QueueOptions o
                                          const Clock& clock = SystemClock::instance())
 {
   return must(Queue::open(path, std::move(options), clock));
+}
+
+// Queue the order event written as JSON, in the group "orders", as `acmo send` would.
+inline void send_event(Queue& q, const std::string& json)
+{
+  auto event = parse_event(json);
+  REQUIRE(event);
+  must(q.send(SendRequest{event_body(*event), "orders", ""}));
 }
 
 } // namespace acmo::test

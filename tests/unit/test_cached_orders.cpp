@@ -19,16 +19,10 @@ using namespace acmo;
 using acmo::test::must;
 using acmo::test::must_fail;
 using acmo::test::open_queue;
+using acmo::test::send_event;
 using acmo::test::TempDir;
 
 namespace {
-
-void send_event(Queue& q, const std::string& json)
-{
-  auto event = parse_event(json);
-  REQUIRE(event);
-  must(q.send(SendRequest{event_body(*event), "orders", ""}));
-}
 
 std::string create(const std::string& id, const std::string& name)
 {

@@ -19,16 +19,10 @@ using namespace acmo;
 using acmo::test::must;
 using acmo::test::must_fail;
 using acmo::test::open_queue;
+using acmo::test::send_event;
 using acmo::test::TempDir;
 
 namespace {
-
-void send_event(Queue& q, const std::string& json)
-{
-  auto event = parse_event(json);
-  REQUIRE(event);
-  must(q.send(SendRequest{event_body(*event), "orders", ""}));
-}
 
 const std::string k_create_a =
   R"({"type":"CREATE","orderId":"ord_a","data":{"customer_name":"Ada","customer_email":"ada@example.com","items":[{"product_id":"p1","quantity":3,"unit_price":19.99}]}})";
