@@ -146,9 +146,9 @@ Runner setup_serve(CLI::App& sub, const GlobalOptions& global)
   sub.footer("Endpoints: POST/GET /api/orders, GET/PUT/DELETE /api/orders/ID, PATCH\n"
              "/api/orders/ID/status, GET /api/orders/ID/events, /sqs/stats, /sqs/purge,\n"
              "/sqs/dlq, /sqs/dlq/redrive, /handler/status, /handler/stats, /cache/stats,\n"
-             "/cache/keys, /cache/clear, /health, /metrics. SIGINT or SIGTERM stops: no new\n"
-             "connections, the requests in flight are answered, the handler finishes its\n"
-             "batch, exit 0.");
+             "/cache/keys, /cache/clear, /health, /health/live, /health/ready, /metrics.\n"
+             "SIGINT or SIGTERM stops: no new connections, the requests in flight are\n"
+             "answered, the handler finishes its batch, exit 0.");
   return [opts, &global] { return run_serve(*opts, global); };
 }
 

@@ -169,6 +169,8 @@ Api::Impl::Impl(ApiOptions o, ApiParts p)
     {"GET", "/cache/keys", Access::api, false, &Impl::cache_keys, {}},
     {"DELETE", "/cache/clear", Access::admin, false, &Impl::cache_clear, {}},
     {"GET", "/health", Access::open, false, &Impl::health, {}},
+    {"GET", "/health/live", Access::open, false, &Impl::health_live, {}},
+    {"GET", "/health/ready", Access::open, false, &Impl::health_ready, {}},
     {"GET", "/metrics", Access::api, false, &Impl::prometheus, {}},
   };
 }

@@ -126,7 +126,11 @@ struct Api::Impl {
   void cache_stats(Context& ctx);
   void cache_keys(Context& ctx);
   void cache_clear(Context& ctx);
+  // The checks of /health and /health/ready: {"queue": {"ok", "error"?}, "store", "cache"}.
+  nlohmann::json health_checks();
   void health(Context& ctx);
+  void health_live(Context& ctx);
+  void health_ready(Context& ctx);
   void prometheus(Context& ctx);
 };
 

@@ -167,17 +167,11 @@ void Api::Impl::cache_clear(Context& ctx)
   send_json(ctx.res, 200, {{"cleared", cleared}});
 }
 
-void Api::Impl::health(Context& ctx)
+json Api::Impl::health_checks()
 {
   json checks = json::object();
-  std::vector<std::string> failing;
   auto record = [&](const char* what, const Expected<void>& ok) {
-    if (ok) {
-      checks[what] = {{"ok", true}};
-    } else {
-      checks[what] = {{"ok", false}, {"error", ok.error().message}};
-      failing.emplace_back(what);
-    }
+    checks[what] = ok ? json{{"ok", true}} : json{{"ok", false}, {"error", ok.error().message}};
   };
   // The queue: a read of its database (the DLQ's head, an index lookup),
   // and whether it takes writes (a full disk fails every send while reads still work).
@@ -206,15 +200,69 @@ void Api::Impl::health(Context& ctx)
   } else {
     checks["cache"] = {{"ok", true}, {"backend", "none"}};
   }
+  return checks;
+}
+
+namespace {
+
+std::vector<std::string> not_ok(const json& checks)
+{
+  std::vector<std::string> names;
+  for (const auto& [name, check] : checks.items()) {
+    if (!check.at("ok").get<bool>()) names.push_back(name);
+  }
+  return names;
+}
+
+std::string joined(const std::vector<std::string>& names)
+{
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+} // namespace
+
+void Api::Impl::health(Context& ctx)
+{
+  json checks = health_checks();
+  const std::vector<std::string> failing = not_ok(checks);
   json doc = {{"status", failing.empty() ? "ok" : "unavailable"}, {"checks", std::move(checks)}};
   if (!failing.empty()) {
-    std::string names;
-    for (const auto& f : failing) names += (names.empty() ? "" : ", ") + f;
     doc["failing"] = failing;
-    doc["message"] = fmt::format("not answering: {}", names);
+    doc["message"] = fmt::format("not answering: {}", joined(failing));
     ctx.res.set_header("Retry-After", "1");
   }
   send_json(ctx.res, failing.empty() ? 200 : 503, doc);
+}
+
+void Api::Impl::health_live(Context& ctx)
+{
+  // The process serves: it parsed this request and answers it. Nothing else is checked, so a
+  // restart is never asked for because of a dependency.
+  send_json(ctx.res, 200, {{"status", "ok"}});
+}
+
+void Api::Impl::health_ready(Context& ctx)
+{
+  // Ready to take events: the queue takes writes. The store and the cache only serve reads,
+  // which fall back or fail on their own; their outage is reported as degraded, not unready,
+  // since POSTs are still queued then, the very outage the queue absorbs.
+  json checks = health_checks();
+  const bool ready = checks.at("queue").at("ok").get<bool>();
+  std::vector<std::string> degraded = not_ok(checks);
+  std::erase(degraded, std::string("queue"));
+  json doc = {{"status", !ready ? "unavailable" : degraded.empty() ? "ready" : "degraded"},
+              {"checks", std::move(checks)}};
+  if (!ready) {
+    doc["message"] = "the queue takes no events";
+    ctx.res.set_header("Retry-After", "1");
+  }
+  if (!degraded.empty()) {
+    doc["degraded"] = degraded;
+    if (ready) doc["message"] = fmt::format("events are queued; reads degraded: {}", joined(degraded));
+  }
+  send_json(ctx.res, ready ? 200 : 503, doc);
 }
 
 void Api::Impl::prometheus(Context& ctx)

@@ -169,6 +169,11 @@ check "/handler/status shows the in-process handler running" \
 check "/handler/status lists the registered handler" has '"state":"running"'
 http GET /health
 expect "GET /health" 200
+http GET /health/live
+expect "GET /health/live" 200
+http GET /health/ready
+expect "GET /health/ready" 200
+check "/health/ready says ready" test "$(json_field "$body" status)" = ready
 check "/health checks queue, store and cache" \
   bash -c 'for k in queue store cache; do grep -qF "\"$k\":{\"ok\":true" <<<"$1" || exit 1; done' _ "$body"
 http GET /metrics
@@ -418,6 +423,27 @@ closed=0
 for i in $(seq 6); do [[ $(cat "$work/idle-$i" 2>/dev/null) == 0 ]] && closed=$((closed + 1)); done
 check "the six idle connections are closed after keep_alive_timeout ($closed of 6)" test "$closed" -eq 6
 stop_server
+
+# --- health for load balancers: Redis down ------------------------------------------------------
+# Nothing listens on this port: the Redis cache is down from the start. Reads are degraded (they
+# fall back to the store), /health says so with 503; the queue still takes events, so
+# /health/ready is 200, "degraded", naming the cache, and a POST is queued. (PostgreSQL down:
+# test_pg_outage.sh.)
+dead_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+ACMO_DATA_DIR="$work/degraded" ACMO_CACHE_BACKEND=redis ACMO_CACHE_URL="redis://127.0.0.1:$dead_port" \
+  start_server --no-handler
+http GET /health
+expect "Redis down: GET /health" 503
+http GET /health/ready
+expect "  GET /health/ready (the queue takes events)" 200
+check "  it says degraded, naming the cache: $body" \
+  bash -c '[[ $1 == *"\"status\":\"degraded\""* && $1 == *"\"degraded\":[\"cache\"]"* ]]' _ "$body"
+http GET /health/live
+expect "  GET /health/live" 200
+http POST /api/orders "${json[@]}" -d "$item"
+expect "  a POST is queued" 202
+stop_server
+# The queue's own outage is unready: see test_outage_storage.sh (a full disk, a damaged database).
 
 # --- SIGTERM under load: every 202 is applied --------------------------------------------------
 

@@ -94,6 +94,10 @@ if [[ -n $mounted ]]; then
   health=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port/health")
   check "GET /health answers 503 and names the full disk (${health:0:160})" \
     grep -q 'disk holding the queue is full.*"failing":\["queue"\].* 503$' <<<"$health"
+  ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/ready")
+  live=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/live")
+  check "  /health/ready answers 503 (the queue takes no events), /health/live 200 ($ready, $live)" \
+    test "$ready/$live" = 503/200
   check "the handler's log says the disk is full and that the events wait ($(grep -c . "$work/handler.err") lines)" \
     grep -q 'warn.*handler: .*disk holding the queue is full.*the events wait in the queue' "$work/handler.err"
 

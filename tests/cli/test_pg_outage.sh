@@ -26,8 +26,10 @@ as_postgres() {
   if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 pg_running() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" status >/dev/null 2>&1; }
+server_pid=''
 cleanup() {
   [[ -n $handler_pid ]] && kill -9 "$handler_pid" 2>/dev/null
+  [[ -n $server_pid ]] && kill -9 "$server_pid" 2>/dev/null
   [[ -f $work/pg/PG_VERSION ]] && as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -106,6 +108,10 @@ dlq_count() { [[ "$(dlq_total)" == "$1" ]]; }
 export ACMO_QUEUE_RETRY_DELAYS="200ms, 400ms, 800ms" ACMO_QUEUE_MAX_RETRIES=50
 "$acmo" run-handler --batch-size 10 >"$work/handler.out" 2>"$work/handler.err" &
 handler_pid=$!
+pg_port=$port # start_server sets $port to the API's
+ACMO_STORE_CONNECT_TIMEOUT=1s start_server --no-handler
+api_port=$port
+port=$pg_port
 send_events 1 100
 check "the handler applies 200 events while PostgreSQL runs" wait_for 20 applied_orders 100
 
@@ -115,6 +121,15 @@ send_events 101 200
 sleep 2 # several rounds of retries against the stopped server
 check "with PostgreSQL down the handler keeps running" kill -0 "$handler_pid"
 check "and dead-letters nothing (retries are left)" dlq_count 0
+# For a load balancer: the API still queues events (as `acmo send` just did), so it is ready,
+# with reads degraded.
+code=$(curl -s -o "$work/health" -w '%{http_code}' "http://127.0.0.1:$api_port/health")
+check "with PostgreSQL down, /health answers 503 ($code)" test "$code" = 503
+code=$(curl -s -o "$work/ready" -w '%{http_code}' "http://127.0.0.1:$api_port/health/ready")
+check "  /health/ready 200, degraded, naming the store ($code: $(cat "$work/ready"))" \
+  bash -c '[[ $1 == 200 && $2 == *"\"degraded\":[\"store\"]"* && $2 == *"\"status\":\"degraded\""* ]]' \
+  _ "$code" "$(cat "$work/ready")"
+kill -TERM "$server_pid"; wait "$server_pid"; server_pid=''
 err=$("$acmo" orders get ord_1 2>&1); rc=$?
 check "orders get with PostgreSQL down exits 75" test "$rc" -eq 75
 check "and says which server does not answer" grep -q "127.0.0.1:$port.*is not answering" <<<"$err"
