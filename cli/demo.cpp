@@ -19,6 +19,7 @@
 #include "core/orders/order_event.hpp"
 #include "core/orders/submit.hpp"
 #include "core/util/ids.hpp"
+#include "core/util/log.hpp"
 #include "core/util/paths.hpp"
 
 namespace acmo::cli {
@@ -101,6 +102,8 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
 
   Narrator n(global);
   const Config& cfg = config(global);
+  // The narration says what is dead-lettered and why; the log's line for it would repeat it.
+  log::configure("error", cfg.get_string("log.format"));
   if (!global.json && !global.quiet) {
     fmt::print("acmo demo: order events through the queue to the orders, step by step.\n");
     fmt::print("Data dir: {}{}\n", data_dir(global),

@@ -224,6 +224,8 @@ struct Txn {
   bool dedup_synced = false;
   std::map<int64_t, Counters> counters;
   std::set<std::pair<int64_t, std::string>> touched_groups;
+  // One line per message moved to the DLQ, logged once the transaction has committed.
+  std::vector<std::string> dead_letter_log;
 };
 
 // One write request waiting for (or taking part in) a group commit.
@@ -745,6 +747,7 @@ struct Queue::Impl {
       writer->prepare(k_commit)->run();
       ++committed_transactions;
       committed_requests += static_cast<int64_t>(ops.size());
+      for (const auto& line : txn.dead_letter_log) log::warn("{}", line);
     } catch (...) {
       try {
         writer->exec("ROLLBACK");
@@ -1229,10 +1232,18 @@ struct Queue::Impl {
   {
     static const std::string k_sql =
       "UPDATE messages SET queue_id = ?2, dead_reason = ?3, dead_at = ?4, receipt_token = 0,"
-      " visible_at = 0, failures = ?5, last_error = ?6 WHERE seq = ?1";
+      " visible_at = 0, failures = ?5, last_error = ?6 WHERE seq = ?1 RETURNING message_id";
     auto stmt = writer->prepare(k_sql);
     stmt->bind(1, at.seq).bind(2, dlq_id).bind(3, reason).bind(4, txn.now).bind(5, failures);
-    stmt->bind(6, error).run();
+    stmt->bind(6, error);
+    const std::string message_id =
+      stmt->step() ? format_message_id(id_from_blob(stmt->column_view(0))) : std::string();
+    while (stmt->step()) {
+    }
+    txn.dead_letter_log.push_back(fmt::format(
+      "message {} (sequence {}, group {}) dead-lettered to {} after {} failure{}: {}", message_id,
+      format_sequence(at.seq), at.group_id, options.dlq_name, failures, failures == 1 ? "" : "s",
+      reason));
     ++txn.counters[queue_id].dead_lettered;
     txn.touched_groups.emplace(queue_id, at.group_id);
   }

@@ -213,6 +213,16 @@ check "send creates the data dir (exit $rc), and -v says so" \
   grep -qF "no acmo data in $work/typo/dir yet: creating it" <<<"$err"
 check "  then stats reads it" "$acmo" -q --data-dir "$work/typo/dir" stats
 
+# A dead-lettered event is logged, one line naming the message and the reason.
+dl=(--data-dir "$work/dead-log")
+"$acmo" -q "${dl[@]}" send CREATE --order-id ord_dl --data '{"customer_name":"a","customer_email":"a@b.c","items":[]}'
+"$acmo" -q "${dl[@]}" send UPDATE --order-id ord_dl --data '{"status":"cancelled"}'
+"$acmo" -q "${dl[@]}" send UPDATE --order-id ord_dl --data '{"status":"shipped"}'
+"$acmo" "${dl[@]}" run-handler --once >/dev/null 2>"$work/dead-log.err"
+dead_id=$("$acmo" "${dl[@]}" --json dlq list | sed -n 's/.*"messageId":"\([^"]*\)".*/\1/p')
+check "run-handler logs the dead-lettered event, its message id and reason ($(cat "$work/dead-log.err"))" \
+  test "$(grep -c "warn.*: message $dead_id (sequence 0*3, group orders) dead-lettered to orders-dlq after 1 failure: order ord_dl is cancelled; it cannot become shipped" "$work/dead-log.err")" = 1
+
 # --- send --file ----------------------------------------------------------------------------
 cat >"$work/events.jsonl" <<JSONL
 {"type":"CREATE","orderId":"ord_file_1","data":$create_data}
