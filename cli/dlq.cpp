@@ -27,24 +27,22 @@ int run_list(const DlqOptions& opts, const GlobalOptions& global)
     throw Fatal("--limit must be 1 to 1000 and --offset not negative", exit_code::k_usage);
   }
   auto queue = open_existing_queue(global);
-  auto stats = queue->stats();
-  if (!stats) return report(stats.error());
-  auto messages = queue->dlq_list(opts.limit, opts.offset);
-  if (!messages) return report(messages.error());
+  auto page = queue->dlq_page(opts.limit, opts.offset);
+  if (!page) return report(page.error());
   if (global.json) {
-    print_json(dead_letters_json(*messages, stats->dead_lettered));
+    print_json(dead_letters_json(*page));
     return exit_code::k_ok;
   }
-  if (messages->empty()) {
-    if (!global.quiet) fmt::print("the DLQ {} is empty\n", stats->dlq_name);
+  if (page->messages.empty()) {
+    if (!global.quiet) fmt::print("the DLQ {} is empty\n", queue->options().dlq_name);
     return exit_code::k_ok;
   }
-  for (const auto& m : *messages) {
+  for (const auto& m : page->messages) {
     fmt::print("{}  {}  {}  {}\n", m.message_id, format_sequence(m.seq), m.group_id, m.dead_reason);
   }
   if (!global.quiet) {
-    fmt::print("{} of {} dead-lettered message{}\n", messages->size(), stats->dead_lettered,
-               stats->dead_lettered == 1 ? "" : "s");
+    fmt::print("{} of {} dead-lettered message{}\n", page->messages.size(), page->total,
+               page->total == 1 ? "" : "s");
   }
   return exit_code::k_ok;
 }

@@ -92,11 +92,9 @@ void Api::Impl::dlq_list(Context& ctx)
   if (!limit) return set_core_error(ctx.res, limit.error());
   auto offset = int_param(ctx.req, "offset", 0, 0, INT64_MAX / 2);
   if (!offset) return set_core_error(ctx.res, offset.error());
-  auto stats = parts.queue->stats();
-  if (!stats) return set_core_error(ctx.res, stats.error());
-  auto messages = parts.queue->dlq_list(*limit, *offset);
-  if (!messages) return set_core_error(ctx.res, messages.error());
-  send_json(ctx.res, 200, dead_letters_json(*messages, stats->dead_lettered));
+  auto page = parts.queue->dlq_page(*limit, *offset);
+  if (!page) return set_core_error(ctx.res, page.error());
+  send_json(ctx.res, 200, dead_letters_json(*page));
 }
 
 void Api::Impl::dlq_redrive(Context& ctx)

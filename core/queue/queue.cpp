@@ -2000,18 +2000,40 @@ static const std::string k_message_columns =
   "seq, message_id, group_id, dedup_id, body, sent_at, receive_count, first_received_at,"
   " failures, last_error, dead_reason, dead_at";
 
+// A page of a queue's messages, oldest first (?1 the queue, ?2 LIMIT, ?3 OFFSET).
+static const std::string k_dlq_page = "SELECT " + k_message_columns
+                               + " FROM messages WHERE queue_id = ?1 ORDER BY seq"
+                                 " LIMIT ?2 OFFSET ?3";
+
 Expected<std::vector<Message>> Queue::dlq_list(int64_t limit, int64_t offset)
 {
-  static const std::string k_sql = "SELECT " + k_message_columns
-                                   + " FROM messages WHERE queue_id = ?1 ORDER BY seq"
-                                     " LIMIT ?2 OFFSET ?3";
   try {
     std::lock_guard lock(m_impl->read_mu);
-    auto stmt = m_impl->reader->prepare(k_sql);
+    auto stmt = m_impl->reader->prepare(k_dlq_page);
     stmt->bind(1, m_impl->dlq_id).bind(2, limit).bind(3, offset);
     std::vector<Message> out;
     while (stmt->step()) out.push_back(Impl::read_message(*stmt));
     return out;
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<Queue::DlqPage> Queue::dlq_page(int64_t limit, int64_t offset)
+{
+  static const std::string k_count = "SELECT COUNT(*) FROM messages WHERE queue_id = ?1";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    return in_read_transaction(*m_impl->reader, [&] {
+      DlqPage page;
+      auto count = m_impl->reader->prepare(k_count);
+      count->bind(1, m_impl->dlq_id);
+      if (count->step()) page.total = count->column_int(0);
+      auto stmt = m_impl->reader->prepare(k_dlq_page);
+      stmt->bind(1, m_impl->dlq_id).bind(2, limit).bind(3, offset);
+      while (stmt->step()) page.messages.push_back(Impl::read_message(*stmt));
+      return page;
+    });
   } catch (const sqlite::SqliteError& e) {
     return Unexpected(e.to_error());
   }

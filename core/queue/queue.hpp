@@ -233,6 +233,13 @@ public:
 
   // Dead-lettered messages, oldest first.
   Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0);
+  // A page of dlq_list and how many messages the DLQ holds, read at one moment (without the
+  // scan of the main queue that stats() makes).
+  struct DlqPage {
+    std::vector<Message> messages;
+    int64_t total = 0;
+  };
+  Expected<DlqPage> dlq_page(int64_t limit, int64_t offset);
   Expected<Message> dlq_show(std::string_view message_id);
   // Move DLQ messages (all, or those with the given message ids) back to the queue in their
   // original order. Returns how many moved; an id not in the DLQ is an Errc::not_found error and

@@ -46,11 +46,11 @@ nlohmann::json dead_letter_json(const Message& m)
           {"body", std::move(body)}};
 }
 
-nlohmann::json dead_letters_json(const std::vector<Message>& page, int64_t total)
+nlohmann::json dead_letters_json(const Queue::DlqPage& page)
 {
   nlohmann::json list = nlohmann::json::array();
-  for (const auto& m : page) list.push_back(dead_letter_json(m));
-  return {{"messages", std::move(list)}, {"total", total}};
+  for (const auto& m : page.messages) list.push_back(dead_letter_json(m));
+  return {{"messages", std::move(list)}, {"total", page.total}};
 }
 
 } // namespace acmo

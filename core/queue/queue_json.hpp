@@ -22,6 +22,6 @@ nlohmann::json queue_stats_json(const QueueStats& stats);
 nlohmann::json dead_letter_json(const Message& message);
 
 // A page of the DLQ: {"messages": [dead_letter_json...], "total": messages in the DLQ}.
-nlohmann::json dead_letters_json(const std::vector<Message>& page, int64_t total);
+nlohmann::json dead_letters_json(const Queue::DlqPage& page);
 
 } // namespace acmo

@@ -620,6 +620,14 @@ TEST_CASE("Queue: dlq_list lists oldest first and pages", "[queue]")
   CHECK(page[0].message_id == ids[1]);
   CHECK(page[1].message_id == ids[2]);
   CHECK(must(f.queue->dlq_list(10, 5)).empty());
+  // dlq_page: the same page, and the DLQ's size, whatever the main queue holds.
+  f.send("waiting", "g9");
+  auto with_total = must(f.queue->dlq_page(2, 1));
+  REQUIRE(with_total.messages.size() == 2);
+  CHECK(with_total.messages[0].message_id == ids[1]);
+  CHECK(with_total.total == 5);
+  CHECK(must(f.queue->dlq_page(10, 5)).messages.empty());
+  CHECK(must(f.queue->dlq_page(10, 5)).total == 5);
 }
 
 TEST_CASE("Queue: redrive moves dead-lettered messages back in their original order", "[queue]")
