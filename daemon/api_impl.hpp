@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/cache/cached_orders.hpp"
 #include "daemon/api.hpp"
 #include "daemon/rate_limiter.hpp"
 
@@ -80,6 +81,12 @@ struct Api::Impl {
   std::vector<std::unique_ptr<OrderStore>> stores;
   std::vector<std::unique_ptr<std::mutex>> store_locks;
   std::atomic<size_t> next_store{0};
+  // Keeps a cache of this process's own up with what other processes' handlers change.
+  CacheFollower follower;
+  CacheFollower* follower_of_cache()
+  {
+    return parts.cache != nullptr && parts.cache->local() ? &follower : nullptr;
+  }
 
   // --- api.cpp -------------------------------------------------------------------------------
   // The route of a request: the route, or the answer (404, 405 with Allow, OPTIONS' 204).

@@ -132,7 +132,7 @@ void Api::Impl::get_order(Context& ctx)
 {
   if (!check_id(ctx)) return;
   auto text = with_store([&](OrderStore& store) {
-    return CachedOrders(store, parts.cache).get_json(ctx.id);
+    return CachedOrders(store, parts.cache, follower_of_cache()).get_json(ctx.id);
   });
   if (!text) {
     if (text.error().code == Errc::not_found) {
@@ -164,7 +164,7 @@ void Api::Impl::list_orders(Context& ctx)
   auto offset = int_param(ctx.req, "offset", 0, 0, INT64_MAX / 2);
   if (!offset) return set_core_error(ctx.res, offset.error());
   auto text = with_store([&](OrderStore& store) {
-    return CachedOrders(store, parts.cache).list_json(status, *limit, *offset);
+    return CachedOrders(store, parts.cache, follower_of_cache()).list_json(status, *limit, *offset);
   });
   if (!text) return set_core_error(ctx.res, text.error());
   ctx.res.status = 200;

@@ -51,6 +51,9 @@ public:
     invalidate_prefix(prefix);
   }
   virtual std::vector<std::string> keys() = 0;
+  // True for a cache that lives in this process, where no other process's handler can drop
+  // what it changed: readers make it follow the store's change feed (CacheFollower).
+  virtual bool local() const { return false; }
   // Remove every key of acmo's (for Redis: only under its prefix); how many were removed.
   virtual int64_t clear() = 0;
   virtual CacheStats stats() = 0;
@@ -73,6 +76,7 @@ public:
   void invalidate(std::string_view key) override;
   void invalidate_prefix(std::string_view prefix) override;
   std::vector<std::string> keys() override;
+  bool local() const override { return true; }
   int64_t clear() override;
   CacheStats stats() override;
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,11 +16,39 @@
 
 namespace acmo {
 
+// How far a process's own cache (cache.backend = "memory") has followed the store's change
+// feed. Before every read the cache catches up: it drops the orders that any process changed
+// since, so it never answers with an order older than what was committed before the read began.
+// An entry read from the store is kept only if no catch-up came in between, since that one may
+// already have dropped it. One per cache, shared by every reader of it.
+class CacheFollower
+{
+public:
+  // `max_named`: orders named by one catch-up beyond which it drops every order instead.
+  explicit CacheFollower(int64_t max_named = 1'000) : m_max_named(max_named) {}
+
+  // Drop what changed since the last catch-up; the mark to give put() after reading the store.
+  // A store that cannot say (PostgreSQL away) is the error, and the cache is not to be used.
+  Expected<int64_t> catch_up(OrderStore& store, Cache& cache);
+  // Keep the entry, unless a catch-up since `mark` may have dropped it already.
+  void put(Cache& cache, int64_t mark, std::string_view key, std::string_view value);
+
+private:
+  const int64_t m_max_named;
+  std::mutex m_mu;
+  int64_t m_mark = -1; // the store's mark; -1 before the first catch-up
+  int64_t m_epoch = 0; // catch-ups that dropped something
+};
+
 class CachedOrders
 {
 public:
-  // `cache` may be null (no cache).
-  CachedOrders(OrderStore& store, Cache* cache) : m_store(store), m_cache(cache) {}
+  // `cache` may be null (no cache). `follower`: for a cache that only this process's handler
+  // would invalidate; null for a shared one (Redis) or none.
+  CachedOrders(OrderStore& store, Cache* cache, CacheFollower* follower = nullptr)
+    : m_store(store), m_cache(cache), m_follower(cache != nullptr ? follower : nullptr)
+  {
+  }
 
   // The order as JSON text (order_to_json), or Errc::not_found.
   Expected<std::string> get_json(std::string_view id);
@@ -38,8 +67,12 @@ public:
   static std::string list_key(std::string_view status, int64_t limit, int64_t offset);
 
 private:
+  // Through the cache: the cached text under `key`, else read() put there.
+  template<typename Read> Expected<std::string> cached(const std::string& key, Read&& read);
+
   OrderStore& m_store;
   Cache* m_cache;
+  CacheFollower* m_follower;
 };
 
 // Drop the cached entries of these orders and every cached list (what the handler does after

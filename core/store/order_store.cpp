@@ -1,5 +1,7 @@
 #include "core/store/order_store.hpp"
 
+#include <algorithm>
+
 #include <fmt/core.h>
 
 #include "core/sqlite/sqlite.hpp"
@@ -268,6 +270,34 @@ Expected<std::vector<OrderEventRecord>> SqliteOrderStore::events(std::string_vie
       r.applied_at_ms = stmt->column_int(4);
       out.push_back(std::move(r));
     }
+    return out;
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<OrderChanges> SqliteOrderStore::changes_since(int64_t mark, int64_t max)
+{
+  static const std::string k_last = "SELECT coalesce(max(id), 0) FROM order_events";
+  static const std::string k_since =
+    "SELECT id, order_id FROM order_events WHERE id > ?1 ORDER BY id LIMIT ?2";
+  try {
+    OrderChanges out;
+    out.mark = std::max<int64_t>(mark, 0);
+    if (mark >= 0) {
+      auto stmt = m_db->prepare(k_since);
+      stmt->bind(1, mark).bind(2, max + 1);
+      while (stmt->step()) {
+        out.mark = stmt->column_int(0);
+        out.order_ids.push_back(stmt->column_text(1));
+      }
+      if (static_cast<int64_t>(out.order_ids.size()) <= max) return out;
+    }
+    // Too many to name, or no mark yet: everything, up to the last row.
+    out.all = true;
+    out.order_ids.clear();
+    auto stmt = m_db->prepare(k_last);
+    if (stmt->step()) out.mark = std::max(out.mark, stmt->column_int(0));
     return out;
   } catch (const sqlite::SqliteError& e) {
     return Unexpected(e.to_error());

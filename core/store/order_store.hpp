@@ -41,6 +41,14 @@ struct OrderEventRecord {
 // trail as `acmo orders events --json` and GET /api/orders/ID/events give it.
 nlohmann::json order_events_json(const std::vector<OrderEventRecord>& events);
 
+// What changed in a store since a mark (OrderStore::changes_since): the new mark, and the orders
+// changed in between, or `all` when they were more than asked for.
+struct OrderChanges {
+  int64_t mark = 0;
+  std::vector<std::string> order_ids;
+  bool all = false;
+};
+
 struct OrderList {
   std::vector<Order> orders;
   int64_t total = 0; // matching orders in all, beyond limit and offset
@@ -57,6 +65,11 @@ public:
   virtual Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) = 0;
   // The order's applied events in the order they were applied (also after a DELETE).
   virtual Expected<std::vector<OrderEventRecord>> events(std::string_view id) = 0;
+  // The store's change feed, for caches in other processes (docs/orders.md §11). A mark orders
+  // every change committed: the orders changed by a commit after `mark` are in the answer, at
+  // most `max` of them (more: `all`), and the answer's mark covers every commit it saw. An
+  // order may be named again by a later call. `mark` < 0: only the current mark, with `all`.
+  virtual Expected<OrderChanges> changes_since(int64_t mark, int64_t max) = 0;
 };
 
 // What became of one event of a batch applied by an OrderWriter.
@@ -105,6 +118,8 @@ public:
   Expected<Order> get(std::string_view id) override;
   Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) override;
   Expected<std::vector<OrderEventRecord>> events(std::string_view id) override;
+  // The mark is the audit trail's last row id: rows are numbered in commit order.
+  Expected<OrderChanges> changes_since(int64_t mark, int64_t max) override;
 
 private:
   explicit SqliteOrderStore(std::unique_ptr<sqlite::Database> db);

@@ -93,6 +93,13 @@ BEGIN
 END
 $$;
 )SQL",
+  // 3: the change feed (changes_since). Each audit row keeps the id of the transaction that
+  // wrote it; every transaction that commits after a snapshot has an id at or above the
+  // snapshot's xmin, so "rows at or above the last xmin seen" misses no commit.
+  R"SQL(
+ALTER TABLE order_events ADD COLUMN IF NOT EXISTS xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX IF NOT EXISTS order_events_by_xid ON order_events (xid);
+)SQL",
 };
 
 const std::string k_order_columns =
@@ -116,6 +123,12 @@ const std::vector<std::pair<std::string, std::string>> k_statements = {
    "SELECT message_id, seq, type, data::text, applied_at FROM order_events"
    " WHERE order_id = $1 ORDER BY id"},
   {"acmo_begin_batch", "SELECT * FROM acmo_begin_batch($1::text[], $2::text[])"},
+  // The snapshot's xmin and the orders changed at or above the last one, in one snapshot.
+  {"acmo_changes",
+   "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, e.order_id FROM (SELECT 1) one"
+   " LEFT JOIN LATERAL (SELECT order_id FROM order_events WHERE xid >= $1::text::xid8"
+   " ORDER BY xid LIMIT $2) e ON true"},
+  {"acmo_xmin", "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"},
   // Every change of a batch in one statement. The sets of ids deleted, written whole and
   // updated are disjoint; the events keep the order of the batch.
   {"acmo_write",
@@ -698,6 +711,26 @@ Expected<std::vector<OrderEventRecord>> PgOrderStore::events(std::string_view id
       r.applied_at_ms = row[4].as<int64_t>();
       out.push_back(std::move(r));
     }
+    return out;
+  });
+}
+
+Expected<OrderChanges> PgOrderStore::changes_since(int64_t mark, int64_t max)
+{
+  return m_impl->run([&](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    OrderChanges out;
+    if (mark >= 0) {
+      auto r = tx.exec_prepared("acmo_changes", std::to_string(mark), max + 1);
+      for (const auto& row : r) {
+        out.mark = row[0].as<int64_t>();
+        if (!row[1].is_null()) out.order_ids.push_back(row[1].as<std::string>());
+      }
+      if (static_cast<int64_t>(out.order_ids.size()) <= max) return out;
+    }
+    out.all = true;
+    out.order_ids.clear();
+    out.mark = tx.exec_prepared1("acmo_xmin")[0].as<int64_t>();
     return out;
   });
 }

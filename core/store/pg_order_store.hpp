@@ -40,6 +40,8 @@ public:
   Expected<Order> get(std::string_view id) override;
   Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) override;
   Expected<std::vector<OrderEventRecord>> events(std::string_view id) override;
+  // The mark is a transaction id horizon: the xmin of the snapshot that read the changes.
+  Expected<OrderChanges> changes_since(int64_t mark, int64_t max) override;
 
   // One transaction per batch, in four round trips however large the batch: begin; lock the
   // batch's orders and read which of its messages were applied already; decide every event in

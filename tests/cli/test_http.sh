@@ -445,6 +445,37 @@ expect "  a POST is queued" 202
 stop_server
 # The queue's own outage is unready: see test_outage_storage.sh (a full disk, a damaged database).
 
+# --- reads across processes: a handler in another process -----------------------------------
+# `serve --no-handler` with the default memory cache, the events applied by `run-handler`
+# processes: a read after the other process committed shows the change, never the cached order.
+two="$work/two-processes"
+ACMO_DATA_DIR="$two" start_server --no-handler
+http POST /api/orders "${json[@]}" -d "$item"
+expect "two processes: POST /api/orders" 202
+two_id=$(json_field "$body" orderId)
+ACMO_DATA_DIR="$two" "$acmo" -q run-handler --once >/dev/null
+http GET "/api/orders/$two_id"
+http GET "/api/orders/$two_id"
+check "  GET /api/orders/ID: pending, version 1 (now cached)" \
+  bash -c '[[ $1 == *"\"status\":\"pending\""* && $1 == *"\"version\":1"* ]]' _ "$body"
+http GET "/api/orders?status=pending"
+check "  GET /api/orders?status=pending lists it (now cached)" test "$(json_field "$body" total)" = 1
+for next in processing shipped; do
+  http PATCH "/api/orders/$two_id/status" "${json[@]}" -d "{\"status\":\"$next\"}"
+  expect "  PATCH status $next" 202
+  ACMO_DATA_DIR="$two" "$acmo" -q run-handler --once >/dev/null
+  http GET "/api/orders/$two_id"
+  check "  GET right after the other process applied it: $next" \
+    bash -c '[[ $1 == *"\"status\":\"$2\""* ]]' _ "$body" "$next"
+done
+http GET "/api/orders?status=pending"
+check "  the cached list follows: no pending order left" test "$(json_field "$body" total)" = 0
+http DELETE "/api/orders/$two_id"
+ACMO_DATA_DIR="$two" "$acmo" -q run-handler --once >/dev/null
+http GET "/api/orders/$two_id"
+expect "  GET after the other process deleted it" 404
+stop_server
+
 # --- SIGTERM under load: every 202 is applied --------------------------------------------------
 
 start_server

@@ -2,7 +2,10 @@
 // handler's commit invalidates the order and the lists, so the next read shows the change.
 // With the memory cache, and with Redis.
 #include <chrono>
+#include <functional>
+#include <map>
 #include <thread>
+#include <utility>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -272,4 +275,118 @@ TEST_CASE("Cached orders: a stale value put just after the handler's commit is i
   CHECK(status_of(must(orders.get_json("ord_r"))) == "processing");
   handler.stop();
   running.join();
+}
+
+TEST_CASE("Cached orders: a memory cache follows the store's change feed, so a handler in another "
+          "process is never read stale",
+          "[cached_orders]")
+{
+  TempDir dir;
+  const std::string path = dir.file("acmo.db");
+  auto q = open_queue(path);
+  // The handler of another process: it cannot reach this cache.
+  HandlerOptions options{1, 10, 20};
+  auto run = [&] { return must(OrderHandler(*q, path, options).run_once()); };
+  send_event(*q, create("ord_a", "Ada"));
+  send_event(*q, create("ord_b", "Bob"));
+  CHECK(run().processed == 2);
+
+  auto store = must(SqliteOrderStore::open(path));
+  MemoryCache cache(1000, 60'000);
+  CacheFollower follower(3);
+  CachedOrders orders(*store, &cache, &follower);
+  CachedOrders unfollowed(*store, &cache);
+
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
+  CHECK(total_of(must(orders.list_json("", 50, 0))) == 2);
+  const int64_t hits = cache.stats().hits;
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
+  CHECK(cache.stats().hits == hits + 1); // nothing changed: still served from the cache
+
+  send_event(*q, update("ord_a", "processing"));
+  CHECK(run().processed == 1);
+  // The control: the same cache read without the feed answers with the old order.
+  CHECK(status_of(must(unfollowed.get_json("ord_a"))) == "pending");
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
+
+  // A DELETE, and a list.
+  CHECK(status_of(must(orders.get_json("ord_b"))) == "pending");
+  send_event(*q, R"({"type":"DELETE","orderId":"ord_b","data":{}})");
+  CHECK(run().processed == 1);
+  CHECK(must_fail(orders.get_json("ord_b")).code == Errc::not_found);
+  CHECK(total_of(must(orders.list_json("", 50, 0))) == 1);
+
+  // More changes at once than the follower names: it drops every order.
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
+  for (const char* id : {"ord_c", "ord_d", "ord_e", "ord_f"}) send_event(*q, create(id, "Cy"));
+  send_event(*q, update("ord_a", "shipped"));
+  CHECK(run().processed == 5);
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "shipped");
+  CHECK(total_of(must(orders.list_json("", 50, 0))) == 5);
+}
+
+namespace {
+
+// Orders in a map and a change log; what a read sees can be changed between its steps.
+class ScriptedStore final : public OrderStore
+{
+public:
+  std::map<std::string, Order> orders;
+  std::vector<std::string> log; // the ids changed, in commit order; the mark is its size
+  std::function<void()> on_get;
+
+  void change(const std::string& id, const std::string& status)
+  {
+    orders[id].id = id;
+    orders[id].status = status;
+    log.push_back(id);
+  }
+  Expected<Order> get(std::string_view id) override
+  {
+    auto it = orders.find(std::string(id));
+    if (it == orders.end()) return make_error(Errc::not_found, "no such order", "id");
+    Order read = it->second;
+    if (on_get) std::exchange(on_get, nullptr)();
+    return read;
+  }
+  Expected<OrderList> list(std::string_view, int64_t, int64_t) override { return OrderList{}; }
+  Expected<std::vector<OrderEventRecord>> events(std::string_view) override
+  {
+    return std::vector<OrderEventRecord>{};
+  }
+  Expected<OrderChanges> changes_since(int64_t mark, int64_t) override
+  {
+    OrderChanges out;
+    out.mark = static_cast<int64_t>(log.size());
+    if (mark < 0) {
+      out.all = true;
+      return out;
+    }
+    out.order_ids.assign(log.begin() + mark, log.end());
+    return out;
+  }
+};
+
+} // namespace
+
+TEST_CASE("Cached orders: a read that raced a change does not put what it read", "[cached_orders]")
+{
+  ScriptedStore store;
+  store.change("ord_a", "pending");
+  MemoryCache cache(100, 60'000);
+  CacheFollower follower;
+  CachedOrders orders(store, &cache, &follower);
+  CachedOrders other_reader(store, &cache, &follower);
+
+  // The first reader reads "pending"; before it puts, the order changes and a second reader
+  // catches up (dropping ord_a) and reads "processing".
+  store.on_get = [&] {
+    store.change("ord_a", "processing");
+    CHECK(status_of(must(other_reader.get_json("ord_a"))) == "processing");
+  };
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "pending"); // what it read, answered
+  // Its late put was refused: the cache holds the second reader's entry, not the stale one.
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
+  CHECK(cache.get(order_cache_key("ord_a")).has_value());
 }

@@ -588,3 +588,46 @@ TEST_CASE("PgOrderStore: connections the server dropped are reopened", "[pg]")
   CHECK(must(store->events("ord_a")).size() == 2);
   CHECK(store->open_connections() <= 3);
 }
+
+TEST_CASE("PgOrderStore: the change feed names every order changed since a mark, also by a "
+          "transaction that commits after a later one",
+          "[pg]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  auto names = [](const OrderChanges& c, const std::string& id) {
+    return std::find(c.order_ids.begin(), c.order_ids.end(), id) != c.order_ids.end();
+  };
+  const OrderChanges first = must(store->changes_since(-1, 100));
+  CHECK(first.all);
+  must(store->apply_batch({event("m1", 1, create("ord_a"))}, 1'000));
+  const OrderChanges second = must(store->changes_since(first.mark, 100));
+  CHECK_FALSE(second.all);
+  CHECK(names(second, "ord_a"));
+
+  // A transaction writes first and commits last; another batch commits in between. A feed
+  // that went by the audit rows' ids would pass over the first one's change for good.
+  pqxx::connection a_conn(schema.url("acmo_test_slow_writer"));
+  pqxx::work a(a_conn);
+  a.exec0("INSERT INTO order_events (order_id, message_id, seq, type, data, applied_at)"
+          " VALUES ('ord_z', 'mz', 9, 'UPDATE', '{}', 1000)");
+  must(store->apply_batch({event("m2", 2, create("ord_b"))}, 2'000));
+  const OrderChanges third = must(store->changes_since(second.mark, 100));
+  CHECK(names(third, "ord_b"));
+  CHECK_FALSE(names(third, "ord_z"));
+  a.commit();
+  const OrderChanges fourth = must(store->changes_since(third.mark, 100));
+  CHECK(names(fourth, "ord_z"));
+
+  // Nothing since: nothing named once no transaction is open.
+  const OrderChanges quiet = must(store->changes_since(must(store->changes_since(fourth.mark, 100)).mark, 100));
+  CHECK_FALSE(quiet.all);
+  CHECK(quiet.order_ids.empty());
+  // More than asked for: all.
+  for (int i = 0; i < 5; ++i) {
+    must(store->apply_batch({event("n" + std::to_string(i), 10 + i, create("ord_n" + std::to_string(i)))},
+                            3'000));
+  }
+  CHECK(must(store->changes_since(quiet.mark, 3)).all);
+}
