@@ -198,7 +198,7 @@ std::vector<Expected<AppliedEvent>> parse_events(const std::vector<Message>& mes
   for (const auto& m : messages) {
     auto event = parse_event(m.body);
     if (event) {
-      events.emplace_back(AppliedEvent{m.message_id, m.seq, std::move(*event)});
+      events.emplace_back(AppliedEvent{m.message_id, m.seq, std::move(*event), m.first_sent_at_ms});
     } else {
       events.emplace_back(Unexpected(event.error()));
     }

@@ -1,5 +1,6 @@
 #include "core/orders/order.hpp"
 
+#include <algorithm>
 #include <ctime>
 
 #include <fmt/core.h>
@@ -53,7 +54,9 @@ Expected<void> apply_status_change(Order& order, std::string_view new_status, in
   }
   order.status = std::string(new_status);
   order.version += 1;
-  order.updated_at_ms = now_ms;
+  // A change accepted before the one that last changed the order (a redriven event) does not
+  // move its time back.
+  order.updated_at_ms = std::max(order.updated_at_ms, now_ms);
   return {};
 }
 

@@ -51,7 +51,9 @@ Expected<void> apply_status_change(Order& order, std::string_view new_status, in
 // valid (parse_event). Permanent failures leave `order` as it was: a CREATE of an order that
 // exists and a forbidden status change are Errc::conflict, an UPDATE or DELETE of an unknown
 // order Errc::not_found, an UPDATE without a status or a total too large Errc::invalid_input.
-Expected<void> apply_event(std::optional<Order>& order, const OrderEvent& event, int64_t now_ms);
+// `at_ms` dates the change: when the event was accepted (a CREATE's is the order's created_at,
+// a change's its updated_at, which never moves back).
+Expected<void> apply_event(std::optional<Order>& order, const OrderEvent& event, int64_t at_ms);
 
 // The order as the HTTP API and `acmo orders get` show it: money as JSON numbers with at most
 // two decimals, times in ISO 8601 UTC with milliseconds.

@@ -954,7 +954,7 @@ struct Queue::Impl {
       " WHERE queue_id = ?1 AND ready_at <= ?2 ORDER BY head_seq LIMIT ?3";
     static const std::string k_messages =
       "SELECT seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"
-      " first_received_at, failures, last_error FROM messages"
+      " first_received_at, failures, last_error, coalesce(first_sent_at, sent_at) FROM messages"
       " WHERE queue_id = ?1 AND group_id = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4";
     static const std::string k_take =
       "UPDATE messages SET visible_at = ?1, receipt_token = ?2, receive_count = receive_count + 1,"
@@ -1010,6 +1010,7 @@ struct Queue::Impl {
               m.dedup_id = sha256_hex(m.body);
             }
             m.sent_at_ms = stmt->column_int(4);
+            m.first_sent_at_ms = stmt->column_int(10);
             m.receive_count = received + 1;
             m.first_received_at_ms = stmt->column_int(7) == 0 ? txn.now : stmt->column_int(7);
             m.failures = failures;
@@ -1335,6 +1336,7 @@ struct Queue::Impl {
     m.last_error = stmt.column_text(9);
     m.dead_reason = stmt.column_text(10);
     m.dead_at_ms = stmt.column_int(11);
+    m.first_sent_at_ms = stmt.column_int(12);
     return m;
   }
 
@@ -1998,7 +2000,7 @@ Expected<void> Queue::settle(const std::vector<std::string>& receipts, const Set
 
 static const std::string k_message_columns =
   "seq, message_id, group_id, dedup_id, body, sent_at, receive_count, first_received_at,"
-  " failures, last_error, dead_reason, dead_at";
+  " failures, last_error, dead_reason, dead_at, coalesce(first_sent_at, sent_at)";
 
 // A page of a queue's messages, oldest first (?1 the queue, ?2 LIMIT, ?3 OFFSET).
 static const std::string k_dlq_page = "SELECT " + k_message_columns
@@ -2082,6 +2084,7 @@ Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
     "SELECT seq, message_id, group_id FROM messages WHERE queue_id = ?1 ORDER BY seq";
   static const std::string k_move =
     "UPDATE messages SET seq = ?2, queue_id = ?3, visible_at = ?4, sent_at = ?4,"
+    " first_sent_at = coalesce(first_sent_at, sent_at),"
     " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
     " dead_reason = '', dead_at = 0 WHERE seq = ?1";
   Expected<int64_t> result = 0;

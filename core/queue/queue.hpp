@@ -80,6 +80,7 @@ struct Message {
   int64_t receive_count = 0;
   int64_t failures = 0; // handling attempts that failed (released for retry)
   int64_t sent_at_ms = 0;
+  int64_t first_sent_at_ms = 0;     // when first sent: sent_at_ms unless it was redriven since
   int64_t first_received_at_ms = 0; // 0: never received
   std::string last_error;
   std::string dead_reason; // DLQ only

@@ -119,6 +119,13 @@ CREATE TABLE handlers (
     R"SQL(
 ALTER TABLE dedup ADD COLUMN body_hash INTEGER NOT NULL DEFAULT 0;
 )SQL",
+    // 5: when a message was first sent, kept through a redrive (which sends it again: a new
+    // sequence number and sent_at); NULL until then, meaning sent_at. The audit trail keeps
+    // when each applied event was accepted beside when it was applied.
+    R"SQL(
+ALTER TABLE messages ADD COLUMN first_sent_at INTEGER;
+ALTER TABLE order_events ADD COLUMN accepted_at INTEGER NOT NULL DEFAULT 0;
+)SQL",
   };
   return k_migrations;
 }

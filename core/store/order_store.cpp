@@ -82,6 +82,8 @@ json order_events_json(const std::vector<OrderEventRecord>& events)
                     {"sequenceNumber", format_sequence(e.seq)},
                     {"type", e.type},
                     {"data", e.data},
+                    {"acceptedAt", e.accepted_at_ms > 0 ? json(format_timestamp(e.accepted_at_ms))
+                                                        : json(nullptr)},
                     {"appliedAt", format_timestamp(e.applied_at_ms)}});
   }
   return {{"events", std::move(list)}};
@@ -134,7 +136,7 @@ Expected<void> apply_change(sqlite::Database& db, const AppliedEvent& applied, i
   static const std::string k_delete = "DELETE FROM orders WHERE id = ?1";
   const OrderEvent& e = applied.event;
   std::optional<Order> order = find_head(db, e.order_id);
-  if (auto ok = apply_event(order, e, now_ms); !ok) return ok;
+  if (auto ok = apply_event(order, e, change_time(applied, now_ms)); !ok) return ok;
   switch (e.type) {
   case EventType::create:
     save(db, *order);
@@ -160,14 +162,15 @@ void append_audit(sqlite::Database& db, const std::vector<const AppliedEvent*>& 
                   int64_t now_ms)
 {
   constexpr size_t k_audit_rows = 64;
-  constexpr int k_columns = 6;
+  constexpr int k_columns = 7;
   // The statement for n rows, built once per n.
   static const auto k_sql = [] {
     std::vector<std::string> sql(k_audit_rows + 1);
     for (size_t n = 1; n <= k_audit_rows; ++n) {
-      sql[n] = "INSERT INTO order_events(order_id, message_id, seq, type, data, applied_at) VALUES ";
+      sql[n] = "INSERT INTO order_events(order_id, message_id, seq, type, data, applied_at,"
+               " accepted_at) VALUES ";
       for (size_t row = 0; row < n; ++row) {
-        sql[n] += row == 0 ? "(?, ?, ?, ?, ?, ?)" : ", (?, ?, ?, ?, ?, ?)";
+        sql[n] += row == 0 ? "(?, ?, ?, ?, ?, ?, ?)" : ", (?, ?, ?, ?, ?, ?, ?)";
       }
     }
     return sql;
@@ -181,6 +184,7 @@ void append_audit(sqlite::Database& db, const std::vector<const AppliedEvent*>& 
       stmt->bind(base + 1, applied.event.order_id).bind(base + 2, applied.message_id);
       stmt->bind(base + 3, applied.seq).bind(base + 4, event_type_name(applied.event.type));
       stmt->bind(base + 5, applied.event.data.dump()).bind(base + 6, now_ms);
+      stmt->bind(base + 7, applied.accepted_at_ms);
     }
     stmt->run();
   }
@@ -254,7 +258,8 @@ Expected<OrderList> SqliteOrderStore::list(std::string_view status, int64_t limi
 Expected<std::vector<OrderEventRecord>> SqliteOrderStore::events(std::string_view id)
 {
   static const std::string k_sql =
-    "SELECT message_id, seq, type, data, applied_at FROM order_events WHERE order_id = ?1"
+    "SELECT message_id, seq, type, data, applied_at, accepted_at FROM order_events"
+    " WHERE order_id = ?1"
     " ORDER BY id";
   try {
     std::vector<OrderEventRecord> out;
@@ -268,6 +273,7 @@ Expected<std::vector<OrderEventRecord>> SqliteOrderStore::events(std::string_vie
       auto text = stmt->column_view(3);
       r.data = json::parse(text.begin(), text.end(), nullptr, false);
       r.applied_at_ms = stmt->column_int(4);
+      r.accepted_at_ms = stmt->column_int(5);
       out.push_back(std::move(r));
     }
     return out;

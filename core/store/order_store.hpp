@@ -26,7 +26,14 @@ struct AppliedEvent {
   std::string message_id;
   int64_t seq = 0;
   OrderEvent event;
+  int64_t accepted_at_ms = 0; // when its message was first sent; 0: not known (the time applied)
 };
+
+// The time an event's change is dated with (docs/orders.md §2): when it was accepted.
+inline int64_t change_time(const AppliedEvent& e, int64_t applied_at_ms)
+{
+  return e.accepted_at_ms > 0 ? e.accepted_at_ms : applied_at_ms;
+}
 
 // One entry of an order's audit trail.
 struct OrderEventRecord {
@@ -34,10 +41,11 @@ struct OrderEventRecord {
   int64_t seq = 0;
   std::string type; // "CREATE", "UPDATE", "DELETE"
   nlohmann::json data;
+  int64_t accepted_at_ms = 0; // 0: applied before acmo kept it
   int64_t applied_at_ms = 0;
 };
 
-// {"events": [{"messageId", "sequenceNumber", "type", "data", "appliedAt"}]}: an order's audit
+// {"events": [{"messageId", "sequenceNumber", "type", "data", "acceptedAt", "appliedAt"}]}: an order's audit
 // trail as `acmo orders events --json` and GET /api/orders/ID/events give it.
 nlohmann::json order_events_json(const std::vector<OrderEventRecord>& events);
 

@@ -100,6 +100,11 @@ $$;
 ALTER TABLE order_events ADD COLUMN IF NOT EXISTS xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX IF NOT EXISTS order_events_by_xid ON order_events (xid);
 )SQL",
+  // 4: when each applied event was accepted (its message first sent), beside when it was
+  // applied; 0 for events applied before.
+  R"SQL(
+ALTER TABLE order_events ADD COLUMN IF NOT EXISTS accepted_at bigint NOT NULL DEFAULT 0;
+)SQL",
 };
 
 const std::string k_order_columns =
@@ -120,7 +125,7 @@ const std::vector<std::pair<std::string, std::string>> k_statements = {
      + " FROM orders WHERE status = $3 ORDER BY created_at DESC, id LIMIT $1 OFFSET $2) o"
        " ON true"},
   {"acmo_events",
-   "SELECT message_id, seq, type, data::text, applied_at FROM order_events"
+   "SELECT message_id, seq, type, data::text, applied_at, accepted_at FROM order_events"
    " WHERE order_id = $1 ORDER BY id"},
   {"acmo_begin_batch", "SELECT * FROM acmo_begin_batch($1::text[], $2::text[])"},
   // The snapshot's xmin and the orders changed at or above the last one, in one snapshot.
@@ -149,10 +154,11 @@ updated AS (
     AS u(id, status, version, updated_at)
   WHERE o.id = u.id),
 audit AS (
-  INSERT INTO order_events (order_id, message_id, seq, type, data, applied_at)
-  SELECT e.order_id, e.message_id, e.seq, e.type, e.data, $20::bigint
-  FROM unnest($15::text[], $16::text[], $17::bigint[], $18::text[], $19::jsonb[])
-    WITH ORDINALITY AS e(order_id, message_id, seq, type, data, n)
+  INSERT INTO order_events (order_id, message_id, seq, type, data, applied_at, accepted_at)
+  SELECT e.order_id, e.message_id, e.seq, e.type, e.data, $20::bigint, e.accepted_at
+  FROM unnest($15::text[], $16::text[], $17::bigint[], $18::text[], $19::jsonb[],
+              $21::bigint[])
+    WITH ORDINALITY AS e(order_id, message_id, seq, type, data, accepted_at, n)
   ORDER BY e.n)
 INSERT INTO applied_messages (message_id, applied_at)
 SELECT m, $20::bigint FROM unnest($16::text[]) AS m
@@ -567,7 +573,7 @@ struct PgOrderStore::Impl {
     }
 
     std::vector<ApplyOutcome> out(events.size());
-    PgArray audit_order, audit_message, audit_seq, audit_type, audit_data;
+    PgArray audit_order, audit_message, audit_seq, audit_type, audit_data, audit_accepted;
     bool any = false;
     for (size_t i = 0; i < events.size(); ++i) {
       const AppliedEvent& a = events[i];
@@ -585,7 +591,7 @@ struct PgOrderStore::Impl {
         continue;
       }
       auto& t = orders[a.event.order_id];
-      if (auto ok = apply_event(t.now, a.event, now_ms); !ok) {
+      if (auto ok = apply_event(t.now, a.event, change_time(a, now_ms)); !ok) {
         reject(ok.error().message);
         continue;
       }
@@ -599,6 +605,7 @@ struct PgOrderStore::Impl {
       audit_seq.add(a.seq);
       audit_type.add(event_type_name(a.event.type));
       audit_data.add(data);
+      audit_accepted.add(a.accepted_at_ms);
     }
     if (!any) {
       tx.commit(); // nothing to write; this only drops the locks
@@ -636,7 +643,7 @@ struct PgOrderStore::Impl {
                      w_created.text(), w_updated.text(), u_id.text(), u_status.text(),
                      u_version.text(), u_updated.text(), audit_order.text(),
                      audit_message.text(), audit_seq.text(), audit_type.text(),
-                     audit_data.text(), now_ms);
+                     audit_data.text(), now_ms, audit_accepted.text());
     tx.commit();
     return out;
   }
@@ -709,6 +716,7 @@ Expected<std::vector<OrderEventRecord>> PgOrderStore::events(std::string_view id
       r.type = row[2].as<std::string>();
       r.data = json::parse(row[3].c_str(), nullptr, false);
       r.applied_at_ms = row[4].as<int64_t>();
+      r.accepted_at_ms = row[5].as<int64_t>();
       out.push_back(std::move(r));
     }
     return out;

@@ -223,6 +223,31 @@ dead_id=$("$acmo" "${dl[@]}" --json dlq list | sed -n 's/.*"messageId":"\([^"]*\
 check "run-handler logs the dead-lettered event, its message id and reason ($(cat "$work/dead-log.err"))" \
   test "$(grep -c "warn.*: message $dead_id (sequence 0*3, group orders) dead-lettered to orders-dlq after 1 failure: order ord_dl is cancelled; it cannot become shipped" "$work/dead-log.err")" = 1
 
+# Honest times: orders sent a second apart, applied together, keep the times they were
+# accepted; the audit trail keeps when each was accepted and when it was applied.
+tm=(--data-dir "$work/times")
+"$acmo" -q "${tm[@]}" send CREATE --order-id ord_t1 --data "$create_data"
+sleep 1.1
+"$acmo" -q "${tm[@]}" send CREATE --order-id ord_t2 --data "$create_data"
+sleep 1.1
+"$acmo" -q "${tm[@]}" send UPDATE --order-id ord_t1 --data '{"status":"processing"}'
+sleep 1.1
+"$acmo" -q "${tm[@]}" run-handler --once >/dev/null
+ms() { python3 -c 'import sys, datetime; print(int(datetime.datetime.fromisoformat(sys.argv[1].replace("Z", "+00:00")).timestamp() * 1000))' "$1"; }
+t1=$("$acmo" "${tm[@]}" --json orders get ord_t1)
+t2=$("$acmo" "${tm[@]}" --json orders get ord_t2)
+c1=$(ms "$(json_field "$t1" created_at)"); u1=$(ms "$(json_field "$t1" updated_at)")
+c2=$(ms "$(json_field "$t2" created_at)")
+check "orders sent a second apart keep their own created_at ($((c2 - c1)) ms apart)" \
+  test $((c2 - c1)) -ge 1000 -a $((c2 - c1)) -lt 3000
+check "  updated_at is when the UPDATE was accepted ($((u1 - c1)) ms after the CREATE)" \
+  test $((u1 - c1)) -ge 2000 -a $((u1 - c1)) -lt 5000
+trail=$("$acmo" "${tm[@]}" --json orders events ord_t1)
+# (json_field reads the last event's: the UPDATE, applied a second after it was accepted)
+accepted=$(ms "$(json_field "$trail" acceptedAt)"); applied=$(ms "$(json_field "$trail" appliedAt)")
+check "  the audit trail keeps when it was accepted and when applied ($((applied - accepted)) ms later)" \
+  test "$accepted" = "$u1" -a $((applied - accepted)) -ge 1000
+
 # --- send --file ----------------------------------------------------------------------------
 cat >"$work/events.jsonl" <<JSONL
 {"type":"CREATE","orderId":"ord_file_1","data":$create_data}

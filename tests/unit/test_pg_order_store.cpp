@@ -351,30 +351,37 @@ TEST_CASE("PgOrderStore: the handler's results equal the embedded store's", "[pg
     std::vector<std::string> dead_reasons;
     std::vector<std::string> orders;
     std::vector<std::string> trails;
+    int64_t sent_from = 0;
+    Order a;
   };
   auto run = [&](OrderWriter* writer, const std::function<std::unique_ptr<OrderStore>(const std::string&)>& open) {
     TempDir dir;
     ManualClock clock;
     const std::string path = dir.file("acmo.db");
     auto q = acmo::test::open_queue(path, {}, clock);
+    Result r;
+    r.sent_from = clock.now_ms();
     for (const auto& e : events) {
       // The handler checks events again: a producer that skipped validation sent the bad one.
       must(q->send(SendRequest{e, "orders", ""}));
+      clock.advance_ms(1'000); // one a second: each change is dated when it was accepted
     }
     must(q->send(SendRequest{"not an event", "orders", ""}));
+    clock.advance_ms(10'000); // applied later
     HandlerOptions options{1, 3, 50};
     options.writer = writer;
     OrderHandler handler(*q, path, options, clock);
-    Result r;
     r.stats = must(handler.run_once());
     for (const auto& m : must(q->dlq_list())) r.dead_reasons.push_back(m.dead_reason);
     auto store = open(path);
     for (const char* id : {"ord_a", "ord_b", "ord_c"}) {
       auto o = store->get(id);
       r.orders.push_back(o ? order_to_json(*o).dump() : errc_name(o.error().code));
+      if (o && o->id == "ord_a") r.a = *o;
       std::string trail;
       for (const auto& e : must(store->events(id))) {
-        trail += fmt::format("{} {} {} {};", e.seq, e.type, e.data.dump(), e.applied_at_ms);
+        trail += fmt::format("{} {} {} {} {};", e.seq, e.type, e.data.dump(), e.accepted_at_ms,
+                             e.applied_at_ms);
       }
       r.trails.push_back(trail);
     }
@@ -404,6 +411,13 @@ TEST_CASE("PgOrderStore: the handler's results equal the embedded store's", "[pg
   CHECK(postgres.dead_reasons == sqlite.dead_reasons);
   CHECK(postgres.orders == sqlite.orders);
   CHECK(postgres.trails == sqlite.trails);
+  // ord_a: created by the first event, last changed by the ninth (shipped), applied 10 s after
+  // the last send.
+  CHECK(sqlite.a.created_at_ms == sqlite.sent_from);
+  CHECK(sqlite.a.updated_at_ms == sqlite.sent_from + 8'000);
+  CHECK(sqlite.a.status == "shipped");
+  CHECK_THAT(sqlite.trails[0], Catch::Contains(fmt::format(" {} {};", sqlite.sent_from,
+                                                           sqlite.sent_from + 21'000)));
 }
 
 TEST_CASE("PgOrderStore: two handlers applying the same messages at once apply each once",

@@ -648,9 +648,17 @@ TEST_CASE("Queue: redrive moves dead-lettered messages back in their original or
 
   SECTION("all")
   {
+    const int64_t first_sent = f.clock.now_ms();
+    CHECK(must(f.queue->dlq_list())[0].first_sent_at_ms == first_sent);
+    f.clock.advance_ms(60'000);
     CHECK(must(f.queue->redrive()) == 4);
     CHECK(must(f.queue->dlq_list()).empty());
     auto back = f.receive(10);
+    // Sent again now, first sent when it was first sent: an order's times come from that.
+    for (const auto& m : back) {
+      CHECK(m.sent_at_ms == first_sent + 60'000);
+      CHECK(m.first_sent_at_ms == first_sent);
+    }
     std::map<std::string, Bodies> by_group;
     for (const auto& m : back) {
       by_group[m.group_id].push_back(m.body);
