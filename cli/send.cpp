@@ -160,7 +160,12 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   complete_event(event, config(global).get_string("queue.group_by"));
 
   auto queue = open_queue(global);
-  auto result = queue->send(to_send_request(event));
+  SendRequest request = to_send_request(event);
+  if (event.type != EventType::create) {
+    auto store = open_order_store(config(global), database_path(data_dir(global)));
+    if (store) refuse_unknown_order(request, event, *queue, **store);
+  }
+  auto result = queue->send(request);
   if (!result) return report(result.error());
   if (opts.wait_s == 0) {
     print_result(global, *result, event);

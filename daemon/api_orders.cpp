@@ -51,6 +51,12 @@ void Api::Impl::enqueue(Context& ctx, OrderEvent event)
   // is a duplicate, another request with the key is refused (as payment APIs do), never
   // answered as a duplicate of a message it is not.
   request.same_body = !key.empty();
+  if (event.type != EventType::create) {
+    with_store([&](OrderStore& store) {
+      refuse_unknown_order(request, event, *parts.queue, store);
+      return 0;
+    });
+  }
   auto result = parts.queue->send(request);
   if (!result && !key.empty() && result.error().code == Errc::conflict) {
     std::string message = result.error().message;

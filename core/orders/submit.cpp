@@ -1,5 +1,7 @@
 #include "core/orders/submit.hpp"
 
+#include <fmt/core.h>
+
 #include "core/util/ids.hpp"
 
 namespace acmo {
@@ -10,6 +12,27 @@ void complete_event(OrderEvent& event, std::string_view group_by)
     event.order_id = event.dedup_id.empty() ? new_order_id() : order_id_for(event.dedup_id);
   }
   if (event.group_id.empty()) event.group_id = group_by == "order" ? event.order_id : "orders";
+}
+
+void refuse_unknown_order(SendRequest& request, const OrderEvent& event, Queue& queue,
+                          OrderStore& store)
+{
+  if (event.type == EventType::create) return;
+  auto order = store.get(event.order_id);
+  if (order || order.error().code != Errc::not_found) return;
+  PeekFilter filter;
+  filter.field = "orderId";
+  filter.value = event.order_id;
+  filter.limit = 1;
+  filter.newest_first = true; // an order not applied yet was created lately
+  auto waiting = queue.peek(filter);
+  if (!waiting || !waiting->empty()) return;
+  request.unless_duplicate = Error{
+    Errc::not_found,
+    fmt::format("no order {}: it is neither in the store nor waiting in the queue; send its "
+                "CREATE first",
+                event.order_id),
+    "orderId"};
 }
 
 SendRequest to_send_request(const OrderEvent& event)

@@ -10,6 +10,7 @@
 
 #include "core/orders/order_event.hpp"
 #include "core/queue/queue.hpp"
+#include "core/store/order_store.hpp"
 
 namespace acmo {
 
@@ -20,6 +21,15 @@ namespace acmo {
 void complete_event(OrderEvent& event, std::string_view group_by);
 
 SendRequest to_send_request(const OrderEvent& event);
+
+// The early refusal of an UPDATE or DELETE (docs/orders.md §3): its order must be in the
+// store, or have a message waiting in the queue (its CREATE, not applied yet). When it has
+// neither, `request` is set to be refused with Errc::not_found unless it is a duplicate, so
+// that the retry of a request accepted before is still answered as one. A store that cannot
+// say (PostgreSQL away) lets the event through: the queue takes events through a store outage.
+// A CREATE is not checked.
+void refuse_unknown_order(SendRequest& request, const OrderEvent& event, Queue& queue,
+                          OrderStore& store);
 
 // {"messageId", "sequenceNumber", "orderId", "groupId", "deduplicationId", "duplicate"}
 nlohmann::json send_result_json(const SendResult& result, const OrderEvent& event);

@@ -905,6 +905,7 @@ struct Queue::Impl {
       ++txn.counters[queue_id].duplicates;
       return result;
     }
+    if (req.unless_duplicate) return Unexpected(*req.unless_duplicate);
     const MessageIdBytes id = new_message_id_bytes();
     const int64_t seq = take_seq(txn);
     const int64_t expires_at = txn.now + options.dedup_window_ms;
@@ -2051,6 +2052,31 @@ Expected<std::optional<Message>> Queue::find(int64_t seq)
     stmt->bind(1, seq).bind(2, m_impl->queue_id).bind(3, m_impl->dlq_id);
     if (!stmt->step()) return std::optional<Message>();
     return std::optional<Message>(Impl::read_message(*stmt));
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+Expected<std::vector<Message>> Queue::peek(const PeekFilter& filter)
+{
+  // json_extract only on valid JSON (it fails on anything else), and only where the value's
+  // text is in the body at all.
+  static const std::string k_where =
+    " FROM messages WHERE queue_id = ?1 AND (?2 = '' OR group_id = ?2) AND (?3 = '' OR"
+    " (instr(body, ?4) > 0 AND CASE WHEN json_valid(body) THEN"
+    " json_extract(body, '$.\"' || ?3 || '\"') IS ?4 END))";
+  static const std::string k_oldest =
+    "SELECT " + k_message_columns + k_where + " ORDER BY seq LIMIT ?5";
+  static const std::string k_newest =
+    "SELECT " + k_message_columns + k_where + " ORDER BY seq DESC LIMIT ?5";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto stmt = m_impl->reader->prepare(filter.newest_first ? k_newest : k_oldest);
+    stmt->bind(1, m_impl->queue_id).bind(2, filter.group_id).bind(3, filter.field);
+    stmt->bind(4, filter.value).bind(5, filter.limit);
+    std::vector<Message> out;
+    while (stmt->step()) out.push_back(Impl::read_message(*stmt));
+    return out;
   } catch (const sqlite::SqliteError& e) {
     return Unexpected(e.to_error());
   }

@@ -60,6 +60,18 @@ struct SendRequest {
   // another body is an Errc::conflict, not a duplicate (what an HTTP Idempotency-Key asks for).
   // false: SQS's rule, where a dedup id seen in the window is a duplicate whatever the body.
   bool same_body = false;
+  // Set: a send that is not a duplicate is refused with this error and nothing is queued (a
+  // check the caller made before, which a retry of an accepted request must not fail).
+  std::optional<Error> unless_duplicate = std::nullopt;
+};
+
+// Which waiting messages Queue::peek shows.
+struct PeekFilter {
+  std::string group_id;        // empty: every group
+  std::string field, value;    // field set: messages whose body is a JSON object whose string
+                               // field `field` is `value`
+  int64_t limit = 100;
+  bool newest_first = false;
 };
 
 struct SendResult {
@@ -231,6 +243,11 @@ public:
   // The message of this queue or its DLQ with sequence number `seq`, or nothing when it is
   // gone (deleted after it was handled, purged or expired). In the DLQ, dead_at is set.
   Expected<std::optional<Message>> find(int64_t seq);
+
+  // Messages waiting in the queue (visible, delayed or in flight; not the DLQ), oldest first
+  // unless asked otherwise, without receiving them: nothing about them changes. A filter by
+  // body field reads the bodies of the messages it passes over.
+  Expected<std::vector<Message>> peek(const PeekFilter& filter);
 
   // Dead-lettered messages, oldest first.
   Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0);

@@ -190,7 +190,7 @@ check "a data dir this user may not create exits 2 (got $rc: $err)" test "$rc" -
 printf 'x' >"$work/a-file"
 "$acmo" --data-dir "$work/a-file" send DELETE --order-id x 2>/dev/null; rc=$?
 check "a data dir that is a file exits 2 (got $rc)" test "$rc" -eq 2
-"$acmo" -q --data-dir "$work/ro-db" send DELETE --order-id x
+"$acmo" -q --data-dir "$work/ro-db" send CREATE --order-id x --data "$create_data"
 chmod 444 "$work/ro-db/acmo.db"
 [[ $(id -u) -eq 0 ]] && chown -R nobody "$work/ro-db"
 err=$("${as_other[@]}" "$other_acmo" --data-dir "$work/ro-db" send DELETE --order-id x 2>&1)
@@ -315,7 +315,7 @@ check "purge refused: nothing removed" test "$(json_field "$("$acmo" stats --jso
 out=$("$acmo" purge --yes --json)
 check "purge --yes reports the count" test "$out" = '{"purged":6}'
 check "purge empties the queue" test "$(json_field "$("$acmo" stats --json)" visible)" = 0
-out=$("$acmo" send UPDATE --json --order-id "$order" --data '{"status":"shipped"}' --dedup-id d-1)
+out=$("$acmo" send CREATE --json --order-id "$order" --data "$create_data" --dedup-id d-1)
 check "purge clears the dedup history" test "$(json_field "$out" duplicate)" = false
 
 # --- several processes at once ----------------------------------------------------------------

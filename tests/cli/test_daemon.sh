@@ -293,7 +293,7 @@ sleep 0.3
 locked=0
 for try in $(seq 40); do
   kill -STOP "$handler"
-  if ! ACMO_QUEUE_BUSY_TIMEOUT=300ms "$acmo" -q send DELETE --order-id "ord_probe$try" 2>/dev/null; then
+  if ! ACMO_QUEUE_BUSY_TIMEOUT=300ms "$acmo" -q send CREATE --order-id "ord_probe$try" --data "$create" 2>/dev/null; then
     locked=1
     break
   fi
@@ -305,7 +305,7 @@ started=$(date +%s%N)
 out=$("$acmo" --json stats 2>&1); rc=$?
 ms=$(( ($(date +%s%N) - started) / 1000000 ))
 check "  acmo stats still reads meanwhile (exit $rc, ${ms} ms)" test "$rc" -eq 0 -a "$ms" -lt 3000
-err=$(ACMO_QUEUE_BUSY_TIMEOUT=2s "$acmo" send DELETE --order-id ord_x 2>&1); rc=$?
+err=$(ACMO_QUEUE_BUSY_TIMEOUT=2s "$acmo" send CREATE --order-id ord_x --data "$create" 2>&1); rc=$?
 check "  acmo send gives up after queue.busy_timeout with exit 75 (got $rc)" test "$rc" -eq 75
 check "  it said while waiting who holds the lock" \
   grep -q "acmo: warning: waiting for the queue database's write lock, held by pid $handler (acmo run-handler), which is stopped" <<<"$err"
@@ -326,13 +326,13 @@ check "  /health answers 503 naming the stopped holder (${health: -3})" \
 kill -CONT "$handler"
 wait_for 5 bash -c '[[ $(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$1/health") == 200 ]]' _ "$port"
 check "  once it is continued, /health answers 200 again" test $? = 0
-check "  and a send goes through" "$acmo" -q send DELETE --order-id ord_after_cont
+check "  and a send goes through" "$acmo" -q send CREATE --order-id ord_after_cont --data "$create"
 # Ctrl-Z, ten times while it works: every send meanwhile commits at once.
 quick=0
 for try in $(seq 10); do
   kill -TSTP "$handler"
   wait_for 2 bash -c '[[ $(awk "{print \$3}" /proc/$1/stat) == T ]]' _ "$handler"
-  ACMO_QUEUE_BUSY_TIMEOUT=500ms "$acmo" -q send DELETE --order-id "ord_tstp$try" 2>/dev/null && quick=$((quick + 1))
+  ACMO_QUEUE_BUSY_TIMEOUT=500ms "$acmo" -q send CREATE --order-id "ord_tstp$try" --data "$create" 2>/dev/null && quick=$((quick + 1))
   kill -CONT "$handler"
   sleep 0.0$((RANDOM % 9))
 done

@@ -276,7 +276,7 @@ acmo_dir=$(cd "$(dirname "$acmo")" && pwd)
 live_order=ord_completion_1
 "$acmo" --data-dir "$live" -q send CREATE --order-id "$live_order" \
   --data '{"customer_name":"Ada","customer_email":"ada@example.com","items":[]}'
-"$acmo" --data-dir "$live" -q send UPDATE --order-id ord_missing --data '{"status":"shipped"}'
+"$acmo" --data-dir "$live" -q send UPDATE --order-id "$live_order" --data '{"status":"delivered"}'
 "$acmo" --data-dir "$live" -q run-handler --once
 dead_id=$("$acmo" --data-dir "$live" --json dlq list | grep -oE '"messageId":"[^"]+"' | cut -d'"' -f4)
 offered=$(PATH="$acmo_dir:$PATH" bash_complete acmo --data-dir "$live" orders get "")

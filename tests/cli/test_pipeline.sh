@@ -39,7 +39,11 @@ for status in processing shipped; do
   done
 done
 send UPDATE --order-id ord_a --data '{"status":"pending"}'       # shipped -> pending: forbidden
-send UPDATE --order-id ord_nobody --data '{"status":"shipped"}'  # no such order
+err=$("$acmo" send UPDATE --order-id ord_nobody --data '{"status":"shipped"}' 2>&1); rc=$?
+check "send UPDATE of an order neither stored nor queued exits 3 (got $rc)" test "$rc" -eq 3
+check "  saying so: $err" grep -qF "no order ord_nobody: it is neither in the store nor waiting in the queue" <<<"$err"
+# `send --file` leaves that check to the handler, which dead-letters it.
+echo '{"type":"UPDATE","orderId":"ord_nobody","data":{"status":"shipped"}}' | "$acmo" -q send --file -
 check "8 events queued" test "$(json_field "$("$acmo" --json stats)" visible)" = 8
 
 out=$("$acmo" run-handler --once --json); rc=$?

@@ -104,10 +104,12 @@ ack_fields() {
   echo "$msg $order $dup"
 }
 
-# deliver KIND TYPE ORDER DATA KEY: send one event until it is acknowledged; print
+# deliver KIND TYPE ORDER DATA KEY [GONE]: send one event until it is acknowledged; print
 # "MESSAGE_ID ORDER_ID DUPLICATE". Exit 1 after a rejection (a bug: these events are valid).
+# GONE=1: the order may be deleted and that DELETE applied already, so the event may be refused
+# as being for an order that exists nowhere (404, exit 3): exit 3 then, nothing acknowledged.
 deliver() {
-  local kind=$1 type=$2 order=$3 data=$4 key=$5 out code started rc
+  local kind=$1 type=$2 order=$3 data=$4 key=$5 gone=${6:-0} out code started rc
   started=$(now_ms)
   while :; do
     if [[ $kind == http ]]; then
@@ -128,6 +130,10 @@ deliver() {
         return 0
       fi
       [[ $code == 202 ]] && code="202 cut off (curl exit $rc)"
+      if [[ $code == 404 && $gone == 1 ]]; then
+        echo "$type $order" >>"$dir/refused"
+        return 3
+      fi
       if [[ $code != 000 && $code != 5* && $code != 202* ]]; then
         echo "REJECTED $kind $type $order: $code $out" >>"$dir/rejected"
         return 1
@@ -142,7 +148,11 @@ deliver() {
       if [[ $rc == 0 ]] && ack_fields "$(<"$dir/cli-$sender.out")"; then
         return 0
       fi
-      if [[ $rc == 2 || $rc == 4 ]]; then
+      if [[ $rc == 3 && $gone == 1 ]]; then
+        echo "$type $order" >>"$dir/refused"
+        return 3
+      fi
+      if [[ $rc == 2 || $rc == 3 || $rc == 4 ]]; then
         echo "REJECTED $kind $type $order: exit $rc $(cat "$dir/cli-$sender.err")" >>"$dir/rejected"
         return 1
       fi
@@ -160,7 +170,7 @@ deliver() {
 # end; every acknowledgement appended to acks-N as JSON.
 sender() {
   sender=$1
-  local kind=$2 deadline=$3 n=0 step order key plan words type status data ack msg dup
+  local kind=$2 deadline=$3 n=0 step order key plan words type status data ack msg dup gone rc
   while (($(now_ms) < deadline)); do
     n=$((n + 1))
     key="s$sender-o$n"
@@ -168,6 +178,7 @@ sender() {
     order=''
     [[ $kind == cli ]] && order="ord_t$key"
     step=0
+    gone=0
     for word in CREATE $plan; do
       case $word in
         CREATE) type=CREATE status=''
@@ -175,7 +186,10 @@ sender() {
         DELETE) type=DELETE status='' data='' ;;
         *) type=UPDATE status=$word data="{\"status\":\"$word\"}" ;;
       esac
-      ack=$(deliver "$kind" "$type" "$order" "$data" "t-$key-$step") || return 1
+      ack=$(deliver "$kind" "$type" "$order" "$data" "t-$key-$step" "$gone"); rc=$?
+      [[ $type == DELETE ]] && gone=1
+      if [[ $rc == 3 ]]; then step=$((step + 1)); continue; fi
+      [[ $rc == 0 ]] || return 1
       read -r msg order dup <<<"$ack"
       printf '{"key":"%s","step":%d,"type":"%s","status":"%s","msg":"%s","order":"%s","dup":%s,"kind":"%s"}\n' \
         "$key" "$step" "$type" "$status" "$msg" "$order" "$dup" "$kind" >>"$dir/acks-$sender"
@@ -352,7 +366,8 @@ torture() {
        "in $(jq -r '.expected.orders' <<<"$verdict") orders; $retries client retries, $dups acknowledged as duplicates;" \
        "kills: $kills_serve serve, $kills_handler run-handler, $kills_cli acmo send;" \
        "$pauses pauses past the visibility timeout ($paused_then_killed ended by kill -9);" \
-       "$applied applied, $dead dead-lettered"
+       "$applied applied, $dead dead-lettered;" \
+       "$(cat "$dir/refused" 2>/dev/null | wc -l) changes of deleted orders refused at once"
 
   check "$backend: no sender gave up or was refused" test "$sender_failed" -eq 0 -a ! -s "$dir/rejected"
   [[ -s $dir/rejected ]] && head -n 5 "$dir/rejected"

@@ -6,6 +6,7 @@
 #include <string>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "core/cache/cache.hpp"
 #include "daemon/api.hpp"
@@ -274,6 +275,8 @@ TEST_CASE("Api: an Idempotency-Key belongs to its first request: a retry is a du
   CHECK(other_body.status == 422);
   CHECK_THAT(other_body.body, Catch::Contains("idempotency_key_reused")
                                 && Catch::Contains("the Idempotency-Key \\\"k-1\\\" was used"));
+  f.orders["ord_a"].id = "ord_a";
+  f.orders["ord_b"].id = "ord_b";
   auto d = f.call("DELETE", "/api/orders/ord_a", {}, key("k-2"));
   REQUIRE(d.status == 202);
   CHECK(f.call("DELETE", "/api/orders/ord_b", {}, key("k-2")).status == 422);
@@ -281,4 +284,44 @@ TEST_CASE("Api: an Idempotency-Key belongs to its first request: a retry is a du
         == 422);
   CHECK(f.call("DELETE", "/api/orders/ord_a", {}, key("k-2")).status == 202);
   CHECK(must(f.queue->stats()).sent == 2);
+}
+
+TEST_CASE("Api: an UPDATE or DELETE of an order neither stored nor queued is refused at once",
+          "[api]")
+{
+  ApiFixture f;
+  const std::vector<std::pair<std::string, std::string>> json_type{
+    {"Content-Type", "application/json"}};
+  auto patch = [&](const std::string& id, std::vector<std::pair<std::string, std::string>> h) {
+    return f.call("PATCH", "/api/orders/" + id + "/status", R"({"status":"processing"})", h);
+  };
+  auto nobody = patch("ord_nobody", json_type);
+  CHECK(nobody.status == 404);
+  CHECK_THAT(nobody.body, Catch::Contains("no order ord_nobody: it is neither in the store nor "
+                                          "waiting in the queue"));
+  CHECK(f.call("DELETE", "/api/orders/ord_nobody").status == 404);
+  CHECK(must(f.queue->stats()).sent == 0);
+
+  // In the store: accepted.
+  f.orders["ord_stored"].id = "ord_stored";
+  CHECK(patch("ord_stored", json_type).status == 202);
+  // Created, not applied yet: its CREATE waits in the queue.
+  auto created = f.call("POST", "/api/orders", k_order, json_type);
+  REQUIRE(created.status == 202);
+  const std::string id = nlohmann::json::parse(created.body).at("orderId").get<std::string>();
+  CHECK(patch(id, json_type).status == 202);
+  CHECK(must(f.queue->stats()).sent == 3);
+
+  // A DELETE accepted, then applied (the order gone from the store): its retry with the same
+  // Idempotency-Key is still its duplicate, not a 404.
+  auto with_key = json_type;
+  with_key.emplace_back("Idempotency-Key", "del-1");
+  CHECK(f.call("DELETE", "/api/orders/ord_stored", {}, with_key).status == 202);
+  f.orders.erase("ord_stored");
+  auto retry = f.call("DELETE", "/api/orders/ord_stored", {}, with_key);
+  CHECK(retry.status == 202);
+  CHECK_THAT(retry.body, Catch::Contains(R"("duplicate":true)"));
+  // Its DELETE still waits in the queue (no handler runs here), so the order is known there: a
+  // second DELETE is let through, to be dead-lettered when applied (docs/orders.md §3).
+  CHECK(f.call("DELETE", "/api/orders/ord_stored").status == 202);
 }
