@@ -46,6 +46,7 @@ daemon::HttpServerOptions server_options(const Config& config, const ServeOption
   o.keep_alive_timeout_ms = config.get_int("server.keep_alive_timeout");
   o.keep_alive_max = config.get_int("server.keep_alive_max");
   o.max_connections_per_client = config.get_int("server.max_connections_per_client");
+  o.backlog_max_age_ms = config.get_int("server.backlog_max_age");
   o.api_tokens = config.get_strings("server.api_tokens");
   o.admin_tokens = config.get_strings("server.admin_tokens");
   o.rate_limit = config.get_int("server.rate_limit");

@@ -33,6 +33,7 @@ struct ApiOptions {
   int64_t rate_burst = 0; // bucket size; 0: rate_limit
   std::string group_by = "single";   // queue.group_by
   std::string store_backend = "sqlite";
+  int64_t backlog_max_age_ms = 300'000; // server.backlog_max_age; 0: no age check
   int read_stores = 2;    // stores that serve the reads missing the cache, each one at a time
 };
 

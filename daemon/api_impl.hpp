@@ -135,6 +135,12 @@ struct Api::Impl {
   void cache_clear(Context& ctx);
   // The checks of /health and /health/ready: {"queue": {"ok", "error"?}, "store", "cache"}.
   nlohmann::json health_checks();
+  // The backlog: whether messages wait with no live handler to apply them, or the oldest has
+  // waited longer than server.backlog_max_age ({"ok", "waiting", "oldestAgeSeconds",
+  // "liveHandlers", "error"}); nothing when the queue cannot say (its own check fails then).
+  std::optional<nlohmann::json> backlog_check();
+  // Handlers of any process whose heartbeat is current, or nothing when the registry is unread.
+  std::optional<int64_t> live_handlers();
   void health(Context& ctx);
   void health_live(Context& ctx);
   void health_ready(Context& ctx);

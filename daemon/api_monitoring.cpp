@@ -221,14 +221,59 @@ std::string joined(const std::vector<std::string>& names)
 
 } // namespace
 
+std::optional<int64_t> Api::Impl::live_handlers()
+{
+  const int64_t now = SystemClock::instance().now_ms();
+  auto handlers = list_handlers(parts.db_path, now);
+  if (!handlers) return std::nullopt;
+  return std::count_if(handlers->begin(), handlers->end(),
+                       [now](const HandlerRecord& h) { return h.state(now) == "running"; });
+}
+
+std::optional<json> Api::Impl::backlog_check()
+{
+  auto s = parts.queue->stats();
+  if (!s) return std::nullopt;
+  const int64_t waiting = s->visible + s->in_flight + s->delayed;
+  const std::optional<int64_t> live = live_handlers();
+  json check = {{"waiting", waiting},
+                {"oldestAgeSeconds", static_cast<double>(s->oldest_age_ms) / 1000.0},
+                {"liveHandlers", live ? json(*live) : json(nullptr)}};
+  std::string error;
+  if (waiting > 0 && live && *live == 0) {
+    error = fmt::format("{} message(s) wait and no handler is running: start `acmo run-handler`, "
+                        "or `acmo serve` without --no-handler",
+                        waiting);
+  } else if (options.backlog_max_age_ms > 0 && s->oldest_age_ms > options.backlog_max_age_ms) {
+    error = fmt::format("the oldest message has waited {:.1f} s, more than "
+                        "server.backlog_max_age ({:g} s): the handlers do not keep up, or a group "
+                        "is blocked (`acmo stats`)",
+                        static_cast<double>(s->oldest_age_ms) / 1000.0,
+                        static_cast<double>(options.backlog_max_age_ms) / 1000.0);
+  }
+  check["ok"] = error.empty();
+  if (!error.empty()) check["error"] = error;
+  return check;
+}
+
 void Api::Impl::health(Context& ctx)
 {
   json checks = health_checks();
+  // Whether events are applied, not only accepted: what monitoring alerts on. Not part of
+  // /health/ready, since the API still takes events with no handler running.
+  if (auto backlog = backlog_check()) checks["backlog"] = std::move(*backlog);
   const std::vector<std::string> failing = not_ok(checks);
-  json doc = {{"status", failing.empty() ? "ok" : "unavailable"}, {"checks", std::move(checks)}};
+  std::vector<std::string> down = failing;
+  const bool stalled = std::erase(down, std::string("backlog")) > 0;
+  std::string message = down.empty() ? "" : fmt::format("not answering: {}", joined(down));
+  if (stalled) {
+    message += (message.empty() ? "" : "; ") + checks["backlog"]["error"].get<std::string>();
+  }
+  json doc = {{"status", !down.empty() ? "unavailable" : stalled ? "stalled" : "ok"},
+              {"checks", std::move(checks)}};
   if (!failing.empty()) {
     doc["failing"] = failing;
-    doc["message"] = fmt::format("not answering: {}", joined(failing));
+    doc["message"] = message;
     ctx.res.set_header("Retry-After", "1");
   }
   send_json(ctx.res, failing.empty() ? 200 : 503, doc);
@@ -318,6 +363,10 @@ void Api::Impl::prometheus(Context& ctx)
   }
   metric("acmo_handler_in_process", "gauge", "Whether this server runs a handler.",
          parts.handler != nullptr ? 1 : 0);
+  if (auto live = live_handlers()) {
+    metric("acmo_handlers_live", "gauge",
+           "Handlers of any process on this queue whose heartbeat is current.", *live);
+  }
   const CacheStats c = cache_figures();
   const std::string backend = fmt::format("{{backend=\"{}\"}}", c.backend);
   metric("acmo_cache_hits_total", "counter", "Cache reads that hit.", c.hits, backend);

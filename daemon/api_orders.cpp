@@ -68,7 +68,7 @@ void Api::Impl::enqueue(Context& ctx, OrderEvent event)
                      json{{"field", "Idempotency-Key"}});
   }
   if (!result) {
-    if (result.error().code != Errc::invalid_input) {
+    if (result.error().code != Errc::invalid_input && result.error().code != Errc::not_found) {
       log::warn("{} {}: the queue refused an event: {}", ctx.req.method, ctx.req.path,
                 result.error().message);
     }

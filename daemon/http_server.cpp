@@ -19,6 +19,7 @@ ApiOptions api_options(const HttpServerOptions& o)
   a.rate_burst = o.rate_burst;
   a.group_by = o.group_by;
   a.store_backend = o.store_backend;
+  a.backlog_max_age_ms = o.backlog_max_age_ms;
   // A few stores serve the reads that miss the cache; more would only wait on the database.
   a.read_stores = std::clamp(o.threads / 4, 1, 8);
   return a;

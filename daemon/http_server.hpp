@@ -29,6 +29,7 @@ struct HttpServerOptions {
   int64_t keep_alive_timeout_ms = 5'000;
   int64_t keep_alive_max = 1'000;      // requests on one connection
   int64_t max_connections_per_client = 1'024;
+  int64_t backlog_max_age_ms = 300'000; // /health fails once the oldest message is older; 0: off
   // Bearer tokens. With api_tokens set, every endpoint but /health needs one of them (or an
   // admin token); with admin_tokens set, the admin endpoints (purge, cache clear, DLQ) need
   // one of those. Empty lists: no check.

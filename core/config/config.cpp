@@ -83,6 +83,8 @@ const std::vector<ConfigKey> k_keys = {
   {"server.keep_alive_timeout", KeyType::duration, R"("5s")",
    "how long an idle keep-alive connection stays open"},
   {"server.keep_alive_max", KeyType::integer, "1000", "requests on one connection at most"},
+  {"server.backlog_max_age", KeyType::duration, R"("5m")",
+   "GET /health is 503 once the oldest waiting message is older than this; 0: no age check"},
   {"server.max_connections_per_client", KeyType::integer, "1024",
    "connections one client address may hold open at once (429 above)"},
   {"server.api_tokens", KeyType::string_list, "[]",
@@ -641,6 +643,7 @@ Expected<void> check_config(const Config& config)
                   duration_range("server.write_timeout", 1, 3'600'000),
                   duration_range("server.keep_alive_timeout", 1, 3'600'000),
                   range("server.keep_alive_max", 1, 1'000'000'000),
+                  duration_range("server.backlog_max_age", 0, 30LL * 86'400'000),
                   range("server.max_connections_per_client", 1, 1'000'000),
                   range("server.rate_limit", 0, 1'000'000'000),
                   range("server.rate_burst", 0, 1'000'000'000)}) {

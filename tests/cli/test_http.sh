@@ -334,7 +334,8 @@ check "over server.rate_limit: 429" test "$limited" = 1
 check "429 says rate_limited" test "$(json_field "$body" code)" = rate_limited
 check "429 has Retry-After" test -n "$(header Retry-After)"
 http GET /health
-expect "/health is not rate limited" 200
+# (503 "stalled": this server has no handler and an order waits; not 429 is what counts here)
+check "/health is not rate limited (status $status)" test "$status" != 429 -a "$status" != 000
 # Guessing tokens: 10 failures at once from one address, then one a second, then 429.
 guesses=''
 for i in $(seq 15); do
@@ -364,7 +365,7 @@ ACMO_SERVER_KEEP_ALIVE_TIMEOUT=30s start_server --no-handler
 # Two requests in one write on one connection: both answered, in order, and the connection then
 # stays open (keep-alive) until the server stops.
 exec 3<>"/dev/tcp/127.0.0.1/$port"
-printf 'GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+printf 'GET /health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n' >&3
 timeout 5 cat <&3 >"$work/kept" &
 reader=$!
 # (an answer's body ends without a newline: the next status line follows on the same line)
@@ -399,16 +400,16 @@ for i in $(seq 6); do
 done
 sleep 0.3
 started=$(date +%s%N)
-http GET /health
+http GET /health/live
 took_ms=$(( ($(date +%s%N) - started) / 1000000 ))
-expect "GET /health with six idle connections and server.threads = 2" 200
+expect "GET /health/live with six idle connections and server.threads = 2" 200
 check "it is answered in ${took_ms} ms (under 1 s; keep_alive_timeout is 2 s)" test "$took_ms" -lt 1000
 # A connection idle between two requests for longer than a thread waits for it is parked, and
 # its next request is answered all the same.
 exec 4<>"/dev/tcp/127.0.0.1/$port"
 timeout 5 cat <&4 >"$work/parked" &
 reader=$!
-printf 'GET /health HTTP/1.1\r\nHost: x\r\n\r\n' >&4
+printf 'GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n' >&4
 sleep 0.5
 printf 'GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n' >&4
 for _ in $(seq 100); do grep -aq 'HTTP/1.1 404' "$work/parked" && break; sleep 0.05; done
@@ -444,6 +445,40 @@ http POST /api/orders "${json[@]}" -d "$item"
 expect "  a POST is queued" 202
 stop_server
 # The queue's own outage is unready: see test_outage_storage.sh (a full disk, a damaged database).
+
+# --- the backlog in /health: no live handler, or a message waiting too long -------------------
+# /health fails when events are accepted but not applied; /health/ready (the load balancer's)
+# does not, since the API still takes events.
+bl="$work/backlog"
+ACMO_DATA_DIR="$bl" ACMO_SERVER_BACKLOG_MAX_AGE=1s start_server --no-handler
+http GET /health
+expect "backlog: /health with nothing waiting and no handler" 200
+http POST /api/orders "${json[@]}" -d "$item"
+http GET /health
+expect "  a message waits and no handler runs: /health" 503
+check "  it says stalled, names the backlog and what to do: $body" \
+  bash -c '[[ $1 == *"\"status\":\"stalled\""* && $1 == *"\"failing\":[\"backlog\"]"* && $1 == *"no handler is running: start"* ]]' _ "$body"
+http GET /health/ready
+expect "  /health/ready still takes events" 200
+ACMO_DATA_DIR="$bl" "$acmo" -q run-handler >/dev/null 2>&1 &
+bl_handler=$!
+check "  a handler in another process applies it: /health 200" until_status /health 200
+check "  it counts as a live handler in /metrics" \
+  bash -c 'curl -s "http://127.0.0.1:$1/metrics" | grep -qx "acmo_handlers_live 1"' _ "$port"
+# A handler that stops (SIGSTOP) still counts as live until its heartbeat is 5 s old; a message
+# older than server.backlog_max_age (1 s) fails /health meanwhile.
+kill -STOP "$bl_handler"
+sleep 0.3
+http POST /api/orders "${json[@]}" -d "$item"
+sleep 1.5
+http GET /health
+expect "  a message older than server.backlog_max_age: /health" 503
+check "  it says how long the oldest waited: $body" \
+  bash -c '[[ $1 == *"the oldest message has waited"*"more than server.backlog_max_age (1 s)"* ]]' _ "$body"
+kill -CONT "$bl_handler"
+check "  continued, the handler applies it: /health 200 again" until_status /health 200
+kill -TERM "$bl_handler"; wait "$bl_handler"
+stop_server
 
 # --- reads across processes: a handler in another process -----------------------------------
 # `serve --no-handler` with the default memory cache, the events applied by `run-handler`

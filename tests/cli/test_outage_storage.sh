@@ -93,7 +93,7 @@ if [[ -n $mounted ]]; then
   check "reads still answer (GET /sqs/stats: $http_code)" test "$http_code" = 200
   health=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port/health")
   check "GET /health answers 503 and names the full disk (${health:0:160})" \
-    grep -q 'disk holding the queue is full.*"failing":\["queue"\].* 503$' <<<"$health"
+    grep -q 'disk holding the queue is full.*"failing":\[[^]]*"queue"\].* 503$' <<<"$health"
   ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/ready")
   live=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/live")
   check "  /health/ready answers 503 (the queue takes no events), /health/live 200 ($ready, $live)" \
