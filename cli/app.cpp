@@ -38,6 +38,8 @@ constexpr std::array k_subcommands = {
              &setup_serve},
   Subcommand{"orders", "Read orders and their audit trail (get ID | list | events ID)",
              &setup_orders},
+  Subcommand{"peek", "Browse the waiting messages without receiving them (by group or order)",
+             &setup_peek},
   Subcommand{"dlq", "Inspect and replay dead-lettered messages (list | show ID | redrive | purge)",
              &setup_dlq},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},

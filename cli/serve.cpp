@@ -145,9 +145,10 @@ Runner setup_serve(CLI::App& sub, const GlobalOptions& global)
                "Only queue events; separate acmo run-handler processes apply them");
   add_daemon_flags(sub, opts->daemon);
   sub.footer("Endpoints: POST/GET /api/orders, GET/PUT/DELETE /api/orders/ID, PATCH\n"
-             "/api/orders/ID/status, GET /api/orders/ID/events, /sqs/stats, /sqs/purge,\n"
-             "/sqs/dlq, /sqs/dlq/redrive, /handler/status, /handler/stats, /cache/stats,\n"
-             "/cache/keys, /cache/clear, /health, /health/live, /health/ready, /metrics.\n"
+             "/api/orders/ID/status, GET /api/orders/ID/events, /sqs/stats, /sqs/peek,\n"
+             "/sqs/purge, /sqs/dlq, /sqs/dlq/redrive, /handler/status, /handler/stats,\n"
+             "/cache/stats, /cache/keys, /cache/clear, /health, /health/live,\n"
+             "/health/ready, /metrics.\n"
              "SIGINT or SIGTERM stops: no new connections, the requests in flight are\n"
              "answered, the handler finishes its batch, exit 0.");
   return [opts, &global] { return run_serve(*opts, global); };

@@ -7,7 +7,7 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler serve orders dlq config demo version'
+_acmo_subcommands='send stats purge run-handler serve orders peek dlq config demo version'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
@@ -26,6 +26,7 @@ _acmo_opts_orders='-h --help'
 _acmo_opts_orders_get='-h --help'
 _acmo_opts_orders_list='--status --limit --offset -h --help'
 _acmo_opts_orders_events='-h --help'
+_acmo_opts_peek='--group --order-id --limit -h --help'
 _acmo_opts_dlq='-h --help'
 _acmo_opts_dlq_list='--limit --offset -h --help'
 _acmo_opts_dlq_show='-h --help'

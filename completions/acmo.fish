@@ -105,6 +105,7 @@ complete -c acmo -n __acmo_no_subcommand -a purge -d 'Remove every message of th
 complete -c acmo -n __acmo_no_subcommand -a run-handler -d 'Run the OrderHandler: apply queued events to the orders'
 complete -c acmo -n __acmo_no_subcommand -a serve -d 'Serve the HTTP API and monitoring endpoints'
 complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their audit trail'
+complete -c acmo -n __acmo_no_subcommand -a peek -d 'Browse the waiting messages without receiving them'
 complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 complete -c acmo -n __acmo_no_subcommand -a demo -d 'Walk through the whole pipeline, narrated'
@@ -118,6 +119,11 @@ complete -c acmo -n '__acmo_using send' -l group -x -d 'Message group (default: 
 complete -c acmo -n '__acmo_using send' -l dedup-id -x -d 'Deduplication id (default: SHA-256 of the body)'
 complete -c acmo -n '__acmo_using send' -l wait -d 'Wait until the event is applied or dead-lettered (--wait=SECS)'
 complete -c acmo -n '__acmo_using send' -l file -r -F -d "Send every event of a JSON Lines FILE ('-' for stdin)"
+
+# acmo peek
+complete -c acmo -n '__acmo_using peek' -l group -x -d 'Only the messages of this message group'
+complete -c acmo -n '__acmo_using peek' -l order-id -x -a '(__acmo_order_ids)' -d 'Only the events of this order'
+complete -c acmo -n '__acmo_using peek' -l limit -x -d 'At most N messages, oldest first (default 50)'
 
 # acmo stats
 complete -c acmo -n '__acmo_using stats' -l watch -d 'Refresh every SECS seconds (--watch=SECS, default 2)'

@@ -161,6 +161,7 @@ Api::Impl::Impl(ApiOptions o, ApiParts p)
     {"GET", "/api/orders/:id/events", Access::api, false, &Impl::order_events, {}},
     {"GET", "/sqs/stats", Access::api, false, &Impl::sqs_stats, {}},
     {"DELETE", "/sqs/purge", Access::admin, false, &Impl::sqs_purge, {"queue"}},
+    {"GET", "/sqs/peek", Access::api, false, &Impl::peek, {"group", "orderId", "limit"}},
     {"GET", "/sqs/dlq", Access::admin, false, &Impl::dlq_list, {"limit", "offset"}},
     {"POST", "/sqs/dlq/redrive", Access::admin, false, &Impl::dlq_redrive, {"id"}},
     {"GET", "/handler/status", Access::api, false, &Impl::handler_status, {}},
@@ -255,7 +256,7 @@ bool Api::Impl::admit(const Route& route, const Request& req, Response& res)
       return false;
     }
   }
-  if (route.access == Access::admin) {
+  if (route.access == Access::admin || !route.params.empty()) {
     for (const auto& [name, value] : req.params()) {
       if (std::find(route.params.begin(), route.params.end(), name) != route.params.end()) continue;
       std::string known;

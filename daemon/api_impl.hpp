@@ -124,6 +124,7 @@ struct Api::Impl {
   // --- api_monitoring.cpp --------------------------------------------------------------------
   void sqs_stats(Context& ctx);
   void sqs_purge(Context& ctx);
+  void peek(Context& ctx);
   void dlq_list(Context& ctx);
   void dlq_redrive(Context& ctx);
   nlohmann::json in_process_handler_json();

@@ -6,6 +6,7 @@
 
 #include "core/handler/handler_registry.hpp"
 #include "core/handler/stats_report.hpp"
+#include "core/orders/order_event.hpp"
 #include "core/queue/queue_json.hpp"
 #include "core/util/ids.hpp"
 #include "core/util/log.hpp"
@@ -84,6 +85,27 @@ void Api::Impl::sqs_purge(Context& ctx)
   log::info("purged {} messages of the queue at the request of {}", *purged,
             ctx.req.client);
   send_json(ctx.res, 200, {{"purged", *purged}});
+}
+
+void Api::Impl::peek(Context& ctx)
+{
+  PeekFilter filter;
+  filter.group_id = ctx.req.param("group");
+  filter.value = ctx.req.param("orderId");
+  if (!filter.value.empty()) {
+    if (auto ok = check_order_id(filter.value); !ok) {
+      return set_error(ctx.res, 400, "invalid_input",
+                       fmt::format("orderId {}", ok.error().message.substr(9)),
+                       json{{"field", "orderId"}});
+    }
+    filter.field = "orderId";
+  }
+  auto limit = int_param(ctx.req, "limit", 50, 1, k_max_list_limit);
+  if (!limit) return set_core_error(ctx.res, limit.error());
+  filter.limit = *limit;
+  auto messages = parts.queue->peek(filter);
+  if (!messages) return set_core_error(ctx.res, messages.error());
+  send_json(ctx.res, 200, waiting_messages_json(*messages, SystemClock::instance().now_ms()));
 }
 
 void Api::Impl::dlq_list(Context& ctx)

@@ -1338,6 +1338,8 @@ struct Queue::Impl {
     m.dead_reason = stmt.column_text(10);
     m.dead_at_ms = stmt.column_int(11);
     m.first_sent_at_ms = stmt.column_int(12);
+    m.visible_at_ms = stmt.column_int(13);
+    m.in_flight = stmt.column_int(14) != 0;
     return m;
   }
 
@@ -2001,7 +2003,8 @@ Expected<void> Queue::settle(const std::vector<std::string>& receipts, const Set
 
 static const std::string k_message_columns =
   "seq, message_id, group_id, dedup_id, body, sent_at, receive_count, first_received_at,"
-  " failures, last_error, dead_reason, dead_at, coalesce(first_sent_at, sent_at)";
+  " failures, last_error, dead_reason, dead_at, coalesce(first_sent_at, sent_at), visible_at,"
+  " receipt_token != 0";
 
 // A page of a queue's messages, oldest first (?1 the queue, ?2 LIMIT, ?3 OFFSET).
 static const std::string k_dlq_page = "SELECT " + k_message_columns

@@ -97,6 +97,8 @@ struct Message {
   std::string last_error;
   std::string dead_reason; // DLQ only
   int64_t dead_at_ms = 0;  // DLQ only
+  int64_t visible_at_ms = 0; // read back by peek and the DLQ reads only
+  bool in_flight = false;    // received, and its receipt not yet used (peek)
 };
 
 // What became of a message released after a failed attempt.

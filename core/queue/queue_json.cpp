@@ -6,6 +6,18 @@
 
 namespace acmo {
 
+namespace {
+
+// Bodies that broke the rules (nested too deep, say) are shown as strings, never parsed
+// without bounds.
+nlohmann::json body_json(const std::string& body)
+{
+  auto parsed = parse_json_input(body, "the body");
+  return parsed ? std::move(*parsed) : nlohmann::json(body);
+}
+
+} // namespace
+
 nlohmann::json queue_stats_json(const QueueStats& s)
 {
   return {{"name", s.name},
@@ -29,10 +41,6 @@ nlohmann::json queue_stats_json(const QueueStats& s)
 
 nlohmann::json dead_letter_json(const Message& m)
 {
-  // Bodies that broke the rules (nested too deep, say) are in the DLQ for that reason: they
-  // are shown as strings, never parsed without bounds.
-  auto parsed = parse_json_input(m.body, "the body");
-  nlohmann::json body = parsed ? std::move(*parsed) : nlohmann::json(m.body);
   return {{"messageId", m.message_id},
           {"sequenceNumber", format_sequence(m.seq)},
           {"groupId", m.group_id},
@@ -43,7 +51,33 @@ nlohmann::json dead_letter_json(const Message& m)
           {"receiveCount", m.receive_count},
           {"sentAt", format_timestamp(m.sent_at_ms)},
           {"deadLetteredAt", format_timestamp(m.dead_at_ms)},
-          {"body", std::move(body)}};
+          {"body", body_json(m.body)}};
+}
+
+const char* waiting_state(const Message& m, int64_t now_ms)
+{
+  if (m.visible_at_ms <= now_ms) return "visible";
+  return m.in_flight ? "inFlight" : "delayed";
+}
+
+nlohmann::json waiting_messages_json(const std::vector<Message>& messages, int64_t now_ms)
+{
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& m : messages) {
+    list.push_back({{"messageId", m.message_id},
+                    {"sequenceNumber", format_sequence(m.seq)},
+                    {"groupId", m.group_id},
+                    {"deduplicationId", m.dedup_id},
+                    {"state", waiting_state(m, now_ms)},
+                    {"receiveCount", m.receive_count},
+                    {"failures", m.failures},
+                    {"lastError", m.last_error},
+                    {"sentAt", format_timestamp(m.sent_at_ms)},
+                    {"visibleAt", format_timestamp(m.visible_at_ms)},
+                    {"body", body_json(m.body)}});
+  }
+  const auto count = static_cast<int64_t>(list.size());
+  return {{"messages", std::move(list)}, {"count", count}};
 }
 
 nlohmann::json dead_letters_json(const Queue::DlqPage& page)

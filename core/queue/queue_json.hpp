@@ -24,4 +24,13 @@ nlohmann::json dead_letter_json(const Message& message);
 // A page of the DLQ: {"messages": [dead_letter_json...], "total": messages in the DLQ}.
 nlohmann::json dead_letters_json(const Queue::DlqPage& page);
 
+// "visible", "inFlight" (received, not yet deleted or released) or "delayed" (waiting out a
+// retry delay) at `now_ms`.
+const char* waiting_state(const Message& message, int64_t now_ms);
+
+// Waiting messages as peek shows them: {"messages": [{"messageId", "sequenceNumber", "groupId",
+// "deduplicationId", "state", "receiveCount", "failures", "lastError", "sentAt", "visibleAt",
+// "body"}], "count"}; bodies as in dead_letter_json.
+nlohmann::json waiting_messages_json(const std::vector<Message>& messages, int64_t now_ms);
+
 } // namespace acmo

@@ -460,6 +460,21 @@ check "  it says stalled, names the backlog and what to do: $body" \
   bash -c '[[ $1 == *"\"status\":\"stalled\""* && $1 == *"\"failing\":[\"backlog\"]"* && $1 == *"no handler is running: start"* ]]' _ "$body"
 http GET /health/ready
 expect "  /health/ready still takes events" 200
+# The waiting message, browsed without receiving it: the CLI and the API show the same.
+bl_order=$(ACMO_DATA_DIR="$bl" "$acmo" --json peek | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"][0]["body"]["orderId"])')
+http GET "/sqs/peek?orderId=$bl_order"
+expect "GET /sqs/peek?orderId=ID" 200
+check "  it shows the waiting CREATE, visible" \
+  bash -c '[[ $1 == *"\"count\":1"* && $1 == *"\"state\":\"visible\""* && $1 == *"\"type\":\"CREATE\""* ]]' _ "$body"
+check "  acmo peek --json is GET /sqs/peek's document" \
+  same_json "$(ACMO_DATA_DIR="$bl" "$acmo" --json peek --order-id "$bl_order")" "$body"
+http GET "/sqs/peek?group=orders&limit=1"
+check "  by group: $(json_field "$body" count)" test "$(json_field "$body" count)" = 1
+http GET "/sqs/peek?orderid=x"
+expect "  an unknown parameter" 400 invalid_input
+http GET "/sqs/peek?limit=0"
+expect "  limit 0" 400 invalid_input
+check "  peeking received nothing" test "$(ACMO_DATA_DIR="$bl" "$acmo" --json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["received"])')" = 0
 ACMO_DATA_DIR="$bl" "$acmo" -q run-handler >/dev/null 2>&1 &
 bl_handler=$!
 check "  a handler in another process applies it: /health 200" until_status /health 200

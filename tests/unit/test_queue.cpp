@@ -72,6 +72,14 @@ struct QueueFixture {
   }
 
   QueueStats stats() { return must(queue->stats()); }
+
+  // The one message a receive of at most `max` gives.
+  Message receive_one_of(int max)
+  {
+    auto got = receive(max);
+    REQUIRE(got.size() == 1);
+    return got[0];
+  }
 };
 
 std::vector<std::string> bodies_of(const std::vector<Message>& messages)
@@ -1572,4 +1580,57 @@ TEST_CASE("Queue: threads receiving at once never get the same message", "[queue
   CHECK(s.received == k_messages);
   CHECK(s.deleted == k_messages);
   CHECK(s.visible + s.in_flight + s.delayed == 0);
+}
+
+TEST_CASE("Queue: peek shows the waiting messages without receiving them, filtered", "[queue]")
+{
+  QueueFixture f;
+  auto body = [](const std::string& type, const std::string& order) {
+    return R"({"type":")" + type + R"(","orderId":")" + order + R"(","data":{}})";
+  };
+  auto a1 = f.send(body("CREATE", "ord_a"), "A");
+  auto b1 = f.send(body("CREATE", "ord_b"), "B");
+  auto a2 = f.send(body("UPDATE", "ord_a"), "A");
+  f.send("not JSON, though it names ord_a", "C");
+  f.send(R"({"type":"CREATE","orderId":"ord_ab","data":{}})", "D"); // holds "ord_a" as text
+  auto ids = [](const std::vector<Message>& ms) {
+    std::vector<std::string> out;
+    for (const auto& m : ms) out.push_back(m.message_id);
+    return out;
+  };
+  using Ids = std::vector<std::string>;
+
+  CHECK(must(f.queue->peek({})).size() == 5);
+  CHECK(ids(must(f.queue->peek({"A", "", "", 100, false}))) == Ids{a1.message_id, a2.message_id});
+  CHECK(ids(must(f.queue->peek({"", "orderId", "ord_a", 100, false})))
+        == Ids{a1.message_id, a2.message_id});
+  CHECK(ids(must(f.queue->peek({"", "orderId", "ord_a", 1, true}))) == Ids{a2.message_id});
+  CHECK(must(f.queue->peek({"B", "orderId", "ord_a", 100, false})).empty());
+  CHECK(must(f.queue->peek({"", "orderId", "ord_nobody", 100, false})).empty());
+  // Nothing was received: every message is still there to receive, once each.
+  CHECK(f.stats().received == 0);
+
+  // States: in flight after a receive, delayed after a release with a retry delay; the DLQ's
+  // messages are not waiting.
+  const Message first = f.receive_one_of(1);
+  REQUIRE(first.message_id == a1.message_id);
+  const int64_t now = f.clock.now_ms();
+  auto peeked = must(f.queue->peek({"A", "", "", 100, false}));
+  REQUIRE(peeked.size() == 2);
+  CHECK(peeked[0].in_flight);
+  CHECK(peeked[0].visible_at_ms > now);
+  CHECK(peeked[0].receive_count == 1);
+  CHECK_FALSE(peeked[1].in_flight);
+  CHECK(peeked[1].visible_at_ms <= now);
+  must(f.queue->release(first.receipt, "try later"));
+  const Message second = f.receive_one_of(1); // A waits out its delay: B's head comes
+  REQUIRE(second.message_id == b1.message_id);
+  must(f.queue->dead_letter(second.receipt, "bad"));
+  peeked = must(f.queue->peek({"A", "", "", 100, false}));
+  REQUIRE(peeked.size() == 2);
+  CHECK_FALSE(peeked[0].in_flight);
+  CHECK(peeked[0].visible_at_ms > now); // waiting out its retry delay
+  CHECK(peeked[0].last_error == "try later");
+  CHECK(must(f.queue->peek({"B", "", "", 100, false})).empty());
+  CHECK(ids(must(f.queue->dlq_list())) == Ids{b1.message_id});
 }
