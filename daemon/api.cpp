@@ -319,6 +319,11 @@ Expected<void> Api::open()
     impl.stores.push_back(std::move(*store));
     impl.store_locks.push_back(std::make_unique<std::mutex>());
   }
+  // The embedded store's handlers signal their changes: a cached read then asks the store only
+  // when one began. Without the signal (it could not be opened) every read asks.
+  if (impl.options.store_backend == "sqlite" && impl.follower_of_cache() != nullptr) {
+    if (auto signal = ChangeSignal::open(impl.parts.db_path)) impl.follower.use_signal(std::move(*signal));
+  }
   return {};
 }
 

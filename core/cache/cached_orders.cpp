@@ -20,6 +20,16 @@ Expected<int64_t> CacheFollower::catch_up(OrderStore& store, Cache& cache)
   // answer is from a mark no later than the one now held, so it names at least what changed
   // since then, and only an answer that reaches further moves the mark.
   int64_t from = 0;
+  int64_t begun = -1;
+  int64_t ended = -1;
+  if (m_signal != nullptr) {
+    begun = m_signal->begun();
+    ended = m_signal->ended(); // read after begun: equal, every ticket up to begun has ended
+    // Nothing began since every change up to `begun` was dropped: the cache is current. The
+    // epoch is read first: a later one only makes a put refused.
+    const int64_t epoch = m_epoch.load();
+    if (begun == m_verified.load()) return epoch;
+  }
   {
     std::lock_guard lock(m_mu);
     from = m_mark;
@@ -36,7 +46,9 @@ Expected<int64_t> CacheFollower::catch_up(OrderStore& store, Cache& cache)
     ++m_epoch;
   }
   m_mark = std::max(m_mark, changes->mark);
-  return m_epoch;
+  // Set once what it covers is dropped, for the fast path's reads without the lock.
+  if (ended >= begun && begun > m_verified.load()) m_verified.store(begun);
+  return m_epoch.load();
 }
 
 void CacheFollower::put(Cache& cache, int64_t mark, std::string_view key, std::string_view value)

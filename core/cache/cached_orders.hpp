@@ -4,6 +4,7 @@
 // failure is counted by the cache and the read goes to the store; it never fails a read.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "core/cache/cache.hpp"
+#include "core/store/change_signal.hpp"
 #include "core/store/order_store.hpp"
 #include "core/util/error.hpp"
 
@@ -26,6 +28,9 @@ class CacheFollower
 public:
   // `max_named`: orders named by one catch-up beyond which it drops every order instead.
   explicit CacheFollower(int64_t max_named = 1'000) : m_max_named(max_named) {}
+  // The embedded store's change signal: while no order change has begun since the last
+  // catch-up that saw every begun one ended, a catch-up asks the store nothing.
+  void use_signal(std::unique_ptr<ChangeSignal> signal) { m_signal = std::move(signal); }
 
   // Drop what changed since the last catch-up; the mark to give put() after reading the store.
   // A store that cannot say (PostgreSQL away) is the error, and the cache is not to be used.
@@ -35,9 +40,12 @@ public:
 
 private:
   const int64_t m_max_named;
+  std::unique_ptr<ChangeSignal> m_signal;
   std::mutex m_mu;
+  // Changed under m_mu; read without it on the fast path.
+  std::atomic<int64_t> m_verified{-1}; // every change with a ticket up to this one is dropped
   int64_t m_mark = -1; // the store's mark; -1 before the first catch-up
-  int64_t m_epoch = 0; // catch-ups that dropped something
+  std::atomic<int64_t> m_epoch{0}; // catch-ups that dropped something
 };
 
 class CachedOrders

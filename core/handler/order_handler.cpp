@@ -22,6 +22,14 @@ OrderHandler::OrderHandler(Queue& queue, std::string db_path, HandlerOptions opt
                            const Clock& clock)
   : m_queue(queue), m_db_path(std::move(db_path)), m_options(options), m_clock(clock)
 {
+  if (m_options.writer == nullptr) {
+    auto signal = ChangeSignal::open(m_db_path);
+    if (signal) {
+      m_signal = std::move(*signal);
+    } else {
+      m_signal_error = signal.error();
+    }
+  }
 }
 
 void OrderHandler::invalidate(const std::vector<std::string>& order_ids)
@@ -222,6 +230,11 @@ void OrderHandler::record_applied(const BatchTally& tally, std::chrono::steady_c
 Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
 {
   std::optional<std::string> consume_error;
+  if (m_options.writer == nullptr && m_signal == nullptr) {
+    record_error(m_signal_error->message);
+    note_trouble(m_signal_error->message);
+    return Unexpected(*m_signal_error);
+  }
   if (m_options.writer == nullptr) {
     // The embedded store: take the messages, apply their events and delete them in one
     // transaction. Should that fail (the disk full, a SQLite error), the batch goes the way
@@ -251,9 +264,12 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
   for (const auto& m : *got) receipts.push_back(m.receipt);
   BatchTally tally;
   const auto started = std::chrono::steady_clock::now();
+  int64_t ticket = 0;
   auto settled = m_queue.settle(receipts, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+    ticket = m_signal->begin();
     return apply_embedded(db, events, m_clock.now_ms(), tally);
   });
+  if (ticket != 0) m_signal->end(ticket);
   if (settled) {
     record_applied(tally, started);
     return static_cast<int64_t>(got->size());
@@ -284,14 +300,17 @@ Expected<int64_t> OrderHandler::consume_batch(int64_t wait_ms)
 {
   BatchTally tally;
   auto started = std::chrono::steady_clock::now();
+  int64_t ticket = 0;
   auto got = m_queue.consume(
     m_options.batch_size, wait_ms,
     [&](sqlite::Database& db, const std::vector<Message>& messages)
       -> Expected<std::vector<Disposition>> {
       started = std::chrono::steady_clock::now(); // the batch's latency, not the wait before it
       std::vector<Expected<AppliedEvent>> events = parse_events(messages);
+      ticket = m_signal->begin();
       return apply_embedded(db, events, m_clock.now_ms(), tally);
     });
+  if (ticket != 0) m_signal->end(ticket);
   if (!got) return Unexpected(got.error());
   if (!got->empty()) record_applied(tally, started);
   return static_cast<int64_t>(got->size());

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/queue/queue.hpp"
+#include "core/store/change_signal.hpp"
 #include "core/store/order_store.hpp"
 #include "core/util/clock.hpp"
 #include "core/util/error.hpp"
@@ -90,6 +91,11 @@ private:
 
   Queue& m_queue;
   std::string m_db_path;
+  // The embedded store's change signal: every batch that changes orders takes a ticket in its
+  // transaction and ends it after. Without it (it could not be opened) no batch is applied,
+  // since other processes' caches rely on it.
+  std::unique_ptr<ChangeSignal> m_signal;
+  std::optional<Error> m_signal_error;
   HandlerOptions m_options;
   const Clock& m_clock;
   std::atomic<bool> m_stopping{false};

@@ -12,6 +12,7 @@
 
 #include "core/cache/cached_orders.hpp"
 #include "core/cache/redis_cache.hpp"
+#include "core/store/change_signal.hpp"
 #include "core/handler/order_handler.hpp"
 #include "core/store/order_store.hpp"
 #include "unit/queue_test_util.hpp"
@@ -294,6 +295,9 @@ TEST_CASE("Cached orders: a memory cache follows the store's change feed, so a h
   auto store = must(SqliteOrderStore::open(path));
   MemoryCache cache(1000, 60'000);
   CacheFollower follower(3);
+  const bool with_signal = GENERATE(false, true);
+  CAPTURE(with_signal); // the signal only spares questions; the answers are the same
+  if (with_signal) follower.use_signal(must(ChangeSignal::open(path)));
   CachedOrders orders(*store, &cache, &follower);
   CachedOrders unfollowed(*store, &cache);
 
@@ -355,8 +359,10 @@ public:
   {
     return std::vector<OrderEventRecord>{};
   }
+  int64_t questions = 0;
   Expected<OrderChanges> changes_since(int64_t mark, int64_t) override
   {
+    ++questions;
     OrderChanges out;
     out.mark = static_cast<int64_t>(log.size());
     if (mark < 0) {
@@ -389,4 +395,43 @@ TEST_CASE("Cached orders: a read that raced a change does not put what it read",
   // Its late put was refused: the cache holds the second reader's entry, not the stale one.
   CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
   CHECK(cache.get(order_cache_key("ord_a")).has_value());
+}
+
+TEST_CASE("Cached orders: with the change signal, the store is asked only when a change began",
+          "[cached_orders]")
+{
+  TempDir dir;
+  const std::string path = dir.file("acmo.db");
+  ScriptedStore store;
+  store.change("ord_a", "pending");
+  MemoryCache cache(100, 60'000);
+  CacheFollower follower;
+  follower.use_signal(must(ChangeSignal::open(path)));
+  auto writer = must(ChangeSignal::open(path)); // another process's handler
+  CachedOrders orders(store, &cache, &follower);
+
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "pending"); // the first read asks
+  const int64_t asked = store.questions;
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
+  CHECK(store.questions == asked); // nothing began: nothing asked
+
+  // A change in flight (begun, not ended): every read asks, and sees it once committed.
+  const int64_t ticket = writer->begin();
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
+  CHECK(store.questions == asked + 1);
+  store.change("ord_a", "processing"); // committed, the end not yet signalled
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
+  CHECK(store.questions == asked + 2);
+  writer->end(ticket);
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
+  const int64_t after = store.questions;
+  CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
+  CHECK(store.questions == after); // all ended and seen: quiet again
+
+  // A writer killed between its ticket and its end: the next writer's end covers it.
+  writer->begin();
+  const int64_t next = writer->begin();
+  writer->end(next);
+  CHECK(writer->ended() == writer->begun());
 }
