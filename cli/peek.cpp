@@ -60,7 +60,8 @@ int run_peek(const PeekOptions& opts, const GlobalOptions& global)
     return exit_code::k_ok;
   }
   if (messages->empty()) {
-    if (!global.quiet) fmt::print("no message waits{}\n", opts.group.empty() && opts.order_id.empty() ? "" : " that matches");
+    const bool filtered = !opts.group.empty() || !opts.order_id.empty();
+    if (!global.quiet) fmt::print("no message waits{}\n", filtered ? " that matches" : "");
     return exit_code::k_ok;
   }
   for (const auto& m : *messages) {

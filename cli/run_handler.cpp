@@ -92,7 +92,8 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
   options.concurrency = opts.concurrency;
   options.batch_size = opts.batch_size;
   options.writer = writer->get();
-  options.cache = cache.get();
+  // Only a shared cache (Redis) is read by anyone else; this process reads no orders.
+  options.cache = cache != nullptr && !cache->local() ? cache.get() : nullptr;
   OrderHandler handler(*queue, database_path(data_dir(global)), options);
 
   if (!opts.once) {

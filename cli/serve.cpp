@@ -77,7 +77,9 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
     writer = std::move(*w);
     HandlerOptions ho = handler_options_from(cfg);
     ho.writer = writer.get();
-    ho.cache = cache.get();
+    // A cache of this process follows the store before every read (CacheFollower), which
+    // drops what the handler changed: only a shared one (Redis) needs the handler to drop it.
+    ho.cache = cache != nullptr && !cache->local() ? cache.get() : nullptr;
     handler = std::make_unique<OrderHandler>(*queue, db, ho);
   }
 
