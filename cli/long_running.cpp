@@ -119,13 +119,13 @@ void run_until_signal(const sigset_t& signals, const std::function<void()>& stop
       if (sig == SIGHUP) {
         if (!daemon::is_daemon()) continue; // in the foreground there is no log file to reopen
         if (auto ok = daemon::reopen_log(); !ok) {
-          log::error("{}", ok.error().message);
+          log::error({"log_reopen_failed"}, "{}", ok.error().message);
         } else {
-          log::info("log file reopened (SIGHUP)");
+          log::info({"log_reopened"}, "log file reopened (SIGHUP)");
         }
         continue;
       }
-      log::info("{} received: stopping after the work in hand", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      log::info({"stopping"}, "{} received: stopping after the work in hand", sig == SIGINT ? "SIGINT" : "SIGTERM");
       daemon::notify_systemd("STOPPING=1\nSTATUS=stopping after the work in hand");
       stop();
     }

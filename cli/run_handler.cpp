@@ -73,19 +73,19 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
     // The store (PostgreSQL) does not answer yet, e.g. both were started at boot: wait for it,
     // as a running handler does through an outage, instead of exiting.
     note = fmt::format("{}; retrying until it answers", writer.error().message);
-    log::warn("{}", note);
+    log::warn({"store_waiting"}, "{}", note);
     announce_ready(note);
     int64_t delay_ms = 500;
     while (!writer && writer.error().code == Errc::unavailable) {
       if (stop_signal_within(signals, delay_ms)) {
-        log::info("stopped before the store answered");
+        log::info({"stopped"}, "stopped before the store answered");
         daemon::remove_pid_file();
         return exit_code::k_ok;
       }
       writer = open_order_writer(config(global));
       delay_ms = std::min<int64_t>(delay_ms * 2, 10'000);
     }
-    if (writer) log::info("the store answers now");
+    if (writer) log::info({"store_ready"}, "the store answers now");
   }
   if (!writer) throw Fatal(writer.error());
   auto cache = open_cache(config(global));
@@ -97,7 +97,7 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
   OrderHandler handler(*queue, database_path(data_dir(global)), options);
 
   if (!opts.once) {
-    log::info("handling queue {} of {} (concurrency {}, batch size {}, store {}, cache {}); "
+    log::info({"started"}, "handling queue {} of {} (concurrency {}, batch size {}, store {}, cache {}); "
               "SIGINT or SIGTERM stops",
               queue->options().name, data_dir(global), opts.concurrency, opts.batch_size,
               config(global).get_string("store.backend"), config(global).get_string("cache.backend"));
@@ -109,7 +109,7 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
     [&] { result = opts.once ? handler.run_once() : handler.run(); });
   if (!opts.once) {
     const HandlerStats s = result ? *result : handler.stats();
-    log::info("stopped: applied {}, dead-lettered {}, retried {}", s.processed, s.dead_lettered,
+    log::info({"stopped"}, "stopped: applied {}, dead-lettered {}, retried {}", s.processed, s.dead_lettered,
               s.retried);
   }
   if (!result) {

@@ -105,14 +105,14 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
     handler_thread = std::thread([&] {
       auto result = handler->run();
       if (!result) {
-        log::error("the order handler stopped: {}", result.error().message);
+        log::error({"handler_failed"}, "the order handler stopped: {}", result.error().message);
         handler_failed.store(true);
         server.stop();
       }
     });
   }
 
-  log::info("serving http://{}:{} (queue {}, {} threads, handler {}); SIGINT or SIGTERM stops",
+  log::info({"started"}, "serving http://{}:{} (queue {}, {} threads, handler {}); SIGINT or SIGTERM stops",
             options.host, server.port(), queue->options().name, options.threads,
             handler ? "in this process" : "not here: run acmo run-handler");
   announce_ready();
@@ -127,10 +127,10 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
     });
   if (handler) {
     const HandlerStats s = handler->stats();
-    log::info("stopped; the handler applied {}, dead-lettered {}, retried {}", s.processed,
+    log::info({"stopped"}, "stopped; the handler applied {}, dead-lettered {}, retried {}", s.processed,
               s.dead_lettered, s.retried);
   } else {
-    log::info("stopped");
+    log::info({"stopped"}, "stopped");
   }
   return handler_failed.load() ? exit_code::k_failure : exit_code::k_ok;
 }

@@ -352,7 +352,7 @@ Response Api::handle(Request& request)
   try {
     impl.dispatch(request, res);
   } catch (const std::exception& e) {
-    log::error("{} {}: {}", request.method, request.path, e.what());
+    log::error({"http_handler_error"}, "{} {}: {}", request.method, request.path, e.what());
     res = Response{};
     set_error(res, 500, "internal", fmt::format("the server failed: {}", e.what()));
   }

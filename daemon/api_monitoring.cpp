@@ -82,7 +82,7 @@ void Api::Impl::sqs_purge(Context& ctx)
   }
   auto purged = parts.queue->purge(dlq);
   if (!purged) return set_core_error(ctx.res, purged.error());
-  log::info("purged {} messages of the queue at the request of {}", *purged,
+  log::info({"purged"}, "purged {} messages of the queue at the request of {}", *purged,
             ctx.req.client);
   send_json(ctx.res, 200, {{"purged", *purged}});
 }

@@ -69,7 +69,7 @@ void Api::Impl::enqueue(Context& ctx, OrderEvent event)
   }
   if (!result) {
     if (result.error().code != Errc::invalid_input && result.error().code != Errc::not_found) {
-      log::warn("{} {}: the queue refused an event: {}", ctx.req.method, ctx.req.path,
+      log::warn({"send_refused"}, "{} {}: the queue refused an event: {}", ctx.req.method, ctx.req.path,
                 result.error().message);
     }
     return set_core_error(ctx.res, as_body_error(result.error()));

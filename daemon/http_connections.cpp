@@ -268,7 +268,7 @@ struct Connections::Impl {
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
           const int64_t now = now_us();
           if (now - last_accept_warning_us.load() > 10'000'000) {
-            log::warn("cannot accept a connection: {}; raise the open files limit (ulimit -n) "
+            log::warn({"accept_failed"}, "cannot accept a connection: {}; raise the open files limit (ulimit -n) "
                       "or lower server.keep_alive_timeout",
                       std::strerror(errno));
             last_accept_warning_us.store(now);
@@ -619,7 +619,7 @@ struct Connections::Impl {
       promote();
       if (n < 0) {
         if (errno == EINTR) continue;
-        log::error("the HTTP server's event loop failed: {}", std::strerror(errno));
+        log::error({"http_loop_failed"}, "the HTTP server's event loop failed: {}", std::strerror(errno));
         stopping.store(true);
         break;
       }
@@ -688,7 +688,7 @@ struct Connections::Impl {
     wake.data.u64 = k_wake_tag;
     if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, listen_fd, &listener) != 0
         || ::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, wake_fd, &wake) != 0) {
-      log::error("the HTTP listener failed: {}", std::strerror(errno));
+      log::error({"http_listener_failed"}, "the HTTP listener failed: {}", std::strerror(errno));
       return;
     }
     std::thread timer_thread([this] { timer(); });

@@ -77,7 +77,7 @@ void OrderHandler::note_trouble(const std::string& message)
   } else if (message == m_trouble && now - m_trouble_logged < seconds(30)) {
     return;
   }
-  log::warn("handler: {}; the events wait in the queue and are retried ({} failure{} in {} s)",
+  log::warn({"handler_trouble"}, "handler: {}; the events wait in the queue and are retried ({} failure{} in {} s)",
             message, m_trouble_count, m_trouble_count == 1 ? "" : "s",
             duration_cast<seconds>(now - m_trouble_since).count());
   m_trouble = message;
@@ -91,7 +91,7 @@ void OrderHandler::note_progress()
   if (!m_in_trouble.load()) return;
   std::lock_guard lock(m_trouble_mu);
   if (!m_in_trouble.load()) return;
-  log::info("handler: applying events again after {} s and {} failure{} (the last: {})",
+  log::info({"handler_recovered"}, "handler: applying events again after {} s and {} failure{} (the last: {})",
             duration_cast<seconds>(steady_clock::now() - m_trouble_since).count(),
             m_trouble_count, m_trouble_count == 1 ? "" : "s", m_trouble);
   m_in_trouble = false;
@@ -117,6 +117,8 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
 {
   HandlerRecord record;
   record.id = new_handler_id();
+  m_id = record.id;
+  log::HandlerScope scope(m_id);
   record.pid = ::getpid();
   record.host = host_name();
   record.started_at_ms = m_clock.now_ms();
@@ -139,6 +141,7 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
   std::condition_variable cv;
   bool done = false;
   std::thread heart([&] {
+    log::HandlerScope heart_scope(m_id);
     std::unique_lock lock(mu);
     while (!cv.wait_for(lock, std::chrono::milliseconds(k_heartbeat_interval_ms),
                         [&] { return done; })) {
@@ -191,7 +194,8 @@ std::vector<Disposition> apply_embedded(sqlite::Database& db,
       ++tally.applied;
       tally.changed.push_back(events[i]->event.order_id);
     } else {
-      out[i] = Disposition{true, ok.error().message};
+      out[i] = Disposition{true, ok.error().message,
+                           events[i] ? events[i]->event.order_id : std::string()};
       tally.last_reason = ok.error().message;
       ++tally.dead;
     }
@@ -337,6 +341,7 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
   std::vector<AppliedEvent> valid;
   std::vector<size_t> index; // valid[k] came in messages[index[k]]
   std::vector<std::pair<size_t, std::string>> rejected;
+  std::vector<std::string> rejected_order(messages.size()); // the order ids of valid events
   for (size_t i = 0; i < events.size(); ++i) {
     if (events[i]) {
       valid.push_back(std::move(*events[i]));
@@ -361,6 +366,7 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
       const ApplyOutcome& o = (*outcomes)[k];
       if (o.kind == ApplyOutcome::Kind::rejected) {
         rejected.emplace_back(index[k], o.reason);
+        rejected_order[index[k]] = valid[k].event.order_id;
       } else {
         done.push_back(messages[index[k]].receipt);
         changed.push_back(valid[k].event.order_id);
@@ -389,7 +395,7 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
     }
   }
   for (const auto& [i, reason] : rejected) {
-    if (auto ok = m_queue.dead_letter(messages[i].receipt, reason); ok) ++dead;
+    if (auto ok = m_queue.dead_letter(messages[i].receipt, reason, rejected_order[i]); ok) ++dead;
     if (outcomes) last_error = reason;
   }
 
@@ -412,6 +418,7 @@ Expected<HandlerStats> OrderHandler::run_once_unregistered()
   std::optional<Error> failure;
   std::mutex failure_mu;
   auto worker = [&] {
+    log::HandlerScope scope(m_id);
     while (!m_stopping.load()) {
       // No wait: a worker that finds nothing visible is done. What another worker still holds
       // (in flight, or in its transaction) and what follows it in its groups, that worker takes
@@ -441,6 +448,7 @@ Expected<HandlerStats> OrderHandler::run()
 Expected<HandlerStats> OrderHandler::run_unregistered()
 {
   auto worker = [&] {
+    log::HandlerScope scope(m_id);
     while (!m_stopping.load()) {
       auto n = process_batch(m_options.wait_ms);
       if (!n && !m_stopping.load()) {

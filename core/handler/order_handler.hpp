@@ -91,6 +91,7 @@ private:
 
   Queue& m_queue;
   std::string m_db_path;
+  std::string m_id; // in the registry, while run() or run_once() runs
   // The embedded store's change signal: every batch that changes orders takes a ticket in its
   // transaction and ends it after. Without it (it could not be opened) no batch is applied,
   // since other processes' caches rely on it.

@@ -225,7 +225,18 @@ struct Txn {
   std::map<int64_t, Counters> counters;
   std::set<std::pair<int64_t, std::string>> touched_groups;
   // One line per message moved to the DLQ, logged once the transaction has committed.
-  std::vector<std::string> dead_letter_log;
+  struct DeadLetterNote {
+    std::string message_id;
+    int64_t seq = 0;
+    std::string group;
+    std::string subject;
+    std::string handler;
+    int64_t failures = 0;
+    std::string reason;
+  };
+  std::vector<DeadLetterNote> dead_letter_log;
+  // The handler of the op being applied (the thread that asked for it), for those lines.
+  std::string_view handler;
 };
 
 // One write request waiting for (or taking part in) a group commit.
@@ -235,6 +246,9 @@ struct WriteOp {
   bool bulk = false;    // a bulk load: one big transaction, its checkpoint in the background
   std::optional<Error> error;
   bool taken = false; // in a batch that a leader is committing
+  // The handler whose thread asked (log::current_handler()): the leader of a group commit
+  // logs what the op did in its name.
+  std::string handler = log::current_handler();
   // What the op's thread waits for, sleeping on this word (a futex) rather than on the write
   // mutex: k_lead, its turn to lead the next commit; k_done, answered. Waking each finished
   // sender costs one switch to it, where a condition variable signalled under the mutex made
@@ -400,7 +414,7 @@ struct Queue::Impl {
     if (now - last_wait_warning_us.load() < 30'000'000) return;
     last_wait_warning_us.store(now);
     h->held_ms = -1;
-    log::warn("waiting for the queue database's write lock, held by {}; writes wait up to "
+    log::warn({"queue_write_lock_wait"}, "waiting for the queue database's write lock, held by {}; writes wait up to "
               "queue.busy_timeout ({} s)",
               describe(*h), std::max<int64_t>(1, options.busy_timeout_ms / 1000));
   }
@@ -741,13 +755,14 @@ struct Queue::Impl {
       txn.now = clock.now_ms();
       for (auto* op : ops) {
         op->error.reset();
+        txn.handler = op->handler;
         op->fn(txn);
       }
       finish(txn);
       writer->prepare(k_commit)->run();
       ++committed_transactions;
       committed_requests += static_cast<int64_t>(ops.size());
-      for (const auto& line : txn.dead_letter_log) log::warn("{}", line);
+      for (const auto& n : txn.dead_letter_log) log_dead_letter(n);
     } catch (...) {
       try {
         writer->exec("ROLLBACK");
@@ -1224,13 +1239,15 @@ struct Queue::Impl {
         continue;
       }
       if (never_in_flight) note_received(at[i].seq, txn.now);
-      do_dead_letter(txn, at[i], d.reason, at[i].failures + 1, d.reason);
+      do_dead_letter(txn, at[i], d.reason, at[i].failures + 1, d.reason, d.subject);
     }
     return {};
   }
 
+  // `subject` says what the message is about (an order id) for the log line, if the caller
+  // knows.
   void do_dead_letter(Txn& txn, const Located& at, std::string_view reason, int64_t failures,
-                      std::string_view error)
+                      std::string_view error, std::string_view subject = {})
   {
     static const std::string k_sql =
       "UPDATE messages SET queue_id = ?2, dead_reason = ?3, dead_at = ?4, receipt_token = 0,"
@@ -1242,12 +1259,29 @@ struct Queue::Impl {
       stmt->step() ? format_message_id(id_from_blob(stmt->column_view(0))) : std::string();
     while (stmt->step()) {
     }
-    txn.dead_letter_log.push_back(fmt::format(
-      "message {} (sequence {}, group {}) dead-lettered to {} after {} failure{}: {}", message_id,
-      format_sequence(at.seq), at.group_id, options.dlq_name, failures, failures == 1 ? "" : "s",
-      reason));
+    txn.dead_letter_log.push_back({message_id, at.seq, at.group_id, std::string(subject),
+                                   std::string(txn.handler), failures, std::string(reason)});
     ++txn.counters[queue_id].dead_lettered;
     txn.touched_groups.emplace(queue_id, at.group_id);
+  }
+
+  void log_dead_letter(const Txn::DeadLetterNote& n) const
+  {
+    const std::string sequence = format_sequence(n.seq);
+    std::string about = n.subject.empty() ? fmt::format("group {}", n.group)
+                                          : fmt::format("order {}, group {}", n.subject, n.group);
+    log::warn({"dead_lettered",
+               {{"message_id", n.message_id},
+                {"sequence", sequence},
+                {"group", n.group},
+                {"order_id", n.subject},
+                {"handler", n.handler},
+                {"failures", n.failures},
+                {"dlq", options.dlq_name},
+                {"reason", n.reason}}},
+              "message {} (sequence {}, {}) dead-lettered to {} after {} failure{}: {}",
+              n.message_id, sequence, about, options.dlq_name, n.failures,
+              n.failures == 1 ? "" : "s", n.reason);
   }
 
   SweepResult do_sweep(Txn& txn)
@@ -1652,7 +1686,7 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
     impl->damage_marker = sqlite::damage_marker_path(db_path);
     // Marked damaged, and restored since? The check decides: passed, the mark goes.
     if (::access(impl->damage_marker.c_str(), F_OK) == 0 && impl->quick_check()) {
-      log::warn("{} was marked damaged, and passes its integrity check now: the mark is removed",
+      log::warn({"database_check_passed"}, "{} was marked damaged, and passes its integrity check now: the mark is removed",
                 db_path);
       ::unlink(impl->damage_marker.c_str());
     }
@@ -1881,7 +1915,8 @@ Expected<void> Queue::change_visibility(std::string_view receipt, int64_t timeou
   });
 }
 
-Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_view error)
+Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_view error,
+                                        std::string_view subject)
 {
   return m_impl->with_receipt<ReleaseOutcome>(receipt, [&](Txn& txn, const Located& at) {
     ReleaseOutcome outcome;
@@ -1891,7 +1926,7 @@ Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_vi
       auto reason = fmt::format("failed {} time{}, retries exhausted (queue.max_retries = {}): {}",
                                 outcome.attempt, outcome.attempt == 1 ? "" : "s",
                                 m_options.max_retries, error);
-      m_impl->do_dead_letter(txn, at, reason, outcome.attempt, error);
+      m_impl->do_dead_letter(txn, at, reason, outcome.attempt, error, subject);
     } else {
       const auto& delays = m_options.retry_delays_ms;
       if (!delays.empty()) {
@@ -1905,10 +1940,11 @@ Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_vi
   });
 }
 
-Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view reason)
+Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view reason,
+                                  std::string_view subject)
 {
   return m_impl->with_receipt<void>(receipt, [&](Txn& txn, const Located& at) {
-    m_impl->do_dead_letter(txn, at, reason, at.failures + 1, reason);
+    m_impl->do_dead_letter(txn, at, reason, at.failures + 1, reason, subject);
     return Expected<void>{};
   });
 }

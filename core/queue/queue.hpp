@@ -112,6 +112,7 @@ struct ReleaseOutcome {
 struct Disposition {
   bool dead_letter = false; // false: the message was handled; delete it
   std::string reason;       // why it can never succeed (with dead_letter)
+  std::string subject;      // what the message is about (an order id), for the log; may be empty
 };
 
 // Work that must commit together with the messages it settles: it runs inside the queue's
@@ -206,9 +207,13 @@ public:
   // The retry path: a handling attempt failed with a transient `error`. The message becomes
   // visible again after queue.retry_delays[attempt-1], or moves to the DLQ once max_retries
   // retries are spent.
-  Expected<ReleaseOutcome> release(std::string_view receipt, std::string_view error);
+  // `subject` (what the message is about, such as an order id) goes in the log line of a
+  // dead-lettering.
+  Expected<ReleaseOutcome> release(std::string_view receipt, std::string_view error,
+                                   std::string_view subject = {});
   // Move a received message to the DLQ at once (a permanent error), with `reason`.
-  Expected<void> dead_letter(std::string_view receipt, std::string_view reason);
+  Expected<void> dead_letter(std::string_view receipt, std::string_view reason,
+                             std::string_view subject = {});
 
   // Run `work` in a write transaction of the queue's database, with the queue's own connection
   // (not fsynced: for bookkeeping such as the handler registry). A thrown SQLite error or a

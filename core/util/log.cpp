@@ -20,6 +20,7 @@ std::atomic<bool> g_json{false};
 // "acmo: warning: ...", as the command line prints its errors.
 std::atomic<bool> g_command_style{true};
 std::mutex g_mu;
+thread_local std::string t_handler;
 
 const char* level_name(Level level)
 {
@@ -47,7 +48,18 @@ void configure(std::string_view level, std::string_view format)
 
 bool enabled(Level level) { return static_cast<int>(level) <= g_level.load(); }
 
-void write(Level level, std::string_view message)
+bool configured() { return !g_command_style.load(); }
+
+HandlerScope::HandlerScope(std::string_view handler_id) : m_previous(std::move(t_handler))
+{
+  t_handler = handler_id;
+}
+
+HandlerScope::~HandlerScope() { t_handler = std::move(m_previous); }
+
+const std::string& current_handler() { return t_handler; }
+
+void write(Level level, const Event& event, std::string_view message)
 {
   const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                         std::chrono::system_clock::now().time_since_epoch())
@@ -59,11 +71,21 @@ void write(Level level, std::string_view message)
                                                              : "",
                        message);
   } else if (g_json) {
-    line = nlohmann::json{{"time", format_timestamp(now)},
-                          {"level", level_name(level)},
-                          {"pid", ::getpid()},
-                          {"message", message}}
-             .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    nlohmann::ordered_json doc{{"time", format_timestamp(now)},
+                               {"level", level_name(level)},
+                               {"pid", ::getpid()},
+                               {"event", event.name.empty() ? "log" : event.name},
+                               {"message", message}};
+    bool handler_named = false;
+    for (const Field& f : event.fields) {
+      handler_named = handler_named || f.key == "handler";
+      // An empty text is a field the line does not have (an order id the writer does not know).
+      const auto* text = std::get_if<std::string_view>(&f.value);
+      if (text != nullptr && text->empty()) continue;
+      std::visit([&](const auto& v) { doc[std::string(f.key)] = v; }, f.value);
+    }
+    if (!handler_named && !t_handler.empty()) doc["handler"] = t_handler;
+    line = doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } else {
     line = fmt::format("{} {} acmo[{}]: {}", format_timestamp(now), level_name(level), ::getpid(),
                        message);
