@@ -1,5 +1,6 @@
 // acmo dlq list | show ID | redrive [ID...] | purge: inspect and replay dead-lettered messages
 // (docs/commands.md §12).
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 
