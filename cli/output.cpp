@@ -79,6 +79,14 @@ int64_t parse_seconds_flag(std::string_view flag, const std::string& given, int6
   return v;
 }
 
+std::string age_text(int64_t ms)
+{
+  if (ms < 1000) return fmt::format("{} ms", ms);
+  if (ms < 60'000) return fmt::format("{:.1f} s", static_cast<double>(ms) / 1000.0);
+  if (ms < 3'600'000) return fmt::format("{:.1f} min", static_cast<double>(ms) / 60'000.0);
+  return fmt::format("{:.1f} h", static_cast<double>(ms) / 3'600'000.0);
+}
+
 std::string money(int64_t cents) { return fmt::format("{}.{:02}", cents / 100, cents % 100); }
 
 } // namespace acmo::cli

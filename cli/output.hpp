@@ -35,6 +35,9 @@ void print_table(const std::vector<std::pair<std::string, std::string>>& rows);
 int64_t parse_seconds_flag(std::string_view flag, const std::string& given, int64_t default_s,
                            int64_t max_s);
 
+// A length of time for people: "250 ms", "4.2 s", "3.5 min", "2.0 h".
+std::string age_text(int64_t ms);
+
 // Money for people: integer cents as "12.50".
 std::string money(int64_t cents);
 

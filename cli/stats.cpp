@@ -16,14 +16,7 @@ namespace acmo::cli {
 
 namespace {
 
-std::string age(int64_t ms)
-{
-  if (ms == 0) return "-";
-  if (ms < 1000) return fmt::format("{} ms", ms);
-  if (ms < 60'000) return fmt::format("{:.1f} s", static_cast<double>(ms) / 1000.0);
-  if (ms < 3'600'000) return fmt::format("{:.1f} min", static_cast<double>(ms) / 60'000.0);
-  return fmt::format("{:.1f} h", static_cast<double>(ms) / 3'600'000.0);
-}
+std::string age(int64_t ms) { return ms == 0 ? "-" : age_text(ms); }
 
 struct StatsOptions {
   std::string watch; // --watch[=SECS]: "true" without a value, empty without the flag

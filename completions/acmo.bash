@@ -7,7 +7,7 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler serve orders peek dlq config demo version'
+_acmo_subcommands='send stats purge run-handler serve orders peek groups dlq config demo version'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
@@ -27,10 +27,11 @@ _acmo_opts_orders_get='-h --help'
 _acmo_opts_orders_list='--status --limit --offset -h --help'
 _acmo_opts_orders_events='-h --help'
 _acmo_opts_peek='--group --order-id --limit -h --help'
+_acmo_opts_groups='--limit --blocked -h --help'
 _acmo_opts_dlq='-h --help'
-_acmo_opts_dlq_list='--limit --offset -h --help'
+_acmo_opts_dlq_list='--limit --offset --reason --older-than --newer-than -h --help'
 _acmo_opts_dlq_show='-h --help'
-_acmo_opts_dlq_redrive='-h --help'
+_acmo_opts_dlq_redrive='--reason --older-than --newer-than --rate -h --help'
 _acmo_opts_dlq_purge='-y --yes -h --help'
 _acmo_opts_config='-h --help'
 _acmo_opts_config_show='-h --help --show-secrets'
@@ -39,6 +40,8 @@ _acmo_opts_demo='--keep -h --help'
 _acmo_opts_version='-h --help'
 _acmo_value_opts=' --config --data-dir --order-id --data --group --dedup-id --file '
 _acmo_value_opts+='--concurrency --batch-size --status --limit --offset --pid-file --log-file --listen '
+_acmo_value_opts+='--reason --older-than --newer-than --rate '
+_acmo_durations='30s 5m 1h 1d'
 _acmo_statuses='pending processing shipped delivered cancelled'
 
 _acmo_files()
@@ -129,7 +132,8 @@ _acmo()
             return ;;
         --status) COMPREPLY=($(compgen -W "$_acmo_statuses" -- "$cur")); return ;;
         --order-id) _acmo_order_ids "$cur"; return ;;
-        --group|--dedup-id|--concurrency|--batch-size|--limit|--offset) return ;;
+        --older-than|--newer-than) COMPREPLY=($(compgen -W "$_acmo_durations" -- "$cur")); return ;;
+        --group|--dedup-id|--concurrency|--batch-size|--limit|--offset|--reason|--rate) return ;;
     esac
 
     # The subcommand is the first word that is neither an option nor an option's value. For a

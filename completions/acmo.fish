@@ -16,7 +16,8 @@ function __acmo_args
         end
         switch $w
             case --config --data-dir --order-id --data --group --dedup-id --file \
-                    --concurrency --batch-size --status --limit --offset --pid-file --log-file
+                    --concurrency --batch-size --status --limit --offset --pid-file --log-file \
+                    --reason --older-than --newer-than --rate
                 set skip 1
             case '-*'
             case '*'
@@ -106,6 +107,7 @@ complete -c acmo -n __acmo_no_subcommand -a run-handler -d 'Run the OrderHandler
 complete -c acmo -n __acmo_no_subcommand -a serve -d 'Serve the HTTP API and monitoring endpoints'
 complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their audit trail'
 complete -c acmo -n __acmo_no_subcommand -a peek -d 'Browse the waiting messages without receiving them'
+complete -c acmo -n __acmo_no_subcommand -a groups -d 'Show the message groups: depth, head age, in flight, blocked'
 complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 complete -c acmo -n __acmo_no_subcommand -a demo -d 'Walk through the whole pipeline, narrated'
@@ -124,6 +126,10 @@ complete -c acmo -n '__acmo_using send' -l file -r -F -d "Send every event of a 
 complete -c acmo -n '__acmo_using peek' -l group -x -d 'Only the messages of this message group'
 complete -c acmo -n '__acmo_using peek' -l order-id -x -a '(__acmo_order_ids)' -d 'Only the events of this order'
 complete -c acmo -n '__acmo_using peek' -l limit -x -d 'At most N messages, oldest first (default 50)'
+
+# acmo groups
+complete -c acmo -n '__acmo_using groups' -l limit -x -d 'At most N groups, blocked first (default 50)'
+complete -c acmo -n '__acmo_using groups' -l blocked -d 'Only the blocked groups'
 
 # acmo stats
 complete -c acmo -n '__acmo_using stats' -l watch -d 'Refresh every SECS seconds (--watch=SECS, default 2)'
@@ -158,13 +164,20 @@ complete -c acmo -n '__acmo_using orders list' -l status -x -a 'pending processi
 complete -c acmo -n '__acmo_using orders list' -l limit -x -d 'Show at most N orders, 1-1000 (default 50)'
 complete -c acmo -n '__acmo_using orders list' -l offset -x -d 'Skip the first N orders (default 0)'
 
-# acmo dlq: a subcommand of its own, list, show ID, redrive [ID...] or purge.
+# acmo dlq: a subcommand of its own, list, show ID, redrive [ID...|filters] or purge.
 complete -c acmo -n '__acmo_no_subcommand dlq' -a list -d 'List dead-lettered messages, oldest first'
 complete -c acmo -n '__acmo_no_subcommand dlq' -a show -d 'Show one dead-lettered message in full'
 complete -c acmo -n '__acmo_no_subcommand dlq' -a redrive -d 'Move messages back to the queue, in order'
 complete -c acmo -n '__acmo_no_subcommand dlq' -a purge -d 'Remove every dead-lettered message'
 complete -c acmo -n '__acmo_using dlq list' -l limit -x -d 'Show at most N messages, 1-1000 (default 50)'
 complete -c acmo -n '__acmo_using dlq list' -l offset -x -d 'Skip the first N messages (default 0)'
+complete -c acmo -n '__acmo_using dlq list' -l reason -x -d 'Only messages whose reason contains TEXT'
+complete -c acmo -n '__acmo_using dlq list' -l older-than -x -a '30s 5m 1h 1d' -d 'Only messages dead-lettered at least DURATION ago'
+complete -c acmo -n '__acmo_using dlq list' -l newer-than -x -a '30s 5m 1h 1d' -d 'Only messages dead-lettered less than DURATION ago'
+complete -c acmo -n '__acmo_using dlq redrive' -l reason -x -d 'Only messages whose reason contains TEXT'
+complete -c acmo -n '__acmo_using dlq redrive' -l older-than -x -a '30s 5m 1h 1d' -d 'Only messages dead-lettered at least DURATION ago'
+complete -c acmo -n '__acmo_using dlq redrive' -l newer-than -x -a '30s 5m 1h 1d' -d 'Only messages dead-lettered less than DURATION ago'
+complete -c acmo -n '__acmo_using dlq redrive' -l rate -x -d 'At most N messages a second; Ctrl-C stops between two steps'
 complete -c acmo -n '__acmo_using dlq purge' -s y -l yes -d 'Do not ask for confirmation'
 complete -c acmo -n '__acmo_no_subcommand dlq show' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
 complete -c acmo -n '__acmo_using dlq redrive' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'

@@ -125,6 +125,7 @@ struct Api::Impl {
   void sqs_stats(Context& ctx);
   void sqs_purge(Context& ctx);
   void peek(Context& ctx);
+  void groups(Context& ctx);
   void dlq_list(Context& ctx);
   void dlq_redrive(Context& ctx);
   nlohmann::json in_process_handler_json();

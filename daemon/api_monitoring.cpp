@@ -4,6 +4,7 @@
 
 #include <fmt/core.h>
 
+#include "core/config/config.hpp"
 #include "core/handler/handler_registry.hpp"
 #include "core/handler/stats_report.hpp"
 #include "core/orders/order_event.hpp"
@@ -108,22 +109,77 @@ void Api::Impl::peek(Context& ctx)
   send_json(ctx.res, 200, waiting_messages_json(*messages, SystemClock::instance().now_ms()));
 }
 
+void Api::Impl::groups(Context& ctx)
+{
+  auto limit = int_param(ctx.req, "limit", 50, 1, k_max_list_limit);
+  if (!limit) return set_core_error(ctx.res, limit.error());
+  const std::string blocked = ctx.req.param("blocked");
+  if (ctx.req.has_param("blocked") && blocked != "true" && blocked != "false") {
+    return set_error(ctx.res, 400, "invalid_input",
+                     fmt::format("blocked must be true or false, not \"{}\"", blocked),
+                     json{{"field", "blocked"}});
+  }
+  auto report = parts.queue->groups(GroupsFilter{*limit, blocked == "true"});
+  if (!report) return set_core_error(ctx.res, report.error());
+  send_json(ctx.res, 200, groups_json(*report));
+}
+
+// The DLQ filter of ?reason=TEXT&olderThan=DURATION&newerThan=DURATION (durations as the
+// configuration writes them: "30s", "5m", "2h"); an error names the parameter.
+static Expected<DlqFilter> dlq_filter_of(const Request& req)
+{
+  DlqFilter filter;
+  filter.reason = req.param("reason");
+  if (req.has_param("reason") && filter.reason.empty()) {
+    return make_error(Errc::invalid_input,
+                      "reason needs some text of the reason to match; leave it out to take "
+                      "every reason",
+                      "reason");
+  }
+  for (const char* name : {"olderThan", "newerThan"}) {
+    if (!req.has_param(name)) continue;
+    auto ms = parse_duration(req.param(name));
+    if (!ms) return make_error(Errc::invalid_input, fmt::format("{}: {}", name, ms.error().message), name);
+    (std::string_view(name) == "olderThan" ? filter.older_than_ms : filter.newer_than_ms) = *ms;
+  }
+  if (auto ok = check_dlq_filter(filter); !ok) return Unexpected(ok.error());
+  return filter;
+}
+
 void Api::Impl::dlq_list(Context& ctx)
 {
   auto limit = int_param(ctx.req, "limit", 100, 1, k_max_list_limit);
   if (!limit) return set_core_error(ctx.res, limit.error());
   auto offset = int_param(ctx.req, "offset", 0, 0, INT64_MAX / 2);
   if (!offset) return set_core_error(ctx.res, offset.error());
-  auto page = parts.queue->dlq_page(*limit, *offset);
+  auto filter = dlq_filter_of(ctx.req);
+  if (!filter) return set_core_error(ctx.res, filter.error());
+  auto page = parts.queue->dlq_page(*limit, *offset, *filter);
   if (!page) return set_core_error(ctx.res, page.error());
   send_json(ctx.res, 200, dead_letters_json(*page));
 }
 
 void Api::Impl::dlq_redrive(Context& ctx)
 {
-  // ?id=MESSAGE_ID (repeatable) names the messages to move; none moves them all.
+  // ?id=MESSAGE_ID (repeatable) names the messages to move; the filters choose them instead;
+  // neither moves them all.
   const std::vector<std::string> ids = ctx.req.param_values("id");
-  auto moved = parts.queue->redrive(ids);
+  auto filter = dlq_filter_of(ctx.req);
+  if (!filter) return set_core_error(ctx.res, filter.error());
+  if (!ids.empty() && !filter->matches_all()) {
+    return set_error(ctx.res, 400, "invalid_input",
+                     "id goes without reason, olderThan and newerThan: give either the ids or "
+                     "the filters",
+                     json{{"field", "id"}});
+  }
+  Expected<int64_t> moved = 0;
+  if (filter->matches_all()) {
+    moved = parts.queue->redrive(ids);
+  } else {
+    // One step of everything that matches: one transaction, as a redrive of all is.
+    auto run = parts.queue->begin_redrive(*filter);
+    moved = run ? parts.queue->redrive_step(*run, INT64_MAX) : Unexpected(run.error());
+  }
   if (!moved) return set_core_error(ctx.res, moved.error());
   send_json(ctx.res, 200, {{"redriven", *moved}});
 }

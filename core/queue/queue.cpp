@@ -1498,6 +1498,44 @@ Expected<void> check_queue_options(const QueueOptions& options)
 
 namespace {
 
+// "90s", "5m", "2h": a duration in its largest whole unit, as the configuration writes it.
+std::string duration_text(int64_t ms)
+{
+  static const std::pair<int64_t, const char*> k_units[] = {
+    {86'400'000, "d"}, {3'600'000, "h"}, {60'000, "m"}, {1'000, "s"}};
+  for (const auto& [scale, unit] : k_units) {
+    if (ms != 0 && ms % scale == 0) return fmt::format("{}{}", ms / scale, unit);
+  }
+  return fmt::format("{}ms", ms);
+}
+
+} // namespace
+
+Expected<void> check_dlq_filter(const DlqFilter& filter)
+{
+  if (filter.older_than_ms < -1 || filter.newer_than_ms < -1) {
+    return make_error(Errc::invalid_input, "an age of the DLQ filter is negative",
+                      filter.older_than_ms < -1 ? "olderThan" : "newerThan");
+  }
+  if (filter.newer_than_ms == 0) {
+    return make_error(Errc::invalid_input,
+                      "newer than 0s matches no message; give an age such as \"5m\" or \"2h\"",
+                      "newerThan");
+  }
+  if (filter.older_than_ms >= 0 && filter.newer_than_ms > 0
+      && filter.older_than_ms >= filter.newer_than_ms) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("older than {} and newer than {} match no message; the "
+                                  "older-than age must be the smaller of the two",
+                                  duration_text(filter.older_than_ms),
+                                  duration_text(filter.newer_than_ms)),
+                      "olderThan");
+  }
+  return {};
+}
+
+namespace {
+
 void apply_connection_settings(sqlite::Database& db, int64_t busy_timeout_ms)
 {
   auto switch_to_wal = [&]() -> std::string {
@@ -2047,6 +2085,29 @@ static const std::string k_dlq_page = "SELECT " + k_message_columns
                                + " FROM messages WHERE queue_id = ?1 ORDER BY seq"
                                  " LIMIT ?2 OFFSET ?3";
 
+// The DLQ's messages that match a DlqFilter: ?1 the DLQ, ?2 the reason ('' any), ?3 the latest
+// and ?4 the earliest time of dead-lettering to match (NULL: any). lower() folds ASCII only,
+// which every reason acmo writes is.
+static const std::string k_dlq_match =
+  " queue_id = ?1 AND (?2 = '' OR instr(lower(dead_reason), lower(?2)) > 0)"
+  " AND (?3 IS NULL OR dead_at <= ?3) AND (?4 IS NULL OR dead_at > ?4)";
+
+// Bind a filter's values to k_dlq_match's ?2 to ?4, its ages measured from `now`.
+static void bind_dlq_filter(sqlite::Statement& stmt, const DlqFilter& filter, int64_t now)
+{
+  stmt.bind(2, filter.reason);
+  if (filter.older_than_ms >= 0) {
+    stmt.bind(3, now - filter.older_than_ms);
+  } else {
+    stmt.bind_null(3);
+  }
+  if (filter.newer_than_ms >= 0) {
+    stmt.bind(4, now - filter.newer_than_ms);
+  } else {
+    stmt.bind_null(4);
+  }
+}
+
 Expected<std::vector<Message>> Queue::dlq_list(int64_t limit, int64_t offset)
 {
   try {
@@ -2061,19 +2122,34 @@ Expected<std::vector<Message>> Queue::dlq_list(int64_t limit, int64_t offset)
   }
 }
 
-Expected<Queue::DlqPage> Queue::dlq_page(int64_t limit, int64_t offset)
+Expected<Queue::DlqPage> Queue::dlq_page(int64_t limit, int64_t offset, const DlqFilter& filter)
 {
   static const std::string k_count = "SELECT COUNT(*) FROM messages WHERE queue_id = ?1";
+  static const std::string k_count_matching = "SELECT COUNT(*) FROM messages WHERE" + k_dlq_match;
+  static const std::string k_page_matching = "SELECT " + k_message_columns
+                                             + " FROM messages WHERE" + k_dlq_match
+                                             + " ORDER BY seq LIMIT ?5 OFFSET ?6";
+  const bool all = filter.matches_all();
+  const int64_t now = m_impl->clock.now_ms();
   try {
     std::lock_guard lock(m_impl->read_mu);
     return in_read_transaction(*m_impl->reader, [&] {
       DlqPage page;
-      auto count = m_impl->reader->prepare(k_count);
+      auto count = m_impl->reader->prepare(all ? k_count : k_count_matching);
       count->bind(1, m_impl->dlq_id);
+      if (!all) bind_dlq_filter(*count, filter, now);
       if (count->step()) page.total = count->column_int(0);
-      auto stmt = m_impl->reader->prepare(k_dlq_page);
-      stmt->bind(1, m_impl->dlq_id).bind(2, limit).bind(3, offset);
-      while (stmt->step()) page.messages.push_back(Impl::read_message(*stmt));
+      if (all) {
+        auto stmt = m_impl->reader->prepare(k_dlq_page);
+        stmt->bind(1, m_impl->dlq_id).bind(2, limit).bind(3, offset);
+        while (stmt->step()) page.messages.push_back(Impl::read_message(*stmt));
+      } else {
+        auto stmt = m_impl->reader->prepare(k_page_matching);
+        stmt->bind(1, m_impl->dlq_id);
+        bind_dlq_filter(*stmt, filter, now);
+        stmt->bind(5, limit).bind(6, offset);
+        while (stmt->step()) page.messages.push_back(Impl::read_message(*stmt));
+      }
       return page;
     });
   } catch (const sqlite::SqliteError& e) {
@@ -2143,15 +2219,18 @@ Expected<Message> Queue::dlq_show(std::string_view message_id)
   }
 }
 
+// Move a dead-lettered message (?1) back to the queue (?3) under a new sequence number (?2), at
+// the back of its group, as if sent now (?4); its first sending time is kept.
+static const std::string k_redrive_move =
+  "UPDATE messages SET seq = ?2, queue_id = ?3, visible_at = ?4, sent_at = ?4,"
+  " first_sent_at = coalesce(first_sent_at, sent_at),"
+  " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
+  " dead_reason = '', dead_at = 0 WHERE seq = ?1";
+
 Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
 {
   static const std::string k_all =
     "SELECT seq, message_id, group_id FROM messages WHERE queue_id = ?1 ORDER BY seq";
-  static const std::string k_move =
-    "UPDATE messages SET seq = ?2, queue_id = ?3, visible_at = ?4, sent_at = ?4,"
-    " first_sent_at = coalesce(first_sent_at, sent_at),"
-    " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
-    " dead_reason = '', dead_at = 0 WHERE seq = ?1";
   Expected<int64_t> result = 0;
   WriteOp op;
   op.durable = true;
@@ -2184,7 +2263,7 @@ Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
     }
     // Oldest first, each to the back of its group: the original order is kept.
     for (const auto& [seq, group] : chosen) {
-      auto stmt = impl.writer->prepare(k_move);
+      auto stmt = impl.writer->prepare(k_redrive_move);
       stmt->bind(1, seq).bind(2, impl.take_seq(txn)).bind(3, impl.queue_id).bind(4, txn.now).run();
       txn.touched_groups.emplace(impl.queue_id, group);
     }
@@ -2193,6 +2272,134 @@ Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
   };
   if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
   return result;
+}
+
+Expected<Queue::RedriveRun> Queue::begin_redrive(const DlqFilter& filter)
+{
+  static const std::string k_last_seq = "SELECT next_seq - 1 FROM queues WHERE id = 0";
+  static const std::string k_count = "SELECT COUNT(*) FROM messages WHERE" + k_dlq_match;
+  RedriveRun run;
+  run.filter = filter;
+  run.begun_ms = m_impl->clock.now_ms();
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    in_read_transaction(*m_impl->reader, [&] {
+      auto last = m_impl->reader->prepare(k_last_seq);
+      if (last->step()) run.until_seq = last->column_int(0);
+      auto count = m_impl->reader->prepare(k_count);
+      count->bind(1, m_impl->dlq_id);
+      bind_dlq_filter(*count, filter, run.begun_ms);
+      if (count->step()) run.total = count->column_int(0);
+      return 0;
+    });
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+  return run;
+}
+
+Expected<int64_t> Queue::redrive_step(RedriveRun& run, int64_t max)
+{
+  // In sequence order from where the last step stopped: the dead_at bound leaves out what was
+  // dead-lettered since the run began, the seq bound what was redriven since and came back.
+  // NOT INDEXED keeps SQLite on the range of sequence numbers (the rowid), so that a run reads
+  // each row of its range once; through messages_by_group every step would read and sort the
+  // whole DLQ (8 ms a step for 20,000 messages, against microseconds).
+  static const std::string k_next = "SELECT seq, group_id FROM messages NOT INDEXED WHERE"
+                                    + k_dlq_match
+                                    + " AND seq > ?5 AND seq <= ?6 AND dead_at <= ?7"
+                                      " ORDER BY seq LIMIT ?8";
+  int64_t moved = 0;
+  int64_t last_seq = run.after_seq;
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) { // may run again, alone, when a shared transaction fails
+    auto& impl = *m_impl;
+    std::vector<std::pair<int64_t, std::string>> chosen;
+    moved = 0;
+    last_seq = run.after_seq;
+    {
+      auto stmt = impl.writer->prepare(k_next);
+      stmt->bind(1, impl.dlq_id);
+      bind_dlq_filter(*stmt, run.filter, run.begun_ms);
+      stmt->bind(5, run.after_seq).bind(6, run.until_seq).bind(7, run.begun_ms).bind(8, max);
+      while (stmt->step()) chosen.emplace_back(stmt->column_int(0), stmt->column_text(1));
+    }
+    // Oldest first, each to the back of its group: the original order is kept.
+    for (const auto& [seq, group] : chosen) {
+      auto stmt = impl.writer->prepare(k_redrive_move);
+      stmt->bind(1, seq).bind(2, impl.take_seq(txn)).bind(3, impl.queue_id).bind(4, txn.now).run();
+      txn.touched_groups.emplace(impl.queue_id, group);
+    }
+    txn.counters[impl.queue_id].redriven += static_cast<int64_t>(chosen.size());
+    moved = static_cast<int64_t>(chosen.size());
+    if (!chosen.empty()) last_seq = chosen.back().first;
+  };
+  if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  run.after_seq = last_seq;
+  return moved;
+}
+
+Expected<GroupsReport> Queue::groups(const GroupsFilter& filter)
+{
+  // One pass over the queue's messages in group order (the messages_by_group index). With
+  // MIN(seq) as its only aggregate of that kind, SQLite takes the bare columns from the row
+  // that holds the minimum: the head's.
+  static const std::string k_groups =
+    "SELECT group_id, COUNT(*), SUM(visible_at > ?2 AND receipt_token != 0), MIN(seq),"
+    " message_id, coalesce(first_sent_at, sent_at), visible_at, receipt_token != 0"
+    " FROM messages WHERE queue_id = ?1 GROUP BY group_id";
+  const auto worry_first = [](const GroupView& a, const GroupView& b) {
+    const bool a_blocked = a.blocked != GroupBlock::none;
+    const bool b_blocked = b.blocked != GroupBlock::none;
+    if (a_blocked != b_blocked) return a_blocked;
+    if (a.head_first_sent_at_ms != b.head_first_sent_at_ms) {
+      return a.head_first_sent_at_ms < b.head_first_sent_at_ms;
+    }
+    return a.group_id < b.group_id;
+  };
+  const size_t limit = static_cast<size_t>(std::max<int64_t>(filter.limit, 0));
+  GroupsReport report;
+  report.now_ms = m_impl->clock.now_ms();
+  std::vector<GroupView> kept;
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto stmt = m_impl->reader->prepare(k_groups);
+    stmt->bind(1, m_impl->queue_id).bind(2, report.now_ms);
+    while (stmt->step()) {
+      GroupView g;
+      g.group_id = stmt->column_text(0);
+      g.depth = stmt->column_int(1);
+      g.in_flight = stmt->column_int(2);
+      g.head_seq = stmt->column_int(3);
+      g.head_message_id = format_message_id(id_from_blob(stmt->column_view(4)));
+      g.head_first_sent_at_ms = stmt->column_int(5);
+      g.head_visible_at_ms = stmt->column_int(6);
+      // A group delivers from its head only once the head is visible (docs/queue.md §2).
+      if (g.head_visible_at_ms > report.now_ms) {
+        g.blocked = stmt->column_int(7) != 0 ? GroupBlock::in_flight : GroupBlock::retry_delay;
+      }
+      ++report.total_groups;
+      report.total_messages += g.depth;
+      report.total_in_flight += g.in_flight;
+      if (g.blocked != GroupBlock::none) ++report.total_blocked;
+      if (filter.blocked_only && g.blocked == GroupBlock::none) continue;
+      ++report.matched;
+      kept.push_back(std::move(g));
+      // Keep the memory bounded by the limit however many groups there are.
+      if (kept.size() >= 2 * limit + 64) {
+        std::nth_element(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(limit),
+                         kept.end(), worry_first);
+        kept.resize(limit);
+      }
+    }
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+  std::sort(kept.begin(), kept.end(), worry_first);
+  if (kept.size() > limit) kept.resize(limit);
+  report.groups = std::move(kept);
+  return report;
 }
 
 Expected<int64_t> Queue::purge(bool dlq)

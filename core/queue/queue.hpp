@@ -74,6 +74,57 @@ struct PeekFilter {
   bool newest_first = false;
 };
 
+// Which dead-lettered messages a DLQ read or redrive takes (docs/commands.md §12). The defaults
+// match every message; check_dlq_filter says whether the values make sense.
+struct DlqFilter {
+  std::string reason;         // a substring of the dead-letter reason, in any ASCII letter case
+  int64_t older_than_ms = -1; // dead-lettered at least this long ago; -1: any time
+  int64_t newer_than_ms = -1; // dead-lettered less than this long ago; -1: any time
+
+  bool matches_all() const { return reason.empty() && older_than_ms < 0 && newer_than_ms < 0; }
+};
+
+// A filter whose ages can match something: neither is negative, and "newer than" is more than
+// 0 and more than "older than". The error (Errc::invalid_input) names the field, "olderThan" or
+// "newerThan".
+Expected<void> check_dlq_filter(const DlqFilter& filter);
+
+// What Queue::groups shows: at most `limit` groups, with `blocked_only` only the blocked ones.
+struct GroupsFilter {
+  int64_t limit = 50;
+  bool blocked_only = false;
+};
+
+// Why a group delivers nothing now (docs/queue.md §2, §5): its head is in flight (head-of-line
+// blocking), or its head waits out a retry delay.
+enum class GroupBlock { none, in_flight, retry_delay };
+
+// One message group with messages waiting (visible, delayed or in flight).
+struct GroupView {
+  std::string group_id;
+  int64_t depth = 0;     // its messages
+  int64_t in_flight = 0; // of them, received and not yet deleted, released or timed out
+  GroupBlock blocked = GroupBlock::none;
+  // Its head, the message it delivers next: the oldest.
+  std::string head_message_id;
+  int64_t head_seq = 0;
+  int64_t head_first_sent_at_ms = 0; // when first sent, kept through a redrive
+  int64_t head_visible_at_ms = 0;    // when a blocked head is visible again
+};
+
+// The groups of the queue at one moment, those an operator worries about first: blocked, then
+// the oldest head, then by group id.
+struct GroupsReport {
+  std::vector<GroupView> groups;
+  int64_t matched = 0; // groups that pass the filter: matched - groups.size() were left out
+  int64_t now_ms = 0;  // the moment read: states and ages are as of then
+  // Over every group of the queue, whatever the filter and the limit.
+  int64_t total_groups = 0;
+  int64_t total_messages = 0;
+  int64_t total_in_flight = 0;
+  int64_t total_blocked = 0;
+};
+
 struct SendResult {
   std::string message_id;
   int64_t seq = 0;
@@ -256,20 +307,44 @@ public:
   // body field reads the bodies of the messages it passes over.
   Expected<std::vector<Message>> peek(const PeekFilter& filter);
 
+  // Every message group with messages waiting, in one pass over the queue's messages: the
+  // figures of each, the first `filter.limit` of them in the order GroupsReport describes, and
+  // the totals.
+  Expected<GroupsReport> groups(const GroupsFilter& filter);
+
   // Dead-lettered messages, oldest first.
   Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0);
-  // A page of dlq_list and how many messages the DLQ holds, read at one moment (without the
-  // scan of the main queue that stats() makes).
+  // A page of the DLQ's messages that match `filter`, oldest first, and how many match, read at
+  // one moment (without the scan of the main queue that stats() makes). Ages are measured from
+  // now.
   struct DlqPage {
     std::vector<Message> messages;
     int64_t total = 0;
   };
-  Expected<DlqPage> dlq_page(int64_t limit, int64_t offset);
+  Expected<DlqPage> dlq_page(int64_t limit, int64_t offset, const DlqFilter& filter = {});
   Expected<Message> dlq_show(std::string_view message_id);
   // Move DLQ messages (all, or those with the given message ids) back to the queue in their
   // original order. Returns how many moved; an id not in the DLQ is an Errc::not_found error and
   // moves nothing.
   Expected<int64_t> redrive(const std::vector<std::string>& message_ids = {});
+
+  // A redrive in steps of the messages that match a filter: those in the DLQ that match when
+  // begin_redrive is called (ages measured from then), and no message dead-lettered after, so
+  // that a message that fails again is not redriven twice by one run.
+  struct RedriveRun {
+    DlqFilter filter;
+    int64_t begun_ms = 0;  // the ages of the filter are measured from here
+    int64_t until_seq = 0; // the last sequence number handed out when it began
+    int64_t after_seq = 0; // the messages up to here are done
+    int64_t total = 0;     // the messages that matched when it began
+  };
+  Expected<RedriveRun> begin_redrive(const DlqFilter& filter);
+  // Move the next (at most `max`) messages of `run` back to the queue, oldest first, each to the
+  // back of its group, in one transaction fsynced like a send: moved all together or not at
+  // all. Returns how many moved; 0 when the run is done. Messages purged or redriven by someone
+  // else meanwhile are passed over. Steps taken one after the other keep the original order
+  // within each group.
+  Expected<int64_t> redrive_step(RedriveRun& run, int64_t max);
 
   // Remove every message of the queue (or of its DLQ) and its dedup history.
   Expected<int64_t> purge(bool dlq = false);

@@ -1,5 +1,7 @@
 #include "core/queue/queue_json.hpp"
 
+#include <algorithm>
+
 #include "core/orders/order.hpp"
 #include "core/util/ids.hpp"
 #include "core/util/json_input.hpp"
@@ -85,6 +87,42 @@ nlohmann::json dead_letters_json(const Queue::DlqPage& page)
   nlohmann::json list = nlohmann::json::array();
   for (const auto& m : page.messages) list.push_back(dead_letter_json(m));
   return {{"messages", std::move(list)}, {"total", page.total}};
+}
+
+const char* group_block_name(GroupBlock block)
+{
+  switch (block) {
+  case GroupBlock::in_flight: return "inFlight";
+  case GroupBlock::retry_delay: return "retryDelay";
+  case GroupBlock::none: break;
+  }
+  return nullptr;
+}
+
+nlohmann::json groups_json(const GroupsReport& report)
+{
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& g : report.groups) {
+    const char* blocked = group_block_name(g.blocked);
+    list.push_back({{"groupId", g.group_id},
+                    {"depth", g.depth},
+                    {"inFlight", g.in_flight},
+                    {"blocked", blocked != nullptr ? nlohmann::json(blocked) : nlohmann::json()},
+                    {"headMessageId", g.head_message_id},
+                    {"headSequenceNumber", format_sequence(g.head_seq)},
+                    {"headFirstSentAt", format_timestamp(g.head_first_sent_at_ms)},
+                    {"headAgeMs", std::max<int64_t>(0, report.now_ms - g.head_first_sent_at_ms)},
+                    {"headVisibleAt", format_timestamp(g.head_visible_at_ms)}});
+  }
+  const auto count = static_cast<int64_t>(list.size());
+  return {{"groups", std::move(list)},
+          {"count", count},
+          {"omitted", report.matched - count},
+          {"totals",
+           {{"groups", report.total_groups},
+            {"messages", report.total_messages},
+            {"inFlight", report.total_in_flight},
+            {"blocked", report.total_blocked}}}};
 }
 
 } // namespace acmo

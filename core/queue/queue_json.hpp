@@ -1,6 +1,7 @@
 // The JSON documents of the queue that both the CLI and the HTTP API print (docs/commands.md §7,
-// §11; docs/http-api.md §3), built here once so that `acmo stats --json` and GET /sqs/stats,
-// `acmo dlq list --json` and GET /sqs/dlq say the same things in the same names.
+// §12, §16, §17; docs/http-api.md §3), built here once so that `acmo stats --json` and
+// GET /sqs/stats, `acmo dlq list --json` and GET /sqs/dlq, `acmo groups --json` and
+// GET /sqs/groups say the same things in the same names.
 #pragma once
 
 #include <vector>
@@ -32,5 +33,15 @@ const char* waiting_state(const Message& message, int64_t now_ms);
 // "deduplicationId", "state", "receiveCount", "failures", "lastError", "sentAt", "visibleAt",
 // "body"}], "count"}; bodies as in dead_letter_json.
 nlohmann::json waiting_messages_json(const std::vector<Message>& messages, int64_t now_ms);
+
+// The message groups as acmo groups and GET /sqs/groups show them (docs/commands.md §17):
+// {"groups": [{"groupId", "depth", "inFlight", "blocked" (null, "inFlight" or "retryDelay"),
+// "headMessageId", "headSequenceNumber", "headFirstSentAt", "headAgeMs", "headVisibleAt"}],
+// "count", "omitted" (groups that matched but were left out by the limit),
+// "totals": {"groups", "messages", "inFlight", "blocked"}}.
+nlohmann::json groups_json(const GroupsReport& report);
+
+// "inFlight", "retryDelay", or nullptr for a group that is not blocked.
+const char* group_block_name(GroupBlock block);
 
 } // namespace acmo

@@ -201,7 +201,8 @@ check "a queue database that is read-only for this user exits 2 (got $rc: $err)"
 # Commands that only read or act on what is there refuse a data dir without acmo's data, and
 # create nothing there: a mistyped --data-dir is an error, not an empty, healthy queue.
 for cmd in "stats" "stats --json" "purge --yes" "dlq list" "dlq show 00000000-0000-0000-0000-000000000000" \
-           "dlq redrive" "dlq purge --yes" "orders list" "orders get ord_1"; do
+           "dlq redrive" "dlq purge --yes" "orders list" "orders get ord_1" "peek" "groups" \
+           "groups --json" "dlq list --reason x" "dlq redrive --older-than 1h --rate 10"; do
   # shellcheck disable=SC2086 # the command's words
   err=$("$acmo" --data-dir "$work/typo/dir" $cmd 2>&1); rc=$?
   check "$cmd in a data dir without acmo data exits 3 (got $rc)" test "$rc" -eq 3
@@ -360,6 +361,116 @@ check "every acknowledged bulk send survived kill -9 ($acked acked, $visible vis
 check "the queue holds whole 5,000-event transactions, nothing half-written ($visible)" test $((visible % 5000)) -eq 0
 out=$("$acmo" send --json CREATE --data "$create_data"); rc=$?
 check "sending works after the kill" test "$rc" -eq 0
+
+# --- acmo groups; the DLQ's filters, and a paced redrive --------------------------------------
+vw=(--data-dir "$work/views")
+pending='{"customer_name":"a","customer_email":"a@b.c","items":[]}'
+for g in g_a g_b; do
+  "$acmo" -q "${vw[@]}" send CREATE --order-id "ord_$g" --group "$g" --data "$pending"
+done
+"$acmo" -q "${vw[@]}" send UPDATE --order-id ord_g_a --group g_a --data '{"status":"processing"}'
+out=$("$acmo" "${vw[@]}" groups); rc=$?
+check "groups exits 0 and shows a header, a line a group, the totals (got $rc: $out)" \
+  test "$rc" -eq 0 -a "$(grep -c '^g_[ab] ' <<<"$out")" = 2 -a \
+    -n "$(grep -x 'GROUP *DEPTH  IN FLIGHT   HEAD AGE  BLOCKED' <<<"$out")" -a \
+    -n "$(grep -x '2 groups, 3 messages, 0 in flight, 0 blocked' <<<"$out")"
+check "  the oldest head first, its depth, nothing in flight, not blocked" \
+  grep -qE '^g_a +2 +0 +[0-9.]+ m?s +-$' <<<"$(sed -n 2p <<<"$out")"
+out=$("$acmo" "${vw[@]}" --json groups --limit 1)
+check "groups --json --limit 1: one group, the other counted as omitted, the totals ($out)" \
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); g=d["groups"][0]
+sys.exit(not (d["count"] == 1 and d["omitted"] == 1 and g["groupId"] == "g_a" and g["depth"] == 2
+  and g["inFlight"] == 0 and g["blocked"] is None and g["headAgeMs"] >= 0
+  and g["headSequenceNumber"] == "00000000000000000001" and "headFirstSentAt" in g and "headVisibleAt" in g
+  and d["totals"] == {"groups": 2, "messages": 3, "inFlight": 0, "blocked": 0}))' "$out"
+out=$("$acmo" "${vw[@]}" groups --limit 1)
+check "  the text says how many the limit left out" grep -qx '1 more group not shown; --limit shows up to 1000' <<<"$out"
+out=$("$acmo" "${vw[@]}" groups --blocked)
+check "groups --blocked with none blocked says so" \
+  test "$out" = "no group is blocked (2 groups, 3 messages, 0 in flight, 0 blocked)"
+err=$("$acmo" "${vw[@]}" groups --limit 0 2>&1); rc=$?
+check "groups --limit 0 exits 2, saying the range (got $rc: $err)" \
+  test "$rc" -eq 2 -a "$err" = "acmo: error: --limit must be 1 to 1000"
+"$acmo" "${vw[@]}" groups --blocked=maybe >/dev/null 2>&1; rc=$?
+check "groups --blocked=maybe exits 2 (got $rc)" test "$rc" -eq 2
+
+# Dead letters of two reasons: 40 forbidden changes (pending -> shipped), then a CREATE of an
+# order that exists.
+"$acmo" -q "${vw[@]}" run-handler --once 2>/dev/null
+"$acmo" -q "${vw[@]}" purge --dlq --yes
+for i in $(seq 1 40); do
+  echo "{\"type\":\"CREATE\",\"orderId\":\"ord_dl$i\",\"data\":$pending}"
+  echo "{\"type\":\"UPDATE\",\"orderId\":\"ord_dl$i\",\"data\":{\"status\":\"shipped\"}}"
+done >"$work/dead.jsonl"
+echo "{\"type\":\"CREATE\",\"orderId\":\"ord_dl1\",\"data\":{\"customer_name\":\"b\",\"customer_email\":\"b@b.c\",\"items\":[]}}" >>"$work/dead.jsonl"
+"$acmo" -q "${vw[@]}" send --file "$work/dead.jsonl" 2>/dev/null
+"$acmo" -q "${vw[@]}" run-handler --once 2>/dev/null
+total() { json_field "$("$acmo" "${vw[@]}" --json dlq list --limit 1 "$@")" total; }
+check "41 events were dead-lettered" test "$(total)" = 41
+check "dlq list --reason matches a part of the reason in any letter case" \
+  test "$(total --reason "CANNOT become shipped")" = 40
+out=$("$acmo" "${vw[@]}" dlq list --reason "cannot become" --limit 2)
+check "  the text says how many match ($out)" grep -qx '2 of 40 matching dead-lettered messages' <<<"$out"
+check "dlq list --newer-than 1h takes them all, --older-than 1h none" \
+  test "$(total --newer-than 1h)/$(total --older-than 1h)" = 41/0
+check "  --older-than 0s --newer-than 1d takes them all" test "$(total --older-than 0s --newer-than 1d)" = 41
+for bad in "--older-than soon" "--newer-than 5" "--older-than 2h --newer-than 1h" \
+           "--newer-than 0s" "--older-than -1h"; do
+  # shellcheck disable=SC2086 # the flags' words
+  err=$("$acmo" "${vw[@]}" dlq list $bad 2>&1); rc=$?
+  check "dlq list $bad exits 2, saying what is wrong (got $rc: $err)" \
+    test "$rc" -eq 2 -a -n "$(grep '^acmo: error: .*\(is not a duration\|match no message\|matches no message\)' <<<"$err")"
+done
+err=$("$acmo" "${vw[@]}" dlq list --older-than soon 2>&1)
+check "  a bad duration names the flag and shows how to write one ($err)" \
+  test "$err" = 'acmo: error: --older-than: "soon" is not a duration; write a whole number and a unit: "500ms", "30s", "5m", "2h" or "4d"'
+some_id=$(json_field "$("$acmo" "${vw[@]}" --json dlq list --limit 1)" messageId)
+err=$("$acmo" "${vw[@]}" dlq list --reason "" 2>&1); rc=$?
+check "dlq list --reason \"\" exits 2, saying what to give (got $rc: $err)" \
+  test "$rc" -eq 2 -a -n "$(grep -F 'acmo: error: --reason needs some text of the reason to match' <<<"$err")"
+for bad in "--reason x" "--rate 5"; do
+  # shellcheck disable=SC2086 # the flags' words
+  err=$("$acmo" "${vw[@]}" dlq redrive $bad "$some_id" 2>&1); rc=$?
+  check "dlq redrive ID $bad exits 2, saying ids go alone (got $rc: $err)" \
+    test "$rc" -eq 2 -a "$err" = "acmo: error: message ids go without --reason, --older-than, --newer-than and --rate: give either the ids or the filters"
+done
+err=$("$acmo" "${vw[@]}" dlq redrive --rate 0 2>&1); rc=$?
+check "dlq redrive --rate 0 exits 2, saying the range (got $rc: $err)" \
+  test "$rc" -eq 2 -a "$err" = "acmo: error: --rate must be 1 to 100000 messages a second"
+check "  nothing moved" test "$(total)" = 41
+
+# A filtered redrive moves only what matches.
+out=$("$acmo" "${vw[@]}" --json dlq redrive --reason "exists"); rc=$?
+check "dlq redrive --reason moves only the matching message (got $rc: $out)" \
+  test "$rc/$out/$(total)" = '0/{"redriven":1}/40'
+"$acmo" -q "${vw[@]}" purge --yes
+
+# --rate 20: 40 messages take about 2 s, in their original order.
+before=$("$acmo" "${vw[@]}" --json dlq list --limit 100 | python3 -c 'import json,sys; print(" ".join(m["body"]["orderId"] for m in json.load(sys.stdin)["messages"]))')
+started=$(date +%s%N)
+out=$("$acmo" "${vw[@]}" --json dlq redrive --rate 20); rc=$?
+took=$(( ($(date +%s%N) - started) / 1000000 ))
+check "dlq redrive --rate 20 moves the 40 (got $rc: $out)" test "$rc/$out" = '0/{"redriven":40}'
+check "  paced: 40 messages at 20 a second take at least 1.5 s (took $took ms)" test "$took" -ge 1500
+after=$("$acmo" "${vw[@]}" --json peek --limit 100 | python3 -c 'import json,sys; print(" ".join(m["body"]["orderId"] for m in json.load(sys.stdin)["messages"]))')
+check "  in their original order" test "$before" = "$after" -a -n "$after"
+
+# SIGINT stops a paced redrive between two steps: it says how many moved and exits 1; the rest
+# stay in the DLQ.
+"$acmo" -q "${vw[@]}" run-handler --once 2>/dev/null
+check "the 40 are dead-lettered again" test "$(total)" = 40
+"$acmo" "${vw[@]}" dlq redrive --rate 10 >"$work/paced.out" 2>&1 &
+paced=$!
+sleep 1.2
+kill -INT "$paced"
+wait "$paced"; rc=$?
+moved=$(sed -n 's/^stopped: moved \([0-9]*\) messages back to orders, in their original order; the rest stay in the DLQ$/\1/p' "$work/paced.out")
+check "SIGINT stops dlq redrive --rate: exit 1, how many moved ($rc: $(cat "$work/paced.out"))" \
+  test "$rc" -eq 1 -a -n "$moved"
+check "  some moved, the rest stay in the DLQ ($moved + $(total))" \
+  test "${moved:-0}" -gt 0 -a "${moved:-0}" -lt 40 -a $(( ${moved:-0} + $(total) )) -eq 40
+check "  the queue holds exactly those ($(json_field "$("$acmo" "${vw[@]}" --json groups)" messages))" \
+  test "$(json_field "$("$acmo" "${vw[@]}" --json groups)" messages)" = "$moved"
 
 # --- a data dir that cannot work -------------------------------------------------------------
 mkdir -p "$work/garbage"

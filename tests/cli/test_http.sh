@@ -155,6 +155,30 @@ check "the DLQ names the reason" has 'pending'
 same_json() { python3 -c 'import json,sys; sys.exit(json.loads(sys.argv[1]) != json.loads(sys.argv[2]))' "$1" "$2"; }
 check "acmo dlq list --json is GET /sqs/dlq's document" \
   same_json "$("$acmo" --json dlq list --limit 100)" "$body"
+# The DLQ's filters: a part of the reason, the age in the DLQ.
+http GET '/sqs/dlq?reason=PENDING&newerThan=1h'
+expect "GET /sqs/dlq?reason=PENDING&newerThan=1h" 200
+check "  it matches the reason in any letter case" test "$(json_field "$body" total)" = 1
+check "  acmo dlq list --reason --newer-than --json is its document" \
+  same_json "$("$acmo" --json dlq list --limit 100 --reason PENDING --newer-than 1h)" "$body"
+http GET '/sqs/dlq?reason=no%20such%20reason'
+check "  a reason that matches nothing: total 0" test "$(json_field "$body" total)" = 0
+http GET '/sqs/dlq?olderThan=1h'
+check "  olderThan=1h: total 0" test "$(json_field "$body" total)" = 0
+http GET '/sqs/dlq?olderThan=soon'
+expect "  olderThan=soon" 400 invalid_input
+check "  it names the parameter and how to write a duration" has 'olderThan: \"soon\" is not a duration'
+http GET '/sqs/dlq?olderThan=2h&newerThan=1h'
+expect "  olderThan=2h&newerThan=1h matches nothing" 400 invalid_input
+http GET '/sqs/dlq?reason='
+expect "  an empty reason" 400 invalid_input
+http GET '/sqs/dlq?reasons=x'
+expect "  an unknown parameter" 400 invalid_input
+http POST '/sqs/dlq/redrive?id=x&reason=pending'
+expect "POST /sqs/dlq/redrive with id and a filter" 400 invalid_input
+http POST '/sqs/dlq/redrive?reason=no%20such%20reason'
+expect "POST /sqs/dlq/redrive?reason= that matches nothing" 200
+check "  moves nothing" test "$(json_field "$body" redriven)" = 0
 queue_doc() { python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["queue"]))'; }
 for _ in 1 2 3; do # the queue is idle by now; a late heartbeat's receive would change a figure
   http GET /sqs/stats
@@ -184,8 +208,8 @@ for m in 'acmo_http_requests_total{code="202"}' 'acmo_queue_sent_total 6' 'acmo_
          'acmo_queue_messages{queue="orders",state="visible"}'; do
   check "/metrics has $m" has "$m"
 done
-http POST /sqs/dlq/redrive
-expect "POST /sqs/dlq/redrive" 200
+http POST '/sqs/dlq/redrive?reason=pending&olderThan=0s'
+expect "POST /sqs/dlq/redrive?reason=pending&olderThan=0s" 200
 check "the dead-lettered message is redriven" test "$(json_field "$body" redriven)" = 1
 http GET '/api/orders?limit=7' # a key in the cache, whatever the handler invalidated since
 http DELETE /cache/clear
@@ -474,6 +498,21 @@ http GET "/sqs/peek?orderid=x"
 expect "  an unknown parameter" 400 invalid_input
 http GET "/sqs/peek?limit=0"
 expect "  limit 0" 400 invalid_input
+# The groups of the waiting messages: the CLI and the API show the same.
+http GET /sqs/groups
+expect "GET /sqs/groups" 200
+check "  one group, the message waiting, not blocked: $body" \
+  bash -c '[[ $1 == *"\"count\":1"* && $1 == *"\"depth\":1"* && $1 == *"\"blocked\":null"* && $1 == *"\"omitted\":0"* ]]' _ "$body"
+# headAgeMs moves with the clock between the two reads; the rest is the same.
+cli=$(ACMO_DATA_DIR="$bl" "$acmo" --json groups)
+no_age() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); [g.pop("headAgeMs") for g in d["groups"]]; print(json.dumps(d))' "$1"; }
+check "  acmo groups --json is GET /sqs/groups's document" same_json "$(no_age "$cli")" "$(no_age "$body")"
+http GET "/sqs/groups?blocked=true&limit=5"
+check "  ?blocked=true: none blocked" test "$(json_field "$body" count)" = 0
+http GET "/sqs/groups?blocked=yes"
+expect "  blocked=yes" 400 invalid_input
+http GET "/sqs/groups?limit=1001"
+expect "  limit=1001" 400 invalid_input
 check "  peeking received nothing" test "$(ACMO_DATA_DIR="$bl" "$acmo" --json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["received"])')" = 0
 ACMO_DATA_DIR="$bl" "$acmo" -q run-handler >/dev/null 2>&1 &
 bl_handler=$!

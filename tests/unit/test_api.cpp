@@ -325,3 +325,75 @@ TEST_CASE("Api: an UPDATE or DELETE of an order neither stored nor queued is ref
   // second DELETE is let through, to be dead-lettered when applied (docs/orders.md §3).
   CHECK(f.call("DELETE", "/api/orders/ord_stored").status == 202);
 }
+
+TEST_CASE("Api: GET /sqs/groups shows the groups, blocked first; bad parameters are a 400",
+          "[api]")
+{
+  ApiFixture f;
+  must(f.queue->send(SendRequest{"a1", "A", ""}));
+  must(f.queue->send(SendRequest{"a2", "A", ""}));
+  must(f.queue->send(SendRequest{"b1", "B", ""}));
+  must(f.queue->receive(1)); // a1 in flight: A is blocked
+
+  auto r = f.call("GET", "/sqs/groups");
+  REQUIRE(r.status == 200);
+  auto doc = nlohmann::json::parse(r.body);
+  REQUIRE(doc["groups"].size() == 2);
+  CHECK(doc["groups"][0]["groupId"] == "A");
+  CHECK(doc["groups"][0]["blocked"] == "inFlight");
+  CHECK(doc["groups"][0]["depth"] == 2);
+  CHECK(doc["groups"][0]["inFlight"] == 1);
+  CHECK(doc["groups"][1]["blocked"].is_null());
+  CHECK(doc["count"] == 2);
+  CHECK(doc["omitted"] == 0);
+  CHECK(doc["totals"] == nlohmann::json{{"groups", 2}, {"messages", 3}, {"inFlight", 1},
+                                        {"blocked", 1}});
+  for (const char* key : {"headMessageId", "headSequenceNumber", "headFirstSentAt", "headAgeMs",
+                          "headVisibleAt"}) {
+    CHECK(doc["groups"][1].contains(key));
+  }
+  doc = nlohmann::json::parse(f.call("GET", "/sqs/groups?blocked=true&limit=1").body);
+  CHECK(doc["count"] == 1);
+  CHECK(doc["groups"][0]["groupId"] == "A");
+  doc = nlohmann::json::parse(f.call("GET", "/sqs/groups?limit=1").body);
+  CHECK(doc["omitted"] == 1);
+  CHECK(f.call("GET", "/sqs/groups?blocked=yes").status == 400);
+  CHECK(f.call("GET", "/sqs/groups?limit=0").status == 400);
+  CHECK(f.call("GET", "/sqs/groups?group=A").status == 400);
+}
+
+TEST_CASE("Api: the DLQ's filters choose what GET /sqs/dlq lists and what a redrive moves",
+          "[api]")
+{
+  ApiFixture f;
+  for (const char* body : {"m1", "m2", "m3"}) must(f.queue->send(SendRequest{body, body, ""}));
+  auto got = must(f.queue->receive(10));
+  REQUIRE(got.size() == 3);
+  must(f.queue->dead_letter(got[0].receipt, "order ord_1 does not exist"));
+  must(f.queue->dead_letter(got[1].receipt, "order ord_2 is cancelled"));
+  must(f.queue->dead_letter(got[2].receipt, "order ord_3 does not exist"));
+
+  auto doc = nlohmann::json::parse(f.call("GET", "/sqs/dlq?reason=does%20not%20exist").body);
+  CHECK(doc["total"] == 2);
+  CHECK(doc["messages"][1]["reason"] == "order ord_3 does not exist");
+  CHECK(nlohmann::json::parse(f.call("GET", "/sqs/dlq?newerThan=1h").body)["total"] == 3);
+  CHECK(nlohmann::json::parse(f.call("GET", "/sqs/dlq?olderThan=1h").body)["total"] == 0);
+
+  // A bad value names the parameter and what to write.
+  auto r = f.call("GET", "/sqs/dlq?olderThan=soon");
+  CHECK(r.status == 400);
+  CHECK_THAT(r.body, Catch::Contains("olderThan: \\\"soon\\\" is not a duration"));
+  CHECK_THAT(r.body, Catch::Contains(R"("field":"olderThan")"));
+  CHECK(f.call("GET", "/sqs/dlq?reason=").status == 400);
+  CHECK(f.call("GET", "/sqs/dlq?olderThan=2h&newerThan=1h").status == 400);
+  CHECK(f.call("POST", "/sqs/dlq/redrive?newerThan=0s").status == 400);
+  CHECK(f.call("POST", "/sqs/dlq/redrive?id=" + got[0].message_id + "&reason=x").status == 400);
+  CHECK(must(f.queue->stats()).dead_lettered == 3); // nothing moved
+
+  r = f.call("POST", "/sqs/dlq/redrive?reason=DOES%20NOT%20EXIST");
+  CHECK(r.status == 200);
+  CHECK(r.body == R"({"redriven":2})");
+  auto left = must(f.queue->dlq_list());
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].body == "m2");
+}

@@ -1634,3 +1634,245 @@ TEST_CASE("Queue: peek shows the waiting messages without receiving them, filter
   CHECK(must(f.queue->peek({"B", "", "", 100, false})).empty());
   CHECK(ids(must(f.queue->dlq_list())) == Ids{b1.message_id});
 }
+
+// --- the views: groups, DLQ filters, redrive in steps ---------------------------------------------
+
+TEST_CASE("Queue: groups shows each group's depth, in flight, head age and why it is blocked",
+          "[queue]")
+{
+  QueueFixture f;
+  const int64_t t0 = f.clock.now_ms();
+  auto a1 = f.send("a1", "A");
+  f.send("b1", "B");
+  f.clock.advance_ms(1000);
+  f.send("c1", "C");
+  f.send("c2", "C");
+  f.clock.advance_ms(1000);
+  f.send("d1", "D");
+  f.send("a2", "A");
+  const Message in_flight = f.receive_one_of(1); // a1: A's head in flight
+  REQUIRE(in_flight.message_id == a1.message_id);
+  must(f.queue->release(f.receive_one_of(1).receipt, "try later")); // b1 waits out 1 s
+  const int64_t now = f.clock.now_ms();
+
+  auto report = must(f.queue->groups({}));
+  CHECK(report.now_ms == now);
+  REQUIRE(report.groups.size() == 4);
+  // Blocked first (A before B: their heads are as old), then the oldest head.
+  const auto& a = report.groups[0];
+  CHECK(a.group_id == "A");
+  CHECK(a.depth == 2);
+  CHECK(a.in_flight == 1);
+  CHECK(a.blocked == GroupBlock::in_flight);
+  CHECK(a.head_message_id == a1.message_id);
+  CHECK(a.head_seq == a1.seq);
+  CHECK(a.head_first_sent_at_ms == t0);
+  CHECK(a.head_visible_at_ms == now + f.options.visibility_timeout_ms);
+  const auto& b = report.groups[1];
+  CHECK(b.group_id == "B");
+  CHECK(b.blocked == GroupBlock::retry_delay);
+  CHECK(b.in_flight == 0);
+  CHECK(b.head_visible_at_ms == now + 1000);
+  CHECK(report.groups[2].group_id == "C");
+  CHECK(report.groups[2].depth == 2);
+  CHECK(report.groups[2].blocked == GroupBlock::none);
+  CHECK(report.groups[2].head_first_sent_at_ms == t0 + 1000);
+  CHECK(report.groups[3].group_id == "D");
+  CHECK(report.matched == 4);
+  CHECK(report.total_groups == 4);
+  CHECK(report.total_messages == 6);
+  CHECK(report.total_in_flight == 1);
+  CHECK(report.total_blocked == 2);
+
+  SECTION("a limit keeps the first groups and counts the others")
+  {
+    auto first = must(f.queue->groups({2, false}));
+    REQUIRE(first.groups.size() == 2);
+    CHECK(first.groups[1].group_id == "B");
+    CHECK(first.matched == 4);
+    CHECK(first.total_messages == 6);
+  }
+  SECTION("only the blocked ones")
+  {
+    auto blocked = must(f.queue->groups({50, true}));
+    REQUIRE(blocked.groups.size() == 2);
+    CHECK(blocked.groups[0].group_id == "A");
+    CHECK(blocked.groups[1].group_id == "B");
+    CHECK(blocked.matched == 2);
+    CHECK(blocked.total_groups == 4);
+  }
+  SECTION("a head whose visibility timeout ran out is visible: the group is not blocked")
+  {
+    f.clock.advance_ms(f.options.visibility_timeout_ms);
+    auto later = must(f.queue->groups({}));
+    CHECK(later.total_blocked == 0);
+    CHECK(later.total_in_flight == 0);
+    REQUIRE(later.groups.size() == 4);
+    CHECK(later.groups[0].group_id == "A"); // the oldest head
+  }
+  SECTION("the DLQ's messages are in no group; a redriven head keeps when it was first sent")
+  {
+    f.clock.advance_ms(1000); // B's retry delay is over
+    auto got = f.receive(10);
+    std::string d1_id;
+    for (const auto& m : got) {
+      if (m.body == "d1") d1_id = m.message_id;
+      if (m.body == "b1" || m.body == "d1") must(f.queue->dead_letter(m.receipt, "bad"));
+    }
+    auto without = must(f.queue->groups({}));
+    CHECK(without.total_groups == 2); // A and C
+    CHECK(without.total_messages == 4);
+    f.clock.advance_ms(60'000);
+    CHECK(must(f.queue->redrive({d1_id})) == 1);
+    auto with_d = must(f.queue->groups({50, false}));
+    auto d = std::find_if(with_d.groups.begin(), with_d.groups.end(),
+                          [](const GroupView& g) { return g.group_id == "D"; });
+    REQUIRE(d != with_d.groups.end());
+    CHECK(d->head_first_sent_at_ms == t0 + 2000);
+  }
+}
+
+TEST_CASE("Queue: groups of a large queue keeps the limit's worth, the oldest heads", "[queue]")
+{
+  QueueFixture f;
+  // 200 groups whose names are not in the order they were sent: the scan, in name order, must
+  // still keep the five oldest heads while it drops the rest as it goes.
+  for (int i = 0; i < 200; ++i) {
+    f.send(fmt::format("m{}", i), fmt::format("g{:03}", (i * 37) % 200));
+    f.clock.advance_ms(1);
+  }
+  auto report = must(f.queue->groups({5, false}));
+  REQUIRE(report.groups.size() == 5);
+  for (int i = 0; i < 5; ++i) {
+    CHECK(report.groups[static_cast<size_t>(i)].group_id == fmt::format("g{:03}", (i * 37) % 200));
+  }
+  CHECK(report.matched == 200);
+  CHECK(report.total_groups == 200);
+  CHECK(report.total_messages == 200);
+  CHECK(must(f.queue->groups({50, true})).groups.empty());
+}
+
+TEST_CASE("Queue: check_dlq_filter refuses ages that can match nothing", "[queue]")
+{
+  CHECK(check_dlq_filter({}));
+  CHECK(check_dlq_filter({"", 0, -1}));
+  CHECK(check_dlq_filter({"x", k_minute, k_day}));
+  auto zero = must_fail(check_dlq_filter({"", -1, 0}));
+  CHECK(zero.field == "newerThan");
+  CHECK(zero.code == Errc::invalid_input);
+  auto crossed = must_fail(check_dlq_filter({"", 2 * 60 * k_minute, 60 * k_minute}));
+  CHECK(crossed.field == "olderThan");
+  CHECK_THAT(crossed.message, Catch::Contains("older than 2h and newer than 1h match no message"));
+  CHECK_FALSE(check_dlq_filter({"", k_minute, k_minute}));
+}
+
+TEST_CASE("Queue: dlq_page filters by a part of the reason and by the age in the DLQ", "[queue]")
+{
+  QueueFixture f;
+  constexpr int64_t k_hour = 60 * k_minute;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(f.send(fmt::format("m{}", i), fmt::format("g{}", i)).message_id);
+  auto got = f.receive(10, 12 * k_hour);
+  REQUIRE(got.size() == 4);
+  const int64_t t0 = f.clock.now_ms();
+  const std::vector<std::string> reasons = {"order ord_1 does not exist",
+                                            "order ord_2 DOES NOT EXIST",
+                                            "order ord_3 is cancelled; it cannot become shipped",
+                                            "failed 4 times, retries exhausted"};
+  for (size_t i = 0; i < 4; ++i) {
+    if (i > 0) f.clock.advance_ms(k_hour);
+    must(f.queue->dead_letter(got[i].receipt, reasons[i]));
+  }
+  REQUIRE(f.clock.now_ms() == t0 + 3 * k_hour);
+  using Ids = std::vector<std::string>;
+  auto page_ids = [&](const DlqFilter& filter, int64_t limit = 100, int64_t offset = 0) {
+    auto page = must(f.queue->dlq_page(limit, offset, filter));
+    Ids out;
+    for (const auto& m : page.messages) out.push_back(m.message_id);
+    return std::make_pair(out, page.total);
+  };
+
+  CHECK(page_ids({}).second == 4);
+  CHECK(page_ids({"does not exist", -1, -1}) == std::make_pair(Ids{ids[0], ids[1]}, int64_t{2}));
+  CHECK(page_ids({"CANNOT become", -1, -1}).first == Ids{ids[2]});
+  CHECK(page_ids({"nothing like it", -1, -1}) == std::make_pair(Ids{}, int64_t{0}));
+  // Older than: at least that long ago, the bound included.
+  CHECK(page_ids({"", 90 * k_minute, -1}).first == Ids{ids[0], ids[1]});
+  CHECK(page_ids({"", 3 * k_hour, -1}).first == Ids{ids[0]});
+  CHECK(page_ids({"", -1, 90 * k_minute}).first == Ids{ids[2], ids[3]});
+  CHECK(page_ids({"", 30 * k_minute, 150 * k_minute}).first == Ids{ids[1], ids[2]});
+  CHECK(page_ids({"does not exist", -1, 150 * k_minute}).first == Ids{ids[1]});
+  // A page of the matches; the total counts them all.
+  CHECK(page_ids({"does not exist", -1, -1}, 1, 1) == std::make_pair(Ids{ids[1]}, int64_t{2}));
+}
+
+TEST_CASE("Queue: a filtered redrive moves only the matching messages, in their original order",
+          "[queue]")
+{
+  QueueFixture f;
+  auto a1 = f.send("a1", "A");
+  auto a2 = f.send("a2", "A");
+  auto a3 = f.send("a3", "A");
+  f.send("b1", "B");
+  auto got = f.receive(10);
+  REQUIRE(got.size() == 4);
+  // Dead-lettered out of order: a3, b1, a2, a1.
+  must(f.queue->dead_letter(got[2].receipt, "x: bad"));
+  must(f.queue->dead_letter(got[3].receipt, "x: bad"));
+  must(f.queue->dead_letter(got[1].receipt, "y: other"));
+  must(f.queue->dead_letter(got[0].receipt, "x: bad"));
+  const DlqFilter x{"x:", -1, -1};
+
+  SECTION("in one step")
+  {
+    auto run = must(f.queue->begin_redrive(x));
+    CHECK(run.total == 3);
+    CHECK(must(f.queue->redrive_step(run, INT64_MAX)) == 3);
+    CHECK(must(f.queue->redrive_step(run, INT64_MAX)) == 0);
+    CHECK(bodies_of(f.receive(10)) == Bodies{"a1", "a3", "b1"});
+    auto left = must(f.queue->dlq_list());
+    REQUIRE(left.size() == 1);
+    CHECK(left[0].message_id == a2.message_id);
+    CHECK(f.stats().redriven == 3);
+  }
+  SECTION("in steps of one, while the messages fail again")
+  {
+    auto run = must(f.queue->begin_redrive(x));
+    REQUIRE(run.total == 3);
+    CHECK(must(f.queue->redrive_step(run, 1)) == 1);
+    // a1 is back and fails again at once (the clock has not moved: only its new sequence number
+    // tells it from what the run began with). The run does not take it twice.
+    const Message again = f.receive_one();
+    REQUIRE(again.message_id == a1.message_id);
+    must(f.queue->dead_letter(again.receipt, "x: bad again"));
+    f.send("c1", "C");
+    must(f.queue->dead_letter(f.receive_one().receipt, "x: new")); // after the run began
+    CHECK(must(f.queue->redrive_step(run, 1)) == 1);
+    CHECK(must(f.queue->redrive_step(run, 1)) == 1);
+    CHECK(must(f.queue->redrive_step(run, 1)) == 0);
+    // a3 went back before b1, in two transactions: the order within A holds.
+    auto back = f.receive(10);
+    CHECK(bodies_of(back) == Bodies{"a3", "b1"});
+    // In the DLQ in sequence order: a2, then a1 under the number it got when redriven, then c1.
+    CHECK(bodies_of(must(f.queue->dlq_list())) == Bodies{"a2", "a1", "c1"});
+  }
+  SECTION("messages taken away meanwhile are passed over")
+  {
+    auto run = must(f.queue->begin_redrive(x));
+    CHECK(must(f.queue->redrive({a3.message_id})) == 1);
+    CHECK(must(f.queue->redrive_step(run, 10)) == 2);
+    CHECK(bodies_of(f.receive(10)) == Bodies{"a3", "a1", "b1"});
+  }
+  SECTION("by age")
+  {
+    f.clock.advance_ms(10 * k_minute);
+    auto c = f.send("c1", "C");
+    must(f.queue->dead_letter(f.receive_one().receipt, "x: late"));
+    auto run = must(f.queue->begin_redrive({"", 5 * k_minute, -1}));
+    CHECK(run.total == 4);
+    CHECK(must(f.queue->redrive_step(run, INT64_MAX)) == 4);
+    auto left = must(f.queue->dlq_list());
+    REQUIRE(left.size() == 1);
+    CHECK(left[0].message_id == c.message_id);
+  }
+}
