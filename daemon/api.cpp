@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cstdint>
 
 #include <fmt/core.h>
 
@@ -147,11 +148,29 @@ Expected<int64_t> int_param(const Request& req, const char* name, int64_t fallba
   return value;
 }
 
-Api::Impl::Impl(ApiOptions o, ApiParts p)
-  : options(std::move(o)), parts(std::move(p)),
-    limiter(static_cast<double>(options.rate_limit), static_cast<double>(options.rate_burst))
+namespace {
+
+// The metrics labels of the routes, {method, pattern}, in their order.
+std::vector<std::pair<std::string_view, std::string_view>> labels_of(
+  const std::vector<Api::Impl::Route>& routes)
 {
-  routes = {
+  std::vector<std::pair<std::string_view, std::string_view>> labels;
+  for (const auto& r : routes) labels.emplace_back(r.method, r.pattern);
+  return labels;
+}
+
+} // namespace
+
+Api::Impl::Impl(ApiOptions o, ApiParts p)
+  : options(std::move(o)), parts(std::move(p)), routes(route_table()),
+    limiter(static_cast<double>(options.rate_limit), static_cast<double>(options.rate_burst)),
+    metrics(labels_of(routes))
+{
+}
+
+std::vector<Api::Impl::Route> Api::Impl::route_table()
+{
+  return {
     {"GET", "/api/orders", Access::api, false, &Impl::list_orders, {}},
     {"POST", "/api/orders", Access::api, true, &Impl::create_order, {}},
     {"GET", "/api/orders/:id", Access::api, false, &Impl::get_order, {}},
@@ -204,6 +223,12 @@ const Api::Impl::Route* Api::Impl::route_of(const Request& req, Response& res, s
     res.set_header("Allow", allow);
   }
   return nullptr;
+}
+
+size_t Api::Impl::slot_of(const Route* route, const Request& req) const
+{
+  if (route != nullptr) return static_cast<size_t>(route - routes.data());
+  return metrics.unmatched(req.method);
 }
 
 bool Api::Impl::authorize(const Route& route, const Request& req, Response& res, bool& token_valid)
@@ -271,10 +296,11 @@ bool Api::Impl::admit(const Route& route, const Request& req, Response& res)
   return true;
 }
 
-void Api::Impl::dispatch(const Request& req, Response& res)
+void Api::Impl::dispatch(const Request& req, Response& res, size_t& slot)
 {
   std::string id;
   const Route* route = route_of(req, res, id);
+  slot = slot_of(route, req);
   if (route == nullptr || !admit(*route, req, res)) return;
   Context ctx{req, res, std::move(id), nullptr};
   if (route->takes_body) {
@@ -333,13 +359,17 @@ std::optional<Response> Api::refuse_early(const Request& head)
   Response res;
   std::string id;
   const Impl::Route* route = impl.route_of(head, res, id);
-  if (route == nullptr) return res;
+  auto refused = [&]() -> std::optional<Response> {
+    impl.metrics.count(impl.slot_of(route, head), res.status);
+    return res;
+  };
+  if (route == nullptr) return refused();
   bool token_valid = false;
-  if (!impl.authorize(*route, head, res, token_valid)) return res;
+  if (!impl.authorize(*route, head, res, token_valid)) return refused();
   if (route->takes_body && !is_json_media_type(head.headers.get("Content-Type"))) {
     set_error(res, 415, "unsupported_media_type",
               "send the body as JSON with Content-Type: application/json");
-    return res;
+    return refused();
   }
   return std::nullopt;
 }
@@ -349,18 +379,24 @@ Response Api::handle(Request& request)
   auto& impl = *m_impl;
   const int64_t started = now_us();
   Response res;
+  size_t slot = SIZE_MAX;
   try {
-    impl.dispatch(request, res);
+    impl.dispatch(request, res, slot);
   } catch (const std::exception& e) {
     log::error("{} {}: {}", request.method, request.path, e.what());
     res = Response{};
     set_error(res, 500, "internal", fmt::format("the server failed: {}", e.what()));
   }
-  impl.metrics.count(res.status);
-  impl.metrics.observe(now_us() - started);
+  if (slot == SIZE_MAX) slot = impl.metrics.unmatched(request.method);
+  impl.metrics.count(slot, res.status);
+  impl.metrics.observe(slot, now_us() - started);
   return res;
 }
 
-void Api::answered_by_connections(const Response& response) { m_impl->metrics.count(response.status); }
+void Api::answered_by_connections(const Response& response)
+{
+  // No route was looked up, and the method may not have been read.
+  m_impl->metrics.count(m_impl->metrics.unmatched("other"), response.status);
+}
 
 } // namespace acmo::daemon

@@ -148,6 +148,41 @@ TEST_CASE("Api: admin routes need an admin token; an API token gets 403", "[api]
   CHECK(f.call("GET", "/sqs/stats", {}, with_token("Bearer", "admin")).status == 200);
 }
 
+TEST_CASE("Api: /metrics counts requests by the route's pattern and a fixed label for no route",
+          "[api][metrics]")
+{
+  ApiFixture f;
+  f.orders["ord_a"].id = "ord_a";
+  CHECK(f.call("GET", "/api/orders/ord_a").status == 200);
+  CHECK(f.call("GET", "/api/orders/ord_b").status == 404);
+  CHECK(f.call("POST", "/api/orders", k_order, k_json).status == 202);
+  CHECK(f.call("GET", "/nowhere/ord_a").status == 404);
+  CHECK(f.call("PATCH", "/api/orders").status == 405);
+  CHECK(f.call("BREW", "/coffee").status == 404);
+  Request head;
+  head.method = "POST";
+  head.path = "/api/orders";
+  head.client = "10.0.0.1";
+  REQUIRE(f.api->refuse_early(head)); // no Content-Type: 415, counted once
+  f.api->answered_by_connections(Response{408, {}, {}, {}, true});
+  const std::string out = f.call("GET", "/metrics").body;
+  INFO(out);
+  for (const char* line : {
+         R"(acmo_http_requests_total{method="GET",route="/api/orders/:id",code="200"} 1)",
+         R"(acmo_http_requests_total{method="GET",route="/api/orders/:id",code="404"} 1)",
+         R"(acmo_http_requests_total{method="POST",route="/api/orders",code="202"} 1)",
+         R"(acmo_http_requests_total{method="POST",route="/api/orders",code="415"} 1)",
+         R"(acmo_http_requests_total{method="GET",route="unmatched",code="404"} 1)",
+         R"(acmo_http_requests_total{method="PATCH",route="unmatched",code="405"} 1)",
+         R"(acmo_http_requests_total{method="other",route="unmatched",code="404"} 1)",
+         R"(acmo_http_requests_total{method="other",route="unmatched",code="408"} 1)",
+         R"(acmo_http_request_duration_seconds_count{method="GET",route="/api/orders/:id"} 2)",
+         R"(acmo_http_request_duration_seconds_count{method="POST",route="/api/orders"} 1)"}) {
+    CHECK_THAT(out, Catch::Contains(std::string(line) + "\n"));
+  }
+  CHECK_THAT(out, !Catch::Contains("ord_a") && !Catch::Contains("/nowhere"));
+}
+
 TEST_CASE("Api: failed authentications are limited per client address", "[api]")
 {
   ApiOptions o;
