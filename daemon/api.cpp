@@ -162,14 +162,16 @@ std::vector<std::pair<std::string_view, std::string_view>> labels_of(
 } // namespace
 
 Api::Impl::Impl(ApiOptions o, ApiParts p)
-  : options(std::move(o)), parts(std::move(p)), routes(route_table()),
+  : options(std::move(o)), parts(std::move(p)), routes(route_table(options)),
     limiter(static_cast<double>(options.rate_limit), static_cast<double>(options.rate_burst)),
     metrics(labels_of(routes))
 {
 }
 
-std::vector<Api::Impl::Route> Api::Impl::route_table()
+std::vector<Api::Impl::Route> Api::Impl::route_table(const ApiOptions& options)
 {
+  // A scraper on a private network may read /metrics with no token (server.metrics_open).
+  const Access metrics_access = options.metrics_open ? Access::open : Access::metrics;
   return {
     {"GET", "/api/orders", Access::api, false, &Impl::list_orders, {}},
     {"POST", "/api/orders", Access::api, true, &Impl::create_order, {}},
@@ -191,7 +193,7 @@ std::vector<Api::Impl::Route> Api::Impl::route_table()
     {"GET", "/health", Access::open, false, &Impl::health, {}},
     {"GET", "/health/live", Access::open, false, &Impl::health_live, {}},
     {"GET", "/health/ready", Access::open, false, &Impl::health_ready, {}},
-    {"GET", "/metrics", Access::api, false, &Impl::prometheus, {}},
+    {"GET", "/metrics", metrics_access, false, &Impl::prometheus, {}},
   };
 }
 
@@ -236,11 +238,18 @@ bool Api::Impl::authorize(const Route& route, const Request& req, Response& res,
   const std::string token = bearer_token(req);
   const bool is_admin = !token.empty() && token_in(token, options.admin_tokens);
   const bool is_api = !token.empty() && token_in(token, options.api_tokens);
-  token_valid = is_admin || is_api;
+  const bool is_metrics = !token.empty() && token_in(token, options.metrics_tokens);
+  token_valid = is_admin || is_api || is_metrics;
   if (route.access == Access::open) return true;
   const bool admin_checked = route.access == Access::admin && !options.admin_tokens.empty();
+  const bool metrics_checked =
+    route.access == Access::metrics && !(options.api_tokens.empty() && options.metrics_tokens.empty());
   if (admin_checked && is_admin) return true;
-  if (!admin_checked && (options.api_tokens.empty() || token_valid)) return true;
+  if (metrics_checked && token_valid) return true;
+  // A metrics token reads /metrics and nothing else, even where API tokens suffice.
+  if (!admin_checked && !metrics_checked && (options.api_tokens.empty() || is_admin || is_api)) {
+    return true;
+  }
   // A failed authentication. Guessing tokens costs a client its address's allowance.
   if (const int64_t wait = auth_failures.take(req.client, now_us()); wait > 0) {
     set_error(res, 429, "rate_limited",
@@ -250,18 +259,22 @@ bool Api::Impl::authorize(const Route& route, const Request& req, Response& res,
     res.set_header("Retry-After", std::to_string(wait));
     return false;
   }
-  if (admin_checked) {
-    if (token.empty() || !is_api) {
-      unauthorized(res, token.empty(), "an admin token (server.admin_tokens)");
-    } else {
-      set_error(res, 403, "forbidden",
-                fmt::format("{} {} needs an admin token (server.admin_tokens); this token is an "
-                            "API token",
-                            req.method, req.path));
-    }
+  if (metrics_checked) {
+    unauthorized(res, token.empty(), "a token of server.metrics_tokens or server.api_tokens");
     return false;
   }
-  unauthorized(res, token.empty(), "a token (server.api_tokens)");
+  if (is_metrics || (admin_checked && is_api)) {
+    set_error(res, 403, "forbidden",
+              fmt::format("{} {} needs {}; this token is {}", req.method, req.path,
+                          admin_checked ? "an admin token (server.admin_tokens)"
+                                : "an API token (server.api_tokens)",
+                          is_api ? "an API token"
+                                 : "a metrics token (server.metrics_tokens), which reads only "
+                                   "GET /metrics"));
+    return false;
+  }
+  unauthorized(res, token.empty(),
+               admin_checked ? "an admin token (server.admin_tokens)" : "a token (server.api_tokens)");
   return false;
 }
 

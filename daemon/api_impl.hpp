@@ -18,8 +18,9 @@
 
 namespace acmo::daemon {
 
-// Who may call a route.
-enum class Access { open, api, admin };
+// Who may call a route: anyone; an API or admin token; an admin token; a metrics, API or admin
+// token (GET /metrics, unless server.metrics_open makes it open).
+enum class Access { open, api, admin, metrics };
 
 // One request being answered: what the route table found, and the answer being made.
 struct Context {
@@ -52,8 +53,8 @@ struct Api::Impl {
   };
 
   Impl(ApiOptions o, ApiParts p);
-  // The route table, in the order routes are matched.
-  static std::vector<Route> route_table();
+  // The route table, in the order routes are matched; /metrics open or not as the options say.
+  static std::vector<Route> route_table(const ApiOptions& options);
 
   ApiOptions options;
   ApiParts parts;

@@ -381,6 +381,33 @@ http GET /sqs/stats "${api[@]}" --interface 127.0.0.4
 expect "a valid token from that address still passes" 200
 stop_server
 
+# A Prometheus scraper's token reads /metrics and nothing else; /metrics may be open instead.
+ACMO_SERVER_API_TOKENS=api-secret ACMO_SERVER_METRICS_TOKENS=scrape-secret start_server --no-handler
+scrape=(-H 'Authorization: Bearer scrape-secret')
+http GET /metrics "${scrape[@]}"
+expect "a metrics token reads /metrics" 200
+check "  it gets the metrics" has 'acmo_build_info{'
+http GET /api/orders "${scrape[@]}"
+expect "  a metrics token on GET /api/orders" 403 forbidden
+check "  403 says it is a metrics token, which reads only /metrics" has 'this token is a metrics token'
+http POST /api/orders "${json[@]}" "${scrape[@]}" -d "$item"
+expect "  a metrics token on POST /api/orders" 403 forbidden
+http GET /metrics
+expect "  /metrics without a token" 401 unauthorized
+http GET /metrics "${api[@]}"
+expect "  an API token still reads /metrics" 200
+stop_server
+ACMO_SERVER_API_TOKENS=api-secret ACMO_SERVER_METRICS_OPEN=true start_server --no-handler
+http GET /metrics
+expect "server.metrics_open: /metrics needs no token" 200
+http GET /api/orders
+expect "  the API still does" 401 unauthorized
+stop_server
+out=$(ACMO_SERVER_METRICS_OPEN=true ACMO_SERVER_METRICS_TOKENS=scrape-secret "$acmo" config check 2>&1)
+rc=$?
+check "an open /metrics with metrics tokens is a configuration error (exit $rc): $out" \
+  bash -c '[[ $1 == 2 && $2 == *"server.metrics_tokens would never be used"* ]]' _ "$rc" "$out"
+
 # Without tokens, a made-up bearer value is no token: it gets no bucket of its own.
 ACMO_SERVER_RATE_LIMIT=1 ACMO_SERVER_RATE_BURST=5 start_server --no-handler
 accepted=0

@@ -148,6 +148,63 @@ TEST_CASE("Api: admin routes need an admin token; an API token gets 403", "[api]
   CHECK(f.call("GET", "/sqs/stats", {}, with_token("Bearer", "admin")).status == 200);
 }
 
+TEST_CASE("Api: a metrics token reads /metrics and nothing else", "[api][metrics]")
+{
+  ApiOptions o;
+  o.api_tokens = {"api"};
+  o.admin_tokens = {"admin"};
+  o.metrics_tokens = {"scraper"};
+  ApiFixture f(o);
+  const auto scraper = with_token("Bearer", "scraper");
+  CHECK(f.call("GET", "/metrics", {}, scraper).status == 200);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "api")).status == 200);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "admin")).status == 200);
+  CHECK(f.call("GET", "/metrics").status == 401);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "wrong")).status == 401);
+  auto r = f.call("GET", "/api/orders", {}, scraper);
+  CHECK(r.status == 403);
+  CHECK_THAT(r.body, Catch::Contains("this token is a metrics token (server.metrics_tokens)"));
+  CHECK(f.call("GET", "/sqs/stats", {}, scraper).status == 403);
+  CHECK(f.call("POST", "/api/orders", k_order, {{"Content-Type", "application/json"},
+                                                 {"Authorization", "Bearer scraper"}})
+          .status
+        == 403);
+  CHECK(f.call("DELETE", "/cache/clear", {}, scraper).status == 403);
+  CHECK(must(f.queue->stats()).sent == 0);
+
+  SECTION("with no API tokens, metrics tokens still guard /metrics alone")
+  {
+    ApiOptions only;
+    only.metrics_tokens = {"scraper"};
+    ApiFixture g(only);
+    CHECK(g.call("GET", "/metrics").status == 401);
+    CHECK(g.call("GET", "/metrics", {}, scraper).status == 200);
+    CHECK(g.call("GET", "/sqs/stats").status == 200); // the API itself asks for no token
+  }
+}
+
+TEST_CASE("Api: server.metrics_open serves /metrics with no token", "[api][metrics]")
+{
+  ApiOptions o;
+  o.api_tokens = {"api"};
+  o.metrics_open = true;
+  ApiFixture f(o);
+  CHECK(f.call("GET", "/metrics").status == 200);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "anything")).status == 200);
+  CHECK(f.call("GET", "/sqs/stats").status == 401);
+}
+
+TEST_CASE("Api: /metrics by default takes an API token, as every API endpoint",
+          "[api][metrics]")
+{
+  ApiOptions o;
+  o.api_tokens = {"api"};
+  ApiFixture f(o);
+  CHECK(f.call("GET", "/metrics").status == 401);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "api")).status == 200);
+  CHECK(ApiFixture().call("GET", "/metrics").status == 200); // no tokens at all: open
+}
+
 TEST_CASE("Api: /metrics counts requests by the route's pattern and a fixed label for no route",
           "[api][metrics]")
 {
