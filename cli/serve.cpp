@@ -49,6 +49,8 @@ daemon::HttpServerOptions server_options(const Config& config, const ServeOption
   o.backlog_max_age_ms = config.get_int("server.backlog_max_age");
   o.api_tokens = config.get_strings("server.api_tokens");
   o.admin_tokens = config.get_strings("server.admin_tokens");
+  o.metrics_tokens = config.get_strings("server.metrics_tokens");
+  o.metrics_open = config.get_bool("server.metrics_open");
   o.rate_limit = config.get_int("server.rate_limit");
   o.rate_burst = config.get_int("server.rate_burst");
   o.group_by = config.get_string("queue.group_by");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cstdint>
 
 #include <fmt/core.h>
 
@@ -147,11 +148,31 @@ Expected<int64_t> int_param(const Request& req, const char* name, int64_t fallba
   return value;
 }
 
-Api::Impl::Impl(ApiOptions o, ApiParts p)
-  : options(std::move(o)), parts(std::move(p)),
-    limiter(static_cast<double>(options.rate_limit), static_cast<double>(options.rate_burst))
+namespace {
+
+// The metrics labels of the routes, {method, pattern}, in their order.
+std::vector<std::pair<std::string_view, std::string_view>> labels_of(
+  const std::vector<Api::Impl::Route>& routes)
 {
-  routes = {
+  std::vector<std::pair<std::string_view, std::string_view>> labels;
+  for (const auto& r : routes) labels.emplace_back(r.method, r.pattern);
+  return labels;
+}
+
+} // namespace
+
+Api::Impl::Impl(ApiOptions o, ApiParts p)
+  : options(std::move(o)), parts(std::move(p)), routes(route_table(options)),
+    limiter(static_cast<double>(options.rate_limit), static_cast<double>(options.rate_burst)),
+    metrics(labels_of(routes))
+{
+}
+
+std::vector<Api::Impl::Route> Api::Impl::route_table(const ApiOptions& options)
+{
+  // A scraper on a private network may read /metrics with no token (server.metrics_open).
+  const Access metrics_access = options.metrics_open ? Access::open : Access::metrics;
+  return {
     {"GET", "/api/orders", Access::api, false, &Impl::list_orders, {}},
     {"POST", "/api/orders", Access::api, true, &Impl::create_order, {}},
     {"GET", "/api/orders/:id", Access::api, false, &Impl::get_order, {}},
@@ -175,7 +196,7 @@ Api::Impl::Impl(ApiOptions o, ApiParts p)
     {"GET", "/health", Access::open, false, &Impl::health, {}},
     {"GET", "/health/live", Access::open, false, &Impl::health_live, {}},
     {"GET", "/health/ready", Access::open, false, &Impl::health_ready, {}},
-    {"GET", "/metrics", Access::api, false, &Impl::prometheus, {}},
+    {"GET", "/metrics", metrics_access, false, &Impl::prometheus, {}},
   };
 }
 
@@ -209,16 +230,29 @@ const Api::Impl::Route* Api::Impl::route_of(const Request& req, Response& res, s
   return nullptr;
 }
 
+size_t Api::Impl::slot_of(const Route* route, const Request& req) const
+{
+  if (route != nullptr) return static_cast<size_t>(route - routes.data());
+  return metrics.unmatched(req.method);
+}
+
 bool Api::Impl::authorize(const Route& route, const Request& req, Response& res, bool& token_valid)
 {
   const std::string token = bearer_token(req);
   const bool is_admin = !token.empty() && token_in(token, options.admin_tokens);
   const bool is_api = !token.empty() && token_in(token, options.api_tokens);
-  token_valid = is_admin || is_api;
+  const bool is_metrics = !token.empty() && token_in(token, options.metrics_tokens);
+  token_valid = is_admin || is_api || is_metrics;
   if (route.access == Access::open) return true;
   const bool admin_checked = route.access == Access::admin && !options.admin_tokens.empty();
+  const bool metrics_checked =
+    route.access == Access::metrics && !(options.api_tokens.empty() && options.metrics_tokens.empty());
   if (admin_checked && is_admin) return true;
-  if (!admin_checked && (options.api_tokens.empty() || token_valid)) return true;
+  if (metrics_checked && token_valid) return true;
+  // A metrics token reads /metrics and nothing else, even where API tokens suffice.
+  if (!admin_checked && !metrics_checked && (options.api_tokens.empty() || is_admin || is_api)) {
+    return true;
+  }
   // A failed authentication. Guessing tokens costs a client its address's allowance.
   if (const int64_t wait = auth_failures.take(req.client, now_us()); wait > 0) {
     set_error(res, 429, "rate_limited",
@@ -228,18 +262,22 @@ bool Api::Impl::authorize(const Route& route, const Request& req, Response& res,
     res.set_header("Retry-After", std::to_string(wait));
     return false;
   }
-  if (admin_checked) {
-    if (token.empty() || !is_api) {
-      unauthorized(res, token.empty(), "an admin token (server.admin_tokens)");
-    } else {
-      set_error(res, 403, "forbidden",
-                fmt::format("{} {} needs an admin token (server.admin_tokens); this token is an "
-                            "API token",
-                            req.method, req.path));
-    }
+  if (metrics_checked) {
+    unauthorized(res, token.empty(), "a token of server.metrics_tokens or server.api_tokens");
     return false;
   }
-  unauthorized(res, token.empty(), "a token (server.api_tokens)");
+  if (is_metrics || (admin_checked && is_api)) {
+    set_error(res, 403, "forbidden",
+              fmt::format("{} {} needs {}; this token is {}", req.method, req.path,
+                          admin_checked ? "an admin token (server.admin_tokens)"
+                                : "an API token (server.api_tokens)",
+                          is_api ? "an API token"
+                                 : "a metrics token (server.metrics_tokens), which reads only "
+                                   "GET /metrics"));
+    return false;
+  }
+  unauthorized(res, token.empty(),
+               admin_checked ? "an admin token (server.admin_tokens)" : "a token (server.api_tokens)");
   return false;
 }
 
@@ -274,10 +312,11 @@ bool Api::Impl::admit(const Route& route, const Request& req, Response& res)
   return true;
 }
 
-void Api::Impl::dispatch(const Request& req, Response& res)
+void Api::Impl::dispatch(const Request& req, Response& res, size_t& slot)
 {
   std::string id;
   const Route* route = route_of(req, res, id);
+  slot = slot_of(route, req);
   if (route == nullptr || !admit(*route, req, res)) return;
   Context ctx{req, res, std::move(id), nullptr};
   if (route->takes_body) {
@@ -336,13 +375,17 @@ std::optional<Response> Api::refuse_early(const Request& head)
   Response res;
   std::string id;
   const Impl::Route* route = impl.route_of(head, res, id);
-  if (route == nullptr) return res;
+  auto refused = [&]() -> std::optional<Response> {
+    impl.metrics.count(impl.slot_of(route, head), res.status);
+    return res;
+  };
+  if (route == nullptr) return refused();
   bool token_valid = false;
-  if (!impl.authorize(*route, head, res, token_valid)) return res;
+  if (!impl.authorize(*route, head, res, token_valid)) return refused();
   if (route->takes_body && !is_json_media_type(head.headers.get("Content-Type"))) {
     set_error(res, 415, "unsupported_media_type",
               "send the body as JSON with Content-Type: application/json");
-    return res;
+    return refused();
   }
   return std::nullopt;
 }
@@ -352,18 +395,24 @@ Response Api::handle(Request& request)
   auto& impl = *m_impl;
   const int64_t started = now_us();
   Response res;
+  size_t slot = SIZE_MAX;
   try {
-    impl.dispatch(request, res);
+    impl.dispatch(request, res, slot);
   } catch (const std::exception& e) {
     log::error({"http_handler_error"}, "{} {}: {}", request.method, request.path, e.what());
     res = Response{};
     set_error(res, 500, "internal", fmt::format("the server failed: {}", e.what()));
   }
-  impl.metrics.count(res.status);
-  impl.metrics.observe(now_us() - started);
+  if (slot == SIZE_MAX) slot = impl.metrics.unmatched(request.method);
+  impl.metrics.count(slot, res.status);
+  impl.metrics.observe(slot, now_us() - started);
   return res;
 }
 
-void Api::answered_by_connections(const Response& response) { m_impl->metrics.count(response.status); }
+void Api::answered_by_connections(const Response& response)
+{
+  // No route was looked up, and the method may not have been read.
+  m_impl->metrics.count(m_impl->metrics.unmatched("other"), response.status);
+}
 
 } // namespace acmo::daemon

@@ -3,7 +3,6 @@
 // handler, cache, health and Prometheus).
 #pragma once
 
-#include <array>
 #include <atomic>
 #include <mutex>
 #include <string>
@@ -14,12 +13,14 @@
 
 #include "core/cache/cached_orders.hpp"
 #include "daemon/api.hpp"
+#include "daemon/metrics.hpp"
 #include "daemon/rate_limiter.hpp"
 
 namespace acmo::daemon {
 
-// Who may call a route.
-enum class Access { open, api, admin };
+// Who may call a route: anyone; an API or admin token; an admin token; a metrics, API or admin
+// token (GET /metrics, unless server.metrics_open makes it open).
+enum class Access { open, api, admin, metrics };
 
 // One request being answered: what the route table found, and the answer being made.
 struct Context {
@@ -27,22 +28,6 @@ struct Context {
   Response& res;
   std::string id;       // the :id of the path, if the route has one
   nlohmann::json body;  // the parsed body, for routes that take one
-};
-
-// Request counts by status and a latency histogram, for /metrics.
-class HttpMetrics
-{
-public:
-  static constexpr std::array<double, 12> k_bounds_s = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                                       0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
-  void count(int status);
-  void observe(int64_t micros);
-  void write(std::string& out) const;
-
-private:
-  std::array<std::atomic<int64_t>, 600> m_by_status{};
-  std::array<std::atomic<int64_t>, k_bounds_s.size() + 1> m_buckets{};
-  std::atomic<int64_t> m_sum_us{0};
 };
 
 // An error answer: {"error": {"code", "message", "details"}}.
@@ -68,6 +53,8 @@ struct Api::Impl {
   };
 
   Impl(ApiOptions o, ApiParts p);
+  // The route table, in the order routes are matched; /metrics open or not as the options say.
+  static std::vector<Route> route_table(const ApiOptions& options);
 
   ApiOptions options;
   ApiParts parts;
@@ -75,6 +62,7 @@ struct Api::Impl {
   RateLimiter limiter;
   // Failed authentications per client address: 10 at once, then one a second.
   RateLimiter auth_failures{1.0, 10.0};
+  // The requests answered, in a slot per route (route i, slot i).
   HttpMetrics metrics;
 
   // Read stores, each used by one request at a time.
@@ -91,11 +79,14 @@ struct Api::Impl {
   // --- api.cpp -------------------------------------------------------------------------------
   // The route of a request: the route, or the answer (404, 405 with Allow, OPTIONS' 204).
   const Route* route_of(const Request& req, Response& res, std::string& id) const;
+  // The metrics slot of a request: its route's, or that of its method among the unmatched.
+  size_t slot_of(const Route* route, const Request& req) const;
   // The checks before any body is read: tokens, the rate limit, the admin route's
   // parameters. False with the answer set.
   bool admit(const Route& route, const Request& req, Response& res);
   bool authorize(const Route& route, const Request& req, Response& res, bool& token_valid);
-  void dispatch(const Request& req, Response& res);
+  // Answer a request; `slot` is set to its metrics slot once its route is known.
+  void dispatch(const Request& req, Response& res, size_t& slot);
 
   // Run `fn` with one of the read stores, which no other request uses meanwhile.
   template<typename Fn> auto with_store(Fn&& fn)

@@ -23,43 +23,6 @@ constexpr int64_t k_max_list_limit = 1000;
 
 } // namespace
 
-void HttpMetrics::count(int status)
-{
-  if (status < 100 || status > 599) status = 599;
-  m_by_status[static_cast<size_t>(status)].fetch_add(1, std::memory_order_relaxed);
-}
-
-void HttpMetrics::observe(int64_t micros)
-{
-  size_t i = 0;
-  while (i < k_bounds_s.size() && static_cast<double>(micros) > k_bounds_s[i] * 1e6) ++i;
-  m_buckets[i].fetch_add(1, std::memory_order_relaxed);
-  m_sum_us.fetch_add(micros, std::memory_order_relaxed);
-}
-
-void HttpMetrics::write(std::string& out) const
-{
-  out += "# HELP acmo_http_requests_total HTTP requests answered, by status code.\n"
-         "# TYPE acmo_http_requests_total counter\n";
-  for (size_t s = 100; s < m_by_status.size(); ++s) {
-    const int64_t n = m_by_status[s].load(std::memory_order_relaxed);
-    if (n != 0) out += fmt::format("acmo_http_requests_total{{code=\"{}\"}} {}\n", s, n);
-  }
-  out += "# HELP acmo_http_request_duration_seconds Time from a whole request to its answer.\n"
-         "# TYPE acmo_http_request_duration_seconds histogram\n";
-  int64_t cumulative = 0;
-  for (size_t i = 0; i < k_bounds_s.size(); ++i) {
-    cumulative += m_buckets[i].load(std::memory_order_relaxed);
-    out += fmt::format("acmo_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
-                       k_bounds_s[i], cumulative);
-  }
-  cumulative += m_buckets[k_bounds_s.size()].load(std::memory_order_relaxed);
-  out += fmt::format("acmo_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
-  out += fmt::format("acmo_http_request_duration_seconds_sum {}\n",
-                     static_cast<double>(m_sum_us.load(std::memory_order_relaxed)) / 1e6);
-  out += fmt::format("acmo_http_request_duration_seconds_count {}\n", cumulative);
-}
-
 void Api::Impl::sqs_stats(Context& ctx)
 {
   auto stats = parts.queue->stats();
@@ -389,16 +352,18 @@ void Api::Impl::health_ready(Context& ctx)
 void Api::Impl::prometheus(Context& ctx)
 {
   std::string out;
-  out.reserve(8192);
+  out.reserve(16384);
   auto metric = [&out](std::string_view name, std::string_view type, std::string_view help,
                        auto value, std::string_view labels = {}) {
-    if (!help.empty()) out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+    if (!help.empty()) write_family(out, name, type, help);
     out += fmt::format("{}{} {}\n", name, labels, value);
   };
+  metric("acmo_build_info", "gauge", "The acmo that serves: always 1, its labels tell.", 1,
+         fmt::format("{{version=\"{}\",compiler=\"GCC {}.{}.{}\"}}", label_value(ACMO_VERSION),
+                     __GNUC__, __GNUC_MINOR__, __GNUC_PATCHLEVEL__));
   if (auto s = parts.queue->stats()) {
-    out += "# HELP acmo_queue_messages Messages in the queue, by state.\n"
-           "# TYPE acmo_queue_messages gauge\n";
-    const std::string q = s->name;
+    write_family(out, "acmo_queue_messages", "gauge", "Messages in the queue, by state.");
+    const std::string q = label_value(s->name);
     out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"visible\"}} {}\n", q, s->visible);
     out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"in_flight\"}} {}\n", q, s->in_flight);
     out += fmt::format("acmo_queue_messages{{queue=\"{}\",state=\"delayed\"}} {}\n", q, s->delayed);
@@ -432,12 +397,10 @@ void Api::Impl::prometheus(Context& ctx)
            h.dead_lettered);
     metric("acmo_handler_retried_total", "counter", "Events it released for a retry.", h.retried);
     metric("acmo_handler_batches_total", "counter", "Batches it settled.", h.batches);
-    out += "# HELP acmo_handler_batch_latency_seconds Time to apply and settle a batch.\n"
-           "# TYPE acmo_handler_batch_latency_seconds summary\n";
-    out += fmt::format("acmo_handler_batch_latency_seconds{{quantile=\"0.5\"}} {}\n",
-                       static_cast<double>(h.latency_p50_us) / 1e6);
-    out += fmt::format("acmo_handler_batch_latency_seconds{{quantile=\"0.99\"}} {}\n",
-                       static_cast<double>(h.latency_p99_us) / 1e6);
+    write_family(out, "acmo_handler_batch_duration_seconds", "histogram",
+                 "Time to apply and settle a batch, for the in-process handler.");
+    write_histogram(out, "acmo_handler_batch_duration_seconds", "", k_batch_bounds_us,
+                    h.batch_buckets, h.batch_sum_us);
   }
   metric("acmo_handler_in_process", "gauge", "Whether this server runs a handler.",
          parts.handler != nullptr ? 1 : 0);
@@ -446,12 +409,13 @@ void Api::Impl::prometheus(Context& ctx)
            "Handlers of any process on this queue whose heartbeat is current.", *live);
   }
   const CacheStats c = cache_figures();
-  const std::string backend = fmt::format("{{backend=\"{}\"}}", c.backend);
+  const std::string backend = fmt::format("{{backend=\"{}\"}}", label_value(c.backend));
   metric("acmo_cache_hits_total", "counter", "Cache reads that hit.", c.hits, backend);
   metric("acmo_cache_misses_total", "counter", "Cache reads that missed.", c.misses, backend);
   metric("acmo_cache_errors_total", "counter", "Cache operations that failed.", c.errors, backend);
   metric("acmo_cache_keys", "gauge", "Keys in the cache.", c.keys, backend);
   metrics.write(out);
+  write_process_metrics(out);
   ctx.res.status = 200;
   ctx.res.content_type = "text/plain; version=0.0.4; charset=utf-8";
   ctx.res.body = std::move(out);

@@ -446,10 +446,11 @@ struct Connections::Impl {
     rearm(c, fd, EPOLLIN, now_us() + k_linger_us);
   }
 
-  void refuse(Conn& c, int fd, Response r)
+  // Answer `r` and close. `counted`: the handler made the answer and counted it already.
+  void refuse(Conn& c, int fd, Response r, bool counted = false)
   {
     r.close = true;
-    handler.answered_by_connections(r);
+    if (!counted) handler.answered_by_connections(r);
     c.out += serialize(r, false, true, 1);
     end_after_answer(c, fd);
   }
@@ -499,7 +500,7 @@ struct Connections::Impl {
         if (parser.head_complete() && parser.expects_continue() && !c.continue_sent) {
           c.continue_sent = true;
           if (auto refusal = handler.refuse_early(parser.request())) {
-            return refuse(c, fd, std::move(*refusal));
+            return refuse(c, fd, std::move(*refusal), true);
           }
           c.out += "HTTP/1.1 100 Continue\r\n\r\n";
           if (flush(c, fd) == Flushed::broken) return close_conn(c, fd);

@@ -47,7 +47,8 @@ public:
   virtual ~RequestHandler() = default;
   // A request whose head has arrived asks for "100 Continue" before it sends its body: its
   // final answer if it is to be refused anyway (no such route, no token, over a limit), so
-  // that the client does not send the body for nothing; nothing otherwise.
+  // that the client does not send the body for nothing; nothing otherwise. The handler counts
+  // such an answer in its figures itself, as it does handle's.
   virtual std::optional<Response> refuse_early(const Request& head) = 0;
   // Answer a whole request.
   virtual Response handle(Request& request) = 0;

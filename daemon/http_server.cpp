@@ -15,6 +15,8 @@ ApiOptions api_options(const HttpServerOptions& o)
   a.max_body = o.max_body;
   a.api_tokens = o.api_tokens;
   a.admin_tokens = o.admin_tokens;
+  a.metrics_tokens = o.metrics_tokens;
+  a.metrics_open = o.metrics_open;
   a.rate_limit = o.rate_limit;
   a.rate_burst = o.rate_burst;
   a.group_by = o.group_by;

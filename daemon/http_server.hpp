@@ -32,9 +32,13 @@ struct HttpServerOptions {
   int64_t backlog_max_age_ms = 300'000; // /health fails once the oldest message is older; 0: off
   // Bearer tokens. With api_tokens set, every endpoint but /health needs one of them (or an
   // admin token); with admin_tokens set, the admin endpoints (purge, cache clear, DLQ) need
-  // one of those. Empty lists: no check.
+  // one of those. Empty lists: no check. A metrics token reads /metrics and nothing else;
+  // with metrics_tokens or api_tokens set, /metrics needs a metrics, API or admin token,
+  // unless metrics_open makes it open.
   std::vector<std::string> api_tokens;
   std::vector<std::string> admin_tokens;
+  std::vector<std::string> metrics_tokens;
+  bool metrics_open = false;
   int64_t rate_limit = 0;              // requests per second per client; 0: off
   int64_t rate_burst = 0;              // bucket size; 0: rate_limit
   std::string group_by = "single";     // queue.group_by

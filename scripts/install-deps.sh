@@ -11,6 +11,7 @@ packages=(
   clang libclang-rt-14-dev
   postgresql redis-server iproute2
   curl wrk jq netcat-openbsd sqlite3
+  prometheus # promtool: the HTTP test lints GET /metrics with `promtool check metrics`
 )
 
 missing=()

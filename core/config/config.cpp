@@ -92,6 +92,11 @@ const std::vector<ConfigKey> k_keys = {
   {"server.admin_tokens", KeyType::string_list, "[]",
    "bearer tokens for purge, cache clear and the DLQ; empty: api tokens suffice", "",
    Secret::whole},
+  {"server.metrics_tokens", KeyType::string_list, "[]",
+   "bearer tokens that read GET /metrics and nothing else (a Prometheus scraper's)", "",
+   Secret::whole},
+  {"server.metrics_open", KeyType::boolean, "false",
+   "true: GET /metrics needs no token (a scraper on a private network)"},
   {"server.rate_limit", KeyType::integer, "0",
    "requests per second per valid token, else per client address (0: no limit)"},
   {"server.rate_burst", KeyType::integer, "0",
@@ -664,6 +669,13 @@ Expected<void> check_config(const Config& config)
                         "cache.prefix must not be empty: acmo clears only the keys under it",
                         "cache.prefix");
     }
+  }
+  if (config.get_bool("server.metrics_open") && !config.get_strings("server.metrics_tokens").empty()) {
+    return make_error(Errc::invalid_input,
+                      "server.metrics_open is true, so GET /metrics asks for no token and "
+                      "server.metrics_tokens would never be used; empty server.metrics_tokens, "
+                      "or set server.metrics_open to false to have the scraper send one",
+                      "server.metrics_open");
   }
   if (auto ok = parse_listen(config.get_string("server.listen")); !ok) return Unexpected(ok.error());
   return {};

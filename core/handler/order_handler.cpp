@@ -326,6 +326,10 @@ void OrderHandler::record_latency_locked(std::chrono::steady_clock::time_point s
                             std::chrono::steady_clock::now() - started)
                             .count();
   ++m_stats.batches;
+  // A bucket and a sum under the lock already held: no cost worth a lock-free scheme.
+  const auto bucket = std::lower_bound(k_batch_bounds_us.begin(), k_batch_bounds_us.end(), latency_us);
+  ++m_stats.batch_buckets[static_cast<size_t>(bucket - k_batch_bounds_us.begin())];
+  m_stats.batch_sum_us += latency_us;
   if (m_latencies_us.size() < 1024) {
     m_latencies_us.push_back(latency_us);
   } else {

@@ -3,6 +3,7 @@
 // once when they can never apply, released with backoff when a dependency failed.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -34,6 +35,12 @@ struct HandlerOptions {
   Cache* cache = nullptr;
 };
 
+// The upper bounds of the batch durations' histogram, in microseconds: from a batch of one
+// event on a fast disk to one held up by a slow store.
+inline constexpr std::array<int64_t, 12> k_batch_bounds_us = {
+  1'000, 2'500, 5'000, 10'000, 25'000, 50'000, 100'000, 250'000, 500'000, 1'000'000,
+  2'500'000, 5'000'000};
+
 struct HandlerStats {
   int64_t processed = 0;     // events applied
   int64_t dead_lettered = 0; // events that can never apply, moved to the DLQ
@@ -41,6 +48,11 @@ struct HandlerStats {
   int64_t batches = 0;
   int64_t latency_p50_us = 0; // time to apply and settle one batch, over the last 1,024
   int64_t latency_p99_us = 0;
+  // Every batch's time to apply and settle, since the handler started: batch_buckets[i] counts
+  // those up to k_batch_bounds_us[i] and over the bound before (the last one: over every
+  // bound); they add up to `batches`.
+  std::array<int64_t, k_batch_bounds_us.size() + 1> batch_buckets{};
+  int64_t batch_sum_us = 0;
   std::string last_error;
 };
 

@@ -200,14 +200,47 @@ expect "GET /health/ready" 200
 check "/health/ready says ready" test "$(json_field "$body" status)" = ready
 check "/health checks queue, store and cache" \
   bash -c 'for k in queue store cache; do grep -qF "\"$k\":{\"ok\":true" <<<"$1" || exit 1; done' _ "$body"
+http GET /nowhere/ord_x
 http GET /metrics
 expect "GET /metrics" 200
 check "/metrics is Prometheus text" grep -q '^text/plain; version=0.0.4' <<<"$(header Content-Type)"
-for m in 'acmo_http_requests_total{code="202"}' 'acmo_queue_sent_total 6' 'acmo_handler_processed_total' \
-         'acmo_cache_hits_total{backend="memory"}' 'acmo_http_request_duration_seconds_bucket{le="+Inf"}' \
-         'acmo_queue_messages{queue="orders",state="visible"}'; do
+# Names and format by the Prometheus conventions, as Prometheus' own linter judges them.
+if command -v promtool >/dev/null; then
+  lint=$(promtool check metrics <<<"$body" 2>&1)
+  lint_rc=$?
+  check "promtool check metrics finds no problem in /metrics (exit $lint_rc): ${lint:-none}" \
+    test "$lint_rc" -eq 0 -a -z "$lint"
+else
+  skip "promtool check metrics: promtool is missing (Debian's prometheus package)"
+fi
+for m in 'acmo_http_requests_total{method="POST",route="/api/orders",code="202"}' \
+         'acmo_http_requests_total{method="GET",route="/api/orders/:id",code="404"}' \
+         'acmo_http_requests_total{method="GET",route="unmatched",code="404"} 1' \
+         'acmo_http_request_duration_seconds_bucket{method="POST",route="/api/orders",le="+Inf"}' \
+         'acmo_queue_sent_total 6' 'acmo_handler_processed_total' \
+         'acmo_cache_hits_total{backend="memory"}' 'acmo_queue_messages{queue="orders",state="visible"}' \
+         "acmo_build_info{version=\"$("$acmo" -q version | cut -d' ' -f2)\"" \
+         'acmo_handler_batch_duration_seconds_bucket{le="+Inf"}'; do
   check "/metrics has $m" has "$m"
 done
+check "/metrics names routes, never paths: no order id, no unknown path" \
+  bash -c '! grep -qE "$2|/nowhere" <<<"$1"' _ "$body" "$ada"
+# value NAME: the value of the sample NAME (a name with its labels) in $body.
+value() { grep -F "$1 " <<<"$body" | grep -v '^#' | head -n 1 | awk '{print $2}'; }
+batches=$(value acmo_handler_batches_total)
+check "the batch histogram counts every batch ($batches): _count and the +Inf bucket" \
+  test -n "$batches" -a "$batches" -gt 0 \
+       -a "$(value acmo_handler_batch_duration_seconds_count)" = "$batches" \
+       -a "$(value 'acmo_handler_batch_duration_seconds_bucket{le="+Inf"}')" = "$batches"
+for m in process_cpu_seconds_total process_resident_memory_bytes process_virtual_memory_bytes \
+         process_open_fds process_max_fds process_start_time_seconds; do
+  check "/metrics has $m ($(value "$m"))" bash -c '[[ $1 =~ ^[0-9.e+]+$ ]]' _ "$(value "$m")"
+done
+fds=$(ls /proc/"$server_pid"/fd | wc -l)
+check "process_open_fds ($(value process_open_fds)) are this server's descriptors ($fds, give or take a connection)" \
+  bash -c '(( $1 > 3 && $1 - $2 <= 4 && $2 - $1 <= 4 ))' _ "$(value process_open_fds)" "$fds"
+check "process_start_time_seconds is this server's start (within a minute)" \
+  bash -c 'now=$(date +%s); s=${1%.*}; (( s <= now && s > now - 60 ))' _ "$(value process_start_time_seconds)"
 http POST '/sqs/dlq/redrive?reason=pending&olderThan=0s'
 expect "POST /sqs/dlq/redrive?reason=pending&olderThan=0s" 200
 check "the dead-lettered message is redriven" test "$(json_field "$body" redriven)" = 1
@@ -371,6 +404,33 @@ check "failed authentications are limited per address: 401 ten times, then 429 (
 http GET /sqs/stats "${api[@]}" --interface 127.0.0.4
 expect "a valid token from that address still passes" 200
 stop_server
+
+# A Prometheus scraper's token reads /metrics and nothing else; /metrics may be open instead.
+ACMO_SERVER_API_TOKENS=api-secret ACMO_SERVER_METRICS_TOKENS=scrape-secret start_server --no-handler
+scrape=(-H 'Authorization: Bearer scrape-secret')
+http GET /metrics "${scrape[@]}"
+expect "a metrics token reads /metrics" 200
+check "  it gets the metrics" has 'acmo_build_info{'
+http GET /api/orders "${scrape[@]}"
+expect "  a metrics token on GET /api/orders" 403 forbidden
+check "  403 says it is a metrics token, which reads only /metrics" has 'this token is a metrics token'
+http POST /api/orders "${json[@]}" "${scrape[@]}" -d "$item"
+expect "  a metrics token on POST /api/orders" 403 forbidden
+http GET /metrics
+expect "  /metrics without a token" 401 unauthorized
+http GET /metrics "${api[@]}"
+expect "  an API token still reads /metrics" 200
+stop_server
+ACMO_SERVER_API_TOKENS=api-secret ACMO_SERVER_METRICS_OPEN=true start_server --no-handler
+http GET /metrics
+expect "server.metrics_open: /metrics needs no token" 200
+http GET /api/orders
+expect "  the API still does" 401 unauthorized
+stop_server
+out=$(ACMO_SERVER_METRICS_OPEN=true ACMO_SERVER_METRICS_TOKENS=scrape-secret "$acmo" config check 2>&1)
+rc=$?
+check "an open /metrics with metrics tokens is a configuration error (exit $rc): $out" \
+  bash -c '[[ $1 == 2 && $2 == *"server.metrics_tokens would never be used"* ]]' _ "$rc" "$out"
 
 # Without tokens, a made-up bearer value is no token: it gets no bucket of its own.
 ACMO_SERVER_RATE_LIMIT=1 ACMO_SERVER_RATE_BURST=5 start_server --no-handler

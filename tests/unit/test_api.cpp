@@ -148,6 +148,98 @@ TEST_CASE("Api: admin routes need an admin token; an API token gets 403", "[api]
   CHECK(f.call("GET", "/sqs/stats", {}, with_token("Bearer", "admin")).status == 200);
 }
 
+TEST_CASE("Api: a metrics token reads /metrics and nothing else", "[api][metrics]")
+{
+  ApiOptions o;
+  o.api_tokens = {"api"};
+  o.admin_tokens = {"admin"};
+  o.metrics_tokens = {"scraper"};
+  ApiFixture f(o);
+  const auto scraper = with_token("Bearer", "scraper");
+  CHECK(f.call("GET", "/metrics", {}, scraper).status == 200);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "api")).status == 200);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "admin")).status == 200);
+  CHECK(f.call("GET", "/metrics").status == 401);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "wrong")).status == 401);
+  auto r = f.call("GET", "/api/orders", {}, scraper);
+  CHECK(r.status == 403);
+  CHECK_THAT(r.body, Catch::Contains("this token is a metrics token (server.metrics_tokens)"));
+  CHECK(f.call("GET", "/sqs/stats", {}, scraper).status == 403);
+  CHECK(f.call("POST", "/api/orders", k_order, {{"Content-Type", "application/json"},
+                                                 {"Authorization", "Bearer scraper"}})
+          .status
+        == 403);
+  CHECK(f.call("DELETE", "/cache/clear", {}, scraper).status == 403);
+  CHECK(must(f.queue->stats()).sent == 0);
+
+  SECTION("with no API tokens, metrics tokens still guard /metrics alone")
+  {
+    ApiOptions only;
+    only.metrics_tokens = {"scraper"};
+    ApiFixture g(only);
+    CHECK(g.call("GET", "/metrics").status == 401);
+    CHECK(g.call("GET", "/metrics", {}, scraper).status == 200);
+    CHECK(g.call("GET", "/sqs/stats").status == 200); // the API itself asks for no token
+  }
+}
+
+TEST_CASE("Api: server.metrics_open serves /metrics with no token", "[api][metrics]")
+{
+  ApiOptions o;
+  o.api_tokens = {"api"};
+  o.metrics_open = true;
+  ApiFixture f(o);
+  CHECK(f.call("GET", "/metrics").status == 200);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "anything")).status == 200);
+  CHECK(f.call("GET", "/sqs/stats").status == 401);
+}
+
+TEST_CASE("Api: /metrics by default takes an API token, as every API endpoint",
+          "[api][metrics]")
+{
+  ApiOptions o;
+  o.api_tokens = {"api"};
+  ApiFixture f(o);
+  CHECK(f.call("GET", "/metrics").status == 401);
+  CHECK(f.call("GET", "/metrics", {}, with_token("Bearer", "api")).status == 200);
+  CHECK(ApiFixture().call("GET", "/metrics").status == 200); // no tokens at all: open
+}
+
+TEST_CASE("Api: /metrics counts requests by the route's pattern and a fixed label for no route",
+          "[api][metrics]")
+{
+  ApiFixture f;
+  f.orders["ord_a"].id = "ord_a";
+  CHECK(f.call("GET", "/api/orders/ord_a").status == 200);
+  CHECK(f.call("GET", "/api/orders/ord_b").status == 404);
+  CHECK(f.call("POST", "/api/orders", k_order, k_json).status == 202);
+  CHECK(f.call("GET", "/nowhere/ord_a").status == 404);
+  CHECK(f.call("PATCH", "/api/orders").status == 405);
+  CHECK(f.call("BREW", "/coffee").status == 404);
+  Request head;
+  head.method = "POST";
+  head.path = "/api/orders";
+  head.client = "10.0.0.1";
+  REQUIRE(f.api->refuse_early(head)); // no Content-Type: 415, counted once
+  f.api->answered_by_connections(Response{408, {}, {}, {}, true});
+  const std::string out = f.call("GET", "/metrics").body;
+  INFO(out);
+  for (const char* line : {
+         R"(acmo_http_requests_total{method="GET",route="/api/orders/:id",code="200"} 1)",
+         R"(acmo_http_requests_total{method="GET",route="/api/orders/:id",code="404"} 1)",
+         R"(acmo_http_requests_total{method="POST",route="/api/orders",code="202"} 1)",
+         R"(acmo_http_requests_total{method="POST",route="/api/orders",code="415"} 1)",
+         R"(acmo_http_requests_total{method="GET",route="unmatched",code="404"} 1)",
+         R"(acmo_http_requests_total{method="PATCH",route="unmatched",code="405"} 1)",
+         R"(acmo_http_requests_total{method="other",route="unmatched",code="404"} 1)",
+         R"(acmo_http_requests_total{method="other",route="unmatched",code="408"} 1)",
+         R"(acmo_http_request_duration_seconds_count{method="GET",route="/api/orders/:id"} 2)",
+         R"(acmo_http_request_duration_seconds_count{method="POST",route="/api/orders"} 1)"}) {
+    CHECK_THAT(out, Catch::Contains(std::string(line) + "\n"));
+  }
+  CHECK_THAT(out, !Catch::Contains("ord_a") && !Catch::Contains("/nowhere"));
+}
+
 TEST_CASE("Api: failed authentications are limited per client address", "[api]")
 {
   ApiOptions o;

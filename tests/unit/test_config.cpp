@@ -249,7 +249,22 @@ TEST_CASE("Config: config show's redaction hides tokens and passwords, nothing e
         std::vector<std::string>{"***", "***"});
   CHECK(std::get<std::vector<std::string>>(
           redacted(key("server.admin_tokens"), std::vector<std::string>{})).empty());
+  CHECK(std::get<std::vector<std::string>>(redacted(
+          key("server.metrics_tokens"), std::vector<std::string>{"scraper"})) ==
+        std::vector<std::string>{"***"});
   CHECK(text(redacted(key("server.listen"), std::string("127.0.0.1:3000"))) == "127.0.0.1:3000");
+}
+
+TEST_CASE("Config: an open /metrics with metrics tokens is refused, naming both keys", "[config]")
+{
+  TempDir dir;
+  CHECK(check_config(load(write(dir, "open.toml", "[server]\nmetrics_open = true\n"))));
+  CHECK(check_config(load(write(dir, "tokens.toml", "[server]\nmetrics_tokens = [\"s\"]\n"))));
+  auto both = check_config(load(write(dir, "both.toml", "[server]\nmetrics_open = true\n"
+                                                         "metrics_tokens = [\"s\"]\n")));
+  REQUIRE_FALSE(both);
+  CHECK(both.error().field == "server.metrics_open");
+  CHECK(both.error().message.find("server.metrics_tokens would never be used") != std::string::npos);
 }
 
 TEST_CASE("Config: server.listen is HOST:PORT; :PORT is every IPv4 address", "[config]")

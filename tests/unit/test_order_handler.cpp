@@ -213,6 +213,11 @@ TEST_CASE("OrderHandler: a run registers the handler with its figures, stopped a
   auto stats = must(handler.run_once());
   CHECK(stats.batches >= 1);
   CHECK(stats.latency_p99_us >= stats.latency_p50_us);
+  // Every batch is in the duration histogram of /metrics once.
+  int64_t in_buckets = 0;
+  for (int64_t n : stats.batch_buckets) in_buckets += n;
+  CHECK(in_buckets == stats.batches);
+  CHECK(stats.batch_sum_us >= stats.latency_p50_us);
   auto handlers = must(list_handlers(path, clock.now_ms()));
   REQUIRE(handlers.size() == 1);
   const auto& h = handlers[0];
