@@ -172,7 +172,7 @@ TEST_CASE("Queue consume: a permanent failure goes to the DLQ with its reason", 
   must(q->send(SendRequest{"bad", "g", ""}));
   must(q->consume(10, 0, [](sqlite::Database&, const std::vector<Message>&)
                             -> Expected<std::vector<Disposition>> {
-    return std::vector<Disposition>{{}, {true, "order ord_1 does not exist"}};
+    return std::vector<Disposition>{{}, {true, "order ord_1 does not exist", "ord_1"}};
   }));
   auto dead = must(q->dlq_list());
   REQUIRE(dead.size() == 1);

@@ -108,7 +108,7 @@ TEST_CASE("Queue settle: a permanent failure goes to the DLQ with its reason, th
   auto got = must(q->receive(10));
   REQUIRE(got.size() == 2);
   must(q->settle(receipts_of(got), [&](sqlite::Database&) -> Expected<std::vector<Disposition>> {
-    return std::vector<Disposition>{{}, {true, "order ord_1 is delivered; it cannot become pending"}};
+    return std::vector<Disposition>{{}, {true, "order ord_1 is delivered; it cannot become pending", "ord_1"}};
   }));
   auto dead = must(q->dlq_list());
   REQUIRE(dead.size() == 1);
