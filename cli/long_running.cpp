@@ -47,8 +47,10 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
                         const std::string& command)
 {
   const Config& cfg = config(global);
-  log::configure(cfg.get_string("log.level"), cfg.get_string("log.format"));
-  if (global.quiet) log::configure("warn", cfg.get_string("log.format"));
+  const bool access = cfg.get_bool("log.access");
+  log::configure(global.quiet ? "warn" : cfg.get_string("log.level"), cfg.get_string("log.format"),
+                 access);
+  log::set_long_running();
   if (!flags.daemon) {
     if (!flags.pid_file.empty() || !flags.log_file.empty()) {
       throw Fatal("--pid-file and --log-file go with --daemon; in the foreground acmo logs to "

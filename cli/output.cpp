@@ -8,6 +8,8 @@
 
 #include <fmt/core.h>
 
+#include "core/util/log.hpp"
+
 namespace acmo::cli {
 
 bool stdout_is_tty() { return isatty(STDOUT_FILENO) == 1; }
@@ -21,6 +23,11 @@ bool use_colour()
 
 void print_error(std::string_view message)
 {
+  // A long-running process (serve, run-handler) logging JSON Lines: its last word is a line
+  // of that log too, so that every line parses.
+  if (log::long_running() && log::json()) {
+    return log::write(log::Level::error, {"fatal"}, message);
+  }
   if (use_colour()) {
     fmt::print(stderr, "acmo: \033[1;31merror:\033[0m {}\n", message);
   } else {

@@ -369,6 +369,21 @@ Expected<void> Api::open()
   return {};
 }
 
+static void log_access(const Request& request, const Response& response, int64_t took_us)
+{
+  const double ms = static_cast<double>(took_us) / 1000.0;
+  const auto bytes = static_cast<int64_t>(response.body.size());
+  log::info({"http_request",
+             {{"method", request.method},
+              {"path", request.path},
+              {"status", static_cast<int64_t>(response.status)},
+              {"bytes", bytes},
+              {"duration_ms", ms},
+              {"client", request.client}}},
+            "{} {} {} {} B {:.3f} ms {}", request.method, request.path, response.status, bytes,
+            ms, request.client.empty() ? "-" : request.client);
+}
+
 std::optional<Response> Api::refuse_early(const Request& head)
 {
   auto& impl = *m_impl;
@@ -377,6 +392,7 @@ std::optional<Response> Api::refuse_early(const Request& head)
   const Impl::Route* route = impl.route_of(head, res, id);
   auto refused = [&]() -> std::optional<Response> {
     impl.metrics.count(impl.slot_of(route, head), res.status);
+    if (log::access_enabled()) log_access(head, res, 0);
     return res;
   };
   if (route == nullptr) return refused();
@@ -405,7 +421,9 @@ Response Api::handle(Request& request)
   }
   if (slot == SIZE_MAX) slot = impl.metrics.unmatched(request.method);
   impl.metrics.count(slot, res.status);
-  impl.metrics.observe(slot, now_us() - started);
+  const int64_t took_us = now_us() - started;
+  impl.metrics.observe(slot, took_us);
+  if (log::access_enabled()) log_access(request, res, took_us);
   return res;
 }
 

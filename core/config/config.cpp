@@ -109,6 +109,8 @@ const std::vector<ConfigKey> k_keys = {
    "the log file of --daemon (default: the data dir's acmo-COMMAND.log)"},
   {"log.format", KeyType::choice, R"("text")", "text: one line per message; json: JSON Lines",
    "text|json"},
+  {"log.access", KeyType::boolean, "false",
+   "acmo serve logs one line per HTTP request (method, path, status, bytes, duration, client)"},
 };
 
 const ConfigKey* find_key(std::string_view name)

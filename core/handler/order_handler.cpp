@@ -70,16 +70,36 @@ void OrderHandler::note_trouble(const std::string& message)
   using namespace std::chrono;
   std::lock_guard lock(m_trouble_mu);
   const auto now = steady_clock::now();
+  const int64_t dead_now = stats().dead_lettered;
   ++m_trouble_count;
   if (!m_in_trouble.load()) {
     m_trouble_since = now;
     m_trouble_count = 1;
+    m_trouble_dead = dead_now;
   } else if (message == m_trouble && now - m_trouble_logged < seconds(30)) {
     return;
   }
-  log::warn({"handler_trouble"}, "handler: {}; the events wait in the queue and are retried ({} failure{} in {} s)",
-            message, m_trouble_count, m_trouble_count == 1 ? "" : "s",
-            duration_cast<seconds>(now - m_trouble_since).count());
+  // Say what becomes of the events: each failed attempt counts against their retries, and one
+  // that runs out of them goes to the DLQ.
+  const QueueOptions& q = m_queue.options();
+  std::string delays;
+  for (int64_t ms : q.retry_delays_ms) {
+    delays += fmt::format("{}{}{}", delays.empty() ? "" : ", ", ms % 1000 == 0 ? ms / 1000 : ms,
+                          ms % 1000 == 0 ? "s" : "ms");
+  }
+  const int64_t dead = dead_now - m_trouble_dead;
+  const int64_t secs = duration_cast<seconds>(now - m_trouble_since).count();
+  log::warn({"handler_trouble",
+             {{"reason", message},
+              {"failures", m_trouble_count},
+              {"seconds", secs},
+              {"dead_lettered", dead}}},
+            "handler: {}; the events of a failed batch go back to the queue and are retried "
+            "after queue.retry_delays ({}), and an event whose queue.max_retries ({}) are spent "
+            "goes to the DLQ (acmo dlq redrive puts it back): {} failure{} in {} s, {} "
+            "dead-lettered so far",
+            message, delays.empty() ? "none" : delays, q.max_retries, m_trouble_count,
+            m_trouble_count == 1 ? "" : "s", secs, dead);
   m_trouble = message;
   m_trouble_logged = now;
   m_in_trouble = true;
@@ -220,8 +240,32 @@ std::vector<Expected<AppliedEvent>> parse_events(const std::vector<Message>& mes
 
 } // namespace
 
+namespace {
+
+// log.level = "debug": one line per batch settled.
+void log_batch(int64_t messages, int64_t applied, int64_t dead, int64_t retried,
+               std::chrono::steady_clock::time_point started)
+{
+  if (!log::enabled(log::Level::debug)) return;
+  const double ms = static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                          std::chrono::steady_clock::now() - started)
+                                          .count()) /
+                    1000.0;
+  log::debug({"batch",
+              {{"messages", messages},
+               {"applied", applied},
+               {"dead_lettered", dead},
+               {"retried", retried},
+               {"duration_ms", ms}}},
+             "batch of {}: applied {}, dead-lettered {}, retried {} in {:.3f} ms", messages,
+             applied, dead, retried, ms);
+}
+
+} // namespace
+
 void OrderHandler::record_applied(const BatchTally& tally, std::chrono::steady_clock::time_point started)
 {
+  log_batch(tally.applied + tally.dead, tally.applied, tally.dead, 0, started);
   invalidate(tally.changed);
   note_progress();
   std::lock_guard lock(m_stats_mu);
@@ -289,8 +333,10 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     return static_cast<int64_t>(got->size());
   }
   // A transient failure (the database busy or the disk full): retry with backoff.
-  for (const auto& receipt : receipts) {
-    auto released = m_queue.release(receipt, settled.error().message);
+  for (size_t j = 0; j < receipts.size(); ++j) {
+    auto released = m_queue.release(receipts[j], settled.error().message,
+                                    events[j] ? std::string_view(events[j]->event.order_id)
+                                              : std::string_view());
     if (released && released->dead_lettered) {
       ++m_stats.dead_lettered;
     } else if (released) {
@@ -389,8 +435,9 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
     // The store is down or timed out and nothing was applied: every message goes back, to be
     // retried after queue.retry_delays, or dead-lettered once queue.max_retries are spent.
     last_error = outcomes.error().message;
-    for (size_t i : index) {
-      auto released = m_queue.release(messages[i].receipt, last_error);
+    for (size_t k = 0; k < index.size(); ++k) {
+      auto released =
+        m_queue.release(messages[index[k]].receipt, last_error, valid[k].event.order_id);
       if (released && released->dead_lettered) {
         ++dead;
       } else if (released) {
@@ -403,6 +450,7 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
     if (outcomes) last_error = reason;
   }
 
+  log_batch(static_cast<int64_t>(messages.size()), applied, dead, retried, started);
   std::lock_guard lock(m_stats_mu);
   record_latency_locked(started);
   m_stats.processed += applied;

@@ -129,6 +129,7 @@ private:
   std::chrono::steady_clock::time_point m_trouble_since;
   std::chrono::steady_clock::time_point m_trouble_logged;
   int64_t m_trouble_count = 0;
+  int64_t m_trouble_dead = 0; // stats().dead_lettered when the trouble began
   std::mutex m_again_mu;
   std::vector<std::string> m_again; // invalidated since the last heartbeat
   std::vector<std::string> m_due;   // invalidated before the last heartbeat: due now

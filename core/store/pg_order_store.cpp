@@ -390,6 +390,9 @@ private:
       // A server that hangs (rather than goes away) must not hold a worker for ever: a
       // statement that takes this long fails, and the batch is retried with backoff.
       pqxx::nontransaction(*conn).exec0("SET statement_timeout = 30000");
+      // Notices and warnings would reach stderr as libpq's own lines, outside the log and its
+      // format; what acmo must know arrives as an error.
+      pqxx::nontransaction(*conn).exec0("SET client_min_messages = error");
       for (const auto& [name, sql] : k_statements) conn->prepare(name, sql);
       return conn;
     } catch (const pqxx::broken_connection& e) {

@@ -35,8 +35,11 @@ const char* level_name(Level level)
 
 } // namespace
 
-void configure(std::string_view level, std::string_view format)
+std::atomic<bool> g_access{false};
+
+void configure(std::string_view level, std::string_view format, bool access)
 {
+  g_access = access;
   Level l = Level::info;
   if (level == "error") l = Level::error;
   else if (level == "warn") l = Level::warn;
@@ -48,7 +51,15 @@ void configure(std::string_view level, std::string_view format)
 
 bool enabled(Level level) { return static_cast<int>(level) <= g_level.load(); }
 
-bool configured() { return !g_command_style.load(); }
+bool access_enabled() { return g_access.load(); }
+
+std::atomic<bool> g_long_running{false};
+
+void set_long_running() { g_long_running = true; }
+
+bool long_running() { return g_long_running.load(); }
+
+bool json() { return g_json.load(); }
 
 HandlerScope::HandlerScope(std::string_view handler_id) : m_previous(std::move(t_handler))
 {

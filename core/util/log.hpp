@@ -17,10 +17,15 @@ enum class Level { error = 0, warn = 1, info = 2, debug = 3 };
 
 // From log.level and log.format ("text" or "json"); before it is called: info, text, and lines
 // in the style of the command line's messages ("acmo: warning: ...").
-void configure(std::string_view level, std::string_view format);
+// `access` is log.access: acmo serve logs every HTTP request it answers.
+void configure(std::string_view level, std::string_view format, bool access = false);
 bool enabled(Level level);
-// Whether configure() has run: the process is a long-running one and its errors are log lines.
-bool configured();
+bool access_enabled();
+// A long-running process (serve, run-handler) says so: its errors are lines of its log then.
+void set_long_running();
+bool long_running();
+// log.format is "json".
+bool json();
 
 // One field of a line: in the JSON format a key of the line's object; the text format shows
 // the message alone, which says the same in words.

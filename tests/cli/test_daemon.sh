@@ -343,5 +343,67 @@ wait "$server" "$handler"
 check "the handler and the server stop cleanly after all that" test $? = 0
 export ACMO_DATA_DIR="$work/data"
 
+# --- the log in JSON: every line an object, with stable fields --------------------------------
+
+export ACMO_DATA_DIR="$work/jsonlog"
+port=$((21000 + RANDOM % 5000))
+ACMO_LOG_FORMAT=json ACMO_LOG_LEVEL=debug ACMO_LOG_ACCESS=true \
+  "$acmo" serve --listen "127.0.0.1:$port" --daemon --log-file "$work/json.log" >/dev/null 2>&1
+server=$(pid_of "$ACMO_DATA_DIR/acmo-serve.pid")
+[[ -n $server ]] && pids+=("$server")
+check "serve --daemon with log.format = json, log.level = debug, log.access = true starts" \
+  wait_for 10 curl -fsS -o /dev/null "http://127.0.0.1:$port/health/live"
+create='{"customer_name":"Ada","customer_email":"ada@example.com","items":[{"product_id":"p","quantity":1,"unit_price":2}]}'
+curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' -d "$create" \
+  "http://127.0.0.1:$port/api/orders"
+"$acmo" -q send CREATE --order-id ord_j1 --data "$create"
+check "the CREATE is applied" wait_for 10 bash -c '"$1" --json orders get ord_j1 >/dev/null 2>&1' _ "$acmo"
+# send --file sends unchecked: the handler dead-letters the UPDATE of an order deleted before.
+printf '%s\n' '{"type":"DELETE","orderId":"ord_j1"}' \
+  '{"type":"UPDATE","orderId":"ord_j1","data":{"status":"shipped"}}' >"$work/j.jsonl"
+"$acmo" -q send --file "$work/j.jsonl"
+check "the impossible UPDATE is dead-lettered" \
+  wait_for 10 bash -c '"$1" --json dlq list | grep -q "\"total\":1"' _ "$acmo"
+curl -sS -o /dev/null "http://127.0.0.1:$port/api/orders/ord_none"
+# A second server on the same port fails: its last word is a log line too.
+ACMO_LOG_FORMAT=json "$acmo" serve --listen "127.0.0.1:$port" --no-handler 2>"$work/json-fatal.log" >/dev/null
+kill -TERM "$server"
+check "the server stops on SIGTERM" wait_for 10 gone "$server"
+logcheck() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+path, what = sys.argv[1], sys.argv[2]
+lines = [l for l in open(path).read().split("\n") if l]
+docs = []
+for l in lines:
+    d = json.loads(l)  # every line parses, or the check fails
+    assert isinstance(d, dict) and {"time", "level", "pid", "event", "message"} <= d.keys(), l
+    docs.append(d)
+def one(event, **fields):
+    found = [d for d in docs if d["event"] == event and all(d.get(k) == v for k, v in fields.items())]
+    assert found, f"no {event} line with {fields}"
+    return found[0]
+if what == "serve":
+    one("started")
+    one("http_request", method="POST", path="/api/orders", status=202)
+    one("http_request", method="GET", path="/api/orders/ord_none", status=404, client="127.0.0.1")
+    b = one("batch", applied=1)
+    assert b["level"] == "debug" and b["handler"].count(":") == 2, b
+    d = one("dead_lettered", order_id="ord_j1")
+    assert d["message_id"] and d["reason"] and d["handler"] == b["handler"], d
+    one("stopping")
+    one("stopped")
+else:
+    one("fatal", level="error")
+print(len(docs))
+PY
+}
+n=$(logcheck "$work/json.log" serve 2>&1)
+check "every line of the JSON log parses, with the access, batch and dead-letter lines ($n)" \
+  test "${n:-x}" -gt 5 2>/dev/null
+n=$(logcheck "$work/json-fatal.log" fatal 2>&1)
+check "a server that cannot start says why in a JSON line ($n)" test "$n" = 1 2>/dev/null
+export ACMO_DATA_DIR="$work/data"
+
 echo "# daemon: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

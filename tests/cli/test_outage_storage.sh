@@ -99,7 +99,7 @@ if [[ -n $mounted ]]; then
   check "  /health/ready answers 503 (the queue takes no events), /health/live 200 ($ready, $live)" \
     test "$ready/$live" = 503/200
   check "the handler's log says the disk is full and that the events wait ($(grep -c . "$work/handler.err") lines)" \
-    grep -q 'warn.*handler: .*disk holding the queue is full.*the events wait in the queue' "$work/handler.err"
+    grep -q 'warn.*handler: .*disk holding the queue is full.*the events of a failed batch go back to the queue' "$work/handler.err"
 
   rm -f "$work/disk/filler"
   check "PRAGMA integrity_check after the failed writes: ok" \

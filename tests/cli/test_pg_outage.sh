@@ -153,7 +153,7 @@ check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
 check "its summary: 400 applied, none dead-lettered, some retried" \
   grep -qE '^applied 400, dead-lettered 0, retried [1-9][0-9]*$' "$work/handler.out"
 check "its log says PostgreSQL was not answering and that the events wait" \
-  grep -q "warn.*handler: PostgreSQL at .*127.0.0.1:$port.* is not answering.*the events wait in the queue" "$work/handler.err"
+  grep -q "warn.*handler: PostgreSQL at .*127.0.0.1:$port.* is not answering.*the events of a failed batch go back to the queue and are retried after queue.retry_delays" "$work/handler.err"
 check "and when it was applying events again" grep -q 'info.*handler: applying events again after' "$work/handler.err"
 check "the outage is logged a few times, not once per batch ($(grep -c 'handler: PostgreSQL' "$work/handler.err") lines)" \
   test "$(grep -c 'handler: PostgreSQL' "$work/handler.err")" -le 10
@@ -172,6 +172,10 @@ check "the handler is still running" kill -0 "$handler_pid"
 dlq=$("$acmo" --json dlq list --limit 100)
 check "the DLQ gives PostgreSQL's outage as the reason of each" \
   test "$(grep -oE '"reason":"failed 2 times, retries exhausted [^"]*: PostgreSQL at [^"]* is not answering' <<<"$dlq" | wc -l)" -eq 40
+check "the handler logs one line per dead-lettered event, naming its order ($(grep -c 'dead-lettered to .*PostgreSQL at' "$work/handler2.err"))" \
+  test "$(grep -cE 'warn acmo\[[0-9]+\]: message [0-9a-f-]+ \(sequence [0-9]+, order ord_[0-9]+, group [^)]*\) dead-lettered to [^ ]+ after 2 failures: failed 2 times, retries exhausted .*PostgreSQL at' "$work/handler2.err")" -eq 40
+check "its outage warning counts what went to the DLQ" \
+  grep -qE 'handler: PostgreSQL at .* is not answering.*queue.max_retries \(1\) are spent goes to the DLQ.*[0-9]+ dead-lettered so far' "$work/handler2.err"
 start_pg
 out=$("$acmo" --json dlq redrive); rc=$?
 check "dlq redrive moves the 40 back" test "$rc/$(json_field "$out" redriven)" = 0/40
