@@ -43,6 +43,8 @@ constexpr std::array k_subcommands = {
   Subcommand{"groups",
              "Show the message groups: depth, head age, in flight, blocked (blocked first)",
              &setup_groups},
+  Subcommand{"handlers", "List the handlers; stop or drain one wherever it runs (list | stop | drain)",
+             &setup_handlers},
   Subcommand{"dlq", "Inspect and replay dead-lettered messages (list | show ID | redrive | purge)",
              &setup_dlq},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},

@@ -7,13 +7,14 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler serve orders peek groups dlq config demo version'
+_acmo_subcommands='send stats purge run-handler serve orders peek groups handlers dlq config demo version'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
 _acmo_subcommands_config='show check'
 _acmo_subcommands_orders='get list events'
 _acmo_subcommands_dlq='list show redrive purge'
+_acmo_subcommands_handlers='list stop drain'
 
 # Options of each (sub)subcommand, _acmo_opts_CMD or _acmo_opts_CMD_SUB, and the options (of
 # any command) that take a value.
@@ -28,6 +29,10 @@ _acmo_opts_orders_list='--status --limit --offset -h --help'
 _acmo_opts_orders_events='-h --help'
 _acmo_opts_peek='--group --order-id --limit -h --help'
 _acmo_opts_groups='--limit --blocked -h --help'
+_acmo_opts_handlers='-h --help'
+_acmo_opts_handlers_list='-h --help'
+_acmo_opts_handlers_stop='--all --wait -h --help'
+_acmo_opts_handlers_drain='--all --wait -h --help'
 _acmo_opts_dlq='-h --help'
 _acmo_opts_dlq_list='--limit --offset --reason --older-than --newer-than -h --help'
 _acmo_opts_dlq_show='-h --help'

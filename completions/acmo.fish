@@ -108,6 +108,7 @@ complete -c acmo -n __acmo_no_subcommand -a serve -d 'Serve the HTTP API and mon
 complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their audit trail'
 complete -c acmo -n __acmo_no_subcommand -a peek -d 'Browse the waiting messages without receiving them'
 complete -c acmo -n __acmo_no_subcommand -a groups -d 'Show the message groups: depth, head age, in flight, blocked'
+complete -c acmo -n __acmo_no_subcommand -a handlers -d 'List the handlers; stop or drain one wherever it runs'
 complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 complete -c acmo -n __acmo_no_subcommand -a demo -d 'Walk through the whole pipeline, narrated'
@@ -181,6 +182,15 @@ complete -c acmo -n '__acmo_using dlq redrive' -l rate -x -d 'At most N messages
 complete -c acmo -n '__acmo_using dlq purge' -s y -l yes -d 'Do not ask for confirmation'
 complete -c acmo -n '__acmo_no_subcommand dlq show' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
 complete -c acmo -n '__acmo_using dlq redrive' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
+
+# acmo handlers: list (the default), stop ID... or drain ID...
+complete -c acmo -n '__acmo_no_subcommand handlers' -a list -d 'List the handlers seen in the last hour'
+complete -c acmo -n '__acmo_no_subcommand handlers' -a stop -d 'Stop handlers after the batches in hand'
+complete -c acmo -n '__acmo_no_subcommand handlers' -a drain -d 'Handle what is queued, then stop'
+complete -c acmo -n '__acmo_using handlers stop' -l all -d 'Every running handler'
+complete -c acmo -n '__acmo_using handlers stop' -l wait -x -d 'Wait up to SECONDS for them to stop'
+complete -c acmo -n '__acmo_using handlers drain' -l all -d 'Every running handler'
+complete -c acmo -n '__acmo_using handlers drain' -l wait -x -d 'Wait up to SECONDS for them to stop'
 
 # acmo config: a subcommand of its own, show or check.
 complete -c acmo -n '__acmo_no_subcommand config' -a show -d "Print every key's value and where it came from"

@@ -27,7 +27,7 @@ std::string new_handler_id()
   return fmt::format("{}:{}:{:04x}", host_name(), ::getpid(), random_u64() & 0xffff);
 }
 
-Expected<void> save_handler(Queue& queue, const HandlerRecord& r)
+Expected<std::string> save_handler(Queue& queue, const HandlerRecord& r)
 {
   static const std::string k_sql =
     "INSERT INTO handlers(id, pid, host, started_at, heartbeat_at, stopped_at, processed,"
@@ -37,13 +37,46 @@ Expected<void> save_handler(Queue& queue, const HandlerRecord& r)
     " stopped_at = excluded.stopped_at, processed = excluded.processed,"
     " dead_lettered = excluded.dead_lettered, retried = excluded.retried,"
     " batches = excluded.batches, latency_p50_us = excluded.latency_p50_us,"
-    " latency_p99_us = excluded.latency_p99_us, last_error = excluded.last_error";
-  return queue.run_write([&](sqlite::Database& db) -> Expected<void> {
+    " latency_p99_us = excluded.latency_p99_us, last_error = excluded.last_error"
+    " RETURNING request";
+  std::string request;
+  auto ok = queue.run_write([&](sqlite::Database& db) -> Expected<void> {
     auto stmt = db.prepare(k_sql);
     stmt->bind(1, r.id).bind(2, r.pid).bind(3, r.host).bind(4, r.started_at_ms);
     stmt->bind(5, r.heartbeat_at_ms).bind(6, r.stopped_at_ms).bind(7, r.processed);
     stmt->bind(8, r.dead_lettered).bind(9, r.retried).bind(10, r.batches);
-    stmt->bind(11, r.latency_p50_us).bind(12, r.latency_p99_us).bind(13, r.last_error).run();
+    stmt->bind(11, r.latency_p50_us).bind(12, r.latency_p99_us).bind(13, r.last_error);
+    request = stmt->step() ? stmt->column_text(0) : std::string();
+    while (stmt->step()) {
+    }
+    return {};
+  });
+  if (!ok) return Unexpected(ok.error());
+  return request;
+}
+
+Expected<void> request_handler(Queue& queue, const std::string& db_path, std::string_view id,
+                               std::string_view request, int64_t now_ms)
+{
+  auto handlers = list_handlers(db_path, now_ms);
+  if (!handlers) return Unexpected(handlers.error());
+  const HandlerRecord* found = nullptr;
+  for (const auto& h : *handlers) {
+    if (h.id == id) found = &h;
+  }
+  if (found == nullptr) {
+    return make_error(Errc::not_found,
+                      fmt::format("no handler {} was seen in the last hour; acmo handlers lists "
+                                  "them",
+                                  id));
+  }
+  if (const std::string state = found->state(now_ms); state != "running") {
+    return make_error(Errc::conflict, fmt::format("handler {} is not running: it is {}", id,
+                                                  state));
+  }
+  static const std::string k_sql = "UPDATE handlers SET request = ?2 WHERE id = ?1";
+  return queue.run_write([&](sqlite::Database& db) -> Expected<void> {
+    db.prepare(k_sql)->bind(1, id).bind(2, request).run();
     return {};
   });
 }
@@ -52,7 +85,7 @@ Expected<std::vector<HandlerRecord>> list_handlers(const std::string& db_path, i
 {
   static const std::string k_sql =
     "SELECT id, pid, host, started_at, heartbeat_at, stopped_at, processed, dead_lettered,"
-    " retried, batches, latency_p50_us, latency_p99_us, last_error FROM handlers"
+    " retried, batches, latency_p50_us, latency_p99_us, last_error, request FROM handlers"
     " WHERE heartbeat_at > ?1 ORDER BY started_at DESC, id";
   try {
     sqlite::Database db(db_path, 30'000);
@@ -75,6 +108,7 @@ Expected<std::vector<HandlerRecord>> list_handlers(const std::string& db_path, i
       r.latency_p50_us = stmt->column_int(10);
       r.latency_p99_us = stmt->column_int(11);
       r.last_error = stmt->column_text(12);
+      r.request = stmt->column_text(13);
       out.push_back(std::move(r));
     }
     return out;

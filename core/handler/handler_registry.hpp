@@ -30,13 +30,22 @@ struct HandlerRecord {
   int64_t latency_p50_us = 0; // time to apply and settle one batch
   int64_t latency_p99_us = 0;
   std::string last_error;
+  std::string request; // asked by acmo handlers: "" (nothing), "stop" or "drain"
 
   // "running", "stopped" (ended cleanly) or "gone" (its heartbeat stopped: it died).
   std::string state(int64_t now_ms) const;
 };
 
-// Write (insert or update) a handler's row, through the queue's write path.
-Expected<void> save_handler(Queue& queue, const HandlerRecord& record);
+// Write (insert or update) a handler's row, through the queue's write path, and return what
+// an operator asks of it ("", "stop" or "drain"; see request_handler).
+Expected<std::string> save_handler(Queue& queue, const HandlerRecord& record);
+
+// Ask the running handler `id` to "stop" (finish the batches in hand, then exit, as on
+// SIGTERM) or to "drain" (go on until it finds nothing to take, then stop); it sees the request
+// at its next heartbeat, within about a second, wherever it runs. Errors: not_found (no handler
+// `id` seen in the last hour), conflict (it is not running).
+Expected<void> request_handler(Queue& queue, const std::string& db_path, std::string_view id,
+                               std::string_view request, int64_t now_ms);
 
 // Every handler seen within the last hour, most recently started first.
 Expected<std::vector<HandlerRecord>> list_handlers(const std::string& db_path, int64_t now_ms);

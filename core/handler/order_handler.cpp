@@ -154,7 +154,17 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
     record.latency_p99_us = s.latency_p99_us;
     record.last_error = s.last_error;
     // The registry is for monitoring: a failed beat is noted, never fatal to the handler.
-    if (auto ok = save_handler(m_queue, record); !ok) record_error(ok.error().message);
+    auto request = save_handler(m_queue, record);
+    if (!request) return record_error(request.error().message);
+    if (stopped_at != 0) return;
+    if (*request == "stop" && !m_stopping.load()) {
+      log::info({"stop_requested"},
+                "acmo handlers stop: stopping after the batches in hand");
+      stop();
+    } else if (*request == "drain" && !m_draining.exchange(true)) {
+      log::info({"drain_requested"},
+                "acmo handlers drain: handling what is queued, then stopping");
+    }
   };
   beat(0);
   std::mutex mu;
@@ -503,6 +513,10 @@ Expected<HandlerStats> OrderHandler::run_unregistered()
     log::HandlerScope scope(m_id);
     while (!m_stopping.load()) {
       auto n = process_batch(m_options.wait_ms);
+      if (n && *n == 0 && m_draining.load() && drained()) {
+        log::info({"drained"}, "drained: nothing is left to handle; stopping");
+        stop();
+      }
       if (!n && !m_stopping.load()) {
         // Keep going: the failure is counted, and a dependency may come back.
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -514,6 +528,14 @@ Expected<HandlerStats> OrderHandler::run_unregistered()
   worker();
   for (auto& t : threads) t.join();
   return stats();
+}
+
+bool OrderHandler::drained()
+{
+  // Nothing visible and nothing waiting out a retry delay; what is in flight is another
+  // handler's (ours would be in a worker's hands, and that worker loops again after it).
+  auto s = m_queue.stats();
+  return s && s->visible == 0 && s->delayed == 0;
 }
 
 void OrderHandler::stop()

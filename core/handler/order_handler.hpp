@@ -112,6 +112,10 @@ private:
   HandlerOptions m_options;
   const Clock& m_clock;
   std::atomic<bool> m_stopping{false};
+  // Asked to drain (acmo handlers drain): stop once a worker finds nothing to take and the
+  // queue holds nothing visible or delayed.
+  std::atomic<bool> m_draining{false};
+  bool drained();
   mutable std::mutex m_stats_mu;
   HandlerStats m_stats;
   std::vector<int64_t> m_latencies_us; // a ring of the last 1,024 batch latencies

@@ -27,7 +27,8 @@ nlohmann::json handlers_json(const std::vector<HandlerRecord>& handlers, int64_t
                     {"batches", h.batches},
                     {"latencyP50Ms", static_cast<double>(h.latency_p50_us) / 1000.0},
                     {"latencyP99Ms", static_cast<double>(h.latency_p99_us) / 1000.0},
-                    {"lastError", h.last_error}});
+                    {"lastError", h.last_error},
+                    {"request", h.request.empty() ? nlohmann::json() : nlohmann::json(h.request)}});
   }
   return {{"running", running},
           {"processed", processed},

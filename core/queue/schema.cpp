@@ -126,6 +126,11 @@ ALTER TABLE dedup ADD COLUMN body_hash INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN first_sent_at INTEGER;
 ALTER TABLE order_events ADD COLUMN accepted_at INTEGER NOT NULL DEFAULT 0;
 )SQL",
+    // 6: what an operator asked of a running handler (acmo handlers stop | drain): '' nothing,
+    // 'stop' or 'drain'. The handler reads it with each heartbeat.
+    R"SQL(
+ALTER TABLE handlers ADD COLUMN request TEXT NOT NULL DEFAULT '';
+)SQL",
   };
   return k_migrations;
 }

@@ -405,5 +405,47 @@ n=$(logcheck "$work/json-fatal.log" fatal 2>&1)
 check "a server that cannot start says why in a JSON line ($n)" test "$n" = 1 2>/dev/null
 export ACMO_DATA_DIR="$work/data"
 
+# --- acmo handlers: list, stop and drain without pkill ----------------------------------------
+
+export ACMO_DATA_DIR="$work/registry"
+"$acmo" handlers >/dev/null 2>"$work/h.err"; rc=$?
+check "acmo handlers on a directory without acmo data exits 3 ($rc)" \
+  test "$rc" = 3 -a -n "$(grep 'no acmo data in' "$work/h.err")"
+"$acmo" -q send CREATE --order-id ord_r0 --data "$create"
+check "acmo handlers with none lists none" \
+  grep -q "no handler was seen in the last hour" <<<"$("$acmo" handlers)"
+"$acmo" run-handler >"$work/r1.out" 2>"$work/r1.err" & r1=$!; pids+=("$r1")
+"$acmo" run-handler >"$work/r2.out" 2>"$work/r2.err" & r2=$!; pids+=("$r2")
+check "two handlers are listed as running" \
+  wait_for 10 bash -c '"$1" handlers | grep -q "^2 running, 2 seen"' _ "$acmo"
+id1=$("$acmo" --json handlers | python3 -c 'import json,sys,os; print([h["id"] for h in json.load(sys.stdin)["handlers"] if h["pid"] == int(sys.argv[1])][0])' "$r1")
+out=$("$acmo" handlers stop "$id1" --wait 10); rc=$?
+check "handlers stop ID --wait stops that handler: exit 0 ($out)" \
+  test "$rc" = 0 -a -n "$(grep -F '1 handler stopped' <<<"$out")"
+check "its process exits 0 by itself" bash -c 'wait_for() { local d=$((SECONDS + $1)); shift; until "$@"; do (( SECONDS < d )) || return 1; sleep 0.05; done; }; wait_for 5 bash -c "! kill -0 $1 2>/dev/null"' _ "$r1"
+wait "$r1"; rc=$?
+check "  with exit status 0 ($rc), saying it was asked" \
+  test "$rc" = 0 -a -n "$(grep -F 'acmo handlers stop' "$work/r1.err")"
+check "the other handler still runs" alive "$r2"
+"$acmo" handlers stop "$id1" 2>"$work/h.err"; rc=$?
+check "stopping a stopped handler exits 1 and says it is stopped ($rc)" \
+  test "$rc" = 1 -a -n "$(grep -F "is not running: it is stopped" "$work/h.err")"
+"$acmo" handlers stop nosuch:1:abcd 2>"$work/h.err"; rc=$?
+check "an unknown id exits 3 ($rc)" test "$rc" = 3 -a -n "$(grep -F 'no handler nosuch:1:abcd' "$work/h.err")"
+"$acmo" handlers drain 2>"$work/h.err"; rc=$?
+check "drain with no id and no --all is a usage error, exit 2 ($rc)" test "$rc" = 2
+# Drain: the events queued while the handler is stopped are all applied before it exits.
+kill -STOP "$r2"
+for i in $(seq 1 30); do echo "{\"type\":\"CREATE\",\"orderId\":\"ord_r$i\",\"data\":$create}"; done >"$work/r.jsonl"
+"$acmo" -q send --file "$work/r.jsonl"
+"$acmo" handlers drain --all >/dev/null; rc=$?
+kill -CONT "$r2"
+check "handlers drain --all asks the running handler ($rc)" test "$rc" = 0
+check "the drained handler exits by itself" bash -c 'for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || exit 0; sleep 0.05; done; exit 1' _ "$r2"
+wait "$r2"; rc=$?
+check "  with exit 0 ($rc), having applied what was queued: 31 orders, nothing waits" \
+  test "$rc/$("$acmo" --json orders list --limit 100 | grep -o '"id":"ord_r[0-9]*"' | wc -l)/$("$acmo" --json stats | sed -n 's/.*"visible":\([0-9]*\).*/\1/p')" = 0/31/0
+export ACMO_DATA_DIR="$work/data"
+
 echo "# daemon: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
