@@ -17,7 +17,7 @@ function __acmo_args
         switch $w
             case --config --data-dir --order-id --data --group --dedup-id --file \
                     --concurrency --batch-size --status --limit --offset --pid-file --log-file \
-                    --reason --older-than --newer-than --rate
+                    --reason --older-than --newer-than --rate --listen
                 set skip 1
             case '-*'
             case '*'
