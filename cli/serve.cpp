@@ -102,6 +102,7 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   // The handler runs beside the server; a failure of its own is logged and ends serve too,
   // since the API would otherwise queue events that nothing applies.
   std::atomic<bool> handler_failed{false};
+  std::atomic<bool> shutting_down{false};
   std::thread handler_thread;
   if (handler) {
     handler_thread = std::thread([&] {
@@ -110,6 +111,11 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
         log::error({"handler_failed"}, "the order handler stopped: {}", result.error().message);
         handler_failed.store(true);
         server.stop();
+      } else if (!shutting_down.load()) {
+        // Asked by acmo handlers stop or drain: the API goes on accepting events.
+        log::warn({"handler_stopped"},
+                  "the order handler stopped as asked; the API goes on accepting events, which "
+                  "wait for a handler (acmo run-handler)");
       }
     });
   }
@@ -123,6 +129,7 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
     [&] {
       server.run(); // returns once stopped and every request in flight is answered
       if (handler) {
+        shutting_down.store(true);
         handler->stop(); // finishes the batches in hand
         handler_thread.join();
       }

@@ -445,6 +445,15 @@ check "the drained handler exits by itself" bash -c 'for _ in $(seq 200); do kil
 wait "$r2"; rc=$?
 check "  with exit 0 ($rc), having applied what was queued: 31 orders, nothing waits" \
   test "$rc/$("$acmo" --json orders list --limit 100 | grep -o '"id":"ord_r[0-9]*"' | wc -l)/$("$acmo" --json stats | sed -n 's/.*"visible":\([0-9]*\).*/\1/p')" = 0/31/0
+port=$((21000 + RANDOM % 5000))
+"$acmo" serve --listen "127.0.0.1:$port" >/dev/null 2>"$work/rs.err" & rs=$!; pids+=("$rs")
+check "serve's handler registers" wait_for 10 bash -c '"$1" handlers | grep -q "^1 running"' _ "$acmo"
+"$acmo" handlers stop --all --wait 10 >/dev/null; rc=$?
+check "handlers stop --all --wait stops serve's handler ($rc)" test "$rc" = 0
+check "  serve goes on serving, and says so in its log" \
+  bash -c 'curl -fsS -o /dev/null "http://127.0.0.1:$1/health/live" && alive() { kill -0 "$1"; } && alive "$2" && grep -q "the order handler stopped as asked" "$3"' _ "$port" "$rs" "$work/rs.err"
+kill -TERM "$rs"; wait "$rs"; rc=$?
+check "  and stops on SIGTERM with exit 0 ($rc)" test "$rc" = 0
 export ACMO_DATA_DIR="$work/data"
 
 echo "# daemon: $passed passed, $failed failed"
