@@ -45,6 +45,8 @@ constexpr std::array k_subcommands = {
              &setup_groups},
   Subcommand{"handlers", "List the handlers; stop or drain one wherever it runs (list | stop | drain)",
              &setup_handlers},
+  Subcommand{"tail", "Follow the events applied and dead-lettered, by any handler, as they happen",
+             &setup_tail},
   Subcommand{"dlq", "Inspect and replay dead-lettered messages (list | show ID | redrive | purge)",
              &setup_dlq},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},

@@ -49,6 +49,7 @@ Runner setup_dlq(CLI::App& sub, const GlobalOptions& global);
 Runner setup_peek(CLI::App& sub, const GlobalOptions& global);
 Runner setup_groups(CLI::App& sub, const GlobalOptions& global);
 Runner setup_handlers(CLI::App& sub, const GlobalOptions& global);
+Runner setup_tail(CLI::App& sub, const GlobalOptions& global);
 Runner setup_demo(CLI::App& sub, const GlobalOptions& global);
 Runner setup_version(CLI::App& sub, const GlobalOptions& global);
 

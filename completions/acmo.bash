@@ -7,7 +7,7 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler serve orders peek groups handlers dlq config demo version'
+_acmo_subcommands='send stats purge run-handler serve orders peek groups handlers tail dlq config demo version'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
@@ -29,6 +29,7 @@ _acmo_opts_orders_list='--status --limit --offset -h --help'
 _acmo_opts_orders_events='-h --help'
 _acmo_opts_peek='--group --order-id --limit -h --help'
 _acmo_opts_groups='--limit --blocked -h --help'
+_acmo_opts_tail='--applied --dead-lettered --order-id --count -h --help'
 _acmo_opts_handlers='-h --help'
 _acmo_opts_handlers_list='-h --help'
 _acmo_opts_handlers_stop='--all --wait -h --help'

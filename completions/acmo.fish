@@ -17,7 +17,7 @@ function __acmo_args
         switch $w
             case --config --data-dir --order-id --data --group --dedup-id --file \
                     --concurrency --batch-size --status --limit --offset --pid-file --log-file \
-                    --reason --older-than --newer-than --rate --listen
+                    --reason --older-than --newer-than --rate --listen --count
                 set skip 1
             case '-*'
             case '*'
@@ -109,6 +109,7 @@ complete -c acmo -n __acmo_no_subcommand -a orders -d 'Read orders and their aud
 complete -c acmo -n __acmo_no_subcommand -a peek -d 'Browse the waiting messages without receiving them'
 complete -c acmo -n __acmo_no_subcommand -a groups -d 'Show the message groups: depth, head age, in flight, blocked'
 complete -c acmo -n __acmo_no_subcommand -a handlers -d 'List the handlers; stop or drain one wherever it runs'
+complete -c acmo -n __acmo_no_subcommand -a tail -d 'Follow the events applied and dead-lettered'
 complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 complete -c acmo -n __acmo_no_subcommand -a demo -d 'Walk through the whole pipeline, narrated'
@@ -182,6 +183,12 @@ complete -c acmo -n '__acmo_using dlq redrive' -l rate -x -d 'At most N messages
 complete -c acmo -n '__acmo_using dlq purge' -s y -l yes -d 'Do not ask for confirmation'
 complete -c acmo -n '__acmo_no_subcommand dlq show' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
 complete -c acmo -n '__acmo_using dlq redrive' -a '(__acmo_dlq_ids)' -d 'Dead-lettered message'
+
+# acmo tail
+complete -c acmo -n '__acmo_using tail' -l applied -d 'Only the events applied'
+complete -c acmo -n '__acmo_using tail' -l dead-lettered -d 'Only the events dead-lettered'
+complete -c acmo -n '__acmo_using tail' -l order-id -x -a '(__acmo_order_ids)' -d 'Only the events of this order'
+complete -c acmo -n '__acmo_using tail' -l count -x -d 'Exit after N events'
 
 # acmo handlers: list (the default), stop ID... or drain ID...
 complete -c acmo -n '__acmo_no_subcommand handlers' -a list -d 'List the handlers seen in the last hour'

@@ -282,6 +282,46 @@ Expected<std::vector<OrderEventRecord>> SqliteOrderStore::events(std::string_vie
   }
 }
 
+Expected<TrailPage> OrderStore::trail_since(int64_t, int64_t)
+{
+  return make_error(Errc::internal, "this order store keeps no feed of its audit trail");
+}
+
+Expected<TrailPage> SqliteOrderStore::trail_since(int64_t mark, int64_t max)
+{
+  static const std::string k_last = "SELECT coalesce(max(id), 0) FROM order_events";
+  static const std::string k_since =
+    "SELECT id, order_id, message_id, seq, type, data, applied_at, accepted_at FROM order_events"
+    " WHERE id > ?1 ORDER BY id LIMIT ?2";
+  try {
+    TrailPage page;
+    if (mark < 0) {
+      page.mark = m_db->query_int(k_last);
+      return page;
+    }
+    page.mark = mark;
+    auto stmt = m_db->prepare(k_since);
+    stmt->bind(1, mark).bind(2, max);
+    while (stmt->step()) {
+      TrailEntry e;
+      e.id = stmt->column_int(0);
+      e.order_id = stmt->column_text(1);
+      e.event.message_id = stmt->column_text(2);
+      e.event.seq = stmt->column_int(3);
+      e.event.type = stmt->column_text(4);
+      auto text = stmt->column_view(5);
+      e.event.data = json::parse(text.begin(), text.end(), nullptr, false);
+      e.event.applied_at_ms = stmt->column_int(6);
+      e.event.accepted_at_ms = stmt->column_int(7);
+      page.mark = e.id;
+      page.entries.push_back(std::move(e));
+    }
+    return page;
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
 Expected<OrderChanges> SqliteOrderStore::changes_since(int64_t mark, int64_t max)
 {
   static const std::string k_last = "SELECT coalesce(max(id), 0) FROM order_events";

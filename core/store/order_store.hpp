@@ -57,6 +57,18 @@ struct OrderChanges {
   bool all = false;
 };
 
+// One row of the audit trail, as the trail feed (OrderStore::trail_since) gives it.
+struct TrailEntry {
+  int64_t id = 0; // the row's id: unique, for a reader to drop rows it has seen
+  std::string order_id;
+  OrderEventRecord event;
+};
+
+struct TrailPage {
+  int64_t mark = 0;
+  std::vector<TrailEntry> entries;
+};
+
 struct OrderList {
   std::vector<Order> orders;
   int64_t total = 0; // matching orders in all, beyond limit and offset
@@ -78,6 +90,13 @@ public:
   // most `max` of them (more: `all`), and the answer's mark covers every commit it saw. An
   // order may be named again by a later call. `mark` < 0: only the current mark, with `all`.
   virtual Expected<OrderChanges> changes_since(int64_t mark, int64_t max) = 0;
+  // The audit trail's feed (acmo tail): the rows committed after `mark`, in the order they
+  // were applied within each commit, at most `max` of them (PostgreSQL: all of them, read `max`
+  // at a time), and the mark to ask from next. A
+  // row may come again in a later page (drop it by its id); none committed after `mark` is
+  // missed. `mark` < 0: the current mark, with rows that may have been committed just before
+  // (a reader takes them as seen). A store without a feed answers Errc::internal.
+  virtual Expected<TrailPage> trail_since(int64_t mark, int64_t max);
 };
 
 // What became of one event of a batch applied by an OrderWriter.
@@ -128,6 +147,7 @@ public:
   Expected<std::vector<OrderEventRecord>> events(std::string_view id) override;
   // The mark is the audit trail's last row id: rows are numbered in commit order.
   Expected<OrderChanges> changes_since(int64_t mark, int64_t max) override;
+  Expected<TrailPage> trail_since(int64_t mark, int64_t max) override;
 
 private:
   explicit SqliteOrderStore(std::unique_ptr<sqlite::Database> db);

@@ -134,6 +134,11 @@ const std::vector<std::pair<std::string, std::string>> k_statements = {
    " LEFT JOIN LATERAL (SELECT order_id FROM order_events WHERE xid >= $1::text::xid8"
    " ORDER BY xid LIMIT $2) e ON true"},
   {"acmo_xmin", "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"},
+  // A page of the trail at or above a transaction id, after (xid, id), for acmo tail.
+  {"acmo_trail",
+   "SELECT id, order_id, message_id, seq, type, data::text, applied_at, accepted_at,"
+   " xid::text::bigint FROM order_events WHERE xid >= $1::text::xid8"
+   " AND (xid, id) > ($2::text::xid8, $3) ORDER BY xid, id LIMIT $4"},
   // Every change of a batch in one statement. The sets of ids deleted, written whole and
   // updated are disjoint; the events keep the order of the batch.
   {"acmo_write",
@@ -723,6 +728,44 @@ Expected<std::vector<OrderEventRecord>> PgOrderStore::events(std::string_view id
       out.push_back(std::move(r));
     }
     return out;
+  });
+}
+
+Expected<TrailPage> PgOrderStore::trail_since(int64_t mark, int64_t max)
+{
+  return m_impl->run([&](pqxx::connection& conn) {
+    // One snapshot for the pages and the new mark: every commit after it has an id at or
+    // above its xmin, and every row below that was visible to it.
+    pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(conn);
+    TrailPage page;
+    page.mark = tx.exec_prepared1("acmo_xmin")[0].as<int64_t>();
+    const int64_t from = mark < 0 ? page.mark : mark;
+    int64_t after_xid = 0;
+    int64_t after_id = 0;
+    // Every row at or above the mark, however many: a mark that stopped inside a range of
+    // transaction ids could skip a transaction of that range not committed yet.
+    const int64_t want = std::max<int64_t>(1, std::min<int64_t>(1000, max));
+    for (;;) {
+      auto rows = tx.exec_prepared("acmo_trail", std::to_string(from), std::to_string(after_xid),
+                                   after_id, want);
+      for (const auto& row : rows) {
+        TrailEntry e;
+        e.id = row[0].as<int64_t>();
+        e.order_id = row[1].as<std::string>();
+        e.event.message_id = row[2].as<std::string>();
+        e.event.seq = row[3].as<int64_t>();
+        e.event.type = row[4].as<std::string>();
+        e.event.data = json::parse(row[5].c_str(), nullptr, false);
+        e.event.applied_at_ms = row[6].as<int64_t>();
+        e.event.accepted_at_ms = row[7].as<int64_t>();
+        after_xid = row[8].as<int64_t>();
+        after_id = e.id;
+        page.entries.push_back(std::move(e));
+      }
+      if (static_cast<int64_t>(rows.size()) < want) break;
+    }
+    tx.commit();
+    return page;
   });
 }
 

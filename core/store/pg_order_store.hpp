@@ -42,6 +42,10 @@ public:
   Expected<std::vector<OrderEventRecord>> events(std::string_view id) override;
   // The mark is a transaction id horizon: the xmin of the snapshot that read the changes.
   Expected<OrderChanges> changes_since(int64_t mark, int64_t max) override;
+  // Every row at or above the mark (the oldest transaction id still running at the last call),
+  // read in pages of `max` in one snapshot, so possibly more than `max`; rows of that range
+  // seen before come again.
+  Expected<TrailPage> trail_since(int64_t mark, int64_t max) override;
 
   // One transaction per batch, in four round trips however large the batch: begin; lock the
   // batch's orders and read which of its messages were applied already; decide every event in

@@ -456,5 +456,35 @@ kill -TERM "$rs"; wait "$rs"; rc=$?
 check "  and stops on SIGTERM with exit 0 ($rc)" test "$rc" = 0
 export ACMO_DATA_DIR="$work/data"
 
+# --- acmo tail: what handlers in other processes apply and dead-letter, as it happens ----------
+
+export ACMO_DATA_DIR="$work/tail"
+"$acmo" tail >/dev/null 2>"$work/t.err"; rc=$?
+check "acmo tail on a directory without acmo data exits 3 ($rc)" test "$rc" = 3
+"$acmo" -q send CREATE --order-id ord_t0 --data "$create"
+"$acmo" -q run-handler --once 2>/dev/null
+"$acmo" tail --applied --dead-lettered 2>"$work/t.err"; rc=$?
+check "--applied with --dead-lettered is a usage error, exit 2 ($rc)" test "$rc" = 2
+"$acmo" --json tail --count 3 >"$work/tail.json" 2>"$work/tail.err" & tailer=$!; pids+=("$tailer")
+"$acmo" tail --order-id ord_t1 >"$work/tail1.txt" 2>&1 & tailer1=$!; pids+=("$tailer1")
+sleep 0.5
+"$acmo" run-handler >/dev/null 2>&1 & th=$!; pids+=("$th")
+"$acmo" -q send CREATE --order-id ord_t1 --data "$create"
+"$acmo" -q send CREATE --order-id ord_t2 --data "$create"
+printf '%s\n' '{"type":"UPDATE","orderId":"ord_tx","data":{"status":"shipped"}}' >"$work/tx.jsonl"
+"$acmo" -q send --file "$work/tx.jsonl"
+check "tail --count 3 exits 0 after three events" \
+  bash -c 'for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || exit 0; sleep 0.05; done; exit 1' _ "$tailer"
+wait "$tailer"; rc=$?
+check "  (exit $rc): ord_t1 and ord_t2 applied in order, ord_tx dead-lettered with its reason, not ord_t0 from before" \
+  test "$rc/$(jq -r '[.event, .orderId, .type] | join(" ")' "$work/tail.json" | tr '\n' ',')" = \
+       "0/applied ord_t1 CREATE,applied ord_t2 CREATE,deadLettered ord_tx UPDATE," \
+       -a -n "$(jq -r 'select(.event == "deadLettered") | .reason' "$work/tail.json" | grep 'does not exist')"
+kill -INT "$tailer1"; wait "$tailer1"; rc=$?
+check "tail --order-id shows that order's events only, and SIGINT ends it with exit 0 ($rc)" \
+  test "$rc/$(grep -c . "$work/tail1.txt")" = 0/1 -a -n "$(grep -E '^[0-9T:.-]+Z applied +CREATE ord_t1 ' "$work/tail1.txt")"
+kill -TERM "$th"; wait "$th"
+export ACMO_DATA_DIR="$work/data"
+
 echo "# daemon: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
