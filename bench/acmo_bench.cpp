@@ -28,13 +28,14 @@
 #include "core/cache/redis_cache.hpp"
 #include "core/handler/order_handler.hpp"
 #include "core/orders/order_event.hpp"
-#include "core/queue/queue.hpp"
+#include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/store/pg_order_store.hpp"
 
 namespace {
 
 using acmo::Queue;
 using acmo::QueueOptions;
+using acmo::SqliteQueue;
 using acmo::SendRequest;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -98,7 +99,7 @@ private:
 std::unique_ptr<Queue> open(const std::string& path, const Settings& s, QueueOptions o = {})
 {
   o.durability_full = s.durable_full;
-  auto q = Queue::open(path, o);
+  auto q = SqliteQueue::open(path, o);
   if (!q) throw std::runtime_error(q.error().message);
   return std::move(*q);
 }

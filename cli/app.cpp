@@ -1,5 +1,7 @@
 #include "cli/app.hpp"
 
+#include "core/queue/sqlite/sqlite_queue.hpp"
+
 #include <array>
 #include <csignal>
 #include <filesystem>
@@ -107,7 +109,7 @@ namespace {
 // Ctrl-Z (SIGTSTP) stops a process only once its write transaction has committed, never in
 // the middle of one, where it would keep every other process's writes waiting until it is
 // resumed. run() blocks SIGTSTP in every thread; this thread takes it, waits for the queue's
-// writes to be between transactions (Queue::hold_writes), and stops the process with SIGSTOP,
+// writes to be between transactions (SqliteQueue::hold_writes), and stops the process with SIGSTOP,
 // which cannot be caught. Once the process is continued it lets the writes go on. Started with
 // the first queue a process opens (after a --daemon fork, in the daemon).
 void start_stop_guard()
@@ -122,7 +124,7 @@ void start_stop_guard()
     for (;;) {
       int sig = 0;
       if (sigwait(&tstp, &sig) != 0) continue;
-      auto held = Queue::hold_writes();
+      auto held = SqliteQueue::hold_writes();
       ::kill(::getpid(), SIGSTOP);
     }
   }).detach();
@@ -165,7 +167,7 @@ std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
   }
   if (auto ok = ensure_directory(dir); !ok) throw data_dir_fatal(ok.error());
   if (global.verbose > 0) fmt::print(stderr, "acmo: queue database: {}\n", path);
-  auto queue = Queue::open(path, queue_options_from(config(global)));
+  auto queue = SqliteQueue::open(path, queue_options_from(config(global)));
   if (!queue) throw data_dir_fatal(queue.error());
   return std::move(*queue);
 }

@@ -30,9 +30,8 @@ int64_t now_ms() { return SystemClock::instance().now_ms(); }
 int run_list(const GlobalOptions& global)
 {
   auto queue = open_existing_queue(global);
-  const std::string db = database_path(data_dir(global));
   const int64_t now = now_ms();
-  auto handlers = list_handlers(db, now);
+  auto handlers = list_handlers(*queue, now);
   if (!handlers) return report(handlers.error());
   if (global.json) {
     print_json(handlers_json(*handlers, now));
@@ -75,10 +74,9 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
   }
   if (opts.wait_s > 3600) throw Fatal("--wait is at most 3600 seconds", exit_code::k_usage);
   auto queue = open_existing_queue(global);
-  const std::string db = database_path(data_dir(global));
   std::vector<std::string> ids = opts.ids;
   if (opts.all) {
-    auto handlers = list_handlers(db, now_ms());
+    auto handlers = list_handlers(*queue, now_ms());
     if (!handlers) return report(handlers.error());
     for (const auto& h : *handlers) {
       if (h.state(now_ms()) == "running") ids.push_back(h.id);
@@ -91,7 +89,7 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
   int rc = exit_code::k_ok;
   std::vector<std::string> asked;
   for (const auto& id : ids) {
-    if (auto ok = request_handler(*queue, db, id, request, now_ms()); !ok) {
+    if (auto ok = request_handler(*queue, id, request, now_ms()); !ok) {
       rc = report(ok.error());
       continue;
     }
@@ -111,7 +109,7 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
                         std::chrono::milliseconds(static_cast<int64_t>(opts.wait_s * 1000));
   std::vector<std::string> stopped;
   for (;;) {
-    auto handlers = list_handlers(db, now_ms());
+    auto handlers = list_handlers(*queue, now_ms());
     if (!handlers) return report(handlers.error());
     stopped.clear();
     for (const auto& h : *handlers) {

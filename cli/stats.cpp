@@ -48,7 +48,7 @@ int run_stats(const StatsOptions& flags, const GlobalOptions& global)
   std::optional<QueueStats> previous;
   for (;;) {
     const int64_t now = SystemClock::instance().now_ms();
-    auto figures = read_stats(*queue, db, store ? store->get() : nullptr,
+    auto figures = read_stats(*queue, store ? store->get() : nullptr,
                               store ? std::string() : store.error().message,
                               config(global).get_string("store.backend"), cache.get(), now);
     if (!figures) return report(figures.error());

@@ -4,7 +4,7 @@
 
 #include "cli/app.hpp"
 #include "cli/output.hpp"
-#include "core/queue/schema.hpp"
+#include "core/queue/sqlite/schema.hpp"
 #include "core/sqlite/sqlite.hpp"
 
 namespace acmo::cli {

@@ -165,7 +165,7 @@ json Api::Impl::in_process_handler_json()
 void Api::Impl::handler_status(Context& ctx)
 {
   const int64_t now = SystemClock::instance().now_ms();
-  auto handlers = list_handlers(parts.db_path, now);
+  auto handlers = list_handlers(*parts.queue, now);
   if (!handlers) return set_core_error(ctx.res, handlers.error());
   json doc = handlers_json(*handlers, now);
   doc["inProcess"] = in_process_handler_json();
@@ -176,7 +176,7 @@ void Api::Impl::handler_stats(Context& ctx)
 {
   const int64_t now = SystemClock::instance().now_ms();
   auto report = with_store([&](OrderStore& store) {
-    return read_stats(*parts.queue, parts.db_path, store, options.store_backend, parts.cache, now);
+    return read_stats(*parts.queue, store, options.store_backend, parts.cache, now);
   });
   if (!report) return set_core_error(ctx.res, report.error());
   send_json(ctx.res, 200, stats_json(*report));
@@ -265,7 +265,7 @@ std::string joined(const std::vector<std::string>& names)
 std::optional<int64_t> Api::Impl::live_handlers()
 {
   const int64_t now = SystemClock::instance().now_ms();
-  auto handlers = list_handlers(parts.db_path, now);
+  auto handlers = list_handlers(*parts.queue, now);
   if (!handlers) return std::nullopt;
   return std::count_if(handlers->begin(), handlers->end(),
                        [now](const HandlerRecord& h) { return h.state(now) == "running"; });

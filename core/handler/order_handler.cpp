@@ -154,7 +154,7 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
     record.latency_p99_us = s.latency_p99_us;
     record.last_error = s.last_error;
     // The registry is for monitoring: a failed beat is noted, never fatal to the handler.
-    auto request = save_handler(m_queue, record);
+    auto request = m_queue.save_handler(record);
     if (!request) return record_error(request.error().message);
     if (stopped_at != 0) return;
     if (*request == "stop" && !m_stopping.load()) {
@@ -203,11 +203,11 @@ struct BatchTally {
 
 namespace {
 
-// Apply the events in group order on `db`, inside the caller's transaction; one that can never
-// apply goes to the DLQ with its reason, and the group goes on.
-std::vector<Disposition> apply_embedded(sqlite::Database& db,
-                                        std::vector<Expected<AppliedEvent>>& events,
-                                        int64_t now_ms, BatchTally& tally)
+// Apply the events in group order to the embedded store, inside the queue's transaction `txn`;
+// one that can never apply goes to the DLQ with its reason, and the group goes on.
+Expected<std::vector<Disposition>> apply_embedded(QueueTransaction& txn,
+                                                  std::vector<Expected<AppliedEvent>>& events,
+                                                  int64_t now_ms, BatchTally& tally)
 {
   tally = BatchTally{};
   std::vector<Disposition> out(events.size());
@@ -216,7 +216,9 @@ std::vector<Disposition> apply_embedded(sqlite::Database& db,
   for (const auto& e : events) {
     if (e) parsed.push_back(&*e);
   }
-  std::vector<Expected<void>> applied = SqliteOrderStore::apply_all(db, parsed, now_ms);
+  auto all = SqliteOrderStore::apply_all(txn, parsed, now_ms);
+  if (!all) return Unexpected(all.error());
+  std::vector<Expected<void>>& applied = *all;
   for (size_t i = 0, next = 0; i < events.size(); ++i) {
     Expected<void> ok = events[i] ? std::move(applied[next++])
                                   : Expected<void>(Unexpected(events[i].error()));
@@ -323,9 +325,9 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
   BatchTally tally;
   const auto started = std::chrono::steady_clock::now();
   int64_t ticket = 0;
-  auto settled = m_queue.settle(receipts, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+  auto settled = m_queue.settle(receipts, [&](QueueTransaction& txn) {
     ticket = m_signal->begin();
-    return apply_embedded(db, events, m_clock.now_ms(), tally);
+    return apply_embedded(txn, events, m_clock.now_ms(), tally);
   });
   if (ticket != 0) m_signal->end(ticket);
   if (settled) {
@@ -363,12 +365,11 @@ Expected<int64_t> OrderHandler::consume_batch(int64_t wait_ms)
   int64_t ticket = 0;
   auto got = m_queue.consume(
     m_options.batch_size, wait_ms,
-    [&](sqlite::Database& db, const std::vector<Message>& messages)
-      -> Expected<std::vector<Disposition>> {
+    [&](QueueTransaction& txn, const std::vector<Message>& messages) {
       started = std::chrono::steady_clock::now(); // the batch's latency, not the wait before it
       std::vector<Expected<AppliedEvent>> events = parse_events(messages);
       ticket = m_signal->begin();
-      return apply_embedded(db, events, m_clock.now_ms(), tally);
+      return apply_embedded(txn, events, m_clock.now_ms(), tally);
     });
   if (ticket != 0) m_signal->end(ticket);
   if (!got) return Unexpected(got.error());

@@ -43,13 +43,13 @@ nlohmann::json cache_stats_json(const CacheStats& s)
           {"hitRate", s.hit_rate()}, {"keys", s.keys}, {"errors", s.errors}};
 }
 
-Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore& store,
+Expected<StatsReport> read_stats(Queue& queue, OrderStore& store,
                                  std::string_view store_backend, Cache* cache, int64_t now_ms)
 {
-  return read_stats(queue, db_path, &store, "", store_backend, cache, now_ms);
+  return read_stats(queue, &store, "", store_backend, cache, now_ms);
 }
 
-Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore* store,
+Expected<StatsReport> read_stats(Queue& queue, OrderStore* store,
                                  const std::string& store_error, std::string_view store_backend,
                                  Cache* cache, int64_t now_ms)
 {
@@ -58,7 +58,7 @@ Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, Order
   auto q = queue.stats();
   if (!q) return Unexpected(q.error());
   r.queue = std::move(*q);
-  auto handlers = list_handlers(db_path, now_ms);
+  auto handlers = list_handlers(queue, now_ms);
   if (!handlers) return Unexpected(handlers.error());
   r.handlers = std::move(*handlers);
   r.store_error = store_error;

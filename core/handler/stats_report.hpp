@@ -36,14 +36,14 @@ struct StatsReport {
   int64_t now_ms = 0;
 };
 
-// Read the figures: the queue's, the handlers registered in `db_path` (the queue's database),
-// the store's order count, and the cache's (`cache` may be null: no cache).
-Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore& store,
+// Read the figures: the queue's, the handlers registered with it, the store's order count, and
+// the cache's (`cache` may be null: no cache).
+Expected<StatsReport> read_stats(Queue& queue, OrderStore& store,
                                  std::string_view store_backend, Cache* cache, int64_t now_ms);
 // The same when the store could not be opened (`store` null, `store_error` why): the queue's,
 // handlers' and cache's figures do not depend on it. A store that fails to answer is reported
 // in store_error, not as a failure of the whole.
-Expected<StatsReport> read_stats(Queue& queue, const std::string& db_path, OrderStore* store,
+Expected<StatsReport> read_stats(Queue& queue, OrderStore* store,
                                  const std::string& store_error, std::string_view store_backend,
                                  Cache* cache, int64_t now_ms);
 

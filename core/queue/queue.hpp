@@ -1,20 +1,19 @@
-// The durable SQS-FIFO queue engine (docs/queue.md) on SQLite in WAL mode.
+// The Queue port: the durable SQS-FIFO queue (docs/queue.md) as everything else in acmo uses
+// it (send, the CLI, the HTTP API, the order handler, stats, the DLQ, purge, the demo, the
+// bench), and the documents it takes and gives. The queue contract holds whatever the back-end:
+// FIFO per message group with head-of-line blocking, the deduplication window, visibility
+// timeouts, retry delays and max retries, the DLQ and redrive in original order, retention,
+// strictly increasing sequence numbers, the limits on bodies and ids.
 //
-// One SQLite file holds every queue of a data dir: messages, message groups, the dedup history,
-// counters and the dead-letter queue. Any number of Queue objects, in any number of processes,
-// may use the same file at once; SQLite's write lock serialises them and a short busy handler
-// keeps waits small. Inside one process, concurrent writers share transactions (group commit):
-// the first caller to find the writer idle commits every request queued so far, so N threads
-// sending at once pay for about one fsync, not N.
+// The back-ends are its adapters, each in a folder of its own: core/queue/sqlite/ (the embedded
+// queue, SqliteQueue). Work that must commit together with the settling of a batch (exactly
+// once in effect) runs in the back-end's own transaction, which it sees as a QueueTransaction.
 #pragma once
 
-#include <condition_variable>
 #include <functional>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,10 +22,6 @@
 #include "core/util/error.hpp"
 
 namespace acmo {
-
-namespace sqlite {
-class Database;
-}
 
 struct QueueOptions {
   std::string name = "orders";
@@ -166,13 +161,47 @@ struct Disposition {
   std::string subject;      // what the message is about (an order id), for the log; may be empty
 };
 
+// The back-end's transaction that settles a batch (Queue::settle, Queue::consume), as the work
+// that commits with it sees it. Work that writes through it (an order store in the queue's own
+// database) asks the back-end's adapter for its connection; other work just runs before the
+// commit.
+class QueueTransaction
+{
+public:
+  virtual ~QueueTransaction() = default;
+  // The back-end: "sqlite" or "postgres" (what Queue::backend says).
+  virtual std::string_view backend() const = 0;
+};
+
 // Work that must commit together with the messages it settles: it runs inside the queue's
-// write transaction, on the queue's own connection, and returns one Disposition per receipt.
-using SettleWork = std::function<Expected<std::vector<Disposition>>(sqlite::Database&)>;
-// What a consumer does with the messages consume() takes: its changes, made on the queue's own
-// connection inside the transaction, and one Disposition per message, in their order.
+// write transaction and returns one Disposition per receipt.
+using SettleWork = std::function<Expected<std::vector<Disposition>>(QueueTransaction&)>;
+// What a consumer does with the messages consume() takes: its changes, made inside the
+// transaction, and one Disposition per message, in their order.
 using ConsumeWork =
-  std::function<Expected<std::vector<Disposition>>(sqlite::Database&, const std::vector<Message>&)>;
+  std::function<Expected<std::vector<Disposition>>(QueueTransaction&, const std::vector<Message>&)>;
+
+// A handler's row in the registry (docs/orders.md §9), which lives with the queue so that
+// every process using the queue, on any host, sees every handler.
+struct HandlerRecord {
+  std::string id; // host:pid:random
+  int64_t pid = 0;
+  std::string host;
+  int64_t started_at_ms = 0;
+  int64_t heartbeat_at_ms = 0;
+  int64_t stopped_at_ms = 0; // 0 while running
+  int64_t processed = 0;
+  int64_t dead_lettered = 0;
+  int64_t retried = 0;
+  int64_t batches = 0;
+  int64_t latency_p50_us = 0; // time to apply and settle one batch
+  int64_t latency_p99_us = 0;
+  std::string last_error;
+  std::string request; // asked by acmo handlers: "" (nothing), "stop" or "drain"
+
+  // "running", "stopped" (ended cleanly) or "gone" (its heartbeat stopped: it died).
+  std::string state(int64_t now_ms) const;
+};
 
 struct QueueStats {
   std::string name;
@@ -208,24 +237,23 @@ struct SweepResult {
 class Queue
 {
 public:
-  // Open the queue `options.name` in the SQLite file `db_path`, creating or migrating the schema.
-  // Fails with a clear error if the file is not an acmo database.
-  static Expected<std::unique_ptr<Queue>> open(const std::string& db_path, QueueOptions options,
-                                               const Clock& clock = SystemClock::instance());
-  ~Queue();
+  virtual ~Queue() = default;
   Queue(const Queue&) = delete;
   Queue& operator=(const Queue&) = delete;
 
   const QueueOptions& options() const { return m_options; }
+  // The back-end holding the queue: "sqlite" or "postgres".
+  virtual std::string_view backend() const = 0;
 
-  // Accept one message. On success it is on disk (fsynced with durability "full").
-  Expected<SendResult> send(const SendRequest& request);
+  // Accept one message. On success it is durable (fsynced with durability "full").
+  virtual Expected<SendResult> send(const SendRequest& request) = 0;
   // Accept up to 10 messages in one transaction; each entry succeeds or fails on its own.
   // More than 10 entries is an error for the whole batch.
-  Expected<std::vector<Expected<SendResult>>> send_batch(const std::vector<SendRequest>& requests);
+  virtual Expected<std::vector<Expected<SendResult>>>
+  send_batch(const std::vector<SendRequest>& requests) = 0;
   // Accept any number of messages for local loading, in large transactions. Entries that break
   // a limit are reported and skipped; the rest are accepted.
-  std::vector<Expected<SendResult>> send_bulk(const std::vector<SendRequest>& requests);
+  virtual std::vector<Expected<SendResult>> send_bulk(const std::vector<SendRequest>& requests) = 0;
 
   // Receive up to `max` messages (1-1000), hiding them for `visibility_ms` (default: the queue's
   // visibility timeout). If none is visible, wait up to `wait_ms` (≤ 20 s) for one to arrive,
@@ -237,83 +265,79 @@ public:
   // `isolate_suspects` (the order handler's receives), a message one of whose deliveries ended
   // in neither a deletion nor a release comes alone, never in a batch: should it be what kills
   // its receiver, it costs only itself an attempt.
-  Expected<std::vector<Message>> receive(int max, std::optional<int64_t> visibility_ms = {},
-                                         int64_t wait_ms = 0, bool isolate_suspects = false);
+  virtual Expected<std::vector<Message>> receive(int max, std::optional<int64_t> visibility_ms = {},
+                                                 int64_t wait_ms = 0,
+                                                 bool isolate_suspects = false) = 0;
 
   // The consumer's step in one transaction: delete the messages whose receipt handles are in
   // `done` (what the previous receive returned and was handled), then receive as above. Each
   // deletion's outcome goes to `deleted`, in the order of `done`. Half the transactions of a
   // receive followed by a remove_batch.
-  Expected<std::vector<Message>> remove_and_receive(const std::vector<std::string>& done,
-                                                    std::vector<Expected<void>>& deleted, int max,
-                                                    std::optional<int64_t> visibility_ms = {},
-                                                    int64_t wait_ms = 0,
-                                                    bool isolate_suspects = false);
+  virtual Expected<std::vector<Message>>
+  remove_and_receive(const std::vector<std::string>& done, std::vector<Expected<void>>& deleted,
+                     int max, std::optional<int64_t> visibility_ms = {}, int64_t wait_ms = 0,
+                     bool isolate_suspects = false) = 0;
 
   // Delete a received message by its receipt handle.
-  Expected<void> remove(std::string_view receipt);
-  std::vector<Expected<void>> remove_batch(const std::vector<std::string>& receipts);
+  virtual Expected<void> remove(std::string_view receipt) = 0;
+  virtual std::vector<Expected<void>> remove_batch(const std::vector<std::string>& receipts) = 0;
   // Hide a received message for `timeout_ms` from now (0 makes it visible at once).
-  Expected<void> change_visibility(std::string_view receipt, int64_t timeout_ms);
+  virtual Expected<void> change_visibility(std::string_view receipt, int64_t timeout_ms) = 0;
   // The retry path: a handling attempt failed with a transient `error`. The message becomes
   // visible again after queue.retry_delays[attempt-1], or moves to the DLQ once max_retries
   // retries are spent.
   // `subject` (what the message is about, such as an order id) goes in the log line of a
   // dead-lettering.
-  Expected<ReleaseOutcome> release(std::string_view receipt, std::string_view error,
-                                   std::string_view subject = {});
+  virtual Expected<ReleaseOutcome> release(std::string_view receipt, std::string_view error,
+                                           std::string_view subject = {}) = 0;
   // Move a received message to the DLQ at once (a permanent error), with `reason`.
-  Expected<void> dead_letter(std::string_view receipt, std::string_view reason,
-                             std::string_view subject = {});
+  virtual Expected<void> dead_letter(std::string_view receipt, std::string_view reason,
+                                     std::string_view subject = {}) = 0;
 
-  // Run `work` in a write transaction of the queue's database, with the queue's own connection
-  // (not fsynced: for bookkeeping such as the handler registry). A thrown SQLite error or a
-  // returned error rolls back the work.
-  Expected<void> run_write(const std::function<Expected<void>(sqlite::Database&)>& work);
 
   // Run `work` and settle the messages of `receipts` by its dispositions, in one transaction:
   // the work's changes and the deletions (or dead-letterings) commit together, or not at all.
   // This is how the embedded order store applies an event exactly once: a crash before the
   // commit loses both, and the message is delivered again. Every receipt must be current: if
   // one is not (its message was delivered to someone else, or is gone), nothing runs and that
-  // receipt's error is returned. If `work` fails or throws a SQLite error, its changes are
+  // receipt's error is returned. If `work` fails or throws a database error, its changes are
   // rolled back (not those of other requests sharing the transaction), its error is returned,
   // and the messages stay in flight for the caller to release.
-  Expected<void> settle(const std::vector<std::string>& receipts, const SettleWork& work);
+  virtual Expected<void> settle(const std::vector<std::string>& receipts,
+                                const SettleWork& work) = 0;
 
   // Take up to `max` messages (1-1000) from the fronts of their groups as receive would, run
   // `work` on them and delete them (or dead-letter those it says), all in one transaction and
   // without ever putting them in flight: for a consumer whose effects live in the queue's
   // database (the embedded order store), exactly once at half the writes of receive + settle.
-  // If none is visible, wait up to `wait_ms` like receive. If `work` fails or throws a SQLite
+  // If none is visible, wait up to `wait_ms` like receive. If `work` fails or throws a database
   // error, none of it happens and the messages stay visible where they were; the error is
   // returned (take the receive + release path then, which counts the attempt and backs off).
   // The messages returned have no receipt handle, and no dedup id where it is content-based
   // (the SHA-256 of each body is not worth computing for work that does not look at it).
   //
-  // Since the messages never go in flight, a process that dies in `work` would leave no trace
-  // of the attempt: before the work runs, the batch is written to the queue's work journal
-  // (core/queue/work_journal.hpp), and the housekeeping of any process counts a delivery of each
-  // message a dead consumer was handling. Suspects come alone, and run out of retries, as with
-  // receive(..., isolate_suspects).
-  Expected<std::vector<Message>> consume(int max, int64_t wait_ms, const ConsumeWork& work);
+  // A process that dies in `work` leaves a trace of the attempt all the same: the back-end
+  // counts a delivery of each message a dead consumer was handling. Suspects come alone, and
+  // run out of retries, as with receive(..., isolate_suspects).
+  virtual Expected<std::vector<Message>> consume(int max, int64_t wait_ms,
+                                                 const ConsumeWork& work) = 0;
 
   // The message of this queue or its DLQ with sequence number `seq`, or nothing when it is
   // gone (deleted after it was handled, purged or expired). In the DLQ, dead_at is set.
-  Expected<std::optional<Message>> find(int64_t seq);
+  virtual Expected<std::optional<Message>> find(int64_t seq) = 0;
 
   // Messages waiting in the queue (visible, delayed or in flight; not the DLQ), oldest first
   // unless asked otherwise, without receiving them: nothing about them changes. A filter by
   // body field reads the bodies of the messages it passes over.
-  Expected<std::vector<Message>> peek(const PeekFilter& filter);
+  virtual Expected<std::vector<Message>> peek(const PeekFilter& filter) = 0;
 
   // Every message group with messages waiting, in one pass over the queue's messages: the
   // figures of each, the first `filter.limit` of them in the order GroupsReport describes, and
   // the totals.
-  Expected<GroupsReport> groups(const GroupsFilter& filter);
+  virtual Expected<GroupsReport> groups(const GroupsFilter& filter) = 0;
 
   // Dead-lettered messages, oldest first.
-  Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0);
+  virtual Expected<std::vector<Message>> dlq_list(int64_t limit = 100, int64_t offset = 0) = 0;
   // A page of the DLQ's messages that match `filter`, oldest first, and how many match, read at
   // one moment (without the scan of the main queue that stats() makes). Ages are measured from
   // now.
@@ -321,12 +345,13 @@ public:
     std::vector<Message> messages;
     int64_t total = 0;
   };
-  Expected<DlqPage> dlq_page(int64_t limit, int64_t offset, const DlqFilter& filter = {});
-  Expected<Message> dlq_show(std::string_view message_id);
+  virtual Expected<DlqPage> dlq_page(int64_t limit, int64_t offset,
+                                     const DlqFilter& filter = {}) = 0;
+  virtual Expected<Message> dlq_show(std::string_view message_id) = 0;
   // Move DLQ messages (all, or those with the given message ids) back to the queue in their
   // original order. Returns how many moved; an id not in the DLQ is an Errc::not_found error and
   // moves nothing.
-  Expected<int64_t> redrive(const std::vector<std::string>& message_ids = {});
+  virtual Expected<int64_t> redrive(const std::vector<std::string>& message_ids = {}) = 0;
 
   // A redrive in steps of the messages that match a filter: those in the DLQ that match when
   // begin_redrive is called (ages measured from then), and no message dead-lettered after, so
@@ -338,61 +363,50 @@ public:
     int64_t after_seq = 0; // the messages up to here are done
     int64_t total = 0;     // the messages that matched when it began
   };
-  Expected<RedriveRun> begin_redrive(const DlqFilter& filter);
+  virtual Expected<RedriveRun> begin_redrive(const DlqFilter& filter) = 0;
   // Move the next (at most `max`) messages of `run` back to the queue, oldest first, each to the
   // back of its group, in one transaction fsynced like a send: moved all together or not at
   // all. Returns how many moved; 0 when the run is done. Messages purged or redriven by someone
   // else meanwhile are passed over. Steps taken one after the other keep the original order
   // within each group.
-  Expected<int64_t> redrive_step(RedriveRun& run, int64_t max);
+  virtual Expected<int64_t> redrive_step(RedriveRun& run, int64_t max) = 0;
 
   // Remove every message of the queue (or of its DLQ) and its dedup history.
-  Expected<int64_t> purge(bool dlq = false);
+  virtual Expected<int64_t> purge(bool dlq = false) = 0;
   // Drop messages past retention and dedup entries past the window. Runs by itself from
   // receive at most every housekeeping interval; callable directly.
-  Expected<SweepResult> sweep();
+  virtual Expected<SweepResult> sweep() = 0;
 
-  Expected<QueueStats> stats();
-  CommitStats commit_stats() const;
+  virtual Expected<QueueStats> stats() = 0;
+  // How well group commit works in this process.
+  virtual CommitStats commit_stats() const = 0;
 
-  // Whether the database is sound: an error when it is marked damaged (SQLite found damage in
-  // it, in this process or another: core/sqlite/sqlite.hpp), else SQLite's quick_check of the whole
-  // file, run again after a hundred times as long as it took (between a second and ten
-  // minutes), the last result in between. A damaged database takes no writes (every write
-  // fails with the reason) until it is restored; opening it clears the mark once the check
-  // passes again. For health checks.
-  Expected<void> check_integrity();
+  // The handler registry. Write (insert or update) a handler's row and return what an operator
+  // asks of it ("", "stop" or "drain"); not fsynced: a row lost to a crash is written again a
+  // second later.
+  virtual Expected<std::string> save_handler(const HandlerRecord& record) = 0;
+  // Ask handler `id` to "stop" or "drain" (written in its row, which it reads at its next
+  // heartbeat). Errc::not_found when it has no row.
+  virtual Expected<void> request_handler(std::string_view id, std::string_view request) = 0;
+  // Every handler whose last heartbeat is after `since_ms`, most recently started first.
+  virtual Expected<std::vector<HandlerRecord>> handlers(int64_t since_ms) = 0;
 
-  // Whether the database's write lock comes free: an error naming the process that holds it
-  // when that process is stopped (Ctrl-Z, SIGSTOP, a debugger) or keeps it for over a second,
-  // or when this process's own transaction has been open for over 10 s. For health checks:
-  // a process that holds the lock and does not let go keeps every writer waiting.
-  Expected<void> check_write_lock();
-
-  // Wait until no write transaction of any Queue of this process is open, and keep new ones
-  // from beginning while the returned lock is held: what a process does before it lets itself
-  // be stopped (SIGTSTP), so that it never stops holding the database's write lock.
-  static std::unique_lock<std::shared_mutex> hold_writes();
-
-  // Whether the queue can take writes now: with plenty of free space on the disk holding it,
-  // yes without touching it; with little (under 16 MiB), a small write transaction decides, so
-  // that a full disk is reported as the error a send would get. For health checks.
-  Expected<void> check_writable();
+  // The health checks (/health; docs/http-api.md). Each answers at once, an error saying what
+  // is wrong and what to do.
+  // Whether the queue's storage is sound (not found damaged).
+  virtual Expected<void> check_integrity() = 0;
+  // Whether no writer of the queue is stuck holding what every other writer waits for.
+  virtual Expected<void> check_write_lock() = 0;
+  // Whether the queue can take writes now (for example: its disk is not full).
+  virtual Expected<void> check_writable() = 0;
 
   // Wake every receive that is waiting in this process, e.g. to shut down. Waiting receives
   // return at once (empty) until resume() is called.
-  void interrupt();
-  void resume();
+  virtual void interrupt() = 0;
+  virtual void resume() = 0;
 
-private:
-  // The long poll of every receive: `attempt(first_try)` tries once and says whether it got
-  // anything; between tries it waits (up to `wait_ms` in all) for a local wake-up or the poll
-  // interval, and probes cheaply before trying again.
-  Expected<void> poll(int64_t wait_ms, const std::function<Expected<bool>(bool)>& attempt);
-
-  struct Impl;
-  explicit Queue(std::unique_ptr<Impl> impl, QueueOptions options);
-  std::unique_ptr<Impl> m_impl;
+protected:
+  explicit Queue(QueueOptions options) : m_options(std::move(options)) {}
   QueueOptions m_options;
 };
 

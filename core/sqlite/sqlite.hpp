@@ -20,7 +20,7 @@ namespace acmo::sqlite {
 
 // A database in which SQLite found damage (SQLITE_CORRUPT) is marked by a file beside it,
 // "<db>-damaged", holding the time and what was found, so that every process using it refuses
-// to write to it until it is restored (core/queue/queue.cpp). The first finding is kept.
+// to write to it until it is restored (core/queue/sqlite/sqlite_queue.cpp). The first finding is kept.
 std::string damage_marker_path(const std::string& db_path);
 void mark_damaged(const std::string& db_path, std::string_view what);
 

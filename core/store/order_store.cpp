@@ -4,6 +4,7 @@
 
 #include <fmt/core.h>
 
+#include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/sqlite/sqlite.hpp"
 #include "core/util/ids.hpp"
 
@@ -191,6 +192,15 @@ void append_audit(sqlite::Database& db, const std::vector<const AppliedEvent*>& 
 }
 
 } // namespace
+
+Expected<std::vector<Expected<void>>>
+SqliteOrderStore::apply_all(QueueTransaction& txn, const std::vector<const AppliedEvent*>& events,
+                            int64_t now_ms)
+{
+  auto db = sqlite_connection(txn);
+  if (!db) return Unexpected(db.error());
+  return apply_all(**db, events, now_ms);
+}
 
 std::vector<Expected<void>> SqliteOrderStore::apply_all(
   sqlite::Database& db, const std::vector<const AppliedEvent*>& events, int64_t now_ms)

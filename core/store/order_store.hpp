@@ -20,6 +20,7 @@ namespace acmo {
 namespace sqlite {
 class Database;
 }
+class QueueTransaction;
 
 // An event as the handler applies it: the event and the message that carried it.
 struct AppliedEvent {
@@ -141,6 +142,11 @@ public:
   static std::vector<Expected<void>> apply_all(sqlite::Database& db,
                                                const std::vector<const AppliedEvent*>& events,
                                                int64_t now_ms);
+  // The same in the queue's transaction `txn`, which must be the embedded queue's
+  // (Errc::internal otherwise: the embedded store lives in the embedded queue's database).
+  static Expected<std::vector<Expected<void>>>
+  apply_all(QueueTransaction& txn, const std::vector<const AppliedEvent*>& events,
+            int64_t now_ms);
 
   Expected<Order> get(std::string_view id) override;
   Expected<OrderList> list(std::string_view status, int64_t limit, int64_t offset) override;

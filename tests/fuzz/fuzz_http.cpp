@@ -26,7 +26,7 @@
 #include "core/cache/cache.hpp"
 #include "core/config/backends.hpp"
 #include "core/config/config.hpp"
-#include "core/queue/queue.hpp"
+#include "core/queue/sqlite/sqlite_queue.hpp"
 #include "daemon/http_server.hpp"
 
 namespace {
@@ -59,7 +59,7 @@ Served& served()
     acmo::QueueOptions qo = acmo::queue_options_from(x->config);
     qo.durability_full = false; // fsyncs would only slow the fuzzer down
     const std::string db = x->dir + "/acmo.db";
-    auto queue = acmo::Queue::open(db, qo);
+    auto queue = acmo::SqliteQueue::open(db, qo);
     if (!queue) std::abort();
     x->queue = std::move(*queue);
     x->cache = acmo::open_cache(x->config);

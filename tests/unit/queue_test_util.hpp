@@ -8,7 +8,8 @@
 #include <catch2/catch.hpp>
 
 #include "core/orders/order_event.hpp"
-#include "core/queue/queue.hpp"
+#include "core/queue/sqlite/sqlite_queue.hpp"
+#include "core/sqlite/sqlite.hpp"
 #include "core/util/error.hpp"
 
 namespace acmo::test {
@@ -38,7 +39,13 @@ template<typename T> Error must_fail(const Expected<T>& result)
 inline std::unique_ptr<Queue> open_queue(const std::string& path, QueueOptions options = {},
                                          const Clock& clock = SystemClock::instance())
 {
-  return must(Queue::open(path, std::move(options), clock));
+  return must(SqliteQueue::open(path, std::move(options), clock));
+}
+
+// The SQLite connection of an embedded queue's transaction, for work that writes in it.
+inline sqlite::Database& db_of(QueueTransaction& txn)
+{
+  return *must(sqlite_connection(txn));
 }
 
 // Queue the order event written as JSON, in the group "orders", as `acmo send` would.

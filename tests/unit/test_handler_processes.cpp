@@ -141,7 +141,7 @@ void run_kill_test(bool group_per_order, const StoreUnderTest& store_under_test 
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   for (;;) {
     pid_t child = spawn({}, [&] {
-      auto q = Queue::open(path, options);
+      auto q = SqliteQueue::open(path, options);
       if (!q) return k_child_open_failed;
       auto writer = store_under_test.open_writer();
       HandlerOptions handler_options{2, 10, 100};

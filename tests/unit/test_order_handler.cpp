@@ -134,7 +134,8 @@ TEST_CASE("OrderHandler: a message redelivered while its first handler still wor
   OrderHandler handler(*q, path, HandlerOptions{1, 10, 50}, clock);
   CHECK(must(handler.run_once()).processed == 1);
   // The slow handler finishes now: its settle fails on the stale receipt and applies nothing.
-  auto late = q->settle({slow[0].receipt}, [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+  auto late = q->settle({slow[0].receipt}, [&](QueueTransaction& txn) -> Expected<std::vector<Disposition>> {
+    auto& db = test::db_of(txn);
     auto event = parse_event(slow[0].body);
     const AppliedEvent applied{slow[0].message_id, slow[0].seq, *event};
     auto ok = std::move(SqliteOrderStore::apply_all(db, {&applied}, 0).front());
@@ -218,7 +219,7 @@ TEST_CASE("OrderHandler: a run registers the handler with its figures, stopped a
   for (int64_t n : stats.batch_buckets) in_buckets += n;
   CHECK(in_buckets == stats.batches);
   CHECK(stats.batch_sum_us >= stats.latency_p50_us);
-  auto handlers = must(list_handlers(path, clock.now_ms()));
+  auto handlers = must(list_handlers(*q, clock.now_ms()));
   REQUIRE(handlers.size() == 1);
   const auto& h = handlers[0];
   CHECK(h.pid == ::getpid());

@@ -16,7 +16,7 @@
 #include <sqlite3.h>
 
 #include "core/queue/limits.hpp"
-#include "core/queue/queue.hpp"
+#include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/util/clock.hpp"
 #include "core/util/ids.hpp"
 #include "queue_test_util.hpp"
@@ -1328,7 +1328,7 @@ TEST_CASE("Queue: an SQLite file of another program is refused, not changed", "[
   }
   const auto tables_before = table_names(path);
   const auto bytes_before = read_file(path);
-  auto result = Queue::open(path, QueueOptions{});
+  auto result = SqliteQueue::open(path, QueueOptions{});
   REQUIRE_FALSE(result);
   CHECK(result.error().code == Errc::invalid_input);
   CHECK_THAT(result.error().message, Catch::Contains(path));
@@ -1348,7 +1348,7 @@ TEST_CASE("Queue: a file that is not SQLite at all is refused, not changed", "[q
   {
     std::ofstream(path, std::ios::binary) << garbage;
   }
-  auto result = Queue::open(path, QueueOptions{});
+  auto result = SqliteQueue::open(path, QueueOptions{});
   REQUIRE_FALSE(result);
   CHECK_FALSE(result.error().message.empty());
   CHECK_THAT(result.error().message, Catch::Contains("not an SQLite file"));
@@ -1361,7 +1361,7 @@ TEST_CASE("Queue: a database written by a newer acmo is refused", "[queue]")
   const auto path = dir.file("acmo.db");
   open_queue(path).reset();
   write_foreign_sqlite(path, "PRAGMA user_version = 999;");
-  auto result = Queue::open(path, QueueOptions{});
+  auto result = SqliteQueue::open(path, QueueOptions{});
   REQUIRE_FALSE(result);
   CHECK(result.error().code == Errc::conflict);
   CHECK_THAT(result.error().message, Catch::Contains("newer acmo"));
@@ -1370,7 +1370,7 @@ TEST_CASE("Queue: a database written by a newer acmo is refused", "[queue]")
 TEST_CASE("Queue: a file in a directory that does not exist is refused", "[queue]")
 {
   TempDir dir;
-  auto result = Queue::open(dir.file("no/such/dir/acmo.db"), QueueOptions{});
+  auto result = SqliteQueue::open(dir.file("no/such/dir/acmo.db"), QueueOptions{});
   REQUIRE_FALSE(result);
   CHECK(result.error().code == Errc::unavailable);
 }
@@ -1385,7 +1385,7 @@ TEST_CASE("Queue: bad queue options are refused at open", "[queue]")
   SECTION("a negative retry delay") { o.retry_delays_ms = {1000, -1}; }
   SECTION("a visibility timeout over 12 h") { o.visibility_timeout_ms = 12 * 3'600'000 + 1; }
   SECTION("no retention") { o.retention_ms = 0; }
-  auto result = Queue::open(dir.file("acmo.db"), o);
+  auto result = SqliteQueue::open(dir.file("acmo.db"), o);
   REQUIRE_FALSE(result);
   CHECK(result.error().code == Errc::invalid_input);
   CHECK_FALSE(result.error().field.empty());

@@ -10,6 +10,7 @@
 #include "unit/temp_dir.hpp"
 
 using namespace acmo;
+using acmo::test::db_of;
 using acmo::test::must;
 using acmo::test::must_fail;
 using acmo::test::open_queue;
@@ -27,8 +28,9 @@ std::vector<std::string> bodies(const std::vector<Message>& messages)
 // Work that records each body in the table work_done and keeps every message.
 ConsumeWork record_all()
 {
-  return [](sqlite::Database& db, const std::vector<Message>& got)
+  return [](QueueTransaction& txn, const std::vector<Message>& got)
            -> Expected<std::vector<Disposition>> {
+    auto& db = db_of(txn);
     db.exec("CREATE TABLE IF NOT EXISTS work_done(body TEXT)");
     for (const auto& m : got) {
       db.prepare("INSERT INTO work_done(body) VALUES (?1)")->bind(1, m.body).run();
@@ -59,7 +61,7 @@ TEST_CASE("Queue consume: the work and the deletions commit together, in group o
   CHECK(must(q->stats()).visible == 0);
   // Nothing left: no work runs.
   bool ran = false;
-  got = must(q->consume(10, 0, [&](sqlite::Database&, const std::vector<Message>&)
+  got = must(q->consume(10, 0, [&](QueueTransaction&, const std::vector<Message>&)
                                   -> Expected<std::vector<Disposition>> {
     ran = true;
     return std::vector<Disposition>{};
@@ -123,8 +125,9 @@ TEST_CASE("Queue consume: failed work changes nothing and leaves the messages vi
 
   SECTION("an error returned")
   {
-    auto error = must_fail(q->consume(10, 0, [](sqlite::Database& db, const std::vector<Message>&)
+    auto error = must_fail(q->consume(10, 0, [](QueueTransaction& txn, const std::vector<Message>&)
                                                 -> Expected<std::vector<Disposition>> {
+      auto& db = db_of(txn);
       db.exec("CREATE TABLE work_done(body TEXT)");
       return make_error(Errc::unavailable, "the store is down");
     }));
@@ -132,8 +135,9 @@ TEST_CASE("Queue consume: failed work changes nothing and leaves the messages vi
   }
   SECTION("a SQLite error thrown")
   {
-    auto error = must_fail(q->consume(10, 0, [](sqlite::Database& db, const std::vector<Message>&)
+    auto error = must_fail(q->consume(10, 0, [](QueueTransaction& txn, const std::vector<Message>&)
                                                 -> Expected<std::vector<Disposition>> {
+      auto& db = db_of(txn);
       db.exec("CREATE TABLE work_done(body TEXT)");
       db.exec("INSERT INTO no_such_table VALUES (1)");
       return std::vector<Disposition>{};
@@ -142,8 +146,9 @@ TEST_CASE("Queue consume: failed work changes nothing and leaves the messages vi
   }
   SECTION("a disposition count that does not match")
   {
-    auto error = must_fail(q->consume(10, 0, [](sqlite::Database& db, const std::vector<Message>&)
+    auto error = must_fail(q->consume(10, 0, [](QueueTransaction& txn, const std::vector<Message>&)
                                                 -> Expected<std::vector<Disposition>> {
+      auto& db = db_of(txn);
       db.exec("CREATE TABLE work_done(body TEXT)");
       return std::vector<Disposition>(1);
     }));
@@ -155,8 +160,9 @@ TEST_CASE("Queue consume: failed work changes nothing and leaves the messages vi
   CHECK(s.received == 0);
   CHECK(s.deleted == 0);
   // The work's table went with it; the messages are there for the next try, in order.
-  auto got = must(q->consume(10, 0, [](sqlite::Database& db, const std::vector<Message>& taken)
+  auto got = must(q->consume(10, 0, [](QueueTransaction& txn, const std::vector<Message>& taken)
                                         -> Expected<std::vector<Disposition>> {
+    auto& db = db_of(txn);
     CHECK(db.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'work_done'") == 0);
     return std::vector<Disposition>(taken.size());
   }));
@@ -170,7 +176,7 @@ TEST_CASE("Queue consume: a permanent failure goes to the DLQ with its reason", 
   auto q = open_queue(dir.file("acmo.db"), {}, clock);
   must(q->send(SendRequest{"good", "g", ""}));
   must(q->send(SendRequest{"bad", "g", ""}));
-  must(q->consume(10, 0, [](sqlite::Database&, const std::vector<Message>&)
+  must(q->consume(10, 0, [](QueueTransaction&, const std::vector<Message>&)
                             -> Expected<std::vector<Disposition>> {
     return std::vector<Disposition>{{}, {true, "order ord_1 does not exist", "ord_1"}};
   }));

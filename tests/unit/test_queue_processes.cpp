@@ -24,7 +24,7 @@
 #include <fmt/core.h>
 #include <sqlite3.h>
 
-#include "core/queue/queue.hpp"
+#include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/util/ids.hpp"
 #include "process_util.hpp"
 #include "queue_test_util.hpp"
@@ -201,7 +201,7 @@ TEST_CASE("Queue processes: two senders and two receivers on one file deliver ea
   // child opens the file itself; the first ones race to create the schema.
   for (int r = 0; r < k_receivers; ++r) {
     children.push_back(spawn({records.read_fd(), stop.write_fd()}, [&, r] {
-      auto q = Queue::open(path, options);
+      auto q = SqliteQueue::open(path, options);
       if (!q) return k_child_open_failed;
       for (;;) {
         pollfd p{stop.read_fd(), POLLIN, 0};
@@ -228,7 +228,7 @@ TEST_CASE("Queue processes: two senders and two receivers on one file deliver ea
     children.push_back(spawn({records.read_fd(), records.write_fd(), stop.write_fd(),
                               stop.read_fd()},
                              [&, s] {
-                               auto q = Queue::open(path, options);
+                               auto q = SqliteQueue::open(path, options);
                                if (!q) return k_child_open_failed;
                                for (int i = 0; i < k_per_sender; ++i) {
                                  SendRequest req{fmt::format("s{}:{}", s, i),
@@ -365,7 +365,7 @@ TEST_CASE("Queue processes: every acknowledged send survives kill -9 of the send
       INFO("round " << round);
       auto acked = run_and_kill(
         [&](int ack_fd) {
-          auto q = Queue::open(path, options);
+          auto q = SqliteQueue::open(path, options);
           if (!q) return k_child_open_failed;
           for (int i = 0; i < 1'000'000; ++i) {
             auto sent = (*q)->send(
@@ -408,7 +408,7 @@ TEST_CASE("Queue processes: every acknowledged send survives kill -9 of the send
       INFO("round " << round);
       auto acked = run_and_kill(
         [&](int ack_fd) {
-          auto q = Queue::open(path, options);
+          auto q = SqliteQueue::open(path, options);
           if (!q) return k_child_open_failed;
           for (int b = 0; b < 100'000; ++b) {
             std::vector<SendRequest> requests;
@@ -461,7 +461,7 @@ TEST_CASE("Queue processes: every acknowledged send survives kill -9 of the send
       INFO("round " << round);
       auto acked = run_and_kill(
         [&](int ack_fd) {
-          auto q = Queue::open(path, options);
+          auto q = SqliteQueue::open(path, options);
           if (!q) return k_child_open_failed;
           std::atomic<int> failure{k_child_ok};
           std::vector<std::thread> threads;
@@ -519,7 +519,7 @@ TEST_CASE("Queue processes: several processes opening a new file at once all suc
     std::vector<pid_t> children;
     for (int c = 0; c < 6; ++c) {
       children.push_back(spawn({}, [&] {
-        auto q = Queue::open(path, QueueOptions{});
+        auto q = SqliteQueue::open(path, QueueOptions{});
         if (!q) return k_child_open_failed;
         return (*q)->send(SendRequest{fmt::format("hello {}", ::getpid()), "g", ""})
                  ? k_child_ok

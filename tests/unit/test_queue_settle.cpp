@@ -7,6 +7,7 @@
 #include "unit/temp_dir.hpp"
 
 using namespace acmo;
+using acmo::test::db_of;
 using acmo::test::must;
 using acmo::test::must_fail;
 using acmo::test::open_queue;
@@ -37,7 +38,8 @@ TEST_CASE("Queue settle: the work and the deletions commit together", "[queue][s
   auto got = must(q->receive(10));
   REQUIRE(got.size() == 3);
   int64_t rows_seen = -1;
-  must(q->settle(receipts_of(got), [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+  must(q->settle(receipts_of(got), [&](QueueTransaction& txn) -> Expected<std::vector<Disposition>> {
+    auto& db = db_of(txn);
     db.exec("CREATE TABLE IF NOT EXISTS work_done(body TEXT)");
     for (const auto& m : got) {
       db.prepare("INSERT INTO work_done(body) VALUES (?1)")->bind(1, m.body).run();
@@ -60,7 +62,8 @@ TEST_CASE("Queue settle: failed work is rolled back and the messages stay in fli
   must(q->send(SendRequest{"only", "g", ""}));
   auto got = must(q->receive(10));
   REQUIRE(got.size() == 1);
-  auto error = must_fail(q->settle(receipts_of(got), [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+  auto error = must_fail(q->settle(receipts_of(got), [&](QueueTransaction& txn) -> Expected<std::vector<Disposition>> {
+    auto& db = db_of(txn);
     db.exec("CREATE TABLE work_done(body TEXT)");
     db.exec("INSERT INTO work_done VALUES ('half')");
     return make_error(Errc::unavailable, "the store is down");
@@ -69,7 +72,8 @@ TEST_CASE("Queue settle: failed work is rolled back and the messages stay in fli
   CHECK(must(q->stats()).in_flight == 1);
   // The table created by the failed work is gone with it, and the receipt still works.
   bool table_exists = true;
-  must(q->settle(receipts_of(got), [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+  must(q->settle(receipts_of(got), [&](QueueTransaction& txn) -> Expected<std::vector<Disposition>> {
+    auto& db = db_of(txn);
     table_exists = db.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'work_done'") > 0;
     return std::vector<Disposition>(1);
   }));
@@ -88,7 +92,7 @@ TEST_CASE("Queue settle: a stale receipt runs no work", "[queue][settle]")
   auto second = must(q->receive(1));
   REQUIRE(second.size() == 1);
   bool ran = false;
-  auto error = must_fail(q->settle(receipts_of(first), [&](sqlite::Database&) -> Expected<std::vector<Disposition>> {
+  auto error = must_fail(q->settle(receipts_of(first), [&](QueueTransaction&) -> Expected<std::vector<Disposition>> {
     ran = true;
     return std::vector<Disposition>(1);
   }));
@@ -107,7 +111,7 @@ TEST_CASE("Queue settle: a permanent failure goes to the DLQ with its reason, th
   must(q->send(SendRequest{"bad", "g", ""}));
   auto got = must(q->receive(10));
   REQUIRE(got.size() == 2);
-  must(q->settle(receipts_of(got), [&](sqlite::Database&) -> Expected<std::vector<Disposition>> {
+  must(q->settle(receipts_of(got), [&](QueueTransaction&) -> Expected<std::vector<Disposition>> {
     return std::vector<Disposition>{{}, {true, "order ord_1 is delivered; it cannot become pending", "ord_1"}};
   }));
   auto dead = must(q->dlq_list());
@@ -128,7 +132,8 @@ TEST_CASE("Queue settle: work that throws a SQLite error is rolled back like fai
   must(q->send(SendRequest{"only", "g", ""}));
   auto got = must(q->receive(10));
   REQUIRE(got.size() == 1);
-  auto error = must_fail(q->settle(receipts_of(got), [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+  auto error = must_fail(q->settle(receipts_of(got), [&](QueueTransaction& txn) -> Expected<std::vector<Disposition>> {
+    auto& db = db_of(txn);
     db.exec("CREATE TABLE work_done(body TEXT)");
     db.exec("INSERT INTO no_such_table VALUES (1)");
     return std::vector<Disposition>(1);
@@ -136,7 +141,8 @@ TEST_CASE("Queue settle: work that throws a SQLite error is rolled back like fai
   CHECK(error.message.find("no_such_table") != std::string::npos);
   CHECK(must(q->stats()).in_flight == 1);
   bool table_exists = true;
-  must(q->settle(receipts_of(got), [&](sqlite::Database& db) -> Expected<std::vector<Disposition>> {
+  must(q->settle(receipts_of(got), [&](QueueTransaction& txn) -> Expected<std::vector<Disposition>> {
+    auto& db = db_of(txn);
     table_exists = db.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'work_done'") > 0;
     return std::vector<Disposition>(1);
   }));

@@ -1,4 +1,4 @@
-// The journal of work in hand (core/queue/work_journal.*) and what the queue does with it: a message
+// The journal of work in hand (core/queue/sqlite/work_journal.*) and what the queue does with it: a message
 // whose handling kills the process that took it is counted like any failed attempt, reaches
 // the DLQ after queue.max_retries, and the rest of its group goes on. Real processes, really
 // killed.
@@ -9,7 +9,7 @@
 #include <catch2/catch.hpp>
 #include <csignal>
 
-#include "core/queue/work_journal.hpp"
+#include "core/queue/sqlite/work_journal.hpp"
 #include "core/sqlite/sqlite.hpp"
 #include "process_util.hpp"
 #include "queue_test_util.hpp"
@@ -121,10 +121,10 @@ TEST_CASE("Queue consume: a message whose work kills the consumer reaches the DL
     int out[2];
     REQUIRE(::pipe(out) == 0);
     pid_t child = spawn({out[0]}, [&] {
-      auto q = Queue::open(path, options);
+      auto q = SqliteQueue::open(path, options);
       if (!q) return k_child_open_failed;
       for (;;) {
-        auto got = (*q)->consume(10, 0, [&](sqlite::Database&, const std::vector<Message>& batch)
+        auto got = (*q)->consume(10, 0, [&](QueueTransaction&, const std::vector<Message>& batch)
                                           -> Expected<std::vector<Disposition>> {
           for (const auto& m : batch) {
             if (m.body == "poison") {

@@ -1,4 +1,4 @@
-#include "core/queue/schema.hpp"
+#include "core/queue/sqlite/schema.hpp"
 
 namespace acmo::schema {
 

@@ -1,4 +1,4 @@
-#include "core/queue/work_journal.hpp"
+#include "core/queue/sqlite/work_journal.hpp"
 
 #include <atomic>
 #include <cerrno>

@@ -1,5 +1,5 @@
 // Which messages a process is handling right now, kept where other processes can read it once
-// that process has died (core/queue/queue.cpp's consume and its housekeeping).
+// that process has died (SqliteQueue::consume and its housekeeping).
 //
 // Queue::consume takes messages, runs the consumer's work on them and deletes them in one
 // transaction, without ever putting them in flight: cheap, but a message whose handling kills

@@ -1,13 +1,15 @@
-#include "core/queue/queue.hpp"
+#include "core/queue/sqlite/sqlite_queue.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <utility>
@@ -22,8 +24,8 @@
 #include <sqlite3.h>
 
 #include "core/queue/limits.hpp"
-#include "core/queue/schema.hpp"
-#include "core/queue/work_journal.hpp"
+#include "core/queue/sqlite/schema.hpp"
+#include "core/queue/sqlite/work_journal.hpp"
 #include "core/sqlite/lock_holder.hpp"
 #include "core/sqlite/sqlite.hpp"
 #include "core/util/ids.hpp"
@@ -261,7 +263,7 @@ struct WriteOp {
   std::atomic<uint32_t> state{k_waiting};
 };
 
-// Every write transaction of every Queue of this process holds it shared; Queue::hold_writes
+// Every write transaction of every Queue of this process holds it shared; SqliteQueue::hold_writes
 // holds it alone.
 static std::shared_mutex& write_gate()
 {
@@ -289,7 +291,7 @@ static void futex_wake(std::atomic<uint32_t>& word)
             nullptr, 0);
 }
 
-struct Queue::Impl {
+struct SqliteQueue::Impl {
   const Clock& clock;
   QueueOptions options;
   int64_t queue_id = 0;
@@ -1690,15 +1692,24 @@ int64_t ensure_queue(sqlite::Database& db, const std::string& name, int64_t now)
 
 } // namespace
 
-Queue::Queue(std::unique_ptr<Impl> impl, QueueOptions options)
-  : m_impl(std::move(impl)), m_options(std::move(options))
+SqliteQueue::SqliteQueue(std::unique_ptr<Impl> impl, QueueOptions options)
+  : Queue(std::move(options)), m_impl(std::move(impl))
 {
 }
 
-Queue::~Queue() = default;
+SqliteQueue::~SqliteQueue() = default;
 
-Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOptions options,
-                                             const Clock& clock)
+Expected<sqlite::Database*> sqlite_connection(QueueTransaction& txn)
+{
+  if (auto* t = dynamic_cast<SqliteTransaction*>(&txn)) return &t->db();
+  return make_error(Errc::internal,
+                    fmt::format("work for the embedded queue's database was given a {} queue's "
+                                "transaction",
+                                txn.backend()));
+}
+
+Expected<std::unique_ptr<SqliteQueue>> SqliteQueue::open(const std::string& db_path,
+                                                         QueueOptions options, const Clock& clock)
 {
   if (auto ok = check_queue_options(options); !ok) return Unexpected(ok.error());
   auto impl = std::make_unique<Impl>(clock, options, db_path);
@@ -1736,12 +1747,12 @@ Expected<std::unique_ptr<Queue>> Queue::open(const std::string& db_path, QueueOp
   } catch (const sqlite::SqliteError& e) {
     return Unexpected(e.to_error());
   }
-  return std::unique_ptr<Queue>(new Queue(std::move(impl), std::move(options)));
+  return std::unique_ptr<SqliteQueue>(new SqliteQueue(std::move(impl), std::move(options)));
 }
 
 // --- sending -------------------------------------------------------------------------------------
 
-Expected<SendResult> Queue::send(const SendRequest& request)
+Expected<SendResult> SqliteQueue::send(const SendRequest& request)
 {
   auto prepared = m_impl->prepare_send(request);
   if (!prepared) return Unexpected(prepared.error());
@@ -1754,7 +1765,7 @@ Expected<SendResult> Queue::send(const SendRequest& request)
 }
 
 Expected<std::vector<Expected<SendResult>>>
-Queue::send_batch(const std::vector<SendRequest>& requests)
+SqliteQueue::send_batch(const std::vector<SendRequest>& requests)
 {
   if (requests.empty() || requests.size() > limits::k_max_batch) {
     return make_error(Errc::invalid_input,
@@ -1765,7 +1776,7 @@ Queue::send_batch(const std::vector<SendRequest>& requests)
   return m_impl->send_many(requests.data(), requests.size());
 }
 
-std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest>& requests)
+std::vector<Expected<SendResult>> SqliteQueue::send_bulk(const std::vector<SendRequest>& requests)
 {
   std::vector<Expected<SendResult>> results;
   results.reserve(requests.size());
@@ -1779,7 +1790,7 @@ std::vector<Expected<SendResult>> Queue::send_bulk(const std::vector<SendRequest
 
 // --- receiving -----------------------------------------------------------------------------------
 
-Expected<std::vector<Message>> Queue::receive(int max, std::optional<int64_t> visibility_ms,
+Expected<std::vector<Message>> SqliteQueue::receive(int max, std::optional<int64_t> visibility_ms,
                                               int64_t wait_ms, bool isolate_suspects)
 {
   std::vector<Expected<void>> none;
@@ -1801,7 +1812,7 @@ static Expected<void> check_receive(int max, int64_t wait_ms)
   return {};
 }
 
-Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::string>& done,
+Expected<std::vector<Message>> SqliteQueue::remove_and_receive(const std::vector<std::string>& done,
                                                          std::vector<Expected<void>>& deleted,
                                                          int max,
                                                          std::optional<int64_t> visibility_ms,
@@ -1839,7 +1850,7 @@ Expected<std::vector<Message>> Queue::remove_and_receive(const std::vector<std::
   return got;
 }
 
-Expected<void> Queue::poll(int64_t wait_ms, const std::function<Expected<bool>(bool)>& attempt)
+Expected<void> SqliteQueue::poll(int64_t wait_ms, const std::function<Expected<bool>(bool)>& attempt)
 {
   auto& impl = *m_impl;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
@@ -1880,7 +1891,7 @@ Expected<void> Queue::poll(int64_t wait_ms, const std::function<Expected<bool>(b
   }
 }
 
-Expected<std::vector<Message>> Queue::consume(int max, int64_t wait_ms, const ConsumeWork& work)
+Expected<std::vector<Message>> SqliteQueue::consume(int max, int64_t wait_ms, const ConsumeWork& work)
 {
   if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
   auto& impl = *m_impl;
@@ -1904,7 +1915,10 @@ Expected<std::vector<Message>> Queue::consume(int max, int64_t wait_ms, const Co
       // attempt is counted (recover_orphans). Without a journal (it cannot be written) the
       // work still runs: the journal only guards against what should never happen.
       const bool journaled = impl.journal.begin(impl.queue_id, seqs.data(), seqs.size()).has_value();
-      result = impl.settle_located(txn, at, [&] { return work(*impl.writer, got); }, true);
+      result = impl.settle_located(txn, at, [&] {
+        SqliteTransaction t(*impl.writer);
+        return work(t, got);
+      }, true);
       if (journaled) impl.journal.end();
       if (result) txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
     };
@@ -1916,7 +1930,7 @@ Expected<std::vector<Message>> Queue::consume(int max, int64_t wait_ms, const Co
   return got;
 }
 
-Expected<void> Queue::remove(std::string_view receipt)
+Expected<void> SqliteQueue::remove(std::string_view receipt)
 {
   Expected<void> result;
   WriteOp op;
@@ -1925,7 +1939,7 @@ Expected<void> Queue::remove(std::string_view receipt)
   return result;
 }
 
-std::vector<Expected<void>> Queue::remove_batch(const std::vector<std::string>& receipts)
+std::vector<Expected<void>> SqliteQueue::remove_batch(const std::vector<std::string>& receipts)
 {
   std::vector<Expected<void>> results(receipts.size());
   WriteOp op;
@@ -1940,7 +1954,7 @@ std::vector<Expected<void>> Queue::remove_batch(const std::vector<std::string>& 
   return results;
 }
 
-Expected<void> Queue::change_visibility(std::string_view receipt, int64_t timeout_ms)
+Expected<void> SqliteQueue::change_visibility(std::string_view receipt, int64_t timeout_ms)
 {
   if (timeout_ms < 0 || timeout_ms > k_max_visibility_ms) {
     return make_error(Errc::invalid_input,
@@ -1953,7 +1967,7 @@ Expected<void> Queue::change_visibility(std::string_view receipt, int64_t timeou
   });
 }
 
-Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_view error,
+Expected<ReleaseOutcome> SqliteQueue::release(std::string_view receipt, std::string_view error,
                                         std::string_view subject)
 {
   return m_impl->with_receipt<ReleaseOutcome>(receipt, [&](Txn& txn, const Located& at) {
@@ -1978,7 +1992,7 @@ Expected<ReleaseOutcome> Queue::release(std::string_view receipt, std::string_vi
   });
 }
 
-Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view reason,
+Expected<void> SqliteQueue::dead_letter(std::string_view receipt, std::string_view reason,
                                   std::string_view subject)
 {
   return m_impl->with_receipt<void>(receipt, [&](Txn& txn, const Located& at) {
@@ -1987,7 +2001,7 @@ Expected<void> Queue::dead_letter(std::string_view receipt, std::string_view rea
   });
 }
 
-Expected<void> Queue::run_write(const std::function<Expected<void>(sqlite::Database&)>& work)
+Expected<void> SqliteQueue::run_write(const std::function<Expected<void>(sqlite::Database&)>& work)
 {
   Expected<void> result;
   WriteOp op;
@@ -2002,7 +2016,88 @@ Expected<void> Queue::run_write(const std::function<Expected<void>(sqlite::Datab
   return result;
 }
 
-Expected<void> Queue::check_integrity()
+// --- the handler registry ------------------------------------------------------------------
+
+Expected<std::string> SqliteQueue::save_handler(const HandlerRecord& r)
+{
+  static const std::string k_sql =
+    "INSERT INTO handlers(id, pid, host, started_at, heartbeat_at, stopped_at, processed,"
+    " dead_lettered, retried, batches, latency_p50_us, latency_p99_us, last_error)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    " ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,"
+    " stopped_at = excluded.stopped_at, processed = excluded.processed,"
+    " dead_lettered = excluded.dead_lettered, retried = excluded.retried,"
+    " batches = excluded.batches, latency_p50_us = excluded.latency_p50_us,"
+    " latency_p99_us = excluded.latency_p99_us, last_error = excluded.last_error"
+    " RETURNING request";
+  std::string request;
+  auto ok = run_write([&](sqlite::Database& db) -> Expected<void> {
+    auto stmt = db.prepare(k_sql);
+    stmt->bind(1, r.id).bind(2, r.pid).bind(3, r.host).bind(4, r.started_at_ms);
+    stmt->bind(5, r.heartbeat_at_ms).bind(6, r.stopped_at_ms).bind(7, r.processed);
+    stmt->bind(8, r.dead_lettered).bind(9, r.retried).bind(10, r.batches);
+    stmt->bind(11, r.latency_p50_us).bind(12, r.latency_p99_us).bind(13, r.last_error);
+    request = stmt->step() ? stmt->column_text(0) : std::string();
+    while (stmt->step()) {
+    }
+    return {};
+  });
+  if (!ok) return Unexpected(ok.error());
+  return request;
+}
+
+Expected<void> SqliteQueue::request_handler(std::string_view id, std::string_view request)
+{
+  static const std::string k_sql = "UPDATE handlers SET request = ?2 WHERE id = ?1";
+  bool found = false;
+  auto ok = run_write([&](sqlite::Database& db) -> Expected<void> {
+    db.prepare(k_sql)->bind(1, id).bind(2, request).run();
+    found = db.changes() > 0;
+    return {};
+  });
+  if (!ok) return ok;
+  if (!found) return make_error(Errc::not_found, fmt::format("no handler {} is registered", id));
+  return {};
+}
+
+Expected<std::vector<HandlerRecord>> SqliteQueue::handlers(int64_t since_ms)
+{
+  static const std::string k_sql =
+    "SELECT id, pid, host, started_at, heartbeat_at, stopped_at, processed, dead_lettered,"
+    " retried, batches, latency_p50_us, latency_p99_us, last_error, request FROM handlers"
+    " WHERE heartbeat_at > ?1 ORDER BY started_at DESC, id";
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    std::vector<HandlerRecord> out;
+    auto stmt = m_impl->reader->prepare(k_sql);
+    stmt->bind(1, since_ms);
+    while (stmt->step()) {
+      HandlerRecord r;
+      r.id = stmt->column_text(0);
+      r.pid = stmt->column_int(1);
+      r.host = stmt->column_text(2);
+      r.started_at_ms = stmt->column_int(3);
+      r.heartbeat_at_ms = stmt->column_int(4);
+      r.stopped_at_ms = stmt->column_int(5);
+      r.processed = stmt->column_int(6);
+      r.dead_lettered = stmt->column_int(7);
+      r.retried = stmt->column_int(8);
+      r.batches = stmt->column_int(9);
+      r.latency_p50_us = stmt->column_int(10);
+      r.latency_p99_us = stmt->column_int(11);
+      r.last_error = stmt->column_text(12);
+      r.request = stmt->column_text(13);
+      out.push_back(std::move(r));
+    }
+    return out;
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
+// --- health ------------------------------------------------------------------------------
+
+Expected<void> SqliteQueue::check_integrity()
 {
   auto& impl = *m_impl;
   if (auto damage = impl.damaged()) return Unexpected(*damage);
@@ -2017,7 +2112,7 @@ Expected<void> Queue::check_integrity()
   return result;
 }
 
-Expected<void> Queue::check_writable()
+Expected<void> SqliteQueue::check_writable()
 {
   constexpr uint64_t k_plenty = 16ull << 20;
   constexpr off_t k_probe = 256 << 10; // more than a batch of sends appends to the WAL
@@ -2052,7 +2147,7 @@ Expected<void> Queue::check_writable()
   });
 }
 
-Expected<void> Queue::settle(const std::vector<std::string>& receipts, const SettleWork& work)
+Expected<void> SqliteQueue::settle(const std::vector<std::string>& receipts, const SettleWork& work)
 {
   Expected<void> result;
   WriteOp op;
@@ -2067,7 +2162,10 @@ Expected<void> Queue::settle(const std::vector<std::string>& receipts, const Set
       }
       located.push_back(std::move(*at));
     }
-    result = impl.settle_located(txn, located, [&] { return work(*impl.writer); }, false);
+    result = impl.settle_located(txn, located, [&] {
+      SqliteTransaction t(*impl.writer);
+      return work(t);
+    }, false);
   };
   if (auto ok = m_impl->write(op, true); !ok) return ok;
   return result;
@@ -2108,7 +2206,7 @@ static void bind_dlq_filter(sqlite::Statement& stmt, const DlqFilter& filter, in
   }
 }
 
-Expected<std::vector<Message>> Queue::dlq_list(int64_t limit, int64_t offset)
+Expected<std::vector<Message>> SqliteQueue::dlq_list(int64_t limit, int64_t offset)
 {
   try {
     std::lock_guard lock(m_impl->read_mu);
@@ -2122,7 +2220,7 @@ Expected<std::vector<Message>> Queue::dlq_list(int64_t limit, int64_t offset)
   }
 }
 
-Expected<Queue::DlqPage> Queue::dlq_page(int64_t limit, int64_t offset, const DlqFilter& filter)
+Expected<SqliteQueue::DlqPage> SqliteQueue::dlq_page(int64_t limit, int64_t offset, const DlqFilter& filter)
 {
   static const std::string k_count = "SELECT COUNT(*) FROM messages WHERE queue_id = ?1";
   static const std::string k_count_matching = "SELECT COUNT(*) FROM messages WHERE" + k_dlq_match;
@@ -2157,7 +2255,7 @@ Expected<Queue::DlqPage> Queue::dlq_page(int64_t limit, int64_t offset, const Dl
   }
 }
 
-Expected<std::optional<Message>> Queue::find(int64_t seq)
+Expected<std::optional<Message>> SqliteQueue::find(int64_t seq)
 {
   static const std::string k_sql = "SELECT " + k_message_columns
                                    + " FROM messages WHERE seq = ?1 AND queue_id IN (?2, ?3)";
@@ -2172,7 +2270,7 @@ Expected<std::optional<Message>> Queue::find(int64_t seq)
   }
 }
 
-Expected<std::vector<Message>> Queue::peek(const PeekFilter& filter)
+Expected<std::vector<Message>> SqliteQueue::peek(const PeekFilter& filter)
 {
   // json_extract only on valid JSON (it fails on anything else), and only where the value's
   // text is in the body at all.
@@ -2197,7 +2295,7 @@ Expected<std::vector<Message>> Queue::peek(const PeekFilter& filter)
   }
 }
 
-Expected<Message> Queue::dlq_show(std::string_view message_id)
+Expected<Message> SqliteQueue::dlq_show(std::string_view message_id)
 {
   static const std::string k_sql = "SELECT " + k_message_columns
                                    + " FROM messages WHERE queue_id = ?1 AND message_id = ?2";
@@ -2227,7 +2325,7 @@ static const std::string k_redrive_move =
   " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
   " dead_reason = '', dead_at = 0 WHERE seq = ?1";
 
-Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
+Expected<int64_t> SqliteQueue::redrive(const std::vector<std::string>& message_ids)
 {
   static const std::string k_all =
     "SELECT seq, message_id, group_id FROM messages WHERE queue_id = ?1 ORDER BY seq";
@@ -2274,7 +2372,7 @@ Expected<int64_t> Queue::redrive(const std::vector<std::string>& message_ids)
   return result;
 }
 
-Expected<Queue::RedriveRun> Queue::begin_redrive(const DlqFilter& filter)
+Expected<SqliteQueue::RedriveRun> SqliteQueue::begin_redrive(const DlqFilter& filter)
 {
   static const std::string k_last_seq = "SELECT next_seq - 1 FROM queues WHERE id = 0";
   static const std::string k_count = "SELECT COUNT(*) FROM messages WHERE" + k_dlq_match;
@@ -2298,7 +2396,7 @@ Expected<Queue::RedriveRun> Queue::begin_redrive(const DlqFilter& filter)
   return run;
 }
 
-Expected<int64_t> Queue::redrive_step(RedriveRun& run, int64_t max)
+Expected<int64_t> SqliteQueue::redrive_step(RedriveRun& run, int64_t max)
 {
   // In sequence order from where the last step stopped: the dead_at bound leaves out what was
   // dead-lettered since the run began, the seq bound what was redriven since and came back.
@@ -2340,7 +2438,7 @@ Expected<int64_t> Queue::redrive_step(RedriveRun& run, int64_t max)
   return moved;
 }
 
-Expected<GroupsReport> Queue::groups(const GroupsFilter& filter)
+Expected<GroupsReport> SqliteQueue::groups(const GroupsFilter& filter)
 {
   // One pass over the queue's messages in group order (the messages_by_group index). With
   // MIN(seq) as its only aggregate of that kind, SQLite takes the bare columns from the row
@@ -2402,7 +2500,7 @@ Expected<GroupsReport> Queue::groups(const GroupsFilter& filter)
   return report;
 }
 
-Expected<int64_t> Queue::purge(bool dlq)
+Expected<int64_t> SqliteQueue::purge(bool dlq)
 {
   int64_t removed = 0;
   WriteOp op;
@@ -2422,12 +2520,12 @@ Expected<int64_t> Queue::purge(bool dlq)
   return removed;
 }
 
-std::unique_lock<std::shared_mutex> Queue::hold_writes()
+std::unique_lock<std::shared_mutex> SqliteQueue::hold_writes()
 {
   return std::unique_lock<std::shared_mutex>(write_gate());
 }
 
-Expected<void> Queue::check_write_lock()
+Expected<void> SqliteQueue::check_write_lock()
 {
   auto& impl = *m_impl;
   // This process's own transaction, open far longer than any should be (a stuck thread).
@@ -2465,7 +2563,7 @@ Expected<void> Queue::check_write_lock()
   return {};
 }
 
-Expected<SweepResult> Queue::sweep()
+Expected<SweepResult> SqliteQueue::sweep()
 {
   SweepResult result;
   const auto orphans = m_impl->journal.claim_orphans(m_impl->queue_id);
@@ -2482,7 +2580,7 @@ Expected<SweepResult> Queue::sweep()
   return result;
 }
 
-Expected<QueueStats> Queue::stats()
+Expected<QueueStats> SqliteQueue::stats()
 {
   static const std::string k_states =
     "SELECT COALESCE(SUM(visible_at <= ?2), 0),"
@@ -2551,12 +2649,12 @@ Expected<QueueStats> Queue::stats()
   return s;
 }
 
-CommitStats Queue::commit_stats() const
+CommitStats SqliteQueue::commit_stats() const
 {
   return CommitStats{m_impl->committed_transactions.load(), m_impl->committed_requests.load()};
 }
 
-void Queue::interrupt()
+void SqliteQueue::interrupt()
 {
   {
     std::lock_guard lock(m_impl->wake_mu);
@@ -2565,7 +2663,7 @@ void Queue::interrupt()
   m_impl->wake_cv.notify_all();
 }
 
-void Queue::resume()
+void SqliteQueue::resume()
 {
   std::lock_guard lock(m_impl->wake_mu);
   m_impl->interrupted = false;
