@@ -370,6 +370,16 @@ TEST_CASE("Config: the options an empty configuration gives are each layer's def
   CHECK(api.group_by == server.group_by);
   CHECK(api.store_backend == server.store_backend);
   CHECK(api.backlog_max_age_ms == server.backlog_max_age_ms);
+  const daemon::ConnectionOptions connections;
+  CHECK(connections.host == server.host);
+  CHECK(connections.port == server.port);
+  CHECK(connections.threads == server.threads);
+  CHECK(connections.max_body == server.max_body);
+  CHECK(connections.read_timeout_ms == server.read_timeout_ms);
+  CHECK(connections.write_timeout_ms == server.write_timeout_ms);
+  CHECK(connections.keep_alive_timeout_ms == server.keep_alive_timeout_ms);
+  CHECK(connections.keep_alive_max == server.keep_alive_max);
+  CHECK(connections.max_connections_per_client == server.max_connections_per_client);
 }
 
 TEST_CASE("Config: a file's values reach the handler, store, cache and server options",
