@@ -95,7 +95,7 @@ const Config& config(const GlobalOptions& global)
 
 std::string data_dir(const GlobalOptions& global)
 {
-  return resolve_data_dir(global.data_dir, config(global).get_string("data_dir"));
+  return resolve_data_dir(global.data_dir, config(global).settings().data_dir);
 }
 
 Fatal data_dir_fatal(const Error& error)

@@ -103,7 +103,7 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
   Narrator n(global);
   const Config& cfg = config(global);
   // The narration says what is dead-lettered and why; the log's line for it would repeat it.
-  log::configure("error", cfg.get_string("log.format"));
+  log::configure("error", cfg.settings().log.format);
   if (!global.json && !global.quiet) {
     fmt::print("acmo demo: order events through the queue to the orders, step by step.\n");
     fmt::print("Data dir: {}{}\n", data_dir(global),
@@ -133,13 +133,13 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
     if (!registered) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   n.say(fmt::format("queue \"{}\", store {}, cache {}, {} worker(s), batches of {}",
-                    queue->options().name, cfg.get_string("store.backend"),
-                    cfg.get_string("cache.backend"), hopts.concurrency, hopts.batch_size));
+                    queue->options().name, cfg.settings().store.backend,
+                    cfg.settings().cache.backend, hopts.concurrency, hopts.batch_size));
   n.check(registered, "the handler is running and registered in the data dir");
 
   // 2. Send events.
   n.step("Send order events: three CREATEs, four UPDATEs and a DELETE");
-  const std::string group_by = cfg.get_string("queue.group_by");
+  const std::string group_by = cfg.settings().group_by;
   int sent = 0;
   auto send = [&](EventType type, const std::string& order_id, nlohmann::json data,
                   const std::string& dedup_id) -> Expected<std::pair<SendResult, OrderEvent>> {
@@ -296,7 +296,7 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
   n.say(fmt::format("cache {}: {} hit(s), {} miss(es)", after.backend, after.hits - before.hits,
                     after.misses - before.misses));
   n.check(read1 && read2 && *read1 == *read2, "both reads give the same order");
-  if (cfg.get_string("cache.backend") != "none") {
+  if (cfg.settings().cache.backend != "none") {
     n.check(after.hits - before.hits >= 1, "the second read is a cache hit");
   }
 

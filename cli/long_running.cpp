@@ -47,8 +47,8 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
                         const std::string& command)
 {
   const Config& cfg = config(global);
-  const bool access = cfg.get_bool("log.access");
-  log::configure(global.quiet ? "warn" : cfg.get_string("log.level"), cfg.get_string("log.format"),
+  const bool access = cfg.settings().log.access;
+  log::configure(global.quiet ? "warn" : cfg.settings().log.level, cfg.settings().log.format,
                  access);
   log::set_long_running();
   if (!flags.daemon) {
@@ -71,7 +71,7 @@ void start_long_running(const DaemonFlags& flags, const GlobalOptions& global,
                          : fmt::format("{}/acmo-{}.pid", dir, command);
   }
   options.log_file = flags.log_file;
-  if (options.log_file.empty()) options.log_file = cfg.get_string("log.file");
+  if (options.log_file.empty()) options.log_file = cfg.settings().log.file;
   if (options.log_file.empty()) options.log_file = fmt::format("{}/acmo-{}.log", dir, command);
   if (auto ok = daemon::detach(options, command); !ok) throw Fatal(ok.error());
 }

@@ -32,7 +32,7 @@ constexpr const char* k_statuses = "pending, processing, shipped, delivered or c
 
 bool postgres(const GlobalOptions& global)
 {
-  return config(global).get_string("store.backend") == "postgres";
+  return config(global).settings().store.backend == "postgres";
 }
 
 // What the commands read through: the configured store behind the configured cache

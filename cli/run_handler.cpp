@@ -100,7 +100,7 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
     log::info({"started"}, "handling queue {} of {} (concurrency {}, batch size {}, store {}, cache {}); "
               "SIGINT or SIGTERM stops",
               queue->options().name, data_dir(global), opts.concurrency, opts.batch_size,
-              config(global).get_string("store.backend"), config(global).get_string("cache.backend"));
+              config(global).settings().store.backend, config(global).settings().cache.backend);
   }
   announce_ready();
   Expected<HandlerStats> result = HandlerStats{};

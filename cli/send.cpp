@@ -157,7 +157,7 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   auto built = event_from_flags(flags);
   if (!built) return report(built.error());
   OrderEvent event = std::move(*built);
-  complete_event(event, config(global).get_string("queue.group_by"));
+  complete_event(event, config(global).settings().group_by);
 
   auto queue = open_queue(global);
   SendRequest request = to_send_request(event);
@@ -278,7 +278,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
                     : fmt::format("line {}: {}", line_number, event.error().message));
       continue;
     }
-    complete_event(*event, config(global).get_string("queue.group_by"));
+    complete_event(*event, config(global).settings().group_by);
     requests.push_back(to_send_request(*event));
     events.push_back(std::move(*event));
     line_numbers.push_back(line_number);

@@ -28,8 +28,8 @@ struct ServeOptions {
 
 daemon::HttpServerOptions server_options(const Config& config, const ServeOptions& opts)
 {
-  daemon::HttpServerOptions o;
-  auto listen = parse_listen(opts.listen.empty() ? config.get_string("server.listen") : opts.listen);
+  const Settings& s = config.settings();
+  auto listen = parse_listen(opts.listen.empty() ? s.listen : opts.listen);
   if (!listen) {
     throw Fatal(opts.listen.empty()
                   ? fmt::format("{} (set by {})", listen.error().message,
@@ -37,24 +37,11 @@ daemon::HttpServerOptions server_options(const Config& config, const ServeOption
                   : fmt::format("--listen: {}", listen.error().message),
                 exit_code::k_usage);
   }
+  daemon::HttpServerOptions o{s.server};
   o.host = listen->host;
   o.port = listen->port;
-  o.threads = static_cast<int>(config.get_int("server.threads"));
-  o.max_body = config.get_int("server.max_body");
-  o.read_timeout_ms = config.get_int("server.read_timeout");
-  o.write_timeout_ms = config.get_int("server.write_timeout");
-  o.keep_alive_timeout_ms = config.get_int("server.keep_alive_timeout");
-  o.keep_alive_max = config.get_int("server.keep_alive_max");
-  o.max_connections_per_client = config.get_int("server.max_connections_per_client");
-  o.backlog_max_age_ms = config.get_int("server.backlog_max_age");
-  o.api_tokens = config.get_strings("server.api_tokens");
-  o.admin_tokens = config.get_strings("server.admin_tokens");
-  o.metrics_tokens = config.get_strings("server.metrics_tokens");
-  o.metrics_open = config.get_bool("server.metrics_open");
-  o.rate_limit = config.get_int("server.rate_limit");
-  o.rate_burst = config.get_int("server.rate_burst");
-  o.group_by = config.get_string("queue.group_by");
-  o.store_backend = config.get_string("store.backend");
+  o.group_by = s.group_by;
+  o.store_backend = s.store.backend;
   return o;
 }
 
@@ -62,7 +49,7 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
 {
   const Config& cfg = config(global);
   daemon::HttpServerOptions options = server_options(cfg, opts);
-  const bool with_handler = !opts.no_handler && cfg.get_bool("server.handler");
+  const bool with_handler = !opts.no_handler && cfg.settings().serve_handler;
 
   const sigset_t signals = block_signals();
   start_long_running(opts.daemon, global, "serve");

@@ -50,7 +50,7 @@ int run_stats(const StatsOptions& flags, const GlobalOptions& global)
     const int64_t now = SystemClock::instance().now_ms();
     auto figures = read_stats(*queue, store ? store->get() : nullptr,
                               store ? std::string() : store.error().message,
-                              config(global).get_string("store.backend"), cache.get(), now);
+                              config(global).settings().store.backend, cache.get(), now);
     if (!figures) return report(figures.error());
     if (global.json) {
       print_json(stats_json(*figures)); // with --watch: JSON Lines, one document per refresh

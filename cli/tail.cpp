@@ -76,7 +76,7 @@ int run_tail(const TailOptions& opts, const GlobalOptions& global)
   if (opts.count < 0) throw Fatal("--count must not be negative", exit_code::k_usage);
   const sigset_t signals = block_signals();
   auto queue = open_existing_queue(global);
-  const bool postgres = config(global).get_string("store.backend") == "postgres";
+  const bool postgres = config(global).settings().store.backend == "postgres";
   auto store = open_order_store(config(global), postgres ? "" : database_path(data_dir(global)));
   if (!store) throw Fatal(store.error());
   const Clock& clock = SystemClock::instance();

@@ -31,7 +31,7 @@ namespace acmo::daemon {
 struct ConnectionOptions {
   std::string host = "127.0.0.1";
   int port = 3000; // 0: any free port
-  int threads = 8;
+  int threads = 64;
   int64_t max_body = 1'048'576;
   int64_t read_timeout_ms = 5'000;
   int64_t write_timeout_ms = 5'000;

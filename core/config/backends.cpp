@@ -10,11 +10,7 @@ namespace {
 
 Expected<std::unique_ptr<PgOrderStore>> open_pg(const Config& config)
 {
-  PgOptions o;
-  o.url = config.get_string("store.url");
-  o.pool_size = static_cast<int>(config.get_int("store.pool_size"));
-  o.connect_timeout_ms = config.get_int("store.connect_timeout");
-  return PgOrderStore::open(o);
+  return PgOrderStore::open(config.settings().store.postgres);
 }
 
 } // namespace
@@ -22,7 +18,7 @@ Expected<std::unique_ptr<PgOrderStore>> open_pg(const Config& config)
 Expected<std::unique_ptr<OrderStore>> open_order_store(const Config& config,
                                                        const std::string& db_path)
 {
-  if (config.get_string("store.backend") == "postgres") {
+  if (config.settings().store.backend == "postgres") {
     auto store = open_pg(config);
     if (!store) return Unexpected(store.error());
     return std::unique_ptr<OrderStore>(std::move(*store));
@@ -34,7 +30,7 @@ Expected<std::unique_ptr<OrderStore>> open_order_store(const Config& config,
 
 Expected<std::unique_ptr<OrderWriter>> open_order_writer(const Config& config)
 {
-  if (config.get_string("store.backend") == "postgres") {
+  if (config.settings().store.backend == "postgres") {
     auto store = open_pg(config);
     if (!store) return Unexpected(store.error());
     return std::unique_ptr<OrderWriter>(std::move(*store));
@@ -44,31 +40,19 @@ Expected<std::unique_ptr<OrderWriter>> open_order_writer(const Config& config)
 
 std::unique_ptr<Cache> open_cache(const Config& config)
 {
-  const std::string& backend = config.get_string("cache.backend");
-  if (backend == "none") return std::make_unique<NullCache>();
-  if (backend == "redis") {
-    RedisCacheOptions o;
-    o.url = config.get_string("cache.url");
-    o.prefix = config.get_string("cache.prefix");
-    o.ttl_ms = config.get_int("cache.ttl");
-    o.timeout_ms = config.get_int("cache.timeout");
+  const Settings& s = config.settings();
+  if (s.cache.backend == "none") return std::make_unique<NullCache>();
+  if (s.cache.backend == "redis") {
+    RedisCacheOptions o = s.cache.redis;
+    o.ttl_ms = s.cache.ttl_ms;
     // Connections open as they are needed: at most one per thread that may ask at once.
-    o.max_connections = static_cast<int>(config.get_int("server.threads") +
-                                         config.get_int("handler.concurrency"));
+    o.max_connections = s.server.threads + s.handler.concurrency;
     return std::make_unique<RedisCache>(std::move(o));
   }
-  return std::make_unique<MemoryCache>(static_cast<size_t>(config.get_int("cache.capacity")),
-                                       config.get_int("cache.ttl"), SystemClock::instance(),
-                                       static_cast<size_t>(config.get_int("cache.max_bytes")));
+  return std::make_unique<MemoryCache>(s.cache.capacity, s.cache.ttl_ms, SystemClock::instance(),
+                                       s.cache.max_bytes);
 }
 
-HandlerOptions handler_options_from(const Config& config)
-{
-  HandlerOptions o;
-  o.concurrency = static_cast<int>(config.get_int("handler.concurrency"));
-  o.batch_size = static_cast<int>(config.get_int("handler.batch_size"));
-  o.wait_ms = config.get_int("handler.wait");
-  return o;
-}
+HandlerOptions handler_options_from(const Config& config) { return config.settings().handler; }
 
 } // namespace acmo

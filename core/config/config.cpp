@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <functional>
 #include <regex>
+#include <type_traits>
+#include <utility>
 
 #include <fmt/core.h>
 #include <toml++/toml.h>
@@ -17,100 +19,204 @@ namespace acmo {
 
 namespace {
 
-// The one table of configuration keys.
+// The member at the end of a path of member pointers: object.*first.*rest...
+template <auto First, auto... Rest>
+auto& member(auto& object)
+{
+  if constexpr (sizeof...(Rest) == 0) {
+    return object.*First;
+  } else {
+    return member<Rest...>(object.*First);
+  }
+}
+
+// A value of a key's type into a field of Settings (integers and durations may be narrower
+// than int64_t: the ranges keep them within it) and back.
+template <typename T>
+void assign(T& target, const ConfigValue& value)
+{
+  if constexpr (std::is_same_v<T, bool>) {
+    target = std::get<bool>(value);
+  } else if constexpr (std::is_integral_v<T>) {
+    target = static_cast<T>(std::get<int64_t>(value));
+  } else {
+    target = std::get<T>(value);
+  }
+}
+
+template <typename T>
+ConfigValue value_of(const T& source)
+{
+  if constexpr (std::is_same_v<T, bool>) {
+    return ConfigValue(std::in_place_type<bool>, source);
+  } else if constexpr (std::is_integral_v<T>) {
+    return ConfigValue(std::in_place_type<int64_t>, static_cast<int64_t>(source));
+  } else {
+    return ConfigValue(source);
+  }
+}
+
+// The field of Settings at a path of member pointers: field<&Settings::queue,
+// &QueueOptions::max_retries>() is settings.queue.max_retries.
+template <auto... Path>
+ConfigField field()
+{
+  return {[](Settings& s, const ConfigValue& v) { assign(member<Path...>(s), v); },
+          [](const Settings& s) { return value_of(member<Path...>(s)); }};
+}
+
+// The one table of configuration keys: name, type, default, description, the field of Settings
+// it fills, the range of an integer or duration, the choices, what is secret.
 const std::vector<ConfigKey> k_keys = {
   {"data_dir", KeyType::string, R"("")",
-   "directory for the queue database (default $XDG_STATE_HOME/acmo, else ~/.local/state/acmo)"},
-  {"queue.name", KeyType::string, R"("orders")", "the queue's name"},
-  {"queue.dlq_name", KeyType::string, R"("orders-dlq")", "the name of its dead-letter queue"},
+   "directory for the queue database (default $XDG_STATE_HOME/acmo, else ~/.local/state/acmo)",
+   field<&Settings::data_dir>()},
+  {"queue.name", KeyType::string, R"("orders")",
+   "the queue's name",
+   field<&Settings::queue, &QueueOptions::name>()},
+  {"queue.dlq_name", KeyType::string, R"("orders-dlq")",
+   "the name of its dead-letter queue",
+   field<&Settings::queue, &QueueOptions::dlq_name>()},
   {"queue.durability", KeyType::choice, R"("full")",
    "full: every accepted send is fsynced before the answer; normal: it survives a crash of any "
    "process, not a power cut",
-   "full|normal"},
+   {[](Settings& s, const ConfigValue& v) {
+      s.queue.durability_full = std::get<std::string>(v) == "full";
+    },
+    [](const Settings& s) {
+      return ConfigValue(std::string(s.queue.durability_full ? "full" : "normal"));
+    }},
+   {}, "full|normal"},
   {"queue.visibility_timeout", KeyType::duration, R"("30s")",
-   "how long a received message stays hidden before it is delivered again"},
+   "how long a received message stays hidden before it is delivered again",
+   field<&Settings::queue, &QueueOptions::visibility_timeout_ms>()},
   {"queue.dedup_window", KeyType::duration, R"("5m")",
-   "how long a deduplication id is remembered"},
+   "how long a deduplication id is remembered",
+   field<&Settings::queue, &QueueOptions::dedup_window_ms>()},
   {"queue.content_based_dedup", KeyType::boolean, "true",
-   "use the SHA-256 of the body as the deduplication id when a send has none"},
+   "use the SHA-256 of the body as the deduplication id when a send has none",
+   field<&Settings::queue, &QueueOptions::content_based_dedup>()},
   {"queue.retry_delays", KeyType::duration_list, R"(["1s", "5s", "15s"])",
-   "delay before retry N after a transient failure (the last one repeats)"},
+   "delay before retry N after a transient failure (the last one repeats)",
+   field<&Settings::queue, &QueueOptions::retry_delays_ms>()},
   {"queue.max_retries", KeyType::integer, "3",
-   "retries after the first failed attempt before a message goes to the DLQ"},
-  {"queue.retention", KeyType::duration, R"("4d")", "messages older than this are dropped"},
+   "retries after the first failed attempt before a message goes to the DLQ",
+   field<&Settings::queue, &QueueOptions::max_retries>()},
+  {"queue.retention", KeyType::duration, R"("4d")",
+   "messages older than this are dropped",
+   field<&Settings::queue, &QueueOptions::retention_ms>()},
   {"queue.group_by", KeyType::choice, R"("single")",
    "single: every event in the group \"orders\" (as the seed); order: one group per order id",
-   "single|order"},
+   field<&Settings::group_by>(), {}, "single|order"},
   {"queue.busy_timeout", KeyType::duration, R"("30s")",
-   "how long to wait for another process's write lock before giving up"},
+   "how long to wait for another process's write lock before giving up",
+   field<&Settings::queue, &QueueOptions::busy_timeout_ms>()},
   {"queue.poll_interval", KeyType::duration, R"("5ms")",
-   "how often an idle receiver looks for messages sent by other processes"},
+   "how often an idle receiver looks for messages sent by other processes",
+   field<&Settings::queue, &QueueOptions::poll_interval_ms>()},
   {"handler.concurrency", KeyType::integer, "1",
-   "worker threads of a handler; they work on different groups in parallel"},
-  {"handler.batch_size", KeyType::integer, "100", "messages a worker receives at once (1-1000)"},
+   "worker threads of a handler; they work on different groups in parallel",
+   field<&Settings::handler, &HandlerOptions::concurrency>(), {1, 64}},
+  {"handler.batch_size", KeyType::integer, "100",
+   "messages a worker receives at once (1-1000)",
+   field<&Settings::handler, &HandlerOptions::batch_size>(), {1, 1000}},
   {"handler.wait", KeyType::duration, R"("1s")",
-   "how long an idle worker's long poll waits for a message (at most 20s)"},
+   "how long an idle worker's long poll waits for a message (at most 20s)",
+   field<&Settings::handler, &HandlerOptions::wait_ms>(), {0, 20'000}},
   {"store.backend", KeyType::choice, R"("sqlite")",
    "sqlite: orders in the queue's database; postgres: orders in PostgreSQL at store.url",
-   "sqlite|postgres"},
+   field<&Settings::store, &StoreSettings::backend>(), {}, "sqlite|postgres"},
   {"store.url", KeyType::string, R"("")",
-   "the PostgreSQL connection URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"", "",
-   Secret::url},
-  {"store.pool_size", KeyType::integer, "4", "PostgreSQL connections a process keeps at most"},
+   "the PostgreSQL connection URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"",
+   field<&Settings::store, &StoreSettings::postgres, &PgOptions::url>(), {}, "", Secret::url},
+  {"store.pool_size", KeyType::integer, "4",
+   "PostgreSQL connections a process keeps at most",
+   field<&Settings::store, &StoreSettings::postgres, &PgOptions::pool_size>(), {1, 64}},
   {"store.connect_timeout", KeyType::duration, R"("5s")",
-   "how long to wait for PostgreSQL to answer a new connection"},
+   "how long to wait for PostgreSQL to answer a new connection",
+   field<&Settings::store, &StoreSettings::postgres, &PgOptions::connect_timeout_ms>(),
+   {1, 600'000}},
   {"cache.backend", KeyType::choice, R"("memory")",
    "memory: an LRU in each process; redis: shared, in Redis at cache.url; none: no cache",
-   "memory|redis|none"},
-  {"cache.url", KeyType::string, R"("redis://127.0.0.1:6379")", "the Redis server's URL", "",
-   Secret::url},
+   field<&Settings::cache, &CacheSettings::backend>(), {}, "memory|redis|none"},
+  {"cache.url", KeyType::string, R"("redis://127.0.0.1:6379")",
+   "the Redis server's URL",
+   field<&Settings::cache, &CacheSettings::redis, &RedisCacheOptions::url>(), {}, "", Secret::url},
   {"cache.prefix", KeyType::string, R"("acmo:")",
-   "the prefix of every Redis key acmo writes; cache clear removes only these"},
-  {"cache.ttl", KeyType::duration, R"("60s")", "how long a cached order or list is kept"},
-  {"cache.capacity", KeyType::integer, "10000", "entries the memory cache keeps at most"},
+   "the prefix of every Redis key acmo writes; cache clear removes only these",
+   field<&Settings::cache, &CacheSettings::redis, &RedisCacheOptions::prefix>()},
+  {"cache.ttl", KeyType::duration, R"("60s")",
+   "how long a cached order or list is kept",
+   field<&Settings::cache, &CacheSettings::ttl_ms>(), {1, 30LL * 86'400'000}},
+  {"cache.capacity", KeyType::integer, "10000",
+   "entries the memory cache keeps at most",
+   field<&Settings::cache, &CacheSettings::capacity>(), {1, 100'000'000}},
   {"cache.max_bytes", KeyType::integer, "67108864",
-   "bytes the memory cache keeps at most, keys and values (64 MiB)"},
+   "bytes the memory cache keeps at most, keys and values (64 MiB)",
+   field<&Settings::cache, &CacheSettings::max_bytes>(), {4096, 1LL << 40}},
   {"cache.timeout", KeyType::duration, R"("100ms")",
-   "how long to wait for Redis before a read falls back to the store"},
-  {"server.listen", KeyType::string, R"("127.0.0.1:3000")", "HOST:PORT acmo serve listens on"},
+   "how long to wait for Redis before a read falls back to the store",
+   field<&Settings::cache, &CacheSettings::redis, &RedisCacheOptions::timeout_ms>(), {1, 60'000}},
+  {"server.listen", KeyType::string, R"("127.0.0.1:3000")",
+   "HOST:PORT acmo serve listens on",
+   field<&Settings::listen>()},
   {"server.threads", KeyType::integer, "64",
-   "threads that answer HTTP requests at once (a connection holds one only while answered)"},
-  {"server.max_body", KeyType::integer, "1048576", "largest request body in bytes (413 above)"},
+   "threads that answer HTTP requests at once (a connection holds one only while answered)",
+   field<&Settings::server, &ServerOptions::threads>(), {1, 1024}},
+  {"server.max_body", KeyType::integer, "1048576",
+   "largest request body in bytes (413 above)",
+   field<&Settings::server, &ServerOptions::max_body>(), {1, 1LL << 30}},
   {"server.read_timeout", KeyType::duration, R"("5s")",
-   "how long a request may take to arrive whole, from its first byte (408 after)"},
+   "how long a request may take to arrive whole, from its first byte (408 after)",
+   field<&Settings::server, &ServerOptions::read_timeout_ms>(), {1, 3'600'000}},
   {"server.write_timeout", KeyType::duration, R"("5s")",
-   "how long an answer may take to be sent"},
+   "how long an answer may take to be sent",
+   field<&Settings::server, &ServerOptions::write_timeout_ms>(), {1, 3'600'000}},
   {"server.keep_alive_timeout", KeyType::duration, R"("5s")",
-   "how long an idle keep-alive connection stays open"},
-  {"server.keep_alive_max", KeyType::integer, "1000", "requests on one connection at most"},
+   "how long an idle keep-alive connection stays open",
+   field<&Settings::server, &ServerOptions::keep_alive_timeout_ms>(), {1, 3'600'000}},
+  {"server.keep_alive_max", KeyType::integer, "1000",
+   "requests on one connection at most",
+   field<&Settings::server, &ServerOptions::keep_alive_max>(), {1, 1'000'000'000}},
   {"server.backlog_max_age", KeyType::duration, R"("5m")",
-   "GET /health is 503 once the oldest waiting message is older than this; 0: no age check"},
+   "GET /health is 503 once the oldest waiting message is older than this; 0: no age check",
+   field<&Settings::server, &ServerOptions::backlog_max_age_ms>(), {0, 30LL * 86'400'000}},
   {"server.max_connections_per_client", KeyType::integer, "1024",
-   "connections one client address may hold open at once (429 above)"},
+   "connections one client address may hold open at once (429 above)",
+   field<&Settings::server, &ServerOptions::max_connections_per_client>(), {1, 1'000'000}},
   {"server.api_tokens", KeyType::string_list, "[]",
-   "bearer tokens for the API; empty: no token needed", "", Secret::whole},
+   "bearer tokens for the API; empty: no token needed",
+   field<&Settings::server, &ServerOptions::api_tokens>(), {}, "", Secret::whole},
   {"server.admin_tokens", KeyType::string_list, "[]",
-   "bearer tokens for purge, cache clear and the DLQ; empty: api tokens suffice", "",
-   Secret::whole},
+   "bearer tokens for purge, cache clear and the DLQ; empty: api tokens suffice",
+   field<&Settings::server, &ServerOptions::admin_tokens>(), {}, "", Secret::whole},
   {"server.metrics_tokens", KeyType::string_list, "[]",
-   "bearer tokens that read GET /metrics and nothing else (a Prometheus scraper's)", "",
-   Secret::whole},
+   "bearer tokens that read GET /metrics and nothing else (a Prometheus scraper's)",
+   field<&Settings::server, &ServerOptions::metrics_tokens>(), {}, "", Secret::whole},
   {"server.metrics_open", KeyType::boolean, "false",
-   "true: GET /metrics needs no token (a scraper on a private network)"},
+   "true: GET /metrics needs no token (a scraper on a private network)",
+   field<&Settings::server, &ServerOptions::metrics_open>()},
   {"server.rate_limit", KeyType::integer, "0",
-   "requests per second per valid token, else per client address (0: no limit)"},
+   "requests per second per valid token, else per client address (0: no limit)",
+   field<&Settings::server, &ServerOptions::rate_limit>(), {0, 1'000'000'000}},
   {"server.rate_burst", KeyType::integer, "0",
-   "requests a client may make at once above the rate (0: one second's worth)"},
+   "requests a client may make at once above the rate (0: one second's worth)",
+   field<&Settings::server, &ServerOptions::rate_burst>(), {0, 1'000'000'000}},
   {"server.handler", KeyType::boolean, "true",
-   "run an OrderHandler inside acmo serve (false: as --no-handler)"},
-  {"log.level", KeyType::choice, R"("info")", "the least important messages logged",
-   "error|warn|info|debug"},
+   "run an OrderHandler inside acmo serve (false: as --no-handler)",
+   field<&Settings::serve_handler>()},
+  {"log.level", KeyType::choice, R"("info")",
+   "the least important messages logged",
+   field<&Settings::log, &LogSettings::level>(), {}, "error|warn|info|debug"},
   {"log.file", KeyType::string, R"("")",
-   "the log file of --daemon (default: the data dir's acmo-COMMAND.log)"},
-  {"log.format", KeyType::choice, R"("text")", "text: one line per message; json: JSON Lines",
-   "text|json"},
+   "the log file of --daemon (default: the data dir's acmo-COMMAND.log)",
+   field<&Settings::log, &LogSettings::file>()},
+  {"log.format", KeyType::choice, R"("text")",
+   "text: one line per message; json: JSON Lines",
+   field<&Settings::log, &LogSettings::format>(), {}, "text|json"},
   {"log.access", KeyType::boolean, "false",
-   "acmo serve logs one line per HTTP request (method, path, status, bytes, duration, client)"},
+   "acmo serve logs one line per HTTP request (method, path, status, bytes, duration, client)",
+   field<&Settings::log, &LogSettings::access>()},
 };
 
 const ConfigKey* find_key(std::string_view name)
@@ -482,6 +588,14 @@ std::string format_value(const ConfigKey& key, const ConfigValue& value)
   return "";
 }
 
+void Config::set(const std::string& key, ConfigEntry entry)
+{
+  const ConfigKey* row = find_key(key);
+  if (row == nullptr) throw Fatal("internal error: no configuration key " + key);
+  row->field.set(m_settings, entry.value);
+  m_entries[key] = std::move(entry);
+}
+
 const ConfigEntry& Config::entry(const std::string& key) const
 {
   auto it = m_entries.find(key);
@@ -573,20 +687,9 @@ Expected<Config> load_config(const ConfigSources& sources)
 
 QueueOptions queue_options_from(const Config& config)
 {
-  QueueOptions o;
-  o.name = config.get_string("queue.name");
+  QueueOptions o = config.settings().queue;
   // A queue named by hand gets a DLQ of its own unless one is named too.
-  o.dlq_name = config.entry("queue.dlq_name").source == "default" ? o.name + "-dlq"
-                                                                   : config.get_string("queue.dlq_name");
-  o.durability_full = config.get_string("queue.durability") == "full";
-  o.visibility_timeout_ms = config.get_int("queue.visibility_timeout");
-  o.dedup_window_ms = config.get_int("queue.dedup_window");
-  o.content_based_dedup = config.get_bool("queue.content_based_dedup");
-  o.retry_delays_ms = config.get_list("queue.retry_delays");
-  o.max_retries = static_cast<int>(config.get_int("queue.max_retries"));
-  o.retention_ms = config.get_int("queue.retention");
-  o.busy_timeout_ms = config.get_int("queue.busy_timeout");
-  o.poll_interval_ms = config.get_int("queue.poll_interval");
+  if (config.entry("queue.dlq_name").source == "default") o.dlq_name = o.name + "-dlq";
   return o;
 }
 
@@ -620,66 +723,41 @@ Expected<ListenAddress> parse_listen(std::string_view text)
 
 Expected<void> check_config(const Config& config)
 {
-  auto range = [&](const char* key, int64_t low, int64_t high) -> Expected<void> {
-    const int64_t v = config.get_int(key);
-    if (v < low || v > high) {
-      return make_error(Errc::invalid_input,
-                        fmt::format("{} must be between {} and {}, not {}", key, low, high, v), key);
-    }
-    return {};
-  };
-  auto duration_range = [&](const char* key, int64_t low_ms, int64_t high_ms) -> Expected<void> {
-    const int64_t v = config.get_int(key);
-    if (v < low_ms || v > high_ms) {
-      return make_error(Errc::invalid_input,
-                        fmt::format("{} must be between {}ms and {}ms, not {}ms", key, low_ms,
-                                    high_ms, v),
-                        key);
-    }
-    return {};
-  };
-  for (auto ok : {range("handler.concurrency", 1, 64), range("handler.batch_size", 1, 1000),
-                  duration_range("handler.wait", 0, 20'000), range("store.pool_size", 1, 64),
-                  duration_range("store.connect_timeout", 1, 600'000),
-                  range("cache.capacity", 1, 100'000'000),
-                  range("cache.max_bytes", 4096, 1LL << 40),
-                  duration_range("cache.ttl", 1, 30LL * 86'400'000),
-                  duration_range("cache.timeout", 1, 60'000), range("server.threads", 1, 1024),
-                  range("server.max_body", 1, 1LL << 30),
-                  duration_range("server.read_timeout", 1, 3'600'000),
-                  duration_range("server.write_timeout", 1, 3'600'000),
-                  duration_range("server.keep_alive_timeout", 1, 3'600'000),
-                  range("server.keep_alive_max", 1, 1'000'000'000),
-                  duration_range("server.backlog_max_age", 0, 30LL * 86'400'000),
-                  range("server.max_connections_per_client", 1, 1'000'000),
-                  range("server.rate_limit", 0, 1'000'000'000),
-                  range("server.rate_burst", 0, 1'000'000'000)}) {
-    if (!ok) return ok;
+  for (const auto& key : k_keys) {
+    if (key.range.none()) continue;
+    const int64_t v = std::get<int64_t>(config.entry(key.name).value);
+    if (v >= key.range.low && v <= key.range.high) continue;
+    const char* unit = key.type == KeyType::duration ? "ms" : "";
+    return make_error(Errc::invalid_input,
+                      fmt::format("{} must be between {}{} and {}{}, not {}{}", key.name,
+                                  key.range.low, unit, key.range.high, unit, v, unit),
+                      key.name);
   }
-  if (config.get_string("store.backend") == "postgres" && config.get_string("store.url").empty()) {
+  const Settings& s = config.settings();
+  if (s.store.backend == "postgres" && s.store.postgres.url.empty()) {
     return make_error(Errc::invalid_input,
                       "store.backend is \"postgres\" but store.url is empty; set it to the "
                       "server's URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"",
                       "store.backend");
   }
-  if (config.get_string("cache.backend") == "redis") {
-    if (auto address = parse_redis_url(config.get_string("cache.url")); !address) {
+  if (s.cache.backend == "redis") {
+    if (auto address = parse_redis_url(s.cache.redis.url); !address) {
       return make_error(Errc::invalid_input, address.error().message, "cache.url");
     }
-    if (config.get_string("cache.prefix").empty()) {
+    if (s.cache.redis.prefix.empty()) {
       return make_error(Errc::invalid_input,
                         "cache.prefix must not be empty: acmo clears only the keys under it",
                         "cache.prefix");
     }
   }
-  if (config.get_bool("server.metrics_open") && !config.get_strings("server.metrics_tokens").empty()) {
+  if (s.server.metrics_open && !s.server.metrics_tokens.empty()) {
     return make_error(Errc::invalid_input,
                       "server.metrics_open is true, so GET /metrics asks for no token and "
                       "server.metrics_tokens would never be used; empty server.metrics_tokens, "
                       "or set server.metrics_open to false to have the scraper send one",
                       "server.metrics_open");
   }
-  if (auto ok = parse_listen(config.get_string("server.listen")); !ok) return Unexpected(ok.error());
+  if (auto ok = parse_listen(s.listen); !ok) return Unexpected(ok.error());
   return {};
 }
 

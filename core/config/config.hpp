@@ -1,5 +1,6 @@
 // acmo's configuration: one declarative table of keys drives parsing, validation, the
-// environment variables, `acmo config show` and the documentation (docs/configuration.md).
+// environment variables, the typed Settings each layer's options come from, `acmo config show`
+// and the documentation (docs/configuration.md).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <variant>
 #include <vector>
 
+#include "core/config/settings.hpp"
 #include "core/queue/queue.hpp"
 #include "core/util/error.hpp"
 
@@ -22,11 +24,34 @@ enum class Secret {
   url,   // the password of a connection URL or libpq string
 };
 
+using ConfigValue =
+  std::variant<std::string, bool, int64_t, std::vector<int64_t>, std::vector<std::string>>;
+
+// The field of Settings a key fills: `set` stores a value of the key's type there, `get` reads
+// it back.
+struct ConfigField {
+  void (*set)(Settings& settings, const ConfigValue& value) = nullptr;
+  ConfigValue (*get)(const Settings& settings) = nullptr;
+};
+
+// The values an integer or duration key allows (durations in ms), both ends included; none
+// when high < low.
+struct ConfigRange {
+  int64_t low = 0;
+  int64_t high = -1;
+
+  bool none() const { return high < low; }
+};
+
+// Everything acmo knows of a key, in one row: a new key is a row of config_keys() (and a field
+// of Settings for it to fill).
 struct ConfigKey {
   const char* name;          // "queue.visibility_timeout"; top-level keys have no dot
   KeyType type;
   const char* default_value; // as written in a TOML file, e.g. "\"30s\"" or "true"
   const char* description;   // one line
+  ConfigField field;
+  ConfigRange range = {};    // checked by check_config; the [queue] keys by check_queue_options
   const char* choices = "";  // for KeyType::choice: "full|normal"
   Secret secret = Secret::none;
 };
@@ -38,9 +63,6 @@ const std::vector<ConfigKey>& config_keys();
 // ("queue.durability" → "ACMO_QUEUE_DURABILITY").
 std::string env_name(const ConfigKey& key);
 
-using ConfigValue =
-  std::variant<std::string, bool, int64_t, std::vector<int64_t>, std::vector<std::string>>;
-
 struct ConfigEntry {
   ConfigValue value;
   std::string source; // "default", "/etc/acmo/acmo.toml:12", "env ACMO_X", "flag --data-dir"
@@ -49,20 +71,25 @@ struct ConfigEntry {
 class Config
 {
 public:
+  // A value by its key's name (tests); commands read settings().
   const std::string& get_string(const std::string& key) const;
   bool get_bool(const std::string& key) const;
   int64_t get_int(const std::string& key) const; // integers, and durations in ms
   const std::vector<int64_t>& get_list(const std::string& key) const;
   const std::vector<std::string>& get_strings(const std::string& key) const;
   const ConfigEntry& entry(const std::string& key) const;
+  // Every key's value in the field its row names.
+  const Settings& settings() const { return m_settings; }
   // The file that was read, if any.
   const std::string& file() const { return m_file; }
 
-  void set(const std::string& key, ConfigEntry entry) { m_entries[key] = std::move(entry); }
+  // Set a key of config_keys() and the field it fills.
+  void set(const std::string& key, ConfigEntry entry);
   void set_file(std::string file) { m_file = std::move(file); }
 
 private:
   std::map<std::string, ConfigEntry> m_entries;
+  Settings m_settings;
   std::string m_file;
 };
 
@@ -95,8 +122,9 @@ Expected<Config> load_config(const ConfigSources& sources);
 // name and "-dlq".
 QueueOptions queue_options_from(const Config& config);
 
-// Check the keys outside [queue] (ranges, and what goes together: store.backend = "postgres"
-// needs store.url); the error names the key in `field`.
+// Check the keys outside [queue], which check_queue_options checks: each key's range, and what
+// goes together (store.backend = "postgres" needs store.url); the error names the key in
+// `field`.
 Expected<void> check_config(const Config& config);
 
 // "HOST:PORT" → host and port; an error that says what is wrong.

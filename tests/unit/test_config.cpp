@@ -2,8 +2,12 @@
 #include <fstream>
 
 #include <catch2/catch.hpp>
+#include <fmt/core.h>
 
+#include "core/config/backends.hpp"
 #include "core/config/config.hpp"
+#include "daemon/api.hpp"
+#include "daemon/http_server.hpp"
 #include "unit/temp_dir.hpp"
 
 using namespace acmo;
@@ -36,6 +40,34 @@ Error load_error(const std::string& file)
   auto config = load_config(sources);
   REQUIRE_FALSE(config);
   return config.error();
+}
+
+Config defaults()
+{
+  ConfigSources sources;
+  sources.use_environment = false;
+  return load_config(sources).value();
+}
+
+// A value of the key's type other than `value` (for a choice, another of its choices).
+ConfigValue other_value(const ConfigKey& key, const ConfigValue& value)
+{
+  switch (key.type) {
+  case KeyType::string: return std::get<std::string>(value) + "-other";
+  case KeyType::choice: {
+    std::string_view choices = key.choices;
+    const auto first = choices.substr(0, choices.find('|'));
+    const auto rest = choices.substr(first.size() + 1);
+    const auto second = rest.substr(0, rest.find('|'));
+    return std::string(std::get<std::string>(value) == first ? second : first);
+  }
+  case KeyType::boolean: return !std::get<bool>(value);
+  case KeyType::integer:
+  case KeyType::duration: return std::get<int64_t>(value) + 1;
+  case KeyType::duration_list: return std::vector<int64_t>{7};
+  case KeyType::string_list: return std::vector<std::string>{"other"};
+  }
+  return value;
 }
 
 // Restores an environment variable when it goes out of scope.
@@ -279,4 +311,140 @@ TEST_CASE("Config: server.listen is HOST:PORT; :PORT is every IPv4 address", "[c
   CHECK(!parse_listen("3000").has_value());
   CHECK(!parse_listen(":").has_value());
   CHECK(!parse_listen("host:70000").has_value());
+}
+
+TEST_CASE("Config: every key fills a field of its own", "[config]")
+{
+  const Config before = defaults();
+  for (const auto& key : config_keys()) {
+    INFO(key.name);
+    REQUIRE(key.field.set != nullptr);
+    REQUIRE(key.field.get != nullptr);
+    // The field holds the key's value, and changes with it alone.
+    CHECK(key.field.get(before.settings()) == before.entry(key.name).value);
+    Config after = before;
+    const ConfigValue value = other_value(key, before.entry(key.name).value);
+    after.set(key.name, ConfigEntry{value, "test"});
+    CHECK(key.field.get(after.settings()) == value);
+    for (const auto& other : config_keys()) {
+      if (&other == &key) continue;
+      INFO("and not " << other.name);
+      CHECK(other.field.get(after.settings()) == other.field.get(before.settings()));
+    }
+  }
+}
+
+TEST_CASE("Config: the options an empty configuration gives are each layer's defaults",
+          "[config]")
+{
+  const Config config = defaults();
+  const Settings& from_table = config.settings();
+  // The table's settings, each layer's options replaced by the ones it makes by itself.
+  Settings from_layers = from_table;
+  from_layers.queue = QueueOptions{};
+  from_layers.handler = HandlerOptions{};
+  from_layers.store.postgres = PgOptions{};
+  from_layers.cache.redis = RedisCacheOptions{};
+  from_layers.server = ServerOptions{};
+  for (const auto& key : config_keys()) {
+    INFO(key.name);
+    CHECK(format_value(key, key.field.get(from_layers)) ==
+          format_value(key, key.field.get(from_table)));
+  }
+  CHECK(queue_options_from(config).dlq_name == QueueOptions{}.dlq_name);
+  CHECK(RedisCacheOptions{}.ttl_ms == from_table.cache.ttl_ms);
+  CHECK(MemoryCache::k_default_max_bytes == from_table.cache.max_bytes);
+
+  // What the server and its API take of the other tables.
+  const daemon::HttpServerOptions server;
+  const auto listen = parse_listen(from_table.listen).value();
+  CHECK(server.host == listen.host);
+  CHECK(server.port == listen.port);
+  CHECK(server.group_by == from_table.group_by);
+  CHECK(server.store_backend == from_table.store.backend);
+  const daemon::ApiOptions api;
+  CHECK(api.max_body == server.max_body);
+  CHECK(api.metrics_open == server.metrics_open);
+  CHECK(api.rate_limit == server.rate_limit);
+  CHECK(api.rate_burst == server.rate_burst);
+  CHECK(api.group_by == server.group_by);
+  CHECK(api.store_backend == server.store_backend);
+  CHECK(api.backlog_max_age_ms == server.backlog_max_age_ms);
+  const daemon::ConnectionOptions connections;
+  CHECK(connections.host == server.host);
+  CHECK(connections.port == server.port);
+  CHECK(connections.threads == server.threads);
+  CHECK(connections.max_body == server.max_body);
+  CHECK(connections.read_timeout_ms == server.read_timeout_ms);
+  CHECK(connections.write_timeout_ms == server.write_timeout_ms);
+  CHECK(connections.keep_alive_timeout_ms == server.keep_alive_timeout_ms);
+  CHECK(connections.keep_alive_max == server.keep_alive_max);
+  CHECK(connections.max_connections_per_client == server.max_connections_per_client);
+}
+
+TEST_CASE("Config: a file's values reach the handler, store, cache and server options",
+          "[config]")
+{
+  TempDir dir;
+  Config config = load(write(dir, "acmo.toml",
+                             "[handler]\nconcurrency = 3\nwait = \"250ms\"\n"
+                             "[store]\npool_size = 9\n"
+                             "[cache]\nbackend = \"none\"\nttl = \"2m\"\nmax_bytes = 8192\n"
+                             "[server]\nthreads = 12\napi_tokens = [\"t\"]\nhandler = false\n"
+                             "[log]\nformat = \"json\"\n"));
+  config.set("data_dir", ConfigEntry{std::string("/srv/acmo"), "flag --data-dir"});
+  const HandlerOptions handler = handler_options_from(config);
+  CHECK(handler.concurrency == 3);
+  CHECK(handler.batch_size == 100);
+  CHECK(handler.wait_ms == 250);
+  const Settings& s = config.settings();
+  CHECK(s.store.postgres.pool_size == 9);
+  CHECK(s.cache.backend == "none");
+  CHECK(s.cache.ttl_ms == 120'000);
+  CHECK(s.cache.max_bytes == 8192);
+  CHECK(s.server.threads == 12);
+  CHECK(s.server.api_tokens == std::vector<std::string>{"t"});
+  CHECK_FALSE(s.serve_handler);
+  CHECK(s.log.format == "json");
+  CHECK(s.data_dir == "/srv/acmo");
+}
+
+TEST_CASE("Config: a value outside its key's range is refused, naming the key", "[config]")
+{
+  std::vector<const ConfigKey*> ranged;
+  for (const auto& key : config_keys()) {
+    if (key.range.none()) continue;
+    INFO(key.name);
+    CHECK((key.type == KeyType::integer || key.type == KeyType::duration));
+    ranged.push_back(&key);
+  }
+  REQUIRE(ranged.size() > 10);
+  const Config base = defaults();
+  REQUIRE(check_config(base));
+  for (const ConfigKey* key : ranged) {
+    for (int64_t v : {key->range.low - 1, key->range.high + 1, key->range.low, key->range.high}) {
+      INFO(key->name << " = " << v);
+      Config config = base;
+      config.set(key->name, ConfigEntry{v, "test"});
+      auto ok = check_config(config);
+      if (v >= key->range.low && v <= key->range.high) {
+        CHECK(ok);
+        continue;
+      }
+      REQUIRE_FALSE(ok);
+      CHECK(ok.error().field == key->name);
+      const std::string unit = key->type == KeyType::duration ? "ms" : "";
+      CHECK(ok.error().message == fmt::format("{} must be between {}{} and {}{}, not {}{}",
+                                              key->name, key->range.low, unit, key->range.high,
+                                              unit, v, unit));
+    }
+  }
+  // The messages users see.
+  Config config = base;
+  config.set("server.threads", ConfigEntry{int64_t{0}, "test"});
+  CHECK(check_config(config).error().message == "server.threads must be between 1 and 1024, not 0");
+  config = base;
+  config.set("handler.wait", ConfigEntry{int64_t{30'000}, "test"});
+  CHECK(check_config(config).error().message ==
+        "handler.wait must be between 0ms and 20000ms, not 30000ms");
 }
