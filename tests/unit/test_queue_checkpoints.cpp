@@ -1,9 +1,9 @@
 // When the queue checkpoints the WAL: the writer at 1,000 pages after a transaction of single
 // or batched sends, and at 8,000 after one that only consumes (or a bulk load's); past each
 // 1,000 pages of those a thread of the queue's own checkpoints beside them (see
-// Queue::Impl::on_wal_commit). A checkpoint the writer makes lets the next transaction write
-// the WAL from its start again, so the WAL file's size says how far it grew between them; the
-// database file changes only when a checkpoint copies pages into it.
+// core/queue/sqlite/checkpointer.hpp). A checkpoint the writer makes lets the next transaction
+// write the WAL from its start again, so the WAL file's size says how far it grew between
+// them; the database file changes only when a checkpoint copies pages into it.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -57,9 +57,7 @@ int consume(Queue& q, int max, std::uintmax_t& largest, const std::string& db, S
   while (consumed < max && !stop()) {
     auto got = must(q.receive(10));
     if (got.empty()) break;
-    std::vector<std::string> receipts;
-    for (const auto& m : got) receipts.push_back(m.receipt);
-    for (const auto& r : q.remove_batch(receipts)) must(r);
+    for (const auto& r : q.remove_batch(acmo::test::receipts_of(got))) must(r);
     consumed += static_cast<int>(got.size());
     largest = std::max(largest, wal_pages(db));
   }

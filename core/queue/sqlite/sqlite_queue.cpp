@@ -15,15 +15,17 @@
 #include <utility>
 
 #include <fcntl.h>
-#include <linux/futex.h>
 #include <sys/statvfs.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <fmt/core.h>
 #include <sqlite3.h>
 
 #include "core/queue/limits.hpp"
+#include "core/queue/sqlite/checkpointer.hpp"
+#include "core/queue/sqlite/database.hpp"
+#include "core/queue/sqlite/dedup_index.hpp"
+#include "core/queue/sqlite/group_commit.hpp"
 #include "core/queue/sqlite/schema.hpp"
 #include "core/queue/sqlite/work_journal.hpp"
 #include "core/sqlite/lock_holder.hpp"
@@ -34,12 +36,31 @@
 
 namespace acmo {
 
+using sqlite_queue::apply_connection_settings;
+using sqlite_queue::DedupEntry;
+using sqlite_queue::ensure_queue;
+using sqlite_queue::find_queue;
+using sqlite_queue::GroupCommit;
+using sqlite_queue::in_read_transaction;
+using sqlite_queue::Txn;
+using sqlite_queue::write_gate;
+using sqlite_queue::WriteOp;
+using sqlite_queue::DedupIndex;
+using sqlite_queue::DedupKey;
+using sqlite_queue::dedup_key;
+using sqlite_queue::hash_word;
+using sqlite_queue::hex_of;
+using sqlite_queue::key_blob;
+using sqlite_queue::key_from_blob;
+using sqlite_queue::migrate;
+using sqlite_queue::refuse_foreign;
+using sqlite_queue::sync_directory_of;
+
 namespace {
 
 constexpr int64_t k_max_visibility_ms = 12 * 3'600'000; // as SQS: 12 hours
 constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long poll
 constexpr int k_max_receive = 1000;
-constexpr int k_sqlite_busy = 5; // SQLITE_BUSY, without including sqlite3.h here
 constexpr size_t k_bulk_chunk = 20'000;
 
 // Per-queue counter deltas gathered during one transaction and added once at its end.
@@ -47,145 +68,6 @@ struct Counters {
   int64_t sent = 0, duplicates = 0, received = 0, deleted = 0, retried = 0, expired = 0,
           dead_lettered = 0, redriven = 0, purged = 0;
 };
-
-// The dedup key of a dedup id: the first 16 bytes of its SHA-256.
-struct DedupKey {
-  uint64_t a = 0, b = 0;
-  bool operator==(const DedupKey&) const = default;
-};
-
-struct DedupEntry {
-  int64_t seq = 0;
-  MessageIdBytes message_id{};
-  int64_t expires_at = 0;
-  int64_t body_hash = 0; // the first 8 bytes of the body's SHA-256; 0: not known
-};
-
-// The first 8 bytes of a SHA-256 as a number (never 0, which means "not known").
-int64_t hash_word(const std::array<unsigned char, 32>& digest)
-{
-  uint64_t v = 0;
-  for (size_t i = 0; i < 8; ++i) v = (v << 8) | digest[i];
-  return v == 0 ? 1 : static_cast<int64_t>(v);
-}
-
-std::string hex_of(const std::array<unsigned char, 32>& digest)
-{
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string out(64, '0');
-  for (size_t i = 0; i < 32; ++i) {
-    out[2 * i] = k_hex[digest[i] >> 4];
-    out[2 * i + 1] = k_hex[digest[i] & 0xf];
-  }
-  return out;
-}
-
-// The in-memory index of the dedup log: an open-addressing hash table. Keys are SHA-256 bits,
-// uniformly spread already, so a key's first word is its hash; one probe usually costs one
-// cache miss, where a node-based map costs several (this lookup is on every send).
-class DedupIndex
-{
-public:
-  const DedupEntry* find(const DedupKey& key) const
-  {
-    if (m_slots.empty()) return nullptr;
-    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
-      const Slot& slot = m_slots[i];
-      if (!slot.used) return nullptr;
-      if (slot.key == key) return &slot.entry;
-    }
-  }
-
-  void put(const DedupKey& key, const DedupEntry& entry)
-  {
-    if ((m_count + 1) * 2 > m_slots.size()) grow();
-    for (size_t i = slot_of(key);; i = (i + 1) & (m_slots.size() - 1)) {
-      Slot& slot = m_slots[i];
-      if (!slot.used) {
-        slot = Slot{key, entry, true};
-        ++m_count;
-        return;
-      }
-      if (slot.key == key) {
-        slot.entry = entry;
-        return;
-      }
-    }
-  }
-
-  // Drop the entries that expired by `now` (rebuilds the table; there are no tombstones).
-  void prune(int64_t now)
-  {
-    std::vector<Slot> old;
-    old.swap(m_slots);
-    m_count = 0;
-    for (const auto& slot : old) {
-      if (slot.used && slot.entry.expires_at > now) put(slot.key, slot.entry);
-    }
-  }
-
-  void clear()
-  {
-    m_slots.clear();
-    m_count = 0;
-  }
-
-private:
-  struct Slot {
-    DedupKey key;
-    DedupEntry entry;
-    bool used = false;
-  };
-
-  size_t slot_of(const DedupKey& key) const
-  {
-    return static_cast<size_t>(key.a) & (m_slots.size() - 1);
-  }
-
-  void grow()
-  {
-    std::vector<Slot> old;
-    old.swap(m_slots);
-    m_slots.resize(std::max<size_t>(1024, old.size() * 2));
-    m_count = 0;
-    for (const auto& slot : old) {
-      if (slot.used) put(slot.key, slot.entry);
-    }
-  }
-
-  std::vector<Slot> m_slots;
-  size_t m_count = 0;
-};
-
-DedupKey dedup_key(std::string_view dedup_id)
-{
-  auto bytes = sha256_bytes(dedup_id);
-  DedupKey k;
-  for (size_t i = 0; i < 8; ++i) {
-    k.a = (k.a << 8) | bytes[i];
-    k.b = (k.b << 8) | bytes[8 + i];
-  }
-  return k;
-}
-
-std::string_view key_blob(const DedupKey& k, std::array<unsigned char, 16>& buf)
-{
-  for (size_t i = 0; i < 8; ++i) {
-    buf[i] = static_cast<unsigned char>(k.a >> (56 - 8 * i));
-    buf[8 + i] = static_cast<unsigned char>(k.b >> (56 - 8 * i));
-  }
-  return {reinterpret_cast<const char*>(buf.data()), buf.size()};
-}
-
-DedupKey key_from_blob(std::string_view blob)
-{
-  DedupKey k;
-  for (size_t i = 0; i < 8 && i + 8 < blob.size(); ++i) {
-    k.a = (k.a << 8) | static_cast<unsigned char>(blob[i]);
-    k.b = (k.b << 8) | static_cast<unsigned char>(blob[8 + i]);
-  }
-  return k;
-}
 
 std::string_view id_blob(const MessageIdBytes& id)
 {
@@ -218,6 +100,8 @@ struct Located {
 
 } // namespace
 
+namespace sqlite_queue {
+
 // The state of one write transaction, shared by every request committed in it.
 struct Txn {
   int64_t now = 0;
@@ -241,35 +125,7 @@ struct Txn {
   std::string_view handler;
 };
 
-// One write request waiting for (or taking part in) a group commit.
-struct WriteOp {
-  std::function<void(Txn&)> fn;
-  bool durable = false; // must be fsynced before it is answered
-  bool bulk = false;    // a bulk load: one big transaction, its checkpoint in the background
-  std::optional<Error> error;
-  bool taken = false; // in a batch that a leader is committing
-  // The handler whose thread asked (log::current_handler()): the leader of a group commit
-  // logs what the op did in its name.
-  std::string handler = log::current_handler();
-  // What the op's thread waits for, sleeping on this word (a futex) rather than on the write
-  // mutex: k_lead, its turn to lead the next commit; k_done, answered. Waking each finished
-  // sender costs one switch to it, where a condition variable signalled under the mutex made
-  // it wake only to sleep again on that mutex (two more on two busy cores). Set under the write
-  // mutex; once k_done is stored the op's thread may return and the op be gone, so a wake
-  // after it uses only the word's address (FUTEX_WAKE reads no memory).
-  static constexpr uint32_t k_waiting = 0;
-  static constexpr uint32_t k_lead = 1;
-  static constexpr uint32_t k_done = 2;
-  std::atomic<uint32_t> state{k_waiting};
-};
-
-// Every write transaction of every Queue of this process holds it shared; SqliteQueue::hold_writes
-// holds it alone.
-static std::shared_mutex& write_gate()
-{
-  static std::shared_mutex gate;
-  return gate;
-}
+} // namespace sqlite_queue
 
 static int64_t steady_us()
 {
@@ -278,41 +134,17 @@ static int64_t steady_us()
     .count();
 }
 
-static void futex_wait(std::atomic<uint32_t>& word, uint32_t expected)
-{
-  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, nullptr,
-            nullptr, 0);
-}
-
-static void futex_wake(std::atomic<uint32_t>& word)
-{
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, 1, nullptr,
-            nullptr, 0);
-}
-
 struct SqliteQueue::Impl {
   const Clock& clock;
   QueueOptions options;
   int64_t queue_id = 0;
   int64_t dlq_id = 0;
 
-  // The writer: one connection, used by whichever thread leads the current group commit.
+  // The writer: one connection, used by whichever thread leads the current group commit
+  // (group_commit.hpp), which runs its batch with execute_batch().
   std::unique_ptr<sqlite::Database> writer;
-  std::mutex write_mu;
-  std::vector<WriteOp*> pending;
-  bool leader_active = false;
-
-  // Durability (queue.durability = "full") without holding the write lock through an fsync:
-  // transactions commit with synchronous=NORMAL, and the requests that need it wait for an
-  // fdatasync of the WAL file that covers their commit. While one batch waits for the disk,
-  // the next one runs, and one fsync covers every commit made before it started.
+  std::unique_ptr<GroupCommit> group_commit;
   std::string wal_path;
-  std::mutex sync_mu;
-  std::condition_variable sync_cv;
-  uint64_t committed_generation = 0;
-  uint64_t synced_generation = 0;
-  bool syncing = false;
 
   // The reader: stats, DLQ listings and the cheap "is anything ready?" probe of long polls.
   std::unique_ptr<sqlite::Database> reader;
@@ -446,261 +278,33 @@ struct SqliteQueue::Impl {
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
-  ~Impl() { stop_checkpointer(); }
-
-  // --- checkpoints -------------------------------------------------------------------------
-  //
-  // SQLite copies the WAL back into the database (a checkpoint, with an fsync of each file)
-  // from the commit that finds the WAL past wal_autocheckpoint pages, 1,000 by default, and
-  // the writer waits for it. Transactions of single and batched sends (and redrives) keep
-  // that: with many concurrent senders on two cores, a thread checkpointing beside them made
-  // them slower. Transactions that only consume (receive, delete, the handler's consume), and
-  // a bulk load's (thousands of messages a transaction, one sender), do not wait for it: each
-  // time the WAL passes another 1,000 pages they wake a thread of the queue's own (on a
-  // connection of its own) to checkpoint while they go on, and only at 8,000 pages (a WAL of
-  // up to 32 MB) does the writer checkpoint itself. By then the thread has copied nearly all
-  // of the WAL, so the writer's checkpoint is short; and it is the one that lets the WAL start
-  // over, since a checkpoint that runs beside the writer never catches up with it. A consumer
-  // draining a backlog had spent about a quarter of its time waiting for checkpoints of 8,000
-  // pages (about 65 ms each).
-  static constexpr int k_checkpoint_pages = 1000;
-  static constexpr int k_checkpoint_pages_consuming = 8000;
-  int checkpoint_pages = k_checkpoint_pages; // for the transaction being committed
+  ~Impl()
+  {
+    if (checkpoints) checkpoints->stop();
+  }
 
   std::string db_path;
-  std::thread checkpointer;
-  std::mutex checkpoint_mu;
-  std::condition_variable checkpoint_cv;
-  bool checkpoint_wanted = false;
-  bool checkpoint_running = false;
-  bool checkpointer_stop = false;
-  int checkpoint_asked_at = 0; // the WAL's size in thousands of pages when the thread was asked
-
-  // Runs on the writer's thread after each commit (in place of wal_autocheckpoint).
-  static int on_wal_commit(void* arg, sqlite3* db, const char* name, int pages)
-  {
-    auto* self = static_cast<Impl*>(arg);
-    if (pages >= self->checkpoint_pages) {
-      // What SQLite's own hook does: a passive checkpoint, which gives up on a busy database.
-      // Busy because the thread is checkpointing: wait for it (it has at most 1,000 pages to
-      // copy), and the rest is quick.
-      int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-      if (rc == SQLITE_BUSY && self->wait_for_checkpointer()) {
-        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-      }
-    } else if (pages / k_checkpoint_pages > self->checkpoint_asked_at) {
-      self->checkpoint_in_background();
-    }
-    // Ask again each time the WAL has grown by another 1,000 pages, and from the start once
-    // it has started over.
-    self->checkpoint_asked_at = pages / k_checkpoint_pages;
-    return SQLITE_OK;
-  }
-
-  // Called from SQLite's hook, which must not throw.
-  void checkpoint_in_background() noexcept
-  {
-    try {
-      {
-        std::lock_guard lock(checkpoint_mu);
-        if (checkpointer_stop) return;
-        checkpoint_wanted = true;
-        if (!checkpointer.joinable()) checkpointer = std::thread([this] { run_checkpointer(); });
-      }
-      checkpoint_cv.notify_all();
-    } catch (const std::exception&) {
-      // No thread: the writer still checkpoints at 8,000 pages.
-    }
-  }
-
-  // Whether the thread was checkpointing (now done).
-  bool wait_for_checkpointer() noexcept
-  {
-    std::unique_lock lock(checkpoint_mu);
-    if (!checkpoint_running) return false;
-    checkpoint_cv.wait(lock, [this] { return !checkpoint_running; });
-    return true;
-  }
-
-  void run_checkpointer() noexcept
-  {
-    std::unique_ptr<sqlite::Database> db;
-    std::unique_lock lock(checkpoint_mu);
-    for (;;) {
-      checkpoint_cv.wait(lock, [this] { return checkpoint_wanted || checkpointer_stop; });
-      if (checkpointer_stop) break;
-      checkpoint_wanted = false;
-      checkpoint_running = true;
-      lock.unlock();
-      try {
-        if (!db) {
-          db = std::make_unique<sqlite::Database>(db_path, options.busy_timeout_ms);
-          db->exec("PRAGMA synchronous=NORMAL"); // sync the WAL before, the database after
-          db->query_int("PRAGMA user_version");  // read the file once: it is in WAL mode
-        }
-        sqlite3_wal_checkpoint_v2(db->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
-                                  nullptr);
-      } catch (const std::exception&) {
-        // Nothing lost: the writer still checkpoints at 8,000 pages, and reports its errors.
-        db.reset();
-      }
-      lock.lock();
-      checkpoint_running = false;
-      checkpoint_cv.notify_all();
-    }
-  }
-
-  void stop_checkpointer()
-  {
-    {
-      std::lock_guard lock(checkpoint_mu);
-      checkpointer_stop = true;
-    }
-    checkpoint_cv.notify_all();
-    if (checkpointer.joinable()) checkpointer.join();
-  }
+  // The writer's checkpoints (checkpointer.hpp); set up by open(), stopped before the writer
+  // connection closes.
+  std::unique_ptr<sqlite_queue::WalCheckpointer> checkpoints;
 
   // --- the write path ---------------------------------------------------------------------
 
   Expected<void> write(WriteOp& op, bool wakes)
   {
-    std::unique_lock lock(write_mu);
-    pending.push_back(&op);
-    for (;;) {
-      if (op.state.load(std::memory_order_relaxed) == WriteOp::k_done) break;
-      if (!leader_active && !op.taken) {
-        lead(op, lock);
-        break;
-      }
-      // Sleep on the op's own word, not on the mutex: see WriteOp::state.
-      op.state.store(WriteOp::k_waiting, std::memory_order_relaxed);
-      lock.unlock();
-      uint32_t state;
-      while ((state = op.state.load(std::memory_order_acquire)) == WriteOp::k_waiting) {
-        futex_wait(op.state, WriteOp::k_waiting);
-      }
-      if (state == WriteOp::k_done) break; // without the lock: the leader is done with it
-      lock.lock();                          // told to lead: look again under the lock
-    }
-    // lead() returns without the lock and so does the wake-up that finds k_done, but the check
-    // at the top of the loop holds it: a follower told to lead can find, once it has the lock
-    // again, that a new leader took its request and finished it meanwhile.
-    if (lock.owns_lock()) lock.unlock();
-    if (op.error) return Unexpected(*op.error);
-    if (wakes) notify_waiters();
-    return {};
+    auto ok = group_commit->write(op);
+    if (ok && wakes) notify_waiters();
+    return ok;
   }
 
-  // Commit every pending request (op's among them) in one transaction, as the leader, then
-  // wait for the disk if they need it and answer them. Called with `lock` held; returns with
-  // it released.
-  void lead(WriteOp& op, std::unique_lock<std::mutex>& lock)
+  // Run a group commit's batch in one transaction (the leader's thread).
+  void execute_batch(const std::vector<WriteOp*>& batch)
   {
-    leader_active = true;
-    gather_while_syncing(lock);
-    std::vector<WriteOp*> batch;
-    batch.swap(pending);
-    for (auto* o : batch) o->taken = true;
-    lock.unlock();
     const bool sends = std::any_of(batch.begin(), batch.end(),
                                    [](const WriteOp* o) { return o->durable && !o->bulk; });
-    checkpoint_pages = sends ? k_checkpoint_pages : k_checkpoint_pages_consuming;
+    checkpoints->set_consuming(!sends);
     execute(batch);
-    checkpoint_pages = k_checkpoint_pages;
-    bool needs_sync = false;
-    for (auto* o : batch) needs_sync = needs_sync || (o->durable && !o->error);
-    needs_sync = needs_sync && options.durability_full;
-    uint64_t generation = 0;
-    if (needs_sync) {
-      std::lock_guard sync_lock(sync_mu);
-      generation = ++committed_generation;
-    }
-    lock.lock();
-    // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
-    leader_active = false;
-    if (!pending.empty()) {
-      pending.front()->state.store(WriteOp::k_lead, std::memory_order_release);
-      futex_wake(pending.front()->state);
-    }
-    lock.unlock();
-    if (needs_sync) {
-      if (auto failure = make_durable(generation)) {
-        for (auto* o : batch) {
-          if (o->durable && !o->error) o->error = failure;
-        }
-      }
-    }
-    // Each op's last touch is the store of k_done, under the lock (a follower that was told
-    // to lead may be looking at its word under it); the wakes after it use only the address.
-    std::vector<std::atomic<uint32_t>*> words;
-    words.reserve(batch.size());
-    lock.lock();
-    for (auto* o : batch) {
-      if (o != &op) words.push_back(&o->state);
-      o->state.store(WriteOp::k_done, std::memory_order_release);
-    }
-    lock.unlock();
-    for (auto* word : words) futex_wake(*word);
-  }
-
-  // Called by a new leader (holding `lock` on write_mu) before it takes the pending requests.
-  // When every pending request is a durable send and an fsync of the WAL is under way, a
-  // commit made now could not be acknowledged before that fsync ends and the next one runs:
-  // wait for it to end (the lead stays taken, so the requests that arrive meanwhile queue up)
-  // and commit them all in one transaction. Many concurrent senders then share a transaction
-  // instead of committing one or two at a time, each paying SQLite's cost per transaction.
-  void gather_while_syncing(std::unique_lock<std::mutex>& lock)
-  {
-    if (!options.durability_full) return;
-    for (const auto* o : pending) {
-      if (!o->durable) return; // receives, deletes: nothing to wait for
-    }
-    lock.unlock();
-    {
-      std::unique_lock sync_lock(sync_mu);
-      sync_cv.wait_for(sync_lock, std::chrono::milliseconds(50), [this] { return !syncing; });
-    }
-    lock.lock();
-  }
-
-  // Wait until the WAL is on disk up to commit `generation`, syncing it if no one else is.
-  std::optional<Error> make_durable(uint64_t generation)
-  {
-    std::unique_lock lock(sync_mu);
-    while (synced_generation < generation) {
-      if (syncing) {
-        sync_cv.wait(lock);
-        continue;
-      }
-      syncing = true;
-      const uint64_t target = committed_generation;
-      lock.unlock();
-      const int err = sync_wal();
-      lock.lock();
-      syncing = false;
-      sync_cv.notify_all();
-      if (err != 0) {
-        return Error(Errc::unavailable,
-                     fmt::format("cannot flush the queue's write-ahead log to disk ({}); the "
-                                 "message may or may not be stored: retry with the same "
-                                 "deduplication id",
-                                 std::strerror(err)));
-      }
-      synced_generation = std::max(synced_generation, target);
-    }
-    return std::nullopt;
-  }
-
-  // fdatasync the WAL file. Any descriptor of the file syncs the file's data. A missing WAL
-  // means SQLite checkpointed it into the (synced) database and removed it.
-  int sync_wal() const
-  {
-    const int fd = ::open(wal_path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno == ENOENT ? 0 : errno;
-    const int rc = ::fdatasync(fd);
-    const int err = rc == 0 ? 0 : errno;
-    ::close(fd);
-    return err;
+    checkpoints->set_consuming(false);
   }
 
   void execute(const std::vector<WriteOp*>& batch)
@@ -1536,161 +1140,6 @@ Expected<void> check_dlq_filter(const DlqFilter& filter)
   return {};
 }
 
-namespace {
-
-void apply_connection_settings(sqlite::Database& db, int64_t busy_timeout_ms)
-{
-  auto switch_to_wal = [&]() -> std::string {
-    try {
-      auto stmt = db.prepare("PRAGMA journal_mode=WAL");
-      return stmt->step() ? stmt->column_text(0) : std::string();
-    } catch (const sqlite::SqliteError& e) {
-      if ((e.code() & 0xff) != k_sqlite_busy) throw;
-      return "busy";
-    }
-  };
-  // Switching a new file to WAL needs it to itself for a moment. While another process that
-  // is opening the same new file holds a lock, the pragma fails at once with "database is
-  // locked" (no busy handler runs for it) or answers with the old mode. Try again until the
-  // busy timeout.
-  std::string mode = switch_to_wal();
-  const auto deadline =
-    std::chrono::steady_clock::now() + std::chrono::milliseconds(busy_timeout_ms);
-  while (mode != "wal" && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    mode = switch_to_wal();
-  }
-  if (mode != "wal") {
-    throw sqlite::SqliteError(1, fmt::format("cannot switch {} to WAL mode (got \"{}\"); is it on "
-                                             "a network file system?",
-                                             db.path(), mode));
-  }
-  // Commits never fsync by themselves: the write path syncs the WAL for the requests that need
-  // it (see Impl::make_durable). Checkpoints still sync the WAL before copying it.
-  db.exec("PRAGMA synchronous=NORMAL");
-  db.exec("PRAGMA temp_store=MEMORY");
-  db.exec("PRAGMA cache_size=-16000");
-}
-
-// Whether the file belongs to another program: someone else's application id, or tables in a
-// file acmo never stamped.
-bool is_foreign(sqlite::Database& db)
-{
-  int64_t version = db.query_int("PRAGMA user_version");
-  int64_t app_id = db.query_int("PRAGMA application_id");
-  int64_t tables = db.query_int("SELECT COUNT(*) FROM sqlite_master");
-  return (app_id != 0 && app_id != schema::k_application_id)
-         || (app_id == 0 && version == 0 && tables > 0);
-}
-
-Unexpected foreign_file_error(sqlite::Database& db)
-{
-  return make_error(Errc::invalid_input,
-                    fmt::format("{} is an SQLite database of another program, not an acmo "
-                                "database; point --data-dir at a directory of acmo's own",
-                                db.path()));
-}
-
-// Refuse another program's file before anything is written to it: even the switch to WAL
-// rewrites the file's header. One read transaction, so that an acmo process creating the schema
-// at this moment is seen either before or after, never half-way.
-// `read`'s result, read in one read transaction of `db` (rolled back when `read` throws).
-template<typename Fn> auto in_read_transaction(sqlite::Database& db, Fn read)
-{
-  db.exec("BEGIN");
-  try {
-    auto result = read();
-    db.exec("COMMIT");
-    return result;
-  } catch (...) {
-    try {
-      db.exec("ROLLBACK");
-    } catch (const sqlite::SqliteError&) {
-    }
-    throw;
-  }
-}
-
-Expected<void> refuse_foreign(sqlite::Database& db)
-{
-  if (in_read_transaction(db, [&] { return is_foreign(db); })) return foreign_file_error(db);
-  return {};
-}
-
-void sync_directory_of(const std::string& path)
-{
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return; // best effort: the files themselves are synced either way
-  ::fsync(fd);
-  ::close(fd);
-}
-
-// Create or migrate the schema; refuse files that belong to something else.
-Expected<void> migrate(sqlite::Database& db)
-{
-  // Up to date, as nearly always: a read tells, so that opening the queue never waits for
-  // another process's write lock (a handler stopped in its transaction must not keep `acmo
-  // stats` from reading).
-  const bool current = in_read_transaction(db, [&] {
-    return !is_foreign(db) && db.query_int("PRAGMA user_version")
-                                == static_cast<int64_t>(schema::migrations().size());
-  });
-  if (current) return {};
-  std::shared_lock gate(write_gate());
-  db.exec("BEGIN IMMEDIATE");
-  try {
-    int64_t version = db.query_int("PRAGMA user_version");
-    const auto& steps = schema::migrations();
-    if (is_foreign(db)) {
-      db.exec("ROLLBACK");
-      return foreign_file_error(db);
-    }
-    if (version > static_cast<int64_t>(steps.size())) {
-      db.exec("ROLLBACK");
-      return make_error(Errc::conflict,
-                        fmt::format("{} was written by a newer acmo (schema {}, this acmo knows "
-                                    "up to {}); upgrade acmo",
-                                    db.path(), version, steps.size()));
-    }
-    for (auto i = static_cast<size_t>(version); i < steps.size(); ++i) db.exec(steps[i]);
-    if (version < static_cast<int64_t>(steps.size())) {
-      db.exec(fmt::format("PRAGMA application_id={}", schema::k_application_id));
-      db.exec(fmt::format("PRAGMA user_version={}", steps.size()));
-    }
-    db.exec("COMMIT");
-  } catch (...) {
-    try {
-      db.exec("ROLLBACK");
-    } catch (const sqlite::SqliteError&) {
-    }
-    throw;
-  }
-  return {};
-}
-
-// The id of queue `name`, or 0 when it has no row yet.
-int64_t find_queue(sqlite::Database& db, const std::string& name)
-{
-  auto stmt = db.prepare("SELECT id FROM queues WHERE name = ?1");
-  stmt->bind(1, name);
-  return stmt->step() ? stmt->column_int(0) : 0;
-}
-
-int64_t ensure_queue(sqlite::Database& db, const std::string& name, int64_t now)
-{
-  db.prepare("INSERT OR IGNORE INTO queues(name, created_at) VALUES (?1, ?2)")
-    ->bind(1, name)
-    .bind(2, now)
-    .run();
-  auto stmt = db.prepare("SELECT id FROM queues WHERE name = ?1");
-  stmt->bind(1, name);
-  if (!stmt->step()) throw sqlite::SqliteError(1, "queue row vanished after insert");
-  return stmt->column_int(0);
-}
-
-} // namespace
 
 SqliteQueue::SqliteQueue(std::unique_ptr<Impl> impl, QueueOptions options)
   : Queue(std::move(options)), m_impl(std::move(impl))
@@ -1719,8 +1168,12 @@ Expected<std::unique_ptr<SqliteQueue>> SqliteQueue::open(const std::string& db_p
     impl->wal_path = db_path + "-wal";
     if (auto ok = refuse_foreign(*impl->writer); !ok) return Unexpected(ok.error());
     apply_connection_settings(*impl->writer, options.busy_timeout_ms);
-    // In place of wal_autocheckpoint (see Impl::on_wal_commit).
-    sqlite3_wal_hook(impl->writer->handle(), &Impl::on_wal_commit, impl.get());
+    impl->checkpoints =
+      std::make_unique<sqlite_queue::WalCheckpointer>(db_path, options.busy_timeout_ms);
+    impl->checkpoints->attach(impl->writer->handle());
+    impl->group_commit = std::make_unique<GroupCommit>(
+      options.durability_full, impl->wal_path,
+      [p = impl.get()](const std::vector<WriteOp*>& batch) { p->execute_batch(batch); });
     if (auto ok = migrate(*impl->writer); !ok) return Unexpected(ok.error());
     impl->queue_id = find_queue(*impl->writer, options.name);
     impl->dlq_id = find_queue(*impl->writer, options.dlq_name);
