@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -46,6 +47,15 @@ inline std::unique_ptr<Queue> open_queue(const std::string& path, QueueOptions o
 inline sqlite::Database& db_of(QueueTransaction& txn)
 {
   return *must(sqlite_connection(txn));
+}
+
+// The receipt handles of received messages, in their order.
+inline std::vector<std::string> receipts_of(const std::vector<Message>& messages)
+{
+  std::vector<std::string> out;
+  out.reserve(messages.size());
+  for (const auto& m : messages) out.push_back(m.receipt);
+  return out;
 }
 
 // Queue the order event written as JSON, in the group "orders", as `acmo send` would.

@@ -10,6 +10,7 @@
 
 #include "core/cache/cache.hpp"
 #include "daemon/api.hpp"
+#include "fake_order_store.hpp"
 #include "queue_test_util.hpp"
 #include "temp_dir.hpp"
 
@@ -20,36 +21,10 @@ using acmo::test::TempDir;
 
 namespace {
 
-// Orders by id; lists and trails are not what these tests look at.
-class FakeStore final : public OrderStore
-{
-public:
-  explicit FakeStore(std::map<std::string, Order>& orders) : m_orders(orders) {}
-  Expected<Order> get(std::string_view id) override
-  {
-    auto it = m_orders.find(std::string(id));
-    if (it == m_orders.end()) return make_error(Errc::not_found, "no such order", "id");
-    return it->second;
-  }
-  Expected<OrderList> list(std::string_view, int64_t, int64_t) override { return OrderList{}; }
-  Expected<std::vector<OrderEventRecord>> events(std::string_view) override
-  {
-    return std::vector<OrderEventRecord>{};
-  }
-  // These orders never change while a test reads them.
-  Expected<OrderChanges> changes_since(int64_t mark, int64_t) override
-  {
-    return OrderChanges{std::max<int64_t>(mark, 0), {}, mark < 0};
-  }
-
-private:
-  std::map<std::string, Order>& m_orders;
-};
-
 struct ApiFixture {
   TempDir dir;
   std::unique_ptr<Queue> queue = acmo::test::open_queue(dir.file("acmo.db"));
-  std::map<std::string, Order> orders;
+  acmo::test::FakeOrders orders;
   MemoryCache cache{100, 60'000};
   std::unique_ptr<Api> api;
 
@@ -59,7 +34,7 @@ struct ApiFixture {
     parts.queue = queue.get();
     parts.db_path = dir.file("acmo.db");
     parts.open_store = [this]() -> Expected<std::unique_ptr<OrderStore>> {
-      return std::unique_ptr<OrderStore>(new FakeStore(orders));
+      return std::unique_ptr<OrderStore>(new acmo::test::FakeOrderStore(orders));
     };
     parts.cache = &cache;
     api = std::make_unique<Api>(std::move(options), std::move(parts));
@@ -209,7 +184,7 @@ TEST_CASE("Api: /metrics counts requests by the route's pattern and a fixed labe
           "[api][metrics]")
 {
   ApiFixture f;
-  f.orders["ord_a"].id = "ord_a";
+  f.orders.by_id["ord_a"].id = "ord_a";
   CHECK(f.call("GET", "/api/orders/ord_a").status == 200);
   CHECK(f.call("GET", "/api/orders/ord_b").status == 404);
   CHECK(f.call("POST", "/api/orders", k_order, k_json).status == 202);
@@ -367,8 +342,8 @@ TEST_CASE("Api: an Idempotency-Key belongs to its first request: a retry is a du
   CHECK(other_body.status == 422);
   CHECK_THAT(other_body.body, Catch::Contains("idempotency_key_reused")
                                 && Catch::Contains("the Idempotency-Key \\\"k-1\\\" was used"));
-  f.orders["ord_a"].id = "ord_a";
-  f.orders["ord_b"].id = "ord_b";
+  f.orders.by_id["ord_a"].id = "ord_a";
+  f.orders.by_id["ord_b"].id = "ord_b";
   auto d = f.call("DELETE", "/api/orders/ord_a", {}, key("k-2"));
   REQUIRE(d.status == 202);
   CHECK(f.call("DELETE", "/api/orders/ord_b", {}, key("k-2")).status == 422);
@@ -395,7 +370,7 @@ TEST_CASE("Api: an UPDATE or DELETE of an order neither stored nor queued is ref
   CHECK(must(f.queue->stats()).sent == 0);
 
   // In the store: accepted.
-  f.orders["ord_stored"].id = "ord_stored";
+  f.orders.by_id["ord_stored"].id = "ord_stored";
   CHECK(patch("ord_stored", json_type).status == 202);
   // Created, not applied yet: its CREATE waits in the queue.
   auto created = f.call("POST", "/api/orders", k_order, json_type);
@@ -409,7 +384,7 @@ TEST_CASE("Api: an UPDATE or DELETE of an order neither stored nor queued is ref
   auto with_key = json_type;
   with_key.emplace_back("Idempotency-Key", "del-1");
   CHECK(f.call("DELETE", "/api/orders/ord_stored", {}, with_key).status == 202);
-  f.orders.erase("ord_stored");
+  f.orders.by_id.erase("ord_stored");
   auto retry = f.call("DELETE", "/api/orders/ord_stored", {}, with_key);
   CHECK(retry.status == 202);
   CHECK_THAT(retry.body, Catch::Contains(R"("duplicate":true)"));

@@ -15,6 +15,7 @@
 #include "core/store/change_signal.hpp"
 #include "core/handler/order_handler.hpp"
 #include "core/store/order_store.hpp"
+#include "unit/fake_order_store.hpp"
 #include "unit/queue_test_util.hpp"
 #include "unit/redis_test_util.hpp"
 #include "unit/temp_dir.hpp"
@@ -330,56 +331,12 @@ TEST_CASE("Cached orders: a memory cache follows the store's change feed, so a h
   CHECK(total_of(must(orders.list_json("", 50, 0))) == 5);
 }
 
-namespace {
-
-// Orders in a map and a change log; what a read sees can be changed between its steps.
-class ScriptedStore final : public OrderStore
-{
-public:
-  std::map<std::string, Order> orders;
-  std::vector<std::string> log; // the ids changed, in commit order; the mark is its size
-  std::function<void()> on_get;
-
-  void change(const std::string& id, const std::string& status)
-  {
-    orders[id].id = id;
-    orders[id].status = status;
-    log.push_back(id);
-  }
-  Expected<Order> get(std::string_view id) override
-  {
-    auto it = orders.find(std::string(id));
-    if (it == orders.end()) return make_error(Errc::not_found, "no such order", "id");
-    Order read = it->second;
-    if (on_get) std::exchange(on_get, nullptr)();
-    return read;
-  }
-  Expected<OrderList> list(std::string_view, int64_t, int64_t) override { return OrderList{}; }
-  Expected<std::vector<OrderEventRecord>> events(std::string_view) override
-  {
-    return std::vector<OrderEventRecord>{};
-  }
-  int64_t questions = 0;
-  Expected<OrderChanges> changes_since(int64_t mark, int64_t) override
-  {
-    ++questions;
-    OrderChanges out;
-    out.mark = static_cast<int64_t>(log.size());
-    if (mark < 0) {
-      out.all = true;
-      return out;
-    }
-    out.order_ids.assign(log.begin() + mark, log.end());
-    return out;
-  }
-};
-
-} // namespace
 
 TEST_CASE("Cached orders: a read that raced a change does not put what it read", "[cached_orders]")
 {
-  ScriptedStore store;
-  store.change("ord_a", "pending");
+  acmo::test::FakeOrders data;
+  acmo::test::FakeOrderStore store(data);
+  data.change("ord_a", "pending");
   MemoryCache cache(100, 60'000);
   CacheFollower follower;
   CachedOrders orders(store, &cache, &follower);
@@ -387,8 +344,8 @@ TEST_CASE("Cached orders: a read that raced a change does not put what it read",
 
   // The first reader reads "pending"; before it puts, the order changes and a second reader
   // catches up (dropping ord_a) and reads "processing".
-  store.on_get = [&] {
-    store.change("ord_a", "processing");
+  data.on_get = [&] {
+    data.change("ord_a", "processing");
     CHECK(status_of(must(other_reader.get_json("ord_a"))) == "processing");
   };
   CHECK(status_of(must(orders.get_json("ord_a"))) == "pending"); // what it read, answered
@@ -402,8 +359,9 @@ TEST_CASE("Cached orders: with the change signal, the store is asked only when a
 {
   TempDir dir;
   const std::string path = dir.file("acmo.db");
-  ScriptedStore store;
-  store.change("ord_a", "pending");
+  acmo::test::FakeOrders data;
+  acmo::test::FakeOrderStore store(data);
+  data.change("ord_a", "pending");
   MemoryCache cache(100, 60'000);
   CacheFollower follower;
   follower.use_signal(must(ChangeSignal::open(path)));
@@ -411,23 +369,23 @@ TEST_CASE("Cached orders: with the change signal, the store is asked only when a
   CachedOrders orders(store, &cache, &follower);
 
   CHECK(status_of(must(orders.get_json("ord_a"))) == "pending"); // the first read asks
-  const int64_t asked = store.questions;
+  const int64_t asked = data.questions;
   CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
   CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
-  CHECK(store.questions == asked); // nothing began: nothing asked
+  CHECK(data.questions == asked); // nothing began: nothing asked
 
   // A change in flight (begun, not ended): every read asks, and sees it once committed.
   const int64_t ticket = writer->begin();
   CHECK(status_of(must(orders.get_json("ord_a"))) == "pending");
-  CHECK(store.questions == asked + 1);
-  store.change("ord_a", "processing"); // committed, the end not yet signalled
+  CHECK(data.questions == asked + 1);
+  data.change("ord_a", "processing"); // committed, the end not yet signalled
   CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
-  CHECK(store.questions == asked + 2);
+  CHECK(data.questions == asked + 2);
   writer->end(ticket);
   CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
-  const int64_t after = store.questions;
+  const int64_t after = data.questions;
   CHECK(status_of(must(orders.get_json("ord_a"))) == "processing");
-  CHECK(store.questions == after); // all ended and seen: quiet again
+  CHECK(data.questions == after); // all ended and seen: quiet again
 
   // A writer killed between its ticket and its end: the next writer's end covers it.
   writer->begin();

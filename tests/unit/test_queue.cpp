@@ -1178,9 +1178,7 @@ TEST_CASE("Queue: send_bulk accepts 20,000 messages and skips the bad ones", "[q
   for (;;) {
     auto got = f.receive(1000);
     if (got.empty()) break;
-    std::vector<std::string> receipts;
-    for (const auto& m : got) receipts.push_back(m.receipt);
-    for (const auto& r : f.queue->remove_batch(receipts)) must(r);
+    for (const auto& r : f.queue->remove_batch(acmo::test::receipts_of(got))) must(r);
     for (const auto& m : got) {
       int& expect = next_index[m.group_id];
       if (expect == 7 || expect == 15'000) expect += 4;
@@ -1511,9 +1509,7 @@ TEST_CASE("Queue: 16 threads sending at once lose nothing", "[queue]")
   for (;;) {
     auto got = must(q->receive(1000));
     if (got.empty()) break;
-    std::vector<std::string> receipts;
-    for (const auto& m : got) receipts.push_back(m.receipt);
-    for (const auto& r : q->remove_batch(receipts)) must(r);
+    for (const auto& r : q->remove_batch(acmo::test::receipts_of(got))) must(r);
     for (const auto& m : got) {
       int& expect = next[m.group_id];
       if (m.body != fmt::format("{}-{}", m.group_id, expect)) {

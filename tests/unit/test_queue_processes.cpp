@@ -156,9 +156,7 @@ std::vector<Message> drain(Queue& queue)
   for (;;) {
     auto got = must(queue.receive(1000, 60'000));
     if (got.empty()) break;
-    std::vector<std::string> receipts;
-    for (const auto& m : got) receipts.push_back(m.receipt);
-    for (const auto& r : queue.remove_batch(receipts)) must(r);
+    for (const auto& r : queue.remove_batch(acmo::test::receipts_of(got))) must(r);
     all.insert(all.end(), got.begin(), got.end());
   }
   return all;

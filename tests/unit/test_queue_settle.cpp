@@ -9,6 +9,7 @@
 using namespace acmo;
 using acmo::test::db_of;
 using acmo::test::must;
+using acmo::test::receipts_of;
 using acmo::test::must_fail;
 using acmo::test::open_queue;
 using acmo::test::TempDir;
@@ -18,13 +19,6 @@ namespace {
 int64_t count_rows(sqlite::Database& db)
 {
   return db.query_int("SELECT COUNT(*) FROM work_done");
-}
-
-std::vector<std::string> receipts_of(const std::vector<Message>& messages)
-{
-  std::vector<std::string> out;
-  for (const auto& m : messages) out.push_back(m.receipt);
-  return out;
 }
 
 } // namespace
