@@ -12,6 +12,7 @@
 #include <pqxx/pqxx>
 
 #include "core/orders/order.hpp"
+#include "core/store/pg_conninfo.hpp"
 #include "core/util/pool.hpp"
 
 namespace acmo {
@@ -232,54 +233,7 @@ Order read_order(const pqxx::row& row, pqxx::row::size_type first = 0)
   return o;
 }
 
-// The connection string libpq gets: the URL, with acmo's connect timeout and a name that shows
-// in pg_stat_activity unless the URL sets them.
-std::string connection_string(const PgOptions& options)
-{
-  const auto seconds = std::max<int64_t>(1, (options.connect_timeout_ms + 999) / 1000);
-  std::string out = options.url;
-  const bool uri = out.rfind("postgresql://", 0) == 0 || out.rfind("postgres://", 0) == 0;
-  auto add = [&](const std::string& key, const std::string& value) {
-    if (out.find(key + "=") != std::string::npos) return;
-    if (uri) {
-      out += out.find('?') == std::string::npos ? '?' : '&';
-    } else if (!out.empty()) {
-      out += ' ';
-    }
-    out += key + "=" + value;
-  };
-  add("connect_timeout", std::to_string(seconds));
-  add("fallback_application_name", "acmo");
-  // A server that vanishes without closing the connection (a host down, a cable pulled) is
-  // noticed within about 25 s instead of the kernel's two hours.
-  add("keepalives", "1");
-  add("keepalives_idle", "10");
-  add("keepalives_interval", "5");
-  add("keepalives_count", "3");
-  return out;
-}
-
 } // namespace
-
-std::string redact_pg_url(std::string_view url)
-{
-  std::string out(url);
-  const auto scheme = out.find("://");
-  if (scheme != std::string::npos) {
-    const auto at = out.find('@', scheme + 3);
-    const auto colon = out.find(':', scheme + 3);
-    if (at != std::string::npos && colon != std::string::npos && colon < at) {
-      out.replace(colon + 1, at - colon - 1, "***");
-    }
-  }
-  const auto password = out.find("password=");
-  if (password != std::string::npos) {
-    const auto end = out.find_first_of(" &", password);
-    out.replace(password + 9, end == std::string::npos ? std::string::npos : end - password - 9,
-                "***");
-  }
-  return out;
-}
 
 struct PgOrderStore::Impl {
   Impl(PgOptions options, std::string conninfo)
@@ -324,7 +278,7 @@ struct PgOrderStore::Impl {
     } catch (const pqxx::broken_connection& e) {
       return Unexpected(unavailable(e.what()));
     } catch (const std::exception& e) {
-      // A malformed URL, an unknown option, a refused login: libpq says which.
+      // A refused login, a server that does not exist: libpq says which.
       return Unexpected(unavailable(e.what()));
     }
   }
@@ -572,7 +526,21 @@ Expected<std::unique_ptr<PgOrderStore>> PgOrderStore::open(const PgOptions& opti
                       "postgresql://acmo@127.0.0.1:5432/acmo",
                       "store.url");
   }
-  auto impl = std::make_unique<Impl>(options, connection_string(options));
+  // libpq's connect_timeout is in whole seconds.
+  const auto seconds = std::max<int64_t>(1, (options.connect_timeout_ms + 999) / 1000);
+  auto conninfo = pg_conninfo_with_defaults(options.url, {
+    {"connect_timeout", std::to_string(seconds)},
+    // A name that shows in pg_stat_activity.
+    {"fallback_application_name", "acmo"},
+    // A server that vanishes without closing the connection (a host down, a cable pulled) is
+    // noticed within about 25 s instead of the kernel's two hours.
+    {"keepalives", "1"},
+    {"keepalives_idle", "10"},
+    {"keepalives_interval", "5"},
+    {"keepalives_count", "3"},
+  });
+  if (!conninfo) return Unexpected(conninfo.error());
+  auto impl = std::make_unique<Impl>(options, std::move(*conninfo));
   if (auto ok = impl->migrate(); !ok) return Unexpected(ok.error());
   return std::unique_ptr<PgOrderStore>(new PgOrderStore(std::move(impl)));
 }
