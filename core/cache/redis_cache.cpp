@@ -100,6 +100,14 @@ std::string reply_text(const redisReply* r)
   return std::string(r->str, r->len);
 }
 
+// The options with at least one connection and a timeout of at least 1 ms.
+RedisCacheOptions with_limits(RedisCacheOptions o)
+{
+  if (o.max_connections < 1) o.max_connections = 1;
+  if (o.timeout_ms < 1) o.timeout_ms = 1;
+  return o;
+}
+
 } // namespace
 
 // --- the URL ----------------------------------------------------------------------------------
@@ -185,10 +193,13 @@ void RedisCache::ContextFree::operator()(redisContext* c) const
 }
 
 RedisCache::RedisCache(RedisCacheOptions options)
-  : m_options(std::move(options)), m_stats_key(m_options.prefix + "~stats")
+  : m_options(with_limits(std::move(options))), m_stats_key(m_options.prefix + "~stats"),
+    m_pool(PoolOptions{m_options.max_connections, m_options.timeout_ms,
+                       Error(Errc::busy, fmt::format("all {} Redis connections stayed busy for {} ms",
+                                                     m_options.max_connections,
+                                                     m_options.timeout_ms))},
+           [this] { return connect(); })
 {
-  if (m_options.max_connections < 1) m_options.max_connections = 1;
-  if (m_options.timeout_ms < 1) m_options.timeout_ms = 1;
   if (auto address = parse_redis_url(m_options.url)) {
     m_address = std::move(*address);
   } else {
@@ -244,63 +255,6 @@ Expected<RedisCache::Context> RedisCache::connect()
   return c;
 }
 
-Expected<RedisCache::Pooled> RedisCache::acquire()
-{
-  std::unique_lock lock(m_pool_mu);
-  const auto deadline =
-    std::chrono::steady_clock::now() + std::chrono::milliseconds(m_options.timeout_ms);
-  if (!m_pool_cv.wait_until(lock, deadline, [&] {
-        return !m_idle.empty() || m_open < m_options.max_connections;
-      })) {
-    return make_error(Errc::busy, fmt::format("all {} Redis connections stayed busy for {} ms",
-                                              m_options.max_connections, m_options.timeout_ms));
-  }
-  if (!m_idle.empty()) {
-    Pooled conn = std::move(m_idle.back());
-    m_idle.pop_back();
-    conn.reused = true;
-    return conn;
-  }
-  ++m_open;
-  const uint64_t generation = m_generation;
-  lock.unlock();
-  auto context = connect();
-  if (!context) {
-    lock.lock();
-    --m_open;
-    m_pool_cv.notify_one();
-    return Unexpected(context.error());
-  }
-  return Pooled{std::move(*context), generation, false};
-}
-
-void RedisCache::release(Pooled conn)
-{
-  std::lock_guard lock(m_pool_mu);
-  if (conn.generation == m_generation) {
-    m_idle.push_back(std::move(conn));
-  } else {
-    --m_open; // from before a failure: it may be as dead as the one that failed
-  }
-  m_pool_cv.notify_one();
-}
-
-void RedisCache::discard(Pooled conn, bool drop_idle)
-{
-  std::vector<Pooled> dropped;
-  {
-    std::lock_guard lock(m_pool_mu);
-    --m_open;
-    if (drop_idle) {
-      ++m_generation;
-      m_open -= static_cast<int>(m_idle.size());
-      dropped.swap(m_idle);
-    }
-    m_pool_cv.notify_all();
-  }
-  conn.context.reset(); // closed outside the lock, as `dropped` is on return
-}
-
 void RedisCache::mark_down(const std::string& message)
 {
   m_down_until_ms = steady_ms() + m_options.retry_after_ms;
@@ -310,13 +264,13 @@ void RedisCache::mark_down(const std::string& message)
 Expected<std::vector<RedisCache::Reply>> RedisCache::round_trip(const std::vector<Command>& commands)
 {
   for (int attempt = 0;; ++attempt) {
-    auto conn = acquire();
+    auto conn = m_pool.acquire();
     if (!conn) {
       // Refused or timed out connecting: down. All connections busy: just this call fails.
       if (conn.error().code == Errc::unavailable) mark_down(conn.error().message);
       return Unexpected(conn.error());
     }
-    redisContext* c = conn->context.get();
+    redisContext* c = conn->conn().get();
     std::vector<Reply> replies;
     replies.reserve(commands.size());
     int err = 0;
@@ -348,16 +302,14 @@ Expected<std::vector<RedisCache::Reply>> RedisCache::round_trip(const std::vecto
         guard.failed();
       }
     }
-    if (errstr.empty()) {
-      release(std::move(*conn));
-      return replies;
-    }
+    if (errstr.empty()) return replies;
     // A pooled connection that the server closed (a restart, CLIENT KILL, an idle timeout)
     // fails on first use: try once more on a fresh one. Not after a timeout: that would
     // double the wait while Redis is slow or unreachable.
     const bool timed_out = err == EAGAIN || err == EWOULDBLOCK || err == ETIMEDOUT;
-    const bool retry = attempt == 0 && conn->reused && !timed_out;
-    discard(std::move(*conn), true);
+    const bool retry = attempt == 0 && conn->reused() && !timed_out;
+    conn->discard();
+    m_pool.discard_all();
     if (!retry) {
       const std::string message =
         fmt::format("Redis at {} failed: {}", m_options.url,

@@ -25,7 +25,6 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -37,6 +36,7 @@
 
 #include "core/cache/cache.hpp"
 #include "core/util/error.hpp"
+#include "core/util/pool.hpp"
 
 struct redisContext;
 struct redisReply;
@@ -99,11 +99,6 @@ private:
     void operator()(redisContext* c) const;
   };
   using Context = std::unique_ptr<redisContext, ContextFree>;
-  struct Pooled {
-    Context context;
-    uint64_t generation = 0;
-    bool reused = false; // taken from the pool rather than just connected
-  };
 
   // Send `commands` in one round trip and read their replies: fails fast while Redis is
   // marked down, sends pending invalidations first, retries once on a fresh connection when
@@ -111,10 +106,6 @@ private:
   // is a reply.
   Expected<std::vector<Reply>> exec(const std::vector<Command>& commands);
   Expected<std::vector<Reply>> round_trip(const std::vector<Command>& commands);
-  Expected<Pooled> acquire();
-  void release(Pooled conn);
-  // Close `conn`; with `drop_idle`, the idle ones too, and those in use when they come back.
-  void discard(Pooled conn, bool drop_idle);
   Expected<Context> connect();
   void mark_down(const std::string& message);
   void record_error(const std::string& message);
@@ -155,11 +146,8 @@ private:
   std::string m_bad_url; // why the URL was refused
   std::string m_stats_key;
 
-  std::mutex m_pool_mu;
-  std::condition_variable m_pool_cv;
-  std::vector<Pooled> m_idle;
-  int m_open = 0;              // connections idle or in use
-  uint64_t m_generation = 0;   // bumped by each failure: older connections are not reused
+  // After a failure, the connections open then are closed rather than reused.
+  Pool<Context> m_pool;
   std::atomic<int64_t> m_down_until_ms{0}; // steady clock; 0: up
 
   std::mutex m_pending_mu; // guards m_pending_*; held while they are sent

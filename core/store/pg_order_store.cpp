@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>
@@ -14,6 +12,8 @@
 #include <pqxx/pqxx>
 
 #include "core/orders/order.hpp"
+#include "core/store/pg_conninfo.hpp"
+#include "core/util/pool.hpp"
 
 namespace acmo {
 
@@ -233,145 +233,21 @@ Order read_order(const pqxx::row& row, pqxx::row::size_type first = 0)
   return o;
 }
 
-// The connection string libpq gets: the URL, with acmo's connect timeout and a name that shows
-// in pg_stat_activity unless the URL sets them.
-std::string connection_string(const PgOptions& options)
-{
-  const auto seconds = std::max<int64_t>(1, (options.connect_timeout_ms + 999) / 1000);
-  std::string out = options.url;
-  const bool uri = out.rfind("postgresql://", 0) == 0 || out.rfind("postgres://", 0) == 0;
-  auto add = [&](const std::string& key, const std::string& value) {
-    if (out.find(key + "=") != std::string::npos) return;
-    if (uri) {
-      out += out.find('?') == std::string::npos ? '?' : '&';
-    } else if (!out.empty()) {
-      out += ' ';
-    }
-    out += key + "=" + value;
-  };
-  add("connect_timeout", std::to_string(seconds));
-  add("fallback_application_name", "acmo");
-  // A server that vanishes without closing the connection (a host down, a cable pulled) is
-  // noticed within about 25 s instead of the kernel's two hours.
-  add("keepalives", "1");
-  add("keepalives_idle", "10");
-  add("keepalives_interval", "5");
-  add("keepalives_count", "3");
-  return out;
-}
-
 } // namespace
 
-std::string redact_pg_url(std::string_view url)
-{
-  std::string out(url);
-  const auto scheme = out.find("://");
-  if (scheme != std::string::npos) {
-    const auto at = out.find('@', scheme + 3);
-    const auto colon = out.find(':', scheme + 3);
-    if (at != std::string::npos && colon != std::string::npos && colon < at) {
-      out.replace(colon + 1, at - colon - 1, "***");
-    }
-  }
-  const auto password = out.find("password=");
-  if (password != std::string::npos) {
-    const auto end = out.find_first_of(" &", password);
-    out.replace(password + 9, end == std::string::npos ? std::string::npos : end - password - 9,
-                "***");
-  }
-  return out;
-}
-
-// A bounded pool of connections. Connections are made outside the lock, so one slow connect
-// does not hold up callers that find an idle connection.
-class PgPool
-{
-public:
-  PgPool(PgOptions options)
-    : m_options(std::move(options)), m_conninfo(connection_string(m_options))
+struct PgOrderStore::Impl {
+  Impl(PgOptions options, std::string conninfo)
+    : m_options(std::move(options)), m_conninfo(std::move(conninfo)),
+      pool(PoolOptions{m_options.pool_size, m_options.connect_timeout_ms,
+                       Error(Errc::unavailable,
+                             fmt::format("all {} PostgreSQL connections (store.pool_size) "
+                                         "stayed busy for {} ms; raise store.pool_size, or run "
+                                         "fewer handler workers",
+                                         m_options.pool_size, m_options.connect_timeout_ms),
+                             "store.pool_size")},
+           [this] { return connect(); },
+           [](const std::unique_ptr<pqxx::connection>& conn) { return conn->is_open(); })
   {
-  }
-
-  class Lease
-  {
-  public:
-    Lease(PgPool& pool, std::unique_ptr<pqxx::connection> conn)
-      : m_pool(&pool), m_conn(std::move(conn))
-    {
-    }
-    Lease(Lease&& other) noexcept
-      : m_pool(other.m_pool), m_conn(std::move(other.m_conn)), m_broken(other.m_broken)
-    {
-    }
-    Lease& operator=(Lease&&) = delete;
-    Lease(const Lease&) = delete;
-    Lease& operator=(const Lease&) = delete;
-    ~Lease()
-    {
-      if (m_conn) m_pool->give_back(std::move(m_conn), m_broken);
-    }
-    pqxx::connection& conn() { return *m_conn; }
-    // The connection broke: close it instead of giving it back.
-    void discard() { m_broken = true; }
-
-  private:
-    PgPool* m_pool;
-    std::unique_ptr<pqxx::connection> m_conn;
-    bool m_broken = false;
-  };
-
-  Expected<Lease> acquire()
-  {
-    const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(m_options.connect_timeout_ms);
-    std::unique_lock lock(m_mu);
-    for (;;) {
-      if (!m_idle.empty()) {
-        auto conn = std::move(m_idle.back());
-        m_idle.pop_back();
-        return Lease(*this, std::move(conn));
-      }
-      if (m_open < m_options.pool_size) {
-        ++m_open;
-        lock.unlock();
-        auto conn = connect();
-        if (!conn) {
-          lock.lock();
-          --m_open;
-          m_cv.notify_one();
-          return Unexpected(conn.error());
-        }
-        return Lease(*this, std::move(*conn));
-      }
-      if (m_cv.wait_until(lock, deadline) == std::cv_status::timeout && m_idle.empty()
-          && m_open >= m_options.pool_size) {
-        return make_error(Errc::unavailable,
-                          fmt::format("all {} PostgreSQL connections (store.pool_size) stayed "
-                                      "busy for {} ms; raise store.pool_size, or run fewer "
-                                      "handler workers",
-                                      m_options.pool_size, m_options.connect_timeout_ms),
-                          "store.pool_size");
-      }
-    }
-  }
-
-  // After a broken connection: the idle ones very likely went with the same server, so they
-  // are closed too rather than tried one by one.
-  void discard_idle()
-  {
-    std::vector<std::unique_ptr<pqxx::connection>> closing;
-    {
-      std::lock_guard lock(m_mu);
-      closing.swap(m_idle);
-      m_open -= static_cast<int>(closing.size());
-    }
-    m_cv.notify_all();
-  }
-
-  int open_connections() const
-  {
-    std::lock_guard lock(m_mu);
-    return m_open;
   }
 
   Error unavailable(std::string_view what) const
@@ -383,7 +259,6 @@ public:
                  "store.url");
   }
 
-private:
   Expected<std::unique_ptr<pqxx::connection>> connect()
   {
     try {
@@ -403,34 +278,10 @@ private:
     } catch (const pqxx::broken_connection& e) {
       return Unexpected(unavailable(e.what()));
     } catch (const std::exception& e) {
-      // A malformed URL, an unknown option, a refused login: libpq says which.
+      // A refused login, a server that does not exist: libpq says which.
       return Unexpected(unavailable(e.what()));
     }
   }
-
-  void give_back(std::unique_ptr<pqxx::connection> conn, bool broken)
-  {
-    if (broken || !conn->is_open()) {
-      conn.reset(); // outside the lock: closing may wait on the network
-      std::lock_guard lock(m_mu);
-      --m_open;
-    } else {
-      std::lock_guard lock(m_mu);
-      m_idle.push_back(std::move(conn));
-    }
-    m_cv.notify_one();
-  }
-
-  const PgOptions m_options;
-  const std::string m_conninfo;
-  mutable std::mutex m_mu;
-  std::condition_variable m_cv;
-  std::vector<std::unique_ptr<pqxx::connection>> m_idle;
-  int m_open = 0; // idle, leased, or being made
-};
-
-struct PgOrderStore::Impl {
-  explicit Impl(PgOptions options) : pool(std::move(options)) {}
 
   // Run `body` on a pooled connection. A broken connection (server restarted, backend
   // terminated, commit in doubt) is dropped and the body tried again on a new one; so are a
@@ -449,14 +300,14 @@ struct PgOrderStore::Impl {
       auto lease = pool.acquire();
       if (!lease) return Unexpected(lease.error());
       try {
-        return body(lease->conn());
+        return body(*lease->conn());
       } catch (const pqxx::broken_connection& e) {
         lease->discard();
         pool.discard_idle();
-        last = pool.unavailable(e.what());
+        last = unavailable(e.what());
       } catch (const pqxx::in_doubt_error& e) {
         lease->discard();
-        last = pool.unavailable(e.what());
+        last = unavailable(e.what());
       } catch (const pqxx::transaction_rollback& e) {
         last = Error(Errc::unavailable, fmt::format("PostgreSQL: {}", first_line(e.what())));
         std::this_thread::sleep_for(std::chrono::milliseconds(2 * ++conflicts));
@@ -471,22 +322,22 @@ struct PgOrderStore::Impl {
         if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) {
           lease->discard();
           pool.discard_idle();
-          last = pool.unavailable(e.what());
+          last = unavailable(e.what());
           continue;
         }
         // Class 53: out of resources (disk full, too many connections); 57014: a statement
         // cancelled by the server (statement_timeout, pg_cancel_backend).
         if (state.rfind("53", 0) == 0 || state == "57014") {
-          return Unexpected(pool.unavailable(e.what()));
+          return Unexpected(unavailable(e.what()));
         }
         return make_error(Errc::internal,
                           fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a "
                                       "bug or a schema acmo did not make",
                                       state, first_line(e.what())));
       } catch (const std::exception& e) {
-        if (!lease->conn().is_open()) {
+        if (!lease->conn()->is_open()) {
           lease->discard();
-          last = pool.unavailable(e.what());
+          last = unavailable(e.what());
           continue;
         }
         return make_error(Errc::internal, fmt::format("PostgreSQL: {}", first_line(e.what())));
@@ -656,7 +507,9 @@ struct PgOrderStore::Impl {
     return out;
   }
 
-  PgPool pool;
+  const PgOptions m_options;
+  const std::string m_conninfo;
+  Pool<std::unique_ptr<pqxx::connection>> pool;
 };
 
 PgOrderStore::PgOrderStore(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
@@ -673,7 +526,21 @@ Expected<std::unique_ptr<PgOrderStore>> PgOrderStore::open(const PgOptions& opti
                       "postgresql://acmo@127.0.0.1:5432/acmo",
                       "store.url");
   }
-  auto impl = std::make_unique<Impl>(options);
+  // libpq's connect_timeout is in whole seconds.
+  const auto seconds = std::max<int64_t>(1, (options.connect_timeout_ms + 999) / 1000);
+  auto conninfo = pg_conninfo_with_defaults(options.url, {
+    {"connect_timeout", std::to_string(seconds)},
+    // A name that shows in pg_stat_activity.
+    {"fallback_application_name", "acmo"},
+    // A server that vanishes without closing the connection (a host down, a cable pulled) is
+    // noticed within about 25 s instead of the kernel's two hours.
+    {"keepalives", "1"},
+    {"keepalives_idle", "10"},
+    {"keepalives_interval", "5"},
+    {"keepalives_count", "3"},
+  });
+  if (!conninfo) return Unexpected(conninfo.error());
+  auto impl = std::make_unique<Impl>(options, std::move(*conninfo));
   if (auto ok = impl->migrate(); !ok) return Unexpected(ok.error());
   return std::unique_ptr<PgOrderStore>(new PgOrderStore(std::move(impl)));
 }

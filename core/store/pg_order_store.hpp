@@ -67,7 +67,4 @@ private:
   std::unique_ptr<Impl> m_impl;
 };
 
-// The URL with its password replaced by "***", for messages.
-std::string redact_pg_url(std::string_view url);
-
 } // namespace acmo

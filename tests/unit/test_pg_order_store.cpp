@@ -183,6 +183,16 @@ TEST_CASE("PgOrderStore: a server that does not answer is unavailable", "[pg]")
   CHECK_THAT(e.message, !Catch::Contains("secret"));
 }
 
+TEST_CASE("PgOrderStore: a store.url libpq cannot parse is invalid input, and says why",
+          "[pg]")
+{
+  auto e = must_fail(PgOrderStore::open(PgOptions{"postgresql://acmo:secret@db/acmo?colour=blue", 1, 2'000}));
+  CHECK(e.code == Errc::invalid_input);
+  CHECK(e.field == "store.url");
+  CHECK_THAT(e.message, Catch::Contains("invalid URI query parameter: \"colour\""));
+  CHECK_THAT(e.message, !Catch::Contains("secret"));
+}
+
 TEST_CASE("PgOrderStore: apply_batch, then get, list and events", "[pg]")
 {
   ACMO_NEED_PG(url);

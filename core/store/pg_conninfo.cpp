@@ -1,0 +1,181 @@
+#include "core/store/pg_conninfo.hpp"
+
+#include <cctype>
+#include <memory>
+
+#include <fmt/core.h>
+#include <libpq-fe.h>
+
+namespace acmo {
+
+namespace {
+
+struct ConninfoFree {
+  void operator()(PQconninfoOption* options) const { PQconninfoFree(options); }
+};
+
+// One option the string sets, in libpq's order of options.
+struct Setting {
+  std::string key;
+  std::string value;
+  bool secret = false; // libpq shows it as a password field
+};
+
+bool is_uri(std::string_view url)
+{
+  return url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0;
+}
+
+// libpq's message about a URI it cannot parse may quote the whole URI: that copy is left out,
+// as it may hold a password. (About key=value pairs it quotes only a keyword.)
+std::string parse_error(std::string_view url, char* errmsg)
+{
+  std::string why = errmsg != nullptr ? errmsg : "libpq could not parse it";
+  PQfreemem(errmsg);
+  while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+  if (is_uri(url)) {
+    for (auto at = why.find(url); at != std::string::npos; at = why.find(url, at + 3)) {
+      why.replace(at, url.size(), "***");
+    }
+  }
+  return why;
+}
+
+Expected<std::vector<Setting>> parse(std::string_view url)
+{
+  char* errmsg = nullptr;
+  std::unique_ptr<PQconninfoOption, ConninfoFree> options(
+    PQconninfoParse(std::string(url).c_str(), &errmsg));
+  if (!options) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("store.url is neither a PostgreSQL URL "
+                                  "(postgresql://USER@HOST:PORT/DB) nor key=value pairs: {}",
+                                  parse_error(url, errmsg)),
+                      "store.url");
+  }
+  std::vector<Setting> out;
+  for (const PQconninfoOption* o = options.get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    out.push_back(Setting{o->keyword, o->val,
+                          o->dispchar != nullptr && std::string_view(o->dispchar) == "*"});
+  }
+  return out;
+}
+
+// A value of a key=value string: quoted when it is empty or holds a space, a quote or a
+// backslash.
+std::string quoted(std::string_view value)
+{
+  if (!value.empty() && value.find_first_of(" \t\n\r\f\v'\\") == std::string_view::npos) {
+    return std::string(value);
+  }
+  std::string out = "'";
+  for (char c : value) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+std::string percent_encoded(std::string_view text)
+{
+  std::string out;
+  for (char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (std::isalnum(byte) != 0 || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += c;
+    } else {
+      out += fmt::format("%{:02X}", byte);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> split_commas(const std::string& text)
+{
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t comma; (comma = text.find(',', start)) != std::string::npos; start = comma + 1) {
+    out.push_back(text.substr(start, comma - start));
+  }
+  out.push_back(text.substr(start));
+  return out;
+}
+
+std::string keyword_value_string(const std::vector<Setting>& settings, bool redact)
+{
+  std::string out;
+  for (const auto& s : settings) {
+    if (!out.empty()) out += ' ';
+    out += s.key + "=" + (redact && s.secret ? "***" : quoted(s.value));
+  }
+  return out;
+}
+
+// The settings as a URI of the scheme `scheme`, the secrets as "***".
+std::string redacted_uri(std::string_view scheme, const std::vector<Setting>& settings)
+{
+  const Setting* user = nullptr;
+  const Setting* password = nullptr;
+  const Setting* host = nullptr;
+  const Setting* port = nullptr;
+  const Setting* dbname = nullptr;
+  for (const auto& s : settings) {
+    if (s.key == "user") user = &s;
+    if (s.key == "password") password = &s;
+    if (s.key == "host") host = &s;
+    if (s.key == "port") port = &s;
+    if (s.key == "dbname") dbname = &s;
+  }
+  const std::vector<std::string> hosts = split_commas(host != nullptr ? host->value : "");
+  const std::vector<std::string> ports = split_commas(port != nullptr ? port->value : "");
+  // A URI gives each host its port; hosts and ports that do not pair up go in the query.
+  const bool paired = hosts.size() == ports.size();
+  std::string out(scheme);
+  if (user != nullptr) out += percent_encoded(user->value);
+  if (password != nullptr) out += ":***";
+  if (user != nullptr || password != nullptr) out += '@';
+  for (size_t i = 0; paired && i < hosts.size(); ++i) {
+    if (i > 0) out += ',';
+    const bool ipv6 = hosts[i].find(':') != std::string::npos;
+    out += ipv6 ? "[" + hosts[i] + "]" : percent_encoded(hosts[i]);
+    if (!ports[i].empty()) out += ":" + percent_encoded(ports[i]);
+  }
+  if (dbname != nullptr) out += "/" + percent_encoded(dbname->value);
+  char separator = '?';
+  for (const auto& s : settings) {
+    if (&s == user || &s == password || &s == dbname) continue;
+    if (paired && (&s == host || &s == port)) continue;
+    out += separator + s.key + "=" + (s.secret ? "***" : percent_encoded(s.value));
+    separator = '&';
+  }
+  return out;
+}
+
+} // namespace
+
+Expected<std::string> pg_conninfo_with_defaults(
+  std::string_view url, const std::vector<std::pair<std::string, std::string>>& defaults)
+{
+  auto settings = parse(url);
+  if (!settings) return Unexpected(settings.error());
+  for (const auto& [key, value] : defaults) {
+    bool set = false;
+    for (const auto& s : *settings) set = set || s.key == key;
+    if (!set) settings->push_back(Setting{key, value});
+  }
+  return keyword_value_string(*settings, false);
+}
+
+std::string redact_pg_url(std::string_view url)
+{
+  auto settings = parse(url);
+  if (!settings) return "***";
+  bool secret = false;
+  for (const auto& s : *settings) secret = secret || s.secret;
+  if (!secret) return std::string(url);
+  if (is_uri(url)) return redacted_uri(url.substr(0, url.find("://") + 3), *settings);
+  return keyword_value_string(*settings, true);
+}
+
+} // namespace acmo

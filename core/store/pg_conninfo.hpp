@@ -1,0 +1,26 @@
+// PostgreSQL connection strings (store.url), read by libpq's own parser (PQconninfoParse): a
+// URI (postgresql://USER:PASSWORD@HOST:PORT/DB?KEY=VALUE) or key=value pairs
+// ("host=db user=acmo").
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/util/error.hpp"
+
+namespace acmo {
+
+// The string libpq is given to connect: every option `url` sets, as key=value pairs, and each
+// of `defaults` that `url` does not set. Errc::invalid_input, field "store.url", with libpq's
+// reason, when libpq cannot parse `url`.
+Expected<std::string> pg_conninfo_with_defaults(
+  std::string_view url, const std::vector<std::pair<std::string, std::string>>& defaults);
+
+// The URL for messages: as written when it holds no secret; otherwise written again from
+// what libpq reads in it, in the same form (URI or key=value), with each secret (password,
+// sslpassword) as "***". "***" when libpq cannot parse it.
+std::string redact_pg_url(std::string_view url);
+
+} // namespace acmo
