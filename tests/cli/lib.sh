@@ -1,6 +1,6 @@
 # Shared by the shell tests: counters, checks and a small JSON reader.
 # Source it after setting nothing; it defines passed, failed, ok, not_ok, check, none_missing,
-# skip, json_field and start_server.
+# skip, json_field, start_server and kill_own.
 passed=0
 failed=0
 
@@ -19,6 +19,19 @@ none_missing() {
 # scripts/install-deps.sh installs every tool the tests use.
 skip() {
   if [[ -n ${CI:-} ]]; then not_ok "$* (CI must have it: scripts/install-deps.sh)"; else echo "ok - # SKIP $*"; fi
+}
+# kill_own SIGNAL PID...: signal each PID that is still a process of this run, never one that
+# merely reuses the number (PIDs wrap within minutes on a busy machine: a test that killed
+# every PID it once started could kill another run's process). A process of this run has
+# ACMO_TEST_RUN=$work in its environment, which a suite exports once it has made $work.
+kill_own() {
+  local sig=$1 p
+  shift
+  for p in "$@"; do
+    [[ -n $p && -n ${ACMO_TEST_RUN:-} ]] || continue
+    grep -qzxF "ACMO_TEST_RUN=$ACMO_TEST_RUN" "/proc/$p/environ" 2>/dev/null && kill "-$sig" "$p" 2>/dev/null
+  done
+  return 0
 }
 # json_field JSON KEY: the first value of a scalar field (acmo prints compact JSON).
 json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" <<<"$1" | head -n 1; }

@@ -10,10 +10,10 @@ acmo=${1:?usage: $0 path/to/acmo [source dir]}
 src=${2:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 acmo=$(cd "$(dirname "$acmo")" && pwd)/$(basename "$acmo")
 work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-daemon-test.XXXXXX")
+export ACMO_TEST_RUN=$work
 pids=()
 cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  kill_own 9 "${pids[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -438,9 +438,11 @@ check "drain with no id and no --all is a usage error, exit 2 ($rc)" test "$rc" 
 kill -STOP "$r2"
 for i in $(seq 1 30); do echo "{\"type\":\"CREATE\",\"orderId\":\"ord_r$i\",\"data\":$create}"; done >"$work/r.jsonl"
 "$acmo" -q send --file "$work/r.jsonl"
-"$acmo" handlers drain --all >/dev/null; rc=$?
+out=$("$acmo" --json handlers drain --all); rc=$?
 kill -CONT "$r2"
 check "handlers drain --all asks the running handler ($rc)" test "$rc" = 0
+check "  --json names it in asked, and stopped is null without --wait ($out)" \
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(not (len(d["asked"]) == 1 and d["asked"][0].split(":")[1] == sys.argv[2] and d["stopped"] is None))' "$out" "$r2"
 check "the drained handler exits by itself" bash -c 'for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || exit 0; sleep 0.05; done; exit 1' _ "$r2"
 wait "$r2"; rc=$?
 check "  with exit 0 ($rc), having applied what was queued: 31 orders, nothing waits" \
@@ -448,8 +450,10 @@ check "  with exit 0 ($rc), having applied what was queued: 31 orders, nothing w
 port=$((21000 + RANDOM % 5000))
 "$acmo" serve --listen "127.0.0.1:$port" >/dev/null 2>"$work/rs.err" & rs=$!; pids+=("$rs")
 check "serve's handler registers" wait_for 10 bash -c '"$1" handlers | grep -q "^1 running"' _ "$acmo"
-"$acmo" handlers stop --all --wait 10 >/dev/null; rc=$?
+out=$("$acmo" --json handlers stop --all --wait 10); rc=$?
 check "handlers stop --all --wait stops serve's handler ($rc)" test "$rc" = 0
+check "  --json --wait: stopped is what was asked ($out)" \
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(not (len(d["asked"]) == 1 and d["stopped"] == d["asked"]))' "$out"
 check "  serve goes on serving, and says so in its log" \
   bash -c 'curl -fsS -o /dev/null "http://127.0.0.1:$1/health/live" && alive() { kill -0 "$1"; } && alive "$2" && grep -q "the order handler stopped as asked" "$3"' _ "$port" "$rs" "$work/rs.err"
 kill -TERM "$rs"; wait "$rs"; rc=$?

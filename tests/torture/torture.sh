@@ -32,13 +32,14 @@ done
 source "$here/../cli/lib.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-torture.XXXXXX")
+export ACMO_TEST_RUN=$work
 declare -A pid=()  # serve, h1, h2 -> the pid of the running process
 senders=()
 pg_schema=''
 redis_prefix=''
 cleanup() {
   local p
-  for p in "${pid[@]}" "${senders[@]}"; do kill -9 "$p" 2>/dev/null; done
+  kill_own 9 "${pid[@]}" "${senders[@]}"
   wait 2>/dev/null
   if [[ -n $pg_schema ]]; then
     psql "$ACMO_TEST_PG_URL" -qc "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1
