@@ -83,7 +83,7 @@ void print_figures(const StatsReport& f, int64_t now)
 {
   const StatsReport* figures = &f;
   const QueueStats& s = figures->queue;
-  fmt::print("queue {}\n", s.name);
+  fmt::print("queue {} ({})\n", s.name, s.backend);
   print_table({
     {"  visible", std::to_string(s.visible)},
     {"  in flight", std::to_string(s.in_flight)},

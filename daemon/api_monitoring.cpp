@@ -223,11 +223,13 @@ json Api::Impl::health_checks()
   // takes no writes: not ready.
   if (queue_ok) queue_ok = parts.queue->check_integrity();
   record("queue", queue_ok);
+  checks["queue"]["backend"] = parts.queue->backend();
   // The store: an order that cannot exist is not found when the store answers.
   auto probe = with_store([](OrderStore& store) { return store.get("health-probe"); });
   record("store", probe || probe.error().code == Errc::not_found
                     ? Expected<void>()
                     : Expected<void>(Unexpected(probe.error())));
+  checks["store"]["backend"] = options.store_backend;
   // The cache counts its failures rather than reporting them: one more after a read is one.
   if (parts.cache != nullptr) {
     const int64_t before = parts.cache->stats().errors;

@@ -205,6 +205,7 @@ struct HandlerRecord {
 
 struct QueueStats {
   std::string name;
+  std::string backend; // what holds the queue: "sqlite" or "postgres" (Queue::backend)
   int64_t visible = 0;
   int64_t in_flight = 0;
   int64_t delayed = 0; // waiting out a retry delay

@@ -23,6 +23,7 @@ nlohmann::json body_json(const std::string& body)
 nlohmann::json queue_stats_json(const QueueStats& s)
 {
   return {{"name", s.name},
+          {"backend", s.backend},
           {"visible", s.visible},
           {"inFlight", s.in_flight},
           {"delayed", s.delayed},

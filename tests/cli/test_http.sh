@@ -193,13 +193,16 @@ check "/handler/status shows the in-process handler running" \
 check "/handler/status lists the registered handler" has '"state":"running"'
 http GET /health
 expect "GET /health" 200
+check "/health names the queue's and the store's back-ends" \
+  has '"queue":{"backend":"sqlite","ok":true}'
+check "  and acmo stats the queue's" grep -q '^queue orders (sqlite)$' <<<"$("$acmo" stats)"
 http GET /health/live
 expect "GET /health/live" 200
 http GET /health/ready
 expect "GET /health/ready" 200
 check "/health/ready says ready" test "$(json_field "$body" status)" = ready
 check "/health checks queue, store and cache" \
-  bash -c 'for k in queue store cache; do grep -qF "\"$k\":{\"ok\":true" <<<"$1" || exit 1; done' _ "$body"
+  bash -c 'for k in queue store cache; do grep -qE "\"$k\":\{[^}]*\"ok\":true" <<<"$1" || exit 1; done' _ "$body"
 http GET /nowhere/ord_x
 http GET /metrics
 expect "GET /metrics" 200

@@ -2050,6 +2050,7 @@ Expected<QueueStats> SqliteQueue::stats()
   QueueStats s;
   s.name = m_options.name;
   s.dlq_name = m_options.dlq_name;
+  s.backend = std::string(backend());
   const int64_t now = impl.clock.now_ms();
   try {
     std::lock_guard lock(impl.read_mu);
