@@ -210,7 +210,10 @@ struct SendOp {
   std::vector<PreparedSend> items;
   std::vector<Expected<SendResult>> results;
   std::optional<Error> error;
+  // Answered (under the group commit's mutex). Each op waits on its own condition variable,
+  // so that a commit wakes only the senders it answered and the next leader.
   bool done = false;
+  std::condition_variable cv;
 };
 
 // A pool of connections, opened as they are needed, at most k_pool_size.
@@ -341,6 +344,18 @@ struct PgQueue::Impl {
   std::atomic<int64_t> committed_transactions{0};
   std::atomic<int64_t> committed_requests{0};
 
+  // Durability (queue.durability = "full") without holding the groups' locks through the
+  // flush of the WAL: sends commit without waiting for the disk, and the requests that need it
+  // wait for a flush that covers their commit, made by a write that does wait (flush_wal, on a
+  // connection of its own). While one batch waits for the disk the next one runs, and one flush
+  // covers every commit made before it began.
+  std::unique_ptr<pqxx::connection> flusher;
+  std::mutex sync_mu;
+  std::condition_variable sync_cv;
+  uint64_t committed_generation = 0;
+  uint64_t synced_generation = 0;
+  bool syncing = false;
+
   // Long polls: woken by local commits and by the notifications of sends from any process.
   std::mutex wake_mu;
   std::condition_variable wake_cv;
@@ -388,6 +403,8 @@ struct PgQueue::Impl {
     tx.exec0("SET client_min_messages = error");
     tx.exec0(fmt::format("SET lock_timeout = {}", std::max<int64_t>(1, options.busy_timeout_ms)));
     tx.exec0("SET statement_timeout = 60000");
+    // Every statement of the queue is short: compiling one would cost more than it saves.
+    tx.exec0("SET jit = off");
     tx.exec0(synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off");
   }
 
@@ -594,20 +611,87 @@ struct PgQueue::Impl {
   {
     std::unique_lock lock(send_mu);
     send_pending.push_back(&op);
-    while (!op.done) {
-      if (!send_leading) {
-        send_leading = true;
-        std::vector<SendOp*> batch;
-        batch.swap(send_pending);
-        lock.unlock();
-        send_all(batch);
-        lock.lock();
-        for (auto* o : batch) o->done = true;
-        send_leading = false;
-        send_cv.notify_all();
+    op.cv.wait(lock, [&] { return op.done || !send_leading; });
+    if (op.done) return;
+    send_leading = true;
+    std::vector<SendOp*> batch;
+    batch.swap(send_pending);
+    lock.unlock();
+    send_all(batch);
+    bool needs_flush = false;
+    for (auto* o : batch) needs_flush = needs_flush || !o->error;
+    needs_flush = needs_flush && options.durability_full;
+    uint64_t generation = 0;
+    if (needs_flush) {
+      std::lock_guard sync_lock(sync_mu);
+      generation = ++committed_generation;
+    }
+    // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
+    lock.lock();
+    send_leading = false;
+    if (!send_pending.empty()) send_pending.front()->cv.notify_one();
+    lock.unlock();
+    if (needs_flush) {
+      if (auto failure = make_durable(generation)) {
+        for (auto* o : batch) {
+          if (!o->error) o->error = failure;
+        }
+      }
+    }
+    lock.lock();
+    for (auto* o : batch) {
+      o->done = true;
+      if (o != &op) o->cv.notify_one();
+    }
+  }
+
+  // Wait until the WAL is on disk up to commit `generation`, flushing it if no one else is.
+  std::optional<Error> make_durable(uint64_t generation)
+  {
+    std::unique_lock lock(sync_mu);
+    while (synced_generation < generation) {
+      if (syncing) {
+        sync_cv.wait(lock);
         continue;
       }
-      send_cv.wait(lock);
+      syncing = true;
+      const uint64_t target = committed_generation;
+      lock.unlock();
+      auto failure = flush_wal();
+      lock.lock();
+      syncing = false;
+      sync_cv.notify_all();
+      if (failure) return failure;
+      synced_generation = std::max(synced_generation, target);
+    }
+    return std::nullopt;
+  }
+
+  // Make every commit so far durable: a transaction that takes a transaction id writes a commit
+  // record, and with synchronous_commit on its commit waits until the WAL is flushed up to it,
+  // which covers every commit before it.
+  std::optional<Error> flush_wal()
+  {
+    // A connection found broken is made again once: a flush on any connection covers every
+    // commit before it.
+    for (int attempt = 0;; ++attempt) {
+      try {
+        if (!flusher) {
+          flusher = std::make_unique<pqxx::connection>(conninfo);
+          setup(*flusher, true);
+        }
+        pqxx::nontransaction tx(*flusher);
+        tx.exec("SELECT pg_current_xact_id()");
+        return std::nullopt;
+      } catch (const std::exception& e) {
+        flusher.reset();
+        bool discard = false;
+        Error error = error_of(e, discard);
+        if (discard && attempt == 0) continue;
+        error.message += "; the message may or may not be stored: retry with the same "
+                         "deduplication id";
+        return error;
+      }
     }
   }
 
@@ -628,7 +712,20 @@ struct PgQueue::Impl {
     if (any) notify_waiters();
   }
 
+  // A connection found broken is made again and the statement sent once more, when the dedup
+  // window makes that safe: had the first attempt committed, its messages are found as
+  // duplicates of themselves (the message ids are the ones this process drew), and reported
+  // as sent.
   std::optional<Error> send_statement(const std::vector<SendOp*>& batch)
+  {
+    auto error = send_statement_once(batch);
+    if (error && error->code == Errc::unavailable && !sender && options.dedup_window_ms > 0) {
+      error = send_statement_once(batch);
+    }
+    return error;
+  }
+
+  std::optional<Error> send_statement_once(const std::vector<SendOp*>& batch)
   {
     PgArray groups, dedup, content, bodies, hashes, ids, same, unless;
     size_t count = 0;
@@ -651,7 +748,7 @@ struct PgQueue::Impl {
     try {
       if (!sender) {
         sender = std::make_unique<pqxx::connection>(conninfo);
-        setup(*sender, options.durability_full);
+        setup(*sender, false); // made durable by make_durable
         sender->prepare("acmo_send",
                         "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
                         " $5::text[], $6::text[], $7::boolean[], $8::text[], $9::bigint[],"
@@ -676,8 +773,11 @@ struct PgQueue::Impl {
           r.dedup_id = p.dedup_id;
           r.seq = row[1].as<int64_t>();
           r.message_id = row[2].as<std::string>();
-          if (kind == "refused") {
+          if (kind == "refused" && p.request->unless_duplicate) {
             op->results.emplace_back(Unexpected(*p.request->unless_duplicate));
+          } else if (kind == "refused") {
+            op->results.emplace_back(
+              make_error(Errc::internal, "acmo_send refused a request that allowed a new message"));
           } else if (kind == "conflict") {
             const int64_t age = (now - (row[3].as<int64_t>() - options.dedup_window_ms)) / 1000;
             op->results.emplace_back(make_error(
@@ -688,7 +788,7 @@ struct PgQueue::Impl {
                           p.dedup_id, age, r.message_id),
               "deduplicationId"));
           } else {
-            r.duplicate = kind == "duplicate";
+            r.duplicate = kind == "duplicate" && r.message_id != p.message_id;
             op->results.emplace_back(std::move(r));
           }
         }

@@ -99,15 +99,20 @@ CREATE TABLE handlers (
   request text NOT NULL DEFAULT ''
 );
 -- Accept a batch of sends in one statement (one round trip, and one transaction when called
--- outside one): the i-th elements of the arrays are one request. Returns one row per request,
--- in their order: 'sent' (o_seq, o_id the new message), 'duplicate' (the original message),
--- 'conflict' (a duplicate with another body while p_same asks for the same: the original, and
--- when its id expires) or 'refused' (not a duplicate while p_unless asks for one).
+-- outside one), set-based: the i-th elements of the arrays are one request. Returns one row
+-- per request, in their order: 'sent' (o_seq, o_id the new message), 'duplicate' (the
+-- original message), 'conflict' (a duplicate with another body while p_same asks for the same:
+-- the original, and when its id expires) or 'refused' (not a duplicate while p_unless asks for
+-- one). Requests are decided as if one after the other: the first request of an id that is not
+-- in the window and does not ask for a duplicate is accepted, and the later ones are its
+-- duplicates.
 --
 -- The groups' rows are locked first, in name order, before any sequence number is drawn: so
 -- two processes sending to one group take their numbers one after the other, and a receiver
 -- never sees a group's later number before its earlier one. A group with no row gets one for
--- the transaction (head k_none), dropped again if no message of the batch lands in it.
+-- the transaction (head k_none), dropped again if no message of the batch lands in it. The
+-- dedup rows are written with INSERT ... ON CONFLICT, which waits for another transaction
+-- writing the same id: a request that loses that race is a duplicate of the winner.
 CREATE FUNCTION acmo_send(p_queue bigint, p_now bigint, p_window bigint, p_channel text,
                           p_groups text[], p_dedup text[], p_content boolean[], p_bodies text[],
                           p_hashes bigint[], p_ids uuid[], p_same boolean[], p_unless boolean[])
@@ -115,70 +120,96 @@ RETURNS TABLE (o_kind text, o_seq bigint, o_id text, o_expires bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   k_none constant bigint := 9223372036854775807;
-  d record;
-  new_seq bigint;
-  a_seq bigint[] := '{}';
-  a_n int[] := '{}';
+  a_groups text[]; -- the batch's groups, in name order
+  a_locked text[]; -- those whose rows this transaction holds
+  a_live text[];   -- the ids in the window before this batch
+  a_cand int[];    -- the requests to accept, if their dedup rows can be written
+  a_seq bigint[];  -- their sequence numbers, in the same (ascending) order
+  a_n int[];       -- the requests accepted
+  a_s bigint[];    -- and their sequence numbers
+  r record;
   dups bigint := 0;
 BEGIN
-  INSERT INTO message_groups AS g (queue_id, group_id, head_seq, ready_at)
-    SELECT p_queue, s.x, k_none, k_none FROM (SELECT DISTINCT unnest(p_groups) AS x) s
-    ORDER BY s.x
-    ON CONFLICT (queue_id, group_id) DO UPDATE SET head_seq = g.head_seq;
-  FOR i IN 1 .. coalesce(array_length(p_bodies, 1), 0) LOOP
-    SELECT e.seq, e.message_id, e.expires_at, e.body_hash INTO d FROM dedup e
-      WHERE e.queue_id = p_queue AND e.dedup_id = p_dedup[i] AND e.expires_at > p_now;
-    IF NOT FOUND THEN
-      IF p_unless[i] THEN
-        o_kind := 'refused'; o_seq := 0; o_id := ''; o_expires := 0;
-        RETURN NEXT;
-        CONTINUE;
-      END IF;
-      new_seq := nextval('message_seq');
+  -- Lock the rows there are (FOR UPDATE writes no new row version, so a group sent to all
+  -- the time does not pile up dead rows) and make the missing ones; a row deleted or made by
+  -- another transaction meanwhile is looked for again.
+  a_groups := ARRAY(SELECT DISTINCT x FROM unnest(p_groups) AS x ORDER BY 1);
+  LOOP
+    a_locked := ARRAY(SELECT g.group_id FROM message_groups g WHERE g.queue_id = p_queue
+                      AND g.group_id = ANY(a_groups) ORDER BY g.group_id FOR UPDATE);
+    IF cardinality(a_locked) < cardinality(a_groups) THEN
+      WITH made AS (
+        INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)
+          SELECT p_queue, x, k_none, k_none FROM unnest(a_groups) AS x
+          WHERE x <> ALL(a_locked) ORDER BY x
+          ON CONFLICT (queue_id, group_id) DO NOTHING
+          RETURNING group_id)
+      SELECT a_locked || coalesce(array_agg(made.group_id), '{}') INTO a_locked FROM made;
+    END IF;
+    EXIT WHEN cardinality(a_locked) = cardinality(a_groups);
+  END LOOP;
+  a_live := ARRAY(SELECT e.dedup_id FROM dedup e WHERE e.queue_id = p_queue
+                  AND e.dedup_id = ANY(p_dedup) AND e.expires_at > p_now);
+  a_cand := ARRAY(SELECT min(q.n) FROM unnest(p_dedup, p_unless) WITH ORDINALITY AS q(d, u, n)
+                  WHERE NOT q.u AND q.d <> ALL(a_live) GROUP BY q.d ORDER BY 1);
+  a_n := '{}';
+  a_s := '{}';
+  IF cardinality(a_cand) > 0 THEN
+    a_seq := ARRAY(SELECT nextval('message_seq') FROM generate_series(1, cardinality(a_cand))
+                   ORDER BY 1);
+    WITH written AS (
       INSERT INTO dedup AS e (queue_id, dedup_id, seq, message_id, expires_at, body_hash)
-        VALUES (p_queue, p_dedup[i], new_seq, p_ids[i], p_now + p_window, p_hashes[i])
+        SELECT p_queue, p_dedup[c.n], c.s, p_ids[c.n], p_now + p_window, p_hashes[c.n]
+        FROM unnest(a_cand, a_seq) AS c(n, s)
         ON CONFLICT (queue_id, dedup_id) DO UPDATE SET seq = excluded.seq,
           message_id = excluded.message_id, expires_at = excluded.expires_at,
           body_hash = excluded.body_hash
-        WHERE e.expires_at <= p_now;
-      IF FOUND THEN
-        a_seq := a_seq || new_seq;
-        a_n := a_n || i;
-        o_kind := 'sent'; o_seq := new_seq; o_id := p_ids[i]::text; o_expires := p_now + p_window;
-        RETURN NEXT;
-        CONTINUE;
-      END IF;
-      -- Another transaction accepted the id meanwhile (its insert was waited for): a duplicate.
-      SELECT e.seq, e.message_id, e.expires_at, e.body_hash INTO d FROM dedup e
-        WHERE e.queue_id = p_queue AND e.dedup_id = p_dedup[i];
-    END IF;
-    IF p_same[i] AND d.body_hash <> 0 AND d.body_hash <> p_hashes[i] THEN
-      o_kind := 'conflict'; o_seq := d.seq; o_id := d.message_id::text; o_expires := d.expires_at;
-      RETURN NEXT;
-      CONTINUE;
-    END IF;
-    dups := dups + 1;
-    o_kind := 'duplicate'; o_seq := d.seq; o_id := d.message_id::text; o_expires := d.expires_at;
-    RETURN NEXT;
-  END LOOP;
-  IF array_length(a_n, 1) > 0 THEN
+        WHERE e.expires_at <= p_now
+        RETURNING e.seq)
+    SELECT coalesce(array_agg(c.n ORDER BY c.n), '{}'), coalesce(array_agg(c.s ORDER BY c.n), '{}')
+      INTO a_n, a_s
+      FROM unnest(a_cand, a_seq) AS c(n, s) WHERE c.s IN (SELECT w.seq FROM written w);
+  END IF;
+  IF cardinality(a_n) > 0 THEN
     INSERT INTO messages (seq, queue_id, group_id, message_id, dedup_id, body, sent_at,
                           visible_at)
       SELECT t.s, p_queue, p_groups[t.n], p_ids[t.n],
              CASE WHEN p_content[t.n] THEN NULL ELSE p_dedup[t.n] END, p_bodies[t.n], p_now, p_now
-      FROM unnest(a_seq, a_n) AS t(s, n);
+      FROM unnest(a_s, a_n) AS t(s, n);
     -- A group that was empty has its head now.
     UPDATE message_groups g SET head_seq = h.head, ready_at = p_now
-      FROM (SELECT p_groups[t.n] AS grp, min(t.s) AS head FROM unnest(a_seq, a_n) AS t(s, n)
+      FROM (SELECT p_groups[t.n] AS grp, min(t.s) AS head FROM unnest(a_s, a_n) AS t(s, n)
             GROUP BY 1) h
       WHERE g.queue_id = p_queue AND g.group_id = h.grp AND g.head_seq > h.head;
     PERFORM pg_notify(p_channel, '');
   END IF;
   DELETE FROM message_groups
     WHERE queue_id = p_queue AND group_id = ANY(p_groups) AND head_seq = k_none;
-  IF array_length(a_n, 1) > 0 OR dups > 0 THEN
+  FOR r IN
+    SELECT q.n, q.u, q.same, q.h, c.s, d.seq AS dseq, d.message_id::text AS did,
+           d.expires_at AS dexp, d.body_hash AS dhash, q.d = ANY(a_live) AS was_live,
+           EXISTS (SELECT 1 FROM unnest(a_n) AS x(n) WHERE x.n < q.n AND p_dedup[x.n] = q.d)
+             AS earlier
+    FROM unnest(p_dedup, p_unless, p_same, p_hashes) WITH ORDINALITY AS q(d, u, same, h, n)
+    LEFT JOIN unnest(a_n, a_s) AS c(n, s) ON c.n = q.n
+    LEFT JOIN dedup d ON d.queue_id = p_queue AND d.dedup_id = q.d
+    ORDER BY q.n
+  LOOP
+    IF r.s IS NOT NULL THEN
+      o_kind := 'sent'; o_seq := r.s; o_id := p_ids[r.n]::text; o_expires := p_now + p_window;
+    ELSIF r.dseq IS NULL OR (r.u AND NOT r.was_live AND NOT r.earlier) THEN
+      o_kind := 'refused'; o_seq := 0; o_id := ''; o_expires := 0;
+    ELSIF r.same AND r.dhash <> 0 AND r.dhash <> r.h THEN
+      o_kind := 'conflict'; o_seq := r.dseq; o_id := r.did; o_expires := r.dexp;
+    ELSE
+      dups := dups + 1;
+      o_kind := 'duplicate'; o_seq := r.dseq; o_id := r.did; o_expires := r.dexp;
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+  IF cardinality(a_n) > 0 OR dups > 0 THEN
     INSERT INTO queue_counters (queue_id, sent, duplicates)
-      VALUES (p_queue, coalesce(array_length(a_n, 1), 0), dups);
+      VALUES (p_queue, cardinality(a_n), dups);
   END IF;
 END
 $$;
