@@ -405,6 +405,9 @@ struct PgQueue::Impl {
     tx.exec0("SET statement_timeout = 60000");
     // Every statement of the queue is short: compiling one would cost more than it saves.
     tx.exec0("SET jit = off");
+    // Plan each execution (acmo_send's statements too) for the tables as they are now: a
+    // generic plan made while they were small scans them whole once they have grown.
+    tx.exec0("SET plan_cache_mode = force_custom_plan");
     tx.exec0(synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off");
   }
 
