@@ -2093,6 +2093,52 @@ TEST_CASE("Queue contract: a filtered redrive moves only the matching messages, 
   }
 }
 
+
+TEST_CASE("PgQueue: a consumer whose backend dies in its work has the delivery counted",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  ManualClock clock;
+  QueueOptions o;
+  o.max_retries = 1;
+  auto q = must(PgQueue::open(schema.url(), schema.name(), o, clock));
+  must(q->send(SendRequest{"poison", "g", ""}));
+  must(q->send(SendRequest{"fine", "h", ""}));
+  // The first attempt's backend dies in the work (as when its process is killed: the server
+  // ends the backend); the work then fails, alive, on every attempt after.
+  int attempts = 0;
+  auto failed = q->consume(10, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                                    -> Expected<std::vector<Disposition>> {
+    if (attempts++ == 0) {
+      must(pg_transaction(txn))->exec("SELECT pg_terminate_backend(pg_backend_pid())");
+    }
+    return make_error(Errc::unavailable, fmt::format("store down ({} messages)", got.size()));
+  });
+  REQUIRE_FALSE(failed);
+  CHECK(attempts >= 2);
+  // Only the dead attempt is counted (for both messages it was handling), by the sweep of any
+  // process.
+  must(q->sweep());
+  for (int64_t seq : {1, 2}) {
+    auto m = must(q->find(seq));
+    REQUIRE(m);
+    CHECK(m->receive_count == 1);
+    CHECK(m->last_error.find("died before it was settled") != std::string::npos);
+  }
+  // Suspects now: an isolating receive takes one alone.
+  auto got = must(q->receive(10, {}, 0, true));
+  CHECK(bodies_of(got) == Bodies{"poison"});
+  // Delivered twice = max_retries + 1: once it times out, the next receive dead-letters it.
+  clock.advance_ms(q->options().visibility_timeout_ms);
+  got = must(q->receive(10));
+  CHECK(bodies_of(got) == Bodies{"fine"});
+  auto dead = must(q->dlq_list());
+  REQUIRE(dead.size() == 1);
+  CHECK(dead[0].body == "poison");
+  CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
+}
+
 // Not run by default ("[.]"): how many single sends a second 32 threads get through, each
 // waiting for its own answer, as 32 HTTP clients would.
 TEST_CASE("Queue contract: throughput of 32 concurrent single sends", "[.][contract-throughput]")

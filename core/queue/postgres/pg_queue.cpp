@@ -356,6 +356,10 @@ struct PgQueue::Impl {
   uint64_t synced_generation = 0;
   bool syncing = false;
 
+  // The consume journal's connection (journal_begin, journal_drop).
+  std::mutex journal_mu;
+  std::unique_ptr<pqxx::connection> journal_conn;
+
   // Long polls: woken by local commits and by the notifications of sends from any process.
   std::mutex wake_mu;
   std::condition_variable wake_cv;
@@ -1197,8 +1201,71 @@ struct PgQueue::Impl {
     txn.counters[queue_id].redriven += static_cast<int64_t>(chosen.size());
   }
 
+  // Say, in a transaction of its own committed at once, that the consume whose transaction runs
+  // on backend `pid` is handling `got`. The journal row's id, or nothing when it cannot be
+  // written (the work runs all the same: the journal only guards against a consumer's death).
+  std::optional<int64_t> journal_begin(int pid, const std::vector<Message>& got)
+  {
+    PgArray seqs;
+    for (const auto& m : got) seqs.add(m.seq);
+    std::lock_guard lock(journal_mu);
+    try {
+      if (!journal_conn) {
+        journal_conn = std::make_unique<pqxx::connection>(conninfo);
+        setup(*journal_conn, false);
+      }
+      pqxx::nontransaction tx(*journal_conn);
+      auto rows = tx.exec_params(
+        "INSERT INTO consume_journal (queue_id, pid, started, client_pid, seqs)"
+        " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_activity a"
+        " WHERE a.pid = $2 RETURNING id",
+        queue_id, pid, static_cast<int64_t>(::getpid()), seqs.text());
+      if (rows.empty()) return std::nullopt;
+      return rows[0][0].as<int64_t>();
+    } catch (const std::exception&) {
+      journal_conn.reset();
+      return std::nullopt;
+    }
+  }
+
+  // Drop the journal row of a consume whose work failed while its process lives on.
+  void journal_drop(int64_t id)
+  {
+    std::lock_guard lock(journal_mu);
+    try {
+      if (!journal_conn) {
+        journal_conn = std::make_unique<pqxx::connection>(conninfo);
+        setup(*journal_conn, false);
+      }
+      pqxx::nontransaction tx(*journal_conn);
+      tx.exec_params("DELETE FROM consume_journal WHERE id = $1", id);
+    } catch (const std::exception&) {
+      journal_conn.reset(); // the row stays: the sweep counts one delivery too many
+    }
+  }
+
+  // Count a delivery of each message that a consumer which died with it in hand was handling
+  // (its journal row outlived its backend) and that is still where it was taken from: a
+  // suspect now, and dead-lettered by a receive once there are too many.
+  void recover_orphans(PgTxn& txn)
+  {
+    txn.tx.exec_params(
+      "WITH dead AS (DELETE FROM consume_journal j WHERE j.queue_id = $1 AND NOT EXISTS"
+      " (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.pid AND a.backend_start = j.started)"
+      " RETURNING j.client_pid, j.seqs)"
+      " UPDATE messages m SET receive_count = m.receive_count + 1,"
+      " last_error = 'the process handling it (pid ' || d.client_pid"
+      " || ') died before it was settled',"
+      " first_received_at = CASE WHEN m.first_received_at = 0 THEN $2"
+      " ELSE m.first_received_at END"
+      " FROM (SELECT client_pid, unnest(seqs) AS seq FROM dead) d"
+      " WHERE m.seq = d.seq AND m.queue_id = $1 AND m.receipt_token = 0",
+      queue_id, txn.now);
+  }
+
   SweepResult do_sweep(PgTxn& txn)
   {
+    recover_orphans(txn);
     SweepResult result;
     const int64_t cutoff = txn.now - options.retention_ms;
     // Messages past retention, a bounded number at a time, in groups no one holds now.
@@ -1504,20 +1571,31 @@ Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const 
   auto& impl = *m_impl;
   std::vector<Message> got;
   auto polled = poll(wait_ms, [&](bool) -> Expected<bool> {
+    std::optional<int64_t> journaled; // the last attempt's journal row
+    bool work_failed = false;         // and its work failed with the process alive
     auto ok = impl.run([&](PgTxn& txn) -> Expected<void> {
+      work_failed = false;
       got = impl.do_receive(txn, max, 0, false, true);
       if (got.empty()) return {};
       std::vector<Located> at;
       at.reserve(got.size());
       for (const auto& m : got) at.push_back(Located{m.seq, m.group_id, m.failures});
+      // Should this process die in the work, its journal row outlives its backend and the
+      // attempt is counted (recover_orphans); committing deletes the row with the messages.
+      journaled = impl.journal_begin(txn.tx.conn().backendpid(), got);
       auto settled = impl.settle_located(txn, at, [&] {
         PgTransaction t(txn.tx);
         return work(t, got);
       }, true);
-      if (!settled) return settled;
+      if (!settled) {
+        work_failed = true;
+        return settled;
+      }
+      if (journaled) txn.tx.exec_params("DELETE FROM consume_journal WHERE id = $1", *journaled);
       txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
       return {};
     });
+    if (!ok && work_failed && journaled) impl.journal_drop(*journaled);
     if (!ok) return Unexpected(ok.error());
     if (!got.empty()) impl.notify_waiters();
     return !got.empty();

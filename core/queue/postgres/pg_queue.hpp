@@ -81,8 +81,9 @@ public:
   // pg_transaction gives it. A thrown database error rolls it back like a returned error.
   Expected<void> settle(const std::vector<std::string>& receipts, const SettleWork& work) override;
   // The batch's groups stay locked while the work runs, so no other receiver takes them; the
-  // messages are never in flight. A process that dies in the work loses its transaction, and
-  // no delivery is counted.
+  // messages are never in flight. A process that dies in the work loses its transaction; the
+  // journal row written before the work (consume_journal) outlives its backend, and the
+  // sweep of any process counts a delivery of each message it was handling.
   Expected<std::vector<Message>> consume(int max, int64_t wait_ms,
                                          const ConsumeWork& work) override;
   Expected<std::optional<Message>> find(int64_t seq) override;

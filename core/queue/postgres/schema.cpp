@@ -81,6 +81,18 @@ CREATE TABLE dedup (
   PRIMARY KEY (queue_id, dedup_id)
 );
 CREATE INDEX dedup_by_expiry ON dedup (expires_at);
+-- What consumers are handling (Queue::consume): written and committed before the work runs,
+-- and deleted by the consume's own transaction, so a row stays only when that transaction did
+-- not commit. A row whose backend (pid, started) is gone was a consumer that died with the
+-- work in hand: the sweep counts a delivery of each of its messages.
+CREATE TABLE consume_journal (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  queue_id bigint NOT NULL,
+  pid integer NOT NULL,
+  started timestamptz NOT NULL,
+  client_pid bigint NOT NULL,
+  seqs bigint[] NOT NULL
+);
 -- The handler registry: every running OrderHandler, its heartbeat and its figures.
 CREATE TABLE handlers (
   id text PRIMARY KEY,
