@@ -412,6 +412,12 @@ struct PgQueue::Impl {
     // Plan each execution (acmo_send's statements too) for the tables as they are now: a
     // generic plan made while they were small scans them whole once they have grown.
     tx.exec0("SET plan_cache_mode = force_custom_plan");
+    // Every statement of the queue's hot paths finds its rows by key. Until autovacuum first
+    // analyzes a new table the planner has no statistics and chose to read the whole queue's
+    // rows (a bitmap scan on queue_id, a hash join against a sequential scan) for a few keys.
+    tx.exec0("SET enable_bitmapscan = off");
+    tx.exec0("SET enable_hashjoin = off");
+    tx.exec0("SET enable_mergejoin = off");
     tx.exec0(synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off");
   }
 

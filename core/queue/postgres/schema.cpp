@@ -160,8 +160,13 @@ BEGIN
     END IF;
     EXIT WHEN cardinality(a_locked) = cardinality(a_groups);
   END LOOP;
-  a_live := ARRAY(SELECT e.dedup_id FROM dedup e WHERE e.queue_id = p_queue
-                  AND e.dedup_id = ANY(p_dedup) AND e.expires_at > p_now);
+  -- The dedup rows are looked up one id at a time, by their key (a LATERAL subquery that OFFSET
+  -- 0 keeps from being flattened into a join): with "dedup_id = ANY(...)" or a join the
+  -- planner, without statistics on a new table, read every row of the queue's history.
+  a_live := ARRAY(SELECT e.dedup_id FROM unnest(p_dedup) AS x(d)
+                  CROSS JOIN LATERAL (SELECT e.dedup_id FROM dedup e WHERE e.queue_id = p_queue
+                                      AND e.dedup_id = x.d AND e.expires_at > p_now
+                                      OFFSET 0) e);
   a_cand := ARRAY(SELECT min(q.n) FROM unnest(p_dedup, p_unless) WITH ORDINALITY AS q(d, u, n)
                   WHERE NOT q.u AND q.d <> ALL(a_live) GROUP BY q.d ORDER BY 1);
   a_n := '{}';
@@ -204,7 +209,8 @@ BEGIN
              AS earlier
     FROM unnest(p_dedup, p_unless, p_same, p_hashes) WITH ORDINALITY AS q(d, u, same, h, n)
     LEFT JOIN unnest(a_n, a_s) AS c(n, s) ON c.n = q.n
-    LEFT JOIN dedup d ON d.queue_id = p_queue AND d.dedup_id = q.d
+    LEFT JOIN LATERAL (SELECT e.seq, e.message_id, e.expires_at, e.body_hash FROM dedup e
+                       WHERE e.queue_id = p_queue AND e.dedup_id = q.d OFFSET 0) d ON true
     ORDER BY q.n
   LOOP
     IF r.s IS NOT NULL THEN
