@@ -403,22 +403,22 @@ struct PgQueue::Impl {
   void setup(pqxx::connection& conn, bool synchronous) const
   {
     pqxx::nontransaction tx(conn);
-    tx.exec0("SET search_path = " + tx.quote_name(schema));
-    tx.exec0("SET client_min_messages = error");
-    tx.exec0(fmt::format("SET lock_timeout = {}", std::max<int64_t>(1, options.busy_timeout_ms)));
-    tx.exec0("SET statement_timeout = 60000");
-    // Every statement of the queue is short: compiling one would cost more than it saves.
-    tx.exec0("SET jit = off");
-    // Plan each execution (acmo_send's statements too) for the tables as they are now: a
-    // generic plan made while they were small scans them whole once they have grown.
-    tx.exec0("SET plan_cache_mode = force_custom_plan");
-    // Every statement of the queue's hot paths finds its rows by key. Until autovacuum first
-    // analyzes a new table the planner has no statistics and chose to read the whole queue's
-    // rows (a bitmap scan on queue_id, a hash join against a sequential scan) for a few keys.
-    tx.exec0("SET enable_bitmapscan = off");
-    tx.exec0("SET enable_hashjoin = off");
-    tx.exec0("SET enable_mergejoin = off");
-    tx.exec0(synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off");
+    // One round trip for every setting.
+    tx.exec0(
+      "SET search_path = " + tx.quote_name(schema) + "; SET client_min_messages = error; "
+      + fmt::format("SET lock_timeout = {}; ", std::max<int64_t>(1, options.busy_timeout_ms))
+      + "SET statement_timeout = 60000; "
+      // Every statement of the queue is short: compiling one would cost more than it saves.
+      "SET jit = off; "
+      // Every statement of the queue's hot paths finds its rows by key. Until autovacuum first
+      // analyzes a new table the planner has no statistics and chose to read the whole queue's
+      // rows (a bitmap scan on queue_id, a hash join against a sequential scan) for a few
+      // keys. With those plans ruled out, one plan per statement and connection (acmo_send's
+      // own statements included) serves every execution: planning each of them anew cost a
+      // batch of sends about as much as running it.
+      "SET plan_cache_mode = force_generic_plan; SET enable_bitmapscan = off; "
+      "SET enable_hashjoin = off; SET enable_mergejoin = off; "
+      + (synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off"));
   }
 
   // The error a database exception means; `discard` says whether the connection is broken.
