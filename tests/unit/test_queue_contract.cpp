@@ -702,6 +702,45 @@ TEST_CASE("Queue contract: two Queue objects receiving at once never hold one gr
   CHECK(s.visible + s.in_flight + s.delayed == 0);
 }
 
+
+TEST_CASE("Queue contract: two Queue objects sending the same dedup ids at once accept each once",
+          "[contract]")
+{
+  CONTRACT_QUEUE(f, QueueOptions{}, true);
+  auto other = f.open_another(f.options);
+  constexpr int k_ids = 200;
+  std::vector<std::vector<Expected<SendResult>>> results(4);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    Queue& q = t % 2 == 0 ? *f.queue : *other;
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < k_ids; ++i) {
+        results[static_cast<size_t>(t)].push_back(
+          q.send(SendRequest{fmt::format("body {}", i), fmt::format("g{}", i % 3),
+                             fmt::format("id-{}", i)}));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int i = 0; i < k_ids; ++i) {
+    INFO("id-" << i);
+    int accepted = 0;
+    std::set<std::string> ids;
+    for (auto& per_thread : results) {
+      const auto& r = per_thread[static_cast<size_t>(i)];
+      REQUIRE(r);
+      if (!r->duplicate) ++accepted;
+      ids.insert(r->message_id);
+    }
+    CHECK(accepted == 1);
+    CHECK(ids.size() == 1); // every duplicate names the message accepted
+  }
+  auto s = f.stats();
+  CHECK(s.sent == k_ids);
+  CHECK(s.duplicates == 3 * k_ids);
+  CHECK(s.visible == k_ids);
+}
+
 // --- the PostgreSQL adapter's own errors -------------------------------------------------------
 
 TEST_CASE("PgQueue: a server that does not answer is Errc::unavailable, a bad schema name "

@@ -178,6 +178,7 @@ BEGIN
       INSERT INTO dedup AS e (queue_id, dedup_id, seq, message_id, expires_at, body_hash)
         SELECT p_queue, p_dedup[c.n], c.s, p_ids[c.n], p_now + p_window, p_hashes[c.n]
         FROM unnest(a_cand, a_seq) AS c(n, s)
+        ORDER BY p_dedup[c.n] -- in id order, so that two batches never wait for each other
         ON CONFLICT (queue_id, dedup_id) DO UPDATE SET seq = excluded.seq,
           message_id = excluded.message_id, expires_at = excluded.expires_at,
           body_hash = excluded.body_hash
