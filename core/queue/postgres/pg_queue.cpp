@@ -24,6 +24,7 @@
 
 #include "core/queue/limits.hpp"
 #include "core/queue/postgres/schema.hpp"
+#include "core/store/pg_conninfo.hpp"
 #include "core/store/pg_order_store.hpp"
 #include "core/util/ids.hpp"
 #include "core/util/log.hpp"
