@@ -1,0 +1,2178 @@
+#include "core/queue/postgres/pg_queue.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <utility>
+#include <variant>
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+
+#include "core/queue/limits.hpp"
+#include "core/queue/postgres/schema.hpp"
+#include "core/store/pg_conninfo.hpp"
+#include "core/store/pg_order_store.hpp"
+#include "core/util/ids.hpp"
+#include "core/util/log.hpp"
+#include "core/util/sha256.hpp"
+
+namespace acmo {
+
+namespace {
+
+constexpr int64_t k_max_visibility_ms = 12 * 3'600'000; // as SQS: 12 hours
+constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long poll
+constexpr int k_max_receive = 1000;
+constexpr int k_pool_size = 16;             // connections for everything but sends and LISTEN
+constexpr int64_t k_connect_timeout_ms = 5'000;
+constexpr size_t k_bulk_chunk = 1'000;      // messages of send_bulk per statement, at most
+constexpr size_t k_bulk_bytes = 16u << 20;  // and their bodies' bytes
+// How long an idle long poll that hears notifications sleeps at most between looks: the
+// notifications wake it for sends; this covers a notification lost while the listening
+// connection was being made again.
+constexpr int64_t k_listening_nap_ms = 250;
+
+// Per-queue counter deltas gathered during one transaction and appended once at its end.
+struct Counters {
+  int64_t sent = 0, duplicates = 0, received = 0, deleted = 0, retried = 0, expired = 0,
+          dead_lettered = 0, redriven = 0, purged = 0;
+  bool any() const
+  {
+    return sent || duplicates || received || deleted || retried || expired || dead_lettered
+           || redriven || purged;
+  }
+};
+
+// A PostgreSQL array literal of text elements, passed as one parameter.
+class PgArray
+{
+public:
+  void add(std::string_view text)
+  {
+    m_text += m_empty ? "\"" : ",\"";
+    m_empty = false;
+    for (char c : text) {
+      if (c == '"' || c == '\\') m_text += '\\';
+      m_text += c;
+    }
+    m_text += '"';
+  }
+  void add(int64_t value) { add(std::to_string(value)); }
+  void add(bool value) { add(std::string_view(value ? "t" : "f")); }
+  std::string text() const { return m_text + "}"; }
+  bool empty() const { return m_empty; }
+
+private:
+  std::string m_text = "{";
+  bool m_empty = true;
+};
+
+std::string first_line(std::string_view text)
+{
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  return std::string(text.substr(0, text.find('\n')));
+}
+
+// The connection string libpq gets: the URL, with a connect timeout, a name that shows in
+// pg_stat_activity and keepalives, unless the URL sets them.
+std::string connection_string(const std::string& url)
+{
+  std::string out = url;
+  const bool uri = out.rfind("postgresql://", 0) == 0 || out.rfind("postgres://", 0) == 0;
+  auto add = [&](const std::string& key, const std::string& value) {
+    if (out.find(key + "=") != std::string::npos) return;
+    if (uri) {
+      out += out.find('?') == std::string::npos ? '?' : '&';
+    } else if (!out.empty()) {
+      out += ' ';
+    }
+    out += key + "=" + value;
+  };
+  add("connect_timeout", std::to_string(k_connect_timeout_ms / 1000));
+  add("fallback_application_name", "acmo");
+  add("keepalives", "1");
+  add("keepalives_idle", "10");
+  add("keepalives_interval", "5");
+  add("keepalives_count", "3");
+  return out;
+}
+
+// The first 8 bytes of a SHA-256 as a number (never 0, which means "not known").
+int64_t hash_word(const std::array<unsigned char, 32>& digest)
+{
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | digest[i];
+  return v == 0 ? 1 : static_cast<int64_t>(v);
+}
+
+std::string hex_of(const std::array<unsigned char, 32>& digest)
+{
+  static constexpr char k_hex[] = "0123456789abcdef";
+  std::string out(64, '0');
+  for (size_t i = 0; i < 32; ++i) {
+    out[2 * i] = k_hex[digest[i] >> 4];
+    out[2 * i + 1] = k_hex[digest[i] & 0xf];
+  }
+  return out;
+}
+
+// A send request, checked, with what can be computed before it goes to the server.
+struct PreparedSend {
+  const SendRequest* request = nullptr;
+  std::string dedup_id;       // the request's, or the body's SHA-256 in hex
+  bool content_based = false; // the dedup id is the body's SHA-256
+  int64_t body_hash = 0;      // hash_word of the body's SHA-256
+  std::string message_id;     // the id it gets if accepted
+};
+
+// What a receipt handle names, locked.
+struct Located {
+  int64_t seq = 0;
+  std::string group_id;
+  int64_t failures = 0;
+};
+
+// The columns a Message is read from (read_message).
+const std::string k_message_columns =
+  "seq, message_id::text, group_id, dedup_id, body, sent_at, receive_count, first_received_at,"
+  " failures, last_error, dead_reason, dead_at, coalesce(first_sent_at, sent_at), visible_at,"
+  " receipt_token <> 0";
+
+Message read_message(const pqxx::row& row, pqxx::row::size_type first = 0)
+{
+  const auto col = [&](pqxx::row::size_type i) { return row[first + i]; };
+  Message m;
+  m.seq = col(0).as<int64_t>();
+  m.message_id = col(1).as<std::string>();
+  m.group_id = col(2).as<std::string>();
+  m.body = col(4).as<std::string>();
+  m.dedup_id = col(3).is_null() ? sha256_hex(m.body) : col(3).as<std::string>();
+  m.sent_at_ms = col(5).as<int64_t>();
+  m.receive_count = col(6).as<int64_t>();
+  m.first_received_at_ms = col(7).as<int64_t>();
+  m.failures = col(8).as<int64_t>();
+  m.last_error = col(9).as<std::string>();
+  m.dead_reason = col(10).as<std::string>();
+  m.dead_at_ms = col(11).as<int64_t>();
+  m.first_sent_at_ms = col(12).as<int64_t>();
+  m.visible_at_ms = col(13).as<int64_t>();
+  m.in_flight = col(14).as<bool>();
+  return m;
+}
+
+// Whether `name` is a schema name acmo takes: a plain lower-case SQL identifier.
+bool valid_schema_name(const std::string& name)
+{
+  if (name.empty() || name.size() > 63) return false;
+  if (!(std::islower(static_cast<unsigned char>(name[0])) || name[0] == '_')) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c))
+           || c == '_';
+  });
+}
+
+} // namespace
+
+// One transaction of the queue: the changes it made to groups and counters, applied by
+// finish() before it commits, and the dead-letterings to log once it has.
+struct PgTxn {
+  explicit PgTxn(pqxx::work& t) : tx(t) {}
+  pqxx::work& tx;
+  int64_t now = 0;
+  std::map<int64_t, Counters> counters;
+  std::set<std::string> touched_groups; // of the queue (the DLQ keeps no group rows)
+  struct DeadLetterNote {
+    std::string message_id;
+    int64_t seq = 0;
+    std::string group;
+    std::string subject;
+    int64_t failures = 0;
+    std::string reason;
+  };
+  std::vector<DeadLetterNote> dead_letter_log;
+};
+
+// One request of a group commit of sends.
+struct SendOp {
+  std::vector<PreparedSend> items;
+  std::vector<Expected<SendResult>> results;
+  std::optional<Error> error;
+  // Answered (under the group commit's mutex). Each op waits on its own condition variable,
+  // so that a commit wakes only the senders it answered and the next leader.
+  bool done = false;
+  std::condition_variable cv;
+};
+
+// A pool of connections, opened as they are needed, at most k_pool_size.
+class PgConnections
+{
+public:
+  using Setup = std::function<void(pqxx::connection&)>;
+  PgConnections(std::string conninfo, Setup setup, int64_t wait_ms)
+    : m_conninfo(std::move(conninfo)), m_setup(std::move(setup)), m_wait_ms(wait_ms)
+  {
+  }
+
+  class Lease
+  {
+  public:
+    Lease(PgConnections& pool, std::unique_ptr<pqxx::connection> conn)
+      : m_pool(&pool), m_conn(std::move(conn))
+    {
+    }
+    Lease(Lease&& other) noexcept
+      : m_pool(other.m_pool), m_conn(std::move(other.m_conn)), m_broken(other.m_broken)
+    {
+    }
+    Lease& operator=(Lease&&) = delete;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease()
+    {
+      if (m_conn) m_pool->give_back(std::move(m_conn), m_broken);
+    }
+    pqxx::connection& conn() { return *m_conn; }
+    void discard() { m_broken = true; }
+
+  private:
+    PgConnections* m_pool;
+    std::unique_ptr<pqxx::connection> m_conn;
+    bool m_broken = false;
+  };
+
+  // A connection, or the error of making one (std::exception's text) when that failed.
+  std::variant<Lease, std::string> acquire()
+  {
+    const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(m_wait_ms);
+    std::unique_lock lock(m_mu);
+    for (;;) {
+      if (!m_idle.empty()) {
+        auto conn = std::move(m_idle.back());
+        m_idle.pop_back();
+        return Lease(*this, std::move(conn));
+      }
+      if (m_open < k_pool_size) {
+        ++m_open;
+        lock.unlock();
+        try {
+          auto conn = std::make_unique<pqxx::connection>(m_conninfo);
+          m_setup(*conn);
+          return Lease(*this, std::move(conn));
+        } catch (const std::exception& e) {
+          lock.lock();
+          --m_open;
+          m_cv.notify_one();
+          return std::string(e.what());
+        }
+      }
+      if (m_cv.wait_until(lock, deadline) == std::cv_status::timeout && m_idle.empty()
+          && m_open >= k_pool_size) {
+        return fmt::format("all {} connections of the queue stayed busy for {} ms", k_pool_size,
+                           m_wait_ms);
+      }
+    }
+  }
+
+  // After a broken connection: the idle ones very likely went with the same server.
+  void discard_idle()
+  {
+    std::vector<std::unique_ptr<pqxx::connection>> closing;
+    {
+      std::lock_guard lock(m_mu);
+      closing.swap(m_idle);
+      m_open -= static_cast<int>(closing.size());
+    }
+    m_cv.notify_all();
+  }
+
+private:
+  void give_back(std::unique_ptr<pqxx::connection> conn, bool broken)
+  {
+    if (broken || !conn->is_open()) {
+      conn.reset();
+      std::lock_guard lock(m_mu);
+      --m_open;
+    } else {
+      std::lock_guard lock(m_mu);
+      m_idle.push_back(std::move(conn));
+    }
+    m_cv.notify_one();
+  }
+
+  const std::string m_conninfo;
+  const Setup m_setup;
+  const int64_t m_wait_ms;
+  std::mutex m_mu;
+  std::condition_variable m_cv;
+  std::vector<std::unique_ptr<pqxx::connection>> m_idle;
+  int m_open = 0;
+};
+
+struct PgQueue::Impl {
+  const Clock& clock;
+  QueueOptions options;
+  std::string url;
+  std::string schema;
+  std::string conninfo;
+  std::string channel; // the queue's notification channel
+  int64_t queue_id = 0;
+  int64_t dlq_id = 0;
+
+  std::unique_ptr<PgConnections> pool;
+
+  // Group commit of sends: the first sender to find no leader sends every request queued so
+  // far in one statement on the sending connection, which only the leader uses.
+  std::unique_ptr<pqxx::connection> sender;
+  std::mutex send_mu;
+  std::condition_variable send_cv;
+  std::vector<SendOp*> send_pending;
+  bool send_leading = false;
+  std::atomic<int64_t> committed_transactions{0};
+  std::atomic<int64_t> committed_requests{0};
+
+  // Durability (queue.durability = "full") without holding the groups' locks through the
+  // flush of the WAL: sends commit without waiting for the disk, and the requests that need it
+  // wait for a flush that covers their commit, made by a write that does wait (flush_wal, on a
+  // connection of its own). While one batch waits for the disk the next one runs, and one flush
+  // covers every commit made before it began.
+  std::unique_ptr<pqxx::connection> flusher;
+  std::mutex sync_mu;
+  std::condition_variable sync_cv;
+  uint64_t committed_generation = 0;
+  uint64_t synced_generation = 0;
+  bool syncing = false;
+
+  // The consume journal's connection (journal_begin, journal_drop).
+  std::mutex journal_mu;
+  std::unique_ptr<pqxx::connection> journal_conn;
+
+  // Long polls: woken by local commits and by the notifications of sends from any process.
+  std::mutex wake_mu;
+  std::condition_variable wake_cv;
+  uint64_t wake_generation = 0;
+  bool interrupted = false;
+  std::atomic<int64_t> last_sweep_ms{0};
+
+  // The listening connection's thread; stop_fd (an eventfd) ends it.
+  std::thread listener;
+  int stop_fd = -1;
+  std::atomic<bool> is_listening{false};
+
+  Impl(const Clock& c, QueueOptions o) : clock(c), options(std::move(o)) {}
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl()
+  {
+    if (stop_fd >= 0) {
+      const uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(stop_fd, &one, sizeof one);
+    }
+    if (listener.joinable()) listener.join();
+    if (stop_fd >= 0) ::close(stop_fd);
+  }
+
+  // --- connections and errors -------------------------------------------------------------
+
+  Error unavailable(std::string_view what) const
+  {
+    return Error(Errc::unavailable,
+                 fmt::format("PostgreSQL at {} is not answering ({}); check that the server "
+                             "runs and queue.url",
+                             redact_pg_url(url), first_line(what)),
+                 "queue.url");
+  }
+
+  // What every connection of the queue is set to: its schema, errors only (notices would reach
+  // stderr as libpq's lines), lock waits bounded by queue.busy_timeout, and commits not
+  // waiting for the disk unless `synchronous` (an accepted send and a redrive must be durable;
+  // a receive or a delete lost to a crash of the server only causes a redelivery).
+  void setup(pqxx::connection& conn, bool synchronous) const
+  {
+    pqxx::nontransaction tx(conn);
+    // One round trip for every setting.
+    tx.exec0(
+      "SET search_path = " + tx.quote_name(schema) + "; SET client_min_messages = error; "
+      + fmt::format("SET lock_timeout = {}; ", std::max<int64_t>(1, options.busy_timeout_ms))
+      + "SET statement_timeout = 60000; "
+      // Every statement of the queue is short: compiling one would cost more than it saves.
+      "SET jit = off; "
+      // Every statement of the queue's hot paths finds its rows by key. Until autovacuum first
+      // analyzes a new table the planner has no statistics and chose to read the whole queue's
+      // rows (a bitmap scan on queue_id, a hash join against a sequential scan) for a few
+      // keys. With those plans ruled out, one plan per statement and connection (acmo_send's
+      // own statements included) serves every execution: planning each of them anew cost a
+      // batch of sends about as much as running it.
+      "SET plan_cache_mode = force_generic_plan; SET enable_bitmapscan = off; "
+      "SET enable_hashjoin = off; SET enable_mergejoin = off; "
+      + (synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off"));
+  }
+
+  // The error a database exception means; `discard` says whether the connection is broken.
+  Error error_of(const std::exception& e, bool& discard) const
+  {
+    discard = false;
+    if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) {
+      discard = true;
+      return unavailable(e.what());
+    }
+    if (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr) {
+      discard = true;
+      return Error(Errc::unavailable,
+                   fmt::format("the connection to PostgreSQL at {} broke while a transaction "
+                               "committed ({}); it may or may not have taken effect",
+                               redact_pg_url(url), first_line(e.what())),
+                   "queue.url");
+    }
+    if (dynamic_cast<const pqxx::transaction_rollback*>(&e) != nullptr) {
+      return Error(Errc::busy, fmt::format("PostgreSQL: {}; retry", first_line(e.what())));
+    }
+    if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+      const std::string& state = sql->sqlstate();
+      if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) {
+        discard = true;
+        return unavailable(e.what());
+      }
+      if (state == "55P03") {
+        return Error(Errc::busy,
+                     fmt::format("a lock of the queue stayed held for over {} ms "
+                                 "(queue.busy_timeout); retry later",
+                                 options.busy_timeout_ms));
+      }
+      if (state.rfind("53", 0) == 0 || state == "57014" || state == "25006") {
+        return unavailable(e.what());
+      }
+      return Error(Errc::internal,
+                   fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a bug or a "
+                               "schema acmo did not make",
+                               state, first_line(e.what())));
+    }
+    return Error(Errc::internal, fmt::format("PostgreSQL: {}", first_line(e.what())));
+  }
+
+  // Run `body(txn)` in a transaction of a pooled connection and commit it if it succeeds (a
+  // returned error or a thrown one rolls it back). A transaction the server rolled back (a
+  // deadlock, a serialization failure) or a connection found broken before the commit is tried
+  // again, a few times.
+  template<typename F>
+  auto run(F&& body, bool synchronous = false)
+    -> decltype(body(std::declval<PgTxn&>()))
+  {
+    using Result = decltype(body(std::declval<PgTxn&>()));
+    Error last(Errc::internal, "no attempt made");
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      auto got = pool->acquire();
+      if (auto* failure = std::get_if<std::string>(&got)) return Unexpected(unavailable(*failure));
+      auto& lease = std::get<PgConnections::Lease>(got);
+      bool committing = false;
+      try {
+        pqxx::work tx(lease.conn());
+        if (synchronous) tx.exec0("SET LOCAL synchronous_commit = on");
+        PgTxn txn(tx);
+        txn.now = clock.now_ms();
+        Result result = body(txn);
+        if (!result) return result; // tx's destructor rolls back
+        finish(txn);
+        committing = true;
+        tx.commit();
+        for (const auto& n : txn.dead_letter_log) log_dead_letter(n);
+        return result;
+      } catch (const std::exception& e) {
+        bool discard = false;
+        last = error_of(e, discard);
+        if (discard || !lease.conn().is_open()) {
+          lease.discard();
+          pool->discard_idle();
+        }
+        const bool rolled_back = dynamic_cast<const pqxx::transaction_rollback*>(&e) != nullptr;
+        if (committing && discard) return Unexpected(last); // in doubt
+        if (!(rolled_back || (discard && !committing))) return Unexpected(last);
+        std::this_thread::sleep_for(std::chrono::milliseconds(2 * (attempt + 1)));
+      }
+    }
+    return Unexpected(last);
+  }
+
+  // Bring the touched groups' rows up to date and append the counters.
+  void finish(PgTxn& txn)
+  {
+    if (!txn.touched_groups.empty()) {
+      PgArray groups;
+      for (const auto& g : txn.touched_groups) groups.add(g);
+      txn.tx.exec_params("SELECT acmo_fix_groups($1, $2::text[])", queue_id, groups.text());
+      txn.touched_groups.clear();
+    }
+    for (const auto& [queue, c] : txn.counters) {
+      if (!c.any()) continue;
+      txn.tx.exec_params(
+        "INSERT INTO queue_counters (queue_id, sent, duplicates, received, deleted, retried,"
+        " expired, dead_lettered, redriven, purged) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+        " $10)",
+        queue, c.sent, c.duplicates, c.received, c.deleted, c.retried, c.expired,
+        c.dead_lettered, c.redriven, c.purged);
+    }
+    txn.counters.clear();
+  }
+
+  void notify_waiters()
+  {
+    {
+      std::lock_guard lock(wake_mu);
+      ++wake_generation;
+    }
+    wake_cv.notify_all();
+  }
+
+  // --- the listening connection ---------------------------------------------------------------
+
+  struct Receiver final : pqxx::notification_receiver {
+    Receiver(pqxx::connection& conn, const std::string& channel, Impl& impl)
+      : pqxx::notification_receiver(conn, channel), m_impl(impl)
+    {
+    }
+    void operator()(const std::string&, int) override { m_impl.notify_waiters(); }
+    Impl& m_impl;
+  };
+
+  // LISTEN on the queue's channel and wake the long polls of this process on each
+  // notification; when the connection cannot be made or breaks, make it again every second
+  // meanwhile the long polls poll.
+  void listen_loop()
+  {
+    std::unique_ptr<pqxx::connection> conn;
+    std::unique_ptr<Receiver> receiver;
+    for (;;) {
+      if (!conn) {
+        try {
+          conn = std::make_unique<pqxx::connection>(conninfo);
+          receiver = std::make_unique<Receiver>(*conn, channel, *this);
+          conn->get_notifs(); // LISTEN is sent when the receiver is made, or here
+          is_listening = true;
+          notify_waiters(); // a send may have come while nobody listened
+        } catch (const std::exception&) {
+          receiver.reset();
+          conn.reset();
+          is_listening = false;
+        }
+      }
+      pollfd fds[2] = {{stop_fd, POLLIN, 0}, {conn ? conn->sock() : -1, POLLIN, 0}};
+      const int n = ::poll(fds, fds[1].fd >= 0 ? 2 : 1, 1000);
+      if (n > 0 && (fds[0].revents & POLLIN)) break;
+      if (!conn) continue;
+      try {
+        if (conn->sock() < 0) throw pqxx::broken_connection("no socket");
+        conn->get_notifs();
+      } catch (const std::exception&) {
+        is_listening = false;
+        receiver.reset();
+        conn.reset();
+      }
+    }
+    is_listening = false;
+    receiver.reset();
+    conn.reset();
+  }
+
+  // --- sending ----------------------------------------------------------------------------
+
+  // Check a request, fill in its dedup id and body fingerprint; all before the server.
+  Expected<PreparedSend> prepare_send(const SendRequest& request) const
+  {
+    PreparedSend out;
+    out.request = &request;
+    if (auto ok = limits::check_body(request.body); !ok) return Unexpected(ok.error());
+    if (auto ok = limits::check_id(request.group_id, "groupId"); !ok) {
+      return Unexpected(ok.error());
+    }
+    if (request.dedup_id.empty() && !options.content_based_dedup) {
+      return make_error(Errc::invalid_input,
+                        "deduplicationId is required when queue.content_based_dedup is off",
+                        "deduplicationId");
+    }
+    if (!request.dedup_id.empty()) {
+      if (auto ok = limits::check_id(request.dedup_id, "deduplicationId"); !ok) {
+        return Unexpected(ok.error());
+      }
+    }
+    const auto digest = sha256_bytes(request.body);
+    out.body_hash = hash_word(digest);
+    if (request.dedup_id.empty()) {
+      out.dedup_id = hex_of(digest);
+      out.content_based = true;
+    } else {
+      out.dedup_id = request.dedup_id;
+    }
+    out.message_id = new_message_id();
+    return out;
+  }
+
+  // Hand `op` to the group commit and wait until it is answered.
+  void submit(SendOp& op)
+  {
+    std::unique_lock lock(send_mu);
+    send_pending.push_back(&op);
+    op.cv.wait(lock, [&] { return op.done || !send_leading; });
+    if (op.done) return;
+    send_leading = true;
+    std::vector<SendOp*> batch;
+    batch.swap(send_pending);
+    lock.unlock();
+    send_all(batch);
+    bool needs_flush = false;
+    for (auto* o : batch) needs_flush = needs_flush || !o->error;
+    needs_flush = needs_flush && options.durability_full;
+    uint64_t generation = 0;
+    if (needs_flush) {
+      std::lock_guard sync_lock(sync_mu);
+      generation = ++committed_generation;
+    }
+    // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
+    lock.lock();
+    send_leading = false;
+    if (!send_pending.empty()) send_pending.front()->cv.notify_one();
+    lock.unlock();
+    if (needs_flush) {
+      if (auto failure = make_durable(generation)) {
+        for (auto* o : batch) {
+          if (!o->error) o->error = failure;
+        }
+      }
+    }
+    lock.lock();
+    for (auto* o : batch) {
+      o->done = true;
+      if (o != &op) o->cv.notify_one();
+    }
+  }
+
+  // Wait until the WAL is on disk up to commit `generation`, flushing it if no one else is.
+  std::optional<Error> make_durable(uint64_t generation)
+  {
+    std::unique_lock lock(sync_mu);
+    while (synced_generation < generation) {
+      if (syncing) {
+        sync_cv.wait(lock);
+        continue;
+      }
+      syncing = true;
+      const uint64_t target = committed_generation;
+      lock.unlock();
+      auto failure = flush_wal();
+      lock.lock();
+      syncing = false;
+      sync_cv.notify_all();
+      if (failure) return failure;
+      synced_generation = std::max(synced_generation, target);
+    }
+    return std::nullopt;
+  }
+
+  // Make every commit so far durable: a transaction that takes a transaction id writes a commit
+  // record, and with synchronous_commit on its commit waits until the WAL is flushed up to it,
+  // which covers every commit before it.
+  std::optional<Error> flush_wal()
+  {
+    // A connection found broken is made again once: a flush on any connection covers every
+    // commit before it.
+    for (int attempt = 0;; ++attempt) {
+      try {
+        if (!flusher) {
+          flusher = std::make_unique<pqxx::connection>(conninfo);
+          setup(*flusher, true);
+        }
+        pqxx::nontransaction tx(*flusher);
+        tx.exec("SELECT pg_current_xact_id()");
+        return std::nullopt;
+      } catch (const std::exception& e) {
+        flusher.reset();
+        bool discard = false;
+        Error error = error_of(e, discard);
+        if (discard && attempt == 0) continue;
+        error.message += "; the message may or may not be stored: retry with the same "
+                         "deduplication id";
+        return error;
+      }
+    }
+  }
+
+  // Send the requests of `batch` in one statement (one transaction); should that fail for a
+  // reason that is not the server's, each request alone, so that one bad request cannot fail
+  // its neighbours.
+  void send_all(const std::vector<SendOp*>& batch)
+  {
+    if (auto error = send_statement(batch); error && batch.size() > 1 && error->code == Errc::internal) {
+      for (auto* op : batch) {
+        if (auto e = send_statement({op})) op->error = e;
+      }
+    } else if (error) {
+      for (auto* op : batch) op->error = error;
+    }
+    bool any = false;
+    for (auto* op : batch) any = any || !op->error;
+    if (any) notify_waiters();
+  }
+
+  // A connection found broken is made again and the statement sent once more, when the dedup
+  // window makes that safe: had the first attempt committed, its messages are found as
+  // duplicates of themselves (the message ids are the ones this process drew), and reported
+  // as sent.
+  std::optional<Error> send_statement(const std::vector<SendOp*>& batch)
+  {
+    auto error = send_statement_once(batch);
+    if (error && error->code == Errc::unavailable && !sender && options.dedup_window_ms > 0) {
+      error = send_statement_once(batch);
+    }
+    return error;
+  }
+
+  std::optional<Error> send_statement_once(const std::vector<SendOp*>& batch)
+  {
+    PgArray groups, dedup, content, bodies, hashes, ids, same, unless;
+    size_t count = 0;
+    for (const auto* op : batch) {
+      for (const auto& p : op->items) {
+        groups.add(p.request->group_id);
+        dedup.add(p.dedup_id);
+        content.add(p.content_based);
+        bodies.add(p.request->body);
+        hashes.add(p.body_hash);
+        ids.add(p.message_id);
+        same.add(p.request->same_body);
+        unless.add(p.request->unless_duplicate.has_value());
+        ++count;
+      }
+    }
+    if (count == 0) return std::nullopt;
+    const int64_t now = clock.now_ms();
+    bool committing = false;
+    try {
+      if (!sender) {
+        sender = std::make_unique<pqxx::connection>(conninfo);
+        setup(*sender, false); // made durable by make_durable
+        sender->prepare("acmo_send",
+                        "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
+                        " $5::text[], $6::text[], $7::boolean[], $8::text[], $9::bigint[],"
+                        " $10::uuid[], $11::boolean[], $12::boolean[])");
+      }
+      // Outside a transaction block, the statement is its own transaction.
+      pqxx::nontransaction tx(*sender);
+      committing = true;
+      auto rows = tx.exec_prepared("acmo_send", queue_id, now, options.dedup_window_ms, channel,
+                                   groups.text(), dedup.text(), content.text(), bodies.text(),
+                                   hashes.text(), ids.text(), same.text(), unless.text());
+      if (rows.size() != count) {
+        return Error(Errc::internal, "acmo_send answered a different number of rows");
+      }
+      size_t i = 0;
+      for (auto* op : batch) {
+        op->results.clear();
+        for (const auto& p : op->items) {
+          const auto row = rows[static_cast<pqxx::result::size_type>(i++)];
+          const std::string kind = row[0].as<std::string>();
+          SendResult r;
+          r.dedup_id = p.dedup_id;
+          r.seq = row[1].as<int64_t>();
+          r.message_id = row[2].as<std::string>();
+          if (kind == "refused" && p.request->unless_duplicate) {
+            op->results.emplace_back(Unexpected(*p.request->unless_duplicate));
+          } else if (kind == "refused") {
+            op->results.emplace_back(
+              make_error(Errc::internal, "acmo_send refused a request that allowed a new message"));
+          } else if (kind == "conflict") {
+            const int64_t age = (now - (row[3].as<int64_t>() - options.dedup_window_ms)) / 1000;
+            op->results.emplace_back(make_error(
+              Errc::conflict,
+              fmt::format("the deduplication id \"{}\" was used {} s ago for a different "
+                          "message (message {}); a retry must send the same request, and a new "
+                          "request needs a new id",
+                          p.dedup_id, age, r.message_id),
+              "deduplicationId"));
+          } else {
+            r.duplicate = kind == "duplicate" && r.message_id != p.message_id;
+            op->results.emplace_back(std::move(r));
+          }
+        }
+      }
+      ++committed_transactions;
+      committed_requests += static_cast<int64_t>(batch.size());
+      return std::nullopt;
+    } catch (const std::exception& e) {
+      bool discard = false;
+      Error error = error_of(e, discard);
+      if (discard || (sender && !sender->is_open())) {
+        sender.reset();
+        if (committing) {
+          error.message += "; the message may or may not be stored: retry with the same "
+                           "deduplication id";
+        }
+      }
+      return error;
+    }
+  }
+
+  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count)
+  {
+    std::vector<Expected<SendResult>> results(count);
+    SendOp op;
+    std::vector<size_t> where;
+    for (size_t i = 0; i < count; ++i) {
+      auto prepared = prepare_send(requests[i]);
+      if (prepared) {
+        op.items.push_back(std::move(*prepared));
+        where.push_back(i);
+      } else {
+        results[i] = Unexpected(prepared.error());
+      }
+    }
+    if (op.items.empty()) return results;
+    submit(op);
+    for (size_t k = 0; k < where.size(); ++k) {
+      results[where[k]] = op.error ? Expected<SendResult>(Unexpected(*op.error))
+                                   : std::move(op.results[k]);
+    }
+    return results;
+  }
+
+  // --- operations inside a transaction ----------------------------------------------------
+
+  // Take up to `max` messages from the fronts of the ready groups, whose rows it locks (SKIP
+  // LOCKED: groups another transaction holds are passed over). With `take` they go in flight
+  // for `visibility_ms` under a new receipt handle; without, they are only read (consume).
+  // Exhausted messages are dead-lettered and suspects isolated as in the embedded queue.
+  std::vector<Message> do_receive(PgTxn& txn, int max, int64_t visibility_ms, bool take,
+                                  bool isolate)
+  {
+    static const std::string k_sql =
+      "WITH g AS (SELECT group_id, head_seq FROM message_groups WHERE queue_id = $1"
+      " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
+      " SELECT g.group_id, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"
+      " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"
+      " coalesce(m.first_sent_at, m.sent_at)"
+      " FROM g LEFT JOIN LATERAL (SELECT * FROM messages x WHERE x.queue_id = $1"
+      " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true"
+      " ORDER BY g.head_seq, m.seq";
+    auto rows = txn.tx.exec_params(k_sql, queue_id, txn.now, max);
+    std::vector<Message> out;
+    const int64_t hidden_until = txn.now + visibility_ms;
+    bool alone = false;
+    PgArray take_seqs, take_tokens, busy_groups, stale_groups;
+    std::string group;
+    size_t first = 0;
+    bool stopped = false; // the group's run stopped before a message it could deliver
+    bool group_open = false;
+    uint64_t token = 0;
+    auto close_group = [&] {
+      if (!group_open) return;
+      group_open = false;
+      if (out.size() == first) {
+        if (!stopped) stale_groups.add(group);
+        return;
+      }
+      if (!take) return;
+      busy_groups.add(group);
+      for (size_t i = first; i < out.size(); ++i) {
+        out[i].receipt = encode_receipt(Receipt{out[i].seq, token});
+        take_seqs.add(out[i].seq);
+        take_tokens.add(static_cast<int64_t>(token));
+      }
+    };
+    bool group_done = false; // stop reading this group's rows
+    for (const auto& row : rows) {
+      const std::string g = row[0].as<std::string>();
+      if (!group_open || g != group) {
+        close_group();
+        if (static_cast<int>(out.size()) >= max || alone) break;
+        group = g;
+        group_open = true;
+        first = out.size();
+        stopped = false;
+        group_done = false;
+        token = 0;
+        while (token == 0) token = random_u64();
+      }
+      if (group_done || row[1].is_null()) continue;
+      if (static_cast<int>(out.size()) >= max || alone) {
+        group_done = true;
+        continue;
+      }
+      // A group delivers from its front and stops at its first message that is not visible.
+      if (row[6].as<int64_t>() > txn.now) {
+        group_done = true;
+        continue;
+      }
+      const int64_t seq = row[1].as<int64_t>();
+      const int64_t received = row[7].as<int64_t>();
+      const int64_t failures = row[9].as<int64_t>();
+      if (received > options.max_retries) {
+        const std::string last_error = row[10].as<std::string>();
+        const std::string reason = fmt::format(
+          "delivered {} times and never deleted, retries exhausted (queue.max_retries = {}): {}",
+          options.max_retries + 1, options.max_retries,
+          last_error.empty() ? "its receivers died, hung or let the visibility timeout run out"
+                             : last_error);
+        do_dead_letter(txn, Located{seq, g, failures}, reason, failures, last_error);
+        stopped = true;
+        continue; // the messages behind it go on
+      }
+      if (isolate && received > failures) {
+        stopped = true;
+        if (!out.empty()) {
+          group_done = true;
+          continue;
+        }
+        alone = true;
+      }
+      Message m;
+      m.seq = seq;
+      m.message_id = row[2].as<std::string>();
+      m.body = row[4].as<std::string>();
+      if (!row[3].is_null()) {
+        m.dedup_id = row[3].as<std::string>();
+      } else if (take) {
+        m.dedup_id = sha256_hex(m.body);
+      }
+      m.sent_at_ms = row[5].as<int64_t>();
+      m.first_sent_at_ms = row[11].as<int64_t>();
+      m.receive_count = received + 1;
+      m.first_received_at_ms = row[8].as<int64_t>() == 0 ? txn.now : row[8].as<int64_t>();
+      m.failures = failures;
+      m.last_error = row[10].as<std::string>();
+      m.group_id = g;
+      out.push_back(std::move(m));
+      if (alone) group_done = true;
+    }
+    close_group();
+    if (!stale_groups.empty()) {
+      txn.tx.exec_params("SELECT acmo_fix_groups($1, $2::text[])", queue_id, stale_groups.text());
+    }
+    if (take && !out.empty()) {
+      txn.tx.exec_params(
+        "UPDATE messages m SET visible_at = $1, receipt_token = t.token,"
+        " receive_count = m.receive_count + 1,"
+        " first_received_at = CASE WHEN m.first_received_at = 0 THEN $2"
+        " ELSE m.first_received_at END"
+        " FROM unnest($3::bigint[], $4::bigint[]) AS t(seq, token) WHERE m.seq = t.seq",
+        hidden_until, txn.now, take_seqs.text(), take_tokens.text());
+      txn.tx.exec_params("UPDATE message_groups SET ready_at = $1 WHERE queue_id = $2"
+                         " AND group_id = ANY($3::text[])",
+                         hidden_until, queue_id, busy_groups.text());
+      txn.counters[queue_id].received += static_cast<int64_t>(out.size());
+    }
+    return out;
+  }
+
+  static Error bad_receipt()
+  {
+    return Error(Errc::invalid_input,
+                 "the receipt handle is not one acmo issued; pass the receiptHandle exactly as "
+                 "a receive returned it",
+                 "receiptHandle");
+  }
+
+  static Error gone_receipt()
+  {
+    return Error(Errc::not_found,
+                 "no message in the queue has this receipt handle: it was already deleted, "
+                 "purged, dropped by retention, or moved to the DLQ",
+                 "receiptHandle");
+  }
+
+  // Lock the messages the receipt handles name, and their groups' rows first (in name order,
+  // as every writer does, so that writers never wait for each other in a cycle); each handle
+  // gets its message or exactly why it names none.
+  std::vector<Expected<Located>> locate_all(PgTxn& txn, const std::vector<std::string>& receipts)
+  {
+    std::vector<Expected<Located>> out(receipts.size(), Unexpected(bad_receipt()));
+    std::vector<std::optional<Receipt>> decoded;
+    PgArray seqs;
+    for (const auto& r : receipts) {
+      decoded.push_back(decode_receipt(r));
+      if (decoded.back()) seqs.add(decoded.back()->seq);
+    }
+    if (seqs.empty()) return out;
+    txn.tx.exec_params(
+      "SELECT 1 FROM message_groups g WHERE g.queue_id = $2 AND g.group_id IN"
+      " (SELECT group_id FROM messages WHERE seq = ANY($1::bigint[]) AND queue_id = $2)"
+      " ORDER BY g.group_id FOR UPDATE OF g",
+      seqs.text(), queue_id);
+    std::map<int64_t, std::tuple<int64_t, std::string, int64_t, int64_t>> found;
+    for (const auto& row : txn.tx.exec_params(
+           "SELECT seq, queue_id, group_id, receipt_token, failures FROM messages"
+           " WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR UPDATE",
+           seqs.text())) {
+      found[row[0].as<int64_t>()] = {row[1].as<int64_t>(), row[2].as<std::string>(),
+                                     row[3].as<int64_t>(), row[4].as<int64_t>()};
+    }
+    for (size_t i = 0; i < receipts.size(); ++i) {
+      if (!decoded[i]) continue;
+      auto it = found.find(decoded[i]->seq);
+      if (it == found.end() || std::get<0>(it->second) != queue_id) {
+        out[i] = Unexpected(gone_receipt());
+        continue;
+      }
+      const auto token = static_cast<uint64_t>(std::get<2>(it->second));
+      if (token != decoded[i]->token) {
+        out[i] = make_error(Errc::stale,
+                            token == 0 ? "the receipt handle is stale: the message was released "
+                                         "for a retry; receive it again to get a new handle"
+                                       : "the receipt handle is stale: the message was received "
+                                         "again after this handle was issued; use the newest "
+                                         "handle",
+                            "receiptHandle");
+        continue;
+      }
+      out[i] = Located{decoded[i]->seq, std::get<1>(it->second), std::get<3>(it->second)};
+    }
+    return out;
+  }
+
+  Expected<Located> locate(PgTxn& txn, std::string_view receipt)
+  {
+    return std::move(locate_all(txn, {std::string(receipt)})[0]);
+  }
+
+  // Delete the messages the receipt handles name; each handle's outcome in their order (a
+  // handle given twice finds its message gone the second time).
+  std::vector<Expected<void>> remove_all(PgTxn& txn, const std::vector<std::string>& receipts)
+  {
+    std::vector<Expected<void>> out(receipts.size());
+    auto located = locate_all(txn, receipts);
+    std::set<int64_t> removed;
+    for (size_t i = 0; i < receipts.size(); ++i) {
+      if (!located[i]) {
+        out[i] = Unexpected(located[i].error());
+      } else if (!removed.insert(located[i]->seq).second) {
+        out[i] = Unexpected(gone_receipt());
+      } else {
+        remove_located(txn, *located[i]);
+      }
+    }
+    return out;
+  }
+
+  void remove_located(PgTxn& txn, const Located& at)
+  {
+    txn.tx.exec_params("DELETE FROM messages WHERE seq = $1", at.seq);
+    ++txn.counters[queue_id].deleted;
+    txn.touched_groups.insert(at.group_id);
+  }
+
+  void do_hide(PgTxn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
+               const std::optional<std::string>& error)
+  {
+    txn.tx.exec_params(
+      "UPDATE messages SET visible_at = $2,"
+      " receipt_token = CASE WHEN $3 THEN receipt_token ELSE 0 END, failures = $4,"
+      " last_error = CASE WHEN $5 THEN $6 ELSE last_error END WHERE seq = $1",
+      at.seq, until, keep_receipt, failures, error.has_value(), error.value_or(""));
+    txn.touched_groups.insert(at.group_id);
+  }
+
+  void do_dead_letter(PgTxn& txn, const Located& at, std::string_view reason, int64_t failures,
+                      std::string_view error, std::string_view subject = {})
+  {
+    auto rows = txn.tx.exec_params(
+      "UPDATE messages SET queue_id = $2, dead_reason = $3, dead_at = $4, receipt_token = 0,"
+      " visible_at = 0, failures = $5, last_error = $6 WHERE seq = $1 RETURNING message_id::text",
+      at.seq, dlq_id, std::string(reason), txn.now, failures, std::string(error));
+    txn.dead_letter_log.push_back({rows.empty() ? std::string() : rows[0][0].as<std::string>(),
+                                   at.seq, at.group_id, std::string(subject), failures,
+                                   std::string(reason)});
+    ++txn.counters[queue_id].dead_lettered;
+    txn.touched_groups.insert(at.group_id);
+  }
+
+  void log_dead_letter(const PgTxn::DeadLetterNote& n) const
+  {
+    const std::string sequence = format_sequence(n.seq);
+    std::string about = n.subject.empty() ? fmt::format("group {}", n.group)
+                                          : fmt::format("order {}, group {}", n.subject, n.group);
+    log::warn({"dead_lettered",
+               {{"message_id", n.message_id},
+                {"sequence", sequence},
+                {"group", n.group},
+                {"order_id", n.subject},
+                {"handler", log::current_handler()},
+                {"failures", n.failures},
+                {"dlq", options.dlq_name},
+                {"reason", n.reason}}},
+              "message {} (sequence {}, {}) dead-lettered to {} after {} failure{}: {}",
+              n.message_id, sequence, about, options.dlq_name, n.failures,
+              n.failures == 1 ? "" : "s", n.reason);
+  }
+
+  // Run `work` (in a savepoint of the transaction, so that its failure undoes only itself)
+  // and settle the messages `at` by its dispositions: delete each, or dead-letter it with its
+  // reason (for consume, `never_in_flight`, counting its receive too).
+  Expected<void> settle_located(PgTxn& txn, const std::vector<Located>& at,
+                                const std::function<Expected<std::vector<Disposition>>()>& work,
+                                bool never_in_flight)
+  {
+    Expected<std::vector<Disposition>> dispositions;
+    try {
+      pqxx::subtransaction sub(txn.tx, "settle");
+      dispositions = work();
+      if (dispositions) {
+        sub.commit();
+      } else {
+        sub.abort();
+      }
+    } catch (const pqxx::broken_connection&) {
+      throw;
+    } catch (const pqxx::in_doubt_error&) {
+      throw;
+    } catch (const pqxx::sql_error& e) {
+      bool discard = false;
+      dispositions = Unexpected(error_of(e, discard));
+      if (discard) throw;
+    }
+    if (dispositions && dispositions->size() != at.size()) {
+      dispositions = make_error(Errc::internal, "the work returned a disposition count that "
+                                                "differs from the message count");
+    }
+    if (!dispositions) return Unexpected(dispositions.error());
+    for (size_t i = 0; i < at.size(); ++i) {
+      const Disposition& d = (*dispositions)[i];
+      if (!d.dead_letter) {
+        remove_located(txn, at[i]);
+        continue;
+      }
+      if (never_in_flight) {
+        txn.tx.exec_params(
+          "UPDATE messages SET receive_count = receive_count + 1, first_received_at ="
+          " CASE WHEN first_received_at = 0 THEN $2 ELSE first_received_at END WHERE seq = $1",
+          at[i].seq, txn.now);
+      }
+      do_dead_letter(txn, at[i], d.reason, at[i].failures + 1, d.reason, d.subject);
+    }
+    return {};
+  }
+
+  // Lock the rows of `groups` of the queue, in name order, making rows (head k_none) for those
+  // that have none; acmo_fix_groups at the end of the transaction sets them right or drops them.
+  void lock_groups_for_insert(PgTxn& txn, const std::set<std::string>& groups)
+  {
+    if (groups.empty()) return;
+    PgArray names;
+    for (const auto& g : groups) names.add(g);
+    txn.tx.exec_params(
+      "INSERT INTO message_groups AS g (queue_id, group_id, head_seq, ready_at)"
+      " SELECT $1, s.x, 9223372036854775807, 9223372036854775807"
+      " FROM unnest($2::text[]) AS s(x) ORDER BY s.x"
+      " ON CONFLICT (queue_id, group_id) DO UPDATE SET head_seq = g.head_seq",
+      queue_id, names.text());
+  }
+
+  // Move the dead-lettered messages `chosen` (seq, group; oldest first) back to the queue,
+  // each to the back of its group under a new sequence number.
+  void move_back(PgTxn& txn, const std::vector<std::pair<int64_t, std::string>>& chosen)
+  {
+    if (chosen.empty()) return;
+    std::set<std::string> groups;
+    for (const auto& c : chosen) groups.insert(c.second);
+    lock_groups_for_insert(txn, groups);
+    // New sequence numbers, drawn after the groups are locked, oldest message first.
+    std::vector<int64_t> fresh;
+    for (const auto& row : txn.tx.exec_params(
+           "SELECT nextval('message_seq') FROM generate_series(1, $1::bigint)",
+           static_cast<int64_t>(chosen.size()))) {
+      fresh.push_back(row[0].as<int64_t>());
+    }
+    std::sort(fresh.begin(), fresh.end());
+    PgArray seqs, new_seqs;
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      seqs.add(chosen[i].first);
+      new_seqs.add(fresh[i]);
+    }
+    txn.tx.exec_params(
+      "UPDATE messages m SET seq = t.n, queue_id = $3, visible_at = $4, sent_at = $4,"
+      " first_sent_at = coalesce(m.first_sent_at, m.sent_at), receipt_token = 0,"
+      " receive_count = 0, first_received_at = 0, failures = 0, dead_reason = '', dead_at = 0"
+      " FROM unnest($1::bigint[], $2::bigint[]) AS t(s, n) WHERE m.seq = t.s",
+      seqs.text(), new_seqs.text(), queue_id, txn.now);
+    for (const auto& g : groups) txn.touched_groups.insert(g);
+    txn.counters[queue_id].redriven += static_cast<int64_t>(chosen.size());
+  }
+
+  // Say, in a transaction of its own committed at once, that the consume whose transaction runs
+  // on backend `pid` is handling `got`. The journal row's id, or nothing when it cannot be
+  // written (the work runs all the same: the journal only guards against a consumer's death).
+  std::optional<int64_t> journal_begin(int pid, const std::vector<Message>& got)
+  {
+    PgArray seqs;
+    for (const auto& m : got) seqs.add(m.seq);
+    std::lock_guard lock(journal_mu);
+    try {
+      if (!journal_conn) {
+        journal_conn = std::make_unique<pqxx::connection>(conninfo);
+        setup(*journal_conn, false);
+      }
+      pqxx::nontransaction tx(*journal_conn);
+      auto rows = tx.exec_params(
+        "INSERT INTO consume_journal (queue_id, pid, started, client_pid, seqs)"
+        " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_activity a"
+        " WHERE a.pid = $2 RETURNING id",
+        queue_id, pid, static_cast<int64_t>(::getpid()), seqs.text());
+      if (rows.empty()) return std::nullopt;
+      return rows[0][0].as<int64_t>();
+    } catch (const std::exception&) {
+      journal_conn.reset();
+      return std::nullopt;
+    }
+  }
+
+  // Drop the journal row of a consume whose work failed while its process lives on.
+  void journal_drop(int64_t id)
+  {
+    std::lock_guard lock(journal_mu);
+    try {
+      if (!journal_conn) {
+        journal_conn = std::make_unique<pqxx::connection>(conninfo);
+        setup(*journal_conn, false);
+      }
+      pqxx::nontransaction tx(*journal_conn);
+      tx.exec_params("DELETE FROM consume_journal WHERE id = $1", id);
+    } catch (const std::exception&) {
+      journal_conn.reset(); // the row stays: the sweep counts one delivery too many
+    }
+  }
+
+  // Count a delivery of each message that a consumer which died with it in hand was handling
+  // (its journal row outlived its backend) and that is still where it was taken from: a
+  // suspect now, and dead-lettered by a receive once there are too many.
+  void recover_orphans(PgTxn& txn)
+  {
+    txn.tx.exec_params(
+      "WITH dead AS (DELETE FROM consume_journal j WHERE j.queue_id = $1 AND NOT EXISTS"
+      " (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.pid AND a.backend_start = j.started)"
+      " RETURNING j.client_pid, j.seqs)"
+      " UPDATE messages m SET receive_count = m.receive_count + 1,"
+      " last_error = 'the process handling it (pid ' || d.client_pid"
+      " || ') died before it was settled',"
+      " first_received_at = CASE WHEN m.first_received_at = 0 THEN $2"
+      " ELSE m.first_received_at END"
+      " FROM (SELECT client_pid, unnest(seqs) AS seq FROM dead) d"
+      " WHERE m.seq = d.seq AND m.queue_id = $1 AND m.receipt_token = 0",
+      queue_id, txn.now);
+  }
+
+  SweepResult do_sweep(PgTxn& txn)
+  {
+    recover_orphans(txn);
+    SweepResult result;
+    const int64_t cutoff = txn.now - options.retention_ms;
+    // Messages past retention, a bounded number at a time, in groups no one holds now.
+    for (int round = 0; round < 20; ++round) {
+      auto rows = txn.tx.exec_params(
+        "WITH old AS (SELECT seq, queue_id, group_id FROM messages WHERE queue_id IN ($1, $2)"
+        " AND sent_at < $3 ORDER BY seq LIMIT 512),"
+        " locked AS (SELECT g.group_id FROM message_groups g WHERE g.queue_id = $1"
+        " AND g.group_id IN (SELECT group_id FROM old WHERE queue_id = $1)"
+        " ORDER BY g.group_id FOR UPDATE SKIP LOCKED)"
+        " DELETE FROM messages m USING old WHERE m.seq = old.seq"
+        " AND (old.queue_id = $2 OR old.group_id IN (SELECT group_id FROM locked))"
+        " RETURNING m.queue_id, m.group_id",
+        queue_id, dlq_id, cutoff);
+      for (const auto& row : rows) {
+        const int64_t queue = row[0].as<int64_t>();
+        ++txn.counters[queue].expired;
+        if (queue == queue_id) txn.touched_groups.insert(row[1].as<std::string>());
+      }
+      result.expired += static_cast<int64_t>(rows.size());
+      if (rows.size() < 512) break;
+    }
+    auto dedup = txn.tx.exec_params(
+      "DELETE FROM dedup WHERE queue_id IN ($1, $2) AND expires_at <= $3", queue_id, dlq_id,
+      txn.now);
+    result.dedup_removed = static_cast<int64_t>(dedup.affected_rows());
+    // Fold the counters' rows into one per queue.
+    txn.tx.exec_params(
+      "WITH gone AS (DELETE FROM queue_counters WHERE queue_id IN ($1, $2) RETURNING *)"
+      " INSERT INTO queue_counters SELECT queue_id, sum(sent), sum(duplicates), sum(received),"
+      " sum(deleted), sum(retried), sum(expired), sum(dead_lettered), sum(redriven), sum(purged)"
+      " FROM gone GROUP BY queue_id",
+      queue_id, dlq_id);
+    return result;
+  }
+};
+
+// --- opening ---------------------------------------------------------------------------------
+
+namespace {
+
+// Create or migrate the schema, one migrator at a time per schema.
+Expected<void> migrate(pqxx::connection& conn, const std::string& schema)
+{
+  pqxx::work tx(conn);
+  tx.exec0("SET LOCAL client_min_messages = warning");
+  tx.exec_params("SELECT pg_advisory_xact_lock(hashtext('acmo queue schema ' || $1))", schema);
+  tx.exec0("CREATE SCHEMA IF NOT EXISTS " + tx.quote_name(schema));
+  tx.exec0("SET LOCAL search_path = " + tx.quote_name(schema));
+  tx.exec0("CREATE TABLE IF NOT EXISTS queue_schema_version (version integer NOT NULL)");
+  const int version =
+    tx.exec1("SELECT coalesce(max(version), 0) FROM queue_schema_version")[0].as<int>();
+  const auto& steps = pg_schema::migrations();
+  const int latest = static_cast<int>(steps.size());
+  if (version > latest) {
+    return make_error(Errc::conflict,
+                      fmt::format("the PostgreSQL schema {} holds acmo queue schema version {}, "
+                                  "newer than this acmo knows ({}); upgrade acmo",
+                                  schema, version, latest),
+                      "queue.schema");
+  }
+  if (version < latest) {
+    for (int v = version; v < latest; ++v) tx.exec0(steps[static_cast<size_t>(v)]);
+    tx.exec0("DELETE FROM queue_schema_version");
+    tx.exec0(fmt::format("INSERT INTO queue_schema_version (version) VALUES ({})", latest));
+  }
+  tx.commit();
+  return {};
+}
+
+int64_t ensure_queue(pqxx::connection& conn, const std::string& name, int64_t now)
+{
+  pqxx::work tx(conn);
+  tx.exec_params("INSERT INTO queues (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO "
+                 "NOTHING",
+                 name, now);
+  const int64_t id = tx.exec_params1("SELECT id FROM queues WHERE name = $1", name)[0].as<int64_t>();
+  tx.commit();
+  return id;
+}
+
+} // namespace
+
+PgQueue::PgQueue(std::unique_ptr<Impl> impl, QueueOptions options)
+  : Queue(std::move(options)), m_impl(std::move(impl))
+{
+}
+
+PgQueue::~PgQueue() = default;
+
+Expected<pqxx::transaction_base*> pg_transaction(QueueTransaction& txn)
+{
+  if (auto* t = dynamic_cast<PgTransaction*>(&txn)) return &t->tx();
+  return make_error(Errc::internal,
+                    fmt::format("work for the PostgreSQL queue's transaction was given a {} "
+                                "queue's transaction",
+                                txn.backend()));
+}
+
+Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const std::string& schema,
+                                                 QueueOptions options, const Clock& clock)
+{
+  if (auto ok = check_queue_options(options); !ok) return Unexpected(ok.error());
+  if (url.empty()) {
+    return make_error(Errc::invalid_input,
+                      "queue.url is empty; set it to the PostgreSQL server's URL, e.g. "
+                      "postgresql://acmo@127.0.0.1:5432/acmo",
+                      "queue.url");
+  }
+  if (!valid_schema_name(schema)) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("queue.schema \"{}\" is not a schema name acmo takes: 1 to 63 "
+                                  "lower-case letters, digits and _, not starting with a digit",
+                                  schema),
+                      "queue.schema");
+  }
+  auto impl = std::make_unique<Impl>(clock, options);
+  impl->url = url;
+  impl->schema = schema;
+  impl->conninfo = connection_string(url);
+  impl->channel = "acmo_queue_" + sha256_hex(schema + "." + options.name).substr(0, 24);
+  try {
+    pqxx::connection conn(impl->conninfo);
+    {
+      pqxx::nontransaction tx(conn);
+      tx.exec0("SET client_min_messages = error");
+    }
+    if (auto ok = migrate(conn, schema); !ok) return Unexpected(ok.error());
+    impl->setup(conn, true);
+    impl->queue_id = ensure_queue(conn, options.name, clock.now_ms());
+    impl->dlq_id = ensure_queue(conn, options.dlq_name, clock.now_ms());
+  } catch (const std::exception& e) {
+    bool discard = false;
+    return Unexpected(impl->error_of(e, discard));
+  }
+  Impl* raw = impl.get();
+  impl->pool = std::make_unique<PgConnections>(
+    impl->conninfo, [raw](pqxx::connection& c) { raw->setup(c, false); },
+    std::max<int64_t>(options.busy_timeout_ms, 1'000));
+  impl->stop_fd = ::eventfd(0, EFD_CLOEXEC);
+  if (impl->stop_fd >= 0) impl->listener = std::thread([raw] { raw->listen_loop(); });
+  return std::unique_ptr<PgQueue>(new PgQueue(std::move(impl), std::move(options)));
+}
+
+bool PgQueue::listening() const { return m_impl->is_listening.load(); }
+
+// --- sending -------------------------------------------------------------------------------------
+
+Expected<SendResult> PgQueue::send(const SendRequest& request)
+{
+  auto results = m_impl->send_many(&request, 1);
+  return std::move(results[0]);
+}
+
+Expected<std::vector<Expected<SendResult>>>
+PgQueue::send_batch(const std::vector<SendRequest>& requests)
+{
+  if (requests.empty() || requests.size() > limits::k_max_batch) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("a batch holds 1 to {} entries, not {}; split it",
+                                  limits::k_max_batch, requests.size()),
+                      "entries");
+  }
+  return m_impl->send_many(requests.data(), requests.size());
+}
+
+std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendRequest>& requests)
+{
+  std::vector<Expected<SendResult>> results;
+  results.reserve(requests.size());
+  size_t start = 0;
+  while (start < requests.size()) {
+    size_t count = 0;
+    size_t bytes = 0;
+    while (start + count < requests.size() && count < k_bulk_chunk
+           && (count == 0 || bytes + requests[start + count].body.size() <= k_bulk_bytes)) {
+      bytes += requests[start + count].body.size();
+      ++count;
+    }
+    auto part = m_impl->send_many(requests.data() + start, count);
+    std::move(part.begin(), part.end(), std::back_inserter(results));
+    start += count;
+  }
+  return results;
+}
+
+// --- receiving -----------------------------------------------------------------------------------
+
+static Expected<void> check_receive(int max, int64_t wait_ms)
+{
+  if (max < 1 || max > k_max_receive) {
+    return make_error(Errc::invalid_input,
+                      fmt::format("a receive asks for 1 to {} messages, not {}", k_max_receive, max),
+                      "maxMessages");
+  }
+  if (wait_ms < 0 || wait_ms > k_max_wait_ms) {
+    return make_error(Errc::invalid_input, "the wait time must be between 0 and 20 s",
+                      "waitTimeSeconds");
+  }
+  return {};
+}
+
+Expected<void> PgQueue::poll(int64_t wait_ms, const std::function<Expected<bool>(bool)>& attempt)
+{
+  auto& impl = *m_impl;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  bool first_try = true;
+  int64_t ready_at = 0; // when the probe found the first group ready; 0 unknown
+  for (;;) {
+    uint64_t generation;
+    {
+      std::lock_guard lock(impl.wake_mu);
+      if (impl.interrupted) return {};
+      generation = impl.wake_generation;
+    }
+    const int64_t now = impl.clock.now_ms();
+    if (now - impl.last_sweep_ms.load() >= impl.options.housekeeping_interval_ms) {
+      impl.last_sweep_ms = now;
+      if (auto swept = sweep(); !swept) return Unexpected(swept.error());
+    }
+    bool worth_trying = first_try;
+    if (!first_try) {
+      auto probed = impl.run([&](PgTxn& txn) -> Expected<int64_t> {
+        auto row = txn.tx.exec_params1(
+          "SELECT coalesce(min(ready_at), 0) FROM message_groups WHERE queue_id = $1",
+          impl.queue_id);
+        return row[0].as<int64_t>();
+      });
+      if (!probed) return Unexpected(probed.error());
+      ready_at = *probed;
+      worth_trying = ready_at != 0 && ready_at <= now;
+    }
+    if (worth_trying) {
+      auto got = attempt(first_try);
+      first_try = false;
+      if (!got) return Unexpected(got.error());
+      if (*got) return {};
+      ready_at = 0;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now())
+                        .count();
+    if (left <= 0 || !impl.clock.is_real()) return {};
+    int64_t nap = impl.is_listening ? k_listening_nap_ms : impl.options.poll_interval_ms;
+    if (ready_at > now) nap = std::min(nap, ready_at - now);
+    nap = std::min<int64_t>(nap, left);
+    std::unique_lock lock(impl.wake_mu);
+    impl.wake_cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(nap, 1)), [&] {
+      return impl.interrupted || impl.wake_generation != generation;
+    });
+  }
+}
+
+Expected<std::vector<Message>> PgQueue::receive(int max, std::optional<int64_t> visibility_ms,
+                                                int64_t wait_ms, bool isolate_suspects)
+{
+  std::vector<Expected<void>> none;
+  return remove_and_receive({}, none, max, visibility_ms, wait_ms, isolate_suspects);
+}
+
+Expected<std::vector<Message>> PgQueue::remove_and_receive(const std::vector<std::string>& done,
+                                                           std::vector<Expected<void>>& deleted,
+                                                           int max,
+                                                           std::optional<int64_t> visibility_ms,
+                                                           int64_t wait_ms, bool isolate_suspects)
+{
+  deleted.assign(done.size(), Expected<void>{});
+  if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
+  const int64_t visibility = visibility_ms.value_or(m_options.visibility_timeout_ms);
+  if (visibility < 0 || visibility > k_max_visibility_ms) {
+    return make_error(Errc::invalid_input,
+                      "the visibility timeout must be between 0 and 43200 s (12 h)",
+                      "visibilityTimeout");
+  }
+  auto& impl = *m_impl;
+  std::vector<Message> got;
+  auto polled = poll(wait_ms, [&](bool first_try) -> Expected<bool> {
+    const bool removing = first_try && !done.empty();
+    auto ok = impl.run([&](PgTxn& txn) -> Expected<void> {
+      if (removing) {
+        deleted = impl.remove_all(txn, done);
+        impl.finish(txn);
+      }
+      got = impl.do_receive(txn, max, visibility, true, isolate_suspects);
+      return {};
+    });
+    if (!ok) {
+      if (removing) {
+        for (auto& d : deleted) d = Unexpected(ok.error());
+      }
+      return Unexpected(ok.error());
+    }
+    if (removing) impl.notify_waiters();
+    return !got.empty();
+  });
+  if (!polled) return Unexpected(polled.error());
+  return got;
+}
+
+Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const ConsumeWork& work)
+{
+  if (auto ok = check_receive(max, wait_ms); !ok) return Unexpected(ok.error());
+  auto& impl = *m_impl;
+  std::vector<Message> got;
+  auto polled = poll(wait_ms, [&](bool) -> Expected<bool> {
+    std::optional<int64_t> journaled; // the last attempt's journal row
+    bool work_failed = false;         // and its work failed with the process alive
+    auto ok = impl.run([&](PgTxn& txn) -> Expected<void> {
+      work_failed = false;
+      got = impl.do_receive(txn, max, 0, false, true);
+      if (got.empty()) return {};
+      std::vector<Located> at;
+      at.reserve(got.size());
+      for (const auto& m : got) at.push_back(Located{m.seq, m.group_id, m.failures});
+      // Should this process die in the work, its journal row outlives its backend and the
+      // attempt is counted (recover_orphans); committing deletes the row with the messages.
+      journaled = impl.journal_begin(txn.tx.conn().backendpid(), got);
+      auto settled = impl.settle_located(txn, at, [&] {
+        PgTransaction t(txn.tx);
+        return work(t, got);
+      }, true);
+      if (!settled) {
+        work_failed = true;
+        return settled;
+      }
+      if (journaled) txn.tx.exec_params("DELETE FROM consume_journal WHERE id = $1", *journaled);
+      txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
+      return {};
+    });
+    if (!ok && work_failed && journaled) impl.journal_drop(*journaled);
+    if (!ok) return Unexpected(ok.error());
+    if (!got.empty()) impl.notify_waiters();
+    return !got.empty();
+  });
+  if (!polled) return Unexpected(polled.error());
+  return got;
+}
+
+Expected<void> PgQueue::remove(std::string_view receipt)
+{
+  auto results = remove_batch({std::string(receipt)});
+  return results[0];
+}
+
+std::vector<Expected<void>> PgQueue::remove_batch(const std::vector<std::string>& receipts)
+{
+  std::vector<Expected<void>> results(receipts.size());
+  auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    results = m_impl->remove_all(txn, receipts);
+    return {};
+  });
+  if (!ok) {
+    for (auto& r : results) r = Unexpected(ok.error());
+  } else {
+    m_impl->notify_waiters();
+  }
+  return results;
+}
+
+Expected<void> PgQueue::change_visibility(std::string_view receipt, int64_t timeout_ms)
+{
+  if (timeout_ms < 0 || timeout_ms > k_max_visibility_ms) {
+    return make_error(Errc::invalid_input,
+                      "the visibility timeout must be between 0 and 43200 s (12 h)",
+                      "visibilityTimeout");
+  }
+  auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    auto at = m_impl->locate(txn, receipt);
+    if (!at) return Unexpected(at.error());
+    m_impl->do_hide(txn, *at, txn.now + timeout_ms, true, at->failures, std::nullopt);
+    return {};
+  });
+  if (ok) m_impl->notify_waiters();
+  return ok;
+}
+
+Expected<ReleaseOutcome> PgQueue::release(std::string_view receipt, std::string_view error,
+                                          std::string_view subject)
+{
+  auto result = m_impl->run([&](PgTxn& txn) -> Expected<ReleaseOutcome> {
+    auto at = m_impl->locate(txn, receipt);
+    if (!at) return Unexpected(at.error());
+    ReleaseOutcome outcome;
+    outcome.attempt = at->failures + 1;
+    if (outcome.attempt > m_options.max_retries) {
+      outcome.dead_lettered = true;
+      auto reason = fmt::format("failed {} time{}, retries exhausted (queue.max_retries = {}): {}",
+                                outcome.attempt, outcome.attempt == 1 ? "" : "s",
+                                m_options.max_retries, error);
+      m_impl->do_dead_letter(txn, *at, reason, outcome.attempt, error, subject);
+    } else {
+      const auto& delays = m_options.retry_delays_ms;
+      if (!delays.empty()) {
+        auto index = std::min(static_cast<size_t>(outcome.attempt - 1), delays.size() - 1);
+        outcome.retry_in_ms = delays[index];
+      }
+      m_impl->do_hide(txn, *at, txn.now + outcome.retry_in_ms, false, outcome.attempt,
+                      std::string(error));
+      ++txn.counters[m_impl->queue_id].retried;
+    }
+    return outcome;
+  });
+  if (result) m_impl->notify_waiters();
+  return result;
+}
+
+Expected<void> PgQueue::dead_letter(std::string_view receipt, std::string_view reason,
+                                    std::string_view subject)
+{
+  auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    auto at = m_impl->locate(txn, receipt);
+    if (!at) return Unexpected(at.error());
+    m_impl->do_dead_letter(txn, *at, reason, at->failures + 1, reason, subject);
+    return {};
+  });
+  if (ok) m_impl->notify_waiters();
+  return ok;
+}
+
+Expected<void> PgQueue::settle(const std::vector<std::string>& receipts, const SettleWork& work)
+{
+  auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    auto located = m_impl->locate_all(txn, receipts);
+    std::vector<Located> at;
+    for (auto& l : located) {
+      if (!l) return Unexpected(l.error());
+      at.push_back(std::move(*l));
+    }
+    return m_impl->settle_located(txn, at, [&] {
+      PgTransaction t(txn.tx);
+      return work(t);
+    }, false);
+  });
+  if (ok) m_impl->notify_waiters();
+  return ok;
+}
+
+// --- reads ----------------------------------------------------------------------------------
+
+Expected<std::optional<Message>> PgQueue::find(int64_t seq)
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<std::optional<Message>> {
+    auto rows = txn.tx.exec_params("SELECT " + k_message_columns
+                                     + " FROM messages WHERE seq = $1 AND queue_id IN ($2, $3)",
+                                   seq, m_impl->queue_id, m_impl->dlq_id);
+    if (rows.empty()) return std::optional<Message>();
+    return std::optional<Message>(read_message(rows[0]));
+  });
+}
+
+Expected<std::vector<Message>> PgQueue::peek(const PeekFilter& filter)
+{
+  // A filter by body field: the bodies that hold the value's text at all are read a page at a
+  // time, and parsed here; only a string field equal to the value matches.
+  const auto matches = [&](const std::string& body) {
+    if (filter.field.empty()) return true;
+    auto j = nlohmann::json::parse(body, nullptr, false);
+    if (!j.is_object()) return false;
+    auto it = j.find(filter.field);
+    return it != j.end() && it->is_string() && it->get_ref<const std::string&>() == filter.value;
+  };
+  const std::string order = filter.newest_first ? "DESC" : "";
+  const std::string sql = "SELECT " + k_message_columns
+                          + " FROM messages WHERE queue_id = $1 AND ($2::text = '' OR group_id = $2::text)"
+                            " AND ($3::text = '' OR strpos(body, $3::text) > 0) AND seq "
+                          + (filter.newest_first ? "< $4" : "> $4") + " ORDER BY seq " + order
+                          + " LIMIT $5";
+  return m_impl->run([&](PgTxn& txn) -> Expected<std::vector<Message>> {
+    std::vector<Message> out;
+    if (filter.limit <= 0) return out;
+    int64_t after = filter.newest_first ? std::numeric_limits<int64_t>::max() : 0;
+    const int64_t page = filter.field.empty() ? filter.limit : 500;
+    while (static_cast<int64_t>(out.size()) < filter.limit) {
+      auto rows = txn.tx.exec_params(sql, m_impl->queue_id, filter.group_id,
+                                     filter.field.empty() ? std::string() : filter.value, after,
+                                     page);
+      for (const auto& row : rows) {
+        Message m = read_message(row);
+        after = m.seq;
+        if (!matches(m.body)) continue;
+        out.push_back(std::move(m));
+        if (static_cast<int64_t>(out.size()) >= filter.limit) break;
+      }
+      if (static_cast<int64_t>(rows.size()) < page) break;
+    }
+    return out;
+  });
+}
+
+Expected<GroupsReport> PgQueue::groups(const GroupsFilter& filter)
+{
+  const auto worry_first = [](const GroupView& a, const GroupView& b) {
+    const bool a_blocked = a.blocked != GroupBlock::none;
+    const bool b_blocked = b.blocked != GroupBlock::none;
+    if (a_blocked != b_blocked) return a_blocked;
+    if (a.head_first_sent_at_ms != b.head_first_sent_at_ms) {
+      return a.head_first_sent_at_ms < b.head_first_sent_at_ms;
+    }
+    return a.group_id < b.group_id;
+  };
+  const size_t limit = static_cast<size_t>(std::max<int64_t>(filter.limit, 0));
+  GroupsReport report;
+  report.now_ms = m_impl->clock.now_ms();
+  auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    std::vector<GroupView> kept;
+    auto rows = txn.tx.exec_params(
+      "SELECT c.group_id, c.depth, c.in_flight, h.seq, h.message_id::text,"
+      " coalesce(h.first_sent_at, h.sent_at), h.visible_at, h.receipt_token <> 0"
+      " FROM (SELECT group_id, count(*) AS depth,"
+      " count(*) FILTER (WHERE visible_at > $2 AND receipt_token <> 0) AS in_flight,"
+      " min(seq) AS head FROM messages WHERE queue_id = $1 GROUP BY group_id) c"
+      " JOIN messages h ON h.seq = c.head",
+      m_impl->queue_id, report.now_ms);
+    for (const auto& row : rows) {
+      GroupView g;
+      g.group_id = row[0].as<std::string>();
+      g.depth = row[1].as<int64_t>();
+      g.in_flight = row[2].as<int64_t>();
+      g.head_seq = row[3].as<int64_t>();
+      g.head_message_id = row[4].as<std::string>();
+      g.head_first_sent_at_ms = row[5].as<int64_t>();
+      g.head_visible_at_ms = row[6].as<int64_t>();
+      if (g.head_visible_at_ms > report.now_ms) {
+        g.blocked = row[7].as<bool>() ? GroupBlock::in_flight : GroupBlock::retry_delay;
+      }
+      ++report.total_groups;
+      report.total_messages += g.depth;
+      report.total_in_flight += g.in_flight;
+      if (g.blocked != GroupBlock::none) ++report.total_blocked;
+      if (filter.blocked_only && g.blocked == GroupBlock::none) continue;
+      ++report.matched;
+      kept.push_back(std::move(g));
+      if (kept.size() >= 2 * limit + 64) {
+        std::nth_element(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(limit),
+                         kept.end(), worry_first);
+        kept.resize(limit);
+      }
+    }
+    std::sort(kept.begin(), kept.end(), worry_first);
+    if (kept.size() > limit) kept.resize(limit);
+    report.groups = std::move(kept);
+    return {};
+  });
+  if (!ok) return Unexpected(ok.error());
+  return report;
+}
+
+// The DLQ's messages that match a DlqFilter: $1 the DLQ, $2 the reason ('' any), $3 the latest
+// and $4 the earliest time of dead-lettering to match (-1: any). lower() folds ASCII as the
+// embedded queue does for every reason acmo writes.
+static const std::string k_dlq_match =
+  " queue_id = $1::bigint AND ($2::text = '' OR strpos(lower(dead_reason), lower($2::text)) > 0)"
+  " AND ($3::bigint < 0 OR dead_at <= $3::bigint) AND ($4::bigint < 0 OR dead_at > $4::bigint)";
+
+static int64_t latest_of(const DlqFilter& f, int64_t now)
+{
+  return f.older_than_ms >= 0 ? now - f.older_than_ms : -1;
+}
+
+static int64_t earliest_of(const DlqFilter& f, int64_t now)
+{
+  return f.newer_than_ms >= 0 ? now - f.newer_than_ms : -1;
+}
+
+Expected<std::vector<Message>> PgQueue::dlq_list(int64_t limit, int64_t offset)
+{
+  auto page = dlq_page(limit, offset, {});
+  if (!page) return Unexpected(page.error());
+  return std::move(page->messages);
+}
+
+Expected<PgQueue::DlqPage> PgQueue::dlq_page(int64_t limit, int64_t offset,
+                                             const DlqFilter& filter)
+{
+  const int64_t now = m_impl->clock.now_ms();
+  return m_impl->run([&](PgTxn& txn) -> Expected<DlqPage> {
+    DlqPage page;
+    // One statement: the page and the count in one snapshot.
+    auto rows = txn.tx.exec_params(
+      "SELECT c.total, p.* FROM (SELECT count(*) AS total FROM messages WHERE" + k_dlq_match
+        + ") c LEFT JOIN LATERAL (SELECT " + k_message_columns + " FROM messages WHERE"
+        + k_dlq_match + " ORDER BY seq LIMIT $5 OFFSET $6) p ON true",
+      m_impl->dlq_id, filter.reason, latest_of(filter, now), earliest_of(filter, now), limit,
+      offset);
+    for (const auto& row : rows) {
+      page.total = row[0].as<int64_t>();
+      if (row[1].is_null()) continue;
+      page.messages.push_back(read_message(row, 1));
+    }
+    return page;
+  });
+}
+
+Expected<Message> PgQueue::dlq_show(std::string_view message_id)
+{
+  auto id = parse_message_id(message_id);
+  auto found = m_impl->run([&](PgTxn& txn) -> Expected<std::optional<Message>> {
+    if (!id) return std::optional<Message>();
+    auto rows = txn.tx.exec_params("SELECT " + k_message_columns
+                                     + " FROM messages WHERE queue_id = $1 AND message_id = $2::uuid",
+                                   m_impl->dlq_id, format_message_id(*id));
+    if (rows.empty()) return std::optional<Message>();
+    return std::optional<Message>(read_message(rows[0]));
+  });
+  if (!found) return Unexpected(found.error());
+  if (!*found) {
+    return make_error(Errc::not_found,
+                      fmt::format("no message {} in the DLQ {}; `acmo dlq list` shows what is "
+                                  "there",
+                                  message_id, m_options.dlq_name),
+                      "messageId");
+  }
+  return std::move(**found);
+}
+
+Expected<int64_t> PgQueue::redrive(const std::vector<std::string>& message_ids)
+{
+  auto moved = m_impl->run([&](PgTxn& txn) -> Expected<int64_t> {
+    std::set<std::string> wanted;
+    for (const auto& id : message_ids) {
+      auto parsed = parse_message_id(id);
+      wanted.insert(parsed ? format_message_id(*parsed) : id);
+    }
+    const bool all = message_ids.empty();
+    std::vector<std::pair<int64_t, std::string>> chosen;
+    for (const auto& row : txn.tx.exec_params(
+           "SELECT seq, message_id::text, group_id FROM messages WHERE queue_id = $1"
+           " ORDER BY seq FOR UPDATE",
+           m_impl->dlq_id)) {
+      if (!all && wanted.erase(row[1].as<std::string>()) == 0) continue;
+      chosen.emplace_back(row[0].as<int64_t>(), row[2].as<std::string>());
+    }
+    if (!wanted.empty()) {
+      return make_error(Errc::not_found,
+                        fmt::format("no message {} in the DLQ {}; nothing was redriven",
+                                    *wanted.begin(), m_options.dlq_name),
+                        "messageId");
+    }
+    m_impl->move_back(txn, chosen);
+    return static_cast<int64_t>(chosen.size());
+  }, true);
+  if (moved && *moved > 0) m_impl->notify_waiters();
+  return moved;
+}
+
+Expected<PgQueue::RedriveRun> PgQueue::begin_redrive(const DlqFilter& filter)
+{
+  RedriveRun run;
+  run.filter = filter;
+  run.begun_ms = m_impl->clock.now_ms();
+  auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    // The last sequence number handed out: messages dead-lettered after now keep theirs, and
+    // those redriven after now get higher ones, so seq <= until_seq leaves both out.
+    auto row = txn.tx.exec_params1(
+      "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM message_seq),"
+      " (SELECT count(*) FROM messages WHERE" + k_dlq_match + ")",
+      m_impl->dlq_id, filter.reason, latest_of(filter, run.begun_ms),
+      earliest_of(filter, run.begun_ms));
+    run.until_seq = row[0].as<int64_t>();
+    run.total = row[1].as<int64_t>();
+    return {};
+  });
+  if (!ok) return Unexpected(ok.error());
+  return run;
+}
+
+Expected<int64_t> PgQueue::redrive_step(RedriveRun& run, int64_t max)
+{
+  int64_t last_seq = run.after_seq;
+  auto moved = m_impl->run([&](PgTxn& txn) -> Expected<int64_t> {
+    last_seq = run.after_seq;
+    std::vector<std::pair<int64_t, std::string>> chosen;
+    for (const auto& row : txn.tx.exec_params(
+           "SELECT seq, group_id FROM messages WHERE" + k_dlq_match
+             + " AND seq > $5 AND seq <= $6 AND dead_at <= $7 ORDER BY seq LIMIT $8"
+               " FOR UPDATE SKIP LOCKED",
+           m_impl->dlq_id, run.filter.reason, latest_of(run.filter, run.begun_ms),
+           earliest_of(run.filter, run.begun_ms), run.after_seq, run.until_seq, run.begun_ms,
+           max)) {
+      chosen.emplace_back(row[0].as<int64_t>(), row[1].as<std::string>());
+    }
+    m_impl->move_back(txn, chosen);
+    if (!chosen.empty()) last_seq = chosen.back().first;
+    return static_cast<int64_t>(chosen.size());
+  }, true);
+  if (!moved) return moved;
+  run.after_seq = last_seq;
+  if (*moved > 0) m_impl->notify_waiters();
+  return moved;
+}
+
+Expected<int64_t> PgQueue::purge(bool dlq)
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<int64_t> {
+    const int64_t id = dlq ? m_impl->dlq_id : m_impl->queue_id;
+    // Every group's row first (name order, as every writer), so that no send or receive of the
+    // queue is half-way through while its messages go.
+    txn.tx.exec_params("SELECT 1 FROM message_groups WHERE queue_id = $1 ORDER BY group_id"
+                       " FOR UPDATE",
+                       id);
+    const auto removed = static_cast<int64_t>(
+      txn.tx.exec_params("DELETE FROM messages WHERE queue_id = $1", id).affected_rows());
+    txn.tx.exec_params("DELETE FROM message_groups WHERE queue_id = $1", id);
+    txn.tx.exec_params("DELETE FROM dedup WHERE queue_id = $1", id);
+    txn.counters[id].purged += removed;
+    return removed;
+  });
+}
+
+Expected<SweepResult> PgQueue::sweep()
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<SweepResult> { return m_impl->do_sweep(txn); });
+}
+
+Expected<QueueStats> PgQueue::stats()
+{
+  QueueStats s;
+  s.name = m_options.name;
+  s.dlq_name = m_options.dlq_name;
+  const int64_t now = m_impl->clock.now_ms();
+  auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    auto row = txn.tx.exec_params1(
+      "SELECT (SELECT count(*) FILTER (WHERE visible_at <= $2) FROM messages WHERE queue_id = $1),"
+      " (SELECT count(*) FILTER (WHERE visible_at > $2 AND receipt_token <> 0) FROM messages"
+      "  WHERE queue_id = $1),"
+      " (SELECT count(*) FILTER (WHERE visible_at > $2 AND receipt_token = 0) FROM messages"
+      "  WHERE queue_id = $1),"
+      " (SELECT coalesce(min(sent_at), -1) FROM messages WHERE queue_id = $1),"
+      " (SELECT count(*) FROM messages WHERE queue_id = $3),"
+      " (SELECT count(*) FROM dedup WHERE queue_id = $1 AND expires_at > $2),"
+      " c.* FROM (SELECT coalesce(sum(sent), 0) AS a, coalesce(sum(duplicates), 0) AS b,"
+      " coalesce(sum(received), 0) AS c, coalesce(sum(deleted), 0) AS d,"
+      " coalesce(sum(retried), 0) AS e, coalesce(sum(expired), 0) AS f,"
+      " coalesce(sum(dead_lettered), 0) AS g, coalesce(sum(redriven), 0) AS h,"
+      " coalesce(sum(purged), 0) AS i FROM queue_counters WHERE queue_id = $1) c",
+      m_impl->queue_id, now, m_impl->dlq_id);
+    s.visible = row[0].as<int64_t>();
+    s.in_flight = row[1].as<int64_t>();
+    s.delayed = row[2].as<int64_t>();
+    const int64_t oldest = row[3].as<int64_t>();
+    s.oldest_age_ms = oldest < 0 ? 0 : std::max<int64_t>(0, now - oldest);
+    s.dead_lettered = row[4].as<int64_t>();
+    s.dedup_entries = row[5].as<int64_t>();
+    s.sent = row[6].as<int64_t>();
+    s.duplicates = row[7].as<int64_t>();
+    s.received = row[8].as<int64_t>();
+    s.deleted = row[9].as<int64_t>();
+    s.retried = row[10].as<int64_t>();
+    s.expired = row[11].as<int64_t>();
+    s.dead_lettered_total = row[12].as<int64_t>();
+    s.redriven = row[13].as<int64_t>();
+    s.purged = row[14].as<int64_t>();
+    return {};
+  });
+  if (!ok) return Unexpected(ok.error());
+  return s;
+}
+
+CommitStats PgQueue::commit_stats() const
+{
+  return CommitStats{m_impl->committed_transactions.load(), m_impl->committed_requests.load()};
+}
+
+// --- the handler registry ------------------------------------------------------------------
+
+Expected<std::string> PgQueue::save_handler(const HandlerRecord& r)
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<std::string> {
+    auto rows = txn.tx.exec_params(
+      "INSERT INTO handlers (id, pid, host, started_at, heartbeat_at, stopped_at, processed,"
+      " dead_lettered, retried, batches, latency_p50_us, latency_p99_us, last_error)"
+      " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+      " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,"
+      " stopped_at = excluded.stopped_at, processed = excluded.processed,"
+      " dead_lettered = excluded.dead_lettered, retried = excluded.retried,"
+      " batches = excluded.batches, latency_p50_us = excluded.latency_p50_us,"
+      " latency_p99_us = excluded.latency_p99_us, last_error = excluded.last_error"
+      " RETURNING request",
+      r.id, r.pid, r.host, r.started_at_ms, r.heartbeat_at_ms, r.stopped_at_ms, r.processed,
+      r.dead_lettered, r.retried, r.batches, r.latency_p50_us, r.latency_p99_us, r.last_error);
+    return rows.empty() ? std::string() : rows[0][0].as<std::string>();
+  });
+}
+
+Expected<void> PgQueue::request_handler(std::string_view id, std::string_view request)
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    auto r = txn.tx.exec_params("UPDATE handlers SET request = $2 WHERE id = $1",
+                                std::string(id), std::string(request));
+    if (r.affected_rows() == 0) {
+      return make_error(Errc::not_found, fmt::format("no handler {} is registered", id));
+    }
+    return {};
+  });
+}
+
+Expected<std::vector<HandlerRecord>> PgQueue::handlers(int64_t since_ms)
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<std::vector<HandlerRecord>> {
+    std::vector<HandlerRecord> out;
+    for (const auto& row : txn.tx.exec_params(
+           "SELECT id, pid, host, started_at, heartbeat_at, stopped_at, processed, dead_lettered,"
+           " retried, batches, latency_p50_us, latency_p99_us, last_error, request FROM handlers"
+           " WHERE heartbeat_at > $1 ORDER BY started_at DESC, id",
+           since_ms)) {
+      HandlerRecord r;
+      r.id = row[0].as<std::string>();
+      r.pid = row[1].as<int64_t>();
+      r.host = row[2].as<std::string>();
+      r.started_at_ms = row[3].as<int64_t>();
+      r.heartbeat_at_ms = row[4].as<int64_t>();
+      r.stopped_at_ms = row[5].as<int64_t>();
+      r.processed = row[6].as<int64_t>();
+      r.dead_lettered = row[7].as<int64_t>();
+      r.retried = row[8].as<int64_t>();
+      r.batches = row[9].as<int64_t>();
+      r.latency_p50_us = row[10].as<int64_t>();
+      r.latency_p99_us = row[11].as<int64_t>();
+      r.last_error = row[12].as<std::string>();
+      r.request = row[13].as<std::string>();
+      out.push_back(std::move(r));
+    }
+    return out;
+  });
+}
+
+// --- health ------------------------------------------------------------------------------
+
+Expected<void> PgQueue::check_integrity()
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    txn.tx.exec0("SET LOCAL statement_timeout = 2000");
+    const int version =
+      txn.tx.exec1("SELECT coalesce(max(version), 0) FROM queue_schema_version")[0].as<int>();
+    const int latest = static_cast<int>(pg_schema::migrations().size());
+    if (version != latest) {
+      return make_error(Errc::unavailable,
+                        fmt::format("the queue's PostgreSQL schema {} is at version {}, not {}; "
+                                    "it was changed behind acmo's back or by another acmo",
+                                    m_impl->schema, version, latest));
+    }
+    txn.tx.exec_params("SELECT 1 FROM queues WHERE id = $1", m_impl->queue_id);
+    return {};
+  });
+}
+
+Expected<void> PgQueue::check_write_lock()
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    txn.tx.exec0("SET LOCAL statement_timeout = 2000");
+    auto rows = txn.tx.exec_params(
+      "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'),"
+      " a.state, extract(epoch FROM now() - a.xact_start)::bigint FROM pg_locks l"
+      " JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation"
+      " JOIN pg_namespace n ON n.oid = c.relnamespace"
+      " WHERE n.nspname = $1 AND c.relname IN ('messages', 'message_groups')"
+      " AND l.mode = 'RowExclusiveLock' AND a.pid <> pg_backend_pid()"
+      " AND a.xact_start < now() - interval '10 seconds' ORDER BY a.xact_start LIMIT 1",
+      m_impl->schema);
+    if (rows.empty()) return {};
+    const auto& row = rows[0];
+    return make_error(Errc::unavailable,
+                      fmt::format("PostgreSQL backend {} ({}, from {}, {}) has held rows of the "
+                                  "queue for {} s; writers of those rows wait for it",
+                                  row[0].as<int64_t>(), row[1].as<std::string>(),
+                                  row[2].as<std::string>(), row[3].as<std::string>(),
+                                  row[4].as<int64_t>()));
+  });
+}
+
+Expected<void> PgQueue::check_writable()
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    txn.tx.exec0("SET LOCAL statement_timeout = 2000");
+    if (txn.tx.exec1("SELECT pg_is_in_recovery()")[0].as<bool>()) {
+      return make_error(Errc::unavailable,
+                        fmt::format("PostgreSQL at {} is a read-only standby; point queue.url "
+                                    "at the primary",
+                                    redact_pg_url(m_impl->url)),
+                        "queue.url");
+    }
+    txn.tx.exec_params("UPDATE queues SET created_at = created_at WHERE id = $1",
+                       m_impl->queue_id);
+    return {};
+  });
+}
+
+void PgQueue::interrupt()
+{
+  {
+    std::lock_guard lock(m_impl->wake_mu);
+    m_impl->interrupted = true;
+  }
+  m_impl->wake_cv.notify_all();
+}
+
+void PgQueue::resume()
+{
+  std::lock_guard lock(m_impl->wake_mu);
+  m_impl->interrupted = false;
+}
+
+} // namespace acmo
