@@ -1,6 +1,8 @@
 #include "cli/app.hpp"
 
+#include "core/queue/postgres/pg_queue.hpp"
 #include "core/queue/sqlite/sqlite_queue.hpp"
+#include "core/store/pg_conninfo.hpp"
 
 #include <array>
 #include <csignal>
@@ -159,6 +161,17 @@ std::vector<std::string> join_flag_values(int argc, char** argv)
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
 {
   start_stop_guard();
+  const Settings& settings = config(global).settings();
+  if (settings.queue_backend.backend == "postgres") {
+    if (global.verbose > 0) {
+      fmt::print(stderr, "acmo: queue in PostgreSQL at {}, schema {}\n",
+                 redact_pg_url(queue_url(settings)), settings.queue_backend.schema);
+    }
+    auto queue = PgQueue::open(queue_url(settings), settings.queue_backend.schema,
+                               queue_options_from(config(global)));
+    if (!queue) throw Fatal(queue.error());
+    return std::move(*queue);
+  }
   const std::string dir = data_dir(global);
   const std::string path = database_path(dir);
   std::error_code ec;
@@ -174,6 +187,8 @@ std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
 
 std::unique_ptr<Queue> open_existing_queue(const GlobalOptions& global)
 {
+  // A PostgreSQL queue is one every host shares: opening it creates its schema if need be.
+  if (config(global).settings().queue_backend.backend == "postgres") return open_queue(global);
   const std::string dir = data_dir(global);
   std::error_code ec;
   if (!std::filesystem::exists(database_path(dir), ec)) {

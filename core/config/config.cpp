@@ -13,6 +13,7 @@
 #include <toml++/toml.h>
 
 #include "core/cache/redis_cache.hpp"
+#include "core/queue/postgres/pg_queue.hpp"
 #include "core/util/suggest.hpp"
 
 namespace acmo {
@@ -71,6 +72,16 @@ const std::vector<ConfigKey> k_keys = {
   {"data_dir", KeyType::string, R"("")",
    "directory for the queue database (default $XDG_STATE_HOME/acmo, else ~/.local/state/acmo)",
    field<&Settings::data_dir>()},
+  {"queue.backend", KeyType::choice, R"("sqlite")",
+   "sqlite: the queue in the data dir's database, for one host; postgres: in PostgreSQL at "
+   "queue.url, shared by every host",
+   field<&Settings::queue_backend, &QueueBackendSettings::backend>(), {}, "sqlite|postgres"},
+  {"queue.url", KeyType::string, R"("")",
+   "the PostgreSQL connection URL of the queue; empty: store.url",
+   field<&Settings::queue_backend, &QueueBackendSettings::url>(), {}, "", Secret::url},
+  {"queue.schema", KeyType::string, R"("acmo")",
+   "the PostgreSQL schema that holds the queue's tables (created and migrated by acmo)",
+   field<&Settings::queue_backend, &QueueBackendSettings::schema>()},
   {"queue.name", KeyType::string, R"("orders")",
    "the queue's name",
    field<&Settings::queue, &QueueOptions::name>()},
@@ -693,6 +704,18 @@ QueueOptions queue_options_from(const Config& config)
   return o;
 }
 
+std::string queue_url(const Settings& settings)
+{
+  if (!settings.queue_backend.url.empty()) return settings.queue_backend.url;
+  return settings.store.postgres.url;
+}
+
+bool queue_shares_store_database(const Settings& settings)
+{
+  return settings.queue_backend.backend == "postgres" && settings.store.backend == "postgres" &&
+         queue_url(settings) == settings.store.postgres.url;
+}
+
 Expected<ListenAddress> parse_listen(std::string_view text)
 {
   const size_t colon = text.rfind(':');
@@ -739,6 +762,22 @@ Expected<void> check_config(const Config& config)
                       "store.backend is \"postgres\" but store.url is empty; set it to the "
                       "server's URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"",
                       "store.backend");
+  }
+  if (s.queue_backend.backend == "postgres") {
+    if (s.store.backend != "postgres") {
+      return make_error(Errc::invalid_input,
+                        "queue.backend is \"postgres\" but store.backend is \"sqlite\": the "
+                        "embedded store lives in the queue's SQLite database; set store.backend "
+                        "= \"postgres\" and store.url too",
+                        "queue.backend");
+    }
+    if (!valid_queue_schema(s.queue_backend.schema)) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("queue.schema \"{}\" is not a schema name acmo takes: 1 to 63 "
+                                    "lower-case letters, digits and _, not starting with a digit",
+                                    s.queue_backend.schema),
+                        "queue.schema");
+    }
   }
   if (s.cache.backend == "redis") {
     if (auto address = parse_redis_url(s.cache.redis.url); !address) {

@@ -122,6 +122,14 @@ Expected<Config> load_config(const ConfigSources& sources);
 // name and "-dlq".
 QueueOptions queue_options_from(const Config& config);
 
+// The URL of a PostgreSQL queue: queue.url, or store.url when queue.url is empty.
+std::string queue_url(const Settings& settings);
+
+// Whether the queue and the orders are in one PostgreSQL database (both back-ends "postgres",
+// the same URL), so that the handler applies a batch and deletes its messages in one
+// transaction.
+bool queue_shares_store_database(const Settings& settings);
+
 // Check the keys outside [queue], which check_queue_options checks: each key's range, and what
 // goes together (store.backend = "postgres" needs store.url); the error names the key in
 // `field`.

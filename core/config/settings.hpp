@@ -41,6 +41,13 @@ struct ServerOptions {
   int64_t rate_burst = 0;              // bucket size; 0: rate_limit
 };
 
+// Where the queue lives (queue.backend, queue.url, queue.schema; docs/queue.md §11).
+struct QueueBackendSettings {
+  std::string backend; // "sqlite" (the data dir's file) or "postgres"
+  std::string url;     // queue.url; empty: store.url (see queue_url)
+  std::string schema;  // queue.schema: the PostgreSQL schema of the queue's tables
+};
+
 struct StoreSettings {
   std::string backend; // "sqlite" or "postgres"
   PgOptions postgres;  // store.url, store.pool_size, store.connect_timeout
@@ -65,6 +72,7 @@ struct Settings {
   std::string data_dir; // empty: the default (core/util/paths.hpp)
   QueueOptions queue;   // the [queue] keys but group_by; see queue_options_from for dlq_name
   std::string group_by; // queue.group_by: "single" or "order"
+  QueueBackendSettings queue_backend;
   HandlerOptions handler;
   StoreSettings store;
   CacheSettings cache;

@@ -213,6 +213,7 @@ TEST_CASE("Queue contract: settle commits the work and the deletions together", 
   }));
   CHECK(rows_seen == 3);
   auto s = f.stats();
+  CHECK(s.backend == f.queue->backend());
   CHECK(s.visible + s.in_flight + s.delayed == 0);
   CHECK(s.deleted == 3);
   // The work's rows are there for the next transaction to see.

@@ -174,17 +174,6 @@ Message read_message(const pqxx::row& row, pqxx::row::size_type first = 0)
   return m;
 }
 
-// Whether `name` is a schema name acmo takes: a plain lower-case SQL identifier.
-bool valid_schema_name(const std::string& name)
-{
-  if (name.empty() || name.size() > 63) return false;
-  if (!(std::islower(static_cast<unsigned char>(name[0])) || name[0] == '_')) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c))
-           || c == '_';
-  });
-}
-
 } // namespace
 
 // One transaction of the queue: the changes it made to groups and counters, applied by
@@ -1372,6 +1361,16 @@ Expected<pqxx::transaction_base*> pg_transaction(QueueTransaction& txn)
                                 txn.backend()));
 }
 
+bool valid_queue_schema(std::string_view name)
+{
+  if (name.empty() || name.size() > 63) return false;
+  if (!(std::islower(static_cast<unsigned char>(name[0])) || name[0] == '_')) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c))
+           || c == '_';
+  });
+}
+
 Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const std::string& schema,
                                                  QueueOptions options, const Clock& clock)
 {
@@ -1382,7 +1381,7 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
                       "postgresql://acmo@127.0.0.1:5432/acmo",
                       "queue.url");
   }
-  if (!valid_schema_name(schema)) {
+  if (!valid_queue_schema(schema)) {
     return make_error(Errc::invalid_input,
                       fmt::format("queue.schema \"{}\" is not a schema name acmo takes: 1 to 63 "
                                   "lower-case letters, digits and _, not starting with a digit",
@@ -1991,6 +1990,7 @@ Expected<QueueStats> PgQueue::stats()
 {
   QueueStats s;
   s.name = m_options.name;
+  s.backend = std::string(backend());
   s.dlq_name = m_options.dlq_name;
   const int64_t now = m_impl->clock.now_ms();
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {

@@ -44,6 +44,10 @@ private:
 // the queue is not on PostgreSQL.
 Expected<pqxx::transaction_base*> pg_transaction(QueueTransaction& txn);
 
+// Whether `name` is a schema name acmo takes for queue.schema: a plain lower-case SQL
+// identifier (1 to 63 letters, digits and _, not starting with a digit).
+bool valid_queue_schema(std::string_view name);
+
 class PgQueue final : public Queue
 {
 public:
