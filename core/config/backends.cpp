@@ -53,6 +53,11 @@ std::unique_ptr<Cache> open_cache(const Config& config)
                                        s.cache.max_bytes);
 }
 
-HandlerOptions handler_options_from(const Config& config) { return config.settings().handler; }
+HandlerOptions handler_options_from(const Config& config)
+{
+  HandlerOptions o = config.settings().handler;
+  o.writer_in_queue = queue_shares_store_database(config.settings());
+  return o;
+}
 
 } // namespace acmo

@@ -29,7 +29,8 @@ Expected<std::unique_ptr<OrderWriter>> open_order_writer(const Config& config);
 // to the store until it is back. "none" gives a cache that holds nothing.
 std::unique_ptr<Cache> open_cache(const Config& config);
 
-// handler.concurrency, handler.batch_size and handler.wait (writer and cache are left null).
+// handler.concurrency, handler.batch_size and handler.wait, and whether the writer shares the
+// queue's transaction (queue_shares_store_database); writer and cache are left null.
 HandlerOptions handler_options_from(const Config& config);
 
 } // namespace acmo

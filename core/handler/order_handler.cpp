@@ -65,7 +65,7 @@ void OrderHandler::record_error(const std::string& message)
   m_stats.last_error = message;
 }
 
-void OrderHandler::note_trouble(const std::string& message)
+void OrderHandler::note_trouble(const std::string& message, bool counted)
 {
   using namespace std::chrono;
   std::lock_guard lock(m_trouble_mu);
@@ -89,6 +89,18 @@ void OrderHandler::note_trouble(const std::string& message)
   }
   const int64_t dead = dead_now - m_trouble_dead;
   const int64_t secs = duration_cast<seconds>(now - m_trouble_since).count();
+  if (!counted) {
+    // The queue's own database does not answer: nothing was taken, nothing is counted.
+    log::warn({"handler_trouble",
+               {{"reason", message}, {"failures", m_trouble_count}, {"seconds", secs}}},
+              "handler: {}; the events stay in the queue, nothing counts against their "
+              "retries, and the handler tries again every 100 ms: {} failure{} in {} s",
+              message, m_trouble_count, m_trouble_count == 1 ? "" : "s", secs);
+    m_trouble = message;
+    m_trouble_logged = now;
+    m_in_trouble = true;
+    return;
+  }
   log::warn({"handler_trouble",
              {{"reason", message},
               {"failures", m_trouble_count},
@@ -235,6 +247,43 @@ Expected<std::vector<Disposition>> apply_embedded(QueueTransaction& txn,
   return out;
 }
 
+// Apply the events with `writer` inside the queue's transaction `txn` (a store in the queue's
+// own PostgreSQL database); as apply_embedded, one that can never apply goes to the DLQ.
+Expected<std::vector<Disposition>> apply_in_writer(OrderWriter& writer, QueueTransaction& txn,
+                                                   std::vector<Expected<AppliedEvent>>& events,
+                                                   int64_t now_ms, BatchTally& tally)
+{
+  tally = BatchTally{};
+  std::vector<Disposition> out(events.size());
+  std::vector<AppliedEvent> valid;
+  std::vector<size_t> index; // valid[k] is events[index[k]]
+  valid.reserve(events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (events[i]) {
+      valid.push_back(*events[i]);
+      index.push_back(i);
+    } else {
+      out[i] = Disposition{true, events[i].error().message, {}};
+      tally.last_reason = events[i].error().message;
+      ++tally.dead;
+    }
+  }
+  auto outcomes = writer.apply_in(txn, valid, now_ms);
+  if (!outcomes) return Unexpected(outcomes.error());
+  for (size_t k = 0; k < valid.size(); ++k) {
+    const ApplyOutcome& o = (*outcomes)[k];
+    if (o.kind == ApplyOutcome::Kind::rejected) {
+      out[index[k]] = Disposition{true, o.reason, valid[k].event.order_id};
+      tally.last_reason = o.reason;
+      ++tally.dead;
+    } else {
+      ++tally.applied;
+      tally.changed.push_back(valid[k].event.order_id);
+    }
+  }
+  return out;
+}
+
 std::vector<Expected<AppliedEvent>> parse_events(const std::vector<Message>& messages)
 {
   std::vector<Expected<AppliedEvent>> events;
@@ -295,12 +344,19 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     note_trouble(m_signal_error->message);
     return Unexpected(*m_signal_error);
   }
-  if (m_options.writer == nullptr) {
-    // The embedded store: take the messages, apply their events and delete them in one
-    // transaction. Should that fail (the disk full, a SQLite error), the batch goes the way
-    // below, which puts the messages in flight and releases them with backoff.
+  if (m_options.writer == nullptr || m_options.writer_in_queue) {
+    // The store in the queue's database: take the messages, apply their events and delete
+    // them in one transaction. Should that fail (the disk full, a SQLite error), the batch
+    // goes the way below, which puts the messages in flight and releases them with backoff.
     auto consumed = consume_batch(wait_ms);
     if (consumed) return consumed;
+    if (m_options.writer_in_queue && consumed.error().code == Errc::unavailable) {
+      // The queue's PostgreSQL does not answer: a receive would fail the same way, and the
+      // messages were never taken.
+      record_error(consumed.error().message);
+      note_trouble(consumed.error().message, false);
+      return Unexpected(consumed.error());
+    }
     consume_error = consumed.error().message;
     wait_ms = 0;
   }
@@ -368,6 +424,9 @@ Expected<int64_t> OrderHandler::consume_batch(int64_t wait_ms)
     [&](QueueTransaction& txn, const std::vector<Message>& messages) {
       started = std::chrono::steady_clock::now(); // the batch's latency, not the wait before it
       std::vector<Expected<AppliedEvent>> events = parse_events(messages);
+      if (m_options.writer_in_queue) {
+        return apply_in_writer(*m_options.writer, txn, events, m_clock.now_ms(), tally);
+      }
       ticket = m_signal->begin();
       return apply_embedded(txn, events, m_clock.now_ms(), tally);
     });

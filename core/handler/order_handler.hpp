@@ -30,6 +30,9 @@ struct HandlerOptions {
   // The store to write to when it is not the queue's database (PostgreSQL); null: the
   // embedded SQLite store, applied in the same transaction as the message's deletion.
   OrderWriter* writer = nullptr;
+  // The writer's store is the queue's own PostgreSQL database: a batch is taken, applied
+  // (OrderWriter::apply_in) and its messages deleted in one transaction of the queue.
+  bool writer_in_queue = false;
   // Invalidated after each commit: the changed orders' entries and every cached list. May be
   // null.
   Cache* cache = nullptr;
@@ -94,7 +97,7 @@ private:
   // A failure that holds events back (the queue's disk full, the store down) goes to the log at
   // once, then again every 30 s or when its reason changes while it lasts; the first event
   // applied after it logs that it is over. Nothing else in the handler logs per event.
-  void note_trouble(const std::string& message);
+  void note_trouble(const std::string& message, bool counted = true);
   void note_progress();
   Expected<HandlerStats> run_once_unregistered();
   Expected<HandlerStats> run_unregistered();

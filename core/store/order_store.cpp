@@ -360,4 +360,11 @@ Expected<OrderChanges> SqliteOrderStore::changes_since(int64_t mark, int64_t max
   }
 }
 
+Expected<std::vector<ApplyOutcome>> OrderWriter::apply_in(QueueTransaction&,
+                                                        const std::vector<AppliedEvent>&, int64_t)
+{
+  return make_error(Errc::internal,
+                    "this order store cannot apply inside the queue's transaction");
+}
+
 } // namespace acmo

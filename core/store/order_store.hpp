@@ -119,6 +119,12 @@ public:
   // the store itself (down, timeout) is Errc::unavailable and changes nothing.
   virtual Expected<std::vector<ApplyOutcome>> apply_batch(const std::vector<AppliedEvent>& events,
                                                           int64_t now_ms) = 0;
+  // The same inside the queue's transaction `txn`, for a store in the queue's own database:
+  // the changes commit with the deletion of the messages. Errc::internal from a store that
+  // cannot (the default).
+  virtual Expected<std::vector<ApplyOutcome>> apply_in(QueueTransaction& txn,
+                                                       const std::vector<AppliedEvent>& events,
+                                                       int64_t now_ms);
 };
 
 // An order's items as every store keeps them: a JSON array of {product_id, name, quantity,

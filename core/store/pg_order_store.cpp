@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>
@@ -12,6 +13,7 @@
 #include <pqxx/pqxx>
 
 #include "core/orders/order.hpp"
+#include "core/queue/postgres/pg_queue.hpp"
 #include "core/store/pg_conninfo.hpp"
 #include "core/util/pool.hpp"
 
@@ -111,6 +113,33 @@ const std::string k_order_columns =
   "id, customer_name, customer_email, items::text, total_cents, status, version, created_at, "
   "updated_at";
 
+// Every change of a batch in one statement. The sets of ids deleted, written whole and
+// updated are disjoint; the events keep the order of the batch. A statement follows it.
+const std::string k_write_changes = R"SQL(
+WITH deleted AS (DELETE FROM orders WHERE id = ANY($1::text[])),
+written AS (
+  INSERT INTO orders (id, customer_name, customer_email, items, total_cents, status, version,
+                      created_at, updated_at)
+  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+                       $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])
+  ON CONFLICT (id) DO UPDATE SET customer_name = excluded.customer_name,
+    customer_email = excluded.customer_email, items = excluded.items,
+    total_cents = excluded.total_cents, status = excluded.status, version = excluded.version,
+    created_at = excluded.created_at, updated_at = excluded.updated_at),
+updated AS (
+  UPDATE orders o SET status = u.status, version = u.version, updated_at = u.updated_at
+  FROM unnest($11::text[], $12::text[], $13::bigint[], $14::bigint[])
+    AS u(id, status, version, updated_at)
+  WHERE o.id = u.id),
+audit AS (
+  INSERT INTO order_events (order_id, message_id, seq, type, data, applied_at, accepted_at)
+  SELECT e.order_id, e.message_id, e.seq, e.type, e.data, $20::bigint, e.accepted_at
+  FROM unnest($15::text[], $16::text[], $17::bigint[], $18::text[], $19::jsonb[],
+              $21::bigint[])
+    WITH ORDINALITY AS e(order_id, message_id, seq, type, data, accepted_at, n)
+  ORDER BY e.n)
+)SQL";
+
 // Prepared on each connection the first time they are used.
 const std::vector<std::pair<std::string, std::string>> k_statements = {
   {"acmo_get", "SELECT " + k_order_columns + " FROM orders WHERE id = $1"},
@@ -139,36 +168,15 @@ const std::vector<std::pair<std::string, std::string>> k_statements = {
    "SELECT id, order_id, message_id, seq, type, data::text, applied_at, accepted_at,"
    " xid::text::bigint FROM order_events WHERE xid >= $1::text::xid8"
    " AND (xid, id) > ($2::text::xid8, $3) ORDER BY xid, id LIMIT $4"},
-  // Every change of a batch in one statement. The sets of ids deleted, written whole and
-  // updated are disjoint; the events keep the order of the batch.
-  {"acmo_write",
-   R"SQL(
-WITH deleted AS (DELETE FROM orders WHERE id = ANY($1::text[])),
-written AS (
-  INSERT INTO orders (id, customer_name, customer_email, items, total_cents, status, version,
-                      created_at, updated_at)
-  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
-                       $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])
-  ON CONFLICT (id) DO UPDATE SET customer_name = excluded.customer_name,
-    customer_email = excluded.customer_email, items = excluded.items,
-    total_cents = excluded.total_cents, status = excluded.status, version = excluded.version,
-    created_at = excluded.created_at, updated_at = excluded.updated_at),
-updated AS (
-  UPDATE orders o SET status = u.status, version = u.version, updated_at = u.updated_at
-  FROM unnest($11::text[], $12::text[], $13::bigint[], $14::bigint[])
-    AS u(id, status, version, updated_at)
-  WHERE o.id = u.id),
-audit AS (
-  INSERT INTO order_events (order_id, message_id, seq, type, data, applied_at, accepted_at)
-  SELECT e.order_id, e.message_id, e.seq, e.type, e.data, $20::bigint, e.accepted_at
-  FROM unnest($15::text[], $16::text[], $17::bigint[], $18::text[], $19::jsonb[],
-              $21::bigint[])
-    WITH ORDINALITY AS e(order_id, message_id, seq, type, data, accepted_at, n)
-  ORDER BY e.n)
+  {"acmo_write", k_write_changes + R"SQL(
 INSERT INTO applied_messages (message_id, applied_at)
 SELECT m, $20::bigint FROM unnest($16::text[]) AS m
 )SQL"},
 };
+
+// A batch applied in the queue's own transaction (apply_in) records no message ids: its
+// messages are deleted in that transaction, so none can come again.
+const std::string k_write_in_queue = k_write_changes + "SELECT 1";
 
 // A PostgreSQL array literal of text elements, passed as one parameter: batches of any size
 // use the same prepared statements.
@@ -273,6 +281,7 @@ struct PgOrderStore::Impl {
       // Notices and warnings would reach stderr as libpq's own lines, outside the log and its
       // format; what acmo must know arrives as an error.
       pqxx::nontransaction(*conn).exec0("SET client_min_messages = error");
+      pin_schema(*conn);
       for (const auto& [name, sql] : k_statements) conn->prepare(name, sql);
       return conn;
     } catch (const pqxx::broken_connection& e) {
@@ -281,6 +290,25 @@ struct PgOrderStore::Impl {
       // A refused login, a server that does not exist: libpq says which.
       return Unexpected(unavailable(e.what()));
     }
+  }
+
+  // Keep the store in one schema for good: the one that holds its tables, found along the
+  // search_path, or else the first schema of it that exists, where migrate creates them. The
+  // search_path of a URL without one is "$user", public: a schema named after the user that
+  // comes to exist later (the queue's own, queue.schema = "acmo" for the user acmo) must not
+  // hide the orders in public from then on. Every connection is set to that schema alone.
+  void pin_schema(pqxx::connection& conn)
+  {
+    std::lock_guard lock(m_schema_mu);
+    if (m_search_path.empty()) {
+      const auto row = pqxx::nontransaction(conn).exec1(
+        "SELECT coalesce((SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON "
+        "n.oid = c.relnamespace WHERE c.oid = to_regclass('acmo_schema_version')), "
+        "quote_ident(current_schema()))");
+      if (row[0].is_null()) return; // no schema of the search_path exists: migrate says so
+      m_search_path = row[0].as<std::string>();
+    }
+    pqxx::nontransaction(conn).exec0("SET search_path = " + m_search_path);
   }
 
   // Run `body` on a pooled connection. A broken connection (server restarted, backend
@@ -348,7 +376,7 @@ struct PgOrderStore::Impl {
 
   Expected<void> migrate()
   {
-    auto done = run([](pqxx::connection& conn) -> Expected<void> {
+    auto done = run([this](pqxx::connection& conn) -> Expected<void> {
       pqxx::work tx(conn);
       tx.exec0("SET LOCAL client_min_messages = warning");
       // One migrator at a time per schema: CREATE TABLE IF NOT EXISTS alone is not safe when
@@ -406,6 +434,18 @@ struct PgOrderStore::Impl {
                                        const std::vector<AppliedEvent>& events, int64_t now_ms)
   {
     pqxx::transaction<pqxx::isolation_level::repeatable_read> tx(conn);
+    auto out = decide_and_write(tx, events, now_ms, false);
+    tx.commit();
+    return out;
+  }
+
+  // Lock the batch's orders, decide every event by the shared rules and write every change, in
+  // `tx`, which the caller commits. `in_queue`: the queue's transaction on the queue's
+  // connection, where this store's statements are not prepared and no message id is recorded.
+  std::vector<ApplyOutcome> decide_and_write(pqxx::transaction_base& tx,
+                                             const std::vector<AppliedEvent>& events,
+                                             int64_t now_ms, bool in_queue)
+  {
     std::map<std::string, Touched> orders;
     PgArray order_ids;
     PgArray message_ids;
@@ -414,8 +454,11 @@ struct PgOrderStore::Impl {
       message_ids.add(e.message_id);
     }
     std::unordered_set<std::string> applied;
-    for (const auto& row :
-         tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text())) {
+    const pqxx::result begun =
+      in_queue ? tx.exec_params("SELECT * FROM acmo_begin_batch($1::text[], $2::text[])",
+                                order_ids.text(), message_ids.text())
+               : tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text());
+    for (const auto& row : begun) {
       if (row[0].as<bool>()) {
         applied.insert(row[1].as<std::string>());
         continue;
@@ -466,10 +509,7 @@ struct PgOrderStore::Impl {
       audit_data.add(data);
       audit_accepted.add(a.accepted_at_ms);
     }
-    if (!any) {
-      tx.commit(); // nothing to write; this only drops the locks
-      return out;
-    }
+    if (!any) return out; // nothing to write
 
     PgArray deleted;
     PgArray w_id, w_name, w_email, w_items, w_total, w_status, w_version, w_created, w_updated;
@@ -497,18 +537,53 @@ struct PgOrderStore::Impl {
         u_updated.add(o.updated_at_ms);
       }
     }
-    tx.exec_prepared("acmo_write", deleted.text(), w_id.text(), w_name.text(), w_email.text(),
-                     w_items.text(), w_total.text(), w_status.text(), w_version.text(),
-                     w_created.text(), w_updated.text(), u_id.text(), u_status.text(),
-                     u_version.text(), u_updated.text(), audit_order.text(),
-                     audit_message.text(), audit_seq.text(), audit_type.text(),
-                     audit_data.text(), now_ms, audit_accepted.text());
-    tx.commit();
+    auto write = [&](auto&& exec) {
+      exec(deleted.text(), w_id.text(), w_name.text(), w_email.text(), w_items.text(),
+           w_total.text(), w_status.text(), w_version.text(), w_created.text(), w_updated.text(),
+           u_id.text(), u_status.text(), u_version.text(), u_updated.text(), audit_order.text(),
+           audit_message.text(), audit_seq.text(), audit_type.text(), audit_data.text(), now_ms,
+           audit_accepted.text());
+    };
+    if (in_queue) {
+      write([&](auto&&... args) { tx.exec_params(k_write_in_queue, args...); });
+    } else {
+      write([&](auto&&... args) { tx.exec_prepared("acmo_write", args...); });
+    }
+    return out;
+  }
+
+  // apply_in: the batch in the queue's transaction `tx`, with this store's schema first in its
+  // search_path for the batch's statements and the queue's put back after them. The queue's
+  // transaction is READ COMMITTED; its receive holds the batch's message groups, so no other
+  // handler applies these messages meanwhile. Orders of one batch may be in other groups, and
+  // an order a CREATE makes is not there to lock: a transaction-scoped advisory lock on each
+  // order id, taken in id order, keeps two batches from deciding on the same order at once,
+  // and each statement after the locks sees what the other committed.
+  std::vector<ApplyOutcome> apply_in_queue(pqxx::transaction_base& tx,
+                                           const std::vector<AppliedEvent>& events,
+                                           int64_t now_ms)
+  {
+    PgArray ids;
+    std::vector<std::string_view> sorted;
+    for (const auto& e : events) sorted.push_back(e.event.order_id);
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    for (auto id : sorted) ids.add(id);
+    const std::string queue_path =
+      tx.exec_params1("SELECT current_setting('search_path'), set_config('search_path', $1, true),"
+                      " (SELECT count(pg_advisory_xact_lock(hashtextextended('acmo order ' || i,"
+                      " 0))) FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n))",
+                      m_search_path, ids.text())[0]
+        .as<std::string>();
+    auto out = decide_and_write(tx, events, now_ms, true);
+    tx.exec_params("SELECT set_config('search_path', $1, true)", queue_path);
     return out;
   }
 
   const PgOptions m_options;
   const std::string m_conninfo;
+  std::mutex m_schema_mu;
+  std::string m_search_path; // the schema of the store's tables, quoted (pin_schema)
   Pool<std::unique_ptr<pqxx::connection>> pool;
 };
 
@@ -662,6 +737,17 @@ Expected<std::vector<ApplyOutcome>> PgOrderStore::apply_batch(
   if (events.empty()) return std::vector<ApplyOutcome>{};
   return m_impl->run(
     [&](pqxx::connection& conn) { return m_impl->apply_once(conn, events, now_ms); });
+}
+
+Expected<std::vector<ApplyOutcome>> PgOrderStore::apply_in(QueueTransaction& txn,
+                                                          const std::vector<AppliedEvent>& events,
+                                                          int64_t now_ms)
+{
+  if (events.empty()) return std::vector<ApplyOutcome>{};
+  auto tx = pg_transaction(txn);
+  if (!tx) return Unexpected(tx.error());
+  // A database error escapes to the queue, which rolls its transaction back and says why.
+  return m_impl->apply_in_queue(**tx, events, now_ms);
 }
 
 } // namespace acmo

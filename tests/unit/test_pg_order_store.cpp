@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 
 #include "core/handler/order_handler.hpp"
+#include "core/queue/postgres/pg_queue.hpp"
 #include "core/store/order_store.hpp"
 #include "core/store/pg_order_store.hpp"
 #include "unit/pg_test_util.hpp"
@@ -172,6 +173,30 @@ TEST_CASE("PgOrderStore: a batch looks its rows up by index in new tables, and o
   schema.exec("COMMIT");
   // The setting ended with the batch's transaction: the session's other queries plan as ever.
   CHECK(schema.exec("SHOW enable_seqscan")[0][0].as<std::string>() == "on");
+}
+
+TEST_CASE("PgOrderStore: a schema made later earlier in the search_path does not move the store",
+          "[pg]")
+{
+  // As "$user", public when the queue creates its schema "acmo" for the user acmo: the orders
+  // stay where they are, for processes opened before and after.
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  const std::string later = schema.name() + "_later";
+  const char sep = url.find('?') == std::string::npos ? '?' : '&';
+  const std::string path_url = fmt::format("{}{}options=-csearch_path%3D{}%2C{}&application_name={}",
+                                           url, sep, later, schema.name(), schema.name());
+  auto store = must(PgOrderStore::open(PgOptions{path_url, 2, 5'000}));
+  auto applied = must(store->apply_batch({event("m1", 1, create("ord_p"))}, 1'000));
+  CHECK(kinds(applied) == std::vector<Kind>{Kind::applied});
+  schema.exec("CREATE SCHEMA " + later);
+  auto again = must(PgOrderStore::open(PgOptions{path_url, 2, 5'000}));
+  CHECK(must(again->get("ord_p")).customer_name == "Ada");
+  must(again->apply_batch({event("m2", 2, update("ord_p", "processing"))}, 2'000));
+  CHECK(must(store->get("ord_p")).status == "processing");
+  CHECK(schema.exec("SELECT count(*) FROM pg_tables WHERE schemaname = '" + later + "'")[0][0]
+          .as<int>() == 0);
+  schema.exec("DROP SCHEMA " + later + " CASCADE");
 }
 
 TEST_CASE("PgOrderStore: a server that does not answer is unavailable", "[pg]")
@@ -365,11 +390,19 @@ TEST_CASE("PgOrderStore: the handler's results equal the embedded store's", "[pg
     int64_t sent_from = 0;
     Order a;
   };
-  auto run = [&](OrderWriter* writer, const std::function<std::unique_ptr<OrderStore>(const std::string&)>& open) {
+  // The queue: the embedded one, or (in_queue) a PostgreSQL queue in the store's schema, whose
+  // transaction the handler applies in.
+  auto run = [&](OrderWriter* writer, const std::function<std::unique_ptr<OrderStore>(const std::string&)>& open,
+                 bool in_queue = false) {
     TempDir dir;
     ManualClock clock;
     const std::string path = dir.file("acmo.db");
-    auto q = acmo::test::open_queue(path, {}, clock);
+    std::unique_ptr<Queue> q;
+    if (in_queue) {
+      q = must(PgQueue::open(schema.url(), schema.name(), QueueOptions{}, clock));
+    } else {
+      q = acmo::test::open_queue(path, {}, clock);
+    }
     Result r;
     r.sent_from = clock.now_ms();
     for (const auto& e : events) {
@@ -381,6 +414,7 @@ TEST_CASE("PgOrderStore: the handler's results equal the embedded store's", "[pg
     clock.advance_ms(10'000); // applied later
     HandlerOptions options{1, 3, 50};
     options.writer = writer;
+    options.writer_in_queue = in_queue;
     OrderHandler handler(*q, path, options, clock);
     r.stats = must(handler.run_once());
     for (const auto& m : must(q->dlq_list())) r.dead_reasons.push_back(m.dead_reason);
@@ -413,6 +447,20 @@ TEST_CASE("PgOrderStore: the handler's results equal the embedded store's", "[pg
   Result postgres = run(pg.get(), [&](const std::string&) {
     return std::unique_ptr<OrderStore>(open_store(schema));
   });
+  const int64_t recorded = schema.exec("SELECT count(*) FROM applied_messages")[0][0].as<int64_t>();
+  CHECK(recorded == 7);
+  schema.exec("TRUNCATE orders, order_events, applied_messages");
+  Result in_queue = run(pg.get(), [&](const std::string&) {
+    return std::unique_ptr<OrderStore>(open_store(schema));
+  }, true);
+  CHECK(in_queue.stats.processed == sqlite.stats.processed);
+  CHECK(in_queue.stats.dead_lettered == sqlite.stats.dead_lettered);
+  CHECK(in_queue.stats.retried == 0);
+  CHECK(in_queue.dead_reasons == sqlite.dead_reasons);
+  CHECK(in_queue.orders == sqlite.orders);
+  CHECK(in_queue.trails == sqlite.trails);
+  // In the queue's transaction the deletions commit with the changes: no id is recorded.
+  CHECK(schema.exec("SELECT count(*) FROM applied_messages")[0][0].as<int64_t>() == 0);
   CHECK(sqlite.stats.processed == 7);
   CHECK(sqlite.stats.dead_lettered == 5);
   CHECK(postgres.stats.processed == sqlite.stats.processed);
@@ -529,6 +577,115 @@ TEST_CASE("PgOrderStore: a batch waits for another that creates one of its order
   // The order exists once A committed: the second CREATE is refused by the rules, not retried.
   CHECK((*b)[0].kind == Kind::rejected);
   CHECK(must(store->get("ord_x")).customer_name == "Ada");
+}
+
+TEST_CASE("PgOrderStore: applied in the queue's transaction, a batch commits or rolls back "
+          "with the deletion of its messages",
+          "[pg][handler]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), QueueOptions{}));
+  must(q->send(SendRequest{create("ord_r"), "ord_r", ""}));
+  must(q->send(SendRequest{update("ord_r", "processing"), "ord_r", ""}));
+  auto apply = [&](QueueTransaction& txn, const std::vector<Message>& got) {
+    std::vector<AppliedEvent> events;
+    for (const auto& m : got) events.push_back(event(m.message_id, m.seq, m.body));
+    auto outcomes = store->apply_in(txn, events, 5'000);
+    REQUIRE(outcomes);
+    CHECK(kinds(*outcomes) == std::vector<Kind>{Kind::applied, Kind::applied});
+  };
+  // The work applies, then fails: nothing of it stays, and the messages wait where they were.
+  auto failed = q->consume(10, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                                    -> Expected<std::vector<Disposition>> {
+    apply(txn, got);
+    return make_error(Errc::unavailable, "the work failed after applying");
+  });
+  CHECK_FALSE(failed);
+  auto gone = store->get("ord_r");
+  REQUIRE_FALSE(gone);
+  CHECK(gone.error().code == Errc::not_found);
+  CHECK(schema.exec("SELECT count(*) FROM order_events")[0][0].as<int>() == 0);
+  CHECK(must(q->stats()).visible == 2);
+  // Again, succeeding: the order and the deletions commit together, and the queue's
+  // statements after the work still find the queue's tables.
+  auto done = must(q->consume(10, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                                       -> Expected<std::vector<Disposition>> {
+    apply(txn, got);
+    return std::vector<Disposition>(got.size());
+  }));
+  CHECK(done.size() == 2);
+  CHECK(must(store->get("ord_r")).status == "processing");
+  const auto s = must(q->stats());
+  CHECK(s.visible + s.in_flight + s.delayed == 0);
+  CHECK(s.deleted == 2);
+  // A store that is not on PostgreSQL's transaction cannot be given one.
+  TempDir dir;
+  auto embedded = acmo::test::open_queue(dir.file("acmo.db"));
+  must(embedded->send(SendRequest{create("ord_s"), "g", ""}));
+  auto wrong = embedded->consume(10, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                                          -> Expected<std::vector<Disposition>> {
+    auto outcomes = store->apply_in(txn, {event(got[0].message_id, got[0].seq, got[0].body)}, 1);
+    if (!outcomes) return Unexpected(outcomes.error());
+    return std::vector<Disposition>(got.size());
+  });
+  REQUIRE_FALSE(wrong);
+  CHECK(wrong.error().code == Errc::internal);
+}
+
+TEST_CASE("PgOrderStore: in queue transactions, a batch waits for another that creates one of "
+          "its orders",
+          "[pg][handler]")
+{
+  // Two CREATEs of one order in two groups, applied in two queue transactions at once: the
+  // second waits for the first's lock on the id, though no row existed to lock, and then finds
+  // the order there (READ COMMITTED alone would let it overwrite the first).
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), QueueOptions{}));
+  must(q->send(SendRequest{create("ord_x", "Ada"), "g1", ""}));
+  must(q->send(SendRequest{create("ord_x", "Bob"), "g2", ""}));
+  std::atomic<bool> first_applied{false};
+  std::atomic<bool> release_first{false};
+  Expected<std::vector<Message>> first = std::vector<Message>{};
+  std::thread a([&] {
+    first = q->consume(1, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                               -> Expected<std::vector<Disposition>> {
+      auto outcomes =
+        store->apply_in(txn, {event(got[0].message_id, got[0].seq, got[0].body)}, 1'000);
+      if (!outcomes) return Unexpected(outcomes.error());
+      first_applied = true;
+      while (!release_first) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return std::vector<Disposition>(got.size());
+    });
+  });
+  while (!first_applied) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::vector<ApplyOutcome> second_outcomes;
+  std::thread b([&] {
+    auto second = q->consume(1, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                                     -> Expected<std::vector<Disposition>> {
+      auto outcomes =
+        store->apply_in(txn, {event(got[0].message_id, got[0].seq, got[0].body)}, 2'000);
+      if (!outcomes) return Unexpected(outcomes.error());
+      second_outcomes = *outcomes;
+      std::vector<Disposition> out(got.size());
+      if ((*outcomes)[0].kind == Kind::rejected) out[0] = Disposition{true, (*outcomes)[0].reason, "ord_x"};
+      return out;
+    });
+    CHECK(second);
+  });
+  CHECK(waits_on_a_lock(schema));
+  release_first = true;
+  a.join();
+  b.join();
+  REQUIRE(first);
+  CHECK(first->size() == 1);
+  REQUIRE(second_outcomes.size() == 1);
+  CHECK(second_outcomes[0].kind == Kind::rejected);
+  CHECK(must(store->get("ord_x")).customer_name == "Ada");
+  CHECK(must(q->stats()).dead_lettered == 1);
 }
 
 TEST_CASE("PgOrderStore: the pool never opens more than pool_size connections, and a caller "
