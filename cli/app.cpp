@@ -158,7 +158,7 @@ std::vector<std::string> join_flag_values(int argc, char** argv)
 
 } // namespace
 
-std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
+Expected<std::unique_ptr<Queue>> try_open_queue(const GlobalOptions& global)
 {
   start_stop_guard();
   const Settings& settings = config(global).settings();
@@ -169,8 +169,8 @@ std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
     }
     auto queue = PgQueue::open(queue_url(settings), settings.queue_backend.schema,
                                queue_options_from(config(global)));
-    if (!queue) throw Fatal(queue.error());
-    return std::move(*queue);
+    if (!queue) return Unexpected(queue.error());
+    return std::unique_ptr<Queue>(std::move(*queue));
   }
   const std::string dir = data_dir(global);
   const std::string path = database_path(dir);
@@ -178,9 +178,16 @@ std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
   if (global.verbose > 0 && !std::filesystem::exists(path, ec)) {
     fmt::print(stderr, "acmo: no acmo data in {} yet: creating it\n", dir);
   }
-  if (auto ok = ensure_directory(dir); !ok) throw data_dir_fatal(ok.error());
+  if (auto ok = ensure_directory(dir); !ok) return Unexpected(ok.error());
   if (global.verbose > 0) fmt::print(stderr, "acmo: queue database: {}\n", path);
   auto queue = SqliteQueue::open(path, queue_options_from(config(global)));
+  if (!queue) return Unexpected(queue.error());
+  return std::unique_ptr<Queue>(std::move(*queue));
+}
+
+std::unique_ptr<Queue> open_queue(const GlobalOptions& global)
+{
+  auto queue = try_open_queue(global);
   if (!queue) throw data_dir_fatal(queue.error());
   return std::move(*queue);
 }

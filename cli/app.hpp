@@ -69,6 +69,9 @@ Fatal data_dir_fatal(const Error& error);
 // there (-v says so): for the commands that write, send, run-handler, serve and demo. Throws
 // Fatal with a clear message if it cannot.
 std::unique_ptr<Queue> open_queue(const GlobalOptions& global);
+// The same, with the error returned (a PostgreSQL queue that does not answer is
+// Errc::unavailable); data_dir_fatal makes it what open_queue throws.
+Expected<std::unique_ptr<Queue>> try_open_queue(const GlobalOptions& global);
 
 // Open the queue of a data dir that already holds acmo's data: for the commands that read or
 // act on what is there (stats, orders, dlq, purge). A data dir without it is exit 3, "no acmo

@@ -66,28 +66,39 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
   }
   const sigset_t signals = block_signals();
   start_long_running(opts.daemon, global, "run-handler");
-  auto queue = open_queue(global); // creates and migrates the schema, order tables included
-  auto writer = open_order_writer(config(global));
+  // The queue and the store may be in PostgreSQL, which may not answer yet (all started at
+  // boot): wait for it, as a running handler does through an outage, instead of exiting.
+  std::unique_ptr<Queue> queue;
+  Expected<std::unique_ptr<OrderWriter>> writer = Unexpected(Error{});
+  auto open_both = [&]() -> Expected<void> {
+    if (!queue) {
+      auto q = try_open_queue(global); // creates and migrates the schema, order tables included
+      if (!q) return Unexpected(q.error());
+      queue = std::move(*q);
+    }
+    writer = open_order_writer(config(global));
+    if (!writer) return Unexpected(writer.error());
+    return {};
+  };
+  auto opened = open_both();
   std::string note;
-  if (!writer && writer.error().code == Errc::unavailable && !opts.once) {
-    // The store (PostgreSQL) does not answer yet, e.g. both were started at boot: wait for it,
-    // as a running handler does through an outage, instead of exiting.
-    note = fmt::format("{}; retrying until it answers", writer.error().message);
+  if (!opened && opened.error().code == Errc::unavailable && !opts.once) {
+    note = fmt::format("{}; retrying until it answers", opened.error().message);
     log::warn({"store_waiting"}, "{}", note);
     announce_ready(note);
     int64_t delay_ms = 500;
-    while (!writer && writer.error().code == Errc::unavailable) {
+    while (!opened && opened.error().code == Errc::unavailable) {
       if (stop_signal_within(signals, delay_ms)) {
         log::info({"stopped"}, "stopped before the store answered");
         daemon::remove_pid_file();
         return exit_code::k_ok;
       }
-      writer = open_order_writer(config(global));
+      opened = open_both();
       delay_ms = std::min<int64_t>(delay_ms * 2, 10'000);
     }
-    if (writer) log::info({"store_ready"}, "the store answers now");
+    if (opened) log::info({"store_ready"}, "the store answers now");
   }
-  if (!writer) throw Fatal(writer.error());
+  if (!opened) throw data_dir_fatal(opened.error());
   auto cache = open_cache(config(global));
   options.concurrency = opts.concurrency;
   options.batch_size = opts.batch_size;

@@ -188,5 +188,55 @@ wait "$handler_pid"; rc=$?
 handler_pid=''
 check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
 
+# --- the queue in PostgreSQL too: sends refused while it is down, nothing counted -----------
+
+export ACMO_QUEUE_BACKEND=postgres ACMO_QUEUE_RETRY_DELAYS="100ms" ACMO_QUEUE_MAX_RETRIES=1
+"$acmo" run-handler --batch-size 10 >"$work/handler3.out" 2>"$work/handler3.err" &
+handler_pid=$!
+check "a handler of the PostgreSQL queue starts" wait_for 10 grep -q "handling queue" "$work/handler3.err"
+pg_port=$port
+start_server --no-handler
+api_port=$port
+port=$pg_port
+send_events 301 320
+check "it applies the 40 events sent to the PostgreSQL queue (240 orders)" wait_for 20 applied_orders 240
+check "acmo stats names the queue's back-end" \
+  grep -q '"backend":"postgres"' <<<"$("$acmo" --json stats | sed 's/"store".*//')"
+stop_pg
+err=$(events 321 321 | "$acmo" send --file - 2>&1); rc=$?
+check "with PostgreSQL down, acmo send exits 75 ($rc)" test "$rc" -eq 75
+check "  and says which server does not answer: $err" grep -q "127.0.0.1:$port.*is not answering.*queue.url" <<<"$err"
+order='{"customer_name":"Ada","customer_email":"ada@example.com","items":[{"product_id":"p","quantity":1,"unit_price":2.5}]}'
+code=$(curl -s -o "$work/post" -w '%{http_code}' -H 'Content-Type: application/json' \
+  -d "$order" "http://127.0.0.1:$api_port/api/orders")
+check "  POST /api/orders answers 503 ($code: $(cat "$work/post"))" test "$code" = 503
+code=$(curl -s -o "$work/health" -w '%{http_code}' "http://127.0.0.1:$api_port/health")
+check "  /health answers 503 and the queue's check says why ($code)" \
+  bash -c '[[ $1 == 503 ]] && jq -e ".checks.queue.ok == false and (.checks.queue.error | test(\"not answering\"))" "$2" >/dev/null' \
+  _ "$code" "$work/health"
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$api_port/health/ready")
+check "  and /health/ready 503: the queue takes no events ($code)" test "$code" = 503
+"$acmo" run-handler --batch-size 10 >"$work/handler4.out" 2>"$work/handler4.err" &
+handler4_pid=$!
+sleep 2 # rounds of failed consumes by the running handler; the new one waits to start
+check "the running handler keeps running" kill -0 "$handler_pid"
+check "  and says the events stay in the queue, uncounted" \
+  grep -q "handler: PostgreSQL at .* is not answering.*the events stay in the queue, nothing counts against their retries" "$work/handler3.err"
+check "a handler started meanwhile waits for the server" \
+  grep -q "is not answering.*retrying until it answers" "$work/handler4.err"
+start_pg
+send_events 321 330
+check "once it is back, both handlers apply what was sent (250 orders)" wait_for 30 applied_orders 250
+check "the queue is empty" wait_for 5 queue_empty
+check "and nothing went to the DLQ: the outage counted against no retry" dlq_count 0
+check "every event of the PostgreSQL queue applied once, in the queue's transaction (no id recorded)" \
+  test "$(sql "SELECT count(*), count(DISTINCT message_id) FROM order_events") $(sql "SELECT count(*) FROM applied_messages")" = "500|500 440"
+kill -TERM "$handler_pid" "$handler4_pid"
+wait "$handler_pid"; rc=$?
+wait "$handler4_pid"; rc4=$?
+handler_pid=''
+check "SIGTERM stops both handlers: exit 0 ($rc, $rc4)" test "$rc/$rc4" = 0/0
+kill -TERM "$server_pid"; wait "$server_pid"; server_pid=''
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -8,15 +8,17 @@
 # store equal to the state the acknowledged events make, the DLQ exactly the events that had to
 # fail (each order's plan includes forbidden changes and changes to deleted orders).
 #
-#   tests/torture/torture.sh path/to/acmo [sqlite|postgres|all]     (default: all)
+#   tests/torture/torture.sh path/to/acmo [sqlite|postgres|pgqueue|all]     (default: all)
 #
 # ACMO_TORTURE=short (default, CI: 40 s of kills per backend) or long (10 min per backend);
 # ACMO_TORTURE_SECONDS=N overrides either. The postgres run stores orders in PostgreSQL
 # ($ACMO_TEST_PG_URL, a schema of its own, dropped at the end) and caches in Redis
-# ($ACMO_TEST_REDIS_URL, a prefix of its own, cleared at the end): eval "$(scripts/test-services.sh
-# start)" first. Without them it is skipped with a warning, or fails when CI=true.
+# ($ACMO_TEST_REDIS_URL, a prefix of its own, cleared at the end); the pgqueue run puts the
+# queue in that schema too (queue.backend = "postgres"), so the handlers apply in the queue's
+# transaction. eval "$(scripts/test-services.sh start)" first. Without them those runs are
+# skipped with a warning, or fail when CI=true.
 set -uo pipefail
-acmo=$(realpath "${1:?usage: $0 path/to/acmo [sqlite|postgres|all]}")
+acmo=$(realpath "${1:?usage: $0 path/to/acmo [sqlite|postgres|pgqueue|all]}")
 which_backends=${2:-all}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 case ${ACMO_TORTURE:-short} in
@@ -36,14 +38,15 @@ export ACMO_TEST_RUN=$work
 declare -A pid=()  # serve, h1, h2 -> the pid of the running process
 senders=()
 pg_schema=''
+pg_schemas=() # every schema made, dropped at the end
 redis_prefix=''
 cleanup() {
   local p
   kill_own 9 "${pid[@]}" "${senders[@]}"
   wait 2>/dev/null
-  if [[ -n $pg_schema ]]; then
-    psql "$ACMO_TEST_PG_URL" -qc "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1
-  fi
+  for p in "${pg_schemas[@]}"; do
+    psql "$ACMO_TEST_PG_URL" -qc "DROP SCHEMA IF EXISTS $p CASCADE" >/dev/null 2>&1
+  done
   if [[ -n $redis_prefix ]]; then
     redis_cli --scan --pattern "$redis_prefix*" | xargs -r redis_cli del >/dev/null 2>&1
   fi
@@ -215,8 +218,9 @@ torture() {
   export ACMO_DATA_DIR=$dir/data NO_COLOR=1
   export ACMO_QUEUE_GROUP_BY=order ACMO_QUEUE_VISIBILITY_TIMEOUT=2s
   export ACMO_QUEUE_RETRY_DELAYS="100ms, 200ms, 500ms" ACMO_QUEUE_MAX_RETRIES=1000
-  if [[ $backend == postgres ]]; then
+  if [[ $backend == postgres || $backend == pgqueue ]]; then
     pg_schema="acmo_torture_$$_$RANDOM"
+    pg_schemas+=("$pg_schema")
     psql "$ACMO_TEST_PG_URL" -qc "CREATE SCHEMA $pg_schema" >/dev/null || {
       not_ok "$backend: cannot make a schema in $ACMO_TEST_PG_URL"; return; }
     local sep='?'; [[ $ACMO_TEST_PG_URL == *\?* ]] && sep='&'
@@ -224,6 +228,9 @@ torture() {
     export ACMO_STORE_URL="$ACMO_TEST_PG_URL${sep}options=-csearch_path%3D$pg_schema"
     redis_prefix="acmo-torture-$$-$RANDOM:"
     export ACMO_CACHE_BACKEND=redis ACMO_CACHE_URL=$ACMO_TEST_REDIS_URL ACMO_CACHE_PREFIX=$redis_prefix
+    if [[ $backend == pgqueue ]]; then
+      export ACMO_QUEUE_BACKEND=postgres ACMO_QUEUE_SCHEMA=$pg_schema
+    fi
   else
     unset ACMO_STORE_BACKEND ACMO_STORE_URL ACMO_CACHE_PREFIX ACMO_CACHE_URL
     export ACMO_CACHE_BACKEND=memory
@@ -387,10 +394,11 @@ torture() {
     not_ok "$backend: $problems problems:"
     jq -r '.problems[:20][]' <<<"$verdict" | sed 's/^/#   /'
   fi
-  local want_store=sqlite want_cache=memory
-  [[ $backend == postgres ]] && want_store=postgres want_cache=redis
-  check "$backend: the store was $want_store, the cache $want_cache" \
-    test "$(jq -r '"\(.store.backend) \(.cache.backend)"' <<<"$stats")" = "$want_store $want_cache"
+  local want_queue=sqlite want_store=sqlite want_cache=memory
+  [[ $backend != sqlite ]] && want_store=postgres want_cache=redis
+  [[ $backend == pgqueue ]] && want_queue=postgres
+  check "$backend: the queue was $want_queue, the store $want_store, the cache $want_cache" \
+    test "$(jq -r '"\(.queue.backend) \(.store.backend) \(.cache.backend)"' <<<"$stats")" = "$want_queue $want_store $want_cache"
 
   # The judge must see what it is there to see: the same evidence, each time spoiled once.
   judge() { # judge ORDERS EVENTS DLQ: the number of problems found
@@ -407,20 +415,21 @@ torture() {
     test "$(judge "$dir/spoiled-orders" "$e" "$d") $(judge "$o" "$dir/spoiled-twice" "$d") $(judge "$o" "$dir/spoiled-order" "$d") $(judge "$o" "$e" "$dir/spoiled-dlq")" = "2 2 2 1" \
          -a "$(judge "$dir/spoiled-status" "$e" "$d")" -gt 0
   unset ACMO_STORE_BACKEND ACMO_STORE_URL ACMO_CACHE_PREFIX ACMO_CACHE_URL ACMO_CACHE_BACKEND
+  unset ACMO_QUEUE_BACKEND ACMO_QUEUE_SCHEMA
 }
 
 backends=()
 case $which_backends in
-  sqlite | postgres) backends=("$which_backends") ;;
-  all) backends=(sqlite postgres) ;;
-  *) echo "usage: $0 path/to/acmo [sqlite|postgres|all]" >&2; exit 2 ;;
+  sqlite | postgres | pgqueue) backends=("$which_backends") ;;
+  all) backends=(sqlite postgres pgqueue) ;;
+  *) echo "usage: $0 path/to/acmo [sqlite|postgres|pgqueue|all]" >&2; exit 2 ;;
 esac
 for backend in "${backends[@]}"; do
-  if [[ $backend == postgres && ( -z ${ACMO_TEST_PG_URL:-} || -z ${ACMO_TEST_REDIS_URL:-} ) ]]; then
+  if [[ $backend != sqlite && ( -z ${ACMO_TEST_PG_URL:-} || -z ${ACMO_TEST_REDIS_URL:-} ) ]]; then
     if [[ ${CI:-} == true ]]; then
-      not_ok "postgres: ACMO_TEST_PG_URL and ACMO_TEST_REDIS_URL are not set (scripts/test-services.sh start)"
+      not_ok "$backend: ACMO_TEST_PG_URL and ACMO_TEST_REDIS_URL are not set (scripts/test-services.sh start)"
     else
-      echo "WARN: postgres run skipped: eval \"\$(scripts/test-services.sh start)\" first"
+      echo "WARN: $backend run skipped: eval \"\$(scripts/test-services.sh start)\" first"
     fi
     continue
   fi

@@ -397,6 +397,12 @@ struct PgQueue::Impl {
     tx.exec0(
       "SET search_path = " + tx.quote_name(schema) + "; SET client_min_messages = error; "
       + fmt::format("SET lock_timeout = {}; ", std::max<int64_t>(1, options.busy_timeout_ms))
+      // A process that stops talking inside a transaction (stopped, hung, its host cut off)
+      // holds the groups it locked: a consume's are never in flight, so no visibility timeout
+      // frees them. The server ends such a session once it has been silent for a visibility
+      // timeout, rolling the transaction back, and the groups go to another receiver.
+      + fmt::format("SET idle_in_transaction_session_timeout = {}; ",
+                    std::max<int64_t>(1'000, options.visibility_timeout_ms))
       + "SET statement_timeout = 60000; "
       // Every statement of the queue is short: compiling one would cost more than it saves.
       "SET jit = off; "
