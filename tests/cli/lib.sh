@@ -23,13 +23,18 @@ skip() {
 # kill_own SIGNAL PID...: signal each PID that is still a process of this run, never one that
 # merely reuses the number (PIDs wrap within minutes on a busy machine: a test that killed
 # every PID it once started could kill another run's process). A process of this run has
-# ACMO_TEST_RUN=$work in its environment, which a suite exports once it has made $work.
+# ACMO_TEST_RUN=$work in its environment, which a suite exports once it has made $work, or is
+# a child of this shell: a subshell (a function run with &) is forked without an exec, so its
+# /proc environment is still the one this shell started with.
 kill_own() {
   local sig=$1 p
   shift
   for p in "$@"; do
     [[ -n $p && -n ${ACMO_TEST_RUN:-} ]] || continue
-    grep -qzxF "ACMO_TEST_RUN=$ACMO_TEST_RUN" "/proc/$p/environ" 2>/dev/null && kill "-$sig" "$p" 2>/dev/null
+    if grep -qzxF "ACMO_TEST_RUN=$ACMO_TEST_RUN" "/proc/$p/environ" 2>/dev/null ||
+       [[ "$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null)" == "$$" ]]; then
+      kill "-$sig" "$p" 2>/dev/null
+    fi
   done
   return 0
 }

@@ -134,6 +134,14 @@ static int64_t steady_us()
     .count();
 }
 
+// Move a dead-lettered message (?1) back to the queue (?3) under a new sequence number (?2), at
+// the back of its group, as if sent now (?4); its first sending time is kept.
+static const std::string k_redrive_move =
+  "UPDATE messages SET seq = ?2, queue_id = ?3, visible_at = ?4, sent_at = ?4,"
+  " first_sent_at = coalesce(first_sent_at, sent_at),"
+  " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
+  " dead_reason = '', dead_at = 0 WHERE seq = ?1";
+
 struct SqliteQueue::Impl {
   const Clock& clock;
   QueueOptions options;
@@ -430,6 +438,18 @@ struct SqliteQueue::Impl {
     txn.next_seq = seq + 1;
     txn.seq_dirty = true;
     return seq;
+  }
+
+  // Redrive: move the chosen DLQ messages (seq, group), oldest first, each to the back of its
+  // group, so that the original order is kept; count them as redriven.
+  void move_back(Txn& txn, const std::vector<std::pair<int64_t, std::string>>& chosen)
+  {
+    for (const auto& [seq, group] : chosen) {
+      auto stmt = writer->prepare(k_redrive_move);
+      stmt->bind(1, seq).bind(2, take_seq(txn)).bind(3, queue_id).bind(4, txn.now).run();
+      txn.touched_groups.emplace(queue_id, group);
+    }
+    txn.counters[queue_id].redriven += static_cast<int64_t>(chosen.size());
   }
 
   // Bring the rows of the groups changed so far up to date (before a receive in the same
@@ -1770,13 +1790,6 @@ Expected<Message> SqliteQueue::dlq_show(std::string_view message_id)
   }
 }
 
-// Move a dead-lettered message (?1) back to the queue (?3) under a new sequence number (?2), at
-// the back of its group, as if sent now (?4); its first sending time is kept.
-static const std::string k_redrive_move =
-  "UPDATE messages SET seq = ?2, queue_id = ?3, visible_at = ?4, sent_at = ?4,"
-  " first_sent_at = coalesce(first_sent_at, sent_at),"
-  " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
-  " dead_reason = '', dead_at = 0 WHERE seq = ?1";
 
 Expected<int64_t> SqliteQueue::redrive(const std::vector<std::string>& message_ids)
 {
@@ -1812,13 +1825,7 @@ Expected<int64_t> SqliteQueue::redrive(const std::vector<std::string>& message_i
                           "messageId");
       return;
     }
-    // Oldest first, each to the back of its group: the original order is kept.
-    for (const auto& [seq, group] : chosen) {
-      auto stmt = impl.writer->prepare(k_redrive_move);
-      stmt->bind(1, seq).bind(2, impl.take_seq(txn)).bind(3, impl.queue_id).bind(4, txn.now).run();
-      txn.touched_groups.emplace(impl.queue_id, group);
-    }
-    txn.counters[impl.queue_id].redriven += static_cast<int64_t>(chosen.size());
+    impl.move_back(txn, chosen);
     result = static_cast<int64_t>(chosen.size());
   };
   if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
@@ -1876,13 +1883,7 @@ Expected<int64_t> SqliteQueue::redrive_step(RedriveRun& run, int64_t max)
       stmt->bind(5, run.after_seq).bind(6, run.until_seq).bind(7, run.begun_ms).bind(8, max);
       while (stmt->step()) chosen.emplace_back(stmt->column_int(0), stmt->column_text(1));
     }
-    // Oldest first, each to the back of its group: the original order is kept.
-    for (const auto& [seq, group] : chosen) {
-      auto stmt = impl.writer->prepare(k_redrive_move);
-      stmt->bind(1, seq).bind(2, impl.take_seq(txn)).bind(3, impl.queue_id).bind(4, txn.now).run();
-      txn.touched_groups.emplace(impl.queue_id, group);
-    }
-    txn.counters[impl.queue_id].redriven += static_cast<int64_t>(chosen.size());
+    impl.move_back(txn, chosen);
     moved = static_cast<int64_t>(chosen.size());
     if (!chosen.empty()) last_seq = chosen.back().first;
   };
