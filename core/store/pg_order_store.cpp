@@ -376,7 +376,7 @@ struct PgOrderStore::Impl {
 
   Expected<void> migrate()
   {
-    auto done = run([this](pqxx::connection& conn) -> Expected<void> {
+    auto done = run([](pqxx::connection& conn) -> Expected<void> {
       pqxx::work tx(conn);
       tx.exec0("SET LOCAL client_min_messages = warning");
       // One migrator at a time per schema: CREATE TABLE IF NOT EXISTS alone is not safe when
