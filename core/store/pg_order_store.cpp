@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <fmt/core.h>
@@ -107,6 +108,28 @@ CREATE INDEX IF NOT EXISTS order_events_by_xid ON order_events (xid);
   R"SQL(
 ALTER TABLE order_events ADD COLUMN IF NOT EXISTS accepted_at bigint NOT NULL DEFAULT 0;
 )SQL",
+  // 5: a message refused for good is recorded too: the reason, and the sequence number it was
+  // refused under (NULL for an applied one). Without it, a handler whose visibility timeout ran
+  // out while it waited for an order could apply, late and out of order, an event another
+  // handler had meanwhile refused and dead-lettered, once a later event had made it allowed.
+  // The same message redriven from the DLQ comes under a new sequence number and is decided
+  // again. acmo_begin_batch gives the reason and the number in its status and version columns.
+  R"SQL(
+ALTER TABLE applied_messages ADD COLUMN IF NOT EXISTS rejected text,
+  ADD COLUMN IF NOT EXISTS rejected_seq bigint;
+CREATE OR REPLACE FUNCTION acmo_begin_batch(order_ids text[], message_ids text[])
+RETURNS TABLE (applied boolean, id text, status text, version bigint, created_at bigint,
+               updated_at bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  PERFORM set_config('enable_seqscan', 'off', true);
+  RETURN QUERY SELECT false, o.id, o.status, o.version, o.created_at, o.updated_at
+    FROM orders o WHERE o.id = ANY(order_ids) ORDER BY o.id FOR UPDATE;
+  RETURN QUERY SELECT true, a.message_id, a.rejected, a.rejected_seq, NULL::bigint, NULL::bigint
+    FROM applied_messages a WHERE a.message_id = ANY(message_ids);
+END
+$$;
+)SQL",
 };
 
 const std::string k_order_columns =
@@ -169,8 +192,14 @@ const std::vector<std::pair<std::string, std::string>> k_statements = {
    " xid::text::bigint FROM order_events WHERE xid >= $1::text::xid8"
    " AND (xid, id) > ($2::text::xid8, $3) ORDER BY xid, id LIMIT $4"},
   {"acmo_write", k_write_changes + R"SQL(
-INSERT INTO applied_messages (message_id, applied_at)
-SELECT m, $20::bigint FROM unnest($16::text[]) AS m
+INSERT INTO applied_messages AS a (message_id, applied_at, rejected, rejected_seq)
+SELECT m, $20::bigint, NULL, NULL FROM unnest($16::text[]) AS m
+UNION ALL
+SELECT r.m, $20::bigint, r.why, r.seq FROM unnest($22::text[], $23::text[], $24::bigint[])
+  AS r(m, why, seq)
+ON CONFLICT (message_id) DO UPDATE SET applied_at = excluded.applied_at,
+  rejected = excluded.rejected, rejected_seq = excluded.rejected_seq
+  WHERE a.rejected IS NOT NULL
 )SQL"},
 };
 
@@ -454,13 +483,20 @@ struct PgOrderStore::Impl {
       message_ids.add(e.message_id);
     }
     std::unordered_set<std::string> applied;
+    // Refused before: the reason, and the sequence number the message then had.
+    std::unordered_map<std::string, std::pair<std::string, int64_t>> refused;
     const pqxx::result begun =
       in_queue ? tx.exec_params("SELECT * FROM acmo_begin_batch($1::text[], $2::text[])",
                                 order_ids.text(), message_ids.text())
                : tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text());
     for (const auto& row : begun) {
       if (row[0].as<bool>()) {
-        applied.insert(row[1].as<std::string>());
+        if (row[2].is_null()) {
+          applied.insert(row[1].as<std::string>());
+        } else {
+          refused.emplace(row[1].as<std::string>(),
+                          std::make_pair(row[2].as<std::string>(), row[3].as<int64_t>()));
+        }
         continue;
       }
       Order o;
@@ -476,9 +512,17 @@ struct PgOrderStore::Impl {
 
     std::vector<ApplyOutcome> out(events.size());
     PgArray audit_order, audit_message, audit_seq, audit_type, audit_data, audit_accepted;
+    PgArray refused_ids, refused_why, refused_seq; // recorded with the batch's changes
     bool any = false;
     for (size_t i = 0; i < events.size(); ++i) {
       const AppliedEvent& a = events[i];
+      if (auto was = refused.find(a.message_id);
+          was != refused.end() && was->second.second == a.seq) {
+        // The same delivery of a message refused before: refused again, for the same reason.
+        out[i].kind = ApplyOutcome::Kind::rejected;
+        out[i].reason = was->second.first;
+        continue;
+      }
       if (!applied.insert(a.message_id).second) {
         out[i].kind = ApplyOutcome::Kind::duplicate;
         continue;
@@ -486,7 +530,15 @@ struct PgOrderStore::Impl {
       auto reject = [&](std::string reason) {
         out[i].kind = ApplyOutcome::Kind::rejected;
         out[i].reason = std::move(reason);
-        applied.erase(a.message_id); // a rejected message is not recorded
+        applied.erase(a.message_id);
+        refused[a.message_id] = {out[i].reason, a.seq};
+        // In the queue's transaction the dead-lettering commits with the batch: nothing to
+        // record.
+        if (in_queue) return;
+        refused_ids.add(a.message_id);
+        refused_why.add(out[i].reason);
+        refused_seq.add(a.seq);
+        any = true;
       };
       if (holds_nul(a.event.data)) {
         reject("data: holds a NUL character (\\u0000), which PostgreSQL cannot store; remove it");
@@ -547,7 +599,10 @@ struct PgOrderStore::Impl {
     if (in_queue) {
       write([&](auto&&... args) { tx.exec_params(k_write_in_queue, args...); });
     } else {
-      write([&](auto&&... args) { tx.exec_prepared("acmo_write", args...); });
+      write([&](auto&&... args) {
+        tx.exec_prepared("acmo_write", args..., refused_ids.text(), refused_why.text(),
+                         refused_seq.text());
+      });
     }
     return out;
   }

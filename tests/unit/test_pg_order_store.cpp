@@ -328,6 +328,36 @@ TEST_CASE("PgOrderStore: a message applied before is a duplicate and changes not
   CHECK(schema.exec("SELECT count(*) FROM applied_messages")[0][0].as<int>() == 4);
 }
 
+TEST_CASE("PgOrderStore: a refused message delivered again is refused again; redriven, it is "
+          "decided anew",
+          "[pg]")
+{
+  // A handler whose visibility ran out while it waited brings back a message another handler
+  // refused (and dead-lettered), after a later event made it allowed: it must not apply it.
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  auto store = open_store(schema);
+  must(store->apply_batch({event("c", 1, create("ord_f"))}, 1'000));
+  auto out = must(store->apply_batch({event("ship", 2, update("ord_f", "shipped"))}, 2'000));
+  REQUIRE(kinds(out) == std::vector<Kind>{Kind::rejected});
+  const std::string reason = out[0].reason;
+  must(store->apply_batch({event("proc", 3, update("ord_f", "processing"))}, 3'000));
+  out = must(store->apply_batch({event("ship", 2, update("ord_f", "shipped"))}, 4'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::rejected});
+  CHECK(out[0].reason == reason);
+  CHECK(must(store->get("ord_f")).status == "processing");
+  CHECK(must(store->events("ord_f")).size() == 2);
+  // Redriven from the DLQ, the message comes under a new sequence number, and applies now.
+  out = must(store->apply_batch({event("ship", 7, update("ord_f", "shipped"))}, 5'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::applied});
+  CHECK(must(store->get("ord_f")).status == "shipped");
+  out = must(store->apply_batch({event("ship", 7, update("ord_f", "shipped"))}, 6'000));
+  CHECK(kinds(out) == std::vector<Kind>{Kind::duplicate});
+  CHECK(must(store->events("ord_f")).size() == 3);
+  CHECK(schema.exec("SELECT count(*) FROM applied_messages WHERE rejected IS NOT NULL")[0][0]
+          .as<int>() == 0);
+}
+
 TEST_CASE("PgOrderStore: events that can never apply are rejected with the reason; the rest "
           "apply",
           "[pg]")
@@ -447,8 +477,11 @@ TEST_CASE("PgOrderStore: the handler's results equal the embedded store's", "[pg
   Result postgres = run(pg.get(), [&](const std::string&) {
     return std::unique_ptr<OrderStore>(open_store(schema));
   });
-  const int64_t recorded = schema.exec("SELECT count(*) FROM applied_messages")[0][0].as<int64_t>();
+  // Applied ids, and the refused ones that reached the store (not those that did not parse).
+  const int64_t recorded = schema.exec("SELECT count(*) FROM applied_messages WHERE rejected IS NULL")[0][0].as<int64_t>();
   CHECK(recorded == 7);
+  CHECK(schema.exec("SELECT count(*) FROM applied_messages WHERE rejected IS NOT NULL")[0][0]
+          .as<int64_t>() == 3);
   schema.exec("TRUNCATE orders, order_events, applied_messages");
   Result in_queue = run(pg.get(), [&](const std::string&) {
     return std::unique_ptr<OrderStore>(open_store(schema));
