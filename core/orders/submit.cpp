@@ -27,6 +27,11 @@ void refuse_unknown_order(SendRequest& request, const OrderEvent& event, Queue& 
   filter.newest_first = true; // an order not applied yet was created lately
   auto waiting = queue.peek(filter);
   if (!waiting || !waiting->empty()) return;
+  // Its CREATE may have been applied between the two reads: a handler applies an event before
+  // (or in the same transaction as) deleting its message, so once the queue no longer holds it
+  // the store does. Ask the store again before refusing.
+  order = store.get(event.order_id);
+  if (order || order.error().code != Errc::not_found) return;
   request.unless_duplicate = Error{
     Errc::not_found,
     fmt::format("no order {}: it is neither in the store nor waiting in the queue; send its "

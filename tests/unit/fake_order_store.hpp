@@ -19,7 +19,7 @@ namespace acmo::test {
 struct FakeOrders {
   std::map<std::string, Order> by_id;
   std::vector<std::string> log; // the ids changed, in commit order
-  std::function<void()> on_get; // run once, by the next get, after it read
+  std::function<void()> on_get; // run once, by the next get, after it read (found or not)
   int64_t questions = 0;        // changes_since calls
 
   void change(const std::string& id, const std::string& status)
@@ -39,8 +39,9 @@ public:
   Expected<Order> get(std::string_view id) override
   {
     auto it = m_data.by_id.find(std::string(id));
-    if (it == m_data.by_id.end()) return make_error(Errc::not_found, "no such order", "id");
-    Order read = it->second;
+    Expected<Order> read = it == m_data.by_id.end()
+                             ? Expected<Order>(make_error(Errc::not_found, "no such order", "id"))
+                             : Expected<Order>(it->second);
     if (m_data.on_get) std::exchange(m_data.on_get, nullptr)();
     return read;
   }

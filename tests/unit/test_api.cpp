@@ -379,6 +379,16 @@ TEST_CASE("Api: an UPDATE or DELETE of an order neither stored nor queued is ref
   CHECK(patch(id, json_type).status == 202);
   CHECK(must(f.queue->stats()).sent == 3);
 
+  // Its CREATE applied while the request was checked: the store said no, then a handler applied
+  // the CREATE and deleted its message, then the queue said no. The store knows it now: accepted.
+  f.orders.on_get = [&] {
+    CHECK(must(f.queue->purge()) == 3);
+    f.orders.change(id, "pending");
+  };
+  CHECK(patch(id, json_type).status == 202);
+  CHECK(must(f.queue->stats()).visible == 1);
+  f.orders.by_id.erase(id);
+
   // A DELETE accepted, then applied (the order gone from the store): its retry with the same
   // Idempotency-Key is still its duplicate, not a 404.
   auto with_key = json_type;
