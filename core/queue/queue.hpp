@@ -6,8 +6,9 @@
 // strictly increasing sequence numbers, the limits on bodies and ids.
 //
 // The back-ends are its adapters, each in a folder of its own: core/queue/sqlite/ (the embedded
-// queue, SqliteQueue). Work that must commit together with the settling of a batch (exactly
-// once in effect) runs in the back-end's own transaction, which it sees as a QueueTransaction.
+// queue, SqliteQueue) and core/queue/postgres/ (PgQueue). Work that must commit together with
+// the settling of a batch (exactly once in effect) runs in the back-end's own transaction,
+// which it sees as a QueueTransaction.
 #pragma once
 
 #include <functional>
@@ -233,6 +234,29 @@ struct CommitStats {
 struct SweepResult {
   int64_t expired = 0;
   int64_t dedup_removed = 0;
+};
+
+// What `acmo queue move` carries from the embedded queue to PostgreSQL (SqliteQueue::move_out,
+// PgQueue::move_in): every message of the queue and of its DLQ, each in sequence order with
+// its id, sequence number, attempts and errors, and the dedup history still in its window.
+struct MovedDedup {
+  std::string key; // the dedup id's key: the first 16 bytes of its SHA-256, in hex
+  std::string message_id;
+  int64_t seq = 0;
+  int64_t expires_at_ms = 0;
+  int64_t body_hash = 0; // 0: not known
+};
+struct QueueSnapshot {
+  std::vector<Message> messages; // visible_at_ms as stored; receipts are not carried
+  std::vector<Message> dead;
+  std::vector<MovedDedup> dedup;
+  int64_t next_seq = 1; // above every sequence number the source gave
+};
+struct MoveResult {
+  int64_t messages = 0; // moved into the queue
+  int64_t dead = 0;     // moved into the DLQ
+  int64_t dedup = 0;    // dedup entries moved
+  int64_t skipped = 0;  // moved by an earlier run
 };
 
 class Queue

@@ -30,9 +30,8 @@ std::array<unsigned char, 32> sha256_bytes(std::string_view data)
   return digest;
 }
 
-std::string sha256_hex(std::string_view data)
+std::string hex_of(const std::array<unsigned char, 32>& digest)
 {
-  auto digest = sha256_bytes(data);
   static constexpr char k_hex[] = "0123456789abcdef";
   std::string out(2 * 32, '\0');
   for (size_t i = 0; i < 32; ++i) {
@@ -40,6 +39,15 @@ std::string sha256_hex(std::string_view data)
     out[2 * i + 1] = k_hex[digest[i] & 15];
   }
   return out;
+}
+
+std::string sha256_hex(std::string_view data) { return hex_of(sha256_bytes(data)); }
+
+int64_t hash_word(const std::array<unsigned char, 32>& digest)
+{
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | digest[i];
+  return v == 0 ? 1 : static_cast<int64_t>(v);
 }
 
 } // namespace acmo

@@ -20,6 +20,7 @@
 
 #include "core/queue/limits.hpp"
 #include "core/queue/postgres/pg_queue.hpp"
+#include "core/queue/postgres/schema.hpp"
 #include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/sqlite/sqlite.hpp"
 #include "core/util/clock.hpp"
@@ -788,6 +789,129 @@ TEST_CASE("PgQueue: a queue whose connections were cut makes them again; the wor
     return std::vector<Disposition>(2);
   }));
   CHECK(saw_pg);
+}
+
+TEST_CASE("PgQueue: the dedup history of a schema made before it was keyed by hash still "
+          "deduplicates once migrated",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  // The schema at version 1, a message sent with a dedup id through version 1's acmo_send.
+  schema.exec(pg_schema::migrations().at(0));
+  schema.exec("CREATE TABLE queue_schema_version (version integer NOT NULL);"
+              " INSERT INTO queue_schema_version VALUES (1);"
+              " INSERT INTO queues (name, created_at) VALUES ('orders', 0),"
+              " ('orders-dlq', 0)");
+  const int64_t now = SystemClock::instance().now_ms();
+  const std::string id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+  auto sent = schema.exec(fmt::format(
+    "SELECT o_kind, o_seq FROM acmo_send((SELECT id FROM queues WHERE name = 'orders'), {},"
+    " 300000, 'c', '{{g}}', '{{key-1}}', '{{f}}', '{{body}}', '{{7}}', '{{{}}}', '{{f}}', '{{f}}')",
+    now, id));
+  REQUIRE(sent[0][0].as<std::string>() == "sent");
+  QueueOptions options;
+  options.name = "orders";
+  options.dlq_name = "orders-dlq";
+  auto q = must(PgQueue::open(schema.url(), schema.name(), options));
+  CHECK(schema.exec("SELECT max(version) FROM queue_schema_version")[0][0].as<int>()
+        == static_cast<int>(pg_schema::migrations().size()));
+  auto again = must(q->send(SendRequest{"body", "g", "key-1"}));
+  CHECK(again.duplicate);
+  CHECK(again.message_id == id);
+  CHECK(again.seq == sent[0][1].as<int64_t>());
+  CHECK(must(q->stats()).visible == 1);
+}
+
+TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history move to "
+          "PostgreSQL as they were; the embedded queue then refuses sends",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  acmo::test::TempDir dir;
+  ManualClock clock;
+  QueueOptions options;
+  auto from = must(SqliteQueue::open(dir.file("acmo.db"), options, clock));
+  auto a1 = must(from->send(SendRequest{"a1", "A", "id-a1"}));
+  must(from->send(SendRequest{"a2", "A", ""}));
+  must(from->send(SendRequest{"b1", "B", "id-b1"}));
+  // b1 fails once (a retry delay: not visible yet) and its group is held back; a d1 fails for good.
+  must(from->send(SendRequest{"d1", "D", ""}));
+  auto got = must(from->receive(10));
+  for (const auto& m : got) {
+    if (m.body == "a1") must(from->change_visibility(m.receipt, 0));
+    if (m.body == "b1") must(from->release(m.receipt, "b1 failed"));
+    if (m.body == "d1") must(from->dead_letter(m.receipt, "d1 can never work"));
+  }
+  const auto before = must(from->peek(PeekFilter{}));
+  REQUIRE(before.size() == 3);
+
+  auto to = must(PgQueue::open(schema.url(), schema.name(), options, clock));
+  // Into a queue that already holds one of the sequence numbers: refused, nothing changes.
+  schema.exec(fmt::format("INSERT INTO messages (seq, queue_id, group_id, message_id, body,"
+                          " sent_at, visible_at) VALUES ({}, 0, 'x', gen_random_uuid(), 'x', 0, 0)",
+                          a1.seq));
+  auto clash = from->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); });
+  REQUIRE_FALSE(clash);
+  CHECK(clash.error().field == "queue.schema");
+  CHECK(must(from->peek(PeekFilter{})).size() == 3);
+  schema.exec("DELETE FROM messages WHERE group_id = 'x'");
+
+  auto moved = must(from->move_out("pg at db", [&](const QueueSnapshot& s) {
+    return to->move_in(s);
+  }));
+  CHECK(moved.messages == 3);
+  CHECK(moved.dead == 1);
+  CHECK(moved.dedup == 4);
+  CHECK(moved.skipped == 0);
+  // Everything as it was: ids, sequence numbers, attempts, errors, delays; the DLQ's reason.
+  const auto after = must(to->peek(PeekFilter{}));
+  REQUIRE(after.size() == before.size());
+  for (size_t i = 0; i < after.size(); ++i) {
+    CHECK(after[i].message_id == before[i].message_id);
+    CHECK(after[i].seq == before[i].seq);
+    CHECK(after[i].dedup_id == before[i].dedup_id);
+    CHECK(after[i].receive_count == before[i].receive_count);
+    CHECK(after[i].failures == before[i].failures);
+    CHECK(after[i].last_error == before[i].last_error);
+    CHECK(after[i].visible_at_ms == before[i].visible_at_ms);
+    CHECK(after[i].sent_at_ms == before[i].sent_at_ms);
+  }
+  const auto dead = must(to->dlq_list());
+  REQUIRE(dead.size() == 1);
+  CHECK(dead[0].body == "d1");
+  CHECK(dead[0].dead_reason == "d1 can never work");
+  // The dedup history: explicit and content-based ids are duplicates of their messages.
+  auto dup = must(to->send(SendRequest{"a1", "A", "id-a1"}));
+  CHECK(dup.duplicate);
+  CHECK(dup.message_id == a1.message_id);
+  CHECK(must(to->send(SendRequest{"a2", "A", ""})).duplicate);
+  // Group order: a new message of A comes after the moved ones; b1 waits out its delay.
+  auto a3 = must(to->send(SendRequest{"a3", "A", ""}));
+  CHECK(a3.seq > before.back().seq);
+  auto first = must(to->receive(10));
+  CHECK(bodies_of(first) == Bodies{"a1"});
+  must(to->remove(first.at(0).receipt));
+  clock.advance_ms(60'000);
+  auto next = bodies_of(must(to->receive(10)));
+  std::sort(next.begin(), next.end());
+  CHECK(next == Bodies{"a2", "a3", "b1"});
+  // The embedded queue is empty and refuses sends, naming where the queue went.
+  CHECK(must(from->peek(PeekFilter{})).empty());
+  auto refused = from->send(SendRequest{"late", "A", ""});
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::unavailable);
+  CHECK(refused.error().message.find("moved to pg at db") != std::string::npos);
+  // A second run moves nothing; neither does a run handed the same messages again.
+  CHECK(must(from->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); }))
+          .messages
+        == 0);
+  QueueSnapshot same;
+  same.messages = before;
+  auto again = must(to->move_in(same));
+  CHECK(again.messages == 0);
+  CHECK(again.skipped == 3);
 }
 
 TEST_CASE("Queue contract: a sent message is received and then deleted", "[contract]")

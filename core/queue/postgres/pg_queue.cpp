@@ -111,29 +111,16 @@ std::string connection_string(const std::string& url)
   return out;
 }
 
-// The first 8 bytes of a SHA-256 as a number (never 0, which means "not known").
-int64_t hash_word(const std::array<unsigned char, 32>& digest)
-{
-  uint64_t v = 0;
-  for (size_t i = 0; i < 8; ++i) v = (v << 8) | digest[i];
-  return v == 0 ? 1 : static_cast<int64_t>(v);
-}
-
-std::string hex_of(const std::array<unsigned char, 32>& digest)
-{
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string out(64, '0');
-  for (size_t i = 0; i < 32; ++i) {
-    out[2 * i] = k_hex[digest[i] >> 4];
-    out[2 * i + 1] = k_hex[digest[i] & 0xf];
-  }
-  return out;
-}
+// The key a dedup id is filed under in the dedup history: the first 16 bytes of its SHA-256, in
+// hex. The embedded queue files it under the same 16 bytes (sqlite_queue::dedup_key), which lets
+// `acmo queue move` carry its history over.
+std::string dedup_key_hex(std::string_view dedup_id) { return sha256_hex(dedup_id).substr(0, 32); }
 
 // A send request, checked, with what can be computed before it goes to the server.
 struct PreparedSend {
   const SendRequest* request = nullptr;
   std::string dedup_id;       // the request's, or the body's SHA-256 in hex
+  std::string dedup_key;      // the dedup history's key: dedup_key_hex(dedup_id)
   bool content_based = false; // the dedup id is the body's SHA-256
   int64_t body_hash = 0;      // hash_word of the body's SHA-256
   std::string message_id;     // the id it gets if accepted
@@ -611,6 +598,7 @@ struct PgQueue::Impl {
     } else {
       out.dedup_id = request.dedup_id;
     }
+    out.dedup_key = dedup_key_hex(out.dedup_id);
     out.message_id = new_message_id();
     return out;
   }
@@ -736,12 +724,13 @@ struct PgQueue::Impl {
 
   std::optional<Error> send_statement_once(const std::vector<SendOp*>& batch)
   {
-    PgArray groups, dedup, content, bodies, hashes, ids, same, unless;
+    PgArray groups, dedup, keys, content, bodies, hashes, ids, same, unless;
     size_t count = 0;
     for (const auto* op : batch) {
       for (const auto& p : op->items) {
         groups.add(p.request->group_id);
         dedup.add(p.dedup_id);
+        keys.add(p.dedup_key);
         content.add(p.content_based);
         bodies.add(p.request->body);
         hashes.add(p.body_hash);
@@ -760,14 +749,15 @@ struct PgQueue::Impl {
         setup(*sender, false); // made durable by make_durable
         sender->prepare("acmo_send",
                         "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
-                        " $5::text[], $6::text[], $7::boolean[], $8::text[], $9::bigint[],"
-                        " $10::uuid[], $11::boolean[], $12::boolean[])");
+                        " $5::text[], $6::text[], $7::text[], $8::boolean[], $9::text[],"
+                        " $10::bigint[], $11::uuid[], $12::boolean[], $13::boolean[])");
       }
       // Outside a transaction block, the statement is its own transaction.
       pqxx::nontransaction tx(*sender);
       committing = true;
       auto rows = tx.exec_prepared("acmo_send", queue_id, now, options.dedup_window_ms, channel,
-                                   groups.text(), dedup.text(), content.text(), bodies.text(),
+                                   groups.text(), dedup.text(), keys.text(), content.text(),
+                                   bodies.text(),
                                    hashes.text(), ids.text(), same.text(), unless.text());
       if (rows.size() != count) {
         return Error(Errc::internal, "acmo_send answered a different number of rows");
@@ -1985,6 +1975,118 @@ Expected<int64_t> PgQueue::purge(bool dlq)
     txn.counters[id].purged += removed;
     return removed;
   });
+}
+
+Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
+{
+  return m_impl->run([&](PgTxn& txn) -> Expected<MoveResult> {
+    MoveResult result;
+    // What an earlier run moved: skipped, by message id.
+    PgArray all_ids;
+    for (const auto* list : {&snapshot.messages, &snapshot.dead}) {
+      for (const auto& m : *list) all_ids.add(m.message_id);
+    }
+    std::set<std::string> moved_before;
+    for (const auto& row : txn.tx.exec_params(
+           "SELECT message_id::text FROM moved_messages WHERE message_id = ANY($1::uuid[])",
+           all_ids.text())) {
+      moved_before.insert(row[0].as<std::string>());
+    }
+    std::set<std::string> groups;
+    for (const auto& m : snapshot.messages) {
+      if (!moved_before.count(m.message_id)) groups.insert(m.group_id);
+    }
+    m_impl->lock_groups_for_insert(txn, groups);
+    PgArray seqs, queues, group_ids, ids, dedup_ids, bodies, sent, first_sent, visible, receives,
+      first_received, failures, errors, reasons, dead_at;
+    for (const auto* list : {&snapshot.messages, &snapshot.dead}) {
+      const bool dead = list == &snapshot.dead;
+      for (const auto& m : *list) {
+        if (moved_before.count(m.message_id)) {
+          ++result.skipped;
+          continue;
+        }
+        ++(dead ? result.dead : result.messages);
+        seqs.add(m.seq);
+        queues.add(dead ? m_impl->dlq_id : m_impl->queue_id);
+        group_ids.add(m.group_id);
+        ids.add(m.message_id);
+        // A content-based id (the body's SHA-256) is kept as NULL, as acmo_send keeps it.
+        dedup_ids.add(m.dedup_id == sha256_hex(m.body) ? std::string_view() : m.dedup_id);
+        bodies.add(m.body);
+        sent.add(m.sent_at_ms);
+        first_sent.add(m.first_sent_at_ms);
+        visible.add(m.visible_at_ms);
+        receives.add(m.receive_count);
+        first_received.add(m.first_received_at_ms);
+        failures.add(m.failures);
+        errors.add(m.last_error);
+        reasons.add(m.dead_reason);
+        dead_at.add(m.dead_at_ms);
+      }
+    }
+    if (!seqs.empty()) {
+      // A sequence number the queue already uses for another message: this is not the queue
+      // the messages came from, or not an empty one.
+      const auto taken = txn.tx.exec_params(
+        "SELECT m.seq, m.message_id::text FROM messages m WHERE m.seq = ANY($1::bigint[]) LIMIT 1",
+        seqs.text());
+      if (!taken.empty()) {
+        return make_error(Errc::conflict,
+                          fmt::format("the PostgreSQL queue already holds sequence number {} "
+                                      "(message {}): acmo queue move moves an embedded queue "
+                                      "into a schema that has no messages of another queue; "
+                                      "name another queue.schema",
+                                      format_sequence(taken[0][0].as<int64_t>()),
+                                      taken[0][1].as<std::string>()),
+                          "queue.schema");
+      }
+      txn.tx.exec_params(
+        "INSERT INTO messages (seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
+        " first_sent_at, visible_at, receive_count, first_received_at, failures, last_error,"
+        " dead_reason, dead_at)"
+        " SELECT t.seq, t.q, t.g, t.id, NULLIF(t.d, ''), t.b, t.s, NULLIF(t.fs, t.s), t.v, t.rc,"
+        " t.fr, t.f, t.e, t.r, t.da"
+        " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], $6::text[],"
+        " $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],"
+        " $13::text[], $14::text[], $15::bigint[])"
+        " AS t(seq, q, g, id, d, b, s, fs, v, rc, fr, f, e, r, da)",
+        seqs.text(), queues.text(), group_ids.text(), ids.text(), dedup_ids.text(), bodies.text(),
+        sent.text(), first_sent.text(), visible.text(), receives.text(), first_received.text(),
+        failures.text(), errors.text(), reasons.text(), dead_at.text());
+      txn.tx.exec_params("INSERT INTO moved_messages (message_id, moved_at)"
+                         " SELECT x, $2 FROM unnest($1::uuid[]) AS x",
+                         ids.text(), txn.now);
+    }
+    PgArray keys, dedup_seqs, dedup_ids_of, expires, hashes;
+    for (const auto& d : snapshot.dedup) {
+      if (d.expires_at_ms <= txn.now) continue;
+      keys.add(d.key);
+      dedup_seqs.add(d.seq);
+      dedup_ids_of.add(d.message_id);
+      expires.add(d.expires_at_ms);
+      hashes.add(d.body_hash);
+    }
+    if (!keys.empty()) {
+      // A key the queue already knows keeps its entry: it was sent again after an earlier run.
+      result.dedup = static_cast<int64_t>(
+        txn.tx
+          .exec_params("INSERT INTO dedup (queue_id, dedup_key, seq, message_id, expires_at,"
+                       " body_hash) SELECT $1, t.k, t.s, t.id, t.x, t.h FROM unnest($2::text[],"
+                       " $3::bigint[], $4::uuid[], $5::bigint[], $6::bigint[]) AS t(k, s, id, x, h)"
+                       " ORDER BY t.k ON CONFLICT (queue_id, dedup_key) DO NOTHING",
+                       m_impl->queue_id, keys.text(), dedup_seqs.text(), dedup_ids_of.text(),
+                       expires.text(), hashes.text())
+          .affected_rows());
+    }
+    // Sequence numbers go on above the source's, so that a group's next message follows.
+    txn.tx.exec_params("SELECT setval('message_seq', greatest((SELECT last_value FROM message_seq),"
+                       " $1::bigint - 1, 1))",
+                       snapshot.next_seq);
+    for (const auto& g : groups) txn.touched_groups.insert(g);
+    if (result.messages > 0) txn.tx.exec_params("SELECT pg_notify($1, '')", m_impl->channel);
+    return result;
+  }, true);
 }
 
 Expected<SweepResult> PgQueue::sweep()

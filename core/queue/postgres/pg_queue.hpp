@@ -117,6 +117,13 @@ public:
   // The server answers a write within 2 s and is not a read-only standby.
   Expected<void> check_writable() override;
 
+  // acmo queue move: take in, in one transaction, what SqliteQueue::move_out hands over: the
+  // messages with their sequence numbers, ids, attempts and errors, the DLQ's with their
+  // reasons, the dedup entries still in their window; the sequence goes on above the source's.
+  // A message moved by an earlier run (moved_messages) is skipped. Fails, moving nothing, when
+  // the queue holds another message under one of the sequence numbers.
+  Expected<MoveResult> move_in(const QueueSnapshot& snapshot);
+
   void interrupt() override;
   void resume() override;
 

@@ -4,24 +4,6 @@
 
 namespace acmo::sqlite_queue {
 
-int64_t hash_word(const std::array<unsigned char, 32>& digest)
-{
-  uint64_t v = 0;
-  for (size_t i = 0; i < 8; ++i) v = (v << 8) | digest[i];
-  return v == 0 ? 1 : static_cast<int64_t>(v);
-}
-
-std::string hex_of(const std::array<unsigned char, 32>& digest)
-{
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string out(64, '0');
-  for (size_t i = 0; i < 32; ++i) {
-    out[2 * i] = k_hex[digest[i] >> 4];
-    out[2 * i + 1] = k_hex[digest[i] & 0xf];
-  }
-  return out;
-}
-
 DedupKey dedup_key(std::string_view dedup_id)
 {
   auto bytes = sha256_bytes(dedup_id);

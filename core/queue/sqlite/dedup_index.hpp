@@ -27,11 +27,6 @@ struct DedupEntry {
   int64_t body_hash = 0; // the first 8 bytes of the body's SHA-256; 0: not known
 };
 
-// The first 8 bytes of a SHA-256 as a number (never 0, which means "not known").
-int64_t hash_word(const std::array<unsigned char, 32>& digest);
-// A SHA-256 in lowercase hex (a content-based dedup id).
-std::string hex_of(const std::array<unsigned char, 32>& digest);
-
 DedupKey dedup_key(std::string_view dedup_id);
 // The key as the log's 16-byte blob (written into `buf`), and back.
 std::string_view key_blob(const DedupKey& k, std::array<unsigned char, 16>& buf);

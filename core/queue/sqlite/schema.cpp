@@ -131,6 +131,12 @@ ALTER TABLE order_events ADD COLUMN accepted_at INTEGER NOT NULL DEFAULT 0;
     R"SQL(
 ALTER TABLE handlers ADD COLUMN request TEXT NOT NULL DEFAULT '';
 )SQL",
+    // 7: where `acmo queue move` moved the queue (a PostgreSQL URL without its password, and
+    // the schema), in the row of queue 0; '' while it has not been moved. Every send reads it
+    // with the dedup epoch, and a moved queue takes no more messages.
+    R"SQL(
+ALTER TABLE queues ADD COLUMN moved_to TEXT NOT NULL DEFAULT '';
+)SQL",
   };
   return k_migrations;
 }

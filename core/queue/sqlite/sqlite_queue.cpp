@@ -48,8 +48,6 @@ using sqlite_queue::WriteOp;
 using sqlite_queue::DedupIndex;
 using sqlite_queue::DedupKey;
 using sqlite_queue::dedup_key;
-using sqlite_queue::hash_word;
-using sqlite_queue::hex_of;
 using sqlite_queue::key_blob;
 using sqlite_queue::key_from_blob;
 using sqlite_queue::migrate;
@@ -108,6 +106,7 @@ struct Txn {
   int64_t next_seq = 0; // 0: not read yet
   bool seq_dirty = false;
   bool dedup_synced = false;
+  std::string moved_to; // read with the dedup epoch: where acmo queue move moved the queue
   std::map<int64_t, Counters> counters;
   std::set<std::pair<int64_t, std::string>> touched_groups;
   // One line per message moved to the DLQ, logged once the transaction has committed.
@@ -396,11 +395,20 @@ struct SqliteQueue::Impl {
   {
     if (txn.dedup_synced) return;
     txn.dedup_synced = true;
-    static const std::string k_epoch = "SELECT dedup_epoch FROM queues WHERE id = 0";
+    static const std::string k_epoch = "SELECT dedup_epoch, moved_to FROM queues WHERE id = 0";
     static const std::string k_newer =
       "SELECT id, queue_id, key, message_id, expires_at, body_hash FROM dedup WHERE id > ?1"
       " ORDER BY id";
-    const int64_t epoch = writer->query_int(k_epoch);
+    int64_t epoch = 0;
+    {
+      auto stmt = writer->prepare(k_epoch);
+      if (stmt->step()) {
+        epoch = stmt->column_int(0);
+        txn.moved_to = stmt->column_text(1);
+      }
+      while (stmt->step()) {
+      }
+    }
     if (epoch != dedup_epoch) {
       dedup_index.clear();
       dedup_seen_id = 0;
@@ -528,6 +536,14 @@ struct SqliteQueue::Impl {
     SendResult result;
     result.dedup_id = prepared.dedup_id;
     sync_dedup(txn);
+    if (!txn.moved_to.empty()) {
+      return make_error(Errc::unavailable,
+                        fmt::format("this queue was moved to {} (acmo queue move) and takes no "
+                                    "more messages: set queue.backend = \"postgres\" and "
+                                    "queue.url in this process's configuration and restart it",
+                                    txn.moved_to),
+                        "queue.backend");
+    }
     if (const DedupEntry* known = dedup_index.find(prepared.key);
         known != nullptr && known->expires_at > txn.now) {
       if (req.same_body && known->body_hash != 0 && known->body_hash != prepared.body_hash) {
@@ -1972,6 +1988,57 @@ Expected<int64_t> SqliteQueue::purge(bool dlq)
   };
   if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
   return removed;
+}
+
+Expected<MoveResult>
+SqliteQueue::move_out(const std::string& destination,
+                      const std::function<Expected<MoveResult>(const QueueSnapshot&)>& move_in)
+{
+  static const std::string k_messages =
+    "SELECT " + k_message_columns + " FROM messages WHERE queue_id = ?1 ORDER BY seq";
+  static const std::string k_dedup = "SELECT id, key, message_id, expires_at, body_hash FROM dedup"
+                                     " WHERE queue_id = ?1 AND expires_at > ?2 ORDER BY id";
+  Expected<MoveResult> result = MoveResult{};
+  WriteOp op;
+  op.durable = true;
+  op.fn = [&](Txn& txn) {
+    auto& impl = *m_impl;
+    auto& db = *impl.writer;
+    QueueSnapshot snapshot;
+    for (auto [queue, into] : {std::pair{impl.queue_id, &snapshot.messages},
+                               std::pair{impl.dlq_id, &snapshot.dead}}) {
+      auto stmt = db.prepare(k_messages);
+      stmt->bind(1, queue);
+      while (stmt->step()) into->push_back(Impl::read_message(*stmt));
+    }
+    auto stmt = db.prepare(k_dedup);
+    stmt->bind(1, impl.queue_id).bind(2, txn.now);
+    while (stmt->step()) {
+      MovedDedup d;
+      d.seq = stmt->column_int(0);
+      std::array<unsigned char, 32> key{}; // the blob's 16 bytes, then zeros
+      const std::string_view blob = stmt->column_view(1);
+      std::copy_n(blob.begin(), std::min<size_t>(blob.size(), 16), key.begin());
+      d.key = hex_of(key).substr(0, 32);
+      d.message_id = format_message_id(id_from_blob(stmt->column_view(2)));
+      d.expires_at_ms = stmt->column_int(3);
+      d.body_hash = stmt->column_int(4);
+      snapshot.dedup.push_back(std::move(d));
+    }
+    snapshot.next_seq = db.query_int("SELECT next_seq FROM queues WHERE id = 0");
+    result = move_in(snapshot);
+    if (!result) return; // nothing written here: the transaction commits nothing
+    for (const int64_t id : {impl.queue_id, impl.dlq_id}) {
+      db.prepare("DELETE FROM messages WHERE queue_id = ?1")->bind(1, id).run();
+      db.prepare("DELETE FROM groups WHERE queue_id = ?1")->bind(1, id).run();
+      db.prepare("DELETE FROM dedup WHERE queue_id = ?1")->bind(1, id).run();
+    }
+    db.prepare("UPDATE queues SET dedup_epoch = dedup_epoch + 1, moved_to = ?1 WHERE id = 0")
+      ->bind(1, destination)
+      .run();
+  };
+  if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
+  return result;
 }
 
 std::unique_lock<std::shared_mutex> SqliteQueue::hold_writes()

@@ -116,6 +116,15 @@ public:
   void interrupt() override;
   void resume() override;
 
+  // acmo queue move: in one write transaction, hand every message of the queue and of its DLQ,
+  // in sequence order, and the dedup history still in its window to `move_in`, which commits
+  // them elsewhere; once it has, delete them here and mark the queue moved to `destination`
+  // (shown in the error every later send gets). When `move_in` fails nothing changes here.
+  // The database's write lock is held throughout: every send of another process waits.
+  Expected<MoveResult>
+  move_out(const std::string& destination,
+           const std::function<Expected<MoveResult>(const QueueSnapshot&)>& move_in);
+
   // Wait until no write transaction of any SqliteQueue of this process is open, and keep new
   // ones from beginning while the returned lock is held: what a process does before it lets
   // itself be stopped (SIGTSTP), so that it never stops holding the database's write lock.
