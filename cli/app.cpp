@@ -53,6 +53,7 @@ constexpr std::array k_subcommands = {
              &setup_tail},
   Subcommand{"dlq", "Inspect and replay dead-lettered messages (list | show ID | redrive | purge)",
              &setup_dlq},
+  Subcommand{"queue", "Move the embedded queue into PostgreSQL (move --to URL)", &setup_queue},
   Subcommand{"config", "Show or check the configuration (show | check)", &setup_config},
   Subcommand{"demo",
              "Walk through the whole pipeline in a temporary data dir, narrated",

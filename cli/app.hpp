@@ -51,6 +51,7 @@ Runner setup_groups(CLI::App& sub, const GlobalOptions& global);
 Runner setup_handlers(CLI::App& sub, const GlobalOptions& global);
 Runner setup_tail(CLI::App& sub, const GlobalOptions& global);
 Runner setup_demo(CLI::App& sub, const GlobalOptions& global);
+Runner setup_queue(CLI::App& sub, const GlobalOptions& global);
 Runner setup_version(CLI::App& sub, const GlobalOptions& global);
 
 // The configuration in force (docs/configuration.md), loaded once: --config or $ACMO_CONFIG, else the first

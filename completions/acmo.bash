@@ -7,7 +7,7 @@
 # Word lists are split into COMPREPLY on purpose; file names are split at newlines only.
 # shellcheck disable=SC2207
 
-_acmo_subcommands='send stats purge run-handler serve orders peek groups handlers tail dlq config demo version'
+_acmo_subcommands='send stats purge run-handler serve orders peek groups handlers tail dlq queue config demo version'
 _acmo_global_opts='--config --data-dir --json -q --quiet -v --verbose'
 
 # The subcommands of a subcommand: _acmo_subcommands_CMD.
@@ -15,6 +15,7 @@ _acmo_subcommands_config='show check'
 _acmo_subcommands_orders='get list events'
 _acmo_subcommands_dlq='list show redrive purge'
 _acmo_subcommands_handlers='list stop drain'
+_acmo_subcommands_queue='move'
 
 # Options of each (sub)subcommand, _acmo_opts_CMD or _acmo_opts_CMD_SUB, and the options (of
 # any command) that take a value.
@@ -39,6 +40,8 @@ _acmo_opts_dlq_list='--limit --offset --reason --older-than --newer-than -h --he
 _acmo_opts_dlq_show='-h --help'
 _acmo_opts_dlq_redrive='--reason --older-than --newer-than --rate -h --help'
 _acmo_opts_dlq_purge='-y --yes -h --help'
+_acmo_opts_queue='-h --help'
+_acmo_opts_queue_move='--to --schema -y --yes -h --help'
 _acmo_opts_config='-h --help'
 _acmo_opts_config_show='-h --help --show-secrets'
 _acmo_opts_config_check='-h --help'
@@ -46,7 +49,7 @@ _acmo_opts_demo='--keep -h --help'
 _acmo_opts_version='-h --help'
 _acmo_value_opts=' --config --data-dir --order-id --data --group --dedup-id --file '
 _acmo_value_opts+='--concurrency --batch-size --status --limit --offset --pid-file --log-file --listen '
-_acmo_value_opts+='--reason --older-than --newer-than --rate '
+_acmo_value_opts+='--reason --older-than --newer-than --rate --to --schema '
 _acmo_durations='30s 5m 1h 1d'
 _acmo_statuses='pending processing shipped delivered cancelled'
 
@@ -139,7 +142,7 @@ _acmo()
         --status) COMPREPLY=($(compgen -W "$_acmo_statuses" -- "$cur")); return ;;
         --order-id) _acmo_order_ids "$cur"; return ;;
         --older-than|--newer-than) COMPREPLY=($(compgen -W "$_acmo_durations" -- "$cur")); return ;;
-        --group|--dedup-id|--concurrency|--batch-size|--limit|--offset|--reason|--rate) return ;;
+        --group|--dedup-id|--concurrency|--batch-size|--limit|--offset|--reason|--rate|--to|--schema) return ;;
     esac
 
     # The subcommand is the first word that is neither an option nor an option's value. For a

@@ -17,7 +17,7 @@ function __acmo_args
         switch $w
             case --config --data-dir --order-id --data --group --dedup-id --file \
                     --concurrency --batch-size --status --limit --offset --pid-file --log-file \
-                    --reason --older-than --newer-than --rate --listen --count
+                    --reason --older-than --newer-than --rate --listen --count --to --schema
                 set skip 1
             case '-*'
             case '*'
@@ -111,6 +111,7 @@ complete -c acmo -n __acmo_no_subcommand -a groups -d 'Show the message groups: 
 complete -c acmo -n __acmo_no_subcommand -a handlers -d 'List the handlers; stop or drain one wherever it runs'
 complete -c acmo -n __acmo_no_subcommand -a tail -d 'Follow the events applied and dead-lettered'
 complete -c acmo -n __acmo_no_subcommand -a dlq -d 'Inspect and replay dead-lettered messages'
+complete -c acmo -n __acmo_no_subcommand -a queue -d 'Move the embedded queue into PostgreSQL'
 complete -c acmo -n __acmo_no_subcommand -a config -d 'Show or check the configuration'
 complete -c acmo -n __acmo_no_subcommand -a demo -d 'Walk through the whole pipeline, narrated'
 complete -c acmo -n __acmo_no_subcommand -a version -d "Print acmo's version and what it was built with"
@@ -198,6 +199,12 @@ complete -c acmo -n '__acmo_using handlers stop' -l all -d 'Every running handle
 complete -c acmo -n '__acmo_using handlers stop' -l wait -x -d 'Wait up to SECONDS for them to stop'
 complete -c acmo -n '__acmo_using handlers drain' -l all -d 'Every running handler'
 complete -c acmo -n '__acmo_using handlers drain' -l wait -x -d 'Wait up to SECONDS for them to stop'
+
+# acmo queue: a subcommand of its own, move.
+complete -c acmo -n '__acmo_no_subcommand queue' -a move -d 'Move the embedded queue, its DLQ and dedup history into PostgreSQL'
+complete -c acmo -n '__acmo_using queue move' -l to -x -d 'The PostgreSQL URL to move the queue to'
+complete -c acmo -n '__acmo_using queue move' -l schema -x -d 'The schema to move it into'
+complete -c acmo -n '__acmo_using queue move' -s y -l yes -d 'Do not ask for confirmation'
 
 # acmo config: a subcommand of its own, show or check.
 complete -c acmo -n '__acmo_no_subcommand config' -a show -d "Print every key's value and where it came from"

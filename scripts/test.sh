@@ -16,7 +16,7 @@ eval "$(scripts/test-services.sh start | sed 's/^/export /')"
 cd "${ACMO_BUILD_DIR:-build}"
 ctest --output-on-failure --timeout 900 "$@"
 
-# Issue 6: the unit and integration tests again under ASan + UBSan and under TSan, and a short
+# The unit and integration tests again under ASan + UBSan and under TSan, and a short
 # run of every fuzz target, in CI (CI=true) or when asked (ACMO_EXTRA_TESTS=1), with the
 # services still up. By hand: scripts/test-sanitizers.sh [address] [thread], and
 # scripts/test-fuzz.sh (ACMO_FUZZ_SECONDS, 30 s a target here).

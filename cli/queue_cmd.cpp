@@ -1,0 +1,159 @@
+// acmo queue move --to URL: move the embedded queue (its messages, its DLQ and its dedup
+// history) into PostgreSQL (docs/operations.md §9).
+#include <filesystem>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "cli/app.hpp"
+#include "cli/output.hpp"
+#include "core/config/config.hpp"
+#include "core/queue/postgres/pg_queue.hpp"
+#include "core/queue/sqlite/sqlite_queue.hpp"
+#include "core/store/pg_conninfo.hpp"
+#include "core/util/clock.hpp"
+#include "core/util/paths.hpp"
+
+namespace acmo::cli {
+
+namespace {
+
+struct MoveOptions {
+  std::string to;
+  std::string schema;
+  bool yes = false;
+};
+
+// Whole messages and dead letters are told apart from the dedup entries in what is printed.
+std::string plural(int64_t n, std::string_view one, std::string_view many)
+{
+  return fmt::format("{} {}", n, n == 1 ? one : many);
+}
+
+int move_queue(const MoveOptions& opts, const GlobalOptions& global)
+{
+  const Settings& settings = config(global).settings();
+  const std::string schema = opts.schema.empty() ? settings.queue_backend.schema : opts.schema;
+  if (!valid_queue_schema(schema)) {
+    throw Fatal(fmt::format("--schema \"{}\" is not a schema name acmo takes: 1 to 63 lower-case "
+                            "letters, digits and _, not starting with a digit",
+                            schema),
+                exit_code::k_usage);
+  }
+  if (settings.store.backend != "postgres") {
+    throw Fatal("acmo queue move needs the orders in PostgreSQL (store.backend = \"postgres\"): "
+                "with the embedded store, the orders live in the SQLite file beside the queue, "
+                "and a queue in PostgreSQL needs a store in PostgreSQL",
+                exit_code::k_usage);
+  }
+  const std::string dir = data_dir(global);
+  const std::string path = database_path(dir);
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    throw Fatal(fmt::format("no acmo data in {}: there is no embedded queue to move; check "
+                            "--data-dir or $ACMO_DATA_DIR",
+                            dir),
+                exit_code::k_not_found);
+  }
+  const QueueOptions options = queue_options_from(config(global));
+  auto source = SqliteQueue::open(path, options);
+  if (!source) throw data_dir_fatal(source.error());
+  const int64_t now = SystemClock::instance().now_ms();
+  auto seen = (*source)->handlers(now - 3'600'000);
+  if (!seen) return report(seen.error());
+  for (const auto& h : *seen) {
+    if (h.state(now) != "running") continue;
+    return report(Error(Errc::busy,
+                        fmt::format("handler {} (pid {} on {}) is running on the embedded queue: "
+                                    "stop every handler first (acmo handlers stop --all, or "
+                                    "stop the services), then move the queue",
+                                    h.id, h.pid, h.host)));
+  }
+  if (!opts.yes) {
+    if (!stdin_is_tty()) {
+      throw Fatal("queue move takes the embedded queue's messages into PostgreSQL, after which "
+                  "it takes no more sends; pass --yes to confirm when not at a terminal",
+                  exit_code::k_usage);
+    }
+    auto stats = (*source)->stats();
+    if (!stats) return report(stats.error());
+    if (!confirm(fmt::format("Move {} and {} of {} to {} (schema {})? The embedded queue then "
+                             "takes no more sends.",
+                             plural(stats->visible + stats->in_flight + stats->delayed,
+                                    "message", "messages"),
+                             plural(stats->dead_lettered, "dead letter", "dead letters"),
+                             options.name, redact_pg_url(opts.to), schema))) {
+      fmt::print(stderr, "nothing moved\n");
+      return exit_code::k_failure;
+    }
+  }
+  auto target = PgQueue::open(opts.to, schema, options);
+  if (!target) return report(target.error());
+  const std::string destination = fmt::format("{} (schema {})", redact_pg_url(opts.to), schema);
+  auto moved = (*source)->move_out(destination, [&](const QueueSnapshot& snapshot)
+                                                   -> Expected<MoveResult> {
+    // A message received and not yet settled is in a handler's hands (one that died, or
+    // stopped without giving it back): wait for its visibility timeout.
+    const int64_t at = SystemClock::instance().now_ms();
+    int64_t held = 0, until = 0;
+    for (const auto& m : snapshot.messages) {
+      if (!m.in_flight || m.visible_at_ms <= at) continue;
+      ++held;
+      until = std::max(until, m.visible_at_ms);
+    }
+    if (held > 0) {
+      return make_error(Errc::busy,
+                        fmt::format("{} of {} in a handler's hands until its visibility "
+                                    "timeout ends in {} s; run acmo queue move again then",
+                                    plural(held, "message is", "messages are"), options.name,
+                                    (until - at + 999) / 1000));
+    }
+    return (*target)->move_in(snapshot);
+  });
+  if (!moved) return report(moved.error());
+  if (global.json) {
+    print_json({{"moved", moved->messages},
+                {"deadLettered", moved->dead},
+                {"deduplicationEntries", moved->dedup},
+                {"movedBefore", moved->skipped},
+                {"to", redact_pg_url(opts.to)},
+                {"schema", schema}});
+    return exit_code::k_ok;
+  }
+  if (!global.quiet) {
+    fmt::print("moved {}, {} and {} to {}\n", plural(moved->messages, "message", "messages"),
+               plural(moved->dead, "dead letter", "dead letters"),
+               plural(moved->dedup, "deduplication entry", "deduplication entries"), destination);
+    if (moved->skipped > 0) {
+      fmt::print("{} had been moved by an earlier run\n",
+                 plural(moved->skipped, "message", "messages"));
+    }
+    fmt::print("the embedded queue takes no more sends: set queue.backend = \"postgres\"{}{} in "
+               "every host's configuration and restart acmo there\n",
+               opts.to == settings.store.postgres.url ? "" : " and queue.url",
+               schema == settings.queue_backend.schema ? "" : " and queue.schema");
+  }
+  return exit_code::k_ok;
+}
+
+} // namespace
+
+Runner setup_queue(CLI::App& sub, const GlobalOptions& global)
+{
+  auto opts = std::make_shared<MoveOptions>();
+  sub.require_subcommand(1);
+  auto* move = sub.add_subcommand(
+    "move", "Move the embedded queue, its DLQ and its dedup history into PostgreSQL");
+  move->add_option("--to", opts->to, "The PostgreSQL URL to move the queue to")
+    ->required()
+    ->type_name("URL");
+  move->add_option("--schema", opts->schema, "The schema to move it into (default: queue.schema)")
+    ->type_name("NAME");
+  move->add_flag("-y,--yes", opts->yes, "Do not ask for confirmation (needed when not on a TTY)");
+  return [opts, move, &global] {
+    if (move->parsed()) return move_queue(*opts, global);
+    return exit_code::k_usage;
+  };
+}
+
+} // namespace acmo::cli
