@@ -247,6 +247,25 @@ Expected<std::vector<Disposition>> apply_embedded(QueueTransaction& txn,
   return out;
 }
 
+// The events of a batch that parsed, moved out of `events` (which keeps the errors of those
+// that did not), with the position each came from: events[index[k]] was valid[k].
+struct ValidEvents {
+  std::vector<AppliedEvent> valid;
+  std::vector<size_t> index;
+};
+ValidEvents take_valid(std::vector<Expected<AppliedEvent>>& events)
+{
+  ValidEvents out;
+  out.valid.reserve(events.size());
+  out.index.reserve(events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (!events[i]) continue;
+    out.valid.push_back(std::move(*events[i]));
+    out.index.push_back(i);
+  }
+  return out;
+}
+
 // Apply the events with `writer` inside the queue's transaction `txn` (a store in the queue's
 // own PostgreSQL database); as apply_embedded, one that can never apply goes to the DLQ.
 Expected<std::vector<Disposition>> apply_in_writer(OrderWriter& writer, QueueTransaction& txn,
@@ -255,19 +274,13 @@ Expected<std::vector<Disposition>> apply_in_writer(OrderWriter& writer, QueueTra
 {
   tally = BatchTally{};
   std::vector<Disposition> out(events.size());
-  std::vector<AppliedEvent> valid;
-  std::vector<size_t> index; // valid[k] is events[index[k]]
-  valid.reserve(events.size());
   for (size_t i = 0; i < events.size(); ++i) {
-    if (events[i]) {
-      valid.push_back(*events[i]);
-      index.push_back(i);
-    } else {
-      out[i] = Disposition{true, events[i].error().message, {}};
-      tally.last_reason = events[i].error().message;
-      ++tally.dead;
-    }
+    if (events[i]) continue;
+    out[i] = Disposition{true, events[i].error().message, {}};
+    tally.last_reason = events[i].error().message;
+    ++tally.dead;
   }
+  auto [valid, index] = take_valid(events);
   auto outcomes = writer.apply_in(txn, valid, now_ms);
   if (!outcomes) return Unexpected(outcomes.error());
   for (size_t k = 0; k < valid.size(); ++k) {
@@ -458,18 +471,12 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
 {
   const auto started = std::chrono::steady_clock::now();
   // Events that failed to parse never reach the store: they go to the DLQ with their reason.
-  std::vector<AppliedEvent> valid;
-  std::vector<size_t> index; // valid[k] came in messages[index[k]]
   std::vector<std::pair<size_t, std::string>> rejected;
   std::vector<std::string> rejected_order(messages.size()); // the order ids of valid events
   for (size_t i = 0; i < events.size(); ++i) {
-    if (events[i]) {
-      valid.push_back(std::move(*events[i]));
-      index.push_back(i);
-    } else {
-      rejected.emplace_back(i, events[i].error().message);
-    }
+    if (!events[i]) rejected.emplace_back(i, events[i].error().message);
   }
+  auto [valid, index] = take_valid(events); // valid[k] came in messages[index[k]]
   Expected<std::vector<ApplyOutcome>> outcomes = std::vector<ApplyOutcome>{};
   if (!valid.empty()) outcomes = m_options.writer->apply_batch(valid, m_clock.now_ms());
 
