@@ -94,9 +94,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
-rand_sleep() { sleep "0.$(printf '%03d' $((RANDOM % $1)))"; } # rand_sleep MAX_MS (< 1000)
-
 # --- the network --------------------------------------------------------------------------------
 
 for _ in $(seq 20); do
@@ -182,23 +179,10 @@ wait_for() {
   for _ in $(seq "$tries"); do "$@" && return 0; sleep 0.1; done
   return 1
 }
-# ack_fields JSON: "MESSAGE_ID ORDER_ID DUPLICATE" of a send's answer.
-ack_fields() {
-  local msg order dup
-  [[ $1 =~ \"messageId\":\"([^\"]+)\" ]] && msg=${BASH_REMATCH[1]}
-  [[ $1 =~ \"orderId\":\"([^\"]+)\" ]] && order=${BASH_REMATCH[1]}
-  [[ $1 =~ \"duplicate\":(true|false) ]] && dup=${BASH_REMATCH[1]}
-  [[ -n ${msg:-} && -n ${order:-} && -n ${dup:-} ]] || return 1
-  echo "$msg $order $dup"
-}
-
-# record KEY STEP TYPE STATUS KIND ACK: an acknowledgement, as verify.jq reads it.
-record() {
-  local msg order dup
-  read -r msg order dup <<<"$6"
-  printf '{"key":"%s","step":%d,"type":"%s","status":"%s","msg":"%s","order":"%s","dup":%s,"kind":"%s"}\n' \
-    "$1" "$2" "$3" "$4" "$msg" "$order" "$dup" "$5" >>"$work/acks-$sender"
-}
+# The plans, walk_plan, ack_fields and record: order_plans.sh.
+# shellcheck source=order_plans.sh
+source "$here/order_plans.sh"
+acks_dir=$work
 
 # --- a handler cut off while it applies a batch ------------------------------------------------
 
@@ -270,16 +254,6 @@ done
 
 # --- the senders --------------------------------------------------------------------------------
 
-# Each order follows one of these plans (the statuses of its UPDATEs, "DELETE", in order). Some
-# steps must fail: a forbidden change, a change of a deleted order (see tests/torture/torture.sh).
-plans=(
-  "processing shipped delivered"
-  "processing pending cancelled"           # processing → pending is forbidden
-  "cancelled DELETE"
-  "shipped processing DELETE processing"   # pending → shipped is forbidden; the last: deleted
-  "processing delivered"                   # processing → delivered is forbidden
-)
-
 # deliver KIND TYPE ORDER DATA KEY [GONE]: send one event until it is acknowledged; print
 # "MESSAGE_ID ORDER_ID DUPLICATE". KIND: http (to the sender's server, then the other one after
 # a failure), cli (acmo send) or ghost (an UPDATE through acmo send --file, which leaves the
@@ -341,32 +315,12 @@ deliver() {
 # end; a CLI sender also sends, every third order, an update of an order that never exists.
 sender() {
   sender=$1
-  local kind=$2 deadline=$3 n=0 step order key plan type status data ack gone rc
+  local kind=$2 deadline=$3 n=0 key ack
   while (($(now_ms) < deadline)); do
     n=$((n + 1))
-    key="s$sender-o$n"
-    plan=${plans[$(((sender * 7 + n) % ${#plans[@]}))]}
-    order=''
-    [[ $kind == cli ]] && order="ord_m$key"
-    step=0
-    gone=0
-    for word in CREATE $plan; do
-      case $word in
-        CREATE) type=CREATE status=''
-          data="{\"customer_name\":\"Host $key\",\"customer_email\":\"m$sender@example.com\",\"items\":[{\"product_id\":\"p-$n\",\"quantity\":$((n % 5 + 1)),\"unit_price\":12.34}]}" ;;
-        DELETE) type=DELETE status='' data='' ;;
-        *) type=UPDATE status=$word data="{\"status\":\"$word\"}" ;;
-      esac
-      ack=$(deliver "$kind" "$type" "$order" "$data" "m-$key-$step" "$gone"); rc=$?
-      [[ $type == DELETE ]] && gone=1
-      if [[ $rc == 3 ]]; then step=$((step + 1)); continue; fi
-      [[ $rc == 0 ]] || return 1
-      record "$key" "$step" "$type" "$status" "$kind" "$ack"
-      order=$(cut -d' ' -f2 <<<"$ack")
-      step=$((step + 1))
-      rand_sleep 50
-    done
+    walk_plan "$n" "$kind" m 50 || return 1
     if [[ $kind == cli && $((n % 3)) == 0 ]]; then
+      key="s$sender-o$n"
       ack=$(deliver ghost UPDATE "ord_ghost-$key" '{"status":"processing"}' "m-g$key") || return 1
       record "g$key" 0 UPDATE processing ghost "$ack"
     fi

@@ -59,9 +59,6 @@ redis_cli() {
   redis-cli -h "${url%%:*}" -p "${url##*:}" "$@"
 }
 
-now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
-rand_sleep() { sleep "0.$(printf '%03d' $((RANDOM % $1)))"; } # rand_sleep MAX_MS (< 1000)
-
 # --- the processes ------------------------------------------------------------------------------
 
 # start NAME: start serve, h1 or h2 again (their output appended to NAME.log).
@@ -87,26 +84,9 @@ start_first_server() {
 
 # --- the senders --------------------------------------------------------------------------------
 
-# Each order follows one of these plans (the statuses of its UPDATEs, "DELETE", in order).
-# Some steps must fail: a forbidden change, a change of a deleted order.
-plans=(
-  "processing shipped delivered"
-  "processing pending cancelled"      # processing → pending is forbidden
-  "cancelled DELETE"
-  "shipped processing DELETE processing"   # pending → shipped is forbidden; the last: deleted
-  "processing delivered"              # processing → delivered is forbidden
-)
-
-# ack_fields JSON: "MESSAGE_ID ORDER_ID DUPLICATE" of a send's answer (bash alone: starting jq
-# for every event would cost more than sending it).
-ack_fields() {
-  local msg order dup
-  [[ $1 =~ \"messageId\":\"([^\"]+)\" ]] && msg=${BASH_REMATCH[1]}
-  [[ $1 =~ \"orderId\":\"([^\"]+)\" ]] && order=${BASH_REMATCH[1]}
-  [[ $1 =~ \"duplicate\":(true|false) ]] && dup=${BASH_REMATCH[1]}
-  [[ -n ${msg:-} && -n ${order:-} && -n ${dup:-} ]] || return 1
-  echo "$msg $order $dup"
-}
+# The plans, walk_plan, ack_fields and record: tests/cli/order_plans.sh.
+# shellcheck source=../cli/order_plans.sh
+source "$here/../cli/order_plans.sh"
 
 # deliver KIND TYPE ORDER DATA KEY [GONE]: send one event until it is acknowledged; print
 # "MESSAGE_ID ORDER_ID DUPLICATE". Exit 1 after a rejection (a bug: these events are valid).
@@ -174,31 +154,10 @@ deliver() {
 # end; every acknowledgement appended to acks-N as JSON.
 sender() {
   sender=$1
-  local kind=$2 deadline=$3 n=0 step order key plan words type status data ack msg dup gone rc
+  local kind=$2 deadline=$3 n=0
   while (($(now_ms) < deadline)); do
     n=$((n + 1))
-    key="s$sender-o$n"
-    plan=${plans[$(((sender * 7 + n) % ${#plans[@]}))]}
-    order=''
-    [[ $kind == cli ]] && order="ord_t$key"
-    step=0
-    gone=0
-    for word in CREATE $plan; do
-      case $word in
-        CREATE) type=CREATE status=''
-          data="{\"customer_name\":\"Torture $key\",\"customer_email\":\"t$sender@example.com\",\"items\":[{\"product_id\":\"p-$n\",\"quantity\":$((n % 5 + 1)),\"unit_price\":12.34}]}" ;;
-        DELETE) type=DELETE status='' data='' ;;
-        *) type=UPDATE status=$word data="{\"status\":\"$word\"}" ;;
-      esac
-      ack=$(deliver "$kind" "$type" "$order" "$data" "t-$key-$step" "$gone"); rc=$?
-      [[ $type == DELETE ]] && gone=1
-      if [[ $rc == 3 ]]; then step=$((step + 1)); continue; fi
-      [[ $rc == 0 ]] || return 1
-      read -r msg order dup <<<"$ack"
-      printf '{"key":"%s","step":%d,"type":"%s","status":"%s","msg":"%s","order":"%s","dup":%s,"kind":"%s"}\n' \
-        "$key" "$step" "$type" "$status" "$msg" "$order" "$dup" "$kind" >>"$dir/acks-$sender"
-      step=$((step + 1))
-    done
+    walk_plan "$n" "$kind" t || return 1
   done
 }
 
@@ -215,6 +174,7 @@ torture() {
   local backend=$1
   dir=$work/$backend
   mkdir -p "$dir"
+  acks_dir=$dir
   export ACMO_DATA_DIR=$dir/data NO_COLOR=1
   export ACMO_QUEUE_GROUP_BY=order ACMO_QUEUE_VISIBILITY_TIMEOUT=2s
   export ACMO_QUEUE_RETRY_DELAYS="100ms, 200ms, 500ms" ACMO_QUEUE_MAX_RETRIES=1000
