@@ -106,6 +106,28 @@ bool stop_signal_within(const sigset_t& signals, int64_t ms)
   }
 }
 
+std::optional<Expected<void>> open_waiting(const sigset_t& signals,
+                                           const std::function<Expected<void>()>& open)
+{
+  Expected<void> opened = open();
+  if (opened || opened.error().code != Errc::unavailable) return opened;
+  const std::string note = fmt::format("{}; retrying until it answers", opened.error().message);
+  log::warn({"store_waiting"}, "{}", note);
+  announce_ready(note);
+  int64_t delay_ms = 500;
+  while (!opened && opened.error().code == Errc::unavailable) {
+    if (stop_signal_within(signals, delay_ms)) {
+      log::info({"stopped"}, "stopped before the store answered");
+      daemon::remove_pid_file();
+      return std::nullopt;
+    }
+    opened = open();
+    delay_ms = std::min<int64_t>(delay_ms * 2, 10'000);
+  }
+  if (opened) log::info({"store_ready"}, "the store answers now");
+  return opened;
+}
+
 void run_until_signal(const sigset_t& signals, const std::function<void()>& stop,
                       const std::function<void()>& body)
 {

@@ -5,6 +5,7 @@
 
 #include <csignal>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -42,6 +43,14 @@ void announce_ready(std::string_view note = {});
 // Wait `ms` for SIGINT or SIGTERM (blocked by block_signals); true if one came. For waits
 // before run_until_signal starts taking them.
 bool stop_signal_within(const sigset_t& signals, int64_t ms);
+
+// Call `open` until it succeeds or fails otherwise than with Errc::unavailable (PostgreSQL not
+// answering yet: everything started at boot), waiting between tries (0.5 s, doubling up to 10 s)
+// as a running process waits through an outage: it logs store_waiting once and store_ready when
+// it answers, and tells systemd it is up, saying why it waits. Nothing when SIGINT or SIGTERM
+// came first (the pid file is removed; the caller exits 0), else open's last result.
+std::optional<Expected<void>> open_waiting(const sigset_t& signals,
+                                           const std::function<Expected<void>()>& open);
 
 // Run `body` on the calling thread while a second thread takes the signals blocked by
 // block_signals: SIGINT or SIGTERM calls `stop` (which must make `body` return soon), SIGHUP

@@ -80,25 +80,9 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
     if (!writer) return Unexpected(writer.error());
     return {};
   };
-  auto opened = open_both();
-  std::string note;
-  if (!opened && opened.error().code == Errc::unavailable && !opts.once) {
-    note = fmt::format("{}; retrying until it answers", opened.error().message);
-    log::warn({"store_waiting"}, "{}", note);
-    announce_ready(note);
-    int64_t delay_ms = 500;
-    while (!opened && opened.error().code == Errc::unavailable) {
-      if (stop_signal_within(signals, delay_ms)) {
-        log::info({"stopped"}, "stopped before the store answered");
-        daemon::remove_pid_file();
-        return exit_code::k_ok;
-      }
-      opened = open_both();
-      delay_ms = std::min<int64_t>(delay_ms * 2, 10'000);
-    }
-    if (opened) log::info({"store_ready"}, "the store answers now");
-  }
-  if (!opened) throw data_dir_fatal(opened.error());
+  auto waited = opts.once ? std::optional<Expected<void>>(open_both()) : open_waiting(signals, open_both);
+  if (!waited) return exit_code::k_ok; // stopped while it waited
+  if (!*waited) throw data_dir_fatal(waited->error());
   auto cache = open_cache(config(global));
   options.concurrency = opts.concurrency;
   options.batch_size = opts.batch_size;

@@ -55,7 +55,17 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   start_long_running(opts.daemon, global, "serve");
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is its own problem, not a crash
 
-  auto queue = open_queue(global); // creates and migrates the schema
+  // The queue may be in PostgreSQL, which may not answer yet (a host cut off, everything
+  // started at boot): wait for it, as run-handler does, instead of exiting.
+  std::unique_ptr<Queue> queue;
+  auto waited = open_waiting(signals, [&]() -> Expected<void> {
+    auto q = try_open_queue(global); // creates and migrates the schema
+    if (!q) return Unexpected(q.error());
+    queue = std::move(*q);
+    return {};
+  });
+  if (!waited) return exit_code::k_ok; // stopped while it waited
+  if (!*waited) throw data_dir_fatal(waited->error());
   const std::string db = database_path(data_dir(global));
   auto cache = open_cache(cfg);
   std::unique_ptr<OrderWriter> writer;

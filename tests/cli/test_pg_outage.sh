@@ -27,9 +27,11 @@ as_postgres() {
 }
 pg_running() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" status >/dev/null 2>&1; }
 server_pid=''
+server2_pid=''
 cleanup() {
   [[ -n $handler_pid ]] && kill -9 "$handler_pid" 2>/dev/null
   [[ -n $server_pid ]] && kill -9 "$server_pid" 2>/dev/null
+  [[ -n $server2_pid ]] && kill -9 "$server2_pid" 2>/dev/null
   [[ -f $work/pg/PG_VERSION ]] && as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -218,13 +220,21 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$api_port/health
 check "  and /health/ready 503: the queue takes no events ($code)" test "$code" = 503
 "$acmo" run-handler --batch-size 10 >"$work/handler4.out" 2>"$work/handler4.err" &
 handler4_pid=$!
-sleep 2 # rounds of failed consumes by the running handler; the new one waits to start
+"$acmo" serve --listen 127.0.0.1:0 --no-handler 2>"$work/serve2.log" &
+server2_pid=$!
+sleep 2 # rounds of failed consumes by the running handler; the new ones wait to start
 check "the running handler keeps running" kill -0 "$handler_pid"
 check "  and says the events stay in the queue, uncounted" \
   grep -q "handler: PostgreSQL at .* is not answering.*the events stay in the queue, nothing counts against their retries" "$work/handler3.err"
 check "a handler started meanwhile waits for the server" \
   grep -q "is not answering.*retrying until it answers" "$work/handler4.err"
+check "so does an acmo serve started meanwhile" \
+  bash -c 'kill -0 "$1" && grep -q "is not answering.*retrying until it answers" "$2"' _ \
+  "$server2_pid" "$work/serve2.log"
 start_pg
+check "once PostgreSQL is back, that server serves: /health/ready 200" wait_for 30 bash -c '
+  p=$(sed -n "s|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p" "$1" | head -n 1)
+  [[ -n $p && $(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$p/health/ready") == 200 ]]' _ "$work/serve2.log"
 send_events 321 330
 check "once it is back, both handlers apply what was sent (250 orders)" wait_for 30 applied_orders 250
 check "the queue is empty" wait_for 5 queue_empty
@@ -236,7 +246,9 @@ wait "$handler_pid"; rc=$?
 wait "$handler4_pid"; rc4=$?
 handler_pid=''
 check "SIGTERM stops both handlers: exit 0 ($rc, $rc4)" test "$rc/$rc4" = 0/0
-kill -TERM "$server_pid"; wait "$server_pid"; server_pid=''
+kill -TERM "$server_pid" "$server2_pid"; wait "$server_pid"; wait "$server2_pid"; rc=$?
+server_pid='' server2_pid=''
+check "SIGTERM stops the server that waited: exit 0 ($rc)" test "$rc" -eq 0
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
