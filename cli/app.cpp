@@ -183,6 +183,17 @@ Expected<std::unique_ptr<Queue>> try_open_queue(const GlobalOptions& global)
   if (global.verbose > 0) fmt::print(stderr, "acmo: queue database: {}\n", path);
   auto queue = SqliteQueue::open(path, queue_options_from(config(global)));
   if (!queue) return Unexpected(queue.error());
+  // A queue acmo queue move has moved is empty for good: a command that would use it runs with
+  // a configuration that has not followed the move.
+  auto moved = (*queue)->moved_to();
+  if (!moved) return Unexpected(moved.error());
+  if (!moved->empty()) {
+    throw Fatal(fmt::format("the queue in {} was moved to {} (acmo queue move): set "
+                            "queue.backend = \"postgres\" (and queue.url, queue.schema) in the "
+                            "configuration",
+                            path, *moved),
+                exit_code::k_usage);
+  }
   return std::unique_ptr<Queue>(std::move(*queue));
 }
 

@@ -24,8 +24,9 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-queue-move-test.XXXXXX")
 export ACMO_TEST_RUN=$work
 schema="acmo_move_$$_$RANDOM"
 handler_pid=''
+server_pid=''
 cleanup() {
-  kill_own 9 "$handler_pid"
+  kill_own 9 "$handler_pid" "$server_pid"
   psql "$ACMO_TEST_PG_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -84,14 +85,20 @@ check "with the embedded store: exit 2, saying why" \
 check "the refusals made nothing in PostgreSQL" \
   test "$(sql "SELECT count(*) FROM pg_tables WHERE schemaname = '$schema' AND tablename = 'messages'")" = 0
 
+start_server --no-handler # on the embedded queue, running through the move
 out=$("$acmo" queue move --to "$url" --yes 2>&1)
 check "the move: exit 0" test $? -eq 0
 check "it says what it moved" grep -qF "moved 21 messages, 1 dead letter and 24 deduplication entries" <<<"$out"
 check "the password-free URL and the schema are named" grep -qF "(schema $schema)" <<<"$out"
 
+code=$(curl -s -o "$work/post" -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+  -d '{"status":"shipped"}' "http://127.0.0.1:$port/api/orders/ord_1")
+check "a server that was running takes no more events: 503, saying where the queue went ($code)" \
+  test "$code" = 503 -a -n "$(grep -F 'was moved to' "$work/post")"
+kill_own TERM "$server_pid"; wait "$server_pid"; server_pid=''
 out=$("$acmo" send UPDATE --order-id ord_1 --data '{"status":"shipped"}' 2>&1)
-check "the embedded queue takes no more sends: exit 75, saying where it went" \
-  test $? -eq 75 -a -n "$(grep -F 'was moved to' <<<"$out")"
+check "a command started with the old configuration: exit 2, saying what to set" \
+  test $? -eq 2 -a -n "$(grep -F 'was moved to' <<<"$out" | grep -F 'queue.backend')"
 
 stats=$(on_pg --json stats)
 check "stats: the queue is in PostgreSQL, 21 messages and a dead letter" \

@@ -903,6 +903,7 @@ TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history
   REQUIRE_FALSE(refused);
   CHECK(refused.error().code == Errc::unavailable);
   CHECK(refused.error().message.find("moved to pg at db") != std::string::npos);
+  CHECK(must(from->moved_to()) == "pg at db");
   // A second run moves nothing; neither does a run handed the same messages again.
   CHECK(must(from->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); }))
           .messages

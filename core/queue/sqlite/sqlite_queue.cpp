@@ -1744,6 +1744,17 @@ Expected<SqliteQueue::DlqPage> SqliteQueue::dlq_page(int64_t limit, int64_t offs
   }
 }
 
+Expected<std::string> SqliteQueue::moved_to()
+{
+  try {
+    std::lock_guard lock(m_impl->read_mu);
+    auto stmt = m_impl->reader->prepare("SELECT moved_to FROM queues WHERE id = 0");
+    return stmt->step() ? stmt->column_text(0) : std::string();
+  } catch (const sqlite::SqliteError& e) {
+    return Unexpected(e.to_error());
+  }
+}
+
 Expected<std::optional<Message>> SqliteQueue::find(int64_t seq)
 {
   static const std::string k_sql = "SELECT " + k_message_columns

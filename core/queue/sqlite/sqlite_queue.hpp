@@ -124,6 +124,8 @@ public:
   Expected<MoveResult>
   move_out(const std::string& destination,
            const std::function<Expected<MoveResult>(const QueueSnapshot&)>& move_in);
+  // Where move_out moved the queue; empty while it has not been moved.
+  Expected<std::string> moved_to();
 
   // Wait until no write transaction of any SqliteQueue of this process is open, and keep new
   // ones from beginning while the returned lock is held: what a process does before it lets
