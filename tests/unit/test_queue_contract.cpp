@@ -915,6 +915,44 @@ TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history
   CHECK(again.skipped == 3);
 }
 
+TEST_CASE("acmo queue move: a queue longer than one statement moves whole, and only once",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  acmo::test::TempDir dir;
+  auto from = must(SqliteQueue::open(dir.file("acmo.db"), {}));
+  std::vector<SendRequest> requests;
+  for (int i = 0; i < 2500; ++i) {
+    requests.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i % 7), ""});
+  }
+  for (const auto& r : from->send_bulk(requests)) must(r);
+  auto to = must(PgQueue::open(schema.url(), schema.name(), {}));
+  QueueSnapshot taken;
+  auto moved = must(from->move_out("pg", [&](const QueueSnapshot& s) {
+    taken = s;
+    return to->move_in(s);
+  }));
+  CHECK(moved.messages == 2500);
+  CHECK(moved.dedup == 2500);
+  CHECK(must(to->stats()).visible == 2500);
+  CHECK(schema.exec("SELECT count(*) FROM moved_messages")[0][0].as<int64_t>() == 2500);
+  // The same snapshot again (a run stopped between the two commits): nothing moves twice.
+  auto again = must(to->move_in(taken));
+  CHECK(again.messages == 0);
+  CHECK(again.skipped == 2500);
+  CHECK(must(to->stats()).visible == 2500);
+  // In order within each group.
+  PeekFilter group;
+  group.group_id = "g3";
+  group.limit = 1000;
+  auto g3 = must(to->peek(group));
+  REQUIRE(g3.size() == 357);
+  CHECK(std::is_sorted(g3.begin(), g3.end(),
+                       [](const Message& a, const Message& b) { return a.seq < b.seq; }));
+  CHECK(g3.front().body == "m3");
+}
+
 TEST_CASE("Queue contract: a sent message is received and then deleted", "[contract]")
 {
   CONTRACT_QUEUE(f, QueueOptions{});

@@ -1981,51 +1981,55 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
 {
   return m_impl->run([&](PgTxn& txn) -> Expected<MoveResult> {
     MoveResult result;
-    // What an earlier run moved: skipped, by message id.
-    PgArray all_ids;
-    for (const auto* list : {&snapshot.messages, &snapshot.dead}) {
-      for (const auto& m : *list) all_ids.add(m.message_id);
-    }
-    std::set<std::string> moved_before;
-    for (const auto& row : txn.tx.exec_params(
-           "SELECT message_id::text FROM moved_messages WHERE message_id = ANY($1::uuid[])",
-           all_ids.text())) {
-      moved_before.insert(row[0].as<std::string>());
-    }
+    // Every group of the queue's messages locked first (a row made for a group whose messages
+    // all moved before is dropped again at the end).
     std::set<std::string> groups;
-    for (const auto& m : snapshot.messages) {
-      if (!moved_before.count(m.message_id)) groups.insert(m.group_id);
-    }
+    for (const auto& m : snapshot.messages) groups.insert(m.group_id);
     m_impl->lock_groups_for_insert(txn, groups);
-    PgArray seqs, queues, group_ids, ids, dedup_ids, bodies, sent, first_sent, visible, receives,
-      first_received, failures, errors, reasons, dead_at;
-    for (const auto* list : {&snapshot.messages, &snapshot.dead}) {
-      const bool dead = list == &snapshot.dead;
-      for (const auto& m : *list) {
-        if (moved_before.count(m.message_id)) {
+    std::vector<std::pair<const Message*, bool>> all; // a message, and whether it is dead
+    all.reserve(snapshot.messages.size() + snapshot.dead.size());
+    for (const auto& m : snapshot.messages) all.emplace_back(&m, false);
+    for (const auto& m : snapshot.dead) all.emplace_back(&m, true);
+    // In statements of at most 1,000 messages, so that a long queue makes no huge statement.
+    constexpr size_t k_chunk = 1000;
+    for (size_t from = 0; from < all.size(); from += k_chunk) {
+      const size_t to = std::min(all.size(), from + k_chunk);
+      // What an earlier run moved: skipped, by message id.
+      PgArray chunk_ids;
+      for (size_t i = from; i < to; ++i) chunk_ids.add(all[i].first->message_id);
+      std::set<std::string> moved_before;
+      for (const auto& row : txn.tx.exec_params(
+             "SELECT message_id::text FROM moved_messages WHERE message_id = ANY($1::uuid[])",
+             chunk_ids.text())) {
+        moved_before.insert(row[0].as<std::string>());
+      }
+      PgArray seqs, queues, group_ids, ids, dedup_ids, bodies, sent, first_sent, visible,
+        receives, first_received, failures, errors, reasons, dead_at;
+      for (size_t i = from; i < to; ++i) {
+        const auto& [m, dead] = all[i];
+        if (moved_before.count(m->message_id)) {
           ++result.skipped;
           continue;
         }
         ++(dead ? result.dead : result.messages);
-        seqs.add(m.seq);
+        seqs.add(m->seq);
         queues.add(dead ? m_impl->dlq_id : m_impl->queue_id);
-        group_ids.add(m.group_id);
-        ids.add(m.message_id);
+        group_ids.add(m->group_id);
+        ids.add(m->message_id);
         // A content-based id (the body's SHA-256) is kept as NULL, as acmo_send keeps it.
-        dedup_ids.add(m.dedup_id == sha256_hex(m.body) ? std::string_view() : m.dedup_id);
-        bodies.add(m.body);
-        sent.add(m.sent_at_ms);
-        first_sent.add(m.first_sent_at_ms);
-        visible.add(m.visible_at_ms);
-        receives.add(m.receive_count);
-        first_received.add(m.first_received_at_ms);
-        failures.add(m.failures);
-        errors.add(m.last_error);
-        reasons.add(m.dead_reason);
-        dead_at.add(m.dead_at_ms);
+        dedup_ids.add(m->dedup_id == sha256_hex(m->body) ? std::string_view() : m->dedup_id);
+        bodies.add(m->body);
+        sent.add(m->sent_at_ms);
+        first_sent.add(m->first_sent_at_ms);
+        visible.add(m->visible_at_ms);
+        receives.add(m->receive_count);
+        first_received.add(m->first_received_at_ms);
+        failures.add(m->failures);
+        errors.add(m->last_error);
+        reasons.add(m->dead_reason);
+        dead_at.add(m->dead_at_ms);
       }
-    }
-    if (!seqs.empty()) {
+      if (seqs.empty()) continue;
       // A sequence number the queue already uses for another message: this is not the queue
       // the messages came from, or not an empty one.
       const auto taken = txn.tx.exec_params(
@@ -2058,18 +2062,21 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
                          " SELECT x, $2 FROM unnest($1::uuid[]) AS x",
                          ids.text(), txn.now);
     }
-    PgArray keys, dedup_seqs, dedup_ids_of, expires, hashes;
-    for (const auto& d : snapshot.dedup) {
-      if (d.expires_at_ms <= txn.now) continue;
-      keys.add(d.key);
-      dedup_seqs.add(d.seq);
-      dedup_ids_of.add(d.message_id);
-      expires.add(d.expires_at_ms);
-      hashes.add(d.body_hash);
-    }
-    if (!keys.empty()) {
-      // A key the queue already knows keeps its entry: it was sent again after an earlier run.
-      result.dedup = static_cast<int64_t>(
+    // The dedup history; a key the queue already knows keeps its entry (it was sent again
+    // after an earlier run).
+    for (size_t from = 0; from < snapshot.dedup.size(); from += k_chunk) {
+      PgArray keys, dedup_seqs, dedup_ids_of, expires, hashes;
+      for (size_t i = from; i < std::min(snapshot.dedup.size(), from + k_chunk); ++i) {
+        const MovedDedup& d = snapshot.dedup[i];
+        if (d.expires_at_ms <= txn.now) continue;
+        keys.add(d.key);
+        dedup_seqs.add(d.seq);
+        dedup_ids_of.add(d.message_id);
+        expires.add(d.expires_at_ms);
+        hashes.add(d.body_hash);
+      }
+      if (keys.empty()) continue;
+      result.dedup += static_cast<int64_t>(
         txn.tx
           .exec_params("INSERT INTO dedup (queue_id, dedup_key, seq, message_id, expires_at,"
                        " body_hash) SELECT $1, t.k, t.s, t.id, t.x, t.h FROM unnest($2::text[],"
