@@ -1,6 +1,8 @@
 // acmo queue move --to URL: move the embedded queue (its messages, its DLQ and its dedup
 // history) into PostgreSQL (docs/operations.md §9).
+#include <csignal>
 #include <filesystem>
+#include <fstream>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -8,6 +10,7 @@
 #include "cli/app.hpp"
 #include "cli/output.hpp"
 #include "core/config/config.hpp"
+#include "core/handler/handler_registry.hpp"
 #include "core/queue/postgres/pg_queue.hpp"
 #include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/store/pg_conninfo.hpp"
@@ -28,6 +31,17 @@ struct MoveOptions {
 std::string plural(int64_t n, std::string_view one, std::string_view many)
 {
   return fmt::format("{} {}", n, n == 1 ? one : many);
+}
+
+// Whether process `pid` of this host exists and is an acmo (not a later process that reuses
+// the number).
+bool acmo_process_alive(int64_t pid)
+{
+  if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) != 0) return false;
+  std::ifstream comm(fmt::format("/proc/{}/comm", pid));
+  std::string name;
+  std::getline(comm, name);
+  return name == "acmo";
 }
 
 int move_queue(const MoveOptions& opts, const GlobalOptions& global)
@@ -61,13 +75,25 @@ int move_queue(const MoveOptions& opts, const GlobalOptions& global)
   const int64_t now = SystemClock::instance().now_ms();
   auto seen = (*source)->handlers(now - 3'600'000);
   if (!seen) return report(seen.error());
+  const std::string here = host_name();
   for (const auto& h : *seen) {
-    if (h.state(now) != "running") continue;
-    return report(Error(Errc::busy,
-                        fmt::format("handler {} (pid {} on {}) is running on the embedded queue: "
-                                    "stop every handler first (acmo handlers stop --all, or "
-                                    "stop the services), then move the queue",
-                                    h.id, h.pid, h.host)));
+    const std::string state = h.state(now);
+    if (state == "running") {
+      return report(Error(Errc::busy,
+                          fmt::format("handler {} (pid {} on {}) is running on the embedded "
+                                      "queue: stop every handler first (acmo handlers stop "
+                                      "--all, or stop the services), then move the queue",
+                                      h.id, h.pid, h.host)));
+    }
+    // A handler whose heartbeat stopped while its process lives on (stopped with SIGSTOP, or
+    // hung) could wake after the move and apply a batch it held a second time.
+    if (state == "gone" && h.host == here && acmo_process_alive(h.pid)) {
+      return report(Error(Errc::busy,
+                          fmt::format("handler {} has stopped beating but its process {} is "
+                                      "still there (stopped or hung): end it (kill -CONT {} "
+                                      "then kill -TERM {}), then move the queue",
+                                      h.id, h.pid, h.pid, h.pid)));
+    }
   }
   if (!opts.yes) {
     if (!stdin_is_tty()) {

@@ -62,6 +62,17 @@ for _ in $(seq 100); do
 done
 out=$("$acmo" queue move --to "$url" --yes 2>&1)
 check "a handler running: exit 75, naming it" test $? -eq 75 -a -n "$(grep -F 'is running' <<<"$out")"
+# The same handler stopped with SIGSTOP past its heartbeat's timeout: gone from the registry's
+# view, but its process could wake and apply what it holds; still refused.
+kill_own STOP "$handler_pid"
+for _ in $(seq 100); do
+  "$acmo" handlers --json 2>/dev/null | grep -q '"state":"gone"' && break
+  sleep 0.1
+done
+out=$("$acmo" queue move --to "$url" --yes 2>&1)
+check "a handler stopped with SIGSTOP: exit 75, naming its process" \
+  test $? -eq 75 -a -n "$(grep -F "process $handler_pid is still there" <<<"$out")"
+kill_own CONT "$handler_pid"
 "$acmo" handlers stop --all --wait 10 >/dev/null 2>&1 || not_ok "the handler did not stop"
 wait "$handler_pid" 2>/dev/null
 handler_pid=''
