@@ -1053,23 +1053,31 @@ struct PgQueue::Impl {
     std::vector<Expected<void>> out(receipts.size());
     auto located = locate_all(txn, receipts);
     std::set<int64_t> removed;
+    std::vector<const Located*> removing;
     for (size_t i = 0; i < receipts.size(); ++i) {
       if (!located[i]) {
         out[i] = Unexpected(located[i].error());
       } else if (!removed.insert(located[i]->seq).second) {
         out[i] = Unexpected(gone_receipt());
       } else {
-        remove_located(txn, *located[i]);
+        removing.push_back(&*located[i]);
       }
     }
+    remove_located(txn, removing);
     return out;
   }
 
-  void remove_located(PgTxn& txn, const Located& at)
+  // Delete the messages `at` (located, so locked), in one statement.
+  void remove_located(PgTxn& txn, const std::vector<const Located*>& at)
   {
-    txn.tx.exec_params("DELETE FROM messages WHERE seq = $1", at.seq);
-    ++txn.counters[queue_id].deleted;
-    txn.touched_groups.insert(at.group_id);
+    if (at.empty()) return;
+    PgArray seqs;
+    for (const auto* l : at) {
+      seqs.add(l->seq);
+      txn.touched_groups.insert(l->group_id);
+    }
+    txn.tx.exec_params("DELETE FROM messages WHERE seq = ANY($1::bigint[])", seqs.text());
+    txn.counters[queue_id].deleted += static_cast<int64_t>(at.size());
   }
 
   void do_hide(PgTxn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
@@ -1146,12 +1154,14 @@ struct PgQueue::Impl {
                                                 "differs from the message count");
     }
     if (!dispositions) return Unexpected(dispositions.error());
+    std::vector<const Located*> removing;
+    for (size_t i = 0; i < at.size(); ++i) {
+      if (!(*dispositions)[i].dead_letter) removing.push_back(&at[i]);
+    }
+    remove_located(txn, removing);
     for (size_t i = 0; i < at.size(); ++i) {
       const Disposition& d = (*dispositions)[i];
-      if (!d.dead_letter) {
-        remove_located(txn, at[i]);
-        continue;
-      }
+      if (!d.dead_letter) continue;
       if (never_in_flight) {
         txn.tx.exec_params(
           "UPDATE messages SET receive_count = receive_count + 1, first_received_at ="
