@@ -856,11 +856,11 @@ struct PgQueue::Impl {
                                   bool isolate)
   {
     static const std::string k_sql =
-      "WITH g AS (SELECT group_id, head_seq FROM message_groups WHERE queue_id = $1"
+      "WITH g AS (SELECT ctid, group_id, head_seq FROM message_groups WHERE queue_id = $1"
       " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
       " SELECT g.group_id, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"
       " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"
-      " coalesce(m.first_sent_at, m.sent_at)"
+      " coalesce(m.first_sent_at, m.sent_at), g.ctid::text"
       " FROM g LEFT JOIN LATERAL (SELECT * FROM messages x WHERE x.queue_id = $1"
       " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true"
       " ORDER BY g.head_seq, m.seq";
@@ -868,8 +868,9 @@ struct PgQueue::Impl {
     std::vector<Message> out;
     const int64_t hidden_until = txn.now + visibility_ms;
     bool alone = false;
-    PgArray take_seqs, take_tokens, busy_groups, stale_groups;
+    PgArray take_seqs, take_tokens, busy_rows, stale_groups;
     std::string group;
+    std::string group_row; // its row's ctid, locked by this transaction, so it stays
     size_t first = 0;
     bool stopped = false; // the group's run stopped before a message it could deliver
     bool group_open = false;
@@ -882,7 +883,7 @@ struct PgQueue::Impl {
         return;
       }
       if (!take) return;
-      busy_groups.add(group);
+      busy_rows.add(group_row);
       for (size_t i = first; i < out.size(); ++i) {
         out[i].receipt = encode_receipt(Receipt{out[i].seq, token});
         take_seqs.add(out[i].seq);
@@ -896,6 +897,7 @@ struct PgQueue::Impl {
         close_group();
         if (static_cast<int>(out.size()) >= max || alone) break;
         group = g;
+        group_row = row[12].as<std::string>();
         group_open = true;
         first = out.size();
         stopped = false;
@@ -966,9 +968,10 @@ struct PgQueue::Impl {
         " ELSE m.first_received_at END"
         " FROM unnest($3::bigint[], $4::bigint[]) AS t(seq, token) WHERE m.seq = t.seq",
         hidden_until, txn.now, take_seqs.text(), take_tokens.text());
-      txn.tx.exec_params("UPDATE message_groups SET ready_at = $1 WHERE queue_id = $2"
-                         " AND group_id = ANY($3::text[])",
-                         hidden_until, queue_id, busy_groups.text());
+      // The rows by their place (a TID scan): "group_id = ANY(...)" was planned, before the
+      // first ANALYZE, as a filter over every group of the queue.
+      txn.tx.exec_params("UPDATE message_groups SET ready_at = $1 WHERE ctid = ANY($2::tid[])",
+                         hidden_until, busy_rows.text());
       txn.counters[queue_id].received += static_cast<int64_t>(out.size());
     }
     return out;
