@@ -197,17 +197,18 @@ const Statement k_receive = {
   " FROM g LEFT JOIN LATERAL (SELECT * FROM messages x WHERE x.queue_id = $1"
   " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true"
   " ORDER BY g.head_seq, m.seq"};
+// A receive's messages in flight, their groups held until then and the count of the messages
+// received, in one round trip. The groups' rows by their place (a TID scan): "group_id =
+// ANY(...)" was planned, before the first ANALYZE, as a filter over every group of the queue.
 const Statement k_take = {
   "acmo_take",
-  "UPDATE messages m SET visible_at = $1, receipt_token = t.token,"
+  "WITH taken AS (UPDATE messages m SET visible_at = $1, receipt_token = t.token,"
   " receive_count = m.receive_count + 1,"
   " first_received_at = CASE WHEN m.first_received_at = 0 THEN $2"
   " ELSE m.first_received_at END"
-  " FROM unnest($3::bigint[], $4::bigint[]) AS t(seq, token) WHERE m.seq = t.seq"};
-// The rows by their place (a TID scan): "group_id = ANY(...)" was planned, before the first
-// ANALYZE, as a filter over every group of the queue.
-const Statement k_hold_groups = {
-  "acmo_hold_groups", "UPDATE message_groups SET ready_at = $1 WHERE ctid = ANY($2::tid[])"};
+  " FROM unnest($3::bigint[], $4::bigint[]) AS t(seq, token) WHERE m.seq = t.seq),"
+  " held AS (UPDATE message_groups SET ready_at = $1 WHERE ctid = ANY($5::tid[]))"
+  " INSERT INTO queue_counters (queue_id, received) VALUES ($6, $7)"};
 const Statement k_fix_groups = {"acmo_fix_groups", "SELECT acmo_fix_groups($1, $2::text[])"};
 const Statement k_count = {
   "acmo_count",
@@ -235,10 +236,10 @@ const Statement k_journal_begin = {
 const Statement k_journal_done = {"acmo_journal_done",
                                   "DELETE FROM consume_journal WHERE id = $1"};
 
-const Statement* const k_statements[] = {&k_receive,       &k_take,   &k_hold_groups,
-                                         &k_fix_groups,    &k_count,  &k_lock_groups,
-                                         &k_lock_messages, &k_delete, &k_probe,
-                                         &k_journal_begin, &k_journal_done};
+const Statement* const k_statements[] = {&k_receive,       &k_take,          &k_fix_groups,
+                                         &k_count,         &k_lock_groups,   &k_lock_messages,
+                                         &k_delete,        &k_probe,         &k_journal_begin,
+                                         &k_journal_done};
 
 } // namespace
 
@@ -1014,9 +1015,8 @@ struct PgQueue::Impl {
     }
     if (take && !out.empty()) {
       txn.tx.exec_prepared(k_take.name, hidden_until, txn.now, take_seqs.text(),
-                           take_tokens.text());
-      txn.tx.exec_prepared(k_hold_groups.name, hidden_until, busy_rows.text());
-      txn.counters[queue_id].received += static_cast<int64_t>(out.size());
+                           take_tokens.text(), busy_rows.text(), queue_id,
+                           static_cast<int64_t>(out.size()));
     }
     return out;
   }
