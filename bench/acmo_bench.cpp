@@ -2,18 +2,23 @@
 //
 // Every scenario runs --runs times on a fresh database; the report gives each run and the
 // median. Baselines (raw SQLite inserts with one fsync per row, and with 1,000 rows per
-// commit) are measured in the same run, so the ratios hold on a noisy shared machine.
+// commit; for the PostgreSQL queue, single-row INSERTs from 32 connections) are measured in
+// the same run, so the ratios hold on a noisy shared machine.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +33,7 @@
 #include "core/cache/redis_cache.hpp"
 #include "core/handler/order_handler.hpp"
 #include "core/orders/order_event.hpp"
+#include "core/queue/postgres/pg_queue.hpp"
 #include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/store/pg_order_store.hpp"
 
@@ -52,7 +58,17 @@ struct Settings {
   std::vector<std::string> only;
   bool durable_full = true;
   int http_duration = 10;
+  // The PostgreSQL queue's scenarios (ACMO_BENCH_PG_URL), sized to take seconds, not minutes.
+  std::string pg_url;
+  int64_t pg_per_connection = 100; // baseline rows and concurrent sends per thread
+  int64_t pg_bulk_messages = 20'000;
+  int64_t pg_drain_messages = 5'000;
+  int64_t pg_events = 8'000;
+  int pg_wake_samples = 100;
 };
+
+// Exit status of a command line that asks for what cannot be done (as acmo's usage errors).
+constexpr int k_exit_usage = 2;
 
 double seconds_since(Clock::time_point start)
 {
@@ -91,6 +107,7 @@ public:
     std::filesystem::remove_all(m_path, ec);
   }
   std::string db() const { return m_path + "/acmo.db"; }
+  const std::string& path() const { return m_path; }
 
 private:
   std::string m_path;
@@ -225,6 +242,7 @@ public:
       // A leftover schema in a benchmark database is the lesser harm.
     }
   }
+  const std::string& name() const { return m_name; }
   std::string url() const
   {
     return m_base + (m_base.find('?') == std::string::npos ? "?" : "&")
@@ -290,6 +308,210 @@ double pipeline(const Settings& s, bool group_per_order, int concurrency, int ba
   return static_cast<double>(stats->processed) / elapsed;
 }
 
+// --- the PostgreSQL queue ---------------------------------------------------------------------
+
+std::unique_ptr<Queue> open_pg(const Settings& s, const PgBenchSchema& schema)
+{
+  QueueOptions o;
+  o.durability_full = s.durable_full;
+  auto q = acmo::PgQueue::open(s.pg_url, schema.name(), o);
+  if (!q) throw std::runtime_error(q.error().message);
+  return std::move(*q);
+}
+
+// Start `n` threads, let them run `work(thread)` at once, and return the seconds until the
+// last one is done. A thread that throws fails the benchmark.
+double timed_threads(int n, const std::function<void(int)>& work)
+{
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::atomic<int> failures{0};
+  std::string failure;
+  std::mutex failure_mu;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < n; ++t) {
+    threads.emplace_back([&, t] {
+      ++ready;
+      while (!go) std::this_thread::yield();
+      try {
+        work(t);
+      } catch (const std::exception& e) {
+        std::lock_guard lock(failure_mu);
+        if (failures++ == 0) failure = e.what();
+      }
+    });
+  }
+  while (ready < n) std::this_thread::yield();
+  auto start = Clock::now();
+  go = true;
+  for (auto& t : threads) t.join();
+  double elapsed = seconds_since(start);
+  if (failures > 0) throw std::runtime_error(failure);
+  return elapsed;
+}
+
+// The baseline of the PostgreSQL scenarios: --threads connections, each inserting one row at
+// a time, every row its own transaction (with synchronous_commit on, as the server is set, a
+// commit waits for its WAL flush; concurrent commits share flushes). Rows/s.
+double pg_baseline(const Settings& s)
+{
+  PgBenchSchema schema(s.pg_url);
+  std::vector<std::unique_ptr<pqxx::connection>> conns;
+  for (int t = 0; t < s.threads; ++t) {
+    conns.push_back(std::make_unique<pqxx::connection>(schema.url()));
+    if (t == 0) {
+      pqxx::nontransaction(*conns[0]).exec0(
+        "CREATE TABLE baseline (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " body text NOT NULL)");
+    }
+    conns.back()->prepare("insert", "INSERT INTO baseline (body) VALUES ($1)");
+  }
+  const std::string body = event_body(0);
+  double elapsed = timed_threads(s.threads, [&](int t) {
+    pqxx::nontransaction tx(*conns[static_cast<size_t>(t)]);
+    for (int64_t i = 0; i < s.pg_per_connection; ++i) tx.exec_prepared0("insert", body);
+  });
+  return static_cast<double>(s.threads * s.pg_per_connection) / elapsed;
+}
+
+// --threads threads share one queue, as acmo serve's do, each sending one message at a time
+// and waiting until it is durable.
+double pg_send_concurrent(const Settings& s)
+{
+  PgBenchSchema schema(s.pg_url);
+  auto q = open_pg(s, schema);
+  fill(*q, make_requests(1, -1, 1)); // the sending connections, made before the clock runs
+  std::vector<std::vector<SendRequest>> work;
+  for (int t = 0; t < s.threads; ++t) {
+    work.push_back(make_requests(s.pg_per_connection, t * s.pg_per_connection, 1));
+  }
+  double elapsed = timed_threads(s.threads, [&](int t) {
+    for (const auto& r : work[static_cast<size_t>(t)]) {
+      if (auto sent = q->send(r); !sent) throw std::runtime_error(sent.error().message);
+    }
+  });
+  auto cs = q->commit_stats();
+  fmt::print(stderr, "pg_send_concurrent: {} requests in {} statements\n", cs.requests,
+             cs.transactions);
+  return static_cast<double>(s.threads * s.pg_per_connection) / elapsed;
+}
+
+double pg_send_bulk(const Settings& s)
+{
+  PgBenchSchema schema(s.pg_url);
+  auto q = open_pg(s, schema);
+  fill(*q, make_requests(1, -1, 1));
+  auto requests = make_requests(s.pg_bulk_messages, 0, 1);
+  auto start = Clock::now();
+  fill(*q, requests);
+  return static_cast<double>(s.pg_bulk_messages) / seconds_since(start);
+}
+
+// Receive + delete in batches of 10 from a queue whose messages are spread over 1,000 groups.
+double pg_receive_delete(const Settings& s)
+{
+  PgBenchSchema schema(s.pg_url);
+  auto q = open_pg(s, schema);
+  fill(*q, make_requests(s.pg_drain_messages, 0, 1000));
+  int64_t done = 0;
+  std::vector<std::string> receipts;
+  auto start = Clock::now();
+  while (done < s.pg_drain_messages) {
+    auto got = q->receive(10);
+    if (!got) throw std::runtime_error(got.error().message);
+    if (got->empty()) throw std::runtime_error("pg_receive_delete: the queue ran dry early");
+    receipts.clear();
+    for (const auto& m : *got) receipts.push_back(m.receipt);
+    for (const auto& r : q->remove_batch(receipts)) {
+      if (!r) throw std::runtime_error(r.error().message);
+    }
+    done += static_cast<int64_t>(got->size());
+  }
+  return static_cast<double>(done) / seconds_since(start);
+}
+
+// End to end as it is deployed: queue and orders in one PostgreSQL database (the same schema
+// here), a queue of CREATE events, one group per order, and `processes` acmo run-handler
+// --once processes with the default configuration otherwise, timed from their start until the
+// last has emptied the queue and exited. Events/s.
+double pg_end_to_end(const Settings& s, int processes)
+{
+  RunDir dir(s.dir);
+  PgBenchSchema schema(s.pg_url);
+  const std::string config = dir.path() + "/acmo.toml";
+  {
+    FILE* f = std::fopen(config.c_str(), "w");
+    if (f == nullptr) throw std::runtime_error("cannot write " + config);
+    fmt::print(f, "[queue]\nbackend = \"postgres\"\nschema = {}\ndurability = \"{}\"\n"
+                  "[store]\nbackend = \"postgres\"\nurl = {}\n",
+               json(schema.name()).dump(), s.durable_full ? "full" : "normal",
+               json(schema.url()).dump());
+    std::fclose(f);
+  }
+  // The orders' tables are made first, so that the handlers are timed at their work and not at
+  // a migration.
+  if (auto store = acmo::PgOrderStore::open(acmo::PgOptions{schema.url(), 1, 5'000}); !store) {
+    throw std::runtime_error(store.error().message);
+  }
+  auto q = open_pg(s, schema);
+  std::vector<SendRequest> requests;
+  requests.reserve(static_cast<size_t>(s.pg_events));
+  for (int64_t i = 0; i < s.pg_events; ++i) {
+    acmo::OrderEvent e;
+    e.order_id = fmt::format("ord_{:012}", i);
+    e.type = acmo::EventType::create;
+    e.data = {{"customer_name", "Bench"},
+              {"customer_email", "bench@example.com"},
+              {"items", json::array({{{"product_id", "p1"}, {"quantity", 2}, {"unit_price", 9.99}}})}};
+    SendRequest r;
+    r.body = acmo::event_body(e);
+    r.group_id = e.order_id;
+    requests.push_back(std::move(r));
+  }
+  fill(*q, requests);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  // This build's acmo, or the one ACMO_BINARY names (to measure another build's handler).
+  const char* from_env = std::getenv("ACMO_BINARY");
+  const std::string binary = from_env != nullptr && *from_env != '\0' ? from_env : ACMO_BINARY;
+  std::vector<std::string> args = {binary, "--config", config, "--data-dir", dir.path(),
+                                   "-q", "run-handler", "--once"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<pid_t> children;
+  auto start = Clock::now();
+  for (int i = 0; i < processes; ++i) {
+    pid_t pid = 0;
+    if (posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) {
+      throw std::runtime_error("cannot start " + binary);
+    }
+    children.push_back(pid);
+  }
+  int failed = 0;
+  for (pid_t pid : children) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+  }
+  double elapsed = seconds_since(start);
+  posix_spawn_file_actions_destroy(&actions);
+  if (failed > 0) {
+    throw std::runtime_error(fmt::format("pg_end_to_end: {} of {} acmo run-handler --once "
+                                         "processes failed; their messages are above",
+                                         failed, processes));
+  }
+  auto stats = q->stats();
+  if (!stats) throw std::runtime_error(stats.error().message);
+  if (stats->deleted != s.pg_events || stats->visible != 0) {
+    throw std::runtime_error(fmt::format("pg_end_to_end: {} of {} events applied, {} left",
+                                         stats->deleted, s.pg_events, stats->visible));
+  }
+  return static_cast<double>(s.pg_events) / elapsed;
+}
+
 // The consumer loop with remove_and_receive: each batch's deletion rides on the next receive.
 double receive_delete_combined(const Settings& s, int64_t groups)
 {
@@ -346,36 +568,43 @@ int64_t monotonic_us()
 
 // A child process waits in a long poll; the parent sends one message at a time, stamped with
 // CLOCK_MONOTONIC (one clock for the whole machine), and the child reports how long each took
-// to reach it.
-std::vector<double> wake_latencies(const Settings& s)
+// to reach it. Each process opens the queue with `open_queue` after the fork (a database
+// connection is never shared across one). Between messages it pauses `pause_ms` plus up to
+// `spread_ms`, so that the receiver is truly waiting when the next one comes.
+std::vector<double> wake_latencies(const std::function<std::unique_ptr<Queue>()>& open_queue,
+                                   int samples, int pause_ms, int spread_ms)
 {
-  RunDir dir(s.dir);
-  { auto q = open(dir.db(), s); } // create the schema before the child starts
+  { auto q = open_queue(); } // create the schema before the child starts
   int fds[2];
   if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
   pid_t child = fork();
   if (child == 0) {
     close(fds[0]);
-    auto q = open(dir.db(), s);
-    int received = 0;
-    while (received < s.wake_samples) {
-      auto got = q->receive(1, {}, 20'000);
-      if (!got) _exit(3);
-      for (const auto& m : *got) {
-        int64_t sent_us = std::stoll(m.body);
-        int64_t lat = monotonic_us() - sent_us;
-        if (write(fds[1], &lat, sizeof lat) != sizeof lat) _exit(4);
-        q->remove(m.receipt);
-        ++received;
+    try {
+      auto q = open_queue();
+      int received = 0;
+      while (received < samples) {
+        auto got = q->receive(1, {}, 20'000);
+        if (!got) _exit(3);
+        for (const auto& m : *got) {
+          int64_t sent_us = std::stoll(m.body);
+          int64_t lat = monotonic_us() - sent_us;
+          if (write(fds[1], &lat, sizeof lat) != sizeof lat) _exit(4);
+          q->remove(m.receipt);
+          ++received;
+        }
       }
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "acmo-bench: the receiving process: {}\n", e.what());
+      _exit(5);
     }
     _exit(0);
   }
   close(fds[1]);
-  auto q = open(dir.db(), s);
+  auto q = open_queue();
   std::vector<double> out;
   std::this_thread::sleep_for(std::chrono::milliseconds(200)); // let the child reach its poll
-  for (int i = 0; i < s.wake_samples; ++i) {
+  for (int i = 0; i < samples; ++i) {
     SendRequest r;
     r.body = std::to_string(monotonic_us());
     r.dedup_id = fmt::format("wake-{}", i);
@@ -383,13 +612,24 @@ std::vector<double> wake_latencies(const Settings& s)
     int64_t lat = 0;
     if (read(fds[0], &lat, sizeof lat) != sizeof lat) throw std::runtime_error("child died");
     out.push_back(static_cast<double>(lat) / 1000.0);
-    // Idle time between messages, so the receiver is truly waiting when the next one comes.
-    std::this_thread::sleep_for(std::chrono::milliseconds(10 + (i * 7) % 23));
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms + (i * 7) % spread_ms));
   }
   int status = 0;
   waitpid(child, &status, 0);
   close(fds[0]);
   return out;
+}
+
+std::vector<double> wake_latencies(const Settings& s)
+{
+  RunDir dir(s.dir);
+  return wake_latencies([&] { return open(dir.db(), s); }, s.wake_samples, 10, 23);
+}
+
+std::vector<double> pg_wake_latencies(const Settings& s)
+{
+  PgBenchSchema schema(s.pg_url);
+  return wake_latencies([&] { return open_pg(s, schema); }, s.pg_wake_samples, 5, 11);
 }
 
 // RedisCache reads that hit, from one thread (with each get's latency) and from 8 at once,
@@ -521,15 +761,64 @@ int main(int argc, char** argv)
   app.add_option("--only", s.only,
                  "Run only these scenarios: baseline, bulk_send, concurrent_send, "
                  "receive_delete, receive_delete_groups, receive_delete_combined, "
-                 "receive_delete_combined_groups, pipeline, wakeup, cache_redis (only with "
-                 "ACMO_BENCH_REDIS_URL set), pipeline_pg (only with ACMO_BENCH_PG_URL set), "
-                 "http (wrk against acmo serve, after the others)");
+                 "receive_delete_combined_groups, pipeline, wakeup, cache_redis (needs "
+                 "ACMO_BENCH_REDIS_URL), pipeline_pg, pg_baseline, pg_send_concurrent, "
+                 "pg_send_bulk, pg_receive_delete, pg_end_to_end, pg_wakeup (need "
+                 "ACMO_BENCH_PG_URL; the pg_ ones run with pg_baseline), http (wrk against "
+                 "acmo serve, after the others)");
   app.add_option("--http-duration", s.http_duration,
                  "Seconds of each wrk run in the http scenarios");
+  app.add_option("--pg-per-connection", s.pg_per_connection,
+                 "PostgreSQL: rows each baseline connection inserts, and messages each thread "
+                 "of pg_send_concurrent sends");
+  app.add_option("--pg-bulk-messages", s.pg_bulk_messages, "Messages in pg_send_bulk");
+  app.add_option("--pg-drain-messages", s.pg_drain_messages, "Messages in pg_receive_delete");
+  app.add_option("--pg-events", s.pg_events, "Events in each pg_end_to_end run");
+  app.add_option("--pg-wake-samples", s.pg_wake_samples, "Messages in pg_wakeup");
   bool normal = false;
   app.add_flag("--normal", normal, "Use queue.durability = \"normal\" instead of \"full\"");
   CLI11_PARSE(app, argc, argv);
   s.durable_full = !normal;
+
+  static const std::vector<std::string> k_scenarios = {
+    "baseline", "bulk_send", "concurrent_send", "receive_delete", "receive_delete_groups",
+    "receive_delete_combined", "receive_delete_combined_groups", "pipeline", "wakeup",
+    "cache_redis", "pipeline_pg", "pg_baseline", "pg_send_concurrent", "pg_send_bulk",
+    "pg_receive_delete", "pg_end_to_end", "pg_wakeup", "http"};
+  const char* redis_url = std::getenv("ACMO_BENCH_REDIS_URL");
+  if (const char* pg_url = std::getenv("ACMO_BENCH_PG_URL")) s.pg_url = pg_url;
+  for (const auto& name : s.only) {
+    if (std::find(k_scenarios.begin(), k_scenarios.end(), name) == k_scenarios.end()) {
+      std::string known;
+      for (const auto& k : k_scenarios) known += (known.empty() ? "" : ", ") + k;
+      fmt::print(stderr, "acmo-bench: error: --only: no scenario \"{}\"; the scenarios are {}\n",
+                 name, known);
+      return k_exit_usage;
+    }
+    // A scenario asked for by name runs, or the command fails: never a report without it.
+    const bool pg = name.rfind("pg_", 0) == 0 || name == "pipeline_pg";
+    if (pg && s.pg_url.empty()) {
+      fmt::print(stderr, "acmo-bench: error: --only {} needs ACMO_BENCH_PG_URL, the URL of a "
+                         "PostgreSQL database to measure in (e.g. "
+                         "postgresql://acmo@127.0.0.1:25432/acmo_test)\n",
+                 name);
+      return k_exit_usage;
+    }
+    if (name == "cache_redis" && (redis_url == nullptr || *redis_url == '\0')) {
+      fmt::print(stderr, "acmo-bench: error: --only cache_redis needs ACMO_BENCH_REDIS_URL, the "
+                         "URL of a Redis server (e.g. redis://127.0.0.1:26379)\n");
+      return k_exit_usage;
+    }
+  }
+  const auto pg_wanted = [&](const std::string& name) {
+    return !s.pg_url.empty() && wanted(s, name);
+  };
+  // The PostgreSQL queue's baseline runs with any of its scenarios.
+  const bool pg_queue_wanted =
+    !s.pg_url.empty()
+    && (s.only.empty() || std::any_of(s.only.begin(), s.only.end(), [](const std::string& n) {
+          return n.rfind("pg_", 0) == 0;
+        }));
 
   json report = {{"durability", s.durable_full ? "full" : "normal"},
                  {"cores", std::thread::hardware_concurrency()},
@@ -538,8 +827,10 @@ int main(int argc, char** argv)
     std::vector<double> fsync_each, batched, bulk, concurrent, drain, drain_groups, combined,
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
       pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order,
-      pg_single_1000, pg_order_1000, pg_single_10, pg_order_10;
-    const char* redis_url = std::getenv("ACMO_BENCH_REDIS_URL");
+      pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
+      pgq_bulk, pgq_drain, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
+    std::vector<double> pgq_end_to_end[3]; // 1, 2 and 4 processes
+    const int k_pg_processes[3] = {1, 2, 4};
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "cache_redis") && redis_url != nullptr && *redis_url != '\0') {
         auto f = cache_redis(redis_url);
@@ -561,8 +852,8 @@ int main(int argc, char** argv)
       if (wanted(s, "receive_delete_combined_groups")) {
         combined_groups.push_back(receive_delete_combined(s, 1000));
       }
-      const char* pg_url = std::getenv("ACMO_BENCH_PG_URL");
-      if (wanted(s, "pipeline_pg") && pg_url != nullptr && *pg_url != '\0') {
+      const std::string& pg_url = s.pg_url;
+      if (pg_wanted("pipeline_pg")) {
         pg_single.push_back(pipeline(s, false, 1, 100, pg_url));
         pg_order.push_back(pipeline(s, true, 2, 100, pg_url));
         // A batch is one PostgreSQL transaction: its round trips, planning and commit flush
@@ -585,6 +876,19 @@ int main(int argc, char** argv)
         wake_p50.push_back(percentile(lat, 50));
         wake_p99.push_back(percentile(lat, 99));
         wake_max.push_back(percentile(lat, 100));
+      }
+      if (pg_queue_wanted) pgq_baseline.push_back(pg_baseline(s));
+      if (pg_wanted("pg_send_concurrent")) pgq_concurrent.push_back(pg_send_concurrent(s));
+      if (pg_wanted("pg_send_bulk")) pgq_bulk.push_back(pg_send_bulk(s));
+      if (pg_wanted("pg_receive_delete")) pgq_drain.push_back(pg_receive_delete(s));
+      if (pg_wanted("pg_end_to_end")) {
+        for (int i = 0; i < 3; ++i) pgq_end_to_end[i].push_back(pg_end_to_end(s, k_pg_processes[i]));
+      }
+      if (pg_wanted("pg_wakeup")) {
+        auto lat = pg_wake_latencies(s);
+        pgq_wake_p50.push_back(percentile(lat, 50));
+        pgq_wake_p99.push_back(percentile(lat, 99));
+        pgq_wake_max.push_back(percentile(lat, 100));
       }
     }
     json results = json::object();
@@ -673,6 +977,57 @@ int main(int argc, char** argv)
         {"target_p50", 20},
         {"target_p99", 50},
         {"met", median(wake_p50) <= 20 && median(wake_p99) <= 50}};
+    }
+    if (!pgq_baseline.empty()) {
+      const char* base = "baseline_pg_insert_per_commit";
+      results[base] = rate_entry(pgq_baseline, 0);
+      results[base]["unit"] = "rows/s";
+      results[base]["connections"] = s.threads;
+      auto pg_entry = [&](const char* name, const std::vector<double>& runs, double target) {
+        if (runs.empty()) return;
+        results[name] = rate_entry(runs, target);
+        ratio(results[name], pgq_baseline, base);
+      };
+      pg_entry("pg_send_concurrent", pgq_concurrent, 10'000);
+      if (!pgq_concurrent.empty()) {
+        // The second target: at least twice the baseline.
+        json& e = results["pg_send_concurrent"];
+        e["threads"] = s.threads;
+        e["messages"] = s.threads * s.pg_per_connection;
+        e["target_ratio"] = 2.0;
+        e["met"] = e["met"].get<bool>() && e["ratio_to_" + std::string(base)].get<double>() >= 2.0;
+      }
+      pg_entry("pg_send_bulk", pgq_bulk, 50'000);
+      if (!pgq_bulk.empty()) results["pg_send_bulk"]["messages"] = s.pg_bulk_messages;
+      pg_entry("pg_receive_delete", pgq_drain, 20'000);
+      if (!pgq_drain.empty()) {
+        results["pg_receive_delete"]["messages"] = s.pg_drain_messages;
+        results["pg_receive_delete"]["groups"] = 1000;
+        results["pg_receive_delete"]["batch_size"] = 10;
+      }
+      for (int i = 0; i < 3; ++i) {
+        const int n = k_pg_processes[i];
+        const std::string name =
+          fmt::format("pg_end_to_end_{}_process{}", n, n == 1 ? "" : "es");
+        pg_entry(name.c_str(), pgq_end_to_end[i], 15'000);
+        if (pgq_end_to_end[i].empty()) continue;
+        results[name]["unit"] = "events/s";
+        results[name]["processes"] = n;
+        results[name]["events"] = s.pg_events;
+        results[name]["groups"] = "per order";
+      }
+      if (!pgq_wake_p50.empty()) {
+        results["pg_wakeup"] = {{"unit", "ms"},
+                                {"samples_per_run", s.pg_wake_samples},
+                                {"p50_runs", pgq_wake_p50},
+                                {"p99_runs", pgq_wake_p99},
+                                {"max_runs", pgq_wake_max},
+                                {"p50_median", median(pgq_wake_p50)},
+                                {"p99_median", median(pgq_wake_p99)},
+                                {"target_p50", 10},
+                                {"target_p99", 50},
+                                {"met", median(pgq_wake_p50) <= 10 && median(pgq_wake_p99) <= 50}};
+      }
     }
     if (!cache_one.empty()) {
       results["cache_redis_get_hit"] = {{"unit", "gets/s"},

@@ -207,6 +207,26 @@ ON CONFLICT (message_id) DO UPDATE SET applied_at = excluded.applied_at,
 // messages are deleted in that transaction, so none can come again.
 const std::string k_write_in_queue = k_write_changes + "SELECT 1";
 
+// The statements of apply_in, prepared on the queue's connections as they are used there
+// (prepare_in_queue): parsed and planned once per connection, not at every batch. They run
+// with this store's schema first in the search_path; a prepared statement is parsed again
+// should the search_path differ from one execution to the next.
+const std::vector<std::pair<std::string, std::string>> k_in_queue_statements = {
+  {"acmo_store_enter",
+   "SELECT current_setting('search_path'), set_config('search_path', $1, true),"
+   " (SELECT count(pg_advisory_xact_lock(hashtextextended('acmo order ' || i, 0)))"
+   " FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n))"},
+  {"acmo_store_leave", "SELECT set_config('search_path', $1, true)"},
+  {"acmo_store_begin_batch", "SELECT * FROM acmo_begin_batch($1::text[], $2::text[])"},
+  {"acmo_store_write", k_write_in_queue},
+};
+
+void prepare_in_queue(pqxx::transaction_base& tx)
+{
+  // Registering a statement again with the same text does nothing.
+  for (const auto& [name, sql] : k_in_queue_statements) tx.conn().prepare(name, sql);
+}
+
 // A PostgreSQL array literal of text elements, passed as one parameter: batches of any size
 // use the same prepared statements.
 class PgArray
@@ -470,7 +490,8 @@ struct PgOrderStore::Impl {
 
   // Lock the batch's orders, decide every event by the shared rules and write every change, in
   // `tx`, which the caller commits. `in_queue`: the queue's transaction on the queue's
-  // connection, where this store's statements are not prepared and no message id is recorded.
+  // connection, where only the statements of apply_in are prepared and no message id is
+  // recorded.
   std::vector<ApplyOutcome> decide_and_write(pqxx::transaction_base& tx,
                                              const std::vector<AppliedEvent>& events,
                                              int64_t now_ms, bool in_queue)
@@ -486,9 +507,8 @@ struct PgOrderStore::Impl {
     // Refused before: the reason, and the sequence number the message then had.
     std::unordered_map<std::string, std::pair<std::string, int64_t>> refused;
     const pqxx::result begun =
-      in_queue ? tx.exec_params("SELECT * FROM acmo_begin_batch($1::text[], $2::text[])",
-                                order_ids.text(), message_ids.text())
-               : tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text());
+      tx.exec_prepared(in_queue ? "acmo_store_begin_batch" : "acmo_begin_batch",
+                       order_ids.text(), message_ids.text());
     for (const auto& row : begun) {
       if (row[0].as<bool>()) {
         if (row[2].is_null()) {
@@ -597,7 +617,7 @@ struct PgOrderStore::Impl {
            audit_accepted.text());
     };
     if (in_queue) {
-      write([&](auto&&... args) { tx.exec_params(k_write_in_queue, args...); });
+      write([&](auto&&... args) { tx.exec_prepared("acmo_store_write", args...); });
     } else {
       write([&](auto&&... args) {
         tx.exec_prepared("acmo_write", args..., refused_ids.text(), refused_why.text(),
@@ -624,14 +644,11 @@ struct PgOrderStore::Impl {
     std::sort(sorted.begin(), sorted.end());
     sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
     for (auto id : sorted) ids.add(id);
+    prepare_in_queue(tx);
     const std::string queue_path =
-      tx.exec_params1("SELECT current_setting('search_path'), set_config('search_path', $1, true),"
-                      " (SELECT count(pg_advisory_xact_lock(hashtextextended('acmo order ' || i,"
-                      " 0))) FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n))",
-                      m_search_path, ids.text())[0]
-        .as<std::string>();
+      tx.exec_prepared1("acmo_store_enter", m_search_path, ids.text())[0].as<std::string>();
     auto out = decide_and_write(tx, events, now_ms, true);
-    tx.exec_params("SELECT set_config('search_path', $1, true)", queue_path);
+    tx.exec_prepared("acmo_store_leave", queue_path);
     return out;
   }
 

@@ -39,7 +39,11 @@ constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long pol
 constexpr int k_max_receive = 1000;
 constexpr int k_pool_size = 16;             // connections for everything but sends and LISTEN
 constexpr int64_t k_connect_timeout_ms = 5'000;
-constexpr size_t k_bulk_chunk = 1'000;      // messages of send_bulk per statement, at most
+// Messages of send_bulk per statement, at most. acmo_send's work per request grows with the
+// statement's size (it looks a request's neighbours up by their place in the arrays it is
+// given, and each such lookup walks the array): 1,000 a statement sent about 700 messages a
+// second, 50 ten times as many.
+constexpr size_t k_bulk_chunk = 50;
 constexpr size_t k_bulk_bytes = 16u << 20;  // and their bodies' bytes
 // How long an idle long poll that hears notifications sleeps at most between looks: the
 // notifications wake it for sends; this covers a notification lost while the listening
@@ -160,6 +164,69 @@ Message read_message(const pqxx::row& row, pqxx::row::size_type first = 0)
   m.in_flight = col(14).as<bool>();
   return m;
 }
+
+// The statements of the hot paths (send's is prepared on the sending connection). Every
+// connection of the queue prepares them on their first use, so that each is parsed and planned
+// once per connection rather than at every execution: with plan_cache_mode =
+// force_generic_plan, the plan is kept for the connection's life.
+struct Statement {
+  const char* name;
+  const char* sql;
+};
+
+const Statement k_receive = {
+  "acmo_receive",
+  "WITH g AS (SELECT ctid, group_id, head_seq FROM message_groups WHERE queue_id = $1"
+  " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
+  " SELECT g.group_id, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"
+  " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"
+  " coalesce(m.first_sent_at, m.sent_at), g.ctid::text"
+  " FROM g LEFT JOIN LATERAL (SELECT * FROM messages x WHERE x.queue_id = $1"
+  " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true"
+  " ORDER BY g.head_seq, m.seq"};
+// A receive's messages in flight, their groups held until then and the count of the messages
+// received, in one round trip. The groups' rows by their place (a TID scan): "group_id =
+// ANY(...)" was planned, before the first ANALYZE, as a filter over every group of the queue.
+const Statement k_take = {
+  "acmo_take",
+  "WITH taken AS (UPDATE messages m SET visible_at = $1, receipt_token = t.token,"
+  " receive_count = m.receive_count + 1,"
+  " first_received_at = CASE WHEN m.first_received_at = 0 THEN $2"
+  " ELSE m.first_received_at END"
+  " FROM unnest($3::bigint[], $4::bigint[]) AS t(seq, token) WHERE m.seq = t.seq),"
+  " held AS (UPDATE message_groups SET ready_at = $1 WHERE ctid = ANY($5::tid[]))"
+  " INSERT INTO queue_counters (queue_id, received) VALUES ($6, $7)"};
+const Statement k_fix_groups = {"acmo_fix_groups", "SELECT acmo_fix_groups($1, $2::text[])"};
+const Statement k_count = {
+  "acmo_count",
+  "INSERT INTO queue_counters (queue_id, sent, duplicates, received, deleted, retried,"
+  " expired, dead_lettered, redriven, purged) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"};
+// The messages by their key: "queue_id + 0" keeps the planner, before the first ANALYZE of
+// the table, from reading every message of the queue through messages_by_group.
+const Statement k_lock_groups = {
+  "acmo_lock_groups",
+  "SELECT 1 FROM message_groups g WHERE g.queue_id = $2 AND g.group_id IN"
+  " (SELECT group_id FROM messages WHERE seq = ANY($1::bigint[]) AND queue_id + 0 = $2)"
+  " ORDER BY g.group_id FOR UPDATE OF g"};
+const Statement k_lock_messages = {
+  "acmo_lock_messages",
+  "SELECT seq, queue_id, group_id, receipt_token, failures FROM messages"
+  " WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR UPDATE"};
+const Statement k_delete = {"acmo_delete", "DELETE FROM messages WHERE seq = ANY($1::bigint[])"};
+const Statement k_probe = {
+  "acmo_probe", "SELECT coalesce(min(ready_at), 0) FROM message_groups WHERE queue_id = $1"};
+const Statement k_journal_begin = {
+  "acmo_journal_begin",
+  "INSERT INTO consume_journal (queue_id, pid, started, client_pid, seqs)"
+  " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_activity a"
+  " WHERE a.pid = $2 RETURNING id"};
+const Statement k_journal_done = {"acmo_journal_done",
+                                  "DELETE FROM consume_journal WHERE id = $1"};
+
+const Statement* const k_statements[] = {&k_receive,       &k_take,          &k_fix_groups,
+                                         &k_count,         &k_lock_groups,   &k_lock_messages,
+                                         &k_delete,        &k_probe,         &k_journal_begin,
+                                         &k_journal_done};
 
 } // namespace
 
@@ -396,12 +463,14 @@ struct PgQueue::Impl {
       // Every statement of the queue's hot paths finds its rows by key. Until autovacuum first
       // analyzes a new table the planner has no statistics and chose to read the whole queue's
       // rows (a bitmap scan on queue_id, a hash join against a sequential scan) for a few
-      // keys. With those plans ruled out, one plan per statement and connection (acmo_send's
-      // own statements included) serves every execution: planning each of them anew cost a
-      // batch of sends about as much as running it.
+      // keys. With those plans ruled out, one plan per statement and connection serves every
+      // execution of a prepared statement (k_statements, acmo_send) and of the statements of
+      // the PL/pgSQL functions: planning each of them anew cost a batch of sends about as much
+      // as running it.
       "SET plan_cache_mode = force_generic_plan; SET enable_bitmapscan = off; "
       "SET enable_hashjoin = off; SET enable_mergejoin = off; "
       + (synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off"));
+    for (const auto* statement : k_statements) conn.prepare(statement->name, statement->sql);
   }
 
   // The error a database exception means; `discard` says whether the connection is broken.
@@ -495,16 +564,13 @@ struct PgQueue::Impl {
     if (!txn.touched_groups.empty()) {
       PgArray groups;
       for (const auto& g : txn.touched_groups) groups.add(g);
-      txn.tx.exec_params("SELECT acmo_fix_groups($1, $2::text[])", queue_id, groups.text());
+      txn.tx.exec_prepared(k_fix_groups.name, queue_id, groups.text());
       txn.touched_groups.clear();
     }
     for (const auto& [queue, c] : txn.counters) {
       if (!c.any()) continue;
-      txn.tx.exec_params(
-        "INSERT INTO queue_counters (queue_id, sent, duplicates, received, deleted, retried,"
-        " expired, dead_lettered, redriven, purged) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-        " $10)",
-        queue, c.sent, c.duplicates, c.received, c.deleted, c.retried, c.expired,
+      txn.tx.exec_prepared(
+        k_count.name, queue, c.sent, c.duplicates, c.received, c.deleted, c.retried, c.expired,
         c.dead_lettered, c.redriven, c.purged);
     }
     txn.counters.clear();
@@ -841,21 +907,13 @@ struct PgQueue::Impl {
   std::vector<Message> do_receive(PgTxn& txn, int max, int64_t visibility_ms, bool take,
                                   bool isolate)
   {
-    static const std::string k_sql =
-      "WITH g AS (SELECT group_id, head_seq FROM message_groups WHERE queue_id = $1"
-      " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
-      " SELECT g.group_id, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"
-      " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"
-      " coalesce(m.first_sent_at, m.sent_at)"
-      " FROM g LEFT JOIN LATERAL (SELECT * FROM messages x WHERE x.queue_id = $1"
-      " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true"
-      " ORDER BY g.head_seq, m.seq";
-    auto rows = txn.tx.exec_params(k_sql, queue_id, txn.now, max);
+    auto rows = txn.tx.exec_prepared(k_receive.name, queue_id, txn.now, max);
     std::vector<Message> out;
     const int64_t hidden_until = txn.now + visibility_ms;
     bool alone = false;
-    PgArray take_seqs, take_tokens, busy_groups, stale_groups;
+    PgArray take_seqs, take_tokens, busy_rows, stale_groups;
     std::string group;
+    std::string group_row; // its row's ctid, locked by this transaction, so it stays
     size_t first = 0;
     bool stopped = false; // the group's run stopped before a message it could deliver
     bool group_open = false;
@@ -868,7 +926,7 @@ struct PgQueue::Impl {
         return;
       }
       if (!take) return;
-      busy_groups.add(group);
+      busy_rows.add(group_row);
       for (size_t i = first; i < out.size(); ++i) {
         out[i].receipt = encode_receipt(Receipt{out[i].seq, token});
         take_seqs.add(out[i].seq);
@@ -882,6 +940,7 @@ struct PgQueue::Impl {
         close_group();
         if (static_cast<int>(out.size()) >= max || alone) break;
         group = g;
+        group_row = row[12].as<std::string>();
         group_open = true;
         first = out.size();
         stopped = false;
@@ -942,20 +1001,12 @@ struct PgQueue::Impl {
     }
     close_group();
     if (!stale_groups.empty()) {
-      txn.tx.exec_params("SELECT acmo_fix_groups($1, $2::text[])", queue_id, stale_groups.text());
+      txn.tx.exec_prepared(k_fix_groups.name, queue_id, stale_groups.text());
     }
     if (take && !out.empty()) {
-      txn.tx.exec_params(
-        "UPDATE messages m SET visible_at = $1, receipt_token = t.token,"
-        " receive_count = m.receive_count + 1,"
-        " first_received_at = CASE WHEN m.first_received_at = 0 THEN $2"
-        " ELSE m.first_received_at END"
-        " FROM unnest($3::bigint[], $4::bigint[]) AS t(seq, token) WHERE m.seq = t.seq",
-        hidden_until, txn.now, take_seqs.text(), take_tokens.text());
-      txn.tx.exec_params("UPDATE message_groups SET ready_at = $1 WHERE queue_id = $2"
-                         " AND group_id = ANY($3::text[])",
-                         hidden_until, queue_id, busy_groups.text());
-      txn.counters[queue_id].received += static_cast<int64_t>(out.size());
+      txn.tx.exec_prepared(k_take.name, hidden_until, txn.now, take_seqs.text(),
+                           take_tokens.text(), busy_rows.text(), queue_id,
+                           static_cast<int64_t>(out.size()));
     }
     return out;
   }
@@ -989,16 +1040,9 @@ struct PgQueue::Impl {
       if (decoded.back()) seqs.add(decoded.back()->seq);
     }
     if (seqs.empty()) return out;
-    txn.tx.exec_params(
-      "SELECT 1 FROM message_groups g WHERE g.queue_id = $2 AND g.group_id IN"
-      " (SELECT group_id FROM messages WHERE seq = ANY($1::bigint[]) AND queue_id = $2)"
-      " ORDER BY g.group_id FOR UPDATE OF g",
-      seqs.text(), queue_id);
+    txn.tx.exec_prepared(k_lock_groups.name, seqs.text(), queue_id);
     std::map<int64_t, std::tuple<int64_t, std::string, int64_t, int64_t>> found;
-    for (const auto& row : txn.tx.exec_params(
-           "SELECT seq, queue_id, group_id, receipt_token, failures FROM messages"
-           " WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR UPDATE",
-           seqs.text())) {
+    for (const auto& row : txn.tx.exec_prepared(k_lock_messages.name, seqs.text())) {
       found[row[0].as<int64_t>()] = {row[1].as<int64_t>(), row[2].as<std::string>(),
                                      row[3].as<int64_t>(), row[4].as<int64_t>()};
     }
@@ -1037,23 +1081,31 @@ struct PgQueue::Impl {
     std::vector<Expected<void>> out(receipts.size());
     auto located = locate_all(txn, receipts);
     std::set<int64_t> removed;
+    std::vector<const Located*> removing;
     for (size_t i = 0; i < receipts.size(); ++i) {
       if (!located[i]) {
         out[i] = Unexpected(located[i].error());
       } else if (!removed.insert(located[i]->seq).second) {
         out[i] = Unexpected(gone_receipt());
       } else {
-        remove_located(txn, *located[i]);
+        removing.push_back(&*located[i]);
       }
     }
+    remove_located(txn, removing);
     return out;
   }
 
-  void remove_located(PgTxn& txn, const Located& at)
+  // Delete the messages `at` (located, so locked), in one statement.
+  void remove_located(PgTxn& txn, const std::vector<const Located*>& at)
   {
-    txn.tx.exec_params("DELETE FROM messages WHERE seq = $1", at.seq);
-    ++txn.counters[queue_id].deleted;
-    txn.touched_groups.insert(at.group_id);
+    if (at.empty()) return;
+    PgArray seqs;
+    for (const auto* l : at) {
+      seqs.add(l->seq);
+      txn.touched_groups.insert(l->group_id);
+    }
+    txn.tx.exec_prepared(k_delete.name, seqs.text());
+    txn.counters[queue_id].deleted += static_cast<int64_t>(at.size());
   }
 
   void do_hide(PgTxn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
@@ -1130,12 +1182,14 @@ struct PgQueue::Impl {
                                                 "differs from the message count");
     }
     if (!dispositions) return Unexpected(dispositions.error());
+    std::vector<const Located*> removing;
+    for (size_t i = 0; i < at.size(); ++i) {
+      if (!(*dispositions)[i].dead_letter) removing.push_back(&at[i]);
+    }
+    remove_located(txn, removing);
     for (size_t i = 0; i < at.size(); ++i) {
       const Disposition& d = (*dispositions)[i];
-      if (!d.dead_letter) {
-        remove_located(txn, at[i]);
-        continue;
-      }
+      if (!d.dead_letter) continue;
       if (never_in_flight) {
         txn.tx.exec_params(
           "UPDATE messages SET receive_count = receive_count + 1, first_received_at ="
@@ -1207,11 +1261,7 @@ struct PgQueue::Impl {
         setup(*journal_conn, false);
       }
       pqxx::nontransaction tx(*journal_conn);
-      auto rows = tx.exec_params(
-        "INSERT INTO consume_journal (queue_id, pid, started, client_pid, seqs)"
-        " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_activity a"
-        " WHERE a.pid = $2 RETURNING id",
-        queue_id, pid, static_cast<int64_t>(::getpid()), seqs.text());
+      auto rows = tx.exec_prepared(k_journal_begin.name, queue_id, pid, static_cast<int64_t>(::getpid()), seqs.text());
       if (rows.empty()) return std::nullopt;
       return rows[0][0].as<int64_t>();
     } catch (const std::exception&) {
@@ -1230,7 +1280,7 @@ struct PgQueue::Impl {
         setup(*journal_conn, false);
       }
       pqxx::nontransaction tx(*journal_conn);
-      tx.exec_params("DELETE FROM consume_journal WHERE id = $1", id);
+      tx.exec_prepared(k_journal_done.name, id);
     } catch (const std::exception&) {
       journal_conn.reset(); // the row stays: the sweep counts one delivery too many
     }
@@ -1491,9 +1541,7 @@ Expected<void> PgQueue::poll(int64_t wait_ms, const std::function<Expected<bool>
     bool worth_trying = first_try;
     if (!first_try) {
       auto probed = impl.run([&](PgTxn& txn) -> Expected<int64_t> {
-        auto row = txn.tx.exec_params1(
-          "SELECT coalesce(min(ready_at), 0) FROM message_groups WHERE queue_id = $1",
-          impl.queue_id);
+        auto row = txn.tx.exec_prepared1(k_probe.name, impl.queue_id);
         return row[0].as<int64_t>();
       });
       if (!probed) return Unexpected(probed.error());
@@ -1593,7 +1641,7 @@ Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const 
         work_failed = true;
         return settled;
       }
-      if (journaled) txn.tx.exec_params("DELETE FROM consume_journal WHERE id = $1", *journaled);
+      if (journaled) txn.tx.exec_prepared(k_journal_done.name, *journaled);
       txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
       return {};
     });
