@@ -55,25 +55,30 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   start_long_running(opts.daemon, global, "serve");
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is its own problem, not a crash
 
-  // The queue may be in PostgreSQL, which may not answer yet (a host cut off, everything
-  // started at boot): wait for it, as run-handler does, instead of exiting.
+  // The queue, and the orders the handler of this process writes, may be in PostgreSQL, which
+  // may not answer yet (a host cut off, everything started at boot): wait for them, as
+  // run-handler does, instead of exiting.
   std::unique_ptr<Queue> queue;
+  std::unique_ptr<OrderWriter> writer;
   auto waited = open_waiting(signals, [&]() -> Expected<void> {
-    auto q = try_open_queue(global); // creates and migrates the schema
-    if (!q) return Unexpected(q.error());
-    queue = std::move(*q);
+    if (!queue) {
+      auto q = try_open_queue(global); // creates and migrates the schema
+      if (!q) return Unexpected(q.error());
+      queue = std::move(*q);
+    }
+    if (with_handler && !writer) {
+      auto w = open_order_writer(cfg);
+      if (!w) return Unexpected(w.error());
+      writer = std::move(*w);
+    }
     return {};
   });
   if (!waited) return exit_code::k_ok; // stopped while it waited
   if (!*waited) throw data_dir_fatal(waited->error());
   const std::string db = database_path(data_dir(global));
   auto cache = open_cache(cfg);
-  std::unique_ptr<OrderWriter> writer;
   std::unique_ptr<OrderHandler> handler;
   if (with_handler) {
-    auto w = open_order_writer(cfg);
-    if (!w) throw Fatal(w.error());
-    writer = std::move(*w);
     HandlerOptions ho = handler_options_from(cfg);
     ho.writer = writer.get();
     // A cache of this process follows the store before every read (CacheFollower), which

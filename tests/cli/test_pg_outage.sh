@@ -220,7 +220,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$api_port/health
 check "  and /health/ready 503: the queue takes no events ($code)" test "$code" = 503
 "$acmo" run-handler --batch-size 10 >"$work/handler4.out" 2>"$work/handler4.err" &
 handler4_pid=$!
-"$acmo" serve --listen 127.0.0.1:0 --no-handler 2>"$work/serve2.log" &
+"$acmo" serve --listen 127.0.0.1:0 2>"$work/serve2.log" & # with its handler
 server2_pid=$!
 sleep 2 # rounds of failed consumes by the running handler; the new ones wait to start
 check "the running handler keeps running" kill -0 "$handler_pid"
@@ -228,7 +228,7 @@ check "  and says the events stay in the queue, uncounted" \
   grep -q "handler: PostgreSQL at .* is not answering.*the events stay in the queue, nothing counts against their retries" "$work/handler3.err"
 check "a handler started meanwhile waits for the server" \
   grep -q "is not answering.*retrying until it answers" "$work/handler4.err"
-check "so does an acmo serve started meanwhile" \
+check "so does an acmo serve (with its handler) started meanwhile" \
   bash -c 'kill -0 "$1" && grep -q "is not answering.*retrying until it answers" "$2"' _ \
   "$server2_pid" "$work/serve2.log"
 start_pg
@@ -236,7 +236,7 @@ check "once PostgreSQL is back, that server serves: /health/ready 200" wait_for 
   p=$(sed -n "s|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p" "$1" | head -n 1)
   [[ -n $p && $(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$p/health/ready") == 200 ]]' _ "$work/serve2.log"
 send_events 321 330
-check "once it is back, both handlers apply what was sent (250 orders)" wait_for 30 applied_orders 250
+check "once it is back, the handlers apply what was sent (250 orders)" wait_for 30 applied_orders 250
 check "the queue is empty" wait_for 5 queue_empty
 check "and nothing went to the DLQ: the outage counted against no retry" dlq_count 0
 check "every event of the PostgreSQL queue applied once, in the queue's transaction (no id recorded)" \
