@@ -55,9 +55,10 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   start_long_running(opts.daemon, global, "serve");
   std::signal(SIGPIPE, SIG_IGN); // a client that hangs up is its own problem, not a crash
 
-  // The queue, and the orders the handler of this process writes, may be in PostgreSQL, which
-  // may not answer yet (a host cut off, everything started at boot): wait for them, as
-  // run-handler does, instead of exiting.
+  // The queue and the orders (which the API reads and the handler of this process writes) may
+  // be in PostgreSQL, which may not answer yet (a host cut off, everything started at boot):
+  // wait for them, as run-handler does, instead of exiting.
+  const std::string db = database_path(data_dir(global));
   std::unique_ptr<Queue> queue;
   std::unique_ptr<OrderWriter> writer;
   auto waited = open_waiting(signals, [&]() -> Expected<void> {
@@ -71,11 +72,12 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
       if (!w) return Unexpected(w.error());
       writer = std::move(*w);
     }
+    // The API's read stores are opened when the server binds: make sure the store answers.
+    if (auto reader = open_order_store(cfg, db); !reader) return Unexpected(reader.error());
     return {};
   });
   if (!waited) return exit_code::k_ok; // stopped while it waited
   if (!*waited) throw data_dir_fatal(waited->error());
-  const std::string db = database_path(data_dir(global));
   auto cache = open_cache(cfg);
   std::unique_ptr<OrderHandler> handler;
   if (with_handler) {

@@ -28,10 +28,12 @@ as_postgres() {
 pg_running() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" status >/dev/null 2>&1; }
 server_pid=''
 server2_pid=''
+server3_pid=''
 cleanup() {
   [[ -n $handler_pid ]] && kill -9 "$handler_pid" 2>/dev/null
   [[ -n $server_pid ]] && kill -9 "$server_pid" 2>/dev/null
   [[ -n $server2_pid ]] && kill -9 "$server2_pid" 2>/dev/null
+  [[ -n $server3_pid ]] && kill -9 "$server3_pid" 2>/dev/null
   [[ -f $work/pg/PG_VERSION ]] && as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -132,12 +134,22 @@ check "  /health/ready 200, degraded, naming the store ($code: $(cat "$work/read
   bash -c '[[ $1 == 200 && $2 == *"\"degraded\":[\"store\"]"* && $2 == *"\"status\":\"degraded\""* ]]' \
   _ "$code" "$(cat "$work/ready")"
 kill -TERM "$server_pid"; wait "$server_pid"; server_pid=''
+# A server started now cannot open the store its API reads: it waits instead of exiting.
+ACMO_STORE_CONNECT_TIMEOUT=1s "$acmo" serve --listen 127.0.0.1:0 --no-handler 2>"$work/serve3.log" &
+server3_pid=$!
 err=$("$acmo" orders get ord_1 2>&1); rc=$?
 check "orders get with PostgreSQL down exits 75" test "$rc" -eq 75
 check "and says which server does not answer" grep -q "127.0.0.1:$port.*is not answering" <<<"$err"
 
+check "an acmo serve started with the store down waits for it" \
+  bash -c 'kill -0 "$1" && grep -q "is not answering.*retrying until it answers" "$2"' _ \
+  "$server3_pid" "$work/serve3.log"
 start_pg
 check "PostgreSQL is back" pg_running
+check "  and that server serves: /health/ready 200" wait_for 30 bash -c '
+  p=$(sed -n "s|.*serving http://127.0.0.1:\([0-9]*\).*|\1|p" "$1" | head -n 1)
+  [[ -n $p && $(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$p/health/ready") == 200 ]]' _ "$work/serve3.log"
+kill -TERM "$server3_pid"; wait "$server3_pid"; server3_pid=''
 check "once it is back, the handler applies the waiting events (200 orders in all)" \
   wait_for 20 applied_orders 200
 check "the queue is empty" wait_for 5 queue_empty
