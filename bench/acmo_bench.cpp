@@ -407,27 +407,33 @@ double pg_send_bulk(const Settings& s)
   return static_cast<double>(s.pg_bulk_messages) / seconds_since(start);
 }
 
+// Receive `messages` messages in batches of 10, deleting each batch in one call: messages/s.
+double drain(Queue& q, int64_t messages)
+{
+  int64_t done = 0;
+  std::vector<std::string> receipts;
+  auto start = Clock::now();
+  while (done < messages) {
+    auto got = q.receive(10);
+    if (!got) throw std::runtime_error(got.error().message);
+    if (got->empty()) throw std::runtime_error("the queue ran dry before the last message");
+    receipts.clear();
+    for (const auto& m : *got) receipts.push_back(m.receipt);
+    for (const auto& r : q.remove_batch(receipts)) {
+      if (!r) throw std::runtime_error(r.error().message);
+    }
+    done += static_cast<int64_t>(got->size());
+  }
+  return static_cast<double>(done) / seconds_since(start);
+}
+
 // Receive + delete in batches of 10 from a queue whose messages are spread over 1,000 groups.
 double pg_receive_delete(const Settings& s)
 {
   PgBenchSchema schema(s.pg_url);
   auto q = open_pg(s, schema);
   fill(*q, make_requests(s.pg_drain_messages, 0, 1000));
-  int64_t done = 0;
-  std::vector<std::string> receipts;
-  auto start = Clock::now();
-  while (done < s.pg_drain_messages) {
-    auto got = q->receive(10);
-    if (!got) throw std::runtime_error(got.error().message);
-    if (got->empty()) throw std::runtime_error("pg_receive_delete: the queue ran dry early");
-    receipts.clear();
-    for (const auto& m : *got) receipts.push_back(m.receipt);
-    for (const auto& r : q->remove_batch(receipts)) {
-      if (!r) throw std::runtime_error(r.error().message);
-    }
-    done += static_cast<int64_t>(got->size());
-  }
-  return static_cast<double>(done) / seconds_since(start);
+  return drain(*q, s.pg_drain_messages);
 }
 
 // End to end as it is deployed: queue and orders in one PostgreSQL database (the same schema
@@ -542,21 +548,7 @@ double receive_delete(const Settings& s, int64_t groups)
   RunDir dir(s.dir);
   auto q = open(dir.db(), s);
   fill(*q, make_requests(s.drain_messages, 0, groups));
-  int64_t done = 0;
-  std::vector<std::string> receipts;
-  auto start = Clock::now();
-  while (done < s.drain_messages) {
-    auto got = q->receive(10);
-    if (!got) throw std::runtime_error(got.error().message);
-    if (got->empty()) throw std::runtime_error("queue ran dry early");
-    receipts.clear();
-    for (const auto& m : *got) receipts.push_back(m.receipt);
-    for (const auto& r : q->remove_batch(receipts)) {
-      if (!r) throw std::runtime_error(r.error().message);
-    }
-    done += static_cast<int64_t>(got->size());
-  }
-  return static_cast<double>(done) / seconds_since(start);
+  return drain(*q, s.drain_messages);
 }
 
 int64_t monotonic_us()
