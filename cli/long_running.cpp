@@ -109,13 +109,20 @@ bool stop_signal_within(const sigset_t& signals, int64_t ms)
 std::optional<Expected<void>> open_waiting(const sigset_t& signals,
                                            const std::function<Expected<void>()>& open)
 {
+  // Only a PostgreSQL server that does not answer (an error naming queue.url or store.url) is
+  // waited for; a local failure, such as a full disk under the SQLite file, ends the command
+  // with exit 75 as before (docs/commands.md §3).
+  const auto waits_for = [](const Expected<void>& r) {
+    return !r && r.error().code == Errc::unavailable
+           && (r.error().field == "queue.url" || r.error().field == "store.url");
+  };
   Expected<void> opened = open();
-  if (opened || opened.error().code != Errc::unavailable) return opened;
+  if (!waits_for(opened)) return opened;
   const std::string note = fmt::format("{}; retrying until it answers", opened.error().message);
   log::warn({"store_waiting"}, "{}", note);
   announce_ready(note);
   int64_t delay_ms = 500;
-  while (!opened && opened.error().code == Errc::unavailable) {
+  while (waits_for(opened)) {
     if (stop_signal_within(signals, delay_ms)) {
       log::info({"stopped"}, "stopped before the store answered");
       daemon::remove_pid_file();

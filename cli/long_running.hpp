@@ -44,8 +44,9 @@ void announce_ready(std::string_view note = {});
 // before run_until_signal starts taking them.
 bool stop_signal_within(const sigset_t& signals, int64_t ms);
 
-// Call `open` until it succeeds or fails otherwise than with Errc::unavailable (PostgreSQL not
-// answering yet: everything started at boot), waiting between tries (0.5 s, doubling up to 10 s)
+// Call `open` until it succeeds or fails otherwise than with a PostgreSQL server that does not
+// answer (yet: everything started at boot; Errc::unavailable naming queue.url or store.url),
+// waiting between tries (0.5 s, doubling up to 10 s)
 // as a running process waits through an outage: it logs store_waiting once and store_ready when
 // it answers, and tells systemd it is up, saying why it waits. Nothing when SIGINT or SIGTERM
 // came first (the pid file is removed; the caller exits 0), else open's last result.
