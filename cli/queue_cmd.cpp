@@ -46,6 +46,17 @@ bool acmo_process_alive(int64_t pid)
 
 int move_queue(const MoveOptions& opts, const GlobalOptions& global)
 {
+  if (opts.to.empty()) {
+    throw Fatal("--to needs the PostgreSQL URL to move the queue to, e.g. "
+                "postgresql://acmo@db.internal:5432/shop",
+                exit_code::k_usage);
+  }
+  if (!pg_conninfo_with_defaults(opts.to, {})) {
+    // Not echoed: what cannot be read may hold a password.
+    throw Fatal("--to is neither a PostgreSQL URL nor key=value pairs libpq can read; e.g. "
+                "postgresql://acmo@db.internal:5432/shop",
+                exit_code::k_usage);
+  }
   const Settings& settings = config(global).settings();
   const std::string schema = opts.schema.empty() ? settings.queue_backend.schema : opts.schema;
   if (!valid_queue_schema(schema)) {

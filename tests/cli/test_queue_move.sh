@@ -87,6 +87,9 @@ before=$("$acmo" --json peek --limit 100 | jq -c '[.messages[] | {messageId, seq
 check "21 messages wait in the embedded queue" test "$(jq length <<<"$before")" -eq 21
 cp -a "$work/data" "$work/copy" # the file as it was before the move
 
+out=$("$acmo" queue move --to "nonsense" --yes 2>&1)
+check "a --to libpq cannot read: exit 2, saying so" \
+  test $? -eq 2 -a -n "$(grep -F -- '--to is neither a PostgreSQL URL' <<<"$out")"
 out=$("$acmo" queue move --to "$url" </dev/null 2>&1)
 check "off a terminal without --yes: exit 2, asking for it" \
   test $? -eq 2 -a -n "$(grep -F -- '--yes' <<<"$out")"
