@@ -257,6 +257,11 @@ struct SendOp {
   // Answered (under the group commit's mutex). Each op waits on its own condition variable,
   // so that a commit wakes only the senders it answered and the next leader.
   bool done = false;
+  // In a leader's batch (under the mutex): it waits for done only, never to lead. Without it,
+  // a sender whose op a leader had taken woke when that leader handed the lead on, led a batch
+  // of its own, and returned before its op was answered, which the first leader then wrote to
+  // on a stack frame that was gone.
+  bool taken = false;
   std::condition_variable cv;
 };
 
@@ -674,11 +679,12 @@ struct PgQueue::Impl {
   {
     std::unique_lock lock(send_mu);
     send_pending.push_back(&op);
-    op.cv.wait(lock, [&] { return op.done || !send_leading; });
+    op.cv.wait(lock, [&] { return op.done || (!op.taken && !send_leading); });
     if (op.done) return;
     send_leading = true;
     std::vector<SendOp*> batch;
     batch.swap(send_pending);
+    for (auto* o : batch) o->taken = true;
     lock.unlock();
     send_all(batch);
     bool needs_flush = false;
