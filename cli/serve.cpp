@@ -61,6 +61,7 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   const std::string db = database_path(data_dir(global));
   std::unique_ptr<Queue> queue;
   std::unique_ptr<OrderWriter> writer;
+  std::vector<std::unique_ptr<OrderStore>> read_stores;
   auto waited = open_waiting(signals, [&]() -> Expected<void> {
     if (!queue) {
       auto q = try_open_queue(global); // creates and migrates the schema
@@ -72,8 +73,13 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
       if (!w) return Unexpected(w.error());
       writer = std::move(*w);
     }
-    // The API's read stores are opened when the server binds: make sure the store answers.
-    if (auto reader = open_order_store(cfg, db); !reader) return Unexpected(reader.error());
+    // The API's read stores, opened here so that a store cut off after this wait cannot end
+    // the server when it binds.
+    while (read_stores.size() < static_cast<size_t>(daemon::read_store_count(options))) {
+      auto reader = open_order_store(cfg, db);
+      if (!reader) return Unexpected(reader.error());
+      read_stores.push_back(std::move(*reader));
+    }
     return {};
   });
   if (!waited) return exit_code::k_ok; // stopped while it waited
@@ -93,6 +99,7 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   parts.queue = queue.get();
   parts.db_path = db;
   parts.open_store = [&cfg, db] { return open_order_store(cfg, db); };
+  parts.stores = std::move(read_stores);
   parts.cache = cache.get();
   parts.handler = handler.get();
   parts.handler_started_ms = SystemClock::instance().now_ms();

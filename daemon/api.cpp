@@ -355,12 +355,20 @@ Api::~Api() = default;
 Expected<void> Api::open()
 {
   auto& impl = *m_impl;
+  auto& opened = impl.parts.stores;
   for (int i = 0; i < std::max(1, impl.options.read_stores); ++i) {
-    auto store = impl.parts.open_store();
-    if (!store) return Unexpected(store.error());
-    impl.stores.push_back(std::move(*store));
+    std::unique_ptr<OrderStore> store;
+    if (static_cast<size_t>(i) < opened.size()) {
+      store = std::move(opened[static_cast<size_t>(i)]);
+    } else {
+      auto another = impl.parts.open_store();
+      if (!another) return Unexpected(another.error());
+      store = std::move(*another);
+    }
+    impl.stores.push_back(std::move(store));
     impl.store_locks.push_back(std::make_unique<std::mutex>());
   }
+  opened.clear();
   // The embedded store's handlers signal their changes: a cached read then asks the store only
   // when one began. Without the signal (it could not be opened) every read asks.
   if (impl.options.store_backend == "sqlite" && impl.follower_of_cache() != nullptr) {

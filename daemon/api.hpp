@@ -46,6 +46,7 @@ struct ApiParts {
   Queue* queue = nullptr;
   std::string db_path; // the queue's database (the handler registry lives there)
   std::function<Expected<std::unique_ptr<OrderStore>>()> open_store;
+  std::vector<std::unique_ptr<OrderStore>> stores; // opened already; open() opens the rest
   Cache* cache = nullptr;           // null: no cache
   OrderHandler* handler = nullptr;  // the in-process handler, or null (--no-handler)
   int64_t handler_started_ms = 0;

@@ -7,6 +7,12 @@
 
 namespace acmo::daemon {
 
+// A few stores serve the reads that miss the cache; more would only wait on the database.
+int read_store_count(const HttpServerOptions& options)
+{
+  return std::clamp(options.threads / 4, 1, 8);
+}
+
 namespace {
 
 ApiOptions api_options(const HttpServerOptions& o)
@@ -22,8 +28,7 @@ ApiOptions api_options(const HttpServerOptions& o)
   a.group_by = o.group_by;
   a.store_backend = o.store_backend;
   a.backlog_max_age_ms = o.backlog_max_age_ms;
-  // A few stores serve the reads that miss the cache; more would only wait on the database.
-  a.read_stores = std::clamp(o.threads / 4, 1, 8);
+  a.read_stores = read_store_count(o);
   return a;
 }
 
@@ -48,6 +53,7 @@ ApiParts api_parts(HttpServerParts p)
   a.queue = p.queue;
   a.db_path = std::move(p.db_path);
   a.open_store = std::move(p.open_store);
+  a.stores = std::move(p.stores);
   a.cache = p.cache;
   a.handler = p.handler;
   a.handler_started_ms = p.handler_started_ms;

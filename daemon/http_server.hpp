@@ -33,10 +33,16 @@ struct HttpServerParts {
   std::string db_path; // the queue's database (the handler registry lives there)
   // Reads go through a few stores used one request at a time each; this opens one.
   std::function<Expected<std::unique_ptr<OrderStore>>()> open_store;
+  // Read stores opened already (acmo serve opens them while it waits for the database);
+  // bind() opens the rest with open_store.
+  std::vector<std::unique_ptr<OrderStore>> stores;
   Cache* cache = nullptr;           // null: no cache
   OrderHandler* handler = nullptr;  // the in-process handler, or null (--no-handler)
   int64_t handler_started_ms = 0;
 };
+
+// How many read stores a server with these options uses.
+int read_store_count(const HttpServerOptions& options);
 
 class HttpServer
 {

@@ -342,7 +342,8 @@ restart_dead() {
     if ! kill -0 "${pid[$p]}" 2>/dev/null; then
       wait "${pid[$p]}"; rc=$?
       self_exits=$((self_exits + 1))
-      echo "$p (pid ${pid[$p]}) ended by itself with exit $rc" >>"$work/self-exits"
+      { echo "$p (pid ${pid[$p]}) ended by itself with exit $rc; its last lines:"
+        tail -n 4 "$work/logs/$p.log" | sed 's/^/    /'; } >>"$work/self-exits"
       start "$p"
     fi
   done
