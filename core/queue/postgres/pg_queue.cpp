@@ -213,6 +213,9 @@ const Statement k_lock_messages = {
   "SELECT seq, queue_id, group_id, receipt_token, failures FROM messages"
   " WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR UPDATE"};
 const Statement k_delete = {"acmo_delete", "DELETE FROM messages WHERE seq = ANY($1::bigint[])"};
+const Statement k_remove = {
+  "acmo_remove",
+  "SELECT o_seq, o_queue, o_token, o_deleted FROM acmo_remove($1, $2::bigint[], $3::bigint[])"};
 const Statement k_probe = {
   "acmo_probe", "SELECT coalesce(min(ready_at), 0) FROM message_groups WHERE queue_id = $1"};
 const Statement k_journal_begin = {
@@ -226,7 +229,7 @@ const Statement k_journal_done = {"acmo_journal_done",
 const Statement* const k_statements[] = {&k_receive,       &k_take,          &k_fix_groups,
                                          &k_count,         &k_lock_groups,   &k_lock_messages,
                                          &k_delete,        &k_probe,         &k_journal_begin,
-                                         &k_journal_done};
+                                         &k_journal_done,  &k_remove};
 
 } // namespace
 
@@ -1059,15 +1062,9 @@ struct PgQueue::Impl {
         out[i] = Unexpected(gone_receipt());
         continue;
       }
-      const auto token = static_cast<uint64_t>(std::get<2>(it->second));
-      if (token != decoded[i]->token) {
-        out[i] = make_error(Errc::stale,
-                            token == 0 ? "the receipt handle is stale: the message was released "
-                                         "for a retry; receive it again to get a new handle"
-                                       : "the receipt handle is stale: the message was received "
-                                         "again after this handle was issued; use the newest "
-                                         "handle",
-                            "receiptHandle");
+      if (auto why = receipt_mismatch(static_cast<uint64_t>(std::get<2>(it->second)),
+                                      decoded[i]->token)) {
+        out[i] = Unexpected(std::move(*why));
         continue;
       }
       out[i] = Located{decoded[i]->seq, std::get<1>(it->second), std::get<3>(it->second)};
@@ -1080,24 +1077,59 @@ struct PgQueue::Impl {
     return std::move(locate_all(txn, {std::string(receipt)})[0]);
   }
 
-  // Delete the messages the receipt handles name; each handle's outcome in their order (a
+  // Why a receipt handle whose message was found with `token` does not name it, if it does not.
+  static std::optional<Error> receipt_mismatch(uint64_t token, uint64_t handle_token)
+  {
+    if (token == handle_token) return std::nullopt;
+    return Error(Errc::stale,
+                 token == 0 ? "the receipt handle is stale: the message was released for a "
+                              "retry; receive it again to get a new handle"
+                            : "the receipt handle is stale: the message was received again "
+                              "after this handle was issued; use the newest handle",
+                 "receiptHandle");
+  }
+
+  // Delete the messages the receipt handles name, in one statement (acmo_remove, which also
+  // brings their groups up to date and counts them); each handle's outcome in their order (a
   // handle given twice finds its message gone the second time).
   std::vector<Expected<void>> remove_all(PgTxn& txn, const std::vector<std::string>& receipts)
   {
-    std::vector<Expected<void>> out(receipts.size());
-    auto located = locate_all(txn, receipts);
+    std::vector<Expected<void>> out(receipts.size(), Unexpected(bad_receipt()));
+    std::vector<std::optional<Receipt>> decoded;
+    decoded.reserve(receipts.size());
+    PgArray seqs, tokens;
+    for (const auto& r : receipts) {
+      decoded.push_back(decode_receipt(r));
+      if (!decoded.back()) continue;
+      seqs.add(decoded.back()->seq);
+      tokens.add(static_cast<int64_t>(decoded.back()->token));
+    }
+    if (seqs.empty()) return out;
+    struct Found {
+      int64_t queue = 0;
+      uint64_t token = 0;
+      bool deleted = false;
+    };
+    std::map<int64_t, Found> found;
+    for (const auto& row : txn.tx.exec_prepared(k_remove.name, queue_id, seqs.text(), tokens.text())) {
+      found[row[0].as<int64_t>()] = Found{row[1].as<int64_t>(),
+                                          static_cast<uint64_t>(row[2].as<int64_t>()),
+                                          row[3].as<bool>()};
+    }
     std::set<int64_t> removed;
-    std::vector<const Located*> removing;
     for (size_t i = 0; i < receipts.size(); ++i) {
-      if (!located[i]) {
-        out[i] = Unexpected(located[i].error());
-      } else if (!removed.insert(located[i]->seq).second) {
+      if (!decoded[i]) continue;
+      auto it = found.find(decoded[i]->seq);
+      if (it == found.end() || it->second.queue != queue_id) {
+        out[i] = Unexpected(gone_receipt());
+      } else if (auto why = receipt_mismatch(it->second.token, decoded[i]->token)) {
+        out[i] = Unexpected(std::move(*why));
+      } else if (!it->second.deleted || !removed.insert(decoded[i]->seq).second) {
         out[i] = Unexpected(gone_receipt());
       } else {
-        removing.push_back(&*located[i]);
+        out[i] = Expected<void>{};
       }
     }
-    remove_located(txn, removing);
     return out;
   }
 
