@@ -16,6 +16,7 @@
 #include "core/orders/order.hpp"
 #include "core/queue/postgres/pg_queue.hpp"
 #include "core/store/pg_conninfo.hpp"
+#include "core/store/pg_text.hpp"
 #include "core/util/pool.hpp"
 
 namespace acmo {
@@ -227,29 +228,6 @@ void prepare_in_queue(pqxx::transaction_base& tx)
   for (const auto& [name, sql] : k_in_queue_statements) tx.conn().prepare(name, sql);
 }
 
-// A PostgreSQL array literal of text elements, passed as one parameter: batches of any size
-// use the same prepared statements.
-class PgArray
-{
-public:
-  void add(std::string_view text)
-  {
-    m_text += m_empty ? "\"" : ",\"";
-    m_empty = false;
-    for (char c : text) {
-      if (c == '"' || c == '\\') m_text += '\\';
-      m_text += c;
-    }
-    m_text += '"';
-  }
-  void add(int64_t value) { add(std::to_string(value)); }
-  std::string text() const { return m_text + "}"; }
-
-private:
-  std::string m_text = "{";
-  bool m_empty = true;
-};
-
 // PostgreSQL keeps no NUL character in text or jsonb; the embedded store does. Such an event
 // can never apply here, and must not fail the whole batch.
 bool holds_nul(const json& j)
@@ -266,13 +244,6 @@ bool holds_nul(const json& j)
     }
   }
   return false;
-}
-
-std::string first_line(std::string_view text)
-{
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
-  std::string out(text.substr(0, text.find('\n')));
-  return out;
 }
 
 Order read_order(const pqxx::row& row, pqxx::row::size_type first = 0)

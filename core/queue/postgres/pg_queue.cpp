@@ -25,6 +25,7 @@
 #include "core/queue/limits.hpp"
 #include "core/queue/postgres/schema.hpp"
 #include "core/store/pg_conninfo.hpp"
+#include "core/store/pg_text.hpp"
 #include "core/store/pg_order_store.hpp"
 #include "core/util/ids.hpp"
 #include "core/util/log.hpp"
@@ -60,36 +61,6 @@ struct Counters {
            || redriven || purged;
   }
 };
-
-// A PostgreSQL array literal of text elements, passed as one parameter.
-class PgArray
-{
-public:
-  void add(std::string_view text)
-  {
-    m_text += m_empty ? "\"" : ",\"";
-    m_empty = false;
-    for (char c : text) {
-      if (c == '"' || c == '\\') m_text += '\\';
-      m_text += c;
-    }
-    m_text += '"';
-  }
-  void add(int64_t value) { add(std::to_string(value)); }
-  void add(bool value) { add(std::string_view(value ? "t" : "f")); }
-  std::string text() const { return m_text + "}"; }
-  bool empty() const { return m_empty; }
-
-private:
-  std::string m_text = "{";
-  bool m_empty = true;
-};
-
-std::string first_line(std::string_view text)
-{
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
-  return std::string(text.substr(0, text.find('\n')));
-}
 
 // The connection string libpq gets: the URL, with a connect timeout, a name that shows in
 // pg_stat_activity and keepalives, unless the URL sets them.
@@ -806,12 +777,12 @@ struct PgQueue::Impl {
         groups.add(p.request->group_id);
         dedup.add(p.dedup_id);
         keys.add(p.dedup_key);
-        content.add(p.content_based);
+        content.add_bool(p.content_based);
         bodies.add(p.request->body);
         hashes.add(p.body_hash);
         ids.add(p.message_id);
-        same.add(p.request->same_body);
-        unless.add(p.request->unless_duplicate.has_value());
+        same.add_bool(p.request->same_body);
+        unless.add_bool(p.request->unless_duplicate.has_value());
         ++count;
       }
     }
