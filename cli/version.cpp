@@ -6,6 +6,7 @@
 #include "cli/output.hpp"
 #include "core/queue/sqlite/schema.hpp"
 #include "core/sqlite/sqlite.hpp"
+#include "core/util/build_info.hpp"
 
 namespace acmo::cli {
 
@@ -13,8 +14,7 @@ namespace {
 
 int run_version(const GlobalOptions& global)
 {
-  const std::string compiler = fmt::format("GCC {}.{}.{}", __GNUC__, __GNUC_MINOR__,
-                                           __GNUC_PATCHLEVEL__);
+  const std::string compiler = compiler_name();
   if (global.json) {
     print_json({{"version", ACMO_VERSION},
                 {"sqlite", sqlite::library_version()},

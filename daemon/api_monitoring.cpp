@@ -9,6 +9,7 @@
 #include "core/handler/stats_report.hpp"
 #include "core/orders/order_event.hpp"
 #include "core/queue/queue_json.hpp"
+#include "core/util/build_info.hpp"
 #include "core/util/ids.hpp"
 #include "core/util/log.hpp"
 #include "daemon/api_impl.hpp"
@@ -361,8 +362,8 @@ void Api::Impl::prometheus(Context& ctx)
     out += fmt::format("{}{} {}\n", name, labels, value);
   };
   metric("acmo_build_info", "gauge", "The acmo that serves: always 1, its labels tell.", 1,
-         fmt::format("{{version=\"{}\",compiler=\"GCC {}.{}.{}\"}}", label_value(ACMO_VERSION),
-                     __GNUC__, __GNUC_MINOR__, __GNUC_PATCHLEVEL__));
+         fmt::format("{{version=\"{}\",compiler=\"{}\"}}", label_value(ACMO_VERSION),
+                     label_value(compiler_name())));
   if (auto s = parts.queue->stats()) {
     write_family(out, "acmo_queue_messages", "gauge", "Messages in the queue, by state.");
     const std::string q = label_value(s->name);
