@@ -373,6 +373,15 @@ Expected<int64_t> OrderHandler::process_batch(int64_t wait_ms)
     consume_error = consumed.error().message;
     wait_ms = 0;
   }
+  if (m_options.writer != nullptr && m_store_down.load()) {
+    // The store did not answer the last batch: take nothing until it answers.
+    if (auto answers = m_options.writer->ping(); !answers) {
+      record_error(answers.error().message);
+      note_trouble(answers.error().message, false);
+      return Unexpected(answers.error());
+    }
+    m_store_down = false;
+  }
   auto got = m_queue.receive(m_options.batch_size, {}, wait_ms, true);
   if (!got) {
     record_error(got.error().message);
@@ -511,6 +520,8 @@ int64_t OrderHandler::apply_to_writer(const std::vector<Message>& messages,
     note_trouble(outcomes.error().message);
     // The store is down or timed out and nothing was applied: every message goes back, to be
     // retried after queue.retry_delays, or dead-lettered once queue.max_retries are spent.
+    // Down, the handler takes no more until the store answers again.
+    if (outcomes.error().code == Errc::unavailable) m_store_down = true;
     last_error = outcomes.error().message;
     for (size_t k = 0; k < index.size(); ++k) {
       auto released =

@@ -115,6 +115,9 @@ private:
   HandlerOptions m_options;
   const Clock& m_clock;
   std::atomic<bool> m_stopping{false};
+  // The writer's store did not answer a batch: no message is taken until it answers a ping, so
+  // that an outage costs the waiting events one attempt, not all their retries.
+  std::atomic<bool> m_store_down{false};
   // Asked to drain (acmo handlers drain): stop once a worker finds nothing to take and the
   // queue holds nothing visible or delayed.
   std::atomic<bool> m_draining{false};

@@ -125,6 +125,9 @@ public:
   virtual Expected<std::vector<ApplyOutcome>> apply_in(QueueTransaction& txn,
                                                        const std::vector<AppliedEvent>& events,
                                                        int64_t now_ms);
+  // Whether the store answers now: Errc::unavailable, as apply_batch gives it, while it does
+  // not. The handler asks before it takes more messages once apply_batch found the store down.
+  virtual Expected<void> ping() { return {}; }
 };
 
 // An order's items as every store keeps them: a JSON array of {product_id, name, quantity,

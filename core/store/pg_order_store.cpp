@@ -782,6 +782,17 @@ Expected<std::vector<ApplyOutcome>> PgOrderStore::apply_batch(
     [&](pqxx::connection& conn) { return m_impl->apply_once(conn, events, now_ms); });
 }
 
+Expected<void> PgOrderStore::ping()
+{
+  auto answered = m_impl->run([](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    tx.exec("SELECT 1");
+    return true;
+  });
+  if (!answered) return Unexpected(answered.error());
+  return {};
+}
+
 Expected<std::vector<ApplyOutcome>> PgOrderStore::apply_in(QueueTransaction& txn,
                                                           const std::vector<AppliedEvent>& events,
                                                           int64_t now_ms)

@@ -58,6 +58,7 @@ public:
   // The batch inside a PostgreSQL queue's transaction on this store's database (queue.url is
   // store.url): the changes commit with the deletion of their messages, so no message id is
   // recorded. Ids recorded by apply_batch (a queue moved from SQLite) are still skipped.
+  Expected<void> ping() override;
   Expected<std::vector<ApplyOutcome>> apply_in(QueueTransaction& txn,
                                                const std::vector<AppliedEvent>& events,
                                                int64_t now_ms) override;

@@ -5,8 +5,9 @@
 # run-handler` in the foreground (in the background of this script) while events stream in.
 # With the server stopped, events are retried with backoff and the handler stays up (its
 # figures show the retries and the last error); with the server back, everything is applied
-# exactly once. With few retries, events end in the DLQ with the reason, and `acmo dlq
-# redrive` applies them once the server is back.
+# exactly once. A long outage costs the waiting events one attempt: the handler takes no more
+# until the server answers. With no retries, events end in the DLQ with the reason, and `acmo
+# dlq redrive` applies them once the server is back.
 #   tests/cli/test_pg_outage.sh path/to/acmo
 set -uo pipefail
 acmo=${1:?usage: $0 path/to/acmo}
@@ -172,7 +173,7 @@ check "and when it was applying events again" grep -q 'info.*handler: applying e
 check "the outage is logged a few times, not once per batch ($(grep -c 'handler: PostgreSQL' "$work/handler.err") lines)" \
   test "$(grep -c 'handler: PostgreSQL' "$work/handler.err")" -le 10
 
-# --- retries run out: the DLQ with the reason, then redrive ----------------------------------
+# --- a long outage: one attempt counted, then the handler waits for the store ---------------
 
 export ACMO_QUEUE_RETRY_DELAYS="100ms" ACMO_QUEUE_MAX_RETRIES=1
 "$acmo" run-handler --batch-size 10 >"$work/handler2.out" 2>"$work/handler2.err" &
@@ -180,19 +181,47 @@ handler_pid=$!
 # It has connected (and found the schema) once it says it is handling the queue.
 check "the second handler starts" wait_for 10 grep -q "handling queue" "$work/handler2.err"
 stop_pg
-send_events 201 220
-check "with 1 retry, the 40 events end in the DLQ" wait_for 15 dlq_count 40
+send_events 201 215
+sleep 3 # thirty retry delays
+check "with 1 retry and the store down for 30 retry delays, nothing goes to the DLQ" dlq_count 0
+check "the handler is still running" kill -0 "$handler_pid"
+# This handler's own figures (the registry also remembers the first one's).
+retried=$("$acmo" --json stats | jq --argjson pid "$handler_pid" '.handler.handlers[] | select(.pid == $pid) | .retried')
+check "only the batch that found the store down was tried ($retried events retried, at most 10)" \
+  test "$retried" -ge 1 -a "$retried" -le 10
+start_pg
+check "once it is back, the handler applies them (215 orders)" wait_for 20 applied_orders 215
+check "the queue is empty" wait_for 5 queue_empty
+check "nothing is in the DLQ" dlq_count 0
+check "every event is applied exactly once: 430 in the audit trail, 215 orders" exactly_once 215
+kill -TERM "$handler_pid"
+wait "$handler_pid"; rc=$?
+handler_pid=''
+check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
+
+# --- no retries: the DLQ with the reason, then redrive ---------------------------------------
+
+export ACMO_QUEUE_MAX_RETRIES=0
+"$acmo" run-handler --batch-size 10 >"$work/handler2.out" 2>"$work/handler2.err" &
+handler_pid=$!
+check "a handler with queue.max_retries = 0 starts" wait_for 10 grep -q "handling queue" "$work/handler2.err"
+# Stopped while the server goes down and the events come, so that its first batch is all ten.
+kill -STOP "$handler_pid"
+stop_pg
+send_events 216 220
+kill -CONT "$handler_pid"
+check "the batch that finds the store down goes to the DLQ: 10 events" wait_for 15 dlq_count 10
 check "the handler is still running" kill -0 "$handler_pid"
 dlq=$("$acmo" --json dlq list --limit 100)
 check "the DLQ gives PostgreSQL's outage as the reason of each" \
-  test "$(grep -oE '"reason":"failed 2 times, retries exhausted [^"]*: PostgreSQL at [^"]* is not answering' <<<"$dlq" | wc -l)" -eq 40
+  test "$(grep -oE '"reason":"failed 1 time, retries exhausted \(queue.max_retries = 0\): PostgreSQL at [^"]* is not answering' <<<"$dlq" | wc -l)" -eq 10
 check "the handler logs one line per dead-lettered event, naming its order ($(grep -c 'dead-lettered to .*PostgreSQL at' "$work/handler2.err"))" \
-  test "$(grep -cE 'warn acmo\[[0-9]+\]: message [0-9a-f-]+ \(sequence [0-9]+, order ord_[0-9]+, group [^)]*\) dead-lettered to [^ ]+ after 2 failures: failed 2 times, retries exhausted .*PostgreSQL at' "$work/handler2.err")" -eq 40
+  test "$(grep -cE 'warn acmo\[[0-9]+\]: message [0-9a-f-]+ \(sequence [0-9]+, order ord_[0-9]+, group [^)]*\) dead-lettered to [^ ]+ after 1 failure: failed 1 time, retries exhausted .*PostgreSQL at' "$work/handler2.err")" -eq 10
 check "its outage warning counts what went to the DLQ" \
-  grep -qE 'handler: PostgreSQL at .* is not answering.*queue.max_retries \(1\) are spent goes to the DLQ.*[0-9]+ dead-lettered so far' "$work/handler2.err"
+  grep -qE 'handler: PostgreSQL at .* is not answering.*queue.max_retries \(0\) are spent goes to the DLQ' "$work/handler2.err"
 start_pg
 out=$("$acmo" --json dlq redrive); rc=$?
-check "dlq redrive moves the 40 back" test "$rc/$(json_field "$out" redriven)" = 0/40
+check "dlq redrive moves the 10 back" test "$rc/$(json_field "$out" redriven)" = 0/10
 check "the handler applies them (220 orders)" wait_for 20 applied_orders 220
 check "the queue and the DLQ are empty" wait_for 5 queue_empty
 check "nothing is left in the DLQ" dlq_count 0
