@@ -145,16 +145,24 @@ struct Statement {
   const char* sql;
 };
 
+// Only the rows a receive can use come back: those up to the $3-th message that is visible and
+// not exhausted ($4 is queue.max_retries), so that a receive of 10 from groups of many messages
+// reads 10 bodies rather than 10 of each group it locked.
 const Statement k_receive = {
   "acmo_receive",
   "WITH g AS (SELECT ctid, group_id, head_seq FROM message_groups WHERE queue_id = $1"
   " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
-  " SELECT g.group_id, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"
+  " SELECT group_id, seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"
+  " first_received_at, failures, last_error, first_sent_at, row_tid FROM ("
+  " SELECT g.group_id, g.head_seq, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"
   " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"
-  " coalesce(m.first_sent_at, m.sent_at), g.ctid::text"
+  " coalesce(m.first_sent_at, m.sent_at) AS first_sent_at, g.ctid::text AS row_tid,"
+  " count(*) FILTER (WHERE m.visible_at <= $2 AND m.receive_count <= $4)"
+  " OVER (ORDER BY g.head_seq, m.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+  " AS usable_before"
   " FROM g LEFT JOIN LATERAL (SELECT * FROM messages x WHERE x.queue_id = $1"
-  " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true"
-  " ORDER BY g.head_seq, m.seq"};
+  " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true) r"
+  " WHERE usable_before < $3 ORDER BY head_seq, seq"};
 // A receive's messages in flight, their groups held until then and the count of the messages
 // received, in one round trip. The groups' rows by their place (a TID scan): "group_id =
 // ANY(...)" was planned, before the first ANALYZE, as a filter over every group of the queue.
@@ -185,8 +193,7 @@ const Statement k_lock_messages = {
   " WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR UPDATE"};
 const Statement k_delete = {"acmo_delete", "DELETE FROM messages WHERE seq = ANY($1::bigint[])"};
 const Statement k_remove = {
-  "acmo_remove",
-  "SELECT o_seq, o_queue, o_token, o_deleted FROM acmo_remove($1, $2::bigint[], $3::bigint[])"};
+  "acmo_remove", "SELECT o_seq, o_queue, o_token FROM acmo_remove($1, $2::bigint[], $3::bigint[])"};
 const Statement k_probe = {
   "acmo_probe", "SELECT coalesce(min(ready_at), 0) FROM message_groups WHERE queue_id = $1"};
 const Statement k_journal_begin = {
@@ -207,8 +214,10 @@ const Statement* const k_statements[] = {&k_receive,       &k_take,          &k_
 // One transaction of the queue: the changes it made to groups and counters, applied by
 // finish() before it commits, and the dead-letterings to log once it has.
 struct PgTxn {
-  explicit PgTxn(pqxx::work& t) : tx(t) {}
-  pqxx::work& tx;
+  explicit PgTxn(pqxx::work& t) : tx(t), block(&t) {}
+  explicit PgTxn(pqxx::nontransaction& t) : tx(t) {}
+  pqxx::transaction_base& tx;
+  pqxx::dbtransaction* block = nullptr; // null outside a transaction (Impl::Mode::one_statement)
   int64_t now = 0;
   std::map<int64_t, Counters> counters;
   std::set<std::string> touched_groups; // of the queue (the DLQ keeps no group rows)
@@ -498,8 +507,15 @@ struct PgQueue::Impl {
   // returned error or a thrown one rolls it back). A transaction the server rolled back (a
   // deadlock, a serialization failure) or a connection found broken before the commit is tried
   // again, a few times.
+  //
+  // With Mode::one_statement the body runs exactly one statement, outside a transaction (which
+  // saves the round trips of BEGIN and COMMIT): the statement commits by itself, so it must
+  // leave nothing for finish(), and a connection lost while it runs leaves its outcome in
+  // doubt.
+  enum class Mode { transaction, synchronous, one_statement };
+
   template<typename F>
-  auto run(F&& body, bool synchronous = false)
+  auto run(F&& body, Mode mode = Mode::transaction)
     -> decltype(body(std::declval<PgTxn&>()))
   {
     using Result = decltype(body(std::declval<PgTxn&>()));
@@ -508,14 +524,25 @@ struct PgQueue::Impl {
       auto got = pool->acquire();
       if (auto* failure = std::get_if<std::string>(&got)) return Unexpected(unavailable(*failure));
       auto& lease = std::get<PgConnections::Lease>(got);
-      bool committing = false;
+      bool committing = mode == Mode::one_statement;
       try {
-        pqxx::work tx(lease.conn());
-        if (synchronous) tx.exec0("SET LOCAL synchronous_commit = on");
-        PgTxn txn(tx);
+        std::optional<pqxx::work> work;
+        std::optional<pqxx::nontransaction> alone;
+        std::optional<PgTxn> made;
+        if (committing) {
+          made.emplace(alone.emplace(lease.conn()));
+        } else {
+          made.emplace(work.emplace(lease.conn()));
+        }
+        PgTxn& txn = *made;
+        auto& tx = txn.tx;
+        if (mode == Mode::synchronous) tx.exec0("SET LOCAL synchronous_commit = on");
         txn.now = clock.now_ms();
         Result result = body(txn);
         if (!result) return result; // tx's destructor rolls back
+        if (committing && (!txn.touched_groups.empty() || !txn.counters.empty())) {
+          return Unexpected(Error(Errc::internal, "a one-statement call left work for finish()"));
+        }
         finish(txn);
         committing = true;
         tx.commit();
@@ -887,7 +914,7 @@ struct PgQueue::Impl {
   std::vector<Message> do_receive(PgTxn& txn, int max, int64_t visibility_ms, bool take,
                                   bool isolate)
   {
-    auto rows = txn.tx.exec_prepared(k_receive.name, queue_id, txn.now, max);
+    auto rows = txn.tx.exec_prepared(k_receive.name, queue_id, txn.now, max, options.max_retries);
     std::vector<Message> out;
     const int64_t hidden_until = txn.now + visibility_ms;
     bool alone = false;
@@ -1007,18 +1034,30 @@ struct PgQueue::Impl {
                  "receiptHandle");
   }
 
+  // The receipt handles decoded (nullopt for one acmo did not issue), and the sequence numbers
+  // and tokens of those it did, in their order.
+  static std::vector<std::optional<Receipt>> decode_all(const std::vector<std::string>& receipts,
+                                                        PgArray& seqs, PgArray& tokens)
+  {
+    std::vector<std::optional<Receipt>> decoded;
+    decoded.reserve(receipts.size());
+    for (const auto& r : receipts) {
+      decoded.push_back(decode_receipt(r));
+      if (!decoded.back()) continue;
+      seqs.add(decoded.back()->seq);
+      tokens.add(static_cast<int64_t>(decoded.back()->token));
+    }
+    return decoded;
+  }
+
   // Lock the messages the receipt handles name, and their groups' rows first (in name order,
   // as every writer does, so that writers never wait for each other in a cycle); each handle
   // gets its message or exactly why it names none.
   std::vector<Expected<Located>> locate_all(PgTxn& txn, const std::vector<std::string>& receipts)
   {
     std::vector<Expected<Located>> out(receipts.size(), Unexpected(bad_receipt()));
-    std::vector<std::optional<Receipt>> decoded;
-    PgArray seqs;
-    for (const auto& r : receipts) {
-      decoded.push_back(decode_receipt(r));
-      if (decoded.back()) seqs.add(decoded.back()->seq);
-    }
+    PgArray seqs, tokens;
+    const auto decoded = decode_all(receipts, seqs, tokens);
     if (seqs.empty()) return out;
     txn.tx.exec_prepared(k_lock_groups.name, seqs.text(), queue_id);
     std::map<int64_t, std::tuple<int64_t, std::string, int64_t, int64_t>> found;
@@ -1066,36 +1105,25 @@ struct PgQueue::Impl {
   std::vector<Expected<void>> remove_all(PgTxn& txn, const std::vector<std::string>& receipts)
   {
     std::vector<Expected<void>> out(receipts.size(), Unexpected(bad_receipt()));
-    std::vector<std::optional<Receipt>> decoded;
-    decoded.reserve(receipts.size());
     PgArray seqs, tokens;
-    for (const auto& r : receipts) {
-      decoded.push_back(decode_receipt(r));
-      if (!decoded.back()) continue;
-      seqs.add(decoded.back()->seq);
-      tokens.add(static_cast<int64_t>(decoded.back()->token));
-    }
+    const auto decoded = decode_all(receipts, seqs, tokens);
     if (seqs.empty()) return out;
-    struct Found {
-      int64_t queue = 0;
-      uint64_t token = 0;
-      bool deleted = false;
-    };
-    std::map<int64_t, Found> found;
+    // Each message found: its queue and receipt token. acmo_remove deleted those in this queue
+    // whose token a handle gave.
+    std::map<int64_t, std::pair<int64_t, uint64_t>> found;
     for (const auto& row : txn.tx.exec_prepared(k_remove.name, queue_id, seqs.text(), tokens.text())) {
-      found[row[0].as<int64_t>()] = Found{row[1].as<int64_t>(),
-                                          static_cast<uint64_t>(row[2].as<int64_t>()),
-                                          row[3].as<bool>()};
+      found[row[0].as<int64_t>()] = {row[1].as<int64_t>(),
+                                     static_cast<uint64_t>(row[2].as<int64_t>())};
     }
     std::set<int64_t> removed;
     for (size_t i = 0; i < receipts.size(); ++i) {
       if (!decoded[i]) continue;
       auto it = found.find(decoded[i]->seq);
-      if (it == found.end() || it->second.queue != queue_id) {
+      if (it == found.end() || it->second.first != queue_id) {
         out[i] = Unexpected(gone_receipt());
-      } else if (auto why = receipt_mismatch(it->second.token, decoded[i]->token)) {
+      } else if (auto why = receipt_mismatch(it->second.second, decoded[i]->token)) {
         out[i] = Unexpected(std::move(*why));
-      } else if (!it->second.deleted || !removed.insert(decoded[i]->seq).second) {
+      } else if (!removed.insert(decoded[i]->seq).second) {
         out[i] = Unexpected(gone_receipt());
       } else {
         out[i] = Expected<void>{};
@@ -1170,7 +1198,8 @@ struct PgQueue::Impl {
   {
     Expected<std::vector<Disposition>> dispositions;
     try {
-      pqxx::subtransaction sub(txn.tx, "settle");
+      if (txn.block == nullptr) throw std::logic_error("settle_located outside a transaction");
+      pqxx::subtransaction sub(*txn.block, "settle");
       dispositions = work();
       if (dispositions) {
         sub.commit();
@@ -1552,7 +1581,7 @@ Expected<void> PgQueue::poll(int64_t wait_ms, const std::function<Expected<bool>
       auto probed = impl.run([&](PgTxn& txn) -> Expected<int64_t> {
         auto row = txn.tx.exec_prepared1(k_probe.name, impl.queue_id);
         return row[0].as<int64_t>();
-      });
+      }, Impl::Mode::one_statement);
       if (!probed) return Unexpected(probed.error());
       ready_at = *probed;
       worth_trying = ready_at != 0 && ready_at <= now;
@@ -1675,7 +1704,7 @@ std::vector<Expected<void>> PgQueue::remove_batch(const std::vector<std::string>
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
     results = m_impl->remove_all(txn, receipts);
     return {};
-  });
+  }, Impl::Mode::one_statement);
   if (!ok) {
     for (auto& r : results) r = Unexpected(ok.error());
   } else {
@@ -1965,7 +1994,7 @@ Expected<int64_t> PgQueue::redrive(const std::vector<std::string>& message_ids)
     }
     m_impl->move_back(txn, chosen);
     return static_cast<int64_t>(chosen.size());
-  }, true);
+  }, Impl::Mode::synchronous);
   if (moved && *moved > 0) m_impl->notify_waiters();
   return moved;
 }
@@ -2009,7 +2038,7 @@ Expected<int64_t> PgQueue::redrive_step(RedriveRun& run, int64_t max)
     m_impl->move_back(txn, chosen);
     if (!chosen.empty()) last_seq = chosen.back().first;
     return static_cast<int64_t>(chosen.size());
-  }, true);
+  }, Impl::Mode::synchronous);
   if (!moved) return moved;
   run.after_seq = last_seq;
   if (*moved > 0) m_impl->notify_waiters();
@@ -2150,7 +2179,7 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
     for (const auto& g : groups) txn.touched_groups.insert(g);
     if (result.messages > 0) txn.tx.exec_params("SELECT pg_notify($1, '')", m_impl->channel);
     return result;
-  }, true);
+  }, Impl::Mode::synchronous);
 }
 
 Expected<SweepResult> PgQueue::sweep()

@@ -712,6 +712,50 @@ BEGIN
 END
 $$;
 )SQL",
+    // 6: a receive's "in flight until" on its groups' rows is a heap-only update. The index on
+    // ready_at made every such update write a new entry into each of the table's three
+    // indexes; the only reader it served is the idle receivers' probe for the next ready
+    // group, which reads the queue's group rows instead (the groups not ready are those in
+    // flight or waiting out a retry delay: few). And acmo_remove answers what it found, not
+    // whether it deleted it, which follows from the queue and the token.
+    R"SQL(
+DROP INDEX message_groups_by_ready;
+DROP FUNCTION acmo_remove(bigint, bigint[], bigint[]);
+CREATE FUNCTION acmo_remove(p_queue bigint, p_seqs bigint[], p_tokens bigint[])
+RETURNS TABLE (o_seq bigint, o_queue bigint, o_token bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  a_deleted bigint[] := '{}';
+  a_groups text[] := '{}';
+  r record;
+BEGIN
+  PERFORM 1 FROM message_groups g WHERE g.queue_id = p_queue AND g.group_id IN
+    (SELECT m.group_id FROM messages m WHERE m.seq = ANY(p_seqs) AND m.queue_id + 0 = p_queue)
+    ORDER BY g.group_id FOR UPDATE OF g;
+  FOR r IN
+    SELECT m.seq, m.queue_id, m.receipt_token, m.group_id FROM messages m
+    WHERE m.seq = ANY(p_seqs) ORDER BY m.seq FOR UPDATE
+  LOOP
+    o_seq := r.seq;
+    o_queue := r.queue_id;
+    o_token := r.receipt_token;
+    IF r.queue_id = p_queue AND EXISTS (SELECT 1 FROM unnest(p_seqs, p_tokens) AS t(s, k)
+                                        WHERE t.s = r.seq AND t.k = r.receipt_token) THEN
+      a_deleted := a_deleted || r.seq;
+      IF NOT r.group_id = ANY(a_groups) THEN
+        a_groups := a_groups || r.group_id;
+      END IF;
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+  IF cardinality(a_deleted) > 0 THEN
+    DELETE FROM messages WHERE seq = ANY(a_deleted);
+    PERFORM acmo_fix_groups(p_queue, ARRAY(SELECT x FROM unnest(a_groups) AS x ORDER BY 1));
+    INSERT INTO queue_counters (queue_id, deleted) VALUES (p_queue, cardinality(a_deleted));
+  END IF;
+END
+$$;
+)SQL",
   };
   return k_migrations;
 }
