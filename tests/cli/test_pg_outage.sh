@@ -107,6 +107,14 @@ exactly_once() { # exactly_once ORDERS
 # The DLQ's size: `acmo dlq list` reads only the queue, so it answers while PostgreSQL is down.
 dlq_total() { sed -n 's/.*"total":\([0-9]*\)}$/\1/p' <<<"$("$acmo" --json dlq list --limit 1)"; }
 dlq_count() { [[ "$(dlq_total)" == "$1" ]]; }
+# SIGTERM the running handler ($handler_pid) and check that it stops cleanly.
+stop_handler() {
+  local rc=0
+  kill -TERM "$handler_pid"
+  wait "$handler_pid" || rc=$?
+  handler_pid=''
+  check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
+}
 
 # --- stopped mid-run: retried with backoff, then applied once ----------------------------------
 
@@ -161,10 +169,7 @@ handler=$(handler_stats)
 check "acmo stats: the handler retried events" test "$(json_field "$handler" retried)" -gt 0
 check "acmo stats: its last error says PostgreSQL was not answering" \
   grep -q '"lastError":"PostgreSQL at postgresql://acmo@127.0.0.1:'"$port"'/acmo is not answering' <<<"$handler"
-kill -TERM "$handler_pid"
-wait "$handler_pid"; rc=$?
-handler_pid=''
-check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
+stop_handler
 check "its summary: 400 applied, none dead-lettered, some retried" \
   grep -qE '^applied 400, dead-lettered 0, retried [1-9][0-9]*$' "$work/handler.out"
 check "its log says PostgreSQL was not answering and that the events wait" \
@@ -194,10 +199,7 @@ check "once it is back, the handler applies them (215 orders)" wait_for 20 appli
 check "the queue is empty" wait_for 5 queue_empty
 check "nothing is in the DLQ" dlq_count 0
 check "every event is applied exactly once: 430 in the audit trail, 215 orders" exactly_once 215
-kill -TERM "$handler_pid"
-wait "$handler_pid"; rc=$?
-handler_pid=''
-check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
+stop_handler
 
 # --- no retries: the DLQ with the reason, then redrive ---------------------------------------
 
@@ -226,10 +228,7 @@ check "the handler applies them (220 orders)" wait_for 20 applied_orders 220
 check "the queue and the DLQ are empty" wait_for 5 queue_empty
 check "nothing is left in the DLQ" dlq_count 0
 check "every event is applied exactly once: 440 in the audit trail, 220 orders" exactly_once 220
-kill -TERM "$handler_pid"
-wait "$handler_pid"; rc=$?
-handler_pid=''
-check "SIGTERM stops the handler: exit 0" test "$rc" -eq 0
+stop_handler
 
 # --- the queue in PostgreSQL too: sends refused while it is down, nothing counted -----------
 
