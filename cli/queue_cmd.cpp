@@ -133,10 +133,16 @@ int move_queue(const MoveOptions& opts, const GlobalOptions& global)
     // stopped without giving it back): wait for its visibility timeout.
     const int64_t at = SystemClock::instance().now_ms();
     int64_t held = 0, until = 0;
-    for (const auto& m : snapshot.messages) {
-      if (!m.in_flight || m.visible_at_ms <= at) continue;
-      ++held;
-      until = std::max(until, m.visible_at_ms);
+    for (int64_t after = 0;;) {
+      auto page = snapshot.messages(false, after, 1000);
+      if (!page) return Unexpected(page.error());
+      if (page->empty()) break;
+      after = page->back().seq;
+      for (const auto& m : *page) {
+        if (!m.in_flight || m.visible_at_ms <= at) continue;
+        ++held;
+        until = std::max(until, m.visible_at_ms);
+      }
     }
     if (held > 0) {
       return make_error(Errc::busy,

@@ -246,11 +246,36 @@ struct MovedDedup {
   int64_t expires_at_ms = 0;
   int64_t body_hash = 0; // 0: not known
 };
-struct QueueSnapshot {
-  std::vector<Message> messages; // visible_at_ms as stored; receipts are not carried
-  std::vector<Message> dead;
-  std::vector<MovedDedup> dedup;
-  int64_t next_seq = 1; // above every sequence number the source gave
+// The snapshot is read a part at a time (keyset pages, in order), so that a long queue is never
+// all in memory; a reader may read it more than once.
+class QueueSnapshot
+{
+public:
+  virtual ~QueueSnapshot() = default;
+  // Up to `max` messages of the queue (with `dead`, of its DLQ) whose sequence numbers are
+  // above `after`, in sequence order; none past the last. visible_at_ms as stored; receipts
+  // are not carried.
+  virtual Expected<std::vector<Message>> messages(bool dead, int64_t after, size_t max) const = 0;
+  // Up to `max` entries of the dedup history whose MovedDedup::seq is above `after`, in that
+  // order.
+  virtual Expected<std::vector<MovedDedup>> dedup(int64_t after, size_t max) const = 0;
+  // The groups of the queue's messages.
+  virtual Expected<std::vector<std::string>> groups() const = 0;
+  // Above every sequence number the source gave.
+  virtual int64_t next_seq() const = 0;
+};
+
+// A snapshot held in memory (each vector in its order above).
+struct SnapshotInMemory final : QueueSnapshot {
+  std::vector<Message> queued;
+  std::vector<Message> dead_letters;
+  std::vector<MovedDedup> history;
+  int64_t next = 1;
+
+  Expected<std::vector<Message>> messages(bool dead, int64_t after, size_t max) const override;
+  Expected<std::vector<MovedDedup>> dedup(int64_t after, size_t max) const override;
+  Expected<std::vector<std::string>> groups() const override;
+  int64_t next_seq() const override { return next; }
 };
 struct MoveResult {
   int64_t messages = 0; // moved into the queue

@@ -908,8 +908,8 @@ TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history
   CHECK(must(from->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); }))
           .messages
         == 0);
-  QueueSnapshot same;
-  same.messages = before;
+  SnapshotInMemory same;
+  same.queued = before;
   auto again = must(to->move_in(same));
   CHECK(again.messages == 0);
   CHECK(again.skipped == 3);
@@ -928,11 +928,19 @@ TEST_CASE("acmo queue move: a queue longer than one statement moves whole, and o
   }
   for (const auto& r : from->send_bulk(requests)) must(r);
   auto to = must(PgQueue::open(schema.url(), schema.name(), {}));
-  QueueSnapshot taken;
+  // The snapshot as move_in read it, kept to hand over again.
+  SnapshotInMemory taken;
   auto moved = must(from->move_out("pg", [&](const QueueSnapshot& s) {
-    taken = s;
+    for (int64_t after = 0;;) {
+      auto page = must(s.messages(false, after, 700));
+      if (page.empty()) break;
+      after = page.back().seq;
+      taken.queued.insert(taken.queued.end(), page.begin(), page.end());
+    }
+    taken.next = s.next_seq();
     return to->move_in(s);
   }));
+  CHECK(taken.queued.size() == 2500);
   CHECK(moved.messages == 2500);
   CHECK(moved.dedup == 2500);
   CHECK(must(to->stats()).visible == 2500);

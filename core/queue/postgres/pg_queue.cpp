@@ -1254,6 +1254,80 @@ struct PgQueue::Impl {
       queue_id, names.text());
   }
 
+  // acmo queue move: take in a part of the messages of the queue (or, with `dead`, of its DLQ),
+  // skipping those an earlier run moved, and count them in `result`.
+  Expected<void> move_chunk(PgTxn& txn, const std::vector<Message>& chunk, bool dead,
+                            MoveResult& result)
+  {
+    // What an earlier run moved: skipped, by message id.
+    PgArray chunk_ids;
+    for (const auto& m : chunk) chunk_ids.add(m.message_id);
+    std::set<std::string> moved_before;
+    for (const auto& row : txn.tx.exec_params(
+           "SELECT message_id::text FROM moved_messages WHERE message_id = ANY($1::uuid[])",
+           chunk_ids.text())) {
+      moved_before.insert(row[0].as<std::string>());
+    }
+    PgArray seqs, queues, group_ids, ids, dedup_ids, bodies, sent, first_sent, visible,
+      receives, first_received, failures, errors, reasons, dead_at;
+    for (const Message& m : chunk) {
+      if (moved_before.count(m.message_id)) {
+        ++result.skipped;
+        continue;
+      }
+      ++(dead ? result.dead : result.messages);
+      seqs.add(m.seq);
+      queues.add(dead ? dlq_id : queue_id);
+      group_ids.add(m.group_id);
+      ids.add(m.message_id);
+      // A content-based id (the body's SHA-256) is kept as NULL, as acmo_send keeps it.
+      dedup_ids.add(m.dedup_id == sha256_hex(m.body) ? std::string_view() : m.dedup_id);
+      bodies.add(m.body);
+      sent.add(m.sent_at_ms);
+      first_sent.add(m.first_sent_at_ms);
+      visible.add(m.visible_at_ms);
+      receives.add(m.receive_count);
+      first_received.add(m.first_received_at_ms);
+      failures.add(m.failures);
+      errors.add(m.last_error);
+      reasons.add(m.dead_reason);
+      dead_at.add(m.dead_at_ms);
+    }
+    if (seqs.empty()) return {};
+    // A sequence number the queue already uses for another message: this is not the queue
+    // the messages came from, or not an empty one.
+    const auto taken = txn.tx.exec_params(
+      "SELECT m.seq, m.message_id::text FROM messages m WHERE m.seq = ANY($1::bigint[]) LIMIT 1",
+      seqs.text());
+    if (!taken.empty()) {
+      return make_error(Errc::conflict,
+                        fmt::format("the PostgreSQL queue already holds sequence number {} "
+                                    "(message {}): acmo queue move moves an embedded queue "
+                                    "into a schema that has no messages of another queue; "
+                                    "name another queue.schema",
+                                    format_sequence(taken[0][0].as<int64_t>()),
+                                    taken[0][1].as<std::string>()),
+                        "queue.schema");
+    }
+    txn.tx.exec_params(
+      "INSERT INTO messages (seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
+      " first_sent_at, visible_at, receive_count, first_received_at, failures, last_error,"
+      " dead_reason, dead_at)"
+      " SELECT t.seq, t.q, t.g, t.id, NULLIF(t.d, ''), t.b, t.s, NULLIF(t.fs, t.s), t.v, t.rc,"
+      " t.fr, t.f, t.e, t.r, t.da"
+      " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], $6::text[],"
+      " $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],"
+      " $13::text[], $14::text[], $15::bigint[])"
+      " AS t(seq, q, g, id, d, b, s, fs, v, rc, fr, f, e, r, da)",
+      seqs.text(), queues.text(), group_ids.text(), ids.text(), dedup_ids.text(), bodies.text(),
+      sent.text(), first_sent.text(), visible.text(), receives.text(), first_received.text(),
+      failures.text(), errors.text(), reasons.text(), dead_at.text());
+    txn.tx.exec_params("INSERT INTO moved_messages (message_id, moved_at)"
+                       " SELECT x, $2 FROM unnest($1::uuid[]) AS x",
+                       ids.text(), txn.now);
+    return {};
+  }
+
   // Move the dead-lettered messages `chosen` (seq, group; oldest first) back to the queue,
   // each to the back of its group under a new sequence number.
   void move_back(PgTxn& txn, const std::vector<std::pair<int64_t, std::string>>& chosen)
@@ -2069,91 +2143,33 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
     MoveResult result;
     // Every group of the queue's messages locked first (a row made for a group whose messages
     // all moved before is dropped again at the end).
-    std::set<std::string> groups;
-    for (const auto& m : snapshot.messages) groups.insert(m.group_id);
+    auto group_names = snapshot.groups();
+    if (!group_names) return Unexpected(group_names.error());
+    const std::set<std::string> groups(group_names->begin(), group_names->end());
     m_impl->lock_groups_for_insert(txn, groups);
-    std::vector<std::pair<const Message*, bool>> all; // a message, and whether it is dead
-    all.reserve(snapshot.messages.size() + snapshot.dead.size());
-    for (const auto& m : snapshot.messages) all.emplace_back(&m, false);
-    for (const auto& m : snapshot.dead) all.emplace_back(&m, true);
-    // In statements of at most 1,000 messages, so that a long queue makes no huge statement.
+    // Read and written in parts of at most 1,000 messages, so that a long queue is never all
+    // in memory and makes no huge statement.
     constexpr size_t k_chunk = 1000;
-    for (size_t from = 0; from < all.size(); from += k_chunk) {
-      const size_t to = std::min(all.size(), from + k_chunk);
-      // What an earlier run moved: skipped, by message id.
-      PgArray chunk_ids;
-      for (size_t i = from; i < to; ++i) chunk_ids.add(all[i].first->message_id);
-      std::set<std::string> moved_before;
-      for (const auto& row : txn.tx.exec_params(
-             "SELECT message_id::text FROM moved_messages WHERE message_id = ANY($1::uuid[])",
-             chunk_ids.text())) {
-        moved_before.insert(row[0].as<std::string>());
-      }
-      PgArray seqs, queues, group_ids, ids, dedup_ids, bodies, sent, first_sent, visible,
-        receives, first_received, failures, errors, reasons, dead_at;
-      for (size_t i = from; i < to; ++i) {
-        const auto& [m, dead] = all[i];
-        if (moved_before.count(m->message_id)) {
-          ++result.skipped;
-          continue;
+    for (const bool dead : {false, true}) {
+      for (int64_t after = 0;;) {
+        auto chunk = snapshot.messages(dead, after, k_chunk);
+        if (!chunk) return Unexpected(chunk.error());
+        if (chunk->empty()) break;
+        after = chunk->back().seq;
+        if (auto ok = m_impl->move_chunk(txn, *chunk, dead, result); !ok) {
+          return Unexpected(ok.error());
         }
-        ++(dead ? result.dead : result.messages);
-        seqs.add(m->seq);
-        queues.add(dead ? m_impl->dlq_id : m_impl->queue_id);
-        group_ids.add(m->group_id);
-        ids.add(m->message_id);
-        // A content-based id (the body's SHA-256) is kept as NULL, as acmo_send keeps it.
-        dedup_ids.add(m->dedup_id == sha256_hex(m->body) ? std::string_view() : m->dedup_id);
-        bodies.add(m->body);
-        sent.add(m->sent_at_ms);
-        first_sent.add(m->first_sent_at_ms);
-        visible.add(m->visible_at_ms);
-        receives.add(m->receive_count);
-        first_received.add(m->first_received_at_ms);
-        failures.add(m->failures);
-        errors.add(m->last_error);
-        reasons.add(m->dead_reason);
-        dead_at.add(m->dead_at_ms);
       }
-      if (seqs.empty()) continue;
-      // A sequence number the queue already uses for another message: this is not the queue
-      // the messages came from, or not an empty one.
-      const auto taken = txn.tx.exec_params(
-        "SELECT m.seq, m.message_id::text FROM messages m WHERE m.seq = ANY($1::bigint[]) LIMIT 1",
-        seqs.text());
-      if (!taken.empty()) {
-        return make_error(Errc::conflict,
-                          fmt::format("the PostgreSQL queue already holds sequence number {} "
-                                      "(message {}): acmo queue move moves an embedded queue "
-                                      "into a schema that has no messages of another queue; "
-                                      "name another queue.schema",
-                                      format_sequence(taken[0][0].as<int64_t>()),
-                                      taken[0][1].as<std::string>()),
-                          "queue.schema");
-      }
-      txn.tx.exec_params(
-        "INSERT INTO messages (seq, queue_id, group_id, message_id, dedup_id, body, sent_at,"
-        " first_sent_at, visible_at, receive_count, first_received_at, failures, last_error,"
-        " dead_reason, dead_at)"
-        " SELECT t.seq, t.q, t.g, t.id, NULLIF(t.d, ''), t.b, t.s, NULLIF(t.fs, t.s), t.v, t.rc,"
-        " t.fr, t.f, t.e, t.r, t.da"
-        " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], $6::text[],"
-        " $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],"
-        " $13::text[], $14::text[], $15::bigint[])"
-        " AS t(seq, q, g, id, d, b, s, fs, v, rc, fr, f, e, r, da)",
-        seqs.text(), queues.text(), group_ids.text(), ids.text(), dedup_ids.text(), bodies.text(),
-        sent.text(), first_sent.text(), visible.text(), receives.text(), first_received.text(),
-        failures.text(), errors.text(), reasons.text(), dead_at.text());
-      txn.tx.exec_params("INSERT INTO moved_messages (message_id, moved_at)"
-                         " SELECT x, $2 FROM unnest($1::uuid[]) AS x",
-                         ids.text(), txn.now);
     }
     // The dedup history; a key the queue already knows keeps its entry (it was sent again
     // after an earlier run).
-    for (size_t from = 0; from < snapshot.dedup.size(); from += k_chunk) {
+    for (int64_t after = std::numeric_limits<int64_t>::min();;) {
+      auto chunk = snapshot.dedup(after, k_chunk);
+      if (!chunk) return Unexpected(chunk.error());
+      if (chunk->empty()) break;
+      after = chunk->back().seq;
       PgArray keys, dedup_seqs, dedup_ids_of, expires, hashes;
-      for (size_t i = from; i < std::min(snapshot.dedup.size(), from + k_chunk); ++i) {
-        const MovedDedup& d = snapshot.dedup[i];
+      for (const MovedDedup& d : *chunk) {
         if (d.expires_at_ms <= txn.now) continue;
         keys.add(d.key);
         dedup_seqs.add(d.seq);
@@ -2175,7 +2191,7 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
     // Sequence numbers go on above the source's, so that a group's next message follows.
     txn.tx.exec_params("SELECT setval('message_seq', greatest((SELECT last_value FROM message_seq),"
                        " $1::bigint - 1, 1))",
-                       snapshot.next_seq);
+                       snapshot.next_seq());
     for (const auto& g : groups) txn.touched_groups.insert(g);
     if (result.messages > 0) txn.tx.exec_params("SELECT pg_notify($1, '')", m_impl->channel);
     return result;

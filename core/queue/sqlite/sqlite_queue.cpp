@@ -142,6 +142,7 @@ static const std::string k_redrive_move =
   " dead_reason = '', dead_at = 0 WHERE seq = ?1";
 
 struct SqliteQueue::Impl {
+  class Snapshot; // what acmo queue move reads (move_out)
   const Clock& clock;
   QueueOptions options;
   int64_t queue_id = 0;
@@ -2001,42 +2002,100 @@ Expected<int64_t> SqliteQueue::purge(bool dlq)
   return removed;
 }
 
+// The embedded queue's snapshot for acmo queue move, read in pages from the database of the
+// write transaction that move_out holds open while move_in reads it.
+class SqliteQueue::Impl::Snapshot final : public QueueSnapshot
+{
+public:
+  Snapshot(sqlite::Database& db, int64_t queue_id, int64_t dlq_id, int64_t now,
+                 int64_t next_seq)
+    : m_db(db), m_queue_id(queue_id), m_dlq_id(dlq_id), m_now(now), m_next_seq(next_seq)
+  {
+  }
+
+  Expected<std::vector<Message>> messages(bool dead, int64_t after, size_t max) const override
+  {
+    // In the table's order: "+queue_id" keeps SQLite from reading the queue's rows through
+    // messages_by_group and sorting all of them for every page.
+    static const std::string k_sql = "SELECT " + k_message_columns
+                                     + " FROM messages WHERE +queue_id = ?1 AND seq > ?2"
+                                       " ORDER BY seq LIMIT ?3";
+    return read([&] {
+      std::vector<Message> out;
+      auto stmt = m_db.prepare(k_sql);
+      stmt->bind(1, dead ? m_dlq_id : m_queue_id).bind(2, after).bind(3, static_cast<int64_t>(max));
+      while (stmt->step()) out.push_back(Impl::read_message(*stmt));
+      return out;
+    });
+  }
+
+  Expected<std::vector<MovedDedup>> dedup(int64_t after, size_t max) const override
+  {
+    static const std::string k_sql =
+      "SELECT id, key, message_id, expires_at, body_hash FROM dedup"
+      " WHERE queue_id = ?1 AND expires_at > ?2 AND id > ?3 ORDER BY id LIMIT ?4";
+    return read([&] {
+      std::vector<MovedDedup> out;
+      auto stmt = m_db.prepare(k_sql);
+      stmt->bind(1, m_queue_id).bind(2, m_now).bind(3, after).bind(4, static_cast<int64_t>(max));
+      while (stmt->step()) {
+        MovedDedup d;
+        d.seq = stmt->column_int(0);
+        std::array<unsigned char, 32> key{}; // the blob's 16 bytes, then zeros
+        const std::string_view blob = stmt->column_view(1);
+        std::copy_n(blob.begin(), std::min<size_t>(blob.size(), 16), key.begin());
+        d.key = hex_of(key).substr(0, 32);
+        d.message_id = format_message_id(id_from_blob(stmt->column_view(2)));
+        d.expires_at_ms = stmt->column_int(3);
+        d.body_hash = stmt->column_int(4);
+        out.push_back(std::move(d));
+      }
+      return out;
+    });
+  }
+
+  Expected<std::vector<std::string>> groups() const override
+  {
+    return read([&] {
+      std::vector<std::string> out;
+      auto stmt = m_db.prepare("SELECT DISTINCT group_id FROM messages WHERE queue_id = ?1");
+      stmt->bind(1, m_queue_id);
+      while (stmt->step()) out.push_back(stmt->column_text(0));
+      return out;
+    });
+  }
+
+  int64_t next_seq() const override { return m_next_seq; }
+
+private:
+  // `f()`, or the error of the embedded queue's database it threw.
+  template<typename F>
+  static auto read(F&& f) -> Expected<decltype(f())>
+  {
+    try {
+      return f();
+    } catch (const std::exception& e) {
+      return make_error(Errc::internal,
+                        fmt::format("reading the embedded queue to move it: {}", e.what()));
+    }
+  }
+
+  sqlite::Database& m_db;
+  int64_t m_queue_id, m_dlq_id, m_now, m_next_seq;
+};
+
 Expected<MoveResult>
 SqliteQueue::move_out(const std::string& destination,
                       const std::function<Expected<MoveResult>(const QueueSnapshot&)>& move_in)
 {
-  static const std::string k_messages =
-    "SELECT " + k_message_columns + " FROM messages WHERE queue_id = ?1 ORDER BY seq";
-  static const std::string k_dedup = "SELECT id, key, message_id, expires_at, body_hash FROM dedup"
-                                     " WHERE queue_id = ?1 AND expires_at > ?2 ORDER BY id";
   Expected<MoveResult> result = MoveResult{};
   WriteOp op;
   op.durable = true;
   op.fn = [&](Txn& txn) {
     auto& impl = *m_impl;
     auto& db = *impl.writer;
-    QueueSnapshot snapshot;
-    for (auto [queue, into] : {std::pair{impl.queue_id, &snapshot.messages},
-                               std::pair{impl.dlq_id, &snapshot.dead}}) {
-      auto stmt = db.prepare(k_messages);
-      stmt->bind(1, queue);
-      while (stmt->step()) into->push_back(Impl::read_message(*stmt));
-    }
-    auto stmt = db.prepare(k_dedup);
-    stmt->bind(1, impl.queue_id).bind(2, txn.now);
-    while (stmt->step()) {
-      MovedDedup d;
-      d.seq = stmt->column_int(0);
-      std::array<unsigned char, 32> key{}; // the blob's 16 bytes, then zeros
-      const std::string_view blob = stmt->column_view(1);
-      std::copy_n(blob.begin(), std::min<size_t>(blob.size(), 16), key.begin());
-      d.key = hex_of(key).substr(0, 32);
-      d.message_id = format_message_id(id_from_blob(stmt->column_view(2)));
-      d.expires_at_ms = stmt->column_int(3);
-      d.body_hash = stmt->column_int(4);
-      snapshot.dedup.push_back(std::move(d));
-    }
-    snapshot.next_seq = db.query_int("SELECT next_seq FROM queues WHERE id = 0");
+    const Impl::Snapshot snapshot(db, impl.queue_id, impl.dlq_id, txn.now,
+                                  db.query_int("SELECT next_seq FROM queues WHERE id = 0"));
     result = move_in(snapshot);
     if (!result) return; // nothing written here: the transaction commits nothing
     for (const int64_t id : {impl.queue_id, impl.dlq_id}) {
