@@ -147,19 +147,20 @@ struct Statement {
 
 // Only the rows a receive can use come back: those up to the $3-th message that is visible and
 // not exhausted ($4 is queue.max_retries), so that a receive of 10 from groups of many messages
-// reads 10 bodies rather than 10 of each group it locked.
+// reads 10 bodies rather than 10 of each group it locked. group_rows is how many of its group's
+// messages were read: under $3, all of them.
 const Statement k_receive = {
   "acmo_receive",
   "WITH g AS (SELECT ctid, group_id, head_seq FROM message_groups WHERE queue_id = $1"
   " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
   " SELECT group_id, seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"
-  " first_received_at, failures, last_error, first_sent_at, row_tid FROM ("
+  " first_received_at, failures, last_error, first_sent_at, row_tid, group_rows FROM ("
   " SELECT g.group_id, g.head_seq, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"
   " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"
   " coalesce(m.first_sent_at, m.sent_at) AS first_sent_at, g.ctid::text AS row_tid,"
   " count(*) FILTER (WHERE m.visible_at <= $2 AND m.receive_count <= $4)"
   " OVER (ORDER BY g.head_seq, m.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
-  " AS usable_before"
+  " AS usable_before, count(m.seq) OVER (PARTITION BY g.group_id) AS group_rows"
   " FROM g LEFT JOIN LATERAL (SELECT * FROM messages x WHERE x.queue_id = $1"
   " AND x.group_id = g.group_id ORDER BY x.seq LIMIT $3) m ON true) r"
   " WHERE usable_before < $3 ORDER BY head_seq, seq"};
@@ -176,6 +177,10 @@ const Statement k_take = {
   " held AS (UPDATE message_groups SET ready_at = $1 WHERE ctid = ANY($5::tid[]))"
   " INSERT INTO queue_counters (queue_id, received) VALUES ($6, $7)"};
 const Statement k_fix_groups = {"acmo_fix_groups", "SELECT acmo_fix_groups($1, $2::text[])"};
+const Statement k_drop_groups = {
+  "acmo_drop_groups",
+  "DELETE FROM message_groups g USING unnest($2::text[]) AS x(name)"
+  " WHERE g.queue_id = $1 AND g.group_id = x.name"};
 const Statement k_count = {
   "acmo_count",
   "INSERT INTO queue_counters (queue_id, sent, duplicates, received, deleted, retried,"
@@ -207,7 +212,7 @@ const Statement k_journal_done = {"acmo_journal_done",
 const Statement* const k_statements[] = {&k_receive,       &k_take,          &k_fix_groups,
                                          &k_count,         &k_lock_groups,   &k_lock_messages,
                                          &k_delete,        &k_probe,         &k_journal_begin,
-                                         &k_journal_done,  &k_remove};
+                                         &k_journal_done,  &k_remove,        &k_drop_groups};
 
 } // namespace
 
@@ -221,6 +226,9 @@ struct PgTxn {
   int64_t now = 0;
   std::map<int64_t, Counters> counters;
   std::set<std::string> touched_groups; // of the queue (the DLQ keeps no group rows)
+  // Groups whose every message this transaction deleted or dead-lettered while holding the
+  // group's row, so that no message came meanwhile: their rows go without a look.
+  std::set<std::string> emptied_groups;
   struct DeadLetterNote {
     std::string message_id;
     int64_t seq = 0;
@@ -540,7 +548,8 @@ struct PgQueue::Impl {
         txn.now = clock.now_ms();
         Result result = body(txn);
         if (!result) return result; // tx's destructor rolls back
-        if (committing && (!txn.touched_groups.empty() || !txn.counters.empty())) {
+        if (committing && (!txn.touched_groups.empty() || !txn.emptied_groups.empty()
+                           || !txn.counters.empty())) {
           return Unexpected(Error(Errc::internal, "a one-statement call left work for finish()"));
         }
         finish(txn);
@@ -572,6 +581,12 @@ struct PgQueue::Impl {
       for (const auto& g : txn.touched_groups) groups.add(g);
       txn.tx.exec_prepared(k_fix_groups.name, queue_id, groups.text());
       txn.touched_groups.clear();
+    }
+    if (!txn.emptied_groups.empty()) {
+      PgArray groups;
+      for (const auto& g : txn.emptied_groups) groups.add(g);
+      txn.tx.exec_prepared(k_drop_groups.name, queue_id, groups.text());
+      txn.emptied_groups.clear();
     }
     for (const auto& [queue, c] : txn.counters) {
       if (!c.any()) continue;
@@ -910,9 +925,10 @@ struct PgQueue::Impl {
   // Take up to `max` messages from the fronts of the ready groups, whose rows it locks (SKIP
   // LOCKED: groups another transaction holds are passed over). With `take` they go in flight
   // for `visibility_ms` under a new receipt handle; without, they are only read (consume).
-  // Exhausted messages are dead-lettered and suspects isolated as in the embedded queue.
+  // Exhausted messages are dead-lettered and suspects isolated as in the embedded queue. With
+  // `whole`, the groups all of whose messages it returns are added to it.
   std::vector<Message> do_receive(PgTxn& txn, int max, int64_t visibility_ms, bool take,
-                                  bool isolate)
+                                  bool isolate, std::set<std::string>* whole = nullptr)
   {
     auto rows = txn.tx.exec_prepared(k_receive.name, queue_id, txn.now, max, options.max_retries);
     std::vector<Message> out;
@@ -924,6 +940,7 @@ struct PgQueue::Impl {
     size_t first = 0;
     bool stopped = false; // the group's run stopped before a message it could deliver
     bool group_open = false;
+    int64_t group_rows = 0; // the group's messages read, all of them when under max
     uint64_t token = 0;
     auto close_group = [&] {
       if (!group_open) return;
@@ -931,6 +948,10 @@ struct PgQueue::Impl {
       if (out.size() == first) {
         if (!stopped) stale_groups.add(group);
         return;
+      }
+      if (whole != nullptr && group_rows < max
+          && static_cast<int64_t>(out.size() - first) == group_rows) {
+        whole->insert(group);
       }
       if (!take) return;
       busy_rows.add(group_row);
@@ -948,6 +969,7 @@ struct PgQueue::Impl {
         if (static_cast<int>(out.size()) >= max || alone) break;
         group = g;
         group_row = row[12].as<std::string>();
+        group_rows = row[13].as<int64_t>();
         group_open = true;
         first = out.size();
         stopped = false;
@@ -1737,7 +1759,8 @@ Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const 
     bool work_failed = false;         // and its work failed with the process alive
     auto ok = impl.run([&](PgTxn& txn) -> Expected<void> {
       work_failed = false;
-      got = impl.do_receive(txn, max, 0, false, true);
+      std::set<std::string> whole;
+      got = impl.do_receive(txn, max, 0, false, true, &whole);
       if (got.empty()) return {};
       std::vector<Located> at;
       at.reserve(got.size());
@@ -1755,6 +1778,10 @@ Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const 
       }
       if (journaled) txn.tx.exec_prepared(k_journal_done.name, *journaled);
       txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
+      // Every message of these groups was deleted or dead-lettered under their rows' locks.
+      for (const auto& g : whole) {
+        if (txn.touched_groups.erase(g) > 0) txn.emptied_groups.insert(g);
+      }
       return {};
     });
     if (!ok && work_failed && journaled) impl.journal_drop(*journaled);
