@@ -285,7 +285,10 @@ for i in $(seq 30000); do
   printf '{"type":"CREATE","orderId":"ord_s%05d","data":{"customer_name":"S","customer_email":"s@example.com","items":[]}}\n' "$i"
 done >"$work/stop-events.jsonl"
 "$acmo" -q send --file "$work/stop-events.jsonl"
-"$acmo" run-handler 2>"$work/stopped-handler.log" &
+# One event a transaction, so that the handler is still busy, and nearly always inside a
+# transaction, for the whole loop below: with the default batch it could apply all 30,000
+# in under a second and be found idle by every try.
+"$acmo" run-handler --batch-size 1 2>"$work/stopped-handler.log" &
 handler=$!
 pids+=("$handler")
 sleep 0.3
@@ -308,9 +311,9 @@ check "  acmo stats still reads meanwhile (exit $rc, ${ms} ms)" test "$rc" -eq 0
 err=$(ACMO_QUEUE_BUSY_TIMEOUT=2s "$acmo" send CREATE --order-id ord_x --data "$create" 2>&1); rc=$?
 check "  acmo send gives up after queue.busy_timeout with exit 75 (got $rc)" test "$rc" -eq 75
 check "  it said while waiting who holds the lock" \
-  grep -q "acmo: warning: waiting for the queue database's write lock, held by pid $handler (acmo run-handler), which is stopped" <<<"$err"
+  grep -q "acmo: warning: waiting for the queue database's write lock, held by pid $handler (acmo run-handler --batch-size 1), which is stopped" <<<"$err"
 check "  and its error names the holder and how to resume it" \
-  grep -q "acmo: error: the queue database's write lock stayed held for 2 s (queue.busy_timeout) by pid $handler (acmo run-handler), which is stopped (Ctrl-Z or SIGSTOP: \`kill -CONT $handler\` resumes it)" <<<"$err"
+  grep -q "acmo: error: the queue database's write lock stayed held for 2 s (queue.busy_timeout) by pid $handler (acmo run-handler --batch-size 1), which is stopped (Ctrl-Z or SIGSTOP: \`kill -CONT $handler\` resumes it)" <<<"$err"
 "$acmo" serve --no-handler --listen 127.0.0.1:0 2>"$work/stopped-serve.log" &
 server=$!
 pids+=("$server")
@@ -322,7 +325,7 @@ for _ in $(seq 200); do
 done
 health=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port/health")
 check "  /health answers 503 naming the stopped holder (${health: -3})" \
-  bash -c '[[ $1 == *" 503" && $1 == *"write lock is held by pid $2 (acmo run-handler), which is stopped"* ]]' _ "$health" "$handler"
+  bash -c '[[ $1 == *" 503" && $1 == *"write lock is held by pid $2 (acmo run-handler --batch-size 1), which is stopped"* ]]' _ "$health" "$handler"
 kill -CONT "$handler"
 wait_for 5 bash -c '[[ $(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:$1/health") == 200 ]]' _ "$port"
 check "  once it is continued, /health answers 200 again" test $? = 0
