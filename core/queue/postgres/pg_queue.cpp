@@ -40,11 +40,11 @@ constexpr int64_t k_max_wait_ms = 20'000;               // as SQS: 20 s long pol
 constexpr int k_max_receive = 1000;
 constexpr int k_pool_size = 16;             // connections for everything but sends and LISTEN
 constexpr int64_t k_connect_timeout_ms = 5'000;
-// Messages of send_bulk per statement, at most. acmo_send's work per request grows with the
-// statement's size (it looks a request's neighbours up by their place in the arrays it is
-// given, and each such lookup walks the array): 1,000 a statement sent about 700 messages a
-// second, 50 ten times as many.
-constexpr size_t k_bulk_chunk = 50;
+// Messages of send_bulk per statement, at most: each statement costs a round trip, a commit
+// and the locking of its groups, so small ones send fewer messages a second (50 a statement
+// about a fifth fewer); past a few hundred acmo_send's own work per message grows (1,000 a
+// statement spent half as long again on each as 200).
+constexpr size_t k_bulk_chunk = 200;
 constexpr size_t k_bulk_bytes = 16u << 20;  // and their bodies' bytes
 // How long an idle long poll that hears notifications sleeps at most between looks: the
 // notifications wake it for sends; this covers a notification lost while the listening
