@@ -132,24 +132,14 @@ int move_queue(const MoveOptions& opts, const GlobalOptions& global)
     // A message received and not yet settled is in a handler's hands (one that died, or
     // stopped without giving it back): wait for its visibility timeout.
     const int64_t at = SystemClock::instance().now_ms();
-    int64_t held = 0, until = 0;
-    for (int64_t after = 0;;) {
-      auto page = snapshot.messages(false, after, 1000);
-      if (!page) return Unexpected(page.error());
-      if (page->empty()) break;
-      after = page->back().seq;
-      for (const auto& m : *page) {
-        if (!m.in_flight || m.visible_at_ms <= at) continue;
-        ++held;
-        until = std::max(until, m.visible_at_ms);
-      }
-    }
-    if (held > 0) {
+    auto held = snapshot.held(at);
+    if (!held) return Unexpected(held.error());
+    if (held->messages > 0) {
       return make_error(Errc::busy,
                         fmt::format("{} of {} in a handler's hands until its visibility "
                                     "timeout ends in {} s; run acmo queue move again then",
-                                    plural(held, "message is", "messages are"), options.name,
-                                    (until - at + 999) / 1000));
+                                    plural(held->messages, "message is", "messages are"),
+                                    options.name, (held->until_ms - at + 999) / 1000));
     }
     return (*target)->move_in(snapshot);
   });

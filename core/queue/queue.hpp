@@ -263,6 +263,19 @@ public:
   virtual Expected<std::vector<std::string>> groups() const = 0;
   // Above every sequence number the source gave.
   virtual int64_t next_seq() const = 0;
+  // The queue's messages received and not yet settled whose visibility timeout ends after
+  // `now_ms`: how many, and when the last of those timeouts ends.
+  struct Held {
+    int64_t messages = 0;
+    int64_t until_ms = 0;
+  };
+  virtual Expected<Held> held(int64_t now_ms) const = 0;
+
+  // Every message of the queue (with `dead`, of its DLQ) in sequence order, handed to `fn`
+  // `page_size` at a time: the first error of a read or of `fn`.
+  Expected<void>
+  each_page(bool dead, size_t page_size,
+            const std::function<Expected<void>(const std::vector<Message>&)>& fn) const;
 };
 
 // A snapshot held in memory (each vector in its order above).
@@ -276,6 +289,7 @@ struct SnapshotInMemory final : QueueSnapshot {
   Expected<std::vector<MovedDedup>> dedup(int64_t after, size_t max) const override;
   Expected<std::vector<std::string>> groups() const override;
   int64_t next_seq() const override { return next; }
+  Expected<Held> held(int64_t now_ms) const override;
 };
 struct MoveResult {
   int64_t messages = 0; // moved into the queue

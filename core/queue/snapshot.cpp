@@ -18,6 +18,19 @@ std::vector<T> page_after(const std::vector<T>& all, int64_t after, size_t max)
 
 } // namespace
 
+Expected<void>
+QueueSnapshot::each_page(bool dead, size_t page_size,
+                         const std::function<Expected<void>(const std::vector<Message>&)>& fn) const
+{
+  for (int64_t after = 0;;) {
+    auto page = messages(dead, after, page_size);
+    if (!page) return Unexpected(page.error());
+    if (page->empty()) return {};
+    after = page->back().seq;
+    if (auto ok = fn(*page); !ok) return ok;
+  }
+}
+
 Expected<std::vector<Message>> SnapshotInMemory::messages(bool dead, int64_t after,
                                                           size_t max) const
 {
@@ -34,6 +47,17 @@ Expected<std::vector<std::string>> SnapshotInMemory::groups() const
   std::set<std::string> names;
   for (const auto& m : queued) names.insert(m.group_id);
   return std::vector<std::string>(names.begin(), names.end());
+}
+
+Expected<QueueSnapshot::Held> SnapshotInMemory::held(int64_t now_ms) const
+{
+  Held held;
+  for (const auto& m : queued) {
+    if (!m.in_flight || m.visible_at_ms <= now_ms) continue;
+    ++held.messages;
+    held.until_ms = std::max(held.until_ms, m.visible_at_ms);
+  }
+  return held;
 }
 
 } // namespace acmo

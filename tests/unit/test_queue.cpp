@@ -245,6 +245,61 @@ TEST_CASE("Queue: messages and in-flight state survive closing and reopening the
   CHECK(must(f.queue->dlq_list()).at(0).body == "m4");
 }
 
+TEST_CASE("Queue: a move's snapshot pages through the queue and tells what handlers hold",
+          "[queue]")
+{
+  QueueFixture f;
+  f.send("m1", "A");
+  f.send("m2", "A");
+  f.send("m3", "B");
+  f.send("m4", "C");
+  f.send("m5", "D");
+  const int64_t now = f.clock.now_ms();
+  REQUIRE(bodies_of(f.receive(1, 30 * k_second)) == Bodies{"m1"}); // in a handler's hands
+  auto later = f.receive(1).at(0);                                    // m3: given back, delayed
+  must(f.queue->release(later.receipt, "later"));
+  auto ended = f.receive(1, 1 * k_second).at(0); // m4: its timeout over by the move
+  REQUIRE(ended.body == "m4");
+  f.clock.advance_ms(2 * k_second);
+  const int64_t at = f.clock.now_ms();
+
+  auto& queue = dynamic_cast<SqliteQueue&>(*f.queue);
+  auto moved = queue.move_out("nowhere", [&](const QueueSnapshot& s) -> Expected<MoveResult> {
+    auto held = must(s.held(at));
+    CHECK(held.messages == 1);
+    CHECK(held.until_ms == now + 30 * k_second);
+    CHECK(must(s.held(now + 30 * k_second)).messages == 0);
+    Bodies seen;
+    std::vector<size_t> sizes;
+    must(s.each_page(false, 2, [&](const std::vector<Message>& page) -> Expected<void> {
+      sizes.push_back(page.size());
+      for (const auto& m : page) seen.push_back(m.body);
+      return {};
+    }));
+    CHECK(seen == Bodies{"m1", "m2", "m3", "m4", "m5"});
+    CHECK(sizes == std::vector<size_t>{2, 2, 1});
+    // The first error of the callback ends the pages.
+    int pages = 0;
+    auto stopped = s.each_page(false, 2, [&](const std::vector<Message>&) -> Expected<void> {
+      ++pages;
+      return make_error(Errc::busy, "stop here");
+    });
+    CHECK(pages == 1);
+    CHECK((!stopped && stopped.error().message == "stop here"));
+    return make_error(Errc::busy, "not moved");
+  });
+  REQUIRE_FALSE(moved);
+  CHECK(moved.error().message == "not moved");
+  CHECK(must(f.queue->peek(PeekFilter{})).size() == 5); // a refused move changes nothing
+
+  // The snapshot in memory answers the same.
+  SnapshotInMemory copy;
+  copy.queued = must(f.queue->peek(PeekFilter{}));
+  auto held = must(copy.held(at));
+  CHECK(held.messages == 1);
+  CHECK(held.until_ms == now + 30 * k_second);
+}
+
 TEST_CASE("Queue: an SQLite file of another program is refused, not changed", "[queue]")
 {
   TempDir dir;

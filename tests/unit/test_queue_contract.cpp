@@ -931,12 +931,10 @@ TEST_CASE("acmo queue move: a queue longer than one statement moves whole, and o
   // The snapshot as move_in read it, kept to hand over again.
   SnapshotInMemory taken;
   auto moved = must(from->move_out("pg", [&](const QueueSnapshot& s) {
-    for (int64_t after = 0;;) {
-      auto page = must(s.messages(false, after, 700));
-      if (page.empty()) break;
-      after = page.back().seq;
+    must(s.each_page(false, 700, [&](const std::vector<Message>& page) -> Expected<void> {
       taken.queued.insert(taken.queued.end(), page.begin(), page.end());
-    }
+      return {};
+    }));
     taken.next = s.next_seq();
     return to->move_in(s);
   }));

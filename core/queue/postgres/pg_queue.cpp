@@ -2178,15 +2178,10 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
     // in memory and makes no huge statement.
     constexpr size_t k_chunk = 1000;
     for (const bool dead : {false, true}) {
-      for (int64_t after = 0;;) {
-        auto chunk = snapshot.messages(dead, after, k_chunk);
-        if (!chunk) return Unexpected(chunk.error());
-        if (chunk->empty()) break;
-        after = chunk->back().seq;
-        if (auto ok = m_impl->move_chunk(txn, *chunk, dead, result); !ok) {
-          return Unexpected(ok.error());
-        }
-      }
+      auto moved = snapshot.each_page(dead, k_chunk, [&](const std::vector<Message>& chunk) {
+        return m_impl->move_chunk(txn, chunk, dead, result);
+      });
+      if (!moved) return Unexpected(moved.error());
     }
     // The dedup history; a key the queue already knows keeps its entry (it was sent again
     // after an earlier run).

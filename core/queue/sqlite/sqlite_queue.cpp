@@ -2067,6 +2067,17 @@ public:
 
   int64_t next_seq() const override { return m_next_seq; }
 
+  Expected<Held> held(int64_t now_ms) const override
+  {
+    return read([&] {
+      auto stmt = m_db.prepare("SELECT count(*), coalesce(max(visible_at), 0) FROM messages"
+                               " WHERE +queue_id = ?1 AND receipt_token != 0 AND visible_at > ?2");
+      stmt->bind(1, m_queue_id).bind(2, now_ms);
+      stmt->step();
+      return Held{stmt->column_int(0), stmt->column_int(1)};
+    });
+  }
+
 private:
   // `f()`, or the error of the embedded queue's database it threw.
   template<typename F>
