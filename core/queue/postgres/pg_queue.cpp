@@ -2020,6 +2020,14 @@ static const std::string k_dlq_match =
   " queue_id = $1::bigint AND ($2::text = '' OR strpos(lower(dead_reason), lower($2::text)) > 0)"
   " AND ($3::bigint < 0 OR dead_at <= $3::bigint) AND ($4::bigint < 0 OR dead_at > $4::bigint)";
 
+// The DLQ's filters are planned for their arguments: a plan for any arguments (the queue's
+// connections keep generic plans) reads the whole DLQ, where one for "dead_at > a time" reads
+// only the messages dead-lettered since, by messages_dead_by_time.
+static void plan_for_arguments(PgTxn& txn)
+{
+  txn.tx.exec0("SET LOCAL plan_cache_mode = force_custom_plan");
+}
+
 static int64_t latest_of(const DlqFilter& f, int64_t now)
 {
   return f.older_than_ms >= 0 ? now - f.older_than_ms : -1;
@@ -2043,6 +2051,7 @@ Expected<PgQueue::DlqPage> PgQueue::dlq_page(int64_t limit, int64_t offset,
   const int64_t now = m_impl->clock.now_ms();
   return m_impl->run([&](PgTxn& txn) -> Expected<DlqPage> {
     DlqPage page;
+    plan_for_arguments(txn);
     // One statement: the page and the count in one snapshot.
     auto rows = txn.tx.exec_params(
       "SELECT c.total, p.* FROM (SELECT count(*) AS total FROM messages WHERE" + k_dlq_match
@@ -2119,6 +2128,7 @@ Expected<PgQueue::RedriveRun> PgQueue::begin_redrive(const DlqFilter& filter)
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
     // The last sequence number handed out: messages dead-lettered after now keep theirs, and
     // those redriven after now get higher ones, so seq <= until_seq leaves both out.
+    plan_for_arguments(txn);
     auto row = txn.tx.exec_params1(
       "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM message_seq),"
       " (SELECT count(*) FROM messages WHERE" + k_dlq_match + ")",
