@@ -137,6 +137,12 @@ ALTER TABLE handlers ADD COLUMN request TEXT NOT NULL DEFAULT '';
     R"SQL(
 ALTER TABLE queues ADD COLUMN moved_to TEXT NOT NULL DEFAULT '';
 )SQL",
+    // 8: the DLQ's messages by when they were dead-lettered, for `acmo tail` and --newer-than,
+    // which read the whole DLQ without it. Partial: a message in its queue (dead_at 0) has no
+    // entry, so sends and receives write no more than before.
+    R"SQL(
+CREATE INDEX messages_dead_by_time ON messages(queue_id, dead_at) WHERE dead_at > 0;
+)SQL",
   };
   return k_migrations;
 }

@@ -1680,6 +1680,17 @@ static const std::string k_dlq_match =
   " queue_id = ?1 AND (?2 = '' OR instr(lower(dead_reason), lower(?2)) > 0)"
   " AND (?3 IS NULL OR dead_at <= ?3) AND (?4 IS NULL OR dead_at > ?4)";
 
+// k_dlq_match for a filter. One with a time since (--newer-than, and every poll of acmo tail)
+// names its range and "dead_at > 0", the condition of the partial index messages_dead_by_time,
+// so that SQLite reads only the messages dead-lettered since rather than the whole DLQ.
+static const std::string& dlq_match(const DlqFilter& filter)
+{
+  static const std::string k_since =
+    " queue_id = ?1 AND dead_at > 0 AND dead_at > ?4"
+    " AND (?2 = '' OR instr(lower(dead_reason), lower(?2)) > 0) AND (?3 IS NULL OR dead_at <= ?3)";
+  return filter.newer_than_ms >= 0 ? k_since : k_dlq_match;
+}
+
 // Bind a filter's values to k_dlq_match's ?2 to ?4, its ages measured from `now`.
 static void bind_dlq_filter(sqlite::Statement& stmt, const DlqFilter& filter, int64_t now)
 {
@@ -1713,17 +1724,16 @@ Expected<std::vector<Message>> SqliteQueue::dlq_list(int64_t limit, int64_t offs
 Expected<SqliteQueue::DlqPage> SqliteQueue::dlq_page(int64_t limit, int64_t offset, const DlqFilter& filter)
 {
   static const std::string k_count = "SELECT COUNT(*) FROM messages WHERE queue_id = ?1";
-  static const std::string k_count_matching = "SELECT COUNT(*) FROM messages WHERE" + k_dlq_match;
-  static const std::string k_page_matching = "SELECT " + k_message_columns
-                                             + " FROM messages WHERE" + k_dlq_match
-                                             + " ORDER BY seq LIMIT ?5 OFFSET ?6";
+  const std::string count_matching = "SELECT COUNT(*) FROM messages WHERE" + dlq_match(filter);
+  const std::string page_matching = "SELECT " + k_message_columns + " FROM messages WHERE"
+                                      + dlq_match(filter) + " ORDER BY seq LIMIT ?5 OFFSET ?6";
   const bool all = filter.matches_all();
   const int64_t now = m_impl->clock.now_ms();
   try {
     std::lock_guard lock(m_impl->read_mu);
     return in_read_transaction(*m_impl->reader, [&] {
       DlqPage page;
-      auto count = m_impl->reader->prepare(all ? k_count : k_count_matching);
+      auto count = m_impl->reader->prepare(all ? k_count : count_matching);
       count->bind(1, m_impl->dlq_id);
       if (!all) bind_dlq_filter(*count, filter, now);
       if (count->step()) page.total = count->column_int(0);
@@ -1732,7 +1742,7 @@ Expected<SqliteQueue::DlqPage> SqliteQueue::dlq_page(int64_t limit, int64_t offs
         stmt->bind(1, m_impl->dlq_id).bind(2, limit).bind(3, offset);
         while (stmt->step()) page.messages.push_back(Impl::read_message(*stmt));
       } else {
-        auto stmt = m_impl->reader->prepare(k_page_matching);
+        auto stmt = m_impl->reader->prepare(page_matching);
         stmt->bind(1, m_impl->dlq_id);
         bind_dlq_filter(*stmt, filter, now);
         stmt->bind(5, limit).bind(6, offset);
@@ -1863,7 +1873,7 @@ Expected<int64_t> SqliteQueue::redrive(const std::vector<std::string>& message_i
 Expected<SqliteQueue::RedriveRun> SqliteQueue::begin_redrive(const DlqFilter& filter)
 {
   static const std::string k_last_seq = "SELECT next_seq - 1 FROM queues WHERE id = 0";
-  static const std::string k_count = "SELECT COUNT(*) FROM messages WHERE" + k_dlq_match;
+  const std::string count_matching = "SELECT COUNT(*) FROM messages WHERE" + dlq_match(filter);
   RedriveRun run;
   run.filter = filter;
   run.begun_ms = m_impl->clock.now_ms();
@@ -1872,7 +1882,7 @@ Expected<SqliteQueue::RedriveRun> SqliteQueue::begin_redrive(const DlqFilter& fi
     in_read_transaction(*m_impl->reader, [&] {
       auto last = m_impl->reader->prepare(k_last_seq);
       if (last->step()) run.until_seq = last->column_int(0);
-      auto count = m_impl->reader->prepare(k_count);
+      auto count = m_impl->reader->prepare(count_matching);
       count->bind(1, m_impl->dlq_id);
       bind_dlq_filter(*count, filter, run.begun_ms);
       if (count->step()) run.total = count->column_int(0);
