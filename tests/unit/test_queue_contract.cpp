@@ -2302,6 +2302,17 @@ TEST_CASE("Queue contract: a filtered redrive moves only the matching messages, 
     REQUIRE(left.size() == 1);
     CHECK(left[0].message_id == c.message_id);
   }
+  SECTION("by age, only the newest")
+  {
+    f.clock.advance_ms(10 * k_minute);
+    auto c = f.send("c1", "C");
+    must(f.queue->dead_letter(f.receive_one().receipt, "x: late"));
+    auto run = must(f.queue->begin_redrive({"x:", -1, 5 * k_minute}));
+    CHECK(run.total == 1);
+    CHECK(must(f.queue->redrive_step(run, INT64_MAX)) == 1);
+    CHECK(must(f.queue->dlq_list()).size() == 4);
+    CHECK(f.receive_one().message_id == c.message_id);
+  }
 }
 
 

@@ -1676,9 +1676,10 @@ static const std::string k_dlq_page = "SELECT " + k_message_columns
 // The DLQ's messages that match a DlqFilter: ?1 the DLQ, ?2 the reason ('' any), ?3 the latest
 // and ?4 the earliest time of dead-lettering to match (NULL: any). lower() folds ASCII only,
 // which every reason acmo writes is.
+static const std::string k_dlq_reason_before =
+  " AND (?2 = '' OR instr(lower(dead_reason), lower(?2)) > 0) AND (?3 IS NULL OR dead_at <= ?3)";
 static const std::string k_dlq_match =
-  " queue_id = ?1 AND (?2 = '' OR instr(lower(dead_reason), lower(?2)) > 0)"
-  " AND (?3 IS NULL OR dead_at <= ?3) AND (?4 IS NULL OR dead_at > ?4)";
+  " queue_id = ?1" + k_dlq_reason_before + " AND (?4 IS NULL OR dead_at > ?4)";
 
 // k_dlq_match for a filter. One with a time since (--newer-than, and every poll of acmo tail)
 // names its range and "dead_at > 0", the condition of the partial index messages_dead_by_time,
@@ -1686,8 +1687,7 @@ static const std::string k_dlq_match =
 static const std::string& dlq_match(const DlqFilter& filter)
 {
   static const std::string k_since =
-    " queue_id = ?1 AND dead_at > 0 AND dead_at > ?4"
-    " AND (?2 = '' OR instr(lower(dead_reason), lower(?2)) > 0) AND (?3 IS NULL OR dead_at <= ?3)";
+    " queue_id = ?1 AND dead_at > 0 AND dead_at > ?4" + k_dlq_reason_before;
   return filter.newer_than_ms >= 0 ? k_since : k_dlq_match;
 }
 
