@@ -2,8 +2,11 @@
 
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <mutex>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/core.h>
@@ -22,11 +25,35 @@ std::string read_file(const std::string& path)
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// A descriptor of the file at `path`, opened once and never closed. Closing any descriptor of
+// a file drops every POSIX lock the process holds on it, SQLite's own included: the shared lock
+// on the -shm file that says a connection uses it. Without that lock the next process to open
+// the database takes the -shm for its own and truncates it under this process's memory map,
+// whose next access then faults (SIGBUS). A file replaced since (another inode) gets a new
+// descriptor, and the old one stays open too.
+int kept_open(const std::string& path)
+{
+  static std::mutex mu;
+  static std::map<std::string, int> fds;
+  std::lock_guard lock(mu);
+  struct stat now {};
+  if (::stat(path.c_str(), &now) != 0) return -1;
+  if (auto it = fds.find(path); it != fds.end()) {
+    struct stat held {};
+    if (::fstat(it->second, &held) == 0 && held.st_dev == now.st_dev && held.st_ino == now.st_ino) {
+      return it->second;
+    }
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) fds[path] = fd;
+  return fd;
+}
+
 } // namespace
 
 std::optional<LockHolder> wal_write_lock_holder(const std::string& db_path)
 {
-  const int fd = ::open((db_path + "-shm").c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = kept_open(db_path + "-shm");
   if (fd < 0) return std::nullopt;
   struct flock fl {};
   fl.l_type = F_WRLCK;
@@ -34,7 +61,6 @@ std::optional<LockHolder> wal_write_lock_holder(const std::string& db_path)
   fl.l_start = k_wal_write_lock_byte;
   fl.l_len = 1;
   const int rc = ::fcntl(fd, F_GETLK, &fl);
-  ::close(fd);
   if (rc != 0 || fl.l_type == F_UNLCK || fl.l_pid <= 0) return std::nullopt;
   LockHolder h;
   h.pid = fl.l_pid;

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -25,6 +26,7 @@
 #include <sqlite3.h>
 
 #include "core/queue/sqlite/sqlite_queue.hpp"
+#include "core/sqlite/lock_holder.hpp"
 #include "core/util/ids.hpp"
 #include "process_util.hpp"
 #include "queue_test_util.hpp"
@@ -531,4 +533,49 @@ TEST_CASE("Queue processes: several processes opening a new file at once all suc
     auto q = open_queue(path, {});
     CHECK(must(q->stats()).visible == 6);
   }
+}
+
+TEST_CASE("Queue processes: asking who holds the write lock leaves this process's WAL-index "
+          "locks in place",
+          "[process]")
+{
+  // Closing any descriptor of a file drops every POSIX lock the process holds on it. Were the
+  // question (asked by /health and by commands that wait for the lock) to open and close the
+  // -shm file, this process would lose SQLite's shared lock on it, and the next process to open
+  // the database would truncate the -shm under this one's memory map (SIGBUS at its next read).
+  TempDir dir;
+  const std::string path = dir.file("acmo.db");
+  auto q = open_queue(path);
+  must(q->send(SendRequest{"m1", "g", ""}));
+  for (int i = 0; i < 2; ++i) CHECK_FALSE(wal_write_lock_holder(path).has_value());
+
+  // Another process still sees this one's lock on the -shm's "in use" byte (128: UNIX_SHM_DMS).
+  const pid_t parent = ::getpid();
+  const pid_t checker = spawn({}, [&] {
+    const int fd = ::open((path + "-shm").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 2;
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = 128;
+    fl.l_len = 1;
+    if (::fcntl(fd, F_GETLK, &fl) != 0) return 3;
+    return fl.l_type != F_UNLCK && fl.l_pid == parent ? 0 : 1;
+  });
+  CHECK(wait_child(checker) == 0);
+
+  // And a process that opens the database and reads it leaves this one working.
+  const pid_t reader = spawn({}, [&] {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) return 2;
+    const int rc = sqlite3_exec(db, "SELECT count(*) FROM messages", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    return rc == SQLITE_OK ? 0 : 3;
+  });
+  CHECK(wait_child(reader) == 0);
+  must(q->send(SendRequest{"m2", "g", ""}));
+  const auto got = must(q->receive(10));
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].body == "m1");
+  CHECK(got[1].body == "m2");
 }
