@@ -229,6 +229,15 @@ torture() {
       3) victim=cli ;;
       *) victim=pause ;;
     esac
+    # Every kind of fault happens at least once: past half the run, one that has not yet
+    # happened is chosen (the draws alone missed one now and then).
+    if (($(now_ms) > started + seconds * 500)); then
+      if ((kills_cli == 0)); then victim=cli
+      elif ((kills_serve == 0)); then victim=serve
+      elif ((kills_handler == 0)); then victim=h1
+      elif ((pauses == 0)); then victim=pause
+      fi
+    fi
     if [[ $victim == pause ]]; then
       local sleeper
       case $((RANDOM % 3)) in 0) sleeper=serve ;; 1) sleeper=h1 ;; *) sleeper=h2 ;; esac
