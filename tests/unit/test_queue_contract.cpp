@@ -1215,6 +1215,39 @@ TEST_CASE("Queue contract: remove_batch answers for each handle on its own", "[c
   CHECK(f.receive().empty());
 }
 
+TEST_CASE("Queue contract: remove_batch deletes what its handles name and leaves the rest",
+          "[contract]")
+{
+  CONTRACT_QUEUE(f, QueueOptions{});
+  f.send("a1", "A");
+  f.send("a2", "A");
+  f.send("b1", "B");
+  f.send("c1", "C");
+  auto first = f.receive(10);
+  REQUIRE(bodies_of(first) == Bodies{"a1", "a2", "b1", "c1"});
+  // b1 is delivered again, which makes its first handle stale.
+  must(f.queue->change_visibility(first[2].receipt, 0));
+  auto again = f.receive(10);
+  REQUIRE(bodies_of(again) == Bodies{"b1"});
+  auto c1 = decode_receipt(first[3].receipt);
+  REQUIRE(c1);
+  auto results = f.queue->remove_batch({first[2].receipt, first[0].receipt,
+                                        encode_receipt(Receipt{c1->seq, c1->token ^ 1}),
+                                        first[3].receipt});
+  REQUIRE(results.size() == 4);
+  CHECK(results[0].error().code == Errc::stale);
+  CHECK(results[1].has_value());
+  CHECK(results[2].error().code == Errc::stale);
+  CHECK(results[3].has_value());
+  CHECK(f.stats().deleted == 2);
+  CHECK(f.stats().in_flight == 2); // a2 and b1
+  // The newest handle of b1 deletes it; a2, A's front now, comes back once its time runs out.
+  must(f.queue->remove(again[0].receipt));
+  f.clock.advance_ms(k_day);
+  auto rest = f.receive(10);
+  CHECK(bodies_of(rest) == Bodies{"a2"});
+}
+
 TEST_CASE("Queue contract: change_visibility shortens or extends the time a message is hidden", "[contract]")
 {
   CONTRACT_QUEUE(f, QueueOptions{});

@@ -763,6 +763,43 @@ $$;
     R"SQL(
 CREATE INDEX messages_dead_by_time ON messages (queue_id, dead_at) WHERE dead_at > 0;
 )SQL",
+    // 8: acmo_remove deletes in one statement the messages whose receipt token a handle
+    // gives, rather than locking each message, deciding in a loop and deleting them after:
+    // the lock wrote a WAL record per message and the loop cost more than the deletion.
+    // The DELETE checks the token again on a row another transaction changed meanwhile (the
+    // row's newest version), so a handle made stale by then deletes nothing. The messages it
+    // did not delete are looked up only when there are any.
+    R"SQL(
+CREATE OR REPLACE FUNCTION acmo_remove(p_queue bigint, p_seqs bigint[], p_tokens bigint[])
+RETURNS TABLE (o_seq bigint, o_queue bigint, o_token bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  a_deleted bigint[];
+  a_tokens bigint[];
+  a_groups text[];
+BEGIN
+  PERFORM 1 FROM message_groups g WHERE g.queue_id = p_queue AND g.group_id IN
+    (SELECT m.group_id FROM messages m WHERE m.seq = ANY(p_seqs) AND m.queue_id + 0 = p_queue)
+    ORDER BY g.group_id FOR UPDATE OF g;
+  WITH gone AS (
+    DELETE FROM messages m USING unnest(p_seqs, p_tokens) AS t(s, k)
+      WHERE m.seq = t.s AND m.receipt_token = t.k AND m.queue_id = p_queue
+      RETURNING m.seq, m.receipt_token, m.group_id)
+  SELECT coalesce(array_agg(gone.seq), '{}'), coalesce(array_agg(gone.receipt_token), '{}'),
+         coalesce(array_agg(DISTINCT gone.group_id ORDER BY gone.group_id), '{}')
+    INTO a_deleted, a_tokens, a_groups FROM gone;
+  IF cardinality(a_deleted) > 0 THEN
+    PERFORM acmo_fix_groups(p_queue, a_groups);
+    INSERT INTO queue_counters (queue_id, deleted) VALUES (p_queue, cardinality(a_deleted));
+    RETURN QUERY SELECT d.s, p_queue, d.k FROM unnest(a_deleted, a_tokens) AS d(s, k);
+  END IF;
+  IF cardinality(a_deleted) < cardinality(p_seqs) THEN
+    RETURN QUERY SELECT m.seq, m.queue_id, m.receipt_token FROM messages m
+      WHERE m.seq = ANY(p_seqs) AND m.seq <> ALL(a_deleted);
+  END IF;
+END
+$$;
+)SQL",
   };
   return k_migrations;
 }
