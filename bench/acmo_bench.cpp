@@ -396,12 +396,13 @@ double pg_send_concurrent(const Settings& s)
   return static_cast<double>(s.threads * s.pg_per_connection) / elapsed;
 }
 
-double pg_send_bulk(const Settings& s)
+// `groups` 1: one group; 0: a group per message, as order events come.
+double pg_send_bulk(const Settings& s, int64_t groups)
 {
   PgBenchSchema schema(s.pg_url);
   auto q = open_pg(s, schema);
   fill(*q, make_requests(1, -1, 1));
-  auto requests = make_requests(s.pg_bulk_messages, 0, 1);
+  auto requests = make_requests(s.pg_bulk_messages, 0, groups == 0 ? s.pg_bulk_messages : groups);
   auto start = Clock::now();
   fill(*q, requests);
   return static_cast<double>(s.pg_bulk_messages) / seconds_since(start);
@@ -771,15 +772,16 @@ int main(int argc, char** argv)
                  "receive_delete, receive_delete_groups, receive_delete_combined, "
                  "receive_delete_combined_groups, pipeline, wakeup, cache_redis (needs "
                  "ACMO_BENCH_REDIS_URL), pipeline_pg, pg_baseline, pg_send_concurrent, "
-                 "pg_send_bulk, pg_receive_delete, pg_end_to_end, pg_wakeup (need "
-                 "ACMO_BENCH_PG_URL; the pg_ ones run with pg_baseline), http (wrk against "
-                 "acmo serve, after the others)");
+                 "pg_send_bulk, pg_send_bulk_groups, pg_receive_delete, pg_end_to_end, "
+                 "pg_wakeup (need ACMO_BENCH_PG_URL; the pg_ ones run with pg_baseline), http "
+                 "(wrk against acmo serve, after the others)");
   app.add_option("--http-duration", s.http_duration,
                  "Seconds of each wrk run in the http scenarios");
   app.add_option("--pg-per-connection", s.pg_per_connection,
                  "PostgreSQL: rows each baseline connection inserts, and messages each thread "
                  "of pg_send_concurrent sends");
-  app.add_option("--pg-bulk-messages", s.pg_bulk_messages, "Messages in pg_send_bulk");
+  app.add_option("--pg-bulk-messages", s.pg_bulk_messages,
+                 "Messages in pg_send_bulk and pg_send_bulk_groups");
   app.add_option("--pg-drain-messages", s.pg_drain_messages, "Messages in pg_receive_delete");
   app.add_option("--pg-events", s.pg_events, "Events in each pg_end_to_end run");
   app.add_option("--pg-wake-samples", s.pg_wake_samples, "Messages in pg_wakeup");
@@ -792,7 +794,7 @@ int main(int argc, char** argv)
     "baseline", "bulk_send", "concurrent_send", "receive_delete", "receive_delete_groups",
     "receive_delete_combined", "receive_delete_combined_groups", "pipeline", "wakeup",
     "cache_redis", "pipeline_pg", "pg_baseline", "pg_send_concurrent", "pg_send_bulk",
-    "pg_receive_delete", "pg_end_to_end", "pg_wakeup", "http"};
+    "pg_send_bulk_groups", "pg_receive_delete", "pg_end_to_end", "pg_wakeup", "http"};
   const char* redis_url = std::getenv("ACMO_BENCH_REDIS_URL");
   if (const char* pg_url = std::getenv("ACMO_BENCH_PG_URL")) s.pg_url = pg_url;
   for (const auto& name : s.only) {
@@ -836,7 +838,7 @@ int main(int argc, char** argv)
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
       pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order,
       pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
-      pgq_bulk, pgq_drain, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
+      pgq_bulk, pgq_bulk_groups, pgq_drain, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
     std::vector<double> pgq_end_to_end[3]; // 1, 2 and 4 processes
     const int k_pg_processes[3] = {1, 2, 4};
     for (int run = 0; run < s.runs; ++run) {
@@ -887,7 +889,8 @@ int main(int argc, char** argv)
       }
       if (pg_queue_wanted) pgq_baseline.push_back(pg_baseline(s));
       if (pg_wanted("pg_send_concurrent")) pgq_concurrent.push_back(pg_send_concurrent(s));
-      if (pg_wanted("pg_send_bulk")) pgq_bulk.push_back(pg_send_bulk(s));
+      if (pg_wanted("pg_send_bulk")) pgq_bulk.push_back(pg_send_bulk(s, 1));
+      if (pg_wanted("pg_send_bulk_groups")) pgq_bulk_groups.push_back(pg_send_bulk(s, 0));
       if (pg_wanted("pg_receive_delete")) pgq_drain.push_back(pg_receive_delete(s));
       if (pg_wanted("pg_end_to_end")) {
         for (int i = 0; i < 3; ++i) pgq_end_to_end[i].push_back(pg_end_to_end(s, k_pg_processes[i]));
@@ -998,6 +1001,11 @@ int main(int argc, char** argv)
       }
       pg_entry("pg_send_bulk", pgq_bulk, 50'000);
       if (!pgq_bulk.empty()) results["pg_send_bulk"]["messages"] = s.pg_bulk_messages;
+      pg_entry("pg_send_bulk_groups", pgq_bulk_groups, 50'000);
+      if (!pgq_bulk_groups.empty()) {
+        results["pg_send_bulk_groups"]["messages"] = s.pg_bulk_messages;
+        results["pg_send_bulk_groups"]["groups"] = "per message";
+      }
       pg_entry("pg_receive_delete", pgq_drain, 20'000);
       if (!pgq_drain.empty()) {
         results["pg_receive_delete"]["messages"] = s.pg_drain_messages;

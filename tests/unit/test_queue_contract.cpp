@@ -823,6 +823,40 @@ TEST_CASE("PgQueue: the dedup history of a schema made before it was keyed by ha
   CHECK(must(q->stats()).visible == 1);
 }
 
+TEST_CASE("PgQueue: a send keeps a row for each group a message landed in, and none for the "
+          "groups that got only duplicates",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  QueueOptions options;
+  options.name = "orders";
+  options.dlq_name = "orders-dlq";
+  auto q = must(PgQueue::open(schema.url(), schema.name(), options));
+  auto first = must(q->send(SendRequest{"a1", "A", "k1"}));
+  // One batch: a message for A (which has its row) and one for the new group C; duplicates of
+  // k1 and of each other for the new groups B and D.
+  auto results = q->send_bulk({SendRequest{"b1", "B", "k1"}, SendRequest{"a2", "A", "k2"},
+                               SendRequest{"c1", "C", "k3"}, SendRequest{"d1", "D", "k3"}});
+  REQUIRE(results.size() == 4);
+  CHECK(must(results[0]).duplicate);
+  CHECK_FALSE(must(results[1]).duplicate);
+  CHECK_FALSE(must(results[2]).duplicate);
+  CHECK(must(results[3]).duplicate);
+  // A batch of nothing but duplicates, to a new group.
+  CHECK(must(q->send(SendRequest{"e1", "E", "k2"})).duplicate);
+  auto rows = schema.exec("SELECT group_id, head_seq, ready_at <= (SELECT max(sent_at) FROM"
+                          " messages) FROM message_groups ORDER BY group_id");
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0][0].as<std::string>() == "A");
+  CHECK(rows[0][1].as<int64_t>() == first.seq);
+  CHECK(rows[0][2].as<bool>());
+  CHECK(rows[1][0].as<std::string>() == "C");
+  CHECK(rows[1][1].as<int64_t>() == must(results[2]).seq);
+  CHECK(rows[1][2].as<bool>());
+  CHECK(bodies_of(must(q->receive(10))) == Bodies{"a1", "a2", "c1"});
+}
+
 TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history move to "
           "PostgreSQL as they were; the embedded queue then refuses sends",
           "[contract][pg]")

@@ -800,6 +800,145 @@ BEGIN
 END
 $$;
 )SQL",
+    // 9: a bulk send to many new groups (one group per order) cost a batch the square of its
+    // groups: acmo_send dropped the rows of the groups that got no message one group at a
+    // time, through message_groups_by_head. It now drops only those rows, by their key.
+    R"SQL(
+CREATE OR REPLACE FUNCTION acmo_send(p_queue bigint, p_now bigint, p_window bigint, p_channel text,
+                          p_groups text[], p_dedup text[], p_keys text[], p_content boolean[],
+                          p_bodies text[], p_hashes bigint[], p_ids uuid[], p_same boolean[],
+                          p_unless boolean[])
+RETURNS TABLE (o_kind text, o_seq bigint, o_id text, o_expires bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  k_none constant bigint := 9223372036854775807;
+  a_groups text[]; -- the batch's groups, in name order
+  a_locked text[]; -- those whose rows this transaction holds
+  a_live text[];   -- the keys in the window before this batch
+  a_cand int[];    -- the requests to accept, if their dedup rows can be written
+  a_seq bigint[];  -- their sequence numbers, in the same (ascending) order
+  a_n int[];       -- the requests accepted
+  a_s bigint[];    -- and their sequence numbers
+  r record;
+  v_group text;
+  dups bigint := 0;
+BEGIN
+  -- Lock the rows there are (FOR UPDATE writes no new row version, so a group sent to all
+  -- the time does not pile up dead rows) and make the missing ones; a row deleted or made by
+  -- another transaction meanwhile is looked for again.
+  a_groups := ARRAY(SELECT DISTINCT x FROM unnest(p_groups) AS x ORDER BY 1);
+  LOOP
+    a_locked := '{}';
+    FOREACH v_group IN ARRAY a_groups LOOP
+      PERFORM 1 FROM message_groups g WHERE g.queue_id = p_queue AND g.group_id = v_group
+        FOR UPDATE;
+      IF FOUND THEN
+        a_locked := a_locked || v_group;
+      END IF;
+    END LOOP;
+    IF cardinality(a_locked) < cardinality(a_groups) THEN
+      WITH made AS (
+        INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)
+          SELECT p_queue, x, k_none, k_none FROM unnest(a_groups) AS x
+          WHERE x <> ALL(a_locked) ORDER BY x
+          ON CONFLICT (queue_id, group_id) DO NOTHING
+          RETURNING group_id)
+      SELECT a_locked || coalesce(array_agg(made.group_id), '{}') INTO a_locked FROM made;
+    END IF;
+    EXIT WHEN cardinality(a_locked) = cardinality(a_groups);
+  END LOOP;
+  -- The dedup rows are looked up one id at a time, by their key (a LATERAL subquery that OFFSET
+  -- 0 keeps from being flattened into a join): with "dedup_key = ANY(...)" or a join the
+  -- planner, without statistics on a new table, read every row of the queue's history.
+  a_live := ARRAY(SELECT e.dedup_key FROM unnest(p_keys) AS x(d)
+                  CROSS JOIN LATERAL (SELECT e.dedup_key FROM dedup e WHERE e.queue_id = p_queue
+                                      AND e.dedup_key = x.d AND e.expires_at > p_now
+                                      OFFSET 0) e);
+  a_cand := ARRAY(SELECT min(q.n) FROM unnest(p_keys, p_unless) WITH ORDINALITY AS q(d, u, n)
+                  WHERE NOT q.u AND q.d <> ALL(a_live) GROUP BY q.d ORDER BY 1);
+  a_n := '{}';
+  a_s := '{}';
+  IF cardinality(a_cand) > 0 THEN
+    a_seq := ARRAY(SELECT nextval('message_seq') FROM generate_series(1, cardinality(a_cand))
+                   ORDER BY 1);
+    WITH written AS (
+      INSERT INTO dedup AS e (queue_id, dedup_key, seq, message_id, expires_at, body_hash)
+        SELECT p_queue, p_keys[c.n], c.s, p_ids[c.n], p_now + p_window, p_hashes[c.n]
+        FROM unnest(a_cand, a_seq) AS c(n, s)
+        ORDER BY p_keys[c.n] -- in key order, so that two batches never wait for each other
+        ON CONFLICT (queue_id, dedup_key) DO UPDATE SET seq = excluded.seq,
+          message_id = excluded.message_id, expires_at = excluded.expires_at,
+          body_hash = excluded.body_hash
+        WHERE e.expires_at <= p_now
+        RETURNING e.seq)
+    SELECT coalesce(array_agg(c.n ORDER BY c.n), '{}'), coalesce(array_agg(c.s ORDER BY c.n), '{}')
+      INTO a_n, a_s
+      FROM unnest(a_cand, a_seq) AS c(n, s) WHERE c.s IN (SELECT w.seq FROM written w);
+  END IF;
+  IF cardinality(a_n) > 0 THEN
+    INSERT INTO messages (seq, queue_id, group_id, message_id, dedup_id, body, sent_at,
+                          visible_at)
+      SELECT t.s, p_queue, p_groups[t.n], p_ids[t.n],
+             CASE WHEN p_content[t.n] THEN NULL ELSE p_dedup[t.n] END, p_bodies[t.n], p_now, p_now
+      FROM unnest(a_s, a_n) AS t(s, n);
+    -- A group that was empty has its head now.
+    FOR r IN SELECT p_groups[t.n] AS grp, min(t.s) AS head FROM unnest(a_s, a_n) AS t(s, n)
+             GROUP BY 1
+    LOOP
+      UPDATE message_groups g SET head_seq = r.head, ready_at = p_now
+        WHERE g.queue_id = p_queue AND g.group_id = r.grp AND g.head_seq > r.head;
+    END LOOP;
+    PERFORM pg_notify(p_channel, '');
+  END IF;
+  -- The rows made for groups no message of the batch landed in (none when every request was
+  -- accepted) are dropped, each by its key: "head_seq + 0" keeps the planner from finding
+  -- them through message_groups_by_head, whose entries with head k_none include every row
+  -- this transaction made, which made a batch's cost grow with the square of its groups.
+  IF cardinality(a_n) < cardinality(p_dedup) THEN
+    FOREACH v_group IN ARRAY ARRAY(SELECT x FROM unnest(a_groups) AS x
+                                   EXCEPT SELECT p_groups[t.n] FROM unnest(a_n) AS t(n)) LOOP
+      DELETE FROM message_groups
+        WHERE queue_id = p_queue AND group_id = v_group AND head_seq + 0 = k_none;
+    END LOOP;
+  END IF;
+  IF cardinality(a_n) = cardinality(p_dedup) THEN
+    -- Every request was accepted, as nearly always: no duplicate to look up.
+    FOR r IN SELECT c.n, c.s FROM unnest(a_n, a_s) AS c(n, s) LOOP
+      o_kind := 'sent'; o_seq := r.s; o_id := p_ids[r.n]::text; o_expires := p_now + p_window;
+      RETURN NEXT;
+    END LOOP;
+  ELSE
+    FOR r IN
+      SELECT q.n, q.u, q.same, q.h, c.s, d.seq AS dseq, d.message_id::text AS did,
+             d.expires_at AS dexp, d.body_hash AS dhash, q.d = ANY(a_live) AS was_live,
+             EXISTS (SELECT 1 FROM unnest(a_n) AS x(n) WHERE x.n < q.n AND p_keys[x.n] = q.d)
+               AS earlier
+      FROM unnest(p_keys, p_unless, p_same, p_hashes) WITH ORDINALITY AS q(d, u, same, h, n)
+      LEFT JOIN unnest(a_n, a_s) AS c(n, s) ON c.n = q.n
+      LEFT JOIN LATERAL (SELECT e.seq, e.message_id, e.expires_at, e.body_hash FROM dedup e
+                         WHERE e.queue_id = p_queue AND e.dedup_key = q.d OFFSET 0) d ON true
+      ORDER BY q.n
+    LOOP
+      IF r.s IS NOT NULL THEN
+        o_kind := 'sent'; o_seq := r.s; o_id := p_ids[r.n]::text; o_expires := p_now + p_window;
+      ELSIF r.dseq IS NULL OR (r.u AND NOT r.was_live AND NOT r.earlier) THEN
+        o_kind := 'refused'; o_seq := 0; o_id := ''; o_expires := 0;
+      ELSIF r.same AND r.dhash <> 0 AND r.dhash <> r.h THEN
+        o_kind := 'conflict'; o_seq := r.dseq; o_id := r.did; o_expires := r.dexp;
+      ELSE
+        dups := dups + 1;
+        o_kind := 'duplicate'; o_seq := r.dseq; o_id := r.did; o_expires := r.dexp;
+      END IF;
+      RETURN NEXT;
+    END LOOP;
+  END IF;
+  IF cardinality(a_n) > 0 OR dups > 0 THEN
+    INSERT INTO queue_counters (queue_id, sent, duplicates)
+      VALUES (p_queue, cardinality(a_n), dups);
+  END IF;
+END
+$$;
+)SQL",
   };
   return k_migrations;
 }
