@@ -63,7 +63,7 @@ struct Settings {
   int64_t pg_per_connection = 100; // baseline rows and concurrent sends per thread
   int64_t pg_bulk_messages = 20'000;
   int64_t pg_drain_messages = 5'000;
-  int64_t pg_events = 8'000;
+  int64_t pg_events = 20'000;
   int pg_wake_samples = 100;
 };
 
@@ -440,8 +440,14 @@ double pg_receive_delete(const Settings& s)
 // End to end as it is deployed: queue and orders in one PostgreSQL database (the same schema
 // here), a queue of CREATE events, one group per order, and `processes` acmo run-handler
 // --once processes with the default configuration otherwise, timed from their start until the
-// last has emptied the queue and exited. Events/s.
-double pg_end_to_end(const Settings& s, int processes)
+// last has emptied the queue and exited. Events/s, and the seconds a handler takes to start,
+// find the queue empty and exit.
+struct EndToEnd {
+  double rate;
+  double start_seconds;
+};
+
+EndToEnd pg_end_to_end(const Settings& s, int processes)
 {
   RunDir dir(s.dir);
   PgBenchSchema schema(s.pg_url);
@@ -477,46 +483,52 @@ double pg_end_to_end(const Settings& s, int processes)
   }
   fill(*q, requests);
 
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  // This build's acmo, or the one ACMO_BINARY names (to measure another build's handler).
-  const char* from_env = std::getenv("ACMO_BINARY");
-  const std::string binary = from_env != nullptr && *from_env != '\0' ? from_env : ACMO_BINARY;
-  std::vector<std::string> args = {binary, "--config", config, "--data-dir", dir.path(),
-                                   "-q", "run-handler", "--once"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<pid_t> children;
-  auto start = Clock::now();
-  for (int i = 0; i < processes; ++i) {
-    pid_t pid = 0;
-    if (posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) {
-      throw std::runtime_error("cannot start " + binary);
+  // Start `n` acmo run-handler --once and wait until all have exited: seconds.
+  const auto run_handlers = [&](int n) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    // This build's acmo, or the one ACMO_BINARY names (to measure another build's handler).
+    const char* from_env = std::getenv("ACMO_BINARY");
+    const std::string binary = from_env != nullptr && *from_env != '\0' ? from_env : ACMO_BINARY;
+    std::vector<std::string> args = {binary, "--config", config, "--data-dir", dir.path(),
+                                     "-q", "run-handler", "--once"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::vector<pid_t> children;
+    auto start = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      pid_t pid = 0;
+      if (posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) {
+        throw std::runtime_error("cannot start " + binary);
+      }
+      children.push_back(pid);
     }
-    children.push_back(pid);
-  }
-  int failed = 0;
-  for (pid_t pid : children) {
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
-  }
-  double elapsed = seconds_since(start);
-  posix_spawn_file_actions_destroy(&actions);
-  if (failed > 0) {
-    throw std::runtime_error(fmt::format("pg_end_to_end: {} of {} acmo run-handler --once "
-                                         "processes failed; their messages are above",
-                                         failed, processes));
-  }
+    int failed = 0;
+    for (pid_t pid : children) {
+      int status = 0;
+      waitpid(pid, &status, 0);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+    }
+    double elapsed = seconds_since(start);
+    posix_spawn_file_actions_destroy(&actions);
+    if (failed > 0) {
+      throw std::runtime_error(fmt::format("pg_end_to_end: {} of {} acmo run-handler --once "
+                                           "processes failed; their messages are above",
+                                           failed, n));
+    }
+    return elapsed;
+  };
+  const double elapsed = run_handlers(processes);
   auto stats = q->stats();
   if (!stats) throw std::runtime_error(stats.error().message);
   if (stats->deleted != s.pg_events || stats->visible != 0) {
     throw std::runtime_error(fmt::format("pg_end_to_end: {} of {} events applied, {} left",
                                          stats->deleted, s.pg_events, stats->visible));
   }
-  return static_cast<double>(s.pg_events) / elapsed;
+  // What the rate includes of starting a handler: one more, on the empty queue.
+  return EndToEnd{static_cast<double>(s.pg_events) / elapsed, run_handlers(1)};
 }
 
 // The consumer loop with remove_and_receive: each batch's deletion rides on the next receive.
@@ -840,6 +852,7 @@ int main(int argc, char** argv)
       pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
       pgq_bulk, pgq_bulk_groups, pgq_drain, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
     std::vector<double> pgq_end_to_end[3]; // 1, 2 and 4 processes
+    std::vector<double> pgq_handler_start;
     const int k_pg_processes[3] = {1, 2, 4};
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "cache_redis") && redis_url != nullptr && *redis_url != '\0') {
@@ -893,7 +906,11 @@ int main(int argc, char** argv)
       if (pg_wanted("pg_send_bulk_groups")) pgq_bulk_groups.push_back(pg_send_bulk(s, 0));
       if (pg_wanted("pg_receive_delete")) pgq_drain.push_back(pg_receive_delete(s));
       if (pg_wanted("pg_end_to_end")) {
-        for (int i = 0; i < 3; ++i) pgq_end_to_end[i].push_back(pg_end_to_end(s, k_pg_processes[i]));
+        for (int i = 0; i < 3; ++i) {
+          auto e = pg_end_to_end(s, k_pg_processes[i]);
+          pgq_end_to_end[i].push_back(e.rate);
+          pgq_handler_start.push_back(e.start_seconds);
+        }
       }
       if (pg_wanted("pg_wakeup")) {
         auto lat = pg_wake_latencies(s);
@@ -1022,6 +1039,13 @@ int main(int argc, char** argv)
         results[name]["processes"] = n;
         results[name]["events"] = s.pg_events;
         results[name]["groups"] = "per order";
+      }
+      if (!pgq_handler_start.empty()) {
+        // What each end-to-end rate includes of starting its processes: one acmo run-handler
+        // --once connecting, opening the queue and the store, and exiting, on the emptied queue.
+        results["pg_handler_start"] = {{"unit", "seconds"},
+                                       {"median", median(pgq_handler_start)},
+                                       {"runs", pgq_handler_start}};
       }
       if (!pgq_wake_p50.empty()) {
         results["pg_wakeup"] =
