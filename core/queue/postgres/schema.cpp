@@ -802,7 +802,9 @@ $$;
 )SQL",
     // 9: a bulk send to many new groups (one group per order) cost a batch the square of its
     // groups: acmo_send dropped the rows of the groups that got no message one group at a
-    // time, through message_groups_by_head. It now drops only those rows, by their key.
+    // time, through message_groups_by_head. It now drops only those rows, by their key. The
+    // function is migration 4's but for that last loop (a migration restates what it replaces:
+    // the text of a migration once run never changes).
     R"SQL(
 CREATE OR REPLACE FUNCTION acmo_send(p_queue bigint, p_now bigint, p_window bigint, p_channel text,
                           p_groups text[], p_dedup text[], p_keys text[], p_content boolean[],
