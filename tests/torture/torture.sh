@@ -161,6 +161,24 @@ sender() {
   done
 }
 
+# wait_for PID SECONDS: reap the child PID once it has exited, waiting at most SECONDS; its exit
+# status, or 124 with PID still running.
+wait_for() {
+  local p=$1 limit=$(($(now_ms) + $2 * 1000))
+  while [[ -e /proc/$p && $(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null) != Z ]]; do
+    (($(now_ms) < limit)) || return 124
+    sleep 0.1
+  done
+  wait "$p"
+}
+
+# stuck WHAT: a wait that never ended, told with what this run's processes are doing.
+stuck() {
+  not_ok "$backend: $1"
+  ps -eo pid,ppid,stat,etimes,wchan:24,args | grep -E "acmo|curl|torture|sleep" | grep -v grep \
+    | sed 's/^/#   /'
+}
+
 # --- one run ------------------------------------------------------------------------------------
 
 # drained: nothing visible, in flight or delayed.
@@ -284,11 +302,25 @@ torture() {
   pid=()
   "$acmo" serve --no-handler --listen "127.0.0.1:$port" >>"$dir/serve.log" 2>&1 &
   pid[serve]=$!
+  # A sender gives up on an event after 90 s of failures, so every one has ended well within
+  # 150 s; serve, which has no handler, stops within seconds of SIGTERM. A wait past either is
+  # a finding, reported with what the processes were doing, not a hang of the suite.
   local sender_failed=0
-  for p in "${senders[@]}"; do wait "$p" || sender_failed=$((sender_failed + 1)); done
+  for p in "${senders[@]}"; do
+    wait_for "$p" 150; rc=$?
+    if ((rc == 124)); then
+      stuck "sender $p has not ended 150 s after the run"
+      pkill -9 -P "$p"; kill -9 "$p"; wait "$p"
+    fi
+    ((rc == 0)) || sender_failed=$((sender_failed + 1))
+  done
   senders=()
   local elapsed=$((($(now_ms) - started) / 1000))
-  kill -TERM "${pid[serve]}"; wait "${pid[serve]}"
+  kill -TERM "${pid[serve]}"
+  if ! wait_for "${pid[serve]}" 30 && kill -0 "${pid[serve]}" 2>/dev/null; then
+    stuck "serve (pid ${pid[serve]}) has not stopped 30 s after SIGTERM"
+    kill -9 "${pid[serve]}"; wait "${pid[serve]}"
+  fi
   pid=()
 
   # Drain: what the killed handlers held comes back after the visibility timeout (2 s).
