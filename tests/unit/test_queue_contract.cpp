@@ -1777,6 +1777,39 @@ TEST_CASE("Queue contract: a message deleted within the window still deduplicate
   CHECK(f.receive().empty());
 }
 
+TEST_CASE("Queue contract: a batch mixing new ids, one in the window and one past it (not yet "
+          "swept) accepts all but the one in the window",
+          "[contract]")
+{
+  CONTRACT_QUEUE(f, QueueOptions{}); // window 5 min
+  auto old = f.send("old", "A", "d-old");
+  f.clock.advance_ms(3 * k_minute);
+  auto live = f.send("live", "A", "d-live");
+  f.clock.advance_ms(3 * k_minute); // d-old's window is over, and no sweep ran; d-live's is not
+  auto results = f.queue->send_bulk({SendRequest{"n1", "A", "d-n1"},
+                                     SendRequest{"dup", "B", "d-live"},
+                                     SendRequest{"again", "A", "d-old"},
+                                     SendRequest{"n2", "B", "d-n2"}});
+  REQUIRE(results.size() == 4);
+  for (const auto& r : results) REQUIRE(r);
+  CHECK_FALSE(results[0]->duplicate);
+  CHECK(results[1]->duplicate);
+  CHECK(results[1]->message_id == live.message_id);
+  CHECK(results[1]->seq == live.seq);
+  CHECK_FALSE(results[2]->duplicate);
+  CHECK(results[2]->message_id != old.message_id);
+  CHECK_FALSE(results[3]->duplicate);
+  CHECK(live.seq < results[0]->seq);
+  CHECK(results[0]->seq < results[2]->seq);
+  CHECK(results[2]->seq < results[3]->seq);
+  // The id past its window belongs to the new message now.
+  auto dup_of_again = f.send("again", "A", "d-old");
+  CHECK(dup_of_again.duplicate);
+  CHECK(dup_of_again.message_id == results[2]->message_id);
+  CHECK(f.stats().sent == 5);
+  CHECK(bodies_of(f.receive(10)) == Bodies{"old", "live", "n1", "again", "n2"});
+}
+
 TEST_CASE("Queue contract: without a dedup id the body's SHA-256 is the dedup id", "[contract]")
 {
   SECTION("content-based dedup on (the default)")
