@@ -151,11 +151,6 @@ struct Statement {
 // messages were read (under $3, all of them): consume's receive, which drops the groups it
 // empties, counts them in each group's own read, which needs no second sort of all the rows as
 // a window partitioned by group would; a plain receive, which needs no count, makes none.
-// The window counts the rows in the order the join makes them, which is (head_seq, seq): the
-// groups come in head order and each group's messages in seq order. With no sort under it, it
-// stops at the first row past the $3-th usable message, and the groups after that row's are
-// neither read nor locked: a receive of 10 from groups of 5 messages locks 3 groups, not 10
-// (as an ORDER BY in the window made it, which sorted every row of the $3 groups first).
 #define ACMO_GROUP_FRONT                                                                         \
   "SELECT * FROM messages x WHERE x.queue_id = $1 AND x.group_id = g.group_id"                   \
   " ORDER BY x.seq LIMIT $3"
@@ -168,7 +163,7 @@ struct Statement {
   " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"               \
   " coalesce(m.first_sent_at, m.sent_at) AS first_sent_at, g.ctid::text AS row_tid,"            \
   " count(*) FILTER (WHERE m.visible_at <= $2 AND m.receive_count <= $4)"                        \
-  " OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"                                      \
+  " OVER (ORDER BY g.head_seq, m.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"          \
   " AS usable_before, " GROUP_ROWS " AS group_rows"                                              \
   " FROM g LEFT JOIN LATERAL (" FRONT ") m ON true) r"                                           \
   " WHERE usable_before < $3 ORDER BY head_seq, seq"
