@@ -158,7 +158,7 @@ struct Statement {
   "WITH g AS (SELECT ctid, group_id, head_seq FROM message_groups WHERE queue_id = $1"           \
   " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"                       \
   " SELECT group_id, seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"       \
-  " first_received_at, failures, last_error, first_sent_at, row_tid, group_rows FROM ("          \
+  " first_received_at, failures, last_error, first_sent_at, row_tid, group_rows, head_seq FROM (" \
   " SELECT g.group_id, g.head_seq, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"    \
   " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"               \
   " coalesce(m.first_sent_at, m.sent_at) AS first_sent_at, g.ctid::text AS row_tid,"            \
@@ -987,6 +987,15 @@ struct PgQueue::Impl {
         group_done = false;
         token = 0;
         while (token == 0) token = random_u64();
+        // The group's row is its newest version (locked, and checked again by PostgreSQL if
+        // another transaction changed it), but its messages are read as of the statement's
+        // start. When its head is not the first message read, a transaction that committed
+        // in between deleted or moved messages of the group (a delete that made it ready
+        // again): those read may be gone, so the group is left for the next receive.
+        if (!row[1].is_null() && row[1].as<int64_t>() != row[14].as<int64_t>()) {
+          stopped = true;
+          group_done = true;
+        }
       }
       if (group_done || row[1].is_null()) continue;
       if (static_cast<int>(out.size()) >= max || alone) {
