@@ -337,6 +337,32 @@ public:
     }
   }
 
+  // Take in a connection made and set up elsewhere, as an idle one.
+  void adopt(std::unique_ptr<pqxx::connection> conn)
+  {
+    {
+      std::lock_guard lock(m_mu);
+      ++m_open;
+      m_idle.push_back(std::move(conn));
+    }
+    m_cv.notify_one();
+  }
+
+  // An idle connection, no longer the pool's, or null when none is idle.
+  std::unique_ptr<pqxx::connection> take_idle()
+  {
+    std::unique_ptr<pqxx::connection> conn;
+    {
+      std::lock_guard lock(m_mu);
+      if (m_idle.empty()) return conn;
+      conn = std::move(m_idle.back());
+      m_idle.pop_back();
+      --m_open;
+    }
+    m_cv.notify_one();
+    return conn;
+  }
+
   // After a broken connection: the idle ones very likely went with the same server.
   void discard_idle()
   {
@@ -417,7 +443,10 @@ struct PgQueue::Impl {
   bool interrupted = false;
   std::atomic<int64_t> last_sweep_ms{0};
 
-  // The listening connection's thread; stop_fd (an eventfd) ends it.
+  // The listening connection's thread, started by the first long poll that waits (a process
+  // that never waits, as `acmo send` and `acmo stats`, makes no such connection); stop_fd (an
+  // eventfd) ends it.
+  std::once_flag listener_started;
   std::thread listener;
   int stop_fd = -1;
   std::atomic<bool> is_listening{false};
@@ -627,6 +656,13 @@ struct PgQueue::Impl {
     Impl& m_impl;
   };
 
+  void start_listening()
+  {
+    std::call_once(listener_started, [this] {
+      if (stop_fd >= 0) listener = std::thread([this] { listen_loop(); });
+    });
+  }
+
   // LISTEN on the queue's channel and wake the long polls of this process on each
   // notification; when the connection cannot be made or breaks, make it again every second
   // meanwhile the long polls poll.
@@ -772,8 +808,13 @@ struct PgQueue::Impl {
     for (int attempt = 0;; ++attempt) {
       try {
         if (!flusher) {
-          flusher = std::make_unique<pqxx::connection>(conninfo);
-          setup(*flusher, true);
+          flusher = pool->take_idle();
+          if (flusher) {
+            pqxx::nontransaction(*flusher).exec0("SET synchronous_commit = on");
+          } else {
+            flusher = std::make_unique<pqxx::connection>(conninfo);
+            setup(*flusher, true);
+          }
         }
         pqxx::nontransaction tx(*flusher);
         tx.exec("SELECT pg_current_xact_id()");
@@ -843,8 +884,12 @@ struct PgQueue::Impl {
     bool committing = false;
     try {
       if (!sender) {
-        sender = std::make_unique<pqxx::connection>(conninfo);
-        setup(*sender, false); // made durable by make_durable
+        // An idle connection of the pool is set up alike (made durable by make_durable).
+        sender = pool->take_idle();
+        if (!sender) {
+          sender = std::make_unique<pqxx::connection>(conninfo);
+          setup(*sender, false);
+        }
         sender->prepare("acmo_send",
                         "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
                         " $5::text[], $6::text[], $7::text[], $8::boolean[], $9::text[],"
@@ -1593,26 +1638,30 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
   impl->schema = schema;
   impl->conninfo = connection_string(url);
   impl->channel = "acmo_queue_" + sha256_hex(schema + "." + options.name).substr(0, 24);
-  try {
-    pqxx::connection conn(impl->conninfo);
-    {
-      pqxx::nontransaction tx(conn);
-      tx.exec0("SET client_min_messages = error");
-    }
-    if (auto ok = migrate(conn, schema); !ok) return Unexpected(ok.error());
-    impl->setup(conn, true);
-    impl->queue_id = ensure_queue(conn, options.name, clock.now_ms());
-    impl->dlq_id = ensure_queue(conn, options.dlq_name, clock.now_ms());
-  } catch (const std::exception& e) {
-    bool discard = false;
-    return Unexpected(impl->error_of(e, discard));
-  }
   Impl* raw = impl.get();
   impl->pool = std::make_unique<PgConnections>(
     impl->conninfo, [raw](pqxx::connection& c) { raw->setup(c, false); },
     std::max<int64_t>(options.busy_timeout_ms, 1'000));
+  // The connection that migrates becomes the pool's first: each connection costs the server
+  // a process and its start, about as long as the rest of a command like `acmo stats`. The
+  // queues' rows are committed without waiting for the disk, as a pooled connection does; a
+  // send's durable commit covers them.
+  try {
+    auto conn = std::make_unique<pqxx::connection>(impl->conninfo);
+    {
+      pqxx::nontransaction tx(*conn);
+      tx.exec0("SET client_min_messages = error");
+    }
+    if (auto ok = migrate(*conn, schema); !ok) return Unexpected(ok.error());
+    impl->setup(*conn, false);
+    impl->queue_id = ensure_queue(*conn, options.name, clock.now_ms());
+    impl->dlq_id = ensure_queue(*conn, options.dlq_name, clock.now_ms());
+    impl->pool->adopt(std::move(conn));
+  } catch (const std::exception& e) {
+    bool discard = false;
+    return Unexpected(impl->error_of(e, discard));
+  }
   impl->stop_fd = ::eventfd(0, EFD_CLOEXEC);
-  if (impl->stop_fd >= 0) impl->listener = std::thread([raw] { raw->listen_loop(); });
   return std::unique_ptr<PgQueue>(new PgQueue(std::move(impl), std::move(options)));
 }
 
@@ -1713,6 +1762,7 @@ Expected<void> PgQueue::poll(int64_t wait_ms, const std::function<Expected<bool>
                         deadline - std::chrono::steady_clock::now())
                         .count();
     if (left <= 0 || !impl.clock.is_real()) return {};
+    impl.start_listening();
     int64_t nap = impl.is_listening ? k_listening_nap_ms : impl.options.poll_interval_ms;
     if (ready_at > now) nap = std::min(nap, ready_at - now);
     nap = std::min<int64_t>(nap, left);
