@@ -706,6 +706,67 @@ TEST_CASE("Queue contract: two Queue objects receiving at once never hold one gr
 }
 
 
+TEST_CASE("Queue contract: receivers releasing at once never deliver a message past its retries",
+          "[contract]")
+{
+  QueueOptions o;
+  o.max_retries = 2;
+  CONTRACT_QUEUE(f, o, true);
+  constexpr int k_groups = 4;
+  constexpr int k_per_group = 8;
+  constexpr int k_messages = k_groups * k_per_group;
+  std::vector<SendRequest> requests;
+  for (int i = 0; i < k_messages; ++i) {
+    requests.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i % k_groups), ""});
+  }
+  for (auto& r : f.queue->send_bulk(requests)) REQUIRE(r);
+  auto other = f.open_another(f.options);
+  std::vector<Queue*> queues = {f.queue.get(), other.get(), f.queue.get(), other.get()};
+
+  // Each receiver gives every message back at once (visibility 0), so the groups go from one
+  // receiver to the next as fast as they can: a receive that counted a delivery another had
+  // made meanwhile would deliver a message once more than queue.max_retries allows.
+  std::mutex mu;
+  std::map<std::string, int64_t> delivered; // body -> deliveries seen
+  std::vector<std::string> failures;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < static_cast<int>(queues.size()); ++t) {
+    threads.emplace_back([&, t] {
+      Queue& q = *queues[static_cast<size_t>(t)];
+      while (!done.load()) {
+        auto batch = q.receive(3, 60'000, 20);
+        auto stats = q.stats();
+        std::lock_guard lock(mu);
+        if (!batch || !stats) {
+          failures.push_back(!batch ? batch.error().message : stats.error().message);
+          done = true;
+          return;
+        }
+        for (const auto& m : *batch) {
+          const int64_t n = ++delivered[m.body];
+          if (n > o.max_retries + 1 || m.receive_count != n) {
+            failures.push_back(fmt::format("{} delivered {} times, the delivery says {}", m.body,
+                                           n, m.receive_count));
+          }
+          if (auto given = q.change_visibility(m.receipt, 0); !given) {
+            failures.push_back(given.error().message);
+          }
+        }
+        if (stats->dead_lettered == k_messages || std::chrono::steady_clock::now() > deadline) {
+          done = true;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const auto& failure : failures) FAIL_CHECK(failure);
+  CHECK(delivered.size() == static_cast<size_t>(k_messages));
+  for (const auto& [body, n] : delivered) CHECK(n == o.max_retries + 1);
+  CHECK(f.stats().dead_lettered == k_messages);
+}
+
 TEST_CASE("Queue contract: two Queue objects sending the same dedup ids at once accept each once",
           "[contract]")
 {

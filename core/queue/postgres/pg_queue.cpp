@@ -151,21 +151,38 @@ struct Statement {
 // messages were read (under $3, all of them): consume's receive, which drops the groups it
 // empties, counts them in each group's own read, which needs no second sort of all the rows as
 // a window partitioned by group would; a plain receive, which needs no count, makes none.
+//
+// The groups' rows are locked in their newest versions (PostgreSQL checks a row another
+// transaction changed meanwhile again), but the messages are read as of the statement's start.
+// fresh says whether the group's row is the version that start saw. When another transaction
+// changed it in between (took, released, deleted or moved messages of the group), the messages
+// read may be gone or hold counts grown since, so the group is left for the next receive. A
+// version whose transaction (xmin, widened to an xid8 as the nearest to the snapshot's xmax)
+// the snapshot sees is the one it saw; any other (made after the start, or by this very
+// transaction) is compared with the version the snapshot reads, by its key.
 #define ACMO_GROUP_FRONT                                                                         \
   "SELECT * FROM messages x WHERE x.queue_id = $1 AND x.group_id = g.group_id"                   \
   " ORDER BY x.seq LIMIT $3"
 #define ACMO_RECEIVE_SQL(FRONT, GROUP_ROWS)                                                      \
-  "WITH g AS (SELECT ctid, group_id, head_seq FROM message_groups WHERE queue_id = $1"           \
-  " AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"                       \
+  "WITH g AS (SELECT ctid, xmin AS row_xmin, group_id, head_seq FROM message_groups"             \
+  " WHERE queue_id = $1 AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"   \
   " SELECT group_id, seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"       \
-  " first_received_at, failures, last_error, first_sent_at, row_tid, group_rows, head_seq FROM (" \
-  " SELECT g.group_id, g.head_seq, m.seq, m.message_id::text, m.dedup_id, m.body, m.sent_at,"    \
+  " first_received_at, failures, last_error, first_sent_at, row_tid, group_rows, fresh FROM ("   \
+  " SELECT g.group_id, g.head_seq, coalesce(f.fresh, false) AS fresh, m.seq,"                    \
+  " m.message_id::text, m.dedup_id, m.body, m.sent_at,"                                          \
   " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"               \
   " coalesce(m.first_sent_at, m.sent_at) AS first_sent_at, g.ctid::text AS row_tid,"            \
   " count(*) FILTER (WHERE m.visible_at <= $2 AND m.receive_count <= $4)"                        \
   " OVER (ORDER BY g.head_seq, m.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"          \
   " AS usable_before, " GROUP_ROWS " AS group_rows"                                              \
-  " FROM g LEFT JOIN LATERAL (" FRONT ") m ON true) r"                                           \
+  " FROM g LEFT JOIN LATERAL (SELECT CASE WHEN pg_visible_in_snapshot(greatest(0, v.xmax"       \
+  " + CASE WHEN v.d >= 2147483648 THEN v.d - 4294967296 ELSE v.d END)::text::xid8, v.snap)"      \
+  " THEN true ELSE (SELECT o.xmin = g.row_xmin FROM message_groups o WHERE o.queue_id = $1"      \
+  " AND o.group_id = g.group_id) END AS fresh FROM (SELECT u.snap, u.xmax,"                      \
+  " ((g.row_xmin::text::bigint - (u.xmax & 4294967295)) % 4294967296 + 4294967296)"             \
+  " % 4294967296 AS d FROM (SELECT pg_current_snapshot() AS snap,"                               \
+  " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) u) v) f ON true"              \
+  " LEFT JOIN LATERAL (" FRONT ") m ON true) r"                                                  \
   " WHERE usable_before < $3 ORDER BY head_seq, seq"
 const Statement k_receive = {
   "acmo_receive", ACMO_RECEIVE_SQL("SELECT *, count(*) OVER () AS n FROM (" ACMO_GROUP_FRONT ") y",
@@ -1032,12 +1049,9 @@ struct PgQueue::Impl {
         group_done = false;
         token = 0;
         while (token == 0) token = random_u64();
-        // The group's row is its newest version (locked, and checked again by PostgreSQL if
-        // another transaction changed it), but its messages are read as of the statement's
-        // start. When its head is not the first message read, a transaction that committed
-        // in between deleted or moved messages of the group (a delete that made it ready
-        // again): those read may be gone, so the group is left for the next receive.
-        if (!row[1].is_null() && row[1].as<int64_t>() != row[14].as<int64_t>()) {
+        // A group whose row changed since the statement's start (ACMO_RECEIVE_SQL) is left
+        // for the next receive.
+        if (!row[14].as<bool>()) {
           stopped = true;
           group_done = true;
         }
