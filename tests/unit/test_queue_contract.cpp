@@ -1769,6 +1769,31 @@ TEST_CASE("Queue contract: messages past retention are dropped and counted", "[c
   CHECK(s.oldest_age_ms == 0);
 }
 
+TEST_CASE("Queue contract: a sweep drops a backlog past retention larger than one of its steps, "
+          "up to the first message within it",
+          "[contract]")
+{
+  constexpr int64_t k_hour = 60 * k_minute;
+  QueueOptions o;
+  o.retention_ms = k_hour;
+  CONTRACT_QUEUE(f, o);
+  std::vector<SendRequest> old;
+  for (int i = 0; i < 1'300; ++i) {
+    old.push_back(SendRequest{fmt::format("old {}", i), fmt::format("g{}", i % 7), ""});
+  }
+  for (auto& r : f.queue->send_bulk(old)) REQUIRE(r);
+  f.clock.advance_ms(30 * k_minute);
+  f.send("young", "g3");
+  f.clock.advance_ms(30 * k_minute + 1);
+
+  auto swept = must(f.queue->sweep());
+  CHECK(swept.expired == 1'300);
+  auto s = f.stats();
+  CHECK(s.expired == 1'300);
+  CHECK(s.visible == 1);
+  CHECK(bodies_of(f.receive(10)) == Bodies{"young"});
+}
+
 TEST_CASE("Queue contract: a duplicate within the dedup window is acknowledged but not enqueued",
           "[contract]")
 {

@@ -1520,14 +1520,25 @@ struct PgQueue::Impl {
 
   SweepResult do_sweep(PgTxn& txn)
   {
+    // Each statement of the sweep reads only what it acts on, through an index: plans made from
+    // statistics taken while the tables were small read every message and every dedup row at
+    // each sweep (a sequential scan, or all the queue's messages by group and a sort). "queue_id
+    // + 0" below keeps the planner off the indexes that lead with queue_id, which hold every
+    // row of the queue, for the ones in sequence and expiry order.
+    txn.tx.exec0("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off");
     recover_orphans(txn);
     SweepResult result;
     const int64_t cutoff = txn.now - options.retention_ms;
     // Messages past retention, a bounded number at a time, in groups no one holds now.
+    // Sequence order is send order (a redrive draws new numbers), so they are the oldest
+    // messages up to the first one still within retention: only those are read, through the
+    // primary key, where a search by sent_at read every message of the queue at each sweep.
     for (int round = 0; round < 20; ++round) {
       auto rows = txn.tx.exec_params(
-        "WITH old AS (SELECT seq, queue_id, group_id FROM messages WHERE queue_id IN ($1, $2)"
-        " AND sent_at < $3 ORDER BY seq LIMIT 512),"
+        "WITH first AS (SELECT seq, queue_id, group_id, sent_at FROM messages"
+        " WHERE queue_id + 0 IN ($1, $2) ORDER BY seq LIMIT 512),"
+        " old AS (SELECT seq, queue_id, group_id FROM first WHERE seq < coalesce("
+        " (SELECT min(seq) FROM first WHERE sent_at >= $3), 9223372036854775807)),"
         " locked AS (SELECT g.group_id FROM message_groups g WHERE g.queue_id = $1"
         " AND g.group_id IN (SELECT group_id FROM old WHERE queue_id = $1)"
         " ORDER BY g.group_id FOR UPDATE SKIP LOCKED)"
@@ -1544,7 +1555,7 @@ struct PgQueue::Impl {
       if (rows.size() < 512) break;
     }
     auto dedup = txn.tx.exec_params(
-      "DELETE FROM dedup WHERE queue_id IN ($1, $2) AND expires_at <= $3", queue_id, dlq_id,
+      "DELETE FROM dedup WHERE queue_id + 0 IN ($1, $2) AND expires_at <= $3", queue_id, dlq_id,
       txn.now);
     result.dedup_removed = static_cast<int64_t>(dedup.affected_rows());
     // Fold the counters' rows into one per queue.
