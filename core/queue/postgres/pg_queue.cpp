@@ -510,8 +510,10 @@ struct PgQueue::Impl {
       + fmt::format("SET idle_in_transaction_session_timeout = {}; ",
                     std::max<int64_t>(1'000, options.visibility_timeout_ms))
       + "SET statement_timeout = 60000; "
-      // Every statement of the queue is short: compiling one would cost more than it saves.
-      "SET jit = off; "
+      // Every statement of the queue is short: compiling one would cost more than it saves,
+      // and so would starting parallel workers (about 50 ms here) for the few that count a
+      // whole queue (stats, which /health and /metrics serve).
+      "SET jit = off; SET max_parallel_workers_per_gather = 0; "
       // Every statement of the queue's hot paths finds its rows by key. Until autovacuum first
       // analyzes a new table the planner has no statistics and chose to read the whole queue's
       // rows (a bitmap scan on queue_id, a hash join against a sequential scan) for a few
@@ -2338,20 +2340,21 @@ Expected<QueueStats> PgQueue::stats()
   s.dlq_name = m_options.dlq_name;
   const int64_t now = m_impl->clock.now_ms();
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
+    // The queue's messages are counted in one pass (stats serve /health and /metrics, and a
+    // backlog makes them long).
     auto row = txn.tx.exec_params1(
-      "SELECT (SELECT count(*) FILTER (WHERE visible_at <= $2) FROM messages WHERE queue_id = $1),"
-      " (SELECT count(*) FILTER (WHERE visible_at > $2 AND receipt_token <> 0) FROM messages"
-      "  WHERE queue_id = $1),"
-      " (SELECT count(*) FILTER (WHERE visible_at > $2 AND receipt_token = 0) FROM messages"
-      "  WHERE queue_id = $1),"
-      " (SELECT coalesce(min(sent_at), -1) FROM messages WHERE queue_id = $1),"
+      "SELECT m.visible, m.in_flight, m.delayed, m.oldest,"
       " (SELECT count(*) FROM messages WHERE queue_id = $3),"
       " (SELECT count(*) FROM dedup WHERE queue_id = $1 AND expires_at > $2),"
       " c.* FROM (SELECT coalesce(sum(sent), 0) AS a, coalesce(sum(duplicates), 0) AS b,"
       " coalesce(sum(received), 0) AS c, coalesce(sum(deleted), 0) AS d,"
       " coalesce(sum(retried), 0) AS e, coalesce(sum(expired), 0) AS f,"
       " coalesce(sum(dead_lettered), 0) AS g, coalesce(sum(redriven), 0) AS h,"
-      " coalesce(sum(purged), 0) AS i FROM queue_counters WHERE queue_id = $1) c",
+      " coalesce(sum(purged), 0) AS i FROM queue_counters WHERE queue_id = $1) c,"
+      " (SELECT count(*) FILTER (WHERE visible_at <= $2) AS visible,"
+      " count(*) FILTER (WHERE visible_at > $2 AND receipt_token <> 0) AS in_flight,"
+      " count(*) FILTER (WHERE visible_at > $2 AND receipt_token = 0) AS delayed,"
+      " coalesce(min(sent_at), -1) AS oldest FROM messages WHERE queue_id = $1) m",
       m_impl->queue_id, now, m_impl->dlq_id);
     s.visible = row[0].as<int64_t>();
     s.in_flight = row[1].as<int64_t>();
