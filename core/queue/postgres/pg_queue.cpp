@@ -675,6 +675,19 @@ struct PgQueue::Impl {
     Impl& m_impl;
   };
 
+  // A connection for one role of its own (sending, flushing the WAL, the consume journal): an
+  // idle one of the pool, set up alike, or else a new one. `synchronous` as in setup().
+  std::unique_ptr<pqxx::connection> own_connection(bool synchronous)
+  {
+    if (auto conn = pool->take_idle()) {
+      if (synchronous) pqxx::nontransaction(*conn).exec0("SET synchronous_commit = on");
+      return conn;
+    }
+    auto conn = std::make_unique<pqxx::connection>(conninfo);
+    setup(*conn, synchronous);
+    return conn;
+  }
+
   void start_listening()
   {
     std::call_once(listener_started, [this] {
@@ -826,15 +839,7 @@ struct PgQueue::Impl {
     // commit before it.
     for (int attempt = 0;; ++attempt) {
       try {
-        if (!flusher) {
-          flusher = pool->take_idle();
-          if (flusher) {
-            pqxx::nontransaction(*flusher).exec0("SET synchronous_commit = on");
-          } else {
-            flusher = std::make_unique<pqxx::connection>(conninfo);
-            setup(*flusher, true);
-          }
-        }
+        if (!flusher) flusher = own_connection(true);
         pqxx::nontransaction tx(*flusher);
         tx.exec("SELECT pg_current_xact_id()");
         return std::nullopt;
@@ -903,12 +908,7 @@ struct PgQueue::Impl {
     bool committing = false;
     try {
       if (!sender) {
-        // An idle connection of the pool is set up alike (made durable by make_durable).
-        sender = pool->take_idle();
-        if (!sender) {
-          sender = std::make_unique<pqxx::connection>(conninfo);
-          setup(*sender, false);
-        }
+        sender = own_connection(false); // made durable by make_durable
         sender->prepare("acmo_send",
                         "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
                         " $5::text[], $6::text[], $7::text[], $8::boolean[], $9::text[],"
@@ -1471,10 +1471,7 @@ struct PgQueue::Impl {
     for (const auto& m : got) seqs.add(m.seq);
     std::lock_guard lock(journal_mu);
     try {
-      if (!journal_conn) {
-        journal_conn = std::make_unique<pqxx::connection>(conninfo);
-        setup(*journal_conn, false);
-      }
+      if (!journal_conn) journal_conn = own_connection(false);
       pqxx::nontransaction tx(*journal_conn);
       auto rows = tx.exec_prepared(k_journal_begin.name, queue_id, pid, static_cast<int64_t>(::getpid()), seqs.text());
       if (rows.empty()) return std::nullopt;
@@ -1490,10 +1487,7 @@ struct PgQueue::Impl {
   {
     std::lock_guard lock(journal_mu);
     try {
-      if (!journal_conn) {
-        journal_conn = std::make_unique<pqxx::connection>(conninfo);
-        setup(*journal_conn, false);
-      }
+      if (!journal_conn) journal_conn = own_connection(false);
       pqxx::nontransaction tx(*journal_conn);
       tx.exec_prepared(k_journal_done.name, id);
     } catch (const std::exception&) {
