@@ -167,28 +167,52 @@ struct Statement {
   "WITH g AS (SELECT ctid, xmin AS row_xmin, group_id, head_seq FROM message_groups"             \
   " WHERE queue_id = $1 AND ready_at <= $2 ORDER BY head_seq LIMIT $3 FOR UPDATE SKIP LOCKED)"   \
   " SELECT group_id, seq, message_id, dedup_id, body, sent_at, visible_at, receive_count,"       \
-  " first_received_at, failures, last_error, first_sent_at, row_tid, group_rows, fresh FROM ("   \
+  " first_received_at, failures, last_error, first_sent_at, row_tid, group_rows, fresh,"         \
+  " head_seq FROM ("                                                                             \
   " SELECT g.group_id, g.head_seq, coalesce(f.fresh, false) AS fresh, m.seq,"                    \
   " m.message_id::text, m.dedup_id, m.body, m.sent_at,"                                          \
   " m.visible_at, m.receive_count, m.first_received_at, m.failures, m.last_error,"               \
-  " coalesce(m.first_sent_at, m.sent_at) AS first_sent_at, g.ctid::text AS row_tid,"            \
+  " coalesce(m.first_sent_at, m.sent_at) AS first_sent_at, g.ctid::text AS row_tid,"             \
   " count(*) FILTER (WHERE m.visible_at <= $2 AND m.receive_count <= $4)"                        \
   " OVER (ORDER BY g.head_seq, m.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"          \
   " AS usable_before, " GROUP_ROWS " AS group_rows"                                              \
-  " FROM g LEFT JOIN LATERAL (SELECT CASE WHEN pg_visible_in_snapshot(greatest(0, v.xmax"       \
+  " FROM g LEFT JOIN LATERAL (SELECT CASE WHEN pg_visible_in_snapshot(greatest(0, v.xmax"        \
   " + CASE WHEN v.d >= 2147483648 THEN v.d - 4294967296 ELSE v.d END)::text::xid8, v.snap)"      \
   " THEN true ELSE (SELECT o.xmin = g.row_xmin FROM message_groups o WHERE o.queue_id = $1"      \
   " AND o.group_id = g.group_id) END AS fresh FROM (SELECT u.snap, u.xmax,"                      \
-  " ((g.row_xmin::text::bigint - (u.xmax & 4294967295)) % 4294967296 + 4294967296)"             \
+  " ((g.row_xmin::text::bigint - (u.xmax & 4294967295)) % 4294967296 + 4294967296)"              \
   " % 4294967296 AS d FROM (SELECT pg_current_snapshot() AS snap,"                               \
   " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) u) v) f ON true"              \
   " LEFT JOIN LATERAL (" FRONT ") m ON true) r"                                                  \
   " WHERE usable_before < $3 ORDER BY head_seq, seq"
+// A plain receive in one statement, which needs no transaction around it (one round trip
+// rather than four): ACMO_RECEIVE_SQL's rows, and when none of them asks for more than taking
+// it (an exhausted message to dead-letter, a suspect to isolate, a message not visible, an
+// emptied or changed group), the messages taken under the receipt token $7 and their groups
+// held as k_take does. `special` says that one did, and then nothing was changed: the caller
+// receives again in a transaction, where do_receive decides message by message. (An UPDATE
+// whose FROM joins a row more than once changes it once.)
+#define ACMO_RECEIVE_AND_TAKE_SQL(RECEIVE)                                                       \
+  "WITH r AS MATERIALIZED (" RECEIVE "),"                                                        \
+  " s AS MATERIALIZED (SELECT coalesce(bool_or(seq IS NULL OR NOT fresh OR visible_at > $2"      \
+  " OR receive_count > $4 OR ($5 AND receive_count > failures)), false) AS special FROM r),"     \
+  " taken AS (UPDATE messages m SET visible_at = $6, receipt_token = $7,"                        \
+  " receive_count = m.receive_count + 1, first_received_at = CASE WHEN m.first_received_at = 0"  \
+  " THEN $2 ELSE m.first_received_at END FROM r WHERE m.seq = r.seq"                             \
+  " AND NOT (SELECT special FROM s)),"                                                           \
+  " held AS (UPDATE message_groups o SET ready_at = $6 FROM (SELECT DISTINCT row_tid FROM r) h"  \
+  " WHERE o.ctid = h.row_tid::tid AND NOT (SELECT special FROM s)),"                             \
+  " counted AS (INSERT INTO queue_counters (queue_id, received) SELECT $1, count(*) FROM r"      \
+  " WHERE NOT (SELECT special FROM s) HAVING count(*) > 0)"                                      \
+  " SELECT r.*, (SELECT special FROM s) FROM r ORDER BY head_seq, seq"
 const Statement k_receive = {
   "acmo_receive", ACMO_RECEIVE_SQL("SELECT *, count(*) OVER () AS n FROM (" ACMO_GROUP_FRONT ") y",
                                    "coalesce(m.n, 0)")};
 const Statement k_receive_plain = {"acmo_receive_plain",
                                    ACMO_RECEIVE_SQL(ACMO_GROUP_FRONT, "0")};
+const Statement k_receive_and_take = {
+  "acmo_receive_and_take", ACMO_RECEIVE_AND_TAKE_SQL(ACMO_RECEIVE_SQL(ACMO_GROUP_FRONT, "0"))};
+#undef ACMO_RECEIVE_AND_TAKE_SQL
 #undef ACMO_RECEIVE_SQL
 #undef ACMO_GROUP_FRONT
 // A receive's messages in flight, their groups held until then and the count of the messages
@@ -239,7 +263,7 @@ const Statement k_journal_done = {"acmo_journal_done",
 const Statement* const k_statements[] = {
   &k_receive, &k_receive_plain, &k_take,  &k_fix_groups,    &k_count,        &k_lock_groups,
   &k_lock_messages, &k_delete,  &k_probe, &k_journal_begin, &k_journal_done, &k_remove,
-  &k_drop_groups};
+  &k_drop_groups, &k_receive_and_take};
 
 } // namespace
 
@@ -996,6 +1020,50 @@ struct PgQueue::Impl {
 
   // --- operations inside a transaction ----------------------------------------------------
 
+  // The message a row of the receive statement (ACMO_RECEIVE_SQL) delivers at `now`; its
+  // content-based dedup id only when `take` (consume's work does not need it).
+  static Message delivered(const pqxx::row& row, int64_t now, bool take)
+  {
+    Message m;
+    m.group_id = row[0].as<std::string>();
+    m.seq = row[1].as<int64_t>();
+    m.message_id = row[2].as<std::string>();
+    m.body = row[4].as<std::string>();
+    if (!row[3].is_null()) {
+      m.dedup_id = row[3].as<std::string>();
+    } else if (take) {
+      m.dedup_id = sha256_hex(m.body);
+    }
+    m.sent_at_ms = row[5].as<int64_t>();
+    m.first_sent_at_ms = row[11].as<int64_t>();
+    m.receive_count = row[7].as<int64_t>() + 1;
+    m.first_received_at_ms = row[8].as<int64_t>() == 0 ? now : row[8].as<int64_t>();
+    m.failures = row[9].as<int64_t>();
+    m.last_error = row[10].as<std::string>();
+    return m;
+  }
+
+  // A plain receive (do_receive with `take`) in one statement, k_receive_and_take, outside a
+  // transaction; nullopt when a message asks for more than taking it, and nothing was done.
+  std::optional<std::vector<Message>> receive_and_take(PgTxn& txn, int max,
+                                                       int64_t visibility_ms, bool isolate)
+  {
+    uint64_t token = 0;
+    while (token == 0) token = random_u64();
+    auto rows = txn.tx.exec_prepared(k_receive_and_take.name, queue_id, txn.now, max,
+                                     options.max_retries, isolate, txn.now + visibility_ms,
+                                     static_cast<int64_t>(token));
+    std::vector<Message> out;
+    if (rows.empty()) return out;
+    if (rows[0][16].as<bool>()) return std::nullopt;
+    out.reserve(rows.size());
+    for (const auto& row : rows) {
+      out.push_back(delivered(row, txn.now, true));
+      out.back().receipt = encode_receipt(Receipt{out.back().seq, token});
+    }
+    return out;
+  }
+
   // Take up to `max` messages from the fronts of the ready groups, whose rows it locks (SKIP
   // LOCKED: groups another transaction holds are passed over). With `take` they go in flight
   // for `visibility_ms` under a new receipt handle; without, they are only read (consume).
@@ -1090,23 +1158,7 @@ struct PgQueue::Impl {
         }
         alone = true;
       }
-      Message m;
-      m.seq = seq;
-      m.message_id = row[2].as<std::string>();
-      m.body = row[4].as<std::string>();
-      if (!row[3].is_null()) {
-        m.dedup_id = row[3].as<std::string>();
-      } else if (take) {
-        m.dedup_id = sha256_hex(m.body);
-      }
-      m.sent_at_ms = row[5].as<int64_t>();
-      m.first_sent_at_ms = row[11].as<int64_t>();
-      m.receive_count = received + 1;
-      m.first_received_at_ms = row[8].as<int64_t>() == 0 ? txn.now : row[8].as<int64_t>();
-      m.failures = failures;
-      m.last_error = row[10].as<std::string>();
-      m.group_id = g;
-      out.push_back(std::move(m));
+      out.push_back(delivered(row, txn.now, take));
       if (alone) group_done = true;
     }
     close_group();
@@ -1819,6 +1871,16 @@ Expected<std::vector<Message>> PgQueue::remove_and_receive(const std::vector<std
   std::vector<Message> got;
   auto polled = poll(wait_ms, [&](bool first_try) -> Expected<bool> {
     const bool removing = first_try && !done.empty();
+    if (!removing) {
+      auto fast = impl.run([&](PgTxn& txn) -> Expected<std::optional<std::vector<Message>>> {
+        return impl.receive_and_take(txn, max, visibility, isolate_suspects);
+      }, Impl::Mode::one_statement);
+      if (!fast) return Unexpected(fast.error());
+      if (*fast) {
+        got = std::move(**fast);
+        return !got.empty();
+      }
+    }
     auto ok = impl.run([&](PgTxn& txn) -> Expected<void> {
       if (removing) {
         deleted = impl.remove_all(txn, done);
