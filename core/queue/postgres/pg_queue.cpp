@@ -1344,9 +1344,10 @@ struct PgQueue::Impl {
               n.failures == 1 ? "" : "s", n.reason);
   }
 
-  // Run `work` (in a savepoint of the transaction, so that its failure undoes only itself)
-  // and settle the messages `at` by its dispositions: delete each, or dead-letter it with its
-  // reason (for consume, `never_in_flight`, counting its receive too).
+  // Run `work` and settle the messages `at` by its dispositions: delete each, or dead-letter it
+  // with its reason (for consume, `never_in_flight`, counting its receive too). The work runs
+  // in the transaction itself, which serves this one request: should the work fail, the error
+  // goes back and the caller's transaction is rolled back whole.
   Expected<void> settle_located(PgTxn& txn, const std::vector<Located>& at,
                                 const std::function<Expected<std::vector<Disposition>>()>& work,
                                 bool never_in_flight)
@@ -1354,13 +1355,7 @@ struct PgQueue::Impl {
     Expected<std::vector<Disposition>> dispositions;
     try {
       if (txn.block == nullptr) throw std::logic_error("settle_located outside a transaction");
-      pqxx::subtransaction sub(*txn.block, "settle");
       dispositions = work();
-      if (dispositions) {
-        sub.commit();
-      } else {
-        sub.abort();
-      }
     } catch (const pqxx::broken_connection&) {
       throw;
     } catch (const pqxx::in_doubt_error&) {
