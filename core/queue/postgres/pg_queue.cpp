@@ -601,8 +601,10 @@ struct PgQueue::Impl {
   // With Mode::one_statement the body runs exactly one statement, outside a transaction (which
   // saves the round trips of BEGIN and COMMIT): the statement commits by itself, so it must
   // leave nothing for finish(), and a connection lost while it runs leaves its outcome in
-  // doubt.
-  enum class Mode { transaction, synchronous, one_statement };
+  // doubt. Mode::retried_statement is the same for a statement that may simply run again
+  // after its connection was lost: a receive, whose messages, had it taken them, come back at
+  // the end of their visibility timeout, as when a receive's answer is lost on its way.
+  enum class Mode { transaction, synchronous, one_statement, retried_statement };
 
   template<typename F>
   auto run(F&& body, Mode mode = Mode::transaction)
@@ -614,12 +616,13 @@ struct PgQueue::Impl {
       auto got = pool->acquire();
       if (auto* failure = std::get_if<std::string>(&got)) return Unexpected(unavailable(*failure));
       auto& lease = std::get<PgConnections::Lease>(got);
+      const bool outside = mode == Mode::one_statement || mode == Mode::retried_statement;
       bool committing = mode == Mode::one_statement;
       try {
         std::optional<pqxx::work> work;
         std::optional<pqxx::nontransaction> alone;
         std::optional<PgTxn> made;
-        if (committing) {
+        if (outside) {
           made.emplace(alone.emplace(lease.conn()));
         } else {
           made.emplace(work.emplace(lease.conn()));
@@ -630,8 +633,8 @@ struct PgQueue::Impl {
         txn.now = clock.now_ms();
         Result result = body(txn);
         if (!result) return result; // tx's destructor rolls back
-        if (committing && (!txn.touched_groups.empty() || !txn.emptied_groups.empty()
-                           || !txn.counters.empty())) {
+        if (outside && (!txn.touched_groups.empty() || !txn.emptied_groups.empty()
+                        || !txn.counters.empty())) {
           return Unexpected(Error(Errc::internal, "a one-statement call left work for finish()"));
         }
         finish(txn);
@@ -1869,7 +1872,7 @@ Expected<std::vector<Message>> PgQueue::remove_and_receive(const std::vector<std
     if (!removing) {
       auto fast = impl.run([&](PgTxn& txn) -> Expected<std::optional<std::vector<Message>>> {
         return impl.receive_and_take(txn, max, visibility, isolate_suspects);
-      }, Impl::Mode::one_statement);
+      }, Impl::Mode::retried_statement);
       if (!fast) return Unexpected(fast.error());
       if (*fast) {
         got = std::move(**fast);
