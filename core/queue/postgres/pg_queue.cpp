@@ -190,8 +190,7 @@ struct Statement {
 // it (an exhausted message to dead-letter, a suspect to isolate, a message not visible, an
 // emptied or changed group), the messages taken under the receipt token $7 and their groups
 // held as k_take does. `special` says that one did, and then nothing was changed: the caller
-// receives again in a transaction, where do_receive decides message by message. (An UPDATE
-// whose FROM joins a row more than once changes it once.)
+// receives again in a transaction, where do_receive decides message by message.
 #define ACMO_RECEIVE_AND_TAKE_SQL(RECEIVE)                                                       \
   "WITH r AS MATERIALIZED (" RECEIVE "),"                                                        \
   " s AS MATERIALIZED (SELECT coalesce(bool_or(seq IS NULL OR NOT fresh OR visible_at > $2"      \
