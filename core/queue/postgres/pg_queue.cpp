@@ -856,9 +856,13 @@ struct PgQueue::Impl {
     return std::nullopt;
   }
 
-  // Make every commit so far durable: a transaction that takes a transaction id writes a commit
-  // record, and with synchronous_commit on its commit waits until the WAL is flushed up to it,
-  // which covers every commit before it.
+  // Make every commit so far durable: with synchronous_commit on, the commit of a transaction
+  // that wrote to the WAL waits until the WAL is flushed up to its commit record, which covers
+  // every commit before it. The transaction writes a logical decoding message (one small WAL
+  // record, no table, no lock, for any role; ignored by subscribers that do not ask for
+  // messages). A transaction that only takes a transaction id writes no WAL but its commit
+  // record, and PostgreSQL commits it without waiting for the disk whatever
+  // synchronous_commit says.
   std::optional<Error> flush_wal()
   {
     // A connection found broken is made again once: a flush on any connection covers every
@@ -867,7 +871,7 @@ struct PgQueue::Impl {
       try {
         if (!flusher) flusher = own_connection(true);
         pqxx::nontransaction tx(*flusher);
-        tx.exec("SELECT pg_current_xact_id()");
+        tx.exec("SELECT pg_logical_emit_message(true, 'acmo', '')");
         return std::nullopt;
       } catch (const std::exception& e) {
         flusher.reset();
