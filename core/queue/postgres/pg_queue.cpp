@@ -303,6 +303,11 @@ struct SendOp {
   // of its own, and returned before its op was answered, which the first leader then wrote to
   // on a stack frame that was gone.
   bool taken = false;
+  // The caller makes the op durable itself, later (send_bulk): a batch of such ops only is
+  // answered once committed, with `generation` the commit that make_durable must cover (0 when
+  // nothing needs flushing).
+  bool defer_durable = false;
+  uint64_t generation = 0;
   std::condition_variable cv;
 };
 
@@ -808,19 +813,24 @@ struct PgQueue::Impl {
     lock.unlock();
     send_all(batch);
     bool needs_flush = false;
-    for (auto* o : batch) needs_flush = needs_flush || !o->error;
+    bool all_deferred = true;
+    for (auto* o : batch) {
+      needs_flush = needs_flush || !o->error;
+      all_deferred = all_deferred && o->defer_durable;
+    }
     needs_flush = needs_flush && options.durability_full;
     uint64_t generation = 0;
     if (needs_flush) {
       std::lock_guard sync_lock(sync_mu);
       generation = ++committed_generation;
     }
+    for (auto* o : batch) o->generation = generation;
     // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
     lock.lock();
     send_leading = false;
     if (!send_pending.empty()) send_pending.front()->cv.notify_one();
     lock.unlock();
-    if (needs_flush) {
+    if (needs_flush && !all_deferred) {
       if (auto failure = make_durable(generation)) {
         for (auto* o : batch) {
           if (!o->error) o->error = failure;
@@ -1001,10 +1011,14 @@ struct PgQueue::Impl {
     }
   }
 
-  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count)
+  // Send `count` requests, durable when answered; or, with `deferred`, only committed, the
+  // commit that make_durable must cover raised into *deferred.
+  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count,
+                                              uint64_t* deferred = nullptr)
   {
     std::vector<Expected<SendResult>> results(count);
     SendOp op;
+    op.defer_durable = deferred != nullptr;
     std::vector<size_t> where;
     for (size_t i = 0; i < count; ++i) {
       auto prepared = prepare_send(requests[i]);
@@ -1017,6 +1031,7 @@ struct PgQueue::Impl {
     }
     if (op.items.empty()) return results;
     submit(op);
+    if (deferred != nullptr) *deferred = std::max(*deferred, op.generation);
     for (size_t k = 0; k < where.size(); ++k) {
       results[where[k]] = op.error ? Expected<SendResult>(Unexpected(*op.error))
                                    : std::move(op.results[k]);
@@ -1761,10 +1776,13 @@ PgQueue::send_batch(const std::vector<SendRequest>& requests)
   return m_impl->send_many(requests.data(), requests.size());
 }
 
+// The statements commit without waiting for the disk, and one flush of the WAL at the end makes
+// them all durable before any is answered: a flush after each would stop the sending for one.
 std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendRequest>& requests)
 {
   std::vector<Expected<SendResult>> results;
   results.reserve(requests.size());
+  uint64_t generation = 0;
   size_t start = 0;
   while (start < requests.size()) {
     size_t count = 0;
@@ -1774,9 +1792,16 @@ std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendReque
       bytes += requests[start + count].body.size();
       ++count;
     }
-    auto part = m_impl->send_many(requests.data() + start, count);
+    auto part = m_impl->send_many(requests.data() + start, count, &generation);
     std::move(part.begin(), part.end(), std::back_inserter(results));
     start += count;
+  }
+  if (generation != 0) {
+    if (auto failure = m_impl->make_durable(generation)) {
+      for (auto& r : results) {
+        if (r) r = Unexpected(*failure);
+      }
+    }
   }
   return results;
 }
