@@ -439,15 +439,15 @@ double pg_receive_delete(const Settings& s)
 
 // End to end as it is deployed: queue and orders in one PostgreSQL database (the same schema
 // here), a queue of CREATE events, one group per order, and `processes` acmo run-handler
-// --once processes with the default configuration otherwise, timed from their start until the
-// last has emptied the queue and exited. Events/s, and the seconds a handler takes to start,
-// find the queue empty and exit.
+// --once processes of `workers` worker threads each (handler.concurrency) with the default
+// configuration otherwise, timed from their start until the last has emptied the queue and
+// exited. Events/s, and the seconds a handler takes to start, find the queue empty and exit.
 struct EndToEnd {
   double rate;
   double start_seconds;
 };
 
-EndToEnd pg_end_to_end(const Settings& s, int processes)
+EndToEnd pg_end_to_end(const Settings& s, int processes, int workers)
 {
   RunDir dir(s.dir);
   PgBenchSchema schema(s.pg_url);
@@ -456,9 +456,9 @@ EndToEnd pg_end_to_end(const Settings& s, int processes)
     FILE* f = std::fopen(config.c_str(), "w");
     if (f == nullptr) throw std::runtime_error("cannot write " + config);
     fmt::print(f, "[queue]\nbackend = \"postgres\"\nschema = {}\ndurability = \"{}\"\n"
-                  "[store]\nbackend = \"postgres\"\nurl = {}\n",
+                  "[store]\nbackend = \"postgres\"\nurl = {}\n[handler]\nconcurrency = {}\n",
                json(schema.name()).dump(), s.durable_full ? "full" : "normal",
-               json(schema.url()).dump());
+               json(schema.url()).dump(), workers);
     std::fclose(f);
   }
   // The orders' tables are made first, so that the handlers are timed at their work and not at
@@ -851,9 +851,14 @@ int main(int argc, char** argv)
       pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order,
       pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
       pgq_bulk, pgq_bulk_groups, pgq_drain, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
-    std::vector<double> pgq_end_to_end[3]; // 1, 2 and 4 processes
+    // The end-to-end runs: processes of one worker each (the default), and one process of two.
+    struct Deployment {
+      int processes;
+      int workers;
+    };
+    const Deployment k_pg_deployments[4] = {{1, 1}, {2, 1}, {4, 1}, {1, 2}};
+    std::vector<double> pgq_end_to_end[4];
     std::vector<double> pgq_handler_start;
-    const int k_pg_processes[3] = {1, 2, 4};
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "cache_redis") && redis_url != nullptr && *redis_url != '\0') {
         auto f = cache_redis(redis_url);
@@ -906,8 +911,8 @@ int main(int argc, char** argv)
       if (pg_wanted("pg_send_bulk_groups")) pgq_bulk_groups.push_back(pg_send_bulk(s, 0));
       if (pg_wanted("pg_receive_delete")) pgq_drain.push_back(pg_receive_delete(s));
       if (pg_wanted("pg_end_to_end")) {
-        for (int i = 0; i < 3; ++i) {
-          auto e = pg_end_to_end(s, k_pg_processes[i]);
+        for (int i = 0; i < 4; ++i) {
+          auto e = pg_end_to_end(s, k_pg_deployments[i].processes, k_pg_deployments[i].workers);
           pgq_end_to_end[i].push_back(e.rate);
           pgq_handler_start.push_back(e.start_seconds);
         }
@@ -1029,14 +1034,17 @@ int main(int argc, char** argv)
         results["pg_receive_delete"]["groups"] = 1000;
         results["pg_receive_delete"]["batch_size"] = 10;
       }
-      for (int i = 0; i < 3; ++i) {
-        const int n = k_pg_processes[i];
+      for (int i = 0; i < 4; ++i) {
+        const int n = k_pg_deployments[i].processes;
+        const int w = k_pg_deployments[i].workers;
         const std::string name =
-          fmt::format("pg_end_to_end_{}_process{}", n, n == 1 ? "" : "es");
+          fmt::format("pg_end_to_end_{}_process{}{}", n, n == 1 ? "" : "es",
+                      w == 1 ? "" : fmt::format("_{}_workers", w));
         pg_entry(name.c_str(), pgq_end_to_end[i], 15'000);
         if (pgq_end_to_end[i].empty()) continue;
         results[name]["unit"] = "events/s";
         results[name]["processes"] = n;
+        results[name]["workers_per_process"] = w;
         results[name]["events"] = s.pg_events;
         results[name]["groups"] = "per order";
       }
