@@ -301,6 +301,12 @@ struct PgOrderStore::Impl {
       // Notices and warnings would reach stderr as libpq's own lines, outside the log and its
       // format; what acmo must know arrives as an error.
       pqxx::nontransaction(*conn).exec0("SET client_min_messages = error");
+      // A commit of the store is on disk when it returns, whatever the server's, database's or
+      // role's default: a handler of the embedded queue deletes an event's message once the
+      // store has committed it, so an asynchronous commit lost in a crash of the server would
+      // lose the event. (With the queue in PostgreSQL too, the events are applied in the
+      // queue's own transaction, on its connection.)
+      pqxx::nontransaction(*conn).exec0("SET synchronous_commit = on");
       pin_schema(*conn);
       for (const auto& [name, sql] : k_statements) conn->prepare(name, sql);
       return conn;

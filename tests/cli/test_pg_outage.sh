@@ -290,6 +290,30 @@ kill -TERM "$server_pid" "$server2_pid"; wait "$server_pid"; wait "$server2_pid"
 server_pid='' server2_pid=''
 check "SIGTERM stops the server that waited: exit 0 ($rc)" test "$rc" -eq 0
 
+# --- the store's commits wait for the disk, whatever the server's default ------------------
+# With the embedded queue, a handler deletes a message only after the PostgreSQL store has
+# committed its event: that commit must be on disk first, or a crash of the server loses an
+# event whose message is gone. A server, database or role whose synchronous_commit is off (a
+# common tuning) must not make it asynchronous: the store's URL sets it off for its sessions
+# here, and the WAL writer writes asynchronous commits only every 10 s (from here to the end),
+# so that such a commit is still in memory when the server crashes.
+sql "ALTER SYSTEM SET wal_writer_delay = '10s'" >/dev/null && sql "SELECT pg_reload_conf()" >/dev/null
+orders_5() { [[ "$(sql "SELECT count(*) FROM orders WHERE version = 2 AND id LIKE 'ord_5___'")" == "$1" ]]; }
+async_store="postgresql://acmo@127.0.0.1:$port/acmo?options=-c%20synchronous_commit%3Doff"
+ACMO_QUEUE_BACKEND=sqlite ACMO_STORE_URL=$async_store \
+  "$acmo" run-handler --batch-size 50 >"$work/handler5.out" 2>"$work/handler5.err" &
+handler_pid=$!
+check "a handler of the embedded queue, its store's sessions asynchronous by default, starts" \
+  wait_for 10 grep -q "handling queue" "$work/handler5.err"
+events 5001 5100 | ACMO_QUEUE_BACKEND=sqlite ACMO_STORE_URL=$async_store "$acmo" -q send --file -
+check "  it applies the 200 events (100 orders)" wait_for 20 orders_5 100
+embedded_queue_empty() { ACMO_QUEUE_BACKEND=sqlite ACMO_STORE_URL=$async_store queue_empty; }
+check "  and empties the queue" wait_for 5 embedded_queue_empty
+kill -9 "$handler_pid"; wait "$handler_pid" 2>/dev/null; handler_pid=''
+as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
+start_pg
+check "after a crash of PostgreSQL the store still holds all 100 orders ($(sql "SELECT count(*) FROM orders WHERE version = 2 AND id LIKE 'ord_5___'"))" orders_5 100
+
 # --- what a send acknowledged survives a crash of PostgreSQL --------------------------------
 # With queue.durability = "full" (the default) acmo answers a send once the WAL holds it on
 # disk. A crash of the server (pg_ctl -m immediate: no shutdown checkpoint, the WAL buffers not
