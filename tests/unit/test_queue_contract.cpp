@@ -857,6 +857,59 @@ TEST_CASE("PgQueue: a queue whose connections were cut makes them again; the wor
   CHECK(saw_pg);
 }
 
+TEST_CASE("PgQueue: sends whose server process ended before the flush that would cover them "
+          "are answered as in doubt, never as stored",
+          "[contract][pg]")
+{
+  // A crash of the server ends every server process and loses the commits not yet written; a
+  // flush on the restarted server covers none of them. A bulk send commits statement after
+  // statement and flushes once at the end, so here the server process of the sending
+  // connection is ended (pg_terminate_backend stands in for the crash) once some of the
+  // statements have committed: those statements' sends must come back as errors.
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {}));
+  std::vector<SendRequest> requests;
+  for (int i = 0; i < 6000; ++i) requests.push_back(SendRequest{fmt::format("m{}", i), "g", ""});
+  std::atomic<bool> done{false};
+  int ended = 0;
+  std::thread killer([&] {
+    pqxx::connection c(base);
+    while (!done) {
+      pqxx::nontransaction tx(c);
+      if (tx.exec1("SELECT count(*) FROM " + schema.name() + ".messages")[0].as<int>() >= 1000) {
+        ended = tx.exec1("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                         "application_name = '" + schema.name()
+                         + "' AND query LIKE '%acmo_send(%'")[0]
+                  .as<int>();
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  auto results = q->send_bulk(requests);
+  done = true;
+  killer.join();
+  REQUIRE(ended == 1);
+  int in_doubt = 0;
+  std::vector<int64_t> sent;
+  for (const auto& r : results) {
+    if (r) {
+      sent.push_back(r->seq);
+    } else {
+      CHECK(r.error().message.find("ended before its write reached the disk")
+            != std::string::npos);
+      ++in_doubt;
+    }
+  }
+  // At least the statements committed before the process ended (1,000 messages and more).
+  CHECK(in_doubt >= 1000);
+  // Whatever is answered as stored is stored.
+  std::set<int64_t> stored;
+  for (const auto& row : schema.exec("SELECT seq FROM messages")) stored.insert(row[0].as<int64_t>());
+  for (int64_t seq : sent) CHECK(stored.count(seq) == 1);
+}
+
 TEST_CASE("PgQueue: the dedup history of a schema made before it was keyed by hash still "
           "deduplicates once migrated",
           "[contract][pg]")

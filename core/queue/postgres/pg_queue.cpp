@@ -308,6 +308,8 @@ struct SendOp {
   // nothing needs flushing).
   bool defer_durable = false;
   uint64_t generation = 0;
+  // The key of the server process that committed it (Impl::sender_key).
+  int64_t backend = 0;
   std::condition_variable cv;
 };
 
@@ -470,12 +472,22 @@ struct PgQueue::Impl {
   // wait for a flush that covers their commit, made by a write that does wait (flush_wal, on a
   // connection of its own). While one batch waits for the disk the next one runs, and one flush
   // covers every commit made before it began.
+  //
+  // A flush covers a commit only if the server did not crash in between: a crash loses the
+  // commits whose WAL was not yet written, and a flush on the restarted server covers none of
+  // them. So the sending connection's server process holds an advisory lock of a random key
+  // for its life, each batch remembers the key of the process that committed it, and a flush
+  // also checks that each such key is still held: a crash ends every process and frees every
+  // lock. The commits of a process no longer running are in doubt (failed_through).
   std::unique_ptr<pqxx::connection> flusher;
   std::mutex sync_mu;
   std::condition_variable sync_cv;
   uint64_t committed_generation = 0;
   uint64_t synced_generation = 0;
+  uint64_t failed_through = 0; // commits up to this one were made by a backend that ended
+  std::map<int64_t, uint64_t> unflushed_backends; // by key: the last commit of each
   bool syncing = false;
+  int64_t sender_key = 0; // the advisory lock the sending connection's server process holds
 
   // The consume journal's connection (journal_begin, journal_drop).
   std::mutex journal_mu;
@@ -823,6 +835,9 @@ struct PgQueue::Impl {
     if (needs_flush) {
       std::lock_guard sync_lock(sync_mu);
       generation = ++committed_generation;
+      for (auto* o : batch) {
+        if (!o->error) unflushed_backends[o->backend] = generation;
+      }
     }
     for (auto* o : batch) o->generation = generation;
     // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
@@ -848,20 +863,37 @@ struct PgQueue::Impl {
   std::optional<Error> make_durable(uint64_t generation)
   {
     std::unique_lock lock(sync_mu);
-    while (synced_generation < generation) {
+    while (synced_generation < generation && generation > failed_through) {
       if (syncing) {
         sync_cv.wait(lock);
         continue;
       }
       syncing = true;
       const uint64_t target = committed_generation;
+      const auto backends = unflushed_backends;
       lock.unlock();
-      auto failure = flush_wal();
+      std::vector<bool> running;
+      auto failure = flush_wal(backends, running);
       lock.lock();
       syncing = false;
       sync_cv.notify_all();
       if (failure) return failure;
+      size_t i = 0;
+      for (const auto& [backend, last] : backends) {
+        if (!running[i++]) failed_through = std::max(failed_through, last);
+        auto it = unflushed_backends.find(backend);
+        if (it != unflushed_backends.end() && it->second == last) unflushed_backends.erase(it);
+      }
       synced_generation = std::max(synced_generation, target);
+    }
+    if (generation <= failed_through) {
+      return Error(Errc::unavailable,
+                   fmt::format("the PostgreSQL server process that stored the message at {} "
+                               "ended before its write reached the disk (the server crashed or "
+                               "restarted, or the connection was cut); the message may or may "
+                               "not be stored: retry with the same deduplication id",
+                               redact_pg_url(url)),
+                   "queue.url");
     }
     return std::nullopt;
   }
@@ -873,15 +905,30 @@ struct PgQueue::Impl {
   // messages). A transaction that only takes a transaction id writes no WAL but its commit
   // record, and PostgreSQL commits it without waiting for the disk whatever
   // synchronous_commit says.
-  std::optional<Error> flush_wal()
+  //
+  // The same statement says which of `backends` (by key) are still running, in `running`: the
+  // flush covers their commits. A connection found broken is made again once.
+  std::optional<Error> flush_wal(const std::map<int64_t, uint64_t>& backends,
+                                 std::vector<bool>& running)
   {
-    // A connection found broken is made again once: a flush on any connection covers every
-    // commit before it.
+    PgArray keys;
+    for (const auto& [key, last] : backends) keys.add(key);
     for (int attempt = 0;; ++attempt) {
       try {
         if (!flusher) flusher = own_connection(true);
         pqxx::nontransaction tx(*flusher);
-        tx.exec("SELECT pg_logical_emit_message(true, 'acmo', '')");
+        // One letter per backend, in their order: r running (its lock is held, so this
+        // transaction cannot take it), g gone.
+        auto row = tx.exec_params1(
+          "SELECT pg_logical_emit_message(true, 'acmo', ''), array_to_string(ARRAY("
+          "SELECT CASE WHEN pg_try_advisory_xact_lock(b.k) THEN 'g' ELSE 'r' END"
+          " FROM unnest($1::bigint[]) WITH ORDINALITY AS b(k, n) ORDER BY b.n), '')",
+          keys.text());
+        running.clear();
+        for (char c : row[1].as<std::string>()) running.push_back(c == 'r');
+        if (running.size() != backends.size()) {
+          return Error(Errc::internal, "the flush of the WAL answered a different number of rows");
+        }
         return std::nullopt;
       } catch (const std::exception& e) {
         flusher.reset();
@@ -948,11 +995,16 @@ struct PgQueue::Impl {
     bool committing = false;
     try {
       if (!sender) {
-        sender = own_connection(false); // made durable by make_durable
-        sender->prepare("acmo_send",
-                        "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
-                        " $5::text[], $6::text[], $7::text[], $8::boolean[], $9::text[],"
-                        " $10::bigint[], $11::uuid[], $12::boolean[], $13::boolean[])");
+        auto conn = own_connection(false); // made durable by make_durable
+        int64_t key = 0;
+        while (key == 0) key = static_cast<int64_t>(random_u64());
+        pqxx::nontransaction(*conn).exec_params("SELECT pg_advisory_lock($1)", key);
+        conn->prepare("acmo_send",
+                      "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
+                      " $5::text[], $6::text[], $7::text[], $8::boolean[], $9::text[],"
+                      " $10::bigint[], $11::uuid[], $12::boolean[], $13::boolean[])");
+        sender = std::move(conn);
+        sender_key = key;
       }
       // Outside a transaction block, the statement is its own transaction.
       pqxx::nontransaction tx(*sender);
@@ -966,6 +1018,7 @@ struct PgQueue::Impl {
       }
       size_t i = 0;
       for (auto* op : batch) {
+        op->backend = sender_key;
         op->results.clear();
         for (const auto& p : op->items) {
           const auto row = rows[static_cast<pqxx::result::size_type>(i++)];
@@ -1011,8 +1064,8 @@ struct PgQueue::Impl {
     }
   }
 
-  // Send `count` requests, durable when answered; or, with `deferred`, only committed, the
-  // commit that make_durable must cover raised into *deferred.
+  // Send `count` requests, durable when answered; or, with `deferred`, only committed, and
+  // *deferred the commit that make_durable must cover (0: none).
   std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count,
                                               uint64_t* deferred = nullptr)
   {
@@ -1031,7 +1084,7 @@ struct PgQueue::Impl {
     }
     if (op.items.empty()) return results;
     submit(op);
-    if (deferred != nullptr) *deferred = std::max(*deferred, op.generation);
+    if (deferred != nullptr) *deferred = op.generation;
     for (size_t k = 0; k < where.size(); ++k) {
       results[where[k]] = op.error ? Expected<SendResult>(Unexpected(*op.error))
                                    : std::move(op.results[k]);
@@ -1778,11 +1831,14 @@ PgQueue::send_batch(const std::vector<SendRequest>& requests)
 
 // The statements commit without waiting for the disk, and one flush of the WAL at the end makes
 // them all durable before any is answered: a flush after each would stop the sending for one.
+// Each statement's results then stand or fall with its own commit (make_durable of its
+// generation, already flushed: whether the server process that made it was still running).
 std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendRequest>& requests)
 {
   std::vector<Expected<SendResult>> results;
   results.reserve(requests.size());
-  uint64_t generation = 0;
+  std::vector<std::pair<size_t, uint64_t>> parts; // the first result of each, its commit
+  uint64_t last = 0;
   size_t start = 0;
   while (start < requests.size()) {
     size_t count = 0;
@@ -1792,15 +1848,22 @@ std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendReque
       bytes += requests[start + count].body.size();
       ++count;
     }
+    uint64_t generation = 0;
     auto part = m_impl->send_many(requests.data() + start, count, &generation);
+    parts.emplace_back(results.size(), generation);
+    last = std::max(last, generation);
     std::move(part.begin(), part.end(), std::back_inserter(results));
     start += count;
   }
-  if (generation != 0) {
-    if (auto failure = m_impl->make_durable(generation)) {
-      for (auto& r : results) {
-        if (r) r = Unexpected(*failure);
-      }
+  if (last == 0) return results;
+  const auto failure = m_impl->make_durable(last);
+  for (size_t k = 0; k < parts.size(); ++k) {
+    if (parts[k].second == 0) continue;
+    auto error = failure ? failure : m_impl->make_durable(parts[k].second);
+    if (!error) continue;
+    const size_t end = k + 1 < parts.size() ? parts[k + 1].first : results.size();
+    for (size_t i = parts[k].first; i < end; ++i) {
+      if (results[i]) results[i] = Unexpected(*error);
     }
   }
   return results;
