@@ -207,8 +207,22 @@ export ACMO_QUEUE_MAX_RETRIES=0
 "$acmo" run-handler --batch-size 10 >"$work/handler2.out" 2>"$work/handler2.err" &
 handler_pid=$!
 check "a handler with queue.max_retries = 0 starts" wait_for 10 grep -q "handling queue" "$work/handler2.err"
-# Stopped while the server goes down and the events come, so that its first batch is all ten.
-kill -STOP "$handler_pid"
+# Stopped while the server goes down and the events come, so that its first batch is all ten;
+# stopped while it does not hold the embedded queue's write lock (SQLite's lock on byte 120 of
+# the WAL index, in /proc/locks), which a stopped handler would keep from every sender.
+holds_write_lock() {
+  local ino
+  ino=$(stat -c %i "$ACMO_DATA_DIR/acmo.db-shm" 2>/dev/null) || return 1
+  grep -qE "POSIX +ADVISORY +WRITE +$1 [0-9a-f]+:[0-9a-f]+:$ino 120 120\$" /proc/locks
+}
+for _ in $(seq 100); do
+  kill -STOP "$handler_pid"
+  holds_write_lock "$handler_pid" || break
+  kill -CONT "$handler_pid"
+  sleep 0.05
+done
+lock_free_of() { ! holds_write_lock "$1"; }
+check "the handler is stopped without the queue's write lock" lock_free_of "$handler_pid"
 stop_pg
 send_events 216 220
 kill -CONT "$handler_pid"
