@@ -185,33 +185,21 @@ struct Statement {
   " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) u) v) f ON true"              \
   " LEFT JOIN LATERAL (" FRONT ") m ON true) r"                                                  \
   " WHERE usable_before < $3 ORDER BY head_seq, seq"
-// A plain receive in one statement, which needs no transaction around it (one round trip
-// rather than four): ACMO_RECEIVE_SQL's rows, and when none of them asks for more than taking
-// it (an exhausted message to dead-letter, a suspect to isolate, a message not visible, an
-// emptied or changed group), the messages taken under the receipt token $7 and their groups
-// held as k_take does. `special` says that one did, and then nothing was changed: the caller
-// receives again in a transaction, where do_receive decides message by message.
-#define ACMO_RECEIVE_AND_TAKE_SQL(RECEIVE)                                                       \
-  "WITH r AS MATERIALIZED (" RECEIVE "),"                                                        \
-  " s AS MATERIALIZED (SELECT coalesce(bool_or(seq IS NULL OR NOT fresh OR visible_at > $2"      \
-  " OR receive_count > $4 OR ($5 AND receive_count > failures)), false) AS special FROM r),"     \
-  " taken AS (UPDATE messages m SET visible_at = $6, receipt_token = $7,"                        \
-  " receive_count = m.receive_count + 1, first_received_at = CASE WHEN m.first_received_at = 0"  \
-  " THEN $2 ELSE m.first_received_at END FROM r WHERE m.seq = r.seq"                             \
-  " AND NOT (SELECT special FROM s)),"                                                           \
-  " held AS (UPDATE message_groups o SET ready_at = $6 FROM (SELECT DISTINCT row_tid FROM r) h"  \
-  " WHERE o.ctid = h.row_tid::tid AND NOT (SELECT special FROM s)),"                             \
-  " counted AS (INSERT INTO queue_counters (queue_id, received) SELECT $1, count(*) FROM r"      \
-  " WHERE NOT (SELECT special FROM s) HAVING count(*) > 0)"                                      \
-  " SELECT r.*, (SELECT special FROM s) FROM r ORDER BY head_seq, seq"
 const Statement k_receive = {
   "acmo_receive", ACMO_RECEIVE_SQL("SELECT *, count(*) OVER () AS n FROM (" ACMO_GROUP_FRONT ") y",
                                    "coalesce(m.n, 0)")};
 const Statement k_receive_plain = {"acmo_receive_plain",
                                    ACMO_RECEIVE_SQL(ACMO_GROUP_FRONT, "0")};
+// A plain receive in one statement, which needs no transaction around it (one round trip
+// rather than four): acmo_receive_take (schema migration 11) locks the ready groups one at a
+// time and takes the messages at their fronts under the receipt token $7, unless one of them
+// asks for more than taking it (an exhausted message to dead-letter, a suspect to isolate, a
+// message not visible, an emptied group). Then nothing was changed, and its last row says so
+// (column 16, `special`): the caller receives again in a transaction, where do_receive decides
+// message by message. Its rows have ACMO_RECEIVE_SQL's columns.
 const Statement k_receive_and_take = {
-  "acmo_receive_and_take", ACMO_RECEIVE_AND_TAKE_SQL(ACMO_RECEIVE_SQL(ACMO_GROUP_FRONT, "0"))};
-#undef ACMO_RECEIVE_AND_TAKE_SQL
+  "acmo_receive_and_take",
+  "SELECT * FROM acmo_receive_take($1, $2, $3::int, $4::bigint, $5, $6, $7)"};
 #undef ACMO_RECEIVE_SQL
 #undef ACMO_GROUP_FRONT
 // A receive's messages in flight, their groups held until then and the count of the messages
@@ -1129,7 +1117,7 @@ struct PgQueue::Impl {
                                      static_cast<int64_t>(token));
     std::vector<Message> out;
     if (rows.empty()) return out;
-    if (rows[0][16].as<bool>()) return std::nullopt;
+    if (rows[rows.size() - 1][16].as<bool>()) return std::nullopt;
     out.reserve(rows.size());
     for (const auto& row : rows) {
       out.push_back(delivered(row, txn.now, true));

@@ -1088,6 +1088,87 @@ BEGIN
 END
 $$;
 )SQL",
+    // 11: a plain receive locks the ready groups one at a time, in head order, and stops as
+    // soon as it has the messages it asked for: the single statement it replaces locked up to
+    // as many groups as messages asked for (10 for a receive of 10) before it knew how many
+    // their fronts held, and each lock wrote a WAL record. With each group's row locked before
+    // its messages are read, and every statement of a PL/pgSQL function reading with a snapshot
+    // of its own, the messages read are those of the row locked: every writer of a group's
+    // messages holds its row's lock. The rows have the receive statement's columns
+    // (ACMO_RECEIVE_SQL in pg_queue.cpp) and `special`: a receive that changes nothing, because
+    // a message asks for more than taking it, ends with one row whose `special` is true.
+    R"SQL(
+CREATE FUNCTION acmo_receive_take(p_queue bigint, p_now bigint, p_max int, p_max_retries bigint,
+                                  p_isolate boolean, p_until bigint, p_token bigint)
+RETURNS TABLE (o_group text, o_seq bigint, o_id text, o_dedup text, o_body text, o_sent bigint,
+               o_visible bigint, o_received bigint, o_first_received bigint, o_failures bigint,
+               o_error text, o_first_sent bigint, o_row text, o_group_rows bigint,
+               o_fresh boolean, o_head bigint, o_special boolean)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  c_groups refcursor;
+  g record;
+  m record;
+  n int := 0;      -- the messages taken so far
+  k int;           -- and of the group at hand
+  a_seqs bigint[] := '{}';
+  a_rows tid[] := '{}';
+BEGIN
+  OPEN c_groups NO SCROLL FOR
+    SELECT r.ctid, r.group_id, r.head_seq FROM message_groups r
+    WHERE r.queue_id = p_queue AND r.ready_at <= p_now ORDER BY r.head_seq
+    FOR UPDATE SKIP LOCKED;
+  WHILE n < p_max LOOP
+    FETCH c_groups INTO g;
+    EXIT WHEN NOT FOUND;
+    k := 0;
+    FOR m IN SELECT x.seq, x.message_id::text AS id, x.dedup_id, x.body, x.sent_at,
+                    x.visible_at, x.receive_count, x.first_received_at, x.failures,
+                    x.last_error, coalesce(x.first_sent_at, x.sent_at) AS first_sent
+             FROM messages x WHERE x.queue_id = p_queue AND x.group_id = g.group_id
+             ORDER BY x.seq LIMIT p_max - n
+    LOOP
+      IF m.visible_at > p_now OR m.receive_count > p_max_retries
+         OR (p_isolate AND m.receive_count > m.failures) THEN
+        k := -1;
+        EXIT;
+      END IF;
+      o_group := g.group_id; o_seq := m.seq; o_id := m.id; o_dedup := m.dedup_id;
+      o_body := m.body; o_sent := m.sent_at; o_visible := m.visible_at;
+      o_received := m.receive_count; o_first_received := m.first_received_at;
+      o_failures := m.failures; o_error := m.last_error; o_first_sent := m.first_sent;
+      o_row := g.ctid::text; o_group_rows := 0; o_fresh := true; o_head := g.head_seq;
+      o_special := false;
+      RETURN NEXT;
+      a_seqs := a_seqs || m.seq;
+      k := k + 1;
+    END LOOP;
+    IF k <= 0 THEN
+      -- An empty group's row, or a message to dead-letter, isolate or wait for: nothing is
+      -- taken, and the caller receives in a transaction of its own.
+      o_group := NULL; o_seq := NULL; o_id := NULL; o_dedup := NULL; o_body := NULL;
+      o_sent := NULL; o_visible := NULL; o_received := NULL; o_first_received := NULL;
+      o_failures := NULL; o_error := NULL; o_first_sent := NULL; o_row := NULL;
+      o_group_rows := NULL; o_fresh := NULL; o_head := NULL; o_special := true;
+      RETURN NEXT;
+      RETURN;
+    END IF;
+    a_rows := a_rows || g.ctid;
+    n := n + k;
+  END LOOP;
+  CLOSE c_groups;
+  IF n > 0 THEN
+    UPDATE messages x SET visible_at = p_until, receipt_token = p_token,
+      receive_count = x.receive_count + 1,
+      first_received_at = CASE WHEN x.first_received_at = 0 THEN p_now
+                               ELSE x.first_received_at END
+      WHERE x.seq = ANY(a_seqs);
+    UPDATE message_groups r SET ready_at = p_until WHERE r.ctid = ANY(a_rows);
+    INSERT INTO queue_counters (queue_id, received) VALUES (p_queue, n);
+  END IF;
+END
+$$;
+)SQL",
   };
   return k_migrations;
 }
