@@ -1250,6 +1250,37 @@ TEST_CASE("Queue contract: a group is blocked while any earlier message of it is
   CHECK(bodies_of(f.receive(10)) == Bodies{"a3"});
 }
 
+TEST_CASE("Queue contract: a released head comes back alone while the messages behind it are in "
+          "flight",
+          "[contract]")
+{
+  CONTRACT_QUEUE(f, QueueOptions{});
+  f.send("a1", "A");
+  f.send("a2", "A");
+  f.send("a3", "A");
+  f.send("b1", "B");
+  auto got = f.receive(3);
+  REQUIRE(bodies_of(got) == Bodies{"a1", "a2", "a3"});
+  // a1 fails and comes back after its retry delay (1 s); a2 and a3 are still in flight.
+  must(f.queue->release(got[0].receipt, "db down"));
+  f.clock.advance_ms(k_second);
+  auto again = f.receive(10);
+  REQUIRE(bodies_of(again) == Bodies{"a1", "b1"});
+  CHECK(again[0].receive_count == 2);
+  CHECK(again[0].failures == 1);
+  auto s = f.stats();
+  CHECK(s.in_flight == 4);
+  CHECK(s.visible == 0);
+  // The handles of the first receive still hold a2 and a3; a1's old one is stale.
+  CHECK(must_fail(f.queue->remove(got[0].receipt)).code == Errc::stale);
+  must(f.queue->remove(got[1].receipt));
+  must(f.queue->remove(got[2].receipt));
+  must(f.queue->remove(again[0].receipt));
+  must(f.queue->remove(again[1].receipt));
+  CHECK(f.stats().deleted == 4);
+  CHECK(f.receive(10).empty());
+}
+
 TEST_CASE("Queue contract: other groups are not blocked by a group in flight", "[contract]")
 {
   CONTRACT_QUEUE(f, QueueOptions{});

@@ -192,9 +192,10 @@ const Statement k_receive_plain = {"acmo_receive_plain",
                                    ACMO_RECEIVE_SQL(ACMO_GROUP_FRONT, "0")};
 // A plain receive in one statement, which needs no transaction around it (one round trip
 // rather than four): acmo_receive_take (schema migration 11) locks the ready groups one at a
-// time and takes the messages at their fronts under the receipt token $7, unless one of them
-// asks for more than taking it (an exhausted message to dead-letter, a suspect to isolate, a
-// message not visible, an emptied group). Then nothing was changed, and its last row says so
+// time and takes the messages at their fronts (each group's up to its first message not
+// visible) under the receipt token $7, unless one of them asks for more than taking it (an
+// exhausted message to dead-letter, a suspect to isolate) or a group's row is behind its
+// messages (emptied, or its head not visible). Then nothing was changed, and its last row says so
 // (column 16, `special`): the caller receives again in a transaction, where do_receive decides
 // message by message. Its rows have ACMO_RECEIVE_SQL's columns.
 const Statement k_receive_and_take = {

@@ -1128,8 +1128,16 @@ BEGIN
              FROM messages x WHERE x.queue_id = p_queue AND x.group_id = g.group_id
              ORDER BY x.seq LIMIT p_max - n
     LOOP
-      IF m.visible_at > p_now OR m.receive_count > p_max_retries
-         OR (p_isolate AND m.receive_count > m.failures) THEN
+      -- A group delivers from its front and stops at its first message not visible (one
+      -- released for a retry while later ones are still in flight); a head not visible means
+      -- the group's row is behind its messages, which do_receive sets right.
+      IF m.visible_at > p_now THEN
+        IF k = 0 THEN
+          k := -1;
+        END IF;
+        EXIT;
+      END IF;
+      IF m.receive_count > p_max_retries OR (p_isolate AND m.receive_count > m.failures) THEN
         k := -1;
         EXIT;
       END IF;
@@ -1144,8 +1152,8 @@ BEGIN
       k := k + 1;
     END LOOP;
     IF k <= 0 THEN
-      -- An empty group's row, or a message to dead-letter, isolate or wait for: nothing is
-      -- taken, and the caller receives in a transaction of its own.
+      -- An empty group's row, a head not visible, or a message to dead-letter or isolate:
+      -- nothing is taken, and the caller receives in a transaction of its own.
       o_group := NULL; o_seq := NULL; o_id := NULL; o_dedup := NULL; o_body := NULL;
       o_sent := NULL; o_visible := NULL; o_received := NULL; o_first_received := NULL;
       o_failures := NULL; o_error := NULL; o_first_sent := NULL; o_row := NULL;
