@@ -136,6 +136,10 @@ Message read_message(const pqxx::row& row, pqxx::row::size_type first = 0)
   return m;
 }
 
+// What an error of a send whose outcome is unknown ends with.
+constexpr const char* k_send_in_doubt =
+  "; the message may or may not be stored: retry with the same deduplication id";
+
 // The statements of the hot paths (send's is prepared on the sending connection). Every
 // connection of the queue prepares them on their first use, so that each is parsed and planned
 // once per connection rather than at every execution: with plan_cache_mode =
@@ -879,9 +883,8 @@ struct PgQueue::Impl {
       return Error(Errc::unavailable,
                    fmt::format("the PostgreSQL server process that stored the message at {} "
                                "ended before its write reached the disk (the server crashed or "
-                               "restarted, or the connection was cut); the message may or may "
-                               "not be stored: retry with the same deduplication id",
-                               redact_pg_url(url)),
+                               "restarted, or the connection was cut){}",
+                               redact_pg_url(url), k_send_in_doubt),
                    "queue.url");
     }
     return std::nullopt;
@@ -924,8 +927,7 @@ struct PgQueue::Impl {
         bool discard = false;
         Error error = error_of(e, discard);
         if (discard && attempt == 0) continue;
-        error.message += "; the message may or may not be stored: retry with the same "
-                         "deduplication id";
+        error.message += k_send_in_doubt;
         return error;
       }
     }
@@ -1045,8 +1047,7 @@ struct PgQueue::Impl {
       if (discard || (sender && !sender->is_open())) {
         sender.reset();
         if (committing) {
-          error.message += "; the message may or may not be stored: retry with the same "
-                           "deduplication id";
+          error.message += k_send_in_doubt;
         }
       }
       return error;
