@@ -200,8 +200,9 @@ const Statement k_receive_plain = {"acmo_receive_plain",
 // visible) under the receipt token $7, unless one of them asks for more than taking it (an
 // exhausted message to dead-letter, a suspect to isolate) or a group's row is behind its
 // messages (emptied, or its head not visible). Then nothing was changed, and its last row says so
-// (column 16, `special`): the caller receives again in a transaction, where do_receive decides
-// message by message. Its rows have ACMO_RECEIVE_SQL's columns.
+// (column 12, `special`): the caller receives again in a transaction, where do_receive decides
+// message by message. Its rows have the first twelve of ACMO_RECEIVE_SQL's columns, those
+// delivered() reads.
 const Statement k_receive_and_take = {
   "acmo_receive_and_take",
   "SELECT * FROM acmo_receive_take($1, $2, $3::int, $4::bigint, $5, $6, $7)"};
@@ -1119,7 +1120,7 @@ struct PgQueue::Impl {
                                      static_cast<int64_t>(token));
     std::vector<Message> out;
     if (rows.empty()) return out;
-    if (rows[rows.size() - 1][16].as<bool>()) return std::nullopt;
+    if (rows[rows.size() - 1][12].as<bool>()) return std::nullopt;
     out.reserve(rows.size());
     for (const auto& row : rows) {
       out.push_back(delivered(row, txn.now, true));

@@ -1094,16 +1094,16 @@ $$;
     // their fronts held, and each lock wrote a WAL record. With each group's row locked before
     // its messages are read, and every statement of a PL/pgSQL function reading with a snapshot
     // of its own, the messages read are those of the row locked: every writer of a group's
-    // messages holds its row's lock. The rows have the receive statement's columns
-    // (ACMO_RECEIVE_SQL in pg_queue.cpp) and `special`: a receive that changes nothing, because
-    // a message asks for more than taking it, ends with one row whose `special` is true.
+    // messages holds its row's lock. The rows have the first twelve columns of the receive
+    // statement (ACMO_RECEIVE_SQL in pg_queue.cpp), those a delivered message is read from, and
+    // `special`: a receive that changes nothing, because a message asks for more than taking it,
+    // ends with one row whose `special` is true.
     R"SQL(
 CREATE FUNCTION acmo_receive_take(p_queue bigint, p_now bigint, p_max int, p_max_retries bigint,
                                   p_isolate boolean, p_until bigint, p_token bigint)
 RETURNS TABLE (o_group text, o_seq bigint, o_id text, o_dedup text, o_body text, o_sent bigint,
                o_visible bigint, o_received bigint, o_first_received bigint, o_failures bigint,
-               o_error text, o_first_sent bigint, o_row text, o_group_rows bigint,
-               o_fresh boolean, o_head bigint, o_special boolean)
+               o_error text, o_first_sent bigint, o_special boolean)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   c_groups refcursor;
@@ -1115,7 +1115,7 @@ DECLARE
   a_rows tid[] := '{}';
 BEGIN
   OPEN c_groups NO SCROLL FOR
-    SELECT r.ctid, r.group_id, r.head_seq FROM message_groups r
+    SELECT r.ctid, r.group_id FROM message_groups r
     WHERE r.queue_id = p_queue AND r.ready_at <= p_now ORDER BY r.head_seq
     FOR UPDATE SKIP LOCKED;
   WHILE n < p_max LOOP
@@ -1145,7 +1145,6 @@ BEGIN
       o_body := m.body; o_sent := m.sent_at; o_visible := m.visible_at;
       o_received := m.receive_count; o_first_received := m.first_received_at;
       o_failures := m.failures; o_error := m.last_error; o_first_sent := m.first_sent;
-      o_row := g.ctid::text; o_group_rows := 0; o_fresh := true; o_head := g.head_seq;
       o_special := false;
       RETURN NEXT;
       a_seqs := a_seqs || m.seq;
@@ -1156,8 +1155,7 @@ BEGIN
       -- nothing is taken, and the caller receives in a transaction of its own.
       o_group := NULL; o_seq := NULL; o_id := NULL; o_dedup := NULL; o_body := NULL;
       o_sent := NULL; o_visible := NULL; o_received := NULL; o_first_received := NULL;
-      o_failures := NULL; o_error := NULL; o_first_sent := NULL; o_row := NULL;
-      o_group_rows := NULL; o_fresh := NULL; o_head := NULL; o_special := true;
+      o_failures := NULL; o_error := NULL; o_first_sent := NULL; o_special := true;
       RETURN NEXT;
       RETURN;
     END IF;
