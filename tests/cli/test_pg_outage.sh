@@ -352,5 +352,16 @@ for round in 1 2 3; do
     test "$rc/$got" = "0/$crash_total"
 done
 
+# A purge answered is as durable as a send: a crash right after it must not bring the messages
+# back (the WAL writer still writes asynchronous commits only every 10 s).
+out=$("$acmo" --json purge --yes 2>&1); rc=$?
+check "purge removes the $crash_total messages (exit $rc): $out" \
+  test "$rc/$(json_field "$out" purged)" = "0/$crash_total"
+as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
+start_pg
+got=$(visible)
+check "after a crash of PostgreSQL right after the purge, the queue is still empty ($got)" \
+  test "$got" = 0
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -528,8 +528,8 @@ struct PgQueue::Impl {
 
   // What every connection of the queue is set to: its schema, errors only (notices would reach
   // stderr as libpq's lines), lock waits bounded by queue.busy_timeout, and commits not
-  // waiting for the disk unless `synchronous` (an accepted send and a redrive must be durable;
-  // a receive or a delete lost to a crash of the server only causes a redelivery).
+  // waiting for the disk unless `synchronous` (an accepted send, a redrive and a purge must be
+  // durable; a receive or a delete lost to a crash of the server only causes a redelivery).
   void setup(pqxx::connection& conn, bool synchronous) const
   {
     pqxx::nontransaction tx(conn);
@@ -2404,7 +2404,7 @@ Expected<int64_t> PgQueue::purge(bool dlq)
     txn.tx.exec_params("DELETE FROM dedup WHERE queue_id = $1", id);
     txn.counters[id].purged += removed;
     return removed;
-  });
+  }, Impl::Mode::synchronous); // a purge lost to a crash would bring back what it answered gone
 }
 
 Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
