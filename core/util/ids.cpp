@@ -2,6 +2,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <limits>
 #include <random>
 
@@ -51,10 +52,12 @@ uint64_t random_u64() { return generator()(); }
 
 MessageIdBytes new_message_id_bytes()
 {
-  uint64_t hi = random_u64();
-  uint64_t lo = random_u64();
-  hi = (hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL; // version 4
-  lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; // RFC 4122 variant
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  uint64_t hi = (static_cast<uint64_t>(ms) << 16) | (random_u64() & 0x0fffULL);
+  hi |= 0x7000ULL;                                                    // version 7
+  uint64_t lo = (random_u64() & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; // RFC variant
   MessageIdBytes id{};
   for (size_t i = 0; i < 8; ++i) {
     id[i] = static_cast<unsigned char>(hi >> (56 - 8 * i));

@@ -9,8 +9,10 @@
 
 namespace acmo {
 
-// A message id is a random RFC 4122 version-4 UUID. The database keeps its 16 bytes; people
-// and scripts see the usual text form, e.g. "3f1c2a9e-5b7d-4c1e-9f00-6a2b3c4d5e6f".
+// A message id is an RFC 9562 version-7 UUID: the milliseconds since the epoch when it was drawn,
+// then 74 random bits. Ids drawn one after the other sort near each other, so that an index of
+// them grows at its end instead of at random places. The database keeps its 16 bytes; people
+// and scripts see the usual text form, e.g. "0193a3c2-9e5b-7d4c-9f00-6a2b3c4d5e6f".
 using MessageIdBytes = std::array<unsigned char, 16>;
 
 MessageIdBytes new_message_id_bytes(); // cheap: a per-thread PRNG seeded once

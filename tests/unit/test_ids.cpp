@@ -1,3 +1,4 @@
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <regex>
@@ -32,17 +33,32 @@ TEST_CASE("ids: format_sequence is 20 zero-padded digits that sort like the numb
   }
 }
 
-TEST_CASE("ids: message ids are distinct RFC 4122 version-4 UUIDs", "[ids]")
+TEST_CASE("ids: message ids are distinct version-7 UUIDs that carry the time they were drawn",
+          "[ids]")
 {
-  const std::regex uuid_v4("^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$");
+  const std::regex uuid_v7("^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$");
+  const auto now_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+  };
+  const int64_t before = now_ms();
   std::set<std::string> seen;
   for (int i = 0; i < 10'000; ++i) {
     auto id = new_message_id();
     INFO(id);
-    REQUIRE(std::regex_match(id, uuid_v4));
+    REQUIRE(std::regex_match(id, uuid_v7));
     seen.insert(id);
   }
+  const int64_t after = now_ms();
   CHECK(seen.size() == 10'000);
+  // The first 48 bits are the milliseconds since the epoch: within the loop's time.
+  for (const auto& id : {*seen.begin(), *seen.rbegin()}) {
+    INFO(id);
+    const int64_t ms = std::stoll(id.substr(0, 8) + id.substr(9, 4), nullptr, 16);
+    CHECK(ms >= before);
+    CHECK(ms <= after);
+  }
 }
 
 TEST_CASE("ids: generated order ids are ord_ and 20 base-32 characters", "[ids]")
