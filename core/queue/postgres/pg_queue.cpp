@@ -290,7 +290,9 @@ struct SendOp {
   std::vector<Expected<SendResult>> results;
   std::optional<Error> error;
   // Answered (under the group commit's mutex). Each op waits on its own condition variable,
-  // so that a commit wakes only the senders it answered and the next leader.
+  // so that a commit wakes only the senders it answered and the next leader; a leader wakes
+  // them after releasing the mutex (one woken while it is held blocks on it straight away),
+  // which the op's shared ownership keeps safe once its sender has returned.
   bool done = false;
   // In a leader's batch (under the mutex): it waits for done only, never to lead. Without it,
   // a sender whose op a leader had taken woke when that leader handed the lead on, led a batch
@@ -456,7 +458,7 @@ struct PgQueue::Impl {
   std::unique_ptr<pqxx::connection> sender;
   std::mutex send_mu;
   std::condition_variable send_cv;
-  std::vector<SendOp*> send_pending;
+  std::vector<std::shared_ptr<SendOp>> send_pending;
   bool send_leading = false;
   std::atomic<int64_t> committed_transactions{0};
   std::atomic<int64_t> committed_requests{0};
@@ -806,16 +808,21 @@ struct PgQueue::Impl {
   }
 
   // Hand `op` to the group commit and wait until it is answered.
-  void submit(SendOp& op)
+  void submit(const std::shared_ptr<SendOp>& op_ptr)
   {
+    SendOp& op = *op_ptr;
     std::unique_lock lock(send_mu);
-    send_pending.push_back(&op);
+    send_pending.push_back(op_ptr);
     op.cv.wait(lock, [&] { return op.done || (!op.taken && !send_leading); });
     if (op.done) return;
     send_leading = true;
+    std::vector<std::shared_ptr<SendOp>> ops;
+    ops.swap(send_pending);
     std::vector<SendOp*> batch;
-    batch.swap(send_pending);
-    for (auto* o : batch) o->taken = true;
+    for (const auto& o : ops) {
+      o->taken = true;
+      batch.push_back(o.get());
+    }
     lock.unlock();
     send_all(batch);
     bool needs_flush = false;
@@ -837,8 +844,9 @@ struct PgQueue::Impl {
     // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
     lock.lock();
     send_leading = false;
-    if (!send_pending.empty()) send_pending.front()->cv.notify_one();
+    auto next = send_pending.empty() ? nullptr : send_pending.front();
     lock.unlock();
+    if (next) next->cv.notify_one();
     if (needs_flush && !all_deferred) {
       if (auto failure = make_durable(generation)) {
         for (auto* o : batch) {
@@ -847,9 +855,10 @@ struct PgQueue::Impl {
       }
     }
     lock.lock();
-    for (auto* o : batch) {
-      o->done = true;
-      if (o != &op) o->cv.notify_one();
+    for (auto* o : batch) o->done = true;
+    lock.unlock();
+    for (const auto& o : ops) {
+      if (o != op_ptr) o->cv.notify_one();
     }
   }
 
@@ -1061,7 +1070,8 @@ struct PgQueue::Impl {
                                               uint64_t* deferred = nullptr)
   {
     std::vector<Expected<SendResult>> results(count);
-    SendOp op;
+    auto shared = std::make_shared<SendOp>();
+    SendOp& op = *shared;
     op.defer_durable = deferred != nullptr;
     std::vector<size_t> where;
     for (size_t i = 0; i < count; ++i) {
@@ -1074,7 +1084,7 @@ struct PgQueue::Impl {
       }
     }
     if (op.items.empty()) return results;
-    submit(op);
+    submit(shared);
     if (deferred != nullptr) *deferred = op.generation;
     for (size_t k = 0; k < where.size(); ++k) {
       results[where[k]] = op.error ? Expected<SendResult>(Unexpected(*op.error))
