@@ -306,7 +306,18 @@ struct SendOp {
   uint64_t generation = 0;
   // The key of the server process that committed it (Impl::sender_key).
   int64_t backend = 0;
+  // Set (under the mutex) when the leader, going on to the next batch, hands this op's sender
+  // the work of answering its batch (SendBatch::answer).
+  std::shared_ptr<struct SendBatch> answer;
   std::condition_variable cv;
+};
+
+// The ops of one statement of sends, committed and waiting to be answered: once the WAL holds
+// their commit, when they need that.
+struct SendBatch {
+  std::vector<std::shared_ptr<SendOp>> ops;
+  uint64_t generation = 0;
+  bool needs_flush = false;
 };
 
 // A pool of connections, opened as they are needed, at most k_pool_size.
@@ -808,58 +819,99 @@ struct PgQueue::Impl {
   }
 
   // Hand `op` to the group commit and wait until it is answered.
+  //
+  // The sender that finds no leader leads: it sends every op queued so far in one statement.
+  // While ops are queued meanwhile it goes on with them at once, up to k_max_led statements,
+  // and hands the answering of the batch it sent (the flush, then waking its senders) to one
+  // of that batch's senders: handing the lead on instead cost the next statement the wake-up
+  // of another thread, about a fifth of each statement's time under 32 concurrent senders.
   void submit(const std::shared_ptr<SendOp>& op_ptr)
   {
+    constexpr int k_max_led = 4; // bounds what the leader's own caller waits for others
     SendOp& op = *op_ptr;
     std::unique_lock lock(send_mu);
     send_pending.push_back(op_ptr);
-    op.cv.wait(lock, [&] { return op.done || (!op.taken && !send_leading); });
+    op.cv.wait(lock, [&] { return op.done || op.answer || (!op.taken && !send_leading); });
     if (op.done) return;
+    if (op.answer) {
+      auto batch = std::move(op.answer);
+      lock.unlock();
+      answer(*batch);
+      return; // op is one of the batch's
+    }
     send_leading = true;
-    std::vector<std::shared_ptr<SendOp>> ops;
-    ops.swap(send_pending);
-    std::vector<SendOp*> batch;
-    for (const auto& o : ops) {
-      o->taken = true;
-      batch.push_back(o.get());
-    }
-    lock.unlock();
-    send_all(batch);
-    bool needs_flush = false;
-    bool all_deferred = true;
-    for (auto* o : batch) {
-      needs_flush = needs_flush || !o->error;
-      all_deferred = all_deferred && o->defer_durable;
-    }
-    needs_flush = needs_flush && options.durability_full;
-    uint64_t generation = 0;
-    if (needs_flush) {
-      std::lock_guard sync_lock(sync_mu);
-      generation = ++committed_generation;
-      for (auto* o : batch) {
-        if (!o->error) unflushed_backends[o->backend] = generation;
+    for (int led = 1;; ++led) {
+      auto batch = std::make_shared<SendBatch>();
+      batch->ops.swap(send_pending);
+      std::vector<SendOp*> ops;
+      for (const auto& o : batch->ops) {
+        o->taken = true;
+        ops.push_back(o.get());
       }
+      lock.unlock();
+      send_all(ops);
+      bool all_deferred = true;
+      for (auto* o : ops) {
+        batch->needs_flush = batch->needs_flush || !o->error;
+        all_deferred = all_deferred && o->defer_durable;
+      }
+      batch->needs_flush = batch->needs_flush && options.durability_full;
+      if (batch->needs_flush) {
+        std::lock_guard sync_lock(sync_mu);
+        batch->generation = ++committed_generation;
+        for (auto* o : ops) {
+          if (!o->error) unflushed_backends[o->backend] = batch->generation;
+        }
+      }
+      for (auto* o : ops) o->generation = batch->generation;
+      batch->needs_flush = batch->needs_flush && !all_deferred;
+      lock.lock();
+      // Go on leading with the ops queued meanwhile, if one of this batch's senders (not this
+      // one, which answers only once it stops leading) can answer it.
+      std::shared_ptr<SendOp> deputy;
+      if (!send_pending.empty() && led < k_max_led) {
+        for (const auto& o : batch->ops) {
+          if (o != op_ptr) {
+            deputy = o;
+            break;
+          }
+        }
+      }
+      if (deputy) {
+        deputy->answer = std::move(batch);
+        lock.unlock();
+        deputy->cv.notify_one();
+        lock.lock();
+        continue;
+      }
+      // Hand the lead to the first op queued meanwhile, answer this batch, then wait for this
+      // sender's own op, which an earlier batch's deputy may still be answering.
+      send_leading = false;
+      auto next = send_pending.empty() ? nullptr : send_pending.front();
+      lock.unlock();
+      if (next) next->cv.notify_one();
+      answer(*batch);
+      lock.lock();
+      op.cv.wait(lock, [&] { return op.done; });
+      return;
     }
-    for (auto* o : batch) o->generation = generation;
-    // Hand the lead to the first request that queued up meanwhile, then wait for the disk.
-    lock.lock();
-    send_leading = false;
-    auto next = send_pending.empty() ? nullptr : send_pending.front();
-    lock.unlock();
-    if (next) next->cv.notify_one();
-    if (needs_flush && !all_deferred) {
-      if (auto failure = make_durable(generation)) {
-        for (auto* o : batch) {
+  }
+
+  // Answer a batch the leader sent: wait until the WAL holds its commit when it needs that,
+  // then wake its senders.
+  void answer(SendBatch& batch)
+  {
+    if (batch.needs_flush) {
+      if (auto failure = make_durable(batch.generation)) {
+        for (const auto& o : batch.ops) {
           if (!o->error) o->error = failure;
         }
       }
     }
-    lock.lock();
-    for (auto* o : batch) o->done = true;
+    std::unique_lock lock(send_mu);
+    for (const auto& o : batch.ops) o->done = true;
     lock.unlock();
-    for (const auto& o : ops) {
-      if (o != op_ptr) o->cv.notify_one();
-    }
+    for (const auto& o : batch.ops) o->cv.notify_one();
   }
 
   // Wait until the WAL is on disk up to commit `generation`, flushing it if no one else is.
