@@ -363,5 +363,33 @@ got=$(visible)
 check "after a crash of PostgreSQL right after the purge, the queue is still empty ($got)" \
   test "$got" = 0
 
+# A handler of the PostgreSQL queue commits each batch without waiting for the disk: the
+# events it applied and the deletion of their messages are one transaction, so a crash that
+# loses the commit loses both, and the messages come back to be applied again, once. The
+# handler is stopped (SIGSTOP) over the crash so that what came back can be counted, then
+# goes on by itself.
+orders_7() { [[ "$(sql "SELECT count(*) FROM orders WHERE version = 2 AND id LIKE 'ord_7___'")" == "$1" ]]; }
+trail_7() {
+  [[ "$(sql "SELECT count(*), count(DISTINCT message_id) FROM order_events WHERE order_id LIKE 'ord_7___'")" == "200|200" ]]
+}
+ACMO_QUEUE_MAX_RETRIES=5 "$acmo" run-handler --batch-size 20 >"$work/handler6.out" 2>"$work/handler6.err" &
+handler_pid=$!
+send_events 7001 7100
+check "a handler of the PostgreSQL queue applies 200 events (100 orders)" wait_for 20 orders_7 100
+check "  and empties the queue" wait_for 5 queue_empty
+kill -STOP "$handler_pid"
+as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
+start_pg
+back=$(visible)
+kill -CONT "$handler_pid"
+check "after a crash ($back messages came back with their lost batches), the handler applies every event once more: 100 orders" \
+  wait_for 30 orders_7 100
+check "  the queue is empty again" wait_for 10 queue_empty
+check "  each of the 200 events is in the trail once ($(sql "SELECT count(*) FROM order_events WHERE order_id LIKE 'ord_7___'"))" trail_7
+check "  and the DLQ holds none of them" test "$(sql "SELECT count(*) FROM acmo.messages m JOIN acmo.queues q ON q.id = m.queue_id WHERE q.name LIKE '%-dlq' AND m.body LIKE '%ord_7___%'")" = 0
+kill -TERM "$handler_pid"; wait "$handler_pid"; rc=$?
+handler_pid=''
+check "SIGTERM stops that handler: exit 0 ($rc)" test "$rc" -eq 0
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
