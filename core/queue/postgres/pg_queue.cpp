@@ -468,7 +468,6 @@ struct PgQueue::Impl {
   // far in one statement on the sending connection, which only the leader uses.
   std::unique_ptr<pqxx::connection> sender;
   std::mutex send_mu;
-  std::condition_variable send_cv;
   std::vector<std::shared_ptr<SendOp>> send_pending;
   bool send_leading = false;
   std::atomic<int64_t> committed_transactions{0};
