@@ -123,6 +123,9 @@ check "the same messages, ids, sequence numbers and groups, in the same order" \
 dlq=$(on_pg --json dlq list)
 check "the dead letter moved with its reason" \
   test "$(jq -r '[.total, (.messages[0].reason | test("deleted"))] | @text' <<<"$dlq")" = '[1,true]'
+dead_id=$(jq -r '.messages[0].messageId' <<<"$dlq")
+check "the moved dead letter is shown by its id" \
+  test "$(on_pg --json dlq show "$dead_id" | jq -r .messageId)" = "$dead_id"
 
 dup=$(on_pg --json send CREATE --order-id ord_k --dedup-id key-1 \
   --data '{"customer_name":"Bo","customer_email":"bo@example.com","items":[]}')

@@ -1567,7 +1567,8 @@ struct PgQueue::Impl {
       failures.add(m.failures);
       errors.add(m.last_error);
       reasons.add(m.dead_reason);
-      dead_at.add(m.dead_at_ms);
+      // Every message of a DLQ has a time of dead-lettering: messages_dead_by_id holds those.
+      dead_at.add(dead ? std::max<int64_t>(m.dead_at_ms, 1) : m.dead_at_ms);
     }
     if (seqs.empty()) return {};
     // A sequence number the queue already uses for another message: this is not the queue
@@ -2357,7 +2358,8 @@ Expected<Message> PgQueue::dlq_show(std::string_view message_id)
   auto found = m_impl->run([&](PgTxn& txn) -> Expected<std::optional<Message>> {
     if (!id) return std::optional<Message>();
     auto rows = txn.tx.exec_params("SELECT " + k_message_columns
-                                     + " FROM messages WHERE queue_id = $1 AND message_id = $2::uuid",
+                                     + " FROM messages WHERE message_id = $2::uuid AND dead_at > 0"
+                                     " AND queue_id = $1",
                                    m_impl->dlq_id, format_message_id(*id));
     if (rows.empty()) return std::optional<Message>();
     return std::optional<Message>(read_message(rows[0]));
