@@ -849,13 +849,16 @@ struct PgQueue::Impl {
       }
       lock.unlock();
       send_all(ops);
+      // A commit to make durable gets a generation; the batch waits for it unless every op
+      // of it makes itself durable later (send_bulk).
+      bool committed = false;
       bool all_deferred = true;
       for (auto* o : ops) {
-        batch->needs_flush = batch->needs_flush || !o->error;
+        committed = committed || !o->error;
         all_deferred = all_deferred && o->defer_durable;
       }
-      batch->needs_flush = batch->needs_flush && options.durability_full;
-      if (batch->needs_flush) {
+      const bool to_flush = committed && options.durability_full;
+      if (to_flush) {
         std::lock_guard sync_lock(sync_mu);
         batch->generation = ++committed_generation;
         for (auto* o : ops) {
@@ -863,7 +866,7 @@ struct PgQueue::Impl {
         }
       }
       for (auto* o : ops) o->generation = batch->generation;
-      batch->needs_flush = batch->needs_flush && !all_deferred;
+      batch->needs_flush = to_flush && !all_deferred;
       lock.lock();
       // Go on leading with the ops queued meanwhile, if one of this batch's senders (not this
       // one, which answers only once it stops leading) can answer it.
