@@ -16,8 +16,13 @@ namespace acmo {
 namespace {
 
 // SQLite's unix VFS locks byte 120 of the -shm file (UNIX_SHM_BASE + WAL_WRITE_LOCK) for as
-// long as a connection holds the write lock.
+// long as a connection holds the write lock. The bytes after it are the checkpoint and
+// recovery locks, the five read marks and the "dead man switch" (121 to 128): a connection
+// locks one of them exclusively only for a moment (a checkpoint or a restart of the WAL
+// updating the read marks, a recovery of the WAL index, the first open setting up the -shm).
 constexpr off_t k_wal_write_lock_byte = 120;
+constexpr off_t k_wal_index_first_byte = 121;
+constexpr off_t k_wal_index_bytes = 8;
 
 std::string read_file(const std::string& path)
 {
@@ -51,15 +56,18 @@ int kept_open(const std::string& path)
 
 } // namespace
 
-std::optional<LockHolder> wal_write_lock_holder(const std::string& db_path)
+// The other process whose lock on bytes [start, start + len) of the database's -shm file keeps
+// this one from taking a lock of `type` there.
+static std::optional<LockHolder> shm_lock_holder(const std::string& db_path, off_t start,
+                                                 off_t len, short type)
 {
   const int fd = kept_open(db_path + "-shm");
   if (fd < 0) return std::nullopt;
   struct flock fl {};
-  fl.l_type = F_WRLCK;
+  fl.l_type = type;
   fl.l_whence = SEEK_SET;
-  fl.l_start = k_wal_write_lock_byte;
-  fl.l_len = 1;
+  fl.l_start = start;
+  fl.l_len = len;
   const int rc = ::fcntl(fd, F_GETLK, &fl);
   if (rc != 0 || fl.l_type == F_UNLCK || fl.l_pid <= 0) return std::nullopt;
   LockHolder h;
@@ -79,6 +87,18 @@ std::optional<LockHolder> wal_write_lock_holder(const std::string& db_path)
     h.state = stat[paren + 2];
   }
   return h;
+}
+
+std::optional<LockHolder> wal_write_lock_holder(const std::string& db_path)
+{
+  return shm_lock_holder(db_path, k_wal_write_lock_byte, 1, F_WRLCK);
+}
+
+std::optional<LockHolder> wal_index_lock_holder(const std::string& db_path)
+{
+  // A shared lock conflicts with an exclusive one only: the readers' shared locks on the read
+  // marks are not reported.
+  return shm_lock_holder(db_path, k_wal_index_first_byte, k_wal_index_bytes, F_RDLCK);
 }
 
 std::string describe(const LockHolder& holder)

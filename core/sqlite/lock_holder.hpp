@@ -25,6 +25,13 @@ struct LockHolder {
 // BEGIN IMMEDIATE to COMMIT), or nothing when no other process holds it.
 std::optional<LockHolder> wal_write_lock_holder(const std::string& db_path);
 
+// The process of another than this one that holds one of the other locks of the database's
+// WAL index exclusively (the checkpoint and recovery locks, the read marks, the lock of the
+// first open), or nothing. Each is held for a moment only; a process stopped while it holds
+// one keeps every other connection from reading the database: SQLite retries for about 10 s,
+// then fails with "locking protocol" (SQLITE_PROTOCOL).
+std::optional<LockHolder> wal_index_lock_holder(const std::string& db_path);
+
 // "pid 1234 (acmo run-handler), stopped (Ctrl-Z or SIGSTOP: `kill -CONT 1234` resumes it), for
 // at least 3 s": for messages.
 std::string describe(const LockHolder& holder);

@@ -1,4 +1,5 @@
 #include "core/sqlite/sqlite.hpp"
+#include "core/sqlite/lock_holder.hpp"
 #include "core/sqlite/wal_vfs.hpp"
 
 #include <cerrno>
@@ -47,10 +48,24 @@ void note_damage(sqlite3* db, int rc, std::string_view what)
   mark_damaged(file, what);
 }
 
+// SQLite gives up reading after about 10 s while another process holds a lock of the WAL
+// index exclusively ("locking protocol"): a process stopped in the moment it holds one. The
+// message names that process.
+std::string with_wal_index_holder(sqlite3* db, int rc, std::string message)
+{
+  if (db == nullptr || (rc & 0xff) != SQLITE_PROTOCOL) return message;
+  const char* file = sqlite3_db_filename(db, "main");
+  if (file == nullptr || *file == '\0') return message;
+  if (auto holder = wal_index_lock_holder(file)) {
+    message += fmt::format("; the database's WAL index is locked by {}", describe(*holder));
+  }
+  return message;
+}
+
 [[noreturn]] void fail(sqlite3* db, int rc, std::string_view context)
 {
   const char* detail = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  std::string message = fmt::format("{}: {}", context, detail);
+  std::string message = with_wal_index_holder(db, rc, fmt::format("{}: {}", context, detail));
   note_damage(db, rc, message);
   throw SqliteError(rc, std::move(message), db ? sqlite3_system_errno(db) : 0);
 }
@@ -92,6 +107,7 @@ Error SqliteError::to_error() const
   switch (primary) {
   case SQLITE_BUSY:
   case SQLITE_LOCKED:
+  case SQLITE_PROTOCOL:
     return Error(Errc::busy,
                  fmt::format("the queue database stayed locked by another process ({}); retry later",
                              what()));
@@ -237,7 +253,8 @@ void Database::exec(const std::string& sql)
   if (rc != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errstr(rc);
     sqlite3_free(err);
-    std::string message = fmt::format("{}: {}", sql.substr(0, 60), msg);
+    std::string message =
+      with_wal_index_holder(m_db, rc, fmt::format("{}: {}", sql.substr(0, 60), msg));
     note_damage(m_db, rc, message);
     throw SqliteError(rc, std::move(message), sqlite3_system_errno(m_db));
   }

@@ -349,6 +349,34 @@ check "Ctrl-Z (SIGTSTP) stops a handler between transactions: $quick of 10 sends
 kill -TERM "$server" "$handler"
 wait "$server" "$handler"
 check "the handler and the server stop cleanly after all that" test $? = 0
+
+# --- a process stopped while it holds a lock of the WAL index -----------------------------------
+# Checkpoints, restarts of the WAL and recoveries lock parts of the WAL index exclusively for a
+# moment. A process stopped in that moment keeps every other one from reading the database:
+# SQLite gives up after about 10 s. The error says who and how to resume it. A helper with the
+# database open takes the read marks' locks (bytes 123 to 127 of the -shm) as a checkpoint
+# does, and stops itself.
+export ACMO_DATA_DIR="$work/shm-locked"
+"$acmo" -q send CREATE --order-id ord_shm --data "$create"
+python3 - "$ACMO_DATA_DIR/acmo.db" <<'PY' &
+import fcntl, os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("SELECT count(*) FROM sqlite_master").fetchall()  # maps the WAL index
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)  # never closed: that would drop SQLite's locks
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 123)
+os.kill(os.getpid(), signal.SIGSTOP)
+PY
+holder=$!
+pids+=("$holder")
+wait_for 5 bash -c '[[ $(awk "{print \$3}" /proc/$1/stat) == T ]]' _ "$holder"
+err=$("$acmo" stats 2>&1); rc=$?
+check "a process stopped holding the WAL index's locks: stats gives up with exit 75 (got $rc)" \
+  test "$rc" -eq 75
+check "  naming that process and how to resume it" \
+  grep -qF "WAL index is locked by pid $holder (python3 - $ACMO_DATA_DIR/acmo.db), which is stopped (Ctrl-Z or SIGSTOP: \`kill -CONT $holder\` resumes it)" <<<"$err"
+kill -CONT "$holder"
+wait "$holder"
+check "  once it has gone on and exited, stats reads again" "$acmo" -q stats
 export ACMO_DATA_DIR="$work/data"
 
 # --- the log in JSON: every line an object, with stable fields --------------------------------
