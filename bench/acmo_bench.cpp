@@ -380,7 +380,10 @@ double pg_send_concurrent(const Settings& s)
 {
   PgBenchSchema schema(s.pg_url);
   auto q = open_pg(s, schema);
-  fill(*q, make_requests(1, -1, 1)); // the sending connections, made before the clock runs
+  // The sending connections (the group commit's, the flusher's), made before the clock runs.
+  for (const auto& r : make_requests(1, -1, 1)) {
+    if (auto sent = q->send(r); !sent) throw std::runtime_error(sent.error().message);
+  }
   std::vector<std::vector<SendRequest>> work;
   for (int t = 0; t < s.threads; ++t) {
     work.push_back(make_requests(s.pg_per_connection, t * s.pg_per_connection, 1));
@@ -401,7 +404,7 @@ double pg_send_bulk(const Settings& s, int64_t groups)
 {
   PgBenchSchema schema(s.pg_url);
   auto q = open_pg(s, schema);
-  fill(*q, make_requests(1, -1, 1));
+  fill(*q, make_requests(1, -1, 1)); // send_bulk's connections, made before the clock runs
   auto requests = make_requests(s.pg_bulk_messages, 0, groups == 0 ? s.pg_bulk_messages : groups);
   auto start = Clock::now();
   fill(*q, requests);

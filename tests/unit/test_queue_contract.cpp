@@ -908,6 +908,19 @@ TEST_CASE("PgQueue: sends whose server process ended before the flush that would
   std::set<int64_t> stored;
   for (const auto& row : schema.exec("SELECT seq FROM messages")) stored.insert(row[0].as<int64_t>());
   for (int64_t seq : sent) CHECK(stored.count(seq) == 1);
+  // The server did not crash, so every message is stored, once and in the order sent: the
+  // statements in flight on the connection that ended were sent again, in order, and those
+  // that had committed found their messages as duplicates of themselves.
+  std::vector<std::string> bodies;
+  for (const auto& row : schema.exec("SELECT body FROM messages ORDER BY seq")) {
+    bodies.push_back(row[0].as<std::string>());
+  }
+  REQUIRE(bodies.size() == requests.size());
+  size_t first_wrong = bodies.size();
+  for (size_t i = 0; i < bodies.size() && first_wrong == bodies.size(); ++i) {
+    if (bodies[i] != requests[i].body) first_wrong = i;
+  }
+  CHECK(first_wrong == bodies.size());
 }
 
 TEST_CASE("PgQueue: the dedup history of a schema made before it was keyed by hash still "

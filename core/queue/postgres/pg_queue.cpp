@@ -5,6 +5,7 @@
 #include <cctype>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <limits>
 #include <map>
@@ -23,6 +24,7 @@
 #include <pqxx/pqxx>
 
 #include "core/queue/limits.hpp"
+#include "core/queue/postgres/pg_pipeline.hpp"
 #include "core/queue/postgres/schema.hpp"
 #include "core/store/pg_conninfo.hpp"
 #include "core/store/pg_text.hpp"
@@ -299,17 +301,34 @@ struct SendOp {
   // of its own, and returned before its op was answered, which the first leader then wrote to
   // on a stack frame that was gone.
   bool taken = false;
-  // The caller makes the op durable itself, later (send_bulk): a batch of such ops only is
-  // answered once committed, with `generation` the commit that make_durable must cover (0 when
-  // nothing needs flushing).
-  bool defer_durable = false;
+  // The commit that make_durable must cover (0 when nothing needs flushing): send_bulk makes
+  // its ops durable itself, once all are committed.
   uint64_t generation = 0;
-  // The key of the server process that committed it (Impl::sender_key).
+  // The key of the server process that committed it (SendPipe::key).
   int64_t backend = 0;
   // Set (under the mutex) when the leader, going on to the next batch, hands this op's sender
   // the work of answering its batch (SendBatch::answer).
   std::shared_ptr<struct SendBatch> answer;
   std::condition_variable cv;
+};
+
+// A connection that sends with acmo_send (Impl::open_send_pipe), in libpq's pipeline mode, and
+// the key of the advisory lock its server process holds.
+struct SendPipe {
+  std::unique_ptr<PgPipeline> conn;
+  int64_t key = 0;
+  uint64_t epoch = 0; // connections made so far: a statement's result is read on its own
+};
+
+// One statement of sends: its ops, and once sent (dispatch), what reading its result (collect)
+// needs.
+struct SendFlight {
+  std::vector<SendOp*> ops;
+  size_t count = 0;  // requests
+  int64_t now = 0;   // the time it was sent with
+  bool sent = false; // and whether it was (then it is in doubt until its result is read)
+  uint64_t epoch = 0; // on which of the SendPipe's connections
+  bool lost = false;  // that connection broke before its result was read
 };
 
 // The ops of one statement of sends, committed and waiting to be answered: once the WAL holds
@@ -466,7 +485,10 @@ struct PgQueue::Impl {
 
   // Group commit of sends: the first sender to find no leader sends every request queued so
   // far in one statement on the sending connection, which only the leader uses.
-  std::unique_ptr<pqxx::connection> sender;
+  SendPipe sender;
+  // send_bulk's statements, on a connection of their own, one send_bulk at a time.
+  std::mutex bulk_mu;
+  SendPipe bulk_sender;
   std::mutex send_mu;
   std::vector<std::shared_ptr<SendOp>> send_pending;
   bool send_leading = false;
@@ -493,7 +515,6 @@ struct PgQueue::Impl {
   uint64_t failed_through = 0; // commits up to this one were made by a backend that ended
   std::map<int64_t, uint64_t> unflushed_backends; // by key: the last commit of each
   bool syncing = false;
-  int64_t sender_key = 0; // the advisory lock the sending connection's server process holds
 
   // The consume journal's connection (journal_begin, journal_drop).
   std::mutex journal_mu;
@@ -544,10 +565,16 @@ struct PgQueue::Impl {
   // durable; a receive or a delete lost to a crash of the server only causes a redelivery).
   void setup(pqxx::connection& conn, bool synchronous) const
   {
-    pqxx::nontransaction tx(conn);
-    // One round trip for every setting.
-    tx.exec0(
-      "SET search_path = " + tx.quote_name(schema) + "; SET client_min_messages = error; "
+    pqxx::nontransaction(conn).exec0(setup_sql(synchronous));
+    for (const auto* statement : k_statements) conn.prepare(statement->name, statement->sql);
+  }
+
+  // The settings of setup, in one round trip (the schema's name needs no quoting inside
+  // quotes: valid_queue_schema).
+  std::string setup_sql(bool synchronous) const
+  {
+    return
+      "SET search_path = \"" + schema + "\"; SET client_min_messages = error; "
       + fmt::format("SET lock_timeout = {}; ", std::max<int64_t>(1, options.busy_timeout_ms))
       // A process that stops talking inside a transaction (stopped, hung, its host cut off)
       // holds the groups it locked: a consume's are never in flight, so no visibility timeout
@@ -569,8 +596,7 @@ struct PgQueue::Impl {
       // as running it.
       "SET plan_cache_mode = force_generic_plan; SET enable_bitmapscan = off; "
       "SET enable_hashjoin = off; SET enable_mergejoin = off; "
-      + (synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off"));
-    for (const auto* statement : k_statements) conn.prepare(statement->name, statement->sql);
+      + (synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off");
   }
 
   // The error a database exception means; `discard` says whether the connection is broken.
@@ -824,6 +850,8 @@ struct PgQueue::Impl {
   // and hands the answering of the batch it sent (the flush, then waking its senders) to one
   // of that batch's senders: handing the lead on instead cost the next statement the wake-up
   // of another thread, about a fifth of each statement's time under 32 concurrent senders.
+  // One statement is in flight at a time (send_bulk keeps two): a statement gathers the
+  // requests queued while the one before ran, and a second in flight would only split them.
   void submit(const std::shared_ptr<SendOp>& op_ptr)
   {
     constexpr int k_max_led = 4; // bounds what the leader's own caller waits for others
@@ -849,14 +877,9 @@ struct PgQueue::Impl {
       }
       lock.unlock();
       send_all(ops);
-      // A commit to make durable gets a generation; the batch waits for it unless every op
-      // of it makes itself durable later (send_bulk).
+      // A commit to make durable gets a generation, which the batch waits for.
       bool committed = false;
-      bool all_deferred = true;
-      for (auto* o : ops) {
-        committed = committed || !o->error;
-        all_deferred = all_deferred && o->defer_durable;
-      }
+      for (auto* o : ops) committed = committed || !o->error;
       const bool to_flush = committed && options.durability_full;
       if (to_flush) {
         std::lock_guard sync_lock(sync_mu);
@@ -865,8 +888,7 @@ struct PgQueue::Impl {
           if (!o->error) unflushed_backends[o->backend] = batch->generation;
         }
       }
-      for (auto* o : ops) o->generation = batch->generation;
-      batch->needs_flush = to_flush && !all_deferred;
+      batch->needs_flush = to_flush;
       lock.lock();
       // Go on leading with the ops queued meanwhile, if one of this batch's senders (not this
       // one, which answers only once it stops leading) can answer it.
@@ -897,6 +919,40 @@ struct PgQueue::Impl {
       op.cv.wait(lock, [&] { return op.done; });
       return;
     }
+  }
+
+  // Send the requests of `batch` in one statement (one transaction); should that fail for a
+  // reason that is not the server's, each request alone, so that one bad request cannot fail
+  // its neighbours.
+  void send_all(const std::vector<SendOp*>& batch)
+  {
+    SendFlight flight{batch};
+    auto error = send_statement(sender, flight);
+    if (error && batch.size() > 1 && error->code == Errc::internal) {
+      for (auto* op : batch) {
+        SendFlight single{{op}};
+        set_error(single, send_statement(sender, single));
+      }
+    } else {
+      set_error(flight, std::move(error));
+    }
+    bool any = false;
+    for (auto* op : batch) any = any || !op->error;
+    if (any) notify_waiters();
+  }
+
+  // Send `flight` on `pipe`, with nothing else in flight there, and read its result.
+  std::optional<Error> send_statement(SendPipe& pipe, SendFlight& flight)
+  {
+    auto error = dispatch(pipe, flight);
+    if (!error) error = collect(pipe, flight);
+    return retry_lost(pipe, flight, std::move(error));
+  }
+
+  static void set_error(SendFlight& flight, std::optional<Error> error)
+  {
+    if (!error) return;
+    for (auto* o : flight.ops) o->error = error;
   }
 
   // Answer a batch the leader sent: wait until the WAL holds its commit when it needs that,
@@ -997,41 +1053,43 @@ struct PgQueue::Impl {
     }
   }
 
-  // Send the requests of `batch` in one statement (one transaction); should that fail for a
-  // reason that is not the server's, each request alone, so that one bad request cannot fail
-  // its neighbours.
-  void send_all(const std::vector<SendOp*>& batch)
+  // After `error`, a statement lost with its connection is sent once more, alone, on a new
+  // one, when the dedup window makes that safe: had the first attempt committed, its messages
+  // are found as duplicates of themselves (the message ids are the ones this process drew),
+  // and reported as sent. Nothing else may be in flight on `pipe`'s connection.
+  std::optional<Error> retry_lost(SendPipe& pipe, SendFlight& flight, std::optional<Error> error)
   {
-    if (auto error = send_statement(batch); error && batch.size() > 1 && error->code == Errc::internal) {
-      for (auto* op : batch) {
-        if (auto e = send_statement({op})) op->error = e;
-      }
-    } else if (error) {
-      for (auto* op : batch) op->error = error;
-    }
-    bool any = false;
-    for (auto* op : batch) any = any || !op->error;
-    if (any) notify_waiters();
+    if (!error || !flight.lost || options.dedup_window_ms <= 0) return error;
+    error = dispatch(pipe, flight);
+    return error ? error : collect(pipe, flight);
   }
 
-  // A connection found broken is made again and the statement sent once more, when the dedup
-  // window makes that safe: had the first attempt committed, its messages are found as
-  // duplicates of themselves (the message ids are the ones this process drew), and reported
-  // as sent.
-  std::optional<Error> send_statement(const std::vector<SendOp*>& batch)
+  // Open `pipe`'s connection: its server process takes the advisory lock of a random key, held
+  // for its life (flush_wal), and commits without waiting for the disk (make_durable).
+  void open_send_pipe(SendPipe& pipe)
   {
-    auto error = send_statement_once(batch);
-    if (error && error->code == Errc::unavailable && !sender && options.dedup_window_ms > 0) {
-      error = send_statement_once(batch);
-    }
-    return error;
+    auto conn = std::make_unique<PgPipeline>(conninfo, setup_sql(false));
+    int64_t key = 0;
+    while (key == 0) key = static_cast<int64_t>(random_u64());
+    conn->exec("SELECT pg_advisory_lock($1)", {std::to_string(key)});
+    conn->prepare("acmo_send",
+                  "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
+                  " $5::text[], $6::text[], $7::text[], $8::boolean[], $9::text[],"
+                  " $10::bigint[], $11::uuid[], $12::boolean[], $13::boolean[])");
+    conn->start();
+    pipe.conn = std::move(conn);
+    pipe.key = key;
+    ++pipe.epoch;
   }
 
-  std::optional<Error> send_statement_once(const std::vector<SendOp*>& batch)
+  // Send the requests of `flight` on `pipe` in one statement, without waiting for its result
+  // (collect reads it), opening the connection first if there is none. A statement not sent
+  // is not in doubt.
+  std::optional<Error> dispatch(SendPipe& pipe, SendFlight& flight)
   {
     PgArray groups, dedup, keys, content, bodies, hashes, ids, same, unless;
-    size_t count = 0;
-    for (const auto* op : batch) {
+    flight.count = 0;
+    for (const auto* op : flight.ops) {
       for (const auto& p : op->items) {
         groups.add(p.request->group_id);
         dedup.add(p.dedup_id);
@@ -1042,53 +1100,82 @@ struct PgQueue::Impl {
         ids.add(p.message_id);
         same.add_bool(p.request->same_body);
         unless.add_bool(p.request->unless_duplicate.has_value());
-        ++count;
+        ++flight.count;
       }
     }
-    if (count == 0) return std::nullopt;
-    const int64_t now = clock.now_ms();
-    bool committing = false;
+    flight.sent = false;
+    flight.lost = false;
+    if (flight.count == 0) return std::nullopt;
+    flight.now = clock.now_ms();
     try {
-      if (!sender) {
-        auto conn = own_connection(false); // made durable by make_durable
-        int64_t key = 0;
-        while (key == 0) key = static_cast<int64_t>(random_u64());
-        pqxx::nontransaction(*conn).exec_params("SELECT pg_advisory_lock($1)", key);
-        conn->prepare("acmo_send",
-                      "SELECT o_kind, o_seq, o_id, o_expires FROM acmo_send($1, $2, $3, $4,"
-                      " $5::text[], $6::text[], $7::text[], $8::boolean[], $9::text[],"
-                      " $10::bigint[], $11::uuid[], $12::boolean[], $13::boolean[])");
-        sender = std::move(conn);
-        sender_key = key;
+      if (!pipe.conn) open_send_pipe(pipe);
+      // Sent, the statement is in doubt until its result is read.
+      flight.sent = true;
+      flight.epoch = pipe.epoch;
+      pipe.conn->send("acmo_send",
+                      {std::to_string(queue_id), std::to_string(flight.now),
+                       std::to_string(options.dedup_window_ms), channel, groups.text(),
+                       dedup.text(), keys.text(), content.text(), bodies.text(), hashes.text(),
+                       ids.text(), same.text(), unless.text()});
+      return std::nullopt;
+    } catch (const std::exception& e) {
+      return pipe_error(pipe, flight, e);
+    }
+  }
+
+  // The error of a statement of sends on `pipe`: a connection found broken is dropped, and a
+  // statement sent on it is lost: it may or may not have committed.
+  Error pipe_error(SendPipe& pipe, SendFlight& flight, const std::exception& e)
+  {
+    bool discard = false;
+    Error error = error_of(e, discard);
+    if (discard || (pipe.conn && !pipe.conn->is_open())) {
+      pipe.conn.reset();
+      if (flight.sent) {
+        flight.lost = true;
+        error.message += k_send_in_doubt;
       }
-      // Outside a transaction block, the statement is its own transaction.
-      pqxx::nontransaction tx(*sender);
-      committing = true;
-      auto rows = tx.exec_prepared("acmo_send", queue_id, now, options.dedup_window_ms, channel,
-                                   groups.text(), dedup.text(), keys.text(), content.text(),
-                                   bodies.text(),
-                                   hashes.text(), ids.text(), same.text(), unless.text());
-      if (rows.size() != count) {
+    }
+    return error;
+  }
+
+  // Read the result of `flight`, the oldest statement sent on `pipe` and not yet read, into
+  // its ops' results (or return its error, which it sets on no op).
+  std::optional<Error> collect(SendPipe& pipe, SendFlight& flight)
+  {
+    if (!flight.sent) return std::nullopt;
+    if (!pipe.conn || pipe.epoch != flight.epoch) {
+      // Its connection broke while an earlier statement's result was read.
+      flight.lost = true;
+      return Error(Errc::unavailable,
+                   fmt::format("the connection to PostgreSQL at {} broke{}", redact_pg_url(url),
+                               k_send_in_doubt),
+                   "queue.url");
+    }
+    try {
+      const PgRows rows = pipe.conn->take();
+      if (static_cast<size_t>(rows.size()) != flight.count) {
         return Error(Errc::internal, "acmo_send answered a different number of rows");
       }
-      size_t i = 0;
-      for (auto* op : batch) {
-        op->backend = sender_key;
+      const int64_t now = flight.now;
+      int i = 0;
+      for (auto* op : flight.ops) {
+        op->backend = pipe.key;
         op->results.clear();
         for (const auto& p : op->items) {
-          const auto row = rows[static_cast<pqxx::result::size_type>(i++)];
-          const std::string kind = row[0].as<std::string>();
+          const int row = i++;
+          const std::string_view kind = rows.get(row, 0);
           SendResult r;
           r.dedup_id = p.dedup_id;
-          r.seq = row[1].as<int64_t>();
-          r.message_id = row[2].as<std::string>();
+          r.seq = rows.get_int(row, 1);
+          r.message_id = std::string(rows.get(row, 2));
           if (kind == "refused" && p.request->unless_duplicate) {
             op->results.emplace_back(Unexpected(*p.request->unless_duplicate));
           } else if (kind == "refused") {
             op->results.emplace_back(
               make_error(Errc::internal, "acmo_send refused a request that allowed a new message"));
           } else if (kind == "conflict") {
-            const int64_t age = (now - (row[3].as<int64_t>() - options.dedup_window_ms)) / 1000;
+            const int64_t age = (now - (rows.get_int(row, 3) - options.dedup_window_ms)) / 1000;
             op->results.emplace_back(make_error(
               Errc::conflict,
               fmt::format("the deduplication id \"{}\" was used {} s ago for a different "
@@ -1103,48 +1190,115 @@ struct PgQueue::Impl {
         }
       }
       ++committed_transactions;
-      committed_requests += static_cast<int64_t>(batch.size());
+      committed_requests += static_cast<int64_t>(flight.ops.size());
       return std::nullopt;
     } catch (const std::exception& e) {
-      bool discard = false;
-      Error error = error_of(e, discard);
-      if (discard || (sender && !sender->is_open())) {
-        sender.reset();
-        if (committing) {
-          error.message += k_send_in_doubt;
-        }
-      }
-      return error;
+      return pipe_error(pipe, flight, e);
     }
   }
 
-  // Send `count` requests, durable when answered; or, with `deferred`, only committed, and
-  // *deferred the commit that make_durable must cover (0: none).
-  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count,
-                                              uint64_t* deferred = nullptr)
+  // An op of those of `count` requests that pass prepare_send; the others' errors go to
+  // `results` (from results[0]), and where[k] is the request of the op's k-th item.
+  std::shared_ptr<SendOp> prepare_op(const SendRequest* requests, size_t count,
+                                     Expected<SendResult>* results, std::vector<size_t>& where)
   {
-    std::vector<Expected<SendResult>> results(count);
-    auto shared = std::make_shared<SendOp>();
-    SendOp& op = *shared;
-    op.defer_durable = deferred != nullptr;
-    std::vector<size_t> where;
+    auto op = std::make_shared<SendOp>();
     for (size_t i = 0; i < count; ++i) {
       auto prepared = prepare_send(requests[i]);
       if (prepared) {
-        op.items.push_back(std::move(*prepared));
+        op->items.push_back(std::move(*prepared));
         where.push_back(i);
       } else {
         results[i] = Unexpected(prepared.error());
       }
     }
-    if (op.items.empty()) return results;
-    submit(shared);
-    if (deferred != nullptr) *deferred = op.generation;
+    return op;
+  }
+
+  // Put an op's outcome into `results`, at the places `where` says.
+  static void answer_op(SendOp& op, const std::vector<size_t>& where,
+                        Expected<SendResult>* results)
+  {
     for (size_t k = 0; k < where.size(); ++k) {
       results[where[k]] = op.error ? Expected<SendResult>(Unexpected(*op.error))
                                    : std::move(op.results[k]);
     }
+  }
+
+  // Send `count` requests in one op of the group commit, durable when answered.
+  std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count)
+  {
+    std::vector<Expected<SendResult>> results(count);
+    std::vector<size_t> where;
+    auto op = prepare_op(requests, count, results.data(), where);
+    if (op->items.empty()) return results;
+    submit(op);
+    answer_op(*op, where, results.data());
     return results;
+  }
+
+  // send_bulk's statements, one op each, in order, on bulk_sender, two in flight at a time:
+  // the server runs one while this process reads the result of the one before and builds the
+  // one after. Each op committed gets the commit make_durable must cover (its generation),
+  // unless queue.durability is "normal".
+  //
+  // A connection that breaks loses every statement in flight on it: each is sent again, in
+  // order, alone, when the dedup window makes that safe (retry_lost). A statement the server
+  // refuses for a reason of its own (Errc::internal) fails its requests together: the statement
+  // after it may have committed already, so sending them again one by one, as the group
+  // commit does, would put them behind it.
+  void send_pipelined(const std::vector<SendOp*>& ops)
+  {
+    constexpr size_t k_depth = 2;
+    std::lock_guard lock(bulk_mu);
+    std::vector<SendFlight> flights;
+    flights.reserve(ops.size());
+    for (auto* op : ops) flights.push_back(SendFlight{{op}});
+    bool any = false;
+    auto finish = [&](SendFlight& flight, std::optional<Error> error) {
+      SendOp& op = *flight.ops[0];
+      if (error) {
+        op.error = std::move(error);
+        return;
+      }
+      any = true;
+      if (!options.durability_full) return;
+      std::lock_guard sync_lock(sync_mu);
+      op.generation = ++committed_generation;
+      unflushed_backends[op.backend] = op.generation;
+    };
+    std::deque<size_t> flying;
+    size_t next = 0;
+    while (next < flights.size() || !flying.empty()) {
+      // The next statement goes on the connection, or makes one when none is in flight.
+      if (next < flights.size() && flying.size() < k_depth
+          && (bulk_sender.conn || flying.empty())) {
+        const size_t k = next++;
+        auto error = dispatch(bulk_sender, flights[k]);
+        if (error && !flights[k].sent) {
+          finish(flights[k], std::move(error));
+        } else {
+          flying.push_back(k); // lost, if sending broke the connection: read below
+        }
+        continue;
+      }
+      const size_t k = flying.front();
+      flying.pop_front();
+      auto error = collect(bulk_sender, flights[k]);
+      const bool lost = flights[k].lost;
+      finish(flights[k], retry_lost(bulk_sender, flights[k], std::move(error)));
+      if (lost) {
+        // The statements still in flight went on the same connection: read (lost) and sent
+        // again in order before anything new goes on the new one.
+        while (!flying.empty()) {
+          const size_t j = flying.front();
+          flying.pop_front();
+          auto e = collect(bulk_sender, flights[j]);
+          finish(flights[j], retry_lost(bulk_sender, flights[j], std::move(e)));
+        }
+      }
+    }
+    if (any) notify_waiters();
   }
 
   // --- operations inside a transaction ----------------------------------------------------
@@ -1891,10 +2045,15 @@ PgQueue::send_batch(const std::vector<SendRequest>& requests)
 // generation, already flushed: whether the server process that made it was still running).
 std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendRequest>& requests)
 {
-  std::vector<Expected<SendResult>> results;
-  results.reserve(requests.size());
-  std::vector<std::pair<size_t, uint64_t>> parts; // the first result of each, its commit
-  uint64_t last = 0;
+  std::vector<Expected<SendResult>> results(requests.size());
+  struct Part {
+    size_t start;              // its first request
+    size_t end;                // and the one after its last
+    std::vector<size_t> where; // its op's items' requests, from start
+    std::shared_ptr<SendOp> op;
+  };
+  std::vector<Part> parts;
+  std::vector<SendOp*> ops;
   size_t start = 0;
   while (start < requests.size()) {
     size_t count = 0;
@@ -1904,21 +2063,28 @@ std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendReque
       bytes += requests[start + count].body.size();
       ++count;
     }
-    uint64_t generation = 0;
-    auto part = m_impl->send_many(requests.data() + start, count, &generation);
-    parts.emplace_back(results.size(), generation);
-    last = std::max(last, generation);
-    std::move(part.begin(), part.end(), std::back_inserter(results));
+    Part part{start, start + count, {}, nullptr};
+    part.op = m_impl->prepare_op(requests.data() + start, count, results.data() + start,
+                                 part.where);
+    if (!part.op->items.empty()) {
+      ops.push_back(part.op.get());
+      parts.push_back(std::move(part));
+    }
     start += count;
+  }
+  if (!ops.empty()) m_impl->send_pipelined(ops);
+  uint64_t last = 0;
+  for (auto& part : parts) {
+    Impl::answer_op(*part.op, part.where, results.data() + part.start);
+    last = std::max(last, part.op->generation);
   }
   if (last == 0) return results;
   const auto failure = m_impl->make_durable(last);
-  for (size_t k = 0; k < parts.size(); ++k) {
-    if (parts[k].second == 0) continue;
-    auto error = failure ? failure : m_impl->make_durable(parts[k].second);
+  for (const auto& part : parts) {
+    if (part.op->generation == 0) continue;
+    auto error = failure ? failure : m_impl->make_durable(part.op->generation);
     if (!error) continue;
-    const size_t end = k + 1 < parts.size() ? parts[k + 1].first : results.size();
-    for (size_t i = parts[k].first; i < end; ++i) {
+    for (size_t i = part.start; i < part.end; ++i) {
       if (results[i]) results[i] = Unexpected(*error);
     }
   }
