@@ -150,7 +150,8 @@ err=$("$acmo" orders get ord_1 2>&1); rc=$?
 check "orders get with PostgreSQL down exits 75" test "$rc" -eq 75
 check "and says which server does not answer" grep -q "127.0.0.1:$port.*is not answering" <<<"$err"
 
-check "an acmo serve started with the store down waits for it" \
+# Under a sanitizer the server takes seconds to get that far.
+check "an acmo serve started with the store down waits for it" wait_for 20 \
   bash -c 'kill -0 "$1" && grep -q "is not answering.*retrying until it answers" "$2"' _ \
   "$server3_pid" "$work/serve3.log"
 start_pg
