@@ -141,7 +141,6 @@ void PgPipeline::send(const std::string& name, const std::vector<std::string>& p
       || PQpipelineSync(m_conn) != 1) {
     fail_connection("sending a statement");
   }
-  ++m_in_flight;
 }
 
 // Read up to the sync of the statement at hand. Between its results and the sync come the
@@ -170,7 +169,6 @@ void PgPipeline::skip_to_sync()
 PgRows PgPipeline::take()
 {
   if (m_broken) fail_connection("reading a result");
-  --m_in_flight;
   PGresult* result = PQgetResult(m_conn);
   if (result == nullptr) fail_connection("reading a result");
   if (PQresultStatus(result) != PGRES_TUPLES_OK && PQresultStatus(result) != PGRES_COMMAND_OK) {

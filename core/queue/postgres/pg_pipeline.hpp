@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -58,7 +59,6 @@ public:
   // The result of the oldest statement sent and not yet taken (waiting for it), or its error,
   // thrown. A connection that broke is not usable any more (is_open() is false).
   PgRows take();
-  int in_flight() const { return m_in_flight; }
   bool is_open() const;
 
 private:
@@ -67,7 +67,6 @@ private:
   void skip_to_sync();
 
   pg_conn* m_conn = nullptr;
-  int m_in_flight = 0;
   bool m_broken = false;
 };
 
