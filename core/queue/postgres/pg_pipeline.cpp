@@ -1,6 +1,7 @@
 #include "core/queue/postgres/pg_pipeline.hpp"
 
 #include <charconv>
+#include <stdexcept>
 
 #include <libpq-fe.h>
 #include <pqxx/except>
@@ -45,6 +46,98 @@ int64_t PgRows::get_int(int row, int column) const
     throw pqxx::conversion_error("not a number: \"" + std::string(text) + "\"");
   }
   return value;
+}
+
+namespace {
+
+// The header of an array in binary format: dimensions, whether any element is NULL, the
+// elements' type, then per dimension its length and lower bound. Integers are big-endian.
+constexpr size_t k_array_header = 20;
+
+void put_u32(char* at, uint32_t value)
+{
+  for (int i = 3; i >= 0; --i) {
+    at[i] = static_cast<char>(value & 0xff);
+    value >>= 8;
+  }
+}
+
+int hex_digit(char c)
+{
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+} // namespace
+
+PgBinaryArray::PgBinaryArray(Type type) : m_type(type), m_bytes(k_array_header, '\0') {}
+
+void PgBinaryArray::element(size_t size)
+{
+  char length[4];
+  put_u32(length, static_cast<uint32_t>(size));
+  m_bytes.append(length, 4);
+  ++m_count;
+}
+
+void PgBinaryArray::add(std::string_view text)
+{
+  element(text.size());
+  m_bytes.append(text);
+}
+
+void PgBinaryArray::add(int64_t value)
+{
+  element(8);
+  char bytes[8];
+  auto bits = static_cast<uint64_t>(value);
+  for (int i = 7; i >= 0; --i) {
+    bytes[i] = static_cast<char>(bits & 0xff);
+    bits >>= 8;
+  }
+  m_bytes.append(bytes, 8);
+}
+
+void PgBinaryArray::add_bool(bool value)
+{
+  element(1);
+  m_bytes += value ? '\1' : '\0';
+}
+
+void PgBinaryArray::add_uuid(std::string_view text)
+{
+  char bytes[16];
+  size_t digits = 0;
+  for (char c : text) {
+    if (c == '-') continue;
+    const int d = hex_digit(c);
+    if (d < 0 || digits == 32) throw std::invalid_argument("not a uuid: " + std::string(text));
+    bytes[digits / 2] = static_cast<char>(digits % 2 == 0 ? d << 4 : (bytes[digits / 2] | d));
+    ++digits;
+  }
+  if (digits != 32) throw std::invalid_argument("not a uuid: " + std::string(text));
+  element(16);
+  m_bytes.append(bytes, 16);
+}
+
+std::string PgBinaryArray::take()
+{
+  std::string bytes = std::move(m_bytes);
+  // An empty array has no dimension.
+  put_u32(bytes.data(), m_count == 0 ? 0 : 1);
+  put_u32(bytes.data() + 4, 0);
+  put_u32(bytes.data() + 8, static_cast<uint32_t>(m_type));
+  if (m_count == 0) {
+    bytes.resize(12);
+  } else {
+    put_u32(bytes.data() + 12, m_count);
+    put_u32(bytes.data() + 16, 1);
+  }
+  m_count = 0;
+  m_bytes.assign(k_array_header, '\0');
+  return bytes;
 }
 
 namespace {
@@ -129,14 +222,21 @@ void PgPipeline::start()
   if (PQenterPipelineMode(m_conn) != 1) fail_connection("entering pipeline mode");
 }
 
-void PgPipeline::send(const std::string& name, const std::vector<std::string>& params)
+void PgPipeline::send(const std::string& name, const std::vector<PgParam>& params)
 {
   if (m_broken) fail_connection("sending");
-  const auto values = values_of(params);
+  std::vector<const char*> values;
+  std::vector<int> lengths;
+  std::vector<int> formats;
+  for (const auto& p : params) {
+    values.push_back(p.value.c_str());
+    lengths.push_back(static_cast<int>(p.value.size()));
+    formats.push_back(p.binary ? 1 : 0);
+  }
   // The sync ends the statement's transaction and sends what libpq holds (in blocking mode,
   // libpq reads what the server sends meanwhile, so neither side waits for the other).
   if (PQsendQueryPrepared(m_conn, name.c_str(), static_cast<int>(values.size()), values.data(),
-                          nullptr, nullptr, 0)
+                          lengths.data(), formats.data(), 0)
         != 1
       || PQpipelineSync(m_conn) != 1) {
     fail_connection("sending a statement");

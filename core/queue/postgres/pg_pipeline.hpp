@@ -29,6 +29,46 @@ private:
   pg_result* m_result;
 };
 
+// An array parameter in PostgreSQL's binary format (that of array_send): the server copies its
+// elements as they are rather than parsing a literal with its quotes and escapes, which for
+// a batch of bodies was a tenth of a send's time on the server. All elements have the type
+// given; none is NULL.
+class PgBinaryArray
+{
+public:
+  // The element types, by their type oid.
+  enum class Type : uint32_t { boolean = 16, bigint = 20, text = 25, uuid = 2950 };
+
+  explicit PgBinaryArray(Type type);
+  void add(std::string_view text);    // text
+  void add(const std::string& text) { add(std::string_view(text)); }
+  void add(int64_t value);            // bigint
+  void add_bool(bool value);          // boolean
+  // A uuid in its text form (hex digits, hyphens anywhere); throws std::invalid_argument if
+  // it is not 32 hex digits.
+  void add_uuid(std::string_view text);
+  // Anything else does not compile: say which.
+  template<typename T> void add(T) = delete;
+  // The parameter's bytes; the array is left empty.
+  std::string take();
+
+private:
+  void element(size_t size);
+
+  Type m_type;
+  uint32_t m_count = 0;
+  std::string m_bytes;  // a header's room, then each element: its length and its bytes
+};
+
+// A parameter of a statement: text, or bytes in the binary format of its type.
+struct PgParam
+{
+  PgParam(std::string v) : value(std::move(v)) {}
+  PgParam(PgBinaryArray&& array) : value(array.take()), binary(true) {}
+  std::string value;
+  bool binary = false;
+};
+
 // A connection to PostgreSQL in libpq's pipeline mode: prepared statements are sent one after
 // another without waiting for the results of those before, each followed by a sync, so that
 // each is a transaction of its own; their results come back in the order they were sent. The
@@ -54,8 +94,8 @@ public:
   // Enter pipeline mode: from now on only send() and take().
   void start();
 
-  // Send prepared statement `name` with text parameters, as a transaction of its own.
-  void send(const std::string& name, const std::vector<std::string>& params);
+  // Send prepared statement `name` with its parameters, as a transaction of its own.
+  void send(const std::string& name, const std::vector<PgParam>& params);
   // The result of the oldest statement sent and not yet taken (waiting for it), or its error,
   // thrown. A connection that broke is not usable any more (is_open() is false).
   PgRows take();

@@ -1087,36 +1087,39 @@ struct PgQueue::Impl {
   // is not in doubt.
   std::optional<Error> dispatch(SendPipe& pipe, SendFlight& flight)
   {
-    PgArray groups, dedup, keys, content, bodies, hashes, ids, same, unless;
+    using Type = PgBinaryArray::Type;
+    PgBinaryArray groups(Type::text), dedup(Type::text), keys(Type::text),
+      content(Type::boolean), bodies(Type::text), hashes(Type::bigint), ids(Type::uuid),
+      same(Type::boolean), unless(Type::boolean);
     flight.count = 0;
-    for (const auto* op : flight.ops) {
-      for (const auto& p : op->items) {
-        groups.add(p.request->group_id);
-        dedup.add(p.dedup_id);
-        keys.add(p.dedup_key);
-        content.add_bool(p.content_based);
-        bodies.add(p.request->body);
-        hashes.add(p.body_hash);
-        ids.add(p.message_id);
-        same.add_bool(p.request->same_body);
-        unless.add_bool(p.request->unless_duplicate.has_value());
-        ++flight.count;
-      }
-    }
     flight.sent = false;
     flight.lost = false;
-    if (flight.count == 0) return std::nullopt;
-    flight.now = clock.now_ms();
     try {
+      for (const auto* op : flight.ops) {
+        for (const auto& p : op->items) {
+          groups.add(p.request->group_id);
+          dedup.add(p.dedup_id);
+          keys.add(p.dedup_key);
+          content.add_bool(p.content_based);
+          bodies.add(p.request->body);
+          hashes.add(p.body_hash);
+          ids.add_uuid(p.message_id);
+          same.add_bool(p.request->same_body);
+          unless.add_bool(p.request->unless_duplicate.has_value());
+          ++flight.count;
+        }
+      }
+      if (flight.count == 0) return std::nullopt;
+      flight.now = clock.now_ms();
       if (!pipe.conn) open_send_pipe(pipe);
       // Sent, the statement is in doubt until its result is read.
       flight.sent = true;
       flight.epoch = pipe.epoch;
       pipe.conn->send("acmo_send",
                       {std::to_string(queue_id), std::to_string(flight.now),
-                       std::to_string(options.dedup_window_ms), channel, groups.text(),
-                       dedup.text(), keys.text(), content.text(), bodies.text(), hashes.text(),
-                       ids.text(), same.text(), unless.text()});
+                       std::to_string(options.dedup_window_ms), channel, std::move(groups),
+                       std::move(dedup), std::move(keys), std::move(content), std::move(bodies),
+                       std::move(hashes), std::move(ids), std::move(same), std::move(unless)});
       return std::nullopt;
     } catch (const std::exception& e) {
       return pipe_error(pipe, flight, e);
