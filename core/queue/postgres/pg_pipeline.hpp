@@ -30,9 +30,9 @@ private:
 };
 
 // An array parameter in PostgreSQL's binary format (that of array_send): the server copies its
-// elements as they are rather than parsing a literal with its quotes and escapes, which for
-// a batch of bodies was a tenth of a send's time on the server. All elements have the type
-// given; none is NULL.
+// elements as they are, where a text literal has to be escaped here and parsed there character
+// by character (for a batch of bodies, a tenth of the sending backend's time). All elements
+// have the type given; none is NULL.
 class PgBinaryArray
 {
 public:
