@@ -1,7 +1,6 @@
 #include "core/queue/postgres/pg_pipeline.hpp"
 
 #include <charconv>
-#include <stdexcept>
 
 #include <libpq-fe.h>
 #include <pqxx/except>
@@ -62,14 +61,6 @@ void put_u32(char* at, uint32_t value)
   }
 }
 
-int hex_digit(char c)
-{
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 } // namespace
 
 PgBinaryArray::PgBinaryArray(Type type) : m_type(type), m_bytes(k_array_header, '\0') {}
@@ -106,20 +97,10 @@ void PgBinaryArray::add_bool(bool value)
   m_bytes += value ? '\1' : '\0';
 }
 
-void PgBinaryArray::add_uuid(std::string_view text)
+void PgBinaryArray::add_uuid(const MessageIdBytes& id)
 {
-  char bytes[16];
-  size_t digits = 0;
-  for (char c : text) {
-    if (c == '-') continue;
-    const int d = hex_digit(c);
-    if (d < 0 || digits == 32) throw std::invalid_argument("not a uuid: " + std::string(text));
-    bytes[digits / 2] = static_cast<char>(digits % 2 == 0 ? d << 4 : (bytes[digits / 2] | d));
-    ++digits;
-  }
-  if (digits != 32) throw std::invalid_argument("not a uuid: " + std::string(text));
-  element(16);
-  m_bytes.append(bytes, 16);
+  element(id.size());
+  m_bytes.append(reinterpret_cast<const char*>(id.data()), id.size());
 }
 
 std::string PgBinaryArray::take()

@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/util/ids.hpp"
+
 // libpq's types, as libpq-fe.h declares them (not included here).
 struct pg_conn;
 struct pg_result;
@@ -44,9 +46,7 @@ public:
   void add(const std::string& text) { add(std::string_view(text)); }
   void add(int64_t value);            // bigint
   void add_bool(bool value);          // boolean
-  // A uuid in its text form (hex digits, hyphens anywhere); throws std::invalid_argument if
-  // it is not 32 hex digits.
-  void add_uuid(std::string_view text);
+  void add_uuid(const MessageIdBytes& id); // uuid
   // Anything else does not compile: say which.
   template<typename T> void add(T) = delete;
   // The parameter's bytes; the array is left empty.

@@ -100,7 +100,7 @@ struct PreparedSend {
   std::string dedup_key;      // the dedup history's key: dedup_key_hex(dedup_id)
   bool content_based = false; // the dedup id is the body's SHA-256
   int64_t body_hash = 0;      // hash_word of the body's SHA-256
-  std::string message_id;     // the id it gets if accepted
+  MessageIdBytes message_id;  // the id it gets if accepted
 };
 
 // What a receipt handle names, locked.
@@ -839,7 +839,7 @@ struct PgQueue::Impl {
       out.dedup_id = request.dedup_id;
     }
     out.dedup_key = dedup_key_hex(out.dedup_id);
-    out.message_id = new_message_id();
+    out.message_id = new_message_id_bytes();
     return out;
   }
 
@@ -881,13 +881,7 @@ struct PgQueue::Impl {
       bool committed = false;
       for (auto* o : ops) committed = committed || !o->error;
       const bool to_flush = committed && options.durability_full;
-      if (to_flush) {
-        std::lock_guard sync_lock(sync_mu);
-        batch->generation = ++committed_generation;
-        for (auto* o : ops) {
-          if (!o->error) unflushed_backends[o->backend] = batch->generation;
-        }
-      }
+      if (to_flush) batch->generation = note_commit(ops);
       batch->needs_flush = to_flush;
       lock.lock();
       // Go on leading with the ops queued meanwhile, if one of this batch's senders (not this
@@ -953,6 +947,18 @@ struct PgQueue::Impl {
   {
     if (!error) return;
     for (auto* o : flight.ops) o->error = error;
+  }
+
+  // A commit that make_durable must cover, of those of `ops` that committed (each remembers the
+  // server process that committed it): its generation.
+  uint64_t note_commit(const std::vector<SendOp*>& ops)
+  {
+    std::lock_guard sync_lock(sync_mu);
+    const uint64_t generation = ++committed_generation;
+    for (auto* o : ops) {
+      if (!o->error) unflushed_backends[o->backend] = generation;
+    }
+    return generation;
   }
 
   // Answer a batch the leader sent: wait until the WAL holds its commit when it needs that,
@@ -1187,7 +1193,8 @@ struct PgQueue::Impl {
                           p.dedup_id, age, r.message_id),
               "deduplicationId"));
           } else {
-            r.duplicate = kind == "duplicate" && r.message_id != p.message_id;
+            r.duplicate =
+              kind == "duplicate" && r.message_id != format_message_id(p.message_id);
             op->results.emplace_back(std::move(r));
           }
         }
@@ -1265,10 +1272,7 @@ struct PgQueue::Impl {
         return;
       }
       any = true;
-      if (!options.durability_full) return;
-      std::lock_guard sync_lock(sync_mu);
-      op.generation = ++committed_generation;
-      unflushed_backends[op.backend] = op.generation;
+      if (options.durability_full) op.generation = note_commit({&op});
     };
     std::deque<size_t> flying;
     size_t next = 0;
