@@ -353,6 +353,21 @@ for round in 1 2 3; do
     test "$rc/$got" = "0/$crash_total"
 done
 
+# Single sends alone, with no bulk send after them to flush the WAL: each commits durably
+# before it is answered. Concurrent senders share their statements (the group commit).
+rc=0
+pids=()
+for i in $(seq 1 20); do
+  "$acmo" -q send CREATE --order-id "crash_single_$i" --data "$order" & pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+crash_total=$((crash_total + 20))
+as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
+start_pg
+got=$(visible)
+check "20 concurrent single sends acknowledged (exit $rc) are all there after a crash of PostgreSQL ($got of $crash_total)" \
+  test "$rc/$got" = "0/$crash_total"
+
 # A purge answered is as durable as a send: a crash right after it must not bring the messages
 # back (the WAL writer still writes asynchronous commits only every 10 s).
 out=$("$acmo" --json purge --yes 2>&1); rc=$?

@@ -160,6 +160,14 @@ PgPipeline::~PgPipeline()
 
 bool PgPipeline::is_open() const { return !m_broken && PQstatus(m_conn) == CONNECTION_OK; }
 
+bool PgPipeline::ready()
+{
+  if (m_broken || PQconsumeInput(m_conn) != 1) return true;
+  return PQisBusy(m_conn) == 0;
+}
+
+int PgPipeline::socket() const { return PQsocket(m_conn); }
+
 void PgPipeline::fail_connection(std::string_view doing)
 {
   m_broken = true;

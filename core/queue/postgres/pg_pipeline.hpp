@@ -100,6 +100,11 @@ public:
   // thrown. A connection that broke is not usable any more (is_open() is false).
   PgRows take();
   bool is_open() const;
+  // Whether take() has the oldest statement's result at hand (reading what has come without
+  // waiting); true on a broken connection too, whose take() throws. socket() is what to wait
+  // on with poll() for more to come.
+  bool ready();
+  int socket() const;
 
 private:
   [[noreturn]] void fail_connection(std::string_view doing);

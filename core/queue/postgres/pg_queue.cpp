@@ -301,8 +301,9 @@ struct SendOp {
   // of its own, and returned before its op was answered, which the first leader then wrote to
   // on a stack frame that was gone.
   bool taken = false;
-  // The commit that make_durable must cover (0 when nothing needs flushing): send_bulk makes
-  // its ops durable itself, once all are committed.
+  // The commit that make_durable must cover (0 when nothing needs flushing): send_bulk's
+  // statements commit without waiting for the disk, and it makes them durable itself once all
+  // are committed.
   uint64_t generation = 0;
   // The key of the server process that committed it (SendPipe::key).
   int64_t backend = 0;
@@ -313,9 +314,11 @@ struct SendOp {
 };
 
 // A connection that sends with acmo_send (Impl::open_send_pipe), in libpq's pipeline mode, and
-// the key of the advisory lock its server process holds.
+// the key of the advisory lock its server process holds. A synchronous one commits each
+// statement durably (synchronous_commit on) before it answers.
 struct SendPipe {
   std::unique_ptr<PgPipeline> conn;
+  bool synchronous = false;
   int64_t key = 0;
   uint64_t epoch = 0; // connections made so far: a statement's result is read on its own
 };
@@ -331,12 +334,9 @@ struct SendFlight {
   bool lost = false;  // that connection broke before its result was read
 };
 
-// The ops of one statement of sends, committed and waiting to be answered: once the WAL holds
-// their commit, when they need that.
+// The ops of one statement of sends, read and waiting for their senders to be woken.
 struct SendBatch {
   std::vector<std::shared_ptr<SendOp>> ops;
-  uint64_t generation = 0;
-  bool needs_flush = false;
 };
 
 // A pool of connections, opened as they are needed, at most k_pool_size.
@@ -484,7 +484,10 @@ struct PgQueue::Impl {
   std::unique_ptr<PgConnections> pool;
 
   // Group commit of sends: the first sender to find no leader sends every request queued so
-  // far in one statement on the sending connection, which only the leader uses.
+  // far in one statement on the sending connection, which only the leader uses. With
+  // queue.durability = "full" each statement commits durably: waiting for the disk in the
+  // commit, with the next statement already sent behind it, answers sooner than a separate
+  // flush of the WAL that a batch would hand to another connection and wait for.
   SendPipe sender;
   // send_bulk's statements, on a connection of their own, one send_bulk at a time.
   std::mutex bulk_mu;
@@ -492,14 +495,18 @@ struct PgQueue::Impl {
   std::mutex send_mu;
   std::vector<std::shared_ptr<SendOp>> send_pending;
   bool send_leading = false;
+  // The leader waits for a statement's result, and for ops to queue to send meanwhile: a
+  // sender that queues one then writes to send_wake_fd.
+  bool send_polling = false;
+  int send_wake_fd = -1;
   std::atomic<int64_t> committed_transactions{0};
   std::atomic<int64_t> committed_requests{0};
 
-  // Durability (queue.durability = "full") without holding the groups' locks through the
-  // flush of the WAL: sends commit without waiting for the disk, and the requests that need it
-  // wait for a flush that covers their commit, made by a write that does wait (flush_wal, on a
-  // connection of its own). While one batch waits for the disk the next one runs, and one flush
-  // covers every commit made before it began.
+  // Durability (queue.durability = "full") of send_bulk without holding the groups' locks
+  // through the flush of the WAL: its statements commit without waiting for the disk, and it
+  // waits for a flush that covers their commits, made by a write that does wait (flush_wal, on
+  // a connection of its own). While one statement waits for the disk the next one runs, and one
+  // flush covers every commit made before it began.
   //
   // A flush covers a commit only if the server did not crash in between: a crash loses the
   // commits whose WAL was not yet written, and a flush on the restarted server covers none of
@@ -535,7 +542,10 @@ struct PgQueue::Impl {
   int stop_fd = -1;
   std::atomic<bool> is_listening{false};
 
-  Impl(const Clock& c, QueueOptions o) : clock(c), options(std::move(o)) {}
+  Impl(const Clock& c, QueueOptions o) : clock(c), options(std::move(o))
+  {
+    sender.synchronous = options.durability_full;
+  }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   ~Impl()
@@ -546,6 +556,7 @@ struct PgQueue::Impl {
     }
     if (listener.joinable()) listener.join();
     if (stop_fd >= 0) ::close(stop_fd);
+    if (send_wake_fd >= 0) ::close(send_wake_fd);
   }
 
   // --- connections and errors -------------------------------------------------------------
@@ -846,18 +857,31 @@ struct PgQueue::Impl {
   // Hand `op` to the group commit and wait until it is answered.
   //
   // The sender that finds no leader leads: it sends every op queued so far in one statement.
-  // While ops are queued meanwhile it goes on with them at once, up to k_max_led statements,
-  // and hands the answering of the batch it sent (the flush, then waking its senders) to one
-  // of that batch's senders: handing the lead on instead cost the next statement the wake-up
-  // of another thread, about a fifth of each statement's time under 32 concurrent senders.
-  // One statement is in flight at a time (send_bulk keeps two): a statement gathers the
-  // requests queued while the one before ran, and a second in flight would only split them.
+  // While that statement runs (and waits for the disk in its commit), ops queued meanwhile go
+  // in a second one on the same connection, which the server starts as soon as it has finished
+  // the first, rather than waiting for the client to read a result and build the next
+  // statement. The leader goes on so up to k_max_led statements, and hands the waking of each
+  // batch's senders to one of them: handing the lead on instead cost the next statement the
+  // wake-up of another thread.
+  struct Flying {
+    std::shared_ptr<SendBatch> batch;
+    SendFlight flight;
+    bool read = false;           // its result is read (or it was never sent)
+    std::optional<Error> error;  // and that result's error
+  };
+
   void submit(const std::shared_ptr<SendOp>& op_ptr)
   {
-    constexpr int k_max_led = 4; // bounds what the leader's own caller waits for others
+    constexpr int k_max_led = 4;   // bounds what the leader's own caller waits for others
+    constexpr size_t k_depth = 2;  // statements in flight
     SendOp& op = *op_ptr;
     std::unique_lock lock(send_mu);
     send_pending.push_back(op_ptr);
+    if (send_polling) {
+      const uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(send_wake_fd, &one, sizeof one);
+      send_polling = false;
+    }
     op.cv.wait(lock, [&] { return op.done || op.answer || (!op.taken && !send_leading); });
     if (op.done) return;
     if (op.answer) {
@@ -867,72 +891,137 @@ struct PgQueue::Impl {
       return; // op is one of the batch's
     }
     send_leading = true;
-    for (int led = 1;; ++led) {
-      auto batch = std::make_shared<SendBatch>();
-      batch->ops.swap(send_pending);
-      std::vector<SendOp*> ops;
-      for (const auto& o : batch->ops) {
-        o->taken = true;
-        ops.push_back(o.get());
-      }
-      lock.unlock();
-      send_all(ops);
-      // A commit to make durable gets a generation, which the batch waits for.
-      bool committed = false;
-      for (auto* o : ops) committed = committed || !o->error;
-      const bool to_flush = committed && options.durability_full;
-      if (to_flush) batch->generation = note_commit(ops);
-      batch->needs_flush = to_flush;
-      lock.lock();
-      // Go on leading with the ops queued meanwhile, if one of this batch's senders (not this
-      // one, which answers only once it stops leading) can answer it.
-      std::shared_ptr<SendOp> deputy;
-      if (!send_pending.empty() && led < k_max_led) {
-        for (const auto& o : batch->ops) {
-          if (o != op_ptr) {
-            deputy = o;
-            break;
-          }
+    std::deque<Flying> flying;
+    std::shared_ptr<SendBatch> mine; // a batch of this sender's own op alone, answered last
+    int led = 0;
+    for (;;) {
+      // Nothing new goes while a statement read with an error waits to be sent again.
+      const bool room = led < k_max_led && flying.size() < k_depth
+                        && std::none_of(flying.begin(), flying.end(),
+                                        [](const Flying& f) { return f.read; });
+      if (room && !send_pending.empty()) {
+        ++led;
+        Flying f;
+        f.batch = std::make_shared<SendBatch>();
+        f.batch->ops.swap(send_pending);
+        for (const auto& o : f.batch->ops) {
+          o->taken = true;
+          f.flight.ops.push_back(o.get());
         }
-      }
-      if (deputy) {
-        deputy->answer = std::move(batch);
         lock.unlock();
-        deputy->cv.notify_one();
+        auto error = dispatch(sender, f.flight);
+        if (error && !f.flight.sent) {
+          f.read = true;
+          f.error = std::move(error);
+        } // else lost, if sending broke the connection: read below
+        flying.push_back(std::move(f));
         lock.lock();
         continue;
       }
-      // Hand the lead to the first op queued meanwhile, answer this batch, then wait for this
-      // sender's own op, which an earlier batch's deputy may still be answering.
-      send_leading = false;
-      auto next = send_pending.empty() ? nullptr : send_pending.front();
+      if (flying.empty()) break;
+      // Wait for the oldest statement's result, or, with room for another statement, for ops
+      // to queue.
+      if (room && !flying.front().read && sender.conn && !sender.conn->ready()) {
+        send_polling = true;
+        lock.unlock();
+        const bool readable = wait_readable(sender.conn->socket());
+        lock.lock();
+        send_polling = false;
+        if (!readable) continue;
+      }
       lock.unlock();
-      if (next) next->cv.notify_one();
-      answer(*batch);
+      Flying f = std::move(flying.front());
+      flying.pop_front();
+      if (!f.read) f.error = collect(sender, f.flight);
+      if (f.error) {
+        // Sending again, alone or on a new connection, needs nothing else in flight.
+        for (auto& g : flying) {
+          if (g.read) continue;
+          g.error = collect(sender, g.flight);
+          g.read = true;
+        }
+      }
+      settle(f.flight, std::move(f.error));
+      auto& batch = *f.batch;
+      bool committed = false;
+      for (const auto* o : f.flight.ops) committed = committed || !o->error;
+      if (committed) notify_waiters();
       lock.lock();
-      op.cv.wait(lock, [&] { return op.done; });
-      return;
+      const bool more = !flying.empty() || (!send_pending.empty() && led < k_max_led);
+      if (!more) {
+        // Hand the lead to the first op queued meanwhile, answer this batch and any of this
+        // sender's own, then wait for this sender's op, which a deputy may still be answering.
+        send_leading = false;
+        auto next = send_pending.empty() ? nullptr : send_pending.front();
+        lock.unlock();
+        if (next) next->cv.notify_one();
+        answer(batch);
+        if (mine) answer(*mine);
+        lock.lock();
+        op.cv.wait(lock, [&] { return op.done; });
+        return;
+      }
+      // Going on leading: one of the batch's senders (not this one, which answers only once
+      // it stops leading) answers it.
+      std::shared_ptr<SendOp> deputy;
+      for (const auto& o : batch.ops) {
+        if (o != op_ptr) {
+          deputy = o;
+          break;
+        }
+      }
+      if (deputy) {
+        deputy->answer = std::move(f.batch);
+        lock.unlock();
+        deputy->cv.notify_one();
+        lock.lock();
+      } else {
+        mine = std::move(f.batch);
+      }
+    }
+    // Not reached: the first statement holds this sender's op, and the loop returns once
+    // every statement it sent is answered. Should that change, this leader still hands on.
+    send_leading = false;
+    auto next = send_pending.empty() ? nullptr : send_pending.front();
+    lock.unlock();
+    if (next) next->cv.notify_one();
+    lock.lock();
+    op.cv.wait(lock, [&] { return op.done; });
+  }
+
+  // Wait until `socket` has something to read (true) or an op is queued (false).
+  bool wait_readable(int socket)
+  {
+    pollfd fds[2] = {{socket, POLLIN, 0}, {send_wake_fd, POLLIN, 0}};
+    for (;;) {
+      const int n = ::poll(fds, 2, 1000);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 || (fds[0].revents != 0)) return true;
+      if (fds[1].revents != 0) {
+        uint64_t count = 0;
+        [[maybe_unused]] auto r = ::read(send_wake_fd, &count, sizeof count);
+        return false;
+      }
+      return true; // a second without either: read the result, waiting for it
     }
   }
 
-  // Send the requests of `batch` in one statement (one transaction); should that fail for a
-  // reason that is not the server's, each request alone, so that one bad request cannot fail
-  // its neighbours.
-  void send_all(const std::vector<SendOp*>& batch)
+  // Finish a statement of sends whose result was read with `error`, nothing else being in
+  // flight on the sending connection when there is one: one lost with its connection is sent
+  // again when that is safe (retry_lost), and should it fail for a reason that is not the
+  // server's, each of its requests is sent alone, so that one bad request cannot fail its
+  // neighbours.
+  void settle(SendFlight& flight, std::optional<Error> error)
   {
-    SendFlight flight{batch};
-    auto error = send_statement(sender, flight);
-    if (error && batch.size() > 1 && error->code == Errc::internal) {
-      for (auto* op : batch) {
+    error = retry_lost(sender, flight, std::move(error));
+    if (error && flight.ops.size() > 1 && error->code == Errc::internal) {
+      for (auto* op : flight.ops) {
         SendFlight single{{op}};
         set_error(single, send_statement(sender, single));
       }
     } else {
       set_error(flight, std::move(error));
     }
-    bool any = false;
-    for (auto* op : batch) any = any || !op->error;
-    if (any) notify_waiters();
   }
 
   // Send `flight` on `pipe`, with nothing else in flight there, and read its result.
@@ -949,29 +1038,19 @@ struct PgQueue::Impl {
     for (auto* o : flight.ops) o->error = error;
   }
 
-  // A commit that make_durable must cover, of those of `ops` that committed (each remembers the
-  // server process that committed it): its generation.
-  uint64_t note_commit(const std::vector<SendOp*>& ops)
+  // A commit that make_durable must cover, `op`'s (which remembers the server process that
+  // committed it): its generation.
+  uint64_t note_commit(const SendOp& op)
   {
     std::lock_guard sync_lock(sync_mu);
     const uint64_t generation = ++committed_generation;
-    for (auto* o : ops) {
-      if (!o->error) unflushed_backends[o->backend] = generation;
-    }
+    unflushed_backends[op.backend] = generation;
     return generation;
   }
 
-  // Answer a batch the leader sent: wait until the WAL holds its commit when it needs that,
-  // then wake its senders.
+  // Answer a batch the leader sent: wake its senders.
   void answer(SendBatch& batch)
   {
-    if (batch.needs_flush) {
-      if (auto failure = make_durable(batch.generation)) {
-        for (const auto& o : batch.ops) {
-          if (!o->error) o->error = failure;
-        }
-      }
-    }
     std::unique_lock lock(send_mu);
     for (const auto& o : batch.ops) o->done = true;
     lock.unlock();
@@ -1074,7 +1153,7 @@ struct PgQueue::Impl {
   // for its life (flush_wal), and commits without waiting for the disk (make_durable).
   void open_send_pipe(SendPipe& pipe)
   {
-    auto conn = std::make_unique<PgPipeline>(conninfo, setup_sql(false));
+    auto conn = std::make_unique<PgPipeline>(conninfo, setup_sql(pipe.synchronous));
     int64_t key = 0;
     while (key == 0) key = static_cast<int64_t>(random_u64());
     conn->exec("SELECT pg_advisory_lock($1)", {std::to_string(key)});
@@ -1272,7 +1351,7 @@ struct PgQueue::Impl {
         return;
       }
       any = true;
-      if (options.durability_full) op.generation = note_commit({&op});
+      if (options.durability_full) op.generation = note_commit(op);
     };
     std::deque<size_t> flying;
     size_t next = 0;
@@ -2021,6 +2100,7 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
     return Unexpected(impl->error_of(e, discard));
   }
   impl->stop_fd = ::eventfd(0, EFD_CLOEXEC);
+  impl->send_wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   return std::unique_ptr<PgQueue>(new PgQueue(std::move(impl), std::move(options)));
 }
 
