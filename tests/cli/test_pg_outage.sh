@@ -60,6 +60,11 @@ start_pg() {
   return 1
 }
 stop_pg() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null; }
+# A crash of the server (no shutdown checkpoint: WAL not yet written is gone), then its restart.
+crash_pg() {
+  as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
+  start_pg
+}
 sql() { as_postgres "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U acmo -d acmo -tAc "$1"; }
 
 if "$pg_bin/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null 2>&1; then
@@ -325,8 +330,7 @@ check "  it applies the 200 events (100 orders)" wait_for 20 orders_5 100
 embedded_queue_empty() { ACMO_QUEUE_BACKEND=sqlite ACMO_STORE_URL=$async_store queue_empty; }
 check "  and empties the queue" wait_for 5 embedded_queue_empty
 kill -9 "$handler_pid"; wait "$handler_pid" 2>/dev/null; handler_pid=''
-as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
-start_pg
+crash_pg
 check "after a crash of PostgreSQL the store still holds all 100 orders ($(sql "SELECT count(*) FROM orders WHERE version = 2 AND id LIKE 'ord_5___'"))" orders_5 100
 
 # --- what a send acknowledged survives a crash of PostgreSQL --------------------------------
@@ -346,15 +350,14 @@ for round in 1 2 3; do
   done
   send_events "$first" $((first + 999)) || rc=$?
   crash_total=$((crash_total + 2005))
-  as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
-  start_pg
+  crash_pg
   got=$(visible)
   check "round $round: the $crash_total messages acknowledged (exit $rc) are all there after a crash of PostgreSQL ($got)" \
     test "$rc/$got" = "0/$crash_total"
 done
 
 # Single sends alone, with no bulk send after them to flush the WAL: each commits durably
-# before it is answered. Concurrent senders share their statements (the group commit).
+# before it is answered. Twenty processes send at once.
 rc=0
 pids=()
 for i in $(seq 1 20); do
@@ -362,8 +365,7 @@ for i in $(seq 1 20); do
 done
 for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
 crash_total=$((crash_total + 20))
-as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
-start_pg
+crash_pg
 got=$(visible)
 check "20 concurrent single sends acknowledged (exit $rc) are all there after a crash of PostgreSQL ($got of $crash_total)" \
   test "$rc/$got" = "0/$crash_total"
@@ -373,8 +375,7 @@ check "20 concurrent single sends acknowledged (exit $rc) are all there after a 
 out=$("$acmo" --json purge --yes 2>&1); rc=$?
 check "purge removes the $crash_total messages (exit $rc): $out" \
   test "$rc/$(json_field "$out" purged)" = "0/$crash_total"
-as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
-start_pg
+crash_pg
 got=$(visible)
 check "after a crash of PostgreSQL right after the purge, the queue is still empty ($got)" \
   test "$got" = 0
@@ -394,8 +395,7 @@ send_events 7001 7100
 check "a handler of the PostgreSQL queue applies 200 events (100 orders)" wait_for 20 orders_7 100
 check "  and empties the queue" wait_for 5 queue_empty
 kill -STOP "$handler_pid"
-as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null
-start_pg
+crash_pg
 back=$(visible)
 kill -CONT "$handler_pid"
 check "after a crash ($back messages came back with their lost batches), the handler applies every event once more: 100 orders" \
