@@ -893,6 +893,7 @@ struct PgQueue::Impl {
     send_leading = true;
     std::deque<Flying> flying;
     std::shared_ptr<SendBatch> mine; // a batch of this sender's own op alone, answered last
+    std::shared_ptr<SendBatch> last; // the batch read when the leader stops
     int led = 0;
     for (;;) {
       // Nothing new goes while a statement read with an error waits to be sent again.
@@ -918,7 +919,7 @@ struct PgQueue::Impl {
         lock.lock();
         continue;
       }
-      if (flying.empty()) break;
+      if (flying.empty()) break; // never: after a read the loop goes on only when it can send
       // Wait for the oldest statement's result, or, with room for another statement, for ops
       // to queue.
       if (room && !flying.front().read && sender.conn && !sender.conn->ready()) {
@@ -942,29 +943,19 @@ struct PgQueue::Impl {
         }
       }
       settle(f.flight, std::move(f.error));
-      auto& batch = *f.batch;
-      bool committed = false;
-      for (const auto* o : f.flight.ops) committed = committed || !o->error;
-      if (committed) notify_waiters();
+      if (std::any_of(f.flight.ops.begin(), f.flight.ops.end(),
+                      [](const SendOp* o) { return !o->error; })) {
+        notify_waiters();
+      }
       lock.lock();
-      const bool more = !flying.empty() || (!send_pending.empty() && led < k_max_led);
-      if (!more) {
-        // Hand the lead to the first op queued meanwhile, answer this batch and any of this
-        // sender's own, then wait for this sender's op, which a deputy may still be answering.
-        send_leading = false;
-        auto next = send_pending.empty() ? nullptr : send_pending.front();
-        lock.unlock();
-        if (next) next->cv.notify_one();
-        answer(batch);
-        if (mine) answer(*mine);
-        lock.lock();
-        op.cv.wait(lock, [&] { return op.done; });
-        return;
+      if (flying.empty() && (send_pending.empty() || led >= k_max_led)) {
+        last = std::move(f.batch);
+        break;
       }
       // Going on leading: one of the batch's senders (not this one, which answers only once
       // it stops leading) answers it.
       std::shared_ptr<SendOp> deputy;
-      for (const auto& o : batch.ops) {
+      for (const auto& o : f.batch->ops) {
         if (o != op_ptr) {
           deputy = o;
           break;
@@ -979,12 +970,14 @@ struct PgQueue::Impl {
         mine = std::move(f.batch);
       }
     }
-    // Not reached: the first statement holds this sender's op, and the loop returns once
-    // every statement it sent is answered. Should that change, this leader still hands on.
+    // Hand the lead to the first op queued meanwhile, answer the last batch and any of this
+    // sender's own, then wait for this sender's op, which a deputy may still be answering.
     send_leading = false;
     auto next = send_pending.empty() ? nullptr : send_pending.front();
     lock.unlock();
     if (next) next->cv.notify_one();
+    if (last) answer(*last);
+    if (mine) answer(*mine);
     lock.lock();
     op.cv.wait(lock, [&] { return op.done; });
   }
