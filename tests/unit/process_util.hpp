@@ -26,6 +26,20 @@ constexpr int k_child_write_failed = 14;
 constexpr int k_child_threw = 15;
 constexpr int k_child_handler_failed = 16;
 
+// Whether this build runs under AddressSanitizer or ThreadSanitizer, whose processes run
+// several times slower: tests bounded in time by their work give them a shorter bound.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool k_sanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool k_sanitized = true;
+#else
+constexpr bool k_sanitized = false;
+#endif
+#else
+constexpr bool k_sanitized = false;
+#endif
+
 // Run `body` in a child process and _exit() with what it returns. `close_in_child` lists the
 // descriptors the child must not keep (pipe ends that belong to the parent or other children:
 // a reader only sees end of file once every copy of the write end is closed).
