@@ -30,9 +30,14 @@ for san in "${sanitizers[@]}"; do
   start=$(date +%s)
   # clang, at -O1: GCC 12 takes minutes of CPU for each file that includes CLI11 under ASan
   # and UBSan at -O2, which CI cannot afford; clang builds the same in a fraction of that.
-  # Warnings are the release build's business (-Werror there), not this one's.
-  CXX=${ACMO_SANITIZE_CXX:-clang++} cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug \
-    -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DACMO_SANITIZE="$san" -DACMO_BUILD_TESTS=ON >/dev/null
+  # Warnings are the release build's business (-Werror there), not this one's. Debug
+  # information is line tables only: all a report's stack needs (functions, files, lines,
+  # inlined frames), built in a tenth less time than -g (GCC calls it -g1).
+  cxx=${ACMO_SANITIZE_CXX:-clang++}
+  lines=-gline-tables-only
+  case $cxx in *clang*) ;; *) lines=-g1 ;; esac
+  CXX=$cxx cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug \
+    -DCMAKE_CXX_FLAGS_DEBUG="-O1 $lines" -DACMO_SANITIZE="$san" -DACMO_BUILD_TESTS=ON >/dev/null
   cmake --build "$dir" -j "$(nproc)" --target acmo acmo_unit_tests >/dev/null
   built=$(date +%s)
 
