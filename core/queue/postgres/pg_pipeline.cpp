@@ -1,6 +1,7 @@
 #include "core/queue/postgres/pg_pipeline.hpp"
 
 #include <charconv>
+#include <memory>
 
 #include <libpq-fe.h>
 #include <pqxx/except>
@@ -251,6 +252,14 @@ void PgPipeline::skip_to_sync()
   }
 }
 
+void PgPipeline::fail_at_sync(pg_result* error)
+{
+  // Cleared, should the connection break while the rest is read.
+  std::unique_ptr<PGresult, void (*)(PGresult*)> held(error, PQclear);
+  if (PQstatus(m_conn) == CONNECTION_OK) skip_to_sync();
+  throw_error(held.release(), "");
+}
+
 // A statement's results: one result (its rows or its error), the end of them (nullptr), then
 // the sync's. A commit that fails answers the sync with its error first. A statement after an
 // error within one sync is not run (PGRES_PIPELINE_ABORTED), which one sync per statement
@@ -261,8 +270,7 @@ PgRows PgPipeline::take()
   PGresult* result = PQgetResult(m_conn);
   if (result == nullptr) fail_connection("reading a result");
   if (PQresultStatus(result) != PGRES_TUPLES_OK && PQresultStatus(result) != PGRES_COMMAND_OK) {
-    if (PQstatus(m_conn) == CONNECTION_OK) skip_to_sync();
-    throw_error(result, "");
+    fail_at_sync(result);
   }
   PgRows rows(result);
   PGresult* end = PQgetResult(m_conn);
@@ -274,8 +282,7 @@ PgRows PgPipeline::take()
   if (sync == nullptr) fail_connection("reading the end of a transaction");
   if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC) {
     // The commit failed: its error stands for the statement's.
-    if (PQstatus(m_conn) == CONNECTION_OK) skip_to_sync();
-    throw_error(sync, "");
+    fail_at_sync(sync);
   }
   PQclear(sync);
   return rows;

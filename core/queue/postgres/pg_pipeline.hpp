@@ -110,6 +110,8 @@ private:
   [[noreturn]] void fail_connection(std::string_view doing);
   [[noreturn]] void throw_error(pg_result* result, const std::string& query);
   void skip_to_sync();
+  // Throw the error `error` (a result) once the rest of its statement is read, up to its sync.
+  [[noreturn]] void fail_at_sync(pg_result* error);
 
   pg_conn* m_conn = nullptr;
   bool m_broken = false;
