@@ -357,7 +357,14 @@ for round in 1 2 3; do
 done
 
 # Single sends alone, with no bulk send after them to flush the WAL: each commits durably
-# before it is answered. Twenty processes send at once.
+# before it is answered. Twenty processes send at once. The WAL writer is stopped meanwhile
+# (kill -STOP), so that nothing but acmo's own commits writes their WAL: an asynchronous commit
+# stays in the WAL buffers, and the crash loses it every time, not only when the WAL writer
+# happens not to have written it (the stopped process dies at the crash, killed by the
+# postmaster after 5 s).
+walwriter=$(pgrep -P "$(head -n 1 "$work/pg/postmaster.pid")" -f walwriter)
+check "the WAL writer's process is found (${walwriter:-none})" test -n "$walwriter"
+kill -STOP "$walwriter"
 rc=0
 pids=()
 for i in $(seq 1 20); do
