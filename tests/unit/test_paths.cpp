@@ -1,6 +1,5 @@
 // The data directory: created when missing, also by several creators at once.
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
