@@ -2650,6 +2650,58 @@ TEST_CASE("PgQueue: a consumer whose backend dies in its work has the delivery c
 }
 
 
+TEST_CASE("PgQueue: a consume deletes its journal row, drops the rows of the groups it emptied "
+          "and sets right those it did not",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), QueueOptions{}));
+  for (const auto& [body, group] : std::vector<std::pair<std::string, std::string>>{
+         {"a1", "A"}, {"a2", "A"}, {"b1", "B"}, {"c1", "C"}, {"c2", "C"}, {"c3", "C"}}) {
+    must(q->send(SendRequest{body, group, ""}));
+  }
+  const auto group_rows = [&] {
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (const auto& row : schema.exec("SELECT group_id, head_seq FROM message_groups"
+                                       " ORDER BY group_id")) {
+      out.emplace_back(row[0].as<std::string>(), row[1].as<int64_t>());
+    }
+    return out;
+  };
+  const auto journal_rows = [&] {
+    return schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>();
+  };
+  // A and B emptied, C not: C's row now starts at c2.
+  auto got = must(q->consume(4, 0, record_all()));
+  CHECK(bodies_of(got) == Bodies{"a1", "a2", "b1", "c1"});
+  CHECK(group_rows() == std::vector<std::pair<std::string, int64_t>>{{"C", 5}});
+  CHECK(journal_rows() == 0);
+  // C emptied.
+  got = must(q->consume(10, 0, record_all()));
+  CHECK(bodies_of(got) == Bodies{"c2", "c3"});
+  CHECK(group_rows().empty());
+  CHECK(journal_rows() == 0);
+  // A group emptied with one message deleted and one dead-lettered.
+  must(q->send(SendRequest{"d1", "D", ""}));
+  must(q->send(SendRequest{"d2", "D", ""}));
+  got = must(q->consume(10, 0, [](QueueTransaction&, const std::vector<Message>& m)
+                                 -> Expected<std::vector<Disposition>> {
+    std::vector<Disposition> out(m.size());
+    out[1] = Disposition{true, "invalid", "ord_9"};
+    return out;
+  }));
+  CHECK(bodies_of(got) == Bodies{"d1", "d2"});
+  CHECK(group_rows().empty());
+  CHECK(journal_rows() == 0);
+  auto s = must(q->stats());
+  CHECK(s.visible + s.in_flight == 0);
+  CHECK(s.received == 8);
+  CHECK(s.deleted == 7);
+  CHECK(s.dead_lettered == 1);
+  CHECK(schema.exec("SELECT count(*) FROM messages WHERE dead_at = 0")[0][0].as<int64_t>() == 0);
+}
+
 TEST_CASE("PgQueue: three processes receiving at once deliver each group in order, to one "
           "at a time",
           "[contract][pg]")
