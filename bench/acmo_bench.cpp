@@ -431,13 +431,49 @@ double drain(Queue& q, int64_t messages)
   return static_cast<double>(done) / seconds_since(start);
 }
 
-// Receive + delete in batches of 10 from a queue whose messages are spread over 1,000 groups.
-double pg_receive_delete(const Settings& s)
+// Receive + delete in batches of 10 from a queue whose messages are spread over 1,000 groups,
+// by `receivers` threads sharing one PgQueue (each on a connection of its pool), as the threads
+// of an acmo serve answer the receives of several consumers. Messages/s.
+double pg_receive_delete(const Settings& s, int receivers)
 {
   PgBenchSchema schema(s.pg_url);
   auto q = open_pg(s, schema);
   fill(*q, make_requests(s.pg_drain_messages, 0, 1000));
-  return drain(*q, s.pg_drain_messages);
+  if (receivers == 1) return drain(*q, s.pg_drain_messages);
+  // The receivers' connections are made before the clock runs (as drain's is by fill), by as
+  // many counts of the queue at once; the pool keeps them open.
+  timed_threads(receivers, [&](int) {
+    if (auto st = q->stats(); !st) throw std::runtime_error(st.error().message);
+  });
+  std::atomic<int64_t> done{0};
+  double elapsed = timed_threads(receivers, [&](int) {
+    std::vector<std::string> receipts;
+    auto idle_since = Clock::now();
+    while (done.load() < s.pg_drain_messages) {
+      auto got = q->receive(10);
+      if (!got) throw std::runtime_error(got.error().message);
+      if (got->empty()) {
+        // The groups left are held by the other receivers, or the queue is empty.
+        if (seconds_since(idle_since) > 10) {
+          throw std::runtime_error("pg_receive_delete: a receiver found nothing for 10 s");
+        }
+        std::this_thread::yield();
+        continue;
+      }
+      receipts.clear();
+      for (const auto& m : *got) receipts.push_back(m.receipt);
+      for (const auto& r : q->remove_batch(receipts)) {
+        if (!r) throw std::runtime_error(r.error().message);
+      }
+      done += static_cast<int64_t>(got->size());
+      idle_since = Clock::now();
+    }
+  });
+  if (done.load() != s.pg_drain_messages) {
+    throw std::runtime_error(fmt::format("pg_receive_delete: {} of {} messages received",
+                                         done.load(), s.pg_drain_messages));
+  }
+  return static_cast<double>(done.load()) / elapsed;
 }
 
 // End to end as it is deployed: queue and orders in one PostgreSQL database (the same schema
@@ -853,13 +889,17 @@ int main(int argc, char** argv)
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
       pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order,
       pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
-      pgq_bulk, pgq_bulk_groups, pgq_drain, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
+      pgq_bulk, pgq_bulk_groups, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
     // The end-to-end runs: processes of one worker each (the default), and one process of two.
     struct Deployment {
       int processes;
       int workers;
     };
     const Deployment k_pg_deployments[4] = {{1, 1}, {2, 1}, {4, 1}, {1, 2}};
+    // Receivers of pg_receive_delete: one, and several sharing the queue as the threads of an
+    // acmo serve do when several consumers receive.
+    const int k_receivers[3] = {1, 2, 4};
+    std::vector<double> pgq_drain[3];
     std::vector<double> pgq_end_to_end[4];
     std::vector<double> pgq_handler_start;
     for (int run = 0; run < s.runs; ++run) {
@@ -912,7 +952,9 @@ int main(int argc, char** argv)
       if (pg_wanted("pg_send_concurrent")) pgq_concurrent.push_back(pg_send_concurrent(s));
       if (pg_wanted("pg_send_bulk")) pgq_bulk.push_back(pg_send_bulk(s, 1));
       if (pg_wanted("pg_send_bulk_groups")) pgq_bulk_groups.push_back(pg_send_bulk(s, 0));
-      if (pg_wanted("pg_receive_delete")) pgq_drain.push_back(pg_receive_delete(s));
+      if (pg_wanted("pg_receive_delete")) {
+        for (int i = 0; i < 3; ++i) pgq_drain[i].push_back(pg_receive_delete(s, k_receivers[i]));
+      }
       if (pg_wanted("pg_end_to_end")) {
         for (int i = 0; i < 4; ++i) {
           auto e = pg_end_to_end(s, k_pg_deployments[i].processes, k_pg_deployments[i].workers);
@@ -1031,11 +1073,16 @@ int main(int argc, char** argv)
         results["pg_send_bulk_groups"]["messages"] = s.pg_bulk_messages;
         results["pg_send_bulk_groups"]["groups"] = "per message";
       }
-      pg_entry("pg_receive_delete", pgq_drain, 20'000);
-      if (!pgq_drain.empty()) {
-        results["pg_receive_delete"]["messages"] = s.pg_drain_messages;
-        results["pg_receive_delete"]["groups"] = 1000;
-        results["pg_receive_delete"]["batch_size"] = 10;
+      for (int i = 0; i < 3; ++i) {
+        const int n = k_receivers[i];
+        const std::string name =
+          n == 1 ? "pg_receive_delete" : fmt::format("pg_receive_delete_{}_receivers", n);
+        pg_entry(name.c_str(), pgq_drain[i], 20'000);
+        if (pgq_drain[i].empty()) continue;
+        results[name]["receivers"] = n;
+        results[name]["messages"] = s.pg_drain_messages;
+        results[name]["groups"] = 1000;
+        results[name]["batch_size"] = 10;
       }
       for (int i = 0; i < 4; ++i) {
         const int n = k_pg_deployments[i].processes;

@@ -47,6 +47,7 @@ if sys.argv[2] == "yes":
     want += ["pipeline_postgres_group_per_order_batch%d" % b for b in (10, 100, 1000)]
     want += ["cache_redis_get_hit"]
     pg = ["pg_send_concurrent", "pg_send_bulk", "pg_send_bulk_groups", "pg_receive_delete",
+          "pg_receive_delete_2_receivers", "pg_receive_delete_4_receivers",
           "pg_end_to_end_1_process", "pg_end_to_end_2_processes", "pg_end_to_end_4_processes",
           "pg_end_to_end_1_process_2_workers"]
     want += ["baseline_pg_insert_per_commit", "pg_handler_start"] + pg
