@@ -411,6 +411,20 @@ double pg_send_bulk(const Settings& s, int64_t groups)
   return static_cast<double>(s.pg_bulk_messages) / seconds_since(start);
 }
 
+// Receive up to 10 messages and delete them in one call: how many (0: none was there).
+int64_t receive_and_delete(Queue& q, std::vector<std::string>& receipts)
+{
+  auto got = q.receive(10);
+  if (!got) throw std::runtime_error(got.error().message);
+  receipts.clear();
+  for (const auto& m : *got) receipts.push_back(m.receipt);
+  if (receipts.empty()) return 0;
+  for (const auto& r : q.remove_batch(receipts)) {
+    if (!r) throw std::runtime_error(r.error().message);
+  }
+  return static_cast<int64_t>(receipts.size());
+}
+
 // Receive `messages` messages in batches of 10, deleting each batch in one call: messages/s.
 double drain(Queue& q, int64_t messages)
 {
@@ -418,15 +432,9 @@ double drain(Queue& q, int64_t messages)
   std::vector<std::string> receipts;
   auto start = Clock::now();
   while (done < messages) {
-    auto got = q.receive(10);
-    if (!got) throw std::runtime_error(got.error().message);
-    if (got->empty()) throw std::runtime_error("the queue ran dry before the last message");
-    receipts.clear();
-    for (const auto& m : *got) receipts.push_back(m.receipt);
-    for (const auto& r : q.remove_batch(receipts)) {
-      if (!r) throw std::runtime_error(r.error().message);
-    }
-    done += static_cast<int64_t>(got->size());
+    const int64_t n = receive_and_delete(q, receipts);
+    if (n == 0) throw std::runtime_error("the queue ran dry before the last message");
+    done += n;
   }
   return static_cast<double>(done) / seconds_since(start);
 }
@@ -450,9 +458,8 @@ double pg_receive_delete(const Settings& s, int receivers)
     std::vector<std::string> receipts;
     auto idle_since = Clock::now();
     while (done.load() < s.pg_drain_messages) {
-      auto got = q->receive(10);
-      if (!got) throw std::runtime_error(got.error().message);
-      if (got->empty()) {
+      const int64_t n = receive_and_delete(*q, receipts);
+      if (n == 0) {
         // The groups left are held by the other receivers, or the queue is empty.
         if (seconds_since(idle_since) > 10) {
           throw std::runtime_error("pg_receive_delete: a receiver found nothing for 10 s");
@@ -460,12 +467,7 @@ double pg_receive_delete(const Settings& s, int receivers)
         std::this_thread::yield();
         continue;
       }
-      receipts.clear();
-      for (const auto& m : *got) receipts.push_back(m.receipt);
-      for (const auto& r : q->remove_batch(receipts)) {
-        if (!r) throw std::runtime_error(r.error().message);
-      }
-      done += static_cast<int64_t>(got->size());
+      done += n;
       idle_since = Clock::now();
     }
   });

@@ -288,10 +288,9 @@ struct PgTxn {
   // Groups whose every message this transaction deleted or dead-lettered while holding the
   // group's row, so that no message came meanwhile: their rows go without a look.
   std::set<std::string> emptied_groups;
-  // With `defer_deletes` (a consume), the messages to delete are kept here and deleted by
-  // finish(), together with the journal row `journal_done` (0: none), in one statement when
-  // nothing else needs one of its own.
-  bool defer_deletes = false;
+  // The messages a settle or a consume deletes, deleted by finish() together with a consume's
+  // journal row `journal_done` (0: none), in one statement when nothing else needs one of its
+  // own.
   std::vector<int64_t> deferred_deletes;
   int64_t journal_done = 0;
   struct DeadLetterNote {
@@ -712,7 +711,8 @@ struct PgQueue::Impl {
         Result result = body(txn);
         if (!result) return result; // tx's destructor rolls back
         if (outside && (!txn.touched_groups.empty() || !txn.emptied_groups.empty()
-                        || !txn.counters.empty())) {
+                        || !txn.counters.empty() || !txn.deferred_deletes.empty()
+                        || txn.journal_done != 0)) {
           return Unexpected(Error(Errc::internal, "a one-statement call left work for finish()"));
         }
         finish(txn);
@@ -736,7 +736,8 @@ struct PgQueue::Impl {
     return Unexpected(last);
   }
 
-  // Bring the touched groups' rows up to date and append the counters.
+  // Delete the messages settled and the journal row, bring the touched groups' rows up to date
+  // and append the counters.
   void finish(PgTxn& txn)
   {
     if (!txn.deferred_deletes.empty() || txn.journal_done != 0) {
@@ -1689,19 +1690,15 @@ struct PgQueue::Impl {
     return out;
   }
 
-  // Delete the messages `at` (located, so locked), in one statement.
+  // Delete the messages `at` (located, so locked): at the end of the transaction (finish()).
   void remove_located(PgTxn& txn, const std::vector<const Located*>& at)
   {
     if (at.empty()) return;
-    for (const auto* l : at) txn.touched_groups.insert(l->group_id);
-    txn.counters[queue_id].deleted += static_cast<int64_t>(at.size());
-    if (txn.defer_deletes) {
-      for (const auto* l : at) txn.deferred_deletes.push_back(l->seq);
-      return;
+    for (const auto* l : at) {
+      txn.deferred_deletes.push_back(l->seq);
+      txn.touched_groups.insert(l->group_id);
     }
-    PgArray seqs;
-    for (const auto* l : at) seqs.add(l->seq);
-    txn.tx.exec_prepared(k_delete.name, seqs.text());
+    txn.counters[queue_id].deleted += static_cast<int64_t>(at.size());
   }
 
   void do_hide(PgTxn& txn, const Located& at, int64_t until, bool keep_receipt, int64_t failures,
@@ -2354,7 +2351,6 @@ Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const 
       // Should this process die in the work, its journal row outlives its backend and the
       // attempt is counted (recover_orphans); committing deletes the row with the messages.
       journaled = impl.journal_begin(txn.tx.conn().backendpid(), got);
-      txn.defer_deletes = true;
       auto settled = impl.settle_located(txn, at, [&] {
         PgTransaction t(txn.tx);
         return work(t, got);
