@@ -291,23 +291,25 @@ struct PgOrderStore::Impl {
   {
     try {
       auto conn = std::make_unique<pqxx::connection>(m_conninfo);
-      // Plan each execution for its arguments and the tables as they are now. A generic plan
-      // is made once per connection, often while the tables are still small, and then scans
-      // the whole table for every batch once it has grown.
-      pqxx::nontransaction(*conn).exec0("SET plan_cache_mode = force_custom_plan");
-      // A server that hangs (rather than goes away) must not hold a worker for ever: a
-      // statement that takes this long fails, and the batch is retried with backoff.
-      pqxx::nontransaction(*conn).exec0("SET statement_timeout = 30000");
-      // Notices and warnings would reach stderr as libpq's own lines, outside the log and its
-      // format; what acmo must know arrives as an error.
-      pqxx::nontransaction(*conn).exec0("SET client_min_messages = error");
-      // A commit of the store is on disk when it returns, whatever the server's, database's or
-      // role's default: a handler of the embedded queue deletes an event's message once the
-      // store has committed it, so an asynchronous commit lost in a crash of the server would
-      // lose the event. (With the queue in PostgreSQL too, the events are applied in the
-      // queue's own transaction, on its connection.)
-      pqxx::nontransaction(*conn).exec0("SET synchronous_commit = on");
-      pin_schema(*conn);
+      // The session's settings, in one round trip with the schema's (pin_schema).
+      const std::string settings =
+        // Plan each execution for its arguments and the tables as they are now. A generic plan
+        // is made once per connection, often while the tables are still small, and then scans
+        // the whole table for every batch once it has grown.
+        "SET plan_cache_mode = force_custom_plan; "
+        // A server that hangs (rather than goes away) must not hold a worker for ever: a
+        // statement that takes this long fails, and the batch is retried with backoff.
+        "SET statement_timeout = 30000; "
+        // Notices and warnings would reach stderr as libpq's own lines, outside the log and
+        // its format; what acmo must know arrives as an error.
+        "SET client_min_messages = error; "
+        // A commit of the store is on disk when it returns, whatever the server's, database's
+        // or role's default: a handler of the embedded queue deletes an event's message once
+        // the store has committed it, so an asynchronous commit lost in a crash of the server
+        // would lose the event. (With the queue in PostgreSQL too, the events are applied in
+        // the queue's own transaction, on its connection.)
+        "SET synchronous_commit = on";
+      pin_schema(*conn, settings);
       for (const auto& [name, sql] : k_statements) conn->prepare(name, sql);
       return conn;
     } catch (const pqxx::broken_connection& e) {
@@ -323,18 +325,21 @@ struct PgOrderStore::Impl {
   // search_path of a URL without one is "$user", public: a schema named after the user that
   // comes to exist later (the queue's own, queue.schema = "acmo" for the user acmo) must not
   // hide the orders in public from then on. Every connection is set to that schema alone.
-  void pin_schema(pqxx::connection& conn)
+  // `settings` (SET statements) run first, in the same round trip.
+  void pin_schema(pqxx::connection& conn, const std::string& settings)
   {
     std::lock_guard lock(m_schema_mu);
     if (m_search_path.empty()) {
-      const auto row = pqxx::nontransaction(conn).exec1(
-        "SELECT coalesce((SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON "
-        "n.oid = c.relnamespace WHERE c.oid = to_regclass('acmo_schema_version')), "
-        "quote_ident(current_schema()))");
-      if (row[0].is_null()) return; // no schema of the search_path exists: migrate says so
-      m_search_path = row[0].as<std::string>();
+      const auto r = pqxx::nontransaction(conn).exec(
+        settings + "; SELECT coalesce((SELECT quote_ident(n.nspname) FROM pg_class c JOIN "
+        "pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = "
+        "to_regclass('acmo_schema_version')), quote_ident(current_schema()))");
+      if (r.at(0)[0].is_null()) return; // no schema of the search_path exists: migrate says so
+      m_search_path = r.at(0)[0].as<std::string>();
+      pqxx::nontransaction(conn).exec0("SET search_path = " + m_search_path);
+      return;
     }
-    pqxx::nontransaction(conn).exec0("SET search_path = " + m_search_path);
+    pqxx::nontransaction(conn).exec0(settings + "; SET search_path = " + m_search_path);
   }
 
   // Run `body` on a pooled connection. A broken connection (server restarted, backend
@@ -402,7 +407,17 @@ struct PgOrderStore::Impl {
 
   Expected<void> migrate()
   {
-    auto done = run([](pqxx::connection& conn) -> Expected<void> {
+    const int latest = static_cast<int>(k_migrations.size());
+    auto done = run([&](pqxx::connection& conn) -> Expected<void> {
+      // Every open but the first finds the tables current: one round trip, where the migrator
+      // below takes seven. A schema without the tables says so with an error that changes
+      // nothing.
+      try {
+        const auto r =
+          pqxx::nontransaction(conn).exec("SELECT max(version) FROM acmo_schema_version");
+        if (!r.at(0)[0].is_null() && r.at(0)[0].as<int>() == latest) return {};
+      } catch (const pqxx::undefined_table&) {
+      }
       pqxx::work tx(conn);
       tx.exec0("SET LOCAL client_min_messages = warning");
       // One migrator at a time per schema: CREATE TABLE IF NOT EXISTS alone is not safe when
@@ -418,7 +433,6 @@ struct PgOrderStore::Impl {
       tx.exec0("CREATE TABLE IF NOT EXISTS acmo_schema_version (version integer NOT NULL)");
       const int version = tx.exec1("SELECT coalesce(max(version), 0) FROM acmo_schema_version")[0]
                             .as<int>();
-      const int latest = static_cast<int>(k_migrations.size());
       if (version > latest) {
         return make_error(Errc::conflict,
                           fmt::format("the PostgreSQL database holds acmo schema version {}, newer "

@@ -827,6 +827,58 @@ TEST_CASE("PgQueue: a server that does not answer is Errc::unavailable, a bad sc
   }
 }
 
+TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds a queue the "
+          "schema lacks; a current one keeps its queues",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  const int latest = static_cast<int>(acmo::pg_schema::migrations().size());
+  QueueOptions orders;
+  orders.name = "orders";
+  orders.dlq_name = "orders-dlq";
+  {
+    auto q = must(PgQueue::open(schema.url(), schema.name(), orders));
+    must(q->send(SendRequest{"kept", "g", ""}));
+  }
+  const auto ids = [&] {
+    return schema.exec("SELECT string_agg(name || '=' || id, ',' ORDER BY id) FROM queues")[0][0]
+      .as<std::string>();
+  };
+  const std::string before = ids();
+  // Current: the same queues, and what they hold.
+  {
+    auto q = must(PgQueue::open(schema.url(), schema.name(), orders));
+    CHECK(ids() == before);
+    CHECK(bodies_of(must(q->receive(10, 0))) == Bodies{"kept"});
+  }
+  // One migration behind (its change undone): the open runs it.
+  schema.exec("DROP INDEX messages_dead_by_id; "
+              "CREATE INDEX messages_by_message_id ON messages (message_id); "
+              "UPDATE queue_schema_version SET version = version - 1");
+  must(PgQueue::open(schema.url(), schema.name(), orders));
+  CHECK(schema.exec("SELECT version FROM queue_schema_version")[0][0].as<int>() == latest);
+  CHECK(schema.exec("SELECT 1 FROM pg_indexes WHERE schemaname = '" + schema.name()
+                    + "' AND indexname = 'messages_dead_by_id'").size() == 1);
+  CHECK(schema.exec("SELECT 1 FROM pg_indexes WHERE schemaname = '" + schema.name()
+                    + "' AND indexname = 'messages_by_message_id'").empty());
+  // A queue the schema has no row for yet gets its rows; the others keep theirs.
+  QueueOptions other;
+  other.name = "other";
+  other.dlq_name = "other-dlq";
+  must(PgQueue::open(schema.url(), schema.name(), other));
+  const std::string after = ids();
+  CHECK(after.rfind(before + ",other=", 0) == 0);
+  CHECK_THAT(after, Catch::Contains(",other-dlq="));
+  // Ahead of this acmo: refused, with what to do.
+  schema.exec("UPDATE queue_schema_version SET version = " + std::to_string(latest + 1));
+  auto ahead = PgQueue::open(schema.url(), schema.name(), orders);
+  REQUIRE_FALSE(ahead);
+  CHECK(ahead.error().code == Errc::conflict);
+  CHECK_THAT(ahead.error().message,
+             Catch::Contains(fmt::format("version {}", latest + 1)) && Catch::Contains("upgrade acmo"));
+}
+
 TEST_CASE("PgQueue: a queue whose connections were cut makes them again; the work sees the "
           "pqxx transaction",
           "[contract][pg]")

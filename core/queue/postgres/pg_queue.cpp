@@ -595,6 +595,12 @@ struct PgQueue::Impl {
   void setup(pqxx::connection& conn, bool synchronous) const
   {
     pqxx::nontransaction(conn).exec0(setup_sql(synchronous));
+    prepare(conn);
+  }
+
+  // Name the statements (libpqxx sends each to the server the first time it is run).
+  static void prepare(pqxx::connection& conn)
+  {
     for (const auto* statement : k_statements) conn.prepare(statement->name, statement->sql);
   }
 
@@ -2047,6 +2053,33 @@ Expected<void> migrate(pqxx::connection& conn, const std::string& schema)
   return {};
 }
 
+// Every open but the first finds the schema current and both queues' rows there: then the
+// session's settings, the schema's version and the queues' ids take one round trip, where
+// creating or migrating (migrate, ensure_queue) takes about fifteen. False when any of them
+// is not so (no schema or table yet: the failed statement changed nothing, its settings
+// included), and the caller takes the long way.
+bool open_current(pqxx::connection& conn, const std::string& setup, const std::string& queue,
+                  const std::string& dlq, int64_t& queue_id, int64_t& dlq_id)
+{
+  pqxx::nontransaction tx(conn);
+  pqxx::result r;
+  try {
+    r = tx.exec(setup + "; SELECT (SELECT max(version) FROM queue_schema_version), "
+                "(SELECT id FROM queues WHERE name = " + tx.quote(queue) + "), "
+                "(SELECT id FROM queues WHERE name = " + tx.quote(dlq) + ")");
+  } catch (const pqxx::undefined_table&) {
+    return false;
+  }
+  const auto row = r.at(0);
+  const int latest = static_cast<int>(pg_schema::migrations().size());
+  if (row[0].is_null() || row[0].as<int>() != latest || row[1].is_null() || row[2].is_null()) {
+    return false;
+  }
+  queue_id = row[1].as<int64_t>();
+  dlq_id = row[2].as<int64_t>();
+  return true;
+}
+
 int64_t ensure_queue(pqxx::connection& conn, const std::string& name, int64_t now)
 {
   pqxx::work tx(conn);
@@ -2118,14 +2151,19 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
   // send's durable commit covers them.
   try {
     auto conn = std::make_unique<pqxx::connection>(impl->conninfo);
-    {
-      pqxx::nontransaction tx(*conn);
-      tx.exec0("SET client_min_messages = error");
+    if (open_current(*conn, impl->setup_sql(false), options.name, options.dlq_name,
+                     impl->queue_id, impl->dlq_id)) {
+      impl->prepare(*conn);
+    } else {
+      {
+        pqxx::nontransaction tx(*conn);
+        tx.exec0("SET client_min_messages = error");
+      }
+      if (auto ok = migrate(*conn, schema); !ok) return Unexpected(ok.error());
+      impl->setup(*conn, false);
+      impl->queue_id = ensure_queue(*conn, options.name, clock.now_ms());
+      impl->dlq_id = ensure_queue(*conn, options.dlq_name, clock.now_ms());
     }
-    if (auto ok = migrate(*conn, schema); !ok) return Unexpected(ok.error());
-    impl->setup(*conn, false);
-    impl->queue_id = ensure_queue(*conn, options.name, clock.now_ms());
-    impl->dlq_id = ensure_queue(*conn, options.dlq_name, clock.now_ms());
     impl->pool->adopt(std::move(conn));
   } catch (const std::exception& e) {
     bool discard = false;
