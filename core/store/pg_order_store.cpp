@@ -15,6 +15,7 @@
 
 #include "core/orders/order.hpp"
 #include "core/queue/postgres/pg_queue.hpp"
+#include "core/store/pg_binary.hpp"
 #include "core/store/pg_conninfo.hpp"
 #include "core/store/pg_text.hpp"
 #include "core/util/pool.hpp"
@@ -138,18 +139,28 @@ const std::string k_order_columns =
   "updated_at";
 
 // Every change of a batch in one statement. The sets of ids deleted, written whole and
-// updated are disjoint; the events keep the order of the batch. A statement follows it.
+// updated are disjoint; the events keep the order of the batch. An order written whole
+// replaces the row the batch locked when it began, or else is inserted ($22 says which): a
+// plain INSERT, since a writer that made the order meanwhile fails the batch with a unique
+// violation and the batch is tried again. A statement follows it.
 const std::string k_write_changes = R"SQL(
 WITH deleted AS (DELETE FROM orders WHERE id = ANY($1::text[])),
+whole AS (
+  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+                       $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $22::boolean[])
+    AS w(id, customer_name, customer_email, items, total_cents, status, version, created_at,
+         updated_at, existed)),
 written AS (
   INSERT INTO orders (id, customer_name, customer_email, items, total_cents, status, version,
                       created_at, updated_at)
-  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
-                       $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])
-  ON CONFLICT (id) DO UPDATE SET customer_name = excluded.customer_name,
-    customer_email = excluded.customer_email, items = excluded.items,
-    total_cents = excluded.total_cents, status = excluded.status, version = excluded.version,
-    created_at = excluded.created_at, updated_at = excluded.updated_at),
+  SELECT w.id, w.customer_name, w.customer_email, w.items, w.total_cents, w.status, w.version,
+         w.created_at, w.updated_at
+  FROM whole w WHERE NOT w.existed),
+replaced AS (
+  UPDATE orders o SET customer_name = w.customer_name, customer_email = w.customer_email,
+    items = w.items, total_cents = w.total_cents, status = w.status, version = w.version,
+    created_at = w.created_at, updated_at = w.updated_at
+  FROM whole w WHERE w.existed AND o.id = w.id),
 updated AS (
   UPDATE orders o SET status = u.status, version = u.version, updated_at = u.updated_at
   FROM unnest($11::text[], $12::text[], $13::bigint[], $14::bigint[])
@@ -196,7 +207,7 @@ const std::vector<std::pair<std::string, std::string>> k_statements = {
 INSERT INTO applied_messages AS a (message_id, applied_at, rejected, rejected_seq)
 SELECT m, $20::bigint, NULL, NULL FROM unnest($16::text[]) AS m
 UNION ALL
-SELECT r.m, $20::bigint, r.why, r.seq FROM unnest($22::text[], $23::text[], $24::bigint[])
+SELECT r.m, $20::bigint, r.why, r.seq FROM unnest($23::text[], $24::text[], $25::bigint[])
   AS r(m, why, seq)
 ON CONFLICT (message_id) DO UPDATE SET applied_at = excluded.applied_at,
   rejected = excluded.rejected, rejected_seq = excluded.rejected_seq
@@ -205,20 +216,33 @@ ON CONFLICT (message_id) DO UPDATE SET applied_at = excluded.applied_at,
 };
 
 // A batch applied in the queue's own transaction (apply_in) records no message ids: its
-// messages are deleted in that transaction, so none can come again.
-const std::string k_write_in_queue = k_write_changes + "SELECT 1";
+// messages are deleted in that transaction, so none can come again. Its last statement puts
+// the queue's search_path ($23) back.
+const std::string k_write_in_queue =
+  k_write_changes + "SELECT set_config('search_path', $23, true)";
 
-// The statements of apply_in, prepared on the queue's connections as they are used there
-// (prepare_in_queue): parsed and planned once per connection, not at every batch. They run
-// with this store's schema first in the search_path; a prepared statement is parsed again
-// should the search_path differ from one execution to the next.
+// The first statement of apply_in, with the store's schema `schema` (quoted) in it: the
+// search_path set to it ($1) for the batch's statements, a transaction-scoped advisory lock
+// on each order id ($2, sorted), and then acmo_begin_batch ($2, and the message ids $3), whose
+// statements find the store's tables along that search_path; it is called with the locks'
+// count, so after them. Its rows begin with the queue's search_path, to be put back; there is
+// one with that alone when acmo_begin_batch returns none.
+std::string store_enter_sql(const std::string& schema)
+{
+  return "WITH e AS MATERIALIZED (SELECT current_setting('search_path') AS path,"
+         " set_config('search_path', $1, true),"
+         " (SELECT count(pg_advisory_xact_lock(hashtextextended('acmo order ' || i, 0)))"
+         " FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n)) AS locks)"
+         " SELECT e.path, b.* FROM e LEFT JOIN LATERAL " + schema
+         + ".acmo_begin_batch(CASE WHEN e.locks >= 0 THEN $2::text[] END, $3::text[]) b ON true";
+}
+
+// The statements of apply_in but the first, prepared on the queue's connections as they are
+// used there (prepare_in_queue): parsed and planned once per connection, not at every batch.
+// They run with this store's schema first in the search_path; a prepared statement is parsed
+// again should the search_path differ from one execution to the next.
 const std::vector<std::pair<std::string, std::string>> k_in_queue_statements = {
-  {"acmo_store_enter",
-   "SELECT current_setting('search_path'), set_config('search_path', $1, true),"
-   " (SELECT count(pg_advisory_xact_lock(hashtextextended('acmo order ' || i, 0)))"
-   " FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n))"},
   {"acmo_store_leave", "SELECT set_config('search_path', $1, true)"},
-  {"acmo_store_begin_batch", "SELECT * FROM acmo_begin_batch($1::text[], $2::text[])"},
   {"acmo_store_write", k_write_in_queue},
 };
 
@@ -336,6 +360,8 @@ struct PgOrderStore::Impl {
         "to_regclass('acmo_schema_version')), quote_ident(current_schema()))");
       if (r.at(0)[0].is_null()) return; // no schema of the search_path exists: migrate says so
       m_search_path = r.at(0)[0].as<std::string>();
+      m_enter_name = "acmo_store_enter " + m_search_path;
+      m_enter_sql = store_enter_sql(m_search_path);
       pqxx::nontransaction(conn).exec0("SET search_path = " + m_search_path);
       return;
     }
@@ -488,42 +514,60 @@ struct PgOrderStore::Impl {
                                              int64_t now_ms, bool in_queue)
   {
     std::map<std::string, Touched> orders;
-    PgArray order_ids;
     PgArray message_ids;
     for (const auto& e : events) {
-      if (orders.emplace(e.event.order_id, Touched{}).second) order_ids.add(e.event.order_id);
+      orders.emplace(e.event.order_id, Touched{});
       message_ids.add(e.message_id);
     }
+    PgArray order_ids; // in id order, as in_queue's locks are taken
+    for (const auto& [id, t] : orders) order_ids.add(id);
     std::unordered_set<std::string> applied;
     // Refused before: the reason, and the sequence number the message then had.
     std::unordered_map<std::string, std::pair<std::string, int64_t>> refused;
-    const pqxx::result begun =
-      tx.exec_prepared(in_queue ? "acmo_store_begin_batch" : "acmo_begin_batch",
-                       order_ids.text(), message_ids.text());
+    // In the queue's transaction: its search_path, which the batch's last statement puts back,
+    // and the column where acmo_begin_batch's begin.
+    std::string queue_path;
+    pqxx::row::size_type c = 0;
+    pqxx::result begun;
+    if (in_queue) {
+      prepare_in_queue(tx);
+      tx.conn().prepare(m_enter_name, m_enter_sql);
+      begun = tx.exec_prepared(m_enter_name, m_search_path, order_ids.text(), message_ids.text());
+      queue_path = begun.at(0)[0].as<std::string>();
+      c = 1;
+    } else {
+      begun = tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text());
+    }
     for (const auto& row : begun) {
-      if (row[0].as<bool>()) {
-        if (row[2].is_null()) {
-          applied.insert(row[1].as<std::string>());
+      if (row[c].is_null()) continue; // in_queue: acmo_begin_batch returned nothing
+      if (row[c].as<bool>()) {
+        if (row[c + 2].is_null()) {
+          applied.insert(row[c + 1].as<std::string>());
         } else {
-          refused.emplace(row[1].as<std::string>(),
-                          std::make_pair(row[2].as<std::string>(), row[3].as<int64_t>()));
+          refused.emplace(row[c + 1].as<std::string>(),
+                          std::make_pair(row[c + 2].as<std::string>(), row[c + 3].as<int64_t>()));
         }
         continue;
       }
       Order o;
-      o.id = row[1].as<std::string>();
-      o.status = row[2].as<std::string>();
-      o.version = row[3].as<int64_t>();
-      o.created_at_ms = row[4].as<int64_t>();
-      o.updated_at_ms = row[5].as<int64_t>();
+      o.id = row[c + 1].as<std::string>();
+      o.status = row[c + 2].as<std::string>();
+      o.version = row[c + 3].as<int64_t>();
+      o.created_at_ms = row[c + 4].as<int64_t>();
+      o.updated_at_ms = row[c + 5].as<int64_t>();
       auto& t = orders[o.id];
       t.existed = true;
       t.now = std::move(o);
     }
 
     std::vector<ApplyOutcome> out(events.size());
-    PgArray audit_order, audit_message, audit_seq, audit_type, audit_data, audit_accepted;
-    PgArray refused_ids, refused_why, refused_seq; // recorded with the batch's changes
+    // The write's arrays go in binary format, which the server reads without parsing an array
+    // literal character by character (each jsonb element is still parsed as JSON).
+    using Type = PgBinaryArray::Type;
+    PgBinaryArray audit_order(Type::text), audit_message(Type::text), audit_seq(Type::bigint),
+      audit_type(Type::text), audit_data(Type::jsonb), audit_accepted(Type::bigint);
+    PgBinaryArray refused_ids(Type::text), refused_why(Type::text),
+      refused_seq(Type::bigint); // recorded with the batch's changes
     bool any = false;
     for (size_t i = 0; i < events.size(); ++i) {
       const AppliedEvent& a = events[i];
@@ -568,15 +612,21 @@ struct PgOrderStore::Impl {
       audit_order.add(a.event.order_id);
       audit_message.add(a.message_id);
       audit_seq.add(a.seq);
-      audit_type.add(event_type_name(a.event.type));
-      audit_data.add(data);
+      audit_type.add(std::string_view(event_type_name(a.event.type)));
+      audit_data.add_jsonb(data);
       audit_accepted.add(a.accepted_at_ms);
     }
-    if (!any) return out; // nothing to write
+    if (!any) { // nothing to write
+      if (in_queue) tx.exec_prepared("acmo_store_leave", queue_path);
+      return out;
+    }
 
-    PgArray deleted;
-    PgArray w_id, w_name, w_email, w_items, w_total, w_status, w_version, w_created, w_updated;
-    PgArray u_id, u_status, u_version, u_updated;
+    PgBinaryArray deleted(Type::text);
+    PgBinaryArray w_id(Type::text), w_name(Type::text), w_email(Type::text), w_items(Type::jsonb),
+      w_total(Type::bigint), w_status(Type::text), w_version(Type::bigint),
+      w_created(Type::bigint), w_updated(Type::bigint), w_existed(Type::boolean);
+    PgBinaryArray u_id(Type::text), u_status(Type::text), u_version(Type::bigint),
+      u_updated(Type::bigint);
     for (const auto& [id, t] : orders) {
       if (!t.changed) continue;
       if (!t.now) {
@@ -586,12 +636,13 @@ struct PgOrderStore::Impl {
         w_id.add(o.id);
         w_name.add(o.customer_name);
         w_email.add(o.customer_email);
-        w_items.add(stored_items_json(o.items));
+        w_items.add_jsonb(stored_items_json(o.items));
         w_total.add(o.total_cents);
         w_status.add(o.status);
         w_version.add(o.version);
         w_created.add(o.created_at_ms);
         w_updated.add(o.updated_at_ms);
+        w_existed.add_bool(t.existed);
       } else {
         const Order& o = *t.now;
         u_id.add(o.id);
@@ -600,19 +651,20 @@ struct PgOrderStore::Impl {
         u_updated.add(o.updated_at_ms);
       }
     }
+    const auto bin = [](PgBinaryArray& a) { return pqxx::binarystring(a.take()); };
     auto write = [&](auto&& exec) {
-      exec(deleted.text(), w_id.text(), w_name.text(), w_email.text(), w_items.text(),
-           w_total.text(), w_status.text(), w_version.text(), w_created.text(), w_updated.text(),
-           u_id.text(), u_status.text(), u_version.text(), u_updated.text(), audit_order.text(),
-           audit_message.text(), audit_seq.text(), audit_type.text(), audit_data.text(), now_ms,
-           audit_accepted.text());
+      exec(bin(deleted), bin(w_id), bin(w_name), bin(w_email), bin(w_items), bin(w_total),
+           bin(w_status), bin(w_version), bin(w_created), bin(w_updated), bin(u_id),
+           bin(u_status), bin(u_version), bin(u_updated), bin(audit_order), bin(audit_message),
+           bin(audit_seq), bin(audit_type), bin(audit_data), now_ms, bin(audit_accepted),
+           bin(w_existed));
     };
     if (in_queue) {
-      write([&](auto&&... args) { tx.exec_prepared("acmo_store_write", args...); });
+      write([&](auto&&... args) { tx.exec_prepared("acmo_store_write", args..., queue_path); });
     } else {
       write([&](auto&&... args) {
-        tx.exec_prepared("acmo_write", args..., refused_ids.text(), refused_why.text(),
-                         refused_seq.text());
+        tx.exec_prepared("acmo_write", args..., bin(refused_ids), bin(refused_why),
+                         bin(refused_seq));
       });
     }
     return out;
@@ -629,24 +681,16 @@ struct PgOrderStore::Impl {
                                            const std::vector<AppliedEvent>& events,
                                            int64_t now_ms)
   {
-    PgArray ids;
-    std::vector<std::string_view> sorted;
-    for (const auto& e : events) sorted.push_back(e.event.order_id);
-    std::sort(sorted.begin(), sorted.end());
-    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-    for (auto id : sorted) ids.add(id);
-    prepare_in_queue(tx);
-    const std::string queue_path =
-      tx.exec_prepared1("acmo_store_enter", m_search_path, ids.text())[0].as<std::string>();
-    auto out = decide_and_write(tx, events, now_ms, true);
-    tx.exec_prepared("acmo_store_leave", queue_path);
-    return out;
+    return decide_and_write(tx, events, now_ms, true);
   }
 
   const PgOptions m_options;
   const std::string m_conninfo;
   std::mutex m_schema_mu;
   std::string m_search_path; // the schema of the store's tables, quoted (pin_schema)
+  // apply_in's first statement, named after that schema (store_enter_sql).
+  std::string m_enter_name;
+  std::string m_enter_sql;
   Pool<std::unique_ptr<pqxx::connection>> pool;
 };
 

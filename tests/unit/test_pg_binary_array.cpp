@@ -5,7 +5,10 @@
 #include <string>
 #include <vector>
 
+#include <pqxx/pqxx>
+
 #include "core/queue/postgres/pg_pipeline.hpp"
+#include "core/store/pg_binary.hpp"
 #include "pg_test_util.hpp"
 
 using acmo::PgBinaryArray;
@@ -62,6 +65,41 @@ TEST_CASE("PgBinaryArray writes array_send's format", "[pg_binary]")
     CHECK_FALSE(acmo::parse_message_id("00010203-0405-0607-0809-0a0b0c0d0e0g"));
     CHECK(a.take().size() == 12); // nothing was added
   }
+  SECTION("a jsonb element is version 1, then the JSON text")
+  {
+    PgBinaryArray a(Type::jsonb);
+    a.add_jsonb("[1]");
+    CHECK(a.take() == bytes({0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x0e, 0xda, 0, 0, 0, 1, 0, 0, 0, 1,
+                             0, 0, 0, 4, 1, '[', '1', ']'}));
+  }
+}
+
+TEST_CASE("PostgreSQL reads back PgBinaryArray's jsonb and text through libpqxx",
+          "[pg][pg_binary]")
+{
+  ACMO_NEED_PG(url);
+  pqxx::connection conn(url);
+  pqxx::nontransaction tx(conn);
+  conn.prepare("echo_jsonb", "SELECT j::text, t FROM unnest($1::jsonb[], $2::text[]) AS x(j, t)");
+  PgBinaryArray j(Type::jsonb), t(Type::text);
+  j.add_jsonb(R"({"b": [1, 2.5, "café"], "a": null})");
+  t.add(std::string_view("quote \" comma , brace }"));
+  j.add_jsonb("{}");
+  t.add(std::string_view(""));
+  auto rows = tx.exec_prepared("echo_jsonb", pqxx::binarystring(j.take()),
+                               pqxx::binarystring(t.take()));
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0][0].as<std::string>() == R"({"a": null, "b": [1, 2.5, "café"]})");
+  CHECK(rows[0][1].as<std::string>() == "quote \" comma , brace }");
+  CHECK(rows[1][0].as<std::string>() == "{}");
+  CHECK(rows[1][1].as<std::string>().empty());
+  // JSON the server cannot read is refused, as in text format.
+  PgBinaryArray bad(Type::jsonb), one(Type::text);
+  bad.add_jsonb("{not json");
+  one.add(std::string_view("x"));
+  CHECK_THROWS_WITH(tx.exec_prepared("echo_jsonb", pqxx::binarystring(bad.take()),
+                                     pqxx::binarystring(one.take())),
+                    Catch::Contains("invalid input syntax for type json"));
 }
 
 TEST_CASE("PostgreSQL reads back what PgBinaryArray sends", "[pg][pg_binary]")

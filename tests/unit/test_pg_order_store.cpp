@@ -667,6 +667,63 @@ TEST_CASE("PgOrderStore: applied in the queue's transaction, a batch commits or 
   CHECK(wrong.error().code == Errc::internal);
 }
 
+TEST_CASE("PgOrderStore: applied in the transaction of a queue in another schema, a batch "
+          "replaces, creates and refuses, and the queue's statements after it find its tables",
+          "[pg][handler]")
+{
+  ACMO_NEED_PG(url);
+  PgSchema schema(url);
+  PgSchema queue_schema(url);
+  auto store = open_store(schema);
+  auto q = must(PgQueue::open(queue_schema.url(), queue_schema.name(), QueueOptions{}));
+  // Apply each batch taken, dead-lettering what the store refuses; the outcomes' kinds.
+  const auto consume = [&] {
+    std::vector<Kind> seen;
+    must(q->consume(10, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                             -> Expected<std::vector<Disposition>> {
+      std::vector<AppliedEvent> events;
+      for (const auto& m : got) events.push_back(event(m.message_id, m.seq, m.body));
+      auto outcomes = store->apply_in(txn, events, 5'000);
+      if (!outcomes) return Unexpected(outcomes.error());
+      std::vector<Disposition> out(got.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        seen.push_back((*outcomes)[i].kind);
+        if ((*outcomes)[i].kind == Kind::rejected) {
+          out[i] = Disposition{true, (*outcomes)[i].reason, ""};
+        }
+      }
+      return out;
+    }));
+    return seen;
+  };
+  must(q->send(SendRequest{create("ord_k"), "g", ""}));
+  CHECK(consume() == std::vector<Kind>{Kind::applied});
+  // One batch: the order there before is deleted and made again (its row replaced), a new one
+  // is made, and the one made again changes.
+  for (const auto& e : {delete_json("ord_k"), create("ord_k", "Again"), create("ord_n"),
+                        update("ord_k", "processing")}) {
+    must(q->send(SendRequest{e, "g", ""}));
+  }
+  CHECK(consume() == std::vector<Kind>(4, Kind::applied));
+  const auto k = must(store->get("ord_k"));
+  CHECK(k.customer_name == "Again");
+  CHECK(k.status == "processing");
+  CHECK(k.version == 2);
+  CHECK(must(store->get("ord_n")).customer_name == "Ada");
+  CHECK(must(store->events("ord_k")).size() == 4);
+  CHECK(must(store->list("", 10, 0)).total == 2);
+  // A batch the store refuses whole writes nothing, and still gives the queue its schema back.
+  must(q->send(SendRequest{update("ord_z", "processing"), "g", ""}));
+  CHECK(consume() == std::vector<Kind>{Kind::rejected});
+  const auto s = must(q->stats());
+  CHECK(s.visible + s.in_flight + s.delayed == 0);
+  CHECK(s.deleted == 5);
+  CHECK(s.dead_lettered == 1);
+  // Each schema holds its own tables only.
+  CHECK(schema.exec("SELECT to_regclass('messages') IS NULL")[0][0].as<bool>());
+  CHECK(queue_schema.exec("SELECT to_regclass('orders') IS NULL")[0][0].as<bool>());
+}
+
 TEST_CASE("PgOrderStore: in queue transactions, a batch waits for another that creates one of "
           "its orders",
           "[pg][handler]")

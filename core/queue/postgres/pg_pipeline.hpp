@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "core/util/ids.hpp"
+#include "core/store/pg_binary.hpp"
 
 // libpq's types, as libpq-fe.h declares them (not included here).
 struct pg_conn;
@@ -29,35 +29,6 @@ public:
 
 private:
   pg_result* m_result;
-};
-
-// An array parameter in PostgreSQL's binary format (that of array_send): the server copies its
-// elements as they are, where a text literal has to be escaped here and parsed there character
-// by character (for a batch of bodies, a tenth of the sending backend's time). All elements
-// have the type given; none is NULL.
-class PgBinaryArray
-{
-public:
-  // The element types, by their type oid.
-  enum class Type : uint32_t { boolean = 16, bigint = 20, text = 25, uuid = 2950 };
-
-  explicit PgBinaryArray(Type type);
-  void add(std::string_view text);    // text
-  void add(const std::string& text) { add(std::string_view(text)); }
-  void add(int64_t value);            // bigint
-  void add_bool(bool value);          // boolean
-  void add_uuid(const MessageIdBytes& id); // uuid
-  // Anything else does not compile: say which.
-  template<typename T> void add(T) = delete;
-  // The parameter's bytes; the array is left empty.
-  std::string take();
-
-private:
-  void element(size_t size);
-
-  Type m_type;
-  uint32_t m_count = 0;
-  std::string m_bytes;  // a header's room, then each element: its length and its bytes
 };
 
 // A parameter of a statement: text, or bytes in the binary format of its type.

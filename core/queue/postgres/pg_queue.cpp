@@ -1767,6 +1767,11 @@ struct PgQueue::Impl {
       throw;
     } catch (const pqxx::in_doubt_error&) {
       throw;
+    } catch (const pqxx::unique_violation& e) {
+      // A writer outside the queue's transactions (a handler of an embedded queue on the same
+      // store) made a row the work's made too: the batch is tried again, and sees it.
+      dispositions = make_error(Errc::busy, fmt::format("PostgreSQL: {}; retry",
+                                                        first_line(e.what())));
     } catch (const pqxx::sql_error& e) {
       bool discard = false;
       dispositions = Unexpected(error_of(e, discard));
