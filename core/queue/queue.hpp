@@ -259,8 +259,9 @@ public:
   // Up to `max` entries of the dedup history whose MovedDedup::seq is above `after`, in that
   // order.
   virtual Expected<std::vector<MovedDedup>> dedup(int64_t after, size_t max) const = 0;
-  // The groups of the queue's messages.
-  virtual Expected<std::vector<std::string>> groups() const = 0;
+  // Up to `max` names of the groups of the queue's messages that sort above `after` byte by
+  // byte, in that order ("" is below every name).
+  virtual Expected<std::vector<std::string>> groups(const std::string& after, size_t max) const = 0;
   // Above every sequence number the source gave.
   virtual int64_t next_seq() const = 0;
   // The queue's messages received and not yet settled whose visibility timeout ends after
@@ -287,7 +288,7 @@ struct SnapshotInMemory final : QueueSnapshot {
 
   Expected<std::vector<Message>> messages(bool dead, int64_t after, size_t max) const override;
   Expected<std::vector<MovedDedup>> dedup(int64_t after, size_t max) const override;
-  Expected<std::vector<std::string>> groups() const override;
+  Expected<std::vector<std::string>> groups(const std::string& after, size_t max) const override;
   int64_t next_seq() const override { return next; }
   Expected<Held> held(int64_t now_ms) const override;
 };

@@ -42,11 +42,19 @@ Expected<std::vector<MovedDedup>> SnapshotInMemory::dedup(int64_t after, size_t 
   return page_after(history, after, max);
 }
 
-Expected<std::vector<std::string>> SnapshotInMemory::groups() const
+Expected<std::vector<std::string>> SnapshotInMemory::groups(const std::string& after,
+                                                           size_t max) const
 {
   std::set<std::string> names;
-  for (const auto& m : queued) names.insert(m.group_id);
-  return std::vector<std::string>(names.begin(), names.end());
+  for (const auto& m : queued) {
+    if (m.group_id > after) names.insert(m.group_id);
+  }
+  std::vector<std::string> out;
+  for (const auto& name : names) {
+    if (out.size() == max) break;
+    out.push_back(name);
+  }
+  return out;
 }
 
 Expected<QueueSnapshot::Held> SnapshotInMemory::held(int64_t now_ms) const

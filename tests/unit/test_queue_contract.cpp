@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -1133,7 +1134,8 @@ TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history
   CHECK(again.skipped == 3);
 }
 
-TEST_CASE("acmo queue move: a queue longer than one statement moves whole, and only once",
+TEST_CASE("acmo queue move: a queue longer than one statement, of more groups than one, moves "
+          "whole, and only once",
           "[contract][pg]")
 {
   ACMO_NEED_PG(base);
@@ -1142,7 +1144,7 @@ TEST_CASE("acmo queue move: a queue longer than one statement moves whole, and o
   auto from = must(SqliteQueue::open(dir.file("acmo.db"), {}));
   std::vector<SendRequest> requests;
   for (int i = 0; i < 2500; ++i) {
-    requests.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i % 7), ""});
+    requests.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i % 1250), ""});
   }
   for (const auto& r : from->send_bulk(requests)) must(r);
   auto to = must(PgQueue::open(schema.url(), schema.name(), {}));
@@ -1161,20 +1163,76 @@ TEST_CASE("acmo queue move: a queue longer than one statement moves whole, and o
   CHECK(moved.dedup == 2500);
   CHECK(must(to->stats()).visible == 2500);
   CHECK(schema.exec("SELECT count(*) FROM moved_messages")[0][0].as<int64_t>() == 2500);
+  // Every group's row (the names came and were set right a part at a time) has its head.
+  const auto groups_right = [&] {
+    return schema.exec("SELECT count(*) FROM message_groups g WHERE g.head_seq = (SELECT"
+                       " min(m.seq) FROM messages m WHERE m.queue_id = g.queue_id AND"
+                       " m.group_id = g.group_id)")[0][0].as<int64_t>();
+  };
+  CHECK(groups_right() == 1250);
+  CHECK(schema.exec("SELECT count(*) FROM message_groups")[0][0].as<int64_t>() == 1250);
   // The same snapshot again (a run stopped between the two commits): nothing moves twice.
   auto again = must(to->move_in(taken));
   CHECK(again.messages == 0);
   CHECK(again.skipped == 2500);
   CHECK(must(to->stats()).visible == 2500);
+  CHECK(groups_right() == 1250);
+  CHECK(schema.exec("SELECT count(*) FROM message_groups")[0][0].as<int64_t>() == 1250);
   // In order within each group.
   PeekFilter group;
   group.group_id = "g3";
   group.limit = 1000;
   auto g3 = must(to->peek(group));
-  REQUIRE(g3.size() == 357);
+  REQUIRE(g3.size() == 2);
   CHECK(std::is_sorted(g3.begin(), g3.end(),
                        [](const Message& a, const Message& b) { return a.seq < b.seq; }));
   CHECK(g3.front().body == "m3");
+}
+
+TEST_CASE("acmo queue move: a role that may not make temporary tables is told what to grant, "
+          "and nothing moves",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  // A database of its own whose TEMPORARY privilege was revoked from PUBLIC, and a role of
+  // its own that may only connect and create schemas there.
+  pqxx::connection admin(base);
+  const std::string name = fmt::format("acmo_t_notemp_{}_{:08x}", ::getpid(),
+                                       std::random_device()());
+  struct Cleanup {
+    pqxx::connection& admin;
+    std::string name;
+    ~Cleanup()
+    {
+      try {
+        pqxx::nontransaction tx(admin);
+        tx.exec0("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)");
+        tx.exec0("DROP ROLE IF EXISTS " + name);
+      } catch (const std::exception&) {
+        // A leftover database in the test server is the lesser harm.
+      }
+    }
+  } cleanup{admin, name};
+  {
+    pqxx::nontransaction tx(admin);
+    tx.exec0("CREATE ROLE " + name + " LOGIN");
+    tx.exec0("CREATE DATABASE " + name);
+    tx.exec0("REVOKE TEMPORARY ON DATABASE " + name + " FROM PUBLIC");
+    tx.exec0("GRANT CONNECT, CREATE ON DATABASE " + name + " TO " + name);
+  }
+  const std::string url = fmt::format("{}{}dbname={}&user={}", base,
+                                      base.find('?') == std::string::npos ? '?' : '&', name, name);
+  acmo::test::TempDir dir;
+  auto from = must(SqliteQueue::open(dir.file("acmo.db"), {}));
+  must(from->send(SendRequest{"m1", "g", ""}));
+  auto to = must(PgQueue::open(url, "acmo", {}));
+  auto refused = from->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); });
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::invalid_input);
+  CHECK_THAT(refused.error().message,
+             Catch::Contains("GRANT TEMPORARY ON DATABASE " + name + " TO " + name));
+  CHECK(must(to->stats()).visible == 0);
+  CHECK(must(from->stats()).visible == 1);
 }
 
 TEST_CASE("Queue contract: a sent message is received and then deleted", "[contract]")

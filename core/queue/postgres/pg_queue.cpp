@@ -2805,15 +2805,42 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
 {
   return m_impl->run([&](PgTxn& txn) -> Expected<MoveResult> {
     MoveResult result;
-    // Every group of the queue's messages locked first (a row made for a group whose messages
-    // all moved before is dropped again at the end).
-    auto group_names = snapshot.groups();
-    if (!group_names) return Unexpected(group_names.error());
-    const std::set<std::string> groups(group_names->begin(), group_names->end());
-    m_impl->lock_groups_for_insert(txn, groups);
-    // Read and written in parts of at most 1,000 messages, so that a long queue is never all
-    // in memory and makes no huge statement.
+    // Read and written in parts of at most 1,000 messages, group names or dedup entries, so
+    // that a long queue is never all in memory and makes no huge statement.
     constexpr size_t k_chunk = 1000;
+    // Every group of the queue's messages locked first, in one statement (in the order every
+    // writer locks groups), from their names gathered in a table of this transaction. A row
+    // made for a group whose messages all moved before is dropped again at the end.
+    const auto may = txn.tx.exec1("SELECT has_database_privilege(current_database(), 'TEMPORARY'),"
+                                  " quote_ident(current_database()), quote_ident(current_user)");
+    if (!may[0].as<bool>()) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("the role {} may not make temporary tables in the database "
+                                    "{}, which acmo queue move needs; have its owner run GRANT "
+                                    "TEMPORARY ON DATABASE {} TO {}",
+                                    may[2].as<std::string>(), may[1].as<std::string>(),
+                                    may[1].as<std::string>(), may[2].as<std::string>()),
+                        "queue.url");
+    }
+    txn.tx.exec0("CREATE TEMPORARY TABLE acmo_moving_groups (name text PRIMARY KEY)"
+                 " ON COMMIT DROP");
+    for (std::string after;;) {
+      auto names = snapshot.groups(after, k_chunk);
+      if (!names) return Unexpected(names.error());
+      if (names->empty()) break;
+      after = names->back();
+      PgArray page;
+      for (const auto& name : *names) page.add(name);
+      txn.tx.exec_params("INSERT INTO acmo_moving_groups SELECT unnest($1::text[])"
+                         " ON CONFLICT DO NOTHING",
+                         page.text());
+    }
+    txn.tx.exec_params(
+      "INSERT INTO message_groups AS g (queue_id, group_id, head_seq, ready_at)"
+      " SELECT $1, m.name, 9223372036854775807, 9223372036854775807"
+      " FROM acmo_moving_groups m ORDER BY m.name"
+      " ON CONFLICT (queue_id, group_id) DO UPDATE SET head_seq = g.head_seq",
+      m_impl->queue_id);
     for (const bool dead : {false, true}) {
       auto moved = snapshot.each_page(dead, k_chunk, [&](const std::vector<Message>& chunk) {
         return m_impl->move_chunk(txn, chunk, dead, result);
@@ -2851,7 +2878,16 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
     txn.tx.exec_params("SELECT setval('message_seq', greatest((SELECT last_value FROM message_seq),"
                        " $1::bigint - 1, 1))",
                        snapshot.next_seq());
-    for (const auto& g : groups) txn.touched_groups.insert(g);
+    // The groups' rows set right (or dropped), a part at a time.
+    for (std::string after;;) {
+      const auto last = txn.tx.exec_params1(
+        "WITH part AS (SELECT name FROM acmo_moving_groups WHERE name > $2 ORDER BY name"
+        " LIMIT $3) SELECT (SELECT max(name) FROM part),"
+        " acmo_fix_groups($1, ARRAY(SELECT name FROM part))",
+        m_impl->queue_id, after, static_cast<int64_t>(k_chunk));
+      if (last[0].is_null()) break;
+      after = last[0].as<std::string>();
+    }
     if (result.messages > 0) txn.tx.exec_params("SELECT pg_notify($1, '')", m_impl->channel);
     return result;
   }, Impl::Mode::synchronous);

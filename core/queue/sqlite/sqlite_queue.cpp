@@ -2064,12 +2064,14 @@ public:
     });
   }
 
-  Expected<std::vector<std::string>> groups() const override
+  Expected<std::vector<std::string>> groups(const std::string& after, size_t max) const override
   {
     return read([&] {
       std::vector<std::string> out;
-      auto stmt = m_db.prepare("SELECT DISTINCT group_id FROM messages WHERE queue_id = ?1");
-      stmt->bind(1, m_queue_id);
+      // Along messages_by_group, from `after` on (BINARY collation: byte order).
+      auto stmt = m_db.prepare("SELECT DISTINCT group_id FROM messages WHERE queue_id = ?1"
+                               " AND group_id > ?2 ORDER BY group_id LIMIT ?3");
+      stmt->bind(1, m_queue_id).bind(2, after).bind(3, static_cast<int64_t>(max));
       while (stmt->step()) out.push_back(stmt->column_text(0));
       return out;
     });
