@@ -2760,6 +2760,67 @@ TEST_CASE("PgQueue: a consumer whose backend dies in its work has the delivery c
 }
 
 
+TEST_CASE("PgQueue: a consume's journal row names its backend exactly, so another process's "
+          "sweep leaves a live consumer alone and counts one that died",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  ManualClock clock;
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {}, clock));
+  auto other = must(PgQueue::open(schema.url(), schema.name(), {}, clock)); // another process
+  for (const char* g : {"a", "b", "c", "d"}) must(q->send(SendRequest{g, g, ""}));
+  // Inside the work: the consume's journal row, written before it, names this backend by its
+  // pid and start.
+  const auto journal_names_me = [](pqxx::transaction_base& tx) {
+    return tx.exec1("SELECT count(*) FROM consume_journal j JOIN pg_stat_activity a"
+                    " ON a.pid = j.pid AND a.backend_start = j.started"
+                    " WHERE j.pid = pg_backend_pid()")[0]
+             .as<int64_t>()
+           == 1;
+  };
+  std::set<int> backends;
+  for (int i = 0; i < 3; ++i) {
+    auto done = must(q->consume(1, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                                        -> Expected<std::vector<Disposition>> {
+      auto& tx = *must(pg_transaction(txn));
+      backends.insert(tx.conn().backendpid());
+      CHECK(journal_names_me(tx));
+      // Another process's sweep leaves a live consumer's row and messages alone.
+      must(other->sweep());
+      CHECK(tx.exec1("SELECT count(*) FROM consume_journal")[0].as<int64_t>() == 1);
+      CHECK(tx.exec1("SELECT receive_count FROM messages WHERE seq = " + std::to_string(got[0].seq))[0]
+              .as<int64_t>()
+            == 0);
+      return std::vector<Disposition>(got.size());
+    }));
+    CHECK(done.size() == 1);
+  }
+  CHECK(backends.size() == 1); // one connection, consuming again and again
+  CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
+  // The backend dies in the work of a consume on that connection: counted. The attempts after
+  // fail alive, and are not.
+  int attempts = 0;
+  auto died = q->consume(1, 0, [&](QueueTransaction& txn, const std::vector<Message>&)
+                                 -> Expected<std::vector<Disposition>> {
+    auto& tx = *must(pg_transaction(txn));
+    if (attempts++ == 0) {
+      CHECK(backends.count(tx.conn().backendpid()) == 1);
+      CHECK(journal_names_me(tx));
+      tx.exec("SELECT pg_terminate_backend(pg_backend_pid())");
+    }
+    return make_error(Errc::unavailable, "store down");
+  });
+  REQUIRE_FALSE(died);
+  CHECK(attempts >= 2);
+  must(other->sweep());
+  auto m = must(q->find(4));
+  REQUIRE(m);
+  CHECK(m->receive_count == 1);
+  CHECK(m->last_error.find("died before it was settled") != std::string::npos);
+  CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
+}
+
 TEST_CASE("PgQueue: a consume deletes its journal row, drops the rows of the groups it emptied "
           "and sets right those it did not",
           "[contract][pg]")
