@@ -670,20 +670,6 @@ struct PgOrderStore::Impl {
     return out;
   }
 
-  // apply_in: the batch in the queue's transaction `tx`, with this store's schema first in its
-  // search_path for the batch's statements and the queue's put back after them. The queue's
-  // transaction is READ COMMITTED; its receive holds the batch's message groups, so no other
-  // handler applies these messages meanwhile. Orders of one batch may be in other groups, and
-  // an order a CREATE makes is not there to lock: a transaction-scoped advisory lock on each
-  // order id, taken in id order, keeps two batches from deciding on the same order at once,
-  // and each statement after the locks sees what the other committed.
-  std::vector<ApplyOutcome> apply_in_queue(pqxx::transaction_base& tx,
-                                           const std::vector<AppliedEvent>& events,
-                                           int64_t now_ms)
-  {
-    return decide_and_write(tx, events, now_ms, true);
-  }
-
   const PgOptions m_options;
   const std::string m_conninfo;
   std::mutex m_schema_mu;
@@ -864,8 +850,15 @@ Expected<std::vector<ApplyOutcome>> PgOrderStore::apply_in(QueueTransaction& txn
   if (events.empty()) return std::vector<ApplyOutcome>{};
   auto tx = pg_transaction(txn);
   if (!tx) return Unexpected(tx.error());
-  // A database error escapes to the queue, which rolls its transaction back and says why.
-  return m_impl->apply_in_queue(**tx, events, now_ms);
+  // The batch in the queue's transaction, with this store's schema first in its search_path
+  // for the batch's statements and the queue's put back after them. The queue's transaction is
+  // READ COMMITTED; its receive holds the batch's message groups, so no other handler applies
+  // these messages meanwhile. Orders of one batch may be in other groups, and an order a
+  // CREATE makes is not there to lock: a transaction-scoped advisory lock on each order id,
+  // taken in id order, keeps two batches from deciding on the same order at once, and each
+  // statement after the locks sees what the other committed. A database error escapes to the
+  // queue, which rolls its transaction back and says why.
+  return m_impl->decide_and_write(**tx, events, now_ms, true);
 }
 
 } // namespace acmo

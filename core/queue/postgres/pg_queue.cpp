@@ -1801,19 +1801,24 @@ struct PgQueue::Impl {
     return {};
   }
 
-  // Lock the rows of `groups` of the queue, in name order, making rows (head k_none) for those
-  // that have none; acmo_fix_groups at the end of the transaction sets them right or drops them.
+  // The statement that locks the rows of the queue's ($1) groups named by `names` (a query of
+  // one column), in name order, making rows (head k_none) for those that have none;
+  // acmo_fix_groups at the end of the transaction sets them right or drops them.
+  static std::string lock_groups_sql(const std::string& names)
+  {
+    return "INSERT INTO message_groups AS g (queue_id, group_id, head_seq, ready_at)"
+           " SELECT $1, s.x, 9223372036854775807, 9223372036854775807"
+           " FROM (" + names + ") AS s(x) ORDER BY s.x"
+           " ON CONFLICT (queue_id, group_id) DO UPDATE SET head_seq = g.head_seq";
+  }
+
+  // Lock the rows of `groups` of the queue (lock_groups_sql).
   void lock_groups_for_insert(PgTxn& txn, const std::set<std::string>& groups)
   {
     if (groups.empty()) return;
     PgArray names;
     for (const auto& g : groups) names.add(g);
-    txn.tx.exec_params(
-      "INSERT INTO message_groups AS g (queue_id, group_id, head_seq, ready_at)"
-      " SELECT $1, s.x, 9223372036854775807, 9223372036854775807"
-      " FROM unnest($2::text[]) AS s(x) ORDER BY s.x"
-      " ON CONFLICT (queue_id, group_id) DO UPDATE SET head_seq = g.head_seq",
-      queue_id, names.text());
+    txn.tx.exec_params(lock_groups_sql("SELECT unnest($2::text[])"), queue_id, names.text());
   }
 
   // acmo queue move: take in a part of the messages of the queue (or, with `dead`, of its DLQ),
@@ -2835,12 +2840,8 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
                          " ON CONFLICT DO NOTHING",
                          page.text());
     }
-    txn.tx.exec_params(
-      "INSERT INTO message_groups AS g (queue_id, group_id, head_seq, ready_at)"
-      " SELECT $1, m.name, 9223372036854775807, 9223372036854775807"
-      " FROM acmo_moving_groups m ORDER BY m.name"
-      " ON CONFLICT (queue_id, group_id) DO UPDATE SET head_seq = g.head_seq",
-      m_impl->queue_id);
+    txn.tx.exec_params(Impl::lock_groups_sql("SELECT name FROM acmo_moving_groups"),
+                       m_impl->queue_id);
     for (const bool dead : {false, true}) {
       auto moved = snapshot.each_page(dead, k_chunk, [&](const std::vector<Message>& chunk) {
         return m_impl->move_chunk(txn, chunk, dead, result);
