@@ -40,6 +40,40 @@ constexpr bool k_sanitized = false;
 constexpr bool k_sanitized = false;
 #endif
 
+// A pipe whose ends close with it, or before, one at a time: a reader sees end of file once
+// every copy of the write end is closed (spawn's close_in_child, for the copies of children).
+class Pipe
+{
+public:
+  Pipe()
+  {
+    int fds[2];
+    if (::pipe(fds) != 0) FAIL("pipe() failed");
+    m_read = fds[0];
+    m_write = fds[1];
+  }
+  ~Pipe()
+  {
+    close_read();
+    close_write();
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  int read_fd() const { return m_read; }
+  int write_fd() const { return m_write; }
+  void close_read() { close_fd(m_read); }
+  void close_write() { close_fd(m_write); }
+
+private:
+  static void close_fd(int& fd)
+  {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+  int m_read = -1;
+  int m_write = -1;
+};
+
 // Run `body` in a child process and _exit() with what it returns. `close_in_child` lists the
 // descriptors the child must not keep (pipe ends that belong to the parent or other children:
 // a reader only sees end of file once every copy of the write end is closed).

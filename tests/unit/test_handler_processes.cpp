@@ -150,22 +150,21 @@ void run_kill_test(bool group_per_order, const StoreUnderTest& store_under_test 
     // The child says when its handler starts, and dies a random time into its work: timed
     // from the fork, a slow start (under the sanitizers, a handler takes longer to open the
     // queue than these times) would have most kills land before any work.
-    int started[2];
-    REQUIRE(::pipe(started) == 0);
-    pid_t child = spawn({started[0]}, [&] {
+    Pipe started;
+    pid_t child = spawn({started.read_fd()}, [&] {
       auto q = SqliteQueue::open(path, options);
       if (!q) return k_child_open_failed;
       auto writer = store_under_test.open_writer();
       HandlerOptions handler_options{2, 10, 100};
       handler_options.writer = writer.get();
       OrderHandler handler(**q, path, handler_options);
-      if (::write(started[1], "s", 1) != 1) return k_child_write_failed;
+      if (::write(started.write_fd(), "s", 1) != 1) return k_child_write_failed;
       return handler.run() ? k_child_ok : k_child_handler_failed;
     });
-    ::close(started[1]);
-    pollfd p{started[0], POLLIN, 0};
+    started.close_write();
+    pollfd p{started.read_fd(), POLLIN, 0};
     (void)::poll(&p, 1, 30'000); // the byte, or end of file from a child that failed
-    ::close(started[0]);
+    started.close_read();
     std::this_thread::sleep_for(std::chrono::milliseconds(30 + random() % 100));
     ::kill(child, SIGKILL);
     REQUIRE(wait_child(child) == 128 + SIGKILL);

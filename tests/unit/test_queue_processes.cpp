@@ -43,38 +43,6 @@ using SteadyClock = std::chrono::steady_clock;
 
 using namespace acmo::test::process;
 
-class Pipe
-{
-public:
-  Pipe()
-  {
-    int fds[2];
-    if (::pipe(fds) != 0) throw std::runtime_error("pipe() failed");
-    m_read = fds[0];
-    m_write = fds[1];
-  }
-  ~Pipe()
-  {
-    close_read();
-    close_write();
-  }
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  int read_fd() const { return m_read; }
-  int write_fd() const { return m_write; }
-  void close_read() { close_fd(m_read); }
-  void close_write() { close_fd(m_write); }
-
-private:
-  static void close_fd(int& fd)
-  {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-  int m_read = -1;
-  int m_write = -1;
-};
-
 // Write all of `text`; false if the pipe is gone.
 bool write_all(int fd, const std::string& text)
 {

@@ -55,21 +55,19 @@ TEST_CASE("WorkJournal: the work of a dead process is claimed, that of a live on
     return 2;
   });
   CHECK(wait_child(done) == 128 + SIGKILL);
-  int pipe_fds[2];
-  REQUIRE(::pipe(pipe_fds) == 0);
-  int ready[2];
-  REQUIRE(::pipe(ready) == 0);
-  pid_t live = spawn({pipe_fds[1], ready[0]}, [&] {
+  Pipe hold; // the parent closes its end to let the live process end
+  Pipe ready;
+  pid_t live = spawn({hold.write_fd(), ready.read_fd()}, [&] {
     WorkJournal journal(path);
     if (!journal.begin(1, live_seqs, 1)) return 1;
-    [[maybe_unused]] const ssize_t n = ::write(ready[1], "x", 1);
-    wait_for_parent(pipe_fds[0]);
+    [[maybe_unused]] const ssize_t n = ::write(ready.write_fd(), "x", 1);
+    wait_for_parent(hold.read_fd());
     return 0;
   });
-  ::close(pipe_fds[0]);
-  ::close(ready[1]);
+  hold.close_read();
+  ready.close_write();
   char c = 0;
-  REQUIRE(::read(ready[0], &c, 1) == 1);
+  REQUIRE(::read(ready.read_fd(), &c, 1) == 1);
 
   WorkJournal mine(path);
   // Of another queue of the database: not ours to count.
@@ -92,9 +90,8 @@ TEST_CASE("WorkJournal: the work of a dead process is claimed, that of a live on
   const int64_t fresh_seqs[] = {40};
   must(fresh.begin(1, fresh_seqs, 1));
 
-  ::close(pipe_fds[1]);
+  hold.close_write();
   CHECK(wait_child(live) == 0);
-  ::close(ready[0]);
   // The live process ended cleanly: no work left behind.
   CHECK(mine.claim_orphans(1).empty());
 }
@@ -118,9 +115,8 @@ TEST_CASE("Queue consume: a message whose work kills the consumer reaches the DL
   int deaths = 0;
   std::multiset<std::string> handled;
   for (int round = 0; round < 12; ++round) {
-    int out[2];
-    REQUIRE(::pipe(out) == 0);
-    pid_t child = spawn({out[0]}, [&] {
+    Pipe out;
+    pid_t child = spawn({out.read_fd()}, [&] {
       auto q = SqliteQueue::open(path, options);
       if (!q) return k_child_open_failed;
       for (;;) {
@@ -134,7 +130,7 @@ TEST_CASE("Queue consume: a message whose work kills the consumer reaches the DL
           }
           for (const auto& m : batch) {
             const std::string line = m.body + "\n";
-            [[maybe_unused]] const ssize_t n = ::write(out[1], line.data(), line.size());
+            [[maybe_unused]] const ssize_t n = ::write(out.write_fd(), line.data(), line.size());
           }
           return std::vector<Disposition>(batch.size());
         });
@@ -142,11 +138,12 @@ TEST_CASE("Queue consume: a message whose work kills the consumer reaches the DL
         if (got->empty()) return k_child_ok;
       }
     });
-    ::close(out[1]);
+    out.close_write();
     std::string text;
     char buf[256];
-    for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
-    ::close(out[0]);
+    for (ssize_t n; (n = ::read(out.read_fd(), buf, sizeof buf)) > 0;) {
+      text.append(buf, static_cast<size_t>(n));
+    }
     const int code = wait_child(child);
     for (size_t start = 0, end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
       handled.insert(text.substr(start, end - start));
