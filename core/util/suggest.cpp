@@ -36,6 +36,16 @@ std::string closest_name(std::string_view word, const std::vector<std::string>& 
       best = name;
     }
   }
+  if (!best.empty()) return best;
+  // A word cut short ("--order" for "--order-id"): the one name it begins, if it has two
+  // characters past its dashes and no other name begins with it.
+  const size_t start = word.find_first_not_of('-');
+  if (start == std::string_view::npos || word.size() - start < 2) return best;
+  for (const auto& name : names) {
+    if (name.size() <= word.size() || name.compare(0, word.size(), word) != 0) continue;
+    if (!best.empty()) return {};
+    best = name;
+  }
   return best;
 }
 

@@ -73,6 +73,9 @@ check "a missing subcommand is named with the choices" \
 err=$(usage_error send --waitt)
 check "a misspelt flag gets a suggestion" \
   grep -qx "acmo: error: 'acmo send' has no option --waitt; did you mean --wait?" <<<"$err"
+err=$(usage_error send --order ord_1 CREATE)
+check "  a flag cut short, the one it begins" \
+  grep -qx "acmo: error: 'acmo send' has no option --order; did you mean --order-id?" <<<"$err"
 err=$(usage_error stats --jsn)
 check "  a global flag too" grep -q "did you mean --json?" <<<"$err"
 err=$(usage_error orders get)

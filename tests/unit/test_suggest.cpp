@@ -27,3 +27,18 @@ TEST_CASE("the closest name is suggested only when it is close")
   CHECK(closest_name("lsit", names, 1).empty());
   CHECK(closest_name("x", {}).empty());
 }
+
+TEST_CASE("a word cut short is taken for the only name it begins")
+{
+  const std::vector<std::string> flags = {"--order-id", "--data", "--dedup-id", "--group"};
+  CHECK(closest_name("--order", flags) == "--order-id");
+  CHECK(closest_name("--gr", flags) == "--group");
+  CHECK(closest_name("--d", flags).empty());  // one character past the dashes
+  CHECK(closest_name("--de", flags) == "--dedup-id");
+  CHECK(closest_name("--dat", flags) == "--data"); // within two edits of it, too
+  const std::vector<std::string> keys = {"queue.visibility_timeout", "queue.url",
+                                         "store.url"};
+  CHECK(closest_name("queue.vis", keys) == "queue.visibility_timeout");
+  CHECK(closest_name("queue.", keys).empty()); // begins two names
+  CHECK(closest_name("queue.url", keys).empty()); // a name itself is no suggestion
+}
