@@ -211,8 +211,9 @@ const Statement k_receive_and_take = {
 #undef ACMO_RECEIVE_SQL
 #undef ACMO_GROUP_FRONT
 // A receive's messages in flight, their groups held until then and the count of the messages
-// received, in one round trip. The groups' rows by their place (a TID scan): "group_id =
-// ANY(...)" was planned, before the first ANALYZE, as a filter over every group of the queue.
+// received, in one round trip. The groups' rows by their places, joined (a TID scan a place):
+// "group_id = ANY(...)" was planned, before the first ANALYZE, as a filter over every group of
+// the queue, and "ctid = ANY(...)" as a read of every group row while the table was small.
 const Statement k_take = {
   "acmo_take",
   "WITH taken AS (UPDATE messages m SET visible_at = $1, receipt_token = t.token,"
@@ -220,7 +221,8 @@ const Statement k_take = {
   " first_received_at = CASE WHEN m.first_received_at = 0 THEN $2"
   " ELSE m.first_received_at END"
   " FROM unnest($3::bigint[], $4::bigint[]) AS t(seq, token) WHERE m.seq = t.seq),"
-  " held AS (UPDATE message_groups SET ready_at = $1 WHERE ctid = ANY($5::tid[]))"
+  " held AS (UPDATE message_groups g SET ready_at = $1 FROM unnest($5::tid[]) AS h(place)"
+  " WHERE g.ctid = h.place)"
   " INSERT INTO queue_counters (queue_id, received) VALUES ($6, $7)"};
 const Statement k_fix_groups = {"acmo_fix_groups", "SELECT acmo_fix_groups($1, $2::text[])"};
 const Statement k_drop_groups = {
