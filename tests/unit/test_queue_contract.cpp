@@ -2831,6 +2831,77 @@ TEST_CASE("PgQueue: a consume's journal row names its backend exactly, so anothe
   CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
 }
 
+TEST_CASE("PgQueue: a sweep by another role, which may not see when a consumer's backend "
+          "started, leaves the live consumer alone and counts one that died",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  ManualClock clock;
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {}, clock));
+  // A role of its own with the queue's tables, not a member of pg_read_all_stats: it sees the
+  // other role's backends without their start.
+  const std::string role = schema.name() + "_r";
+  schema.exec("CREATE ROLE " + role + " LOGIN NOSUPERUSER");
+  struct Dropped {
+    acmo::test::PgSchema& schema;
+    std::string role;
+    ~Dropped()
+    {
+      try {
+        schema.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"
+                    + role + "'");
+        schema.exec("DROP OWNED BY " + role);
+        schema.exec("DROP ROLE " + role);
+      } catch (const std::exception&) {
+        // A leftover role in the test server is the lesser harm than a throwing destructor.
+      }
+    }
+  } dropped{schema, role};
+  schema.exec(fmt::format("GRANT USAGE ON SCHEMA {0} TO {1}; GRANT ALL ON ALL TABLES IN SCHEMA "
+                          "{0} TO {1}; GRANT ALL ON ALL SEQUENCES IN SCHEMA {0} TO {1}",
+                          schema.name(), role));
+  auto other = must(PgQueue::open(schema.url() + "&user=" + role, schema.name(), {}, clock));
+  for (const char* g : {"a", "b"}) must(q->send(SendRequest{g, g, ""}));
+
+  auto done = must(q->consume(1, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
+                                      -> Expected<std::vector<Disposition>> {
+    auto& tx = *must(pg_transaction(txn));
+    const std::string me = std::to_string(tx.conn().backendpid());
+    pqxx::connection as_role(schema.url() + "&user=" + role);
+    pqxx::nontransaction look(as_role);
+    CHECK(look.exec1("SELECT current_user")[0].as<std::string>() == role);
+    CHECK(look.exec1("SELECT backend_start IS NULL FROM pg_stat_activity WHERE pid = " + me)[0]
+            .as<bool>());
+    must(other->sweep());
+    CHECK(tx.exec1("SELECT count(*) FROM consume_journal WHERE pid = " + me)[0].as<int64_t>()
+          == 1);
+    CHECK(tx.exec1("SELECT receive_count FROM messages WHERE seq = " + std::to_string(got[0].seq))[0]
+            .as<int64_t>()
+          == 0);
+    return std::vector<Disposition>(got.size());
+  }));
+  CHECK(done.size() == 1);
+  CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
+
+  // The consumer's backend dies in its work: that role's sweep counts the delivery.
+  int attempts = 0;
+  auto died = q->consume(1, 0, [&](QueueTransaction& txn, const std::vector<Message>&)
+                                 -> Expected<std::vector<Disposition>> {
+    if (attempts++ == 0) {
+      must(pg_transaction(txn))->exec("SELECT pg_terminate_backend(pg_backend_pid())");
+    }
+    return make_error(Errc::unavailable, "store down");
+  });
+  REQUIRE_FALSE(died);
+  must(other->sweep());
+  auto m = must(q->find(2));
+  REQUIRE(m);
+  CHECK(m->receive_count == 1);
+  CHECK(m->last_error.find("died before it was settled") != std::string::npos);
+  CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
+}
+
 TEST_CASE("PgQueue: a consume deletes its journal row, drops the rows of the groups it emptied "
           "and sets right those it did not",
           "[contract][pg]")

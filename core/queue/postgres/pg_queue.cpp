@@ -252,8 +252,8 @@ const Statement k_probe = {
 const Statement k_journal_begin = {
   "acmo_journal_begin",
   "INSERT INTO consume_journal (queue_id, pid, started, client_pid, seqs)"
-  " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_activity a"
-  " WHERE a.pid = $2 RETURNING id"};
+  " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_get_activity($2) a"
+  " RETURNING id"};
 const Statement k_journal_done = {"acmo_journal_done",
                                   "DELETE FROM consume_journal WHERE id = $1"};
 // The end of a consume whose messages were all deleted and whose groups all emptied, in one
@@ -1965,11 +1965,18 @@ struct PgQueue::Impl {
   // Count a delivery of each message that a consumer which died with it in hand was handling
   // (its journal row outlived its backend) and that is still where it was taken from: a
   // suspect now, and dead-lettered by a receive once there are too many.
+  //
+  // A backend is the row's while it runs with the start the row names. PostgreSQL shows the
+  // start of another role's backends only to a member of that role or of pg_read_all_stats:
+  // a backend of the row's pid whose start this role may not see is taken to be the row's, so
+  // that one role's sweep never counts against the messages another role's consumer is
+  // handling (a pid reused meanwhile keeps the row until that backend ends).
   void recover_orphans(PgTxn& txn)
   {
     txn.tx.exec_params(
       "WITH dead AS (DELETE FROM consume_journal j WHERE j.queue_id = $1 AND NOT EXISTS"
-      " (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.pid AND a.backend_start = j.started)"
+      " (SELECT 1 FROM pg_stat_get_activity(j.pid) a"
+      " WHERE a.backend_start = j.started OR a.backend_start IS NULL)"
       " RETURNING j.client_pid, j.seqs)"
       " UPDATE messages m SET receive_count = m.receive_count + 1,"
       " last_error = 'the process handling it (pid ' || d.client_pid"
