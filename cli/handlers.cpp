@@ -25,12 +25,10 @@ struct HandlersOptions {
   double wait_s = -1; // --wait: how long to wait for the handlers to stop; < 0: do not wait
 };
 
-int64_t now_ms() { return SystemClock::instance().now_ms(); }
-
 int run_list(const GlobalOptions& global)
 {
   auto queue = open_existing_queue(global);
-  const int64_t now = now_ms();
+  const int64_t now = queue->now_ms(); // heartbeats are in the queue's time
   auto handlers = list_handlers(*queue, now);
   if (!handlers) return report(handlers.error());
   if (global.json) {
@@ -76,10 +74,10 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
   auto queue = open_existing_queue(global);
   std::vector<std::string> ids = opts.ids;
   if (opts.all) {
-    auto handlers = list_handlers(*queue, now_ms());
+    auto handlers = list_handlers(*queue, queue->now_ms());
     if (!handlers) return report(handlers.error());
     for (const auto& h : *handlers) {
-      if (h.state(now_ms()) == "running") ids.push_back(h.id);
+      if (h.state(queue->now_ms()) == "running") ids.push_back(h.id);
     }
     if (ids.empty()) {
       if (!global.quiet) fmt::print("no handler is running\n");
@@ -89,7 +87,7 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
   int rc = exit_code::k_ok;
   std::vector<std::string> asked;
   for (const auto& id : ids) {
-    if (auto ok = request_handler(*queue, id, request, now_ms()); !ok) {
+    if (auto ok = request_handler(*queue, id, request, queue->now_ms()); !ok) {
       rc = report(ok.error());
       continue;
     }
@@ -109,12 +107,12 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
                         std::chrono::milliseconds(static_cast<int64_t>(opts.wait_s * 1000));
   std::vector<std::string> stopped;
   for (;;) {
-    auto handlers = list_handlers(*queue, now_ms());
+    auto handlers = list_handlers(*queue, queue->now_ms());
     if (!handlers) return report(handlers.error());
     stopped.clear();
     for (const auto& h : *handlers) {
       if (std::find(asked.begin(), asked.end(), h.id) != asked.end() &&
-          h.state(now_ms()) != "running") {
+          h.state(queue->now_ms()) != "running") {
         stopped.push_back(h.id);
       }
     }

@@ -54,7 +54,7 @@ int run_peek(const PeekOptions& opts, const GlobalOptions& global)
   filter.limit = opts.limit;
   auto messages = queue->peek(filter);
   if (!messages) return report(messages.error());
-  const int64_t now = SystemClock::instance().now_ms();
+  const int64_t now = queue->now_ms();
   if (global.json) {
     print_json(waiting_messages_json(*messages, now));
     return exit_code::k_ok;

@@ -131,7 +131,7 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   parts.stores = std::move(read_stores);
   parts.cache = cache.get();
   parts.handler = handler.get();
-  parts.handler_started_ms = SystemClock::instance().now_ms();
+  parts.handler_started_ms = queue->now_ms();
   daemon::HttpServer server(options, std::move(parts));
   if (auto ok = server.bind(); !ok) {
     // An address that is not this machine's is a configuration error, like a malformed one.

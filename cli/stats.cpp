@@ -47,7 +47,7 @@ int run_stats(const StatsOptions& flags, const GlobalOptions& global)
   const bool tty = stdout_is_tty();
   std::optional<QueueStats> previous;
   for (;;) {
-    const int64_t now = SystemClock::instance().now_ms();
+    const int64_t now = queue->now_ms();
     auto figures = read_stats(*queue, store ? store->get() : nullptr,
                               store ? std::string() : store.error().message,
                               config(global).settings().store.backend, cache.get(), now);

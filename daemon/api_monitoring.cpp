@@ -70,7 +70,7 @@ void Api::Impl::peek(Context& ctx)
   filter.limit = *limit;
   auto messages = parts.queue->peek(filter);
   if (!messages) return set_core_error(ctx.res, messages.error());
-  send_json(ctx.res, 200, waiting_messages_json(*messages, SystemClock::instance().now_ms()));
+  send_json(ctx.res, 200, waiting_messages_json(*messages, parts.queue->now_ms()));
 }
 
 void Api::Impl::groups(Context& ctx)
@@ -165,7 +165,7 @@ json Api::Impl::in_process_handler_json()
 
 void Api::Impl::handler_status(Context& ctx)
 {
-  const int64_t now = SystemClock::instance().now_ms();
+  const int64_t now = parts.queue->now_ms();
   auto handlers = list_handlers(*parts.queue, now);
   if (!handlers) return set_core_error(ctx.res, handlers.error());
   json doc = handlers_json(*handlers, now);
@@ -175,7 +175,7 @@ void Api::Impl::handler_status(Context& ctx)
 
 void Api::Impl::handler_stats(Context& ctx)
 {
-  const int64_t now = SystemClock::instance().now_ms();
+  const int64_t now = parts.queue->now_ms();
   auto report = with_store([&](OrderStore& store) {
     return read_stats(*parts.queue, store, options.store_backend, parts.cache, now);
   });
@@ -267,7 +267,7 @@ std::string joined(const std::vector<std::string>& names)
 
 std::optional<int64_t> Api::Impl::live_handlers()
 {
-  const int64_t now = SystemClock::instance().now_ms();
+  const int64_t now = parts.queue->now_ms();
   auto handlers = list_handlers(*parts.queue, now);
   if (!handlers) return std::nullopt;
   return std::count_if(handlers->begin(), handlers->end(),

@@ -153,10 +153,10 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
   log::HandlerScope scope(m_id);
   record.pid = ::getpid();
   record.host = host_name();
-  record.started_at_ms = m_clock.now_ms();
+  record.started_at_ms = m_queue.now_ms(); // the registry is the queue's: its time
   auto beat = [&](int64_t stopped_at) {
     const HandlerStats s = stats();
-    record.heartbeat_at_ms = m_clock.now_ms();
+    record.heartbeat_at_ms = m_queue.now_ms();
     record.stopped_at_ms = stopped_at;
     record.processed = s.processed;
     record.dead_lettered = s.dead_lettered;
@@ -201,7 +201,7 @@ Expected<HandlerStats> OrderHandler::registered(const std::function<Expected<Han
   cv.notify_all();
   heart.join();
   invalidate_again(true);
-  beat(m_clock.now_ms());
+  beat(m_queue.now_ms());
   return result;
 }
 

@@ -309,6 +309,10 @@ public:
   const QueueOptions& options() const { return m_options; }
   // The back-end holding the queue: "sqlite" or "postgres".
   virtual std::string_view backend() const = 0;
+  // The queue's time, in milliseconds since the Unix epoch: what its ready times, deadlines,
+  // timestamps and handlers' heartbeats are measured by (on PostgreSQL, the server's clock,
+  // which every host shares). Ages and states shown beside them are measured against it.
+  virtual int64_t now_ms() const = 0;
 
   // Accept one message. On success it is durable (fsynced with durability "full").
   virtual Expected<SendResult> send(const SendRequest& request) = 0;

@@ -2831,6 +2831,48 @@ TEST_CASE("PgQueue: a consume's journal row names its backend exactly, so anothe
   CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
 }
 
+// A clock that runs, set an hour wrong, as a host's clock can be.
+class SkewedClock final : public Clock
+{
+public:
+  explicit SkewedClock(int64_t skew_ms) : m_skew_ms(skew_ms) {}
+  int64_t now_ms() const override { return SystemClock::instance().now_ms() + m_skew_ms; }
+
+private:
+  int64_t m_skew_ms;
+};
+
+TEST_CASE("PgQueue: processes whose hosts' clocks disagree keep one time, the server's",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  const SkewedClock behind(-3'600'000);
+  const SkewedClock ahead(3'600'000);
+  QueueOptions o;
+  o.visibility_timeout_ms = 30'000;
+  auto a = must(PgQueue::open(schema.url(), schema.name(), o, behind));
+  auto b = must(PgQueue::open(schema.url(), schema.name(), o, ahead));
+  const auto one = must(a->send(SendRequest{"one", "g", ""}));
+  must(a->send(SendRequest{"two", "g", ""}));
+  // Stamped by the server's clock (this host's, here), not an hour off.
+  const auto m = must(b->find(one.seq));
+  REQUIRE(m);
+  CHECK(std::abs(m->sent_at_ms - SystemClock::instance().now_ms()) < 10'000);
+  // Received by the process an hour behind: its group is held for 30 s, for the process an
+  // hour ahead too.
+  auto got = must(a->receive(10));
+  CHECK(bodies_of(got) == Bodies{"one", "two"});
+  CHECK(must(b->receive(10)).empty());
+  // Made visible again by the process an hour ahead: at once, for the one an hour behind too.
+  must(b->send(SendRequest{"three", "h", ""}));
+  got = must(b->receive(10));
+  REQUIRE(bodies_of(got) == Bodies{"three"});
+  must(b->change_visibility(got[0].receipt, 0));
+  got = must(a->receive(10));
+  CHECK(bodies_of(got) == Bodies{"three"});
+}
+
 TEST_CASE("PgQueue: a sweep by another role, which may not see when a consumer's backend "
           "started, leaves the live consumer alone and counts one that died",
           "[contract][pg]")

@@ -26,6 +26,7 @@
 #include "core/queue/limits.hpp"
 #include "core/queue/postgres/pg_pipeline.hpp"
 #include "core/queue/postgres/schema.hpp"
+#include "core/queue/postgres/server_time.hpp"
 #include "core/store/pg_conninfo.hpp"
 #include "core/store/pg_text.hpp"
 #include "core/store/pg_order_store.hpp"
@@ -493,6 +494,8 @@ private:
 
 struct PgQueue::Impl {
   const Clock& clock;
+  // The queue's time with a real clock: the server's (server_time.hpp).
+  ServerTime server_time;
   QueueOptions options;
   std::string url;
   std::string schema;
@@ -577,6 +580,36 @@ struct PgQueue::Impl {
     if (listener.joinable()) listener.join();
     if (stop_fd >= 0) ::close(stop_fd);
     if (send_wake_fd >= 0) ::close(send_wake_fd);
+  }
+
+  // --- time -------------------------------------------------------------------------------
+
+  // The queue's time: the server's clock, which every process sharing the queue reads alike;
+  // a Clock that does not run by itself (the tests') is its own time.
+  int64_t now_ms() const { return clock.is_real() ? server_time.now_ms() : clock.now_ms(); }
+
+  // Ask the server its time on `conn`, outside any transaction of it, when it is due (or
+  // `always`). A failure leaves the time as it was; a broken connection shows to whoever uses
+  // it next.
+  void keep_time(pqxx::connection& conn, bool always = false)
+  {
+    if (!clock.is_real() || !(server_time.claim() || always)) return;
+    try {
+      pqxx::nontransaction tx(conn);
+      const int64_t sent = ServerTime::monotonic_us();
+      const auto row = tx.exec1("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint");
+      const int64_t received = ServerTime::monotonic_us();
+      server_time.add(row[0].as<int64_t>(), sent, received);
+    } catch (const std::exception&) {
+    }
+  }
+
+  // The same on a pooled connection, for a path that has none in hand (sends).
+  void keep_time()
+  {
+    if (!clock.is_real() || !server_time.claim()) return;
+    auto got = pool->acquire();
+    if (auto* lease = std::get_if<PgConnections::Lease>(&got)) keep_time(lease->conn(), true);
   }
 
   // --- connections and errors -------------------------------------------------------------
@@ -701,6 +734,7 @@ struct PgQueue::Impl {
       auto got = pool->acquire();
       if (auto* failure = std::get_if<std::string>(&got)) return Unexpected(unavailable(*failure));
       auto& lease = std::get<PgConnections::Lease>(got);
+      keep_time(lease.conn());
       const bool outside = mode == Mode::one_statement || mode == Mode::retried_statement;
       bool committing = mode == Mode::one_statement;
       try {
@@ -715,7 +749,7 @@ struct PgQueue::Impl {
         PgTxn& txn = *made;
         auto& tx = txn.tx;
         if (mode == Mode::synchronous) tx.exec0("SET LOCAL synchronous_commit = on");
-        txn.now = clock.now_ms();
+        txn.now = now_ms();
         Result result = body(txn);
         if (!result) return result; // tx's destructor rolls back
         if (outside && (!txn.touched_groups.empty() || !txn.emptied_groups.empty()
@@ -1237,7 +1271,7 @@ struct PgQueue::Impl {
         }
       }
       if (flight.count == 0) return std::nullopt;
-      flight.now = clock.now_ms();
+      flight.now = now_ms();
       if (!pipe.conn) open_send_pipe(pipe);
       // Sent, the statement is in doubt until its result is read.
       flight.sent = true;
@@ -1359,6 +1393,7 @@ struct PgQueue::Impl {
   // Send `count` requests in one op of the group commit, durable when answered.
   std::vector<Expected<SendResult>> send_many(const SendRequest* requests, size_t count)
   {
+    keep_time();
     std::vector<Expected<SendResult>> results(count);
     std::vector<size_t> where;
     auto op = prepare_op(requests, count, results.data(), where);
@@ -2172,6 +2207,7 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
     auto conn = std::make_unique<pqxx::connection>(impl->conninfo);
     if (open_current(*conn, impl->setup_sql(false), options.name, options.dlq_name,
                      impl->queue_id, impl->dlq_id)) {
+      impl->keep_time(*conn, true);
       impl->prepare(*conn);
     } else {
       {
@@ -2180,8 +2216,9 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
       }
       if (auto ok = migrate(*conn, schema); !ok) return Unexpected(ok.error());
       impl->setup(*conn, false);
-      impl->queue_id = ensure_queue(*conn, options.name, clock.now_ms());
-      impl->dlq_id = ensure_queue(*conn, options.dlq_name, clock.now_ms());
+      impl->keep_time(*conn, true);
+      impl->queue_id = ensure_queue(*conn, options.name, impl->now_ms());
+      impl->dlq_id = ensure_queue(*conn, options.dlq_name, impl->now_ms());
     }
     impl->pool->adopt(std::move(conn));
   } catch (const std::exception& e) {
@@ -2194,6 +2231,8 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
 }
 
 bool PgQueue::listening() const { return m_impl->is_listening.load(); }
+
+int64_t PgQueue::now_ms() const { return m_impl->now_ms(); }
 
 // --- sending -------------------------------------------------------------------------------------
 
@@ -2221,6 +2260,7 @@ PgQueue::send_batch(const std::vector<SendRequest>& requests)
 // generation, already flushed: whether the server process that made it was still running).
 std::vector<Expected<SendResult>> PgQueue::send_bulk(const std::vector<SendRequest>& requests)
 {
+  m_impl->keep_time();
   std::vector<Expected<SendResult>> results(requests.size());
   struct Part {
     size_t start;              // its first request
@@ -2296,7 +2336,7 @@ Expected<void> PgQueue::poll(int64_t wait_ms, const std::function<Expected<bool>
       if (impl.interrupted) return {};
       generation = impl.wake_generation;
     }
-    const int64_t now = impl.clock.now_ms();
+    const int64_t now = impl.now_ms();
     if (now - impl.last_sweep_ms.load() >= impl.options.housekeeping_interval_ms) {
       impl.last_sweep_ms = now;
       if (auto swept = sweep(); !swept) return Unexpected(swept.error());
@@ -2597,7 +2637,7 @@ Expected<GroupsReport> PgQueue::groups(const GroupsFilter& filter)
   };
   const size_t limit = static_cast<size_t>(std::max<int64_t>(filter.limit, 0));
   GroupsReport report;
-  report.now_ms = m_impl->clock.now_ms();
+  report.now_ms = m_impl->now_ms();
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
     std::vector<GroupView> kept;
     auto rows = txn.tx.exec_params(
@@ -2677,7 +2717,7 @@ Expected<std::vector<Message>> PgQueue::dlq_list(int64_t limit, int64_t offset)
 Expected<PgQueue::DlqPage> PgQueue::dlq_page(int64_t limit, int64_t offset,
                                              const DlqFilter& filter)
 {
-  const int64_t now = m_impl->clock.now_ms();
+  const int64_t now = m_impl->now_ms();
   return m_impl->run([&](PgTxn& txn) -> Expected<DlqPage> {
     DlqPage page;
     plan_for_arguments(txn);
@@ -2754,7 +2794,7 @@ Expected<PgQueue::RedriveRun> PgQueue::begin_redrive(const DlqFilter& filter)
 {
   RedriveRun run;
   run.filter = filter;
-  run.begun_ms = m_impl->clock.now_ms();
+  run.begun_ms = m_impl->now_ms();
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
     // The last sequence number handed out: messages dead-lettered after now keep theirs, and
     // those redriven after now get higher ones, so seq <= until_seq leaves both out.
@@ -2914,7 +2954,7 @@ Expected<QueueStats> PgQueue::stats()
   s.name = m_options.name;
   s.backend = std::string(backend());
   s.dlq_name = m_options.dlq_name;
-  const int64_t now = m_impl->clock.now_ms();
+  const int64_t now = m_impl->now_ms();
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
     // The queue's messages are counted in one pass (stats serve /health and /metrics, and a
     // backlog makes them long).

@@ -62,6 +62,8 @@ public:
   ~PgQueue() override;
 
   std::string_view backend() const override { return "postgres"; }
+  // The server's clock (ServerTime), or the Clock given when it does not run by itself.
+  int64_t now_ms() const override;
 
   Expected<SendResult> send(const SendRequest& request) override;
   Expected<std::vector<Expected<SendResult>>>

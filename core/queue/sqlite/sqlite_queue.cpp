@@ -1185,6 +1185,8 @@ SqliteQueue::SqliteQueue(std::unique_ptr<Impl> impl, QueueOptions options)
 
 SqliteQueue::~SqliteQueue() = default;
 
+int64_t SqliteQueue::now_ms() const { return m_impl->clock.now_ms(); }
+
 Expected<sqlite::Database*> sqlite_connection(QueueTransaction& txn)
 {
   if (auto* t = dynamic_cast<SqliteTransaction*>(&txn)) return &t->db();

@@ -51,6 +51,7 @@ public:
   ~SqliteQueue() override;
 
   std::string_view backend() const override { return "sqlite"; }
+  int64_t now_ms() const override;
 
   Expected<SendResult> send(const SendRequest& request) override;
   Expected<std::vector<Expected<SendResult>>>
