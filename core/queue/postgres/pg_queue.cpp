@@ -253,8 +253,8 @@ const Statement k_probe = {
 const Statement k_journal_begin = {
   "acmo_journal_begin",
   "INSERT INTO consume_journal (queue_id, pid, started, client_pid, seqs)"
-  " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_get_activity($2) a"
-  " RETURNING id"};
+  " SELECT $1, a.pid, a.backend_start, $3, $4::bigint[] FROM pg_stat_activity a"
+  " WHERE a.pid = $2 RETURNING id"};
 const Statement k_journal_done = {"acmo_journal_done",
                                   "DELETE FROM consume_journal WHERE id = $1"};
 // The end of a consume whose messages were all deleted and whose groups all emptied, in one
@@ -2010,8 +2010,8 @@ struct PgQueue::Impl {
   {
     txn.tx.exec_params(
       "WITH dead AS (DELETE FROM consume_journal j WHERE j.queue_id = $1 AND NOT EXISTS"
-      " (SELECT 1 FROM pg_stat_get_activity(j.pid) a"
-      " WHERE a.backend_start = j.started OR a.backend_start IS NULL)"
+      " (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.pid"
+      " AND (a.backend_start = j.started OR a.backend_start IS NULL))"
       " RETURNING j.client_pid, j.seqs)"
       " UPDATE messages m SET receive_count = m.receive_count + 1,"
       " last_error = 'the process handling it (pid ' || d.client_pid"
