@@ -1,9 +1,6 @@
 // acmo run-handler: the OrderHandler in the foreground, or once over what is queued.
 
 
-#include <future>
-#include <optional>
-
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
@@ -71,34 +68,17 @@ int run_handler(RunHandlerOptions opts, const GlobalOptions& global)
   start_long_running(opts.daemon, global, "run-handler");
   // The queue and the store may be in PostgreSQL, which may not answer yet (all started at
   // boot): wait for it, as a running handler does through an outage, instead of exiting.
-  // The order store opens while the queue does: each connects to its server (both may be a
-  // PostgreSQL on another host) and checks its schema.
-  const Config& cfg = config(global);
   std::unique_ptr<Queue> queue;
-  std::optional<std::unique_ptr<OrderWriter>> writer; // null inside: the store is the queue's
+  Expected<std::unique_ptr<OrderWriter>> writer = Unexpected(Error{});
   auto open_both = [&]() -> Expected<void> {
-    std::future<Expected<std::unique_ptr<OrderWriter>>> opening;
-    if (!writer) {
-      opening = std::async(std::launch::async, [&cfg] { return open_order_writer(cfg); });
-    }
-    Expected<void> opened;
     if (!queue) {
       auto q = try_open_queue(global); // creates and migrates the schema, order tables included
-      if (q) {
-        queue = std::move(*q);
-      } else {
-        opened = Unexpected(q.error());
-      }
+      if (!q) return Unexpected(q.error());
+      queue = std::move(*q);
     }
-    if (opening.valid()) {
-      auto w = opening.get();
-      if (w) {
-        writer = std::move(*w);
-      } else if (opened) {
-        opened = Unexpected(w.error());
-      }
-    }
-    return opened;
+    writer = open_order_writer(config(global));
+    if (!writer) return Unexpected(writer.error());
+    return {};
   };
   auto waited = opts.once ? std::optional<Expected<void>>(open_both()) : open_waiting(signals, open_both);
   if (!waited) return exit_code::k_ok; // stopped while it waited

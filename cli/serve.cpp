@@ -2,7 +2,6 @@
 // the same process unless --no-handler or server.handler = false.
 #include <atomic>
 #include <csignal>
-#include <future>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -63,53 +62,25 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
   std::unique_ptr<Queue> queue;
   std::unique_ptr<OrderWriter> writer;
   std::vector<std::unique_ptr<OrderStore>> read_stores;
-  bool writer_open = false; // a null writer is the embedded store's
   auto waited = open_waiting(signals, [&]() -> Expected<void> {
-    // The handler's store and the API's read stores (opened here, so that a store cut off
-    // after this wait cannot end the server when it binds). In PostgreSQL they open while the
-    // queue does, each connecting and checking its schema; the embedded store is in the SQLite
-    // file that opening the queue creates and migrates, so it opens after.
-    const auto when = cfg.settings().store.backend == "postgres" ? std::launch::async
-                                                                  : std::launch::deferred;
-    std::future<Expected<std::unique_ptr<OrderWriter>>> opening_writer;
-    if (with_handler && !writer_open) {
-      opening_writer = std::async(when, [&cfg] { return open_order_writer(cfg); });
-    }
-    std::vector<std::future<Expected<std::unique_ptr<OrderStore>>>> opening_readers;
-    for (size_t n = read_stores.size(); n < static_cast<size_t>(daemon::read_store_count(options));
-         ++n) {
-      opening_readers.push_back(std::async(when, [&cfg, &db] { return open_order_store(cfg, db); }));
-    }
-    Expected<void> opened;
-    const auto failed = [&opened](const Error& e) {
-      if (opened) opened = Unexpected(e);
-    };
     if (!queue) {
       auto q = try_open_queue(global); // creates and migrates the schema
-      if (q) {
-        queue = std::move(*q);
-      } else {
-        failed(q.error());
-      }
+      if (!q) return Unexpected(q.error());
+      queue = std::move(*q);
     }
-    if (opening_writer.valid()) {
-      auto w = opening_writer.get();
-      if (w) {
-        writer = std::move(*w);
-        writer_open = true;
-      } else {
-        failed(w.error());
-      }
+    if (with_handler && !writer) {
+      auto w = open_order_writer(cfg);
+      if (!w) return Unexpected(w.error());
+      writer = std::move(*w);
     }
-    for (auto& reader : opening_readers) {
-      auto r = reader.get();
-      if (r) {
-        read_stores.push_back(std::move(*r));
-      } else {
-        failed(r.error());
-      }
+    // The API's read stores, opened here so that a store cut off after this wait cannot end
+    // the server when it binds.
+    while (read_stores.size() < static_cast<size_t>(daemon::read_store_count(options))) {
+      auto reader = open_order_store(cfg, db);
+      if (!reader) return Unexpected(reader.error());
+      read_stores.push_back(std::move(*reader));
     }
-    return opened;
+    return {};
   });
   if (!waited) return exit_code::k_ok; // stopped while it waited
   if (!*waited) throw data_dir_fatal(waited->error());
