@@ -127,8 +127,9 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
   std::thread handler_thread([&] { handler_result = handler.run(); });
   bool registered = false;
   for (int i = 0; i < 100 && !registered; ++i) {
-    if (auto list = list_handlers(*queue, queue->now_ms())) {
-      for (const auto& h : *list) registered |= h.state(queue->now_ms()) == "running";
+    const int64_t now = queue->now_ms();
+    if (auto list = list_handlers(*queue, now)) {
+      for (const auto& h : *list) registered |= h.state(now) == "running";
     }
     if (!registered) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

@@ -12,7 +12,6 @@
 #include "core/handler/handler_registry.hpp"
 #include "core/handler/stats_report.hpp"
 #include "core/orders/order.hpp"
-#include "core/util/clock.hpp"
 #include "core/util/paths.hpp"
 
 namespace acmo::cli {
@@ -74,10 +73,11 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
   auto queue = open_existing_queue(global);
   std::vector<std::string> ids = opts.ids;
   if (opts.all) {
-    auto handlers = list_handlers(*queue, queue->now_ms());
+    const int64_t now = queue->now_ms(); // heartbeats are in the queue's time
+    auto handlers = list_handlers(*queue, now);
     if (!handlers) return report(handlers.error());
     for (const auto& h : *handlers) {
-      if (h.state(queue->now_ms()) == "running") ids.push_back(h.id);
+      if (h.state(now) == "running") ids.push_back(h.id);
     }
     if (ids.empty()) {
       if (!global.quiet) fmt::print("no handler is running\n");
@@ -107,12 +107,13 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
                         std::chrono::milliseconds(static_cast<int64_t>(opts.wait_s * 1000));
   std::vector<std::string> stopped;
   for (;;) {
-    auto handlers = list_handlers(*queue, queue->now_ms());
+    const int64_t now = queue->now_ms();
+    auto handlers = list_handlers(*queue, now);
     if (!handlers) return report(handlers.error());
     stopped.clear();
     for (const auto& h : *handlers) {
       if (std::find(asked.begin(), asked.end(), h.id) != asked.end() &&
-          h.state(queue->now_ms()) != "running") {
+          h.state(now) != "running") {
         stopped.push_back(h.id);
       }
     }

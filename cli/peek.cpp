@@ -8,7 +8,6 @@
 #include "core/orders/order.hpp"
 #include "core/orders/order_event.hpp"
 #include "core/queue/queue_json.hpp"
-#include "core/util/clock.hpp"
 #include "core/util/ids.hpp"
 
 namespace acmo::cli {

@@ -588,12 +588,14 @@ struct PgQueue::Impl {
   // a Clock that does not run by itself (the tests') is its own time.
   int64_t now_ms() const { return clock.is_real() ? server_time.now_ms() : clock.now_ms(); }
 
-  // Ask the server its time on `conn`, outside any transaction of it, when it is due (or
-  // `always`). A failure leaves the time as it was; a broken connection shows to whoever uses
-  // it next.
-  void keep_time(pqxx::connection& conn, bool always = false)
+  // Whether it is time to ask the server its time again (true once each time it is).
+  bool time_due() { return clock.is_real() && server_time.claim(); }
+
+  // Ask the server its time on `conn`, outside any transaction of it. A failure leaves the
+  // time as it was; a broken connection shows to whoever uses it next.
+  void ask_time(pqxx::connection& conn)
   {
-    if (!clock.is_real() || !(server_time.claim() || always)) return;
+    if (!clock.is_real()) return;
     try {
       pqxx::nontransaction tx(conn);
       const int64_t sent = ServerTime::monotonic_us();
@@ -604,12 +606,12 @@ struct PgQueue::Impl {
     }
   }
 
-  // The same on a pooled connection, for a path that has none in hand (sends).
+  // The same when due, on a pooled connection, for a path that has none in hand (sends).
   void keep_time()
   {
-    if (!clock.is_real() || !server_time.claim()) return;
+    if (!time_due()) return;
     auto got = pool->acquire();
-    if (auto* lease = std::get_if<PgConnections::Lease>(&got)) keep_time(lease->conn(), true);
+    if (auto* lease = std::get_if<PgConnections::Lease>(&got)) ask_time(lease->conn());
   }
 
   // --- connections and errors -------------------------------------------------------------
@@ -734,7 +736,7 @@ struct PgQueue::Impl {
       auto got = pool->acquire();
       if (auto* failure = std::get_if<std::string>(&got)) return Unexpected(unavailable(*failure));
       auto& lease = std::get<PgConnections::Lease>(got);
-      keep_time(lease.conn());
+      if (time_due()) ask_time(lease.conn());
       const bool outside = mode == Mode::one_statement || mode == Mode::retried_statement;
       bool committing = mode == Mode::one_statement;
       try {
@@ -2207,7 +2209,7 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
     auto conn = std::make_unique<pqxx::connection>(impl->conninfo);
     if (open_current(*conn, impl->setup_sql(false), options.name, options.dlq_name,
                      impl->queue_id, impl->dlq_id)) {
-      impl->keep_time(*conn, true);
+      impl->ask_time(*conn);
       impl->prepare(*conn);
     } else {
       {
@@ -2216,7 +2218,7 @@ Expected<std::unique_ptr<PgQueue>> PgQueue::open(const std::string& url, const s
       }
       if (auto ok = migrate(*conn, schema); !ok) return Unexpected(ok.error());
       impl->setup(*conn, false);
-      impl->keep_time(*conn, true);
+      impl->ask_time(*conn);
       impl->queue_id = ensure_queue(*conn, options.name, impl->now_ms());
       impl->dlq_id = ensure_queue(*conn, options.dlq_name, impl->now_ms());
     }

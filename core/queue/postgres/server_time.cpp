@@ -43,6 +43,7 @@ void ServerTime::add(int64_t server_us, int64_t sent_us, int64_t received_us)
 {
   const int64_t rtt = received_us - sent_us;
   if (rtt < 0) return;
+  m_asked_us.store(received_us, std::memory_order_relaxed);
   std::lock_guard lock(m_mu);
   const bool none = m_kept_at_us == 0;
   if (!none && rtt > 2 * m_kept_rtt_us + k_slack_us && received_us - m_kept_at_us < k_stale_us) {

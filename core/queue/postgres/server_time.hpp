@@ -31,7 +31,8 @@ public:
   bool claim();
 
   // The server's clock read `server_us` (microseconds since the epoch) between `sent_us` and
-  // `received_us` of monotonic_us(): it is taken for the middle of that round trip.
+  // `received_us` of monotonic_us(): it is taken for the middle of that round trip. The next
+  // claim() is due k_interval_us after `received_us`.
   void add(int64_t server_us, int64_t sent_us, int64_t received_us);
 
   // This process's monotonic clock, in microseconds.
