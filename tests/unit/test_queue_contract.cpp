@@ -1052,6 +1052,35 @@ TEST_CASE("PgQueue: a send keeps a row for each group a message landed in, and n
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"a1", "a2", "c1"});
 }
 
+TEST_CASE("PgQueue: a purge runs without the session's statement timeout, however long it takes",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {}));
+  std::vector<SendRequest> requests;
+  for (int i = 0; i < 100; ++i) requests.push_back(SendRequest{fmt::format("m{}", i), "g", ""});
+  for (auto& r : q->send_bulk(requests)) must(r);
+  // What the statement timeout is while the purge deletes the messages, as each deletion sees it.
+  schema.exec("CREATE TABLE seen (timeout text);"
+              "CREATE FUNCTION note_timeout() RETURNS trigger LANGUAGE plpgsql AS"
+              " 'BEGIN INSERT INTO seen VALUES (current_setting(''statement_timeout'')); RETURN OLD; END';"
+              "CREATE TRIGGER note_timeout BEFORE DELETE ON messages FOR EACH ROW"
+              " EXECUTE FUNCTION note_timeout()");
+  CHECK(must(q->purge()) == 100);
+  auto seen = schema.exec("SELECT timeout, count(*) FROM seen GROUP BY 1");
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0][0].as<std::string>() == "0");
+  CHECK(seen[0][1].as<int64_t>() == 100);
+  // The queue's other statements keep it.
+  must(q->send(SendRequest{"after", "g", ""}));
+  auto got = must(q->receive(1));
+  for (const auto& r : q->remove_batch(receipts_of(got))) must(r);
+  seen = schema.exec("SELECT timeout FROM seen WHERE timeout <> '0'");
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0][0].as<std::string>() == "1min");
+}
+
 TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history move to "
           "PostgreSQL as they were; the embedded queue then refuses sends",
           "[contract][pg]")

@@ -2843,6 +2843,9 @@ Expected<int64_t> PgQueue::purge(bool dlq)
 {
   return m_impl->run([&](PgTxn& txn) -> Expected<int64_t> {
     const int64_t id = dlq ? m_impl->dlq_id : m_impl->queue_id;
+    // However many messages there are: the session's statement timeout (60 s) would fail a
+    // purge of some ten million. Waits for locks stay bounded by lock_timeout.
+    txn.tx.exec0("SET LOCAL statement_timeout = 0");
     // Every group's row first (name order, as every writer), so that no send or receive of the
     // queue is half-way through while its messages go.
     txn.tx.exec_params("SELECT 1 FROM message_groups WHERE queue_id = $1 ORDER BY group_id"
