@@ -853,8 +853,8 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
     CHECK(ids() == before);
     CHECK(bodies_of(must(q->receive(10, 0))) == Bodies{"kept"});
   }
-  // Two migrations behind (their changes undone): the open runs them.
-  REQUIRE(latest == 14); // when a migration is added, undo it here
+  // Three migrations behind (their changes undone): the open runs them.
+  REQUIRE(latest == 15); // when a migration is added, undo it here
   schema.exec("DROP INDEX messages_dead_by_id; "
               "CREATE INDEX messages_by_message_id ON messages (message_id); "
               "CREATE OR REPLACE FUNCTION acmo_receive_take(p_queue bigint, p_now bigint,"
@@ -863,8 +863,18 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
               " o_dedup text, o_body text, o_sent bigint, o_visible bigint, o_received bigint,"
               " o_first_received bigint, o_failures bigint, o_error text, o_first_sent bigint,"
               " o_special boolean) LANGUAGE plpgsql AS 'BEGIN END'; "
-              "UPDATE queue_schema_version SET version = version - 2");
-  must(PgQueue::open(schema.url(), schema.name(), orders));
+              "CREATE OR REPLACE FUNCTION acmo_send(p_queue bigint, p_now bigint,"
+              " p_window bigint, p_channel text, p_groups text[], p_dedup text[],"
+              " p_keys text[], p_content boolean[], p_bodies text[], p_hashes bigint[],"
+              " p_ids uuid[], p_same boolean[], p_unless boolean[]) RETURNS TABLE"
+              " (o_kind text, o_seq bigint, o_id text, o_expires bigint) LANGUAGE plpgsql"
+              " AS 'BEGIN END'; "
+              "UPDATE queue_schema_version SET version = version - 3");
+  {
+    auto q = must(PgQueue::open(schema.url(), schema.name(), orders));
+    must(q->send(SendRequest{"new", "h", ""}));
+    CHECK(bodies_of(must(q->receive(10, 0))) == Bodies{"kept", "new"});
+  }
   CHECK(schema.exec("SELECT version FROM queue_schema_version")[0][0].as<int>() == latest);
   CHECK(schema.exec("SELECT 1 FROM pg_indexes WHERE schemaname = '" + schema.name()
                     + "' AND indexname = 'messages_dead_by_id'").size() == 1);
@@ -873,6 +883,9 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
   CHECK(schema.exec("SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
                     " WHERE n.nspname = '" + schema.name() + "' AND p.proname = 'acmo_receive_take'"
                     " AND p.prosrc LIKE '%unnest(a_rows)%'").size() == 1);
+  CHECK(schema.exec("SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                    " WHERE n.nspname = '" + schema.name() + "' AND p.proname = 'acmo_send'"
+                    " AND p.prosrc LIKE '%a_made%'").size() == 1);
   // A queue the schema has no row for yet gets its rows; the others keep theirs.
   QueueOptions other;
   other.name = "other";
@@ -1050,6 +1063,65 @@ TEST_CASE("PgQueue: a send keeps a row for each group a message landed in, and n
   CHECK(rows[1][1].as<int64_t>() == must(results[2]).seq);
   CHECK(rows[1][2].as<bool>());
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"a1", "a2", "c1"});
+  // Every group of a batch has a request that may be accepted, so the rows of the new ones are
+  // made with their heads; then the dedup history refuses some: F's first (k1), whose head
+  // the row may not keep, and G's only one, whose row may not stay.
+  auto later = q->send_bulk({SendRequest{"f1", "F", "k1"}, SendRequest{"f2", "F", "k5"},
+                             SendRequest{"g1", "G", "k2"}});
+  REQUIRE(later.size() == 3);
+  CHECK(must(later[0]).duplicate);
+  CHECK_FALSE(must(later[1]).duplicate);
+  CHECK(must(later[2]).duplicate);
+  rows = schema.exec("SELECT group_id, head_seq FROM message_groups WHERE group_id > 'E'"
+                     " ORDER BY group_id");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0][0].as<std::string>() == "F");
+  CHECK(rows[0][1].as<int64_t>() == must(later[1]).seq);
+  CHECK(bodies_of(must(q->receive(10))) == Bodies{"f2"});
+}
+
+TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another sender numbers "
+          "its message after that sender's",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  QueueOptions options;
+  options.name = "orders";
+  options.dlq_name = "orders-dlq";
+  auto q = must(PgQueue::open(schema.url(), schema.name(), options));
+  must(q->send(SendRequest{"warm", "W", ""})); // the sending connection, made
+  // Another sender, half-way through its transaction: it has made G's row.
+  pqxx::connection raw(schema.url("other-sender"));
+  pqxx::work other(raw);
+  other.exec0("INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)"
+              " SELECT id, 'G', 9223372036854775807, 9223372036854775807 FROM queues"
+              " WHERE name = 'orders'");
+  // This send finds no row of G and waits for the other's to make its own.
+  Expected<SendResult> late = Unexpected(Error(Errc::internal, "not sent"));
+  std::thread sender([&] { late = q->send(SendRequest{"late", "G", ""}); });
+  bool waiting = false;
+  for (int i = 0; i < 1000 && !waiting; ++i) {
+    waiting = schema.exec("SELECT 1 FROM pg_locks WHERE NOT granted").size() > 0;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(waiting);
+  // The other sender numbers its message now, after every number the waiting send drew
+  // before it waited, and commits: its message came first.
+  other.exec0("INSERT INTO messages (seq, queue_id, group_id, message_id, body, sent_at,"
+              " visible_at) SELECT nextval('message_seq'), id, 'G', gen_random_uuid(), 'early',"
+              " 0, 0 FROM queues WHERE name = 'orders'");
+  other.exec0("UPDATE message_groups SET head_seq = (SELECT seq FROM messages WHERE body ="
+              " 'early'), ready_at = 0 WHERE group_id = 'G'");
+  other.commit();
+  sender.join();
+  REQUIRE(late);
+  const auto early_seq = schema.exec("SELECT seq FROM messages WHERE body = 'early'")[0][0]
+                           .as<int64_t>();
+  CHECK(late->seq > early_seq);
+  CHECK(schema.exec("SELECT head_seq FROM message_groups WHERE group_id = 'G'")[0][0]
+          .as<int64_t>() == early_seq);
+  CHECK(bodies_of(must(q->receive(10))) == Bodies{"warm", "early", "late"});
 }
 
 TEST_CASE("PgQueue: a purge runs without the session's statement timeout, however long it takes",
