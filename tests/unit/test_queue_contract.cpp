@@ -3045,6 +3045,73 @@ TEST_CASE("PgQueue: a sweep by another role, which may not see when a consumer's
   CHECK(schema.exec("SELECT count(*) FROM consume_journal")[0][0].as<int64_t>() == 0);
 }
 
+TEST_CASE("PgQueue: the write-lock check names another role's transaction that has kept a "
+          "writer of the queue waiting, though it may not see when that transaction began",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  QueueOptions options;
+  options.busy_timeout_ms = 20'000;
+  must(PgQueue::open(schema.url(), schema.name(), options)); // the schema, made
+  // The queue runs as a role of its own, not a member of pg_read_all_stats; the test's role
+  // (the one that made the schema) holds a row.
+  const std::string role = schema.name() + "_w";
+  schema.exec("CREATE ROLE " + role + " LOGIN NOSUPERUSER");
+  struct Dropped {
+    acmo::test::PgSchema& schema;
+    std::string role;
+    ~Dropped()
+    {
+      try {
+        schema.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"
+                    + role + "'");
+        schema.exec("DROP OWNED BY " + role);
+        schema.exec("DROP ROLE " + role);
+      } catch (const std::exception&) {
+        // A leftover role in the test server is the lesser harm than a throwing destructor.
+      }
+    }
+  } dropped{schema, role};
+  schema.exec(fmt::format("GRANT USAGE ON SCHEMA {0} TO {1}; GRANT ALL ON ALL TABLES IN SCHEMA "
+                          "{0} TO {1}; GRANT ALL ON ALL SEQUENCES IN SCHEMA {0} TO {1}",
+                          schema.name(), role));
+  auto q = must(PgQueue::open(schema.url() + "&user=" + role, schema.name(), options));
+  must(q->send(SendRequest{"first", "g", ""}));
+  // The other role's transaction holds g's row, and stays open.
+  pqxx::connection holder(schema.url("lock-holder"));
+  const auto holder_role = pqxx::nontransaction(holder).exec1("SELECT current_user")[0]
+                             .as<std::string>();
+  REQUIRE(holder_role != role);
+  pqxx::work held(holder);
+  held.exec0("UPDATE message_groups SET ready_at = ready_at WHERE group_id = 'g'");
+  const auto holder_pid = holder.backendpid();
+  {
+    // As the queue's role sees it: no start, so no age.
+    pqxx::connection as_queue(schema.url() + "&user=" + role);
+    pqxx::nontransaction look(as_queue);
+    CHECK(look.exec1(fmt::format("SELECT xact_start IS NULL FROM pg_stat_activity WHERE pid = {}",
+                                 holder_pid))[0].as<bool>());
+  }
+  must(q->check_write_lock()); // nobody waits yet
+  // A send to g waits for the row.
+  Expected<SendResult> waited = Unexpected(Error(Errc::internal, "not sent"));
+  std::thread sender([&] { waited = q->send(SendRequest{"second", "g", ""}); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(10'500));
+  auto checked = q->check_write_lock();
+  held.commit();
+  sender.join();
+  REQUIRE_FALSE(checked);
+  CHECK(checked.error().code == Errc::unavailable);
+  CHECK_THAT(checked.error().message,
+             Catch::Contains(fmt::format("PostgreSQL backend {} (role {}, lock-holder)",
+                                         holder_pid, holder_role))
+               && Catch::Contains("waiting for 1"));
+  REQUIRE(waited); // the send went on once the row was let go
+  must(q->check_write_lock());
+  CHECK(bodies_of(must(q->receive(10))) == Bodies{"first", "second"});
+}
+
 TEST_CASE("PgQueue: a consume deletes its journal row, drops the rows of the groups it emptied "
           "and sets right those it did not",
           "[contract][pg]")

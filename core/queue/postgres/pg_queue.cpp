@@ -3091,6 +3091,10 @@ Expected<void> PgQueue::check_write_lock()
 {
   return m_impl->run([&](PgTxn& txn) -> Expected<void> {
     txn.tx.exec0("SET LOCAL statement_timeout = 2000");
+    // A transaction open over 10 s that wrote rows of the queue holds them. PostgreSQL shows
+    // when another role's transaction started only to members of that role or of
+    // pg_read_all_stats: such a one is named once a writer has waited over 10 s for it
+    // (pg_locks.waitstart, PostgreSQL 14 and later).
     auto rows = txn.tx.exec_params(
       "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'),"
       " a.state, extract(epoch FROM now() - a.xact_start)::bigint FROM pg_locks l"
@@ -3100,14 +3104,35 @@ Expected<void> PgQueue::check_write_lock()
       " AND l.mode = 'RowExclusiveLock' AND a.pid <> pg_backend_pid()"
       " AND a.xact_start < now() - interval '10 seconds' ORDER BY a.xact_start LIMIT 1",
       m_impl->schema);
+    if (!rows.empty()) {
+      const auto& row = rows[0];
+      return make_error(Errc::unavailable,
+                        fmt::format("PostgreSQL backend {} ({}, from {}, {}) has held rows of the "
+                                    "queue for {} s; writers of those rows wait for it",
+                                    row[0].as<int64_t>(), row[1].as<std::string>(),
+                                    row[2].as<std::string>(), row[3].as<std::string>(),
+                                    row[4].as<int64_t>()));
+    }
+    if (txn.tx.conn().server_version() < 140000) return {};
+    rows = txn.tx.exec_params(
+      "SELECT a.pid, coalesce(a.usename, ''), coalesce(a.application_name, ''),"
+      " extract(epoch FROM now() - min(w.waitstart))::bigint FROM pg_locks l"
+      " JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation"
+      " JOIN pg_namespace n ON n.oid = c.relnamespace"
+      " JOIN pg_locks w ON NOT w.granted AND w.waitstart < now() - interval '10 seconds'"
+      " AND a.pid = ANY(pg_blocking_pids(w.pid))"
+      " WHERE n.nspname = $1 AND c.relname IN ('messages', 'message_groups')"
+      " AND l.mode = 'RowExclusiveLock' AND a.pid <> pg_backend_pid() AND a.xact_start IS NULL"
+      " GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 1",
+      m_impl->schema);
     if (rows.empty()) return {};
     const auto& row = rows[0];
     return make_error(Errc::unavailable,
-                      fmt::format("PostgreSQL backend {} ({}, from {}, {}) has held rows of the "
-                                  "queue for {} s; writers of those rows wait for it",
+                      fmt::format("PostgreSQL backend {} (role {}, {}) holds rows of the queue "
+                                  "and has kept a writer of them waiting for {} s; writers of "
+                                  "those rows wait for it",
                                   row[0].as<int64_t>(), row[1].as<std::string>(),
-                                  row[2].as<std::string>(), row[3].as<std::string>(),
-                                  row[4].as<int64_t>()));
+                                  row[2].as<std::string>(), row[3].as<int64_t>()));
   });
 }
 
