@@ -2984,34 +2984,17 @@ TEST_CASE("PgQueue: a sweep by another role, which may not see when a consumer's
   auto q = must(PgQueue::open(schema.url(), schema.name(), {}, clock));
   // A role of its own with the queue's tables, not a member of pg_read_all_stats: it sees the
   // other role's backends without their start.
-  const std::string role = schema.name() + "_r";
-  schema.exec("CREATE ROLE " + role + " LOGIN NOSUPERUSER");
-  struct Dropped {
-    acmo::test::PgSchema& schema;
-    std::string role;
-    ~Dropped()
-    {
-      try {
-        schema.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"
-                    + role + "'");
-        schema.exec("DROP OWNED BY " + role);
-        schema.exec("DROP ROLE " + role);
-      } catch (const std::exception&) {
-        // A leftover role in the test server is the lesser harm than a throwing destructor.
-      }
-    }
-  } dropped{schema, role};
-  schema.exec(fmt::format("GRANT USAGE ON SCHEMA {0} TO {1}; GRANT ALL ON ALL TABLES IN SCHEMA "
-                          "{0} TO {1}; GRANT ALL ON ALL SEQUENCES IN SCHEMA {0} TO {1}",
-                          schema.name(), role));
-  auto other = must(PgQueue::open(schema.url() + "&user=" + role, schema.name(), {}, clock));
+  acmo::test::PgRole sweeper(schema, "r");
+  sweeper.grant();
+  const std::string& role = sweeper.name();
+  auto other = must(PgQueue::open(sweeper.url(), schema.name(), {}, clock));
   for (const char* g : {"a", "b"}) must(q->send(SendRequest{g, g, ""}));
 
   auto done = must(q->consume(1, 0, [&](QueueTransaction& txn, const std::vector<Message>& got)
                                       -> Expected<std::vector<Disposition>> {
     auto& tx = *must(pg_transaction(txn));
     const std::string me = std::to_string(tx.conn().backendpid());
-    pqxx::connection as_role(schema.url() + "&user=" + role);
+    pqxx::connection as_role(sweeper.url());
     pqxx::nontransaction look(as_role);
     CHECK(look.exec1("SELECT current_user")[0].as<std::string>() == role);
     CHECK(look.exec1("SELECT backend_start IS NULL FROM pg_stat_activity WHERE pid = " + me)[0]
@@ -3056,27 +3039,10 @@ TEST_CASE("PgQueue: the write-lock check names another role's transaction that h
   must(PgQueue::open(schema.url(), schema.name(), options)); // the schema, made
   // The queue runs as a role of its own, not a member of pg_read_all_stats; the test's role
   // (the one that made the schema) holds a row.
-  const std::string role = schema.name() + "_w";
-  schema.exec("CREATE ROLE " + role + " LOGIN NOSUPERUSER");
-  struct Dropped {
-    acmo::test::PgSchema& schema;
-    std::string role;
-    ~Dropped()
-    {
-      try {
-        schema.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"
-                    + role + "'");
-        schema.exec("DROP OWNED BY " + role);
-        schema.exec("DROP ROLE " + role);
-      } catch (const std::exception&) {
-        // A leftover role in the test server is the lesser harm than a throwing destructor.
-      }
-    }
-  } dropped{schema, role};
-  schema.exec(fmt::format("GRANT USAGE ON SCHEMA {0} TO {1}; GRANT ALL ON ALL TABLES IN SCHEMA "
-                          "{0} TO {1}; GRANT ALL ON ALL SEQUENCES IN SCHEMA {0} TO {1}",
-                          schema.name(), role));
-  auto q = must(PgQueue::open(schema.url() + "&user=" + role, schema.name(), options));
+  acmo::test::PgRole as_role(schema, "w");
+  as_role.grant();
+  const std::string& role = as_role.name();
+  auto q = must(PgQueue::open(as_role.url(), schema.name(), options));
   must(q->send(SendRequest{"first", "g", ""}));
   // The other role's transaction holds g's row, and stays open.
   pqxx::connection holder(schema.url("lock-holder"));
@@ -3088,7 +3054,7 @@ TEST_CASE("PgQueue: the write-lock check names another role's transaction that h
   const auto holder_pid = holder.backendpid();
   {
     // As the queue's role sees it: no start, so no age.
-    pqxx::connection as_queue(schema.url() + "&user=" + role);
+    pqxx::connection as_queue(as_role.url());
     pqxx::nontransaction look(as_queue);
     CHECK(look.exec1(fmt::format("SELECT xact_start IS NULL FROM pg_stat_activity WHERE pid = {}",
                                  holder_pid))[0].as<bool>());
