@@ -1086,10 +1086,7 @@ TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another se
 {
   ACMO_NEED_PG(base);
   acmo::test::PgSchema schema(base);
-  QueueOptions options;
-  options.name = "orders";
-  options.dlq_name = "orders-dlq";
-  auto q = must(PgQueue::open(schema.url(), schema.name(), options));
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {})); // queue "orders"
   must(q->send(SendRequest{"warm", "W", ""})); // the sending connection, made
   // Another sender, half-way through its transaction: it has made G's row.
   pqxx::connection raw(schema.url("other-sender"));
