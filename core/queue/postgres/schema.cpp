@@ -1278,8 +1278,8 @@ $$;
     // twice: made with no head, then given its head by an UPDATE, which wrote every index entry
     // of the row again and cost a batch of 200 new groups about as much as inserting its
     // messages. The sequence numbers are now drawn before the missing rows are made (still
-    // after every row there is is locked), and a row is made with its head. The function is
-    // migration 10's but for that.
+    // after every existing row of the batch's groups is locked), and a row is made with its
+    // head. The function is migration 10's but for that.
     R"SQL(
 CREATE OR REPLACE FUNCTION acmo_send(p_queue bigint, p_now bigint, p_window bigint, p_channel text,
                           p_groups text[], p_dedup text[], p_keys text[], p_content boolean[],
