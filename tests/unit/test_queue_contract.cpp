@@ -1121,6 +1121,73 @@ TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another se
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"warm", "early", "late"});
 }
 
+TEST_CASE("PgQueue: senders racing to make the same new groups, while a receiver takes from "
+          "them, deliver every group in the order of its numbers, each message once",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto first = must(PgQueue::open(schema.url(), schema.name(), {}));
+  auto second = must(PgQueue::open(schema.url(), schema.name(), {}));
+  constexpr int k_senders = 4; // two on each queue
+  constexpr int k_rounds = 40;
+  constexpr int k_groups = 20; // new in each round, the same for every sender
+  std::atomic<int> senders_left{k_senders};
+  std::vector<std::thread> threads;
+  std::vector<std::string> failures(k_senders + 1);
+  for (int t = 0; t < k_senders; ++t) {
+    threads.emplace_back([&, t] {
+      auto& q = t % 2 == 0 ? *first : *second;
+      auto& failure = failures[static_cast<size_t>(t)];
+      for (int round = 0; round < k_rounds && failure.empty(); ++round) {
+        std::vector<SendRequest> batch;
+        for (int g = 0; g < k_groups; ++g) {
+          const int group = (g * 7 + t * 3) % k_groups; // each sender in an order of its own
+          batch.push_back(SendRequest{fmt::format("r{}-g{}-t{}", round, group, t),
+                                      fmt::format("r{}-g{}", round, group), ""});
+        }
+        for (const auto& r : q.send_bulk(batch)) {
+          if (!r) failure = r.error().message;
+        }
+      }
+      --senders_left;
+    });
+  }
+  // The receiver: what it gets, in the order it gets it, each group's numbers only growing.
+  std::map<std::string, int64_t> last_seq;
+  std::set<std::string> bodies;
+  threads.emplace_back([&] {
+    for (int idle = 0; idle < 3;) {
+      const bool sending = senders_left.load() > 0;
+      auto got = second->receive(10, std::nullopt, 100);
+      if (!got) {
+        failures[k_senders] = got.error().message;
+        return;
+      }
+      if (got->empty()) {
+        if (!sending) ++idle;
+        continue;
+      }
+      for (const auto& m : *got) {
+        auto& last = last_seq[m.group_id];
+        if (m.seq <= last) {
+          failures[k_senders] = fmt::format("group {}: {} delivered after {}", m.group_id, m.seq,
+                                            last);
+        }
+        last = m.seq;
+        if (!bodies.insert(m.body).second) failures[k_senders] = "delivered twice: " + m.body;
+      }
+      for (const auto& r : second->remove_batch(receipts_of(*got))) {
+        if (!r) failures[k_senders] = r.error().message;
+      }
+    }
+  });
+  for (auto& th : threads) th.join();
+  for (const auto& f : failures) CHECK(f.empty());
+  CHECK(bodies.size() == static_cast<size_t>(k_senders * k_rounds * k_groups));
+  CHECK(schema.exec("SELECT count(*) FROM message_groups")[0][0].as<int64_t>() == 0);
+}
+
 TEST_CASE("PgQueue: a purge runs without the session's statement timeout, however long it takes",
           "[contract][pg]")
 {
