@@ -62,6 +62,7 @@ struct Settings {
   std::string pg_url;
   int64_t pg_per_connection = 100; // baseline rows and concurrent sends per thread
   int64_t pg_bulk_messages = 20'000;
+  int64_t pg_file_lines = 100'000;
   int64_t pg_drain_messages = 5'000;
   int64_t pg_events = 20'000;
   int pg_wake_samples = 100;
@@ -488,6 +489,81 @@ struct EndToEnd {
   double start_seconds;
 };
 
+// Start this build's acmo (or the one ACMO_BINARY names, to measure another build) with
+// `args`, its standard output to /dev/null: its pid.
+pid_t spawn_acmo(std::vector<std::string> args)
+{
+  const char* from_env = std::getenv("ACMO_BINARY");
+  std::string binary = from_env != nullptr && *from_env != '\0' ? from_env : ACMO_BINARY;
+  args.insert(args.begin(), binary);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  const int failed = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (failed != 0) throw std::runtime_error("cannot start " + binary);
+  return pid;
+}
+
+// Wait for every one of `children`: how many did not exit with 0.
+int wait_failed(const std::vector<pid_t>& children)
+{
+  int failed = 0;
+  for (pid_t pid : children) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+  }
+  return failed;
+}
+
+// `acmo send --file` of s.pg_file_lines order events (the bodies of make_requests), as one
+// runs it, timed from its start until it has exited, every line durable: to one group
+// (queue.group_by = "single", the default) or a group per order ("order"). Lines/s.
+double pg_send_file(const Settings& s, bool group_per_order)
+{
+  RunDir dir(s.dir);
+  PgBenchSchema schema(s.pg_url);
+  const std::string config = dir.path() + "/acmo.toml";
+  const std::string events = dir.path() + "/events.jsonl";
+  {
+    FILE* f = std::fopen(config.c_str(), "w");
+    if (f == nullptr) throw std::runtime_error("cannot write " + config);
+    fmt::print(f, "[queue]\nbackend = \"postgres\"\nschema = {}\ndurability = \"{}\"\n"
+                  "group_by = \"{}\"\n[store]\nbackend = \"postgres\"\nurl = {}\n",
+               json(schema.name()).dump(), s.durable_full ? "full" : "normal",
+               group_per_order ? "order" : "single", json(schema.url()).dump());
+    std::fclose(f);
+    f = std::fopen(events.c_str(), "w");
+    if (f == nullptr) throw std::runtime_error("cannot write " + events);
+    for (int64_t i = 0; i < s.pg_file_lines; ++i) fmt::print(f, "{}\n", event_body(i));
+    std::fclose(f);
+  }
+  // The queue's and the orders' tables are made first: the command is timed at its work.
+  if (auto store = acmo::PgOrderStore::open(acmo::PgOptions{schema.url(), 1, 5'000}); !store) {
+    throw std::runtime_error(store.error().message);
+  }
+  auto q = open_pg(s, schema);
+  const auto start = Clock::now();
+  const int failed = wait_failed(
+    {spawn_acmo({"--config", config, "--data-dir", dir.path(), "-q", "send", "--file", events})});
+  const double elapsed = seconds_since(start);
+  if (failed > 0) {
+    throw std::runtime_error("pg_send_file: acmo send --file failed; its messages are above");
+  }
+  auto stats = q->stats();
+  if (!stats) throw std::runtime_error(stats.error().message);
+  if (stats->sent != s.pg_file_lines) {
+    throw std::runtime_error(fmt::format("pg_send_file: {} of {} lines sent", stats->sent,
+                                         s.pg_file_lines));
+  }
+  return static_cast<double>(s.pg_file_lines) / elapsed;
+}
+
 EndToEnd pg_end_to_end(const Settings& s, int processes, int workers)
 {
   RunDir dir(s.dir);
@@ -526,34 +602,14 @@ EndToEnd pg_end_to_end(const Settings& s, int processes, int workers)
 
   // Start `n` acmo run-handler --once and wait until all have exited: seconds.
   const auto run_handlers = [&](int n) {
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-    // This build's acmo, or the one ACMO_BINARY names (to measure another build's handler).
-    const char* from_env = std::getenv("ACMO_BINARY");
-    const std::string binary = from_env != nullptr && *from_env != '\0' ? from_env : ACMO_BINARY;
-    std::vector<std::string> args = {binary, "--config", config, "--data-dir", dir.path(),
-                                     "-q", "run-handler", "--once"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
     std::vector<pid_t> children;
     auto start = Clock::now();
     for (int i = 0; i < n; ++i) {
-      pid_t pid = 0;
-      if (posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) {
-        throw std::runtime_error("cannot start " + binary);
-      }
-      children.push_back(pid);
+      children.push_back(spawn_acmo({"--config", config, "--data-dir", dir.path(), "-q",
+                                     "run-handler", "--once"}));
     }
-    int failed = 0;
-    for (pid_t pid : children) {
-      int status = 0;
-      waitpid(pid, &status, 0);
-      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
-    }
+    const int failed = wait_failed(children);
     double elapsed = seconds_since(start);
-    posix_spawn_file_actions_destroy(&actions);
     if (failed > 0) {
       throw std::runtime_error(fmt::format("pg_end_to_end: {} of {} acmo run-handler --once "
                                            "processes failed; their messages are above",
@@ -825,7 +881,8 @@ int main(int argc, char** argv)
                  "receive_delete, receive_delete_groups, receive_delete_combined, "
                  "receive_delete_combined_groups, pipeline, wakeup, cache_redis (needs "
                  "ACMO_BENCH_REDIS_URL), pipeline_pg, pg_baseline, pg_send_concurrent, "
-                 "pg_send_bulk, pg_send_bulk_groups, pg_receive_delete, pg_end_to_end, "
+                 "pg_send_bulk, pg_send_bulk_groups, pg_send_file, pg_send_file_groups, "
+                 "pg_receive_delete, pg_end_to_end, "
                  "pg_wakeup (need ACMO_BENCH_PG_URL; the pg_ ones run with pg_baseline), http "
                  "(wrk against acmo serve, after the others)");
   app.add_option("--http-duration", s.http_duration,
@@ -835,6 +892,8 @@ int main(int argc, char** argv)
                  "of pg_send_concurrent sends");
   app.add_option("--pg-bulk-messages", s.pg_bulk_messages,
                  "Messages in pg_send_bulk and pg_send_bulk_groups");
+  app.add_option("--pg-file-lines", s.pg_file_lines,
+                 "Lines of the file of pg_send_file and pg_send_file_groups");
   app.add_option("--pg-drain-messages", s.pg_drain_messages, "Messages in pg_receive_delete");
   app.add_option("--pg-events", s.pg_events, "Events in each pg_end_to_end run");
   app.add_option("--pg-wake-samples", s.pg_wake_samples, "Messages in pg_wakeup");
@@ -847,7 +906,8 @@ int main(int argc, char** argv)
     "baseline", "bulk_send", "concurrent_send", "receive_delete", "receive_delete_groups",
     "receive_delete_combined", "receive_delete_combined_groups", "pipeline", "wakeup",
     "cache_redis", "pipeline_pg", "pg_baseline", "pg_send_concurrent", "pg_send_bulk",
-    "pg_send_bulk_groups", "pg_receive_delete", "pg_end_to_end", "pg_wakeup", "http"};
+    "pg_send_bulk_groups", "pg_send_file", "pg_send_file_groups", "pg_receive_delete",
+    "pg_end_to_end", "pg_wakeup", "http"};
   const char* redis_url = std::getenv("ACMO_BENCH_REDIS_URL");
   if (const char* pg_url = std::getenv("ACMO_BENCH_PG_URL")) s.pg_url = pg_url;
   for (const auto& name : s.only) {
@@ -891,7 +951,8 @@ int main(int argc, char** argv)
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
       pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order,
       pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
-      pgq_bulk, pgq_bulk_groups, pgq_wake_p50, pgq_wake_p99, pgq_wake_max;
+      pgq_bulk, pgq_bulk_groups, pgq_file, pgq_file_groups, pgq_wake_p50, pgq_wake_p99,
+      pgq_wake_max;
     // The end-to-end runs: processes of one worker each (the default), and one process of two.
     struct Deployment {
       int processes;
@@ -954,6 +1015,8 @@ int main(int argc, char** argv)
       if (pg_wanted("pg_send_concurrent")) pgq_concurrent.push_back(pg_send_concurrent(s));
       if (pg_wanted("pg_send_bulk")) pgq_bulk.push_back(pg_send_bulk(s, 1));
       if (pg_wanted("pg_send_bulk_groups")) pgq_bulk_groups.push_back(pg_send_bulk(s, 0));
+      if (pg_wanted("pg_send_file")) pgq_file.push_back(pg_send_file(s, false));
+      if (pg_wanted("pg_send_file_groups")) pgq_file_groups.push_back(pg_send_file(s, true));
       if (pg_wanted("pg_receive_delete")) {
         for (int i = 0; i < 3; ++i) pgq_drain[i].push_back(pg_receive_delete(s, k_receivers[i]));
       }
@@ -1074,6 +1137,13 @@ int main(int argc, char** argv)
       if (!pgq_bulk_groups.empty()) {
         results["pg_send_bulk_groups"]["messages"] = s.pg_bulk_messages;
         results["pg_send_bulk_groups"]["groups"] = "per message";
+      }
+      pg_entry("pg_send_file", pgq_file, 50'000);
+      if (!pgq_file.empty()) results["pg_send_file"]["lines"] = s.pg_file_lines;
+      pg_entry("pg_send_file_groups", pgq_file_groups, 50'000);
+      if (!pgq_file_groups.empty()) {
+        results["pg_send_file_groups"]["lines"] = s.pg_file_lines;
+        results["pg_send_file_groups"]["groups"] = "per order";
       }
       for (int i = 0; i < 3; ++i) {
         const int n = k_receivers[i];
