@@ -26,7 +26,8 @@ fi
 ACMO_BENCH_PG_URL=${ACMO_TEST_PG_URL:-} ACMO_BENCH_REDIS_URL=${ACMO_TEST_REDIS_URL:-} \
   "$bench" --runs 1 --dir "$work" --bulk-messages 5000 --threads 8 --per-thread 50 \
   --drain-messages 2000 --wake-samples 10 --pipeline-events 400 --http-duration 1 \
-  --pg-per-connection 5 --pg-bulk-messages 300 --pg-drain-messages 200 --pg-events 200 \
+  --pg-per-connection 5 --pg-bulk-messages 300 --pg-file-lines 300 --pg-drain-messages 200 \
+  --pg-events 200 \
   --pg-wake-samples 5 >"$work/out.json" 2>"$work/err"
 rc=$?
 check "acmo-bench exits 0 (got $rc)" test "$rc" -eq 0
@@ -46,7 +47,8 @@ if sys.argv[2] == "yes":
     want += ["pipeline_postgres_single_group_batch%d" % b for b in (10, 100, 1000)]
     want += ["pipeline_postgres_group_per_order_batch%d" % b for b in (10, 100, 1000)]
     want += ["cache_redis_get_hit"]
-    pg = ["pg_send_concurrent", "pg_send_bulk", "pg_send_bulk_groups", "pg_receive_delete",
+    pg = ["pg_send_concurrent", "pg_send_bulk", "pg_send_bulk_groups", "pg_send_file",
+          "pg_send_file_groups", "pg_receive_delete",
           "pg_receive_delete_2_receivers", "pg_receive_delete_4_receivers",
           "pg_end_to_end_1_process", "pg_end_to_end_2_processes", "pg_end_to_end_4_processes",
           "pg_end_to_end_1_process_2_workers"]
