@@ -521,6 +521,26 @@ int wait_failed(const std::vector<pid_t>& children)
   return failed;
 }
 
+// An acmo.toml in `dir` for the queue and the orders in `schema`, with `queue_keys` more lines
+// of [queue] and `rest` more sections, and the orders' tables made, so that the acmo processes
+// started with it are timed at their work and not at a migration: its path.
+std::string pg_config(const Settings& s, const RunDir& dir, const PgBenchSchema& schema,
+                      const std::string& queue_keys, const std::string& rest)
+{
+  const std::string config = dir.path() + "/acmo.toml";
+  FILE* f = std::fopen(config.c_str(), "w");
+  if (f == nullptr) throw std::runtime_error("cannot write " + config);
+  fmt::print(f, "[queue]\nbackend = \"postgres\"\nschema = {}\ndurability = \"{}\"\n{}"
+                "[store]\nbackend = \"postgres\"\nurl = {}\n{}",
+             json(schema.name()).dump(), s.durable_full ? "full" : "normal", queue_keys,
+             json(schema.url()).dump(), rest);
+  std::fclose(f);
+  if (auto store = acmo::PgOrderStore::open(acmo::PgOptions{schema.url(), 1, 5'000}); !store) {
+    throw std::runtime_error(store.error().message);
+  }
+  return config;
+}
+
 // `acmo send --file` of s.pg_file_lines order events (the bodies of make_requests), as one
 // runs it, timed from its start until it has exited, every line durable: to one group
 // (queue.group_by = "single", the default) or a group per order ("order"). Lines/s.
@@ -528,26 +548,14 @@ double pg_send_file(const Settings& s, bool group_per_order)
 {
   RunDir dir(s.dir);
   PgBenchSchema schema(s.pg_url);
-  const std::string config = dir.path() + "/acmo.toml";
+  const std::string config = pg_config(
+    s, dir, schema, fmt::format("group_by = \"{}\"\n", group_per_order ? "order" : "single"), "");
   const std::string events = dir.path() + "/events.jsonl";
-  {
-    FILE* f = std::fopen(config.c_str(), "w");
-    if (f == nullptr) throw std::runtime_error("cannot write " + config);
-    fmt::print(f, "[queue]\nbackend = \"postgres\"\nschema = {}\ndurability = \"{}\"\n"
-                  "group_by = \"{}\"\n[store]\nbackend = \"postgres\"\nurl = {}\n",
-               json(schema.name()).dump(), s.durable_full ? "full" : "normal",
-               group_per_order ? "order" : "single", json(schema.url()).dump());
-    std::fclose(f);
-    f = std::fopen(events.c_str(), "w");
-    if (f == nullptr) throw std::runtime_error("cannot write " + events);
-    for (int64_t i = 0; i < s.pg_file_lines; ++i) fmt::print(f, "{}\n", event_body(i));
-    std::fclose(f);
-  }
-  // The queue's and the orders' tables are made first: the command is timed at its work.
-  if (auto store = acmo::PgOrderStore::open(acmo::PgOptions{schema.url(), 1, 5'000}); !store) {
-    throw std::runtime_error(store.error().message);
-  }
-  auto q = open_pg(s, schema);
+  FILE* f = std::fopen(events.c_str(), "w");
+  if (f == nullptr) throw std::runtime_error("cannot write " + events);
+  for (int64_t i = 0; i < s.pg_file_lines; ++i) fmt::print(f, "{}\n", event_body(i));
+  std::fclose(f);
+  auto q = open_pg(s, schema); // the queue's tables, made
   const auto start = Clock::now();
   const int failed = wait_failed(
     {spawn_acmo({"--config", config, "--data-dir", dir.path(), "-q", "send", "--file", events})});
@@ -568,21 +576,8 @@ EndToEnd pg_end_to_end(const Settings& s, int processes, int workers)
 {
   RunDir dir(s.dir);
   PgBenchSchema schema(s.pg_url);
-  const std::string config = dir.path() + "/acmo.toml";
-  {
-    FILE* f = std::fopen(config.c_str(), "w");
-    if (f == nullptr) throw std::runtime_error("cannot write " + config);
-    fmt::print(f, "[queue]\nbackend = \"postgres\"\nschema = {}\ndurability = \"{}\"\n"
-                  "[store]\nbackend = \"postgres\"\nurl = {}\n[handler]\nconcurrency = {}\n",
-               json(schema.name()).dump(), s.durable_full ? "full" : "normal",
-               json(schema.url()).dump(), workers);
-    std::fclose(f);
-  }
-  // The orders' tables are made first, so that the handlers are timed at their work and not at
-  // a migration.
-  if (auto store = acmo::PgOrderStore::open(acmo::PgOptions{schema.url(), 1, 5'000}); !store) {
-    throw std::runtime_error(store.error().message);
-  }
+  const std::string config =
+    pg_config(s, dir, schema, "", fmt::format("[handler]\nconcurrency = {}\n", workers));
   auto q = open_pg(s, schema);
   std::vector<SendRequest> requests;
   requests.reserve(static_cast<size_t>(s.pg_events));

@@ -1297,6 +1297,7 @@ DECLARE
   a_heads bigint[]; -- the first of them in each group, in name order, when every group has one
   v_passes int := 0;
   v_exact boolean := false; -- every row made holds its group's first candidate as its head
+  v_fix_made boolean;       -- a row made may not hold its group's first accepted message
   a_w bigint[];    -- those of the dedup rows written
   a_n int[] := '{}';    -- the requests accepted
   a_s bigint[] := '{}'; -- and their sequence numbers
@@ -1331,27 +1332,17 @@ BEGIN
                        GROUP BY p_groups[c.n] ORDER BY p_groups[c.n]);
       v_exact := cardinality(a_heads) = cardinality(a_groups);
     END IF;
-    IF v_exact THEN
-      WITH made AS (
-        INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)
-          SELECT p_queue, z.x, z.h, p_now FROM unnest(a_groups, a_heads) AS z(x, h)
-          WHERE z.x <> ALL(a_locked) ORDER BY z.x
-          ON CONFLICT (queue_id, group_id) DO NOTHING
-          RETURNING group_id)
-      SELECT a_locked || coalesce(array_agg(made.group_id), '{}'),
-             a_made || coalesce(array_agg(made.group_id), '{}')
-        INTO a_locked, a_made FROM made;
-    ELSE
-      WITH made AS (
-        INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)
-          SELECT p_queue, x, k_none, k_none FROM unnest(a_groups) AS x
-          WHERE x <> ALL(a_locked) ORDER BY x
-          ON CONFLICT (queue_id, group_id) DO NOTHING
-          RETURNING group_id)
-      SELECT a_locked || coalesce(array_agg(made.group_id), '{}'),
-             a_made || coalesce(array_agg(made.group_id), '{}')
-        INTO a_locked, a_made FROM made;
-    END IF;
+    -- Without the heads (unnest pads the shorter array with NULLs), a row is made with none.
+    WITH made AS (
+      INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)
+        SELECT p_queue, z.x, coalesce(z.h, k_none), CASE WHEN z.h IS NULL THEN k_none ELSE p_now END
+        FROM unnest(a_groups, CASE WHEN v_exact THEN a_heads ELSE '{}' END) AS z(x, h)
+        WHERE z.x <> ALL(a_locked) ORDER BY z.x
+        ON CONFLICT (queue_id, group_id) DO NOTHING
+        RETURNING group_id)
+    SELECT a_locked || coalesce(array_agg(made.group_id), '{}'),
+           a_made || coalesce(array_agg(made.group_id), '{}')
+      INTO a_locked, a_made FROM made;
     EXIT WHEN cardinality(a_locked) = cardinality(a_groups);
     v_exact := false;
   END LOOP;
@@ -1402,20 +1393,14 @@ BEGIN
     -- planned with statistics taken while the queue was small, it read every group). Rows made
     -- with their heads need none when every request was accepted; otherwise a row made gets
     -- the head of its first message accepted.
-    IF NOT (v_exact AND cardinality(a_n) = cardinality(p_dedup)) THEN
+    v_fix_made := NOT (v_exact AND cardinality(a_n) = cardinality(p_dedup));
+    IF v_fix_made OR cardinality(a_made) < cardinality(a_groups) THEN
       FOR r IN SELECT p_groups[t.n] AS grp, min(t.s) AS head FROM unnest(a_s, a_n) AS t(s, n)
                GROUP BY 1
       LOOP
         UPDATE message_groups g SET head_seq = r.head, ready_at = p_now
           WHERE g.queue_id = p_queue AND g.group_id = r.grp
-            AND (g.head_seq > r.head OR r.grp = ANY(a_made));
-      END LOOP;
-    ELSIF cardinality(a_made) < cardinality(a_groups) THEN
-      FOR r IN SELECT p_groups[t.n] AS grp, min(t.s) AS head FROM unnest(a_s, a_n) AS t(s, n)
-               GROUP BY 1
-      LOOP
-        UPDATE message_groups g SET head_seq = r.head, ready_at = p_now
-          WHERE g.queue_id = p_queue AND g.group_id = r.grp AND g.head_seq > r.head;
+            AND (g.head_seq > r.head OR (v_fix_made AND r.grp = ANY(a_made)));
       END LOOP;
     END IF;
     PERFORM pg_notify(p_channel, '');
