@@ -240,8 +240,14 @@ pages=$(( $(stat -c %s "$db") / 4096 ))
 for p in $(seq 1 $((pages - 1))); do
   head -c 512 /dev/urandom | dd of="$db" bs=1 seek=$((p * 4096 + 100)) conv=notrunc status=none
 done
-sleep 1.1 # an integrity check of a database this small runs again after a second
-code=$(curl -s -o "$work/answer" -w '%{http_code}' "http://127.0.0.1:$port/health")
+# The integrity check runs again after 100 times as long as it last took, and at least a second
+# later: a second for a database this small, longer on a slow or instrumented build. Ask /health
+# until it answers 503, for at most 20 seconds.
+for _ in $(seq 40); do
+  sleep 0.5
+  code=$(curl -s -o "$work/answer" -w '%{http_code}' "http://127.0.0.1:$port/health")
+  [[ $code == 503 ]] && break
+done
 check "pages overwritten while it runs: /health answers 503 ($code)" test "$code" = 503
 check "  saying the database is damaged" grep -q '"queue":{[^}]*"error":"the queue database .* is damaged' "$work/answer"
 sent_before=$(sqlite3 "$work/backup.db" 'SELECT sent FROM queues WHERE id = 1' 2>/dev/null)
