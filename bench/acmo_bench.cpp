@@ -572,7 +572,10 @@ double pg_send_file(const Settings& s, bool group_per_order)
   return static_cast<double>(s.pg_file_lines) / elapsed;
 }
 
-EndToEnd pg_end_to_end(const Settings& s, int processes, int workers)
+// `analyzed_empty`: ANALYZE the orders table while it is empty, before the handlers start, as
+// an operator's `vacuumdb --analyze` of a new database does: the planner then takes it for one
+// row until autovacuum analyzes it again.
+EndToEnd pg_end_to_end(const Settings& s, int processes, int workers, bool analyzed_empty)
 {
   RunDir dir(s.dir);
   PgBenchSchema schema(s.pg_url);
@@ -594,6 +597,10 @@ EndToEnd pg_end_to_end(const Settings& s, int processes, int workers)
     requests.push_back(std::move(r));
   }
   fill(*q, requests);
+  if (analyzed_empty) {
+    pqxx::connection c(schema.url());
+    pqxx::nontransaction(c).exec0("ANALYZE orders");
+  }
 
   // Start `n` acmo run-handler --once and wait until all have exited: seconds.
   const auto run_handlers = [&](int n) {
@@ -948,17 +955,21 @@ int main(int argc, char** argv)
       pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
       pgq_bulk, pgq_bulk_groups, pgq_file, pgq_file_groups, pgq_wake_p50, pgq_wake_p99,
       pgq_wake_max;
-    // The end-to-end runs: processes of one worker each (the default), and one process of two.
+    // The end-to-end runs: processes of one worker each (the default), one process of two, and
+    // one process of one worker on an orders table analyzed while empty.
     struct Deployment {
       int processes;
       int workers;
+      bool analyzed_empty;
     };
-    const Deployment k_pg_deployments[4] = {{1, 1}, {2, 1}, {4, 1}, {1, 2}};
+    constexpr int k_deployments = 5;
+    const Deployment k_pg_deployments[k_deployments] = {
+      {1, 1, false}, {2, 1, false}, {4, 1, false}, {1, 2, false}, {1, 1, true}};
     // Receivers of pg_receive_delete: one, and several sharing the queue as the threads of an
     // acmo serve do when several consumers receive.
     const int k_receivers[3] = {1, 2, 4};
     std::vector<double> pgq_drain[3];
-    std::vector<double> pgq_end_to_end[4];
+    std::vector<double> pgq_end_to_end[k_deployments];
     std::vector<double> pgq_handler_start;
     for (int run = 0; run < s.runs; ++run) {
       if (wanted(s, "cache_redis") && redis_url != nullptr && *redis_url != '\0') {
@@ -1016,8 +1027,9 @@ int main(int argc, char** argv)
         for (int i = 0; i < 3; ++i) pgq_drain[i].push_back(pg_receive_delete(s, k_receivers[i]));
       }
       if (pg_wanted("pg_end_to_end")) {
-        for (int i = 0; i < 4; ++i) {
-          auto e = pg_end_to_end(s, k_pg_deployments[i].processes, k_pg_deployments[i].workers);
+        for (int i = 0; i < k_deployments; ++i) {
+          const Deployment& d = k_pg_deployments[i];
+          auto e = pg_end_to_end(s, d.processes, d.workers, d.analyzed_empty);
           pgq_end_to_end[i].push_back(e.rate);
           pgq_handler_start.push_back(e.start_seconds);
         }
@@ -1151,12 +1163,13 @@ int main(int argc, char** argv)
         results[name]["groups"] = 1000;
         results[name]["batch_size"] = 10;
       }
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < k_deployments; ++i) {
         const int n = k_pg_deployments[i].processes;
         const int w = k_pg_deployments[i].workers;
         const std::string name =
-          fmt::format("pg_end_to_end_{}_process{}{}", n, n == 1 ? "" : "es",
-                      w == 1 ? "" : fmt::format("_{}_workers", w));
+          fmt::format("pg_end_to_end_{}_process{}{}{}", n, n == 1 ? "" : "es",
+                      w == 1 ? "" : fmt::format("_{}_workers", w),
+                      k_pg_deployments[i].analyzed_empty ? "_analyzed_empty" : "");
         pg_entry(name.c_str(), pgq_end_to_end[i], 15'000);
         if (pgq_end_to_end[i].empty()) continue;
         results[name]["unit"] = "events/s";
@@ -1164,6 +1177,7 @@ int main(int argc, char** argv)
         results[name]["workers_per_process"] = w;
         results[name]["events"] = s.pg_events;
         results[name]["groups"] = "per order";
+        if (k_pg_deployments[i].analyzed_empty) results[name]["orders_analyzed_empty"] = true;
       }
       if (!pgq_handler_start.empty()) {
         // What each end-to-end rate includes of starting its processes: one acmo run-handler

@@ -217,23 +217,38 @@ ON CONFLICT (message_id) DO UPDATE SET applied_at = excluded.applied_at,
 
 // A batch applied in the queue's own transaction (apply_in) records no message ids: its
 // messages are deleted in that transaction, so none can come again. Its last statement puts
-// the queue's search_path ($23) back.
+// the queue's search_path ($23) and plan_cache_mode ($24) back.
 const std::string k_write_in_queue =
-  k_write_changes + "SELECT set_config('search_path', $23, true)";
+  k_write_changes
+  + "SELECT set_config('search_path', $23, true), set_config('plan_cache_mode', $24, true)";
 
 // The first statement of apply_in, with the store's schema `schema` (quoted) in it: the
 // search_path set to it ($1) for the batch's statements, a transaction-scoped advisory lock
 // on each order id ($2, sorted), and then acmo_begin_batch ($2, and the message ids $3), whose
 // statements find the store's tables along that search_path; it is called with the locks'
-// count, so after them. Its rows begin with the queue's search_path, to be put back; there is
-// one with that alone when acmo_begin_batch returns none.
+// count, so after them. While the orders table is under ten pages, the batch's statements are
+// planned for their arguments and the table as it is (force_custom_plan, as on the store's own
+// connections): the queue's connections keep one generic plan per statement, and one made
+// while orders was empty and analyzed so thinks it holds one row and reads it whole, by its
+// primary key, for every order a batch writes. Made once the table has ten pages, the plan
+// finds each order by its key at any size, as it does for a table never analyzed (the planner
+// takes that for ten pages). Its rows begin with the queue's search_path and plan_cache_mode,
+// to be put back; there is one with those alone when acmo_begin_batch returns none.
 std::string store_enter_sql(const std::string& schema)
 {
+  std::string orders = schema + ".orders"; // in an SQL string literal: each ' doubled
+  for (size_t i = orders.find('\''); i != std::string::npos; i = orders.find('\'', i + 2)) {
+    orders.insert(i, 1, '\'');
+  }
   return "WITH e AS MATERIALIZED (SELECT current_setting('search_path') AS path,"
+         " current_setting('plan_cache_mode') AS mode,"
          " set_config('search_path', $1, true),"
+         " set_config('plan_cache_mode', CASE WHEN pg_relation_size('" + orders + "'::regclass)"
+         " < 10 * current_setting('block_size')::bigint THEN 'force_custom_plan'"
+         " ELSE current_setting('plan_cache_mode') END, true),"
          " (SELECT count(pg_advisory_xact_lock(hashtextextended('acmo order ' || i, 0)))"
          " FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n)) AS locks)"
-         " SELECT e.path, b.* FROM e LEFT JOIN LATERAL " + schema
+         " SELECT e.path, e.mode, b.* FROM e LEFT JOIN LATERAL " + schema
          + ".acmo_begin_batch(CASE WHEN e.locks >= 0 THEN $2::text[] END, $3::text[]) b ON true";
 }
 
@@ -242,7 +257,8 @@ std::string store_enter_sql(const std::string& schema)
 // They run with this store's schema first in the search_path; a prepared statement is parsed
 // again should the search_path differ from one execution to the next.
 const std::vector<std::pair<std::string, std::string>> k_in_queue_statements = {
-  {"acmo_store_leave", "SELECT set_config('search_path', $1, true)"},
+  {"acmo_store_leave",
+   "SELECT set_config('search_path', $1, true), set_config('plan_cache_mode', $2, true)"},
   {"acmo_store_write", k_write_in_queue},
 };
 
@@ -524,9 +540,9 @@ struct PgOrderStore::Impl {
     std::unordered_set<std::string> applied;
     // Refused before: the reason, and the sequence number the message then had.
     std::unordered_map<std::string, std::pair<std::string, int64_t>> refused;
-    // In the queue's transaction: its search_path, which the batch's last statement puts back,
-    // and the column where acmo_begin_batch's begin.
-    std::string queue_path;
+    // In the queue's transaction: its search_path and plan_cache_mode, which the batch's last
+    // statement puts back, and the column where acmo_begin_batch's begin.
+    std::string queue_path, queue_mode;
     pqxx::row::size_type c = 0;
     pqxx::result begun;
     if (in_queue) {
@@ -534,7 +550,8 @@ struct PgOrderStore::Impl {
       tx.conn().prepare(m_enter_name, m_enter_sql);
       begun = tx.exec_prepared(m_enter_name, m_search_path, order_ids.text(), message_ids.text());
       queue_path = begun.at(0)[0].as<std::string>();
-      c = 1;
+      queue_mode = begun.at(0)[1].as<std::string>();
+      c = 2;
     } else {
       begun = tx.exec_prepared("acmo_begin_batch", order_ids.text(), message_ids.text());
     }
@@ -617,7 +634,7 @@ struct PgOrderStore::Impl {
       audit_accepted.add(a.accepted_at_ms);
     }
     if (!any) { // nothing to write
-      if (in_queue) tx.exec_prepared("acmo_store_leave", queue_path);
+      if (in_queue) tx.exec_prepared("acmo_store_leave", queue_path, queue_mode);
       return out;
     }
 
@@ -660,7 +677,9 @@ struct PgOrderStore::Impl {
            bin(w_existed));
     };
     if (in_queue) {
-      write([&](auto&&... args) { tx.exec_prepared("acmo_store_write", args..., queue_path); });
+      write([&](auto&&... args) {
+        tx.exec_prepared("acmo_store_write", args..., queue_path, queue_mode);
+      });
     } else {
       write([&](auto&&... args) {
         tx.exec_prepared("acmo_write", args..., bin(refused_ids), bin(refused_why),

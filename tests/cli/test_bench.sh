@@ -51,7 +51,7 @@ if sys.argv[2] == "yes":
           "pg_send_file_groups", "pg_receive_delete",
           "pg_receive_delete_2_receivers", "pg_receive_delete_4_receivers",
           "pg_end_to_end_1_process", "pg_end_to_end_2_processes", "pg_end_to_end_4_processes",
-          "pg_end_to_end_1_process_2_workers"]
+          "pg_end_to_end_1_process_2_workers", "pg_end_to_end_1_process_analyzed_empty"]
     want += ["baseline_pg_insert_per_commit", "pg_handler_start"] + pg
     for k in pg:
         if k in r and not r[k].get("ratio_to_baseline_pg_insert_per_commit", 0) > 0:
