@@ -671,9 +671,9 @@ TEST_CASE("PgOrderStore: in the queue's transaction, a batch finds its orders by
           "table has grown, even if it was analyzed empty",
           "[pg][handler]")
 {
-  // The queue's connections keep one generic plan per statement. Made while orders was empty
-  // and analyzed so, the batch's write took the table for one row and read it whole, by its
-  // primary key, for every order it wrote: 79 ms a batch at 2,800 orders.
+  // The queue's connections keep one generic plan per statement. Made while orders is empty
+  // and analyzed so, the plan of the batch's write takes the table for one row and reads it
+  // whole, by its primary key, for every order it writes: 79 ms a batch at 2,800 orders.
   ACMO_NEED_PG(url);
   PgSchema schema(url);
   auto store = open_store(schema);
