@@ -236,14 +236,11 @@ const std::string k_write_in_queue =
 // to be put back; there is one with those alone when acmo_begin_batch returns none.
 std::string store_enter_sql(const std::string& schema)
 {
-  std::string orders = schema + ".orders"; // in an SQL string literal: each ' doubled
-  for (size_t i = orders.find('\''); i != std::string::npos; i = orders.find('\'', i + 2)) {
-    orders.insert(i, 1, '\'');
-  }
   return "WITH e AS MATERIALIZED (SELECT current_setting('search_path') AS path,"
          " current_setting('plan_cache_mode') AS mode,"
          " set_config('search_path', $1, true),"
-         " set_config('plan_cache_mode', CASE WHEN pg_relation_size('" + orders + "'::regclass)"
+         " set_config('plan_cache_mode', CASE WHEN"
+         " pg_relation_size(($1::text || '.orders')::regclass)"
          " < 10 * current_setting('block_size')::bigint THEN 'force_custom_plan'"
          " ELSE current_setting('plan_cache_mode') END, true),"
          " (SELECT count(pg_advisory_xact_lock(hashtextextended('acmo order ' || i, 0)))"
