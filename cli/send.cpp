@@ -1,10 +1,14 @@
 // acmo send: put order events on the queue.
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -200,6 +204,73 @@ int send_one(const SendOptions& opts, const GlobalOptions& global)
   return exit_code::k_failure;
 }
 
+// A part of the lines of `acmo send --file`: sent with one send_bulk, durable before it is
+// counted. What it keeps of each event is what the answers print (the order and the group);
+// the event's data lives on only in its message body.
+struct FilePart {
+  std::vector<SendRequest> requests;
+  std::vector<std::string> order_ids;
+  std::vector<std::string> group_ids;
+  std::vector<int64_t> line_numbers;
+  std::vector<std::pair<int64_t, std::string>> refused; // lines not sent, with why, in order
+  size_t body_bytes = 0;
+  int64_t bytes_read = 0; // of the input, once the part was complete
+
+  // A part is sent at 5,000 lines, or once its bodies hold 16 MiB: with the part being read
+  // and the one waiting, memory stays bounded whatever the lines' size.
+  bool full() const { return requests.size() >= 5000 || body_bytes >= (16u << 20); }
+  bool empty() const { return requests.empty() && refused.empty(); }
+};
+
+// Hands the parts from the reading thread to the sending thread, one at a time: the next
+// part is read and checked while the one before is sent.
+class PartHandoff
+{
+public:
+  // Waits while a part is waiting already; false once the sender has stopped.
+  bool put(FilePart part)
+  {
+    std::unique_lock lock(m_mu);
+    m_cv.wait(lock, [&] { return !m_waiting || m_stopped; });
+    if (m_stopped) return false;
+    m_part = std::move(part);
+    m_waiting = true;
+    m_cv.notify_all();
+    return true;
+  }
+  void close()
+  {
+    std::lock_guard lock(m_mu);
+    m_closed = true;
+    m_cv.notify_all();
+  }
+  // The next part; nullopt once the reader has closed and every part was taken.
+  std::optional<FilePart> take()
+  {
+    std::unique_lock lock(m_mu);
+    m_cv.wait(lock, [&] { return m_waiting || m_closed; });
+    if (!m_waiting) return std::nullopt;
+    m_waiting = false;
+    m_cv.notify_all();
+    return std::move(m_part);
+  }
+  // The sender gives up (an exception): the reader stops at its next part.
+  void stop()
+  {
+    std::lock_guard lock(m_mu);
+    m_stopped = true;
+    m_cv.notify_all();
+  }
+
+private:
+  std::mutex m_mu;
+  std::condition_variable m_cv;
+  FilePart m_part;
+  bool m_waiting = false;
+  bool m_closed = false;
+  bool m_stopped = false;
+};
+
 int send_file(const SendOptions& opts, const GlobalOptions& global)
 {
   int fd = STDIN_FILENO;
@@ -227,64 +298,107 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
   // The size of a regular file makes a bar with a percentage; a pipe gets a count.
   const int64_t total_bytes = S_ISREG(st.st_mode) ? static_cast<int64_t>(st.st_size) : 0;
   Progress progress("events", total_bytes, progress_wanted(global.json, global.quiet));
-  int64_t bytes_read = 0;
   auto queue = open_queue(global);
+  const std::string group_by = config(global).settings().group_by;
   int64_t sent = 0;
   int64_t duplicates = 0;
   int64_t failed = 0;
-  std::vector<OrderEvent> events;
-  std::vector<SendRequest> requests;
-  std::vector<int64_t> line_numbers;
 
-  auto flush = [&] {
-    auto results = queue->send_bulk(requests);
-    for (size_t i = 0; i < results.size(); ++i) {
-      if (!results[i]) {
-        ++failed;
-        print_error(fmt::format("line {}: {}", line_numbers[i], results[i].error().message));
-        continue;
+  // The sending thread: each part's send_bulk, then its lines' answers and errors in line
+  // order.
+  PartHandoff handoff;
+  std::exception_ptr send_failure;
+  std::thread sender([&] {
+    try {
+      while (auto part = handoff.take()) {
+        std::vector<Expected<SendResult>> results;
+        if (!part->requests.empty()) results = queue->send_bulk(part->requests);
+        size_t refused = 0;
+        for (size_t i = 0; i <= results.size(); ++i) {
+          const int64_t line = i < results.size() ? part->line_numbers[i] : INT64_MAX;
+          for (; refused < part->refused.size() && part->refused[refused].first < line;
+               ++refused) {
+            ++failed;
+            print_error(part->refused[refused].second);
+          }
+          if (i == results.size()) break;
+          if (!results[i]) {
+            ++failed;
+            print_error(fmt::format("line {}: {}", line, results[i].error().message));
+            continue;
+          }
+          ++(results[i]->duplicate ? duplicates : sent);
+          if (global.json) {
+            OrderEvent event;
+            event.order_id = std::move(part->order_ids[i]);
+            event.group_id = std::move(part->group_ids[i]);
+            print_json(send_result_json(*results[i], event));
+          }
+        }
+        progress.update(part->bytes_read, sent + duplicates + failed);
       }
-      ++(results[i]->duplicate ? duplicates : sent);
-      if (global.json) print_json(send_result_json(*results[i], events[i]));
+    } catch (...) {
+      send_failure = std::current_exception();
+      handoff.stop();
     }
-    events.clear();
-    requests.clear();
-    line_numbers.clear();
-    progress.update(bytes_read, sent + duplicates + failed);
-  };
+  });
+  // However the reading ends (an exception included), the sender finishes the parts handed
+  // over and stops before this function returns.
+  struct Joiner {
+    PartHandoff& handoff;
+    std::thread& sender;
+    void finish()
+    {
+      if (!sender.joinable()) return;
+      handoff.close();
+      sender.join();
+    }
+    ~Joiner() { finish(); }
+  } joiner{handoff, sender};
 
+  FilePart part;
   LineReader reader(fd);
   std::string line;
   int64_t line_number = 0;
-  for (LineReader::Got got; (got = reader.next(line)) != LineReader::Got::end;) {
+  bool stopped = false;
+  for (LineReader::Got got; !stopped && (got = reader.next(line)) != LineReader::Got::end;) {
     ++line_number;
-    bytes_read = reader.consumed();
     if (got == LineReader::Got::too_long) {
-      ++failed;
-      print_error(fmt::format("line {}: longer than {} MiB, which no event can be (a message "
-                              "body is at most {} MiB); skipped",
-                              line_number, LineReader::k_max_line >> 20,
-                              limits::k_max_body_bytes >> 20));
-      continue;
+      part.refused.emplace_back(
+        line_number, fmt::format("line {}: longer than {} MiB, which no event can be (a message "
+                                 "body is at most {} MiB); skipped",
+                                 line_number, LineReader::k_max_line >> 20,
+                                 limits::k_max_body_bytes >> 20));
+    } else if (line.find_first_not_of(" \t\r") != std::string::npos) {
+      auto event = parse_event(line, "the line");
+      if (!event) {
+        part.refused.emplace_back(
+          line_number,
+          event.error().field == "body"
+            ? fmt::format("line {}: {}; each line is one event object, such as "
+                          "{{\"type\":\"DELETE\",\"orderId\":\"ord_1\"}}",
+                          line_number, event.error().message)
+            : fmt::format("line {}: {}", line_number, event.error().message));
+      } else {
+        complete_event(*event, group_by);
+        part.requests.push_back(to_send_request(*event));
+        part.body_bytes += part.requests.back().body.size();
+        part.order_ids.push_back(std::move(event->order_id));
+        part.group_ids.push_back(std::move(event->group_id));
+        part.line_numbers.push_back(line_number);
+      }
     }
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto event = parse_event(line, "the line");
-    if (!event) {
-      ++failed;
-      print_error(event.error().field == "body"
-                    ? fmt::format("line {}: {}; each line is one event object, such as "
-                                  "{{\"type\":\"DELETE\",\"orderId\":\"ord_1\"}}",
-                                  line_number, event.error().message)
-                    : fmt::format("line {}: {}", line_number, event.error().message));
-      continue;
+    if (part.full()) {
+      part.bytes_read = reader.consumed();
+      stopped = !handoff.put(std::exchange(part, FilePart{}));
     }
-    complete_event(*event, config(global).settings().group_by);
-    requests.push_back(to_send_request(*event));
-    events.push_back(std::move(*event));
-    line_numbers.push_back(line_number);
-    if (requests.size() >= 5000) flush();
   }
-  flush();
+  if (!stopped && !part.empty()) {
+    part.bytes_read = reader.consumed();
+    handoff.put(std::move(part));
+  }
+  joiner.finish();
+  if (send_failure) std::rethrow_exception(send_failure);
   progress.finish();
   if (global.json) {
     print_json({{"sent", sent}, {"duplicates", duplicates}, {"failed", failed}});
