@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <utility>
 
+#include <poll.h>
 #include <unistd.h>
 
 #include <fmt/core.h>
@@ -54,6 +55,13 @@ Expected<OrderEvent> event_from_flags(const EventFlags& flags)
     }
   }
   return event;
+}
+
+bool LineReader::would_wait() const
+{
+  if (m_end || m_buffer.find('\n', m_scan) != std::string::npos) return false;
+  pollfd p{m_fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 0;
 }
 
 LineReader::Got LineReader::next(std::string& line)

@@ -38,6 +38,10 @@ public:
   // (error() then says which; a line cut short by the error is dropped).
   Got next(std::string& line);
 
+  // Whether next() would wait for the input: no whole line is at hand and the input (a pipe, a
+  // terminal) has nothing ready to read yet. Never so for a regular file.
+  bool would_wait() const;
+
   int error() const { return m_error; }
   // The bytes of the lines returned so far, newlines included.
   int64_t consumed() const { return m_consumed; }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -218,21 +219,51 @@ struct FilePart {
 
   // A part is sent at 5,000 lines, or once its bodies hold 16 MiB: with the part being read
   // and the one waiting, memory stays bounded whatever the lines' size.
-  bool full() const { return requests.size() >= 5000 || body_bytes >= (16u << 20); }
+  static constexpr size_t k_max_lines = 5000;
+  static constexpr size_t k_max_bytes = 16u << 20;
+  bool full() const { return requests.size() >= k_max_lines || body_bytes >= k_max_bytes; }
   bool empty() const { return requests.empty() && refused.empty(); }
+
+  // Whether `later` (the lines after this part's) can join it within the bounds, and join it.
+  bool fits(const FilePart& later) const
+  {
+    return requests.size() + later.requests.size() <= k_max_lines
+           && body_bytes + later.body_bytes <= k_max_bytes;
+  }
+  void append(FilePart&& later)
+  {
+    auto move_all = [](auto& to, auto& from) {
+      to.insert(to.end(), std::make_move_iterator(from.begin()),
+                std::make_move_iterator(from.end()));
+    };
+    move_all(requests, later.requests);
+    move_all(order_ids, later.order_ids);
+    move_all(group_ids, later.group_ids);
+    move_all(line_numbers, later.line_numbers);
+    move_all(refused, later.refused);
+    body_bytes += later.body_bytes;
+    bytes_read = later.bytes_read;
+  }
 };
 
 // Hands the parts from the reading thread to the sending thread, one at a time: the next
-// part is read and checked while the one before is sent.
+// part is read and checked while the one before is sent. A part handed over while another
+// waits joins it if both fit in one, so that lines arriving in small bursts are still sent
+// in large parts while the sender is busy.
 class PartHandoff
 {
 public:
-  // Waits while a part is waiting already; false once the sender has stopped.
+  // Waits while a part is waiting already that this one cannot join; false once the sender
+  // has stopped.
   bool put(FilePart part)
   {
     std::unique_lock lock(m_mu);
-    m_cv.wait(lock, [&] { return !m_waiting || m_stopped; });
+    m_cv.wait(lock, [&] { return !m_waiting || m_part.fits(part) || m_stopped; });
     if (m_stopped) return false;
+    if (m_waiting) {
+      m_part.append(std::move(part));
+      return true;
+    }
     m_part = std::move(part);
     m_waiting = true;
     m_cv.notify_all();
@@ -335,6 +366,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
             print_json(send_result_json(*results[i], event));
           }
         }
+        if (global.json) std::fflush(stdout); // a reader at the other end of a pipe sees them now
         progress.update(part->bytes_read, sent + duplicates + failed);
       }
     } catch (...) {
@@ -388,7 +420,9 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
         part.line_numbers.push_back(line_number);
       }
     }
-    if (part.full()) {
+    // A part goes once full, or once the input has nothing more for now (lines piped in as a
+    // producer writes them are sent as they come, not when 5,000 have gathered).
+    if (part.full() || (!part.empty() && reader.would_wait())) {
       part.bytes_read = reader.consumed();
       stopped = !handoff.put(std::exchange(part, FilePart{}));
     }

@@ -309,6 +309,20 @@ check "  and its answers in line order" \
 ids = [json.loads(l)["orderId"] for l in sys.stdin if "orderId" in l]
 want = ["part_%d" % i for i in range(1, 12001) if i not in (3, 5001, 11999)]
 sys.exit(0 if ids == want else 1)' <<<"$out"
+# Lines piped in as a producer writes them are sent as they come, not when the input ends.
+mkfifo "$work/live.fifo"
+"$acmo" "${at[@]}" --json send --file - <"$work/live.fifo" >"$work/live.out" 2>"$work/live.err" &
+live_pid=$!
+exec 7>"$work/live.fifo"
+echo '{"type":"DELETE","orderId":"live_1"}' >&7
+for _ in $(seq 300); do grep -q '"orderId":"live_1"' "$work/live.out" && break; sleep 0.1; done
+check "a line piped into --file - is sent and answered while the input is still open" \
+  grep -q '"orderId":"live_1"' "$work/live.out"
+echo '{"type":"DELETE","orderId":"live_2"}' >&7
+exec 7>&-
+wait "$live_pid"; rc=$?
+check "  the next when it comes, and the count when the input ends (got $rc: $(tail -n 1 "$work/live.out"))" \
+  test "$rc" -eq 0 -a "$(tail -n 1 "$work/live.out")" = '{"duplicates":0,"failed":0,"sent":2}'
 # Memory stays bounded by the parts' size, not the lines': 400 lines of 170 kB (68 MB), which
 # held at once would take several times that. Under a sanitizer (scripts/test-sanitizers.sh)
 # the allocator keeps freed memory and shadows what it holds, so only the release build's
