@@ -543,8 +543,10 @@ std::string pg_config(const Settings& s, const RunDir& dir, const PgBenchSchema&
 
 // `acmo send --file` of s.pg_file_lines order events (the bodies of make_requests), as one
 // runs it, timed from its start until it has exited, every line durable: to one group
-// (queue.group_by = "single", the default) or a group per order ("order"). Lines/s.
-double pg_send_file(const Settings& s, bool group_per_order)
+// (queue.group_by = "single", the default) or a group per order ("order"). `analyzed_empty`:
+// the queue's tables vacuumed and analyzed while empty first, as autovacuum leaves those of a
+// drained queue. Lines/s.
+double pg_send_file(const Settings& s, bool group_per_order, bool analyzed_empty = false)
 {
   RunDir dir(s.dir);
   PgBenchSchema schema(s.pg_url);
@@ -556,6 +558,10 @@ double pg_send_file(const Settings& s, bool group_per_order)
   for (int64_t i = 0; i < s.pg_file_lines; ++i) fmt::print(f, "{}\n", event_body(i));
   std::fclose(f);
   auto q = open_pg(s, schema); // the queue's tables, made
+  if (analyzed_empty) {
+    pqxx::connection c(schema.url());
+    pqxx::nontransaction(c).exec0("VACUUM ANALYZE messages, message_groups, dedup");
+  }
   const auto start = Clock::now();
   const int failed = wait_failed(
     {spawn_acmo({"--config", config, "--data-dir", dir.path(), "-q", "send", "--file", events})});
@@ -953,8 +959,8 @@ int main(int argc, char** argv)
       combined_groups, wake_p50, wake_p99, wake_max, pipe_single, pipe_order, pipe_single_100,
       pipe_order_100, cache_one, cache_eight, cache_p50, cache_p99, pg_single, pg_order,
       pg_single_1000, pg_order_1000, pg_single_10, pg_order_10, pgq_baseline, pgq_concurrent,
-      pgq_bulk, pgq_bulk_groups, pgq_file, pgq_file_groups, pgq_wake_p50, pgq_wake_p99,
-      pgq_wake_max;
+      pgq_bulk, pgq_bulk_groups, pgq_file, pgq_file_groups, pgq_file_groups_empty, pgq_wake_p50,
+      pgq_wake_p99, pgq_wake_max;
     // The end-to-end runs: processes of one worker each (the default), one process of two, and
     // one process of one worker on an orders table analyzed while empty.
     struct Deployment {
@@ -1022,7 +1028,10 @@ int main(int argc, char** argv)
       if (pg_wanted("pg_send_bulk")) pgq_bulk.push_back(pg_send_bulk(s, 1));
       if (pg_wanted("pg_send_bulk_groups")) pgq_bulk_groups.push_back(pg_send_bulk(s, 0));
       if (pg_wanted("pg_send_file")) pgq_file.push_back(pg_send_file(s, false));
-      if (pg_wanted("pg_send_file_groups")) pgq_file_groups.push_back(pg_send_file(s, true));
+      if (pg_wanted("pg_send_file_groups")) {
+        pgq_file_groups.push_back(pg_send_file(s, true));
+        pgq_file_groups_empty.push_back(pg_send_file(s, true, true));
+      }
       if (pg_wanted("pg_receive_delete")) {
         for (int i = 0; i < 3; ++i) pgq_drain[i].push_back(pg_receive_delete(s, k_receivers[i]));
       }
@@ -1151,6 +1160,12 @@ int main(int argc, char** argv)
       if (!pgq_file_groups.empty()) {
         results["pg_send_file_groups"]["lines"] = s.pg_file_lines;
         results["pg_send_file_groups"]["groups"] = "per order";
+      }
+      pg_entry("pg_send_file_groups_analyzed_empty", pgq_file_groups_empty, 50'000);
+      if (!pgq_file_groups_empty.empty()) {
+        results["pg_send_file_groups_analyzed_empty"]["lines"] = s.pg_file_lines;
+        results["pg_send_file_groups_analyzed_empty"]["groups"] = "per order";
+        results["pg_send_file_groups_analyzed_empty"]["queue_analyzed_empty"] = true;
       }
       for (int i = 0; i < 3; ++i) {
         const int n = k_receivers[i];

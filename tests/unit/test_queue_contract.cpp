@@ -878,9 +878,11 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
     CHECK(ids() == before);
     CHECK(bodies_of(must(q->receive(10, 0))) == Bodies{"kept"});
   }
-  // Four migrations behind (their changes undone): the open runs them.
-  REQUIRE(latest == 16); // when a migration is added, undo it here
-  schema.exec("DROP INDEX messages_dead_by_id; "
+  // Five migrations behind (their changes undone): the open runs them.
+  REQUIRE(latest == 17); // when a migration is added, undo it here
+  schema.exec("DROP TRIGGER messages_analyze_grown ON messages; "
+              "DROP FUNCTION acmo_analyze_grown(); "
+              "DROP INDEX messages_dead_by_id; "
               "CREATE INDEX messages_by_message_id ON messages (message_id); "
               "CREATE OR REPLACE FUNCTION acmo_receive_take(p_queue bigint, p_now bigint,"
               " p_max int, p_max_retries bigint, p_isolate boolean, p_until bigint,"
@@ -894,7 +896,7 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
               " p_ids uuid[], p_same boolean[], p_unless boolean[]) RETURNS TABLE"
               " (o_kind text, o_seq bigint, o_id text, o_expires bigint) LANGUAGE plpgsql"
               " AS 'BEGIN END'; "
-              "UPDATE queue_schema_version SET version = version - 4");
+              "UPDATE queue_schema_version SET version = version - 5");
   {
     auto q = must(PgQueue::open(schema.url(), schema.name(), orders));
     must(q->send(SendRequest{"new", "h", ""}));
@@ -911,6 +913,8 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
   CHECK(schema.exec("SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
                     " WHERE n.nspname = '" + schema.name() + "' AND p.proname = 'acmo_send'"
                     " AND p.prosrc LIKE '%a_made%'").size() == 1);
+  CHECK(schema.exec("SELECT 1 FROM pg_trigger WHERE tgrelid = 'messages'::regclass"
+                    " AND tgname = 'messages_analyze_grown'").size() == 1);
   // A queue the schema has no row for yet gets its rows; the others keep theirs.
   QueueOptions other;
   other.name = "other";
@@ -3217,6 +3221,61 @@ TEST_CASE("PgQueue: a consume deletes its journal row, drops the rows of the gro
   CHECK(s.deleted == 7);
   CHECK(s.dead_lettered == 1);
   CHECK(schema.exec("SELECT count(*) FROM messages WHERE dead_at = 0")[0][0].as<int64_t>() == 0);
+}
+
+TEST_CASE("PgQueue: tables vacuumed and analyzed while empty are analyzed again as sends fill "
+          "them, so that plans find rows by key",
+          "[contract][pg]")
+{
+  // As autovacuum leaves the tables of a drained queue: statistics for empty tables, from
+  // which every plan made reads whole tables for a key, until they are analyzed again.
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), QueueOptions{}));
+  must(q->send(SendRequest{"first", "g0", ""}));
+  for (const auto& m : must(q->receive(1, 0))) must(q->remove(m.receipt));
+  schema.exec("VACUUM ANALYZE messages, message_groups, dedup");
+  const auto tuples = [&](const std::string& table) {
+    return schema.exec("SELECT reltuples FROM pg_class WHERE oid = '" + table + "'::regclass")
+      [0][0].as<double>();
+  };
+  REQUIRE(tuples("messages") == 0);
+  REQUIRE(tuples("message_groups") == 0);
+  // 3,000 messages, a group each, in statements of 200 on connections that planned while the
+  // tables were empty.
+  std::vector<SendRequest> sends;
+  for (int i = 0; i < 3'000; ++i) {
+    sends.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i), ""});
+  }
+  for (const auto& sent : q->send_bulk(sends)) REQUIRE(sent);
+  CHECK(tuples("messages") > 0);
+  CHECK(tuples("message_groups") >= 1'000);
+  CHECK(tuples("dedup") > 0);
+  // Plans made now, as the queue's connections make them (one generic plan per statement),
+  // find a group's row and its messages by their keys.
+  const auto plan = [&](const std::string& statement, const std::string& args) {
+    schema.exec("SET plan_cache_mode = force_generic_plan; SET enable_bitmapscan = off; "
+                "SET enable_hashjoin = off; SET enable_mergejoin = off");
+    schema.exec("PREPARE p AS " + statement);
+    std::string text;
+    for (const auto& row : schema.exec("EXPLAIN EXECUTE p(" + args + ")")) {
+      text += row[0].as<std::string>() + "\n";
+    }
+    schema.exec("DEALLOCATE p; RESET ALL");
+    return text;
+  };
+  const std::string group_plan = plan(
+    "SELECT g.group_id FROM message_groups g WHERE g.queue_id = $1 AND g.group_id = $2"
+    " FOR UPDATE",
+    "1, 'g7'");
+  CHECK_THAT(group_plan, Catch::Contains("message_groups_pkey") && !Catch::Contains("Seq Scan"));
+  const std::string messages_plan = plan(
+    "SELECT x.seq FROM messages x WHERE x.queue_id = $1 AND x.group_id = $2 ORDER BY x.seq"
+    " LIMIT $3",
+    "1, 'g7', 10");
+  CHECK_THAT(messages_plan, Catch::Contains("messages_by_group") && !Catch::Contains("Seq Scan"));
+  auto s = must(q->stats());
+  CHECK(s.visible == 3'000);
 }
 
 TEST_CASE("PgQueue: three processes receiving at once deliver each group in order, to one "
