@@ -388,6 +388,39 @@ TEST_CASE("Queue contract: consume dead-letters what the work says can never suc
   CHECK(s.dead_lettered == 1);
 }
 
+TEST_CASE("Queue contract: consume dead-letters several messages of a batch, each with its own "
+          "reason, in their order",
+          "[contract]")
+{
+  CONTRACT_QUEUE(f, QueueOptions{});
+  for (const char* body : {"bad1", "good1", "bad2", "good2", "bad3"}) {
+    f.send(body, std::string("g") + body);
+  }
+  auto got = must(f.queue->consume(10, 0, [](QueueTransaction&, const std::vector<Message>& m)
+                                            -> Expected<std::vector<Disposition>> {
+    std::vector<Disposition> out(m.size());
+    for (size_t i = 0; i < m.size(); ++i) {
+      if (m[i].body.rfind("bad", 0) == 0) out[i] = Disposition{true, "invalid " + m[i].body, ""};
+    }
+    return out;
+  }));
+  CHECK(got.size() == 5);
+  auto dead = must(f.queue->dlq_list());
+  REQUIRE(dead.size() == 3);
+  CHECK(bodies_of(dead) == Bodies{"bad1", "bad2", "bad3"});
+  for (const auto& m : dead) {
+    CHECK(m.dead_reason == "invalid " + m.body);
+    CHECK(m.last_error == "invalid " + m.body);
+    CHECK(m.receive_count == 1);
+    CHECK(m.first_received_at_ms > 0);
+    CHECK(m.failures == 1);
+  }
+  auto s = f.stats();
+  CHECK(s.deleted == 2);
+  CHECK(s.dead_lettered == 3);
+  CHECK(s.visible + s.in_flight == 0);
+}
+
 // --- remove_and_receive, isolation of suspects --------------------------------------------------
 
 TEST_CASE("Queue contract: remove_and_receive deletes what was handled and takes the next",

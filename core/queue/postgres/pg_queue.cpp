@@ -1594,7 +1594,8 @@ struct PgQueue::Impl {
           options.max_retries + 1, options.max_retries,
           last_error.empty() ? "its receivers died, hung or let the visibility timeout run out"
                              : last_error);
-        do_dead_letter(txn, Located{seq, g, failures}, reason, failures, last_error);
+        const Located here{seq, g, failures};
+        do_dead_letter(txn, {{&here, reason, failures, last_error, {}}});
         stopped = true;
         continue; // the messages behind it go on
       }
@@ -1757,18 +1758,49 @@ struct PgQueue::Impl {
     txn.touched_groups.insert(at.group_id);
   }
 
-  void do_dead_letter(PgTxn& txn, const Located& at, std::string_view reason, int64_t failures,
-                      std::string_view error, std::string_view subject = {})
+  // A message to dead-letter: where it is, why, its failures and last error, and the order it
+  // is about (for the log; empty when none).
+  struct Dying {
+    const Located* at;
+    std::string_view reason;
+    int64_t failures;
+    std::string_view error;
+    std::string_view subject;
+  };
+
+  // Move `dying` to the DLQ in one statement, whatever their number (a batch of poison events
+  // is one round trip, not one a message). `count_receive`: count a receive of each too, for
+  // the messages of a consume, which were never in flight.
+  void do_dead_letter(PgTxn& txn, const std::vector<Dying>& dying, bool count_receive = false)
   {
-    auto rows = txn.tx.exec_params(
-      "UPDATE messages SET queue_id = $2, dead_reason = $3, dead_at = $4, receipt_token = 0,"
-      " visible_at = 0, failures = $5, last_error = $6 WHERE seq = $1 RETURNING message_id::text",
-      at.seq, dlq_id, std::string(reason), txn.now, failures, std::string(error));
-    txn.dead_letter_log.push_back({rows.empty() ? std::string() : rows[0][0].as<std::string>(),
-                                   at.seq, at.group_id, std::string(subject), failures,
-                                   std::string(reason)});
-    ++txn.counters[queue_id].dead_lettered;
-    txn.touched_groups.insert(at.group_id);
+    if (dying.empty()) return;
+    PgArray seqs, reasons, failures, errors;
+    for (const Dying& d : dying) {
+      seqs.add(d.at->seq);
+      reasons.add(d.reason);
+      failures.add(d.failures);
+      errors.add(d.error);
+    }
+    std::map<int64_t, std::string> ids;
+    for (const auto& row : txn.tx.exec_params(
+           "UPDATE messages m SET queue_id = $2, dead_reason = d.reason, dead_at = $3,"
+           " receipt_token = 0, visible_at = 0, failures = d.failures, last_error = d.error,"
+           " receive_count = m.receive_count + CASE WHEN $4::boolean THEN 1 ELSE 0 END,"
+           " first_received_at = CASE WHEN $4::boolean AND m.first_received_at = 0 THEN $3"
+           " ELSE m.first_received_at END"
+           " FROM unnest($1::bigint[], $5::text[], $6::bigint[], $7::text[])"
+           " AS d(seq, reason, failures, error)"
+           " WHERE m.seq = d.seq RETURNING m.seq, m.message_id::text",
+           seqs.text(), dlq_id, txn.now, count_receive, reasons.text(), failures.text(),
+           errors.text())) {
+      ids[row[0].as<int64_t>()] = row[1].as<std::string>();
+    }
+    for (const Dying& d : dying) {
+      txn.dead_letter_log.push_back({ids[d.at->seq], d.at->seq, d.at->group_id,
+                                     std::string(d.subject), d.failures, std::string(d.reason)});
+      ++txn.counters[queue_id].dead_lettered;
+      txn.touched_groups.insert(d.at->group_id);
+    }
   }
 
   void log_dead_letter(const PgTxn::DeadLetterNote& n) const
@@ -1826,17 +1858,13 @@ struct PgQueue::Impl {
       if (!(*dispositions)[i].dead_letter) removing.push_back(&at[i]);
     }
     remove_located(txn, removing);
+    std::vector<Dying> dying;
     for (size_t i = 0; i < at.size(); ++i) {
       const Disposition& d = (*dispositions)[i];
       if (!d.dead_letter) continue;
-      if (never_in_flight) {
-        txn.tx.exec_params(
-          "UPDATE messages SET receive_count = receive_count + 1, first_received_at ="
-          " CASE WHEN first_received_at = 0 THEN $2 ELSE first_received_at END WHERE seq = $1",
-          at[i].seq, txn.now);
-      }
-      do_dead_letter(txn, at[i], d.reason, at[i].failures + 1, d.reason, d.subject);
+      dying.push_back({&at[i], d.reason, at[i].failures + 1, d.reason, d.subject});
     }
+    do_dead_letter(txn, dying, never_in_flight);
     return {};
   }
 
@@ -2526,7 +2554,7 @@ Expected<ReleaseOutcome> PgQueue::release(std::string_view receipt, std::string_
       auto reason = fmt::format("failed {} time{}, retries exhausted (queue.max_retries = {}): {}",
                                 outcome.attempt, outcome.attempt == 1 ? "" : "s",
                                 m_options.max_retries, error);
-      m_impl->do_dead_letter(txn, *at, reason, outcome.attempt, error, subject);
+      m_impl->do_dead_letter(txn, {{&*at, reason, outcome.attempt, error, subject}});
     } else {
       const auto& delays = m_options.retry_delays_ms;
       if (!delays.empty()) {
@@ -2549,7 +2577,7 @@ Expected<void> PgQueue::dead_letter(std::string_view receipt, std::string_view r
   auto ok = m_impl->run([&](PgTxn& txn) -> Expected<void> {
     auto at = m_impl->locate(txn, receipt);
     if (!at) return Unexpected(at.error());
-    m_impl->do_dead_letter(txn, *at, reason, at->failures + 1, reason, subject);
+    m_impl->do_dead_letter(txn, {{&*at, reason, at->failures + 1, reason, subject}});
     return {};
   });
   if (ok) m_impl->notify_waiters();
