@@ -1854,16 +1854,16 @@ struct PgQueue::Impl {
     }
     if (!dispositions) return Unexpected(dispositions.error());
     std::vector<const Located*> removing;
-    for (size_t i = 0; i < at.size(); ++i) {
-      if (!(*dispositions)[i].dead_letter) removing.push_back(&at[i]);
-    }
-    remove_located(txn, removing);
     std::vector<Dying> dying;
     for (size_t i = 0; i < at.size(); ++i) {
       const Disposition& d = (*dispositions)[i];
-      if (!d.dead_letter) continue;
-      dying.push_back({&at[i], d.reason, at[i].failures + 1, d.reason, d.subject});
+      if (d.dead_letter) {
+        dying.push_back({&at[i], d.reason, at[i].failures + 1, d.reason, d.subject});
+      } else {
+        removing.push_back(&at[i]);
+      }
     }
+    remove_located(txn, removing);
     do_dead_letter(txn, dying, never_in_flight);
     return {};
   }
