@@ -442,18 +442,27 @@ double drain(Queue& q, int64_t messages)
 
 // Receive + delete in batches of 10 from a queue whose messages are spread over 1,000 groups,
 // by `receivers` threads sharing one PgQueue (each on a connection of its pool), as the threads
-// of an acmo serve answer the receives of several consumers. Messages/s.
-double pg_receive_delete(const Settings& s, int receivers)
+// of an acmo serve answer the receives of several consumers. Messages/s. `after_idle`: the
+// queue was received from while it was empty before the messages came, as a server's
+// receivers poll an idle queue (that receive does the queue's housekeeping, due again only
+// a second later).
+double pg_receive_delete(const Settings& s, int receivers, bool after_idle = false)
 {
   PgBenchSchema schema(s.pg_url);
   auto q = open_pg(s, schema);
+  if (after_idle) {
+    auto got = q->receive(1);
+    if (!got) throw std::runtime_error(got.error().message);
+    if (!got->empty()) throw std::runtime_error("pg_receive_delete: the new queue held messages");
+  }
   fill(*q, make_requests(s.pg_drain_messages, 0, 1000));
-  if (receivers == 1) return drain(*q, s.pg_drain_messages);
-  // The receivers' connections are made before the clock runs (as drain's is by fill), by as
-  // many counts of the queue at once; the pool keeps them open.
+  // The receivers' connections are made before the clock runs, as those of a server that has
+  // been running are, by as many counts of the queue at once; the pool keeps them open. The
+  // sends' connections are not the pool's: a single receiver needs this too.
   timed_threads(receivers, [&](int) {
     if (auto st = q->stats(); !st) throw std::runtime_error(st.error().message);
   });
+  if (receivers == 1) return drain(*q, s.pg_drain_messages);
   std::atomic<int64_t> done{0};
   double elapsed = timed_threads(receivers, [&](int) {
     std::vector<std::string> receipts;
@@ -975,6 +984,7 @@ int main(int argc, char** argv)
     // acmo serve do when several consumers receive.
     const int k_receivers[3] = {1, 2, 4};
     std::vector<double> pgq_drain[3];
+    std::vector<double> pgq_drain_after_idle;
     std::vector<double> pgq_end_to_end[k_deployments];
     std::vector<double> pgq_handler_start;
     for (int run = 0; run < s.runs; ++run) {
@@ -1034,6 +1044,7 @@ int main(int argc, char** argv)
       }
       if (pg_wanted("pg_receive_delete")) {
         for (int i = 0; i < 3; ++i) pgq_drain[i].push_back(pg_receive_delete(s, k_receivers[i]));
+        pgq_drain_after_idle.push_back(pg_receive_delete(s, 1, true));
       }
       if (pg_wanted("pg_end_to_end")) {
         for (int i = 0; i < k_deployments; ++i) {
@@ -1177,6 +1188,14 @@ int main(int argc, char** argv)
         results[name]["messages"] = s.pg_drain_messages;
         results[name]["groups"] = 1000;
         results[name]["batch_size"] = 10;
+      }
+      pg_entry("pg_receive_delete_after_idle", pgq_drain_after_idle, 20'000);
+      if (!pgq_drain_after_idle.empty()) {
+        results["pg_receive_delete_after_idle"]["receivers"] = 1;
+        results["pg_receive_delete_after_idle"]["messages"] = s.pg_drain_messages;
+        results["pg_receive_delete_after_idle"]["groups"] = 1000;
+        results["pg_receive_delete_after_idle"]["batch_size"] = 10;
+        results["pg_receive_delete_after_idle"]["received_while_empty"] = true;
       }
       for (int i = 0; i < k_deployments; ++i) {
         const int n = k_pg_deployments[i].processes;
