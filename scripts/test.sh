@@ -9,8 +9,19 @@ root=$(pwd)
 scripts/install-deps.sh
 ACMO_BUILD_DIR=${ACMO_BUILD_DIR:-build} scripts/build.sh
 
+# In CI, the services keep their data in a directory of this run's own, removed at the end:
+# nothing an earlier run left (a database's contents, a stale pid file) reaches the tests.
+# Services running from the usual directory hold the ports, and are stopped first.
+fresh_services=
+if [ "${CI:-}" = true ] && [ -z "${ACMO_TEST_SERVICES_DIR:-}" ]; then
+  scripts/test-services.sh stop
+  fresh_services=$(mktemp -d /tmp/acmo-test-services.XXXXXX)
+  export ACMO_TEST_SERVICES_DIR=$fresh_services
+fi
+
 # Stop the services however the run ends, keeping the tests' exit status.
-trap 'status=$?; "$root/scripts/test-services.sh" stop || true; exit $status' EXIT
+trap 'status=$?; "$root/scripts/test-services.sh" stop || true
+  [ -z "$fresh_services" ] || rm -rf "$fresh_services"; exit $status' EXIT
 eval "$(scripts/test-services.sh start | sed 's/^/export /')"
 
 cd "${ACMO_BUILD_DIR:-build}"
