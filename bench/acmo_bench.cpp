@@ -1178,23 +1178,22 @@ int main(int argc, char** argv)
         results["pg_send_file_groups_analyzed_empty"]["groups"] = "per order";
         results["pg_send_file_groups_analyzed_empty"]["queue_analyzed_empty"] = true;
       }
-      for (int i = 0; i < 3; ++i) {
-        const int n = k_receivers[i];
-        const std::string name =
-          n == 1 ? "pg_receive_delete" : fmt::format("pg_receive_delete_{}_receivers", n);
-        pg_entry(name.c_str(), pgq_drain[i], 20'000);
-        if (pgq_drain[i].empty()) continue;
-        results[name]["receivers"] = n;
+      const auto drain_entry = [&](const std::string& name, const std::vector<double>& runs,
+                                   int receivers) {
+        pg_entry(name.c_str(), runs, 20'000);
+        if (runs.empty()) return false;
+        results[name]["receivers"] = receivers;
         results[name]["messages"] = s.pg_drain_messages;
         results[name]["groups"] = 1000;
         results[name]["batch_size"] = 10;
+        return true;
+      };
+      for (int i = 0; i < 3; ++i) {
+        const int n = k_receivers[i];
+        drain_entry(n == 1 ? "pg_receive_delete" : fmt::format("pg_receive_delete_{}_receivers", n),
+                    pgq_drain[i], n);
       }
-      pg_entry("pg_receive_delete_after_idle", pgq_drain_after_idle, 20'000);
-      if (!pgq_drain_after_idle.empty()) {
-        results["pg_receive_delete_after_idle"]["receivers"] = 1;
-        results["pg_receive_delete_after_idle"]["messages"] = s.pg_drain_messages;
-        results["pg_receive_delete_after_idle"]["groups"] = 1000;
-        results["pg_receive_delete_after_idle"]["batch_size"] = 10;
+      if (drain_entry("pg_receive_delete_after_idle", pgq_drain_after_idle, 1)) {
         results["pg_receive_delete_after_idle"]["received_while_empty"] = true;
       }
       for (int i = 0; i < k_deployments; ++i) {

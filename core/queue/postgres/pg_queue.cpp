@@ -673,8 +673,8 @@ struct PgQueue::Impl {
       // fault each, in the next: about 300 us of a receive + delete of 10 messages that takes
       // 400 us otherwise, in every session until it has once freed a block over that size (a
       // statement reading pg_stat_activity, such as the sweep's, or a large send). Allocating
-      // and freeing 256 kB here raises that point to 512 kB for the session (glibc's dynamic
-      // threshold), as its first statement, for about 2 ms; other C libraries ignore it.
+      // and freeing 256 kB here, once a session, raises that point to 512 kB for it (glibc's
+      // dynamic threshold), for about 2 ms; other C libraries ignore it.
       "SELECT 1 WHERE octet_length(repeat(repeat('.', 1024), 256)) < 0; "
       + (synchronous ? "SET synchronous_commit = on" : "SET synchronous_commit = off");
   }
