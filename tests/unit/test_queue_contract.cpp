@@ -1142,6 +1142,25 @@ TEST_CASE("PgQueue: a send keeps a row for each group a message landed in, and n
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"f2"});
 }
 
+// Another sender's half-way step, in `other`'s transaction: the row of `group` of queue
+// "orders", made with no head yet, as acmo_send makes one.
+static void make_group_row(pqxx::work& other, const std::string& group)
+{
+  other.exec0("INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at) SELECT id, "
+              + other.quote(group)
+              + ", 9223372036854775807, 9223372036854775807 FROM queues WHERE name = 'orders'");
+}
+
+// Whether a backend of the test database came to wait for a lock within 10 s.
+static bool lock_waited_for(acmo::test::PgSchema& schema)
+{
+  for (int i = 0; i < 1000; ++i) {
+    if (schema.exec("SELECT 1 FROM pg_locks WHERE NOT granted").size() > 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
 TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another sender numbers "
           "its message after that sender's",
           "[contract][pg]")
@@ -1153,18 +1172,11 @@ TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another se
   // Another sender, half-way through its transaction: it has made G's row.
   pqxx::connection raw(schema.url("other-sender"));
   pqxx::work other(raw);
-  other.exec0("INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)"
-              " SELECT id, 'G', 9223372036854775807, 9223372036854775807 FROM queues"
-              " WHERE name = 'orders'");
+  make_group_row(other, "G");
   // This send finds no row of G and waits for the other's to make its own.
   Expected<SendResult> late = Unexpected(Error(Errc::internal, "not sent"));
   std::thread sender([&] { late = q->send(SendRequest{"late", "G", ""}); });
-  bool waiting = false;
-  for (int i = 0; i < 1000 && !waiting; ++i) {
-    waiting = schema.exec("SELECT 1 FROM pg_locks WHERE NOT granted").size() > 0;
-    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(waiting);
+  CHECK(lock_waited_for(schema));
   // The other sender numbers its message now, after every number the waiting send drew
   // before it waited, and commits: its message came first.
   other.exec0("INSERT INTO messages (seq, queue_id, group_id, message_id, body, sent_at,"
@@ -1181,6 +1193,85 @@ TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another se
   CHECK(schema.exec("SELECT head_seq FROM message_groups WHERE group_id = 'G'")[0][0]
           .as<int64_t>() == early_seq);
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"warm", "early", "late"});
+}
+
+TEST_CASE("PgQueue: a send the server rolls back to break a deadlock with another sender making "
+          "the same new groups is sent again, unless a later statement of it overtook it",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {})); // queue "orders"
+  must(q->send(SendRequest{"b0", "B", ""})); // B has a row; A has none
+  // The send: a1 and b1, alone in its statement, or with 198 messages to C in the first of
+  // two statements, the second with one message to D or to C. The server runs the second once
+  // the first is rolled back: it commits before the first is sent again.
+  const std::string later = GENERATE(as<std::string>{}, "", "D", "C");
+  CAPTURE(later);
+  std::vector<SendRequest> batch{SendRequest{"a1", "A", ""}, SendRequest{"b1", "B", ""}};
+  if (!later.empty()) {
+    for (int i = 0; i < 198; ++i) batch.push_back(SendRequest{fmt::format("c{}", i), "C", ""});
+    batch.push_back(SendRequest{"last", later, ""});
+  }
+  const auto deadlocks = [&] {
+    return schema.exec("SELECT deadlocks FROM pg_stat_database WHERE datname ="
+                       " current_database()")[0][0]
+      .as<int64_t>();
+  };
+  const int64_t deadlocks_before = deadlocks();
+  // Another sender, half-way through its statement: it has made A's row, not yet committed,
+  // and goes on to lock B's. Its deadlock check comes long after the send's (which waits
+  // first), so the server breaks the deadlock by rolling the send back.
+  pqxx::connection raw(schema.url("other-sender"));
+  pqxx::work other(raw);
+  other.exec0("SET LOCAL deadlock_timeout = '10s'");
+  make_group_row(other, "A");
+  // The send locks B's row, finds no row of A, and waits for the other's to make its own.
+  std::vector<Expected<SendResult>> sent;
+  std::thread sender([&] { sent = q->send_bulk(batch); });
+  CHECK(lock_waited_for(schema));
+  // Waits for the send's lock of B until the server rolls the send back; the send, sent
+  // again, then waits for this transaction.
+  other.exec1("SELECT 1 FROM message_groups WHERE group_id = 'B' FOR UPDATE");
+  other.exec0("INSERT INTO messages (seq, queue_id, group_id, message_id, body, sent_at,"
+              " visible_at) SELECT nextval('message_seq'), id, 'A', gen_random_uuid(), 'a0',"
+              " 0, 0 FROM queues WHERE name = 'orders'");
+  other.exec0("UPDATE message_groups SET head_seq = (SELECT seq FROM messages WHERE body ="
+              " 'a0'), ready_at = 0 WHERE group_id = 'A'");
+  other.commit();
+  sender.join();
+  int64_t deadlocks_after = deadlocks();
+  for (int i = 0; i < 500 && deadlocks_after == deadlocks_before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    deadlocks_after = deadlocks();
+  }
+  CHECK(deadlocks_after == deadlocks_before + 1); // the send was in a deadlock
+  REQUIRE(sent.size() == batch.size());
+  std::map<std::string, Bodies> expected{{"A", {"a0", "a1"}}, {"B", {"b0", "b1"}}};
+  if (later == "C") {
+    // Sent again after "last", the first statement's messages to C would follow it: they
+    // fail, to be sent again by the caller.
+    for (size_t i = 0; i + 1 < sent.size(); ++i) {
+      REQUIRE_FALSE(sent[i]);
+      CHECK(sent[i].error().code == Errc::busy);
+      CHECK_THAT(sent[i].error().message, Catch::Contains("deadlock detected; retry"));
+    }
+    CHECK(sent.back());
+    expected = {{"A", {"a0"}}, {"B", {"b0"}}, {"C", {"last"}}};
+  } else {
+    for (const auto& r : sent) CHECK((r ? std::string() : r.error().message) == "");
+    if (later == "D") {
+      CHECK(must(sent.back()).seq < must(sent[0]).seq); // it overtook the first, elsewhere
+      expected["D"] = {"last"};
+      for (int i = 0; i < 198; ++i) expected["C"].push_back(fmt::format("c{}", i));
+    }
+  }
+  std::map<std::string, Bodies> got; // each group's, in the order delivered
+  for (auto m = must(q->receive(10)); !m.empty(); m = must(q->receive(10))) {
+    for (const auto& message : m) got[message.group_id].push_back(message.body);
+    for (const auto& r : q->remove_batch(receipts_of(m))) CHECK(r);
+  }
+  CHECK(got == expected);
 }
 
 TEST_CASE("PgQueue: senders racing to make the same new groups, while a receiver takes from "

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 #include <variant>
 
@@ -49,6 +50,8 @@ constexpr int64_t k_connect_timeout_ms = 5'000;
 // statement spent half as long again on each as 200).
 constexpr size_t k_bulk_chunk = 200;
 constexpr size_t k_bulk_bytes = 16u << 20;  // and their bodies' bytes
+// How many times a statement of sends the server rolled back is sent again (resend).
+constexpr int k_send_rollback_retries = 3;
 // How long an idle long poll that hears notifications sleeps at most between looks: the
 // notifications wake it for sends; this covers a notification lost while the listening
 // connection was being made again.
@@ -353,6 +356,7 @@ struct SendFlight {
   bool sent = false; // and whether it was (then it is in doubt until its result is read)
   uint64_t epoch = 0; // on which of the SendPipe's connections
   bool lost = false;  // that connection broke before its result was read
+  bool rolled_back = false; // or the server rolled it back: it took no effect
 };
 
 // The ops of one statement of sends, read and waiting for their senders to be woken.
@@ -1093,13 +1097,13 @@ struct PgQueue::Impl {
   }
 
   // Finish a statement of sends whose result was read with `error`, nothing else being in
-  // flight on the sending connection when there is one: one lost with its connection is sent
-  // again when that is safe (retry_lost), and should it fail for a reason that is not the
-  // server's, each of its requests is sent alone, so that one bad request cannot fail its
-  // neighbours.
+  // flight on the sending connection when there is one: one rolled back or lost with its
+  // connection is sent again when that is safe (resend), and should it fail for a reason that
+  // is not the server's, each of its requests is sent alone, so that one bad request cannot
+  // fail its neighbours.
   void settle(SendFlight& flight, std::optional<Error> error)
   {
-    error = retry_lost(sender, flight, std::move(error));
+    error = resend(sender, flight, std::move(error));
     if (error && flight.ops.size() > 1 && error->code == Errc::internal) {
       for (auto* op : flight.ops) {
         SendFlight single{{op}};
@@ -1115,7 +1119,7 @@ struct PgQueue::Impl {
   {
     auto error = dispatch(pipe, flight);
     if (!error) error = collect(pipe, flight);
-    return retry_lost(pipe, flight, std::move(error));
+    return resend(pipe, flight, std::move(error));
   }
 
   static void set_error(SendFlight& flight, std::optional<Error> error)
@@ -1224,15 +1228,46 @@ struct PgQueue::Impl {
     }
   }
 
-  // After `error`, a statement lost with its connection is sent once more, alone, on a new
-  // one, when the dedup window makes that safe: had the first attempt committed, its messages
-  // are found as duplicates of themselves (the message ids are the ones this process drew),
-  // and reported as sent. Nothing else may be in flight on `pipe`'s connection.
-  std::optional<Error> retry_lost(SendPipe& pipe, SendFlight& flight, std::optional<Error> error)
+  // After `error`, a statement of sends is sent again, alone, when that is safe; nothing else
+  // may be in flight on `pipe`'s connection.
+  // - One the server rolled back took no effect: up to k_send_rollback_retries times. Senders
+  //   making the same new groups while a receiver drops emptied ones can deadlock (acmo_send
+  //   locks the rows there are in name order, then makes the missing ones, which another
+  //   sender may be making too), and the server breaks a deadlock by failing one statement.
+  // - One lost with its connection, once, on a new connection, when the dedup window makes
+  //   that safe: had the first attempt committed, its messages are found as duplicates of
+  //   themselves (the message ids are the ones this process drew), and reported as sent.
+  std::optional<Error> resend(SendPipe& pipe, SendFlight& flight, std::optional<Error> error)
   {
-    if (!error || !flight.lost || options.dedup_window_ms <= 0) return error;
-    error = dispatch(pipe, flight);
-    return error ? error : collect(pipe, flight);
+    int rollbacks = 0;
+    bool lost_once = false;
+    while (error) {
+      if (flight.rolled_back && rollbacks < k_send_rollback_retries) {
+        ++rollbacks;
+      } else if (flight.lost && !lost_once && options.dedup_window_ms > 0) {
+        lost_once = true;
+      } else {
+        break;
+      }
+      error = dispatch(pipe, flight);
+      if (!error) error = collect(pipe, flight);
+    }
+    return error;
+  }
+
+  // Whether `a` and `b` send to a group in common.
+  static bool share_a_group(const SendFlight& a, const SendFlight& b)
+  {
+    std::unordered_set<std::string_view> groups;
+    for (const auto* op : a.ops) {
+      for (const auto& p : op->items) groups.insert(p.request->group_id);
+    }
+    for (const auto* op : b.ops) {
+      for (const auto& p : op->items) {
+        if (groups.count(p.request->group_id) != 0) return true;
+      }
+    }
+    return false;
   }
 
   // Open `pipe`'s connection: its server process takes the advisory lock of a random key, held
@@ -1265,6 +1300,7 @@ struct PgQueue::Impl {
     flight.count = 0;
     flight.sent = false;
     flight.lost = false;
+    flight.rolled_back = false;
     try {
       for (const auto* op : flight.ops) {
         for (const auto& p : op->items) {
@@ -1303,6 +1339,8 @@ struct PgQueue::Impl {
   {
     bool discard = false;
     Error error = error_of(e, discard);
+    flight.rolled_back =
+      flight.sent && dynamic_cast<const pqxx::transaction_rollback*>(&e) != nullptr;
     if (discard || (pipe.conn && !pipe.conn->is_open())) {
       pipe.conn.reset();
       if (flight.sent) {
@@ -1419,10 +1457,13 @@ struct PgQueue::Impl {
   // unless queue.durability is "normal".
   //
   // A connection that breaks loses every statement in flight on it: each is sent again, in
-  // order, alone, when the dedup window makes that safe (retry_lost). A statement the server
-  // refuses for a reason of its own (Errc::internal) fails its requests together: the statement
-  // after it may have committed already, so sending them again one by one, as the group
-  // commit does, would put them behind it.
+  // order, alone, when the dedup window makes that safe (resend). A statement the server rolled
+  // back is sent again once the statements after it on the connection are read, unless one of
+  // them committed (or may have) messages to a group of its own, which would come before its
+  // messages. A
+  // statement the server refuses for a reason of its own (Errc::internal) fails its requests
+  // together: the statement after it may have committed already, so sending them again one by
+  // one, as the group commit does, would put them behind it.
   void send_pipelined(const std::vector<SendOp*>& ops)
   {
     constexpr size_t k_depth = 2;
@@ -1458,17 +1499,29 @@ struct PgQueue::Impl {
       const size_t k = flying.front();
       flying.pop_front();
       auto error = collect(bulk_sender, flights[k]);
-      const bool lost = flights[k].lost;
-      finish(flights[k], retry_lost(bulk_sender, flights[k], std::move(error)));
-      if (lost) {
-        // The statements still in flight went on the same connection: read (lost) and sent
-        // again in order before anything new goes on the new one.
-        while (!flying.empty()) {
-          const size_t j = flying.front();
-          flying.pop_front();
-          auto e = collect(bulk_sender, flights[j]);
-          finish(flights[j], retry_lost(bulk_sender, flights[j], std::move(e)));
+      if (!error || !(flights[k].lost || flights[k].rolled_back)) {
+        finish(flights[k], std::move(error));
+        continue;
+      }
+      // To be sent again: the statements still in flight are read first (lost, when the
+      // connection broke), then each is sent again in order before anything new goes on.
+      std::vector<std::pair<size_t, std::optional<Error>>> read{{k, std::move(error)}};
+      while (!flying.empty()) {
+        const size_t j = flying.front();
+        flying.pop_front();
+        read.emplace_back(j, collect(bulk_sender, flights[j]));
+      }
+      for (size_t i = 0; i < read.size(); ++i) {
+        auto& [j, e] = read[i];
+        // Overtaken by a later statement that committed, or may have (lost), to a group of its.
+        bool overtaken = false;
+        for (size_t l = i + 1; e && flights[j].rolled_back && l < read.size(); ++l) {
+          const SendFlight& after = flights[read[l].first];
+          overtaken = overtaken
+                      || ((!read[l].second || after.lost) && share_a_group(flights[j], after));
         }
+        finish(flights[j],
+               overtaken ? std::move(e) : resend(bulk_sender, flights[j], std::move(e)));
       }
     }
     if (any) notify_waiters();
