@@ -911,8 +911,8 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
     CHECK(ids() == before);
     CHECK(bodies_of(must(q->receive(10, 0))) == Bodies{"kept"});
   }
-  // Five migrations behind (their changes undone): the open runs them.
-  REQUIRE(latest == 17); // when a migration is added, undo it here
+  // Six migrations behind (their changes undone): the open runs them.
+  REQUIRE(latest == 18); // when a migration is added, undo it here
   schema.exec("DROP TRIGGER messages_analyze_grown ON messages; "
               "DROP FUNCTION acmo_analyze_grown(); "
               "DROP INDEX messages_dead_by_id; "
@@ -929,7 +929,7 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
               " p_ids uuid[], p_same boolean[], p_unless boolean[]) RETURNS TABLE"
               " (o_kind text, o_seq bigint, o_id text, o_expires bigint) LANGUAGE plpgsql"
               " AS 'BEGIN END'; "
-              "UPDATE queue_schema_version SET version = version - 5");
+              "UPDATE queue_schema_version SET version = version - 6");
   {
     auto q = must(PgQueue::open(schema.url(), schema.name(), orders));
     must(q->send(SendRequest{"new", "h", ""}));
@@ -945,7 +945,8 @@ TEST_CASE("PgQueue: an open migrates a schema behind, refuses one ahead and adds
                     " AND p.prosrc LIKE '%WHERE CURRENT OF c_groups%'").size() == 1);
   CHECK(schema.exec("SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
                     " WHERE n.nspname = '" + schema.name() + "' AND p.proname = 'acmo_send'"
-                    " AND p.prosrc LIKE '%a_made%'").size() == 1);
+                    " AND p.prosrc LIKE '%a_made%'"
+                    " AND p.prosrc NOT LIKE '%(queue_id, group_id) DO NOTHING%'").size() == 1);
   CHECK(schema.exec("SELECT 1 FROM pg_trigger WHERE tgrelid = 'messages'::regclass"
                     " AND tgname = 'messages_analyze_grown'").size() == 1);
   // A queue the schema has no row for yet gets its rows; the others keep theirs.
@@ -1151,6 +1152,36 @@ static void make_group_row(pqxx::work& other, const std::string& group)
               + ", 9223372036854775807, 9223372036854775807 FROM queues WHERE name = 'orders'");
 }
 
+// The same, committed on its own.
+static void make_group_row_now(acmo::test::PgSchema& schema, const std::string& group)
+{
+  schema.exec("INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at) SELECT id, '"
+              + group + "', 9223372036854775807, 9223372036854775807 FROM queues"
+              " WHERE name = 'orders'");
+}
+
+// The deadlocks the server has broken in the test database so far, as its statistics say
+// (a backend reports its own within a second or so).
+static int64_t deadlocks(acmo::test::PgSchema& schema)
+{
+  const auto rows =
+    schema.exec("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+  return rows[0][0].as<int64_t>();
+}
+
+// Another sender's message `body` to `group`, in `other`'s transaction, numbered now and made
+// the head of the group's row (made by make_group_row).
+static void give_first_message(pqxx::work& other, const std::string& group,
+                               const std::string& body)
+{
+  other.exec0("INSERT INTO messages (seq, queue_id, group_id, message_id, body, sent_at,"
+              " visible_at) SELECT nextval('message_seq'), id, " + other.quote(group)
+              + ", gen_random_uuid(), " + other.quote(body) + ", 0, 0 FROM queues"
+              " WHERE name = 'orders'");
+  other.exec0("UPDATE message_groups SET head_seq = (SELECT seq FROM messages WHERE body = "
+              + other.quote(body) + "), ready_at = 0 WHERE group_id = " + other.quote(group));
+}
+
 // Whether a backend of the test database came to wait for a lock within 10 s.
 static bool lock_waited_for(acmo::test::PgSchema& schema)
 {
@@ -1179,11 +1210,7 @@ TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another se
   CHECK(lock_waited_for(schema));
   // The other sender numbers its message now, after every number the waiting send drew
   // before it waited, and commits: its message came first.
-  other.exec0("INSERT INTO messages (seq, queue_id, group_id, message_id, body, sent_at,"
-              " visible_at) SELECT nextval('message_seq'), id, 'G', gen_random_uuid(), 'early',"
-              " 0, 0 FROM queues WHERE name = 'orders'");
-  other.exec0("UPDATE message_groups SET head_seq = (SELECT seq FROM messages WHERE body ="
-              " 'early'), ready_at = 0 WHERE group_id = 'G'");
+  give_first_message(other, "G", "early");
   other.commit();
   sender.join();
   REQUIRE(late);
@@ -1195,8 +1222,50 @@ TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another se
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"warm", "early", "late"});
 }
 
-TEST_CASE("PgQueue: a send the server rolls back to break a deadlock with another sender making "
-          "the same new groups is sent again, unless a later statement of it overtook it",
+TEST_CASE("PgQueue: a send that makes a new group's row and then finds another of its groups "
+          "made meanwhile lets go of the row it made, so that a sender waiting for it goes on",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {})); // queue "orders"
+  must(q->send(SendRequest{"warm", "W", ""})); // the sending connection, made
+  const int64_t deadlocks_before = deadlocks(schema);
+  // The send finds neither A nor B, makes A's row and, before it makes B's, naps a second.
+  schema.exec("CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS"
+              " 'BEGIN PERFORM pg_sleep(1); RETURN NEW; END'; "
+              "CREATE TRIGGER nap_before_b BEFORE INSERT ON message_groups FOR EACH ROW"
+              " WHEN (NEW.group_id = 'B' AND current_setting('application_name') = '"
+              + schema.name() + "') EXECUTE FUNCTION nap()");
+  std::vector<Expected<SendResult>> sent;
+  std::thread sender([&] { sent = q->send_bulk({SendRequest{"a1", "A", ""},
+                                                SendRequest{"b1", "B", ""}}); });
+  bool napping = false;
+  for (int i = 0; i < 1000 && !napping; ++i) {
+    napping = !schema.exec("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'").empty();
+    if (!napping) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(napping);
+  // Meanwhile B's row is made, and another sender locks it and then makes A's, waiting for the
+  // send's: the send, once awake, finds B's row made, lets A's go and starts again, waiting for
+  // this sender. (Had it held A's row and waited for B's, each would wait for the other.)
+  make_group_row_now(schema, "B");
+  pqxx::connection raw(schema.url("other-sender"));
+  pqxx::work other(raw);
+  other.exec0("SET LOCAL deadlock_timeout = '10s'");
+  other.exec1("SELECT 1 FROM message_groups WHERE group_id = 'B' FOR UPDATE");
+  make_group_row(other, "A"); // waits for the send to let A's row go
+  other.commit();
+  sender.join();
+  REQUIRE(sent.size() == 2);
+  for (const auto& r : sent) CHECK((r ? std::string() : r.error().message) == "");
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000)); // the server's statistics
+  CHECK(deadlocks(schema) == deadlocks_before);
+  CHECK(bodies_of(must(q->receive(10))) == Bodies{"warm", "a1", "b1"});
+}
+
+TEST_CASE("PgQueue: a send the server rolls back to break a deadlock is sent again, unless a "
+          "later statement of it overtook it",
           "[contract][pg]")
 {
   ACMO_NEED_PG(base);
@@ -1213,15 +1282,11 @@ TEST_CASE("PgQueue: a send the server rolls back to break a deadlock with anothe
     for (int i = 0; i < 198; ++i) batch.push_back(SendRequest{fmt::format("c{}", i), "C", ""});
     batch.push_back(SendRequest{"last", later, ""});
   }
-  const auto deadlocks = [&] {
-    return schema.exec("SELECT deadlocks FROM pg_stat_database WHERE datname ="
-                       " current_database()")[0][0]
-      .as<int64_t>();
-  };
-  const int64_t deadlocks_before = deadlocks();
-  // Another sender, half-way through its statement: it has made A's row, not yet committed,
-  // and goes on to lock B's. Its deadlock check comes long after the send's (which waits
-  // first), so the server breaks the deadlock by rolling the send back.
+  const int64_t deadlocks_before = deadlocks(schema);
+  // Another transaction, not a send (a send would let go of A's row, not wait for B's): it has
+  // made A's row, not yet committed, and goes on to lock B's. Its deadlock check comes long
+  // after the send's (which waits first), so the server breaks the deadlock by rolling the
+  // send back.
   pqxx::connection raw(schema.url("other-sender"));
   pqxx::work other(raw);
   other.exec0("SET LOCAL deadlock_timeout = '10s'");
@@ -1233,17 +1298,13 @@ TEST_CASE("PgQueue: a send the server rolls back to break a deadlock with anothe
   // Waits for the send's lock of B until the server rolls the send back; the send, sent
   // again, then waits for this transaction.
   other.exec1("SELECT 1 FROM message_groups WHERE group_id = 'B' FOR UPDATE");
-  other.exec0("INSERT INTO messages (seq, queue_id, group_id, message_id, body, sent_at,"
-              " visible_at) SELECT nextval('message_seq'), id, 'A', gen_random_uuid(), 'a0',"
-              " 0, 0 FROM queues WHERE name = 'orders'");
-  other.exec0("UPDATE message_groups SET head_seq = (SELECT seq FROM messages WHERE body ="
-              " 'a0'), ready_at = 0 WHERE group_id = 'A'");
+  give_first_message(other, "A", "a0");
   other.commit();
   sender.join();
-  int64_t deadlocks_after = deadlocks();
+  int64_t deadlocks_after = deadlocks(schema);
   for (int i = 0; i < 500 && deadlocks_after == deadlocks_before; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    deadlocks_after = deadlocks();
+    deadlocks_after = deadlocks(schema);
   }
   CHECK(deadlocks_after == deadlocks_before + 1); // the send was in a deadlock
   REQUIRE(sent.size() == batch.size());

@@ -1230,10 +1230,11 @@ struct PgQueue::Impl {
 
   // After `error`, a statement of sends is sent again, alone, when that is safe; nothing else
   // may be in flight on `pipe`'s connection.
-  // - One the server rolled back took no effect: up to k_send_rollback_retries times. Senders
-  //   making the same new groups while a receiver drops emptied ones can deadlock (acmo_send
-  //   locks the rows there are in name order, then makes the missing ones, which another
-  //   sender may be making too), and the server breaks a deadlock by failing one statement.
+  // - One the server rolled back took no effect: up to k_send_rollback_retries times. That is a
+  //   serialization failure, or a deadlock with a transaction of another kind (sends never
+  //   deadlock with each other: acmo_send takes the groups' rows in name order, and starts
+  //   again, letting go of them, when another made one of those it makes), which the server
+  //   breaks by failing one of them.
   // - One lost with its connection, once, on a new connection, when the dedup window makes
   //   that safe: had the first attempt committed, its messages are found as duplicates of
   //   themselves (the message ids are the ones this process drew), and reported as sent.

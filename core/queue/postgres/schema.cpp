@@ -1586,6 +1586,193 @@ $$;
 CREATE TRIGGER messages_analyze_grown AFTER INSERT ON messages
   FOR EACH STATEMENT EXECUTE FUNCTION acmo_analyze_grown();
 )SQL",
+    // 18: senders making the same new groups while a receiver drops emptied ones could
+    // deadlock: a statement locked the rows there were in name order and then made the
+    // missing ones, one of which another sender could be making while waiting for a row the
+    // first had locked; the server broke the deadlock after deadlock_timeout (1 s) by failing
+    // one statement. The rows are now locked and made in a block that is let go and started
+    // again when another transaction made one of the missing rows meanwhile, and they are made
+    // with a plain INSERT (which fails on such a row) rather than ON CONFLICT DO NOTHING. The
+    // function is migration 15's but for that.
+    R"SQL(
+CREATE OR REPLACE FUNCTION acmo_send(p_queue bigint, p_now bigint, p_window bigint, p_channel text,
+                          p_groups text[], p_dedup text[], p_keys text[], p_content boolean[],
+                          p_bodies text[], p_hashes bigint[], p_ids uuid[], p_same boolean[],
+                          p_unless boolean[])
+RETURNS TABLE (o_kind text, o_seq bigint, o_id text, o_expires bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  k_none constant bigint := 9223372036854775807;
+  a_groups text[]; -- the batch's groups, in name order
+  a_locked text[]; -- those whose rows this transaction holds
+  a_made text[] := '{}'; -- those whose rows it made
+  a_cand int[];    -- the first request of each key that does not ask for a duplicate
+  a_seq bigint[];  -- their sequence numbers, in the same (ascending) order
+  a_heads bigint[]; -- the first of them in each group, in name order, when every group has one
+  v_passes int := 0;
+  v_exact boolean := false; -- every row made holds its group's first candidate as its head
+  v_fix_made boolean;       -- a row made may not hold its group's first accepted message
+  a_w bigint[];    -- those of the dedup rows written
+  a_n int[] := '{}';    -- the requests accepted
+  a_s bigint[] := '{}'; -- and their sequence numbers
+  r record;
+  v_group text;
+  dups bigint := 0;
+BEGIN
+  -- Lock the rows there are, in name order, each found by its key (a LATERAL subquery that
+  -- OFFSET 0 keeps from being flattened into a join), and make the missing ones, in a block of
+  -- its own: should another transaction have made one of them meanwhile (the INSERT waits for
+  -- it and fails), everything the block locked and made is let go and it starts again. So a
+  -- statement waits for a row only in name order, holding none after it, or for a row in the
+  -- making, which that transaction makes or lets go without waiting for this one: senders
+  -- making the same new groups never deadlock.
+  a_groups := ARRAY(SELECT DISTINCT x FROM unnest(p_groups) AS x ORDER BY 1);
+  a_cand := ARRAY(SELECT min(q.n) FROM unnest(p_keys, p_unless) WITH ORDINALITY AS q(d, u, n)
+                  WHERE NOT q.u GROUP BY q.d ORDER BY 1);
+  LOOP
+    v_passes := v_passes + 1;
+    BEGIN
+      a_locked := ARRAY(SELECT g.group_id FROM unnest(a_groups) AS x(grp)
+                        CROSS JOIN LATERAL (SELECT g.group_id FROM message_groups g
+                                            WHERE g.queue_id = p_queue AND g.group_id = x.grp
+                                            OFFSET 0 FOR UPDATE) g);
+      IF cardinality(a_locked) < cardinality(a_groups) THEN
+        -- On the first pass, with every row there is locked, the sequence numbers are drawn
+        -- before the missing rows are made, so that a row made can hold its head from the
+        -- start rather than be written twice (the head is indexed: an UPDATE of it writes
+        -- every index entry of the row again). They follow every message of the groups
+        -- locked, and a group whose row this transaction makes has no message, nor can
+        -- another transaction give it one before this one ends. After a pass started again,
+        -- the numbers are drawn again once every row is held.
+        IF v_passes = 1 AND cardinality(a_cand) > 0 THEN
+          a_seq := ARRAY(SELECT nextval('message_seq')
+                         FROM generate_series(1, cardinality(a_cand)) ORDER BY 1);
+          a_heads := ARRAY(SELECT min(c.s) FROM unnest(a_cand, a_seq) AS c(n, s)
+                           GROUP BY p_groups[c.n] ORDER BY p_groups[c.n]);
+          v_exact := cardinality(a_heads) = cardinality(a_groups);
+        END IF;
+        -- Without the heads (unnest pads the shorter array with NULLs), a row is made with
+        -- none.
+        a_made := ARRAY(SELECT x FROM unnest(a_groups) AS x WHERE x <> ALL(a_locked) ORDER BY 1);
+        INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at)
+          SELECT p_queue, z.x, coalesce(z.h, k_none),
+                 CASE WHEN z.h IS NULL THEN k_none ELSE p_now END
+          FROM unnest(a_groups, CASE WHEN v_exact THEN a_heads ELSE '{}' END) AS z(x, h)
+          WHERE z.x <> ALL(a_locked) ORDER BY z.x;
+        a_locked := a_groups;
+      END IF;
+      EXIT;
+    EXCEPTION WHEN unique_violation THEN
+      a_made := '{}';
+      v_exact := false;
+    END;
+  END LOOP;
+  IF cardinality(a_cand) > 0 AND (a_seq IS NULL OR v_passes > 1) THEN
+    a_seq := ARRAY(SELECT nextval('message_seq') FROM generate_series(1, cardinality(a_cand))
+                   ORDER BY 1);
+  END IF;
+  IF cardinality(a_cand) > 0 THEN
+    -- The dedup rows are written in key order, so that two batches never wait for each other.
+    -- Nearly always no row of their keys is left: a plain INSERT writes them. Should one be
+    -- (in the window, expired and not yet swept, or written meanwhile by another transaction,
+    -- which the INSERT waits for), the block is rolled back and INSERT ... ON CONFLICT writes
+    -- the rows it can: a key whose row is in the window is not written again, and its request
+    -- is not accepted.
+    BEGIN
+      INSERT INTO dedup (queue_id, dedup_key, seq, message_id, expires_at, body_hash)
+        SELECT p_queue, p_keys[c.n], c.s, p_ids[c.n], p_now + p_window, p_hashes[c.n]
+        FROM unnest(a_cand, a_seq) AS c(n, s) ORDER BY p_keys[c.n];
+      a_w := a_seq;
+    EXCEPTION WHEN unique_violation THEN
+      WITH written AS (
+        INSERT INTO dedup AS e (queue_id, dedup_key, seq, message_id, expires_at, body_hash)
+          SELECT p_queue, p_keys[c.n], c.s, p_ids[c.n], p_now + p_window, p_hashes[c.n]
+          FROM unnest(a_cand, a_seq) AS c(n, s) ORDER BY p_keys[c.n]
+          ON CONFLICT (queue_id, dedup_key) DO UPDATE SET seq = excluded.seq,
+            message_id = excluded.message_id, expires_at = excluded.expires_at,
+            body_hash = excluded.body_hash
+          WHERE e.expires_at <= p_now
+          RETURNING e.seq)
+      SELECT coalesce(array_agg(w.seq), '{}') INTO a_w FROM written w;
+    END;
+    IF cardinality(a_w) = cardinality(a_cand) THEN
+      a_n := a_cand;
+      a_s := a_seq;
+    ELSE
+      SELECT coalesce(array_agg(c.n ORDER BY c.n), '{}'),
+             coalesce(array_agg(c.s ORDER BY c.n), '{}')
+        INTO a_n, a_s FROM unnest(a_cand, a_seq) AS c(n, s) WHERE c.s = ANY(a_w);
+    END IF;
+  END IF;
+  IF cardinality(a_n) > 0 THEN
+    INSERT INTO messages (seq, queue_id, group_id, message_id, dedup_id, body, sent_at,
+                          visible_at)
+      SELECT t.s, p_queue, p_groups[t.n], p_ids[t.n],
+             CASE WHEN p_content[t.n] THEN NULL ELSE p_dedup[t.n] END, p_bodies[t.n], p_now, p_now
+      FROM unnest(a_s, a_n) AS t(s, n);
+    -- A group that was empty has its head now: one UPDATE a group, by its key (as a join,
+    -- planned with statistics taken while the queue was small, it read every group). Rows made
+    -- with their heads need none when every request was accepted; otherwise a row made gets
+    -- the head of its first message accepted.
+    v_fix_made := NOT (v_exact AND cardinality(a_n) = cardinality(p_dedup));
+    IF v_fix_made OR cardinality(a_made) < cardinality(a_groups) THEN
+      FOR r IN SELECT p_groups[t.n] AS grp, min(t.s) AS head FROM unnest(a_s, a_n) AS t(s, n)
+               GROUP BY 1
+      LOOP
+        UPDATE message_groups g SET head_seq = r.head, ready_at = p_now
+          WHERE g.queue_id = p_queue AND g.group_id = r.grp
+            AND (g.head_seq > r.head OR (v_fix_made AND r.grp = ANY(a_made)));
+      END LOOP;
+    END IF;
+    PERFORM pg_notify(p_channel, '');
+  END IF;
+  IF cardinality(a_n) = cardinality(p_dedup) THEN
+    -- Every request was accepted, as nearly always.
+    RETURN QUERY SELECT 'sent'::text, c.s, p_ids[c.n]::text, p_now + p_window
+      FROM unnest(a_n, a_s) AS c(n, s) ORDER BY c.n;
+  ELSE
+    -- The rows made for groups no message of the batch landed in are dropped, by their key
+    -- ("head_seq + 0" keeps the planner off message_groups_by_head), and the rows of groups
+    -- that were empty (head k_none).
+    FOREACH v_group IN ARRAY ARRAY(SELECT x FROM unnest(a_groups) AS x
+                                   EXCEPT SELECT p_groups[t.n] FROM unnest(a_n) AS t(n)) LOOP
+      DELETE FROM message_groups
+        WHERE queue_id = p_queue AND group_id = v_group
+          AND (head_seq + 0 = k_none OR v_group = ANY(a_made));
+    END LOOP;
+    -- A key's row is this batch's when its seq is one this batch drew: it was in the window
+    -- before the batch when it is live and not this batch's.
+    FOR r IN
+      SELECT q.n, q.u, q.same, q.h, a_s[array_position(a_n, q.n::int)] AS s, d.seq AS dseq,
+             d.message_id::text AS did, d.expires_at AS dexp, d.body_hash AS dhash,
+             coalesce(d.expires_at > p_now AND d.seq <> ALL(a_s), false) AS was_live,
+             EXISTS (SELECT 1 FROM unnest(a_n) AS x(n) WHERE x.n < q.n AND p_keys[x.n] = q.d)
+               AS earlier
+      FROM unnest(p_keys, p_unless, p_same, p_hashes) WITH ORDINALITY AS q(d, u, same, h, n)
+      LEFT JOIN LATERAL (SELECT e.seq, e.message_id, e.expires_at, e.body_hash FROM dedup e
+                         WHERE e.queue_id = p_queue AND e.dedup_key = q.d OFFSET 0) d ON true
+      ORDER BY q.n
+    LOOP
+      IF r.s IS NOT NULL THEN
+        o_kind := 'sent'; o_seq := r.s; o_id := p_ids[r.n]::text; o_expires := p_now + p_window;
+      ELSIF r.dseq IS NULL OR (r.u AND NOT r.was_live AND NOT r.earlier) THEN
+        o_kind := 'refused'; o_seq := 0; o_id := ''; o_expires := 0;
+      ELSIF r.same AND r.dhash <> 0 AND r.dhash <> r.h THEN
+        o_kind := 'conflict'; o_seq := r.dseq; o_id := r.did; o_expires := r.dexp;
+      ELSE
+        dups := dups + 1;
+        o_kind := 'duplicate'; o_seq := r.dseq; o_id := r.did; o_expires := r.dexp;
+      END IF;
+      RETURN NEXT;
+    END LOOP;
+  END IF;
+  IF cardinality(a_n) > 0 OR dups > 0 THEN
+    INSERT INTO queue_counters (queue_id, sent, duplicates)
+      VALUES (p_queue, cardinality(a_n), dups);
+  END IF;
+END
+$$;
+)SQL",
   };
   return k_migrations;
 }
