@@ -1143,21 +1143,24 @@ TEST_CASE("PgQueue: a send keeps a row for each group a message landed in, and n
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"f2"});
 }
 
-// Another sender's half-way step, in `other`'s transaction: the row of `group` of queue
-// "orders", made with no head yet, as acmo_send makes one.
+// The statement that makes the row of `group` (a plain name) of queue "orders" with no head
+// yet, as acmo_send makes one.
+static std::string group_row_sql(const std::string& group)
+{
+  return "INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at) SELECT id, '" + group
+         + "', 9223372036854775807, 9223372036854775807 FROM queues WHERE name = 'orders'";
+}
+
+// Another sender's half-way step, in `other`'s transaction: the row of `group`, made.
 static void make_group_row(pqxx::work& other, const std::string& group)
 {
-  other.exec0("INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at) SELECT id, "
-              + other.quote(group)
-              + ", 9223372036854775807, 9223372036854775807 FROM queues WHERE name = 'orders'");
+  other.exec0(group_row_sql(group));
 }
 
 // The same, committed on its own.
 static void make_group_row_now(acmo::test::PgSchema& schema, const std::string& group)
 {
-  schema.exec("INSERT INTO message_groups (queue_id, group_id, head_seq, ready_at) SELECT id, '"
-              + group + "', 9223372036854775807, 9223372036854775807 FROM queues"
-              " WHERE name = 'orders'");
+  schema.exec(group_row_sql(group));
 }
 
 // The deadlocks the server has broken in the test database so far, as its statistics say
@@ -1182,14 +1185,20 @@ static void give_first_message(pqxx::work& other, const std::string& group,
               + other.quote(body) + "), ready_at = 0 WHERE group_id = " + other.quote(group));
 }
 
-// Whether a backend of the test database came to wait for a lock within 10 s.
-static bool lock_waited_for(acmo::test::PgSchema& schema)
+// Whether `sql` found a row within 10 s, looking every 10 ms.
+static bool found_soon(acmo::test::PgSchema& schema, const std::string& sql)
 {
   for (int i = 0; i < 1000; ++i) {
-    if (schema.exec("SELECT 1 FROM pg_locks WHERE NOT granted").size() > 0) return true;
+    if (!schema.exec(sql).empty()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;
+}
+
+// Whether a backend of the test database came to wait for a lock within 10 s.
+static bool lock_waited_for(acmo::test::PgSchema& schema)
+{
+  return found_soon(schema, "SELECT 1 FROM pg_locks WHERE NOT granted");
 }
 
 TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another sender numbers "
@@ -1240,12 +1249,7 @@ TEST_CASE("PgQueue: a send that makes a new group's row and then finds another o
   std::vector<Expected<SendResult>> sent;
   std::thread sender([&] { sent = q->send_bulk({SendRequest{"a1", "A", ""},
                                                 SendRequest{"b1", "B", ""}}); });
-  bool napping = false;
-  for (int i = 0; i < 1000 && !napping; ++i) {
-    napping = !schema.exec("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'").empty();
-    if (!napping) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  REQUIRE(napping);
+  REQUIRE(found_soon(schema, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"));
   // Meanwhile B's row is made, and another sender locks it and then makes A's, waiting for the
   // send's: the send, once awake, finds B's row made, lets A's go and starts again, waiting for
   // this sender. (Had it held A's row and waited for B's, each would wait for the other.)

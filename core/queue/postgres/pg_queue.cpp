@@ -1461,10 +1461,9 @@ struct PgQueue::Impl {
   // order, alone, when the dedup window makes that safe (resend). A statement the server rolled
   // back is sent again once the statements after it on the connection are read, unless one of
   // them committed (or may have) messages to a group of its own, which would come before its
-  // messages. A
-  // statement the server refuses for a reason of its own (Errc::internal) fails its requests
-  // together: the statement after it may have committed already, so sending them again one by
-  // one, as the group commit does, would put them behind it.
+  // messages. A statement the server refuses for a reason of its own (Errc::internal) fails its
+  // requests together: the statement after it may have committed already, so sending them
+  // again one by one, as the group commit does, would put them behind it.
   void send_pipelined(const std::vector<SendOp*>& ops)
   {
     constexpr size_t k_depth = 2;
