@@ -1004,12 +1004,18 @@ TEST_CASE("PgQueue: sends whose server process ended before the flush that would
   // flush on the restarted server covers none of them. A bulk send commits statement after
   // statement and flushes once at the end, so here the server process of the sending
   // connection is ended (pg_terminate_backend stands in for the crash) once some of the
-  // statements have committed: those statements' sends must come back as errors.
+  // statements have committed: those statements' sends must come back as errors. To one group
+  // the statements run on one connection; with a group for each message, on two at once.
   ACMO_NEED_PG(base);
   acmo::test::PgSchema schema(base);
   auto q = must(PgQueue::open(schema.url(), schema.name(), {}));
+  const bool one_group = GENERATE(true, false);
+  CAPTURE(one_group);
   std::vector<SendRequest> requests;
-  for (int i = 0; i < 6000; ++i) requests.push_back(SendRequest{fmt::format("m{}", i), "g", ""});
+  for (int i = 0; i < 6000; ++i) {
+    requests.push_back(
+      SendRequest{fmt::format("m{}", i), one_group ? "g" : fmt::format("g{}", i), ""});
+  }
   std::atomic<bool> done{false};
   int ended = 0;
   std::thread killer([&] {
@@ -1029,7 +1035,7 @@ TEST_CASE("PgQueue: sends whose server process ended before the flush that would
   auto results = q->send_bulk(requests);
   done = true;
   killer.join();
-  REQUIRE(ended == 1);
+  REQUIRE(ended == (one_group ? 1 : 2));
   int in_doubt = 0;
   std::vector<int64_t> sent;
   for (const auto& r : results) {
@@ -1047,14 +1053,19 @@ TEST_CASE("PgQueue: sends whose server process ended before the flush that would
   std::set<int64_t> stored;
   for (const auto& row : schema.exec("SELECT seq FROM messages")) stored.insert(row[0].as<int64_t>());
   for (int64_t seq : sent) CHECK(stored.count(seq) == 1);
-  // The server did not crash, so every message is stored, once and in the order sent: the
-  // statements in flight on the connection that ended were sent again, in order, and those
-  // that had committed found their messages as duplicates of themselves.
+  // The server did not crash, so every message is stored, once (and to one group in the order
+  // sent): the statements in flight on a connection that ended were sent again, in order, and
+  // those that had committed found their messages as duplicates of themselves.
   std::vector<std::string> bodies;
   for (const auto& row : schema.exec("SELECT body FROM messages ORDER BY seq")) {
     bodies.push_back(row[0].as<std::string>());
   }
   REQUIRE(bodies.size() == requests.size());
+  if (!one_group) {
+    std::sort(bodies.begin(), bodies.end(), [](const std::string& a, const std::string& b) {
+      return std::stoi(a.substr(1)) < std::stoi(b.substr(1));
+    });
+  }
   size_t first_wrong = bodies.size();
   for (size_t i = 0; i < bodies.size() && first_wrong == bodies.size(); ++i) {
     if (bodies[i] != requests[i].body) first_wrong = i;
@@ -1201,6 +1212,19 @@ static bool lock_waited_for(acmo::test::PgSchema& schema)
   return found_soon(schema, "SELECT 1 FROM pg_locks WHERE NOT granted");
 }
 
+// From now on, a send of the queue's own connections that makes the row of `group` naps
+// `seconds` first, holding whatever it has locked or made so far.
+static void nap_before_making(acmo::test::PgSchema& schema, const std::string& group,
+                              int seconds)
+{
+  schema.exec(fmt::format("CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS"
+                          " 'BEGIN PERFORM pg_sleep({}); RETURN NEW; END'; "
+                          "CREATE TRIGGER nap_before BEFORE INSERT ON message_groups FOR EACH ROW"
+                          " WHEN (NEW.group_id = '{}' AND current_setting('application_name') ="
+                          " '{}') EXECUTE FUNCTION nap()",
+                          seconds, group, schema.name()));
+}
+
 TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another sender numbers "
           "its message after that sender's",
           "[contract][pg]")
@@ -1241,11 +1265,7 @@ TEST_CASE("PgQueue: a send that makes a new group's row and then finds another o
   must(q->send(SendRequest{"warm", "W", ""})); // the sending connection, made
   const int64_t deadlocks_before = deadlocks(schema);
   // The send finds neither A nor B, makes A's row and, before it makes B's, naps a second.
-  schema.exec("CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS"
-              " 'BEGIN PERFORM pg_sleep(1); RETURN NEW; END'; "
-              "CREATE TRIGGER nap_before_b BEFORE INSERT ON message_groups FOR EACH ROW"
-              " WHEN (NEW.group_id = 'B' AND current_setting('application_name') = '"
-              + schema.name() + "') EXECUTE FUNCTION nap()");
+  nap_before_making(schema, "B", 1);
   std::vector<Expected<SendResult>> sent;
   std::thread sender([&] { sent = q->send_bulk({SendRequest{"a1", "A", ""},
                                                 SendRequest{"b1", "B", ""}}); });
@@ -1337,6 +1357,54 @@ TEST_CASE("PgQueue: a send the server rolls back to break a deadlock is sent aga
     for (const auto& r : q->remove_batch(receipts_of(m))) CHECK(r);
   }
   CHECK(got == expected);
+}
+
+TEST_CASE("PgQueue: a bulk send runs its statements that share no group and no deduplication "
+          "id at once, and the others in their order",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  auto q = must(PgQueue::open(schema.url(), schema.name(), {})); // queue "orders"
+  // Three statements of 200 messages. The first naps 2 s making the row of "A-slow", before
+  // it takes "X" (groups are taken in name order) or stores its deduplication id "d". The
+  // second sends to "X" too, or with the id "d"; the third shares nothing with either.
+  const std::string shared = GENERATE(as<std::string>{}, "group", "deduplication id");
+  CAPTURE(shared);
+  nap_before_making(schema, "A-slow", 2);
+  std::vector<SendRequest> batch{SendRequest{"slow", "A-slow", ""}, SendRequest{"x0", "X", ""},
+                                 SendRequest{"d0", "D0", "d"}};
+  auto fill = [&](const std::string& name, size_t to) {
+    for (size_t i = batch.size(); i < to; ++i) {
+      batch.push_back(SendRequest{fmt::format("{}{}", name, i), fmt::format("{}{}", name, i), ""});
+    }
+  };
+  fill("first-", 200);
+  batch.push_back(shared == "group" ? SendRequest{"x1", "X", ""} : SendRequest{"d0", "D1", "d"});
+  fill("second-", 400);
+  batch.push_back(SendRequest{"free", "F", ""});
+  fill("third-", 600);
+  std::vector<Expected<SendResult>> sent;
+  std::thread sender([&] { sent = q->send_bulk(batch); });
+  // The third commits while the first naps; the second waits behind the first.
+  CHECK(found_soon(schema, "SELECT 1 FROM messages WHERE body = 'free'"));
+  const auto seen = schema.exec("SELECT count(*) FILTER (WHERE body = 'slow'),"
+                                " count(*) FILTER (WHERE body LIKE 'second-%') FROM messages");
+  CHECK(seen[0][0].as<int>() == 0);
+  CHECK(seen[0][1].as<int>() == 0);
+  sender.join();
+  REQUIRE(sent.size() == batch.size());
+  for (size_t i = 0; i < sent.size(); ++i) {
+    INFO("line " << i);
+    REQUIRE((sent[i] ? std::string() : sent[i].error().message) == "");
+  }
+  if (shared == "group") {
+    CHECK(sent[200]->seq > sent[1]->seq); // x0, then x1
+  } else {
+    CHECK_FALSE(sent[2]->duplicate); // the first statement's message is the original
+    CHECK(sent[200]->duplicate);
+    CHECK(sent[200]->message_id == sent[2]->message_id);
+  }
 }
 
 TEST_CASE("PgQueue: senders racing to make the same new groups, while a receiver takes from "

@@ -1,6 +1,7 @@
 #include "core/queue/postgres/pg_queue.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cctype>
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <variant>
@@ -50,6 +52,8 @@ constexpr int64_t k_connect_timeout_ms = 5'000;
 // statement spent half as long again on each as 200).
 constexpr size_t k_bulk_chunk = 200;
 constexpr size_t k_bulk_bytes = 16u << 20;  // and their bodies' bytes
+// Connections that send_bulk's statements run on at once, when they share no group.
+constexpr size_t k_bulk_lanes = 2;
 // How many times a statement of sends the server rolled back is sent again (resend).
 constexpr int k_send_rollback_retries = 3;
 // How long an idle long poll that hears notifications sleeps at most between looks: the
@@ -516,9 +520,10 @@ struct PgQueue::Impl {
   // commit, with the next statement already sent behind it, answers sooner than a separate
   // flush of the WAL that a batch would hand to another connection and wait for.
   SendPipe sender;
-  // send_bulk's statements, on a connection of their own, one send_bulk at a time.
+  // send_bulk's statements, on connections of their own (send_pipelined), one send_bulk at a
+  // time.
   std::mutex bulk_mu;
-  SendPipe bulk_sender;
+  std::array<SendPipe, k_bulk_lanes> bulk_senders;
   std::mutex send_mu;
   std::vector<std::shared_ptr<SendOp>> send_pending;
   bool send_leading = false;
@@ -1452,10 +1457,18 @@ struct PgQueue::Impl {
     return results;
   }
 
-  // send_bulk's statements, one op each, in order, on bulk_sender, two in flight at a time:
-  // the server runs one while this process reads the result of the one before and builds the
-  // one after. Each op committed gets the commit make_durable must cover (its generation),
-  // unless queue.durability is "normal".
+  // send_bulk's statements, one op each, in order, on the connections of bulk_senders, two in
+  // flight on each at a time: the server runs one while this process reads the result of the
+  // one before and builds the one after. Each op committed gets the commit make_durable must
+  // cover (its generation), unless queue.durability is "normal".
+  //
+  // Statements that share no group and no deduplication id may commit in either order, and
+  // one server process is the limit of a connection: such statements go on separate
+  // connections, and run at once. A statement that shares one with a statement in flight goes
+  // on that statement's connection, which runs its statements in order; one that shares with
+  // statements in flight on two waits until one of them is read. So each group's messages
+  // commit in their order and a duplicate after its original, and a send_bulk to one group
+  // uses one connection.
   //
   // A connection that breaks loses every statement in flight on it: each is sent again, in
   // order, alone, when the dedup window makes that safe (resend). A statement the server rolled
@@ -1471,6 +1484,40 @@ struct PgQueue::Impl {
     std::vector<SendFlight> flights;
     flights.reserve(ops.size());
     for (auto* op : ops) flights.push_back(SendFlight{{op}});
+    // What a statement's messages must not overtake: its groups and deduplication keys.
+    std::vector<std::vector<std::string_view>> keys(flights.size());
+    for (size_t k = 0; k < flights.size(); ++k) {
+      for (const auto& p : flights[k].ops[0]->items) {
+        keys[k].push_back(p.request->group_id);
+        keys[k].push_back(p.dedup_key);
+      }
+    }
+    struct Lane {
+      std::deque<size_t> flying;
+      std::unordered_map<std::string_view, int> keys; // of the statements in flight
+    };
+    std::array<Lane, k_bulk_lanes> lanes;
+    // The lane statement `k` must go on, or (sharing nothing in flight) the one with the fewest
+    // statements in flight; nullopt when it shares keys with statements on two.
+    auto lane_for = [&](size_t k) -> std::optional<size_t> {
+      std::optional<size_t> shared;
+      size_t idlest = 0;
+      for (size_t l = 0; l < lanes.size(); ++l) {
+        if (lanes[l].flying.size() < lanes[idlest].flying.size()) idlest = l;
+        if (lanes[l].flying.empty()) continue;
+        const bool shares = std::any_of(keys[k].begin(), keys[k].end(), [&](auto key) {
+          return lanes[l].keys.count(key) != 0;
+        });
+        if (shares && shared) return std::nullopt;
+        if (shares) shared = l;
+      }
+      return shared ? *shared : idlest;
+    };
+    auto land = [&](Lane& lane, size_t k) {
+      for (auto key : keys[k]) {
+        if (--lane.keys[key] == 0) lane.keys.erase(key);
+      }
+    };
     bool any = false;
     auto finish = [&](SendFlight& flight, std::optional<Error> error) {
       SendOp& op = *flight.ops[0];
@@ -1481,35 +1528,50 @@ struct PgQueue::Impl {
       any = true;
       if (options.durability_full) op.generation = note_commit(op);
     };
-    std::deque<size_t> flying;
     size_t next = 0;
-    while (next < flights.size() || !flying.empty()) {
-      // The next statement goes on the connection, or makes one when none is in flight.
-      if (next < flights.size() && flying.size() < k_depth
-          && (bulk_sender.conn || flying.empty())) {
-        const size_t k = next++;
-        auto error = dispatch(bulk_sender, flights[k]);
-        if (error && !flights[k].sent) {
-          finish(flights[k], std::move(error));
-        } else {
-          flying.push_back(k); // lost, if sending broke the connection: read below
+    for (;;) {
+      // The next statement goes on its lane's connection, or makes one when none is in flight.
+      if (next < flights.size()) {
+        const auto l = lane_for(next);
+        if (l && lanes[*l].flying.size() < k_depth
+            && (bulk_senders[*l].conn || lanes[*l].flying.empty())) {
+          const size_t k = next++;
+          auto error = dispatch(bulk_senders[*l], flights[k]);
+          if (error && !flights[k].sent) {
+            finish(flights[k], std::move(error));
+          } else {
+            lanes[*l].flying.push_back(k); // lost, if sending broke the connection: read below
+            for (auto key : keys[k]) ++lanes[*l].keys[key];
+          }
+          continue;
         }
-        continue;
       }
-      const size_t k = flying.front();
-      flying.pop_front();
-      auto error = collect(bulk_sender, flights[k]);
+      // Else the oldest statement in flight is read.
+      Lane* lane = nullptr;
+      for (auto& candidate : lanes) {
+        if (!candidate.flying.empty()
+            && (lane == nullptr || candidate.flying.front() < lane->flying.front())) {
+          lane = &candidate;
+        }
+      }
+      if (lane == nullptr) break;
+      SendPipe& pipe = bulk_senders[static_cast<size_t>(lane - lanes.data())];
+      const size_t k = lane->flying.front();
+      lane->flying.pop_front();
+      auto error = collect(pipe, flights[k]);
       if (!error || !(flights[k].lost || flights[k].rolled_back)) {
         finish(flights[k], std::move(error));
+        land(*lane, k);
         continue;
       }
-      // To be sent again: the statements still in flight are read first (lost, when the
-      // connection broke), then each is sent again in order before anything new goes on.
+      // To be sent again: the statements still in flight on its connection are read first
+      // (lost, when the connection broke), then each is sent again in order before anything
+      // new goes on it.
       std::vector<std::pair<size_t, std::optional<Error>>> read{{k, std::move(error)}};
-      while (!flying.empty()) {
-        const size_t j = flying.front();
-        flying.pop_front();
-        read.emplace_back(j, collect(bulk_sender, flights[j]));
+      while (!lane->flying.empty()) {
+        const size_t j = lane->flying.front();
+        lane->flying.pop_front();
+        read.emplace_back(j, collect(pipe, flights[j]));
       }
       for (size_t i = 0; i < read.size(); ++i) {
         auto& [j, e] = read[i];
@@ -1520,8 +1582,8 @@ struct PgQueue::Impl {
           overtaken = overtaken
                       || ((!read[l].second || after.lost) && share_a_group(flights[j], after));
         }
-        finish(flights[j],
-               overtaken ? std::move(e) : resend(bulk_sender, flights[j], std::move(e)));
+        finish(flights[j], overtaken ? std::move(e) : resend(pipe, flights[j], std::move(e)));
+        land(*lane, j);
       }
     }
     if (any) notify_waiters();
