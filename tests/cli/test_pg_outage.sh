@@ -339,20 +339,23 @@ check "after a crash of PostgreSQL the store still holds all 100 orders ($(sql "
 # yet written are lost) right after the answer must lose none of it: single sends, and then a
 # bulk send, whose last statement's commit is in the buffers for up to wal_writer_delay unless
 # acmo flushed it (a flush covers every commit before it, so the bulk send comes last). Three
-# rounds, with nothing consuming the queue.
+# rounds, with nothing consuming the queue: the first to one group, whose bulk send runs on one
+# connection, the others with a group per order, on two at once.
 visible() { json_field "$("$acmo" --json stats)" visible; }
 crash_total=0
 for round in 1 2 3; do
   first=$((1000 * round + 1000))
+  group_by=order
+  [[ $round == 1 ]] && group_by=single
   rc=0
   for i in 1 2 3 4 5; do
     "$acmo" -q send CREATE --order-id "crash_${round}_$i" --data "$order" || rc=$?
   done
-  send_events "$first" $((first + 999)) || rc=$?
+  events "$first" $((first + 999)) | ACMO_QUEUE_GROUP_BY=$group_by "$acmo" -q send --file - || rc=$?
   crash_total=$((crash_total + 2005))
   crash_pg
   got=$(visible)
-  check "round $round: the $crash_total messages acknowledged (exit $rc) are all there after a crash of PostgreSQL ($got)" \
+  check "round $round (groups: $group_by): the $crash_total messages acknowledged (exit $rc) are all there after a crash of PostgreSQL ($got)" \
     test "$rc/$got" = "0/$crash_total"
 done
 
