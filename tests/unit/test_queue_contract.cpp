@@ -1407,6 +1407,41 @@ TEST_CASE("PgQueue: a bulk send runs its statements that share no group and no d
   }
 }
 
+TEST_CASE("PgQueue: a bulk send that cannot make its second connection sends on the one it has",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  must(PgQueue::open(schema.url(), schema.name(), {})); // the schema, made
+  acmo::test::PgRole as_role(schema, "b");
+  as_role.grant();
+  auto q = must(PgQueue::open(as_role.url(), schema.name(), {}));
+  auto connections = [&] {
+    return schema.exec("SELECT count(*) FROM pg_stat_activity WHERE usename = '" + as_role.name()
+                       + "'")[0][0]
+      .as<int>();
+  };
+  // To one group: the statements on one connection, and the flush on its own.
+  std::vector<SendRequest> batch;
+  for (int i = 0; i < 400; ++i) batch.push_back(SendRequest{fmt::format("w{}", i), "W", ""});
+  for (const auto& r : q->send_bulk(batch)) REQUIRE(r);
+  // The server refuses the role any more connections.
+  const int open = connections();
+  schema.exec(fmt::format("ALTER ROLE {} CONNECTION LIMIT {}", as_role.name(), open));
+  batch.clear();
+  for (int i = 0; i < 1000; ++i) {
+    batch.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i), ""});
+  }
+  const auto sent = q->send_bulk(batch);
+  REQUIRE(sent.size() == batch.size());
+  for (size_t i = 0; i < sent.size(); ++i) {
+    INFO("line " << i);
+    REQUIRE((sent[i] ? std::string() : sent[i].error().message) == "");
+  }
+  CHECK(connections() == open);
+  CHECK(schema.exec("SELECT count(*) FROM messages")[0][0].as<int>() == 1400);
+}
+
 TEST_CASE("PgQueue: senders racing to make the same new groups, while a receiver takes from "
           "them, deliver every group in the order of its numbers, each message once",
           "[contract][pg]")

@@ -1495,15 +1495,16 @@ struct PgQueue::Impl {
     struct Lane {
       std::deque<size_t> flying;
       std::unordered_map<std::string_view, int> keys; // of the statements in flight
+      bool down = false; // its connection could not be made: the others carry its statements
     };
     std::array<Lane, k_bulk_lanes> lanes;
     // The lane statement `k` must go on, or (sharing nothing in flight) the one with the fewest
     // statements in flight; nullopt when it shares keys with statements on two.
     auto lane_for = [&](size_t k) -> std::optional<size_t> {
-      std::optional<size_t> shared;
-      size_t idlest = 0;
+      std::optional<size_t> shared, idlest;
       for (size_t l = 0; l < lanes.size(); ++l) {
-        if (lanes[l].flying.size() < lanes[idlest].flying.size()) idlest = l;
+        if (lanes[l].down) continue;
+        if (!idlest || lanes[l].flying.size() < lanes[*idlest].flying.size()) idlest = l;
         if (lanes[l].flying.empty()) continue;
         const bool shares = std::any_of(keys[k].begin(), keys[k].end(), [&](auto key) {
           return lanes[l].keys.count(key) != 0;
@@ -1511,7 +1512,7 @@ struct PgQueue::Impl {
         if (shares && shared) return std::nullopt;
         if (shares) shared = l;
       }
-      return shared ? *shared : idlest;
+      return shared ? shared : idlest;
     };
     auto land = [&](Lane& lane, size_t k) {
       for (auto key : keys[k]) {
@@ -1535,8 +1536,20 @@ struct PgQueue::Impl {
         const auto l = lane_for(next);
         if (l && lanes[*l].flying.size() < k_depth
             && (bulk_senders[*l].conn || lanes[*l].flying.empty())) {
-          const size_t k = next++;
+          const size_t k = next;
           auto error = dispatch(bulk_senders[*l], flights[k]);
+          // A connection that cannot be made (the server's max_connections reached, say) leaves
+          // the statement to the other connections, if one is up.
+          if (error && !flights[k].sent && !bulk_senders[*l].conn
+              && std::count_if(lanes.begin(), lanes.end(), [](auto& o) { return !o.down; }) > 1) {
+            lanes[*l].down = true;
+            log::warn({"bulk_send_connection", {{"error", error->message}}},
+                      "a bulk send could not make another connection ({}); it sends on the "
+                      "others",
+                      error->message);
+            continue;
+          }
+          ++next;
           if (error && !flights[k].sent) {
             finish(flights[k], std::move(error));
           } else {
