@@ -524,6 +524,7 @@ struct PgQueue::Impl {
   // time.
   std::mutex bulk_mu;
   std::array<SendPipe, k_bulk_lanes> bulk_senders;
+  bool bulk_lane_refused = false; // one of them could not be made (under bulk_mu)
   std::mutex send_mu;
   std::vector<std::shared_ptr<SendOp>> send_pending;
   bool send_leading = false;
@@ -1543,10 +1544,13 @@ struct PgQueue::Impl {
           if (error && !flights[k].sent && !bulk_senders[*l].conn
               && std::count_if(lanes.begin(), lanes.end(), [](auto& o) { return !o.down; }) > 1) {
             lanes[*l].down = true;
-            log::warn({"bulk_send_connection", {{"error", error->message}}},
-                      "a bulk send could not make another connection ({}); it sends on the "
-                      "others",
-                      error->message);
+            if (!bulk_lane_refused) { // once a process: each part of a file would say it again
+              log::warn({"bulk_send_connection", {{"error", error->message}}},
+                        "a bulk send could not make another connection ({}); it sends on the "
+                        "others",
+                        error->message);
+            }
+            bulk_lane_refused = true;
             continue;
           }
           ++next;
