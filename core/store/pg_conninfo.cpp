@@ -6,6 +6,8 @@
 #include <fmt/core.h>
 #include <libpq-fe.h>
 
+#include "core/store/pg_text.hpp"
+
 namespace acmo {
 
 namespace {
@@ -176,6 +178,25 @@ std::string redact_pg_url(std::string_view url)
   if (!secret) return std::string(url);
   if (is_uri(url)) return redacted_uri(url.substr(0, url.find("://") + 3), *settings);
   return keyword_value_string(*settings, true);
+}
+
+std::string pg_unavailable_message(std::string_view url, std::string_view what,
+                                   std::string_view key)
+{
+  const std::string reason = first_line(what);
+  // The server's words for it (SQLSTATE 53300, which libpq gives a failed connection only as
+  // text).
+  for (std::string_view full : {"too many clients", "too many connections",
+                                "connection slots are reserved"}) {
+    if (reason.find(full) == std::string::npos) continue;
+    return fmt::format("PostgreSQL at {} takes no more connections ({}); raise its "
+                       "max_connections (or the role's or the database's CONNECTION LIMIT), or "
+                       "lower what acmo keeps open: about 22 connections to the queue's database "
+                       "for each acmo process, and store.pool_size",
+                       redact_pg_url(url), reason);
+  }
+  return fmt::format("PostgreSQL at {} is not answering ({}); check that the server runs and {}",
+                     redact_pg_url(url), reason, key);
 }
 
 } // namespace acmo

@@ -23,4 +23,11 @@ Expected<std::string> pg_conninfo_with_defaults(
 // sslpassword) as "***". "***" when libpq cannot parse it.
 std::string redact_pg_url(std::string_view url);
 
+// The message for a server at `url` that could not be reached, or refused a connection:
+// `what` is libpq's reason, `key` the setting that names the server (queue.url, store.url).
+// A server that takes no more connections (max_connections, or a role's or a database's
+// CONNECTION LIMIT, reached) is told apart, with what to change.
+std::string pg_unavailable_message(std::string_view url, std::string_view what,
+                                   std::string_view key);
+
 } // namespace acmo

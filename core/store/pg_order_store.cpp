@@ -317,10 +317,7 @@ struct PgOrderStore::Impl {
 
   Error unavailable(std::string_view what) const
   {
-    return Error(Errc::unavailable,
-                 fmt::format("PostgreSQL at {} is not answering ({}); check that the server "
-                             "runs and store.url",
-                             redact_pg_url(m_options.url), first_line(what)),
+    return Error(Errc::unavailable, pg_unavailable_message(m_options.url, what, "store.url"),
                  "store.url");
   }
 

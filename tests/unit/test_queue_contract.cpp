@@ -1442,6 +1442,28 @@ TEST_CASE("PgQueue: a bulk send that cannot make its second connection sends on 
   CHECK(schema.exec("SELECT count(*) FROM messages")[0][0].as<int>() == 1400);
 }
 
+TEST_CASE("PgQueue: a server that takes no more connections is named as such, with what to "
+          "change",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  must(PgQueue::open(schema.url(), schema.name(), {})); // the schema, made
+  acmo::test::PgRole as_role(schema, "n");
+  as_role.grant();
+  schema.exec(fmt::format("ALTER ROLE {} CONNECTION LIMIT 0", as_role.name()));
+  auto refused = PgQueue::open(as_role.url(), schema.name(), {});
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::unavailable);
+  CHECK(refused.error().field == "queue.url");
+  CHECK_THAT(refused.error().message,
+             Catch::Contains("takes no more connections (")
+               && Catch::Contains("too many connections for role")
+               && Catch::Contains("raise its max_connections (or the role's or the database's "
+                                  "CONNECTION LIMIT)"));
+  CHECK_THAT(refused.error().message, !Catch::Contains("is not answering"));
+}
+
 TEST_CASE("PgQueue: senders racing to make the same new groups, while a receiver takes from "
           "them, deliver every group in the order of its numbers, each message once",
           "[contract][pg]")

@@ -628,11 +628,7 @@ struct PgQueue::Impl {
 
   Error unavailable(std::string_view what) const
   {
-    return Error(Errc::unavailable,
-                 fmt::format("PostgreSQL at {} is not answering ({}); check that the server "
-                             "runs and queue.url",
-                             redact_pg_url(url), first_line(what)),
-                 "queue.url");
+    return Error(Errc::unavailable, pg_unavailable_message(url, what, "queue.url"), "queue.url");
   }
 
   // What every connection of the queue is set to: its schema, errors only (notices would reach
