@@ -37,6 +37,13 @@ template<typename T> Error must_fail(const Expected<T>& result)
   return result.error();
 }
 
+// The error message of `result`, or "" when it succeeded: a check that it is "" shows what
+// failed.
+template<typename T> std::string failure_of(const Expected<T>& result)
+{
+  return result ? std::string() : result.error().message;
+}
+
 inline std::unique_ptr<Queue> open_queue(const std::string& path, QueueOptions options = {},
                                          const Clock& clock = SystemClock::instance())
 {

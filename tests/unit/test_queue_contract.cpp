@@ -34,6 +34,7 @@
 using namespace acmo;
 using acmo::test::must;
 using acmo::test::must_fail;
+using acmo::test::failure_of;
 using namespace std::string_literals;
 
 namespace {
@@ -1282,7 +1283,7 @@ TEST_CASE("PgQueue: a send that makes a new group's row and then finds another o
   other.commit();
   sender.join();
   REQUIRE(sent.size() == 2);
-  for (const auto& r : sent) CHECK((r ? std::string() : r.error().message) == "");
+  for (const auto& r : sent) CHECK(failure_of(r) == "");
   std::this_thread::sleep_for(std::chrono::milliseconds(2000)); // the server's statistics
   CHECK(deadlocks(schema) == deadlocks_before);
   CHECK(bodies_of(must(q->receive(10))) == Bodies{"warm", "a1", "b1"});
@@ -1344,7 +1345,7 @@ TEST_CASE("PgQueue: a send the server rolls back to break a deadlock is sent aga
     CHECK(sent.back());
     expected = {{"A", {"a0"}}, {"B", {"b0"}}, {"C", {"last"}}};
   } else {
-    for (const auto& r : sent) CHECK((r ? std::string() : r.error().message) == "");
+    for (const auto& r : sent) CHECK(failure_of(r) == "");
     if (later == "D") {
       CHECK(must(sent.back()).seq < must(sent[0]).seq); // it overtook the first, elsewhere
       expected["D"] = {"last"};
@@ -1396,7 +1397,7 @@ TEST_CASE("PgQueue: a bulk send runs its statements that share no group and no d
   REQUIRE(sent.size() == batch.size());
   for (size_t i = 0; i < sent.size(); ++i) {
     INFO("line " << i);
-    REQUIRE((sent[i] ? std::string() : sent[i].error().message) == "");
+    REQUIRE(failure_of(sent[i]) == "");
   }
   if (shared == "group") {
     CHECK(sent[200]->seq > sent[1]->seq); // x0, then x1
@@ -1436,7 +1437,7 @@ TEST_CASE("PgQueue: a bulk send that cannot make its second connection sends on 
   REQUIRE(sent.size() == batch.size());
   for (size_t i = 0; i < sent.size(); ++i) {
     INFO("line " << i);
-    REQUIRE((sent[i] ? std::string() : sent[i].error().message) == "");
+    REQUIRE(failure_of(sent[i]) == "");
   }
   CHECK(connections() == open);
   CHECK(schema.exec("SELECT count(*) FROM messages")[0][0].as<int>() == 1400);

@@ -1481,17 +1481,19 @@ struct PgQueue::Impl {
     std::vector<SendFlight> flights;
     flights.reserve(ops.size());
     for (auto* op : ops) flights.push_back(SendFlight{{op}});
-    // What a statement's messages must not overtake: its groups and deduplication keys.
-    std::vector<std::vector<std::string_view>> keys(flights.size());
+    // What a statement's messages must not overtake: its groups and deduplication keys, each
+    // hashed once (two that collide only make their statements wait for each other).
+    std::vector<std::vector<size_t>> keys(flights.size());
+    const std::hash<std::string_view> hash;
     for (size_t k = 0; k < flights.size(); ++k) {
       for (const auto& p : flights[k].ops[0]->items) {
-        keys[k].push_back(p.request->group_id);
-        keys[k].push_back(p.dedup_key);
+        keys[k].push_back(hash(p.request->group_id));
+        keys[k].push_back(hash(p.dedup_key));
       }
     }
     struct Lane {
       std::deque<size_t> flying;
-      std::unordered_map<std::string_view, int> keys; // of the statements in flight
+      std::unordered_map<size_t, int> keys; // of the statements in flight
       bool down = false; // its connection could not be made: the others carry its statements
     };
     std::array<Lane, k_bulk_lanes> lanes;
@@ -1513,7 +1515,8 @@ struct PgQueue::Impl {
     };
     auto land = [&](Lane& lane, size_t k) {
       for (auto key : keys[k]) {
-        if (--lane.keys[key] == 0) lane.keys.erase(key);
+        auto it = lane.keys.find(key);
+        if (--it->second == 0) lane.keys.erase(it);
       }
     };
     bool any = false;
