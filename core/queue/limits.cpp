@@ -5,6 +5,8 @@
 
 #include <fmt/core.h>
 
+#include "core/util/sha256.hpp"
+
 namespace acmo::limits {
 
 Expected<void> check_body(std::string_view body)
@@ -104,6 +106,32 @@ Expected<void> check_id(std::string_view id, std::string_view field)
     }
   }
   return {};
+}
+
+Expected<SendDedup> check_send(const SendRequest& request, bool content_based_dedup)
+{
+  if (auto ok = check_body(request.body); !ok) return Unexpected(ok.error());
+  if (auto ok = check_id(request.group_id, "groupId"); !ok) return Unexpected(ok.error());
+  if (request.dedup_id.empty() && !content_based_dedup) {
+    return make_error(Errc::invalid_input,
+                      "deduplicationId is required when queue.content_based_dedup is off",
+                      "deduplicationId");
+  }
+  if (!request.dedup_id.empty()) {
+    if (auto ok = check_id(request.dedup_id, "deduplicationId"); !ok) {
+      return Unexpected(ok.error());
+    }
+  }
+  const auto digest = sha256_bytes(request.body);
+  SendDedup out;
+  out.body_hash = hash_word(digest);
+  if (request.dedup_id.empty()) {
+    out.dedup_id = hex_of(digest);
+    out.content_based = true;
+  } else {
+    out.dedup_id = request.dedup_id;
+  }
+  return out;
 }
 
 } // namespace acmo::limits

@@ -81,12 +81,9 @@ MessageIdBytes id_from_blob(std::string_view blob)
 
 // A send request, checked, with what can be computed before taking the write lock. It points
 // at the caller's request (which outlives it) rather than copy a body of up to 1 MiB.
-struct PreparedSend {
+struct PreparedSend : limits::SendDedup {
   const SendRequest* request = nullptr;
-  std::string dedup_id;       // the request's, or the body's SHA-256 in hex
-  bool content_based = false; // the dedup id is the body's SHA-256
   DedupKey key;
-  int64_t body_hash = 0;      // hash_word of the body's SHA-256
 };
 
 // What a locate() of a receipt handle found.
@@ -1062,32 +1059,11 @@ struct SqliteQueue::Impl {
   // Check a request, fill in its dedup id and compute its dedup key; all outside the lock.
   Expected<PreparedSend> prepare_send(const SendRequest& request) const
   {
+    auto checked = limits::check_send(request, options.content_based_dedup);
+    if (!checked) return Unexpected(checked.error());
     PreparedSend out;
+    static_cast<limits::SendDedup&>(out) = std::move(*checked);
     out.request = &request;
-    if (auto ok = limits::check_body(request.body); !ok) return Unexpected(ok.error());
-    if (auto ok = limits::check_id(request.group_id, "groupId"); !ok) {
-      return Unexpected(ok.error());
-    }
-    if (request.dedup_id.empty() && !options.content_based_dedup) {
-      return make_error(Errc::invalid_input,
-                        "deduplicationId is required when queue.content_based_dedup is off",
-                        "deduplicationId");
-    }
-    if (!request.dedup_id.empty()) {
-      if (auto ok = limits::check_id(request.dedup_id, "deduplicationId"); !ok) {
-        return Unexpected(ok.error());
-      }
-    }
-    // The body's digest: the dedup id when it is content-based, and the fingerprint a later
-    // send with the same id is compared with (SendRequest::same_body).
-    const auto digest = sha256_bytes(request.body);
-    out.body_hash = hash_word(digest);
-    if (request.dedup_id.empty()) {
-      out.dedup_id = hex_of(digest);
-      out.content_based = true;
-    } else {
-      out.dedup_id = request.dedup_id;
-    }
     out.key = dedup_key(out.dedup_id);
     return out;
   }
