@@ -3572,8 +3572,11 @@ TEST_CASE("PgQueue: tables vacuumed and analyzed while empty are analyzed again 
     sends.push_back(SendRequest{fmt::format("m{}", i), fmt::format("g{}", i), ""});
   }
   for (const auto& sent : q->send_bulk(sends)) REQUIRE(sent);
+  // Analyzed again, each at least once. How many rows the statistics count depends on when:
+  // an analyze counts the rows committed when it runs and its own statement's, not those of
+  // a statement still running on the bulk send's other connection, though their pages count.
   CHECK(tuples("messages") > 0);
-  CHECK(tuples("message_groups") >= 1'000);
+  CHECK(tuples("message_groups") > 0);
   CHECK(tuples("dedup") > 0);
   // Those plans, explained after the sends: the analyze made them anew, and they find a
   // group's row and its messages by their keys.
