@@ -7,8 +7,8 @@
 // queued so far, with a second statement already sent behind the first, each committing
 // durably with queue.durability = "full". A bulk send (`acmo send --file`) sends statements of
 // 200 requests, two in flight on each of two connections when they share no group, committing
-// without waiting for the disk, and one flush of the WAL at the end makes them durable before
-// any is answered.
+// without waiting for the disk; with queue.durability = "full", one flush of the WAL at the end
+// makes them durable before any is answered.
 #pragma once
 
 #include <cstddef>
