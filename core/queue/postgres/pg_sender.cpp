@@ -180,26 +180,13 @@ struct PgSender::Impl {
     if (send_wake_fd >= 0) ::close(send_wake_fd);
   }
 
-  std::string setup_sql(bool synchronous) const { return host.setup_sql(synchronous); }
-  Error error_of(const std::exception& e, bool& discard) const { return host.error_of(e, discard); }
-  int64_t now_ms() const { return host.now_ms(); }
-  void notify_waiters() { host.notify_waiters(); }
-  std::unique_ptr<pqxx::connection> own_connection(bool synchronous)
-  {
-    return host.own_connection(synchronous);
-  }
-
   // Check a request, fill in its dedup id and body fingerprint; all before the server.
   Expected<PreparedSend> prepare_send(const SendRequest& request) const
   {
     auto checked = limits::check_send(request, options.content_based_dedup);
     if (!checked) return Unexpected(checked.error());
-    PreparedSend out;
-    static_cast<limits::SendDedup&>(out) = std::move(*checked);
-    out.request = &request;
-    out.dedup_key = dedup_key_hex(out.dedup_id);
-    out.message_id = new_message_id_bytes();
-    return out;
+    std::string key = dedup_key_hex(checked->dedup_id);
+    return PreparedSend{std::move(*checked), &request, std::move(key), new_message_id_bytes()};
   }
 
   // Hand `op` to the group commit and wait until it is answered.
@@ -293,7 +280,7 @@ struct PgSender::Impl {
       settle(f.flight, std::move(f.error));
       if (std::any_of(f.flight.ops.begin(), f.flight.ops.end(),
                       [](const SendOp* o) { return !o->error; })) {
-        notify_waiters();
+        host.notify_waiters();
       }
       lock.lock();
       if (flying.empty() && (send_pending.empty() || led >= k_max_led)) {
@@ -453,7 +440,7 @@ struct PgSender::Impl {
     for (const auto& [key, last] : backends) keys.add(key);
     for (int attempt = 0;; ++attempt) {
       try {
-        if (!flusher) flusher = own_connection(true);
+        if (!flusher) flusher = host.own_connection(true);
         pqxx::nontransaction tx(*flusher);
         // One letter per backend, in their order: r running (its lock is held, so this
         // transaction cannot take it), g gone.
@@ -471,7 +458,7 @@ struct PgSender::Impl {
       } catch (const std::exception& e) {
         flusher.reset();
         bool discard = false;
-        Error error = error_of(e, discard);
+        Error error = host.error_of(e, discard);
         if (discard && attempt == 0) continue;
         error.message += k_send_in_doubt;
         return error;
@@ -526,7 +513,7 @@ struct PgSender::Impl {
   // for its life (flush_wal), and commits without waiting for the disk (make_durable).
   void open_send_pipe(SendPipe& pipe)
   {
-    auto conn = std::make_unique<PgPipeline>(conninfo, setup_sql(pipe.synchronous));
+    auto conn = std::make_unique<PgPipeline>(conninfo, host.setup_sql(pipe.synchronous));
     int64_t key = 0;
     while (key == 0) key = static_cast<int64_t>(random_u64());
     conn->exec("SELECT pg_advisory_lock($1)", {std::to_string(key)});
@@ -569,7 +556,7 @@ struct PgSender::Impl {
         }
       }
       if (flight.count == 0) return std::nullopt;
-      flight.now = now_ms();
+      flight.now = host.now_ms();
       if (!pipe.conn) open_send_pipe(pipe);
       // Sent, the statement is in doubt until its result is read.
       flight.sent = true;
@@ -590,7 +577,7 @@ struct PgSender::Impl {
   Error pipe_error(SendPipe& pipe, SendFlight& flight, const std::exception& e)
   {
     bool discard = false;
-    Error error = error_of(e, discard);
+    Error error = host.error_of(e, discard);
     flight.rolled_back =
       flight.sent && dynamic_cast<const pqxx::transaction_rollback*>(&e) != nullptr;
     if (discard || (pipe.conn && !pipe.conn->is_open())) {
@@ -850,7 +837,7 @@ struct PgSender::Impl {
         land(*lane, j);
       }
     }
-    if (any) notify_waiters();
+    if (any) host.notify_waiters();
   }
 
 };

@@ -1061,11 +1061,8 @@ struct SqliteQueue::Impl {
   {
     auto checked = limits::check_send(request, options.content_based_dedup);
     if (!checked) return Unexpected(checked.error());
-    PreparedSend out;
-    static_cast<limits::SendDedup&>(out) = std::move(*checked);
-    out.request = &request;
-    out.key = dedup_key(out.dedup_id);
-    return out;
+    const DedupKey key = dedup_key(checked->dedup_id);
+    return PreparedSend{std::move(*checked), &request, key};
   }
 
 };
