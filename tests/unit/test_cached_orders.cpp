@@ -156,7 +156,7 @@ TEST_CASE("CachedOrders: with the cache's Redis down, reads answer from the stor
 }
 
 TEST_CASE("CachedOrders: Redis stopped in the middle of a handler run, and started again",
-          "[cached_orders][redis]")
+          "[cached_orders][redis][alone]")
 {
   // Issue 3, item 6: no event fails, reads fall back to the store, errors are counted, and
   // caching resumes when Redis returns.

@@ -935,7 +935,7 @@ TEST_CASE("PgOrderStore: connections the server dropped are reopened", "[pg]")
 
 TEST_CASE("PgOrderStore: the change feed names every order changed since a mark, also by a "
           "transaction that commits after a later one",
-          "[pg]")
+          "[pg][alone]")
 {
   ACMO_NEED_PG(url);
   PgSchema schema(url);

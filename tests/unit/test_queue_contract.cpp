@@ -1228,7 +1228,7 @@ static void nap_before_making(acmo::test::PgSchema& schema, const std::string& g
 
 TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another sender numbers "
           "its message after that sender's",
-          "[contract][pg]")
+          "[contract][pg][alone]")
 {
   ACMO_NEED_PG(base);
   acmo::test::PgSchema schema(base);
@@ -1258,7 +1258,7 @@ TEST_CASE("PgQueue: a send that finds its new group made meanwhile by another se
 
 TEST_CASE("PgQueue: a send that makes a new group's row and then finds another of its groups "
           "made meanwhile lets go of the row it made, so that a sender waiting for it goes on",
-          "[contract][pg]")
+          "[contract][pg][alone]")
 {
   ACMO_NEED_PG(base);
   acmo::test::PgSchema schema(base);
@@ -1291,7 +1291,7 @@ TEST_CASE("PgQueue: a send that makes a new group's row and then finds another o
 
 TEST_CASE("PgQueue: a send the server rolls back to break a deadlock is sent again, unless a "
           "later statement of it overtook it",
-          "[contract][pg]")
+          "[contract][pg][alone]")
 {
   ACMO_NEED_PG(base);
   acmo::test::PgSchema schema(base);

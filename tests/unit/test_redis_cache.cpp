@@ -94,7 +94,7 @@ TEST_CASE("RedisCache: a put is read back under the prefix, with the TTL as PX",
   CHECK(cache.last_error().empty());
 }
 
-TEST_CASE("RedisCache: entries expire after the TTL", "[redis]")
+TEST_CASE("RedisCache: entries expire after the TTL", "[redis][alone]")
 {
   auto url = test_redis_url();
   if (!url) return;
@@ -267,7 +267,7 @@ TEST_CASE("RedisCache: many threads at once share a small pool", "[redis]")
 }
 
 TEST_CASE("RedisCache: a connection the server killed is replaced without an error",
-          "[redis]")
+          "[redis][alone]")
 {
   auto url = test_redis_url();
   if (!url) return;
@@ -299,7 +299,7 @@ TEST_CASE("RedisCache: a connection the server killed is replaced without an err
 }
 
 TEST_CASE("RedisCache: nothing listening: every call answers at once, counted, never thrown",
-          "[redis]")
+          "[redis][alone]")
 {
   RedisCacheOptions o;
   o.url = "redis://127.0.0.1:" + std::to_string(free_port());
@@ -339,7 +339,7 @@ TEST_CASE("RedisCache: a bad URL counts errors and never connects", "[redis]")
   CHECK(cache.last_error().find("cache.url") != std::string::npos);
 }
 
-TEST_CASE("RedisCache: an outage of its own server, and the return", "[redis]")
+TEST_CASE("RedisCache: an outage of its own server, and the return", "[redis][alone]")
 {
   OwnRedisServer server;
   RedisCacheOptions o;
@@ -369,7 +369,7 @@ TEST_CASE("RedisCache: an outage of its own server, and the return", "[redis]")
 }
 
 TEST_CASE("RedisCache: an invalidation that failed is sent first when Redis answers again",
-          "[redis]")
+          "[redis][alone]")
 {
   // A Redis that comes back with its data (a network cut, a pause, a restart from its dump)
   // must not serve an order the handler changed while it was away.
