@@ -2,10 +2,10 @@
 # ctest's unit test: the Catch2 test cases shared out over processes of a few cases each, run
 # ACMO_UNIT_JOBS (4) at once. The suite spends most of its time waiting (for PostgreSQL, for
 # child processes, for timeouts to pass), so cases run side by side take a fraction of the
-# time they take one after the other. The cases tagged [alone] run after the others, in a process of their own
-# with nothing beside it: they look at the whole test database (its deadlock count, every lock
-# waited for, the oldest open transaction), or hold the code under test to times short enough
-# (100 to 400 ms) that a busy machine would miss them.
+# time they take one after the other. The cases tagged [alone] run after the others, in a
+# process with nothing beside it: they look at the whole test database (its deadlock count,
+# every lock waited for, the oldest open transaction), or hold the code under test to times
+# short enough (100 to 400 ms) that a busy machine would miss them.
 #
 # Each process's stderr (the log lines of the code under test) goes to a file of its own, so
 # that the output is Catch2's report of each failure; on a failure, that process's stderr
