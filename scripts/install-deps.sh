@@ -10,6 +10,7 @@ packages=(
   scdoc zsh fish
   clang libclang-rt-14-dev
   postgresql redis-server iproute2
+  pgbouncer # the tests reach PostgreSQL through a pooler too, in session and in transaction mode
   curl wrk jq netcat-openbsd sqlite3
   prometheus # promtool: the HTTP test lints GET /metrics with `promtool check metrics`
 )

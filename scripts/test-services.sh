@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start or stop the PostgreSQL and Redis servers the tests use: loopback only, on ports of
-# their own, with data in a directory of their own (never the system's servers).
+# Start or stop the PostgreSQL and Redis servers the tests use, and a PgBouncer in front of
+# that PostgreSQL: loopback only, on ports of their own, with data in a directory of their own
+# (never the system's servers).
 #
 #   scripts/test-services.sh start   # prints the environment the tests read
 #   scripts/test-services.sh stop
@@ -13,6 +14,7 @@ root=${ACMO_TEST_SERVICES_DIR:-/tmp/acmo-test-services}
 # connections). The outage tests' own servers use 25532 and 26479 for the same reason.
 pg_port=${ACMO_TEST_PG_PORT:-25432}
 redis_port=${ACMO_TEST_REDIS_PORT:-26379}
+pgbouncer_port=${ACMO_TEST_PGBOUNCER_PORT:-$((pg_port + 1))}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 
 as_postgres() {
@@ -41,8 +43,47 @@ start() {
     done
   fi
   redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null
+  start_pgbouncer
   echo "ACMO_TEST_PG_URL=postgresql://acmo@127.0.0.1:$pg_port/acmo_test"
   echo "ACMO_TEST_REDIS_URL=redis://127.0.0.1:$redis_port"
+  echo "ACMO_TEST_PGBOUNCER_URL=postgresql://acmo@127.0.0.1:$pgbouncer_port/acmo_test"
+  echo "ACMO_TEST_PGBOUNCER_TX_URL=postgresql://acmo@127.0.0.1:$pgbouncer_port/acmo_test_tx"
+}
+
+# The test database twice: as acmo_test through a pool in session mode (a client keeps one
+# server connection until it leaves), and as acmo_test_tx in transaction mode, with one server
+# connection that every client's transactions take turns on. PgBouncer passes no `options` on
+# (the tests' URLs name their schemas there, for the store); acmo's queue sets its own
+# search_path on each connection.
+start_pgbouncer() {
+  if [ ! -f "$root/pgbouncer.pid" ] || ! kill -0 "$(cat "$root/pgbouncer.pid")" 2>/dev/null; then
+    cat >"$root/pgbouncer.ini" <<EOF
+[databases]
+acmo_test = host=127.0.0.1 port=$pg_port dbname=acmo_test user=acmo pool_mode=session
+acmo_test_tx = host=127.0.0.1 port=$pg_port dbname=acmo_test user=acmo pool_mode=transaction pool_size=1
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgbouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $root/pgbouncer.users
+default_pool_size = 100
+max_client_conn = 1000
+ignore_startup_parameters = options
+logfile = $root/pgbouncer.log
+pidfile = $root/pgbouncer.pid
+EOF
+    echo '"acmo" ""' >"$root/pgbouncer.users"
+    [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$root/pgbouncer.ini" "$root/pgbouncer.users"
+    as_postgres pgbouncer -d "$root/pgbouncer.ini" >/dev/null
+  fi
+  for _ in $(seq 50); do
+    as_postgres "$pg_bin/psql" -h 127.0.0.1 -p "$pgbouncer_port" -U acmo -d acmo_test -tAc \
+      "SELECT 1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "test-services: PgBouncer did not answer on port $pgbouncer_port (see $root/pgbouncer.log)" >&2
+  return 1
 }
 
 stop() {
@@ -50,6 +91,10 @@ stop() {
     as_postgres "$pg_bin/pg_ctl" -D "$root/pg" -m fast -w stop >/dev/null 2>&1 || true
   fi
   redis-cli -h 127.0.0.1 -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  if [ -f "$root/pgbouncer.pid" ]; then
+    kill "$(cat "$root/pgbouncer.pid")" 2>/dev/null || true
+    rm -f "$root/pgbouncer.pid"
+  fi
 }
 
 case "${1:-}" in

@@ -199,4 +199,19 @@ std::string pg_unavailable_message(std::string_view url, std::string_view what,
                      redact_pg_url(url), reason, key);
 }
 
+std::string pg_refused_message(std::string_view url, std::string_view state,
+                               std::string_view what, std::string_view key)
+{
+  if (state == "26000" || state == "42P05") {
+    return fmt::format("the connection to {} did not keep acmo's session ({}: {}): a pooler in "
+                       "transaction mode (such as PgBouncer's pool_mode = transaction) hands each "
+                       "transaction to any server connection; point {} at PostgreSQL itself or "
+                       "at a pooler in session mode",
+                       redact_pg_url(url), state, first_line(what), key);
+  }
+  return fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a bug or a schema "
+                     "acmo did not make",
+                     state, first_line(what));
+}
+
 } // namespace acmo

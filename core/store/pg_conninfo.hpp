@@ -30,4 +30,12 @@ std::string redact_pg_url(std::string_view url);
 std::string pg_unavailable_message(std::string_view url, std::string_view what,
                                    std::string_view key);
 
+// The message for a statement PostgreSQL refused with SQLSTATE `state` (`what`: its text),
+// which a statement of acmo's is refused for only when something other than acmo changed the
+// database. A prepared statement the session should have but does not (26000), or has already
+// (42P05), means the connection does not keep its session from one transaction to the next,
+// as behind a pooler in transaction mode; `key` is the setting that names the server.
+std::string pg_refused_message(std::string_view url, std::string_view state,
+                               std::string_view what, std::string_view key);
+
 } // namespace acmo

@@ -426,9 +426,7 @@ struct PgOrderStore::Impl {
           return Unexpected(unavailable(e.what()));
         }
         return make_error(Errc::internal,
-                          fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a "
-                                      "bug or a schema acmo did not make",
-                                      state, first_line(e.what())));
+                          pg_refused_message(m_options.url, state, e.what(), "store.url"));
       } catch (const std::exception& e) {
         if (!lease->conn()->is_open()) {
           lease->discard();

@@ -15,20 +15,31 @@
 
 namespace acmo::test {
 
-// The test server's URL. Without ACMO_TEST_PG_URL the test is skipped with a warning, or fails
-// when CI=true: in CI a missing server is a failure.
-inline std::optional<std::string> pg_url()
+// The URL of a test service in the environment `variable`. Without it the test is skipped with
+// a warning, or fails when CI=true: in CI a missing server is a failure.
+inline std::optional<std::string> service_url(const std::string& variable)
 {
-  const char* url = std::getenv("ACMO_TEST_PG_URL");
+  const char* url = std::getenv(variable.c_str());
   if (url != nullptr && *url != '\0') return std::string(url);
   const char* ci = std::getenv("CI");
   if (ci != nullptr && std::string(ci) == "true") {
-    FAIL("ACMO_TEST_PG_URL is not set: run the tests through scripts/test.sh, or "
-         "eval \"$(scripts/test-services.sh start)\" first");
+    FAIL(variable << " is not set: run the tests through scripts/test.sh, or "
+                     "eval \"$(scripts/test-services.sh start)\" first");
   }
-  WARN("skipped: ACMO_TEST_PG_URL is not set; eval \"$(scripts/test-services.sh start)\" starts "
-       "PostgreSQL for the tests");
+  WARN("skipped: " << variable << " is not set; eval \"$(scripts/test-services.sh start)\" "
+                   "starts the servers for the tests");
   return std::nullopt;
+}
+
+// The test server's URL (ACMO_TEST_PG_URL).
+inline std::optional<std::string> pg_url() { return service_url("ACMO_TEST_PG_URL"); }
+
+// The test server through PgBouncer: in session mode (ACMO_TEST_PGBOUNCER_URL), and in
+// transaction mode with one server connection for every client (ACMO_TEST_PGBOUNCER_TX_URL).
+inline std::optional<std::string> pgbouncer_url() { return service_url("ACMO_TEST_PGBOUNCER_URL"); }
+inline std::optional<std::string> pgbouncer_tx_url()
+{
+  return service_url("ACMO_TEST_PGBOUNCER_TX_URL");
 }
 
 // Skip the rest of the test (with a warning) when there is no test server.

@@ -53,6 +53,7 @@ int64_t elapsed_ms(std::chrono::steady_clock::time_point start)
 // A queue of one back-end ("sqlite" or "postgres") in storage of its own (a temp dir, or a
 // schema of the test server dropped at the end), on a clock the test moves by hand unless it
 // asks for the real one. More Queue objects on the same storage stand for other processes.
+// "pgbouncer" is the PostgreSQL queue reached through PgBouncer in session mode.
 class ContractQueue
 {
 public:
@@ -60,8 +61,9 @@ public:
     : kind(std::move(backend)), options(std::move(o)),
       time(real_clock ? static_cast<const Clock&>(SystemClock::instance()) : clock)
   {
-    if (kind == "postgres") {
-      const char* url = std::getenv("ACMO_TEST_PG_URL");
+    if (kind == "postgres" || kind == "pgbouncer") {
+      const char* url =
+        std::getenv(kind == "postgres" ? "ACMO_TEST_PG_URL" : "ACMO_TEST_PGBOUNCER_URL");
       REQUIRE(url != nullptr);
       m_pg.emplace(url);
     } else {
@@ -86,7 +88,7 @@ public:
   // Another Queue object on the same storage, as another process would have.
   std::unique_ptr<Queue> open_another(const QueueOptions& o)
   {
-    if (kind == "postgres") return must(PgQueue::open(m_pg->url(), m_pg->name(), o, time));
+    if (m_pg) return must(PgQueue::open(m_pg->url(), m_pg->name(), o, time));
     return must(SqliteQueue::open(m_dir->file("acmo.db"), o, time));
   }
 
@@ -157,11 +159,13 @@ private:
 };
 
 // The body of a test case runs once per back-end: `f` is a ContractQueue of the options given
-// (and of the real clock if a third argument says so). PostgreSQL's run is skipped (with a
-// warning) without ACMO_TEST_PG_URL.
+// (and of the real clock if a third argument says so), on SQLite, on PostgreSQL and on
+// PostgreSQL through PgBouncer. The runs on PostgreSQL are skipped (with a warning) without
+// ACMO_TEST_PG_URL, and those through PgBouncer without ACMO_TEST_PGBOUNCER_URL.
 #define CONTRACT_QUEUE(f, ...)                                                                     \
-  const std::string f##_backend = GENERATE(as<std::string>{}, "sqlite", "postgres");               \
+  const std::string f##_backend = GENERATE(as<std::string>{}, "sqlite", "postgres", "pgbouncer");  \
   if (f##_backend == "postgres" && !::acmo::test::pg_url()) return;                                \
+  if (f##_backend == "pgbouncer" && !::acmo::test::pgbouncer_url()) return;                        \
   INFO("back-end: " << f##_backend);                                                               \
   ContractQueue f(f##_backend, __VA_ARGS__)
 
@@ -546,7 +550,7 @@ TEST_CASE("Queue contract: the health checks pass on a sound queue", "[contract]
   must(f.queue->check_integrity());
   must(f.queue->check_write_lock());
   must(f.queue->check_writable());
-  CHECK(f.queue->backend() == f.kind);
+  CHECK(f.queue->backend() == (f.kind == "pgbouncer" ? "postgres" : f.kind));
 }
 
 // --- several Queue objects, threads and long polls ------------------------------------------
@@ -3233,10 +3237,54 @@ TEST_CASE("Queue contract: a filtered redrive moves only the matching messages, 
 }
 
 
+TEST_CASE("PgQueue: through a pooler in transaction mode, acmo says that it needs a session of "
+          "its own", "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  const auto pooled = acmo::test::pgbouncer_tx_url();
+  if (!pooled) return;
+  acmo::test::PgSchema schema(base);
+  ManualClock clock;
+  // Processes one after another, their transactions all on the pool's one server connection:
+  // the second finds the statements the first prepared there (or a statement it prepared
+  // itself gone), where a session of its own would not.
+  const std::string url = *pooled + "?application_name=" + schema.name();
+  std::vector<std::string> errors;
+  for (int i = 0; i < 3; ++i) {
+    auto q = PgQueue::open(url, schema.name(), {}, clock);
+    if (!q) {
+      errors.push_back(q.error().message);
+      continue;
+    }
+    auto sent = (*q)->send(SendRequest{"m", "g", fmt::format("d{}", i)});
+    if (!sent) errors.push_back(sent.error().message);
+    auto got = (*q)->receive(1);
+    if (!got) errors.push_back(got.error().message);
+  }
+  REQUIRE_FALSE(errors.empty());
+  for (const auto& message : errors) {
+    INFO(message);
+    CHECK(message.find("a pooler in transaction mode") != std::string::npos);
+    CHECK(message.find("point queue.url at PostgreSQL itself or at a pooler in session mode")
+          != std::string::npos);
+  }
+}
+
+
+// The test server, connected directly and through PgBouncer in session mode, where libpq's
+// process id for a connection is one PgBouncer made up, not the server process's.
+#define PG_DIRECT_OR_POOLED(url)                                                                   \
+  const bool url##_pooled = GENERATE(false, true);                                                 \
+  INFO((url##_pooled ? "through PgBouncer" : "directly"));                                         \
+  const auto url##_opt =                                                                           \
+    url##_pooled ? ::acmo::test::pgbouncer_url() : ::acmo::test::pg_url();                         \
+  if (!url##_opt) return;                                                                          \
+  const std::string& url = *url##_opt
+
 TEST_CASE("PgQueue: a consumer whose backend dies in its work has the delivery counted",
           "[contract][pg]")
 {
-  ACMO_NEED_PG(base);
+  PG_DIRECT_OR_POOLED(base);
   acmo::test::PgSchema schema(base);
   ManualClock clock;
   QueueOptions o;
@@ -3283,7 +3331,7 @@ TEST_CASE("PgQueue: a consume's journal row names its backend exactly, so anothe
           "sweep leaves a live consumer alone and counts one that died",
           "[contract][pg]")
 {
-  ACMO_NEED_PG(base);
+  PG_DIRECT_OR_POOLED(base);
   acmo::test::PgSchema schema(base);
   ManualClock clock;
   auto q = must(PgQueue::open(schema.url(), schema.name(), {}, clock));

@@ -275,6 +275,11 @@ struct PgQueue::Impl final : PgSender::Host {
   // The consume journal's connection (journal_begin, journal_drop).
   std::mutex journal_mu;
   std::unique_ptr<pqxx::connection> journal_conn;
+  // The server process of each connection, by the process id libpq has for it
+  // (server_pid). Connected directly, the two are the same; through a pooler, libpq's is the
+  // pooler's (PgBouncer makes one up for each client) and says nothing of the server process.
+  std::mutex pids_mu;
+  std::map<int, int> server_pids;
 
   // Long polls: woken by local commits and by the notifications of sends from any process.
   std::mutex wake_mu;
@@ -431,10 +436,7 @@ struct PgQueue::Impl final : PgSender::Host {
       if (state.rfind("53", 0) == 0 || state == "57014" || state == "25006") {
         return unavailable(e.what());
       }
-      return Error(Errc::internal,
-                   fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a bug or a "
-                               "schema acmo did not make",
-                               state, first_line(e.what())));
+      return Error(Errc::internal, pg_refused_message(url, state, e.what(), "queue.url"));
     }
     return Error(Errc::internal, fmt::format("PostgreSQL: {}", first_line(e.what())));
   }
@@ -1159,6 +1161,24 @@ struct PgQueue::Impl final : PgSender::Host {
     txn.counters[queue_id].redriven += static_cast<int64_t>(chosen.size());
   }
 
+  // The server process that runs `tx`'s statements, asked of the server once a connection.
+  // A connection keeps its server process for its life, through a pooler in session mode too.
+  int server_pid(pqxx::transaction_base& tx)
+  {
+    const int client_side = tx.conn().backendpid();
+    {
+      std::lock_guard lock(pids_mu);
+      if (auto it = server_pids.find(client_side); it != server_pids.end()) return it->second;
+    }
+    const int pid = tx.exec1("SELECT pg_backend_pid()")[0].as<int>();
+    std::lock_guard lock(pids_mu);
+    // One entry a connection ever made: a process makes few, but one that kept losing its
+    // server could make many.
+    if (server_pids.size() >= 1'000) server_pids.clear();
+    server_pids[client_side] = pid;
+    return pid;
+  }
+
   // Say, in a transaction of its own committed at once, that the consume whose transaction runs
   // on backend `pid` is handling `got`. The journal row's id, or nothing when it cannot be
   // written (the work runs all the same: the journal only guards against a consumer's death).
@@ -1598,7 +1618,7 @@ Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const 
       for (const auto& m : got) at.push_back(Located{m.seq, m.group_id, m.failures});
       // Should this process die in the work, its journal row outlives its backend and the
       // attempt is counted (recover_orphans); committing deletes the row with the messages.
-      journaled = impl.journal_begin(txn.tx.conn().backendpid(), got);
+      journaled = impl.journal_begin(impl.server_pid(txn.tx), got);
       auto settled = impl.settle_located(txn, at, [&] {
         PgTransaction t(txn.tx);
         return work(t, got);
