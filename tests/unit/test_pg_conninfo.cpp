@@ -92,3 +92,29 @@ TEST_CASE("redact_pg_url: a password is ***, in the form the URL was written", "
   // What libpq cannot parse cannot be redacted with certainty.
   CHECK(redact_pg_url("postgresql://acmo:s3cret@db/acmo?x=1") == "***");
 }
+
+TEST_CASE("pg_refused_message: a session that lost acmo's prepared statements names the pooler",
+          "[pg_conninfo]")
+{
+  // Missing from the session (26000), or already there from another client (42P05): a pooler
+  // in transaction mode. The URL is redacted; the setting to change is named.
+  for (const char* state : {"26000", "42P05"}) {
+    const auto message = pg_refused_message("postgresql://acmo:s3cret@pool:6432/acmo", state,
+                                            "ERROR:  prepared statement \"acmo_send\"\nLINE 1",
+                                            "store.url");
+    INFO(message);
+    CHECK(message.find(std::string("(") + state + ": ERROR:  prepared statement \"acmo_send\")")
+          != std::string::npos);
+    CHECK(message.find("postgresql://acmo:***@pool:6432/acmo") != std::string::npos);
+    CHECK(message.find("s3cret") == std::string::npos);
+    CHECK(message.find("a pooler in transaction mode") != std::string::npos);
+    CHECK(message.find("point store.url at PostgreSQL itself or at a pooler in session mode")
+          != std::string::npos);
+  }
+  // Anything else acmo's own statements are refused for: a bug, or a schema changed by hand.
+  const auto other = pg_refused_message("postgresql://acmo@db/acmo", "42703",
+                                        "ERROR:  column \"x\" does not exist", "queue.url");
+  CHECK(other
+        == "PostgreSQL refused acmo's statement (42703: ERROR:  column \"x\" does not exist); "
+           "this is a bug or a schema acmo did not make");
+}
