@@ -21,6 +21,11 @@ CXX=clang++ cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACMO_FUZZ=O
   -DACMO_BUILD_TESTS=OFF >/dev/null
 cmake --build "$dir" -j "$(nproc)" --target "${targets[@]/#/fuzz_}" >/dev/null
 
+# The files and the database the targets make for themselves go in a directory of the run's
+# own, removed at the end (the targets end when libFuzzer is done, without cleaning up).
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/acmo-fuzz.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+
 status=0
 for t in "${targets[@]}"; do
   seeds=$root/tests/fuzz/corpus/$t
@@ -31,7 +36,7 @@ for t in "${targets[@]}"; do
   log=$root/$dir/fuzz-$t.log
   rc=0
   # -timeout: an input that takes longer is a hang, reported as a failure.
-  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  TMPDIR=$scratch ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     "$dir/tests/fuzz/fuzz_$t" "$corpus" "$seeds" "${dict[@]}" -max_total_time="$seconds" \
       -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
       -artifact_prefix="$root/$dir/artifacts/$t-" >"$log" 2>&1 || rc=$?

@@ -15,11 +15,14 @@
 namespace {
 
 // The file load_config reads: one per process, rewritten for every input (load_config takes
-// a path; the file is what users hand it).
+// a path; the file is what users hand it). In $TMPDIR, which scripts/test-fuzz.sh points at a
+// directory of the run's own and removes after it.
 const std::string& input_path()
 {
   static const std::string path = [] {
-    std::string templ = "/tmp/acmo-fuzz-config-XXXXXX";
+    const char* tmp = std::getenv("TMPDIR");
+    std::string templ = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp")
+                        + "/acmo-fuzz-config-XXXXXX";
     const int fd = ::mkstemp(templ.data());
     if (fd < 0) std::abort();
     ::close(fd);

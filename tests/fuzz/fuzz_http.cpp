@@ -48,7 +48,10 @@ Served& served()
   static Served* s = [] {
     std::signal(SIGPIPE, SIG_IGN);
     auto* x = new Served;
-    std::string templ = "/tmp/acmo-fuzz-http-XXXXXX";
+    // In $TMPDIR, which scripts/test-fuzz.sh points at a directory of the run's own.
+    const char* tmp = std::getenv("TMPDIR");
+    std::string templ = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp")
+                        + "/acmo-fuzz-http-XXXXXX";
     if (::mkdtemp(templ.data()) == nullptr) std::abort();
     x->dir = templ;
     acmo::ConfigSources sources;
