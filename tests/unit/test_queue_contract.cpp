@@ -62,10 +62,9 @@ public:
       time(real_clock ? static_cast<const Clock&>(SystemClock::instance()) : clock)
   {
     if (kind == "postgres" || kind == "pgbouncer") {
-      const char* url =
-        std::getenv(kind == "postgres" ? "ACMO_TEST_PG_URL" : "ACMO_TEST_PGBOUNCER_URL");
-      REQUIRE(url != nullptr);
-      m_pg.emplace(url);
+      const auto url = kind == "postgres" ? acmo::test::pg_url() : acmo::test::pgbouncer_url();
+      REQUIRE(url);
+      m_pg.emplace(*url);
     } else {
       m_dir.emplace();
     }
