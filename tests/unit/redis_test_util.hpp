@@ -22,25 +22,15 @@
 #include <hiredis/hiredis.h>
 
 #include "core/cache/redis_cache.hpp"
+#include "unit/service_url.hpp"
 #include "unit/temp_dir.hpp"
 
 namespace acmo::test {
 
-// ACMO_TEST_REDIS_URL (scripts/test-services.sh start prints it). Without it the test fails
-// when CI=true — a missing service in CI is a failure — and is skipped with a warning
-// otherwise.
+// The test server's URL (ACMO_TEST_REDIS_URL).
 inline std::optional<std::string> test_redis_url()
 {
-  const char* url = std::getenv("ACMO_TEST_REDIS_URL");
-  if (url != nullptr && *url != '\0') return std::string(url);
-  const char* ci = std::getenv("CI");
-  if (ci != nullptr && std::string(ci) == "true") {
-    FAIL("ACMO_TEST_REDIS_URL is not set: in CI the Redis tests must run "
-         "(eval \"$(scripts/test-services.sh start)\")");
-  }
-  WARN("SKIPPED: ACMO_TEST_REDIS_URL is not set; run eval \"$(scripts/test-services.sh start)\" "
-       "to test against Redis");
-  return std::nullopt;
+  return service_url("ACMO_TEST_REDIS_URL");
 }
 
 // A prefix no other test, process or agent uses: the test server is shared.
