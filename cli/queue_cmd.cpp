@@ -57,6 +57,7 @@ int move_queue(const MoveOptions& opts, const GlobalOptions& global)
                 "postgresql://acmo@db.internal:5432/shop",
                 exit_code::k_usage);
   }
+  if (auto ok = check_pg_url(opts.to, "--to"); !ok) throw Fatal(ok.error().message, exit_code::k_usage);
   const Settings& settings = config(global).settings();
   const std::string schema = opts.schema.empty() ? settings.queue_backend.schema : opts.schema;
   if (!valid_queue_schema(schema)) {

@@ -4,7 +4,9 @@
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <optional>
 #include <regex>
 #include <type_traits>
 #include <utility>
@@ -14,6 +16,7 @@
 
 #include "core/cache/redis_cache.hpp"
 #include "core/queue/postgres/pg_queue.hpp"
+#include "core/store/pg_conninfo.hpp"
 #include "core/util/suggest.hpp"
 
 namespace acmo {
@@ -100,7 +103,7 @@ const std::vector<ConfigKey> k_keys = {
    {}, "full|normal"},
   {"queue.visibility_timeout", KeyType::duration, R"("30s")",
    "how long a received message stays hidden before it is delivered again",
-   field<&Settings::queue, &QueueOptions::visibility_timeout_ms>()},
+   field<&Settings::queue, &QueueOptions::visibility_timeout_ms>(), {0, 12 * 3'600'000}},
   {"queue.dedup_window", KeyType::duration, R"("5m")",
    "how long a deduplication id is remembered",
    field<&Settings::queue, &QueueOptions::dedup_window_ms>()},
@@ -112,7 +115,7 @@ const std::vector<ConfigKey> k_keys = {
    field<&Settings::queue, &QueueOptions::retry_delays_ms>()},
   {"queue.max_retries", KeyType::integer, "3",
    "retries after the first failed attempt before a message goes to the DLQ",
-   field<&Settings::queue, &QueueOptions::max_retries>()},
+   field<&Settings::queue, &QueueOptions::max_retries>(), {0, 1000}},
   {"queue.retention", KeyType::duration, R"("4d")",
    "messages older than this are dropped",
    field<&Settings::queue, &QueueOptions::retention_ms>()},
@@ -399,9 +402,66 @@ std::string key_like(const std::string& name)
   return {};
 }
 
+// What is wrong with `v`, a value of `key` outside its range.
+std::string out_of_range_message(const ConfigKey& key, int64_t v)
+{
+  auto text = [&key](int64_t n) -> std::string {
+    if (key.type != KeyType::duration) return std::to_string(n);
+    if (n == 0) return "0s";
+    std::string out = format_value(key, ConfigValue(std::in_place_type<int64_t>, n));
+    return out.substr(1, out.size() - 2); // without the quotes of TOML
+  };
+  return fmt::format("{} must be between {} and {}, not {}", key.name, text(key.range.low),
+                     text(key.range.high), text(v));
+}
+
+// Whether `name` is a section of the keys ("queue" for queue.max_retries).
+bool is_section(std::string_view name)
+{
+  for (const auto& key : k_keys) {
+    const std::string_view k = key.name;
+    if (k.size() > name.size() && k.substr(0, name.size()) == name && k[name.size()] == '.') {
+      return true;
+    }
+  }
+  return false;
+}
+
 std::string position(const std::string& file, const toml::source_region& where)
 {
   return fmt::format("{}:{}:{}", file, where.begin.line, where.begin.column);
+}
+
+// The first line of `file` with more than k_max_dots dots outside quoted strings, as an error.
+Expected<void> dotted_line(const std::string& file)
+{
+  constexpr int k_max_dots = 64;
+  std::ifstream in(file, std::ios::binary);
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    int dots = 0;
+    char quote = 0;
+    for (size_t i = 0; i < line.size(); ++i) {
+      const char c = line[i];
+      if (quote != 0) {
+        if (c == '\\' && quote == '"') ++i;
+        else if (c == quote) quote = 0;
+      } else if (c == '"' || c == '\'') {
+        quote = c;
+      } else if (c == '#') {
+        break;
+      } else if (c == '.') {
+        ++dots;
+      }
+    }
+    if (dots > k_max_dots) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("{}:{}: a key of more than {} parts; acmo's keys have two "
+                                    "(section.key), `acmo config show` lists them",
+                                    file, number, k_max_dots + 1));
+    }
+  }
+  return {};
 }
 
 Expected<void> read_file(const std::string& file, Config& config)
@@ -415,6 +475,11 @@ Expected<void> read_file(const std::string& file, Config& config)
                                   "is it the right file?",
                                   file, size));
   }
+  // toml++ makes a table for each part of a dotted key ("a.b.c = 1") and walks them
+  // recursively: a key of some hundred thousand parts overflows the stack. acmo's keys have
+  // two parts, and a dot outside quotes is otherwise only in a number: a line with more than
+  // k_max_dots of them is refused before the parser sees it.
+  if (auto dots = dotted_line(file); !dots) return Unexpected(dots.error());
   toml::table root;
   try {
     root = toml::parse_file(file);
@@ -433,11 +498,22 @@ Expected<void> read_file(const std::string& file, Config& config)
       for (const auto& [name, node] : table) {
         const std::string full = prefix.empty() ? std::string(name.str())
                                                 : prefix + "." + std::string(name.str());
-        if (const auto* sub = node.as_table()) {
-          walk(*sub, full);
+        const ConfigKey* key = find_key(full);
+        const bool section = is_section(full);
+        if (const auto* sub = node.as_table(); sub != nullptr && section) {
+          walk(*sub, full); // as deep as the keys go: one level
           continue;
         }
-        const ConfigKey* key = find_key(full);
+        if (section) {
+          problems.emplace_back(
+            node.source().begin,
+            Error(Errc::invalid_input,
+                  fmt::format("{}: {} is a section, not a value; write its keys under [{}] "
+                              "(`acmo config show` lists them)",
+                              position(file, node.source()), full, full),
+                  full));
+          continue;
+        }
         if (key == nullptr) {
           const std::string guess = key_like(full);
           problems.emplace_back(
@@ -455,6 +531,16 @@ Expected<void> read_file(const std::string& file, Config& config)
                                 Error(Errc::invalid_input,
                                       fmt::format("{}: {}: {}", position(file, node.source()),
                                                   full, value.error().message),
+                                      full));
+          continue;
+        }
+        if (const auto* v = std::get_if<int64_t>(&*value);
+            v != nullptr && !key->range.none()
+            && (*v < key->range.low || *v > key->range.high)) {
+          problems.emplace_back(node.source().begin,
+                                Error(Errc::invalid_input,
+                                      fmt::format("{}: {}", position(file, node.source()),
+                                                  out_of_range_message(*key, *v)),
                                       full));
           continue;
         }
@@ -746,22 +832,34 @@ Expected<ListenAddress> parse_listen(std::string_view text)
 
 Expected<void> check_config(const Config& config)
 {
+  // Every value out of its range at once, as read_file reports every key it cannot read: the
+  // first as the error, the others on lines after it.
+  std::optional<Error> out_of_range;
   for (const auto& key : k_keys) {
     if (key.range.none()) continue;
     const int64_t v = std::get<int64_t>(config.entry(key.name).value);
     if (v >= key.range.low && v <= key.range.high) continue;
-    const char* unit = key.type == KeyType::duration ? "ms" : "";
-    return make_error(Errc::invalid_input,
-                      fmt::format("{} must be between {}{} and {}{}, not {}{}", key.name,
-                                  key.range.low, unit, key.range.high, unit, v, unit),
-                      key.name);
+    std::string message = out_of_range_message(key, v);
+    if (!out_of_range) {
+      out_of_range.emplace(Errc::invalid_input, std::move(message), key.name);
+    } else {
+      out_of_range->message +=
+        fmt::format("\n  {} (set by {})", message, config.entry(key.name).source);
+    }
   }
+  if (out_of_range) return Unexpected(std::move(*out_of_range));
   const Settings& s = config.settings();
   if (s.store.backend == "postgres" && s.store.postgres.url.empty()) {
     return make_error(Errc::invalid_input,
                       "store.backend is \"postgres\" but store.url is empty; set it to the "
                       "server's URL, e.g. \"postgresql://acmo@127.0.0.1:5432/acmo\"",
                       "store.backend");
+  }
+  if (s.store.backend == "postgres") {
+    if (auto ok = check_pg_url(s.store.postgres.url, "store.url"); !ok) return ok;
+  }
+  if (s.queue_backend.backend == "postgres" && !s.queue_backend.url.empty()) {
+    if (auto ok = check_pg_url(s.queue_backend.url, "queue.url"); !ok) return ok;
   }
   if (s.queue_backend.backend == "postgres") {
     if (s.store.backend != "postgres") {

@@ -35,7 +35,8 @@ std::string parse_error(std::string_view url, char* errmsg)
   std::string why = errmsg != nullptr ? errmsg : "libpq could not parse it";
   PQfreemem(errmsg);
   while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
-  if (is_uri(url)) {
+  // Whatever its scheme ("http://USER:PASSWORD@..." is quoted whole as a keyword).
+  if (url.find("://") != std::string_view::npos) {
     for (auto at = why.find(url); at != std::string::npos; at = why.find(url, at + 3)) {
       why.replace(at, url.size(), "***");
     }
@@ -169,6 +170,44 @@ Expected<std::string> pg_conninfo_with_defaults(
   return keyword_value_string(*settings, false);
 }
 
+Expected<void> check_pg_url(std::string_view url, std::string_view key)
+{
+  auto settings = parse(url);
+  if (!settings) {
+    Error e = settings.error();
+    if (e.message.rfind("store.url", 0) == 0) e.message.replace(0, 9, key);
+    e.field = std::string(key);
+    return Unexpected(std::move(e));
+  }
+  // The options libpq checks only when it connects, which would be taken for a server not
+  // answering.
+  static const std::vector<std::pair<std::string_view, std::vector<std::string_view>>> k_choices = {
+    {"sslmode", {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}},
+    {"gssencmode", {"disable", "prefer", "require"}},
+    {"channel_binding", {"disable", "prefer", "require"}},
+    {"target_session_attrs",
+     {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}},
+  };
+  for (const auto& setting : *settings) {
+    for (const auto& [name, choices] : k_choices) {
+      if (setting.key != name) continue;
+      bool known = false;
+      for (auto c : choices) known = known || setting.value == c;
+      if (known) continue;
+      std::string list;
+      for (size_t i = 0; i < choices.size(); ++i) {
+        list += i == 0 ? "" : (i + 1 == choices.size() ? " or " : ", ");
+        list += choices[i];
+      }
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} sets {} to \"{}\", which libpq does not know; use {}",
+                                    key, name, setting.value, list),
+                        std::string(key));
+    }
+  }
+  return {};
+}
+
 std::string redact_pg_url(std::string_view url)
 {
   auto settings = parse(url);
@@ -180,10 +219,45 @@ std::string redact_pg_url(std::string_view url)
   return keyword_value_string(*settings, true);
 }
 
+std::string pg_scrubbed(std::string_view url, std::string_view what)
+{
+  std::string out(what);
+  auto blank = [&out](std::string_view secret) {
+    if (secret.empty()) return;
+    for (auto at = out.find(secret); at != std::string::npos; at = out.find(secret, at + 3)) {
+      out.replace(at, secret.size(), "***");
+    }
+  };
+  if (auto settings = parse(url)) {
+    for (const auto& s : *settings) {
+      if (s.secret) blank(s.value);
+    }
+  } else if (url.find("://") != std::string_view::npos) {
+    // Not one libpq can read: the password is what the URI holds between "://USER:" and the
+    // last '@' before the host.
+    const auto start = url.find("://") + 3;
+    const auto at = url.rfind('@');
+    if (at != std::string_view::npos && at > start) {
+      const auto user_info = url.substr(start, at - start);
+      if (const auto colon = user_info.find(':'); colon != std::string_view::npos) {
+        blank(user_info.substr(colon + 1));
+      }
+    }
+  }
+  // A URI libpq quotes in its message (about one it cannot parse) goes whole.
+  for (std::string_view scheme : {"\"postgresql://", "\"postgres://"}) {
+    for (auto at = out.find(scheme); at != std::string::npos; at = out.find(scheme, at + 1)) {
+      const auto end = out.find('"', at + 1);
+      out.replace(at, (end == std::string::npos ? out.size() : end + 1) - at, "\"***\"");
+    }
+  }
+  return out;
+}
+
 std::string pg_unavailable_message(std::string_view url, std::string_view what,
                                    std::string_view key)
 {
-  const std::string reason = first_line(what);
+  const std::string reason = pg_scrubbed(url, first_line(what));
   // The server's words for it (SQLSTATE 53300, which libpq gives a failed connection only as
   // text).
   for (std::string_view full : {"too many clients", "too many connections",
@@ -194,6 +268,19 @@ std::string pg_unavailable_message(std::string_view url, std::string_view what,
                        "lower what acmo keeps open: about 22 connections to the queue's database "
                        "for each acmo process, and store.pool_size",
                        redact_pg_url(url), reason);
+  }
+  // The server answered, and refused: a role, password or database it does not have, or
+  // pg_hba.conf.
+  bool refused = false;
+  for (std::string_view words : {"password authentication failed", "no pg_hba.conf entry",
+                                 "is not permitted to log in", "permission denied for database",
+                                 "does not exist"}) {
+    refused = refused || reason.find(words) != std::string::npos;
+  }
+  if (refused && reason.find("FATAL:") != std::string::npos) {
+    return fmt::format("PostgreSQL at {} refused the connection ({}); check the user, the "
+                       "password and the database in {}, and the server's pg_hba.conf",
+                       redact_pg_url(url), reason, key);
   }
   return fmt::format("PostgreSQL at {} is not answering ({}); check that the server runs and {}",
                      redact_pg_url(url), reason, key);
@@ -207,11 +294,11 @@ std::string pg_refused_message(std::string_view url, std::string_view state,
                        "transaction mode (such as PgBouncer's pool_mode = transaction) hands each "
                        "transaction to any server connection; point {} at PostgreSQL itself or "
                        "at a pooler in session mode",
-                       redact_pg_url(url), state, first_line(what), key);
+                       redact_pg_url(url), state, pg_scrubbed(url, first_line(what)), key);
   }
   return fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a bug or a schema "
                      "acmo did not make",
-                     state, first_line(what));
+                     state, pg_scrubbed(url, first_line(what)));
 }
 
 } // namespace acmo

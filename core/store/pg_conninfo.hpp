@@ -18,10 +18,19 @@ namespace acmo {
 Expected<std::string> pg_conninfo_with_defaults(
   std::string_view url, const std::vector<std::pair<std::string, std::string>>& defaults);
 
+// Whether libpq can read `url` (the setting `key`, "store.url" or "queue.url"), and knows the
+// values of its sslmode, gssencmode, channel_binding and target_session_attrs, which it would
+// otherwise refuse only when connecting. Errc::invalid_input naming `key` when not.
+Expected<void> check_pg_url(std::string_view url, std::string_view key);
+
 // The URL for messages: as written when it holds no secret; otherwise written again from
 // what libpq reads in it, in the same form (URI or key=value), with each secret (password,
 // sslpassword) as "***". "***" when libpq cannot parse it.
 std::string redact_pg_url(std::string_view url);
+
+// `what` (a message of libpq's or the server's) with each secret of `url` in it, and any URI
+// libpq quotes in it, replaced by "***".
+std::string pg_scrubbed(std::string_view url, std::string_view what);
 
 // The message for a server at `url` that could not be reached, or refused a connection:
 // `what` is libpq's reason, `key` the setting that names the server (queue.url, store.url).

@@ -433,10 +433,16 @@ TEST_CASE("Config: a value outside its key's range is refused, naming the key", 
       }
       REQUIRE_FALSE(ok);
       CHECK(ok.error().field == key->name);
-      const std::string unit = key->type == KeyType::duration ? "ms" : "";
-      CHECK(ok.error().message == fmt::format("{} must be between {}{} and {}{}, not {}{}",
-                                              key->name, key->range.low, unit, key->range.high,
-                                              unit, v, unit));
+      // Durations as one writes them ("12h", "0s"), integers as numbers.
+      auto text = [&](int64_t n) -> std::string {
+        if (key->type != KeyType::duration) return std::to_string(n);
+        if (n == 0) return "0s";
+        const std::string t = format_value(*key, ConfigValue(std::in_place_type<int64_t>, n));
+        return t.substr(1, t.size() - 2);
+      };
+      CHECK(ok.error().message == fmt::format("{} must be between {} and {}, not {}", key->name,
+                                              text(key->range.low), text(key->range.high),
+                                              text(v)));
     }
   }
   // The messages users see.
@@ -446,5 +452,66 @@ TEST_CASE("Config: a value outside its key's range is refused, naming the key", 
   config = base;
   config.set("handler.wait", ConfigEntry{int64_t{30'000}, "test"});
   CHECK(check_config(config).error().message ==
-        "handler.wait must be between 0ms and 20000ms, not 30000ms");
+        "handler.wait must be between 0s and 20s, not 30s");
+  config = base;
+  config.set("queue.visibility_timeout", ConfigEntry{int64_t{13 * 3'600'000}, "test"});
+  CHECK(check_config(config).error().message ==
+        "queue.visibility_timeout must be between 0s and 12h, not 13h");
+  // Every value out of range at once, each with where it was set after the first.
+  config = base;
+  config.set("server.threads", ConfigEntry{int64_t{0}, "env ACMO_SERVER_THREADS"});
+  config.set("queue.max_retries", ConfigEntry{int64_t{99'999'999'999}, "env ACMO_QUEUE_MAX_RETRIES"});
+  auto both = check_config(config);
+  REQUIRE_FALSE(both);
+  CHECK(both.error().field == "queue.max_retries");
+  CHECK(both.error().message ==
+        "queue.max_retries must be between 0 and 1000, not 99999999999\n"
+        "  server.threads must be between 1 and 1024, not 0 (set by env ACMO_SERVER_THREADS)");
+}
+
+TEST_CASE("Config: a file's values out of range are all reported, each at its line", "[config]")
+{
+  TempDir dir;
+  const std::string file =
+    write(dir, "acmo.toml",
+          "[handler]\nconcurrency = 0\n[queue]\nvisibility_timeout = \"13h\"\n"
+          "max_retries = 9223372036854775807\n");
+  CHECK(load_error(file).message ==
+        file + ":2:15: handler.concurrency must be between 1 and 64, not 0\n  " + file +
+        ":4:22: queue.visibility_timeout must be between 0s and 12h, not 13h\n  " + file +
+        ":5:15: queue.max_retries must be between 0 and 1000, not 9223372036854775807\n  (3 "
+        "problems in " + file + ")");
+}
+
+TEST_CASE("Config: tables are sections or errors, never a way around the keys", "[config]")
+{
+  TempDir dir;
+  auto problems = [&](const std::string& text) {
+    return load_error(write(dir, "acmo.toml", text)).message;
+  };
+  // A key given a table is a wrong type, not a key left at its default.
+  CHECK_THAT(problems("[queue]\nmax_retries = {}\n"),
+             Catch::Contains(":2:15: queue.max_retries: must be"));
+  CHECK_THAT(problems("[queue.max_retries]\n"), Catch::Contains("queue.max_retries: must be"));
+  // A table acmo does not know, even empty, is an unknown key.
+  CHECK_THAT(problems("[quue]\n"), Catch::Contains(":1:1: unknown key quue"));
+  CHECK_THAT(problems("[queue.extra]\n"), Catch::Contains("unknown key queue.extra"));
+  CHECK_THAT(problems("extra = {}\n"), Catch::Contains("unknown key extra"));
+  // A section given a value.
+  CHECK_THAT(problems("queue = 5\n"),
+             Catch::Contains("queue is a section, not a value; write its keys under [queue]"));
+  // A dotted key of a hundred thousand parts, which the TOML parser would recurse into until
+  // the stack ran out, is refused before it is parsed; so is one of 66 parts.
+  std::string deep;
+  for (int i = 0; i < 100'000; ++i) deep += "q.";
+  CHECK_THAT(problems(deep + "q = 1\n"),
+             Catch::Contains(":1: a key of more than 65 parts; acmo's keys have two"));
+  std::string sixty_six;
+  for (int i = 0; i < 65; ++i) sixty_six += "q.";
+  CHECK_THAT(problems("x = 1\n" + sixty_six + "q = 1\n"), Catch::Contains(":2: a key of more"));
+  // Dots in strings and comments do not count.
+  std::string dots(200, '.');
+  CHECK(load(write(dir, "acmo.toml",
+                   "# " + dots + "\n[log]\nfile = \"/var/log/a" + dots + "\" # " + dots + "\n"))
+          .get_string("log.file") == "/var/log/a" + dots);
 }

@@ -118,3 +118,69 @@ TEST_CASE("pg_refused_message: a session that lost acmo's prepared statements na
         == "PostgreSQL refused acmo's statement (42703: ERROR:  column \"x\" does not exist); "
            "this is a bug or a schema acmo did not make");
 }
+
+TEST_CASE("check_pg_url: what libpq cannot read, or would refuse only when connecting, names the "
+          "setting", "[pg_conninfo]")
+{
+  CHECK(check_pg_url("postgresql://acmo@db/acmo?sslmode=verify-full", "queue.url"));
+  CHECK(check_pg_url("host=db target_session_attrs=read-write", "store.url"));
+  auto refused = [](std::string_view url, std::string_view key) {
+    auto ok = check_pg_url(url, key);
+    REQUIRE_FALSE(ok);
+    CHECK(ok.error().code == Errc::invalid_input);
+    CHECK(ok.error().field == key);
+    return ok.error().message;
+  };
+  CHECK(refused("not a url", "queue.url") ==
+        "queue.url is neither a PostgreSQL URL (postgresql://USER@HOST:PORT/DB) nor key=value "
+        "pairs: missing \"=\" after \"not\" in connection info string");
+  CHECK(refused("postgresql://acmo@db/acmo?sslmode=bogus", "store.url") ==
+        "store.url sets sslmode to \"bogus\", which libpq does not know; use disable, allow, "
+        "prefer, require, verify-ca or verify-full");
+  CHECK_THAT(refused("host=db gssencmode=always", "--to"),
+             Catch::StartsWith("--to sets gssencmode to \"always\""));
+  CHECK_THAT(refused("host=db channel_binding=yes", "store.url"),
+             Catch::Contains("channel_binding"));
+  CHECK_THAT(refused("host=db target_session_attrs=primaryy", "store.url"),
+             Catch::Contains("prefer-standby"));
+  // Whatever the scheme, a URL libpq cannot read is not echoed: it may hold a password.
+  CHECK_THAT(refused("http://acmo:s3cret@db/acmo", "store.url"), !Catch::Contains("s3cret"));
+  CHECK_THAT(refused("postgresql://acmo:s3cret@[::1/acmo", "store.url"), !Catch::Contains("s3cret"));
+}
+
+TEST_CASE("pg_scrubbed and pg_unavailable_message: no password of the URL reaches a message",
+          "[pg_conninfo]")
+{
+  // libpq quotes a URI it cannot parse, with what acmo appended to it.
+  const std::string broken = "postgresql://acmo:S3cretPW@[::1/advcli";
+  const std::string what = "end of string reached when looking for matching \"]\" in IPv6 host "
+                           "address in URI: \"" + broken + "?connect_timeout=5\"";
+  CHECK(pg_scrubbed(broken, what) == "end of string reached when looking for matching \"]\" in "
+                                     "IPv6 host address in URI: \"***\"");
+  CHECK_THAT(pg_unavailable_message(broken, what, "queue.url"), !Catch::Contains("S3cretPW"));
+  // A password libpq can read is blanked wherever a message repeats it.
+  CHECK(pg_scrubbed("host=db password=hunter22", "server said hunter22 twice: hunter22") ==
+        "server said *** twice: ***");
+  CHECK(pg_scrubbed("postgresql://acmo@db/acmo", "nothing secret here") == "nothing secret here");
+}
+
+TEST_CASE("pg_unavailable_message: a server that refuses the role, password or database is told "
+          "apart from one that does not answer", "[pg_conninfo]")
+{
+  const std::string url = "postgresql://nouser:pw@127.0.0.1:5432/acmo";
+  CHECK(pg_unavailable_message(url,
+                               "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  "
+                               "role \"nouser\" does not exist\n",
+                               "store.url") ==
+        "PostgreSQL at postgresql://nouser:***@127.0.0.1:5432/acmo refused the connection "
+        "(connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  role \"nouser\" does "
+        "not exist); check the user, the password and the database in store.url, and the "
+        "server's pg_hba.conf");
+  CHECK_THAT(pg_unavailable_message(url, "FATAL:  password authentication failed for user", "k"),
+             Catch::Contains("refused the connection"));
+  // Starting up or shutting down: not answering yet, as before.
+  CHECK_THAT(pg_unavailable_message(url, "FATAL:  the database system is starting up", "k"),
+             Catch::Contains("is not answering"));
+  CHECK_THAT(pg_unavailable_message(url, "Connection refused", "k"),
+             Catch::Contains("is not answering"));
+}
