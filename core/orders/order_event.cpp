@@ -81,9 +81,25 @@ Expected<void> check_text(const json& data, const char* key, std::string field, 
     return {};
   }
   if (!it->is_string()) return invalid(field, fmt::format("must be a string, not {}", it->type_name()));
-  auto len = utf8_length(it->get_ref<const std::string&>());
+  const auto& text = it->get_ref<const std::string&>();
+  auto len = utf8_length(text);
   if (len < min || len > max) {
     return invalid(field, fmt::format("must be {} to {} characters long, not {}", min, max, len));
+  }
+  // Plain text of one line: a control character (a newline, or ESC, which a terminal showing
+  // `acmo orders get` would obey) has no place in a name or an id. C0, DEL and C1 (U+0080 to
+  // U+009F, "\xc2\x80" to "\xc2\x9f" in UTF-8).
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    const bool c1 = c == 0xc2 && i + 1 < text.size()
+                    && static_cast<unsigned char>(text[i + 1]) >= 0x80
+                    && static_cast<unsigned char>(text[i + 1]) <= 0x9f;
+    if (c < 0x20 || c == 0x7f || c1) {
+      const unsigned code = c1 ? static_cast<unsigned char>(text[i + 1]) : c;
+      return invalid(field, fmt::format("holds the control character U+{:04X}; write it as plain "
+                                        "text on one line",
+                                        code));
+    }
   }
   return {};
 }

@@ -78,8 +78,10 @@ Expected<void> check_body(std::string_view body)
       return make_error(
         Errc::invalid_input,
         fmt::format("the message body contains character U+{:04X} at byte offset {}, which SQS "
-                    "does not allow; remove control characters other than tab, LF and CR",
-                    cp, offset),
+                    "does not allow; {}",
+                    cp, offset,
+                    cp < 0x20 ? "remove control characters other than tab, LF and CR"
+                              : "U+FFFE and U+FFFF are not characters; remove them"),
         "body");
     }
     p += len;

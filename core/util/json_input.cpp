@@ -1,6 +1,9 @@
 #include "core/util/json_input.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/core.h>
@@ -10,6 +13,44 @@ namespace acmo {
 namespace {
 
 using nlohmann::json;
+
+// A decimal number's text ("12.50", "1.25e3", "-0.0012") as its significant digits and the
+// power of ten of the last one ("125", 1): two texts of one number compare equal.
+std::pair<std::string, long> decimal_of(std::string_view text)
+{
+  std::string digits;
+  long exponent = 0;
+  bool fraction = false;
+  size_t i = 0;
+  if (i < text.size() && (text[i] == '-' || text[i] == '+')) ++i;
+  for (; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '.') {
+      fraction = true;
+    } else if (c >= '0' && c <= '9') {
+      if (!(digits.empty() && c == '0')) digits += c;
+      if (fraction) --exponent;
+    } else {
+      break; // 'e' or 'E'
+    }
+  }
+  if (i < text.size()) { // the exponent, clamped: past a few digits it is no finite double
+    ++i;
+    const bool negative = i < text.size() && text[i] == '-';
+    if (i < text.size() && (text[i] == '-' || text[i] == '+')) ++i;
+    long power = 0;
+    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+      power = std::min(power * 10 + (text[i] - '0'), 1'000'000L);
+    }
+    exponent += negative ? -power : power;
+  }
+  while (!digits.empty() && digits.back() == '0') {
+    digits.pop_back();
+    ++exponent;
+  }
+  if (digits.empty()) exponent = 0;
+  return {digits, exponent};
+}
 
 // Builds the document as nlohmann's own DOM parser does, with two checks on the way: a key
 // already present in its object, and nesting past the limit. Both stop the parse at once, so
@@ -23,7 +64,21 @@ public:
   bool boolean(bool value) { return add(value); }
   bool number_integer(json::number_integer_t value) { return add(value); }
   bool number_unsigned(json::number_unsigned_t value) { return add(value); }
-  bool number_float(json::number_float_t value, const json::string_t&) { return add(value); }
+  bool number_float(json::number_float_t value, const json::string_t& text)
+  {
+    // A number with more digits than a double keeps would be read as another one, silently
+    // ("1.4999999999999999999999" as 1.5): refused, as any number the sender did not mean.
+    // What a JSON writer prints for a double (at most 17 significant digits, the shortest
+    // that reads back) always passes.
+    const std::string kept = fmt::format("{}", value);
+    if (std::isfinite(value) && decimal_of(text) != decimal_of(kept)) {
+      m_error = fmt::format("holds the number {}, which a double cannot hold exactly (it would "
+                            "read as {}); write at most 15 significant digits",
+                            text, kept);
+      return false;
+    }
+    return add(value);
+  }
   bool string(json::string_t& value) { return add(std::move(value)); }
   bool binary(json::binary_t& value) { return add(std::move(value)); }
 

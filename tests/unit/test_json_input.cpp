@@ -94,3 +94,31 @@ TEST_CASE("parse_event: a queued body nested past the limit is a rejected event,
   REQUIRE_FALSE(event);
   CHECK(event.error().message == "body nests deeper than 64 levels");
 }
+
+TEST_CASE("parse_json_input: a number a double cannot hold exactly is refused, not rounded",
+          "[json_input]")
+{
+  // What a JSON writer prints for a double reads back as itself, however many digits.
+  for (const char* taken : {"0.30000000000000004", "19.99", "1.50", "1e1", "1.5e-300", "-0.0",
+                            "1.7976931348623157e308", "123456789012345.6", "1E+2", "0.000001"}) {
+    INFO(taken);
+    auto doc = parse_json_input(std::string("[") + taken + "]", "the body");
+    CHECK(doc);
+  }
+  for (const char* refused : {"1.4999999999999999999999", "1.00000000000000000001",
+                              "1.0000000000000001", "1e-400", "123456789012345678901234",
+                              "0.1000000000000000000000000000000000000000000001"}) {
+    INFO(refused);
+    auto doc = parse_json_input(std::string("{\"unit_price\":") + refused + "}", "the body");
+    REQUIRE_FALSE(doc);
+    CHECK(doc.error().code == Errc::invalid_input);
+    CHECK_THAT(doc.error().message,
+               Catch::StartsWith(std::string("the body holds the number ") + refused +
+                                 ", which a double cannot hold exactly (it would read as "));
+  }
+  auto price = parse_json_input(R"({"unit_price":1.4999999999999999999999})", "line 3");
+  REQUIRE_FALSE(price);
+  CHECK(price.error().message ==
+        "line 3 holds the number 1.4999999999999999999999, which a double cannot hold exactly "
+        "(it would read as 1.5); write at most 15 significant digits");
+}

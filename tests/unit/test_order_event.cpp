@@ -174,7 +174,42 @@ TEST_CASE("order events: invalid CREATE data is rejected naming the field", "[or
     data = json::array();
     expected = "data";
   }
+  SECTION("customer_name with ESC, which a terminal would obey")
+  {
+    data["customer_name"] = "X\x1b]0;pwned\x07\x1b[2J";
+    expected = "data.customer_name";
+  }
+  SECTION("customer_name on two lines")
+  {
+    data["customer_name"] = "Ada\nLovelace";
+    expected = "data.customer_name";
+  }
+  SECTION("product_id with a C1 control character")
+  {
+    data["items"][0]["product_id"] = "p\xc2\x9b" "1";
+    expected = "data.items[0].product_id";
+  }
+  SECTION("item name with DEL")
+  {
+    data["items"][1]["name"] = "Widget\x7f";
+    expected = "data.items[1].name";
+  }
   CHECK(failing_field(create_event(data)) == expected);
+}
+
+TEST_CASE("order events: names hold any printable text, control characters are named",
+          "[order_event]")
+{
+  auto data = valid_create_data();
+  // An em dash, an emoji and U+00A0 (after the C1 range).
+  data["customer_name"] = "Zoë Ångström \u2014 \U0001F600 \u00a0";
+  CHECK(parse_event(create_event(data)));
+  data["customer_name"] = "tab\there";
+  auto refused = parse_event(create_event(data));
+  REQUIRE_FALSE(refused);
+  CHECK_THAT(refused.error().message,
+             Catch::Contains("holds the control character U+0009; write it as plain text on one "
+                             "line"));
 }
 
 TEST_CASE("order events: money is parsed into exact integer cents", "[order_event]")
