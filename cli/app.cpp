@@ -4,8 +4,12 @@
 #include "core/queue/sqlite/sqlite_queue.hpp"
 #include "core/store/pg_conninfo.hpp"
 
+#include <algorithm>
 #include <array>
+#include <cerrno>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -76,6 +80,11 @@ const Config& config(const GlobalOptions& global)
     if (!global.data_dir.empty()) {
       loaded->set("data_dir", ConfigEntry{global.data_dir, "flag --data-dir"});
     }
+    if (global.embedded) {
+      loaded->set("queue.backend", ConfigEntry{std::string("sqlite"), "acmo demo"});
+      loaded->set("store.backend", ConfigEntry{std::string("sqlite"), "acmo demo"});
+      loaded->set("cache.backend", ConfigEntry{std::string("memory"), "acmo demo"});
+    }
     // Values the queue would refuse are configuration errors too: say where they were set.
     if (auto ok = check_queue_options(queue_options_from(*loaded)); !ok) {
       const Error& e = ok.error();
@@ -85,8 +94,11 @@ const Config& config(const GlobalOptions& global)
     }
     if (auto ok = check_config(*loaded); !ok) {
       const Error& e = ok.error();
-      throw Fatal(fmt::format("{} (set by {})", e.message, loaded->entry(e.field).source),
-                  exit_code::k_usage);
+      // After the first line when there are several: each further line names its own key.
+      std::string message = e.message;
+      const auto newline = std::min(message.find('\n'), message.size());
+      message.insert(newline, fmt::format(" (set by {})", loaded->entry(e.field).source));
+      throw Fatal(message, exit_code::k_usage);
     }
     if (global.verbose > 0) {
       fmt::print(stderr, "acmo: configuration: {}\n",
@@ -219,6 +231,18 @@ std::unique_ptr<Queue> open_existing_queue(const GlobalOptions& global)
   return open_queue(global);
 }
 
+// `rc`, or a failure when what the command printed could not all be written (a full disk, a
+// closed descriptor): a script must not take output it never got for a success. A reader that
+// went away (EPIPE, as `acmo orders list | head` does) is not one: that is what it asked for.
+int output_written(int rc)
+{
+  errno = 0;
+  if (std::fflush(stdout) == 0 && std::ferror(stdout) == 0) return rc;
+  if (errno == EPIPE) return rc;
+  print_error(fmt::format("cannot write the output: {}", std::strerror(errno != 0 ? errno : EIO)));
+  return rc == exit_code::k_ok ? exit_code::k_failure : rc;
+}
+
 int run(int argc, char** argv)
 {
   // Taken by the stop guard (start_stop_guard), in every thread made from here on.
@@ -289,9 +313,30 @@ int run(int argc, char** argv)
     return exit_code::k_usage;
   }
 
+  // An option given an empty value ("--group ''", "--config=") is a mistake, never a request
+  // for the default: say so rather than go on as if it had not been given.
+  std::function<const CLI::Option*(const CLI::App*)> empty_value = [&](const CLI::App* cmd) {
+    for (const CLI::Option* opt : cmd->get_options()) {
+      if (opt->get_expected_min() < 1) continue; // a flag, or --wait [=SECS]
+      for (const auto& r : opt->results()) {
+        if (r.empty()) return opt;
+      }
+    }
+    for (const CLI::App* inner : cmd->get_subcommands()) {
+      if (const CLI::Option* opt = empty_value(inner)) return opt;
+    }
+    return static_cast<const CLI::Option*>(nullptr);
+  };
+  if (const CLI::Option* opt = empty_value(&app)) {
+    std::string name = opt->get_name(false, false);
+    if (name.empty()) name = opt->get_name(true, false);
+    print_error(fmt::format("{} was given an empty value; give it one, or leave it out", name));
+    return exit_code::k_usage;
+  }
+
   try {
     for (auto& [cmd, runner] : runners) {
-      if (cmd->parsed()) return runner();
+      if (cmd->parsed()) return output_written(runner());
     }
     return exit_code::k_usage;
   } catch (const Fatal& e) {

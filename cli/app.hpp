@@ -21,6 +21,9 @@ struct GlobalOptions {
   bool json = false;
   bool quiet = false;
   int verbose = 0;
+  // acmo demo: the embedded queue and store and the in-process cache, whatever the
+  // configuration names, so that the demo never touches a queue, store or cache in use.
+  bool embedded = false;
 };
 
 // What a subcommand's setup returns: the code that runs it once the command line is parsed,

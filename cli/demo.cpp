@@ -89,7 +89,20 @@ std::string make_temp_dir()
 int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
 {
   GlobalOptions global = global_in;
+  global.embedded = true;
   const bool temporary = global.data_dir.empty();
+  if (!temporary) {
+    // A directory of the user's own: the demo would apply (or dead-letter) the events waiting
+    // there and leave its orders among theirs.
+    std::error_code ec;
+    if (std::filesystem::exists(database_path(global.data_dir), ec)) {
+      throw Fatal(fmt::format("{} holds an acmo queue already, and the demo would take its "
+                              "waiting events; give --data-dir a new or empty directory, or "
+                              "leave it out for a temporary one",
+                              global.data_dir),
+                  exit_code::k_usage);
+    }
+  }
   if (temporary) global.data_dir = make_temp_dir();
   struct Cleanup {
     std::string dir;
@@ -341,9 +354,10 @@ Runner setup_demo(CLI::App& sub, const GlobalOptions& global)
   auto opts = std::make_shared<DemoOptions>();
   sub.add_flag("--keep", opts->keep,
                "Keep the temporary data dir at the end (its path is printed)");
-  sub.footer("Runs in a new temporary data dir, removed at the end unless --keep; with\n"
-             "--data-dir, in that dir, left as it is. Exit status 0 only if every step did\n"
-             "what it said.");
+  sub.footer("Runs in a new temporary data dir, removed at the end unless --keep, on the\n"
+             "embedded queue and store and the in-process cache, whatever the configuration\n"
+             "says. With --data-dir, in that dir (one without an acmo queue), left as it is.\n"
+             "Exit status 0 only if every step did what it said.");
   return [opts, &global] { return run_demo(*opts, global); };
 }
 

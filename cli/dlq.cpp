@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <optional>
 
 #include <pthread.h>
 
@@ -28,12 +29,11 @@ struct DlqOptions {
   std::string id;
   std::vector<std::string> ids;
   bool yes = false;
-  // The filters of list and redrive, as given; `reason_given` tells --reason "" from none.
+  // The filters of list and redrive, as given.
   std::string reason;
-  bool reason_given = false;
   std::string older_than;
   std::string newer_than;
-  int64_t rate = -1; // redrive --rate: messages a second; -1 unpaced (no --rate)
+  std::optional<int64_t> rate; // redrive --rate: messages a second; none unpaced
 };
 
 constexpr int64_t k_max_rate = 100'000;
@@ -42,12 +42,7 @@ constexpr int64_t k_max_rate = 100'000;
 DlqFilter filter_of(const DlqOptions& opts)
 {
   DlqFilter filter;
-  if (opts.reason_given && opts.reason.empty()) {
-    throw Fatal("--reason needs some text of the reason to match, such as \"does not exist\"; "
-                "leave it out to take every reason",
-                exit_code::k_usage);
-  }
-  filter.reason = opts.reason;
+  filter.reason = opts.reason; // never "" when given: the command line refuses empty values
   const auto age = [](const char* flag, const std::string& text) -> int64_t {
     if (text.empty()) return -1;
     auto ms = parse_duration(text);
@@ -169,13 +164,13 @@ Expected<RedriveOutcome> redrive_matching(Queue& queue, const DlqFilter& filter,
 int run_redrive(const DlqOptions& opts, const GlobalOptions& global)
 {
   const DlqFilter filter = filter_of(opts);
-  const bool paced = opts.rate != -1;
+  const bool paced = opts.rate.has_value();
   if (!opts.ids.empty() && (!filter.matches_all() || paced)) {
     throw Fatal("message ids go without --reason, --older-than, --newer-than and --rate: give "
                 "either the ids or the filters",
                 exit_code::k_usage);
   }
-  if (paced && (opts.rate < 1 || opts.rate > k_max_rate)) {
+  if (paced && (*opts.rate < 1 || *opts.rate > k_max_rate)) {
     throw Fatal(fmt::format("--rate must be 1 to {} messages a second", k_max_rate),
                 exit_code::k_usage);
   }
@@ -193,7 +188,7 @@ int run_redrive(const DlqOptions& opts, const GlobalOptions& global)
   auto queue = open_existing_queue(global);
   RedriveOutcome outcome;
   if (opts.ids.empty()) {
-    auto done = redrive_matching(*queue, filter, paced ? opts.rate : 0, signals, global);
+    auto done = redrive_matching(*queue, filter, paced ? *opts.rate : 0, signals, global);
     if (!done) return report(done.error());
     outcome = *done;
   } else {
@@ -224,13 +219,8 @@ Runner setup_dlq(CLI::App& sub, const GlobalOptions& global)
   // The filters list and redrive share.
   const auto add_filters = [opts](CLI::App* cmd) {
     cmd
-      ->add_option_function<std::string>(
-        "--reason",
-        [opts](const std::string& text) {
-          opts->reason = text;
-          opts->reason_given = true;
-        },
-        "Only messages whose reason contains TEXT, in any letter case")
+      ->add_option("--reason", opts->reason,
+                   "Only messages whose reason contains TEXT, in any letter case")
       ->option_text("TEXT");
     cmd
       ->add_option("--older-than", opts->older_than,
@@ -255,7 +245,8 @@ Runner setup_dlq(CLI::App& sub, const GlobalOptions& global)
     ->option_text("ID...");
   add_filters(redrive);
   redrive
-    ->add_option("--rate", opts->rate,
+    ->add_option_function<int64_t>(
+      "--rate", [opts](const int64_t& n) { opts->rate = n; },
                  "At most N messages a second, in small steps; Ctrl-C stops between two")
     ->option_text("N");
   auto* purge = sub.add_subcommand("purge", "Remove every dead-lettered message");

@@ -21,7 +21,8 @@ namespace {
 struct HandlersOptions {
   std::vector<std::string> ids;
   bool all = false;
-  double wait_s = -1; // --wait: how long to wait for the handlers to stop; < 0: do not wait
+  double wait_s = 0; // --wait: how long to wait for the handlers to stop
+  bool wait_given = false;
 };
 
 int run_list(const GlobalOptions& global)
@@ -69,7 +70,10 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
                             request),
                 exit_code::k_usage);
   }
-  if (opts.wait_s > 3600) throw Fatal("--wait is at most 3600 seconds", exit_code::k_usage);
+  // Not given: -1. Given: 0 to 3600 seconds (NaN fails both comparisons).
+  if (opts.wait_given && !(opts.wait_s >= 0 && opts.wait_s <= 3600)) {
+    throw Fatal("--wait takes 0 to 3600 seconds", exit_code::k_usage);
+  }
   auto queue = open_existing_queue(global);
   std::vector<std::string> ids = opts.ids;
   if (opts.all) {
@@ -80,7 +84,12 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
       if (h.state(now) == "running") ids.push_back(h.id);
     }
     if (ids.empty()) {
-      if (!global.quiet) fmt::print("no handler is running\n");
+      if (global.json) {
+        print_json({{"asked", std::vector<std::string>{}},
+                    {"stopped", opts.wait_given ? nlohmann::json::array() : nlohmann::json()}});
+      } else if (!global.quiet) {
+        fmt::print("no handler is running\n");
+      }
       return exit_code::k_ok;
     }
   }
@@ -98,7 +107,7 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
                                    : ": it handles what is queued, then stops");
     }
   }
-  if (opts.wait_s < 0 || asked.empty()) {
+  if (!opts.wait_given || asked.empty()) {
     if (global.json) print_json({{"asked", asked}, {"stopped", nullptr}});
     return rc;
   }
@@ -143,8 +152,13 @@ Runner setup_handlers(CLI::App& sub, const GlobalOptions& global)
       ->option_text("ID...");
     cmd->add_flag("--all", opts->all, fmt::format("{} every running handler", what));
     cmd
-      ->add_option("--wait", opts->wait_s,
-                   "Wait up to SECONDS for them to stop (exit 75 if one has not)")
+      ->add_option_function<double>(
+        "--wait",
+        [opts](const double& s) {
+          opts->wait_s = s;
+          opts->wait_given = true;
+        },
+        "Wait up to SECONDS for them to stop (exit 75 if one has not)")
       ->option_text("SECONDS");
   };
   auto* stop = sub.add_subcommand(

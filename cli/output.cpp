@@ -1,5 +1,6 @@
 #include "cli/output.hpp"
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -63,7 +64,14 @@ bool confirm(std::string_view question)
   std::fflush(stderr);
   std::string answer;
   if (!std::getline(std::cin, answer)) return false;
-  return !answer.empty() && (answer[0] == 'y' || answer[0] == 'Y');
+  // Only a yes: "y" or "yes" in any case, spaces around it aside. Anything else ("yn", "no",
+  // "ye", a stray keystroke) answers no.
+  const auto first = answer.find_first_not_of(" \t\r");
+  const auto last = answer.find_last_not_of(" \t\r");
+  if (first == std::string::npos) return false;
+  std::string word = answer.substr(first, last - first + 1);
+  for (char& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return word == "y" || word == "yes";
 }
 
 int64_t parse_seconds_flag(std::string_view flag, const std::string& given, int64_t default_s,

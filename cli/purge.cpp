@@ -31,7 +31,9 @@ int purge_queue(bool dlq, bool yes, const GlobalOptions& global)
     if (!stats) return report(stats.error());
     const int64_t count = dlq ? stats->dead_lettered
                                    : stats->visible + stats->in_flight + stats->delayed;
-    if (!confirm(fmt::format("Remove all {} messages of {} and its dedup history?", count, name))) {
+    // A purge of the DLQ leaves the queue's dedup history alone.
+    if (!confirm(fmt::format("Remove all {} messages of {}{}?", count, name,
+                             dlq ? "" : " and its dedup history"))) {
       fmt::print(stderr, "nothing removed\n");
       return exit_code::k_failure;
     }

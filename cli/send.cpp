@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -71,6 +72,13 @@ std::string load_data_argument(const std::string& arg)
   const std::string path = arg.substr(1);
   std::ifstream file;
   if (path != "-") {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) {
+      throw Fatal(fmt::format("cannot read the --data file {}: it is a directory; check the path "
+                              "after '@'",
+                              path),
+                  exit_code::k_usage);
+    }
     file.open(path, std::ios::binary);
     if (!file) {
       throw Fatal(fmt::format("cannot read the --data file {}: {}; check the path after '@'",

@@ -10,6 +10,7 @@
 #include "cli/output.hpp"
 #include "core/config/backends.hpp"
 #include "core/orders/order.hpp"
+#include "core/orders/order_event.hpp"
 #include "core/queue/queue_json.hpp"
 #include "core/store/order_store.hpp"
 #include "core/util/clock.hpp"
@@ -73,7 +74,12 @@ int run_tail(const TailOptions& opts, const GlobalOptions& global)
     throw Fatal("--applied and --dead-lettered exclude each other; give neither for both",
                 exit_code::k_usage);
   }
-  if (opts.count < 0) throw Fatal("--count must not be negative", exit_code::k_usage);
+  if (opts.count < 0) throw Fatal("--count takes 1 or more events", exit_code::k_usage);
+  if (!opts.order_id.empty()) {
+    if (auto ok = check_order_id(opts.order_id); !ok) {
+      throw Fatal(fmt::format("--order-id {}", ok.error().message.substr(9)), exit_code::k_usage);
+    }
+  }
   const sigset_t signals = block_signals();
   auto queue = open_existing_queue(global);
   const bool postgres = config(global).settings().store.backend == "postgres";
@@ -168,7 +174,10 @@ Runner setup_tail(CLI::App& sub, const GlobalOptions& global)
   sub.add_flag("--applied", opts->applied_only, "Only the events applied");
   sub.add_flag("--dead-lettered", opts->dead_only, "Only the events dead-lettered");
   sub.add_option("--order-id", opts->order_id, "Only the events of this order")->option_text("ID");
-  sub.add_option("--count", opts->count, "Exit after N events (default: on SIGINT or SIGTERM)")
+  sub.add_option_function<int64_t>(
+       "--count",
+       [opts](const int64_t& n) { opts->count = n < 1 ? -1 : n; }, // 0 would mean never
+       "Exit after N events (default: on SIGINT or SIGTERM)")
     ->option_text("N");
   return [opts, &global] { return run_tail(*opts, global); };
 }

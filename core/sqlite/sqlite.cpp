@@ -104,6 +104,17 @@ Error SqliteError::to_error() const
                              m_sys_errno != 0 ? std::strerror(m_sys_errno) : "it is read-only"),
                  "data_dir");
   }
+  // Nothing there to open: the database's path is a directory, or passes through a file, or a
+  // directory that is not there or takes no files (/proc). No retry will help either.
+  const bool misplaced = primary == SQLITE_CANTOPEN &&
+                         (m_sys_errno == EISDIR || m_sys_errno == ENOTDIR || m_sys_errno == ENOENT);
+  if (misplaced) {
+    return Error(Errc::unavailable,
+                 fmt::format("cannot open the queue database ({}: {}); pass --data-dir (or set "
+                             "data_dir) to a directory acmo may create files in",
+                             what(), std::strerror(m_sys_errno)),
+                 "data_dir");
+  }
   switch (primary) {
   case SQLITE_BUSY:
   case SQLITE_LOCKED:

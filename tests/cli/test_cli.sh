@@ -490,7 +490,7 @@ check "  a bad duration names the flag and shows how to write one ($err)" \
 some_id=$(json_field "$("$acmo" "${vw[@]}" --json dlq list --limit 1)" messageId)
 err=$("$acmo" "${vw[@]}" dlq list --reason "" 2>&1); rc=$?
 check "dlq list --reason \"\" exits 2, saying what to give (got $rc: $err)" \
-  test "$rc" -eq 2 -a -n "$(grep -F 'acmo: error: --reason needs some text of the reason to match' <<<"$err")"
+  test "$rc" -eq 2 -a -n "$(grep -F 'acmo: error: --reason was given an empty value; give it one, or leave it out' <<<"$err")"
 for bad in "--reason x" "--rate 5"; do
   # shellcheck disable=SC2086 # the flags' words
   err=$("$acmo" "${vw[@]}" dlq redrive $bad "$some_id" 2>&1); rc=$?
@@ -544,6 +544,128 @@ check "a garbage database file gets a clear message" grep -qi "not an SQLite fil
 touch "$work/plainfile"
 "$acmo" --data-dir "$work/plainfile" stats 2>/dev/null; rc=$?
 check "a data dir that is a file is refused (exit $rc)" test "$rc" -ge 1 -a "$rc" -lt 128
+
+mkdir -p "$work/dbdir/acmo.db"
+err=$("$acmo" --data-dir "$work/dbdir" send CREATE --data "$create_data" 2>&1); rc=$?
+check "a data dir whose acmo.db is a directory is a usage error, not a retry (exit $rc)" \
+  test "$rc" -eq 2
+check "  and says what to do" grep -q "Is a directory.*pass --data-dir" <<<"$err"
+
+# --- hostile input at the command line ----------------------------------------------------------
+export ACMO_DATA_DIR="$work/hostile"
+"$acmo" -q send CREATE --data "$create_data" && "$acmo" -q send CREATE --data "${create_data/Ada/Bob}"
+visible() { json_field "$("$acmo" stats --json)" visible; }
+check "two messages to keep" test "$(visible)" = 2
+# The purge prompt takes only a yes: "yn", "ye", "yes please no" remove nothing.
+if command -v script >/dev/null; then
+  for answer in yn ye "yes please no" n ""; do
+    printf '%s\n' "$answer" >"$work/answer"
+    script -qec "$acmo purge" /dev/null <"$work/answer" >"$work/prompt.out" 2>&1; rc=$?
+    check "purge answered '$answer' on a terminal removes nothing (exit $rc)" \
+      test "$rc" -eq 1 -a "$(visible)" = 2
+  done
+  printf ' YES \n' >"$work/answer"
+  script -qec "$acmo purge --dlq" /dev/null <"$work/answer" >"$work/prompt.out" 2>&1
+  check "the DLQ's prompt does not promise the dedup history" \
+    bash -c '! grep -q "dedup history" "$1" && grep -q "purged 0 messages" "$1"' _ "$work/prompt.out"
+  printf ' YES \n' >"$work/answer"
+  script -qec "$acmo purge" /dev/null <"$work/answer" >"$work/prompt.out" 2>&1; rc=$?
+  check "purge answered ' YES ' purges (exit $rc)" test "$rc" -eq 0 -a "$(visible)" = 0
+else
+  skip "script (bsdutils) is missing: the purge prompt is not tested"
+fi
+for rate in "--rate -1" "--rate=-1" "--rate 0"; do
+  # shellcheck disable=SC2086
+  "$acmo" dlq redrive $rate >/dev/null 2>&1; rc=$?
+  check "dlq redrive $rate is a usage error (exit $rc)" test "$rc" -eq 2
+done
+# An empty value is a mistake, never the default.
+empty_value() { # empty_value OPTION ARGS...: acmo ARGS, in which OPTION is given ''
+  local name=$1 err rc
+  shift
+  err=$("$acmo" "$@" 2>&1); rc=$?
+  check "acmo $*: exit 2 for the empty $name ($rc: $err)" \
+    bash -c '[[ $1 -eq 2 ]] && grep -q -- "$3 was given an empty value" <<<"$2"' _ "$rc" "$err" "$name"
+}
+empty_value --config --config '' stats
+empty_value --data-dir --data-dir '' stats
+empty_value --order-id send UPDATE --order-id '' --data '{"status":"shipped"}'
+empty_value --group send CREATE --group '' --data "$create_data"
+empty_value --dedup-id send CREATE --dedup-id '' --data "$create_data"
+empty_value --status orders list --status ''
+empty_value --group peek --group ''
+empty_value --schema queue move --to postgresql://x/y --schema '' --yes
+empty_value --reason dlq list --reason ''
+check "none of them queued anything" test "$(visible)" = 0
+err=$("$acmo" send UPDATE --order-id ord_x --data "@$work" 2>&1); rc=$?
+check "--data @DIRECTORY is a usage error, not empty data (exit $rc)" test "$rc" -eq 2
+check "  saying it is a directory" grep -q "is a directory" <<<"$err"
+out=$("$acmo" --json handlers stop --all); rc=$?
+check "--json handlers stop --all with none running prints JSON ($out)" \
+  test "$rc" -eq 0 -a "$out" = '{"asked":[],"stopped":null}'
+for wait in nan -5 3601; do
+  "$acmo" handlers stop --all --wait "$wait" >/dev/null 2>&1; rc=$?
+  check "handlers stop --wait $wait is a usage error (exit $rc)" test "$rc" -eq 2
+done
+timeout 10 "$acmo" tail --count 0 >/dev/null 2>&1; rc=$?
+check "tail --count 0 is a usage error, not a tail that never ends (exit $rc)" test "$rc" -eq 2
+timeout 10 "$acmo" tail --order-id 'bad id' >/dev/null 2>&1; rc=$?
+check "tail --order-id checks the id (exit $rc)" test "$rc" -eq 2
+if [[ -w /dev/full ]]; then
+  "$acmo" --json orders list >/dev/full 2>"$work/full.err"; rc=$?
+  check "output that cannot be written is a failure (exit $rc: $(cat "$work/full.err"))" \
+    bash -c '[[ $1 -eq 1 ]] && grep -q "cannot write the output" "$2"' _ "$rc" "$work/full.err"
+fi
+err=$("$acmo" send CREATE --data '{"customer_name":"X\u001b]0;pwned\u0007","customer_email":"x@example.com","items":[]}' 2>&1); rc=$?
+check "a control character in a name is refused with exit 4 ($rc: $err)" \
+  bash -c '[[ $1 -eq 4 ]] && grep -q "data.customer_name: holds the control character U+001B" <<<"$2"' _ "$rc" "$err"
+err=$("$acmo" send CREATE --data '{"customer_name":"X","customer_email":"x@example.com","items":[{"product_id":"p","quantity":1,"unit_price":1.4999999999999999999999}]}' 2>&1); rc=$?
+check "a price a double cannot hold is refused, not rounded to 1.5 (exit $rc)" \
+  bash -c '[[ $1 -eq 4 ]] && grep -q "cannot hold exactly (it would read as 1.5)" <<<"$2"' _ "$rc" "$err"
+# A key of a hundred thousand parts crashed every command that read the file.
+python3 -c "print('.'.join(['q'] * 100000) + ' = 1')" >"$work/deep.toml"
+err=$("$acmo" --config "$work/deep.toml" config check 2>&1); rc=$?
+check "a dotted key of 100,000 parts is a configuration error, not a crash (exit $rc)" \
+  bash -c '[[ $1 -eq 2 ]] && grep -q "a key of more than 65 parts" <<<"$2"' _ "$rc" "$err"
+# A PostgreSQL URL libpq cannot read is a configuration error, and never shows its password.
+for url in 'postgresql://acmo:S3cretPW@[::1/acmo' 'http://acmo:S3cretPW@db/acmo' \
+           'postgresql://acmo:S3cretPW@127.0.0.1:1/acmo?sslmode=bogus'; do
+  err=$(ACMO_STORE_BACKEND=postgres ACMO_QUEUE_BACKEND=postgres ACMO_STORE_URL="$url" "$acmo" stats 2>&1); rc=$?
+  check "store.url $url: exit 2, no password ($rc: $err)" \
+    bash -c '[[ $1 -eq 2 ]] && ! grep -q S3cretPW <<<"$2" && grep -q "store.url" <<<"$2"' _ "$rc" "$err"
+done
+
+# --- the demo never touches a queue in use ---------------------------------------------------
+"$acmo" -q send CREATE --data "$create_data"
+err=$("$acmo" demo 2>&1 --data-dir "$ACMO_DATA_DIR"); rc=$?
+check "demo --data-dir of a queue in use is refused (exit $rc)" test "$rc" -eq 2
+check "  and the waiting event is still there" test "$(visible)" = 1
+if [[ -n ${ACMO_TEST_PG_URL:-} ]]; then
+  schema="cli_demo_$$"
+  psql -q "$ACMO_TEST_PG_URL" -c "CREATE SCHEMA $schema" >/dev/null
+  sep='?'; [[ $ACMO_TEST_PG_URL == *\?* ]] && sep='&'
+  cat >"$work/pg.toml" <<EOF
+[queue]
+backend = "postgres"
+schema = "${schema}_queue"
+[store]
+backend = "postgres"
+url = "$ACMO_TEST_PG_URL${sep}options=-csearch_path%3D$schema"
+[cache]
+backend = "none"
+EOF
+  "$acmo" --config "$work/pg.toml" -q send CREATE --data "$create_data"
+  "$acmo" --config "$work/pg.toml" --json demo >"$work/demo.json" 2>"$work/demo.err"; rc=$?
+  check "demo with a PostgreSQL configuration runs on its own (exit $rc: $(head -c 300 "$work/demo.err"))" \
+    test "$rc" -eq 0
+  st=$("$acmo" --config "$work/pg.toml" stats --json)
+  check "  the PostgreSQL queue still holds its one event ($st)" test "$(json_field "$st" visible)" = 1
+  check "  and its orders hold none of the demo's" \
+    test "$("$acmo" --config "$work/pg.toml" --json orders list | grep -c Lovelace)" -eq 0
+  psql -q "$ACMO_TEST_PG_URL" -c "DROP SCHEMA IF EXISTS $schema, ${schema}_queue CASCADE" >/dev/null 2>&1
+else
+  skip "ACMO_TEST_PG_URL is not set: the demo is not tried against a PostgreSQL configuration"
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
