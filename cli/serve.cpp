@@ -131,8 +131,10 @@ int run_serve(const ServeOptions& opts, const GlobalOptions& global)
     });
   }
 
-  log::info({"started"}, "serving http://{}:{} (queue {}, {} threads, handler {}); SIGINT or SIGTERM stops",
-            options.host, server.port(), queue->options().name, options.threads,
+  // An IPv6 address goes in brackets in a URL ("http://[::1]:3000").
+  const bool ipv6 = options.host.find(':') != std::string::npos;
+  log::info({"started"}, "serving http://{}{}{}:{} (queue {}, {} threads, handler {}); SIGINT or SIGTERM stops",
+            ipv6 ? "[" : "", options.host, ipv6 ? "]" : "", server.port(), queue->options().name, options.threads,
             handler ? "in this process" : "not here: run acmo run-handler");
   announce_ready();
   run_until_signal(
