@@ -342,6 +342,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
   int64_t sent = 0;
   int64_t duplicates = 0;
   int64_t failed = 0;
+  int64_t unanswered = 0; // of them, lines the queue could not take for now (exit 75)
 
   // The sending thread: each part's send_bulk, then its lines' answers and errors in line
   // order.
@@ -363,6 +364,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
           if (i == results.size()) break;
           if (!results[i]) {
             ++failed;
+            if (exit_code_for(results[i].error()) == exit_code::k_temporary) ++unanswered;
             print_error(fmt::format("line {}: {}", line, results[i].error().message));
             continue;
           }
@@ -454,6 +456,11 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
                             std::strerror(reader.error())));
     return exit_code::k_failure;
   }
+  // Lines the queue could not take for now (PostgreSQL down in the middle, a lock held too
+  // long) are worth sending again, the whole file even: within the dedup window what was sent
+  // comes back a duplicate.
+  // That goes before lines refused for what they hold, which a second try refuses again.
+  if (unanswered > 0) return exit_code::k_temporary;
   return failed > 0 ? exit_code::k_rejected : exit_code::k_ok;
 }
 

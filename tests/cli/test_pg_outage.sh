@@ -417,5 +417,27 @@ kill -TERM "$handler_pid"; wait "$handler_pid"; rc=$?
 handler_pid=''
 check "SIGTERM stops that handler: exit 0 ($rc)" test "$rc" -eq 0
 
+# --- a send --file that loses PostgreSQL in the middle ----------------------------------------
+# Lines come through a pipe as a producer writes them: the first go while the server runs,
+# the next find it stopped. Those are worth sending again, so the exit is 75 (retry), not 4
+# (a line refused for what it holds).
+visible_is() { [[ "$(visible)" == "$1" ]]; }
+before=$(visible)
+mkfifo "$work/lines"
+"$acmo" send --file - <"$work/lines" >"$work/mid.out" 2>"$work/mid.err" &
+mid_pid=$!
+exec 3>"$work/lines"
+events 8001 8001 >&3
+check "a send --file from a pipe sends its first lines while PostgreSQL runs" \
+  wait_for 20 visible_is $((before + 2))
+stop_pg
+events 8002 8002 >&3
+exec 3>&-
+wait "$mid_pid"; rc=$?
+check "the lines after PostgreSQL stopped are not sent: exit 75, not 4 ($rc: $(tail -n 2 "$work/mid.err" | tr '\n' ' '))" \
+  test "$rc" -eq 75
+check "  and their errors say the server does not answer" grep -q "line 3: .*not answering" "$work/mid.err"
+start_pg
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
