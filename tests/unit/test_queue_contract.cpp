@@ -3326,6 +3326,39 @@ TEST_CASE("PgQueue: a consumer whose backend dies in its work has the delivery c
 }
 
 
+TEST_CASE("PgQueue: a message committed to a group as a consume's receive began is not stranded "
+          "when the consume empties the rest of the group", "[contract][pg]")
+{
+  // A send to a group that has messages locks the group's row and leaves it as it was. One
+  // that commits after a receive statement took its snapshot and before it locked that row
+  // leaves the receive unaware of the message, though the row it locks looks unchanged: the
+  // receive takes the group for whole. Here the message is written while the consume's work
+  // runs, the group's row locked, which leaves the consume exactly so.
+  PG_DIRECT_OR_POOLED(base);
+  acmo::test::PgSchema schema(base);
+  ManualClock clock;
+  auto q = must(PgQueue::open(schema.url(), schema.name(), QueueOptions{}, clock));
+  must(q->send(SendRequest{"first", "g", ""}));
+  must(q->send(SendRequest{"other", "h", ""}));
+  auto got = must(q->consume(10, 0, [&](QueueTransaction&, const std::vector<Message>& m)
+                                      -> Expected<std::vector<Disposition>> {
+    schema.exec("INSERT INTO messages (seq, queue_id, group_id, message_id, body, sent_at,"
+                " visible_at) SELECT nextval('message_seq'), queue_id, group_id,"
+                " gen_random_uuid(), 'late', sent_at, visible_at FROM messages"
+                " WHERE group_id = 'g'");
+    return std::vector<Disposition>(m.size());
+  }));
+  CHECK(bodies_of(got) == Bodies{"first", "other"});
+  // The late message is received, in its group, by the next receive; h, emptied, is gone.
+  got = must(q->receive(10));
+  CHECK(bodies_of(got) == Bodies{"late"});
+  auto rows = schema.exec("SELECT group_id FROM message_groups");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0][0].as<std::string>() == "g");
+  for (const auto& m : got) must(q->remove(m.receipt));
+  CHECK(schema.exec("SELECT count(*) FROM message_groups")[0][0].as<int64_t>() == 0);
+}
+
 TEST_CASE("PgQueue: a consume's journal row names its backend exactly, so another process's "
           "sweep leaves a live consumer alone and counts one that died",
           "[contract][pg]")

@@ -115,7 +115,11 @@ struct Statement {
 // read may be gone or hold counts grown since, so the group is left for the next receive. A
 // version whose transaction (xmin, widened to an xid8 as the nearest to the snapshot's xmax)
 // the snapshot sees is the one it saw; any other (made after the start, or by this very
-// transaction) is compared with the version the snapshot reads, by its key.
+// transaction) is compared with the version the snapshot reads, by its key. A send to a group
+// with messages locks the row without making a version: a message sent as the statement began
+// may be missing from what it read, though the row is fresh. It comes after every message read
+// (a group's messages commit in order), so the next receive has it; consume, which drops the
+// rows of groups it read whole, looks for such a message first (k_consume_done).
 #define ACMO_GROUP_FRONT                                                                         \
   "SELECT * FROM messages x WHERE x.queue_id = $1 AND x.group_id = g.group_id"                   \
   " ORDER BY x.seq LIMIT $3"
@@ -175,10 +179,6 @@ const Statement k_take = {
   " WHERE g.ctid = h.place)"
   " INSERT INTO queue_counters (queue_id, received) VALUES ($6, $7)"};
 const Statement k_fix_groups = {"acmo_fix_groups", "SELECT acmo_fix_groups($1, $2::text[])"};
-const Statement k_drop_groups = {
-  "acmo_drop_groups",
-  "DELETE FROM message_groups g USING unnest($2::text[]) AS x(name)"
-  " WHERE g.queue_id = $1 AND g.group_id = x.name"};
 const Statement k_count = {
   "acmo_count",
   "INSERT INTO queue_counters (queue_id, sent, duplicates, received, deleted, retried,"
@@ -206,24 +206,36 @@ const Statement k_journal_begin = {
   " WHERE a.pid = $2 RETURNING id"};
 const Statement k_journal_done = {"acmo_journal_done",
                                   "DELETE FROM consume_journal WHERE id = $1"};
-// The end of a consume whose messages were all deleted and whose groups all emptied, in one
-// round trip instead of four: its messages deleted, its journal row (id 0: none) deleted, the
-// groups' rows dropped and its counters added. None of the parts reads what another writes
-// (the sub-statements of a WITH share one snapshot): a group's row goes without a look at its
-// messages, as with acmo_drop_groups.
+// The end of a consume whose messages were all deleted, in one round trip instead of four: its
+// messages deleted, its journal row (id 0: none) deleted, the rows of the groups it read whole
+// ($4) dropped and its counters added.
+//
+// A group read whole may not be empty: a send to a group with messages locks the group's row
+// without changing it, so one that committed after the receive statement took its snapshot and
+// before it locked the row left a message the receive never saw, in a row that looks the
+// version it saw. This statement's snapshot, taken after the receive locked the rows, sees
+// every such message (any later send waits for the lock): a group with a message beyond the
+// batch's keeps its row, with that message as its head. The sub-statements of a WITH share one
+// snapshot, so the messages deleted here are still there to the others, and are left out by
+// their keys.
 const Statement k_consume_done = {
   "acmo_consume_done",
   "WITH gone AS (DELETE FROM messages WHERE seq = ANY($1::bigint[])),"
   " journal AS (DELETE FROM consume_journal WHERE id = $2),"
-  " dropped AS (DELETE FROM message_groups g USING unnest($4::text[]) AS x(name)"
-  " WHERE g.queue_id = $3 AND g.group_id = x.name)"
+  " heads AS (SELECT x.name, h.seq, h.visible_at FROM unnest($4::text[]) AS x(name)"
+  " LEFT JOIN LATERAL (SELECT m.seq, m.visible_at FROM messages m WHERE m.queue_id = $3"
+  " AND m.group_id = x.name AND m.seq <> ALL($1::bigint[]) ORDER BY m.seq LIMIT 1) h ON true),"
+  " dropped AS (DELETE FROM message_groups g USING heads x"
+  " WHERE g.queue_id = $3 AND g.group_id = x.name AND x.seq IS NULL),"
+  " kept AS (UPDATE message_groups g SET head_seq = x.seq, ready_at = x.visible_at FROM heads x"
+  " WHERE g.queue_id = $3 AND g.group_id = x.name AND x.seq IS NOT NULL)"
   " INSERT INTO queue_counters (queue_id, sent, duplicates, received, deleted, retried,"
   " expired, dead_lettered, redriven, purged) VALUES ($3, $5, $6, $7, $8, $9, $10, $11, $12, $13)"};
 
 const Statement* const k_statements[] = {
   &k_receive, &k_receive_plain, &k_take,  &k_fix_groups,    &k_count,        &k_lock_groups,
   &k_lock_messages, &k_delete,  &k_probe, &k_journal_begin, &k_journal_done, &k_remove,
-  &k_drop_groups, &k_receive_and_take, &k_consume_done};
+  &k_receive_and_take, &k_consume_done};
 
 } // namespace
 
@@ -237,8 +249,9 @@ struct PgTxn {
   int64_t now = 0;
   std::map<int64_t, Counters> counters;
   std::set<std::string> touched_groups; // of the queue (the DLQ keeps no group rows)
-  // Groups whose every message this transaction deleted or dead-lettered while holding the
-  // group's row, so that no message came meanwhile: their rows go without a look.
+  // Groups whose every message this transaction read it deleted or dead-lettered while holding
+  // the group's row. A message sent as the receive began may still be there (k_consume_done):
+  // finish() drops a row only when its group has none.
   std::set<std::string> emptied_groups;
   // The messages a settle or a consume deletes, deleted by finish() together with a consume's
   // journal row `journal_done` (0: none), in one statement when nothing else needs one of its
@@ -533,16 +546,15 @@ struct PgQueue::Impl final : PgSender::Host {
       if (!seqs.empty()) txn.tx.exec_prepared(k_delete.name, seqs.text());
       if (journal != 0) txn.tx.exec_prepared(k_journal_done.name, journal);
     }
-    if (!txn.touched_groups.empty()) {
+    // The groups emptied too: acmo_fix_groups drops a row only when its group has no message
+    // left, by a statement of its own (a group read whole may have had one sent meanwhile; see
+    // k_consume_done).
+    if (!txn.touched_groups.empty() || !txn.emptied_groups.empty()) {
       PgArray groups;
       for (const auto& g : txn.touched_groups) groups.add(g);
+      for (const auto& g : txn.emptied_groups) groups.add(g);
       txn.tx.exec_prepared(k_fix_groups.name, queue_id, groups.text());
       txn.touched_groups.clear();
-    }
-    if (!txn.emptied_groups.empty()) {
-      PgArray groups;
-      for (const auto& g : txn.emptied_groups) groups.add(g);
-      txn.tx.exec_prepared(k_drop_groups.name, queue_id, groups.text());
       txn.emptied_groups.clear();
     }
     for (const auto& [queue, c] : txn.counters) {
@@ -1629,7 +1641,8 @@ Expected<std::vector<Message>> PgQueue::consume(int max, int64_t wait_ms, const 
       }
       if (journaled) txn.journal_done = *journaled;
       txn.counters[impl.queue_id].received += static_cast<int64_t>(got.size());
-      // Every message of these groups was deleted or dead-lettered under their rows' locks.
+      // Every message these groups had as the receive read them was deleted or dead-lettered under
+      // their rows' locks; finish() looks again before it drops a row.
       for (const auto& g : whole) {
         if (txn.touched_groups.erase(g) > 0) txn.emptied_groups.insert(g);
       }
