@@ -412,7 +412,7 @@ int send_file(const SendOptions& opts, const GlobalOptions& global)
                                  line_number, LineReader::k_max_line >> 20,
                                  limits::k_max_body_bytes >> 20));
     } else if (line.find_first_not_of(" \t\r") != std::string::npos) {
-      auto event = parse_event(line, "the line");
+      auto event = parse_event(line, "the line", true);
       if (!event) {
         part.refused.emplace_back(
           line_number,

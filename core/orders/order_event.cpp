@@ -10,6 +10,7 @@
 
 #include "core/queue/limits.hpp"
 #include "core/util/json_input.hpp"
+#include "core/util/suggest.hpp"
 
 namespace acmo {
 
@@ -263,7 +264,7 @@ Expected<void> validate_event_data(EventType type, const json& data)
   return {};
 }
 
-Expected<OrderEvent> parse_event(std::string_view text, std::string_view what)
+Expected<OrderEvent> parse_event(std::string_view text, std::string_view what, bool strict)
 {
   auto read = parse_json_input(text, what);
   if (!read) return Unexpected(read.error());
@@ -272,6 +273,23 @@ Expected<OrderEvent> parse_event(std::string_view text, std::string_view what)
     return make_error(Errc::invalid_input,
                       fmt::format("{} must be a JSON object, not {}", what, doc.type_name()),
                       "body");
+  }
+  if (strict) {
+    static const std::vector<std::string> k_fields = {"type", "orderId", "data", "groupId",
+                                                      "deduplicationId"};
+    for (const auto& [key, value] : doc.items()) {
+      if (std::find(k_fields.begin(), k_fields.end(), key) != k_fields.end()) continue;
+      const std::string guess = closest_name(key, k_fields);
+      // Quoted as JSON (control characters escaped), and cut short: the name is the sender's.
+      std::string name = json(key).dump();
+      if (name.size() > 66) name = name.substr(0, 64) + "...\"";
+      return make_error(Errc::invalid_input,
+                        fmt::format("{} is not a field of an event ({}an event has type, orderId, "
+                                    "data, groupId and deduplicationId)",
+                                    name,
+                                    guess.empty() ? "" : fmt::format("did you mean {}? ", guess)),
+                        key);
+    }
   }
   OrderEvent event;
   auto type = doc.find("type");

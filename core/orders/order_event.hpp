@@ -47,8 +47,11 @@ struct OrderEvent {
 Expected<void> validate_event_data(EventType type, const nlohmann::json& data);
 
 // Parse and validate an event from its JSON text (a message body or a JSON Lines line), with
-// the rules of parse_json_input; `what` names the text in a JSON error ("the body").
-Expected<OrderEvent> parse_event(std::string_view text, std::string_view what = "body");
+// the rules of parse_json_input; `what` names the text in a JSON error ("the body"). `strict`
+// (an event coming in, not one taken from the queue) refuses a field an event does not have
+// ("orderid" for orderId would otherwise give a CREATE a new order id).
+Expected<OrderEvent> parse_event(std::string_view text, std::string_view what = "body",
+                                 bool strict = false);
 
 // Check an order id: 1-128 characters of letters, digits, '_' and '-'.
 Expected<void> check_order_id(std::string_view id);

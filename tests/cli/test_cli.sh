@@ -622,6 +622,10 @@ check "a control character in a name is refused with exit 4 ($rc: $err)" \
 err=$("$acmo" send CREATE --data '{"customer_name":"X","customer_email":"x@example.com","items":[{"product_id":"p","quantity":1,"unit_price":1.4999999999999999999999}]}' 2>&1); rc=$?
 check "a price a double cannot hold is refused, not rounded to 1.5 (exit $rc)" \
   bash -c '[[ $1 -eq 4 ]] && grep -q "cannot hold exactly (it would read as 1.5)" <<<"$2"' _ "$rc" "$err"
+line='{"type":"CREATE","orderid":"ord_typo","data":{"customer_name":"A","customer_email":"a@example.com","items":[]}}'
+err=$("$acmo" send --file - <<<"$line" 2>&1); rc=$?
+check "a line with a misspelt field is refused, not sent with a made-up order id (exit $rc)" \
+  bash -c '[[ $1 -eq 4 ]] && grep -q "\"orderid\" is not a field of an event (did you mean orderId?" <<<"$2"' _ "$rc" "$err"
 # A key of a hundred thousand parts crashed every command that read the file.
 python3 -c "print('.'.join(['q'] * 100000) + ' = 1')" >"$work/deep.toml"
 err=$("$acmo" --config "$work/deep.toml" config check 2>&1); rc=$?

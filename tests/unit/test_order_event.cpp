@@ -451,3 +451,28 @@ TEST_CASE("order events: quantity bounds", "[order_event]")
   CHECK(result.has_value() == ok);
   if (!result) CHECK(result.error().field == "data.items[0].quantity");
 }
+
+TEST_CASE("order events: an event coming in has only the fields of an event; one taken from the "
+          "queue is read as it is", "[order_event]")
+{
+  const std::string typo = R"({"type":"CREATE","orderid":"ord_7","data":)"
+                           + valid_create_data().dump() + "}";
+  // From the queue (what an older acmo may have queued): read, the unknown field left aside.
+  CHECK(parse_event(typo));
+  // Coming in: refused, with the field it was probably meant to be.
+  auto refused = parse_event(typo, "the line", true);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::invalid_input);
+  CHECK(refused.error().field == "orderid");
+  CHECK(refused.error().message ==
+        "\"orderid\" is not a field of an event (did you mean orderId? an event has type, "
+        "orderId, data, groupId and deduplicationId)");
+  // Every field an event has is taken.
+  CHECK(parse_event(R"({"type":"DELETE","orderId":"ord_1","data":{},"groupId":"g",)"
+                    R"("deduplicationId":"d"})", "the line", true));
+  // A long or odd name is quoted as JSON and cut short.
+  auto odd = parse_event("{\"type\":\"DELETE\",\"orderId\":\"o\",\"" + std::string(200, 'x') +
+                           "\\u001b\":1}", "the line", true);
+  REQUIRE_FALSE(odd);
+  CHECK_THAT(odd.error().message, Catch::StartsWith("\"" + std::string(63, 'x') + "...\" is not"));
+}
