@@ -313,7 +313,7 @@ int run(int argc, char** argv)
     return exit_code::k_usage;
   }
 
-  // An option given an empty value ("--group ''", "--config=") is a mistake, never a request
+  // An option given an empty value (--group '') is a mistake, never a request
   // for the default: say so rather than go on as if it had not been given.
   std::function<const CLI::Option*(const CLI::App*)> empty_value = [&](const CLI::App* cmd) {
     for (const CLI::Option* opt : cmd->get_options()) {
