@@ -253,6 +253,18 @@ bool Api::Impl::authorize(const Route& route, const Request& req, Response& res,
   if (!admin_checked && !metrics_checked && (options.api_tokens.empty() || is_admin || is_api)) {
     return true;
   }
+  // A valid token of a role the route does not take: the client is who it says, so this is no
+  // guess and costs nothing of its address's allowance.
+  if (is_metrics || (admin_checked && is_api)) {
+    set_error(res, 403, "forbidden",
+              fmt::format("{} {} needs {}; this token is {}", req.method, req.path,
+                          admin_checked ? "an admin token (server.admin_tokens)"
+                                : "an API token (server.api_tokens)",
+                          is_api ? "an API token"
+                                 : "a metrics token (server.metrics_tokens), which reads only "
+                                   "GET /metrics"));
+    return false;
+  }
   // A failed authentication. Guessing tokens costs a client its address's allowance.
   if (const int64_t wait = auth_failures.take(req.client, now_us()); wait > 0) {
     set_error(res, 429, "rate_limited",
@@ -264,16 +276,6 @@ bool Api::Impl::authorize(const Route& route, const Request& req, Response& res,
   }
   if (metrics_checked) {
     unauthorized(res, token.empty(), "a token of server.metrics_tokens or server.api_tokens");
-    return false;
-  }
-  if (is_metrics || (admin_checked && is_api)) {
-    set_error(res, 403, "forbidden",
-              fmt::format("{} {} needs {}; this token is {}", req.method, req.path,
-                          admin_checked ? "an admin token (server.admin_tokens)"
-                                : "an API token (server.api_tokens)",
-                          is_api ? "an API token"
-                                 : "a metrics token (server.metrics_tokens), which reads only "
-                                   "GET /metrics"));
     return false;
   }
   unauthorized(res, token.empty(),

@@ -39,6 +39,20 @@ Error as_body_error(Error error)
 void Api::Impl::enqueue(Context& ctx, OrderEvent event)
 {
   const std::string key(ctx.req.headers.get("Idempotency-Key"));
+  // Given empty, or twice, the key would be taken as none or as one of two: the retry the client
+  // counts on would queue a second order.
+  if (const size_t given = ctx.req.headers.count("Idempotency-Key"); given > 1) {
+    return set_core_error(ctx.res, Error(Errc::invalid_input,
+                                         fmt::format("Idempotency-Key is given {} times; give "
+                                                     "it once",
+                                                     given),
+                                         "Idempotency-Key"));
+  } else if (given == 1 && key.empty()) {
+    return set_core_error(ctx.res, Error(Errc::invalid_input,
+                                         "Idempotency-Key is empty; give the request's key (1 "
+                                         "to 128 characters), or leave the header out",
+                                         "Idempotency-Key"));
+  }
   if (!key.empty()) {
     if (auto ok = limits::check_id(key, "Idempotency-Key"); !ok) {
       return set_core_error(ctx.res, ok.error());

@@ -111,6 +111,16 @@ expect "the Idempotency-Key with another body" 422 idempotency_key_reused
 check "  it says the key was used for a different request" has 'the Idempotency-Key \"checkout-42\" was used'
 http PATCH "/api/orders/$ada/status" "${json[@]}" -H 'Idempotency-Key: checkout-42' -d '{"status":"shipped"}'
 expect "the Idempotency-Key of a POST reused for a PATCH of its order" 422 idempotency_key_reused
+# An empty key, or two, would be taken as none or as one of them: a retry would make a second
+# order. (curl sends "Idempotency-Key;" as the header with an empty value.)
+http POST /api/orders "${json[@]}" -H 'Idempotency-Key;' -d "${item/Ada/Eve}"
+expect "an empty Idempotency-Key is a 400" 400 invalid_input
+check "  it says the key is empty" has 'Idempotency-Key is empty'
+http POST /api/orders "${json[@]}" -H 'Idempotency-Key: k-1' -H 'Idempotency-Key: k-2' -d "${item/Ada/Eve}"
+expect "two Idempotency-Keys are a 400" 400 invalid_input
+check "  it says to give one" has 'Idempotency-Key is given 2 times; give it once'
+http GET /api/orders
+check "  neither queued an order for Eve" bash -c '! grep -q Eve <<<"$1"' _ "$body"
 check "Ada's order is applied" until_status "/api/orders/$ada" 200
 check "its total is exact (25)" has '"total":25'
 
@@ -417,6 +427,12 @@ check "  it gets the metrics" has 'acmo_build_info{'
 http GET /api/orders "${scrape[@]}"
 expect "  a metrics token on GET /api/orders" 403 forbidden
 check "  403 says it is a metrics token, which reads only /metrics" has 'this token is a metrics token'
+# A valid token where its role does not reach is no guess: it never counts against the
+# address's allowance of failed authentications (10 at once).
+forbidden=''
+for _ in $(seq 14); do http GET /api/orders "${scrape[@]}"; forbidden+="$status "; done
+check "  a valid token is answered 403 however often, never 429 ($forbidden)" \
+  test "$(grep -o 403 <<<"$forbidden" | wc -l)" -eq 14
 http POST /api/orders "${json[@]}" "${scrape[@]}" -d "$item"
 expect "  a metrics token on POST /api/orders" 403 forbidden
 http GET /metrics
