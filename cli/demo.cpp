@@ -102,8 +102,9 @@ int run_demo(const DemoOptions& opts, const GlobalOptions& global_in)
                               global.data_dir),
                   exit_code::k_usage);
     }
+  } else {
+    global.data_dir = make_temp_dir();
   }
-  if (temporary) global.data_dir = make_temp_dir();
   struct Cleanup {
     std::string dir;
     ~Cleanup()

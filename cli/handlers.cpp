@@ -70,7 +70,7 @@ int run_request(const HandlersOptions& opts, std::string_view request, const Glo
                             request),
                 exit_code::k_usage);
   }
-  // Not given: -1. Given: 0 to 3600 seconds (NaN fails both comparisons).
+  // Given: 0 to 3600 seconds (NaN fails both comparisons).
   if (opts.wait_given && !(opts.wait_s >= 0 && opts.wait_s <= 3600)) {
     throw Fatal("--wait takes 0 to 3600 seconds", exit_code::k_usage);
   }

@@ -44,17 +44,18 @@ std::string parse_error(std::string_view url, char* errmsg)
   return why;
 }
 
-Expected<std::vector<Setting>> parse(std::string_view url)
+// `key`: the setting that holds `url`, named in the error.
+Expected<std::vector<Setting>> parse(std::string_view url, std::string_view key = "store.url")
 {
   char* errmsg = nullptr;
   std::unique_ptr<PQconninfoOption, ConninfoFree> options(
     PQconninfoParse(std::string(url).c_str(), &errmsg));
   if (!options) {
     return make_error(Errc::invalid_input,
-                      fmt::format("store.url is neither a PostgreSQL URL "
+                      fmt::format("{} is neither a PostgreSQL URL "
                                   "(postgresql://USER@HOST:PORT/DB) nor key=value pairs: {}",
-                                  parse_error(url, errmsg)),
-                      "store.url");
+                                  key, parse_error(url, errmsg)),
+                      std::string(key));
   }
   std::vector<Setting> out;
   for (const PQconninfoOption* o = options.get(); o->keyword != nullptr; ++o) {
@@ -172,13 +173,8 @@ Expected<std::string> pg_conninfo_with_defaults(
 
 Expected<void> check_pg_url(std::string_view url, std::string_view key)
 {
-  auto settings = parse(url);
-  if (!settings) {
-    Error e = settings.error();
-    if (e.message.rfind("store.url", 0) == 0) e.message.replace(0, 9, key);
-    e.field = std::string(key);
-    return Unexpected(std::move(e));
-  }
+  auto settings = parse(url, key);
+  if (!settings) return Unexpected(settings.error());
   // The options libpq checks only when it connects, which would be taken for a server not
   // answering.
   static const std::vector<std::pair<std::string_view, std::vector<std::string_view>>> k_choices = {
