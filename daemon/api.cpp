@@ -9,6 +9,7 @@
 
 #include "core/util/json_input.hpp"
 #include "core/util/log.hpp"
+#include "core/util/sha256.hpp"
 #include "daemon/api_impl.hpp"
 
 namespace acmo::daemon {
@@ -39,10 +40,11 @@ bool is_json_media_type(std::string_view type)
 
 bool same_token(std::string_view a, std::string_view b)
 {
-  // Compare in time independent of where they differ.
-  if (a.size() != b.size()) return false;
+  // Compare digests, in time independent of where they differ and of either's length.
+  const auto x = sha256_bytes(a);
+  const auto y = sha256_bytes(b);
   unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  for (size_t i = 0; i < x.size(); ++i) diff |= static_cast<unsigned char>(x[i] ^ y[i]);
   return diff == 0;
 }
 
@@ -173,7 +175,7 @@ std::vector<Api::Impl::Route> Api::Impl::route_table(const ApiOptions& options)
   // A scraper on a private network may read /metrics with no token (server.metrics_open).
   const Access metrics_access = options.metrics_open ? Access::open : Access::metrics;
   return {
-    {"GET", "/api/orders", Access::api, false, &Impl::list_orders, {}},
+    {"GET", "/api/orders", Access::api, false, &Impl::list_orders, {"status", "limit", "offset"}},
     {"POST", "/api/orders", Access::api, true, &Impl::create_order, {}},
     {"GET", "/api/orders/:id", Access::api, false, &Impl::get_order, {}},
     {"PUT", "/api/orders/:id", Access::api, true, &Impl::update_order, {}},
@@ -187,7 +189,7 @@ std::vector<Api::Impl::Route> Api::Impl::route_table(const ApiOptions& options)
     {"GET", "/sqs/dlq", Access::admin, false, &Impl::dlq_list,
      {"limit", "offset", "reason", "olderThan", "newerThan"}},
     {"POST", "/sqs/dlq/redrive", Access::admin, false, &Impl::dlq_redrive,
-     {"id", "reason", "olderThan", "newerThan"}},
+     {"id", "reason", "olderThan", "newerThan"}, {"id"}},
     {"GET", "/handler/status", Access::api, false, &Impl::handler_status, {}},
     {"GET", "/handler/stats", Access::api, false, &Impl::handler_stats, {}},
     {"GET", "/cache/stats", Access::api, false, &Impl::cache_stats, {}},
@@ -299,17 +301,30 @@ bool Api::Impl::admit(const Route& route, const Request& req, Response& res)
       return false;
     }
   }
-  if (route.access == Access::admin || !route.params.empty()) {
-    for (const auto& [name, value] : req.params()) {
-      if (std::find(route.params.begin(), route.params.end(), name) != route.params.end()) continue;
+  // Every parameter is one the route takes, once (but those it takes a list of): a typo or a
+  // second value must never fall back to a default action or be dropped unseen.
+  std::vector<std::string> seen;
+  for (const auto& [name, value] : req.params()) {
+    const auto& takes = route.params;
+    if (std::find(takes.begin(), takes.end(), name) == takes.end()) {
       std::string known;
-      for (const auto& p : route.params) known += (known.empty() ? "" : ", ") + std::string(p);
+      for (const auto& p : takes) known += (known.empty() ? "" : ", ") + std::string(p);
       set_error(res, 400, "invalid_input",
                 fmt::format("{} takes no query parameter \"{}\"{}", req.path, name,
                             known.empty() ? "" : fmt::format(" (it takes {})", known)),
                 json{{"field", name}});
       return false;
     }
+    const auto& lists = route.repeatable;
+    if (std::find(lists.begin(), lists.end(), name) == lists.end()
+        && std::find(seen.begin(), seen.end(), name) != seen.end()) {
+      set_error(res, 400, "invalid_input",
+                fmt::format("the query parameter \"{}\" is given more than once; give it once",
+                            name),
+                json{{"field", name}});
+      return false;
+    }
+    seen.push_back(name);
   }
   return true;
 }
@@ -321,6 +336,11 @@ void Api::Impl::dispatch(const Request& req, Response& res, size_t& slot)
   slot = slot_of(route, req);
   if (route == nullptr || !admit(*route, req, res)) return;
   Context ctx{req, res, std::move(id), nullptr};
+  if (!route->takes_body && !req.body.empty()) {
+    return set_error(res, 400, "invalid_input",
+                     fmt::format("{} {} takes no body; send the request without one",
+                                 req.method, req.path));
+  }
   if (route->takes_body) {
     if (req.body.size() > static_cast<size_t>(options.max_body)) {
       return set_error(res, 413, "payload_too_large",

@@ -47,9 +47,11 @@ struct Api::Impl {
     Access access;
     bool takes_body;
     Handler handler;
-    // Query parameters an admin route takes; any other is refused (a typo must never fall
-    // back to a default action).
+    // The query parameters the route takes; any other, or one given twice, is refused (a typo
+    // must never fall back to a default action).
     std::vector<std::string_view> params;
+    // Those of `params` that may be given more than once (a list).
+    std::vector<std::string_view> repeatable = {};
   };
 
   Impl(ApiOptions o, ApiParts p);

@@ -350,6 +350,19 @@ http GET "/api/orders?limit=abc"
 expect "limit abc" 400 invalid_input
 http GET "/api/orders?status=lost"
 expect "an unknown status filter" 400 invalid_input
+http GET "/api/orders?stauts=shipped"
+expect "a misspelt parameter is a 400, not the whole list" 400 invalid_input
+check "  it names the parameters there are" has 'it takes status, limit, offset'
+http GET "/api/orders?limit=1&limit=3"
+expect "a parameter given twice" 400 invalid_input
+check "  the message says so" has 'is given more than once'
+http GET "/api/orders/$ada?verbose=1"
+expect "a parameter on a route that takes none" 400 invalid_input
+http DELETE "/api/orders/$ada" "${json[@]}" -d '{"reason":"fraud"}'
+expect "a body on a route that takes none is a 400, not dropped" 400 invalid_input
+check "  the message says so" has "DELETE /api/orders/$ada takes no body"
+http GET "/api/orders/$ada"
+check "  the refused DELETE queued nothing: the order is not deleting" test "$status" = 200
 http GET /health
 expect "the server is alive after all that" 200
 check "no bad input crashed it" kill -0 "$server_pid"

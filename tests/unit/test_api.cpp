@@ -474,3 +474,24 @@ TEST_CASE("Api: the DLQ's filters choose what GET /sqs/dlq lists and what a redr
   REQUIRE(left.size() == 1);
   CHECK(left[0].body == "m2");
 }
+
+TEST_CASE("Api: a redrive takes a list of ids, and no other parameter twice", "[api]")
+{
+  ApiFixture f;
+  for (const char* body : {"m1", "m2", "m3"}) must(f.queue->send(SendRequest{body, body, ""}));
+  auto got = must(f.queue->receive(10));
+  REQUIRE(got.size() == 3);
+  for (const auto& m : got) must(f.queue->dead_letter(m.receipt, "order does not exist"));
+
+  auto r = f.call("POST", "/sqs/dlq/redrive?reason=exist&reason=nothing");
+  CHECK(r.status == 400);
+  CHECK_THAT(r.body, Catch::Contains("\\\"reason\\\" is given more than once"));
+  CHECK(must(f.queue->stats()).dead_lettered == 3); // nothing moved
+
+  r = f.call("POST", "/sqs/dlq/redrive?id=" + got[0].message_id + "&id=" + got[2].message_id);
+  CHECK(r.status == 200);
+  CHECK(r.body == R"({"redriven":2})");
+  auto left = must(f.queue->dlq_list());
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].body == "m2");
+}
