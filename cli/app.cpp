@@ -8,6 +8,7 @@
 #include <array>
 #include <cerrno>
 #include <csignal>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -169,6 +170,27 @@ std::vector<std::string> join_flag_values(int argc, char** argv)
   return out;
 }
 
+// "10", "-3", "0": a whole number as a person writes it, with no sign but '-', no leading
+// zero, no space, no base prefix.
+bool is_decimal(std::string_view text)
+{
+  if (!text.empty() && text.front() == '-') text.remove_prefix(1);
+  if (text.empty() || (text.size() > 1 && text.front() == '0')) return false;
+  return text.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+// Whether the decimal `text` fits the 64-bit integer CLI11 reads it into (it would clamp it).
+bool fits(std::string_view text, bool is_unsigned)
+{
+  const char* end = text.data() + text.size();
+  if (is_unsigned) {
+    uint64_t value = 0;
+    return std::from_chars(text.data(), end, value).ec == std::errc();
+  }
+  int64_t value = 0;
+  return std::from_chars(text.data(), end, value).ec == std::errc();
+}
+
 } // namespace
 
 Expected<std::unique_ptr<Queue>> try_open_queue(const GlobalOptions& global)
@@ -301,6 +323,10 @@ int run(int argc, char** argv)
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
+    if (argc > 2) {
+      print_error("--version takes nothing else; run 'acmo --version' alone");
+      return exit_code::k_usage;
+    }
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     const UsageError usage = explain_parse_error(app, e, argc, argv);
@@ -313,24 +339,35 @@ int run(int argc, char** argv)
     return exit_code::k_usage;
   }
 
-  // An option given an empty value (--group '') is a mistake, never a request
-  // for the default: say so rather than go on as if it had not been given.
-  std::function<const CLI::Option*(const CLI::App*)> empty_value = [&](const CLI::App* cmd) {
+  // An option given an empty value (--group '') is a mistake, never a request for the
+  // default; a whole number is read in decimal digits only (the parser would read 010 as 8,
+  // 0x10 as 16, and take " 5"): say so rather than go on with a value that was not meant.
+  std::function<std::string(const CLI::App*)> bad_value = [&](const CLI::App* cmd) {
     for (const CLI::Option* opt : cmd->get_options()) {
       if (opt->get_expected_min() < 1) continue; // a flag, or --wait [=SECS]
+      std::string name = opt->get_name(false, false);
+      if (name.empty()) name = opt->get_name(true, false);
+      const std::string type = opt->get_type_name();
+      const bool whole = type == "INT" || type == "UINT";
       for (const auto& r : opt->results()) {
-        if (r.empty()) return opt;
+        if (r.empty()) return fmt::format("{} was given an empty value; give it one, or leave it out", name);
+        if (whole && !is_decimal(r)) {
+          return fmt::format("{}: \"{}\" is not a whole number written in decimal digits "
+                             "(such as 10)",
+                             name, r);
+        }
+        if (whole && !fits(r, type == "UINT")) {
+          return fmt::format("{}: {} is out of range", name, r);
+        }
       }
     }
     for (const CLI::App* inner : cmd->get_subcommands()) {
-      if (const CLI::Option* opt = empty_value(inner)) return opt;
+      if (std::string message = bad_value(inner); !message.empty()) return message;
     }
-    return static_cast<const CLI::Option*>(nullptr);
+    return std::string();
   };
-  if (const CLI::Option* opt = empty_value(&app)) {
-    std::string name = opt->get_name(false, false);
-    if (name.empty()) name = opt->get_name(true, false);
-    print_error(fmt::format("{} was given an empty value; give it one, or leave it out", name));
+  if (const std::string message = bad_value(&app); !message.empty()) {
+    print_error(message);
     return exit_code::k_usage;
   }
 

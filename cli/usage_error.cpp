@@ -189,6 +189,18 @@ UsageError explain_parse_error(const CLI::App& app, const CLI::ParseError& e, in
                   path};
         }
       }
+      // After "--" every word is an argument, whatever it looks like.
+      for (int i = 1; i + 1 < argc; ++i) {
+        if (std::string_view(argv[i]) != "--") continue;
+        for (int j = i + 1; j < argc; ++j) {
+          if (word == argv[j]) {
+            return {fmt::format("'{}' does not take the argument '{}' (after --, every word is "
+                                "an argument)",
+                                path, word),
+                    path};
+          }
+        }
+      }
       return unexpected_word(path, *cmd, word);
     }
   }
@@ -216,8 +228,12 @@ UsageError explain_parse_error(const CLI::App& app, const CLI::ParseError& e, in
     }
   }
   if (kind == "ArgumentMismatch") {
-    // "--data: 1 required TEXT missing"
+    // "--data: 1 required TEXT missing"; "--data: At Most 1 required but received 2"
     const size_t colon = what.find(": ");
+    if (colon != std::string::npos && what.find(": At Most ") == colon) {
+      return {fmt::format("{} is given more than once; give it once", what.substr(0, colon)),
+              path};
+    }
     if (colon != std::string::npos && what.find(" required ") != std::string::npos) {
       const std::string flag = what.substr(0, colon);
       const CLI::Option* opt = find_option(cmd, flag);

@@ -85,6 +85,22 @@ check "an extra argument is named" \
   grep -qx "acmo: error: 'acmo orders get' does not take the argument 'b'" <<<"$err"
 err=$(usage_error orders list --limit abc)
 check "a number that is not one is named" grep -qx "acmo: error: --limit: \"abc\" is not a whole number" <<<"$err"
+for n in 010 0x10 ' 5' +5; do
+  err=$(usage_error orders list --limit "$n")
+  check "a number not in plain decimal is refused, never read as another ('$n')" \
+    grep -qxF "acmo: error: --limit: \"$n\" is not a whole number written in decimal digits (such as 10)" <<<"$err"
+done
+err=$(usage_error orders list --offset 9223372036854775808)
+check "a number past 64 bits is refused, never clamped" \
+  grep -qx "acmo: error: --offset: 9223372036854775808 is out of range" <<<"$err"
+err=$(usage_error send CREATE --data '{}' --data '{}')
+check "an option given twice says so" grep -qx "acmo: error: --data is given more than once; give it once" <<<"$err"
+err=$(usage_error send CREATE -- --order-id x)
+check "a word after -- is an argument, whatever it looks like" \
+  grep -qxF "acmo: error: 'acmo send' does not take the argument '--order-id' (after --, every word is an argument)" <<<"$err"
+err=$(usage_error --version extra)
+check "--version with anything else is a usage error" \
+  grep -qxF "acmo: error: --version takes nothing else; run 'acmo --version' alone" <<<"$err"
 err=$(usage_error send CREATE --data)
 check "a flag without its value says what value" grep -qx "acmo: error: --data needs a value: JSON|@FILE" <<<"$err"
 err=$(usage_error stats --watch soon)
