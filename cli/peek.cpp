@@ -39,8 +39,8 @@ int run_peek(const PeekOptions& opts, const GlobalOptions& global)
     throw Fatal("--limit must be 1 to 1000", exit_code::k_usage);
   }
   if (!opts.order_id.empty()) {
-    if (auto ok = check_order_id(opts.order_id); !ok) {
-      throw Fatal(fmt::format("--order-id {}", ok.error().message.substr(9)), exit_code::k_usage);
+    if (auto ok = check_order_id(opts.order_id, "--order-id"); !ok) {
+      throw Fatal(ok.error().message, exit_code::k_usage);
     }
   }
   auto queue = open_existing_queue(global);

@@ -76,8 +76,8 @@ int run_tail(const TailOptions& opts, const GlobalOptions& global)
   }
   if (opts.count < 0) throw Fatal("--count takes 1 or more events", exit_code::k_usage);
   if (!opts.order_id.empty()) {
-    if (auto ok = check_order_id(opts.order_id); !ok) {
-      throw Fatal(fmt::format("--order-id {}", ok.error().message.substr(9)), exit_code::k_usage);
+    if (auto ok = check_order_id(opts.order_id, "--order-id"); !ok) {
+      throw Fatal(ok.error().message, exit_code::k_usage);
     }
   }
   const sigset_t signals = block_signals();

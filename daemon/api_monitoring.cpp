@@ -58,11 +58,7 @@ void Api::Impl::peek(Context& ctx)
   filter.group_id = ctx.req.param("group");
   filter.value = ctx.req.param("orderId");
   if (!filter.value.empty()) {
-    if (auto ok = check_order_id(filter.value); !ok) {
-      return set_error(ctx.res, 400, "invalid_input",
-                       fmt::format("orderId {}", ok.error().message.substr(9)),
-                       json{{"field", "orderId"}});
-    }
+    if (auto ok = check_order_id(filter.value); !ok) return set_core_error(ctx.res, ok.error());
     filter.field = "orderId";
   }
   auto limit = int_param(ctx.req, "limit", 50, 1, k_max_list_limit);

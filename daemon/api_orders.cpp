@@ -107,10 +107,8 @@ void Api::Impl::create_order(Context& ctx)
 
 bool Api::Impl::check_id(Context& ctx)
 {
-  if (auto ok = check_order_id(ctx.id); !ok) {
-    set_error(ctx.res, 400, "invalid_input",
-              fmt::format("the order id in the path {}", ok.error().message.substr(9)),
-              json{{"field", "orderId"}});
+  if (auto ok = check_order_id(ctx.id, "the order id in the path"); !ok) {
+    set_core_error(ctx.res, ok.error());
     return false;
   }
   return true;

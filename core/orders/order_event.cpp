@@ -234,12 +234,15 @@ json money_to_json(int64_t cents)
   return json::parse(fmt::format("{}.{:02}", cents / 100, cents % 100));
 }
 
-Expected<void> check_order_id(std::string_view id)
+Expected<void> check_order_id(std::string_view id, std::string_view name)
 {
-  if (id.empty() || id.size() > 128) return invalid("orderId", "must be 1 to 128 characters long");
+  const auto refused = [name](std::string_view why) {
+    return make_error(Errc::invalid_input, fmt::format("{}: {}", name, why), "orderId");
+  };
+  if (id.empty() || id.size() > 128) return refused("must be 1 to 128 characters long");
   for (char c : id) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') {
-      return invalid("orderId", "may hold only letters, digits, '_' and '-'");
+      return refused("may hold only letters, digits, '_' and '-'");
     }
   }
   return {};

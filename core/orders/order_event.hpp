@@ -53,8 +53,9 @@ Expected<void> validate_event_data(EventType type, const nlohmann::json& data);
 Expected<OrderEvent> parse_event(std::string_view text, std::string_view what = "body",
                                  bool strict = false);
 
-// Check an order id: 1-128 characters of letters, digits, '_' and '-'.
-Expected<void> check_order_id(std::string_view id);
+// Check an order id: 1-128 characters of letters, digits, '_' and '-'. The error's message
+// names the id as `name` ("--order-id: must be ..."); its field is orderId.
+Expected<void> check_order_id(std::string_view id, std::string_view name = "orderId");
 
 // The message body for an event, in the seed's field names.
 std::string event_body(const OrderEvent& event);
