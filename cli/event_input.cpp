@@ -43,7 +43,7 @@ Expected<OrderEvent> event_from_flags(const EventFlags& flags)
     }
     event.data = std::move(*data);
   }
-  if (auto ok = validate_event_data(event.type, event.data); !ok) return Unexpected(ok.error());
+  if (auto ok = validate_event_data(event.type, event.data, true); !ok) return Unexpected(ok.error());
   event.group_id = flags.group;
   event.dedup_id = flags.dedup_id;
   if (!event.group_id.empty()) {

@@ -105,8 +105,45 @@ Expected<void> check_text(const json& data, const char* key, std::string field, 
   return {};
 }
 
-Expected<void> validate_create(const json& data)
+// The error for a field `key` that an object the sender wrote (at `where`: "data",
+// "data.items[0]", or empty for the event itself) does not have. The name is quoted as JSON
+// (control characters escaped) and cut short: it is the sender's.
+Unexpected unknown_field(std::string_view where, const std::string& key, std::string_view of,
+                         const std::vector<std::string>& fields, std::string_view has)
 {
+  const std::string guess = closest_name(key, fields);
+  std::string name = json(key).dump();
+  if (name.size() > 66) name = name.substr(0, 64) + "...\"";
+  return make_error(Errc::invalid_input,
+                    fmt::format("{}{}{} is not a field of {} ({}{})", where,
+                                where.empty() ? "" : ": ", name, of,
+                                guess.empty() ? "" : fmt::format("did you mean {}? ", guess), has),
+                    where.empty() ? key : fmt::format("{}.{}", where, key));
+}
+
+// At send time, a field the object does not have is a typo that would otherwise be dropped
+// unseen ("nmae" for an item's optional name).
+Expected<void> only_fields(const json& object, std::string_view where, std::string_view of,
+                           const std::vector<std::string>& fields, std::string_view has)
+{
+  for (const auto& [key, value] : object.items()) {
+    if (std::find(fields.begin(), fields.end(), key) == fields.end()) {
+      return unknown_field(where, key, of, fields, has);
+    }
+  }
+  return {};
+}
+
+Expected<void> validate_create(const json& data, bool strict)
+{
+  if (strict) {
+    static const std::vector<std::string> k_fields = {"customer_name", "customer_email", "items"};
+    if (auto ok = only_fields(data, "data", "a CREATE", k_fields,
+                              "its data has customer_name, customer_email and items");
+        !ok) {
+      return ok;
+    }
+  }
   if (auto ok = check_text(data, "customer_name", "data.customer_name", 1, 200, true); !ok) return ok;
   auto email = data.find("customer_email");
   if (email == data.end() || email->is_null()) return invalid("data.customer_email", "is required");
@@ -124,6 +161,15 @@ Expected<void> validate_create(const json& data)
     const auto& item = (*items)[i];
     const std::string base = fmt::format("data.items[{}]", i);
     if (!item.is_object()) return invalid(base, "must be an object");
+    if (strict) {
+      static const std::vector<std::string> k_fields = {"product_id", "name", "quantity",
+                                                        "unit_price"};
+      if (auto ok = only_fields(item, base, "an item", k_fields,
+                                "an item has product_id, name, quantity and unit_price");
+          !ok) {
+        return ok;
+      }
+    }
     if (auto ok = check_text(item, "product_id", base + ".product_id", 1, 128, true); !ok) return ok;
     if (auto ok = check_text(item, "name", base + ".name", 0, 200, false); !ok) return ok;
     auto qty = item.find("quantity");
@@ -248,12 +294,21 @@ Expected<void> check_order_id(std::string_view id, std::string_view name)
   return {};
 }
 
-Expected<void> validate_event_data(EventType type, const json& data)
+Expected<void> validate_event_data(EventType type, const json& data, bool strict)
 {
   if (!data.is_object()) return invalid("data", "must be a JSON object");
   switch (type) {
-  case EventType::create: return validate_create(data);
+  case EventType::create: return validate_create(data, strict);
   case EventType::update: {
+    if (strict) {
+      static const std::vector<std::string> k_fields = {"status"};
+      if (auto ok = only_fields(data, "data", "an UPDATE", k_fields,
+                                "an order's status is the only field that can change; send "
+                                "{\"status\": \"...\"}");
+          !ok) {
+        return ok;
+      }
+    }
     auto status = data.find("status");
     if (status == data.end() || status->is_null()) return invalid("data.status", "is required");
     if (!status->is_string() || !is_order_status(status->get_ref<const std::string&>())) {
@@ -262,7 +317,9 @@ Expected<void> validate_event_data(EventType type, const json& data)
     }
     return {};
   }
-  case EventType::remove: return {};
+  case EventType::remove:
+    if (strict) return only_fields(data, "data", "a DELETE", {}, "a DELETE takes no data: send {} or none");
+    return {};
   }
   return {};
 }
@@ -280,18 +337,10 @@ Expected<OrderEvent> parse_event(std::string_view text, std::string_view what, b
   if (strict) {
     static const std::vector<std::string> k_fields = {"type", "orderId", "data", "groupId",
                                                       "deduplicationId"};
-    for (const auto& [key, value] : doc.items()) {
-      if (std::find(k_fields.begin(), k_fields.end(), key) != k_fields.end()) continue;
-      const std::string guess = closest_name(key, k_fields);
-      // Quoted as JSON (control characters escaped), and cut short: the name is the sender's.
-      std::string name = json(key).dump();
-      if (name.size() > 66) name = name.substr(0, 64) + "...\"";
-      return make_error(Errc::invalid_input,
-                        fmt::format("{} is not a field of an event ({}an event has type, orderId, "
-                                    "data, groupId and deduplicationId)",
-                                    name,
-                                    guess.empty() ? "" : fmt::format("did you mean {}? ", guess)),
-                        key);
+    if (auto ok = only_fields(doc, "", "an event", k_fields,
+                              "an event has type, orderId, data, groupId and deduplicationId");
+        !ok) {
+      return Unexpected(ok.error());
     }
   }
   OrderEvent event;
@@ -313,7 +362,9 @@ Expected<OrderEvent> parse_event(std::string_view text, std::string_view what, b
   }
   auto data = doc.find("data");
   if (data != doc.end() && !data->is_null()) event.data = std::move(*data); // doc is ours
-  if (auto ok = validate_event_data(event.type, event.data); !ok) return Unexpected(ok.error());
+  if (auto ok = validate_event_data(event.type, event.data, strict); !ok) {
+    return Unexpected(ok.error());
+  }
   for (auto [key, target] : {std::pair{"groupId", &event.group_id},
                              std::pair{"deduplicationId", &event.dedup_id}}) {
     auto it = doc.find(key);

@@ -44,7 +44,10 @@ struct OrderEvent {
 };
 
 // Check `data` for an event of `type`; errors name the field, e.g. "data.items[2].quantity".
-Expected<void> validate_event_data(EventType type, const nlohmann::json& data);
+// `strict` (an event coming in, not one taken from the queue) also refuses a field that the
+// data or an item does not have.
+Expected<void> validate_event_data(EventType type, const nlohmann::json& data,
+                                   bool strict = false);
 
 // Parse and validate an event from its JSON text (a message body or a JSON Lines line), with
 // the rules of parse_json_input; `what` names the text in a JSON error ("the body"). `strict`

@@ -340,6 +340,10 @@ http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":"teleported"}'
 expect "an unknown status" 400 invalid_input
 http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":"shipped","total":0}'
 expect "a field an UPDATE cannot change" 400 invalid_input
+http POST /api/orders "${json[@]}" -d '{"customer_name":"A","customer_email":"a@example.com","items":[],"shiping_address":"x"}'
+expect "a field an order does not have is a 400, not dropped" 400 invalid_input
+check "  it names the field as the body has it" has '\"shiping_address\" is not a field of a CREATE'
+check "  and its place" test "$(json_field "$body" field)" = shiping_address
 http PUT "/api/orders/$ada" "${json[@]}" -d '{"status":7}'
 expect "a status that is a number" 400 invalid_input
 http POST /api/orders "${json[@]}" -H "Idempotency-Key: $long" -d "$item"

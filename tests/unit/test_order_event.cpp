@@ -476,3 +476,44 @@ TEST_CASE("order events: an event coming in has only the fields of an event; one
   REQUIRE_FALSE(odd);
   CHECK_THAT(odd.error().message, Catch::StartsWith("\"" + std::string(63, 'x') + "...\" is not"));
 }
+
+TEST_CASE("order events: the data coming in has only the fields of its type, and an item only "
+          "those of an item", "[order_event]")
+{
+  auto with = [](json data, const char* key, json value) {
+    data[key] = std::move(value);
+    return data;
+  };
+  const json create = valid_create_data();
+  // Taken from the queue, leniently: a field the order does not have is left aside.
+  CHECK(validate_event_data(EventType::create, with(create, "notes", "x")));
+  // Coming in: refused, naming where the field is and what the object has.
+  auto notes = validate_event_data(EventType::create, with(create, "notes", "x"), true);
+  REQUIRE_FALSE(notes);
+  CHECK(notes.error().field == "data.notes");
+  CHECK(notes.error().message == "data: \"notes\" is not a field of a CREATE (its data has "
+                                 "customer_name, customer_email and items)");
+  // A misspelt optional field would otherwise vanish: the item's name.
+  json items = create;
+  items["items"][0]["nmae"] = "Pen";
+  auto nmae = validate_event_data(EventType::create, items, true);
+  REQUIRE_FALSE(nmae);
+  CHECK(nmae.error().field == "data.items[0].nmae");
+  CHECK_THAT(nmae.error().message,
+             Catch::StartsWith("data.items[0]: \"nmae\" is not a field of an item (did you mean "
+                               "name?"));
+  auto update = validate_event_data(EventType::update, json{{"status", "shipped"}, {"total", 0}},
+                                    true);
+  REQUIRE_FALSE(update);
+  CHECK_THAT(update.error().message, Catch::Contains("the only field that can change"));
+  CHECK_FALSE(validate_event_data(EventType::remove, json{{"why", 1}}, true));
+  // What each type has is taken.
+  CHECK(validate_event_data(EventType::create, create, true));
+  CHECK(validate_event_data(EventType::update, json{{"status", "shipped"}}, true));
+  CHECK(validate_event_data(EventType::remove, json::object(), true));
+  // A line of send --file is checked the same way.
+  auto line = parse_event(R"({"type":"CREATE","data":)" + with(create, "note", 1).dump() + "}",
+                          "the line", true);
+  REQUIRE_FALSE(line);
+  CHECK(line.error().field == "data.note");
+}
