@@ -11,6 +11,8 @@
 #include <type_traits>
 #include <utility>
 
+#include <unistd.h>
+
 #include <fmt/core.h>
 #include <toml++/toml.h>
 
@@ -563,6 +565,29 @@ Expected<void> read_file(const std::string& file, Config& config)
   return Unexpected(std::move(first));
 }
 
+// A variable that is one letter or two away from a key's (ACMO_QUEUE_VISIBILTY_TIMEOUT) is a
+// typo that would leave the key at its default unseen. Other ACMO_ variables are left alone:
+// scripts around acmo may have their own.
+Expected<void> check_env_names()
+{
+  std::vector<std::string> names = {"ACMO_CONFIG"};
+  for (const auto& key : k_keys) names.push_back(env_name(key));
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view entry = *e;
+    if (entry.rfind("ACMO_", 0) != 0) continue;
+    const std::string name(entry.substr(0, entry.find('=')));
+    if (std::find(names.begin(), names.end(), name) != names.end()) continue;
+    if (const std::string guess = closest_name(name, names); !guess.empty()) {
+      return make_error(Errc::invalid_input,
+                        fmt::format("environment variable {} is not one acmo reads; did you "
+                                    "mean {}? Correct its name, or unset it",
+                                    name, guess),
+                        name);
+    }
+  }
+  return {};
+}
+
 std::string getenv_string(const char* name)
 {
   const char* v = std::getenv(name);
@@ -778,6 +803,7 @@ Expected<Config> load_config(const ConfigSources& sources)
       }
       config.set(key.name, ConfigEntry{std::move(*value), "env " + name});
     }
+    if (auto ok = check_env_names(); !ok) return Unexpected(ok.error());
   }
   return config;
 }

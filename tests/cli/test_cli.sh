@@ -645,6 +645,9 @@ check "a line with a misspelt field is refused, not sent with a made-up order id
 err=$("$acmo" send CREATE --data '{"customer_name":"A","customer_email":"a@example.com","items":[{"product_id":"p","quantity":1,"unit_price":1,"nmae":"Pen"}]}' 2>&1); rc=$?
 check "a misspelt field of the data is refused, not dropped (exit $rc)" \
   bash -c '[[ $1 -eq 4 ]] && grep -qF "data.items[0]: \"nmae\" is not a field of an item (did you mean name?" <<<"$2"' _ "$rc" "$err"
+err=$(ACMO_QUEUE_MAX_RETIRES=0 "$acmo" stats 2>&1); rc=$?
+check "a misspelt ACMO_ variable is exit 2, naming the one it meant ($rc)" \
+  bash -c '[[ $1 -eq 2 ]] && grep -q "ACMO_QUEUE_MAX_RETIRES is not one acmo reads; did you mean ACMO_QUEUE_MAX_RETRIES?" <<<"$2"' _ "$rc" "$err"
 # A key of a hundred thousand parts crashed every command that read the file.
 python3 -c "print('.'.join(['q'] * 100000) + ' = 1')" >"$work/deep.toml"
 err=$("$acmo" --config "$work/deep.toml" config check 2>&1); rc=$?

@@ -241,6 +241,28 @@ TEST_CASE("Config: ACMO_* variables win over the file", "[config]")
   CHECK(failed.error().message.find("ACMO_QUEUE_CONTENT_BASED_DEDUP") != std::string::npos);
 }
 
+TEST_CASE("Config: a variable a letter or two from a key's is a typo, not left aside", "[config]")
+{
+  ConfigSources sources;
+  sources.search_path = {};
+  {
+    EnvVar typo("ACMO_QUEUE_VISIBILTY_TIMEOUT", "5s");
+    auto failed = load_config(sources);
+    REQUIRE_FALSE(failed);
+    CHECK(failed.error().message
+          == "environment variable ACMO_QUEUE_VISIBILTY_TIMEOUT is not one acmo reads; did you "
+             "mean ACMO_QUEUE_VISIBILITY_TIMEOUT? Correct its name, or unset it");
+    // Without the environment, the name is not read at all.
+    sources.use_environment = false;
+    CHECK(load_config(sources));
+    sources.use_environment = true;
+  }
+  // Variables of scripts around acmo, far from any key's, are theirs.
+  EnvVar other("ACMO_DEPLOY_COLOUR", "blue");
+  EnvVar test("ACMO_TEST_PG_URL", "postgresql://x/y");
+  CHECK(load_config(sources));
+}
+
 TEST_CASE("Config: the first file on the search path is read", "[config]")
 {
   TempDir dir;
