@@ -18,6 +18,7 @@
 #include "core/orders/order.hpp"
 #include "core/queue/queue_json.hpp"
 #include "core/util/ids.hpp"
+#include "core/util/log.hpp"
 
 namespace acmo::cli {
 
@@ -80,7 +81,8 @@ int run_list(const DlqOptions& opts, const GlobalOptions& global)
     return exit_code::k_ok;
   }
   for (const auto& m : page->messages) {
-    fmt::print("{}  {}  {}  {}\n", m.message_id, format_sequence(m.seq), m.group_id, m.dead_reason);
+    fmt::print("{}  {}  {}  {}\n", m.message_id, format_sequence(m.seq), m.group_id,
+               log::printable(m.dead_reason));
   }
   if (!global.quiet) {
     fmt::print("{} of {} {}dead-lettered message{}\n", page->messages.size(), page->total,

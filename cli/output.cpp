@@ -29,10 +29,12 @@ void print_error(std::string_view message)
   if (log::long_running() && log::json()) {
     return log::write(log::Level::error, {"fatal"}, message);
   }
+  // A message may quote what a sender wrote; its lines (a list of problems) stay lines.
+  const std::string text = log::printable(message, "\n");
   if (use_colour()) {
-    fmt::print(stderr, "acmo: \033[1;31merror:\033[0m {}\n", message);
+    fmt::print(stderr, "acmo: \033[1;31merror:\033[0m {}\n", text);
   } else {
-    fmt::print(stderr, "acmo: error: {}\n", message);
+    fmt::print(stderr, "acmo: error: {}\n", text);
   }
 }
 
@@ -54,7 +56,7 @@ void print_table(const std::vector<std::pair<std::string, std::string>>& rows)
   size_t width = 0;
   for (const auto& [label, value] : rows) width = std::max(width, label.size());
   for (const auto& [label, value] : rows) {
-    fmt::print("{:<{}}  {}\n", label, width, value);
+    fmt::print("{:<{}}  {}\n", label, width, log::printable(value));
   }
 }
 

@@ -9,6 +9,7 @@
 #include "core/orders/order_event.hpp"
 #include "core/queue/queue_json.hpp"
 #include "core/util/ids.hpp"
+#include "core/util/log.hpp"
 
 namespace acmo::cli {
 
@@ -30,6 +31,7 @@ std::string summary(const std::string& body)
   for (char& c : text) {
     if (c == '\n' || c == '\r' || c == '\t') c = ' ';
   }
+  text = log::printable(text);
   return body.size() > 60 ? text + "..." : text;
 }
 

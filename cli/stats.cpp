@@ -11,6 +11,7 @@
 #include "core/handler/stats_report.hpp"
 #include "core/orders/order.hpp"
 #include "core/util/paths.hpp"
+#include "core/util/log.hpp"
 
 namespace acmo::cli {
 
@@ -119,7 +120,7 @@ void print_figures(const StatsReport& f, int64_t now)
                h.id, h.state(now), h.processed, h.dead_lettered, h.retried,
                static_cast<double>(h.latency_p50_us) / 1000.0,
                static_cast<double>(h.latency_p99_us) / 1000.0,
-               h.last_error.empty() ? "" : ", last error: " + h.last_error);
+               h.last_error.empty() ? "" : ", last error: " + log::printable(h.last_error));
   }
 }
 

@@ -16,6 +16,7 @@
 #include "core/util/clock.hpp"
 #include "core/util/ids.hpp"
 #include "core/util/paths.hpp"
+#include "core/util/log.hpp"
 
 namespace acmo::cli {
 
@@ -155,7 +156,7 @@ int run_tail(const TailOptions& opts, const GlobalOptions& global)
                                            format_timestamp(m.dead_at_ms),
                                            type.empty() ? "-" : type,
                                            order_id.empty() ? "-" : order_id, m.message_id,
-                                           sequence, m.dead_reason))) {
+                                           sequence, log::printable(m.dead_reason)))) {
             return exit_code::k_ok;
           }
         }

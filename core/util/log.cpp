@@ -70,6 +70,26 @@ HandlerScope::~HandlerScope() { t_handler = std::move(m_previous); }
 
 const std::string& current_handler() { return t_handler; }
 
+std::string printable(std::string_view text, std::string_view keep)
+{
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    const bool c1 = c == 0xc2 && i + 1 < text.size()
+                    && static_cast<unsigned char>(text[i + 1]) >= 0x80
+                    && static_cast<unsigned char>(text[i + 1]) <= 0x9f;
+    if ((c < 0x20 || c == 0x7f) && keep.find(static_cast<char>(c)) == std::string_view::npos) {
+      out += fmt::format("\\x{:02x}", c);
+    } else if (c1) {
+      out += fmt::format("\\u{:04x}", static_cast<unsigned char>(text[++i]));
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 void write(Level level, const Event& event, std::string_view message)
 {
   const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -80,7 +100,7 @@ void write(Level level, const Event& event, std::string_view message)
     line = fmt::format("acmo: {}{}", level == Level::warn ? "warning: "
                                      : level == Level::error ? "error: "
                                                              : "",
-                       message);
+                       printable(message));
   } else if (g_json) {
     nlohmann::ordered_json doc{{"time", format_timestamp(now)},
                                {"level", level_name(level)},
@@ -99,7 +119,7 @@ void write(Level level, const Event& event, std::string_view message)
     line = doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } else {
     line = fmt::format("{} {} acmo[{}]: {}", format_timestamp(now), level_name(level), ::getpid(),
-                       message);
+                       printable(message));
   }
   line += '\n';
   std::lock_guard lock(g_mu);

@@ -15,6 +15,12 @@ namespace acmo::log {
 
 enum class Level { error = 0, warn = 1, info = 2, debug = 3 };
 
+// `text` for a terminal or a text log: every control character (C0 but those in `keep`, DEL,
+// and C1, U+0080 to U+009F) written as \xHH, so that text a sender wrote (a body quoted in a
+// reason, a parser's "last read") cannot move the cursor, recolour or retitle the terminal
+// that shows it, nor start a line of its own in a log.
+std::string printable(std::string_view text, std::string_view keep = {});
+
 // From log.level and log.format ("text" or "json"); before it is called: info, text, and lines
 // in the style of the command line's messages ("acmo: warning: ...").
 // `access` is log.access: acmo serve logs every HTTP request it answers.

@@ -648,6 +648,9 @@ check "a misspelt field of the data is refused, not dropped (exit $rc)" \
 err=$(ACMO_QUEUE_MAX_RETIRES=0 "$acmo" stats 2>&1); rc=$?
 check "a misspelt ACMO_ variable is exit 2, naming the one it meant ($rc)" \
   bash -c '[[ $1 -eq 2 ]] && grep -q "ACMO_QUEUE_MAX_RETIRES is not one acmo reads; did you mean ACMO_QUEUE_MAX_RETRIES?" <<<"$2"' _ "$rc" "$err"
+err=$("$acmo" dlq show $'id\e]0;owned\a' 2>&1)
+check "an error quoting what was typed shows its control characters as escapes ($err)" \
+  grep -qF 'no message id\x1b]0;owned\x07 in the DLQ' <<<"$err"
 # A key of a hundred thousand parts crashed every command that read the file.
 python3 -c "print('.'.join(['q'] * 100000) + ' = 1')" >"$work/deep.toml"
 err=$("$acmo" --config "$work/deep.toml" config check 2>&1); rc=$?
