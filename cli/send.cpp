@@ -122,17 +122,66 @@ struct Outcome {
   nlohmann::json order; // the order after it, when applied and the order still exists
 };
 
+// The outcome of a message gone from the queue whose id is in the order's audit trail.
+std::optional<Outcome> applied_outcome(const SendResult& sent, const OrderEvent& event,
+                                       const GlobalOptions& global)
+{
+  auto store = open_order_store(config(global), database_path(data_dir(global)));
+  if (!store) throw Fatal(store.error());
+  auto trail = (*store)->events(event.order_id);
+  if (!trail) return std::nullopt;
+  for (const auto& e : *trail) {
+    if (e.message_id != sent.message_id) continue;
+    Outcome out{"applied", "", {}};
+    if (auto order = (*store)->get(event.order_id)) out.order = order_to_json(*order);
+    return out;
+  }
+  return std::nullopt;
+}
+
+// The message `message_id`, an event of `order_id`, wherever it is now: waiting in the queue
+// (under a new sequence number after a redrive) or in the DLQ; nothing when it is gone.
+std::optional<Message> find_by_id(Queue& queue, const std::string& message_id,
+                                  const std::string& order_id)
+{
+  PeekFilter filter;
+  filter.field = "orderId";
+  filter.value = order_id;
+  filter.limit = 1000;
+  auto waiting = queue.peek(filter);
+  if (!waiting) throw Fatal(waiting.error());
+  for (auto& m : *waiting) {
+    if (m.message_id == message_id) return std::move(m);
+  }
+  auto dead = queue.dlq_show(message_id);
+  if (dead) return std::move(*dead);
+  if (dead.error().code != Errc::not_found) throw Fatal(dead.error());
+  return std::nullopt;
+}
+
 // Poll until the handler has applied the message (it is gone from the queue and its id is in
-// the order's audit trail) or dead-lettered it, or `wait_s` pass.
+// the order's audit trail) or dead-lettered it, or `wait_s` pass. A duplicate names its
+// message by the sequence number it was sent with; a redrive since gave it a new one, so a
+// message gone by its number and not applied is looked for by its id before it is called gone.
 Outcome wait_for_outcome(Queue& queue, const SendResult& sent, const OrderEvent& event,
                          int64_t wait_s, const GlobalOptions& global)
 {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
+  int64_t seq = sent.seq;
   for (;;) {
-    auto found = queue.find(sent.seq);
+    auto found = queue.find(seq);
     if (!found) throw Fatal(found.error());
+    if (*found && (*found)->message_id != sent.message_id) *found = std::nullopt;
     if (*found && (*found)->dead_at_ms != 0) return {"deadLettered", (*found)->dead_reason, {}};
-    if (!*found) break;
+    if (!*found) {
+      if (auto applied = applied_outcome(sent, event, global)) return *applied;
+      auto moved = find_by_id(queue, sent.message_id, event.order_id);
+      if (!moved) return {"gone", "the message left the queue without being applied: it was "
+                                  "purged or expired", {}};
+      if (moved->dead_at_ms != 0) return {"deadLettered", moved->dead_reason, {}};
+      seq = moved->seq;
+      found = std::move(moved);
+    }
     if (std::chrono::steady_clock::now() >= deadline) {
       const Message& m = **found;
       std::string where = m.receive_count == 0
@@ -144,19 +193,6 @@ Outcome wait_for_outcome(Queue& queue, const SendResult& sent, const OrderEvent&
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  // Gone from the queue: applied, unless it was purged or expired.
-  auto store = open_order_store(config(global), database_path(data_dir(global)));
-  if (!store) throw Fatal(store.error());
-  auto trail = (*store)->events(event.order_id);
-  if (trail) {
-    for (const auto& e : *trail) {
-      if (e.message_id != sent.message_id) continue;
-      Outcome out{"applied", "", {}};
-      if (auto order = (*store)->get(event.order_id)) out.order = order_to_json(*order);
-      return out;
-    }
-  }
-  return {"gone", "the message left the queue without being applied: it was purged or expired", {}};
 }
 
 int send_one(const SendOptions& opts, const GlobalOptions& global)

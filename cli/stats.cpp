@@ -98,6 +98,15 @@ void print_figures(const StatsReport& f, int64_t now)
     {"  deleted", std::to_string(s.deleted)},
     {"  retried", std::to_string(s.retried)},
     {"  expired (retention)", std::to_string(s.expired)},
+    {"  purged", std::to_string(s.purged)},
+  });
+  fmt::print("dlq {}\n", s.dlq_name);
+  print_table({
+    {"  messages", std::to_string(s.dead_lettered)},
+    {"  dead-lettered", std::to_string(s.dead_lettered_total)},
+    {"  redriven", std::to_string(s.redriven)},
+    {"  purged", std::to_string(s.dlq_purged)},
+    {"  expired (retention)", std::to_string(s.dlq_expired)},
   });
   fmt::print("store {}\n", figures->store_backend);
   if (figures->store_error.empty()) {

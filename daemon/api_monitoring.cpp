@@ -379,6 +379,8 @@ void Api::Impl::prometheus(Context& ctx)
     metric("acmo_queue_expired_total", "counter", "Messages dropped by retention.", s->expired);
     metric("acmo_queue_dead_lettered_total", "counter", "Messages moved to the DLQ.",
            s->dead_lettered_total);
+    metric("acmo_queue_dlq_expired_total", "counter", "Messages dropped from the DLQ by retention.",
+           s->dlq_expired);
     metric("acmo_queue_up", "gauge", "Whether the queue's database answered.", 1);
   } else {
     metric("acmo_queue_up", "gauge", "Whether the queue's database answered.", 0);

@@ -223,6 +223,8 @@ struct QueueStats {
   int64_t purged = 0;
   int64_t oldest_age_ms = 0; // 0 when empty
   std::string dlq_name;
+  int64_t dlq_expired = 0; // dropped from the DLQ by retention
+  int64_t dlq_purged = 0;  // removed by purges of the DLQ
 };
 
 // How well group commit works in this process: requests per transaction.

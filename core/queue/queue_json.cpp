@@ -39,7 +39,9 @@ nlohmann::json queue_stats_json(const QueueStats& s)
           {"dlqName", s.dlq_name},
           {"deadLetteredTotal", s.dead_lettered_total},
           {"redriven", s.redriven},
-          {"purged", s.purged}};
+          {"purged", s.purged},
+          {"dlqExpired", s.dlq_expired},
+          {"dlqPurged", s.dlq_purged}};
 }
 
 nlohmann::json dead_letter_json(const Message& m)
@@ -53,6 +55,7 @@ nlohmann::json dead_letter_json(const Message& m)
           {"failures", m.failures},
           {"receiveCount", m.receive_count},
           {"sentAt", format_timestamp(m.sent_at_ms)},
+          {"firstSentAt", format_timestamp(m.first_sent_at_ms)},
           {"deadLetteredAt", format_timestamp(m.dead_at_ms)},
           {"body", body_json(m.body)}};
 }
@@ -76,6 +79,7 @@ nlohmann::json waiting_messages_json(const std::vector<Message>& messages, int64
                     {"failures", m.failures},
                     {"lastError", m.last_error},
                     {"sentAt", format_timestamp(m.sent_at_ms)},
+                    {"firstSentAt", format_timestamp(m.first_sent_at_ms)},
                     {"visibleAt", format_timestamp(m.visible_at_ms)},
                     {"body", body_json(m.body)}});
   }

@@ -651,6 +651,21 @@ check "a misspelt ACMO_ variable is exit 2, naming the one it meant ($rc)" \
 err=$("$acmo" dlq show $'id\e]0;owned\a' 2>&1)
 check "an error quoting what was typed shows its control characters as escapes ($err)" \
   grep -qF 'no message id\x1b]0;owned\x07 in the DLQ' <<<"$err"
+# A retry of a message redriven since: --wait follows it to its new sequence number.
+rd="$work/redriven"
+echo '{"type":"UPDATE","orderId":"rd1","data":{"status":"processing"},"deduplicationId":"K1"}' \
+  | "$acmo" --data-dir "$rd" -q send --file -
+"$acmo" --data-dir "$rd" run-handler --once >/dev/null 2>&1
+"$acmo" --data-dir "$rd" -q dlq redrive
+out=$("$acmo" --data-dir "$rd" --json send UPDATE --order-id rd1 --data '{"status":"processing"}' \
+        --dedup-id K1 --wait 1 2>&1); rc=$?
+check "send --wait on a duplicate of a redriven message waits for it, not 'gone' ($rc: $out)" \
+  bash -c '[[ $1 -eq 75 ]] && grep -q "\"state\":\"timeout\"" <<<"$2" && grep -q "still queued" <<<"$2"' _ "$rc" "$out"
+"$acmo" --data-dir "$rd" run-handler --once >/dev/null 2>&1
+"$acmo" --data-dir "$rd" -q dlq purge --yes
+out=$("$acmo" --data-dir "$rd" --json stats)
+check "a purge of the DLQ is counted as the DLQ's ($out)" \
+  bash -c 'grep -q "\"dlqPurged\":1" <<<"$1" && grep -q "\"deadLetteredTotal\":2" <<<"$1" && grep -q "\"redriven\":1" <<<"$1"' _ "$out"
 # A key of a hundred thousand parts crashed every command that read the file.
 python3 -c "print('.'.join(['q'] * 100000) + ' = 1')" >"$work/deep.toml"
 err=$("$acmo" --config "$work/deep.toml" config check 2>&1); rc=$?

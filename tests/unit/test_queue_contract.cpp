@@ -2460,6 +2460,10 @@ TEST_CASE("Queue contract: purge of the DLQ leaves the queue and its dedup histo
   CHECK(must(f.queue->dlq_list()).empty());
   auto s = f.stats();
   CHECK(s.dead_lettered == 0);
+  // Counted as the DLQ's: where the dead-lettered went is never a mystery.
+  CHECK(s.dlq_purged == 2);
+  CHECK(s.purged == 0);
+  CHECK(s.dead_lettered_total == 2);
   CHECK(s.visible == 1);
   CHECK(s.dedup_entries == 3);
   CHECK(f.send("dead1", "A", "x1").duplicate);
@@ -2501,6 +2505,26 @@ TEST_CASE("Queue contract: messages past retention are dropped and counted", "[c
   CHECK(s.expired == 3);
   CHECK(s.in_flight == 0);
   CHECK(s.oldest_age_ms == 0);
+}
+
+TEST_CASE("Queue contract: dead-lettered messages past retention are dropped and counted as the "
+          "DLQ's", "[contract]")
+{
+  constexpr int64_t k_hour = 60 * k_minute;
+  QueueOptions o;
+  o.retention_ms = k_hour;
+  CONTRACT_QUEUE(f, o);
+  f.send("dead", "A");
+  for (const auto& m : f.receive(10)) must(f.queue->dead_letter(m.receipt, "bad"));
+  f.send("live", "B");
+  f.clock.advance_ms(k_hour + 1);
+  CHECK(must(f.queue->sweep()).expired == 2);
+  auto s = f.stats();
+  CHECK(s.dead_lettered == 0);
+  CHECK(s.dlq_expired == 1);
+  CHECK(s.expired == 1);
+  CHECK(s.dead_lettered_total == 1);
+  CHECK(s.dlq_purged == 0);
 }
 
 TEST_CASE("Queue contract: a sweep drops a backlog past retention larger than one of its steps, "

@@ -2149,11 +2149,14 @@ Expected<QueueStats> PgQueue::stats()
       "SELECT m.visible, m.in_flight, m.delayed, m.oldest,"
       " (SELECT count(*) FROM messages WHERE queue_id = $3),"
       " (SELECT count(*) FROM dedup WHERE queue_id = $1 AND expires_at > $2),"
-      " c.* FROM (SELECT coalesce(sum(sent), 0) AS a, coalesce(sum(duplicates), 0) AS b,"
+      " c.*, d.* FROM (SELECT coalesce(sum(sent), 0) AS a, coalesce(sum(duplicates), 0) AS b,"
       " coalesce(sum(received), 0) AS c, coalesce(sum(deleted), 0) AS d,"
       " coalesce(sum(retried), 0) AS e, coalesce(sum(expired), 0) AS f,"
       " coalesce(sum(dead_lettered), 0) AS g, coalesce(sum(redriven), 0) AS h,"
       " coalesce(sum(purged), 0) AS i FROM queue_counters WHERE queue_id = $1) c,"
+      // What left the DLQ other than by a redrive is counted on the DLQ's own rows.
+      " (SELECT coalesce(sum(expired), 0) AS x, coalesce(sum(purged), 0) AS y"
+      " FROM queue_counters WHERE queue_id = $3) d,"
       " (SELECT count(*) FILTER (WHERE visible_at <= $2) AS visible,"
       " count(*) FILTER (WHERE visible_at > $2 AND receipt_token <> 0) AS in_flight,"
       " count(*) FILTER (WHERE visible_at > $2 AND receipt_token = 0) AS delayed,"
@@ -2175,6 +2178,8 @@ Expected<QueueStats> PgQueue::stats()
     s.dead_lettered_total = row[12].as<int64_t>();
     s.redriven = row[13].as<int64_t>();
     s.purged = row[14].as<int64_t>();
+    s.dlq_expired = row[15].as<int64_t>();
+    s.dlq_purged = row[16].as<int64_t>();
     return {};
   });
   if (!ok) return Unexpected(ok.error());

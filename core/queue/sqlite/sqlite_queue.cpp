@@ -2228,6 +2228,15 @@ Expected<QueueStats> SqliteQueue::stats()
           s.purged = stmt->column_int(8);
         }
       }
+      {
+        // What left the DLQ other than by a redrive is counted on the DLQ's own row.
+        auto stmt = impl.reader->prepare(k_counters);
+        stmt->bind(1, impl.dlq_id);
+        if (stmt->step()) {
+          s.dlq_expired = stmt->column_int(5);
+          s.dlq_purged = stmt->column_int(8);
+        }
+      }
       impl.reader->exec("COMMIT");
     } catch (...) {
       impl.reader->exec("ROLLBACK");
