@@ -132,12 +132,11 @@ Expected<RedriveOutcome> redrive_matching(Queue& queue, const DlqFilter& filter,
   const int64_t step = rate > 0 ? std::clamp<int64_t>(rate / 10, 1, k_redrive_chunk)
                                 : k_redrive_chunk;
   Progress progress("messages redriven", run->total, progress_wanted(global.json, global.quiet));
-  const auto started = std::chrono::steady_clock::now();
+  auto due = std::chrono::steady_clock::now();
   RedriveOutcome outcome;
   // Messages only leave a run: once `total` have moved, none is left.
   while (outcome.moved < run->total) {
     if (rate > 0) {
-      const auto due = started + std::chrono::milliseconds(outcome.moved * 1000 / rate);
       const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
         due - std::chrono::steady_clock::now());
       // At least a millisecond, so that a signal that came during the last step is seen.
@@ -146,6 +145,10 @@ Expected<RedriveOutcome> redrive_matching(Queue& queue, const DlqFilter& filter,
         break;
       }
     }
+    // The next step is due when this one's messages are at the rate, counted from now when
+    // this one is late: time lost to a stall (a stopped process, a wait for the write lock) is
+    // never made up with a burst, which is what the rate keeps from the handlers.
+    const auto begun = std::max(due, std::chrono::steady_clock::now());
     auto n = queue.redrive_step(*run, step);
     if (!n) {
       progress.finish();
@@ -157,6 +160,7 @@ Expected<RedriveOutcome> redrive_matching(Queue& queue, const DlqFilter& filter,
     }
     if (*n == 0) break; // the rest were purged or redriven by someone else
     outcome.moved += *n;
+    if (rate > 0) due = begun + std::chrono::microseconds(*n * 1'000'000 / rate);
     progress.update(outcome.moved, outcome.moved);
   }
   progress.finish();

@@ -551,6 +551,22 @@ check "  some moved, the rest stay in the DLQ ($moved + $(total))" \
 check "  the queue holds exactly those ($(json_field "$("$acmo" "${vw[@]}" --json groups)" messages))" \
   test "$(json_field "$("$acmo" "${vw[@]}" --json groups)" messages)" = "$moved"
 
+# A paced redrive that was stopped goes on at its rate: no burst makes up for the lost time.
+"$acmo" -q "${vw[@]}" run-handler --once 2>/dev/null
+check "the 40 are dead-lettered again" test "$(total)" = 40
+"$acmo" "${vw[@]}" -q dlq redrive --rate 20 >/dev/null 2>&1 &
+paced=$!
+sleep 0.5
+kill -STOP "$paced"
+sleep 1.5
+kill -CONT "$paced"
+sleep 0.25
+left=$(total)
+wait "$paced"
+check "  a quarter of a second after SIGCONT it has not caught up: $(( 40 - left )) of 40 moved" \
+  test "$left" -ge 10
+check "  and in the end it moves them all ($(total) left)" test "$(total)" = 0
+
 # --- a data dir that cannot work -------------------------------------------------------------
 mkdir -p "$work/garbage"
 head -c 8192 /dev/urandom >"$work/garbage/acmo.db"
