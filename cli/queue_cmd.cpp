@@ -125,9 +125,21 @@ int move_queue(const MoveOptions& opts, const GlobalOptions& global)
       return exit_code::k_failure;
     }
   }
+  const std::string destination = fmt::format("{} (schema {})", redact_pg_url(opts.to), schema);
+  // Moved, or being moved, somewhere else: its messages are there (move_out refuses it too;
+  // asked here first, so that nothing is made in the wrong PostgreSQL schema).
+  auto marked = (*source)->moved_to();
+  if (!marked) return report(marked.error());
+  if (!marked->empty() && *marked != destination) {
+    return report(Error(Errc::conflict,
+                        fmt::format("the queue {} was moved to {}, or a move there did not "
+                                    "finish; its messages are there: run acmo queue move again "
+                                    "with that --to and --schema to finish it",
+                                    options.name, *marked),
+                        "to"));
+  }
   auto target = PgQueue::open(opts.to, schema, options);
   if (!target) return report(target.error());
-  const std::string destination = fmt::format("{} (schema {})", redact_pg_url(opts.to), schema);
   auto moved = (*source)->move_out(destination, [&](const QueueSnapshot& snapshot)
                                                    -> Expected<MoveResult> {
     // A message received and not yet settled is in a handler's hands (one that died, or

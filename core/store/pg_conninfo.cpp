@@ -292,6 +292,12 @@ std::string pg_refused_message(std::string_view url, std::string_view state,
                        "at a pooler in session mode",
                        redact_pg_url(url), state, pg_scrubbed(url, first_line(what)), key);
   }
+  if (state == "42501" || what.find("permission denied") != std::string_view::npos) {
+    return fmt::format("PostgreSQL refused acmo's statement for want of a right ({}); the role "
+                       "of {} needs the right to create the schema (GRANT CREATE ON DATABASE), "
+                       "or a schema it owns, and the rights on the tables acmo made there",
+                       pg_scrubbed(url, first_line(what)), key);
+  }
   return fmt::format("PostgreSQL refused acmo's statement ({}: {}); this is a bug or a schema "
                      "acmo did not make",
                      state, pg_scrubbed(url, first_line(what)));

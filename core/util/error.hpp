@@ -24,6 +24,8 @@ struct Error {
   Errc code = Errc::internal;
   std::string message; // a full sentence that says what is wrong and what to do
   std::string field;   // the input field at fault, if any
+  // The operation may or may not have taken effect (the answer to a commit was lost).
+  bool in_doubt = false;
 
   Error() = default;
   Error(Errc c, std::string msg, std::string f = {})

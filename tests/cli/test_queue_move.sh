@@ -23,11 +23,13 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/acmo-queue-move-test.XXXXXX")
 export ACMO_TEST_RUN=$work
 schema="acmo_move_$$_$RANDOM"
+owner="acmo_owner_$$_$RANDOM"
 handler_pid=''
 server_pid=''
 cleanup() {
   kill_own 9 "$handler_pid" "$server_pid"
   psql "$ACMO_TEST_PG_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1
+  psql "$ACMO_TEST_PG_URL" -qc "DROP SCHEMA IF EXISTS ${schema}_typo CASCADE; DROP SCHEMA IF EXISTS ${schema}_own CASCADE; DROP ROLE IF EXISTS $owner" >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -141,6 +143,13 @@ check "a new message comes after the moved ones" \
 
 out=$("$acmo" --json queue move --to "$url" --yes 2>&1)
 check "a second run moves nothing" test "$(jq -c '[.moved, .deadLettered]' <<<"$out")" = "[0,0]"
+out=$("$acmo" queue move --to "$url" --schema "${schema}_typo" --yes 2>&1); rc=$?
+check "a run to another schema is refused: the messages are where the first went ($rc: $out)" \
+  test "$rc" -ne 0 -a -n "$(grep -F "was moved to" <<<"$out" | grep -F "(schema $schema)")"
+check "  and it made nothing there" \
+  test "$(sql "SELECT count(*) FROM pg_namespace WHERE nspname = '${schema}_typo'")" = 0
+out=$("$acmo" send UPDATE --order-id ord_1 --data '{"status":"shipped"}' 2>&1)
+check "  the embedded queue still says where the queue went" grep -qF "(schema $schema)" <<<"$out"
 
 on_pg run-handler --once >/dev/null 2>&1
 check "the handler applies every moved event: the orders are processing" \
@@ -156,6 +165,18 @@ check "the same file moved again: every message was moved before, none twice" \
 on_pg run-handler --once >/dev/null 2>&1
 check "and nothing is applied twice" \
   test "$(sql "SELECT count(*) FROM order_events WHERE order_id IN ('ord_1', 'ord_5')")" -eq 4
+
+# A role that owns the schema it is given, with no right to make schemas in the database.
+psql "$ACMO_TEST_PG_URL" -qc "CREATE ROLE $owner LOGIN; CREATE SCHEMA ${schema}_own AUTHORIZATION $owner" >/dev/null
+owner_url=$(sed -E "s#^(postgres(ql)?://)[^@/]*@#\1$owner@#" <<<"$ACMO_TEST_PG_URL")
+out=$(ACMO_QUEUE_BACKEND=postgres ACMO_QUEUE_URL=$owner_url ACMO_QUEUE_SCHEMA=${schema}_own \
+        "$acmo" --json stats 2>&1); rc=$?
+check "a role that owns its schema, with no right on the database, uses it ($rc: $out)" \
+  test "$rc" -eq 0 -a "$(jq -r .queue.backend <<<"$out" 2>/dev/null)" = postgres
+out=$(ACMO_QUEUE_BACKEND=postgres ACMO_QUEUE_URL=$owner_url ACMO_QUEUE_SCHEMA=${schema}_none \
+        "$acmo" stats 2>&1); rc=$?
+check "  one with no schema of its own is told what right it needs ($rc: $out)" \
+  test "$rc" -ne 0 -a -n "$(grep -F 'GRANT CREATE ON DATABASE' <<<"$out")"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -245,6 +245,96 @@ TEST_CASE("Queue: messages and in-flight state survive closing and reopening the
   CHECK(must(f.queue->dlq_list()).at(0).body == "m4");
 }
 
+TEST_CASE("Queue: a move marks the queue first; a move whose outcome is not known leaves it "
+          "marked, frozen, and finished only by a run to the same place",
+          "[queue]")
+{
+  QueueFixture f;
+  f.send("m1", "A");
+  f.send("dead", "D");
+  auto got = f.receive(10);
+  for (const auto& m : got) {
+    if (m.body == "dead") must(f.queue->dead_letter(m.receipt, "bad"));
+  }
+  for (const auto& m : got) {
+    if (m.body == "m1") must(f.queue->change_visibility(m.receipt, 0));
+  }
+  auto& queue = dynamic_cast<SqliteQueue&>(*f.queue);
+
+  // A move that fails for sure (nothing reached PostgreSQL) leaves the queue as it was.
+  auto refused = queue.move_out("pg one", [&](const QueueSnapshot&) -> Expected<MoveResult> {
+    CHECK(must(queue.moved_to()) == "pg one"); // marked while the move runs
+    return make_error(Errc::conflict, "already holds sequence number 1");
+  });
+  REQUIRE_FALSE(refused);
+  CHECK(must(queue.moved_to()).empty());
+  f.send("m2", "A");
+
+  // One whose commit's answer was lost may have moved everything: the mark stays, and the
+  // embedded queue takes no change PostgreSQL would not see.
+  auto lost = queue.move_out("pg one", [&](const QueueSnapshot&) -> Expected<MoveResult> {
+    Error e(Errc::unavailable, "the connection broke while a transaction committed");
+    e.in_doubt = true;
+    return Unexpected(e);
+  });
+  REQUIRE_FALSE(lost);
+  CHECK(must(queue.moved_to()) == "pg one");
+  CHECK(queue.send(SendRequest{"m3", "A", ""}).error().code == Errc::unavailable);
+  CHECK_FALSE(queue.redrive());
+  CHECK_FALSE(queue.purge(true));
+  CHECK_FALSE(queue.purge(false));
+  auto run = must(queue.begin_redrive(DlqFilter{}));
+  CHECK_FALSE(queue.redrive_step(run, 10));
+  CHECK_FALSE(queue.check_writable());
+  CHECK(f.stats().visible == 2);
+  CHECK(f.stats().dead_lettered == 1);
+  // Nor is it moved somewhere else meanwhile.
+  auto elsewhere = queue.move_out("pg two", [&](const QueueSnapshot&) -> Expected<MoveResult> {
+    FAIL("a move to another place must not start");
+    return MoveResult{};
+  });
+  REQUIRE_FALSE(elsewhere);
+  CHECK(elsewhere.error().code == Errc::conflict);
+  CHECK_THAT(elsewhere.error().message, Catch::Contains("was moved to pg one"));
+  // A run to the same place finishes it; a definite failure of such a run keeps the mark too.
+  auto failed_again = queue.move_out("pg one", [&](const QueueSnapshot&) -> Expected<MoveResult> {
+    return make_error(Errc::unavailable, "PostgreSQL is not answering");
+  });
+  REQUIRE_FALSE(failed_again);
+  CHECK(must(queue.moved_to()) == "pg one");
+  auto done = queue.move_out("pg one", [&](const QueueSnapshot& s) -> Expected<MoveResult> {
+    MoveResult r;
+    must(s.each_page(false, 10, [&](const std::vector<Message>& page) -> Expected<void> {
+      r.messages += static_cast<int64_t>(page.size());
+      return {};
+    }));
+    return r;
+  });
+  REQUIRE(done);
+  CHECK(done->messages == 2);
+  CHECK(f.stats().visible == 0);
+}
+
+TEST_CASE("Queue: moving one queue of a data directory leaves the others working", "[queue]")
+{
+  QueueFixture f;
+  QueueOptions other;
+  other.name = "payments";
+  other.dlq_name = "payments-dlq";
+  auto payments = open_queue(f.path, other, f.clock);
+  must(payments->send(SendRequest{"p1", "P", ""}));
+  f.send("o1", "O");
+  auto& queue = dynamic_cast<SqliteQueue&>(*f.queue);
+  must(queue.move_out("pg", [&](const QueueSnapshot&) -> Expected<MoveResult> {
+    return MoveResult{};
+  }));
+  CHECK(must(queue.moved_to()) == "pg");
+  CHECK_FALSE(f.queue->send(SendRequest{"o2", "O", ""}));
+  CHECK(must(dynamic_cast<SqliteQueue&>(*payments).moved_to()).empty());
+  CHECK(must(payments->send(SendRequest{"p2", "P", ""})).seq > 0);
+  CHECK(must(payments->stats()).visible == 2);
+}
+
 TEST_CASE("Queue: a move's snapshot pages through the queue and tells what handlers hold",
           "[queue]")
 {

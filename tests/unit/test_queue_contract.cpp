@@ -1645,10 +1645,14 @@ TEST_CASE("acmo queue move: the embedded queue's messages, DLQ and dedup history
   CHECK(refused.error().code == Errc::unavailable);
   CHECK(refused.error().message.find("moved to pg at db") != std::string::npos);
   CHECK(must(from->moved_to()) == "pg at db");
-  // A second run moves nothing; neither does a run handed the same messages again.
-  CHECK(must(from->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); }))
+  // A second run moves nothing; neither does a run handed the same messages again. A run to
+  // another place is refused: the messages are where the first went.
+  CHECK(must(from->move_out("pg at db", [&](const QueueSnapshot& s) { return to->move_in(s); }))
           .messages
         == 0);
+  auto elsewhere = from->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); });
+  REQUIRE_FALSE(elsewhere);
+  CHECK(elsewhere.error().code == Errc::conflict);
   SnapshotInMemory same;
   same.queued = before;
   auto again = must(to->move_in(same));

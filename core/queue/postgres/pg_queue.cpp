@@ -425,11 +425,13 @@ struct PgQueue::Impl final : PgSender::Host {
     }
     if (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr) {
       discard = true;
-      return Error(Errc::unavailable,
-                   fmt::format("the connection to PostgreSQL at {} broke while a transaction "
-                               "committed ({}); it may or may not have taken effect",
-                               redact_pg_url(url), first_line(e.what())),
-                   "queue.url");
+      Error error(Errc::unavailable,
+                  fmt::format("the connection to PostgreSQL at {} broke while a transaction "
+                              "committed ({}); it may or may not have taken effect",
+                              redact_pg_url(url), first_line(e.what())),
+                  "queue.url");
+      error.in_doubt = true;
+      return error;
     }
     if (dynamic_cast<const pqxx::transaction_rollback*>(&e) != nullptr) {
       return Error(Errc::busy, fmt::format("PostgreSQL: {}; retry", first_line(e.what())));
@@ -1311,7 +1313,12 @@ Expected<void> migrate(pqxx::connection& conn, const std::string& schema)
   pqxx::work tx(conn);
   tx.exec0("SET LOCAL client_min_messages = warning");
   tx.exec_params("SELECT pg_advisory_xact_lock(hashtext('acmo queue schema ' || $1))", schema);
-  tx.exec0("CREATE SCHEMA IF NOT EXISTS " + tx.quote_name(schema));
+  // CREATE SCHEMA IF NOT EXISTS asks for the right to create schemas even when the schema is
+  // there: a role that owns the schema it was given, with no right on the database, could not
+  // use it.
+  if (tx.exec_params("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema).empty()) {
+    tx.exec0("CREATE SCHEMA " + tx.quote_name(schema));
+  }
   tx.exec0("SET LOCAL search_path = " + tx.quote_name(schema));
   tx.exec0("CREATE TABLE IF NOT EXISTS queue_schema_version (version integer NOT NULL)");
   const int version =

@@ -103,7 +103,7 @@ struct Txn {
   int64_t next_seq = 0; // 0: not read yet
   bool seq_dirty = false;
   bool dedup_synced = false;
-  std::string moved_to; // read with the dedup epoch: where acmo queue move moved the queue
+  std::string moved_to; // read with the dedup epoch: where acmo queue move moves the queue
   std::map<int64_t, Counters> counters;
   std::set<std::pair<int64_t, std::string>> touched_groups;
   // One line per message moved to the DLQ, logged once the transaction has committed.
@@ -137,6 +137,12 @@ static const std::string k_redrive_move =
   " first_sent_at = coalesce(first_sent_at, sent_at),"
   " receipt_token = 0, receive_count = 0, first_received_at = 0, failures = 0,"
   " dead_reason = '', dead_at = 0 WHERE seq = ?1";
+
+// Where acmo queue move moved (or is moving) a queue, from its row `q` and the file's row `z`
+// (id 0): its own row's moved_to, else the file's, which an older acmo set for every queue of
+// the file.
+static const std::string k_moved_to =
+  "CASE WHEN q.moved_to <> '' THEN q.moved_to ELSE z.moved_to END";
 
 struct SqliteQueue::Impl {
   class Snapshot; // what acmo queue move reads (move_out)
@@ -388,18 +394,33 @@ struct SqliteQueue::Impl {
     }
   }
 
+  // The error of a write to a queue that acmo queue move moved, or is moving, to PostgreSQL.
+  std::optional<Error> moved_error(Txn& txn)
+  {
+    sync_dedup(txn);
+    if (txn.moved_to.empty()) return std::nullopt;
+    return Error(Errc::unavailable,
+                 fmt::format("this queue was moved to {} (acmo queue move), or is being moved "
+                             "there, and takes no more changes: set queue.backend = \"postgres\" "
+                             "and queue.url in this process's configuration and restart it",
+                             txn.moved_to),
+                 "queue.backend");
+  }
+
   // Bring the in-memory dedup index up to date with the log, at most once per transaction.
   void sync_dedup(Txn& txn)
   {
     if (txn.dedup_synced) return;
     txn.dedup_synced = true;
-    static const std::string k_epoch = "SELECT dedup_epoch, moved_to FROM queues WHERE id = 0";
+    static const std::string k_epoch = "SELECT z.dedup_epoch, " + k_moved_to
+                                       + " FROM queues z, queues q WHERE z.id = 0 AND q.id = ?1";
     static const std::string k_newer =
       "SELECT id, queue_id, key, message_id, expires_at, body_hash FROM dedup WHERE id > ?1"
       " ORDER BY id";
     int64_t epoch = 0;
     {
       auto stmt = writer->prepare(k_epoch);
+      stmt->bind(1, queue_id);
       if (stmt->step()) {
         epoch = stmt->column_int(0);
         txn.moved_to = stmt->column_text(1);
@@ -533,15 +554,7 @@ struct SqliteQueue::Impl {
     const SendRequest& req = *prepared.request;
     SendResult result;
     result.dedup_id = prepared.dedup_id;
-    sync_dedup(txn);
-    if (!txn.moved_to.empty()) {
-      return make_error(Errc::unavailable,
-                        fmt::format("this queue was moved to {} (acmo queue move) and takes no "
-                                    "more messages: set queue.backend = \"postgres\" and "
-                                    "queue.url in this process's configuration and restart it",
-                                    txn.moved_to),
-                        "queue.backend");
-    }
+    if (auto moved = moved_error(txn)) return Unexpected(*moved);
     if (const DedupEntry* known = dedup_index.find(prepared.key);
         known != nullptr && known->expires_at > txn.now) {
       if (req.same_body && known->body_hash != 0 && known->body_hash != prepared.body_hash) {
@@ -1579,6 +1592,16 @@ Expected<void> SqliteQueue::check_integrity()
 
 Expected<void> SqliteQueue::check_writable()
 {
+  // A queue moved to PostgreSQL takes nothing more: a server still on it must not look healthy.
+  auto moved = moved_to();
+  if (!moved) return Unexpected(moved.error());
+  if (!moved->empty()) {
+    return make_error(Errc::unavailable,
+                      fmt::format("the queue was moved to {} (acmo queue move), or is being "
+                                  "moved there: set queue.backend = \"postgres\" and restart",
+                                  *moved),
+                      "queue.backend");
+  }
   constexpr uint64_t k_plenty = 16ull << 20;
   constexpr off_t k_probe = 256 << 10; // more than a batch of sends appends to the WAL
   const std::string& wal = m_impl->wal_path;
@@ -1734,7 +1757,9 @@ Expected<std::string> SqliteQueue::moved_to()
 {
   try {
     std::lock_guard lock(m_impl->read_mu);
-    auto stmt = m_impl->reader->prepare("SELECT moved_to FROM queues WHERE id = 0");
+    auto stmt = m_impl->reader->prepare("SELECT " + k_moved_to
+                                        + " FROM queues z, queues q WHERE z.id = 0 AND q.id = ?1");
+    stmt->bind(1, m_impl->queue_id);
     return stmt->step() ? stmt->column_text(0) : std::string();
   } catch (const sqlite::SqliteError& e) {
     return Unexpected(e.to_error());
@@ -1813,6 +1838,10 @@ Expected<int64_t> SqliteQueue::redrive(const std::vector<std::string>& message_i
   op.durable = true;
   op.fn = [&](Txn& txn) {
     auto& impl = *m_impl;
+    if (auto moved = impl.moved_error(txn)) {
+      result = Unexpected(*moved);
+      return;
+    }
     std::vector<std::pair<int64_t, std::string>> chosen;
     std::set<std::string> wanted;
     for (const auto& id : message_ids) {
@@ -1882,6 +1911,7 @@ Expected<int64_t> SqliteQueue::redrive_step(RedriveRun& run, int64_t max)
                                       " ORDER BY seq LIMIT ?8";
   int64_t moved = 0;
   int64_t last_seq = run.after_seq;
+  std::optional<Error> refused;
   WriteOp op;
   op.durable = true;
   op.fn = [&](Txn& txn) { // may run again, alone, when a shared transaction fails
@@ -1889,6 +1919,8 @@ Expected<int64_t> SqliteQueue::redrive_step(RedriveRun& run, int64_t max)
     std::vector<std::pair<int64_t, std::string>> chosen;
     moved = 0;
     last_seq = run.after_seq;
+    refused = impl.moved_error(txn);
+    if (refused) return;
     {
       auto stmt = impl.writer->prepare(k_next);
       stmt->bind(1, impl.dlq_id);
@@ -1901,6 +1933,7 @@ Expected<int64_t> SqliteQueue::redrive_step(RedriveRun& run, int64_t max)
     if (!chosen.empty()) last_seq = chosen.back().first;
   };
   if (auto ok = m_impl->write(op, true); !ok) return Unexpected(ok.error());
+  if (refused) return Unexpected(*refused);
   run.after_seq = last_seq;
   return moved;
 }
@@ -1970,10 +2003,13 @@ Expected<GroupsReport> SqliteQueue::groups(const GroupsFilter& filter)
 Expected<int64_t> SqliteQueue::purge(bool dlq)
 {
   int64_t removed = 0;
+  std::optional<Error> refused;
   WriteOp op;
   op.durable = true;
   op.fn = [&](Txn& txn) {
     auto& impl = *m_impl;
+    refused = impl.moved_error(txn);
+    if (refused) return;
     const int64_t id = dlq ? impl.dlq_id : impl.queue_id;
     impl.writer->prepare("DELETE FROM messages WHERE queue_id = ?1")->bind(1, id).run();
     removed = impl.writer->changes();
@@ -1984,6 +2020,7 @@ Expected<int64_t> SqliteQueue::purge(bool dlq)
     txn.counters[id].purged += removed;
   };
   if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
+  if (refused) return Unexpected(*refused);
   return removed;
 }
 
@@ -2086,11 +2123,43 @@ Expected<MoveResult>
 SqliteQueue::move_out(const std::string& destination,
                       const std::function<Expected<MoveResult>(const QueueSnapshot&)>& move_in)
 {
+  auto& impl = *m_impl;
+  // First, durably, the queue is marked as moving to `destination`: from then on it takes no
+  // change (a send, a redrive, a purge) that PostgreSQL would not see, until the move is done.
+  // A move stopped after PostgreSQL committed (kill -9) leaves the mark, and is run again to
+  // finish; a queue marked for another destination is not moved twice.
+  Expected<void> begun;
+  bool marked_here = false;
+  WriteOp mark;
+  mark.durable = true;
+  mark.fn = [&](Txn& txn) {
+    begun = {};
+    marked_here = false;
+    impl.sync_dedup(txn);
+    if (!txn.moved_to.empty() && txn.moved_to != destination) {
+      begun = make_error(Errc::conflict,
+                         fmt::format("the queue {} was moved to {}, or a move there did not "
+                                     "finish; its messages are there: run acmo queue move again "
+                                     "with that --to and --schema to finish it",
+                                     m_options.name, txn.moved_to),
+                         "to");
+      return;
+    }
+    if (txn.moved_to.empty()) {
+      impl.writer->prepare("UPDATE queues SET moved_to = ?1 WHERE id = ?2")
+        ->bind(1, destination)
+        .bind(2, impl.queue_id)
+        .run();
+      marked_here = true;
+    }
+  };
+  if (auto ok = impl.write(mark, false); !ok) return Unexpected(ok.error());
+  if (!begun) return Unexpected(begun.error());
+
   Expected<MoveResult> result = MoveResult{};
   WriteOp op;
   op.durable = true;
   op.fn = [&](Txn& txn) {
-    auto& impl = *m_impl;
     auto& db = *impl.writer;
     const Impl::Snapshot snapshot(db, impl.queue_id, impl.dlq_id, txn.now,
                                   db.query_int("SELECT next_seq FROM queues WHERE id = 0"));
@@ -2101,11 +2170,23 @@ SqliteQueue::move_out(const std::string& destination,
       db.prepare("DELETE FROM groups WHERE queue_id = ?1")->bind(1, id).run();
       db.prepare("DELETE FROM dedup WHERE queue_id = ?1")->bind(1, id).run();
     }
-    db.prepare("UPDATE queues SET dedup_epoch = dedup_epoch + 1, moved_to = ?1 WHERE id = 0")
-      ->bind(1, destination)
-      .run();
+    db.exec("UPDATE queues SET dedup_epoch = dedup_epoch + 1 WHERE id = 0");
   };
-  if (auto ok = m_impl->write(op, false); !ok) return Unexpected(ok.error());
+  auto ok = impl.write(op, false);
+  const Error* failed = !ok ? &ok.error() : !result ? &result.error() : nullptr;
+  if (failed != nullptr && marked_here && !failed->in_doubt) {
+    // Nothing of this run reached PostgreSQL, and no earlier run had begun: the embedded queue
+    // goes on as it was. (Should this fail, the mark stays, and a new run finishes the move.)
+    WriteOp undo;
+    undo.durable = true;
+    undo.fn = [&](Txn&) {
+      impl.writer->prepare("UPDATE queues SET moved_to = '' WHERE id = ?1")
+        ->bind(1, impl.queue_id)
+        .run();
+    };
+    (void)impl.write(undo, false);
+  }
+  if (!ok) return Unexpected(ok.error());
   return result;
 }
 
