@@ -2157,6 +2157,8 @@ SqliteQueue::move_out(const std::string& destination,
   if (!begun) return Unexpected(begun.error());
 
   Expected<MoveResult> result = MoveResult{};
+  bool taken = false;    // PostgreSQL committed the messages
+  bool in_doubt = false; // PostgreSQL may have committed them
   WriteOp op;
   op.durable = true;
   op.fn = [&](Txn& txn) {
@@ -2164,7 +2166,11 @@ SqliteQueue::move_out(const std::string& destination,
     const Impl::Snapshot snapshot(db, impl.queue_id, impl.dlq_id, txn.now,
                                   db.query_int("SELECT next_seq FROM queues WHERE id = 0"));
     result = move_in(snapshot);
-    if (!result) return; // nothing written here: the transaction commits nothing
+    if (!result) {
+      in_doubt = in_doubt || result.error().in_doubt;
+      return; // nothing written here: the transaction commits nothing
+    }
+    taken = true;
     for (const int64_t id : {impl.queue_id, impl.dlq_id}) {
       db.prepare("DELETE FROM messages WHERE queue_id = ?1")->bind(1, id).run();
       db.prepare("DELETE FROM groups WHERE queue_id = ?1")->bind(1, id).run();
@@ -2173,10 +2179,10 @@ SqliteQueue::move_out(const std::string& destination,
     db.exec("UPDATE queues SET dedup_epoch = dedup_epoch + 1 WHERE id = 0");
   };
   auto ok = impl.write(op, false);
-  const Error* failed = !ok ? &ok.error() : !result ? &result.error() : nullptr;
-  if (failed != nullptr && marked_here && !failed->in_doubt) {
+  if ((!ok || !result) && marked_here && !taken && !in_doubt) {
     // Nothing of this run reached PostgreSQL, and no earlier run had begun: the embedded queue
-    // goes on as it was. (Should this fail, the mark stays, and a new run finishes the move.)
+    // goes on as it was. (Once PostgreSQL took the messages, even if this file's commit then
+    // failed, the mark stays, and a new run finishes the move; so it does if this fails.)
     WriteOp undo;
     undo.durable = true;
     undo.fn = [&](Txn&) {
