@@ -1715,6 +1715,43 @@ TEST_CASE("acmo queue move: a queue longer than one statement, of more groups th
   CHECK(g3.front().body == "m3");
 }
 
+TEST_CASE("acmo queue move: moves into one schema take turns; the second is refused as a clash",
+          "[contract][pg]")
+{
+  ACMO_NEED_PG(base);
+  acmo::test::PgSchema schema(base);
+  acmo::test::TempDir dir_a, dir_b;
+  auto a = must(SqliteQueue::open(dir_a.file("acmo.db"), {}));
+  auto b = must(SqliteQueue::open(dir_b.file("acmo.db"), {}));
+  must(a->send(SendRequest{"from a", "G", ""})); // both sequence number 1
+  must(b->send(SendRequest{"from b", "G", ""}));
+  auto to = must(PgQueue::open(schema.url(), schema.name(), {}));
+  // Another mover's transaction, holding the move's lock.
+  pqxx::connection other(schema.url("other mover"));
+  pqxx::work held(other);
+  held.exec0("SET LOCAL search_path = " + schema.name());
+  held.exec("SELECT pg_advisory_xact_lock(hashtext('acmo queue move ' || current_schema()))");
+  std::atomic<bool> done{false};
+  Expected<MoveResult> moved_a = MoveResult{};
+  std::thread mover([&] {
+    moved_a = a->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); });
+    done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  CHECK_FALSE(done.load()); // waits for the other's commit
+  held.commit();
+  mover.join();
+  REQUIRE(moved_a);
+  CHECK(moved_a->messages == 1);
+  // The second host's move, after the first: the same sequence number, refused, nothing moved.
+  auto moved_b = b->move_out("pg", [&](const QueueSnapshot& s) { return to->move_in(s); });
+  REQUIRE_FALSE(moved_b);
+  CHECK(moved_b.error().code == Errc::conflict);
+  CHECK_THAT(moved_b.error().message, Catch::Contains("already holds sequence number"));
+  CHECK(must(b->moved_to()).empty());
+  CHECK(must(b->stats()).visible == 1);
+}
+
 TEST_CASE("acmo queue move: a role that may not make temporary tables is told what to grant, "
           "and nothing moves",
           "[contract][pg]")

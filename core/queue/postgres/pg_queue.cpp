@@ -2053,6 +2053,10 @@ Expected<MoveResult> PgQueue::move_in(const QueueSnapshot& snapshot)
 {
   return m_impl->run([&](PgTxn& txn) -> Expected<MoveResult> {
     MoveResult result;
+    // One move into a schema at a time: a second (another host's) waits for the first to
+    // commit, then sees its sequence numbers and is refused as a clash, where both would
+    // otherwise pass the check and the loser fail on the primary key.
+    txn.tx.exec("SELECT pg_advisory_xact_lock(hashtext('acmo queue move ' || current_schema()))");
     // Read and written in parts of at most 1,000 messages, group names or dedup entries, so
     // that a long queue is never all in memory and makes no huge statement.
     constexpr size_t k_chunk = 1000;
